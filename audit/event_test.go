@@ -1,0 +1,79 @@
+package audit_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/internal/testdb"
+)
+
+func testEvent() audit.Event {
+	return audit.Event{
+		Actor:   audit.Actor{Kind: audit.ActorService, ID: "test", AuthMethod: "internal"},
+		Action:  "test.action",
+		Object:  audit.Object{Type: "thing", ID: "1"},
+		Outcome: audit.OutcomeSuccess,
+		Payload: map[string]any{"k": "v"},
+	}
+}
+
+// An action and its event commit together, or roll back together.
+// Verifies: REQ-AUD-002
+func TestRecordCommitsAndRollsBackWithAction(t *testing.T) {
+	ctx := context.Background()
+	pool := testdb.New(t)
+	if _, err := pool.Exec(ctx, "CREATE TABLE action_under_test (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	for _, commit := range []bool{true, false} {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO action_under_test VALUES (1)"); err != nil {
+			t.Fatal(err)
+		}
+		id, err := audit.Record(ctx, tx, testEvent())
+		if err != nil {
+			t.Fatalf("Record() error = %v", err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := pool.QueryRow(ctx, "SELECT count(*) FROM audit_events WHERE id = $1", id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if commit {
+			want = 1
+		}
+		if n != want {
+			t.Errorf("commit=%v: events with id %s = %d, want %d", commit, id, n, want)
+		}
+	}
+}
+
+// A malformed event is refused and nothing is written.
+// Verifies: REQ-AUD-001
+func TestRecordRejectsMalformedEvent(t *testing.T) {
+	ctx := context.Background()
+	pool := testdb.New(t)
+	bad := testEvent()
+	bad.Action = "NotDotted"
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := audit.Record(ctx, tx, bad); !errors.Is(err, audit.ErrInvalidEvent) {
+		t.Fatalf("Record(action %q) error = %v, want ErrInvalidEvent", bad.Action, err)
+	}
+}

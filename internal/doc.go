@@ -1,0 +1,3 @@
+// Package internal holds plumbing shared by every layer (the schema and test databases); it
+// imports nothing of Vigil's domain packages, so any package may use it.
+package internal
