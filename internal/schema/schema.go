@@ -171,3 +171,16 @@ func Fingerprint() string {
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
+
+// LatestVersion is the highest migration version embedded in this binary.
+func LatestVersion() int64 {
+	entries, _ := fs.ReadDir(migrations, "migrations")
+	var latest int64
+	for _, e := range entries {
+		var v int64
+		if _, err := fmt.Sscanf(e.Name(), "%d_", &v); err == nil && v > latest {
+			latest = v
+		}
+	}
+	return latest
+}

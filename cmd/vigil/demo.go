@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/internal/pgcluster"
+	"github.com/vigilhealth/vigil/internal/schema"
+)
+
+// demoHooks are run by `vigil demo` once the server is up (the device fleet simulator, say).
+// Areas append to it from their own files. A hook MUST return promptly and stop its own work
+// when ctx ends.
+var demoHooks []func(ctx context.Context, url string, sys *system) error
+
+func newDemoCmd() *cobra.Command {
+	var rc runConfig
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Run the whole system on this machine with one command (not for production)",
+		Long: `Run the whole Vigil system on this machine: the database, the server, the audit chain and
+sample devices.
+
+With VIGIL_DATABASE_URL set, demo uses that server. Without it, demo starts a private,
+throwaway PostgreSQL cluster under <data-dir>/postgres with the system's own initdb and
+pg_ctl (run as the 'postgres' user when demo runs as root), migrates it, starts the server
+and prints its URL. Ctrl-C (or SIGTERM) shuts everything down, the private cluster included.
+
+The demo keeps its keys in a local key ring in the data directory: it is not for production.`,
+		Example: `  vigil demo
+  vigil demo --listen 127.0.0.1:9090 --data-dir /var/tmp/vigil-demo`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rc.Demo = true
+			return runDemo(cmd.Context(), rc)
+		},
+	}
+	addRunFlags(cmd, &rc)
+	return cmd
+}
+
+func runDemo(ctx context.Context, rc runConfig) (err error) {
+	rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+	if rc.DatabaseURL == "" {
+		dir := filepath.Join(rc.DataDir, "postgres")
+		slog.InfoContext(ctx, "starting a private PostgreSQL cluster", slog.String("dir", dir))
+		cl, err := pgcluster.Start(ctx, pgcluster.Config{Dir: dir})
+		if err != nil {
+			if errors.Is(err, pgcluster.ErrNotInstalled) {
+				return fmt.Errorf("%w: install PostgreSQL (apt-get install postgresql) or set VIGIL_DATABASE_URL", err)
+			}
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if serr := cl.Stop(sctx); serr != nil {
+				slog.Error("stop private PostgreSQL", slog.String("error", serr.Error()))
+				err = errors.Join(err, serr)
+				return
+			}
+			slog.Info("private PostgreSQL stopped")
+		}()
+		rc.DatabaseURL = cl.URL()
+	}
+	pool, err := openPool(ctx, rc.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	applied, err := schema.Migrate(ctx, pool)
+	pool.Close()
+	if err != nil {
+		return err
+	}
+	slog.InfoContext(ctx, "schema migrated", slog.Int("applied", len(applied)), slog.Int64("version", schema.LatestVersion()))
+	slog.WarnContext(ctx, "demo mode: local key ring in the data directory, sample devices; NOT FOR PRODUCTION")
+	return run(ctx, rc, func(ctx context.Context, url string, sys *system) error {
+		fmt.Printf("\nVigil demo is up: %s  (health %s/healthz, readiness %s/readyz)\nPress Ctrl-C to stop.\n\n", url, url, url)
+		for _, h := range demoHooks {
+			if err := h(ctx, url, sys); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

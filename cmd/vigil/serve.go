@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func addRunFlags(cmd *cobra.Command, rc *runConfig) {
+	cmd.Flags().StringVar(&rc.Listen, "listen", envOr("VIGIL_LISTEN", "127.0.0.1:8080"), "address to listen on (env VIGIL_LISTEN)")
+	cmd.Flags().StringVar(&rc.DataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory for local state: key ring, demo database (env VIGIL_DATA_DIR)")
+}
+
+func newServeCmd() *cobra.Command {
+	var rc runConfig
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Vigil server against the database at VIGIL_DATABASE_URL",
+		Long: `Run the Vigil server: the REST API, the device upload endpoint and the audit chain.
+
+The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password).
+Its schema must be current: run 'vigil migrate' first. serve refuses to start on a schema
+newer than this binary. SIGINT or SIGTERM shuts down gracefully: no new requests are
+accepted, requests in flight finish (up to 15 s), then every service stops.`,
+		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
+  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			return run(cmd.Context(), rc, nil)
+		},
+	}
+	addRunFlags(cmd, &rc)
+	return cmd
+}
+
+// run wires the system, listens, and serves until ctx ends. ready, if not nil, is called with
+// the server's URL once it accepts connections.
+func run(ctx context.Context, rc runConfig, ready func(ctx context.Context, url string, sys *system) error) error {
+	sys, err := wire(ctx, rc)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := sys.Close(cctx); err != nil {
+			slog.Error("shutdown", slog.String("error", err.Error()))
+		}
+	}()
+	ln, err := net.Listen("tcp", rc.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", rc.Listen, err)
+	}
+	url := "http://" + ln.Addr().String()
+	slog.InfoContext(ctx, "vigil is listening", slog.String("url", url), slog.String("version", version))
+	if ready != nil {
+		if err := ready(ctx, url, sys); err != nil {
+			ln.Close()
+			return err
+		}
+	}
+	err = sys.server.Serve(ctx, ln, 15*time.Second)
+	slog.InfoContext(ctx, "server stopped")
+	return err
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/server"
+)
+
+// runConfig is what `serve` and `demo` share, read from flags and VIGIL_* variables.
+type runConfig struct {
+	Listen      string // --listen, VIGIL_LISTEN
+	DataDir     string // --data-dir, VIGIL_DATA_DIR
+	DatabaseURL string // VIGIL_DATABASE_URL only (it may carry a password)
+	Demo        bool   // started by `vigil demo`
+}
+
+// system is the running set of services behind one server. Areas add their services here and
+// in wire(), and their shutdown to closers (called in reverse order).
+type system struct {
+	pool    *pgxpool.Pool
+	server  *server.Server
+	closers []func(context.Context) error
+}
+
+// Close stops every service in reverse order of start and returns the first error.
+func (s *system) Close(ctx context.Context) error {
+	var errs []error
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		if err := s.closers[i](ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.closers = nil
+	return errors.Join(errs...)
+}
+
+// wire opens the database, checks its schema, and builds every service and the server.
+// On error everything already started is stopped.
+func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
+	sys := &system{}
+	defer func() {
+		if err != nil {
+			_ = sys.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := os.MkdirAll(rc.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	pool, err := openPool(ctx, rc.DatabaseURL)
+	if err != nil {
+		return nil, err
+	}
+	sys.pool = pool
+	sys.closers = append(sys.closers, func(context.Context) error { pool.Close(); return nil })
+
+	st, err := schema.Inspect(ctx, pool)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Check(); err != nil {
+		if errors.Is(err, schema.ErrSchemaBehind) {
+			return nil, fmt.Errorf("%w; run `vigil migrate` first", err)
+		}
+		return nil, fmt.Errorf("%w; refusing to start (upgrade this binary)", err)
+	}
+
+	srvCfg := server.Config{
+		Pool:    pool,
+		Logger:  slog.Default(),
+		Version: version,
+	}
+	srv, err := server.New(srvCfg)
+	if err != nil {
+		return nil, err
+	}
+	sys.server = srv
+	return sys, nil
+}
+
+func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	if url == "" {
+		return nil, errors.New("VIGIL_DATABASE_URL is not set (e.g. postgres://user@host:5432/vigil)")
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("VIGIL_DATABASE_URL: %w", err)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to database %s:%d: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
+	}
+	return pool, nil
+}

@@ -1,0 +1,136 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+)
+
+// This file is the one place where errors become HTTP statuses and stable error codes. Every
+// code is documented in docs/api.md; a code, once published, never changes meaning.
+
+// Error codes produced by the server itself.
+const (
+	CodeBadRequest       = "bad_request"
+	CodeNotFound         = "not_found"
+	CodeMethodNotAllowed = "method_not_allowed"
+	CodePayloadTooLarge  = "payload_too_large"
+	CodeUnsupportedMedia = "unsupported_media_type"
+	CodeUnauthorized     = "unauthorized"
+	CodeForbidden        = "forbidden"
+	CodeRateLimited      = "rate_limited"
+	CodeUnavailable      = "unavailable"
+	CodeTimeout          = "timeout"
+	CodeInternal         = "internal_error"
+)
+
+// APIError is an error the server answers with as it is: handlers return it for bad input
+// they detect themselves (a malformed query parameter, say).
+type APIError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Code + ": " + e.Message }
+
+// BadRequest returns a 400 APIError with the given stable code.
+func BadRequest(code, message string) *APIError {
+	return &APIError{Status: http.StatusBadRequest, Code: code, Message: message}
+}
+
+// mapping ties a domain sentinel error to its HTTP status and stable code. Areas add their
+// sentinels to errorTable (in this file, so the whole mapping stays in one place).
+type mapping struct {
+	err    error
+	status int
+	code   string
+}
+
+// errorTable maps domain sentinels (matched with errors.Is, first match wins) to HTTP.
+var errorTable = []mapping{
+	{context.DeadlineExceeded, http.StatusServiceUnavailable, CodeTimeout},
+}
+
+// CodedError is implemented by typed domain errors that carry a stable machine code of their
+// own (e.g. a sample rejected for an unknown LOINC code). The server uses the code as it is;
+// the HTTP status still comes from errorTable via errors.Is, or 400 when no entry matches.
+type CodedError interface {
+	error
+	ErrorCode() string
+}
+
+// RetryAfter is implemented by errors that tell the client when to retry (rate limits,
+// back-pressure); the value becomes the Retry-After header, in whole seconds.
+type RetryAfter interface {
+	RetryAfterSeconds() int
+}
+
+// classify returns the HTTP status, stable code and client-safe message for err.
+func classify(err error) (status int, code, message string) {
+	var api *APIError
+	if errors.As(err, &api) {
+		return api.Status, api.Code, api.Message
+	}
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		msg := http.StatusText(he.Code)
+		if m, ok := he.Message.(string); ok && m != "" {
+			msg = m
+		}
+		switch he.Code {
+		case http.StatusNotFound:
+			return he.Code, CodeNotFound, "no such resource"
+		case http.StatusMethodNotAllowed:
+			return he.Code, CodeMethodNotAllowed, "method not allowed on this resource"
+		case http.StatusRequestEntityTooLarge:
+			return he.Code, CodePayloadTooLarge, "request body is larger than allowed"
+		case http.StatusUnsupportedMediaType:
+			return he.Code, CodeUnsupportedMedia, msg
+		case http.StatusUnauthorized:
+			return he.Code, CodeUnauthorized, msg
+		case http.StatusForbidden:
+			return he.Code, CodeForbidden, msg
+		case http.StatusTooManyRequests:
+			return he.Code, CodeRateLimited, msg
+		case http.StatusServiceUnavailable:
+			return he.Code, CodeUnavailable, msg
+		}
+		if he.Code >= 400 && he.Code < 500 {
+			return he.Code, CodeBadRequest, msg
+		}
+		return http.StatusInternalServerError, CodeInternal, "internal error"
+	}
+	for _, m := range errorTable {
+		if errors.Is(err, m.err) {
+			code = m.code
+			var ce CodedError
+			if errors.As(err, &ce) {
+				code = ce.ErrorCode()
+			}
+			msg := err.Error()
+			if m.status >= 500 {
+				msg = http.StatusText(m.status)
+			}
+			return m.status, code, msg
+		}
+	}
+	var ce CodedError
+	if errors.As(err, &ce) {
+		return http.StatusBadRequest, ce.ErrorCode(), err.Error()
+	}
+	return http.StatusInternalServerError, CodeInternal, "internal error"
+}
+
+// errorBody is the one JSON error envelope of the API.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	RequestID string `json:"request_id"`
+}

@@ -1,0 +1,236 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/internal/schema"
+)
+
+// Config is everything the server needs. Zero values take the documented defaults.
+type Config struct {
+	// Pool is the PostgreSQL pool of the installation. Required.
+	Pool *pgxpool.Pool
+	// Logger receives access logs and server errors. Default: slog.Default().
+	Logger *slog.Logger
+	// Version is reported by /healthz. Default: "dev".
+	Version string
+	// BodyLimit is the largest request body accepted, e.g. "1M". Default "1M"; larger bodies
+	// get 413 payload_too_large.
+	BodyLimit string
+	// RequestTimeout bounds each request's context. Default 30s.
+	RequestTimeout time.Duration
+	// TrustProxyHeaders makes the source address come from X-Forwarded-For / X-Real-IP.
+	// Default false: the TCP peer address, which a client cannot forge.
+	TrustProxyHeaders bool
+	// ReadinessChecks are extra checks /readyz runs after the database and schema checks
+	// (the audit shipper's lag, say). Each runs with the request's context.
+	ReadinessChecks []ReadinessCheck
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every
+// probe) and MUST return a non-nil error when the component cannot serve; Detail is shown as
+// is in the JSON answer and MUST NOT contain secrets or PHI.
+type ReadinessCheck struct {
+	Name  string
+	Check func(ctx context.Context) (detail any, err error)
+}
+
+// Server is Vigil's HTTP server.
+type Server struct {
+	cfg  Config
+	echo *echo.Echo
+	log  *slog.Logger
+}
+
+// New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
+func New(cfg Config) (*Server, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("server: Config.Pool is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Version == "" {
+		cfg.Version = "dev"
+	}
+	if cfg.BodyLimit == "" {
+		cfg.BodyLimit = "1M"
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 30 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.Logger.SetOutput(discard{})
+	if cfg.TrustProxyHeaders {
+		e.IPExtractor = echo.ExtractIPFromXFFHeader()
+	} else {
+		e.IPExtractor = echo.ExtractIPDirect()
+	}
+	e.HTTPErrorHandler = s.handleError
+	e.Use(middleware.RequestID())
+	e.Use(s.accessLog())
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		DisableStackAll:   true,
+		DisablePrintStack: true,
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			s.log.ErrorContext(c.Request().Context(), "panic in handler",
+				slog.String("request_id", RequestID(c)), slog.String("error", err.Error()),
+				slog.String("stack", string(stack)))
+			return fmt.Errorf("panic: %w", err)
+		},
+	}))
+	e.Use(middleware.BodyLimit(cfg.BodyLimit))
+	e.Use(middleware.ContextTimeoutWithConfig(middleware.ContextTimeoutConfig{Timeout: cfg.RequestTimeout}))
+	s.echo = e
+	s.routes()
+	return s, nil
+}
+
+// Handler returns the server as an http.Handler (for httptest).
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Serve answers requests on ln until ctx is cancelled, then shuts down gracefully: it stops
+// accepting, lets requests in flight finish (up to grace), and returns.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	srv := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("graceful shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// handleError writes the JSON error envelope, and audits every rejected request (4xx) as an
+// `http.request.rejected` event. Domain code may already have recorded a richer event of its
+// own (e.g. `upload.rejected` with its reason); this one guarantees that no rejection is
+// missing from the trail, whatever the handler did.
+func (s *Server) handleError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, code, msg := classify(err)
+	ctx := c.Request().Context()
+	if status >= 500 {
+		s.log.ErrorContext(ctx, "request failed", slog.String("request_id", RequestID(c)),
+			slog.String("path", c.Path()), slog.String("error", err.Error()))
+	}
+	var ra RetryAfter
+	if errors.As(err, &ra) && ra.RetryAfterSeconds() > 0 {
+		c.Response().Header().Set("Retry-After", strconv.Itoa(ra.RetryAfterSeconds()))
+	}
+	if status >= 400 && status < 500 {
+		s.auditRejection(c, status, code)
+	}
+	body := errorBody{Error: errorDetail{Code: code, Message: msg, RequestID: RequestID(c)}}
+	var werr error
+	if c.Request().Method == http.MethodHead {
+		werr = c.NoContent(status)
+	} else {
+		werr = c.JSON(status, body)
+	}
+	if werr != nil {
+		s.log.WarnContext(ctx, "write error response", slog.String("error", werr.Error()))
+	}
+}
+
+// auditRejection records the rejection in its own transaction (the rejected action has none:
+// nothing was changed). A failure to audit is logged loudly; the client still gets its answer.
+func (s *Server) auditRejection(c echo.Context, status int, code string) {
+	ev := EventFor(c)
+	ev.Action = "http.request.rejected"
+	ev.Object = audit.Object{Type: "http_route", ID: c.Request().Method + " " + routeOf(c)}
+	ev.Outcome = audit.OutcomeRejected
+	ev.Reason = code
+	ev.Time = s.cfg.Now()
+	ev.Payload = map[string]any{"status": status, "path": c.Request().URL.Path}
+	ctx := context.WithoutCancel(c.Request().Context())
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	tx, err := s.cfg.Pool.Begin(ctx)
+	if err == nil {
+		if _, err = audit.Record(ctx, tx, ev); err == nil {
+			err = tx.Commit(ctx)
+		} else {
+			_ = tx.Rollback(ctx)
+		}
+	}
+	if err != nil {
+		s.log.ErrorContext(ctx, "audit of rejected request failed", slog.String("request_id", ev.RequestID),
+			slog.String("code", code), slog.String("error", err.Error()))
+	}
+}
+
+// routeOf is the matched route pattern (e.g. /api/v1/patients/:id), never the raw path with
+// identifiers in it; unmatched requests report "(unmatched)".
+func routeOf(c echo.Context) string {
+	if p := c.Path(); p != "" {
+		return p
+	}
+	return "(unmatched)"
+}
+
+func (s *Server) accessLog() echo.MiddlewareFunc {
+	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
+		LogStatus: true, LogLatency: true, LogMethod: true, LogRoutePath: true,
+		LogRequestID: true, LogRemoteIP: true, LogError: true, HandleError: true,
+		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
+			// The route pattern, not the URI: paths and queries may carry identifiers.
+			attrs := []slog.Attr{
+				slog.String("method", v.Method), slog.String("route", v.RoutePath),
+				slog.Int("status", v.Status), slog.Duration("latency", v.Latency),
+				slog.String("request_id", v.RequestID), slog.String("remote_ip", v.RemoteIP),
+			}
+			s.log.LogAttrs(c.Request().Context(), slog.LevelInfo, "http request", attrs...)
+			return nil
+		},
+	})
+}
+
+// discard swallows echo's own logger output; the server logs through slog only.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// checkSchema is the readiness check that the database schema matches this binary.
+func (s *Server) checkSchema(ctx context.Context) (any, error) {
+	st, err := schema.Inspect(ctx, s.cfg.Pool)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"current": st.Current, "latest": st.Latest, "pending": st.Pending}, st.Check()
+}
