@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/internal/testdb"
+)
+
+func execute(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// Every command documents itself in --help.
+// Verifies: REQ-FND-001
+func TestEveryCommandHasHelp(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Hidden || sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			if strings.TrimSpace(sub.Short) == "" {
+				t.Errorf("vigil %s: no Short description", sub.CommandPath())
+			}
+			out, err := execute(t, append(strings.Fields(strings.TrimPrefix(sub.CommandPath(), "vigil ")), "--help")...)
+			if err != nil || !strings.Contains(out, "Usage:") {
+				t.Errorf("%s --help = %q, %v; want usage text", sub.CommandPath(), out, err)
+			}
+			walk(sub)
+		}
+	}
+	walk(newRoot())
+	out, err := execute(t, "version")
+	if err != nil || !strings.Contains(out, "vigil ") {
+		t.Errorf("vigil version = %q, %v", out, err)
+	}
+}
+
+// No flag of any command takes a secret: secrets come from the environment.
+// Verifies: REQ-FND-001
+func TestNoSecretFlags(t *testing.T) {
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, name := range []string{"database-url", "password", "token", "passphrase", "secret"} {
+			if f := c.Flags().Lookup(name); f != nil {
+				t.Errorf("%s has flag --%s: secrets come from the environment only", c.CommandPath(), name)
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRoot())
+}
+
+// migrate --status and serve refuse a schema that does not match the binary.
+// Verifies: REQ-FND-002
+func TestServeRefusesMismatchedSchema(t *testing.T) {
+	url := testdb.NewEmpty(t)
+	t.Setenv("VIGIL_DATABASE_URL", url)
+	dataDir := t.TempDir()
+
+	_, err := execute(t, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir)
+	if !errors.Is(err, schema.ErrSchemaBehind) {
+		t.Fatalf("serve on an empty database: error = %v, want ErrSchemaBehind", err)
+	}
+	out, err := execute(t, "migrate", "--status")
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Errorf("migrate --status (behind) = %q, %v; want exit code 1", out, err)
+	}
+	if out, err := execute(t, "migrate"); err != nil || !strings.Contains(out, "applied") {
+		t.Fatalf("migrate = %q, %v", out, err)
+	}
+	if out, err := execute(t, "migrate", "--status"); err != nil {
+		t.Errorf("migrate --status (current) = %q, %v; want success", out, err)
+	}
+
+	pool, err := openPool(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = pool.Exec(context.Background(), "INSERT INTO goose_db_version (version_id, is_applied) VALUES ($1, true)", schema.LatestVersion()+1)
+	pool.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = execute(t, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir)
+	if !errors.Is(err, schema.ErrSchemaAhead) {
+		t.Errorf("serve on a newer schema: error = %v, want ErrSchemaAhead", err)
+	}
+}
+
+// `vigil demo` with no database configured starts a private cluster, serves, and on
+// shutdown leaves no PostgreSQL process behind.
+// Verifies: REQ-FND-008
+func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a PostgreSQL cluster; run without -short")
+	}
+	t.Setenv("VIGIL_DATABASE_URL", "")
+	dataDir := t.TempDir()
+	port := freeTestPort(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runDemo(ctx, runConfig{Listen: "127.0.0.1:" + port, DataDir: dataDir, Demo: true})
+	}()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		resp, err := http.Get("http://127.0.0.1:" + port + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("demo exited early: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("demo not ready after 90s (last error %v)", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	pidFile := filepath.Join(dataDir, "postgres", "data", "postmaster.pid")
+	if _, err := os.Stat(pidFile); err != nil {
+		t.Errorf("private cluster not running under the data directory: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("demo shutdown error = %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("demo did not stop within 90s of cancellation")
+	}
+	if _, err := os.Stat(pidFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("postmaster.pid still present after shutdown (err %v)", err)
+	}
+	out, _ := exec.Command("pgrep", "-f", "postgres.*"+dataDir).Output()
+	if s := strings.TrimSpace(string(out)); s != "" {
+		t.Errorf("postgres processes left behind for %s: %s", dataDir, s)
+	}
+}
+
+func freeTestPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, p, _ := net.SplitHostPort(l.Addr().String())
+	return p
+}

@@ -1,0 +1,151 @@
+// Package archtest enforces the architecture of DESIGN.md on the source tree: which layer may
+// import which, and that nothing logs except through log/slog. Its test runs in `make test`.
+package archtest
+
+import (
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Module is the module path of Vigil.
+const Module = "github.com/vigilhealth/vigil"
+
+// Allowed maps each top-level area to the other areas it may import. Every area may import
+// its own subpackages and internal/. An area missing here is a violation by itself, so a new
+// top-level folder must be placed in the layering on purpose.
+var Allowed = map[string][]string{
+	"keys":         {},
+	"audit":        {"keys"},
+	"core":         {"audit", "keys"},
+	"devices":      {"core", "audit", "keys"},
+	"traceability": {},
+	"validation":   {"traceability"},
+	"qms":          {"traceability", "validation", "audit", "keys"},
+	"server":       {"core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+	"cmd":          {"server", "core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+	"internal":     {},
+	"bench":        {"server", "core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+}
+
+// ForbiddenLoggers are packages that log outside log/slog.
+var ForbiddenLoggers = map[string]bool{
+	"log":                            true,
+	"github.com/sirupsen/logrus":     true,
+	"go.uber.org/zap":                true,
+	"github.com/rs/zerolog":          true,
+	"github.com/rs/zerolog/log":      true,
+	"github.com/golang/glog":         true,
+	"k8s.io/klog":                    true,
+	"k8s.io/klog/v2":                 true,
+	"github.com/labstack/gommon/log": true,
+}
+
+// Violation is one breach of the rules.
+type Violation struct {
+	File string
+	Line int
+	Rule string
+}
+
+func (v Violation) String() string { return fmt.Sprintf("%s:%d: %s", v.File, v.Line, v.Rule) }
+
+// skipDir reports directories that are not part of the module's Go code.
+func skipDir(rel, name string) bool {
+	return name == "testdata" || name == "node_modules" || name == "vendor" || strings.HasPrefix(name, ".") ||
+		name == "bin" || rel == "tools"
+}
+
+// Check walks the module at root and returns every violation, sorted.
+func Check(root string) ([]Violation, error) {
+	var out []Violation
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, path)
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() {
+			if rel != "." && skipDir(rel, d.Name()) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, ".go") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
+		if err != nil {
+			return err
+		}
+		out = append(out, checkFile(fset, rel, f)...)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].File != out[j].File {
+			return out[i].File < out[j].File
+		}
+		return out[i].Line < out[j].Line
+	})
+	return out, err
+}
+
+func checkFile(fset *token.FileSet, rel string, f *ast.File) []Violation {
+	var out []Violation
+	area := strings.SplitN(rel, "/", 2)[0]
+	isTest := strings.HasSuffix(rel, "_test.go")
+	allowed, known := Allowed[area]
+	if !known && strings.Contains(rel, "/") {
+		out = append(out, Violation{rel, 1, fmt.Sprintf("top-level folder %q is not placed in the layering (internal/archtest.Allowed)", area)})
+	}
+	for _, imp := range f.Imports {
+		p, _ := strconv.Unquote(imp.Path.Value)
+		line := fset.Position(imp.Pos()).Line
+		if ForbiddenLoggers[p] {
+			out = append(out, Violation{rel, line, fmt.Sprintf("imports %q: log through log/slog only", p)})
+		}
+		if isTest || !strings.HasPrefix(p, Module+"/") {
+			continue // tests may integrate across layers
+		}
+		target := strings.SplitN(strings.TrimPrefix(p, Module+"/"), "/", 2)[0]
+		if target == area || target == "internal" {
+			continue
+		}
+		ok := false
+		for _, a := range allowed {
+			ok = ok || a == target
+		}
+		if !ok {
+			out = append(out, Violation{rel, line, fmt.Sprintf("%s may not import %s (DESIGN.md layering)", area, p)})
+		}
+	}
+	// Libraries return errors; only commands print. fmt.Print* and print/println write to the
+	// process's stdout behind the logger's back.
+	if f.Name.Name != "main" && !isTest {
+		ast.Inspect(f, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok {
+				return true
+			}
+			switch fn := call.Fun.(type) {
+			case *ast.SelectorExpr:
+				if x, ok := fn.X.(*ast.Ident); ok && x.Name == "fmt" && (fn.Sel.Name == "Print" || fn.Sel.Name == "Printf" || fn.Sel.Name == "Println") {
+					out = append(out, Violation{rel, fset.Position(call.Pos()).Line, "fmt." + fn.Sel.Name + " in a library: return errors or log with slog"})
+				}
+			case *ast.Ident:
+				if fn.Name == "print" || fn.Name == "println" {
+					out = append(out, Violation{rel, fset.Position(call.Pos()).Line, fn.Name + " in a library: return errors or log with slog"})
+				}
+			}
+			return true
+		})
+	}
+	return out
+}

@@ -1,0 +1,98 @@
+package traceability
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Requirement is one entry of a qms/requirements/<area>.yaml file (format in that folder's
+// README.md).
+type Requirement struct {
+	ID           string   `yaml:"id"`
+	Title        string   `yaml:"title"`
+	Text         string   `yaml:"text"`
+	SafetyClass  string   `yaml:"safety_class"`
+	Rationale    string   `yaml:"rationale"`
+	RiskControls []string `yaml:"risk_controls"`
+	File         string   `yaml:"-"` // the file it came from
+}
+
+type requirementFile struct {
+	Area         string        `yaml:"area"`
+	Requirements []Requirement `yaml:"requirements"`
+}
+
+// ErrInvalidRequirements is wrapped by LoadRequirements for any problem in the files.
+var ErrInvalidRequirements = errors.New("invalid requirements")
+
+// IDPattern is the form of a requirement id.
+var IDPattern = regexp.MustCompile(`^REQ-[A-Z]+-[0-9]{3}$`)
+
+// LoadRequirements reads every *.yaml file in dir, checks each requirement (fields present,
+// id form, safety class, ids unique across files), and returns them sorted by id. All
+// problems found are reported together.
+func LoadRequirements(dir string) ([]Requirement, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("%w: no *.yaml files in %s", ErrInvalidRequirements, dir)
+	}
+	var all []Requirement
+	var problems []string
+	seen := map[string]string{}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		var rf requirementFile
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(&rf); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", filepath.Base(f), err))
+			continue
+		}
+		base := filepath.Base(f)
+		if want := strings.TrimSuffix(base, ".yaml"); rf.Area != want {
+			problems = append(problems, fmt.Sprintf("%s: area %q, want %q (the file name)", base, rf.Area, want))
+		}
+		for _, r := range rf.Requirements {
+			r.File = base
+			where := fmt.Sprintf("%s: %s", base, r.ID)
+			if !IDPattern.MatchString(r.ID) {
+				problems = append(problems, fmt.Sprintf("%s: id does not match %s", where, IDPattern))
+			}
+			if prev, dup := seen[r.ID]; dup {
+				problems = append(problems, fmt.Sprintf("%s: id also defined in %s", where, prev))
+			}
+			seen[r.ID] = base
+			for field, v := range map[string]string{"title": r.Title, "text": r.Text, "rationale": r.Rationale} {
+				if strings.TrimSpace(v) == "" {
+					problems = append(problems, fmt.Sprintf("%s: %s is empty", where, field))
+				}
+			}
+			switch r.SafetyClass {
+			case "A", "B", "C":
+			default:
+				problems = append(problems, fmt.Sprintf("%s: safety_class %q, want A, B or C", where, r.SafetyClass))
+			}
+			all = append(all, r)
+		}
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		return nil, fmt.Errorf("%w:\n  %s", ErrInvalidRequirements, strings.Join(problems, "\n  "))
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+	return all, nil
+}
