@@ -1,0 +1,67 @@
+# Vigil — the two commands of the README:
+#   make demo   runs the whole system on this machine with sample devices
+#   make test   starts or installs what the tests need, then vets and tests everything
+#
+# Both install what they need from Debian's apt, the Go module proxy and npm; nothing has to
+# be installed by hand first.
+
+SHELL := /usr/bin/env bash
+GO ?= go
+BIN := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+# Short fuzz runs of every parser that faces devices or the network, run by `make test`
+# ("package:FuzzName"). `make fuzz FUZZTIME=10m` runs them longer.
+FUZZ_TARGETS ?=
+FUZZTIME ?= 10s
+
+.PHONY: all build demo test vet unit fuzz services tools clean-testdbs help
+
+all: build
+
+help:
+	@echo "make demo   - run Vigil with a private database and sample devices (Ctrl-C stops it)"
+	@echo "make test   - start/install PostgreSQL, Mosquitto, Vault; go vet; go test -race; short fuzz"
+	@echo "make build  - build bin/vigil"
+	@echo "make fuzz   - run the fuzz targets for FUZZTIME each (default $(FUZZTIME))"
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
+
+# The demo needs PostgreSQL's server binaries (for its private cluster) unless
+# VIGIL_DATABASE_URL points at a server.
+demo: build
+	@if [ -z "$${VIGIL_DATABASE_URL:-}" ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql (for the demo's private cluster)"; \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi; \
+	fi
+	$(BIN)/vigil demo $(DEMO_ARGS)
+
+services:
+	bash .ci/ensure-postgres
+	bash .ci/ensure-mosquitto
+
+# Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
+# go.sum changes): the Vault dev server, Trillian's own servers for the external mode.
+tools:
+	@for s in tools/*/build.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
+
+vet:
+	$(GO) vet ./...
+
+# Test databases left by killed test runs are dropped first.
+clean-testdbs:
+	@psql "$${VIGIL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" -Atqc \
+		"SELECT datname FROM pg_database WHERE datname LIKE 'vigil_t\_%'" 2>/dev/null | while read -r db; do \
+		psql "$${VIGIL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
+
+unit:
+	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -timeout 12m ./...
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; done
+
+test: services tools clean-testdbs vet unit fuzz
