@@ -1,0 +1,133 @@
+package rules
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/alarms"
+)
+
+// History gives the Engine the stored observations it needs to rebuild per-patient state after
+// a restart. It is owned by this package and satisfied by core's observation storage.
+//
+// ObservationsSince MUST return the patient's stored observations with Time strictly after
+// since, in ascending Time order (ties in storage order), artifacts included and flagged, and
+// MUST NOT return observations of other patients. It may bound the answer by Limit (keeping
+// the newest). An unknown patient is an empty answer, not an error.
+type History interface {
+	ObservationsSince(ctx context.Context, patientID uuid.UUID, since time.Time, limit int) ([]Observation, error)
+}
+
+// Config configures an Engine. Zero values take the documented defaults.
+type Config struct {
+	// Pool is the installation's database. Required.
+	Pool *pgxpool.Pool
+	// Alarms turns rule conditions into alarms. Required.
+	Alarms *alarms.Service
+	// History replays observations newer than a patient's checkpoint on restart. Optional:
+	// without it, state not covered by a checkpoint (anomaly baselines, pending minimum
+	// durations) starts afresh; open alarms are never lost either way.
+	History History
+	// ReplayLimit bounds the observations replayed per patient on restart. Default 10,000.
+	ReplayLimit int
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Logger for background work. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Result is what one Evaluate call produced.
+type Result struct {
+	// Derived are the derived observations computed (NEWS2 scores), already recorded by the
+	// Engine in rules_news2 with their components; core may also store them as observations.
+	Derived []Derived
+	// Transitions are the committed alarm transitions (already sent to the alarms Notifier).
+	Transitions []alarms.Transition
+}
+
+// Derived is an observation computed by a rule from others.
+type Derived struct {
+	Observation
+	RuleID      string
+	RuleVersion int
+	NEWS2       *NEWS2Score // components, for CodeNEWS2
+}
+
+// Engine evaluates the current version of every enabled rule for each patient. It is safe
+// for concurrent use; evaluations of one patient are serialized.
+type Engine struct {
+	cfg Config
+	st  *engineState
+}
+
+// New loads the latest version of every rule and prepares an Engine. Per-patient state is
+// rebuilt lazily, on a patient's first evaluation (or Tick), from its checkpoint and History.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("rules: Config.Pool is required")
+	}
+	if cfg.Alarms == nil {
+		return nil, errors.New("rules: Config.Alarms is required")
+	}
+	if cfg.ReplayLimit <= 0 {
+		cfg.ReplayLimit = 10000
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	e := &Engine{cfg: cfg}
+	if err := e.init(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Evaluate runs every rule on the patient's new observations (already committed by core) in
+// time order. Alarm transitions and NEWS2 scores are written, audited and checkpointed in one
+// transaction, then notified. Observations of another patient are ignored. On a database
+// error, nothing is written and the patient's in-memory state is dropped (rebuilt on the next
+// call), so a retry of the same observations is safe.
+func (e *Engine) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observation) (Result, error) {
+	return e.evaluate(ctx, patientID, obs)
+}
+
+// Tick runs the time-driven rules (no-data) for every patient known to the Engine at
+// Config.Now(), and returns the transitions made.
+func (e *Engine) Tick(ctx context.Context) ([]alarms.Transition, error) { return e.tick(ctx) }
+
+// Checkpoint writes the state of every patient evaluated since its last checkpoint, so that a
+// restart replays less. Call it periodically (e.g. every minute) and on shutdown.
+func (e *Engine) Checkpoint(ctx context.Context) error { return e.checkpoint(ctx) }
+
+// Rules returns the latest version of every rule.
+func (e *Engine) Rules(ctx context.Context) ([]Rule, error) { return e.rules(ctx) }
+
+// Versions returns every version of a rule, oldest first, or ErrRuleNotFound.
+func (e *Engine) Versions(ctx context.Context, id string) ([]Rule, error) { return e.versions(ctx, id) }
+
+// CreateVersion stores r as the next version of rule r.ID (version 1 for a new id) and makes
+// it current, audited as "rule.version_created" in the same transaction. r.Version is the
+// version it was based on (0 for a new rule): if another version was created since,
+// ErrVersionConflict. ErrInvalidRule for a malformed definition or an empty Reason; rejections
+// are audited. by carries the actor, request id and source address.
+func (e *Engine) CreateVersion(ctx context.Context, by audit.Event, r Rule) (Rule, error) {
+	return e.createVersion(ctx, by, r)
+}
+
+// SetSpO2Scale chooses NEWS2 SpO2 scale 1 or 2 (the latter only for patients with hypercapnic
+// respiratory failure, on a clinician's decision) for a patient, audited with a reason.
+func (e *Engine) SetSpO2Scale(ctx context.Context, by audit.Event, patientID uuid.UUID, scale int, reason string) error {
+	return e.setSpO2Scale(ctx, by, patientID, scale, reason)
+}
+
+// Close writes a final checkpoint.
+func (e *Engine) Close(ctx context.Context) error { return e.checkpoint(ctx) }

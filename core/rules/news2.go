@@ -1,0 +1,45 @@
+package rules
+
+// NEWS2Input is the seven NEWS2 parameters. Values are in the canonical units; RespRate,
+// SpO2, SystolicBP and Pulse are rounded to the nearest whole number and Temperature to one
+// decimal before scoring, as charted on the RCP observation chart.
+type NEWS2Input struct {
+	RespRate      float64 // /min
+	SpO2          float64 // %
+	SpO2Scale     int     // 1 (default when 0) or 2 (hypercapnic respiratory failure)
+	OnOxygen      bool    // supplemental oxygen (false: air)
+	SystolicBP    float64 // mm[Hg]
+	Pulse         float64 // /min
+	Consciousness int     // ACVPU: ACVPUAlert … ACVPUUnresponsive
+	Temperature   float64 // Cel
+}
+
+// Band is the NEWS2 clinical response band.
+type Band string
+
+// Bands (RCP 2017, chart 2).
+const (
+	BandLow       Band = "low"        // aggregate 0–4
+	BandLowMedium Band = "low_medium" // a single parameter scores 3 (aggregate 0–4): urgent ward-based response
+	BandMedium    Band = "medium"     // aggregate 5–6: key threshold for urgent response
+	BandHigh      Band = "high"       // aggregate 7 or more: emergency response
+)
+
+// NEWS2Score is a NEWS2 result with its components.
+type NEWS2Score struct {
+	Total         int  `json:"total"`
+	RespRate      int  `json:"resp_rate"`
+	SpO2          int  `json:"spo2"`
+	SpO2Scale     int  `json:"spo2_scale"`
+	AirOrOxygen   int  `json:"air_or_oxygen"`
+	SystolicBP    int  `json:"systolic_bp"`
+	Pulse         int  `json:"pulse"`
+	Consciousness int  `json:"consciousness"`
+	Temperature   int  `json:"temperature"`
+	SingleRed     bool `json:"single_red"` // some parameter scored 3
+	Band          Band `json:"band"`
+}
+
+// ComputeNEWS2 scores in. It returns ErrInvalidRule-wrapped errors for an SpO2 scale other
+// than 0, 1 or 2 or an ACVPU value out of range, and for non-finite values.
+func ComputeNEWS2(in NEWS2Input) (NEWS2Score, error) { return computeNEWS2(in) }
