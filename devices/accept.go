@@ -1,0 +1,312 @@
+package devices
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/devices/envelope"
+)
+
+// Verified is an upload that passed every check that does not need a commit: well formed,
+// signed by the device's current key, device active, sent_at within skew, sequence number
+// above the last admitted one.
+type Verified struct {
+	Upload *envelope.Upload
+	Body   []byte   // canonical body bytes
+	Hash   [32]byte // SHA-256 of Body
+	Device uuid.UUID
+
+	state *deviceState
+}
+
+// Accept verifies a signed upload (the envelope's wire bytes, as received over HTTP or
+// MQTT) and, if it passes, stores it through core.Ingest together with its audit event,
+// the device's new sequence number and its receipt, in one transaction shared with other
+// concurrent uploads (group commit). It returns the signed receipt.
+//
+// An exact re-send of an upload accepted before (same canonical bytes) returns the receipt
+// stored then, with Receipt.Replayed set, and stores nothing. Every refusal is a
+// *RejectError wrapping one of the sentinels of this package (ErrMalformed, ErrTooLarge,
+// ErrUnknownDevice, ErrUnknownKey, ErrBadSignature, ErrDeviceSuspended,
+// ErrDeviceDecommissioned, ErrReplay, ErrNotAssigned, ErrClockSkew, ErrRateLimited,
+// ErrQuotaExceeded, ErrBackpressure), is recorded as an `upload.rejected` audit event with
+// its reason code, and stores nothing else. Other errors are internal failures.
+//
+// Accept is safe for concurrent use and is the one entry point of every transport.
+func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, error) {
+	if s.cfg.Ingester == nil || s.cfg.ReceiptSigner == nil {
+		return nil, errors.New("devices: Accept needs Config.Ingester and Config.ReceiptSigner")
+	}
+	v, rc, err := s.verify(ctx, raw)
+	if err != nil {
+		return nil, s.rejected(ctx, raw, v, meta, err)
+	}
+	if rc != nil {
+		return rc, nil // exact re-send
+	}
+	p, err := s.admitUpload(v, meta)
+	if err != nil {
+		return nil, s.rejected(ctx, raw, v, meta, err)
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		// The commit goes on without us; its outcome is in the database either way.
+		return nil, fmt.Errorf("accept upload: %w", ctx.Err())
+	}
+	if p.err != nil {
+		var re *RejectError
+		if errors.As(p.err, &re) {
+			return nil, s.rejected(ctx, raw, v, meta, p.err)
+		}
+		return nil, fmt.Errorf("accept upload %x: %w", v.Hash[:8], p.err)
+	}
+	return s.signReceipt(ctx, p.receiptBody, v.Hash, false)
+}
+
+// Verify runs every check of Accept that needs no commit and stores nothing (not even a
+// rejection): decode, device status and key, signature, skew, sequence. It is exported for
+// tools and tests; transports call Accept.
+func (s *Service) Verify(ctx context.Context, raw []byte) (*Verified, error) {
+	v, rc, err := s.verify(ctx, raw)
+	if err != nil {
+		return v, err
+	}
+	if rc != nil {
+		return v, reject(ErrReplay, "exact re-send of an accepted upload")
+	}
+	return v, nil
+}
+
+// verify returns the verified upload, or the stored receipt of an exact re-send, or a
+// rejection. v is returned (partly filled) even on error, for the audit of the rejection.
+func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, error) {
+	lim := s.cfg.Limits
+	if lim.MaxEnvelopeBytes <= 0 {
+		lim.MaxEnvelopeBytes = envelope.DefaultLimits.MaxEnvelopeBytes
+	}
+	env, err := envelope.ParseEnvelope(raw, lim)
+	if err != nil {
+		return nil, nil, envErr(err)
+	}
+	v := &Verified{Body: env.Body, Hash: envelope.Hash(env.Body)}
+	u, err := envelope.ParseUpload(env.Body, lim)
+	if err != nil {
+		return v, nil, envErr(err)
+	}
+	v.Upload = u
+	if u.Seq > math.MaxInt64 || u.KeyVersion > math.MaxInt32 {
+		return v, nil, reject(ErrMalformed, "sequence number or key version out of range")
+	}
+	id, err := uuid.Parse(u.Device)
+	if err != nil {
+		return v, nil, reject(ErrMalformed, "device id is not a UUID")
+	}
+	v.Device = id
+	d, err := s.device(ctx, id)
+	if err != nil {
+		return v, nil, err
+	}
+	v.state = d
+	switch d.status {
+	case StatusActive:
+	case StatusSuspended:
+		return v, nil, reject(ErrDeviceSuspended, "device %s is suspended", id)
+	case StatusDecommissioned:
+		return v, nil, reject(ErrDeviceDecommissioned, "device %s is decommissioned", id)
+	default:
+		return v, nil, reject(ErrDeviceSuspended, "device %s is %s", id, d.status)
+	}
+	if d.pub == nil || u.KeyVersion != d.keyVersion {
+		return v, nil, reject(ErrUnknownKey, "key version %d is not the device's current key", u.KeyVersion)
+	}
+	if !ed25519.Verify(d.pub, env.Body, env.Sig) {
+		return v, nil, &RejectError{Err: ErrBadSignature, Code: CodeBadSignature, Detail: fmt.Sprintf("signature does not verify under key %s/v%d", id, d.keyVersion)}
+	}
+	// Sequence: at or below the last admitted one is a replay, unless it is the exact
+	// re-send of an accepted upload (idempotent retry), checked before the skew so that a
+	// late retry still gets its receipt.
+	d.mu.Lock()
+	reserved := d.reserved
+	d.mu.Unlock()
+	if u.Seq <= reserved {
+		rc, err := s.storedReceipt(ctx, v)
+		if err != nil {
+			return v, nil, err
+		}
+		return v, rc, nil
+	}
+	now := s.cfg.Now()
+	if skew := now.Sub(u.SentTime()); skew > s.cfg.MaxSkew || skew < -s.cfg.MaxSkew {
+		return v, nil, reject(ErrClockSkew, "sent_at is %s from server time, allowed ±%s", skew.Round(time.Millisecond), s.cfg.MaxSkew)
+	}
+	if d.patient == uuid.Nil {
+		return v, nil, reject(ErrNotAssigned, "device %s is not assigned to a patient", id)
+	}
+	return v, nil, nil
+}
+
+// envErr turns an envelope decoding error into a RejectError.
+func envErr(err error) error {
+	switch {
+	case errors.Is(err, envelope.ErrTooLarge):
+		return &RejectError{Err: ErrTooLarge, Code: CodeTooLarge, Detail: err.Error()}
+	case errors.Is(err, envelope.ErrBadSignature):
+		return &RejectError{Err: ErrBadSignature, Code: CodeBadSignature, Detail: err.Error()}
+	default:
+		return &RejectError{Err: ErrMalformed, Code: CodeMalformed, Detail: err.Error()}
+	}
+}
+
+// storedReceipt returns the receipt of an accepted upload with v's exact bytes, or ErrReplay.
+func (s *Service) storedReceipt(ctx context.Context, v *Verified) (*Receipt, error) {
+	var body []byte
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT receipt FROM devices_uploads WHERE hash = $1 AND device_id = $2`,
+		v.Hash[:], v.Device).Scan(&body)
+	if err != nil {
+		if isNoRows(err) {
+			if p := s.bat.pendingFor(v.Hash); p != nil {
+				// The same bytes are being committed right now: wait for that outcome.
+				select {
+				case <-p.done:
+				case <-ctx.Done():
+					return nil, fmt.Errorf("wait for pending upload: %w", ctx.Err())
+				}
+				if p.err == nil {
+					return s.signReceipt(ctx, p.receiptBody, v.Hash, true)
+				}
+			}
+			return nil, reject(ErrReplay, "sequence number %d is not above the last accepted", v.Upload.Seq)
+		}
+		return nil, fmt.Errorf("look up upload %x: %w", v.Hash[:8], err)
+	}
+	return s.signReceipt(ctx, body, v.Hash, true)
+}
+
+// admitUpload takes rate-limit tokens, reserves the sequence number and queues the upload
+// for group commit.
+func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
+	if s.cfg.Pressure != nil {
+		if over, after := s.cfg.Pressure(); over {
+			e := reject(ErrBackpressure, "the audit log is behind; retry later")
+			e.RetryAfter = max(after, time.Second)
+			return nil, e
+		}
+	}
+	u, d := v.Upload, v.state
+	points := len(u.Samples)
+	for _, w := range u.Waveforms {
+		points += (len(w.Data) + 99) / 100
+	}
+	now := s.cfg.Now()
+	d.mu.Lock()
+	if u.Seq <= d.reserved {
+		d.mu.Unlock()
+		return nil, reject(ErrReplay, "sequence number %d is not above the last accepted", u.Seq)
+	}
+	if err := s.admit(d, points, now); err != nil {
+		d.mu.Unlock()
+		return nil, err
+	}
+	prev := d.reserved
+	d.reserved = u.Seq
+	d.mu.Unlock()
+
+	samples := make([]core.Sample, len(u.Samples))
+	for i, smp := range u.Samples {
+		samples[i] = core.Sample{Code: smp.Code, Value: smp.Value, Unit: smp.Unit, Time: smp.Time()}
+	}
+	p := &pending{
+		v: v, meta: meta, receivedAt: now, prevReserved: prev,
+		batch: core.Batch{
+			PatientID: d.patient,
+			Provenance: core.Provenance{
+				DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
+				Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,
+			},
+			Samples: samples,
+		},
+		done: make(chan struct{}),
+	}
+	if err := s.bat.enqueue(p); err != nil {
+		d.mu.Lock()
+		if d.reserved == u.Seq {
+			d.reserved = prev
+		}
+		d.mu.Unlock()
+		return nil, err
+	}
+	return p, nil
+}
+
+// keyID names a device key version in provenance and audit events.
+func keyID(device uuid.UUID, version uint64) string {
+	return fmt.Sprintf("device/%s/v%d", device, version)
+}
+
+// signReceipt signs a stored receipt body.
+func (s *Service) signReceipt(ctx context.Context, body []byte, hash [32]byte, replayed bool) (*Receipt, error) {
+	sig, err := s.cfg.ReceiptSigner.Sign(ctx, body)
+	if err != nil {
+		return nil, fmt.Errorf("sign receipt: %w", err)
+	}
+	sr := envelope.SignedReceipt{Body: body, Sig: sig, KeyID: s.cfg.ReceiptSigner.KeyID()}
+	wire, err := sr.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	r := &Receipt{Wire: wire, Signed: sr, UploadHash: hash, Replayed: replayed}
+	if err := decodeReceiptBody(body, &r.Body); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// rejected records the audit event of a refused upload (in its own transaction: nothing
+// else is written) and returns err. A failure to audit is returned as an internal error: a
+// rejection that cannot be audited is not answered as a clean 4xx.
+func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Meta, err error) error {
+	var re *RejectError
+	if !errors.As(err, &re) {
+		return err
+	}
+	ev := audit.Event{
+		Actor:      audit.Actor{Kind: audit.ActorDevice, ID: "unknown", AuthMethod: "none"},
+		Action:     "upload.rejected",
+		Object:     audit.Object{Type: "upload"},
+		Outcome:    audit.OutcomeRejected,
+		Reason:     re.Code,
+		RequestID:  meta.RequestID,
+		SourceAddr: meta.SourceAddr,
+		Time:       s.cfg.Now(),
+	}
+	payload := map[string]any{"transport": meta.Transport, "bytes": len(raw), "detail": re.Detail}
+	if v != nil {
+		ev.Object.ID = hex.EncodeToString(v.Hash[:])
+		if v.Upload != nil {
+			ev.Actor.ID = v.Upload.Device // as claimed; AuthMethod says whether it was proven
+			payload["seq"] = v.Upload.Seq
+			payload["key_version"] = v.Upload.KeyVersion
+			payload["sent_at"] = v.Upload.SentAt
+			payload["samples"] = len(v.Upload.Samples)
+		}
+		if v.state != nil && !errors.Is(err, ErrBadSignature) && !errors.Is(err, ErrUnknownKey) &&
+			!errors.Is(err, ErrDeviceSuspended) && !errors.Is(err, ErrDeviceDecommissioned) {
+			ev.Actor.AuthMethod = "device-signature"
+		}
+	}
+	ev.Payload = payload
+	if aerr := s.bat.recordRejection(ctx, ev); aerr != nil {
+		return fmt.Errorf("audit rejected upload (%s): %w", re.Code, aerr)
+	}
+	return err
+}

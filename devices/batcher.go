@@ -1,0 +1,413 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/devices/envelope"
+)
+
+// pending is one admitted upload waiting for its group commit.
+type pending struct {
+	v            *Verified
+	meta         Meta
+	batch        core.Batch
+	receivedAt   time.Time
+	prevReserved uint64
+
+	// Set by the committer before done is closed.
+	receiptBody []byte
+	err         error
+	done        chan struct{}
+}
+
+// batcher runs the group commits: uploads are routed to one of cfg.Committers queues by
+// device (so that one device's uploads commit in the order they were admitted), and each
+// committer commits what its queue holds — up to BatchMaxUploads, waiting at most
+// BatchMaxWait for more — in one core.IngestMany transaction.
+type batcher struct {
+	s      *Service
+	queues []chan *pending
+	seed   maphash.Seed
+
+	pmu     sync.Mutex
+	byHash  map[[32]byte]*pending
+	closing bool
+
+	rejMu     sync.RWMutex
+	rej       chan *rejection
+	rejClosed bool
+
+	wg sync.WaitGroup
+}
+
+type rejection struct {
+	ev   audit.Event
+	err  error
+	done chan struct{}
+}
+
+func newBatcher(s *Service) *batcher {
+	b := &batcher{s: s, seed: maphash.MakeSeed(), byHash: make(map[[32]byte]*pending),
+		rej: make(chan *rejection, 4096)}
+	per := max(s.cfg.QueueLimit/s.cfg.Committers, 1)
+	for i := 0; i < s.cfg.Committers; i++ {
+		q := make(chan *pending, per)
+		b.queues = append(b.queues, q)
+		b.wg.Add(1)
+		go b.run(q)
+	}
+	b.wg.Add(1)
+	go b.runRejections()
+	return b
+}
+
+func (b *batcher) enqueue(p *pending) error {
+	q := b.queues[maphash.Comparable(b.seed, p.v.Device)%uint64(len(b.queues))]
+	b.pmu.Lock()
+	defer b.pmu.Unlock()
+	if b.closing {
+		return reject(ErrBackpressure, "ingestion is shutting down")
+	}
+	if _, dup := b.byHash[p.v.Hash]; dup {
+		return reject(ErrReplay, "the same upload is being committed")
+	}
+	select {
+	case q <- p:
+		b.byHash[p.v.Hash] = p
+		return nil
+	default:
+		e := reject(ErrBackpressure, "too many uploads waiting for commit")
+		e.RetryAfter = time.Second
+		return e
+	}
+}
+
+func (b *batcher) forget(p *pending) {
+	b.pmu.Lock()
+	if b.byHash[p.v.Hash] == p {
+		delete(b.byHash, p.v.Hash)
+	}
+	b.pmu.Unlock()
+}
+
+// pendingFor returns the upload with this hash waiting for commit, if any.
+func (b *batcher) pendingFor(h [32]byte) *pending {
+	b.pmu.Lock()
+	defer b.pmu.Unlock()
+	return b.byHash[h]
+}
+
+func (b *batcher) close(ctx context.Context) error {
+	b.pmu.Lock()
+	if b.closing {
+		b.pmu.Unlock()
+		return nil
+	}
+	b.closing = true
+	for _, q := range b.queues {
+		close(q)
+	}
+	b.pmu.Unlock()
+	b.rejMu.Lock()
+	b.rejClosed = true
+	close(b.rej)
+	b.rejMu.Unlock()
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run is one committer.
+func (b *batcher) run(q chan *pending) {
+	defer b.wg.Done()
+	cfg := &b.s.cfg
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	group := make([]*pending, 0, cfg.BatchMaxUploads)
+	for first := range q {
+		group = append(group[:0], first)
+		timer.Reset(cfg.BatchMaxWait)
+	collect:
+		for len(group) < cfg.BatchMaxUploads {
+			select {
+			case p, ok := <-q:
+				if !ok {
+					break collect
+				}
+				group = append(group, p)
+			case <-timer.C:
+				break collect
+			}
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		b.commit(group)
+		clear(group)
+	}
+}
+
+// commit stores a group in one transaction; if that fails and the group has more than one
+// upload, each upload is committed on its own so that one bad upload (or a device suspended
+// meanwhile) does not fail the others.
+func (b *batcher) commit(group []*pending) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := b.commitGroup(ctx, group)
+	if err != nil && len(group) > 1 {
+		b.s.cfg.Logger.DebugContext(ctx, "group commit failed; committing one by one",
+			slog.Int("uploads", len(group)), slog.String("error", err.Error()))
+		for _, p := range group {
+			b.finish(ctx, []*pending{p}, b.commitGroup(ctx, []*pending{p}))
+		}
+		return
+	}
+	b.finish(ctx, group, err)
+}
+
+// finish publishes the outcome to the waiting callers and updates the device cache.
+func (b *batcher) finish(ctx context.Context, group []*pending, err error) {
+	if err != nil {
+		err = b.explain(ctx, group[0], err)
+	}
+	for _, p := range group {
+		d := p.v.state
+		d.mu.Lock()
+		if err == nil {
+			d.committed = max(d.committed, p.batch.Provenance.Sequence)
+		} else if d.reserved == p.batch.Provenance.Sequence {
+			d.reserved = max(p.prevReserved, d.committed)
+		}
+		d.mu.Unlock()
+		p.err = err
+		b.forget(p)
+		close(p.done)
+	}
+}
+
+// explain turns a failed single-upload commit into the rejection it stands for when the
+// device's state in the database changed under the cache (suspended, rotated, sequence
+// advanced by another server), and invalidates the cache entry.
+func (b *batcher) explain(ctx context.Context, p *pending, err error) error {
+	if !errors.Is(err, errStale) {
+		var ce interface{ ErrorCode() string }
+		if errors.As(err, &ce) {
+			// core refused the data (validation): a rejection with core's code.
+			return &RejectError{Err: ErrMalformed, Code: ce.ErrorCode(), Detail: err.Error()}
+		}
+		return err
+	}
+	b.s.cache.invalidate(p.v.Device)
+	d, lerr := b.s.loadDevice(ctx, p.v.Device)
+	if lerr != nil {
+		return lerr
+	}
+	switch {
+	case d.status == StatusSuspended:
+		return reject(ErrDeviceSuspended, "device %s is suspended", p.v.Device)
+	case d.status == StatusDecommissioned:
+		return reject(ErrDeviceDecommissioned, "device %s is decommissioned", p.v.Device)
+	case d.keyVersion != p.v.Upload.KeyVersion:
+		return reject(ErrUnknownKey, "key version %d was rotated out", p.v.Upload.KeyVersion)
+	default:
+		return reject(ErrReplay, "sequence number %d is not above the last accepted", p.v.Upload.Seq)
+	}
+}
+
+// errStale: the database refused the device-state update (status, key or sequence changed).
+var errStale = errors.New("device state changed since verification")
+
+// commitGroup runs one core.IngestMany transaction for the group; its hooks advance each
+// device's sequence (conditionally on status, key and sequence) and store each upload's
+// receipt body, in one round trip, once the last hook has run.
+func (b *batcher) commitGroup(ctx context.Context, group []*pending) error {
+	n := len(group)
+	batches := make([]core.Batch, n)
+	hooks := make([]core.TxHook, n)
+	results := make([]core.IngestResult, n)
+	seen := 0
+	for i, p := range group {
+		batches[i] = p.batch
+		hooks[i] = func(ctx context.Context, tx pgx.Tx, r core.IngestResult) error {
+			results[i] = r
+			seen++
+			if seen < n {
+				return nil
+			}
+			return b.writeDeviceState(ctx, tx, group, results)
+		}
+	}
+	var err error
+	if n == 1 {
+		_, err = b.s.cfg.Ingester.Ingest(ctx, batches[0], hooks[0])
+	} else {
+		_, err = b.s.cfg.Ingester.IngestMany(ctx, batches, hooks)
+	}
+	if err != nil {
+		for _, p := range group {
+			p.receiptBody = nil
+		}
+		return err
+	}
+	return nil
+}
+
+func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pending, results []core.IngestResult) error {
+	n := len(group)
+	// Highest sequence per device (a device may have several uploads in one group).
+	type adv struct {
+		seq uint64
+		kv  uint64
+	}
+	top := make(map[uuid.UUID]adv, n)
+	hashes := make([][]byte, n)
+	devs := make([]uuid.UUID, n)
+	seqs := make([]int64, n)
+	kvs := make([]int64, n)
+	times := make([]time.Time, n)
+	events := make([]uuid.UUID, n)
+	transports := make([]string, n)
+	receipts := make([][]byte, n)
+	for i, p := range group {
+		u := p.v.Upload
+		if a, ok := top[p.v.Device]; !ok || u.Seq > a.seq {
+			top[p.v.Device] = adv{u.Seq, u.KeyVersion}
+		}
+		rb, err := envelope.Canonical(&envelope.Receipt{
+			Type: envelope.TypeReceipt, Upload: p.v.Hash[:], Device: u.Device, Seq: u.Seq,
+			ServerTime: p.receivedAt.UnixMilli(), AuditEvent: results[i].AuditEventID.String(),
+		})
+		if err != nil {
+			return fmt.Errorf("encode receipt: %w", err)
+		}
+		p.receiptBody = rb
+		h := p.v.Hash
+		hashes[i] = h[:]
+		devs[i], seqs[i], kvs[i] = p.v.Device, int64(u.Seq), int64(u.KeyVersion)
+		times[i], events[i], transports[i], receipts[i] = p.receivedAt, results[i].AuditEventID, p.meta.Transport, rb
+	}
+	ids := make([]uuid.UUID, 0, len(top))
+	tops := make([]int64, 0, len(top))
+	tkvs := make([]int64, 0, len(top))
+	for id, a := range top {
+		ids = append(ids, id)
+		tops = append(tops, int64(a.seq))
+		tkvs = append(tkvs, int64(a.kv))
+	}
+	var bt pgx.Batch
+	bt.Queue(`UPDATE devices_devices d SET last_seq = v.seq
+		FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, seq, kv)
+		WHERE d.id = v.id AND d.status = 'active' AND d.key_version = v.kv AND d.last_seq < v.seq`, ids, tops, tkvs)
+	bt.Queue(`INSERT INTO devices_uploads (hash, device_id, seq, key_version, received_at, audit_event_id, transport, receipt)
+		SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::uuid[], $7::text[], $8::bytea[])`,
+		hashes, devs, seqs, kvs, times, events, transports, receipts)
+	br := tx.SendBatch(ctx, &bt)
+	tag, err := br.Exec()
+	if err != nil {
+		_ = br.Close()
+		return fmt.Errorf("advance device sequences: %w", err)
+	}
+	if tag.RowsAffected() != int64(len(ids)) {
+		_ = br.Close()
+		return errStale
+	}
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		if isUniqueViolation(err) {
+			return errStale
+		}
+		return fmt.Errorf("store upload receipts: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return fmt.Errorf("device state batch: %w", err)
+	}
+	return nil
+}
+
+// runRejections writes the audit events of rejected uploads, many per transaction.
+func (b *batcher) runRejections() {
+	defer b.wg.Done()
+	group := make([]*rejection, 0, 256)
+	for first := range b.rej {
+		group = append(group[:0], first)
+	more:
+		for len(group) < cap(group) {
+			select {
+			case r, ok := <-b.rej:
+				if !ok {
+					break more
+				}
+				group = append(group, r)
+			default:
+				break more
+			}
+		}
+		err := b.writeRejections(group)
+		if err != nil && len(group) > 1 {
+			for _, r := range group {
+				r.err = b.writeRejections([]*rejection{r})
+				close(r.done)
+			}
+			continue
+		}
+		for _, r := range group {
+			r.err = err
+			close(r.done)
+		}
+	}
+}
+
+func (b *batcher) writeRejections(group []*rejection) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return pgx.BeginFunc(ctx, b.s.cfg.Pool, func(tx pgx.Tx) error {
+		for _, r := range group {
+			if _, err := audit.Record(ctx, tx, r.ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// recordRejection audits a rejected upload and waits until the event is committed.
+func (b *batcher) recordRejection(ctx context.Context, ev audit.Event) error {
+	r := &rejection{ev: ev, done: make(chan struct{})}
+	b.rejMu.RLock()
+	if b.rejClosed {
+		b.rejMu.RUnlock()
+		return b.writeRejections([]*rejection{r})
+	}
+	select {
+	case b.rej <- r:
+		b.rejMu.RUnlock()
+	case <-ctx.Done():
+		b.rejMu.RUnlock()
+		return ctx.Err()
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,152 @@
+package devices
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Device statuses.
+const (
+	StatusActive         = "active"
+	StatusSuspended      = "suspended"
+	StatusDecommissioned = "decommissioned"
+)
+
+// deviceState is the in-memory view of one device used on the upload path: its status, its
+// current key, its patient, its sequence numbers and its rate-limit buckets. The database is
+// the authority: every commit re-checks status, key version and sequence in SQL, so a stale
+// entry can never let an upload through that the database would refuse.
+type deviceState struct {
+	id         uuid.UUID
+	status     string
+	keyVersion uint64
+	pub        ed25519.PublicKey // nil when the device has no key yet
+	patient    uuid.UUID         // uuid.Nil when unassigned
+
+	mu        sync.Mutex
+	committed uint64 // highest sequence number known committed
+	reserved  uint64 // highest sequence number admitted (committed or waiting for commit)
+	tokens    float64
+	quota     float64
+	refilled  time.Time
+}
+
+// deviceCache holds deviceStates. Invalidate drops an entry at once (suspension, rotation,
+// reassignment); a load racing with an invalidation is discarded (generation check).
+type deviceCache struct {
+	mu  sync.RWMutex
+	m   map[uuid.UUID]*deviceState
+	gen atomic.Uint64
+}
+
+func newDeviceCache() *deviceCache { return &deviceCache{m: make(map[uuid.UUID]*deviceState)} }
+
+func (c *deviceCache) invalidate(id uuid.UUID) {
+	c.gen.Add(1)
+	c.mu.Lock()
+	delete(c.m, id)
+	c.mu.Unlock()
+}
+
+// get returns the device's state, loading it from the database on a miss. A device that
+// does not exist yields ErrUnknownDevice.
+func (s *Service) device(ctx context.Context, id uuid.UUID) (*deviceState, error) {
+	c := s.cache
+	c.mu.RLock()
+	d := c.m[id]
+	c.mu.RUnlock()
+	if d != nil {
+		return d, nil
+	}
+	gen := c.gen.Load()
+	d, err := s.loadDevice(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cur := c.m[id]; cur != nil {
+		return cur, nil
+	}
+	if c.gen.Load() == gen {
+		c.m[id] = d
+	}
+	return d, nil
+}
+
+func (s *Service) loadDevice(ctx context.Context, id uuid.UUID) (*deviceState, error) {
+	d := &deviceState{id: id}
+	var (
+		kv      int64
+		lastSeq int64
+		pub     []byte
+		patient *uuid.UUID
+	)
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT d.status, d.key_version, d.last_seq, d.patient_id, k.public_key
+		FROM devices_devices d
+		LEFT JOIN devices_keys k ON k.device_id = d.id AND k.version = d.key_version
+		WHERE d.id = $1`, id).Scan(&d.status, &kv, &lastSeq, &patient, &pub)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, reject(ErrUnknownDevice, "device %s is not registered", id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load device %s: %w", id, err)
+	}
+	d.keyVersion = uint64(kv)
+	if len(pub) == ed25519.PublicKeySize {
+		d.pub = ed25519.PublicKey(pub)
+	}
+	if patient != nil {
+		d.patient = *patient
+	}
+	d.committed, d.reserved = uint64(lastSeq), uint64(lastSeq)
+	d.tokens = float64(s.cfg.RateBurst)
+	d.quota = s.cfg.SampleQuotaPerHour
+	d.refilled = s.cfg.Now()
+	return d, nil
+}
+
+// admit checks and takes rate-limit tokens and quota for an upload of n data points. It
+// returns a *RejectError with RetryAfter when the device must slow down. Caller holds d.mu.
+func (s *Service) admit(d *deviceState, n int, now time.Time) error {
+	el := now.Sub(d.refilled).Seconds()
+	if el > 0 {
+		d.refilled = now
+		if s.cfg.RatePerSecond > 0 {
+			d.tokens = math.Min(float64(s.cfg.RateBurst), d.tokens+el*s.cfg.RatePerSecond)
+		}
+		if s.cfg.SampleQuotaPerHour > 0 {
+			d.quota = math.Min(s.cfg.SampleQuotaPerHour, d.quota+el*s.cfg.SampleQuotaPerHour/3600)
+		}
+	}
+	if s.cfg.RatePerSecond > 0 && d.tokens < 1 {
+		e := reject(ErrRateLimited, "more than %g uploads/s (burst %d)", s.cfg.RatePerSecond, s.cfg.RateBurst)
+		e.RetryAfter = time.Duration((1 - d.tokens) / s.cfg.RatePerSecond * float64(time.Second))
+		return e
+	}
+	if s.cfg.SampleQuotaPerHour > 0 && d.quota < float64(n) {
+		e := reject(ErrQuotaExceeded, "more than %g samples per hour", s.cfg.SampleQuotaPerHour)
+		need := float64(n) - d.quota
+		if float64(n) > s.cfg.SampleQuotaPerHour {
+			need = s.cfg.SampleQuotaPerHour // never fits: tell it to wait an hour
+		}
+		e.RetryAfter = time.Duration(need / (s.cfg.SampleQuotaPerHour / 3600) * float64(time.Second))
+		return e
+	}
+	if s.cfg.RatePerSecond > 0 {
+		d.tokens--
+	}
+	if s.cfg.SampleQuotaPerHour > 0 {
+		d.quota -= float64(n)
+	}
+	return nil
+}

@@ -1,0 +1,194 @@
+package devices
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/devices/envelope"
+)
+
+// Ingester stores verified uploads; *core.Service satisfies it. Devices owns this interface
+// (the consumer), core implements it.
+type Ingester interface {
+	// Ingest validates, normalizes and stores one batch together with its audit event in one
+	// transaction, and calls hook inside that transaction before commit. It MUST roll back
+	// everything (samples, audit event, whatever hook wrote) if hook returns an error, and
+	// MUST NOT call hook when it does not commit the samples.
+	Ingest(ctx context.Context, b core.Batch, hook core.TxHook) (core.IngestResult, error)
+	// IngestMany is Ingest for many batches in ONE transaction (group commit): hooks[i]
+	// belongs to batches[i], results come back in the same order. An error from any hook or
+	// batch MUST roll back all of them.
+	IngestMany(ctx context.Context, batches []core.Batch, hooks []core.TxHook) ([]core.IngestResult, error)
+}
+
+// ReceiptSigner signs receipts with the installation's receipt-signing key (in production a
+// keys.Signer backed by Vault Transit or the local key ring).
+type ReceiptSigner interface {
+	// Sign returns the signature over msg: Ed25519 over msg itself, or ECDSA (ASN.1) over
+	// SHA-256(msg). It MUST be safe for concurrent use and MUST NOT retain msg.
+	Sign(ctx context.Context, msg []byte) ([]byte, error)
+	// KeyID names the signing key with its version; it is carried in every receipt.
+	KeyID() string
+	// Public returns the public key devices verify receipts with.
+	Public() crypto.PublicKey
+}
+
+// ProofSource answers with the audit log's proof that an event was logged; the audit
+// package provides it.
+type ProofSource interface {
+	// EventProof returns a JSON-marshalable proof that audit event id is included in the
+	// log. It MUST return an error wrapping ErrProofPending while the event is not yet in
+	// the log, and MUST NOT return (nil, nil).
+	EventProof(ctx context.Context, id uuid.UUID) (any, error)
+}
+
+// ErrProofPending is returned by Proof while the upload's audit event waits in the outbox.
+var ErrProofPending = errors.New("upload not yet in the audit log")
+
+// Config configures the Service. Zero values take the documented defaults.
+type Config struct {
+	// Pool is the installation's database. Required.
+	Pool *pgxpool.Pool
+	// Ingester stores verified uploads (the core service). Required for Accept.
+	Ingester Ingester
+	// ReceiptSigner signs receipts. Required for Accept.
+	ReceiptSigner ReceiptSigner
+	// Proofs answers Proof; when nil, Proof reports ErrProofPending.
+	Proofs ProofSource
+	// Pressure reports global back-pressure (the audit shipper's backlog): when it says
+	// overloaded, uploads are refused with ErrBackpressure and Retry-After. Optional.
+	Pressure func() (overloaded bool, retryAfter time.Duration)
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// MaxSkew is how far sent_at may be from the server's clock, either way. Default 5 min.
+	MaxSkew time.Duration
+	// Limits bound envelope sizes. Default envelope.DefaultLimits.
+	Limits envelope.Limits
+	// RatePerSecond and RateBurst are each device's token bucket for uploads. Default 20/s,
+	// burst 100. A negative rate disables the limit.
+	RatePerSecond float64
+	RateBurst     int
+	// SampleQuotaPerHour is the most samples (plus waveform points / 100) a device may send
+	// per hour, refilled continuously. Default 1,000,000. Negative disables it.
+	SampleQuotaPerHour float64
+	// BatchMaxUploads is the most uploads committed in one transaction. Default 512.
+	BatchMaxUploads int
+	// BatchMaxWait is how long the first upload of a batch waits for more. Default 2 ms.
+	BatchMaxWait time.Duration
+	// Committers is how many group commits run at once. Default 2.
+	Committers int
+	// QueueLimit is the most uploads waiting for commit before new ones get ErrBackpressure.
+	// Default 8192.
+	QueueLimit int
+	// EnrollmentTokenTTL is how long an enrollment token stays valid. Default 24 h.
+	EnrollmentTokenTTL time.Duration
+	// Logger receives operational messages of the background committer. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.MaxSkew <= 0 {
+		c.MaxSkew = 5 * time.Minute
+	}
+	if c.RatePerSecond == 0 {
+		c.RatePerSecond = 20
+	}
+	if c.RateBurst <= 0 {
+		c.RateBurst = 100
+	}
+	if c.SampleQuotaPerHour == 0 {
+		c.SampleQuotaPerHour = 1_000_000
+	}
+	if c.BatchMaxUploads <= 0 {
+		c.BatchMaxUploads = 512
+	}
+	if c.BatchMaxWait <= 0 {
+		c.BatchMaxWait = 2 * time.Millisecond
+	}
+	if c.Committers <= 0 {
+		c.Committers = 2
+	}
+	if c.QueueLimit <= 0 {
+		c.QueueLimit = 8192
+	}
+	if c.EnrollmentTokenTTL <= 0 {
+		c.EnrollmentTokenTTL = 24 * time.Hour
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Meta says how an upload arrived, for its audit event and provenance.
+type Meta struct {
+	Transport  string // "http" or "mqtt"
+	RequestID  string // the transport's request or message id, if any
+	SourceAddr string // the client's address as the transport saw it
+}
+
+// Receipt is what an accepted upload gets back.
+type Receipt struct {
+	// Wire is the signed receipt's bytes (envelope.SignedReceipt, CBOR): send them as they are.
+	Wire []byte
+	// Signed and Body are Wire decoded.
+	Signed envelope.SignedReceipt
+	Body   envelope.Receipt
+	// UploadHash is SHA-256 of the upload's canonical body.
+	UploadHash [32]byte
+	// Replayed is true when the upload was an exact re-send of one accepted before and this
+	// is the receipt stored then (nothing new was stored).
+	Replayed bool
+}
+
+// Service is the device registry, enrollment, and the verification and ingestion of signed
+// uploads. It is safe for concurrent use; Close stops its background committers.
+type Service struct {
+	cfg   Config
+	cache *deviceCache
+	bat   *batcher
+
+	closeOnce sync.Once
+}
+
+// New builds the Service and starts its group committers.
+func New(cfg Config) (*Service, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("devices: Config.Pool is required")
+	}
+	cfg.setDefaults()
+	s := &Service{cfg: cfg, cache: newDeviceCache()}
+	s.bat = newBatcher(s)
+	return s, nil
+}
+
+// Close stops the group committers after the uploads already queued are committed (or ctx
+// ends). Accept after Close fails with ErrBackpressure.
+func (s *Service) Close(ctx context.Context) error {
+	var err error
+	s.closeOnce.Do(func() { err = s.bat.close(ctx) })
+	if err != nil {
+		return fmt.Errorf("devices: close: %w", err)
+	}
+	return nil
+}
+
+// ReceiptKey returns the id and public key receipts are signed with (for device makers and
+// the SDK to verify receipts).
+func (s *Service) ReceiptKey() (keyID string, pub crypto.PublicKey, err error) {
+	if s.cfg.ReceiptSigner == nil {
+		return "", nil, errors.New("devices: no receipt signer configured")
+	}
+	return s.cfg.ReceiptSigner.KeyID(), s.cfg.ReceiptSigner.Public(), nil
+}
