@@ -1,0 +1,228 @@
+// Package leaf is the wire format of Vigil's audit log: the canonical, versioned encoding of
+// one audit event, of the batch leaf that Trillian stores, the commitments that keep PHI out
+// of both, and the RFC 6962 batch tree that ties events to their batch leaf. It holds no
+// logic beyond encoding and hashing; docs/audit.md is its specification.
+package leaf
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+)
+
+// Version is the version byte of every encoding in this package.
+const Version = 1
+
+// HashSize is the size of every hash and commitment (SHA-256).
+const HashSize = sha256.Size
+
+// Hash is a SHA-256 value.
+type Hash = [HashSize]byte
+
+// ErrMalformed is returned by the decoders for input that is not a valid encoding.
+var ErrMalformed = errors.New("malformed audit leaf encoding")
+
+// Commitment labels: each identifier gets its own label, so equal values in different
+// fields give unrelated commitments.
+const (
+	LabelActorID    = "actor_id"
+	LabelObjectID   = "object_id"
+	LabelRequestID  = "request_id"
+	LabelSourceAddr = "source_addr"
+	LabelPayload    = "payload"
+)
+
+// Commit is the keyed commitment HMAC-SHA256(key = salt, "vigil-audit-commit-v1" 0x00 label
+// 0x00 value). The salt is 32 random bytes per event, stored next to the values in PostgreSQL
+// and erased with them: without the salt the commitment reveals nothing, not even for
+// low-entropy values such as IPv4 addresses; with it anyone can check the value.
+func Commit(salt []byte, label string, value []byte) Hash {
+	m := hmac.New(sha256.New, salt)
+	m.Write([]byte("vigil-audit-commit-v1\x00"))
+	m.Write([]byte(label))
+	m.Write([]byte{0})
+	m.Write(value)
+	var out Hash
+	copy(out[:], m.Sum(nil))
+	return out
+}
+
+// Event is the PHI-free content of one audit event as it is hashed into the log (encoding
+// version 1). Identifiers that may point at a person (actor id, object id, request id,
+// source address) and the payload appear only as commitments; the rest are codes chosen by
+// Vigil's own code, never by a client or a patient.
+type Event struct {
+	ID          [16]byte  // UUIDv7
+	Time        time.Time // encoded at microsecond precision, UTC
+	ActorKind   string    // user, device, service
+	ActorID     Hash      // Commit(salt, LabelActorID, actor id)
+	ActorAuth   string    // how the actor authenticated
+	Action      string    // dotted verb
+	ObjectType  string
+	ObjectID    Hash // Commit(salt, LabelObjectID, object id)
+	Outcome     string
+	Reason      string
+	RequestID   Hash // Commit(salt, LabelRequestID, request id)
+	SourceAddr  Hash // Commit(salt, LabelSourceAddr, source address)
+	PayloadHash Hash // Commit(salt, LabelPayload, payload JSON) (empty payload when none)
+}
+
+// MaxString is the longest string field an encoding may carry.
+const MaxString = 1<<16 - 1
+
+// Encode returns the canonical encoding (see docs/audit.md): version byte, then the fields
+// in order, strings as 2-byte big-endian length + UTF-8, hashes as 32 raw bytes, the time as
+// 8-byte big-endian signed microseconds since the Unix epoch.
+func (e *Event) Encode() ([]byte, error) {
+	b := make([]byte, 0, 1+16+8+5*HashSize+64)
+	b = append(b, Version)
+	b = append(b, e.ID[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.Time.UnixMicro()))
+	var err error
+	put := func(s string) {
+		if err != nil {
+			return
+		}
+		if len(s) > MaxString || !utf8.ValidString(s) {
+			err = fmt.Errorf("%w: string field of %d bytes (or not UTF-8)", ErrMalformed, len(s))
+			return
+		}
+		b = binary.BigEndian.AppendUint16(b, uint16(len(s)))
+		b = append(b, s...)
+	}
+	put(e.ActorKind)
+	b = append(b, e.ActorID[:]...)
+	put(e.ActorAuth)
+	put(e.Action)
+	put(e.ObjectType)
+	b = append(b, e.ObjectID[:]...)
+	put(e.Outcome)
+	put(e.Reason)
+	b = append(b, e.RequestID[:]...)
+	b = append(b, e.SourceAddr[:]...)
+	b = append(b, e.PayloadHash[:]...)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// DecodeEvent parses a canonical event encoding. It accepts only what Encode produces.
+func DecodeEvent(b []byte) (Event, error) {
+	var e Event
+	r := reader{b: b}
+	if v := r.byte(); v != Version {
+		return e, fmt.Errorf("%w: event version %d", ErrMalformed, v)
+	}
+	copy(e.ID[:], r.n(16))
+	e.Time = time.UnixMicro(int64(binary.BigEndian.Uint64(r.n(8)))).UTC()
+	e.ActorKind = r.str()
+	e.ActorID = r.hash()
+	e.ActorAuth = r.str()
+	e.Action = r.str()
+	e.ObjectType = r.str()
+	e.ObjectID = r.hash()
+	e.Outcome = r.str()
+	e.Reason = r.str()
+	e.RequestID = r.hash()
+	e.SourceAddr = r.hash()
+	e.PayloadHash = r.hash()
+	if r.err != nil {
+		return Event{}, r.err
+	}
+	if len(r.b) != 0 {
+		return Event{}, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(r.b))
+	}
+	return e, nil
+}
+
+// LeafHash is the RFC 6962 leaf hash SHA-256(0x00 || data): the hash of an event encoding in
+// its batch tree, and of a batch leaf in the Trillian log.
+func LeafHash(data []byte) Hash {
+	h := sha256.New()
+	h.Write([]byte{0})
+	h.Write(data)
+	var out Hash
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// Batch is the Trillian leaf of one sealed batch of events (encoding version 1).
+type Batch struct {
+	ID    [16]byte // UUIDv7 of the batch
+	Count uint32   // number of events in the batch (the batch tree's size), ≥ 1
+	Root  Hash     // RFC 6962 root over the events' leaf hashes, in batch order
+}
+
+// BatchLeafSize is the length of an encoded batch leaf.
+const BatchLeafSize = 1 + 16 + 4 + HashSize
+
+// Encode returns version byte, batch id, count (4-byte big-endian), root.
+func (l *Batch) Encode() []byte {
+	b := make([]byte, 0, BatchLeafSize)
+	b = append(b, Version)
+	b = append(b, l.ID[:]...)
+	b = binary.BigEndian.AppendUint32(b, l.Count)
+	return append(b, l.Root[:]...)
+}
+
+// IdentityHash is the leaf identity hash given to Trillian: SHA-256("vigil-audit-batch-v1"
+// 0x00 batch id). It depends on the batch id only, so a batch sent twice (a retry after a
+// timeout, a restart) is one leaf, whatever else happens.
+func (l *Batch) IdentityHash() Hash {
+	return sha256.Sum256(append([]byte("vigil-audit-batch-v1\x00"), l.ID[:]...))
+}
+
+// DecodeBatch parses a batch leaf.
+func DecodeBatch(b []byte) (Batch, error) {
+	var l Batch
+	if len(b) != BatchLeafSize || b[0] != Version {
+		return l, fmt.Errorf("%w: batch leaf of %d bytes", ErrMalformed, len(b))
+	}
+	copy(l.ID[:], b[1:17])
+	l.Count = binary.BigEndian.Uint32(b[17:21])
+	copy(l.Root[:], b[21:])
+	if l.Count == 0 {
+		return Batch{}, fmt.Errorf("%w: empty batch", ErrMalformed)
+	}
+	return l, nil
+}
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) n(k int) []byte {
+	if r.err != nil {
+		return make([]byte, k)
+	}
+	if len(r.b) < k {
+		r.err = fmt.Errorf("%w: truncated", ErrMalformed)
+		return make([]byte, k)
+	}
+	out := r.b[:k]
+	r.b = r.b[k:]
+	return out
+}
+
+func (r *reader) byte() byte { return r.n(1)[0] }
+
+func (r *reader) str() string {
+	n := binary.BigEndian.Uint16(r.n(2))
+	s := string(r.n(int(n)))
+	if r.err == nil && !utf8.ValidString(s) {
+		r.err = fmt.Errorf("%w: string is not UTF-8", ErrMalformed)
+	}
+	return s
+}
+
+func (r *reader) hash() Hash {
+	var h Hash
+	copy(h[:], r.n(HashSize))
+	return h
+}

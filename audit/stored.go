@@ -1,0 +1,136 @@
+package audit
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit/leaf"
+)
+
+// StoredEvent is an audit event as it is stored in the outbox, with its commitments and its
+// place in the log. Identifiers and payload are nil once erased under a retention policy.
+type StoredEvent struct {
+	ID         uuid.UUID       `json:"id"`
+	Seq        int64           `json:"seq"`
+	Time       time.Time       `json:"time"`
+	RecordedAt time.Time       `json:"recorded_at"`
+	ActorKind  string          `json:"actor_kind"`
+	ActorID    *string         `json:"actor_id"`
+	ActorAuth  string          `json:"actor_auth"`
+	Action     string          `json:"action"`
+	ObjectType string          `json:"object_type"`
+	ObjectID   *string         `json:"object_id"`
+	Outcome    string          `json:"outcome"`
+	Reason     string          `json:"reason"`
+	RequestID  *string         `json:"request_id"`
+	SourceAddr *string         `json:"source_addr"`
+	Payload    json.RawMessage `json:"payload,omitempty"`
+	Salt       []byte          `json:"-"`
+	BatchID    *uuid.UUID      `json:"batch_id"`
+	BatchIndex *int32          `json:"batch_index"`
+
+	ActorIDC, ObjectIDC, RequestIDC, SourceAddrC, PayloadC leaf.Hash `json:"-"`
+}
+
+const eventColumns = `id, seq, occurred_at, recorded_at, actor_kind, actor_id, actor_auth, action,
+	object_type, object_id, outcome, reason, request_id, source_addr, payload, salt,
+	actor_id_c, object_id_c, request_id_c, source_addr_c, payload_commitment, batch_id, batch_index`
+
+func scanStoredEvent(row pgx.CollectableRow) (StoredEvent, error) {
+	var e StoredEvent
+	var payload *string
+	var ac, oc, rc, sc, pc []byte
+	err := row.Scan(&e.ID, &e.Seq, &e.Time, &e.RecordedAt, &e.ActorKind, &e.ActorID, &e.ActorAuth, &e.Action,
+		&e.ObjectType, &e.ObjectID, &e.Outcome, &e.Reason, &e.RequestID, &e.SourceAddr, &payload, &e.Salt,
+		&ac, &oc, &rc, &sc, &pc, &e.BatchID, &e.BatchIndex)
+	if err != nil {
+		return e, err
+	}
+	if payload != nil {
+		e.Payload = json.RawMessage(*payload)
+	}
+	e.Time = e.Time.UTC()
+	for _, c := range []struct {
+		dst *leaf.Hash
+		src []byte
+	}{{&e.ActorIDC, ac}, {&e.ObjectIDC, oc}, {&e.RequestIDC, rc}, {&e.SourceAddrC, sc}, {&e.PayloadC, pc}} {
+		if len(c.src) != leaf.HashSize {
+			return e, fmt.Errorf("event %s: commitment of %d bytes", e.ID, len(c.src))
+		}
+		copy(c.dst[:], c.src)
+	}
+	return e, nil
+}
+
+// Leaf returns the PHI-free leaf form of the event (commitments only).
+func (e *StoredEvent) Leaf() leaf.Event {
+	return leaf.Event{
+		ID: e.ID, Time: e.Time, ActorKind: e.ActorKind, ActorID: e.ActorIDC, ActorAuth: e.ActorAuth,
+		Action: e.Action, ObjectType: e.ObjectType, ObjectID: e.ObjectIDC, Outcome: e.Outcome,
+		Reason: e.Reason, RequestID: e.RequestIDC, SourceAddr: e.SourceAddrC, PayloadHash: e.PayloadC,
+	}
+}
+
+// LeafHash is the RFC 6962 leaf hash of the event's canonical encoding in its batch tree.
+func (e *StoredEvent) LeafHash() (leaf.Hash, error) {
+	l := e.Leaf()
+	b, err := l.Encode()
+	if err != nil {
+		return leaf.Hash{}, err
+	}
+	return leaf.LeafHash(b), nil
+}
+
+// errCommitment reports plaintext that does not match its commitment.
+var errCommitment = errors.New("plaintext does not match its commitment")
+
+// CheckCommitments checks every plaintext value still present against its commitment. After
+// erasure (salt removed) no plaintext may remain.
+func (e *StoredEvent) CheckCommitments() error {
+	type field struct {
+		label string
+		value []byte
+		set   bool
+		c     leaf.Hash
+	}
+	str := func(p *string) ([]byte, bool) {
+		if p == nil {
+			return nil, false
+		}
+		return []byte(*p), true
+	}
+	a, aok := str(e.ActorID)
+	o, ook := str(e.ObjectID)
+	r, rok := str(e.RequestID)
+	s, sok := str(e.SourceAddr)
+	fields := []field{
+		{leaf.LabelActorID, a, aok, e.ActorIDC},
+		{leaf.LabelObjectID, o, ook, e.ObjectIDC},
+		{leaf.LabelRequestID, r, rok, e.RequestIDC},
+		{leaf.LabelSourceAddr, s, sok, e.SourceAddrC},
+		{leaf.LabelPayload, e.Payload, true, e.PayloadC},
+	}
+	if e.Salt == nil {
+		for _, f := range fields {
+			if f.set && len(f.value) > 0 {
+				return fmt.Errorf("%w: %s present but the salt is erased", errCommitment, f.label)
+			}
+		}
+		return nil
+	}
+	for _, f := range fields {
+		if !f.set {
+			continue
+		}
+		if c := leaf.Commit(e.Salt, f.label, f.value); !bytes.Equal(c[:], f.c[:]) {
+			return fmt.Errorf("%w: %s", errCommitment, f.label)
+		}
+	}
+	return nil
+}

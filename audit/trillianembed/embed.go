@@ -1,0 +1,198 @@
+// Package trillianembed runs Trillian's own log server (the TrillianLog and TrillianAdmin gRPC
+// services) and its sequencer inside the Vigil process, on Vigil's PostgreSQL database
+// (Trillian v1.8 storage/postgresql, tables in the schema `trillian` installed by Vigil's
+// migrations), listening on a loopback port. Vigil then talks to it over gRPC with Trillian's
+// own client, exactly as it talks to an external Trillian (--trillian-addr): the embedded
+// server is an implementation detail of deployment, never a second code path.
+package trillianembed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/google/trillian"
+	"github.com/google/trillian/extension"
+	"github.com/google/trillian/log"
+	"github.com/google/trillian/monitoring"
+	"github.com/google/trillian/quota"
+	"github.com/google/trillian/server"
+	"github.com/google/trillian/server/admin"
+	"github.com/google/trillian/server/interceptor"
+	"github.com/google/trillian/storage/postgresql"
+	"github.com/google/trillian/util/clock"
+	"github.com/google/trillian/util/election"
+	"github.com/google/trillian/util/election2"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Schema is the PostgreSQL schema that holds Trillian's tables (see migration 00101).
+const Schema = "trillian"
+
+// Config configures the embedded Trillian. Zero values take the documented defaults.
+type Config struct {
+	// DatabaseURL is the PostgreSQL connection URL of the installation. Required. The
+	// embedded Trillian opens its own pool on it, with search_path set to Schema.
+	DatabaseURL string
+	// Listen is the gRPC listen address. Default "127.0.0.1:0" (a free loopback port).
+	Listen string
+	// MaxConns is the size of Trillian's own connection pool. Default 8.
+	MaxConns int32
+	// SequencerInterval is the time between sequencing passes. Default 100ms.
+	SequencerInterval time.Duration
+	// SequencerBatchSize is the most leaves one sequencing pass integrates. Default 1000.
+	SequencerBatchSize int
+	// Logger is accepted for symmetry with the other workers; Trillian itself logs through
+	// klog to stderr (its own choice, outside Vigil's control). Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is a running embedded Trillian. Close stops it and waits for all its goroutines.
+type Server struct {
+	addr   string
+	pool   *pgxpool.Pool
+	grpc   *grpc.Server
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	serveErr error
+	closed   bool
+}
+
+// Start starts the log server and the sequencer. The caller MUST call Close.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.DatabaseURL == "" {
+		return nil, errors.New("trillianembed: Config.DatabaseURL is required")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 8
+	}
+	if cfg.SequencerInterval == 0 {
+		cfg.SequencerInterval = 100 * time.Millisecond
+	}
+	if cfg.SequencerBatchSize == 0 {
+		cfg.SequencerBatchSize = 1000
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("trillianembed: parse database URL: %w", err)
+	}
+	pcfg.ConnConfig.RuntimeParams["search_path"] = Schema
+	pcfg.MaxConns = cfg.MaxConns
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("trillianembed: connect: %w", err)
+	}
+	mf := monitoring.InertMetricFactory{}
+	registry := extension.Registry{
+		AdminStorage:    postgresql.NewAdminStorage(pool),
+		LogStorage:      postgresql.NewLogStorage(pool, mf),
+		QuotaManager:    quota.Noop(),
+		MetricFactory:   mf,
+		ElectionFactory: election2.NoopFactory{}, // one sequencer per database: this process
+	}
+	if err := registry.AdminStorage.CheckDatabaseAccessible(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("trillianembed: database: %w (is migration 00101 applied?)", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("trillianembed: listen: %w", err)
+	}
+
+	ti := interceptor.New(registry.AdminStorage, registry.QuotaManager, false, mf)
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(interceptor.ErrorWrapper, ti.UnaryInterceptor))
+	logServer := server.NewTrillianLogRPCServer(registry, clock.System)
+	trillian.RegisterTrillianLogServer(gs, logServer)
+	trillian.RegisterTrillianAdminServer(gs, admin.New(registry, []trillian.TreeType{trillian.TreeType_LOG}))
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Server{addr: ln.Addr().String(), pool: pool, grpc: gs, cancel: cancel}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := gs.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.mu.Lock()
+			s.serveErr = err
+			s.mu.Unlock()
+		}
+	}()
+	info := log.OperationInfo{
+		Registry:    registry,
+		BatchSize:   cfg.SequencerBatchSize,
+		NumWorkers:  1,
+		RunInterval: cfg.SequencerInterval,
+		TimeSource:  clock.System,
+		ElectionConfig: election.RunnerConfig{
+			PreElectionPause:   time.Millisecond,
+			MasterHoldInterval: time.Minute,
+			MasterHoldJitter:   time.Second,
+			TimeSource:         clock.System,
+		},
+	}
+	om := log.NewOperationManager(info, log.NewSequencerManager(registry, 0))
+	go func() {
+		defer s.wg.Done()
+		om.OperationLoop(runCtx)
+	}()
+	return s, nil
+}
+
+// Addr is the host:port the gRPC server listens on.
+func (s *Server) Addr() string { return s.addr }
+
+// Dial returns a gRPC client connection to the server (plaintext: loopback only). The caller
+// closes it.
+func (s *Server) Dial() (*grpc.ClientConn, error) {
+	cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("trillianembed: dial %s: %w", s.addr, err)
+	}
+	return cc, nil
+}
+
+// Err reports a failure of the gRPC server loop, if any.
+func (s *Server) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serveErr
+}
+
+// Close stops the gRPC server (letting calls in flight finish) and the sequencer, waits for
+// their goroutines, and closes Trillian's pool. It is safe to call more than once. When ctx
+// ends first, calls in flight are cut off.
+func (s *Server) Close(ctx context.Context) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-stopped
+	}
+	s.wg.Wait()
+	s.pool.Close()
+	return s.Err()
+}
