@@ -36,6 +36,8 @@ type Config struct {
 	History History
 	// ReplayLimit bounds the observations replayed per patient on restart. Default 10,000.
 	ReplayLimit int
+	// ReplayWindow is how far back a patient without any checkpoint is replayed. Default 1h.
+	ReplayWindow time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Logger for background work. Default slog.Default().
@@ -78,6 +80,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.ReplayLimit <= 0 {
 		cfg.ReplayLimit = 10000
 	}
+	if cfg.ReplayWindow <= 0 {
+		cfg.ReplayWindow = time.Hour
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -100,8 +105,9 @@ func (e *Engine) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observ
 	return e.evaluate(ctx, patientID, obs)
 }
 
-// Tick runs the time-driven rules (no-data) for every patient known to the Engine at
-// Config.Now(), and returns the transitions made.
+// Tick runs the time-driven rules (no-data) for every patient known to the Engine (evaluated
+// since start, or checkpointed before) at Config.Now(), and returns the transitions made.
+// Escalations and reminders are the alarms Service's own Tick.
 func (e *Engine) Tick(ctx context.Context) ([]alarms.Transition, error) { return e.tick(ctx) }
 
 // Checkpoint writes the state of every patient evaluated since its last checkpoint, so that a

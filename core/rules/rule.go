@@ -96,8 +96,10 @@ type NEWS2Params struct {
 
 // AnomalyParams: exponentially weighted mean and variance of the patient's own values of Code
 // (weight Alpha); after Warmup values, a value whose |z| exceeds Z raises the condition
-// (severity Severity), which clears after ClearAfter consecutive values within Z. Anomalous
-// values are not folded into the baseline.
+// (severity Severity), which clears after ClearAfter consecutive values within Z. Values are
+// folded into the baseline clipped to mean ± Z·σ (a winsorized EWMA): one outlier barely moves
+// the baseline, while a lasting change of level is learned within a few 1/Alpha values.
+// σ is floored at MinStdDev so a very steady signal does not alarm on tiny changes.
 type AnomalyParams struct {
 	Code       string          `json:"code"`
 	Alpha      float64         `json:"alpha"`  // default 0.05

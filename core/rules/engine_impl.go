@@ -1,0 +1,339 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/alarms"
+)
+
+// engineActor is who performs the engine's own actions.
+var engineActor = audit.Actor{Kind: audit.ActorService, ID: "vigil-rules", AuthMethod: "internal"}
+
+// ruleSet is an immutable snapshot of the enabled current rule versions.
+type ruleSet struct {
+	list   []*Rule
+	byCode map[string][]*Rule
+}
+
+type engineState struct {
+	rules    atomic.Pointer[ruleSet]
+	current  map[string]Rule // latest version of every rule (guarded by mu)
+	mu       sync.Mutex      // guards current and patients
+	patients map[uuid.UUID]*patientEntry
+}
+
+type patientEntry struct {
+	mu     sync.Mutex
+	loaded bool
+	dirty  bool // state changed since the last checkpoint
+	st     *patientState
+}
+
+func (e *Engine) init(ctx context.Context) error {
+	e.st = &engineState{current: map[string]Rule{}, patients: map[uuid.UUID]*patientEntry{}}
+	rs, err := e.rules(ctx)
+	if err != nil {
+		return fmt.Errorf("rules: load: %w", err)
+	}
+	for _, r := range rs {
+		e.st.current[r.ID] = r
+	}
+	e.rebuildRuleSet()
+	rows, err := e.cfg.Pool.Query(ctx, `SELECT patient_id FROM rules_patient_state`)
+	if err != nil {
+		return fmt.Errorf("rules: load checkpoints: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		return fmt.Errorf("rules: load checkpoints: %w", err)
+	}
+	for _, id := range ids {
+		e.st.patients[id] = &patientEntry{}
+	}
+	return nil
+}
+
+// rebuildRuleSet publishes a new snapshot from current; the caller holds mu (or is init).
+func (e *Engine) rebuildRuleSet() {
+	set := &ruleSet{byCode: map[string][]*Rule{}}
+	for _, r := range e.st.current {
+		if !r.Enabled {
+			continue
+		}
+		r := r
+		set.list = append(set.list, &r)
+		var code string
+		switch r.Kind {
+		case KindThreshold:
+			code = r.Threshold.Code
+		case KindRate:
+			code = r.Rate.Code
+		case KindAnomaly:
+			code = r.Anomaly.Code
+		}
+		if code != "" {
+			set.byCode[code] = append(set.byCode[code], &r)
+		}
+	}
+	e.st.rules.Store(set)
+}
+
+func (e *Engine) installRule(r Rule) {
+	e.st.mu.Lock()
+	defer e.st.mu.Unlock()
+	if cur, ok := e.st.current[r.ID]; ok && cur.Version >= r.Version {
+		return
+	}
+	e.st.current[r.ID] = r
+	e.rebuildRuleSet()
+}
+
+// lockPatient returns the patient's entry locked and loaded (rebuilt from its checkpoint and
+// History on first use). The caller unlocks p.mu.
+func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry, error) {
+	e.st.mu.Lock()
+	p := e.st.patients[pid]
+	if p == nil {
+		p = &patientEntry{}
+		e.st.patients[pid] = p
+	}
+	e.st.mu.Unlock()
+	p.mu.Lock()
+	if !p.loaded {
+		if err := e.load(ctx, pid, p); err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// load rebuilds a patient's state: its checkpoint, its settings, then a replay through
+// History of the observations newer than the checkpoint (whose transitions are applied: they
+// were never applied before, since every transition moves the checkpoint with it).
+func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) error {
+	st := newPatientState()
+	var raw []byte
+	err := e.cfg.Pool.QueryRow(ctx, `SELECT state FROM rules_patient_state WHERE patient_id=$1`, pid).Scan(&raw)
+	checkpointed := err == nil
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return fmt.Errorf("rules: load state of patient %s: %w", pid, err)
+	default:
+		if err := json.Unmarshal(raw, st); err != nil {
+			return fmt.Errorf("rules: decode state of patient %s: %w", pid, err)
+		}
+		if st.Latest == nil {
+			st.Latest = map[string]point{}
+		}
+		if st.Rules == nil {
+			st.Rules = map[string]*ruleState{}
+		}
+	}
+	var scale int
+	err = e.cfg.Pool.QueryRow(ctx, `SELECT spo2_scale FROM rules_patient_settings WHERE patient_id=$1`, pid).Scan(&scale)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		scale = 1
+	case err != nil:
+		return fmt.Errorf("rules: load settings of patient %s: %w", pid, err)
+	}
+	st.SpO2Scale = scale
+	p.st, p.loaded, p.dirty = st, true, false
+	if e.cfg.History == nil {
+		return nil
+	}
+	since := e.now().Add(-e.cfg.ReplayWindow)
+	if checkpointed {
+		since = st.Through.Add(-time.Microsecond) // observations at Through itself are de-duplicated by code
+	}
+	obs, err := e.cfg.History.ObservationsSince(ctx, pid, since, e.cfg.ReplayLimit)
+	if err != nil {
+		p.loaded, p.st = false, nil
+		return fmt.Errorf("rules: replay patient %s: %w", pid, err)
+	}
+	if len(obs) == 0 {
+		return nil
+	}
+	set := e.st.rules.Load()
+	if _, err := e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, obs) }); err != nil {
+		return fmt.Errorf("rules: replay patient %s: %w", pid, err)
+	}
+	return nil
+}
+
+func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation) (Result, error) {
+	if len(obs) == 0 {
+		return Result{}, nil
+	}
+	p, err := e.lockPatient(ctx, pid)
+	if err != nil {
+		return Result{}, err
+	}
+	defer p.mu.Unlock()
+	own := make([]Observation, len(obs))
+	copy(own, obs)
+	set := e.st.rules.Load()
+	return e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, own) })
+}
+
+// runAndCommit runs fn on the patient's state (p locked); when it produced signals or derived
+// observations they are written with the state checkpoint in one transaction and notified.
+// On failure the in-memory state is dropped, to be rebuilt from the database.
+func (e *Engine) runAndCommit(ctx context.Context, pid uuid.UUID, p *patientEntry, fn func(*runner)) (Result, error) {
+	x := &runner{pid: pid, ps: p.st}
+	fn(x)
+	if len(x.sigs) == 0 && len(x.derived) == 0 {
+		p.dirty = true
+		return Result{}, nil
+	}
+	ts, err := e.commit(ctx, pid, p.st, x.sigs, x.derived)
+	if err != nil {
+		p.loaded, p.st = false, nil
+		return Result{}, err
+	}
+	p.dirty = false
+	e.cfg.Alarms.Notify(ctx, ts)
+	return Result{Derived: x.derived, Transitions: ts}, nil
+}
+
+func (e *Engine) commit(ctx context.Context, pid uuid.UUID, st *patientState, sigs []alarms.Signal, derived []Derived) ([]alarms.Transition, error) {
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rules: patient %s: begin: %w", pid, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var ts []alarms.Transition
+	for _, s := range sigs {
+		t, err := e.cfg.Alarms.Apply(ctx, tx, s)
+		if err != nil {
+			return nil, fmt.Errorf("rules: patient %s rule %s: %w", pid, s.RuleID, err)
+		}
+		ts = append(ts, t...)
+	}
+	now := e.now()
+	for _, d := range derived {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("rules: new id: %w", err)
+		}
+		comp, err := json.Marshal(d.NEWS2)
+		if err != nil {
+			return nil, fmt.Errorf("rules: NEWS2 components: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO rules_news2 (id, patient_id, effective_at, total, band, components, rule_id, rule_version, recorded_at)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, id, pid, d.Time, d.NEWS2.Total, string(d.NEWS2.Band), comp, d.RuleID, d.RuleVersion, now); err != nil {
+			return nil, fmt.Errorf("rules: record NEWS2: %w", err)
+		}
+		if _, err := audit.Record(ctx, tx, audit.Event{Time: now, Actor: engineActor, Action: "observation.derived",
+			Object: audit.Object{Type: "news2", ID: id.String()}, Outcome: audit.OutcomeSuccess,
+			Payload: map[string]any{"patient_id": pid, "code": CodeNEWS2, "effective_at": d.Time, "rule_id": d.RuleID,
+				"rule_version": d.RuleVersion, "components": d.NEWS2}}); err != nil {
+			return nil, fmt.Errorf("rules: record NEWS2: %w", err)
+		}
+	}
+	if err := writeState(ctx, tx, pid, st, now); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("rules: patient %s: commit: %w", pid, err)
+	}
+	return ts, nil
+}
+
+func writeState(ctx context.Context, tx pgx.Tx, pid uuid.UUID, st *patientState, now time.Time) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("rules: encode state of patient %s: %w", pid, err)
+	}
+	through := st.Through
+	if through.IsZero() {
+		through = st.LastSeen
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO rules_patient_state (patient_id, evaluated_through, state, updated_at)
+		VALUES ($1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET evaluated_through=$2, state=$3, updated_at=$4`,
+		pid, through, b, now); err != nil {
+		return fmt.Errorf("rules: checkpoint patient %s: %w", pid, err)
+	}
+	return nil
+}
+
+func (e *Engine) entries() map[uuid.UUID]*patientEntry {
+	e.st.mu.Lock()
+	defer e.st.mu.Unlock()
+	out := make(map[uuid.UUID]*patientEntry, len(e.st.patients))
+	for id, p := range e.st.patients {
+		out[id] = p
+	}
+	return out
+}
+
+func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
+	set := e.st.rules.Load()
+	hasNoData := false
+	for _, r := range set.list {
+		hasNoData = hasNoData || r.Kind == KindNoData
+	}
+	if !hasNoData {
+		return nil, nil
+	}
+	var all []alarms.Transition
+	var errs []error
+	now := e.cfg.Now()
+	for id := range e.entries() {
+		p, err := e.lockPatient(ctx, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res, err := e.runAndCommit(ctx, id, p, func(x *runner) { x.silent(set.list, now) })
+		p.mu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		all = append(all, res.Transitions...)
+	}
+	return all, errors.Join(errs...)
+}
+
+func (e *Engine) checkpoint(ctx context.Context) error {
+	now := e.now()
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("rules: checkpoint: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var written []*patientEntry
+	for id, p := range e.entries() {
+		p.mu.Lock()
+		if p.loaded && p.dirty {
+			if err := writeState(ctx, tx, id, p.st, now); err != nil {
+				p.mu.Unlock()
+				return err
+			}
+			p.dirty = false
+			written = append(written, p)
+		}
+		p.mu.Unlock()
+	}
+	if err := tx.Commit(ctx); err != nil {
+		for _, p := range written {
+			p.mu.Lock()
+			p.dirty = true
+			p.mu.Unlock()
+		}
+		return fmt.Errorf("rules: checkpoint: commit: %w", err)
+	}
+	return nil
+}

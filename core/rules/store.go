@@ -1,0 +1,330 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit"
+)
+
+var ruleIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
+
+// Validate reports whether r is a well-formed rule definition (ErrInvalidRule otherwise).
+func (r *Rule) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: rule %q: %s", ErrInvalidRule, r.ID, fmt.Sprintf(format, args...))
+	}
+	if !ruleIDRE.MatchString(r.ID) {
+		return bad("id must match %s", ruleIDRE)
+	}
+	if strings.TrimSpace(r.Name) == "" {
+		return bad("name is empty")
+	}
+	if strings.TrimSpace(r.Reason) == "" {
+		return bad("reason is empty: say why this version exists")
+	}
+	set := 0
+	for _, p := range []bool{r.Threshold != nil, r.Rate != nil, r.NEWS2 != nil, r.Anomaly != nil, r.NoData != nil} {
+		if p {
+			set++
+		}
+	}
+	if set != 1 {
+		return bad("exactly one parameter block must be set, got %d", set)
+	}
+	finite := func(vs ...float64) bool {
+		for _, v := range vs {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return false
+			}
+		}
+		return true
+	}
+	dir := func(d Direction) bool { return d == Above || d == Below }
+	switch r.Kind {
+	case KindThreshold:
+		p := r.Threshold
+		if p == nil {
+			return bad("kind threshold needs threshold parameters")
+		}
+		if p.Code == "" || !dir(p.Direction) || len(p.Levels) == 0 || p.Hysteresis < 0 || p.MinDuration < 0 || !finite(p.Hysteresis) {
+			return bad("threshold needs a code, direction above|below, at least one level, hysteresis >= 0, min_duration >= 0")
+		}
+		for i, l := range p.Levels {
+			if !l.Severity.Valid() || !finite(l.Limit) {
+				return bad("level %d: invalid severity or limit", i)
+			}
+			if i > 0 {
+				prev := p.Levels[i-1]
+				if l.Severity <= prev.Severity {
+					return bad("levels must be in increasing severity")
+				}
+				if p.Direction == Above && l.Limit <= prev.Limit || p.Direction == Below && l.Limit >= prev.Limit {
+					return bad("more severe levels must be further out (above: higher limits, below: lower)")
+				}
+			}
+		}
+	case KindRate:
+		p := r.Rate
+		if p == nil {
+			return bad("kind rate needs rate parameters")
+		}
+		if p.Code == "" || !dir(p.Direction) || !(p.MaxChange > 0) || !finite(p.MaxChange) || p.Window <= 0 || !p.Severity.Valid() {
+			return bad("rate needs a code, direction, max_change > 0, window > 0, a severity")
+		}
+	case KindNEWS2:
+		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 {
+			return bad("news2 needs max_age > 0")
+		}
+	case KindAnomaly:
+		p := r.Anomaly
+		if p == nil {
+			return bad("kind anomaly needs anomaly parameters")
+		}
+		if p.Code == "" || !(p.Alpha > 0 && p.Alpha < 1) || !(p.Z > 0) || !finite(p.Z, p.MinStdDev) || p.Warmup < 1 || p.ClearAfter < 1 || p.MinStdDev < 0 || !p.Severity.Valid() {
+			return bad("anomaly needs a code, 0 < alpha < 1, z > 0, warmup >= 1, clear_after >= 1, min_stddev >= 0, a severity")
+		}
+	case KindNoData:
+		if r.NoData == nil || r.NoData.Silence <= 0 || !r.NoData.Severity.Valid() {
+			return bad("nodata needs silence > 0 and a severity")
+		}
+	default:
+		return bad("unknown kind %q", r.Kind)
+	}
+	return nil
+}
+
+// definition is the kind-specific part stored as JSON.
+func (r *Rule) definition() any {
+	switch r.Kind {
+	case KindThreshold:
+		return r.Threshold
+	case KindRate:
+		return r.Rate
+	case KindNEWS2:
+		return r.NEWS2
+	case KindAnomaly:
+		return r.Anomaly
+	case KindNoData:
+		return r.NoData
+	}
+	return nil
+}
+
+func (r *Rule) setDefinition(b []byte) error {
+	var target any
+	switch r.Kind {
+	case KindThreshold:
+		r.Threshold = &ThresholdParams{}
+		target = r.Threshold
+	case KindRate:
+		r.Rate = &RateParams{}
+		target = r.Rate
+	case KindNEWS2:
+		r.NEWS2 = &NEWS2Params{}
+		target = r.NEWS2
+	case KindAnomaly:
+		r.Anomaly = &AnomalyParams{}
+		target = r.Anomaly
+	case KindNoData:
+		r.NoData = &NoDataParams{}
+		target = r.NoData
+	default:
+		return fmt.Errorf("rule %s: unknown kind %q", r.ID, r.Kind)
+	}
+	if err := json.Unmarshal(b, target); err != nil {
+		return fmt.Errorf("rule %s v%d: definition: %w", r.ID, r.Version, err)
+	}
+	return nil
+}
+
+const ruleCols = `rule_id, version, name, kind, enabled, definition, created_at, created_by, reason`
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func queryRules(ctx context.Context, q querier, sql string, args ...any) ([]Rule, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("query rules: %w", err)
+	}
+	defer rows.Close()
+	out := []Rule{}
+	for rows.Next() {
+		var r Rule
+		var def []byte
+		if err := rows.Scan(&r.ID, &r.Version, &r.Name, &r.Kind, &r.Enabled, &def, &r.CreatedAt, &r.CreatedBy, &r.Reason); err != nil {
+			return nil, fmt.Errorf("scan rule: %w", err)
+		}
+		r.CreatedAt = r.CreatedAt.UTC()
+		if err := r.setDefinition(def); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query rules: %w", err)
+	}
+	return out, nil
+}
+
+func (e *Engine) rules(ctx context.Context) ([]Rule, error) {
+	return queryRules(ctx, e.cfg.Pool, `SELECT DISTINCT ON (rule_id) `+ruleCols+` FROM rules_versions ORDER BY rule_id, version DESC`)
+}
+
+func (e *Engine) versions(ctx context.Context, id string) ([]Rule, error) {
+	rs, err := queryRules(ctx, e.cfg.Pool, `SELECT `+ruleCols+` FROM rules_versions WHERE rule_id=$1 ORDER BY version`, id)
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("rule %q: %w", id, ErrRuleNotFound)
+	}
+	return rs, nil
+}
+
+func (e *Engine) now() time.Time { return e.cfg.Now().UTC().Truncate(time.Microsecond) }
+
+func (e *Engine) createVersion(ctx context.Context, by audit.Event, r Rule) (Rule, error) {
+	base := r.Version
+	r.CreatedAt = e.now()
+	r.CreatedBy = by.Actor.ID
+	if r.CreatedBy == "" {
+		r.CreatedBy = "unknown"
+	}
+	if err := r.Validate(); err != nil {
+		return Rule{}, e.rejectRule(ctx, by, r, "invalid_rule", err)
+	}
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return Rule{}, fmt.Errorf("create rule version: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('vigil.rules:' || $1))`, r.ID); err != nil {
+		return Rule{}, fmt.Errorf("create rule version: lock: %w", err)
+	}
+	var latest int
+	var kind string
+	err = tx.QueryRow(ctx, `SELECT version, kind FROM rules_versions WHERE rule_id=$1 ORDER BY version DESC LIMIT 1`, r.ID).Scan(&latest, &kind)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return Rule{}, fmt.Errorf("create rule version: %w", err)
+	}
+	if base != latest {
+		_ = tx.Rollback(ctx)
+		return Rule{}, e.rejectRule(ctx, by, r, "version_conflict",
+			fmt.Errorf("%w: rule %q is at version %d, the change was based on %d", ErrVersionConflict, r.ID, latest, base))
+	}
+	if latest > 0 && Kind(kind) != r.Kind {
+		_ = tx.Rollback(ctx)
+		return Rule{}, e.rejectRule(ctx, by, r, "invalid_rule",
+			fmt.Errorf("%w: rule %q is a %s rule; a version cannot change its kind to %s", ErrInvalidRule, r.ID, kind, r.Kind))
+	}
+	r.Version = latest + 1
+	def, err := json.Marshal(r.definition())
+	if err != nil {
+		return Rule{}, fmt.Errorf("create rule version: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO rules_versions (`+ruleCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`,
+		r.ID, r.Version, r.Name, string(r.Kind), r.Enabled, def, r.CreatedAt, r.CreatedBy, r.Reason); err != nil {
+		return Rule{}, fmt.Errorf("create rule version: %w", err)
+	}
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, r.CreatedAt
+	ev.Action = "rule.version_created"
+	ev.Object = audit.Object{Type: "rule", ID: r.ID}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Reason = ""
+	ev.Payload = map[string]any{"version": r.Version, "previous_version": latest, "name": r.Name, "kind": r.Kind,
+		"enabled": r.Enabled, "definition": json.RawMessage(def), "reason": r.Reason}
+	if _, err := audit.Record(ctx, tx, ev); err != nil {
+		return Rule{}, fmt.Errorf("create rule version: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Rule{}, fmt.Errorf("create rule version: commit: %w", err)
+	}
+	e.installRule(r)
+	return r, nil
+}
+
+func (e *Engine) rejectRule(ctx context.Context, by audit.Event, r Rule, code string, err error) error {
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, e.now()
+	ev.Action = "rule.version_created"
+	ev.Object = audit.Object{Type: "rule", ID: r.ID}
+	ev.Outcome = audit.OutcomeRejected
+	ev.Reason = code
+	ev.Payload = map[string]any{"error": err.Error(), "based_on_version": r.Version}
+	if ev.Actor.Kind == "" {
+		ev.Actor = engineActor
+	}
+	return errors.Join(err, e.auditAlone(ctx, ev))
+}
+
+// auditAlone records ev in a transaction of its own (for rejections, which change nothing).
+func (e *Engine) auditAlone(ctx context.Context, ev audit.Event) error {
+	actx := context.WithoutCancel(ctx)
+	tx, err := e.cfg.Pool.Begin(actx)
+	if err != nil {
+		return fmt.Errorf("audit rejection: %w", err)
+	}
+	defer func() { _ = tx.Rollback(actx) }()
+	if _, err := audit.Record(actx, tx, ev); err != nil {
+		return fmt.Errorf("audit rejection: %w", err)
+	}
+	if err := tx.Commit(actx); err != nil {
+		return fmt.Errorf("audit rejection: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID, scale int, reason string) error {
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, e.now()
+	ev.Action = "rules.spo2_scale_set"
+	ev.Object = audit.Object{Type: "patient", ID: pid.String()}
+	if ev.Actor.Kind == "" {
+		ev.Actor = engineActor
+	}
+	if (scale != 1 && scale != 2) || strings.TrimSpace(reason) == "" || pid == uuid.Nil {
+		err := fmt.Errorf("%w: SpO2 scale must be 1 or 2, with a reason, for a patient", ErrInvalidRule)
+		ev.Outcome, ev.Reason = audit.OutcomeRejected, "invalid_spo2_scale"
+		ev.Payload = map[string]any{"scale": scale}
+		return errors.Join(err, e.auditAlone(ctx, ev))
+	}
+	p, err := e.lockPatient(ctx, pid)
+	if err != nil {
+		return err
+	}
+	defer p.mu.Unlock()
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("set SpO2 scale: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `INSERT INTO rules_patient_settings (patient_id, spo2_scale, updated_at, updated_by)
+		VALUES ($1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET spo2_scale=$2, updated_at=$3, updated_by=$4`,
+		pid, scale, ev.Time, ev.Actor.ID); err != nil {
+		return fmt.Errorf("set SpO2 scale: %w", err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Payload = map[string]any{"scale": scale, "previous_scale": p.st.SpO2Scale, "reason": reason}
+	if _, err := audit.Record(ctx, tx, ev); err != nil {
+		return fmt.Errorf("set SpO2 scale: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("set SpO2 scale: commit: %w", err)
+	}
+	p.st.SpO2Scale = scale
+	p.dirty = true
+	return nil
+}
