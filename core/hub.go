@@ -1,0 +1,172 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/core/alarms"
+)
+
+// HubConfig configures a Hub. Zero values take the documented defaults.
+type HubConfig struct {
+	// Buffer is each subscriber's queue length. A subscriber that falls this far behind is
+	// disconnected (its channel closed, Dropped() true) rather than slowing the publisher or
+	// silently missing events: an SSE client reconnects and reloads state. Default 1024.
+	Buffer int
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Event is one notification. Data is JSON; it may hold PHI (alarm messages), so it is sent
+// only to authorized streams and never logged.
+type Event struct {
+	ID        uint64          `json:"id"`   // increasing per Hub
+	Type      string          `json:"type"` // e.g. "alarm.opened", "alarm.acknowledged"
+	PatientID uuid.UUID       `json:"patient_id"`
+	At        time.Time       `json:"at"`
+	Data      json.RawMessage `json:"data"`
+}
+
+// Filter selects the events a subscriber receives. Zero fields select everything.
+type Filter struct {
+	Patients map[uuid.UUID]bool // only these patients (the caller's care team, say)
+	Types    map[string]bool    // only these event types
+}
+
+func (f Filter) match(ev *Event) bool {
+	if f.Patients != nil && !f.Patients[ev.PatientID] {
+		return false
+	}
+	if f.Types != nil && !f.Types[ev.Type] {
+		return false
+	}
+	return true
+}
+
+// Hub fans notifications out to in-process subscribers (SSE streams, the webhook
+// dispatcher). Publish never blocks. It satisfies alarms.Notifier.
+type Hub struct {
+	cfg    HubConfig
+	seq    atomic.Uint64
+	mu     sync.RWMutex
+	subs   map[*Subscription]struct{}
+	closed bool
+}
+
+// Subscription is one subscriber. Read events from C until it is closed (by Close, by the
+// Hub's Close, or because the subscriber fell behind: Dropped reports that).
+type Subscription struct {
+	C       <-chan Event
+	c       chan Event
+	hub     *Hub
+	filter  Filter
+	once    sync.Once
+	dropped atomic.Bool
+}
+
+// NewHub returns a Hub.
+func NewHub(cfg HubConfig) *Hub {
+	if cfg.Buffer <= 0 {
+		cfg.Buffer = 1024
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}}
+}
+
+// Subscribe returns a new subscription with filter f.
+func (h *Hub) Subscribe(f Filter) *Subscription {
+	c := make(chan Event, h.cfg.Buffer)
+	s := &Subscription{C: c, c: c, hub: h, filter: f}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		close(c)
+		return s
+	}
+	h.subs[s] = struct{}{}
+	return s
+}
+
+// Close ends the subscription and closes C. Safe to call more than once.
+func (s *Subscription) Close() {
+	s.hub.mu.Lock()
+	defer s.hub.mu.Unlock()
+	s.closeLocked()
+}
+
+func (s *Subscription) closeLocked() {
+	s.once.Do(func() {
+		delete(s.hub.subs, s)
+		close(s.c)
+	})
+}
+
+// Dropped reports whether the Hub disconnected the subscriber because it fell behind.
+func (s *Subscription) Dropped() bool { return s.dropped.Load() }
+
+// Publish assigns ev an id (and a time when zero) and queues it for every matching
+// subscriber, without blocking. It returns the id.
+func (h *Hub) Publish(ev Event) uint64 {
+	ev.ID = h.seq.Add(1)
+	if ev.At.IsZero() {
+		ev.At = h.cfg.Now()
+	}
+	var slow []*Subscription
+	h.mu.RLock()
+	for s := range h.subs {
+		if !s.filter.match(&ev) {
+			continue
+		}
+		select {
+		case s.c <- ev:
+		default:
+			slow = append(slow, s)
+		}
+	}
+	h.mu.RUnlock()
+	if len(slow) > 0 {
+		h.mu.Lock()
+		for _, s := range slow {
+			s.dropped.Store(true)
+			s.closeLocked()
+		}
+		h.mu.Unlock()
+	}
+	return ev.ID
+}
+
+// Subscribers returns the number of live subscriptions.
+func (h *Hub) Subscribers() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.subs)
+}
+
+// Close disconnects every subscriber; later subscriptions are closed at once.
+func (h *Hub) Close() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closed = true
+	for s := range h.subs {
+		s.closeLocked()
+	}
+}
+
+// AlarmTransition publishes a committed alarm transition as event "alarm.<kind>" (it makes
+// the Hub an alarms.Notifier).
+func (h *Hub) AlarmTransition(_ context.Context, t alarms.Transition) {
+	data, err := json.Marshal(t)
+	if err != nil {
+		data, _ = json.Marshal(map[string]any{"alarm_id": t.Alarm.ID, "kind": t.Kind})
+	}
+	h.Publish(Event{Type: "alarm." + string(t.Kind), PatientID: t.Alarm.PatientID, At: t.At, Data: data})
+}
+
+var _ alarms.Notifier = (*Hub)(nil)

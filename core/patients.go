@@ -1,0 +1,422 @@
+package core
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/vigilhealth/vigil/audit"
+)
+
+// Site is a hospital or care site.
+type Site struct {
+	ID        uuid.UUID `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Ward is a ward of a site.
+type Ward struct {
+	ID        uuid.UUID `json:"id"`
+	SiteID    uuid.UUID `json:"site_id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// PatientPHI is a patient's identifying data. It is stored only sealed (Config.PHI).
+type PatientPHI struct {
+	MRN        string `json:"mrn"` // medical record number; unique, found through its blind index
+	GivenName  string `json:"given_name"`
+	FamilyName string `json:"family_name"`
+	BirthDate  string `json:"birth_date,omitempty"` // YYYY-MM-DD
+}
+
+// Patient is a patient with its identifying data opened.
+type Patient struct {
+	ID           uuid.UUID  `json:"id"`
+	WardID       *uuid.UUID `json:"ward_id,omitempty"`
+	PHI          PatientPHI `json:"phi"`
+	AdmittedAt   time.Time  `json:"admitted_at"`
+	DischargedAt *time.Time `json:"discharged_at,omitempty"`
+	CreatedAt    time.Time  `json:"created_at"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+}
+
+// CareTeamMember ties a clinician to a patient.
+type CareTeamMember struct {
+	PatientID   uuid.UUID `json:"patient_id"`
+	ClinicianID string    `json:"clinician_id"`
+	Role        string    `json:"role"` // e.g. "nurse", "physician"
+	AddedAt     time.Time `json:"added_at"`
+}
+
+func recordIn(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action, objType, objID string, payload any) error {
+	ev := by
+	ev.Time = now
+	ev.Action = action
+	ev.Object = audit.Object{Type: objType, ID: objID}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Payload = payload
+	if ev.Actor.Kind == "" {
+		ev.Actor = audit.Actor{Kind: audit.ActorService, ID: "core", AuthMethod: "internal"}
+	}
+	_, err := audit.Record(ctx, tx, ev)
+	return err
+}
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+func isFKViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23503"
+}
+
+// CreateSite creates a site, audited as "site.created". by carries actor, request id and
+// source address (server.EventFor).
+func (s *Service) CreateSite(ctx context.Context, by audit.Event, name string) (Site, error) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return Site{}, fmt.Errorf("create site: %w: empty name", ErrInvalidRequest)
+	}
+	site := Site{ID: uuid.Must(uuid.NewV7()), Name: name, CreatedAt: s.cfg.Now().UTC().Truncate(time.Microsecond)}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO core_sites (id, name, created_at) VALUES ($1,$2,$3)", site.ID, site.Name, site.CreatedAt); err != nil {
+			return err
+		}
+		return recordIn(ctx, tx, by, site.CreatedAt, "site.created", "site", site.ID.String(), map[string]any{"name": name})
+	})
+	if isUniqueViolation(err) {
+		return Site{}, fmt.Errorf("create site %q: %w: name in use", name, ErrConflict)
+	}
+	if err != nil {
+		return Site{}, fmt.Errorf("create site: %w", err)
+	}
+	return site, nil
+}
+
+// Sites lists every site by name.
+func (s *Service) Sites(ctx context.Context) ([]Site, error) {
+	rows, err := s.pool.Query(ctx, "SELECT id, name, created_at FROM core_sites ORDER BY name")
+	if err != nil {
+		return nil, fmt.Errorf("list sites: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[Site])
+}
+
+// CreateWard creates a ward of a site, audited as "ward.created".
+func (s *Service) CreateWard(ctx context.Context, by audit.Event, siteID uuid.UUID, name string) (Ward, error) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return Ward{}, fmt.Errorf("create ward: %w: empty name", ErrInvalidRequest)
+	}
+	w := Ward{ID: uuid.Must(uuid.NewV7()), SiteID: siteID, Name: name, CreatedAt: s.cfg.Now().UTC().Truncate(time.Microsecond)}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO core_wards (id, site_id, name, created_at) VALUES ($1,$2,$3,$4)", w.ID, w.SiteID, w.Name, w.CreatedAt); err != nil {
+			return err
+		}
+		return recordIn(ctx, tx, by, w.CreatedAt, "ward.created", "ward", w.ID.String(), map[string]any{"site_id": siteID, "name": name})
+	})
+	switch {
+	case isUniqueViolation(err):
+		return Ward{}, fmt.Errorf("create ward %q: %w: name in use at the site", name, ErrConflict)
+	case isFKViolation(err):
+		return Ward{}, fmt.Errorf("create ward: site %s: %w", siteID, ErrNotFound)
+	case err != nil:
+		return Ward{}, fmt.Errorf("create ward: %w", err)
+	}
+	return w, nil
+}
+
+// Wards lists the wards of a site (every site when siteID is zero).
+func (s *Service) Wards(ctx context.Context, siteID uuid.UUID) ([]Ward, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, site_id, name, created_at FROM core_wards
+		WHERE $1::uuid IS NULL OR site_id = $1 ORDER BY name`, nullUUID(siteID))
+	if err != nil {
+		return nil, fmt.Errorf("list wards: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[Ward])
+}
+
+func nullUUID(id uuid.UUID) any {
+	if id == uuid.Nil {
+		return nil
+	}
+	return id
+}
+
+// NormalizeMRN is the form of an MRN that is indexed: letters and digits only, upper case.
+func NormalizeMRN(mrn string) string {
+	var b strings.Builder
+	for _, r := range mrn {
+		if unicode.IsLetter(r) || unicode.IsDigit(r) {
+			b.WriteRune(unicode.ToUpper(r))
+		}
+	}
+	return b.String()
+}
+
+func phiAAD(id uuid.UUID) []byte { return []byte("patient/" + id.String() + "/phi") }
+
+// CreatePatient admits a patient, sealing its identifying data (Config.PHI) and indexing its
+// MRN, audited as "patient.created" (the audit payload holds no PHI). ErrConflict if a patient
+// with the same MRN exists; ErrNotFound for an unknown ward.
+func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi PatientPHI, wardID *uuid.UUID) (Patient, error) {
+	if s.cfg.PHI == nil {
+		return Patient{}, fmt.Errorf("create patient: %w", ErrNoPHISealer)
+	}
+	phi.MRN = strings.TrimSpace(phi.MRN)
+	if NormalizeMRN(phi.MRN) == "" {
+		return Patient{}, fmt.Errorf("create patient: %w: MRN is required", ErrInvalidRequest)
+	}
+	if phi.BirthDate != "" {
+		if _, err := time.Parse("2006-01-02", phi.BirthDate); err != nil {
+			return Patient{}, fmt.Errorf("create patient: %w: birth date must be YYYY-MM-DD", ErrInvalidRequest)
+		}
+	}
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	p := Patient{ID: uuid.Must(uuid.NewV7()), WardID: wardID, PHI: phi, AdmittedAt: now, CreatedAt: now, UpdatedAt: now}
+	plain, err := json.Marshal(phi)
+	if err != nil {
+		return Patient{}, fmt.Errorf("create patient: %w", err)
+	}
+	sealed, err := s.cfg.PHI.Seal(ctx, plain, phiAAD(p.ID))
+	clear(plain)
+	if err != nil {
+		return Patient{}, fmt.Errorf("create patient: seal: %w", err)
+	}
+	idx, err := s.cfg.PHI.BlindIndex(ctx, []byte(NormalizeMRN(phi.MRN)))
+	if err != nil {
+		return Patient{}, fmt.Errorf("create patient: blind index: %w", err)
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO core_patients (id, ward_id, mrn_index, phi_sealed, admitted_at, created_at, updated_at)
+			VALUES ($1,$2,$3,$4,$5,$5,$5)`, p.ID, wardID, idx, sealed, now); err != nil {
+			return err
+		}
+		return recordIn(ctx, tx, by, now, "patient.created", "patient", p.ID.String(), map[string]any{"ward_id": wardID})
+	})
+	switch {
+	case isUniqueViolation(err):
+		return Patient{}, fmt.Errorf("create patient: %w: a patient with this MRN exists", ErrConflict)
+	case isFKViolation(err):
+		return Patient{}, fmt.Errorf("create patient: ward: %w", ErrNotFound)
+	case err != nil:
+		return Patient{}, fmt.Errorf("create patient: %w", err)
+	}
+	s.patients.Store(p.ID, true)
+	return p, nil
+}
+
+const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at"
+
+func (s *Service) scanPatient(ctx context.Context, row pgx.Row) (Patient, error) {
+	var p Patient
+	var sealed []byte
+	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt); err != nil {
+		return Patient{}, err
+	}
+	plain, err := s.cfg.PHI.Open(ctx, sealed, phiAAD(p.ID))
+	if err != nil {
+		return Patient{}, fmt.Errorf("open PHI of patient %s: %w", p.ID, err)
+	}
+	defer clear(plain)
+	if err := json.Unmarshal(plain, &p.PHI); err != nil {
+		return Patient{}, fmt.Errorf("decode PHI of patient %s: %w", p.ID, err)
+	}
+	return p, nil
+}
+
+// Patient returns one patient with its PHI opened, or ErrNotFound.
+func (s *Service) Patient(ctx context.Context, id uuid.UUID) (Patient, error) {
+	if s.cfg.PHI == nil {
+		return Patient{}, fmt.Errorf("get patient: %w", ErrNoPHISealer)
+	}
+	p, err := s.scanPatient(ctx, s.pool.QueryRow(ctx, "SELECT "+patientCols+" FROM core_patients WHERE id = $1", id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Patient{}, fmt.Errorf("patient %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Patient{}, fmt.Errorf("get patient: %w", err)
+	}
+	return p, nil
+}
+
+// PatientByMRN finds a patient by MRN through its blind index, or ErrNotFound.
+func (s *Service) PatientByMRN(ctx context.Context, mrn string) (Patient, error) {
+	if s.cfg.PHI == nil {
+		return Patient{}, fmt.Errorf("find patient: %w", ErrNoPHISealer)
+	}
+	idx, err := s.cfg.PHI.BlindIndex(ctx, []byte(NormalizeMRN(mrn)))
+	if err != nil {
+		return Patient{}, fmt.Errorf("find patient: blind index: %w", err)
+	}
+	p, err := s.scanPatient(ctx, s.pool.QueryRow(ctx, "SELECT "+patientCols+" FROM core_patients WHERE mrn_index = $1", idx))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Patient{}, fmt.Errorf("patient by MRN: %w", ErrNotFound)
+	}
+	if err != nil {
+		return Patient{}, fmt.Errorf("find patient: %w", err)
+	}
+	return p, nil
+}
+
+// PatientFilter selects patients for Patients.
+type PatientFilter struct {
+	WardID     uuid.UUID // zero: every ward
+	Clinician  string    // non-empty: only patients on this clinician's care team
+	Discharged bool      // include discharged patients
+	Limit      int       // default 100, at most 1000
+}
+
+// Patients lists patients, most recently admitted first, with their PHI opened.
+func (s *Service) Patients(ctx context.Context, f PatientFilter) ([]Patient, error) {
+	if s.cfg.PHI == nil {
+		return nil, fmt.Errorf("list patients: %w", ErrNoPHISealer)
+	}
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Limit > 1000 {
+		f.Limit = 1000
+	}
+	var clin any
+	if f.Clinician != "" {
+		clin = f.Clinician
+	}
+	rows, err := s.pool.Query(ctx, "SELECT "+patientCols+` FROM core_patients p
+		WHERE ($1::uuid IS NULL OR ward_id = $1) AND ($2 OR discharged_at IS NULL)
+		  AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM core_care_team c WHERE c.patient_id = p.id AND c.clinician_id = $3))
+		ORDER BY admitted_at DESC, id LIMIT $4`, nullUUID(f.WardID), f.Discharged, clin, f.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list patients: %w", err)
+	}
+	defer rows.Close()
+	var out []Patient
+	for rows.Next() {
+		p, err := s.scanPatient(ctx, rows)
+		if err != nil {
+			return nil, fmt.Errorf("list patients: %w", err)
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list patients: %w", err)
+	}
+	return out, nil
+}
+
+// DischargePatient marks a patient discharged, audited as "patient.discharged". Ingest keeps
+// accepting its samples (a device may still be attached); ErrConflict if already discharged.
+func (s *Service) DischargePatient(ctx context.Context, by audit.Event, id uuid.UUID) error {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	return s.patientTx(ctx, id, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "UPDATE core_patients SET discharged_at = $2, updated_at = $2 WHERE id = $1 AND discharged_at IS NULL", id, now)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("discharge patient %s: %w: already discharged", id, ErrConflict)
+		}
+		return recordIn(ctx, tx, by, now, "patient.discharged", "patient", id.String(), nil)
+	})
+}
+
+// MovePatient moves a patient to another ward, audited as "patient.moved".
+func (s *Service) MovePatient(ctx context.Context, by audit.Event, id, wardID uuid.UUID) error {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	err := s.patientTx(ctx, id, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "UPDATE core_patients SET ward_id = $2, updated_at = $3 WHERE id = $1", id, wardID, now); err != nil {
+			return err
+		}
+		return recordIn(ctx, tx, by, now, "patient.moved", "patient", id.String(), map[string]any{"ward_id": wardID})
+	})
+	if isFKViolation(err) {
+		return fmt.Errorf("move patient: ward %s: %w", wardID, ErrNotFound)
+	}
+	return err
+}
+
+// patientTx runs fn in a transaction after locking the patient row (ErrNotFound if absent).
+func (s *Service) patientTx(ctx context.Context, id uuid.UUID, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var one int
+		if err := tx.QueryRow(ctx, "SELECT 1 FROM core_patients WHERE id = $1 FOR UPDATE", id).Scan(&one); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("patient %s: %w", id, ErrNotFound)
+			}
+			return err
+		}
+		return fn(tx)
+	})
+}
+
+// AddCareTeamMember puts a clinician on a patient's care team (or changes the role),
+// audited as "care_team.member_added".
+func (s *Service) AddCareTeamMember(ctx context.Context, by audit.Event, patientID uuid.UUID, clinicianID, role string) (CareTeamMember, error) {
+	clinicianID, role = strings.TrimSpace(clinicianID), strings.TrimSpace(role)
+	if clinicianID == "" || role == "" {
+		return CareTeamMember{}, fmt.Errorf("add care team member: %w: clinician id and role are required", ErrInvalidRequest)
+	}
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	m := CareTeamMember{PatientID: patientID, ClinicianID: clinicianID, Role: role, AddedAt: now}
+	err := s.patientTx(ctx, patientID, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO core_care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,$3,$4)
+			ON CONFLICT (patient_id, clinician_id) DO UPDATE SET role = EXCLUDED.role`, patientID, clinicianID, role, now); err != nil {
+			return err
+		}
+		return recordIn(ctx, tx, by, now, "care_team.member_added", "patient", patientID.String(),
+			map[string]any{"clinician_id": clinicianID, "role": role})
+	})
+	if err != nil {
+		return CareTeamMember{}, err
+	}
+	return m, nil
+}
+
+// RemoveCareTeamMember takes a clinician off a patient's care team, audited as
+// "care_team.member_removed"; ErrNotFound if not a member.
+func (s *Service) RemoveCareTeamMember(ctx context.Context, by audit.Event, patientID uuid.UUID, clinicianID string) error {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	return s.patientTx(ctx, patientID, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "DELETE FROM core_care_team WHERE patient_id = $1 AND clinician_id = $2", patientID, clinicianID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("care team of %s: clinician %q: %w", patientID, clinicianID, ErrNotFound)
+		}
+		return recordIn(ctx, tx, by, now, "care_team.member_removed", "patient", patientID.String(),
+			map[string]any{"clinician_id": clinicianID})
+	})
+}
+
+// CareTeam lists a patient's care team.
+func (s *Service) CareTeam(ctx context.Context, patientID uuid.UUID) ([]CareTeamMember, error) {
+	rows, err := s.pool.Query(ctx, `SELECT patient_id, clinician_id, role, added_at FROM core_care_team
+		WHERE patient_id = $1 ORDER BY clinician_id`, patientID)
+	if err != nil {
+		return nil, fmt.Errorf("care team: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[CareTeamMember])
+}
+
+// PatientsOf returns the ids of the patients on a clinician's care team (for filtering SSE
+// streams and lists per caller).
+func (s *Service) PatientsOf(ctx context.Context, clinicianID string) ([]uuid.UUID, error) {
+	rows, err := s.pool.Query(ctx, "SELECT patient_id FROM core_care_team WHERE clinician_id = $1 ORDER BY patient_id", clinicianID)
+	if err != nil {
+		return nil, fmt.Errorf("patients of clinician: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+}

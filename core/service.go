@@ -1,0 +1,160 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// RuleEngine runs the clinical rules on committed observations. The rules package's Engine
+// is adapted to it where the system is wired (cmd/vigil), so that core does not depend on the
+// rules implementation (core/rules must not import core, and core need not import it).
+//
+// Core calls Evaluate only with observations that are committed, all of patientID, in
+// ascending effective time. Evaluate MUST be safe for concurrent use, and MUST be safe to call
+// again with the same observations after it returned an error (core retries once).
+type RuleEngine interface {
+	Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observation) error
+}
+
+// RuleEngineFunc adapts a function to RuleEngine.
+type RuleEngineFunc func(ctx context.Context, patientID uuid.UUID, obs []Observation) error
+
+// Evaluate calls f.
+func (f RuleEngineFunc) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observation) error {
+	return f(ctx, patientID, obs)
+}
+
+// Retention is the retention policy per data class: whole daily partitions older than the
+// class's retention are dropped (audited) by EnforceRetention.
+type Retention struct {
+	// Observations is how long device observations are kept. Default 90 days. Samples older
+	// than this are rejected on ingest (too_old).
+	Observations time.Duration
+	// Uploads is how long upload provenance rows are kept. Default 365 days; never less than
+	// Observations (an observation must always be traceable to its upload).
+	Uploads time.Duration
+}
+
+// Config configures a Service. Zero values take the documented defaults.
+type Config struct {
+	// Pool is the installation's database. Required.
+	Pool *pgxpool.Pool
+	// Rules runs the clinical rules after each ingest commit. Default: none.
+	Rules RuleEngine
+	// Hub receives notifications for SSE streams. Default: a new Hub with default config.
+	Hub *Hub
+	// PHI seals and opens patient identifying data and computes its blind index. Required for
+	// the patient API (ErrNoPHISealer without it); ingest does not need it.
+	PHI PHISealer
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// MaxFutureSkew is how far in the future a sample's effective time may be. Default 5 min.
+	MaxFutureSkew time.Duration
+	// MaxSamplesPerBatch bounds a batch. Default 50,000.
+	MaxSamplesPerBatch int
+	// Retention per data class.
+	Retention Retention
+	// PartitionsAhead is how many days of partitions MaintainPartitions keeps created ahead
+	// of today. Default 7.
+	PartitionsAhead int
+	// Logger reports failures of background work and of rules after a committed ingest.
+	// Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Service is the clinical core's data service: ingest, storage, queries, patients,
+// notifications. It is safe for concurrent use.
+type Service struct {
+	cfg   Config
+	pool  *pgxpool.Pool
+	hub   *Hub
+	parts partitionCache
+	// known patients (ids), so ingest checks existence without a query per batch.
+	patients sync.Map
+	stats    struct {
+		batches, samples, stored, duplicates, rejected, ruleErrors atomic.Int64
+	}
+}
+
+// New returns a Service. It does no I/O: call MaintainPartitions (or Run) to create
+// partitions ahead of time; ingest also creates missing partitions on demand.
+func New(cfg Config) (*Service, error) {
+	if cfg.Pool == nil {
+		return nil, errors.New("core: Config.Pool is required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxFutureSkew <= 0 {
+		cfg.MaxFutureSkew = 5 * time.Minute
+	}
+	if cfg.MaxSamplesPerBatch <= 0 {
+		cfg.MaxSamplesPerBatch = 50000
+	}
+	if cfg.Retention.Observations <= 0 {
+		cfg.Retention.Observations = 90 * 24 * time.Hour
+	}
+	if cfg.Retention.Uploads <= 0 {
+		cfg.Retention.Uploads = 365 * 24 * time.Hour
+	}
+	if cfg.Retention.Uploads < cfg.Retention.Observations {
+		cfg.Retention.Uploads = cfg.Retention.Observations
+	}
+	if cfg.PartitionsAhead <= 0 {
+		cfg.PartitionsAhead = 7
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Hub == nil {
+		cfg.Hub = NewHub(HubConfig{})
+	}
+	s := &Service{cfg: cfg, pool: cfg.Pool, hub: cfg.Hub}
+	s.parts.known = map[string]bool{}
+	return s, nil
+}
+
+// Hub returns the notification hub (for SSE handlers and as the alarms Notifier).
+func (s *Service) Hub() *Hub { return s.hub }
+
+// Stats are counters since the Service started.
+type Stats struct {
+	Batches, Samples, Stored, Duplicates, Rejected, RuleErrors int64
+}
+
+// Stats returns the counters.
+func (s *Service) Stats() Stats {
+	return Stats{Batches: s.stats.batches.Load(), Samples: s.stats.samples.Load(), Stored: s.stats.stored.Load(),
+		Duplicates: s.stats.duplicates.Load(), Rejected: s.stats.rejected.Load(), RuleErrors: s.stats.ruleErrors.Load()}
+}
+
+// Run keeps partitions created ahead and enforces retention every interval until ctx ends.
+// Failures are logged and retried at the next interval.
+func (s *Service) Run(ctx context.Context, interval time.Duration) {
+	do := func() {
+		if err := s.MaintainPartitions(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.ErrorContext(ctx, "core: create partitions", slog.String("error", err.Error()))
+		}
+		if _, err := s.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.ErrorContext(ctx, "core: retention", slog.String("error", err.Error()))
+		}
+	}
+	do()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			do()
+		}
+	}
+}

@@ -1,0 +1,149 @@
+package core
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Observation is a validated, normalized sample as stored: a known LOINC code, its value in
+// the code's canonical UCUM unit, and where it came from.
+type Observation struct {
+	PatientID   uuid.UUID `json:"patient_id"`
+	Code        string    `json:"code"`
+	Value       float64   `json:"value"`
+	Unit        string    `json:"unit"`
+	EffectiveAt time.Time `json:"effective_at"`
+	// Artifact: possible but outside the physiological plausibility range; stored flagged,
+	// and the rules do not act on its value.
+	Artifact bool      `json:"artifact"`
+	UploadID uuid.UUID `json:"upload_id"` // the upload (= its audit event id) that carried it
+	DeviceID string    `json:"device_id,omitempty"`
+}
+
+// Status is the FHIR-style status of a stored observation: always "final".
+func (o Observation) Status() string { return "final" }
+
+const flagArtifact = 1
+
+// normalized is the outcome of validating one batch.
+type normalized struct {
+	obs        []Observation // sorted by (code, effective time), in-batch duplicates removed
+	duplicates int           // identical in-batch duplicates collapsed
+	flagged    int
+}
+
+// normalize validates and normalizes b at time now. Every bad sample is reported; if any, the
+// batch is rejected as a whole (*BatchError). The result is deterministic: observations sorted
+// by (code, effective time); samples with the same code and time (after conversion to the
+// canonical unit and truncation to microseconds) collapse into one when their values are equal
+// and reject the batch (conflicting_duplicate) when they differ.
+func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
+	var bad []SampleError
+	p := b.Provenance
+	if b.PatientID == uuid.Nil || p.DeviceID == "" || p.KeyID == "" || p.UploadHash == ([32]byte{}) {
+		bad = append(bad, SampleError{Index: -1, Code: CodeInvalidProvenance,
+			Detail: "patient id, device id, key id and upload hash are required"})
+	}
+	if len(b.Samples) > s.cfg.MaxSamplesPerBatch {
+		bad = append(bad, SampleError{Index: -1, Code: CodeTooManySamples,
+			Detail: fmt.Sprintf("%d samples, at most %d", len(b.Samples), s.cfg.MaxSamplesPerBatch)})
+		return normalized{}, &BatchError{Samples: bad}
+	}
+	latest := now.Add(s.cfg.MaxFutureSkew)
+	oldest := now.Add(-s.cfg.Retention.Observations)
+	out := make([]Observation, 0, len(b.Samples))
+	idx := make([]int, 0, len(b.Samples))
+	var res normalized
+	for i, smp := range b.Samples {
+		info, ok := catalog[smp.Code]
+		if !ok {
+			bad = append(bad, SampleError{Index: i, Code: CodeUnknownCode, LOINC: smp.Code,
+				Detail: fmt.Sprintf("LOINC code %q is not known", smp.Code)})
+			continue
+		}
+		v, ok := info.Convert(smp.Value, smp.Unit)
+		if !ok {
+			bad = append(bad, SampleError{Index: i, Code: CodeWrongUnit, LOINC: smp.Code,
+				Detail: fmt.Sprintf("unit %q is not accepted for %s (accepted: %v)", smp.Unit, smp.Code, info.Units())})
+			continue
+		}
+		switch {
+		case math.IsNaN(smp.Value) || math.IsInf(smp.Value, 0):
+			bad = append(bad, SampleError{Index: i, Code: CodeImpossibleValue, LOINC: smp.Code, Detail: "value is not a finite number"})
+			continue
+		case !info.Possible.Contains(v):
+			bad = append(bad, SampleError{Index: i, Code: CodeImpossibleValue, LOINC: smp.Code,
+				Detail: fmt.Sprintf("%g %s is outside the possible range [%g, %g]", v, info.Unit, info.Possible.Min, info.Possible.Max)})
+			continue
+		case info.Integer && v != math.Trunc(v):
+			bad = append(bad, SampleError{Index: i, Code: CodeImpossibleValue, LOINC: smp.Code, Detail: "value must be an integer"})
+			continue
+		}
+		t := smp.Time.UTC().Truncate(time.Microsecond)
+		switch {
+		case smp.Time.IsZero():
+			bad = append(bad, SampleError{Index: i, Code: CodeInvalidTime, LOINC: smp.Code, Detail: "effective time is missing"})
+			continue
+		case t.After(latest):
+			bad = append(bad, SampleError{Index: i, Code: CodeFutureTime, LOINC: smp.Code,
+				Detail: fmt.Sprintf("effective time %s is more than %s ahead of the server clock", t.Format(time.RFC3339), s.cfg.MaxFutureSkew)})
+			continue
+		case t.Before(oldest):
+			bad = append(bad, SampleError{Index: i, Code: CodeTooOld, LOINC: smp.Code,
+				Detail: fmt.Sprintf("effective time %s is older than the retention of %s", t.Format(time.RFC3339), s.cfg.Retention.Observations)})
+			continue
+		}
+		artifact := !info.Plausible.Contains(v)
+		out = append(out, Observation{PatientID: b.PatientID, Code: smp.Code, Value: v, Unit: info.Unit,
+			EffectiveAt: t, Artifact: artifact, DeviceID: p.DeviceID})
+		idx = append(idx, i)
+	}
+	// Sort by (code, time, index) and look for duplicates.
+	order := make([]int, len(out))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		x, y := &out[order[a]], &out[order[b]]
+		if x.Code != y.Code {
+			return x.Code < y.Code
+		}
+		return x.EffectiveAt.Before(y.EffectiveAt)
+	})
+	sorted := make([]Observation, 0, len(out))
+	for k, oi := range order {
+		o := out[oi]
+		if k > 0 {
+			prev := &sorted[len(sorted)-1]
+			if prev.Code == o.Code && prev.EffectiveAt.Equal(o.EffectiveAt) {
+				if prev.Value == o.Value {
+					res.duplicates++
+					continue
+				}
+				bad = append(bad, SampleError{Index: idx[oi], Code: CodeConflictingDuplicate, LOINC: o.Code,
+					Detail: fmt.Sprintf("another sample of the batch has the same code and time with value %g, this one %g", prev.Value, o.Value)})
+				continue
+			}
+		}
+		if o.Artifact {
+			res.flagged++
+		}
+		sorted = append(sorted, o)
+	}
+	if len(bad) > 0 {
+		sort.SliceStable(bad, func(i, j int) bool { return bad[i].Index < bad[j].Index })
+		return normalized{}, &BatchError{Samples: bad}
+	}
+	res.obs = sorted
+	return res, nil
+}
+
+// Validate checks a batch the way Ingest does, without storing anything: nil, or a *BatchError.
+func (s *Service) Validate(b Batch) error {
+	_, err := s.normalize(b, s.cfg.Now())
+	return err
+}
