@@ -10,25 +10,25 @@ import (
 // returned wrapped in a *RejectError that carries its stable code; server/errors.go maps
 // each sentinel to its HTTP status, and the MQTT adapter sends the code back to the device.
 var (
-	ErrMalformed            = errors.New("malformed upload")           // 400 malformed_upload
-	ErrTooLarge             = errors.New("upload too large")           // 413 upload_too_large
-	ErrUnknownDevice        = errors.New("unknown device")             // 401 unknown_device
-	ErrUnknownKey           = errors.New("unknown or retired key")     // 401 unknown_key
-	ErrBadSignature         = errors.New("invalid signature")          // 401 invalid_signature
-	ErrDeviceSuspended      = errors.New("device suspended")           // 403 device_suspended
-	ErrDeviceDecommissioned = errors.New("device decommissioned")      // 403 device_decommissioned
-	ErrReplay               = errors.New("replayed sequence number")   // 409 replay
-	ErrNotAssigned          = errors.New("device has no patient")      // 409 device_not_assigned
+	ErrMalformed            = errors.New("malformed upload")             // 400 malformed_upload
+	ErrTooLarge             = errors.New("upload too large")             // 413 upload_too_large
+	ErrUnknownDevice        = errors.New("unknown device")               // 401 unknown_device
+	ErrUnknownKey           = errors.New("unknown or retired key")       // 401 unknown_key
+	ErrBadSignature         = errors.New("invalid signature")            // 401 invalid_signature
+	ErrDeviceSuspended      = errors.New("device suspended")             // 403 device_suspended
+	ErrDeviceDecommissioned = errors.New("device decommissioned")        // 403 device_decommissioned
+	ErrReplay               = errors.New("replayed sequence number")     // 409 replay
+	ErrNotAssigned          = errors.New("device has no patient")        // 409 device_not_assigned
 	ErrClockSkew            = errors.New("sent_at outside allowed skew") // 422 clock_skew
-	ErrRateLimited          = errors.New("device rate limit exceeded") // 429 rate_limited
-	ErrQuotaExceeded        = errors.New("device quota exceeded")      // 429 quota_exceeded
-	ErrBackpressure         = errors.New("ingestion is overloaded")    // 503 backpressure
+	ErrRateLimited          = errors.New("device rate limit exceeded")   // 429 rate_limited
+	ErrQuotaExceeded        = errors.New("device quota exceeded")        // 429 quota_exceeded
+	ErrBackpressure         = errors.New("ingestion is overloaded")      // 503 backpressure
 
 	// Registry and enrollment.
-	ErrNotFound     = errors.New("device not found")                  // 404 device_not_found
-	ErrConflict     = errors.New("device state conflict")             // 409 device_conflict
+	ErrNotFound     = errors.New("device not found")                    // 404 device_not_found
+	ErrConflict     = errors.New("device state conflict")               // 409 device_conflict
 	ErrInvalidToken = errors.New("invalid or expired enrollment token") // 401 invalid_enrollment_token
-	ErrInvalidInput = errors.New("invalid device request")            // 400 invalid_device_request
+	ErrInvalidInput = errors.New("invalid device request")              // 400 invalid_device_request
 )
 
 // Stable reason codes (the audit event's Reason and the API error code). A code, once

@@ -192,3 +192,12 @@ func (s *Service) ReceiptKey() (keyID string, pub crypto.PublicKey, err error) {
 	}
 	return s.cfg.ReceiptSigner.KeyID(), s.cfg.ReceiptSigner.Public(), nil
 }
+
+// MaxEnvelopeBytes is the largest upload envelope accepted (transports read at most one
+// byte more, so that a larger one is refused as ErrTooLarge and audited).
+func (s *Service) MaxEnvelopeBytes() int {
+	if s.cfg.Limits.MaxEnvelopeBytes > 0 {
+		return s.cfg.Limits.MaxEnvelopeBytes
+	}
+	return envelope.DefaultLimits.MaxEnvelopeBytes
+}

@@ -6,6 +6,8 @@ import (
 	"net/http"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/vigilhealth/vigil/devices"
 )
 
 // This file is the one place where errors become HTTP statuses and stable error codes. Every
@@ -52,6 +54,25 @@ type mapping struct {
 // errorTable maps domain sentinels (matched with errors.Is, first match wins) to HTTP.
 var errorTable = []mapping{
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, CodeTimeout},
+	// devices (codes in docs/api.md#devices; the RejectError carries the code)
+	{devices.ErrMalformed, http.StatusBadRequest, devices.CodeMalformed},
+	{devices.ErrTooLarge, http.StatusRequestEntityTooLarge, devices.CodeTooLarge},
+	{devices.ErrUnknownDevice, http.StatusUnauthorized, devices.CodeUnknownDevice},
+	{devices.ErrUnknownKey, http.StatusUnauthorized, devices.CodeUnknownKey},
+	{devices.ErrBadSignature, http.StatusUnauthorized, devices.CodeBadSignature},
+	{devices.ErrDeviceSuspended, http.StatusForbidden, devices.CodeSuspended},
+	{devices.ErrDeviceDecommissioned, http.StatusForbidden, devices.CodeDecommissioned},
+	{devices.ErrReplay, http.StatusConflict, devices.CodeReplay},
+	{devices.ErrNotAssigned, http.StatusConflict, devices.CodeNotAssigned},
+	{devices.ErrClockSkew, http.StatusUnprocessableEntity, devices.CodeClockSkew},
+	{devices.ErrRateLimited, http.StatusTooManyRequests, devices.CodeRateLimited},
+	{devices.ErrQuotaExceeded, http.StatusTooManyRequests, devices.CodeQuotaExceeded},
+	{devices.ErrBackpressure, http.StatusServiceUnavailable, devices.CodeBackpressure},
+	{devices.ErrProofPending, http.StatusNotFound, "proof_pending"},
+	{devices.ErrNotFound, http.StatusNotFound, devices.CodeNotFound},
+	{devices.ErrConflict, http.StatusConflict, devices.CodeConflict},
+	{devices.ErrInvalidToken, http.StatusUnauthorized, devices.CodeInvalidToken},
+	{devices.ErrInvalidInput, http.StatusBadRequest, devices.CodeInvalidInput},
 }
 
 // CodedError is implemented by typed domain errors that carry a stable machine code of their

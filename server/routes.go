@@ -17,6 +17,7 @@ func (s *Server) routes() {
 	s.echo.HEAD("/readyz", s.readyz)
 	api := s.echo.Group("/api/v1")
 	_ = api // areas mount here: s.mountAudit(api), s.mountDevices(api), …
+	s.mountDevices(api)
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

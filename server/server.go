@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/internal/schema"
 )
 
@@ -39,6 +40,8 @@ type Config struct {
 	ReadinessChecks []ReadinessCheck
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Devices is the device registry and upload ingestion (routes in devices.go). Optional.
+	Devices *devices.Service
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every
