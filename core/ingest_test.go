@@ -1,0 +1,345 @@
+package core_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/core"
+)
+
+// Bad samples are rejected with stable codes, the whole batch is refused (nothing stored), and
+// the rejection is audited with its code.
+// Verifies: REQ-CORE-001, REQ-CORE-002
+func TestIngestRejectsBadSamples(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.patient(t)
+	good := core.Sample{Code: core.LOINCHeartRate, Value: 72, Unit: "/min", Time: t0.Add(-time.Minute)}
+	tests := []struct {
+		name     string
+		b        core.Batch
+		code     string
+		sentinel error
+	}{
+		{"unknown code", batch(p, good, core.Sample{Code: "1234-5", Value: 1, Unit: "/min", Time: t0}), core.CodeUnknownCode, core.ErrUnknownCode},
+		{"wrong unit", batch(p, good, core.Sample{Code: core.LOINCHeartRate, Value: 72, Unit: "Hz", Time: t0}), core.CodeWrongUnit, core.ErrWrongUnit},
+		{"unit of another code", batch(p, core.Sample{Code: core.LOINCBodyTemperature, Value: 37, Unit: "mm[Hg]", Time: t0}), core.CodeWrongUnit, core.ErrWrongUnit},
+		{"impossible value", batch(p, good, core.Sample{Code: core.LOINCSpO2, Value: 140, Unit: "%", Time: t0}), core.CodeImpossibleValue, core.ErrImpossibleValue},
+		{"negative heart rate", batch(p, core.Sample{Code: core.LOINCHeartRate, Value: -3, Unit: "/min", Time: t0}), core.CodeImpossibleValue, core.ErrImpossibleValue},
+		{"NaN", batch(p, core.Sample{Code: core.LOINCHeartRate, Value: math.NaN(), Unit: "/min", Time: t0}), core.CodeImpossibleValue, core.ErrImpossibleValue},
+		{"infinity", batch(p, core.Sample{Code: core.LOINCHeartRate, Value: math.Inf(1), Unit: "/min", Time: t0}), core.CodeImpossibleValue, core.ErrImpossibleValue},
+		{"fractional ACVPU", batch(p, core.Sample{Code: core.LOINCConsciousness, Value: 1.5, Unit: "{score}", Time: t0}), core.CodeImpossibleValue, core.ErrImpossibleValue},
+		{"no time", batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 70, Unit: "/min"}), core.CodeInvalidTime, core.ErrInvalidTime},
+		{"future", batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 70, Unit: "/min", Time: t0.Add(time.Hour)}), core.CodeFutureTime, core.ErrFutureTime},
+		{"too old", batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 70, Unit: "/min", Time: t0.AddDate(0, 0, -91)}), core.CodeTooOld, core.ErrTooOld},
+		{"conflicting duplicate", batch(p, good, core.Sample{Code: good.Code, Value: 90, Unit: "/min", Time: good.Time}), core.CodeConflictingDuplicate, core.ErrConflictingDuplicate},
+		{"conflicting duplicate after conversion", batch(p,
+			core.Sample{Code: core.LOINCBodyTemperature, Value: 37, Unit: "Cel", Time: t0},
+			core.Sample{Code: core.LOINCBodyTemperature, Value: 100, Unit: "[degF]", Time: t0}), core.CodeConflictingDuplicate, core.ErrConflictingDuplicate},
+		{"no provenance", core.Batch{PatientID: p, Samples: []core.Sample{good}}, core.CodeInvalidProvenance, core.ErrInvalidProvenance},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			hookCalled := false
+			_, err := e.svc.Ingest(e.ctx, tc.b, func(context.Context, pgx.Tx, core.IngestResult) error { hookCalled = true; return nil })
+			if !errors.Is(err, core.ErrInvalidBatch) || !errors.Is(err, tc.sentinel) {
+				t.Fatalf("Ingest() error = %v, want ErrInvalidBatch and %v", err, tc.sentinel)
+			}
+			var be *core.BatchError
+			if !errors.As(err, &be) || be.ErrorCode() != tc.code {
+				t.Fatalf("Ingest() error code = %v, want %s", err, tc.code)
+			}
+			if hookCalled {
+				t.Error("hook called for a rejected batch")
+			}
+			if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND object_id = $2",
+				tc.code, hexHash(tc.b)); n != 1 {
+				t.Errorf("upload.rejected events with reason %s = %d, want 1", tc.code, n)
+			}
+		})
+	}
+	if n := e.count(t, "SELECT count(*) FROM core_observations"); n != 0 {
+		t.Errorf("observations stored after rejections = %d, want 0", n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM core_uploads"); n != 0 {
+		t.Errorf("uploads stored after rejections = %d, want 0", n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'"); n != 0 {
+		t.Errorf("upload.accepted events = %d, want 0", n)
+	}
+
+	// Every bad sample is listed, in index order.
+	_, err := e.svc.Ingest(e.ctx, batch(p, good,
+		core.Sample{Code: "x", Value: 1, Unit: "/min", Time: t0},
+		core.Sample{Code: core.LOINCSpO2, Value: 101, Unit: "%", Time: t0}), nil)
+	var be *core.BatchError
+	if !errors.As(err, &be) || len(be.Samples) != 2 || be.Samples[0].Index != 1 || be.Samples[1].Index != 2 ||
+		be.Samples[1].Code != core.CodeImpossibleValue {
+		t.Errorf("Ingest(two bad samples) = %v, want samples 1 (unknown_code) and 2 (impossible_value)", err)
+	}
+
+	// An unknown patient.
+	_, err = e.svc.Ingest(e.ctx, batch(uuid.New(), good), nil)
+	if !errors.Is(err, core.ErrUnknownPatient) {
+		t.Errorf("Ingest(unknown patient) = %v, want ErrUnknownPatient", err)
+	}
+}
+
+func hexHash(b core.Batch) string {
+	const digits = "0123456789abcdef"
+	out := make([]byte, 64)
+	for i, c := range b.Provenance.UploadHash {
+		out[2*i], out[2*i+1] = digits[c>>4], digits[c&15]
+	}
+	return string(out)
+}
+
+// Values are converted to the canonical UCUM unit of their code; implausible but possible
+// values are stored flagged as artifacts.
+// Verifies: REQ-CORE-003, REQ-CORE-004
+func TestIngestNormalizes(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.patient(t)
+	at := t0.Add(-time.Hour)
+	tests := []struct {
+		in       core.Sample
+		value    float64
+		unit     string
+		artifact bool
+	}{
+		{core.Sample{Code: core.LOINCBodyTemperature, Value: 98.6, Unit: "[degF]"}, 37, "Cel", false},
+		{core.Sample{Code: core.LOINCBodyTemperature, Value: 310.15, Unit: "K"}, 37, "Cel", false},
+		{core.Sample{Code: core.LOINCSystolicBP, Value: 16, Unit: "kPa"}, 120.009852, "mm[Hg]", false},
+		{core.Sample{Code: core.LOINCDiastolicBP, Value: 80, Unit: "mm[Hg]"}, 80, "mm[Hg]", false},
+		{core.Sample{Code: core.LOINCGlucose, Value: 5.5, Unit: "mmol/L"}, 99.0858, "mg/dL", false},
+		{core.Sample{Code: core.LOINCSpO2, Value: 0.97, Unit: "1"}, 97, "%", false},
+		{core.Sample{Code: core.LOINCBodyWeight, Value: 154, Unit: "[lb_av]"}, 69.853225, "kg", false},
+		{core.Sample{Code: core.LOINCOxygenFlow, Value: 2000, Unit: "mL/min"}, 2, "L/min", false},
+		{core.Sample{Code: core.LOINCHeartRate, Value: 72, Unit: "{beats}/min"}, 72, "/min", false},
+		{core.Sample{Code: core.LOINCRespiratoryRate, Value: 1, Unit: "/min"}, 1, "/min", true}, // possible, implausible
+		{core.Sample{Code: core.LOINCSpO2Arterial, Value: 30, Unit: "%"}, 30, "%", true},
+	}
+	var samples []core.Sample
+	for i, tc := range tests {
+		s := tc.in
+		s.Time = at.Add(time.Duration(i) * time.Second)
+		samples = append(samples, s)
+	}
+	res, err := e.svc.Ingest(e.ctx, batch(p, samples...), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stored != len(tests) || res.Flagged != 2 || res.Duplicates != 0 {
+		t.Errorf("Ingest() = %+v, want %d stored, 2 flagged", res, len(tests))
+	}
+	for i, tc := range tests {
+		var v float64
+		var unit string
+		var flags int16
+		err := e.pool.QueryRow(e.ctx, "SELECT value, unit, flags FROM core_observations WHERE patient_id = $1 AND code = $2 AND effective_at = $3",
+			p, tc.in.Code, at.Add(time.Duration(i)*time.Second)).Scan(&v, &unit, &flags)
+		if err != nil {
+			t.Fatalf("%s %v: %v", tc.in.Code, tc.in.Unit, err)
+		}
+		if math.Abs(v-tc.value) > 1e-6 || unit != tc.unit || (flags&1 == 1) != tc.artifact {
+			t.Errorf("stored %g %s = %g %s (artifact %v), want %g %s (artifact %v)", tc.in.Value, tc.in.Unit, v, unit, flags&1 == 1, tc.value, tc.unit, tc.artifact)
+		}
+	}
+}
+
+// An accepted upload's observations, provenance row and audit event commit together with
+// what the hook writes; a hook error rolls everything back.
+// Verifies: REQ-CORE-005
+func TestIngestAtomicWithAuditAndHook(t *testing.T) {
+	e := newEnv(t, nil)
+	p := e.patient(t)
+	if _, err := e.pool.Exec(e.ctx, "CREATE TABLE hook_marks (upload uuid PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	s := core.Sample{Code: core.LOINCHeartRate, Value: 80, Unit: "/min", Time: t0.Add(-time.Minute)}
+	boom := errors.New("boom")
+	_, err := e.svc.Ingest(e.ctx, batch(p, s), func(ctx context.Context, tx pgx.Tx, r core.IngestResult) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO hook_marks VALUES ($1)", r.AuditEventID); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Ingest(failing hook) = %v, want boom", err)
+	}
+	for _, q := range []string{"SELECT count(*) FROM core_observations", "SELECT count(*) FROM core_uploads",
+		"SELECT count(*) FROM hook_marks", "SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'"} {
+		if n := e.count(t, q); n != 0 {
+			t.Errorf("%s = %d after a failing hook, want 0", q, n)
+		}
+	}
+
+	b := batch(p, s)
+	var seen core.IngestResult
+	res, err := e.svc.Ingest(e.ctx, b, func(ctx context.Context, tx pgx.Tx, r core.IngestResult) error {
+		seen = r
+		_, err := tx.Exec(ctx, "INSERT INTO hook_marks VALUES ($1)", r.AuditEventID)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen != res || res.Stored != 1 || res.AuditEventID == uuid.Nil {
+		t.Errorf("Ingest() = %+v, hook saw %+v; want equal, 1 stored", res, seen)
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE id = $1 AND action = 'upload.accepted' AND actor_kind = 'device' AND actor_id = 'dev-1' AND object_id = $2",
+		res.AuditEventID, hexHash(b)); n != 1 {
+		t.Errorf("upload.accepted event %s = %d rows, want 1", res.AuditEventID, n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM hook_marks WHERE upload = $1", res.AuditEventID); n != 1 {
+		t.Errorf("hook row = %d, want 1", n)
+	}
+	u, err := e.svc.UploadByID(e.ctx, res.AuditEventID)
+	if err != nil || u.DeviceID != "dev-1" || u.KeyID != "dev-1/v1" || u.Stored != 1 || string(u.UploadHash) != string(b.Provenance.UploadHash[:]) {
+		t.Errorf("UploadByID() = %+v, %v; want the provenance of the upload", u, err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM core_observations WHERE upload_id = $1", res.AuditEventID); n != 1 {
+		t.Errorf("observations pointing at the upload = %d, want 1", n)
+	}
+}
+
+// Duplicates and out-of-order samples give the same stored state and counts whatever the
+// order; the rules see each patient's new observations in time order, once.
+// Verifies: REQ-CORE-006
+func TestIngestDuplicatesAndOutOfOrder(t *testing.T) {
+	var mu sync.Mutex
+	var evaluated []core.Observation
+	e := newEnv(t, func(c *core.Config) {
+		c.Rules = core.RuleEngineFunc(func(_ context.Context, _ uuid.UUID, obs []core.Observation) error {
+			mu.Lock()
+			defer mu.Unlock()
+			evaluated = append(evaluated, obs...)
+			return nil
+		})
+	})
+	p := e.patient(t)
+	at := func(m int) time.Time { return t0.Add(time.Duration(m-60) * time.Minute) }
+	hr := func(m int, v float64) core.Sample {
+		return core.Sample{Code: core.LOINCHeartRate, Value: v, Unit: "/min", Time: at(m)}
+	}
+	// Out of order inside the batch, with an identical duplicate.
+	r1, err := e.svc.Ingest(e.ctx, batch(p, hr(3, 73), hr(1, 71), hr(2, 72), hr(1, 71)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.Stored != 3 || r1.Duplicates != 1 {
+		t.Errorf("Ingest(first) = %+v, want 3 stored, 1 duplicate", r1)
+	}
+	// A later upload repeats minute 2 (with another value: first stored wins), adds minute 0
+	// (older than everything stored) and minute 4.
+	r2, err := e.svc.Ingest(e.ctx, batch(p, hr(4, 74), hr(2, 99), hr(0, 70)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Stored != 2 || r2.Duplicates != 1 {
+		t.Errorf("Ingest(second) = %+v, want 2 stored, 1 duplicate", r2)
+	}
+	obs, err := e.svc.Observations(e.ctx, core.RangeQuery{PatientID: p, Code: core.LOINCHeartRate, From: at(-10), To: at(10)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float64{70, 71, 72, 73, 74}
+	if len(obs) != len(want) {
+		t.Fatalf("Observations() = %d rows, want %d", len(obs), len(want))
+	}
+	for i, o := range obs {
+		if o.Value != want[i] || !o.EffectiveAt.Equal(at(i)) {
+			t.Errorf("Observations()[%d] = %g at %s, want %g at %s", i, o.Value, o.EffectiveAt, want[i], at(i))
+		}
+	}
+	if got := obs[2].UploadID; got != r1.AuditEventID {
+		t.Errorf("minute 2 comes from upload %s, want the first %s", got, r1.AuditEventID)
+	}
+	// Rules: first call minutes 1,2,3 in order; second call minutes 0,4 in order; 99 never.
+	wantEval := []float64{71, 72, 73, 70, 74}
+	if len(evaluated) != len(wantEval) {
+		t.Fatalf("evaluated %d observations, want %d", len(evaluated), len(wantEval))
+	}
+	for i, o := range evaluated {
+		if o.Value != wantEval[i] {
+			t.Errorf("evaluated[%d] = %g, want %g", i, o.Value, wantEval[i])
+		}
+	}
+
+	// Group commit: the same patient in two batches of one group, overlapping.
+	res, err := e.svc.IngestMany(e.ctx, []core.Batch{batch(p, hr(5, 75), hr(6, 76)), batch(p, hr(6, 60), hr(7, 77))}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Stored != 2 || res[1].Stored != 1 || res[1].Duplicates != 1 {
+		t.Errorf("IngestMany() = %+v, want 2 stored then 1 stored + 1 duplicate", res)
+	}
+	var v float64
+	if err := e.pool.QueryRow(e.ctx, "SELECT value FROM core_observations WHERE patient_id = $1 AND effective_at = $2", p, at(6)).Scan(&v); err != nil || v != 76 {
+		t.Errorf("minute 6 = %g, %v; want 76 (the first batch of the group)", v, err)
+	}
+}
+
+// IngestMany commits many uploads in one transaction, each with its own audit event and hook;
+// one failing hook rolls back all of them.
+// Verifies: REQ-CORE-005, REQ-CORE-007
+func TestIngestManyGroupCommit(t *testing.T) {
+	e := newEnv(t, nil)
+	var batches []core.Batch
+	var hooks []core.TxHook
+	var calls int
+	for i := 0; i < 20; i++ {
+		p := e.patient(t)
+		batches = append(batches, batch(p,
+			core.Sample{Code: core.LOINCHeartRate, Value: 70, Unit: "/min", Time: t0.Add(-time.Minute)},
+			core.Sample{Code: core.LOINCSpO2, Value: 97, Unit: "%", Time: t0.Add(-time.Minute)}))
+		hooks = append(hooks, func(context.Context, pgx.Tx, core.IngestResult) error { calls++; return nil })
+	}
+	failing := append([]core.TxHook(nil), hooks...)
+	failing[13] = func(context.Context, pgx.Tx, core.IngestResult) error { return errors.New("sequence conflict") }
+	_, err := e.svc.IngestMany(e.ctx, batches, failing)
+	var me *core.IngestManyError
+	if !errors.As(err, &me) || me.Index != 13 {
+		t.Fatalf("IngestMany(failing hook 13) = %v, want IngestManyError at 13", err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM core_observations"); n != 0 {
+		t.Errorf("observations after a failed group = %d, want 0", n)
+	}
+	calls = 0
+	res, err := e.svc.IngestMany(e.ctx, batches, hooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 20 || calls != 20 {
+		t.Fatalf("IngestMany() = %d results, %d hook calls; want 20, 20", len(res), calls)
+	}
+	ids := map[uuid.UUID]bool{}
+	for _, r := range res {
+		ids[r.AuditEventID] = true
+		if r.Stored != 2 {
+			t.Errorf("result %+v, want 2 stored", r)
+		}
+	}
+	if len(ids) != 20 {
+		t.Errorf("distinct audit event ids = %d, want 20", len(ids))
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'"); n != 20 {
+		t.Errorf("upload.accepted events = %d, want 20", n)
+	}
+	// A bad batch in a group names its index and stores nothing.
+	bad := append([]core.Batch(nil), batches...)
+	bad[4] = batch(batches[4].PatientID, core.Sample{Code: "nope", Unit: "/min", Time: t0})
+	_, err = e.svc.IngestMany(e.ctx, bad, nil)
+	if !errors.As(err, &me) || me.Index != 4 || !errors.Is(err, core.ErrUnknownCode) {
+		t.Errorf("IngestMany(bad batch 4) = %v, want IngestManyError at 4 wrapping unknown_code", err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM core_observations"); n != 40 {
+		t.Errorf("observations = %d, want 40", n)
+	}
+}
