@@ -49,7 +49,8 @@ type Result struct {
 	// Derived are the derived observations computed (NEWS2 scores), already recorded by the
 	// Engine in rules_news2 with their components; core may also store them as observations.
 	Derived []Derived
-	// Transitions are the committed alarm transitions (already sent to the alarms Notifier).
+	// Transitions are the committed alarm transitions (already sent to the alarms Notifier),
+	// including those of a replay that rebuilt the patient's state first.
 	Transitions []alarms.Transition
 }
 

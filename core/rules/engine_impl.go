@@ -99,8 +99,8 @@ func (e *Engine) installRule(r Rule) {
 }
 
 // lockPatient returns the patient's entry locked and loaded (rebuilt from its checkpoint and
-// History on first use). The caller unlocks p.mu.
-func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry, error) {
+// History on first use, whose result is returned). The caller unlocks p.mu.
+func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry, Result, error) {
 	e.st.mu.Lock()
 	p := e.st.patients[pid]
 	if p == nil {
@@ -109,19 +109,22 @@ func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry,
 	}
 	e.st.mu.Unlock()
 	p.mu.Lock()
+	var replayed Result
 	if !p.loaded {
-		if err := e.load(ctx, pid, p); err != nil {
+		r, err := e.load(ctx, pid, p)
+		if err != nil {
 			p.mu.Unlock()
-			return nil, err
+			return nil, Result{}, err
 		}
+		replayed = r
 	}
-	return p, nil
+	return p, replayed, nil
 }
 
 // load rebuilds a patient's state: its checkpoint, its settings, then a replay through
 // History of the observations newer than the checkpoint (whose transitions are applied: they
 // were never applied before, since every transition moves the checkpoint with it).
-func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) error {
+func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Result, error) {
 	st := newPatientState()
 	var raw []byte
 	err := e.cfg.Pool.QueryRow(ctx, `SELECT state FROM rules_patient_state WHERE patient_id=$1`, pid).Scan(&raw)
@@ -129,10 +132,10 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) error
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
-		return fmt.Errorf("rules: load state of patient %s: %w", pid, err)
+		return Result{}, fmt.Errorf("rules: load state of patient %s: %w", pid, err)
 	default:
 		if err := json.Unmarshal(raw, st); err != nil {
-			return fmt.Errorf("rules: decode state of patient %s: %w", pid, err)
+			return Result{}, fmt.Errorf("rules: decode state of patient %s: %w", pid, err)
 		}
 		if st.Latest == nil {
 			st.Latest = map[string]point{}
@@ -147,12 +150,12 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) error
 	case errors.Is(err, pgx.ErrNoRows):
 		scale = 1
 	case err != nil:
-		return fmt.Errorf("rules: load settings of patient %s: %w", pid, err)
+		return Result{}, fmt.Errorf("rules: load settings of patient %s: %w", pid, err)
 	}
 	st.SpO2Scale = scale
 	p.st, p.loaded, p.dirty = st, true, false
 	if e.cfg.History == nil {
-		return nil
+		return Result{}, nil
 	}
 	since := e.now().Add(-e.cfg.ReplayWindow)
 	if checkpointed {
@@ -161,23 +164,24 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) error
 	obs, err := e.cfg.History.ObservationsSince(ctx, pid, since, e.cfg.ReplayLimit)
 	if err != nil {
 		p.loaded, p.st = false, nil
-		return fmt.Errorf("rules: replay patient %s: %w", pid, err)
+		return Result{}, fmt.Errorf("rules: replay patient %s: %w", pid, err)
 	}
 	if len(obs) == 0 {
-		return nil
+		return Result{}, nil
 	}
 	set := e.st.rules.Load()
-	if _, err := e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, obs) }); err != nil {
-		return fmt.Errorf("rules: replay patient %s: %w", pid, err)
+	res, err := e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, obs) })
+	if err != nil {
+		return Result{}, fmt.Errorf("rules: replay patient %s: %w", pid, err)
 	}
-	return nil
+	return res, nil
 }
 
 func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation) (Result, error) {
 	if len(obs) == 0 {
 		return Result{}, nil
 	}
-	p, err := e.lockPatient(ctx, pid)
+	p, replayed, err := e.lockPatient(ctx, pid)
 	if err != nil {
 		return Result{}, err
 	}
@@ -185,7 +189,10 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 	own := make([]Observation, len(obs))
 	copy(own, obs)
 	set := e.st.rules.Load()
-	return e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, own) })
+	res, err := e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, own) })
+	replayed.Derived = append(replayed.Derived, res.Derived...)
+	replayed.Transitions = append(replayed.Transitions, res.Transitions...)
+	return replayed, err
 }
 
 // runAndCommit runs fn on the patient's state (p locked); when it produced signals or derived
@@ -292,11 +299,12 @@ func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
 	var errs []error
 	now := e.cfg.Now()
 	for id := range e.entries() {
-		p, err := e.lockPatient(ctx, id)
+		p, replayed, err := e.lockPatient(ctx, id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
+		all = append(all, replayed.Transitions...)
 		res, err := e.runAndCommit(ctx, id, p, func(x *runner) { x.silent(set.list, now) })
 		p.mu.Unlock()
 		if err != nil {

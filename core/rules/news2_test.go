@@ -76,7 +76,7 @@ func TestNEWS2ParameterBands(t *testing.T) {
 		"scale2 96 oxygen": {pSpO2, s2(96, true), 2, 2}, "scale2 97 oxygen": {pSpO2, s2(97, true), 3, 2},
 		"scale2 100 oxygen": {pSpO2, s2(100, true), 3, 2},
 
-		"air": {pO2, func(in *rules.NEWS2Input) { in.OnOxygen = false }, 0, 0},
+		"air":    {pO2, func(in *rules.NEWS2Input) { in.OnOxygen = false }, 0, 0},
 		"oxygen": {pO2, func(in *rules.NEWS2Input) { in.OnOxygen = true }, 2, 0},
 
 		"sbp 70": {pSBP, sbp(70), 3, 0}, "sbp 90": {pSBP, sbp(90), 3, 0}, "sbp 91": {pSBP, sbp(91), 2, 0},
@@ -147,8 +147,16 @@ func TestNEWS2Aggregate(t *testing.T) {
 		{"4 without red", func() rules.NEWS2Input { in := normal(); in.RespRate, in.Pulse = 21, 111; return in }(), 4, rules.BandLow},
 		{"3 from one red", func() rules.NEWS2Input { in := normal(); in.Consciousness = rules.ACVPUConfusion; return in }(), 3, rules.BandLowMedium},
 		{"4 with one red", func() rules.NEWS2Input { in := normal(); in.SystolicBP, in.Temperature = 85, 38.5; return in }(), 4, rules.BandLowMedium},
-		{"5 medium", func() rules.NEWS2Input { in := normal(); in.RespRate, in.Pulse, in.Temperature = 21, 111, 38.5; return in }(), 5, rules.BandMedium},
-		{"5 with a red is medium", func() rules.NEWS2Input { in := normal(); in.Consciousness, in.RespRate = rules.ACVPUVoice, 22; return in }(), 5, rules.BandMedium},
+		{"5 medium", func() rules.NEWS2Input {
+			in := normal()
+			in.RespRate, in.Pulse, in.Temperature = 21, 111, 38.5
+			return in
+		}(), 5, rules.BandMedium},
+		{"5 with a red is medium", func() rules.NEWS2Input {
+			in := normal()
+			in.Consciousness, in.RespRate = rules.ACVPUVoice, 22
+			return in
+		}(), 5, rules.BandMedium},
 		{"6 medium", func() rules.NEWS2Input {
 			in := normal()
 			in.RespRate, in.Pulse, in.Temperature, in.SpO2 = 21, 111, 38.5, 95

@@ -301,7 +301,7 @@ func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID
 		ev.Payload = map[string]any{"scale": scale}
 		return errors.Join(err, e.auditAlone(ctx, ev))
 	}
-	p, err := e.lockPatient(ctx, pid)
+	p, _, err := e.lockPatient(ctx, pid)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,453 @@
+package rules_test
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/internal/testdb"
+)
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Set(t time.Time) {
+	c.mu.Lock()
+	c.t = t
+	c.mu.Unlock()
+}
+
+// history stands in for core's observation storage: what core has committed, per patient.
+type history struct {
+	mu  sync.Mutex
+	obs []rules.Observation
+}
+
+func (h *history) add(o ...rules.Observation) {
+	h.mu.Lock()
+	h.obs = append(h.obs, o...)
+	h.mu.Unlock()
+}
+
+func (h *history) ObservationsSince(_ context.Context, p uuid.UUID, since time.Time, limit int) ([]rules.Observation, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []rules.Observation
+	for _, o := range h.obs {
+		if o.PatientID == p && o.Time.After(since) {
+			out = append(out, o)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	if len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, nil
+}
+
+var t0 = time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
+
+type env struct {
+	pool   *pgxpool.Pool
+	clk    *clock
+	hist   *history
+	alarms *alarms.Service
+	eng    *rules.Engine
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	pool := testdb.New(t)
+	e := &env{pool: pool, clk: &clock{t: t0}, hist: &history{}}
+	e.restart(t)
+	return e
+}
+
+// restart builds a fresh Service and Engine on the same database, as a process restart does.
+func (e *env) restart(t *testing.T) {
+	t.Helper()
+	svc, err := alarms.New(alarms.Config{Pool: e.pool, Now: e.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Alarms: svc, History: e.hist, Now: e.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.alarms, e.eng = svc, eng
+}
+
+func obs(p uuid.UUID, code string, v float64, at time.Time) rules.Observation {
+	unit := map[string]string{rules.CodeHeartRate: "/min", rules.CodeRespiratoryRate: "/min", rules.CodeSpO2: "%",
+		rules.CodeSystolicBP: "mm[Hg]", rules.CodeBodyTemperature: "Cel", rules.CodeConsciousness: "{score}",
+		rules.CodeInhaledO2Conc: "%", rules.CodeInhaledO2Flow: "L/min"}[code]
+	return rules.Observation{PatientID: p, DeviceID: "dev-1", Code: code, Value: v, Unit: unit, Time: at}
+}
+
+// feed stores (in history) and evaluates observations, as core does after its commit.
+func (e *env) feed(t *testing.T, p uuid.UUID, o ...rules.Observation) rules.Result {
+	t.Helper()
+	e.hist.add(o...)
+	e.clk.Set(o[len(o)-1].Time)
+	res, err := e.eng.Evaluate(context.Background(), p, o)
+	if err != nil {
+		t.Fatalf("Evaluate(%v) error %v", o, err)
+	}
+	return res
+}
+
+func kinds(ts []alarms.Transition) []string {
+	out := []string{}
+	for _, t := range ts {
+		out = append(out, t.Alarm.RuleID+":"+string(t.Kind)+":"+t.Alarm.Severity.String())
+	}
+	return out
+}
+
+func same(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *env) count(t *testing.T, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := e.pool.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Threshold with minimum duration (30 s) and hysteresis (5 /min), with severity escalating
+// and de-escalating inside one alarm, on the default hr-high rule (>120 medium, >140 high).
+// Verifies: REQ-CORE-102, REQ-CORE-110, REQ-CORE-111
+func TestThreshold(t *testing.T) {
+	e := newEnv(t)
+	p := uuid.New()
+	steps := []struct {
+		at   time.Duration
+		v    float64
+		want []string
+	}{
+		{0, 130, nil},                // pending
+		{10 * time.Second, 110, nil}, // a spike shorter than the minimum duration: nothing
+		{20 * time.Second, 125, nil}, // pending again
+		{40 * time.Second, 126, nil}, // 20 s
+		{50 * time.Second, 127, []string{"hr-high:opened:medium"}}, // 30 s
+		{60 * time.Second, 145, []string{"hr-high:severity_escalated:high"}},
+		{70 * time.Second, 138, nil}, // below 140 but within hysteresis
+		{80 * time.Second, 134, []string{"hr-high:severity_deescalated:medium"}},
+		{90 * time.Second, 117, nil}, // below 120 but within hysteresis
+		{100 * time.Second, 115, []string{"hr-high:resolved:medium"}},
+	}
+	for i, s := range steps {
+		res := e.feed(t, p, obs(p, rules.CodeHeartRate, s.v, t0.Add(s.at)))
+		if got := kinds(res.Transitions); !same(got, s.want) {
+			t.Fatalf("step %d: Evaluate(HR %g) transitions %v, want %v", i, s.v, got, s.want)
+		}
+	}
+	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1`, p); n != 1 {
+		t.Errorf("alarms of patient = %d, want 1", n)
+	}
+}
+
+// Rate of change: systolic pressure falling by more than 30 mm[Hg] within 15 minutes.
+// Verifies: REQ-CORE-103
+func TestRateOfChange(t *testing.T) {
+	e := newEnv(t)
+	p := uuid.New()
+	// A fall of more than 30 within the window raises; once the fall within the window is
+	// back under 30 it clears.
+	seq := []struct {
+		at   time.Duration
+		v    float64
+		want []string
+	}{
+		{0, 140, nil},
+		{5 * time.Minute, 135, nil},
+		{10 * time.Minute, 120, nil}, // fall 20
+		{14 * time.Minute, 104, []string{"sbp-fall:opened:high"}},   // fall 36 from 140 within 15 min
+		{16 * time.Minute, 106, []string{"sbp-fall:resolved:high"}}, // 140 left the window: fall 29 from 135
+	}
+	for i, s := range seq {
+		res := e.feed(t, p, obs(p, rules.CodeSystolicBP, s.v, t0.Add(s.at)))
+		if got := kinds(res.Transitions); !same(got, s.want) {
+			t.Fatalf("step %d: Evaluate(SBP %g at %s) transitions %v, want %v", i, s.v, s.at, got, s.want)
+		}
+	}
+}
+
+func vitals(p uuid.UUID, at time.Time, rr, spo2, fio2, sbp, hr, acvpu, temp float64) []rules.Observation {
+	return []rules.Observation{
+		obs(p, rules.CodeRespiratoryRate, rr, at), obs(p, rules.CodeSpO2, spo2, at),
+		obs(p, rules.CodeInhaledO2Conc, fio2, at), obs(p, rules.CodeSystolicBP, sbp, at),
+		obs(p, rules.CodeHeartRate, hr, at), obs(p, rules.CodeConsciousness, acvpu, at),
+		obs(p, rules.CodeBodyTemperature, temp, at),
+	}
+}
+
+// NEWS2 is computed from the latest of all seven parameters, recorded as a derived observation
+// with its components (and audited), and raises an alarm by response band; the SpO2 scale is
+// a per-patient, audited setting.
+// Verifies: REQ-CORE-100, REQ-CORE-104, REQ-CORE-101
+func TestNEWS2Rule(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	p := uuid.New()
+	// Six parameters only: no score (a missing parameter never under-scores).
+	res := e.feed(t, p, vitals(p, t0, 16, 97, 21, 120, 70, 0, 37)[:5]...)
+	if len(res.Derived) != 0 {
+		t.Fatalf("Evaluate(6 parameters) derived %v, want none", res.Derived)
+	}
+	res = e.feed(t, p, obs(p, rules.CodeConsciousness, rules.ACVPUAlert, t0.Add(time.Second)), obs(p, rules.CodeBodyTemperature, 37, t0.Add(time.Second)))
+	if len(res.Derived) != 1 || res.Derived[0].Value != 0 || res.Derived[0].Code != rules.CodeNEWS2 {
+		t.Fatalf("Evaluate(all 7) derived %+v, want NEWS2 0", res.Derived)
+	}
+	// Single parameter 3 (new confusion): low-medium → medium alarm.
+	res = e.feed(t, p, obs(p, rules.CodeConsciousness, rules.ACVPUConfusion, t0.Add(time.Minute)))
+	if got := kinds(res.Transitions); !same(got, []string{"news2:opened:medium"}) {
+		t.Fatalf("confusion: transitions %v, want news2 opened medium", got)
+	}
+	// Deterioration on oxygen: 24/min (2), SpO2 93 (2), oxygen (2), 105 (1), 115 (2), C (3), 38.4 (1) = 13.
+	res = e.feed(t, p, vitals(p, t0.Add(2*time.Minute), 24, 93, 40, 105, 115, rules.ACVPUConfusion, 38.4)...)
+	if len(res.Derived) != 1 || res.Derived[0].NEWS2.Total != 13 || res.Derived[0].NEWS2.Band != rules.BandHigh {
+		t.Fatalf("deterioration: derived %+v, want 13 high", res.Derived)
+	}
+	if got := kinds(res.Transitions); !same(got, []string{"temp-high:opened:low", "news2:severity_escalated:critical"}) {
+		t.Fatalf("deterioration: transitions %v, want news2 escalated to critical", got)
+	}
+	var comps []byte
+	var total int
+	if err := e.pool.QueryRow(ctx, `SELECT total, components FROM rules_news2 WHERE patient_id=$1 ORDER BY effective_at DESC LIMIT 1`, p).Scan(&total, &comps); err != nil {
+		t.Fatal(err)
+	}
+	if total != 13 || len(comps) == 0 {
+		t.Errorf("rules_news2 latest = %d %s, want 13 with components", total, comps)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='observation.derived' AND payload->>'patient_id'=$1`, p.String()); n != 3 {
+		t.Errorf("audited derived NEWS2 = %d, want 3", n)
+	}
+	// Scale 2 for this patient: SpO2 93 on oxygen now scores 1 instead of 2.
+	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}}
+	if err := e.eng.SetSpO2Scale(ctx, doc, p, 2, "confirmed hypercapnic respiratory failure"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.eng.SetSpO2Scale(ctx, doc, p, 3, "x"); !errors.Is(err, rules.ErrInvalidRule) {
+		t.Errorf("SetSpO2Scale(3) error %v, want ErrInvalidRule", err)
+	}
+	res = e.feed(t, p, obs(p, rules.CodeSpO2, 93, t0.Add(3*time.Minute)))
+	if len(res.Derived) != 1 || res.Derived[0].NEWS2.SpO2 != 1 || res.Derived[0].NEWS2.SpO2Scale != 2 || res.Derived[0].NEWS2.Total != 12 {
+		t.Fatalf("scale 2: derived %+v, want SpO2 score 1 on scale 2, total 12", res.Derived)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='rules.spo2_scale_set' AND object_id=$1`, p.String()); n != 2 {
+		t.Errorf("audited SpO2 scale settings = %d, want 2 (one accepted, one rejected)", n)
+	}
+	// Recovery: all normal again (air, alert) resolves the NEWS2 alarm.
+	res = e.feed(t, p, vitals(p, t0.Add(10*time.Minute), 16, 97, 21, 120, 70, 0, 37)...)
+	if got := kinds(res.Transitions); !same(got, []string{"temp-high:resolved:low", "news2:resolved:critical"}) {
+		t.Fatalf("recovery: transitions %v, want news2 resolved", got)
+	}
+	// Stale parameters (older than max_age 1h) give no score.
+	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0.Add(2*time.Hour)))
+	if len(res.Derived) != 0 {
+		t.Errorf("stale: derived %+v, want none", res.Derived)
+	}
+}
+
+// Anomaly: a value far from the patient's own baseline raises, normal values clear it.
+// Verifies: REQ-CORE-105
+func TestAnomaly(t *testing.T) {
+	e := newEnv(t)
+	p := uuid.New()
+	at := t0
+	for i := 0; i < 40; i++ {
+		v := 75.0 + float64(i%3) - 1 // 74, 75, 76
+		if res := e.feed(t, p, obs(p, rules.CodeHeartRate, v, at)); len(res.Transitions) != 0 {
+			t.Fatalf("baseline value %d: transitions %v, want none", i, kinds(res.Transitions))
+		}
+		at = at.Add(time.Minute)
+	}
+	res := e.feed(t, p, obs(p, rules.CodeHeartRate, 100, at))
+	if got := kinds(res.Transitions); !same(got, []string{"hr-anomaly:opened:low"}) {
+		t.Fatalf("Evaluate(HR 100 on a 75 baseline) transitions %v, want hr-anomaly opened", got)
+	}
+	for i := 0; i < 5; i++ {
+		at = at.Add(time.Minute)
+		res = e.feed(t, p, obs(p, rules.CodeHeartRate, 75, at))
+	}
+	if got := kinds(res.Transitions); !same(got, []string{"hr-anomaly:resolved:low"}) {
+		t.Fatalf("after 5 normal values: transitions %v, want hr-anomaly resolved", got)
+	}
+}
+
+// No data: a patient silent for 10 minutes raises; data arriving resolves.
+// Verifies: REQ-CORE-106
+func TestNoData(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	p := uuid.New()
+	e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0))
+	e.clk.Set(t0.Add(9*time.Minute + 59*time.Second))
+	if ts, err := e.eng.Tick(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("Tick(9m59s) = %v, %v; want nothing", kinds(ts), err)
+	}
+	e.clk.Set(t0.Add(10 * time.Minute))
+	ts, err := e.eng.Tick(ctx)
+	if err != nil || !same(kinds(ts), []string{"nodata:opened:medium"}) {
+		t.Fatalf("Tick(10m) = %v, %v; want nodata opened", kinds(ts), err)
+	}
+	if ts, _ := e.eng.Tick(ctx); len(ts) != 0 {
+		t.Fatalf("Tick(again) = %v, want nothing (one alarm, not one per tick)", kinds(ts))
+	}
+	res := e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0.Add(11*time.Minute)))
+	if got := kinds(res.Transitions); !same(got, []string{"nodata:resolved:medium"}) {
+		t.Fatalf("data again: transitions %v, want nodata resolved", got)
+	}
+}
+
+// A restart in the middle of an active alarm: the new engine continues the same alarm
+// (escalates and resolves it), never opens a duplicate; observations committed by core but
+// never evaluated before the crash are replayed from History exactly once.
+// Verifies: REQ-CORE-107
+func TestRestart(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	p := uuid.New()
+	hr := func(at time.Duration, v float64) rules.Observation { return obs(p, rules.CodeHeartRate, v, t0.Add(at)) }
+	e.feed(t, p, hr(0, 125))
+	res := e.feed(t, p, hr(30*time.Second, 126))
+	if got := kinds(res.Transitions); !same(got, []string{"hr-high:opened:medium"}) {
+		t.Fatalf("before restart: %v, want hr-high opened", got)
+	}
+	id := res.Transitions[0].Alarm.ID
+	e.feed(t, p, hr(40*time.Second, 128)) // evaluated, not checkpointed (no transition)
+
+	// Crash: core committed these two, the engine never saw them.
+	e.hist.add(hr(50*time.Second, 131), hr(60*time.Second, 146))
+	e.clk.Set(t0.Add(61 * time.Second))
+	e.restart(t)
+
+	// The first evaluation after the restart rebuilds the state and replays the missed ones.
+	res = e.feed(t, p, hr(70*time.Second, 147))
+	if got := kinds(res.Transitions); !same(got, []string{"hr-high:severity_escalated:high"}) {
+		t.Fatalf("after restart: %v, want the replayed escalation of the same alarm", got)
+	}
+	a, err := e.alarms.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.State != alarms.StateActive || a.Severity != alarms.SeverityHigh || a.TriggerCount != 2 {
+		t.Fatalf("alarm after replay = %s %s triggers %d, want the same alarm, active, high, 2 triggers", a.State, a.Severity, a.TriggerCount)
+	}
+	// The same observations evaluated again (core retrying) change nothing.
+	if res := e.feed(t, p, hr(50*time.Second, 131), hr(60*time.Second, 146), hr(70*time.Second, 147)); len(res.Transitions) != 0 {
+		t.Fatalf("re-evaluation after replay: %v, want nothing", kinds(res.Transitions))
+	}
+	// Another restart, then recovery resolves the one alarm.
+	if err := e.eng.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.restart(t)
+	res = e.feed(t, p, hr(80*time.Second, 100))
+	if got := kinds(res.Transitions); !same(got, []string{"hr-high:resolved:high"}) || res.Transitions[0].Alarm.ID != id {
+		t.Fatalf("recovery after second restart: %v, want the same alarm resolved", got)
+	}
+	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1`, p); n != 1 {
+		t.Errorf("alarms of patient = %d, want exactly 1", n)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE object_id=$1 AND action='alarm.opened'`, id.String()); n != 1 {
+		t.Errorf("audited openings = %d, want 1", n)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE object_id=$1 AND action='alarm.severity_escalated'`, id.String()); n != 1 {
+		t.Errorf("audited escalations = %d, want 1", n)
+	}
+}
+
+// Rules are versioned: a change is a new audited version, never an edit in place; stale or
+// malformed changes are refused and audited; the engine uses the new version at once.
+// Verifies: REQ-CORE-108
+func TestRuleVersions(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}, RequestID: "r-9"}
+	vs, err := e.eng.Versions(ctx, "hr-high")
+	if err != nil || len(vs) != 1 {
+		t.Fatalf("Versions(hr-high) = %v, %v; want 1 version", vs, err)
+	}
+	r := vs[0]
+	r.Threshold.Levels = []rules.Level{{Limit: 100, Severity: alarms.SeverityMedium}, {Limit: 140, Severity: alarms.SeverityHigh}}
+	r.Threshold.MinDuration = 0
+	r.Reason = "cardiology ward: lower tachycardia limit"
+	v2, err := e.eng.CreateVersion(ctx, doc, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2.Version != 2 || v2.CreatedBy != "dr-lee" {
+		t.Fatalf("CreateVersion() = v%d by %s, want v2 by dr-lee", v2.Version, v2.CreatedBy)
+	}
+	// Based on version 1 again: conflict.
+	if _, err := e.eng.CreateVersion(ctx, doc, r); !errors.Is(err, rules.ErrVersionConflict) {
+		t.Errorf("CreateVersion(stale) error %v, want ErrVersionConflict", err)
+	}
+	bad := v2
+	bad.Threshold = &rules.ThresholdParams{Code: rules.CodeHeartRate, Direction: "sideways", Levels: v2.Threshold.Levels}
+	if _, err := e.eng.CreateVersion(ctx, doc, bad); !errors.Is(err, rules.ErrInvalidRule) {
+		t.Errorf("CreateVersion(bad direction) error %v, want ErrInvalidRule", err)
+	}
+	noReason := v2
+	noReason.Reason = ""
+	if _, err := e.eng.CreateVersion(ctx, doc, noReason); !errors.Is(err, rules.ErrInvalidRule) {
+		t.Errorf("CreateVersion(no reason) error %v, want ErrInvalidRule", err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='rule.version_created' AND object_id='hr-high' AND outcome='success' AND actor_id='dr-lee'`); n != 1 {
+		t.Errorf("audited versions = %d, want 1", n)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='rule.version_created' AND object_id='hr-high' AND outcome='rejected'`); n != 3 {
+		t.Errorf("audited rejections = %d, want 3", n)
+	}
+	// Never an edit in place.
+	if _, err := e.pool.Exec(ctx, `UPDATE rules_versions SET enabled=false WHERE rule_id='hr-high' AND version=1`); err == nil {
+		t.Error("UPDATE rules_versions succeeded, want refused")
+	}
+	all, err := e.eng.Rules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, x := range all {
+		if x.ID == "hr-high" {
+			found = x.Version == 2
+		}
+	}
+	if !found || len(all) < 10 {
+		t.Errorf("Rules() = %d rules, hr-high at v2 %v; want the default set with hr-high v2", len(all), found)
+	}
+	// The engine uses version 2 at once: 105 /min now alarms, naming version 2.
+	p := uuid.New()
+	res := e.feed(t, p, obs(p, rules.CodeHeartRate, 105, t0))
+	if len(res.Transitions) != 1 || res.Transitions[0].Alarm.RuleVersion != 2 {
+		t.Fatalf("Evaluate(HR 105) = %v, want hr-high v2 opened", kinds(res.Transitions))
+	}
+	if _, err := e.eng.Versions(ctx, "no-such-rule"); !errors.Is(err, rules.ErrRuleNotFound) {
+		t.Errorf("Versions(unknown) error %v, want ErrRuleNotFound", err)
+	}
+}
