@@ -1,0 +1,237 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/vigilhealth/vigil/audit/trillianembed"
+)
+
+// Config configures the audit chain service. Zero values take the documented defaults.
+type Config struct {
+	// Pool is the installation's database. Required.
+	Pool *pgxpool.Pool
+	// DatabaseURL is the database's URL, used by the embedded Trillian for its own pool.
+	// Required unless TrillianAddr is set.
+	DatabaseURL string
+	// TrillianAddr is the gRPC address of an external Trillian log server (host:port). Empty
+	// (the default) runs Trillian embedded in this process on the same database.
+	TrillianAddr string
+	// Signer signs checkpoints. Required.
+	Signer CheckpointSigner
+	// Origin is the checkpoint origin and note key name. Default
+	// "vigil.audit/<installation id>".
+	Origin string
+	// BatchSize is the most events sealed into one batch (one Trillian leaf). Default 5000.
+	BatchSize int
+	// Window is the batching window: how often pending events are sealed. Default 200ms.
+	Window time.Duration
+	// CheckpointInterval is how often a checkpoint is issued while the log grows. Default 5s.
+	CheckpointInterval time.Duration
+	// SequencerInterval is the embedded sequencer's pass interval. Default 100ms.
+	SequencerInterval time.Duration
+	// SequencerBatchSize is the most leaves the embedded sequencer integrates per pass.
+	// Default 1000.
+	SequencerBatchSize int
+	// MaxLag is the lag (age of the oldest event not yet in the log) above which readiness
+	// fails. Default 2 minutes.
+	MaxLag time.Duration
+	// PendingGrace is how long verify lets an event wait before reporting it. Default 1 minute.
+	PendingGrace time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Logger receives the workers' failures and incidents. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Service is the running audit chain: the (embedded or external) Trillian log, the shipper
+// and the checkpointer. Open starts it; Close stops every goroutine it started.
+type Service struct {
+	cfg      Config
+	embedded *trillianembed.Server
+	conn     *grpc.ClientConn
+	log      *Log
+	shipper  *Shipper
+	cps      *Checkpointer
+	vkey     string
+}
+
+// Open connects to (or starts) Trillian, opens or creates the log tree, and starts the
+// shipper and the checkpointer.
+func Open(ctx context.Context, cfg Config) (*Service, error) {
+	s, err := open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.shipper.Start()
+	s.cps.Start()
+	return s, nil
+}
+
+// OpenIdle is Open without starting the background workers: for commands (verify, export)
+// and tests that drive the shipper and checkpointer themselves.
+func OpenIdle(ctx context.Context, cfg Config) (*Service, error) { return open(ctx, cfg) }
+
+func open(ctx context.Context, cfg Config) (_ *Service, err error) {
+	if cfg.Pool == nil || cfg.Signer == nil {
+		return nil, errors.New("audit: Config.Pool and Config.Signer are required")
+	}
+	if cfg.TrillianAddr == "" && cfg.DatabaseURL == "" {
+		return nil, errors.New("audit: Config.DatabaseURL is required for the embedded Trillian")
+	}
+	if cfg.MaxLag <= 0 {
+		cfg.MaxLag = 2 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Service{cfg: cfg}
+	defer func() {
+		if err != nil {
+			_ = s.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	addr := cfg.TrillianAddr
+	if addr == "" {
+		s.embedded, err = trillianembed.Start(ctx, trillianembed.Config{
+			DatabaseURL: cfg.DatabaseURL, SequencerInterval: cfg.SequencerInterval,
+			SequencerBatchSize: cfg.SequencerBatchSize, Logger: cfg.Logger,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("audit: start embedded Trillian: %w", err)
+		}
+		addr = s.embedded.Addr()
+	}
+	s.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("audit: dial Trillian at %s: %w", addr, err)
+	}
+	s.log, err = OpenLog(ctx, cfg.Pool, s.conn)
+	if err != nil {
+		return nil, err
+	}
+	s.shipper, err = NewShipper(ShipperConfig{Pool: cfg.Pool, Log: s.log, BatchSize: cfg.BatchSize,
+		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	s.cps, err = NewCheckpointer(ctx, CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer,
+		Origin: cfg.Origin, Interval: cfg.CheckpointInterval, Now: cfg.Now, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Origin = s.cps.Origin()
+	s.vkey, err = s.cps.VerifierKey()
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops the shipper, the checkpointer and the embedded Trillian, and waits for them.
+// Events not yet shipped stay in the outbox for the next start.
+func (s *Service) Close(ctx context.Context) error {
+	var errs []error
+	if s.shipper != nil {
+		errs = append(errs, s.shipper.Close(ctx))
+	}
+	if s.cps != nil {
+		errs = append(errs, s.cps.Close(ctx))
+	}
+	if s.conn != nil {
+		errs = append(errs, s.conn.Close())
+	}
+	if s.embedded != nil {
+		errs = append(errs, s.embedded.Close(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// Log is the Trillian log handle.
+func (s *Service) Log() *Log { return s.log }
+
+// Shipper is the shipper (tests and the load command drive it).
+func (s *Service) Shipper() *Shipper { return s.shipper }
+
+// Origin is the checkpoint origin.
+func (s *Service) Origin() string { return s.cfg.Origin }
+
+// VerifierKey is the note verifier key of the checkpoint key.
+func (s *Service) VerifierKey() string { return s.vkey }
+
+// TrillianAddr is the address of the Trillian log server in use.
+func (s *Service) TrillianAddr() string {
+	if s.embedded != nil {
+		return s.embedded.Addr()
+	}
+	return s.cfg.TrillianAddr
+}
+
+// CheckpointNow issues a checkpoint of the log's current root at once (if it grew).
+func (s *Service) CheckpointNow(ctx context.Context) (Checkpoint, error) { return s.cps.Checkpoint(ctx) }
+
+// LatestCheckpoint returns the latest stored checkpoint, or ErrNoCheckpoint.
+func (s *Service) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
+	return LatestCheckpoint(ctx, s.cfg.Pool)
+}
+
+// Verify verifies the whole trail against the live log (see the package function Verify).
+func (s *Service) Verify(ctx context.Context) (*Report, error) {
+	return Verify(ctx, VerifyConfig{Pool: s.cfg.Pool, Log: s.log, VerifierKey: s.vkey, Origin: s.cfg.Origin,
+		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now})
+}
+
+// Stats is the audit chain's health: the shipper's backlog and the checkpoint state.
+type Stats struct {
+	ShipperStats
+	LagSeconds          float64   `json:"lag_seconds"`
+	CheckpointSize      uint64    `json:"checkpoint_size"`
+	CheckpointAt        time.Time `json:"checkpoint_at,omitzero"`
+	UnresolvedIncidents int64     `json:"unresolved_incidents"`
+	TrillianAddr        string    `json:"trillian_addr"`
+	Embedded            bool      `json:"embedded"`
+}
+
+// Stats returns the current health figures (the shipper's as of its last pass).
+func (s *Service) Stats(ctx context.Context) (Stats, error) {
+	st := Stats{ShipperStats: s.shipper.Stats(), TrillianAddr: s.TrillianAddr(), Embedded: s.embedded != nil}
+	st.LagSeconds = st.Lag().Seconds()
+	cp, err := LatestCheckpoint(ctx, s.cfg.Pool)
+	switch {
+	case err == nil:
+		st.CheckpointSize, st.CheckpointAt = cp.Size, cp.CreatedAt
+	case !errors.Is(err, ErrNoCheckpoint):
+		return st, err
+	}
+	st.UnresolvedIncidents, err = UnresolvedIncidents(ctx, s.cfg.Pool)
+	return st, err
+}
+
+// ErrNotReady is returned by Ready when the audit chain cannot vouch for the trail.
+var ErrNotReady = errors.New("audit chain not ready")
+
+// Ready is the readiness check of the audit chain: it fails on any unresolved incident (an
+// inconsistent log) and when the lag exceeds MaxLag. The detail is the Stats.
+func (s *Service) Ready(ctx context.Context) (any, error) {
+	st, err := s.Stats(ctx)
+	if err != nil {
+		return st, err
+	}
+	switch {
+	case st.UnresolvedIncidents > 0:
+		return st, fmt.Errorf("%w: %d unresolved incident(s): the log is inconsistent with a checkpoint", ErrNotReady, st.UnresolvedIncidents)
+	case st.Lag() > s.cfg.MaxLag:
+		return st, fmt.Errorf("%w: lag %s exceeds %s (%s)", ErrNotReady, st.Lag().Round(time.Second), s.cfg.MaxLag, st.LastError)
+	}
+	return st, nil
+}

@@ -1,0 +1,470 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
+
+	"github.com/vigilhealth/vigil/audit/leaf"
+)
+
+// Kinds of verification findings. Each names what an auditor must look at.
+const (
+	FindingPending            = "pending"             // an event waits longer than the grace period to be logged
+	FindingModified           = "modified"            // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
+	FindingDeleted            = "deleted"             // a logged event's row is gone
+	FindingInserted           = "inserted"            // a row claims a batch that does not contain it (added behind the outbox's back)
+	FindingTruncated          = "truncated"           // the outbox lost every logged event (TRUNCATE or mass DELETE)
+	FindingBatchModified      = "batch_modified"      // a batch row disagrees with itself or with its leaf in the log
+	FindingBatchDeleted       = "batch_deleted"       // the log holds a batch leaf the database has no row for
+	FindingBatchNotInLog      = "batch_not_in_log"    // a batch claims a leaf index under the checkpoint that holds something else
+	FindingCheckpointInvalid  = "checkpoint_invalid"  // a stored checkpoint's signature or content is wrong
+	FindingFork               = "fork"                // checkpoints or the live log are not append-only consistent
+	FindingIncident           = "incident"            // an unresolved incident of the audit chain
+	FindingLogUnavailable     = "log_unavailable"     // the log could not be read, so inclusion was not checked
+	maxListedPending          = 1000
+	defaultPendingGracePeriod = time.Minute
+)
+
+// Finding is one problem verification found.
+type Finding struct {
+	Kind      string `json:"kind"`
+	EventID   string `json:"event_id,omitempty"`
+	BatchID   string `json:"batch_id,omitempty"`
+	LeafIndex *int64 `json:"leaf_index,omitempty"`
+	Detail    string `json:"detail"`
+}
+
+// PendingEvent is an event not yet covered by a checkpoint.
+type PendingEvent struct {
+	ID    string        `json:"id"`
+	State string        `json:"state"` // "outbox" (not sealed), "sealed" (not integrated), "integrated" (after the latest checkpoint)
+	Age   time.Duration `json:"age_ns"`
+}
+
+// CheckpointSummary identifies the checkpoint a report was verified against.
+type CheckpointSummary struct {
+	ID        int64     `json:"id"`
+	Size      uint64    `json:"size"`
+	Root      string    `json:"root"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Report is the result of Verify. OK is true when there is no finding.
+type Report struct {
+	OK            bool               `json:"ok"`
+	CheckedAt     time.Time          `json:"checked_at"`
+	Checkpoint    *CheckpointSummary `json:"checkpoint,omitempty"`
+	Checkpoints   int                `json:"checkpoints"`
+	LogSize       uint64             `json:"log_size"`
+	Batches       int                `json:"batches"`
+	Events        int64              `json:"events"`         // event rows checked
+	ProvenEvents  int64              `json:"proven_events"`  // events proven included under the checkpoint
+	PendingEvents int64              `json:"pending_events"` // events not yet under a checkpoint
+	Pending       []PendingEvent     `json:"pending,omitempty"`
+	Findings      []Finding          `json:"findings"`
+}
+
+// VerifyConfig configures Verify.
+type VerifyConfig struct {
+	Pool *pgxpool.Pool // required
+	// Log is the live log. When nil, inclusion in the log cannot be checked and the report
+	// carries a log_unavailable finding.
+	Log *Log
+	// VerifierKey is the note verifier key of the checkpoint signer. Required.
+	VerifierKey string
+	// Origin is the expected checkpoint origin. Required.
+	Origin string
+	// PendingGrace is how long an event may wait to be logged before it is a finding.
+	// Default 1 minute.
+	PendingGrace time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Verify checks the audit trail end to end: every stored checkpoint's signature and the
+// consistency between them and with the live log; every log leaf up to the latest checkpoint
+// against that checkpoint's root; every batch against its leaf; every event row against the
+// hash its batch committed to. It returns a report naming each finding; an error means the
+// verification itself could not run (database unreachable), never that the trail is bad.
+func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
+	if cfg.Pool == nil || cfg.VerifierKey == "" || cfg.Origin == "" {
+		return nil, errors.New("audit verify: Pool, VerifierKey and Origin are required")
+	}
+	if cfg.PendingGrace <= 0 {
+		cfg.PendingGrace = defaultPendingGracePeriod
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	v := &verifier{cfg: cfg, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}}
+	if err := v.run(ctx); err != nil {
+		return nil, fmt.Errorf("audit verify: %w", err)
+	}
+	r := v.rep
+	sort.SliceStable(r.Findings, func(i, j int) bool { return r.Findings[i].Kind < r.Findings[j].Kind })
+	r.OK = len(r.Findings) == 0
+	return r, nil
+}
+
+type verifier struct {
+	cfg VerifyConfig
+	rep *Report
+	cp  *Checkpoint // latest valid checkpoint
+}
+
+func (v *verifier) find(f Finding) { v.rep.Findings = append(v.rep.Findings, f) }
+
+func (v *verifier) run(ctx context.Context) error {
+	if err := v.checkpoints(ctx); err != nil {
+		return err
+	}
+	logLeaves, err := v.logLeaves(ctx)
+	if err != nil {
+		return err
+	}
+	expected, err := v.batches(ctx, logLeaves)
+	if err != nil {
+		return err
+	}
+	if err := v.events(ctx, expected); err != nil {
+		return err
+	}
+	n, err := UnresolvedIncidents(ctx, v.cfg.Pool)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		v.find(Finding{Kind: FindingIncident, Detail: fmt.Sprintf("%d unresolved audit chain incident(s) in audit_incidents", n)})
+	}
+	return nil
+}
+
+// checkpoints verifies every stored checkpoint and the consistency proofs between them.
+func (v *verifier) checkpoints(ctx context.Context) error {
+	cps, err := loadCheckpoints(ctx, v.cfg.Pool, "ORDER BY id")
+	if err != nil {
+		return err
+	}
+	v.rep.Checkpoints = len(cps)
+	var prev *Checkpoint
+	for i := range cps {
+		cp := &cps[i]
+		origin, size, root, err := OpenCheckpoint(cp.Note, v.cfg.VerifierKey)
+		switch {
+		case err != nil:
+			v.find(Finding{Kind: FindingCheckpointInvalid, Detail: fmt.Sprintf("checkpoint %d: %v", cp.ID, err)})
+			continue
+		case origin != v.cfg.Origin || size != cp.Size || root != cp.Root:
+			v.find(Finding{Kind: FindingCheckpointInvalid, Detail: fmt.Sprintf("checkpoint %d: signed note (origin %q, size %d) disagrees with its row (size %d)", cp.ID, origin, size, cp.Size)})
+			continue
+		}
+		if prev != nil {
+			if err := verifyConsistency(prev.Size, cp.Size, cp.ConsistencyProof, prev.Root, cp.Root); err != nil || cp.PrevSize != prev.Size {
+				v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("checkpoint %d (size %d) is not proven consistent with checkpoint %d (size %d): %v",
+					cp.ID, cp.Size, prev.ID, prev.Size, err)})
+			}
+		}
+		prev = cp
+	}
+	if prev != nil {
+		v.cp = prev
+		v.rep.Checkpoint = &CheckpointSummary{ID: prev.ID, Size: prev.Size, Root: hex.EncodeToString(prev.Root[:]), CreatedAt: prev.CreatedAt.UTC()}
+	}
+	return nil
+}
+
+func verifyConsistency(from, to uint64, p [][]byte, fromRoot, toRoot leaf.Hash) error {
+	if from > to {
+		return fmt.Errorf("size shrank from %d to %d", from, to)
+	}
+	if from == 0 {
+		return nil
+	}
+	return proof.VerifyConsistency(rfc6962.DefaultHasher, from, to, p, fromRoot[:], toRoot[:])
+}
+
+// logLeaves reads the live log's leaves up to the latest checkpoint and proves them against
+// its root, and proves the live log consistent with the checkpoint. It returns nil when the
+// log is unavailable (reported as a finding).
+func (v *verifier) logLeaves(ctx context.Context) ([][]byte, error) {
+	if v.cp == nil {
+		return nil, nil
+	}
+	if v.cfg.Log == nil {
+		v.find(Finding{Kind: FindingLogUnavailable, Detail: "no log to check inclusion against"})
+		return nil, nil
+	}
+	root, err := v.cfg.Log.LatestRoot(ctx)
+	if err != nil {
+		v.find(Finding{Kind: FindingLogUnavailable, Detail: err.Error()})
+		return nil, nil
+	}
+	v.rep.LogSize = root.Size
+	if root.Size < v.cp.Size {
+		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("live log (size %d) is smaller than checkpoint %d (size %d)", root.Size, v.cp.ID, v.cp.Size)})
+		return nil, nil
+	}
+	if root.Size > v.cp.Size {
+		p, err := v.cfg.Log.ConsistencyProof(ctx, v.cp.Size, root.Size)
+		if err != nil {
+			v.find(Finding{Kind: FindingLogUnavailable, Detail: err.Error()})
+			return nil, nil
+		}
+		if err := verifyConsistency(v.cp.Size, root.Size, p, v.cp.Root, root.Hash); err != nil {
+			v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("live log (size %d) is not consistent with checkpoint %d: %v", root.Size, v.cp.ID, err)})
+		}
+	} else if root.Hash != v.cp.Root {
+		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("live log root differs from checkpoint %d at the same size %d", v.cp.ID, root.Size)})
+	}
+	leaves, err := v.cfg.Log.Leaves(ctx, 0, int64(v.cp.Size))
+	if err != nil {
+		v.find(Finding{Kind: FindingLogUnavailable, Detail: err.Error()})
+		return nil, nil
+	}
+	if uint64(len(leaves)) != v.cp.Size {
+		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("log returned %d leaves for checkpoint size %d", len(leaves), v.cp.Size)})
+		return nil, nil
+	}
+	got, err := rootOfLeaves(leaves)
+	if err != nil {
+		return nil, err
+	}
+	if got != v.cp.Root {
+		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("the log's leaves do not hash to checkpoint %d's root", v.cp.ID)})
+		return nil, nil
+	}
+	return leaves, nil
+}
+
+// rootOfLeaves is the RFC 6962 root of the given leaf values.
+func rootOfLeaves(values [][]byte) (leaf.Hash, error) {
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	r := rf.NewEmptyRange(0)
+	for _, val := range values {
+		h := leaf.LeafHash(val)
+		if err := r.Append(h[:], nil); err != nil {
+			return leaf.Hash{}, err
+		}
+	}
+	var out leaf.Hash
+	if len(values) == 0 {
+		copy(out[:], rfc6962.DefaultHasher.EmptyRoot())
+		return out, nil
+	}
+	root, err := r.GetRootHash(nil)
+	if err != nil {
+		return out, err
+	}
+	copy(out[:], root)
+	return out, nil
+}
+
+// expectedEvent is what a batch committed to for one event.
+type expectedEvent struct {
+	batch  uuid.UUID
+	index  int
+	hash   leaf.Hash
+	proven bool // the batch is under the latest checkpoint and matches its log leaf
+	inLog  bool // the batch has a leaf index (maybe after the latest checkpoint)
+	seen   bool
+	sealed time.Time
+}
+
+// batches checks every batch row against itself and against the log leaf at its index, and
+// every log leaf against a batch row. It returns what each logged event must hash to.
+func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UUID]*expectedEvent, error) {
+	rows, err := v.cfg.Pool.Query(ctx, `SELECT id, sealed_at, count, root, event_ids, event_hashes, leaf_value, leaf_index
+		FROM audit_batches ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("read batches: %w", err)
+	}
+	defer rows.Close()
+	expected := make(map[uuid.UUID]*expectedEvent)
+	claimed := make(map[int64]bool)
+	for rows.Next() {
+		var (
+			id                   uuid.UUID
+			sealed               time.Time
+			count                int
+			root, ids, hs, value []byte
+			idx                  *int64
+		)
+		if err := rows.Scan(&id, &sealed, &count, &root, &ids, &hs, &value, &idx); err != nil {
+			return nil, fmt.Errorf("read batch: %w", err)
+		}
+		v.rep.Batches++
+		bid := id.String()
+		if len(ids) != 16*count || len(hs) != leaf.HashSize*count {
+			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: idx, Detail: "event lists do not match the batch's count"})
+			continue
+		}
+		hashes := make([]leaf.Hash, count)
+		for i := range hashes {
+			copy(hashes[i][:], hs[i*leaf.HashSize:])
+		}
+		r, err := leaf.RootOf(hashes)
+		var rootH leaf.Hash
+		copy(rootH[:], root)
+		want := leaf.Batch{ID: id, Count: uint32(count), Root: r}
+		if err != nil || r != rootH || !bytes.Equal(want.Encode(), value) {
+			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: idx, Detail: "batch root or leaf value does not match its event hashes"})
+			continue
+		}
+		proven := false
+		if idx != nil && v.cp != nil && uint64(*idx) < v.cp.Size {
+			claimed[*idx] = true
+			switch {
+			case logLeaves == nil: // log unavailable, already reported
+			case !bytes.Equal(logLeaves[*idx], value):
+				v.find(Finding{Kind: FindingBatchNotInLog, BatchID: bid, LeafIndex: idx, Detail: "the log holds a different leaf at this batch's index"})
+				continue
+			default:
+				proven = true
+			}
+		}
+		for i := range count {
+			var eid uuid.UUID
+			copy(eid[:], ids[i*16:])
+			expected[eid] = &expectedEvent{batch: id, index: i, hash: hashes[i], proven: proven, inLog: idx != nil, sealed: sealed}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read batches: %w", err)
+	}
+	for i, val := range logLeaves {
+		if claimed[int64(i)] {
+			continue
+		}
+		li := int64(i)
+		detail := "the log holds a leaf that is no Vigil batch"
+		bid := ""
+		if bl, err := leaf.DecodeBatch(val); err == nil {
+			bid = uuid.UUID(bl.ID).String()
+			detail = fmt.Sprintf("the log holds batch %s of %d events, but the database has no row for it", bid, bl.Count)
+		}
+		v.find(Finding{Kind: FindingBatchDeleted, BatchID: bid, LeafIndex: &li, Detail: detail})
+	}
+	return expected, nil
+}
+
+// events checks every event row against what its batch committed to, and lists the events
+// not yet under a checkpoint.
+func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedEvent) error {
+	now := v.cfg.Now()
+	rows, err := v.cfg.Pool.Query(ctx, `SELECT `+eventColumns+` FROM audit_events ORDER BY seq`)
+	if err != nil {
+		return fmt.Errorf("read events: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		ev, err := scanStoredEvent(rows)
+		if err != nil {
+			return fmt.Errorf("read event: %w", err)
+		}
+		v.rep.Events++
+		id := ev.ID.String()
+		exp := expected[ev.ID]
+		h, herr := ev.LeafHash()
+		cerr := ev.CheckCommitments()
+		switch {
+		case exp == nil && ev.BatchID != nil:
+			v.find(Finding{Kind: FindingInserted, EventID: id, BatchID: ev.BatchID.String(),
+				Detail: "the row claims a batch that does not contain it"})
+			continue
+		case exp == nil:
+			v.pending(PendingEvent{ID: id, State: "outbox", Age: max(now.Sub(ev.RecordedAt), 0)})
+			continue
+		}
+		exp.seen = true
+		switch {
+		case ev.BatchID == nil || *ev.BatchID != exp.batch || ev.BatchIndex == nil || int(*ev.BatchIndex) != exp.index:
+			v.find(Finding{Kind: FindingModified, EventID: id, BatchID: exp.batch.String(), Detail: "the row's batch assignment was changed"})
+		case herr != nil || h != exp.hash:
+			v.find(Finding{Kind: FindingModified, EventID: id, BatchID: exp.batch.String(), Detail: "the row no longer hashes to the leaf its batch committed to"})
+		case cerr != nil:
+			v.find(Finding{Kind: FindingModified, EventID: id, BatchID: exp.batch.String(), Detail: cerr.Error()})
+		case exp.proven:
+			v.rep.ProvenEvents++
+		case exp.inLog:
+			v.pending(PendingEvent{ID: id, State: "integrated", Age: max(now.Sub(ev.RecordedAt), 0)})
+		default:
+			v.pending(PendingEvent{ID: id, State: "sealed", Age: max(now.Sub(ev.RecordedAt), 0)})
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read events: %w", err)
+	}
+	var missing []Finding
+	for id, exp := range expected {
+		if !exp.seen {
+			missing = append(missing, Finding{Kind: FindingDeleted, EventID: id.String(), BatchID: exp.batch.String(),
+				Detail: fmt.Sprintf("event %d of batch %s has no row", exp.index, exp.batch)})
+		}
+	}
+	sort.Slice(missing, func(i, j int) bool { return missing[i].EventID < missing[j].EventID })
+	if len(missing) > 0 && len(missing) == len(expected) {
+		v.find(Finding{Kind: FindingTruncated, Detail: fmt.Sprintf("all %d logged events are missing from the outbox", len(missing))})
+	}
+	v.rep.Findings = append(v.rep.Findings, missing...)
+	return nil
+}
+
+func (v *verifier) pending(p PendingEvent) {
+	v.rep.PendingEvents++
+	if p.Age > v.cfg.PendingGrace {
+		v.find(Finding{Kind: FindingPending, EventID: p.ID, Detail: fmt.Sprintf("not in the log after %s (%s)", p.Age.Round(time.Second), p.State)})
+	}
+	if len(v.rep.Pending) < maxListedPending {
+		v.rep.Pending = append(v.rep.Pending, p)
+	}
+}
+
+// WriteText writes the report for humans.
+func (r *Report) WriteText(w io.Writer) error {
+	var b strings.Builder
+	if r.Checkpoint != nil {
+		fmt.Fprintf(&b, "checkpoint %d: size %d, root %s (%s)\n", r.Checkpoint.ID, r.Checkpoint.Size, r.Checkpoint.Root, r.Checkpoint.CreatedAt.Format(time.RFC3339))
+	} else {
+		fmt.Fprintf(&b, "no checkpoint issued yet\n")
+	}
+	fmt.Fprintf(&b, "checkpoints verified: %d; log size %d; batches %d\n", r.Checkpoints, r.LogSize, r.Batches)
+	fmt.Fprintf(&b, "events: %d rows, %d proven in the log, %d pending\n", r.Events, r.ProvenEvents, r.PendingEvents)
+	for _, p := range r.Pending {
+		if p.Age > time.Second {
+			fmt.Fprintf(&b, "  pending %s: %s for %s\n", p.ID, p.State, p.Age.Round(time.Millisecond))
+		}
+	}
+	if r.OK {
+		b.WriteString("OK: the audit trail is complete and untouched\n")
+	} else {
+		fmt.Fprintf(&b, "FAILED: %d finding(s)\n", len(r.Findings))
+		for _, f := range r.Findings {
+			fmt.Fprintf(&b, "  %-18s", f.Kind)
+			if f.EventID != "" {
+				fmt.Fprintf(&b, " event %s", f.EventID)
+			}
+			if f.BatchID != "" {
+				fmt.Fprintf(&b, " batch %s", f.BatchID)
+			}
+			if f.LeafIndex != nil {
+				fmt.Fprintf(&b, " leaf %d", *f.LeafIndex)
+			}
+			fmt.Fprintf(&b, ": %s\n", f.Detail)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
