@@ -7,6 +7,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 )
 
@@ -73,6 +75,13 @@ var errorTable = []mapping{
 	{devices.ErrConflict, http.StatusConflict, devices.CodeConflict},
 	{devices.ErrInvalidToken, http.StatusUnauthorized, devices.CodeInvalidToken},
 	{devices.ErrInvalidInput, http.StatusBadRequest, devices.CodeInvalidInput},
+	// alarms and rules (codes in docs/api.md#alarms-and-rules)
+	{alarms.ErrNotFound, http.StatusNotFound, "alarm_not_found"},
+	{alarms.ErrConflict, http.StatusConflict, "alarm_state_conflict"},
+	{alarms.ErrInvalidRequest, http.StatusBadRequest, "invalid_alarm_request"},
+	{rules.ErrRuleNotFound, http.StatusNotFound, "rule_not_found"},
+	{rules.ErrVersionConflict, http.StatusConflict, "rule_version_conflict"},
+	{rules.ErrInvalidRule, http.StatusBadRequest, "invalid_rule"},
 }
 
 // CodedError is implemented by typed domain errors that carry a stable machine code of their

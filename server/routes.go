@@ -18,6 +18,7 @@ func (s *Server) routes() {
 	api := s.echo.Group("/api/v1")
 	_ = api // areas mount here: s.mountAudit(api), s.mountDevices(api), …
 	s.mountDevices(api)
+	s.mountAlarms(api)
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

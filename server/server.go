@@ -15,6 +15,8 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/internal/schema"
 )
@@ -42,6 +44,10 @@ type Config struct {
 	Now func() time.Time
 	// Devices is the device registry and upload ingestion (routes in devices.go). Optional.
 	Devices *devices.Service
+	// Alarms is the clinical alarm lifecycle (routes in alarms.go). Optional.
+	Alarms *alarms.Service
+	// Rules is the clinical rules engine (routes in alarms.go). Optional.
+	Rules *rules.Engine
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every

@@ -1,0 +1,206 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
+)
+
+// Alarm and rule routes: the alarm lifecycle actions of clinicians and the versioned rule set.
+// Business rules live in core/alarms and core/rules; this file only translates HTTP.
+func (s *Server) mountAlarms(api *echo.Group) {
+	if s.cfg.Alarms != nil {
+		api.GET("/alarms", s.listAlarms)
+		api.GET("/alarms/:id", s.getAlarm)
+		api.POST("/alarms/:id/acknowledge", s.acknowledgeAlarm)
+		api.POST("/alarms/:id/silence", s.silenceAlarm)
+		api.POST("/alarms/:id/resolve", s.resolveAlarm)
+	}
+	if s.cfg.Rules != nil {
+		api.GET("/rules", s.listRules)
+		api.GET("/rules/:id/versions", s.listRuleVersions)
+		api.POST("/rules/:id/versions", s.createRuleVersion)
+		api.PUT("/patients/:id/spo2-scale", s.putSpO2Scale)
+	}
+}
+
+func alarmID(c echo.Context) (uuid.UUID, error) {
+	id, err := uuid.Parse(c.Param("id"))
+	if err != nil {
+		return uuid.Nil, BadRequest("invalid_alarm_id", "alarm id must be a UUID")
+	}
+	return id, nil
+}
+
+// bindJSON decodes a JSON body strictly (unknown fields refused).
+func bindJSON(c echo.Context, v any) error {
+	dec := json.NewDecoder(c.Request().Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return BadRequest(CodeBadRequest, "malformed JSON body: "+err.Error())
+	}
+	return nil
+}
+
+func (s *Server) listAlarms(c echo.Context) error {
+	q := c.QueryParams()
+	var f alarms.Filter
+	if v := q.Get("patient_id"); v != "" {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return BadRequest("invalid_patient_id", "patient_id must be a UUID")
+		}
+		f.PatientID = id
+	}
+	f.RuleID = q.Get("rule_id")
+	if v := q.Get("state"); v != "" {
+		for _, st := range strings.Split(v, ",") {
+			f.States = append(f.States, alarms.State(strings.TrimSpace(st)))
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return BadRequest("invalid_limit", "limit must be 1..1000")
+		}
+		f.Limit = n
+	}
+	list, err := s.cfg.Alarms.List(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"alarms": list})
+}
+
+func (s *Server) getAlarm(c echo.Context) error {
+	id, err := alarmID(c)
+	if err != nil {
+		return err
+	}
+	a, err := s.cfg.Alarms.Get(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+func (s *Server) acknowledgeAlarm(c echo.Context) error {
+	id, err := alarmID(c)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Note string `json:"note"`
+	}
+	if c.Request().ContentLength != 0 {
+		if err := bindJSON(c, &body); err != nil {
+			return err
+		}
+	}
+	a, err := s.cfg.Alarms.Acknowledge(c.Request().Context(), id, EventFor(c), body.Note)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+func (s *Server) silenceAlarm(c echo.Context) error {
+	id, err := alarmID(c)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Reason   string `json:"reason"`
+		Duration string `json:"duration"` // Go duration, e.g. "10m"
+	}
+	if err := bindJSON(c, &body); err != nil {
+		return err
+	}
+	d, err := time.ParseDuration(body.Duration)
+	if err != nil {
+		return BadRequest("invalid_alarm_request", `duration must be a duration such as "10m"`)
+	}
+	a, err := s.cfg.Alarms.Silence(c.Request().Context(), id, EventFor(c), body.Reason, d)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+func (s *Server) resolveAlarm(c echo.Context) error {
+	id, err := alarmID(c)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if err := bindJSON(c, &body); err != nil {
+		return err
+	}
+	a, err := s.cfg.Alarms.Resolve(c.Request().Context(), id, EventFor(c), body.Reason)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, a)
+}
+
+func (s *Server) listRules(c echo.Context) error {
+	rs, err := s.cfg.Rules.Rules(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"rules": rs})
+}
+
+func (s *Server) listRuleVersions(c echo.Context) error {
+	vs, err := s.cfg.Rules.Versions(c.Request().Context(), c.Param("id"))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"versions": vs})
+}
+
+// createRuleVersion takes a rule definition whose "version" is the version it is based on
+// (0 for a new rule) and answers 201 with the stored version.
+func (s *Server) createRuleVersion(c echo.Context) error {
+	var r rules.Rule
+	if err := bindJSON(c, &r); err != nil {
+		return err
+	}
+	if r.ID != "" && r.ID != c.Param("id") {
+		return BadRequest("invalid_rule", "the body's id differs from the path's")
+	}
+	r.ID = c.Param("id")
+	out, err := s.cfg.Rules.CreateVersion(c.Request().Context(), EventFor(c), r)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, out)
+}
+
+func (s *Server) putSpO2Scale(c echo.Context) error {
+	pid, err := uuid.Parse(c.Param("id"))
+	if err != nil {
+		return BadRequest("invalid_patient_id", "patient id must be a UUID")
+	}
+	var body struct {
+		Scale  int    `json:"scale"`
+		Reason string `json:"reason"`
+	}
+	if err := bindJSON(c, &body); err != nil {
+		return err
+	}
+	if err := s.cfg.Rules.SetSpO2Scale(c.Request().Context(), EventFor(c), pid, body.Scale, body.Reason); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"patient_id": pid, "spo2_scale": body.Scale})
+}
