@@ -178,7 +178,9 @@ func (s *Service) TrillianAddr() string {
 }
 
 // CheckpointNow issues a checkpoint of the log's current root at once (if it grew).
-func (s *Service) CheckpointNow(ctx context.Context) (Checkpoint, error) { return s.cps.Checkpoint(ctx) }
+func (s *Service) CheckpointNow(ctx context.Context) (Checkpoint, error) {
+	return s.cps.Checkpoint(ctx)
+}
 
 // LatestCheckpoint returns the latest stored checkpoint, or ErrNoCheckpoint.
 func (s *Service) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {

@@ -42,13 +42,17 @@ const eventColumns = `id, seq, occurred_at, recorded_at, actor_kind, actor_id, a
 	object_type, object_id, outcome, reason, request_id, source_addr, payload, salt,
 	actor_id_c, object_id_c, request_id_c, source_addr_c, payload_commitment, batch_id, batch_index`
 
-func scanStoredEvent(row pgx.CollectableRow) (StoredEvent, error) {
+func scanStoredEvent(row pgx.CollectableRow) (StoredEvent, error) { return scanStoredEventExtra(row) }
+
+// scanStoredEventExtra scans eventColumns followed by the extra destinations.
+func scanStoredEventExtra(row interface{ Scan(...any) error }, extra ...any) (StoredEvent, error) {
 	var e StoredEvent
 	var payload *string
 	var ac, oc, rc, sc, pc []byte
-	err := row.Scan(&e.ID, &e.Seq, &e.Time, &e.RecordedAt, &e.ActorKind, &e.ActorID, &e.ActorAuth, &e.Action,
+	dest := []any{&e.ID, &e.Seq, &e.Time, &e.RecordedAt, &e.ActorKind, &e.ActorID, &e.ActorAuth, &e.Action,
 		&e.ObjectType, &e.ObjectID, &e.Outcome, &e.Reason, &e.RequestID, &e.SourceAddr, &payload, &e.Salt,
-		&ac, &oc, &rc, &sc, &pc, &e.BatchID, &e.BatchIndex)
+		&ac, &oc, &rc, &sc, &pc, &e.BatchID, &e.BatchIndex}
+	err := row.Scan(append(dest, extra...)...)
 	if err != nil {
 		return e, err
 	}

@@ -22,18 +22,18 @@ import (
 
 // Kinds of verification findings. Each names what an auditor must look at.
 const (
-	FindingPending            = "pending"             // an event waits longer than the grace period to be logged
-	FindingModified           = "modified"            // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
-	FindingDeleted            = "deleted"             // a logged event's row is gone
-	FindingInserted           = "inserted"            // a row claims a batch that does not contain it (added behind the outbox's back)
-	FindingTruncated          = "truncated"           // the outbox lost every logged event (TRUNCATE or mass DELETE)
-	FindingBatchModified      = "batch_modified"      // a batch row disagrees with itself or with its leaf in the log
-	FindingBatchDeleted       = "batch_deleted"       // the log holds a batch leaf the database has no row for
-	FindingBatchNotInLog      = "batch_not_in_log"    // a batch claims a leaf index under the checkpoint that holds something else
-	FindingCheckpointInvalid  = "checkpoint_invalid"  // a stored checkpoint's signature or content is wrong
-	FindingFork               = "fork"                // checkpoints or the live log are not append-only consistent
-	FindingIncident           = "incident"            // an unresolved incident of the audit chain
-	FindingLogUnavailable     = "log_unavailable"     // the log could not be read, so inclusion was not checked
+	FindingPending            = "pending"            // an event waits longer than the grace period to be logged
+	FindingModified           = "modified"           // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
+	FindingDeleted            = "deleted"            // a logged event's row is gone
+	FindingInserted           = "inserted"           // a row claims a batch that does not contain it (added behind the outbox's back)
+	FindingTruncated          = "truncated"          // the outbox lost every logged event (TRUNCATE or mass DELETE)
+	FindingBatchModified      = "batch_modified"     // a batch row disagrees with itself or with its leaf in the log
+	FindingBatchDeleted       = "batch_deleted"      // the log holds a batch leaf the database has no row for
+	FindingBatchNotInLog      = "batch_not_in_log"   // a batch claims a leaf index under the checkpoint that holds something else
+	FindingCheckpointInvalid  = "checkpoint_invalid" // a stored checkpoint's signature or content is wrong
+	FindingFork               = "fork"               // checkpoints or the live log are not append-only consistent
+	FindingIncident           = "incident"           // an unresolved incident of the audit chain
+	FindingLogUnavailable     = "log_unavailable"    // the log could not be read, so inclusion was not checked
 	maxListedPending          = 1000
 	defaultPendingGracePeriod = time.Minute
 )
