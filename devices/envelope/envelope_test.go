@@ -16,8 +16,6 @@ import (
 	"github.com/fxamacker/cbor/v2"
 )
 
-// Verifies: REQ-DEV-010
-
 var update = flag.Bool("update", false, "rewrite testdata/vectors.json")
 
 func testKey(b byte) ed25519.PrivateKey {
@@ -41,8 +39,8 @@ func sampleUpload() *Upload {
 	}
 }
 
+// Verifies: REQ-DEV-010, REQ-DEV-011
 func TestSignOpenRoundTrip(t *testing.T) {
-	// Verifies: REQ-DEV-010, REQ-DEV-011
 	priv := testKey(1)
 	u := sampleUpload()
 	raw, body, err := Sign(u, priv)
@@ -70,8 +68,8 @@ func TestSignOpenRoundTrip(t *testing.T) {
 	}
 }
 
+// Verifies: REQ-DEV-011
 func TestParseRejects(t *testing.T) {
-	// Verifies: REQ-DEV-011
 	priv := testKey(1)
 	mk := func(f func(u *Upload)) []byte {
 		u := sampleUpload()
@@ -141,8 +139,8 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
+// Verifies: REQ-DEV-003, REQ-DEV-004
 func TestEnrollRotateReceipt(t *testing.T) {
-	// Verifies: REQ-DEV-003, REQ-DEV-004
 	now := time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)
 	k1, k2 := testKey(1), testKey(2)
 	raw, err := SignEnroll("tok", k1, now)
@@ -256,8 +254,8 @@ func buildVectors(t *testing.T) []Vector {
 	return vs
 }
 
+// Verifies: REQ-DEV-010, REQ-DEV-011
 func TestVectors(t *testing.T) {
-	// Verifies: REQ-DEV-010, REQ-DEV-011
 	path := filepath.Join("testdata", "vectors.json")
 	vs := buildVectors(t)
 	if *update {
