@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
+)
+
+// This file wires the clinical rules engine and the alarm service to core: core calls the
+// engine after each ingest commit through ruleHook (core.RuleEngine), the engine rebuilds
+// state from core's storage through coreHistory (rules.History), and alarm transitions go to
+// core's notification hub (alarms.Notifier).
+
+// ruleHook is the core.RuleEngine handed to core.New before the engine exists (the engine
+// needs core's storage for its History): it forwards to the engine once set, and until then
+// evaluates nothing (the engine replays those observations from History when it starts).
+type ruleHook struct{ eng atomic.Pointer[rules.Engine] }
+
+// Evaluate converts core's observations and runs the engine.
+func (h *ruleHook) Evaluate(ctx context.Context, patientID uuid.UUID, obs []core.Observation) error {
+	eng := h.eng.Load()
+	if eng == nil {
+		return nil
+	}
+	_, err := eng.Evaluate(ctx, patientID, toRuleObservations(obs))
+	return err
+}
+
+func toRuleObservations(obs []core.Observation) []rules.Observation {
+	out := make([]rules.Observation, len(obs))
+	for i, o := range obs {
+		out[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
+			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
+	}
+	return out
+}
+
+// coreHistory is rules.History over core's observation storage.
+type coreHistory struct{ svc *core.Service }
+
+func (h coreHistory) ObservationsSince(ctx context.Context, patientID uuid.UUID, since time.Time, limit int) ([]rules.Observation, error) {
+	obs, err := h.svc.ObservationsSince(ctx, patientID, since, limit)
+	if err != nil {
+		return nil, err
+	}
+	return toRuleObservations(obs), nil
+}
+
+// clinical is the running rules engine and alarm service with their background loops
+// (alarm escalations and reminders, no-data checks, state checkpoints).
+type clinical struct {
+	alarms *alarms.Service
+	engine *rules.Engine
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// startClinical builds the alarm service and rules engine, connects them to core (hook and
+// hub) and starts their loops; Close stops the loops and writes a last checkpoint.
+func startClinical(ctx context.Context, pool *pgxpool.Pool, coreSvc *core.Service, hook *ruleHook, log *slog.Logger) (*clinical, error) {
+	svc, err := alarms.New(alarms.Config{Pool: pool, Notifier: coreSvc.Hub(), Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("alarms: %w", err)
+	}
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, History: coreHistory{coreSvc}, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
+	}
+	hook.eng.Store(eng)
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	c := &clinical{alarms: svc, engine: eng, stop: stop}
+	c.wg.Add(2)
+	go func() { defer c.wg.Done(); svc.Run(lctx, 5*time.Second) }()
+	go func() {
+		defer c.wg.Done()
+		t := time.NewTicker(15 * time.Second)
+		defer t.Stop()
+		for n := 0; ; n++ {
+			select {
+			case <-lctx.Done():
+				return
+			case <-t.C:
+			}
+			if _, err := eng.Tick(lctx); err != nil && lctx.Err() == nil {
+				log.WarnContext(lctx, "rules tick failed", slog.String("error", err.Error()))
+			}
+			if n%4 == 3 { // about every minute
+				if err := eng.Checkpoint(lctx); err != nil && lctx.Err() == nil {
+					log.WarnContext(lctx, "rules checkpoint failed", slog.String("error", err.Error()))
+				}
+			}
+		}
+	}()
+	return c, nil
+}
+
+// Close stops the loops and checkpoints the engine's state.
+func (c *clinical) Close(ctx context.Context) error {
+	c.stop()
+	c.wg.Wait()
+	return c.engine.Close(ctx)
+}
