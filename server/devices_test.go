@@ -1,0 +1,327 @@
+package server_test
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/devices/devicestest"
+	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/server"
+)
+
+type devHTTP struct {
+	*devicestest.Env
+	ts       *httptest.Server
+	overload *atomic.Bool
+}
+
+func newDevHTTP(t *testing.T, mod func(*devices.Config)) *devHTTP {
+	t.Helper()
+	over := &atomic.Bool{}
+	e := devicestest.New(t, func(c *devices.Config) {
+		c.Pressure = func() (bool, time.Duration) { return over.Load(), 3 * time.Second }
+		if mod != nil {
+			mod(c)
+		}
+	})
+	srv, err := server.New(server.Config{Pool: e.Pool, Devices: e.Devices, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	return &devHTTP{Env: e, ts: ts, overload: over}
+}
+
+type apiErr struct {
+	Error struct {
+		Code      string `json:"code"`
+		RequestID string `json:"request_id"`
+	} `json:"error"`
+}
+
+func (h *devHTTP) post(t *testing.T, path, ctype string, body []byte) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, h.ts.URL+path, bytes.NewReader(body))
+	req.Header.Set("Content-Type", ctype)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// Verifies: REQ-DEV-020, REQ-DEV-023, REQ-DEV-030
+func TestHTTPUploadAccepted(t *testing.T) {
+	h := newDevHTTP(t, nil)
+	d := h.NewDevice(t)
+	raw := d.Upload(t, h.Clock.Now(), 10)
+	resp, body := h.post(t, "/api/v1/uploads", "application/cbor", raw)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /uploads = %d %s, want 201", resp.StatusCode, body)
+	}
+	var rj struct {
+		Receipt    string `json:"receipt"`
+		UploadHash string `json:"upload_hash"`
+		Seq        uint64 `json:"seq"`
+		Replayed   bool   `json:"replayed"`
+	}
+	if err := json.Unmarshal(body, &rj); err != nil {
+		t.Fatal(err)
+	}
+	wire, _ := base64.StdEncoding.DecodeString(rj.Receipt)
+	sr, rec, err := envelope.ParseSignedReceipt(wire)
+	if err != nil {
+		t.Fatalf("ParseSignedReceipt = %v", err)
+	}
+	if err := envelope.VerifyReceipt(h.Signer.Public(), sr); err != nil || rec.Seq != 1 || hex.EncodeToString(rec.Upload) != rj.UploadHash {
+		t.Errorf("receipt = %+v (verify %v), want seq 1 for %s", rec, err, rj.UploadHash)
+	}
+	// Exact re-send: 200 with the same receipt body, CBOR on request.
+	req, _ := http.NewRequest(http.MethodPost, h.ts.URL+"/api/v1/uploads", bytes.NewReader(raw))
+	req.Header.Set("Content-Type", "application/cbor")
+	req.Header.Set("Accept", "application/cbor")
+	resp2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, _ := io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	sr2, _, err := envelope.ParseSignedReceipt(b2)
+	if resp2.StatusCode != http.StatusOK || err != nil || !bytes.Equal(sr2.Body, sr.Body) {
+		t.Errorf("re-send = %d (%v), want 200 with the original receipt", resp2.StatusCode, err)
+	}
+	// Proof: the event is not shipped in this test (no audit shipper): 404 proof_pending.
+	r3, err := http.Get(h.ts.URL + "/api/v1/uploads/" + rj.UploadHash + "/proof")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ae apiErr
+	_ = json.NewDecoder(r3.Body).Decode(&ae)
+	r3.Body.Close()
+	if r3.StatusCode != http.StatusNotFound || ae.Error.Code != "proof_pending" {
+		t.Errorf("GET proof = %d %s, want 404 proof_pending", r3.StatusCode, ae.Error.Code)
+	}
+	r4, _ := http.Get(h.ts.URL + "/api/v1/uploads/" + strings.Repeat("ab", 32) + "/proof")
+	_ = json.NewDecoder(r4.Body).Decode(&ae)
+	r4.Body.Close()
+	if r4.StatusCode != http.StatusNotFound || ae.Error.Code != devices.CodeNotFound {
+		t.Errorf("GET proof(unknown) = %d %s, want 404 %s", r4.StatusCode, ae.Error.Code, devices.CodeNotFound)
+	}
+}
+
+// Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041
+func TestHTTPUploadRejections(t *testing.T) {
+	h := newDevHTTP(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 3 })
+	limited := h.NewDevice(t)
+	cases := []struct {
+		name       string
+		body       func(t *testing.T) []byte
+		ctype      string
+		status     int
+		code       string
+		retryAfter string
+		overload   bool
+	}{
+		{name: "malformed", status: 400, code: "malformed_upload", body: func(*testing.T) []byte { return []byte{0xa1, 0x01} }},
+		{name: "too large", status: 413, code: "upload_too_large", body: func(*testing.T) []byte { return make([]byte, 300<<10) }},
+		{name: "over the server body limit", status: 413, code: "payload_too_large", body: func(*testing.T) []byte { return make([]byte, 2<<20) }},
+		{name: "wrong content type", status: 415, code: "unsupported_media_type", ctype: "application/json", body: func(*testing.T) []byte { return []byte("{}") }},
+		{name: "unknown device", status: 401, code: "unknown_device", body: func(t *testing.T) []byte {
+			d := h.NewDevice(t)
+			d.ID = uuid.New()
+			return d.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "bad signature", status: 401, code: "invalid_signature", body: func(t *testing.T) []byte {
+			d := h.NewDevice(t)
+			_, d.Key, _ = ed25519.GenerateKey(rand.Reader)
+			return d.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "unknown key", status: 401, code: "unknown_key", body: func(t *testing.T) []byte {
+			d := h.NewDevice(t)
+			d.KV = 9
+			return d.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "suspended", status: 403, code: "device_suspended", body: func(t *testing.T) []byte {
+			d := h.NewDevice(t)
+			if _, err := h.Devices.SetStatus(h.Ctx, devicestest.Admin, d.ID, devices.StatusSuspended, ""); err != nil {
+				t.Fatal(err)
+			}
+			return d.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "decommissioned", status: 403, code: "device_decommissioned", body: func(t *testing.T) []byte {
+			d := h.NewDevice(t)
+			if _, err := h.Devices.SetStatus(h.Ctx, devicestest.Admin, d.ID, devices.StatusDecommissioned, ""); err != nil {
+				t.Fatal(err)
+			}
+			return d.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "replay", status: 409, code: "replay", body: func(t *testing.T) []byte {
+			d := h.NewDevice(t)
+			if _, err := h.Devices.Accept(h.Ctx, d.Upload(t, h.Clock.Now(), 1), devices.Meta{Transport: "http"}); err != nil {
+				t.Fatal(err)
+			}
+			d.Seq = 0
+			return d.Upload(t, h.Clock.Now(), 2)
+		}},
+		{name: "not assigned", status: 409, code: "device_not_assigned", body: func(t *testing.T) []byte {
+			d := h.RegisterDevice(t)
+			h.Enroll(t, d)
+			return d.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "skew", status: 422, code: "clock_skew", body: func(t *testing.T) []byte {
+			return h.NewDevice(t).Upload(t, h.Clock.Now().Add(-time.Hour), 1)
+		}},
+		{name: "rate limited", status: 429, code: "rate_limited", retryAfter: "1", body: func(t *testing.T) []byte {
+			for i := 0; i < 3; i++ {
+				if _, err := h.Devices.Accept(h.Ctx, limited.Upload(t, h.Clock.Now(), 1), devices.Meta{Transport: "http"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			return limited.Upload(t, h.Clock.Now(), 1)
+		}},
+		{name: "back-pressure", status: 503, code: "backpressure", retryAfter: "3", overload: true, body: func(t *testing.T) []byte {
+			return h.NewDevice(t).Upload(t, h.Clock.Now(), 1)
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			body := tc.body(t)
+			obs := h.Count(t, `SELECT count(*) FROM core_observations`)
+			h.overload.Store(tc.overload)
+			defer h.overload.Store(false)
+			ct := tc.ctype
+			if ct == "" {
+				ct = "application/cbor"
+			}
+			resp, b := h.post(t, "/api/v1/uploads", ct, body)
+			var ae apiErr
+			_ = json.Unmarshal(b, &ae)
+			if resp.StatusCode != tc.status || ae.Error.Code != tc.code {
+				t.Fatalf("POST /uploads = %d %s, want %d %s", resp.StatusCode, b, tc.status, tc.code)
+			}
+			if got := resp.Header.Get("Retry-After"); got != tc.retryAfter {
+				t.Errorf("Retry-After = %q, want %q", got, tc.retryAfter)
+			}
+			if n := h.Count(t, `SELECT count(*) FROM core_observations`); n != obs {
+				t.Errorf("observations = %d, want %d (nothing stored)", n, obs)
+			}
+			// Every rejection is audited with its reason: by devices (upload.rejected) where the
+			// body reached it, and always by the server (http.request.rejected).
+			wantHTTP := 1
+			if tc.status >= 500 {
+				wantHTTP = 0 // the server audits 4xx; the 503 is audited by devices below
+			}
+			if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'http.request.rejected' AND reason = $1 AND request_id = $2`, tc.code, ae.Error.RequestID); n != wantHTTP {
+				t.Errorf("http.request.rejected events = %d, want %d", n, wantHTTP)
+			}
+			if tc.code != "payload_too_large" && tc.code != "unsupported_media_type" {
+				if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND request_id = $2`, tc.code, ae.Error.RequestID); n != 1 {
+					t.Errorf("upload.rejected events of this request = %d, want 1", n)
+				}
+			}
+		})
+	}
+}
+
+// Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-003, REQ-DEV-004, REQ-DEV-005, REQ-DEV-006
+func TestHTTPDeviceLifecycle(t *testing.T) {
+	h := newDevHTTP(t, nil)
+	do := func(method, path string, body any, want int) map[string]any {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, h.ts.URL+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s = %d %v, want %d", method, path, resp.StatusCode, out, want)
+		}
+		return out
+	}
+	dev := do("POST", "/api/v1/devices", map[string]string{"serial": "SN-1", "model": "VM-100", "firmware": "2.0"}, 201)
+	id := dev["id"].(string)
+	do("POST", "/api/v1/devices", map[string]string{"serial": "SN-1", "model": "VM-100", "firmware": "2.0"}, 409)
+	tok := do("POST", "/api/v1/devices/"+id+"/enrollment-tokens", nil, 201)["token"].(string)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	enr, _ := envelope.SignEnroll(tok, priv, h.Clock.Now())
+	resp, b := h.post(t, "/api/v1/devices/enroll", "application/cbor", enr)
+	if resp.StatusCode != 201 {
+		t.Fatalf("POST /devices/enroll = %d %s, want 201", resp.StatusCode, b)
+	}
+	resp, b = h.post(t, "/api/v1/devices/enroll", "application/cbor", enr)
+	if resp.StatusCode != 401 || !strings.Contains(string(b), "invalid_enrollment_token") {
+		t.Errorf("POST /devices/enroll (token reused) = %d %s, want 401 invalid_enrollment_token", resp.StatusCode, b)
+	}
+	do("PUT", "/api/v1/devices/"+id+"/patient", map[string]any{"patient_id": h.Patient}, 200)
+	d := &devicestest.Device{ID: uuid.MustParse(id), Key: priv, KV: 1}
+	if resp, b := h.post(t, "/api/v1/uploads", "application/cbor", d.Upload(t, h.Clock.Now(), 3)); resp.StatusCode != 201 {
+		t.Fatalf("upload = %d %s", resp.StatusCode, b)
+	}
+	_, priv2, _ := ed25519.GenerateKey(rand.Reader)
+	rot, _ := envelope.SignRotate(id, 1, priv, priv2, h.Clock.Now())
+	if resp, b := h.post(t, "/api/v1/devices/rotate", "application/cbor", rot); resp.StatusCode != 201 {
+		t.Fatalf("rotate = %d %s", resp.StatusCode, b)
+	}
+	if resp, _ := h.post(t, "/api/v1/uploads", "application/cbor", d.Upload(t, h.Clock.Now(), 3)); resp.StatusCode != 401 {
+		t.Errorf("upload with the rotated-out key = %d, want 401", resp.StatusCode)
+	}
+	d.Key, d.KV = priv2, 2
+	if resp, b := h.post(t, "/api/v1/uploads", "application/cbor", d.Upload(t, h.Clock.Now(), 3)); resp.StatusCode != 201 {
+		t.Fatalf("upload with the new key = %d %s", resp.StatusCode, b)
+	}
+	do("POST", "/api/v1/devices/"+id+"/suspend", map[string]string{"reason": "lost"}, 200)
+	if resp, _ := h.post(t, "/api/v1/uploads", "application/cbor", d.Upload(t, h.Clock.Now(), 3)); resp.StatusCode != 403 {
+		t.Errorf("upload while suspended = %d, want 403", resp.StatusCode)
+	}
+	do("POST", "/api/v1/devices/"+id+"/reactivate", nil, 200)
+	keys := do("GET", "/api/v1/devices/"+id+"/keys", nil, 200)["keys"].([]any)
+	if len(keys) != 2 {
+		t.Errorf("keys = %d, want 2", len(keys))
+	}
+	as := do("GET", "/api/v1/devices/"+id+"/assignments", nil, 200)["assignments"].([]any)
+	if len(as) != 1 {
+		t.Errorf("assignments = %d, want 1", len(as))
+	}
+	got := do("GET", "/api/v1/devices/"+id, nil, 200)
+	if got["status"] != "active" || got["key_version"].(float64) != 2 {
+		t.Errorf("GET device = %v, want active with key version 2", got)
+	}
+	do("GET", "/api/v1/devices/"+uuid.NewString(), nil, 404)
+	do("GET", "/api/v1/devices/not-a-uuid", nil, 400)
+	do("POST", "/api/v1/devices/"+id+"/decommission", nil, 200)
+	do("POST", "/api/v1/devices/"+id+"/reactivate", nil, 409)
+	list := do("GET", "/api/v1/devices?status=decommissioned", nil, 200)["devices"].([]any)
+	if len(list) != 1 {
+		t.Errorf("decommissioned devices = %d, want 1", len(list))
+	}
+	rk := do("GET", "/api/v1/uploads/receipt-key", nil, 200)
+	if rk["key_id"] != h.Signer.KeyID() {
+		t.Errorf("receipt key = %v, want %s", rk, h.Signer.KeyID())
+	}
+}
