@@ -1,0 +1,97 @@
+package core_test
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/core"
+)
+
+// Patient PHI is stored only sealed, found by MRN through the blind index, unique by MRN;
+// sites, wards, patients and care teams are audited without PHI in the audit metadata.
+// Verifies: REQ-CORE-011
+func TestPatientsSealedAndAudited(t *testing.T) {
+	e := newEnv(t, nil)
+	site, err := e.svc.CreateSite(e.ctx, clinician, "St Elsewhere")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ward, err := e.svc.CreateWard(e.ctx, clinician, site.ID, "Ward 7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.CreateWard(e.ctx, clinician, uuid.New(), "Ward 8"); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("CreateWard(unknown site) = %v, want ErrNotFound", err)
+	}
+	phi := core.PatientPHI{MRN: "mrn-00123", GivenName: "Grace", FamilyName: "Hopper", BirthDate: "1906-12-09"}
+	p, err := e.svc.CreatePatient(e.ctx, clinician, phi, &ward.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing identifying in clear in the row.
+	var sealed, idx []byte
+	if err := e.pool.QueryRow(e.ctx, "SELECT phi_sealed, mrn_index FROM core_patients WHERE id = $1", p.ID).Scan(&sealed, &idx); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"Grace", "Hopper", "00123", "1906"} {
+		if bytes.Contains(sealed, []byte(s)) || bytes.Contains(idx, []byte(s)) {
+			t.Errorf("stored row contains %q in clear", s)
+		}
+	}
+	// A sealed value moved to another patient does not open.
+	other := e.patient(t)
+	if _, err := e.pool.Exec(e.ctx, "UPDATE core_patients SET phi_sealed = $1 WHERE id = $2", sealed, other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Patient(e.ctx, other); err == nil {
+		t.Error("Patient(other) opened PHI sealed for another patient")
+	}
+	got, err := e.svc.PatientByMRN(e.ctx, "MRN 00123")
+	if err != nil || got.ID != p.ID || got.PHI != phi || *got.WardID != ward.ID {
+		t.Errorf("PatientByMRN() = %+v, %v; want %+v", got, err, phi)
+	}
+	if _, err := e.svc.CreatePatient(e.ctx, clinician, core.PatientPHI{MRN: "MRN00123"}, nil); !errors.Is(err, core.ErrConflict) {
+		t.Errorf("CreatePatient(same MRN) = %v, want ErrConflict", err)
+	}
+	if _, err := e.svc.Patient(e.ctx, uuid.New()); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("Patient(unknown) = %v, want ErrNotFound", err)
+	}
+	if _, err := e.svc.AddCareTeamMember(e.ctx, clinician, p.ID, "dr-who", "physician"); err != nil {
+		t.Fatal(err)
+	}
+	mine, err := e.svc.Patients(e.ctx, core.PatientFilter{Clinician: "dr-who"})
+	if err != nil || len(mine) != 1 || mine[0].ID != p.ID {
+		t.Errorf("Patients(dr-who) = %v, %v; want [%s]", mine, err, p.ID)
+	}
+	if ids, _ := e.svc.PatientsOf(e.ctx, "dr-who"); len(ids) != 1 || ids[0] != p.ID {
+		t.Errorf("PatientsOf(dr-who) = %v, want [%s]", ids, p.ID)
+	}
+	if err := e.svc.RemoveCareTeamMember(e.ctx, clinician, p.ID, "dr-no"); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("RemoveCareTeamMember(non-member) = %v, want ErrNotFound", err)
+	}
+	if err := e.svc.DischargePatient(e.ctx, clinician, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.DischargePatient(e.ctx, clinician, p.ID); !errors.Is(err, core.ErrConflict) {
+		t.Errorf("DischargePatient(twice) = %v, want ErrConflict", err)
+	}
+	if list, _ := e.svc.Patients(e.ctx, core.PatientFilter{WardID: ward.ID}); len(list) != 0 {
+		t.Errorf("Patients(ward, admitted only) = %d, want 0 after discharge", len(list))
+	}
+	for _, action := range []string{"site.created", "ward.created", "patient.created", "care_team.member_added", "patient.discharged"} {
+		if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = $1 AND actor_id = 'nurse-1' AND request_id = 'req-1'", action); n < 1 {
+			t.Errorf("audit events %s = %d, want ≥ 1", action, n)
+		}
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE payload::text LIKE '%Hopper%' OR object_id LIKE '%00123%'"); n != 0 {
+		t.Errorf("audit events carrying PHI = %d, want 0", n)
+	}
+	// Without a sealer the patient API refuses.
+	bare, _ := core.New(core.Config{Pool: e.pool})
+	if _, err := bare.CreatePatient(e.ctx, clinician, phi, nil); !errors.Is(err, core.ErrNoPHISealer) {
+		t.Errorf("CreatePatient(no sealer) = %v, want ErrNoPHISealer", err)
+	}
+}
