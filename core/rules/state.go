@@ -172,7 +172,7 @@ func (x *runner) threshold(r *Rule, o Observation) {
 	p := r.Threshold
 	rs := x.ps.rule(r)
 	lvl := crossed(p, o.Value, 0)
-	detail := map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "at": o.Time}
+	detail := func() any { return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "at": o.Time} }
 	if !rs.Active {
 		if lvl < 0 {
 			rs.PendingSince = nil
@@ -186,13 +186,13 @@ func (x *runner) threshold(r *Rule, o Observation) {
 			return
 		}
 		rs.Active, rs.Severity, rs.PendingSince = true, p.Levels[lvl].Severity, nil
-		x.signal(r, true, rs.Severity, o.Time, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[lvl].Limit), detail)
+		x.signal(r, true, rs.Severity, o.Time, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[lvl].Limit), detail())
 		return
 	}
 	held := crossed(p, o.Value, p.Hysteresis) // the level kept given hysteresis
 	if held < 0 {
 		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, o.Time, fmt.Sprintf("%s cleared at %g %s", r.Name, o.Value, o.Unit), detail)
+		x.signal(r, false, 0, o.Time, fmt.Sprintf("%s cleared at %g %s", r.Name, o.Value, o.Unit), detail())
 		return
 	}
 	cur := -1
@@ -210,7 +210,7 @@ func (x *runner) threshold(r *Rule, o Observation) {
 	}
 	if next != cur && next >= 0 {
 		rs.Severity = p.Levels[next].Severity
-		x.signal(r, true, rs.Severity, o.Time, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[next].Limit), detail)
+		x.signal(r, true, rs.Severity, o.Time, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[next].Limit), detail())
 	}
 }
 
@@ -240,15 +240,17 @@ func (x *runner) rate(r *Rule, o Observation) {
 		rs.Deque = rs.Deque[:n-1]
 	}
 	rs.Deque = append(rs.Deque, point{T: o.Time, V: o.Value})
-	detail := map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "change": change, "window": p.Window, "at": o.Time}
+	detail := func() any {
+		return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "change": change, "window": p.Window, "at": o.Time}
+	}
 	hit := change > p.MaxChange
 	switch {
 	case hit && !rs.Active:
 		rs.Active, rs.Severity = true, p.Severity
-		x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: changed by %g %s within %s", r.Name, change, o.Unit, time.Duration(p.Window)), detail)
+		x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: changed by %g %s within %s", r.Name, change, o.Unit, time.Duration(p.Window)), detail())
 	case !hit && rs.Active:
 		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, o.Time, r.Name+" cleared", detail)
+		x.signal(r, false, 0, o.Time, r.Name+" cleared", detail())
 	}
 }
 
@@ -278,12 +280,14 @@ func (x *runner) anomaly(r *Rule, o Observation) {
 	if rs.N <= p.Warmup {
 		return
 	}
-	detail := map[string]any{"code": o.Code, "value": v, "unit": o.Unit, "z": z, "baseline_mean": rs.Mean, "baseline_sd": sd, "at": o.Time}
+	detail := func() any {
+		return map[string]any{"code": o.Code, "value": v, "unit": o.Unit, "z": z, "baseline_mean": rs.Mean, "baseline_sd": sd, "at": o.Time}
+	}
 	if math.Abs(z) > p.Z {
 		rs.Normal = 0
 		if !rs.Active {
 			rs.Active, rs.Severity = true, p.Severity
-			x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: %g %s is %.1f SD from this patient's baseline", r.Name, v, o.Unit, z), detail)
+			x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: %g %s is %.1f SD from this patient's baseline", r.Name, v, o.Unit, z), detail())
 		}
 		return
 	}
@@ -291,7 +295,7 @@ func (x *runner) anomaly(r *Rule, o Observation) {
 		rs.Normal++
 		if rs.Normal >= p.ClearAfter {
 			rs.Active, rs.Severity, rs.Normal = false, 0, 0
-			x.signal(r, false, 0, o.Time, r.Name+" cleared", detail)
+			x.signal(r, false, 0, o.Time, r.Name+" cleared", detail())
 		}
 	}
 }
@@ -321,12 +325,15 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		return pt, ok && !pt.T.Before(at.Add(-maxAge)) && !pt.T.After(at)
 	}
 	in := NEWS2Input{SpO2Scale: x.ps.SpO2Scale}
-	for name, dst := range map[string]*float64{"rr": &in.RespRate, "spo2": &in.SpO2, "sbp": &in.SystolicBP, "hr": &in.Pulse, "temp": &in.Temperature} {
-		pt, ok := fresh(name)
+	for _, f := range [...]struct {
+		name string
+		dst  *float64
+	}{{"rr", &in.RespRate}, {"spo2", &in.SpO2}, {"sbp", &in.SystolicBP}, {"hr", &in.Pulse}, {"temp", &in.Temperature}} {
+		pt, ok := fresh(f.name)
 		if !ok {
 			return
 		}
-		*dst = pt.V
+		*f.dst = pt.V
 	}
 	fio2, okC := fresh("fio2")
 	flow, okF := fresh("o2flow")
@@ -354,14 +361,13 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		})
 	}
 	sev := news2Severity(p, score)
-	detail := map[string]any{"news2": score, "at": at}
 	switch {
 	case sev != 0 && (!rs.Active || sev != rs.Severity):
 		rs.Active, rs.Severity = true, sev
-		x.signal(r, true, sev, at, fmt.Sprintf("NEWS2 %d (%s response)", score.Total, score.Band), detail)
+		x.signal(r, true, sev, at, fmt.Sprintf("NEWS2 %d (%s response)", score.Total, score.Band), map[string]any{"news2": score, "at": at})
 	case sev == 0 && rs.Active:
 		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, at, fmt.Sprintf("NEWS2 %d", score.Total), detail)
+		x.signal(r, false, 0, at, fmt.Sprintf("NEWS2 %d", score.Total), map[string]any{"news2": score, "at": at})
 	}
 }
 
