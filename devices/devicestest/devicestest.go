@@ -1,19 +1,13 @@
 // Package devicestest sets up, for tests, a real device ingestion stack: a private
 // PostgreSQL database with every migration, the real core.Service, the real devices.Service,
 // a controlled clock, a patient, and enrolled devices that sign uploads. Nothing in it is a
-// mock of Vigil's own code; only the receipt-signing and PHI keys are in-memory test keys.
+// mock of Vigil's own code: keys come from a local key ring in the test's temporary directory.
 package devicestest
 
 import (
 	"context"
-	"crypto"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -26,6 +20,7 @@ import (
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/internal/testdb"
+	"github.com/vigilhealth/vigil/keys"
 )
 
 // T0 is the controlled clock's start.
@@ -54,7 +49,8 @@ type Env struct {
 	Clock   *Clock
 	Core    *core.Service
 	Devices *devices.Service
-	Signer  *Ed25519Signer
+	Ring    *keys.Ring
+	Signer  *keys.KeySigner // receipt-signing
 	Patient uuid.UUID
 }
 
@@ -69,11 +65,26 @@ func New(t testing.TB, mod func(*devices.Config)) *Env {
 func NewOn(t testing.TB, pool *pgxpool.Pool, url string, clk *Clock, mod func(*devices.Config)) *Env {
 	t.Helper()
 	ctx := context.Background()
-	cs, err := core.New(core.Config{Pool: pool, Now: clk.Now, PHI: NewSealer()})
+	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("devicestest passphrase"), ScryptN: 1 << 10})
+	if err != nil {
+		t.Fatalf("keys.NewLocal = %v", err)
+	}
+	ring, err := keys.NewRing(keys.Config{Backend: local})
+	if err != nil {
+		t.Fatalf("keys.NewRing = %v", err)
+	}
+	t.Cleanup(func() { _ = ring.Close() })
+	if _, err := ring.EnsureKeys(ctx); err != nil {
+		t.Fatalf("EnsureKeys = %v", err)
+	}
+	sg, err := ring.Signer(ctx, keys.ReceiptSigning)
+	if err != nil {
+		t.Fatalf("receipt signer = %v", err)
+	}
+	cs, err := core.New(core.Config{Pool: pool, Now: clk.Now, PHI: ring.PHI()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sg := NewSigner()
 	cfg := devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: sg, Now: clk.Now}
 	if mod != nil {
 		mod(&cfg)
@@ -89,7 +100,7 @@ func NewOn(t testing.TB, pool *pgxpool.Pool, url string, clk *Clock, mod func(*d
 			t.Errorf("devices.Close = %v", err)
 		}
 	})
-	e := &Env{Ctx: ctx, Pool: pool, URL: url, Clock: clk, Core: cs, Devices: ds, Signer: sg}
+	e := &Env{Ctx: ctx, Pool: pool, URL: url, Clock: clk, Core: cs, Devices: ds, Ring: ring, Signer: sg}
 	e.Patient = e.NewPatient(t)
 	return e
 }
@@ -203,66 +214,4 @@ func (e *Env) Count(t testing.TB, q string, args ...any) int {
 		t.Fatalf("%s: %v", q, err)
 	}
 	return n
-}
-
-// Ed25519Signer is an in-memory receipt-signing key for tests.
-type Ed25519Signer struct {
-	priv ed25519.PrivateKey
-}
-
-// NewSigner makes a random test signing key.
-func NewSigner() *Ed25519Signer {
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	return &Ed25519Signer{priv: priv}
-}
-
-// Sign implements devices.ReceiptSigner.
-func (s *Ed25519Signer) Sign(_ context.Context, msg []byte) ([]byte, error) {
-	return ed25519.Sign(s.priv, msg), nil
-}
-
-// KeyID implements devices.ReceiptSigner.
-func (s *Ed25519Signer) KeyID() string { return "receipt-signing@v1" }
-
-// Public implements devices.ReceiptSigner.
-func (s *Ed25519Signer) Public() crypto.PublicKey { return s.priv.Public() }
-
-// Sealer is an in-memory PHI sealer (AES-256-GCM, HMAC-SHA-256 blind index) for tests.
-type Sealer struct {
-	aead cipher.AEAD
-	mac  []byte
-}
-
-// NewSealer makes a sealer with random keys.
-func NewSealer() *Sealer {
-	k := make([]byte, 32)
-	_, _ = rand.Read(k)
-	b, _ := aes.NewCipher(k)
-	a, _ := cipher.NewGCM(b)
-	m := make([]byte, 32)
-	_, _ = rand.Read(m)
-	return &Sealer{aead: a, mac: m}
-}
-
-// Seal implements core.PHISealer.
-func (s *Sealer) Seal(_ context.Context, p, aad []byte) ([]byte, error) {
-	n := make([]byte, s.aead.NonceSize())
-	_, _ = rand.Read(n)
-	return s.aead.Seal(n, n, p, aad), nil
-}
-
-// Open implements core.PHISealer.
-func (s *Sealer) Open(_ context.Context, c, aad []byte) ([]byte, error) {
-	ns := s.aead.NonceSize()
-	if len(c) < ns {
-		return nil, errors.New("short ciphertext")
-	}
-	return s.aead.Open(nil, c[:ns], c[ns:], aad)
-}
-
-// BlindIndex implements core.PHISealer.
-func (s *Sealer) BlindIndex(_ context.Context, v []byte) ([]byte, error) {
-	h := hmac.New(sha256.New, s.mac)
-	h.Write(v)
-	return h.Sum(nil), nil
 }
