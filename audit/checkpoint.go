@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
@@ -22,13 +23,15 @@ import (
 	"github.com/vigilhealth/vigil/audit/leaf"
 )
 
-// CheckpointSigner signs checkpoints with an Ed25519 key. It is owned by this package and
-// implemented by the key ring (keys.Local, keys.Vault) or, in tests, by NewEd25519Signer.
+// CheckpointSigner signs checkpoints with an Ed25519 key. It is owned by this package; the
+// key ring's signer for keys.AuditCheckpoint satisfies it as is, and NewEd25519Signer wraps a
+// key held in memory (tests, tools).
 type CheckpointSigner interface {
 	// KeyID names the key; it MUST be stable for the key's lifetime.
 	KeyID() string
-	// Public returns the Ed25519 public key; it MUST match the key Sign uses.
-	Public() ed25519.PublicKey
+	// Public returns the Ed25519 public key (an ed25519.PublicKey); it MUST match the key
+	// Sign uses and MUST NOT do I/O. Any other key type is refused.
+	Public() crypto.PublicKey
 	// Sign returns the Ed25519 signature of msg. It MUST NOT alter msg and MUST return an
 	// error (never a partial signature) when the key is unavailable.
 	Sign(ctx context.Context, msg []byte) ([]byte, error)
@@ -45,7 +48,7 @@ type memSigner struct {
 }
 
 func (m memSigner) KeyID() string             { return m.id }
-func (m memSigner) Public() ed25519.PublicKey { return m.priv.Public().(ed25519.PublicKey) }
+func (m memSigner) Public() crypto.PublicKey { return m.priv.Public() }
 func (m memSigner) Sign(_ context.Context, msg []byte) ([]byte, error) {
 	return ed25519.Sign(m.priv, msg), nil
 }
@@ -75,8 +78,12 @@ func CheckpointBody(origin string, size uint64, root leaf.Hash) string {
 }
 
 // VerifierKey returns the note verifier key ("name+hash+base64key") for a checkpoint key.
-func VerifierKey(name string, pub ed25519.PublicKey) (string, error) {
-	return note.NewEd25519VerifierKey(name, pub)
+func VerifierKey(name string, pub crypto.PublicKey) (string, error) {
+	ed, ok := pub.(ed25519.PublicKey)
+	if !ok {
+		return "", fmt.Errorf("checkpoint key: %T is not an Ed25519 public key", pub)
+	}
+	return note.NewEd25519VerifierKey(name, ed)
 }
 
 // OpenCheckpoint verifies a signed checkpoint note against the verifier key and returns its
@@ -115,7 +122,7 @@ type noteSigner struct {
 }
 
 func newNoteSigner(ctx context.Context, name string, s CheckpointSigner) (*noteSigner, error) {
-	vkey, err := note.NewEd25519VerifierKey(name, s.Public())
+	vkey, err := VerifierKey(name, s.Public())
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint key: %w", err)
 	}

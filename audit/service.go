@@ -61,6 +61,7 @@ type Service struct {
 	shipper  *Shipper
 	cps      *Checkpointer
 	vkey     string
+	commit   *committer
 }
 
 // Open connects to (or starts) Trillian, opens or creates the log tree, and starts the
@@ -131,6 +132,7 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 		return nil, err
 	}
 	s.cfg.Origin = s.cps.Origin()
+	s.commit = newCommitter(cfg.Pool)
 	s.vkey, err = s.cps.VerifierKey()
 	if err != nil {
 		return nil, err
@@ -142,6 +144,9 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 // Events not yet shipped stay in the outbox for the next start.
 func (s *Service) Close(ctx context.Context) error {
 	var errs []error
+	if s.commit != nil {
+		s.commit.close()
+	}
 	if s.shipper != nil {
 		errs = append(errs, s.shipper.Close(ctx))
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
@@ -82,6 +83,10 @@ var errorTable = []mapping{
 	{rules.ErrRuleNotFound, http.StatusNotFound, "rule_not_found"},
 	{rules.ErrVersionConflict, http.StatusConflict, "rule_version_conflict"},
 	{rules.ErrInvalidRule, http.StatusBadRequest, "invalid_rule"},
+	// audit (codes in docs/api.md#audit)
+	{audit.ErrEventNotFound, http.StatusNotFound, "audit_event_not_found"},
+	{audit.ErrNoCheckpoint, http.StatusNotFound, "audit_no_checkpoint"},
+	{audit.ErrInvalidQuery, http.StatusBadRequest, "invalid_audit_query"},
 }
 
 // CodedError is implemented by typed domain errors that carry a stable machine code of their

@@ -19,6 +19,7 @@ func (s *Server) routes() {
 	_ = api // areas mount here: s.mountAudit(api), s.mountDevices(api), …
 	s.mountDevices(api)
 	s.mountAlarms(api)
+	s.mountAudit(api)
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

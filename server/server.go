@@ -48,6 +48,9 @@ type Config struct {
 	Alarms *alarms.Service
 	// Rules is the clinical rules engine (routes in alarms.go). Optional.
 	Rules *rules.Engine
+	// Audit is the audit chain (routes and the state-change audit middleware in audit.go).
+	// Optional.
+	Audit *audit.Service
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every

@@ -1,0 +1,196 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit/leaf"
+)
+
+// ErrEventNotFound is returned for an event id that is not in the outbox.
+var ErrEventNotFound = errors.New("audit event not found")
+
+// ErrInvalidQuery is returned for a malformed filter or cursor.
+var ErrInvalidQuery = errors.New("invalid audit query")
+
+// EventFilter selects events. Empty fields do not filter.
+type EventFilter struct {
+	ActorKind  string
+	ActorID    string
+	Action     string // exact, or a prefix ending in ".*" (e.g. "upload.*")
+	ObjectType string
+	ObjectID   string
+	From, To   time.Time // From ≤ time < To
+	Cursor     string    // from EventPage.NextCursor
+	Limit      int       // default 100, at most 1000
+}
+
+// EventPage is one page of events, newest first.
+type EventPage struct {
+	Events     []StoredEvent `json:"events"`
+	NextCursor string        `json:"next_cursor,omitempty"`
+}
+
+// Events lists events matching f, newest first, with cursor paging. Payloads are left out
+// (fetch a single event for them).
+func (s *Service) Events(ctx context.Context, f EventFilter) (EventPage, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Limit > 1000 {
+		return EventPage{}, fmt.Errorf("%w: limit %d exceeds 1000", ErrInvalidQuery, f.Limit)
+	}
+	var where []string
+	var args []any
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(args))))
+	}
+	if f.ActorKind != "" {
+		add("actor_kind = ?", f.ActorKind)
+	}
+	if f.ActorID != "" {
+		add("actor_id = ?", f.ActorID)
+	}
+	if prefix, ok := strings.CutSuffix(f.Action, ".*"); ok {
+		add("starts_with(action, ?)", prefix+".")
+	} else if f.Action != "" {
+		add("action = ?", f.Action)
+	}
+	if f.ObjectType != "" {
+		add("object_type = ?", f.ObjectType)
+	}
+	if f.ObjectID != "" {
+		add("object_id = ?", f.ObjectID)
+	}
+	if !f.From.IsZero() {
+		add("occurred_at >= ?", f.From)
+	}
+	if !f.To.IsZero() {
+		add("occurred_at < ?", f.To)
+	}
+	if f.Cursor != "" {
+		seq, err := strconv.ParseInt(f.Cursor, 10, 64)
+		if err != nil || seq <= 0 {
+			return EventPage{}, fmt.Errorf("%w: cursor %q", ErrInvalidQuery, f.Cursor)
+		}
+		add("seq < ?", seq)
+	}
+	q := `SELECT ` + eventColumns + ` FROM audit_events`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	args = append(args, f.Limit+1)
+	q += " ORDER BY seq DESC LIMIT $" + strconv.Itoa(len(args))
+	rows, err := s.cfg.Pool.Query(ctx, q, args...)
+	if err != nil {
+		return EventPage{}, fmt.Errorf("list audit events: %w", err)
+	}
+	evs, err := pgx.CollectRows(rows, scanStoredEvent)
+	if err != nil {
+		return EventPage{}, fmt.Errorf("list audit events: %w", err)
+	}
+	page := EventPage{Events: evs}
+	if len(evs) > f.Limit {
+		page.Events = evs[:f.Limit]
+		page.NextCursor = strconv.FormatInt(page.Events[f.Limit-1].Seq, 10)
+	}
+	for i := range page.Events {
+		page.Events[i].Payload = nil
+	}
+	return page, nil
+}
+
+// EventProof is one event with its two-step proof: the event's leaf inside its batch, and
+// the batch leaf inside the log under the latest checkpoint.
+type EventProof struct {
+	Event    StoredEvent `json:"event"`
+	Status   string      `json:"status"` // "outbox", "sealed", "integrated" (after the latest checkpoint), "proven"
+	Encoding []byte      `json:"encoding"`
+	LeafHash []byte      `json:"leaf_hash"`
+	Batch    *BatchProof `json:"batch,omitempty"`
+}
+
+// BatchProof is an event's place in its batch and the batch's place in the log.
+type BatchProof struct {
+	ID         uuid.UUID `json:"id"`
+	Count      int       `json:"count"`
+	Root       []byte    `json:"root"`
+	Index      int       `json:"index"`      // the event's index in the batch
+	Proof      [][]byte  `json:"proof"`      // RFC 6962 inclusion proof of the event in the batch tree
+	LeafIndex  *int64    `json:"leaf_index"` // the batch leaf's index in the log
+	LeafValue  []byte    `json:"leaf_value"` // the batch leaf (docs/audit.md)
+	Inclusion  [][]byte  `json:"inclusion"`  // inclusion proof of the batch leaf under Checkpoint
+	TreeSize   uint64    `json:"tree_size"`  // size of the tree the inclusion proof is for
+	Checkpoint string    `json:"checkpoint"` // the signed checkpoint note
+}
+
+// Event returns one event with its proof.
+func (s *Service) Event(ctx context.Context, id uuid.UUID) (EventProof, error) {
+	row := s.cfg.Pool.QueryRow(ctx, `SELECT `+eventColumns+` FROM audit_events WHERE id = $1`, id)
+	ev, err := scanStoredEventExtra(row)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, ErrEventNotFound)
+	}
+	if err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	}
+	le := ev.Leaf()
+	enc, err := le.Encode()
+	if err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	}
+	lh := leaf.LeafHash(enc)
+	out := EventProof{Event: ev, Status: "outbox", Encoding: enc, LeafHash: lh[:]}
+	if ev.BatchID == nil || ev.BatchIndex == nil {
+		return out, nil
+	}
+	out.Status = "sealed"
+	var (
+		count       int
+		root, hs, v []byte
+		leafIndex   *int64
+	)
+	if err := s.cfg.Pool.QueryRow(ctx, `SELECT count, root, event_hashes, leaf_value, leaf_index FROM audit_batches WHERE id = $1`,
+		*ev.BatchID).Scan(&count, &root, &hs, &v, &leafIndex); err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: batch %s: %w", id, *ev.BatchID, err)
+	}
+	hashes := make([]leaf.Hash, len(hs)/leaf.HashSize)
+	for i := range hashes {
+		copy(hashes[i][:], hs[i*leaf.HashSize:])
+	}
+	tr, err := leaf.NewTree(hashes)
+	if err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	}
+	sub, err := tr.InclusionProof(int(*ev.BatchIndex))
+	if err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	}
+	out.Batch = &BatchProof{ID: *ev.BatchID, Count: count, Root: root, Index: int(*ev.BatchIndex), Proof: hashesToBytes(sub), LeafIndex: leafIndex, LeafValue: v}
+	if leafIndex == nil {
+		return out, nil
+	}
+	out.Status = "integrated"
+	cp, err := LatestCheckpoint(ctx, s.cfg.Pool)
+	if errors.Is(err, ErrNoCheckpoint) || (err == nil && uint64(*leafIndex) >= cp.Size) {
+		return out, nil
+	}
+	if err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	}
+	incl, err := s.log.InclusionProof(ctx, uint64(*leafIndex), cp.Size)
+	if err != nil {
+		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	}
+	out.Status = "proven"
+	out.Batch.Inclusion, out.Batch.TreeSize, out.Batch.Checkpoint = nonNil(incl), cp.Size, cp.Note
+	return out, nil
+}

@@ -1,0 +1,128 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/vigilhealth/vigil/audit"
+)
+
+// Audit routes: the latest signed checkpoint, the verification report, and the audit trail
+// with proofs. Plus the middleware that audits every state-changing request. The logic lives
+// in package audit; this file only translates HTTP.
+func (s *Server) mountAudit(api *echo.Group) {
+	if s.cfg.Audit == nil {
+		return
+	}
+	s.echo.Use(s.auditStateChanges)
+	api.GET("/audit/checkpoint", s.auditCheckpoint)
+	api.GET("/audit/verify", s.auditVerify)
+	api.GET("/audit/events", s.auditEvents)
+	api.GET("/audit/events/:id", s.auditEvent)
+}
+
+// auditStateChanges records every state-changing request (any method but GET, HEAD,
+// OPTIONS) that was not rejected, as `http.request.completed` (or `http.request.failed` for a
+// server error), after the handler ran. Rejections (4xx) are audited by the error handler.
+// Domain code records its own, richer event in the action's transaction; this one
+// guarantees that no state-changing request is missing from the trail.
+func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		err := next(c)
+		switch c.Request().Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+			return err
+		}
+		status := c.Response().Status
+		code := ""
+		if err != nil {
+			status, code, _ = classify(err)
+		}
+		if status >= 400 && status < 500 {
+			return err // audited as http.request.rejected by handleError
+		}
+		ev := EventFor(c)
+		ev.Action, ev.Outcome = "http.request.completed", audit.OutcomeSuccess
+		if status >= 500 {
+			ev.Action, ev.Outcome, ev.Reason = "http.request.failed", audit.OutcomeFailure, code
+		}
+		ev.Object = audit.Object{Type: "http_route", ID: c.Request().Method + " " + routeOf(c)}
+		ev.Time = s.cfg.Now()
+		ev.Payload = map[string]any{"status": status}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
+		defer cancel()
+		if _, aerr := s.cfg.Audit.RecordNow(ctx, ev); aerr != nil {
+			s.log.ErrorContext(ctx, "audit of state-changing request failed", slog.String("request_id", ev.RequestID),
+				slog.String("route", ev.Object.ID), slog.String("error", aerr.Error()))
+		}
+		return err
+	}
+}
+
+func (s *Server) auditCheckpoint(c echo.Context) error {
+	cp, err := s.cfg.Audit.LatestCheckpoint(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	if strings.Contains(c.Request().Header.Get(echo.HeaderAccept), "text/plain") {
+		return c.String(http.StatusOK, cp.Note)
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"origin": s.cfg.Audit.Origin(), "size": cp.Size, "root_hash": cp.Root[:], "note": cp.Note,
+		"key_id": cp.KeyID, "created_at": cp.CreatedAt, "verifier_key": s.cfg.Audit.VerifierKey(),
+	})
+}
+
+func (s *Server) auditVerify(c echo.Context) error {
+	r, err := s.cfg.Audit.Verify(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, r)
+}
+
+func (s *Server) auditEvents(c echo.Context) error {
+	q := c.QueryParams()
+	f := audit.EventFilter{ActorKind: q.Get("actor_kind"), ActorID: q.Get("actor_id"), Action: q.Get("action"),
+		ObjectType: q.Get("object_type"), ObjectID: q.Get("object_id"), Cursor: q.Get("cursor")}
+	for name, dst := range map[string]*time.Time{"from": &f.From, "to": &f.To} {
+		if v := q.Get(name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return BadRequest("invalid_audit_query", name+" must be an RFC 3339 time")
+			}
+			*dst = t
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return BadRequest("invalid_audit_query", "limit must be 1..1000")
+		}
+		f.Limit = n
+	}
+	page, err := s.cfg.Audit.Events(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, page)
+}
+
+func (s *Server) auditEvent(c echo.Context) error {
+	id, err := uuid.Parse(c.Param("id"))
+	if err != nil {
+		return BadRequest("invalid_audit_query", "event id must be a UUID")
+	}
+	p, err := s.cfg.Audit.Event(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
