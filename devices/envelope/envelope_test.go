@@ -25,6 +25,8 @@ func testKey(b byte) ed25519.PrivateKey {
 
 const testDevice = "0192f5a0-7c1e-7b3a-9c44-1d2e3f405162"
 
+var testTime = time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC)
+
 func sampleUpload() *Upload {
 	t0 := time.Date(2026, 11, 28, 3, 0, 0, 0, time.UTC).UnixMilli()
 	return &Upload{
