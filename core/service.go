@@ -64,6 +64,8 @@ type Config struct {
 	// PartitionsAhead is how many days of partitions MaintainPartitions keeps created ahead
 	// of today. Default 7.
 	PartitionsAhead int
+	// Webhook configures outgoing webhook delivery.
+	Webhook WebhookConfig
 	// Logger reports failures of background work and of rules after a committed ingest.
 	// Default slog.Default().
 	Logger *slog.Logger
@@ -113,6 +115,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Webhook.defaults()
 	if cfg.Hub == nil {
 		cfg.Hub = NewHub(HubConfig{})
 	}

@@ -1,0 +1,70 @@
+package core_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+)
+
+// The hub delivers alarm transitions to matching subscribers in order, never blocks the
+// publisher, and disconnects (rather than silently skipping) a subscriber that falls behind.
+// Verifies: REQ-CORE-012
+func TestHubFanOut(t *testing.T) {
+	h := core.NewHub(core.HubConfig{Buffer: 4})
+	p1, p2 := uuid.New(), uuid.New()
+	all := h.Subscribe(core.Filter{})
+	mine := h.Subscribe(core.Filter{Patients: map[uuid.UUID]bool{p1: true}})
+	slow := h.Subscribe(core.Filter{})
+	h.AlarmTransition(context.Background(), alarms.Transition{Kind: alarms.Opened, Alarm: alarms.Alarm{PatientID: p1, Severity: alarms.SeverityHigh}, At: t0})
+	h.Publish(core.Event{Type: "alarm.opened", PatientID: p2})
+	ev := <-all.C
+	if ev.Type != "alarm.opened" || ev.PatientID != p1 || ev.ID != 1 || !ev.At.Equal(t0) {
+		t.Errorf("first event = %+v, want alarm.opened of p1 with id 1", ev)
+	}
+	if ev := <-all.C; ev.PatientID != p2 || ev.ID != 2 {
+		t.Errorf("second event = %+v, want p2 id 2", ev)
+	}
+	if ev := <-mine.C; ev.PatientID != p1 {
+		t.Errorf("filtered subscriber got %+v, want p1 only", ev)
+	}
+	select {
+	case ev := <-mine.C:
+		t.Errorf("filtered subscriber got %+v, want nothing more", ev)
+	default:
+	}
+	done := make(chan struct{})
+	go func() {
+		for i := 0; i < 10; i++ {
+			h.Publish(core.Event{Type: "x", PatientID: p2})
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Publish blocked on a slow subscriber")
+	}
+	n := 0
+	for range slow.C {
+		n++
+	}
+	if !slow.Dropped() || n != 4 {
+		t.Errorf("slow subscriber: dropped %v after %d events, want dropped after 4 (its buffer)", slow.Dropped(), n)
+	}
+	all.Close()
+	all.Close()
+	h.Close()
+	if _, ok := <-mine.C; ok {
+		// drain what was buffered
+		for range mine.C {
+		}
+	}
+	if h.Subscribers() != 0 {
+		t.Errorf("Subscribers() after Close = %d, want 0", h.Subscribers())
+	}
+}

@@ -1,0 +1,462 @@
+package core
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit"
+)
+
+// Webhook signature scheme (documented in docs/clinical.md): each POST carries
+//
+//	Vigil-Event-Id:  <delivery id, stable across retries>
+//	Vigil-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<event id>.<body>")>
+//
+// A receiver recomputes the MAC, rejects a timestamp outside its tolerance (stale or replayed
+// capture) and remembers event ids seen within the tolerance (replays, and our retries of a
+// delivery it already processed).
+const (
+	HeaderSignature = "Vigil-Signature"
+	HeaderEventID   = "Vigil-Event-Id"
+)
+
+// Webhook errors.
+var (
+	// ErrWebhookSignature: the signature header is missing, malformed or does not match.
+	ErrWebhookSignature = errors.New("webhook signature invalid")
+	// ErrWebhookStale: the signed timestamp is outside the receiver's tolerance.
+	ErrWebhookStale = errors.New("webhook timestamp outside tolerance")
+)
+
+// SignWebhook returns the Vigil-Signature header value for body sent as event id at t.
+func SignWebhook(secret []byte, t time.Time, id string, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
+	return "t=" + ts + ",v1=" + hex.EncodeToString(webhookMAC(secret, ts, id, body))
+}
+
+func webhookMAC(secret []byte, ts, id string, body []byte) []byte {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts))
+	m.Write([]byte{'.'})
+	m.Write([]byte(id))
+	m.Write([]byte{'.'})
+	m.Write(body)
+	return m.Sum(nil)
+}
+
+// VerifyWebhook checks a received webhook: the signature header against secret, event id and
+// body, and the timestamp within tolerance of now. Receivers MUST also reject an event id they
+// have already processed.
+func VerifyWebhook(secret []byte, header, id string, body []byte, now time.Time, tolerance time.Duration) error {
+	var ts string
+	var sigs [][]byte
+	for _, part := range strings.Split(header, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			if b, err := hex.DecodeString(v); err == nil {
+				sigs = append(sigs, b)
+			}
+		}
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || len(sigs) == 0 {
+		return fmt.Errorf("%w: malformed header", ErrWebhookSignature)
+	}
+	want := webhookMAC(secret, ts, id, body)
+	ok := false
+	for _, s := range sigs {
+		if hmac.Equal(s, want) {
+			ok = true
+		}
+	}
+	if !ok {
+		return ErrWebhookSignature
+	}
+	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return fmt.Errorf("%w: signed %s ago", ErrWebhookStale, d.Round(time.Second))
+	}
+	return nil
+}
+
+// WebhookConfig configures webhook delivery. Zero values take the documented defaults.
+type WebhookConfig struct {
+	// Client posts deliveries. Default: a client with Timeout.
+	Client *http.Client
+	// Timeout of one delivery attempt. Default 10 s.
+	Timeout time.Duration
+	// MaxAttempts before a delivery is dead-lettered. Default 8.
+	MaxAttempts int
+	// Backoff is the delay after the first failed attempt; it doubles after each further
+	// failure up to MaxBackoff. Defaults 5 s and 1 h.
+	Backoff, MaxBackoff time.Duration
+	// Batch is how many due deliveries one DeliverDue call takes. Default 50.
+	Batch int
+}
+
+func (c *WebhookConfig) defaults() {
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Client == nil {
+		c.Client = &http.Client{Timeout: c.Timeout}
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 8
+	}
+	if c.Backoff <= 0 {
+		c.Backoff = 5 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = time.Hour
+	}
+	if c.Batch <= 0 {
+		c.Batch = 50
+	}
+}
+
+// Webhook is a registered receiver. Its secret is returned only when it is created.
+type Webhook struct {
+	ID         uuid.UUID `json:"id"`
+	URL        string    `json:"url"`
+	EventTypes []string  `json:"event_types"` // event types delivered; "*" for every type
+	Active     bool      `json:"active"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// Delivery is one event to one webhook.
+type Delivery struct {
+	ID            uuid.UUID       `json:"id"` // the Vigil-Event-Id
+	WebhookID     uuid.UUID       `json:"webhook_id"`
+	EventType     string          `json:"event_type"`
+	Payload       json.RawMessage `json:"payload"`
+	Status        string          `json:"status"` // pending, delivered, dead
+	Attempts      int             `json:"attempts"`
+	NextAttemptAt time.Time       `json:"next_attempt_at"`
+	LastStatus    int             `json:"last_status"` // HTTP status of the last attempt (0: no answer)
+	LastError     string          `json:"last_error"`
+	CreatedAt     time.Time       `json:"created_at"`
+	FinishedAt    *time.Time      `json:"finished_at,omitempty"`
+}
+
+// CreateWebhook registers a receiver for eventTypes and returns it with its new 32-byte
+// secret (shown once), audited as "webhook.created".
+func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL string, eventTypes []string) (Webhook, []byte, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return Webhook{}, nil, fmt.Errorf("create webhook: %w: URL must be absolute http(s)", ErrInvalidRequest)
+	}
+	if len(eventTypes) == 0 {
+		return Webhook{}, nil, fmt.Errorf("create webhook: %w: at least one event type (or \"*\")", ErrInvalidRequest)
+	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
+	}
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	w := Webhook{ID: uuid.Must(uuid.NewV7()), URL: u.String(), EventTypes: eventTypes, Active: true, CreatedAt: now}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "INSERT INTO core_webhooks (id, url, secret, event_types, active, created_at) VALUES ($1,$2,$3,$4,true,$5)",
+			w.ID, w.URL, secret, w.EventTypes, now); err != nil {
+			return err
+		}
+		return recordIn(ctx, tx, by, now, "webhook.created", "webhook", w.ID.String(), map[string]any{"url": w.URL, "event_types": eventTypes})
+	})
+	if err != nil {
+		return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
+	}
+	return w, secret, nil
+}
+
+// Webhooks lists the registered webhooks.
+func (s *Service) Webhooks(ctx context.Context) ([]Webhook, error) {
+	rows, err := s.pool.Query(ctx, "SELECT id, url, event_types, active, created_at FROM core_webhooks ORDER BY created_at")
+	if err != nil {
+		return nil, fmt.Errorf("list webhooks: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[Webhook])
+}
+
+// DeleteWebhook removes a webhook and its deliveries, audited as "webhook.deleted".
+func (s *Service) DeleteWebhook(ctx context.Context, by audit.Event, id uuid.UUID) error {
+	now := s.cfg.Now().UTC()
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, "DELETE FROM core_webhooks WHERE id = $1", id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("webhook %s: %w", id, ErrNotFound)
+		}
+		return recordIn(ctx, tx, by, now, "webhook.deleted", "webhook", id.String(), nil)
+	})
+}
+
+// EnqueueWebhooks stores one pending delivery of ev for every active webhook subscribed to its
+// type, and returns how many.
+func (s *Service) EnqueueWebhooks(ctx context.Context, evs ...Event) (int, error) {
+	if len(evs) == 0 {
+		return 0, nil
+	}
+	types := make([]string, len(evs))
+	payloads := make([]string, len(evs))
+	for i, ev := range evs {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return 0, fmt.Errorf("enqueue webhooks: %w", err)
+		}
+		types[i], payloads[i] = ev.Type, string(b)
+	}
+	now := s.cfg.Now().UTC()
+	tag, err := s.pool.Exec(ctx, `INSERT INTO core_webhook_deliveries (id, webhook_id, event_type, payload, status, next_attempt_at, created_at)
+		SELECT gen_random_uuid(), w.id, e.t, e.p::jsonb, 'pending', $3, $3
+		FROM unnest($1::text[], $2::text[]) AS e(t, p)
+		JOIN core_webhooks w ON w.active AND (e.t = ANY(w.event_types) OR '*' = ANY(w.event_types))`,
+		types, payloads, now)
+	if err != nil {
+		return 0, fmt.Errorf("enqueue webhooks: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// DeliverDue posts every pending delivery due at Config.Now() (up to WebhookConfig.Batch),
+// signed, and records the outcome: delivered on a 2xx answer; otherwise retried after an
+// exponential backoff, and dead-lettered (audited "webhook.delivery_dead") after MaxAttempts.
+// It returns the deliveries attempted. Safe to run from several processes (rows are leased).
+func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
+	wc := s.cfg.Webhook
+	now := s.cfg.Now().UTC()
+	rows, err := s.pool.Query(ctx, `UPDATE core_webhook_deliveries d SET next_attempt_at = $2
+		FROM core_webhooks w WHERE w.id = d.webhook_id AND d.id IN (
+			SELECT id FROM core_webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1
+			ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+		RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret`,
+		now, now.Add(2*wc.Timeout), wc.Batch)
+	if err != nil {
+		return nil, fmt.Errorf("deliver webhooks: claim: %w", err)
+	}
+	type job struct {
+		d      Delivery
+		url    string
+		secret []byte
+	}
+	var jobs []job
+	for rows.Next() {
+		var j job
+		if err := rows.Scan(&j.d.ID, &j.d.WebhookID, &j.d.EventType, &j.d.Payload, &j.d.Attempts, &j.url, &j.secret); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("deliver webhooks: %w", err)
+		}
+		jobs = append(jobs, j)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("deliver webhooks: %w", err)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range jobs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(j *job) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			j.d.LastStatus, j.d.LastError = s.post(ctx, j.url, j.secret, j.d.ID.String(), j.d.Payload)
+		}(&jobs[i])
+	}
+	wg.Wait()
+	out := make([]Delivery, 0, len(jobs))
+	var errs []error
+	for _, j := range jobs {
+		d := j.d
+		d.Attempts++
+		done := s.cfg.Now().UTC()
+		switch {
+		case d.LastStatus >= 200 && d.LastStatus < 300:
+			d.Status, d.FinishedAt, d.NextAttemptAt = "delivered", &done, done
+		case d.Attempts >= wc.MaxAttempts:
+			d.Status, d.FinishedAt, d.NextAttemptAt = "dead", &done, done
+		default:
+			back := wc.Backoff << (d.Attempts - 1)
+			if back > wc.MaxBackoff || back <= 0 {
+				back = wc.MaxBackoff
+			}
+			d.Status, d.NextAttemptAt = "pending", done.Add(back)
+		}
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `UPDATE core_webhook_deliveries SET status = $2, attempts = $3, next_attempt_at = $4,
+				last_status = $5, last_error = $6, finished_at = $7 WHERE id = $1`,
+				d.ID, d.Status, d.Attempts, d.NextAttemptAt, d.LastStatus, d.LastError, d.FinishedAt); err != nil {
+				return err
+			}
+			if d.Status == "pending" {
+				return nil
+			}
+			action, outcome := "webhook.delivered", audit.OutcomeSuccess
+			if d.Status == "dead" {
+				action, outcome = "webhook.delivery_dead", audit.OutcomeFailure
+			}
+			_, err := audit.Record(ctx, tx, audit.Event{Time: done, Action: action, Outcome: outcome,
+				Actor:  audit.Actor{Kind: audit.ActorService, ID: "core.webhooks", AuthMethod: "internal"},
+				Object: audit.Object{Type: "webhook_delivery", ID: d.ID.String()}, Reason: reasonOf(d),
+				Payload: map[string]any{"webhook_id": d.WebhookID, "event_type": d.EventType, "attempts": d.Attempts, "last_status": d.LastStatus}})
+			return err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("deliver webhooks: record %s: %w", d.ID, err))
+		}
+		out = append(out, d)
+	}
+	return out, errors.Join(errs...)
+}
+
+func reasonOf(d Delivery) string {
+	if d.Status != "dead" {
+		return ""
+	}
+	if d.LastStatus != 0 {
+		return "http_" + strconv.Itoa(d.LastStatus)
+	}
+	return "no_answer"
+}
+
+// post sends one signed attempt and returns the HTTP status (0 when there was no answer) and
+// an error description.
+func (s *Service) post(ctx context.Context, target string, secret []byte, id string, body []byte) (int, string) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Webhook.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
+	if err != nil {
+		return 0, err.Error()
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(HeaderEventID, id)
+	req.Header.Set(HeaderSignature, SignWebhook(secret, s.cfg.Now(), id, body))
+	resp, err := s.cfg.Webhook.Client.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return resp.StatusCode, resp.Status
+	}
+	return resp.StatusCode, ""
+}
+
+// DeliveryFilter selects deliveries for Deliveries.
+type DeliveryFilter struct {
+	Status    string    // "pending", "delivered", "dead"; empty for all
+	WebhookID uuid.UUID // zero for all
+	Limit     int       // default 100, at most 1000
+}
+
+// Deliveries lists deliveries, newest first (the dead letters with Status "dead").
+func (s *Service) Deliveries(ctx context.Context, f DeliveryFilter) ([]Delivery, error) {
+	if f.Status != "" && !slices.Contains([]string{"pending", "delivered", "dead"}, f.Status) {
+		return nil, fmt.Errorf("list deliveries: %w: status %q", ErrInvalidRequest, f.Status)
+	}
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Limit > 1000 {
+		f.Limit = 1000
+	}
+	var st any
+	if f.Status != "" {
+		st = f.Status
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, webhook_id, event_type, payload, status, attempts, next_attempt_at,
+		last_status, last_error, created_at, finished_at FROM core_webhook_deliveries
+		WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR webhook_id = $2)
+		ORDER BY created_at DESC, id DESC LIMIT $3`, st, nullUUID(f.WebhookID), f.Limit)
+	if err != nil {
+		return nil, fmt.Errorf("list deliveries: %w", err)
+	}
+	return pgx.CollectRows(rows, pgx.RowToStructByPos[Delivery])
+}
+
+// Redeliver puts a dead-lettered delivery back in the queue (attempts reset, due now),
+// audited as "webhook.redelivery_requested". ErrNotFound unless the delivery is dead.
+func (s *Service) Redeliver(ctx context.Context, by audit.Event, id uuid.UUID) error {
+	now := s.cfg.Now().UTC()
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE core_webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2,
+			finished_at = NULL WHERE id = $1 AND status = 'dead'`, id, now)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("dead delivery %s: %w", id, ErrNotFound)
+		}
+		return recordIn(ctx, tx, by, now, "webhook.redelivery_requested", "webhook_delivery", id.String(), nil)
+	})
+}
+
+// RunWebhooks feeds every Hub event into the webhook outbox and delivers due deliveries every
+// interval, until ctx ends. Failures are logged and retried.
+func (s *Service) RunWebhooks(ctx context.Context, interval time.Duration) {
+	sub := s.hub.Subscribe(Filter{})
+	defer sub.Close()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var pending []Event
+	flush := func() {
+		if len(pending) == 0 {
+			return
+		}
+		if _, err := s.EnqueueWebhooks(ctx, pending...); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.ErrorContext(ctx, "core: enqueue webhooks", slog.Int("events", len(pending)), slog.String("error", err.Error()))
+			return // kept, retried at the next tick
+		}
+		pending = pending[:0]
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-sub.C:
+			if !ok {
+				if sub.Dropped() {
+					s.cfg.Logger.ErrorContext(ctx, "core: webhook feed fell behind the hub; resubscribing")
+					sub = s.hub.Subscribe(Filter{})
+					continue
+				}
+				return
+			}
+			pending = append(pending, ev)
+			if len(pending) >= 100 {
+				flush()
+			}
+		case <-t.C:
+			flush()
+			if _, err := s.DeliverDue(ctx); err != nil && ctx.Err() == nil {
+				s.cfg.Logger.ErrorContext(ctx, "core: deliver webhooks", slog.String("error", err.Error()))
+			}
+		}
+	}
+}
