@@ -275,11 +275,14 @@ func (c *Client) deliverHead(ctx context.Context) (*Receipt, error) {
 	return nil, fmt.Errorf("sdk: upload not delivered after %d attempts: %w", c.cfg.MaxAttempts, last)
 }
 
-// sign gives the item a new sequence number (recorded before the envelope can leave the
-// device) and signs it with sent_at now.
+// sign gives the item a new sequence number, above every one used before (recorded before
+// the envelope can leave the device), and signs it with sent_at now.
 func (c *Client) sign(it *item) error {
+	// Sequence numbers follow the clock (microseconds) when it is ahead of the counter, so a
+	// device whose buffer was lost (factory reset, memory-only buffer) still continues above
+	// every number it used before instead of being refused for replay.
 	next := c.st
-	next.LastSeq++
+	next.LastSeq = max(c.st.LastSeq+1, uint64(max(c.cfg.Now().UnixMicro(), 0)))
 	if err := c.store.putState(next); err != nil {
 		return fmt.Errorf("sdk: %w", err)
 	}

@@ -288,7 +288,8 @@ func (m *monitor) run(runCtx, ctx context.Context, cfg *Config, start time.Time)
 		if m.patient.Scenario == Offline && offset >= cfg.OfflineAfter && offset < cfg.OfflineAfter+cfg.OfflineFor {
 			continue // no network: the upload waits in the buffer
 		}
-		fctx, cancel := context.WithTimeout(runCtx, cfg.SendTimeout)
+		// The delivery in progress when the run ends is let finish (bounded by SendTimeout).
+		fctx, cancel := context.WithTimeout(ctx, cfg.SendTimeout)
 		m.flush(fctx)
 		cancel()
 	}
