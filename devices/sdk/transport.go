@@ -3,6 +3,8 @@ package sdk
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,4 +136,42 @@ func isRejected(err error) (*RejectedError, bool) {
 	var re *RejectedError
 	ok := errors.As(err, &re)
 	return re, ok
+}
+
+// ReceiptKeyPath is where Vigil publishes its receipt-signing public key.
+const ReceiptKeyPath = "/api/v1/uploads/receipt-key"
+
+// ReceiptKey fetches Vigil's receipt-signing public key (GET /api/v1/uploads/receipt-key).
+// Trust on first use: a device should pin the key it got at provisioning time (or get it
+// out of band) rather than fetch it before every verification.
+func (t *HTTPTransport) ReceiptKey(ctx context.Context) (keyID string, pub crypto.PublicKey, err error) {
+	url := strings.TrimRight(t.BaseURL, "/") + ReceiptKeyPath
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	resp, err := t.client().Do(req)
+	if err != nil {
+		return "", nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBytes))
+	if err != nil {
+		return "", nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", nil, ParseErrorAnswer(resp.StatusCode, resp.Header.Get("Retry-After"), b)
+	}
+	var ans struct {
+		KeyID string `json:"key_id"`
+		DER   []byte `json:"public_key_der"`
+	}
+	if err := json.Unmarshal(b, &ans); err != nil {
+		return "", nil, fmt.Errorf("receipt key answer: %w", err)
+	}
+	pub, err = x509.ParsePKIXPublicKey(ans.DER)
+	if err != nil {
+		return "", nil, fmt.Errorf("receipt key answer: %w", err)
+	}
+	return ans.KeyID, pub, nil
 }
