@@ -14,8 +14,17 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/core/rules/rulestest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
+
+// The test History itself meets the contract the engine relies on.
+// Verifies: REQ-CORE-107
+func TestHistoryConformance(t *testing.T) {
+	h := &history{}
+	rulestest.TestHistory(t, h, func(*testing.T) uuid.UUID { return uuid.New() },
+		func(_ *testing.T, obs []rules.Observation) { h.add(obs...) })
+}
 
 type clock struct {
 	mu sync.Mutex
