@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/server"
 )
 
 // This file wires the clinical rules engine and the alarm service to core: core calls the
@@ -109,4 +110,17 @@ func (c *clinical) Close(ctx context.Context) error {
 	c.stop()
 	c.wg.Wait()
 	return c.engine.Close(ctx)
+}
+
+// wireClinical starts the rules engine and alarm service on core and hands them to the server
+// (routes in server/alarms.go). Call it after core.New(core.Config{…, Rules: hook}) with the
+// same hook; it adds its closer to sys.
+func wireClinical(ctx context.Context, sys *system, srvCfg *server.Config, coreSvc *core.Service, hook *ruleHook) error {
+	cl, err := startClinical(ctx, sys.pool, coreSvc, hook, slog.Default())
+	if err != nil {
+		return err
+	}
+	sys.closers = append(sys.closers, cl.Close)
+	srvCfg.Alarms, srvCfg.Rules = cl.alarms, cl.engine
+	return nil
 }
