@@ -24,6 +24,9 @@ type Config struct {
 	// TrillianAddr is the gRPC address of an external Trillian log server (host:port). Empty
 	// (the default) runs Trillian embedded in this process on the same database.
 	TrillianAddr string
+	// ReadOnly runs the embedded Trillian without its sequencer: for commands (verify,
+	// export) that run beside a `vigil serve` on the same database. Default false.
+	ReadOnly bool
 	// Signer signs checkpoints. Required.
 	Signer CheckpointSigner
 	// Origin is the checkpoint origin and note key name. Default
@@ -106,7 +109,7 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if addr == "" {
 		s.embedded, err = trillianembed.Start(ctx, trillianembed.Config{
 			DatabaseURL: cfg.DatabaseURL, SequencerInterval: cfg.SequencerInterval,
-			SequencerBatchSize: cfg.SequencerBatchSize, Logger: cfg.Logger,
+			SequencerBatchSize: cfg.SequencerBatchSize, Logger: cfg.Logger, NoSequencer: cfg.ReadOnly,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("audit: start embedded Trillian: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -26,6 +27,9 @@ type ShipperConfig struct {
 	// Window is how often the shipper seals the pending events into batches (the batching
 	// window). Default 200ms.
 	Window time.Duration
+	// PollInterval is how often the shipper looks for the integration of submitted batches
+	// (Trillian's sequencer integrates them on its own schedule). Default 50ms.
+	PollInterval time.Duration
 	// MaxBackoff bounds the wait between retries while the log or database fails. The wait
 	// starts at Window and doubles. Default 10s.
 	MaxBackoff time.Duration
@@ -68,6 +72,8 @@ type Shipper struct {
 	done   chan struct{}
 	wake   chan struct{}
 	closed sync.Once
+
+	lastFull atomic.Bool // the last pass sealed a full batch
 }
 
 // NewShipper checks cfg and returns a stopped shipper: call Start, or drive it with Step.
@@ -80,6 +86,9 @@ func NewShipper(cfg ShipperConfig) (*Shipper, error) {
 	}
 	if cfg.Window <= 0 {
 		cfg.Window = 200 * time.Millisecond
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 50 * time.Millisecond
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 10 * time.Second
@@ -148,8 +157,10 @@ func (s *Shipper) loop(ctx context.Context) {
 			wait = min(max(wait*2, s.cfg.Window), s.cfg.MaxBackoff)
 			s.cfg.Logger.WarnContext(ctx, "audit shipper pass failed; retrying", slog.String("error", err.Error()),
 				slog.Duration("retry_in", wait))
+		case busy && s.lastFull.Load():
+			wait = 0 // a full batch was sealed: more may wait, next pass at once
 		case busy:
-			wait = 0 // more to do: next pass at once
+			wait = min(s.cfg.PollInterval, s.cfg.Window) // batches wait for the sequencer
 		default:
 			wait = s.cfg.Window
 		}
@@ -175,6 +186,7 @@ func (s *Shipper) loop(ctx context.Context) {
 func (s *Shipper) Step(ctx context.Context) (busy bool, err error) {
 	defer func() { s.finishPass(ctx, err) }()
 	full, err := s.seal(ctx)
+	s.lastFull.Store(full)
 	if err != nil {
 		return false, err
 	}

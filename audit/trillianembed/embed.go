@@ -48,6 +48,9 @@ type Config struct {
 	SequencerInterval time.Duration
 	// SequencerBatchSize is the most leaves one sequencing pass integrates. Default 1000.
 	SequencerBatchSize int
+	// NoSequencer runs the log server only: for commands that read the log (verify, export)
+	// while a `vigil serve` on the same database sequences it.
+	NoSequencer bool
 	// Logger is accepted for symmetry with the other workers; Trillian itself logs through
 	// klog to stderr (its own choice, outside Vigil's control). Default slog.Default().
 	Logger *slog.Logger
@@ -122,7 +125,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &Server{addr: ln.Addr().String(), pool: pool, grpc: gs, cancel: cancel}
-	s.wg.Add(2)
+	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		if err := gs.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
@@ -144,7 +147,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			TimeSource:         clock.System,
 		},
 	}
+	if cfg.NoSequencer {
+		return s, nil
+	}
 	om := log.NewOperationManager(info, log.NewSequencerManager(registry, 0))
+	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		om.OperationLoop(runCtx)

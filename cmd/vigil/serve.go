@@ -13,6 +13,7 @@ import (
 func addRunFlags(cmd *cobra.Command, rc *runConfig) {
 	cmd.Flags().StringVar(&rc.Listen, "listen", envOr("VIGIL_LISTEN", "127.0.0.1:8080"), "address to listen on (env VIGIL_LISTEN)")
 	cmd.Flags().StringVar(&rc.DataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory for local state: key ring, demo database (env VIGIL_DATA_DIR)")
+	cmd.Flags().StringVar(&rc.TrillianAddr, "trillian-addr", envOr("VIGIL_TRILLIAN_ADDR", ""), "external Trillian log server host:port; empty runs Trillian embedded (env VIGIL_TRILLIAN_ADDR)")
 }
 
 func newServeCmd() *cobra.Command {

@@ -15,10 +15,11 @@ import (
 
 // runConfig is what `serve` and `demo` share, read from flags and VIGIL_* variables.
 type runConfig struct {
-	Listen      string // --listen, VIGIL_LISTEN
-	DataDir     string // --data-dir, VIGIL_DATA_DIR
-	DatabaseURL string // VIGIL_DATABASE_URL only (it may carry a password)
-	Demo        bool   // started by `vigil demo`
+	Listen       string // --listen, VIGIL_LISTEN
+	DataDir      string // --data-dir, VIGIL_DATA_DIR
+	DatabaseURL  string // VIGIL_DATABASE_URL only (it may carry a password)
+	TrillianAddr string // --trillian-addr, VIGIL_TRILLIAN_ADDR: external Trillian; empty = embedded
+	Demo         bool   // started by `vigil demo`
 }
 
 // system is the running set of services behind one server. Areas add their services here and
@@ -76,6 +77,15 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		Logger:  slog.Default(),
 		Version: version,
 	}
+
+	// The audit chain: embedded (or external) Trillian, shipper, checkpointer (audit.go).
+	auditSvc, closeAudit, err := openAudit(ctx, rc, pool, false)
+	if err != nil {
+		return nil, err
+	}
+	sys.closers = append(sys.closers, closeAudit)
+	srvCfg.Audit = auditSvc
+	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "audit", Check: auditSvc.Ready})
 	srv, err := server.New(srvCfg)
 	if err != nil {
 		return nil, err

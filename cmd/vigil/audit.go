@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/keys"
+)
+
+func init() { subcommands = append(subcommands, newAuditCmd) }
+
+// demoPassphrase seals the demo's local key ring when VIGIL_KEYRING_PASSPHRASE is unset.
+// It protects nothing: the demo is not for production (keys.LocalWarning).
+const demoPassphrase = "vigil-demo-keyring-not-secret"
+
+// auditSigner opens the local key ring in the data directory and returns the signer of the
+// audit checkpoint key (created on first use), and a closer for the ring. The passphrase
+// comes from VIGIL_KEYRING_PASSPHRASE (environment only); `vigil demo` has a fixed one.
+func auditSigner(ctx context.Context, dataDir string, demo bool) (audit.CheckpointSigner, func(context.Context) error, error) {
+	pass := os.Getenv("VIGIL_KEYRING_PASSPHRASE")
+	if pass == "" {
+		if !demo {
+			return nil, nil, errors.New("VIGIL_KEYRING_PASSPHRASE is not set (it seals the local key ring in the data directory)")
+		}
+		pass = demoPassphrase
+	}
+	slog.WarnContext(ctx, keys.LocalWarning)
+	local, err := keys.NewLocal(keys.LocalConfig{Dir: filepath.Join(dataDir, "keys"), Passphrase: []byte(pass)})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open key ring: %w", err)
+	}
+	ring, err := keys.NewRing(keys.Config{Backend: local})
+	if err != nil {
+		_ = local.Close()
+		return nil, nil, fmt.Errorf("open key ring: %w", err)
+	}
+	closeRing := func(context.Context) error { return ring.Close() }
+	if _, err := ring.EnsureKeys(ctx); err != nil {
+		_ = ring.Close()
+		return nil, nil, err
+	}
+	s, err := ring.Signer(ctx, keys.AuditCheckpoint)
+	if err != nil {
+		_ = ring.Close()
+		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	return s, closeRing, nil
+}
+
+// openAudit starts the audit chain for serve/demo (workers running) or for a command
+// (readOnly: idle workers, embedded Trillian without its sequencer).
+func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, readOnly bool) (*audit.Service, func(context.Context) error, error) {
+	signer, closeRing, err := auditSigner(ctx, rc.DataDir, rc.Demo)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := audit.Config{Pool: pool, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
+		ReadOnly: readOnly, Logger: slog.Default()}
+	var svc *audit.Service
+	if readOnly {
+		svc, err = audit.OpenIdle(ctx, cfg)
+	} else {
+		svc, err = audit.Open(ctx, cfg)
+	}
+	if err != nil {
+		_ = closeRing(ctx)
+		return nil, nil, err
+	}
+	return svc, func(ctx context.Context) error { return errors.Join(svc.Close(ctx), closeRing(ctx)) }, nil
+}
+
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Verify, export and load-test the audit chain",
+		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
+batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
+	}
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditBenchCmd())
+	return cmd
+}
+
+// addAuditDBFlags adds the flags of commands that read the installation's audit chain.
+func addAuditDBFlags(cmd *cobra.Command, rc *runConfig) {
+	cmd.Flags().StringVar(&rc.DataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory of the local key ring (env VIGIL_DATA_DIR)")
+	cmd.Flags().StringVar(&rc.TrillianAddr, "trillian-addr", envOr("VIGIL_TRILLIAN_ADDR", ""), "external Trillian log server host:port; empty runs it embedded (env VIGIL_TRILLIAN_ADDR)")
+}
+
+func newAuditVerifyCmd() *cobra.Command {
+	var (
+		rc       runConfig
+		asJSON   bool
+		packFile string
+		key      string
+	)
+	cmd := &cobra.Command{
+		Use:   "verify",
+		Short: "Verify the audit trail end to end (or an exported pack, offline)",
+		Long: `Verify recomputes every event's leaf from its database row, checks each batch leaf's inclusion
+under the latest signed checkpoint, checks consistency across all stored checkpoints and with
+the live log, and reports events not yet in the log (with their age), rows modified, deleted
+or added without a leaf, a truncated outbox and a forked log.
+
+With --pack it verifies an audit pack written by 'vigil audit export', offline: no database,
+no log, no trust in the server. Give --key (the operator's published verifier key) to check
+the pack's signer; without it the key inside the pack is used and shown.
+
+Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification could not run.`,
+		Example: `  VIGIL_DATABASE_URL=… VIGIL_KEYRING_PASSPHRASE=… vigil audit verify --json
+  vigil audit verify --pack audit-2026-11.pack --key 'vigil.audit/…+1234abcd+AAAA…'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			if packFile != "" {
+				data, err := os.ReadFile(packFile)
+				if err != nil {
+					return err
+				}
+				rep, err := audit.VerifyPack(data, key)
+				if err != nil {
+					if asJSON {
+						_ = json.NewEncoder(out).Encode(map[string]any{"ok": false, "error": err.Error()})
+					} else {
+						fmt.Fprintf(out, "FAILED: %v\n", err)
+					}
+					return &exitError{code: 1, err: err}
+				}
+				if asJSON {
+					return json.NewEncoder(out).Encode(map[string]any{"ok": true, "pack": rep})
+				}
+				fmt.Fprintf(out, "pack of %s, signed by %s\n", rep.Origin, rep.VerifierKey)
+				fmt.Fprintf(out, "range %s – %s; %d checkpoints (tree size %d); %d batches; %d events (%d pending, not in the pack)\n",
+					rep.From.Format(time.RFC3339), rep.To.Format(time.RFC3339), rep.Checkpoints, rep.TreeSize, rep.Batches, len(rep.Events), rep.Pending)
+				for _, e := range rep.Events {
+					fmt.Fprintf(out, "  %s %s %-28s %s/%s %s leaf %d\n", e.Time.Format(time.RFC3339Nano), e.ID, e.Action, e.ActorKind, e.ObjectType, e.Outcome, e.LeafIndex)
+				}
+				fmt.Fprintln(out, "OK: every event is proven under the signed checkpoints")
+				return nil
+			}
+			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			pool, err := openPool(ctx, rc.DatabaseURL)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			svc, closeSvc, err := openAudit(ctx, rc, pool, true)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
+			rep, err := svc.Verify(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				err = json.NewEncoder(out).Encode(rep)
+			} else {
+				err = rep.WriteText(out)
+			}
+			if err != nil {
+				return err
+			}
+			if !rep.OK {
+				return &exitError{code: 1, err: fmt.Errorf("audit verify: %d finding(s)", len(rep.Findings))}
+			}
+			return nil
+		},
+	}
+	addAuditDBFlags(cmd, &rc)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().StringVar(&packFile, "pack", "", "verify this audit pack offline instead of the database")
+	cmd.Flags().StringVar(&key, "key", "", "with --pack: the verifier key to trust (default: the pack's own, shown)")
+	return cmd
+}
+
+func newAuditExportCmd() *cobra.Command {
+	var (
+		rc        runConfig
+		from, to  string
+		outFile   string
+		revealIDs bool
+	)
+	cmd := &cobra.Command{
+		Use:   "export",
+		Short: "Write a signed, self-contained audit pack of a time range",
+		Long: `Export writes the events of [--from, --to) that are proven under the latest checkpoint, with
+their batch sub-proofs, the batch leaves' inclusion proofs, every signed checkpoint with its
+consistency proof, and the public key, as one signed file. 'vigil audit verify --pack FILE'
+verifies it offline. Payloads are never exported; --reveal-ids adds the plaintext actor,
+object and request ids and source addresses (with their salts) so they can be checked too.`,
+		Example: `  vigil audit export --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out audit-2026-11.pack`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			var opt audit.ExportOptions
+			var err error
+			if opt.From, err = time.Parse(time.RFC3339Nano, from); err != nil {
+				return fmt.Errorf("--from: %w", err)
+			}
+			if opt.To, err = time.Parse(time.RFC3339Nano, to); err != nil {
+				return fmt.Errorf("--to: %w", err)
+			}
+			opt.RevealIDs = revealIDs
+			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			pool, err := openPool(ctx, rc.DatabaseURL)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			svc, closeSvc, err := openAudit(ctx, rc, pool, true)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
+			var w io.Writer = cmd.OutOrStdout()
+			var f *os.File
+			if outFile != "" && outFile != "-" {
+				if f, err = os.OpenFile(outFile, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err != nil {
+					return err
+				}
+				w = f
+			}
+			n, err := svc.Export(ctx, w, opt)
+			if f != nil {
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					_ = os.Remove(outFile)
+				}
+			}
+			if err != nil {
+				return err
+			}
+			slog.InfoContext(ctx, "audit pack written", slog.Int("events", n), slog.String("file", outFile))
+			return nil
+		},
+	}
+	addAuditDBFlags(cmd, &rc)
+	cmd.Flags().StringVar(&from, "from", "", "start of the range (RFC 3339, inclusive)")
+	cmd.Flags().StringVar(&to, "to", "", "end of the range (RFC 3339, exclusive)")
+	cmd.Flags().StringVar(&outFile, "out", "-", "file to write (must not exist); - for stdout")
+	cmd.Flags().BoolVar(&revealIDs, "reveal-ids", false, "include plaintext identifiers with their salts (never payloads)")
+	_ = cmd.MarkFlagRequired("from")
+	_ = cmd.MarkFlagRequired("to")
+	return cmd
+}
