@@ -18,6 +18,9 @@ type HubConfig struct {
 	// disconnected (its channel closed, Dropped() true) rather than slowing the publisher or
 	// silently missing events: an SSE client reconnects and reloads state. Default 1024.
 	Buffer int
+	// Replay is how many recent events the Hub keeps so that a reconnecting stream resumes
+	// after its Last-Event-ID without a gap (SubscribeAfter). Default 4096.
+	Replay int
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -25,7 +28,7 @@ type HubConfig struct {
 // Event is one notification. Data is JSON; it may hold PHI (alarm messages), so it is sent
 // only to authorized streams and never logged.
 type Event struct {
-	ID        uint64          `json:"id"`   // increasing per Hub
+	ID        uint64          `json:"id"`   // increasing; starts at the Hub's creation time in µs, so ids grow across restarts
 	Type      string          `json:"type"` // e.g. "alarm.opened", "alarm.acknowledged"
 	PatientID uuid.UUID       `json:"patient_id"`
 	At        time.Time       `json:"at"`
@@ -55,6 +58,8 @@ type Hub struct {
 	seq    atomic.Uint64
 	mu     sync.RWMutex
 	subs   map[*Subscription]struct{}
+	ring   []Event // the last cfg.Replay events, oldest first once full
+	head   int
 	closed bool
 }
 
@@ -74,10 +79,48 @@ func NewHub(cfg HubConfig) *Hub {
 	if cfg.Buffer <= 0 {
 		cfg.Buffer = 1024
 	}
+	if cfg.Replay <= 0 {
+		cfg.Replay = 4096
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}}
+	h := &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}}
+	h.seq.Store(uint64(cfg.Now().UnixMicro()))
+	return h
+}
+
+// SubscribeAfter is Subscribe for a stream resuming after event lastID (an SSE Last-Event-ID):
+// the retained events after lastID that match f are queued first, with no gap before live
+// ones. complete is false when events after lastID may have been lost (too old for the replay
+// buffer, or from another process lifetime): the client must reload its state.
+func (h *Hub) SubscribeAfter(f Filter, lastID uint64) (sub *Subscription, complete bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := make(chan Event, h.cfg.Buffer+h.cfg.Replay)
+	s := &Subscription{C: c, c: c, hub: h, filter: f}
+	if h.closed {
+		close(c)
+		return s, false
+	}
+	h.subs[s] = struct{}{}
+	last := h.seq.Load()
+	old := h.retained()
+	complete = lastID <= last && (len(old) > 0 && old[0].ID <= lastID+1 || len(old) == 0 && lastID == last)
+	for _, ev := range old {
+		if ev.ID > lastID && f.match(&ev) {
+			c <- ev
+		}
+	}
+	return s, complete
+}
+
+// retained returns the replay buffer oldest first; h.mu held.
+func (h *Hub) retained() []Event {
+	if len(h.ring) < h.cfg.Replay {
+		return h.ring
+	}
+	return append(append([]Event(nil), h.ring[h.head:]...), h.ring[:h.head]...)
 }
 
 // Subscribe returns a new subscription with filter f.
@@ -114,12 +157,18 @@ func (s *Subscription) Dropped() bool { return s.dropped.Load() }
 // Publish assigns ev an id (and a time when zero) and queues it for every matching
 // subscriber, without blocking. It returns the id.
 func (h *Hub) Publish(ev Event) uint64 {
-	ev.ID = h.seq.Add(1)
 	if ev.At.IsZero() {
 		ev.At = h.cfg.Now()
 	}
 	var slow []*Subscription
-	h.mu.RLock()
+	h.mu.Lock()
+	ev.ID = h.seq.Add(1)
+	if len(h.ring) < h.cfg.Replay {
+		h.ring = append(h.ring, ev)
+	} else {
+		h.ring[h.head] = ev
+		h.head = (h.head + 1) % h.cfg.Replay
+	}
 	for s := range h.subs {
 		if !s.filter.match(&ev) {
 			continue
@@ -130,15 +179,11 @@ func (h *Hub) Publish(ev Event) uint64 {
 			slow = append(slow, s)
 		}
 	}
-	h.mu.RUnlock()
-	if len(slow) > 0 {
-		h.mu.Lock()
-		for _, s := range slow {
-			s.dropped.Store(true)
-			s.closeLocked()
-		}
-		h.mu.Unlock()
+	for _, s := range slow {
+		s.dropped.Store(true)
+		s.closeLocked()
 	}
+	h.mu.Unlock()
 	return ev.ID
 }
 

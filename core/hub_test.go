@@ -15,7 +15,7 @@ import (
 // publisher, and disconnects (rather than silently skipping) a subscriber that falls behind.
 // Verifies: REQ-CORE-012
 func TestHubFanOut(t *testing.T) {
-	h := core.NewHub(core.HubConfig{Buffer: 4})
+	h := core.NewHub(core.HubConfig{Buffer: 4, Replay: 16})
 	p1, p2 := uuid.New(), uuid.New()
 	all := h.Subscribe(core.Filter{})
 	mine := h.Subscribe(core.Filter{Patients: map[uuid.UUID]bool{p1: true}})
@@ -23,11 +23,21 @@ func TestHubFanOut(t *testing.T) {
 	h.AlarmTransition(context.Background(), alarms.Transition{Kind: alarms.Opened, Alarm: alarms.Alarm{PatientID: p1, Severity: alarms.SeverityHigh}, At: t0})
 	h.Publish(core.Event{Type: "alarm.opened", PatientID: p2})
 	ev := <-all.C
-	if ev.Type != "alarm.opened" || ev.PatientID != p1 || ev.ID != 1 || !ev.At.Equal(t0) {
-		t.Errorf("first event = %+v, want alarm.opened of p1 with id 1", ev)
+	if ev.Type != "alarm.opened" || ev.PatientID != p1 || !ev.At.Equal(t0) {
+		t.Errorf("first event = %+v, want alarm.opened of p1", ev)
 	}
-	if ev := <-all.C; ev.PatientID != p2 || ev.ID != 2 {
-		t.Errorf("second event = %+v, want p2 id 2", ev)
+	first := ev.ID
+	if ev := <-all.C; ev.PatientID != p2 || ev.ID != first+1 {
+		t.Errorf("second event = %+v, want p2 id %d", ev, first+1)
+	}
+	// A stream resuming after the first event gets the second, then live ones, no gap.
+	re, complete := h.SubscribeAfter(core.Filter{}, first)
+	if ev := <-re.C; !complete || ev.ID != first+1 {
+		t.Errorf("SubscribeAfter(%d) = %+v (complete %v), want event %d", first, ev, complete, first+1)
+	}
+	re.Close()
+	if _, complete := h.SubscribeAfter(core.Filter{}, first+100); complete {
+		t.Error("SubscribeAfter(an id from the future) complete, want a reset")
 	}
 	if ev := <-mine.C; ev.PatientID != p1 {
 		t.Errorf("filtered subscriber got %+v, want p1 only", ev)

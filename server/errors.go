@@ -8,6 +8,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
@@ -87,6 +88,14 @@ var errorTable = []mapping{
 	{audit.ErrEventNotFound, http.StatusNotFound, "audit_event_not_found"},
 	{audit.ErrNoCheckpoint, http.StatusNotFound, "audit_no_checkpoint"},
 	{audit.ErrInvalidQuery, http.StatusBadRequest, "invalid_audit_query"},
+	// clinical core (codes in docs/api.md#clinical-core; a rejected batch carries the code of
+	// its first bad sample: unknown_code, wrong_unit, impossible_value, …)
+	{core.ErrInvalidBatch, http.StatusUnprocessableEntity, "invalid_batch"},
+	{core.ErrUnknownPatient, http.StatusUnprocessableEntity, "unknown_patient"},
+	{core.ErrNotFound, http.StatusNotFound, "not_found"},
+	{core.ErrInvalidRequest, http.StatusBadRequest, "invalid_request"},
+	{core.ErrConflict, http.StatusConflict, "conflict"},
+	{core.ErrNoPHISealer, http.StatusServiceUnavailable, "phi_unavailable"},
 }
 
 // CodedError is implemented by typed domain errors that carry a stable machine code of their

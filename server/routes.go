@@ -20,6 +20,7 @@ func (s *Server) routes() {
 	s.mountDevices(api)
 	s.mountAlarms(api)
 	s.mountAudit(api)
+	s.mountCore(api)
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

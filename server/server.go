@@ -15,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
@@ -51,6 +52,9 @@ type Config struct {
 	// Audit is the audit chain (routes and the state-change audit middleware in audit.go).
 	// Optional.
 	Audit *audit.Service
+	// Core is the clinical core: patients, observations, the notification stream and webhooks
+	// (routes in core.go). Optional.
+	Core *core.Service
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every

@@ -1,0 +1,459 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/vigilhealth/vigil/core"
+)
+
+// Clinical core routes: patients, sites and wards, care teams, observations (raw and
+// downsampled), the notification stream (SSE) and webhooks. Business rules live in core; this
+// file only translates HTTP.
+func (s *Server) mountCore(api *echo.Group) {
+	if s.cfg.Core == nil {
+		return
+	}
+	api.GET("/codes", s.coreCodes)
+	api.GET("/sites", s.coreListSites)
+	api.POST("/sites", s.coreCreateSite)
+	api.GET("/sites/:id/wards", s.coreListWards)
+	api.POST("/sites/:id/wards", s.coreCreateWard)
+	api.GET("/patients", s.coreListPatients)
+	api.POST("/patients", s.coreCreatePatient)
+	api.GET("/patients/:id", s.coreGetPatient)
+	api.POST("/patients/:id/discharge", s.coreDischargePatient)
+	api.GET("/patients/:id/care-team", s.coreCareTeam)
+	api.POST("/patients/:id/care-team", s.coreAddCareTeam)
+	api.DELETE("/patients/:id/care-team/:clinician", s.coreRemoveCareTeam)
+	api.GET("/patients/:id/observations", s.coreObservations)
+	api.GET("/stream", s.coreStream)
+	api.GET("/webhooks", s.coreListWebhooks)
+	api.POST("/webhooks", s.coreCreateWebhook)
+	api.DELETE("/webhooks/:id", s.coreDeleteWebhook)
+	api.GET("/webhook-deliveries", s.coreListDeliveries)
+	api.POST("/webhook-deliveries/:id/redeliver", s.coreRedeliver)
+}
+
+func coreID(c echo.Context, name, code string) (uuid.UUID, error) {
+	id, err := uuid.Parse(c.Param(name))
+	if err != nil {
+		return uuid.Nil, BadRequest(code, name+" must be a UUID")
+	}
+	return id, nil
+}
+
+func (s *Server) coreCodes(c echo.Context) error {
+	type code struct {
+		Code      string     `json:"code"`
+		Display   string     `json:"display"`
+		Unit      string     `json:"unit"`
+		Units     []string   `json:"accepted_units"`
+		Possible  [2]float64 `json:"possible"`
+		Plausible [2]float64 `json:"plausible"`
+	}
+	var out []code
+	for _, ci := range core.Codes() {
+		out = append(out, code{ci.Code, ci.Display, ci.Unit, ci.Units(),
+			[2]float64{ci.Possible.Min, ci.Possible.Max}, [2]float64{ci.Plausible.Min, ci.Plausible.Max}})
+	}
+	return c.JSON(http.StatusOK, map[string]any{"codes": out})
+}
+
+func (s *Server) coreListSites(c echo.Context) error {
+	list, err := s.cfg.Core.Sites(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"sites": list})
+}
+
+func (s *Server) coreCreateSite(c echo.Context) error {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	site, err := s.cfg.Core.CreateSite(c.Request().Context(), EventFor(c), req.Name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, site)
+}
+
+func (s *Server) coreListWards(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_site_id")
+	if err != nil {
+		return err
+	}
+	list, err := s.cfg.Core.Wards(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"wards": list})
+}
+
+func (s *Server) coreCreateWard(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_site_id")
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	w, err := s.cfg.Core.CreateWard(c.Request().Context(), EventFor(c), id, req.Name)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, w)
+}
+
+func (s *Server) coreListPatients(c echo.Context) error {
+	q := c.QueryParams()
+	var f core.PatientFilter
+	if v := q.Get("ward_id"); v != "" {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return BadRequest("invalid_ward_id", "ward_id must be a UUID")
+		}
+		f.WardID = id
+	}
+	f.Clinician = q.Get("clinician")
+	f.Discharged = q.Get("discharged") == "true"
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return BadRequest("invalid_limit", "limit must be 1..1000")
+		}
+		f.Limit = n
+	}
+	if mrn := q.Get("mrn"); mrn != "" {
+		p, err := s.cfg.Core.PatientByMRN(c.Request().Context(), mrn)
+		if errors.Is(err, core.ErrNotFound) {
+			return c.JSON(http.StatusOK, map[string]any{"patients": []core.Patient{}})
+		}
+		if err != nil {
+			return err
+		}
+		return c.JSON(http.StatusOK, map[string]any{"patients": []core.Patient{p}})
+	}
+	list, err := s.cfg.Core.Patients(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	if list == nil {
+		list = []core.Patient{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"patients": list})
+}
+
+func (s *Server) coreCreatePatient(c echo.Context) error {
+	var req struct {
+		core.PatientPHI
+		WardID *uuid.UUID `json:"ward_id"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	p, err := s.cfg.Core.CreatePatient(c.Request().Context(), EventFor(c), req.PatientPHI, req.WardID)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, p)
+}
+
+func (s *Server) coreGetPatient(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	p, err := s.cfg.Core.Patient(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, p)
+}
+
+func (s *Server) coreDischargePatient(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Core.DischargePatient(c.Request().Context(), EventFor(c), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (s *Server) coreCareTeam(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	list, err := s.cfg.Core.CareTeam(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"care_team": list})
+}
+
+func (s *Server) coreAddCareTeam(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	var req struct {
+		ClinicianID string `json:"clinician_id"`
+		Role        string `json:"role"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	m, err := s.cfg.Core.AddCareTeamMember(c.Request().Context(), EventFor(c), id, req.ClinicianID, req.Role)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, m)
+}
+
+func (s *Server) coreRemoveCareTeam(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Core.RemoveCareTeamMember(c.Request().Context(), EventFor(c), id, c.Param("clinician")); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// coreObservations answers GET /patients/:id/observations?code=&from=&to=[&bucket=][&artifacts=true]:
+// raw observations, or with bucket (a Go duration, e.g. "1m") min/max/mean/count per bucket.
+func (s *Server) coreObservations(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	q := c.QueryParams()
+	rq := core.RangeQuery{PatientID: id, Code: q.Get("code"), Artifacts: q.Get("artifacts") == "true"}
+	if rq.Code == "" {
+		return BadRequest("invalid_code", "code (a LOINC code) is required")
+	}
+	for _, p := range []struct {
+		name string
+		dst  *time.Time
+	}{{"from", &rq.From}, {"to", &rq.To}} {
+		t, err := time.Parse(time.RFC3339Nano, q.Get(p.name))
+		if err != nil {
+			return BadRequest("invalid_time_range", p.name+" must be an RFC 3339 time")
+		}
+		*p.dst = t
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > core.MaxRawPoints {
+			return BadRequest("invalid_limit", fmt.Sprintf("limit must be 1..%d", core.MaxRawPoints))
+		}
+		rq.Limit = n
+	}
+	ctx := c.Request().Context()
+	if v := q.Get("bucket"); v != "" {
+		b, err := time.ParseDuration(v)
+		if err != nil {
+			return BadRequest("invalid_bucket", "bucket must be a duration such as 1m or 15m")
+		}
+		series, err := s.cfg.Core.Series(ctx, rq, b)
+		if err != nil {
+			return err
+		}
+		if series == nil {
+			series = []core.Bucket{}
+		}
+		return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "bucket": b.String(), "buckets": series})
+	}
+	obs, err := s.cfg.Core.Observations(ctx, rq)
+	if err != nil {
+		return err
+	}
+	if obs == nil {
+		obs = []core.Observation{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "observations": obs})
+}
+
+// coreStream is the Server-Sent Events stream of notifications (GET /stream), optionally
+// filtered by ?patient_id= (repeatable) and ?type= (repeatable). Each event is written as
+// "id: <id>\nevent: <type>\ndata: <json>\n\n"; a reconnecting client sends Last-Event-ID and
+// resumes without a gap, or gets an "event: reset" telling it to reload its state. The stream
+// ends when the request's time limit is reached (the client reconnects) or the client leaves.
+func (s *Server) coreStream(c echo.Context) error {
+	var f core.Filter
+	q := c.QueryParams()
+	for _, v := range q["patient_id"] {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return BadRequest("invalid_patient_id", "patient_id must be a UUID")
+		}
+		if f.Patients == nil {
+			f.Patients = map[uuid.UUID]bool{}
+		}
+		f.Patients[id] = true
+	}
+	for _, v := range q["type"] {
+		if f.Types == nil {
+			f.Types = map[string]bool{}
+		}
+		f.Types[v] = true
+	}
+	hub := s.cfg.Core.Hub()
+	var sub *core.Subscription
+	reset := false
+	if v := c.Request().Header.Get("Last-Event-ID"); v != "" {
+		last, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			return BadRequest("invalid_last_event_id", "Last-Event-ID must be an event id")
+		}
+		var complete bool
+		sub, complete = hub.SubscribeAfter(f, last)
+		reset = !complete
+	} else {
+		sub = hub.Subscribe(f)
+	}
+	defer sub.Close()
+	w := c.Response()
+	w.Header().Set(echo.HeaderContentType, "text/event-stream")
+	w.Header().Set(echo.HeaderCacheControl, "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if _, err := fmt.Fprint(w, "retry: 2000\n\n"); err != nil {
+		return nil
+	}
+	if reset {
+		if _, err := fmt.Fprint(w, "event: reset\ndata: {}\n\n"); err != nil {
+			return nil
+		}
+	}
+	w.Flush()
+	ctx := c.Request().Context()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ping.C:
+			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
+				return nil
+			}
+			w.Flush()
+		case ev, ok := <-sub.C:
+			if !ok {
+				if sub.Dropped() {
+					_, _ = fmt.Fprint(w, "event: reset\ndata: {\"reason\":\"too_slow\"}\n\n")
+					w.Flush()
+				}
+				return nil
+			}
+			if err := writeSSE(w, ev); err != nil {
+				return nil
+			}
+			// Write whatever else is queued before flushing once.
+			for n := len(sub.C); n > 0; n-- {
+				if err := writeSSE(w, <-sub.C); err != nil {
+					return nil
+				}
+			}
+			w.Flush()
+		}
+	}
+}
+
+func writeSSE(w *echo.Response, ev core.Event) error {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Type, data)
+	return err
+}
+
+func (s *Server) coreListWebhooks(c echo.Context) error {
+	list, err := s.cfg.Core.Webhooks(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"webhooks": list})
+}
+
+func (s *Server) coreCreateWebhook(c echo.Context) error {
+	var req struct {
+		URL        string   `json:"url"`
+		EventTypes []string `json:"event_types"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	w, secret, err := s.cfg.Core.CreateWebhook(c.Request().Context(), EventFor(c), req.URL, req.EventTypes)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, map[string]any{"webhook": w, "secret": secret}) // shown once
+}
+
+func (s *Server) coreDeleteWebhook(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_webhook_id")
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Core.DeleteWebhook(c.Request().Context(), EventFor(c), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (s *Server) coreListDeliveries(c echo.Context) error {
+	q := c.QueryParams()
+	f := core.DeliveryFilter{Status: q.Get("status")}
+	if v := q.Get("webhook_id"); v != "" {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			return BadRequest("invalid_webhook_id", "webhook_id must be a UUID")
+		}
+		f.WebhookID = id
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return BadRequest("invalid_limit", "limit must be 1..1000")
+		}
+		f.Limit = n
+	}
+	list, err := s.cfg.Core.Deliveries(c.Request().Context(), f)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"deliveries": list})
+}
+
+func (s *Server) coreRedeliver(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_delivery_id")
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Core.Redeliver(c.Request().Context(), EventFor(c), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusAccepted)
+}
