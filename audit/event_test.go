@@ -77,3 +77,43 @@ func TestRecordRejectsMalformedEvent(t *testing.T) {
 		t.Fatalf("Record(action %q) error = %v, want ErrInvalidEvent", bad.Action, err)
 	}
 }
+
+// RecordMany writes a whole slice with one COPY in the caller's transaction, or nothing when
+// any event is malformed.
+// Verifies: REQ-AUD-001, REQ-AUD-002
+func TestRecordManyAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	pool := testdb.New(t)
+	evs := make([]audit.Event, 250)
+	for i := range evs {
+		evs[i] = testEvent()
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := audit.RecordMany(ctx, tx, evs)
+	if err != nil {
+		t.Fatalf("RecordMany(250) error = %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM audit_events WHERE id = ANY($1)", ids).Scan(&n); err != nil || n != len(evs) {
+		t.Fatalf("events written by RecordMany = %d, %v, want %d", n, err, len(evs))
+	}
+	bad := append([]audit.Event{testEvent()}, testEvent())
+	bad[1].Outcome = "maybe"
+	tx, err = pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := audit.RecordMany(ctx, tx, bad); !errors.Is(err, audit.ErrInvalidEvent) {
+		t.Fatalf("RecordMany(one malformed) error = %v, want ErrInvalidEvent", err)
+	}
+	if err := tx.QueryRow(ctx, "SELECT count(*) FROM audit_events").Scan(&n); err != nil || n != len(evs) {
+		t.Errorf("events after a refused RecordMany = %d, %v, want %d", n, err, len(evs))
+	}
+}
