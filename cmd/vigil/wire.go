@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
 
@@ -27,6 +28,7 @@ type runConfig struct {
 type system struct {
 	pool    *pgxpool.Pool
 	server  *server.Server
+	keys    *keys.Ring // Vault Transit, or the local key ring for demos (keys.go)
 	closers []func(context.Context) error
 }
 
@@ -78,6 +80,16 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		Version: version,
 	}
 
+	// The key ring (keys.go): Vault Transit when VIGIL_VAULT_ADDR is set, else the local key
+	// ring in the data directory (logged as not for production); key operations are audited.
+	ring, closeRing, err := openKeyRing(ctx, rc.DataDir, rc.Demo, pool, true)
+	if err != nil {
+		return nil, err
+	}
+	sys.keys = ring
+	sys.closers = append(sys.closers, closeRing)
+	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "keys", Check: keysReady(ring)})
+
 	// The audit chain: embedded (or external) Trillian, shipper, checkpointer (audit.go).
 	auditSvc, closeAudit, err := openAudit(ctx, rc, pool, false)
 	if err != nil {
@@ -86,6 +98,13 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	sys.closers = append(sys.closers, closeAudit)
 	srvCfg.Audit = auditSvc
 	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "audit", Check: auditSvc.Ready})
+
+	// The clinical core with its rules engine and alarm service (core.go, rules.go). PHI: pass
+	// the key ring's PHI helper (ring.PHI()) once the ring is wired here; until then the
+	// patient API answers phi_unavailable.
+	if _, err := wireCore(ctx, sys, &srvCfg, nil); err != nil {
+		return nil, err
+	}
 	srv, err := server.New(srvCfg)
 	if err != nil {
 		return nil, err

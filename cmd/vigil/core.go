@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/server"
+)
+
+// wireCore builds the clinical core (ingest, time-series storage, patients, notifications),
+// starts its background work — partitions kept created ahead and retention enforced hourly,
+// webhook deliveries every second — and the rules engine and alarm service on its ingest path
+// (wireClinical), and hands them to the server. phi seals patient identifying data (the key
+// ring's PHI helper); without it the patient API answers phi_unavailable. Its closers stop the
+// loops; the notification hub is closed when ctx ends so that SSE streams do not hold up a
+// graceful shutdown.
+func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
+	hook := &ruleHook{}
+	cfg := core.Config{Pool: sys.pool, Rules: hook, Logger: slog.Default()}
+	if phi != nil {
+		cfg.PHI = phi
+	}
+	svc, err := core.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := svc.MaintainPartitions(ctx); err != nil {
+		return nil, fmt.Errorf("core: %w", err)
+	}
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); svc.Run(lctx, time.Hour) }()
+	go func() { defer wg.Done(); svc.RunWebhooks(lctx, time.Second) }()
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-lctx.Done():
+		}
+		svc.Hub().Close()
+	}()
+	sys.closers = append(sys.closers, func(context.Context) error { stop(); wg.Wait(); return nil })
+	if err := wireClinical(ctx, sys, srvCfg, svc, hook); err != nil {
+		return nil, err
+	}
+	srvCfg.Core = svc
+	return svc, nil
+}
