@@ -99,10 +99,9 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	srvCfg.Audit = auditSvc
 	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "audit", Check: auditSvc.Ready})
 
-	// The clinical core with its rules engine and alarm service (core.go, rules.go). PHI: pass
-	// the key ring's PHI helper (ring.PHI()) once the ring is wired here; until then the
-	// patient API answers phi_unavailable.
-	if _, err := wireCore(ctx, sys, &srvCfg, nil); err != nil {
+	// The clinical core with its rules engine and alarm service (core.go, rules.go); patient
+	// identifying data is sealed with the key ring's PHI helper.
+	if _, err := wireCore(ctx, sys, &srvCfg, ring.PHI()); err != nil {
 		return nil, err
 	}
 	srv, err := server.New(srvCfg)
