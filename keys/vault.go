@@ -109,6 +109,11 @@ func NewVault(ctx context.Context, cfg VaultConfig) (*Vault, error) {
 	if cfg.KeyPrefix == "" {
 		cfg.KeyPrefix = "vigil-"
 	}
+	for _, c := range cfg.KeyPrefix {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return nil, fmt.Errorf("keys: VaultConfig.KeyPrefix %q: only letters, digits, '-', '_' and '.' are allowed", cfg.KeyPrefix)
+		}
+	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
