@@ -178,10 +178,11 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 				"transport", "samples", "stored", "flagged", "duplicates"}, pgx.CopyFromRows(rows)); err != nil {
 			return fmt.Errorf("store uploads: %w", err)
 		}
+		evs := make([]audit.Event, len(batches))
 		for i := range batches {
 			b := &batches[i]
 			r := results[i]
-			_, err := audit.Record(ctx, tx, audit.Event{
+			evs[i] = audit.Event{
 				ID:      r.AuditEventID,
 				Time:    now,
 				Actor:   audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
@@ -191,10 +192,10 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 				Payload: uploadPayload{PatientID: b.PatientID, KeyID: b.Provenance.KeyID, Sequence: b.Provenance.Sequence,
 					Transport: b.Provenance.Transport, Samples: len(b.Samples), Stored: r.Stored, Flagged: r.Flagged,
 					Duplicates: r.Duplicates},
-			})
-			if err != nil {
-				return err
 			}
+		}
+		if _, err := audit.RecordMany(ctx, tx, evs); err != nil {
+			return err
 		}
 		for i := range hooks {
 			if hooks[i] == nil {
