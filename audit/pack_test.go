@@ -69,3 +69,14 @@ func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
 		t.Errorf("VerifyPack(wrong trusted key) error = %v, want ErrPackInvalid", err)
 	}
 }
+
+// VerifyPack faces files from outside: it never panics and accepts nothing malformed.
+func FuzzVerifyPack(f *testing.F) {
+	f.Add([]byte(`{"format":"vigil-audit-pack/v1"}` + "\n\n— x AAAA\n"))
+	f.Add([]byte("\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if _, err := audit.VerifyPack(data, ""); err == nil {
+			t.Fatalf("VerifyPack(%q) = nil error for an unsigned input", data)
+		}
+	})
+}

@@ -223,3 +223,49 @@ func TestErasureKeepsProofsValid(t *testing.T) {
 		t.Errorf("Verify() after erasure = ok %v, proven %d, findings %+v; want OK, 10", r.OK, r.ProvenEvents, r.Findings)
 	}
 }
+
+// While the log is unreachable the backlog and its lag show in Stats, and readiness turns red
+// once the lag exceeds MaxLag (controlled clock); the events stay in the outbox.
+// Verifies: REQ-AUD-005
+func TestReadinessReportsLagWhileLogDown(t *testing.T) {
+	pool, url := testdb.NewWithURL(t)
+	ctx := context.Background()
+	signer := newSigner(t)
+	// First start creates the tree; then the embedded Trillian goes away for good.
+	first, err := audit.OpenIdle(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: signer, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := first.TrillianAddr()
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	clock := func() time.Time { return now }
+	svc, err := audit.OpenIdle(ctx, audit.Config{Pool: pool, TrillianAddr: dead, Signer: signer, Logger: quiet,
+		MaxLag: time.Minute, Now: clock})
+	if err != nil {
+		t.Fatalf("OpenIdle(log down, tree known) error = %v", err)
+	}
+	t.Cleanup(func() { _ = svc.Close(context.Background()) })
+	c := &chain{pool: pool, url: url, log: svc.Log(), shipper: svc.Shipper()}
+	c.record(t, 5)
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := svc.Shipper().Step(sctx); err == nil {
+		t.Fatal("Step() with the log down error = nil")
+	}
+	if _, err := svc.Ready(ctx); err != nil {
+		t.Errorf("Ready() right after the outage began = %v, want nil (lag below MaxLag)", err)
+	}
+	now = now.Add(3 * time.Minute)
+	_, _ = svc.Shipper().Step(sctx)
+	detail, err := svc.Ready(ctx)
+	if !errors.Is(err, audit.ErrNotReady) {
+		t.Fatalf("Ready() after 3 min of outage = %v, want ErrNotReady", err)
+	}
+	st := detail.(audit.Stats)
+	if st.UnintegratedBatches == 0 || st.Lag() < 2*time.Minute || st.ConsecutiveFailures < 2 {
+		t.Errorf("Stats() during outage = %+v, want batches waiting, lag ≥ 2m, failures", st)
+	}
+}
