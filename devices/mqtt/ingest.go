@@ -56,7 +56,7 @@ type Config struct {
 	// exponentially from 250 ms up to it). Default 10 s.
 	ReconnectBackoff time.Duration
 	// Workers is how many uploads are processed at once (uploads of one device always go to
-	// the same worker, in order). Default 64.
+	// the same worker, in order; more workers than busy devices keeps them from sharing one). Default 256.
 	Workers int
 	// ReceiveMaximum is the most unacknowledged uploads the broker may send at once
 	// (MQTT 5 flow control). Default 1024.
@@ -105,7 +105,7 @@ func (c *Config) setDefaults() error {
 		c.ReconnectBackoff = 10 * time.Second
 	}
 	if c.Workers <= 0 {
-		c.Workers = 64
+		c.Workers = 256
 	}
 	if c.ReceiveMaximum == 0 {
 		c.ReceiveMaximum = 1024
