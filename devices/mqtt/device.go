@@ -39,7 +39,7 @@ type Device struct {
 	mu        sync.Mutex
 	waiters   map[[32]byte]chan *Reply
 	anonymous []chan *Reply // waiting for a reply that names no upload (undecodable envelope)
-	cancel  context.CancelFunc
+	cancel    context.CancelFunc
 }
 
 // DialDevice connects (retrying in the background) and subscribes to the device's receipts
