@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"sort"
@@ -81,6 +82,11 @@ type runner struct {
 }
 
 func (x *runner) signal(r *Rule, raise bool, sev alarms.Severity, at time.Time, msg string, detail any) {
+	if detail != nil {
+		if _, err := json.Marshal(detail); err != nil { // e.g. a z-score overflowing to ±Inf
+			detail = map[string]any{"detail_unavailable": err.Error()}
+		}
+	}
 	x.sigs = append(x.sigs, alarms.Signal{PatientID: x.pid, RuleID: r.ID, RuleVersion: r.Version,
 		Raise: raise, Severity: sev, Message: msg, Detail: detail, At: at})
 }
@@ -276,6 +282,12 @@ func (x *runner) anomaly(r *Rule, o Observation) {
 	inc := p.Alpha * diff
 	rs.Mean += inc
 	rs.Var = (1 - p.Alpha) * (rs.Var + diff*inc)
+	if math.IsInf(rs.Mean, 0) || math.IsNaN(rs.Mean) || math.IsInf(rs.Var, 0) || math.IsNaN(rs.Var) {
+		// Values beyond float range (core's plausibility checks make this unreachable): start
+		// the baseline again rather than keep a state that cannot be checkpointed.
+		rs.N, rs.Mean, rs.Var, rs.Normal = 0, 0, 0, 0
+		return
+	}
 	rs.N++
 	if rs.N <= p.Warmup {
 		return
