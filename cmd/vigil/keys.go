@@ -380,6 +380,24 @@ run the command again later to finish). phi-blind-index is never rotated.`,
 		},
 	}
 
-	cmd.AddCommand(initCmd, listCmd, rotateCmd, publicCmd)
+	policyCmd := &cobra.Command{
+		Use:   "policy <server|release|admin>",
+		Short: "Print the least-privilege Vault policy (HCL) of a role",
+		Long: `Print the least-privilege Vault policy of a role, for the Transit mount and key prefix
+in VIGIL_VAULT_TRANSIT_MOUNT and VIGIL_VAULT_KEY_PREFIX (defaults transit and vigil-):
+server (vigil serve), release (the release job), admin (vigil keys init/rotate).`,
+		Example: `  vigil keys policy server | vault policy write vigil-server -`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			hcl, err := keys.VaultPolicy(keys.VaultRole(args[0]), os.Getenv("VIGIL_VAULT_TRANSIT_MOUNT"), os.Getenv("VIGIL_VAULT_KEY_PREFIX"))
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), hcl)
+			return err
+		},
+	}
+
+	cmd.AddCommand(initCmd, listCmd, rotateCmd, publicCmd, policyCmd)
 	return cmd
 }

@@ -142,6 +142,10 @@ func TestKeysCommands(t *testing.T) {
 				t.Errorf("keys public release-signing printed %d keys, want 2", n)
 			}
 
+			if out, err := execute(t, "keys", "policy", "server"); err != nil || !strings.Contains(out, "/sign/") {
+				t.Errorf("keys policy server = %q, %v", out, err)
+			}
+
 			// Every change is in the audit trail.
 			want := map[string]int{"key.create": len(keys.Purposes), "key.rotate": 2, "key.rewrap": 1}
 			for action, n := range want {

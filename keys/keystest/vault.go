@@ -205,6 +205,33 @@ func (vs *VaultServer) Do(ctx context.Context, method, path, body string) (map[s
 	return out.Data, nil
 }
 
+// CreateToken makes a token with the given policies (and not the root policy).
+func (vs *VaultServer) CreateToken(ctx context.Context, policies ...string) (string, error) {
+	body, err := json.Marshal(map[string]any{"policies": policies, "no_default_policy": false, "ttl": "1h"})
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, vs.Addr+"/v1/auth/token/create", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("X-Vault-Token", vs.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Auth struct {
+			ClientToken string `json:"client_token"`
+		} `json:"auth"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || out.Auth.ClientToken == "" {
+		return "", fmt.Errorf("create token: HTTP %d: %v", resp.StatusCode, err)
+	}
+	return out.Auth.ClientToken, nil
+}
+
 // Log returns what the server printed (for failure messages).
 func (vs *VaultServer) Log() string { return vs.out.String() }
 
