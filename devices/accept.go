@@ -51,6 +51,7 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		return nil, s.rejected(ctx, raw, v, meta, err)
 	}
 	if rc != nil {
+		s.stats.replayed.Add(1)
 		return rc, nil // exact re-send
 	}
 	p, err := s.admitUpload(v, meta)
@@ -189,7 +190,52 @@ func (s *Service) storedReceipt(ctx context.Context, v *Verified) (*Receipt, err
 		}
 		return nil, fmt.Errorf("look up upload %x: %w", v.Hash[:8], err)
 	}
-	return s.signReceipt(ctx, body, v.Hash, true)
+	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), v.Hash, true)
+}
+
+// withLeafIndex adds the audit log leaf index to a stored receipt body once the upload's
+// audit event is integrated (the rest of the body is unchanged).
+func (s *Service) withLeafIndex(ctx context.Context, body []byte) []byte {
+	li, ok := s.cfg.Proofs.(LeafIndexer)
+	if !ok {
+		return body
+	}
+	var r envelope.Receipt
+	if err := decodeReceiptBody(body, &r); err != nil || r.LeafIndex != nil {
+		return body
+	}
+	id, err := uuid.Parse(r.AuditEvent)
+	if err != nil {
+		return body
+	}
+	idx, ok, err := li.EventLeafIndex(ctx, id)
+	if err != nil || !ok {
+		return body
+	}
+	r.LeafIndex = &idx
+	nb, err := envelope.Canonical(&r)
+	if err != nil {
+		return body
+	}
+	return nb
+}
+
+// UploadReceipt returns a freshly signed receipt of an accepted upload, with its audit log
+// leaf index once the upload's audit event is in the log; ErrNotFound when no upload with
+// this hash was accepted.
+func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, error) {
+	if s.cfg.ReceiptSigner == nil {
+		return nil, errors.New("devices: no receipt signer configured")
+	}
+	var body []byte
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT receipt FROM devices_uploads WHERE hash = $1`, hash[:]).Scan(&body)
+	if isNoRows(err) {
+		return nil, reject(ErrNotFound, "no accepted upload %x", hash[:8])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up upload: %w", err)
+	}
+	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), hash, true)
 }
 
 // admitUpload takes rate-limit tokens, reserves the sequence number and queues the upload
@@ -277,6 +323,10 @@ func (s *Service) signReceipt(ctx context.Context, body []byte, hash [32]byte, r
 func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Meta, err error) error {
 	var re *RejectError
 	if !errors.As(err, &re) {
+		return err
+	}
+	s.stats.rejected.Add(1)
+	if re.auditedBy != "" {
 		return err
 	}
 	ev := audit.Event{

@@ -166,28 +166,47 @@ func (b *batcher) run(q chan *pending) {
 	}
 }
 
-// commit stores a group in one transaction; if that fails and the group has more than one
-// upload, each upload is committed on its own so that one bad upload (or a device suspended
-// meanwhile) does not fail the others.
+// commit stores a group in one transaction. When core refuses one batch of the group (its
+// samples fail validation: core has audited that rejection), that upload fails alone and the
+// rest is committed again as a group. When anything else fails and the group has more than
+// one upload, each upload is committed on its own, so that one bad upload (or a device
+// suspended meanwhile) does not fail the others.
 func (b *batcher) commit(group []*pending) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := b.commitGroup(ctx, group)
-	if err != nil && len(group) > 1 {
-		b.s.cfg.Logger.DebugContext(ctx, "group commit failed; committing one by one",
-			slog.Int("uploads", len(group)), slog.String("error", err.Error()))
-		for _, p := range group {
-			b.finish(ctx, []*pending{p}, b.commitGroup(ctx, []*pending{p}))
+	for len(group) > 0 {
+		err := b.commitGroup(ctx, group)
+		var me *core.IngestManyError
+		if err != nil && len(group) > 1 && errors.As(err, &me) && !errors.Is(err, errStale) && me.Index >= 0 && me.Index < len(group) {
+			var ce interface{ ErrorCode() string }
+			if errors.As(me.Err, &ce) {
+				bad := group[me.Index]
+				b.finish(ctx, []*pending{bad}, me.Err)
+				group = append(group[:me.Index:me.Index], group[me.Index+1:]...)
+				continue
+			}
 		}
+		if err != nil && len(group) > 1 {
+			b.s.stats.fallbacks.Add(1)
+			b.s.cfg.Logger.DebugContext(ctx, "group commit failed; committing one by one",
+				slog.Int("uploads", len(group)), slog.String("error", err.Error()))
+			for _, p := range group {
+				b.finish(ctx, []*pending{p}, b.commitGroup(ctx, []*pending{p}))
+			}
+			return
+		}
+		b.finish(ctx, group, err)
 		return
 	}
-	b.finish(ctx, group, err)
 }
 
 // finish publishes the outcome to the waiting callers and updates the device cache.
 func (b *batcher) finish(ctx context.Context, group []*pending, err error) {
 	if err != nil {
 		err = b.explain(ctx, group[0], err)
+	} else {
+		b.s.stats.groups.Add(1)
+		b.s.stats.accepted.Add(int64(len(group)))
 	}
 	for _, p := range group {
 		d := p.v.state
@@ -211,8 +230,12 @@ func (b *batcher) explain(ctx context.Context, p *pending, err error) error {
 	if !errors.Is(err, errStale) {
 		var ce interface{ ErrorCode() string }
 		if errors.As(err, &ce) {
-			// core refused the data (validation): a rejection with core's code.
-			return &RejectError{Err: ErrMalformed, Code: ce.ErrorCode(), Detail: err.Error()}
+			// core refused the data (validation) and audited it: a rejection with core's code.
+			var me *core.IngestManyError
+			if errors.As(err, &me) {
+				err = me.Err
+			}
+			return &RejectError{Err: err, Code: ce.ErrorCode(), auditedBy: "core"}
 		}
 		return err
 	}
@@ -257,6 +280,8 @@ func (b *batcher) commitGroup(ctx context.Context, group []*pending) error {
 		}
 	}
 	var err error
+	t0 := time.Now()
+	defer func() { b.s.stats.commitNanos.Add(int64(time.Since(t0))) }()
 	if n == 1 {
 		_, err = b.s.cfg.Ingester.Ingest(ctx, batches[0], hooks[0])
 	} else {

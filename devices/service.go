@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -49,6 +50,14 @@ type ProofSource interface {
 	// log. It MUST return an error wrapping ErrProofPending while the event is not yet in
 	// the log, and MUST NOT return (nil, nil).
 	EventProof(ctx context.Context, id uuid.UUID) (any, error)
+}
+
+// LeafIndexer is implemented by a ProofSource that can say which audit log leaf holds an
+// event; receipts re-issued after integration then carry the leaf index.
+type LeafIndexer interface {
+	// EventLeafIndex returns the leaf index of the batch holding audit event id, and false
+	// while the event is not yet in the log.
+	EventLeafIndex(ctx context.Context, id uuid.UUID) (int64, bool, error)
 }
 
 // ErrProofPending is returned by Proof while the upload's audit event waits in the outbox.
@@ -160,6 +169,29 @@ type Service struct {
 	bat   *batcher
 
 	closeOnce sync.Once
+
+	stats struct {
+		accepted, rejected, replayed, groups, fallbacks, commitNanos atomic.Int64
+	}
+}
+
+// Stats are counters of the upload path since the Service started.
+type Stats struct {
+	Accepted  int64 // uploads committed
+	Replayed  int64 // exact re-sends answered with their stored receipt
+	Rejected  int64 // uploads refused (each audited)
+	Groups    int64 // group-commit transactions that committed
+	Fallbacks int64 // groups that failed and were committed one upload at a time
+	// CommitTime is the total time spent in group-commit transactions (core.IngestMany
+	// with the device-state hook), successful or not.
+	CommitTime time.Duration
+}
+
+// Stats returns the counters of the upload path.
+func (s *Service) Stats() Stats {
+	return Stats{Accepted: s.stats.accepted.Load(), Replayed: s.stats.replayed.Load(), Rejected: s.stats.rejected.Load(),
+		Groups: s.stats.groups.Load(), Fallbacks: s.stats.fallbacks.Load(),
+		CommitTime: time.Duration(s.stats.commitNanos.Load())}
 }
 
 // New builds the Service and starts its group committers.

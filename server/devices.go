@@ -28,6 +28,7 @@ func (s *Server) mountDevices(api *echo.Group) {
 	api.POST("/uploads", s.postUpload)
 	api.GET("/uploads/receipt-key", s.getReceiptKey)
 	api.GET("/uploads/:hash/proof", s.getUploadProof)
+	api.GET("/uploads/:hash/receipt", s.getUploadReceipt)
 	api.POST("/devices/enroll", s.postEnroll)
 	api.POST("/devices/rotate", s.postRotate)
 
@@ -88,6 +89,7 @@ type receiptJSON struct {
 	AuditEvent string `json:"audit_event"`
 	KeyID      string `json:"key_id"`
 	Replayed   bool   `json:"replayed"`
+	LeafIndex  *int64 `json:"leaf_index,omitempty"`
 }
 
 // postUpload is POST /api/v1/uploads: the body is the upload envelope (CBOR). 201 with the
@@ -108,13 +110,19 @@ func (s *Server) postUpload(c echo.Context) error {
 	if rc.Replayed {
 		status = http.StatusOK
 	}
+	return s.writeReceipt(c, status, rc)
+}
+
+// writeReceipt answers with a receipt: CBOR when the client accepts application/cbor, JSON
+// otherwise.
+func (s *Server) writeReceipt(c echo.Context, status int, rc *devices.Receipt) error {
 	if strings.Contains(c.Request().Header.Get(echo.HeaderAccept), MIMECBOR) {
 		return c.Blob(status, MIMECBOR, rc.Wire)
 	}
 	return c.JSON(status, receiptJSON{
 		Receipt: base64.StdEncoding.EncodeToString(rc.Wire), UploadHash: hex.EncodeToString(rc.UploadHash[:]),
 		Device: rc.Body.Device, Seq: rc.Body.Seq, ServerTime: rc.Body.ServerTime, AuditEvent: rc.Body.AuditEvent,
-		KeyID: rc.Signed.KeyID, Replayed: rc.Replayed,
+		KeyID: rc.Signed.KeyID, Replayed: rc.Replayed, LeafIndex: rc.Body.LeafIndex,
 	})
 }
 
@@ -129,6 +137,22 @@ func (s *Server) getReceiptKey(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]string{"key_id": id, "public_key_der": base64.StdEncoding.EncodeToString(der)})
+}
+
+// getUploadReceipt is GET /api/v1/uploads/{hash}/receipt: the receipt re-signed, with its
+// leaf index once the upload is in the audit log.
+func (s *Server) getUploadReceipt(c echo.Context) error {
+	raw, err := hex.DecodeString(c.Param("hash"))
+	if err != nil || len(raw) != 32 {
+		return BadRequest("invalid_upload_hash", "the upload hash is 64 hex digits (SHA-256 of the canonical body)")
+	}
+	var h [32]byte
+	copy(h[:], raw)
+	rc, err := s.cfg.Devices.UploadReceipt(c.Request().Context(), h)
+	if err != nil {
+		return err
+	}
+	return s.writeReceipt(c, http.StatusOK, rc)
 }
 
 // getUploadProof is GET /api/v1/uploads/{hash}/proof.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/user"
 	"text/tabwriter"
@@ -14,7 +15,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/server"
 )
 
 // `vigil device …`: the administrators' commands of the device registry. They work on the
@@ -289,4 +293,58 @@ func printDevices(out io.Writer, v any) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\tv%d\t%d\t%s\n", d.ID, d.Serial, d.Model, d.Firmware, d.Status, d.KeyVersion, d.LastSeq, p)
 	}
 	return tw.Flush()
+}
+
+// wireDevices builds the device registry and upload ingestion for serve/demo: verified
+// uploads go to core, receipts are signed with the key ring's receipt-signing key, proofs
+// come from the audit chain, and the audit shipper's backlog is the global back-pressure.
+func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *core.Service, ring *keys.Ring, au *audit.Service) (*devices.Service, error) {
+	signer, err := ring.Signer(ctx, keys.ReceiptSigning)
+	if err != nil {
+		return nil, fmt.Errorf("devices: receipt signer: %w", err)
+	}
+	cfg := devices.Config{Pool: sys.pool, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default()}
+	if au != nil {
+		cfg.Proofs = auditProofs{au}
+		cfg.Pressure = func() (bool, time.Duration) {
+			st := au.Shipper().Stats()
+			// The outbox is the buffer: refuse new data only when the log is far behind.
+			if st.PendingEvents > 2_000_000 || st.Lag() > 10*time.Minute {
+				return true, 30 * time.Second
+			}
+			return false, 0
+		}
+	}
+	svc, err := devices.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sys.closers = append(sys.closers, svc.Close)
+	srvCfg.Devices = svc
+	return svc, nil
+}
+
+// auditProofs answers upload proofs from the audit chain.
+type auditProofs struct{ au *audit.Service }
+
+func (a auditProofs) EventProof(ctx context.Context, id uuid.UUID) (any, error) {
+	p, err := a.au.Event(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if p.Batch == nil || p.Batch.LeafIndex == nil {
+		return nil, fmt.Errorf("audit event %s is %s: %w", id, p.Status, devices.ErrProofPending)
+	}
+	return p, nil
+}
+
+func (a auditProofs) EventLeafIndex(ctx context.Context, id uuid.UUID) (int64, bool, error) {
+	p, err := a.au.Event(ctx, id)
+	if err != nil {
+		return 0, false, err
+	}
+	if p.Batch == nil || p.Batch.LeafIndex == nil {
+		return 0, false, nil
+	}
+	return *p.Batch.LeafIndex, true, nil
 }

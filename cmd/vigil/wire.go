@@ -101,7 +101,12 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 
 	// The clinical core with its rules engine and alarm service (core.go, rules.go); patient
 	// identifying data is sealed with the key ring's PHI helper.
-	if _, err := wireCore(ctx, sys, &srvCfg, ring.PHI()); err != nil {
+	coreSvc, err := wireCore(ctx, sys, &srvCfg, ring.PHI())
+	if err != nil {
+		return nil, err
+	}
+	// Devices: registry, enrollment, signed uploads into core (device.go).
+	if _, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc); err != nil {
 		return nil, err
 	}
 	srv, err := server.New(srvCfg)

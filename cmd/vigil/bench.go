@@ -1,0 +1,446 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/server"
+)
+
+// `vigil bench uploads`: the end-to-end load test of the device upload path. It builds the
+// real stack in this process (a fresh database on the PostgreSQL server of
+// VIGIL_DATABASE_URL, a local key ring, core, devices, the echo server on loopback), enrolls
+// a fleet of devices, pre-signs their uploads (device-side work is not the server's), then
+// sends them over HTTP at the asked rate and reports throughput and latency.
+
+func init() { subcommands = append(subcommands, newBenchCmd) }
+
+func newBenchCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "bench", Short: "Load tests (run against a throwaway database)"}
+	var o benchOpts
+	up := &cobra.Command{
+		Use:   "uploads",
+		Short: "Signed uploads end to end over HTTP: verified, stored, audited",
+		Long: `Measure signed uploads per second end to end over HTTP on loopback: each upload is
+verified (Ed25519, sequence, skew), stored through core (COPY of its samples, provenance,
+its audit event in the outbox) with its receipt, in group-committed transactions.
+
+It needs VIGIL_DATABASE_URL pointing at a PostgreSQL server where it may CREATE DATABASE:
+the run uses a fresh database vigil_bench_<random>, dropped at the end unless --keep.`,
+		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil bench uploads --rate 10000 --duration 20s
+  vigil bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runBenchUploads(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	f := up.Flags()
+	f.IntVar(&o.devices, "devices", 1000, "devices (each with its own patient)")
+	f.IntVar(&o.samples, "samples", 10, "samples per upload")
+	f.Float64Var(&o.rate, "rate", 10000, "target uploads per second (0: as fast as the workers go)")
+	f.DurationVar(&o.duration, "duration", 20*time.Second, "measured duration")
+	f.DurationVar(&o.warmup, "warmup", 3*time.Second, "unmeasured warm-up before it")
+	f.IntVar(&o.workers, "workers", 256, "concurrent HTTP clients (each owns devices/workers devices)")
+	f.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the measured window to this file")
+	f.BoolVar(&o.keep, "keep", false, "keep the benchmark database")
+	f.IntVar(&o.batch, "batch", 0, "devices.Config.BatchMaxUploads (0: default)")
+	f.DurationVar(&o.batchWait, "batch-wait", 0, "devices.Config.BatchMaxWait (0: default)")
+	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default)")
+	f.IntVar(&o.poolSize, "pool", 16, "database connections")
+	cmd.AddCommand(up)
+	return cmd
+}
+
+type benchOpts struct {
+	devices, samples, workers, batch, committers, poolSize int
+	rate                                                   float64
+	duration, warmup, batchWait                            time.Duration
+	cpuprofile                                             string
+	keep                                                   bool
+}
+
+type benchDevice struct {
+	id      uuid.UUID
+	key     ed25519.PrivateKey
+	patient uuid.UUID
+}
+
+func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
+	if o.devices < 1 || o.workers < 1 || o.samples < 1 || o.duration <= 0 {
+		return errors.New("--devices, --workers, --samples and --duration must be positive")
+	}
+	if o.workers > o.devices {
+		o.workers = o.devices
+	}
+	admin := envOr("VIGIL_DATABASE_URL", "")
+	if admin == "" {
+		return errors.New("VIGIL_DATABASE_URL is not set (a server where the benchmark may CREATE DATABASE)")
+	}
+	dbName := "vigil_bench_" + hex.EncodeToString(uuid.New().NodeID())
+	if err := adminSQL(ctx, admin, "CREATE DATABASE "+dbName); err != nil {
+		return fmt.Errorf("create benchmark database: %w", err)
+	}
+	if !o.keep {
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := adminSQL(cctx, admin, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)"); err != nil {
+				slog.Error("drop benchmark database", slog.String("error", err.Error()))
+			}
+		}()
+	}
+	u, err := url.Parse(admin)
+	if err != nil {
+		return err
+	}
+	u.Path = "/" + dbName
+	pcfg, err := pgxpool.ParseConfig(u.String())
+	if err != nil {
+		return err
+	}
+	pcfg.MaxConns = int32(o.poolSize)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if _, err := schema.Migrate(ctx, pool); err != nil {
+		return err
+	}
+
+	// The stack: key ring, core, devices, server.
+	dir, err := os.MkdirTemp("", "vigil-bench-keys-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	local, err := keys.NewLocal(keys.LocalConfig{Dir: dir, Passphrase: []byte("vigil bench"), ScryptN: 1 << 12})
+	if err != nil {
+		return err
+	}
+	ring, err := keys.NewRing(keys.Config{Backend: local})
+	if err != nil {
+		return err
+	}
+	defer ring.Close()
+	if _, err := ring.EnsureKeys(ctx); err != nil {
+		return err
+	}
+	signer, err := ring.Signer(ctx, keys.ReceiptSigning)
+	if err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cs, err := core.New(core.Config{Pool: pool, PHI: ring.PHI(), Logger: quiet})
+	if err != nil {
+		return err
+	}
+	ds, err := devices.New(devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
+		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = ds.Close(cctx)
+	}()
+	srv, err := server.New(server.Config{Pool: pool, Devices: ds, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = srv.Serve(sctx, ln, 5*time.Second) }()
+	base := "http://" + ln.Addr().String()
+
+	// The fleet.
+	fmt.Fprintf(out, "provisioning %d devices and patients…\n", o.devices)
+	fleet, err := provisionFleet(ctx, cs, ds, o.devices)
+	if err != nil {
+		return err
+	}
+	total := int(o.rate * (o.duration + o.warmup).Seconds())
+	if o.rate <= 0 {
+		total = 30000 * int((o.duration + o.warmup).Seconds())
+	}
+	perWorker := (total + o.workers - 1) / o.workers
+	fmt.Fprintf(out, "pre-signing %d uploads of %d samples…\n", perWorker*o.workers, o.samples)
+	uploads := presign(fleet, o, perWorker)
+
+	// The run.
+	transport := &http.Transport{MaxIdleConns: o.workers * 2, MaxIdleConnsPerHost: o.workers * 2, IdleConnTimeout: time.Minute}
+	client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+	var (
+		started   = time.Now()
+		measureAt = started.Add(o.warmup)
+		endAt     = measureAt.Add(o.duration)
+		sent      atomic.Int64
+		statuses  sync.Map // int → *atomic.Int64
+		firstErr  sync.Map // int → string: the first answer of each failing status
+		lat       = make([][]time.Duration, o.workers)
+		wg        sync.WaitGroup
+		profiling atomic.Bool
+	)
+	if o.cpuprofile != "" {
+		go func() {
+			time.Sleep(time.Until(measureAt))
+			f, err := os.Create(o.cpuprofile)
+			if err != nil {
+				slog.Error("cpuprofile", slog.String("error", err.Error()))
+				return
+			}
+			if err := pprof.StartCPUProfile(f); err == nil {
+				profiling.Store(true)
+			}
+		}()
+	}
+	interval := time.Duration(0)
+	if o.rate > 0 {
+		interval = time.Duration(float64(time.Second) * float64(o.workers) / o.rate)
+	}
+	for w := 0; w < o.workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			mine := uploads[w]
+			// Stagger workers across one interval so the load is smooth.
+			next := started.Add(time.Duration(int64(interval) * int64(w) / int64(o.workers)))
+			for _, raw := range mine {
+				now := time.Now()
+				if now.After(endAt) || ctx.Err() != nil {
+					return
+				}
+				if interval > 0 {
+					if d := next.Sub(now); d > 0 {
+						time.Sleep(d)
+					}
+					next = next.Add(interval)
+				}
+				t0 := time.Now()
+				resp, err := client.Post(base+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
+				code := -1
+				if err == nil {
+					if resp.StatusCode != http.StatusCreated {
+						b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+						firstErr.LoadOrStore(resp.StatusCode, string(b))
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+				} else {
+					firstErr.LoadOrStore(-1, err.Error())
+				}
+				t1 := time.Now()
+				if t0.After(measureAt) && t1.Before(endAt) {
+					lat[w] = append(lat[w], t1.Sub(t0))
+					sent.Add(1)
+					c, _ := statuses.LoadOrStore(code, new(atomic.Int64))
+					c.(*atomic.Int64).Add(1)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	if profiling.Load() {
+		pprof.StopCPUProfile()
+	}
+	elapsed := min(time.Since(measureAt), o.duration)
+
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	pct := func(p float64) time.Duration {
+		if len(all) == 0 {
+			return 0
+		}
+		return all[min(len(all)-1, int(p*float64(len(all))))]
+	}
+	ok := int64(0)
+	if c, found := statuses.Load(http.StatusCreated); found {
+		ok = c.(*atomic.Int64).Load()
+	}
+	fmt.Fprintf(out, "\nuploads: %d devices, %d samples each, target %.0f/s, %d workers, %d CPUs (GOMAXPROCS %d)\n",
+		o.devices, o.samples, o.rate, o.workers, runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	fmt.Fprintf(out, "measured %s: %d requests, %d accepted (201) = %.0f uploads/s, %.0f samples/s\n",
+		elapsed.Round(time.Millisecond), sent.Load(), ok, float64(ok)/elapsed.Seconds(), float64(ok)*float64(o.samples)/elapsed.Seconds())
+	fmt.Fprintf(out, "latency: p50 %s  p90 %s  p99 %s  p99.9 %s  max %s\n",
+		pct(0.50).Round(10*time.Microsecond), pct(0.90).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond),
+		pct(0.999).Round(10*time.Microsecond), pct(1).Round(10*time.Microsecond))
+	statuses.Range(func(k, v any) bool {
+		fmt.Fprintf(out, "  status %d: %d\n", k, v.(*atomic.Int64).Load())
+		if e, ok := firstErr.Load(k); ok {
+			fmt.Fprintf(out, "    first: %s\n", e)
+		}
+		return true
+	})
+	st := ds.Stats()
+	fmt.Fprintf(out, "devices: %d accepted in %d group commits (mean %.1f uploads/commit, mean %s/commit), %d rejected, %d fallbacks\n",
+		st.Accepted, st.Groups, float64(st.Accepted)/max(float64(st.Groups), 1),
+		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond), st.Rejected, st.Fallbacks)
+	var events, obs int64
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`).Scan(&events)
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&obs)
+	fmt.Fprintf(out, "stored: %d upload.accepted audit events, %d observations (whole run incl. warm-up)\n", events, obs)
+	if o.cpuprofile != "" {
+		fmt.Fprintf(out, "CPU profile: %s (go tool pprof -top %s)\n", o.cpuprofile, o.cpuprofile)
+	}
+	return nil
+}
+
+func adminSQL(ctx context.Context, url, sql string) error {
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// provisionFleet creates n patients and n enrolled devices, each assigned to its patient.
+func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, n int) ([]benchDevice, error) {
+	fleet := make([]benchDevice, n)
+	o := devices.Origin{Actor: audit.Actor{Kind: audit.ActorService, ID: "bench", AuthMethod: "internal"}, RequestID: "bench"}
+	run := uuid.NewString()[:8]
+	var (
+		wg    sync.WaitGroup
+		next  atomic.Int64
+		errMu sync.Mutex
+		first error
+	)
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				err := func() error {
+					p, err := cs.CreatePatient(ctx, audit.Event{Actor: o.Actor, RequestID: "bench"},
+						core.PatientPHI{MRN: fmt.Sprintf("BENCH-%s-%d", run, i), GivenName: "Bench", FamilyName: fmt.Sprint(i)}, nil)
+					if err != nil {
+						return err
+					}
+					d, err := ds.Register(ctx, o, devices.NewDevice{Serial: fmt.Sprintf("BENCH-%s-%d", run, i), Model: "bench", Firmware: "1"})
+					if err != nil {
+						return err
+					}
+					tok, _, err := ds.IssueEnrollmentToken(ctx, o, d.ID)
+					if err != nil {
+						return err
+					}
+					_, priv, _ := ed25519.GenerateKey(rand.Reader)
+					raw, err := envelope.SignEnroll(tok, priv, time.Now())
+					if err != nil {
+						return err
+					}
+					if _, err := ds.Enroll(ctx, raw, devices.Meta{Transport: "bench"}); err != nil {
+						return err
+					}
+					if _, err := ds.AssignPatient(ctx, o, d.ID, &p.ID); err != nil {
+						return err
+					}
+					fleet[i] = benchDevice{id: d.ID, key: priv, patient: p.ID}
+					return nil
+				}()
+				if err != nil {
+					errMu.Lock()
+					if first == nil {
+						first = fmt.Errorf("provision device %d: %w", i, err)
+					}
+					errMu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return fleet, first
+}
+
+// presign makes each worker's uploads: worker w owns devices w, w+workers, …, and sends
+// their uploads round-robin, each device's in sequence order.
+func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
+	codes := []envelope.Sample{
+		{Code: "8867-4", Value: 72, Unit: "/min"}, {Code: "59408-5", Value: 93, Unit: "%"},
+		{Code: "9279-1", Value: 16, Unit: "/min"}, {Code: "8310-5", Value: 36.9, Unit: "Cel"},
+		{Code: "8480-6", Value: 121, Unit: "mm[Hg]"},
+	}
+	out := make([][][]byte, o.workers)
+	now := time.Now()
+	base := now.Add(-30 * time.Minute).UnixMilli()
+	var wg sync.WaitGroup
+	for w := 0; w < o.workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			var mine []int
+			for d := w; d < len(fleet); d += o.workers {
+				mine = append(mine, d)
+			}
+			seq := make([]uint64, len(mine))
+			list := make([][]byte, 0, perWorker)
+			for j := 0; j < perWorker; j++ {
+				k := j % len(mine)
+				dev := fleet[mine[k]]
+				seq[k]++
+				s := seq[k]
+				samples := make([]envelope.Sample, o.samples)
+				for i := range samples {
+					smp := codes[i%len(codes)]
+					smp.Value += float64((int(s) + i) % 7)
+					// Distinct times per (patient, code): no sample is a duplicate of another.
+					smp.T = base + int64(s)*int64(o.samples) + int64(i)
+					samples[i] = smp
+				}
+				raw, _, err := envelope.Sign(&envelope.Upload{Device: dev.id.String(), KeyVersion: 1, Seq: s,
+					SentAt: now.UnixMilli(), Samples: samples}, dev.key)
+				if err != nil {
+					slog.Error("presign", slog.String("error", err.Error()))
+					return
+				}
+				list = append(list, raw)
+			}
+			out[w] = list
+		}(w)
+	}
+	wg.Wait()
+	return out
+}
