@@ -47,7 +47,7 @@ type memSigner struct {
 	priv ed25519.PrivateKey
 }
 
-func (m memSigner) KeyID() string             { return m.id }
+func (m memSigner) KeyID() string            { return m.id }
 func (m memSigner) Public() crypto.PublicKey { return m.priv.Public() }
 func (m memSigner) Sign(_ context.Context, msg []byte) ([]byte, error) {
 	return ed25519.Sign(m.priv, msg), nil

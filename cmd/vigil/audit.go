@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,38 +20,20 @@ import (
 func init() { subcommands = append(subcommands, newAuditCmd) }
 
 // demoPassphrase seals the demo's local key ring when VIGIL_KEYRING_PASSPHRASE is unset.
-// It protects nothing: the demo is not for production (keys.LocalWarning).
+// It protects nothing: the demo is not for production (keys.LocalWarning). keys.go and
+// sim.go use it too.
 const demoPassphrase = "vigil-demo-keyring-not-secret"
 
-// auditSigner opens the local key ring in the data directory and returns the signer of the
-// audit checkpoint key (created on first use), and a closer for the ring. The passphrase
-// comes from VIGIL_KEYRING_PASSPHRASE (environment only); `vigil demo` has a fixed one.
-func auditSigner(ctx context.Context, dataDir string, demo bool) (audit.CheckpointSigner, func(context.Context) error, error) {
-	pass := os.Getenv("VIGIL_KEYRING_PASSPHRASE")
-	if pass == "" {
-		if !demo {
-			return nil, nil, errors.New("VIGIL_KEYRING_PASSPHRASE is not set (it seals the local key ring in the data directory)")
-		}
-		pass = demoPassphrase
-	}
-	slog.WarnContext(ctx, keys.LocalWarning)
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: filepath.Join(dataDir, "keys"), Passphrase: []byte(pass)})
+// auditSigner opens the key ring (keys.go: Vault Transit, or the local key ring in the data
+// directory) and returns the signer of the audit checkpoint key and a closer for the ring.
+func auditSigner(ctx context.Context, dataDir string, demo bool, pool *pgxpool.Pool) (audit.CheckpointSigner, func(context.Context) error, error) {
+	ring, closeRing, err := openKeyRing(ctx, dataDir, demo, pool, true)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open key ring: %w", err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		_ = local.Close()
-		return nil, nil, fmt.Errorf("open key ring: %w", err)
-	}
-	closeRing := func(context.Context) error { return ring.Close() }
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		_ = ring.Close()
 		return nil, nil, err
 	}
 	s, err := ring.Signer(ctx, keys.AuditCheckpoint)
 	if err != nil {
-		_ = ring.Close()
+		_ = closeRing(ctx)
 		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
 	return s, closeRing, nil
@@ -61,7 +42,7 @@ func auditSigner(ctx context.Context, dataDir string, demo bool) (audit.Checkpoi
 // openAudit starts the audit chain for serve/demo (workers running) or for a command
 // (readOnly: idle workers, embedded Trillian without its sequencer).
 func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, readOnly bool) (*audit.Service, func(context.Context) error, error) {
-	signer, closeRing, err := auditSigner(ctx, rc.DataDir, rc.Demo)
+	signer, closeRing, err := auditSigner(ctx, rc.DataDir, rc.Demo, pool)
 	if err != nil {
 		return nil, nil, err
 	}
