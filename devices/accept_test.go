@@ -457,3 +457,27 @@ func TestConcurrentGroupCommit(t *testing.T) {
 		t.Errorf("devices with last_seq %d = %d, want %d", perDev, n, nDev)
 	}
 }
+
+// Verifies: REQ-DEV-010, REQ-DEV-020
+func TestWaveformsStored(t *testing.T) {
+	e := devicestest.New(t, nil)
+	d := e.NewDevice(t)
+	now := e.Clock.Now()
+	wf := []envelope.Waveform{{Code: "131328", Unit: "mV", T0: now.Add(-time.Second).UnixMilli(), Hz: 250, Scale: 0.005, Data: []int64{0, 12, 40, 160, -30}}}
+	for i, samples := range [][]envelope.Sample{devicestest.Vitals(2, now), {}} {
+		d.Seq++
+		raw := d.Sign(t, &envelope.Upload{Device: d.ID.String(), KeyVersion: d.KV, Seq: d.Seq, SentAt: now.UnixMilli(), Samples: samples, Waveforms: wf})
+		rc, err := e.Devices.Accept(e.Ctx, raw, devices.Meta{Transport: "http"})
+		if err != nil {
+			t.Fatalf("Accept(upload %d with a waveform) = %v, want nil", i, err)
+		}
+		var stored []byte
+		if err := e.Pool.QueryRow(e.Ctx, `SELECT waveforms FROM devices_uploads WHERE hash = $1`, rc.UploadHash[:]).Scan(&stored); err != nil {
+			t.Fatal(err)
+		}
+		want, _ := envelope.Canonical(wf)
+		if !bytes.Equal(stored, want) {
+			t.Errorf("stored waveforms = %x, want %x", stored, want)
+		}
+	}
+}

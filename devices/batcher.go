@@ -312,6 +312,7 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 	events := make([]uuid.UUID, n)
 	transports := make([]string, n)
 	receipts := make([][]byte, n)
+	waves := make([][]byte, n)
 	for i, p := range group {
 		u := p.v.Upload
 		if a, ok := top[p.v.Device]; !ok || u.Seq > a.seq {
@@ -325,6 +326,11 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 			return fmt.Errorf("encode receipt: %w", err)
 		}
 		p.receiptBody = rb
+		if len(u.Waveforms) > 0 {
+			if waves[i], err = envelope.Canonical(u.Waveforms); err != nil {
+				return fmt.Errorf("encode waveforms: %w", err)
+			}
+		}
 		h := p.v.Hash
 		hashes[i] = h[:]
 		devs[i], seqs[i], kvs[i] = p.v.Device, int64(u.Seq), int64(u.KeyVersion)
@@ -342,9 +348,9 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 	bt.Queue(`UPDATE devices_devices d SET last_seq = v.seq
 		FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, seq, kv)
 		WHERE d.id = v.id AND d.status = 'active' AND d.key_version = v.kv AND d.last_seq < v.seq`, ids, tops, tkvs)
-	bt.Queue(`INSERT INTO devices_uploads (hash, device_id, seq, key_version, received_at, audit_event_id, transport, receipt)
-		SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::uuid[], $7::text[], $8::bytea[])`,
-		hashes, devs, seqs, kvs, times, events, transports, receipts)
+	bt.Queue(`INSERT INTO devices_uploads (hash, device_id, seq, key_version, received_at, audit_event_id, transport, receipt, waveforms)
+		SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::uuid[], $7::text[], $8::bytea[], $9::bytea[])`,
+		hashes, devs, seqs, kvs, times, events, transports, receipts, waves)
 	br := tx.SendBatch(ctx, &bt)
 	tag, err := br.Exec()
 	if err != nil {
@@ -404,13 +410,13 @@ func (b *batcher) runRejections() {
 func (b *batcher) writeRejections(group []*rejection) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	evs := make([]audit.Event, len(group))
+	for i, r := range group {
+		evs[i] = r.ev
+	}
 	return pgx.BeginFunc(ctx, b.s.cfg.Pool, func(tx pgx.Tx) error {
-		for _, r := range group {
-			if _, err := audit.Record(ctx, tx, r.ev); err != nil {
-				return err
-			}
-		}
-		return nil
+		_, err := audit.RecordMany(ctx, tx, evs)
+		return err
 	})
 }
 
