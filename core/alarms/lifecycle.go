@@ -332,3 +332,43 @@ func (s *Service) tickBatch(ctx context.Context, kind TransitionKind, where stri
 	s.Notify(ctx, ts)
 	return ts, nil
 }
+
+// ResolveRule resolves, inside tx, every open alarm of a rule (when the rule is disabled),
+// each audited; by is the actor disabling the rule. The caller notifies after commit.
+func (s *Service) ResolveRule(ctx context.Context, tx pgx.Tx, ruleID string, by audit.Event, reason string) ([]Transition, error) {
+	rows, err := tx.Query(ctx, `SELECT `+alarmCols+` FROM alarms WHERE rule_id=$1 AND state <> 'resolved' ORDER BY id FOR UPDATE`, ruleID)
+	if err != nil {
+		return nil, fmt.Errorf("resolve alarms of rule %s: %w", ruleID, err)
+	}
+	var open []row
+	for rows.Next() {
+		a, err := scanRow(rows)
+		if err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("resolve alarms of rule %s: %w", ruleID, err)
+		}
+		open = append(open, a)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("resolve alarms of rule %s: %w", ruleID, err)
+	}
+	now := s.now()
+	var ts []Transition
+	for _, a := range open {
+		a.State = StateResolved
+		a.ResolvedAt, a.ResolvedBy, a.ResolveReason = ptr(now), actorID(by), reason
+		a.NextEscalation, a.NextReminder = nil, nil
+		a.UpdatedAt = now
+		a.Revision++
+		if err := update(ctx, tx, a); err != nil {
+			return nil, err
+		}
+		t, err := s.record(ctx, tx, by, Resolved, a, reason, map[string]any{"rule_disabled": true})
+		if err != nil {
+			return nil, err
+		}
+		ts = append(ts, t)
+	}
+	return ts, nil
+}

@@ -28,6 +28,7 @@ type ruleSet struct {
 type engineState struct {
 	rules    atomic.Pointer[ruleSet]
 	current  map[string]Rule // latest version of every rule (guarded by mu)
+	disabled map[string]int  // highest disabled version of each rule (guarded by mu)
 	mu       sync.Mutex      // guards current and patients
 	patients map[uuid.UUID]*patientEntry
 }
@@ -40,13 +41,30 @@ type patientEntry struct {
 }
 
 func (e *Engine) init(ctx context.Context) error {
-	e.st = &engineState{current: map[string]Rule{}, patients: map[uuid.UUID]*patientEntry{}}
+	e.st = &engineState{current: map[string]Rule{}, disabled: map[string]int{}, patients: map[uuid.UUID]*patientEntry{}}
 	rs, err := e.rules(ctx)
 	if err != nil {
 		return fmt.Errorf("rules: load: %w", err)
 	}
 	for _, r := range rs {
 		e.st.current[r.ID] = r
+	}
+	drows, err := e.cfg.Pool.Query(ctx, `SELECT rule_id, max(version) FROM rules_versions WHERE NOT enabled GROUP BY rule_id`)
+	if err != nil {
+		return fmt.Errorf("rules: load: %w", err)
+	}
+	for drows.Next() {
+		var id string
+		var v int
+		if err := drows.Scan(&id, &v); err != nil {
+			drows.Close()
+			return fmt.Errorf("rules: load: %w", err)
+		}
+		e.st.disabled[id] = v
+	}
+	drows.Close()
+	if err := drows.Err(); err != nil {
+		return fmt.Errorf("rules: load: %w", err)
 	}
 	e.rebuildRuleSet()
 	rows, err := e.cfg.Pool.Query(ctx, `SELECT patient_id FROM rules_patient_state`)
@@ -71,6 +89,7 @@ func (e *Engine) rebuildRuleSet() {
 			continue
 		}
 		r := r
+		r.lastDisabled = e.st.disabled[r.ID]
 		set.list = append(set.list, &r)
 		var code string
 		switch r.Kind {
@@ -95,6 +114,9 @@ func (e *Engine) installRule(r Rule) {
 		return
 	}
 	e.st.current[r.ID] = r
+	if !r.Enabled {
+		e.st.disabled[r.ID] = r.Version
+	}
 	e.rebuildRuleSet()
 }
 

@@ -456,6 +456,30 @@ func TestRuleVersions(t *testing.T) {
 	if len(res.Transitions) != 1 || res.Transitions[0].Alarm.RuleVersion != 2 {
 		t.Fatalf("Evaluate(HR 105) = %v, want hr-high v2 opened", kinds(res.Transitions))
 	}
+	// Disabling the rule resolves its open alarms (audited) and stops it; enabling it again
+	// starts afresh: the condition still present opens a new alarm.
+	off := v2
+	off.Enabled, off.Reason = false, "rule under review"
+	v3, err := e.eng.CreateVersion(ctx, doc, off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := e.alarms.Get(ctx, res.Transitions[0].Alarm.ID)
+	if err != nil || a.State != alarms.StateResolved || a.ResolveReason != "rule_disabled" || a.ResolvedBy != "dr-lee" {
+		t.Fatalf("alarm after disabling = %+v, %v; want resolved, rule_disabled, by dr-lee", a, err)
+	}
+	if res := e.feed(t, p, obs(p, rules.CodeHeartRate, 106, t0.Add(time.Minute))); len(res.Transitions) != 0 {
+		t.Fatalf("Evaluate() with rule disabled = %v, want nothing", kinds(res.Transitions))
+	}
+	on := v3
+	on.Enabled, on.Reason = true, "review done"
+	if _, err := e.eng.CreateVersion(ctx, doc, on); err != nil {
+		t.Fatal(err)
+	}
+	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 107, t0.Add(2*time.Minute)))
+	if got := kinds(res.Transitions); !same(got, []string{"hr-high:opened:medium"}) || res.Transitions[0].Alarm.RuleVersion != 4 {
+		t.Fatalf("Evaluate() after re-enabling = %v, want a new hr-high alarm of version 4", got)
+	}
 	if _, err := e.eng.Versions(ctx, "no-such-rule"); !errors.Is(err, rules.ErrRuleNotFound) {
 		t.Errorf("Versions(unknown) error %v, want ErrRuleNotFound", err)
 	}

@@ -38,6 +38,11 @@ type Rule struct {
 	NEWS2     *NEWS2Params     `json:"news2,omitempty"`
 	Anomaly   *AnomalyParams   `json:"anomaly,omitempty"`
 	NoData    *NoDataParams    `json:"nodata,omitempty"`
+
+	// lastDisabled is the highest version of this rule that was disabled (0: none); a
+	// patient's memory of an older version does not carry a raised condition across it,
+	// since disabling resolved the rule's alarms.
+	lastDisabled int
 }
 
 // Duration is a time.Duration that is written in JSON as a Go duration string ("5m").

@@ -60,8 +60,13 @@ func (ps *patientState) rule(r *Rule) *ruleState {
 		ps.Rules[r.ID] = rs
 	}
 	if rs.Version != r.Version {
-		// A new version starts its own memory; only whether its alarm is raised carries over.
-		*rs = ruleState{Version: r.Version, Active: rs.Active, Severity: rs.Severity}
+		// A new version starts its own memory; only whether its alarm is raised carries over,
+		// unless the rule was disabled in between (which resolved its alarms).
+		if r.lastDisabled > rs.Version {
+			*rs = ruleState{Version: r.Version}
+		} else {
+			*rs = ruleState{Version: r.Version, Active: rs.Active, Severity: rs.Severity}
+		}
 	}
 	return rs
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/alarms"
 )
 
 var ruleIDRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -249,10 +250,18 @@ func (e *Engine) createVersion(ctx context.Context, by audit.Event, r Rule) (Rul
 	if _, err := audit.Record(ctx, tx, ev); err != nil {
 		return Rule{}, fmt.Errorf("create rule version: %w", err)
 	}
+	// Disabling a rule resolves its open alarms: nothing would ever clear them otherwise.
+	var ts []alarms.Transition
+	if !r.Enabled {
+		if ts, err = e.cfg.Alarms.ResolveRule(ctx, tx, r.ID, by, "rule_disabled"); err != nil {
+			return Rule{}, fmt.Errorf("create rule version: %w", err)
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return Rule{}, fmt.Errorf("create rule version: commit: %w", err)
 	}
 	e.installRule(r)
+	e.cfg.Alarms.Notify(ctx, ts)
 	return r, nil
 }
 
