@@ -260,6 +260,17 @@ func (in *Ingestor) Ready(ctx context.Context) error {
 	}
 }
 
+// Subscribed reports whether the Ingestor has subscribed at least once (it stays true
+// across reconnections, which resubscribe).
+func (in *Ingestor) Subscribed() bool {
+	select {
+	case <-in.up:
+		return true
+	default:
+		return false
+	}
+}
+
 // Stats returns the counters.
 func (in *Ingestor) Stats() Stats {
 	return Stats{Received: in.received.Load(), Accepted: in.accepted.Load(), Rejected: in.rejected.Load(),

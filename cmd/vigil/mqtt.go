@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/devices/mqtt"
+	"github.com/vigilhealth/vigil/server"
+)
+
+// wireMQTT starts MQTT ingestion (devices/mqtt) when VIGIL_MQTT_URL is set: Vigil
+// subscribes to <prefix>/+/up on that broker and answers on <prefix>/<id>/receipts. The
+// other settings come from VIGIL_MQTT_* variables (docs/devices-sdk.md); the password from
+// the environment only. The ingestor stops before the devices service does.
+func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devices.Service) error {
+	broker := os.Getenv("VIGIL_MQTT_URL")
+	if broker == "" {
+		return nil
+	}
+	cfg := mqtt.Config{
+		Broker:     broker,
+		ClientID:   os.Getenv("VIGIL_MQTT_CLIENT_ID"),
+		Prefix:     os.Getenv("VIGIL_MQTT_PREFIX"),
+		ShareGroup: os.Getenv("VIGIL_MQTT_SHARE_GROUP"),
+		Username:   os.Getenv("VIGIL_MQTT_USERNAME"),
+		Password:   []byte(os.Getenv("VIGIL_MQTT_PASSWORD")),
+		Accepter:   svc,
+		Pool:       sys.pool,
+		Logger:     slog.Default(),
+	}
+	if v := os.Getenv("VIGIL_MQTT_SESSION_EXPIRY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("VIGIL_MQTT_SESSION_EXPIRY=%q: %w", v, err)
+		}
+		cfg.SessionExpiry = d
+	}
+	in, err := mqtt.Start(cfg)
+	if err != nil {
+		return err
+	}
+	sys.closers = append(sys.closers, in.Close)
+	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "mqtt",
+		Check: func(context.Context) (any, error) {
+			st := in.Stats()
+			detail := map[string]any{"received": st.Received, "accepted": st.Accepted, "rejected": st.Rejected,
+				"failed": st.Failed, "connects": st.Connects}
+			if !in.Subscribed() {
+				return detail, fmt.Errorf("not subscribed to the broker yet")
+			}
+			return detail, nil
+		}})
+	slog.InfoContext(ctx, "MQTT ingestion enabled", slog.String("prefix", cfg.Prefix))
+	return nil
+}
