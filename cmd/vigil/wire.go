@@ -106,7 +106,12 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		return nil, err
 	}
 	// Devices: registry, enrollment, signed uploads into core (device.go).
-	if _, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc); err != nil {
+	devSvc, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc)
+	if err != nil {
+		return nil, err
+	}
+	// MQTT ingestion when VIGIL_MQTT_URL is set (mqtt.go).
+	if err := wireMQTT(ctx, sys, &srvCfg, devSvc); err != nil {
 		return nil, err
 	}
 	srv, err := server.New(srvCfg)
