@@ -106,8 +106,9 @@ func (e *Engine) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observ
 	return e.evaluate(ctx, patientID, obs)
 }
 
-// Tick runs the time-driven rules (no-data) for every patient known to the Engine (evaluated
-// since start, or checkpointed before) at Config.Now(), and returns the transitions made.
+// Tick picks up rule versions created by other processes, then runs the time-driven rules
+// (no-data) for every patient known to the Engine (evaluated since start, or checkpointed
+// before) at Config.Now(), and returns the transitions made.
 // Escalations and reminders are the alarms Service's own Tick.
 func (e *Engine) Tick(ctx context.Context) ([]alarms.Transition, error) { return e.tick(ctx) }
 

@@ -29,6 +29,7 @@ type engineState struct {
 	rules    atomic.Pointer[ruleSet]
 	current  map[string]Rule // latest version of every rule (guarded by mu)
 	disabled map[string]int  // highest disabled version of each rule (guarded by mu)
+	versions int             // number of stored rule versions when last loaded (guarded by mu)
 	mu       sync.Mutex      // guards current and patients
 	patients map[uuid.UUID]*patientEntry
 }
@@ -42,31 +43,9 @@ type patientEntry struct {
 
 func (e *Engine) init(ctx context.Context) error {
 	e.st = &engineState{current: map[string]Rule{}, disabled: map[string]int{}, patients: map[uuid.UUID]*patientEntry{}}
-	rs, err := e.rules(ctx)
-	if err != nil {
-		return fmt.Errorf("rules: load: %w", err)
+	if err := e.reloadRules(ctx); err != nil {
+		return err
 	}
-	for _, r := range rs {
-		e.st.current[r.ID] = r
-	}
-	drows, err := e.cfg.Pool.Query(ctx, `SELECT rule_id, max(version) FROM rules_versions WHERE NOT enabled GROUP BY rule_id`)
-	if err != nil {
-		return fmt.Errorf("rules: load: %w", err)
-	}
-	for drows.Next() {
-		var id string
-		var v int
-		if err := drows.Scan(&id, &v); err != nil {
-			drows.Close()
-			return fmt.Errorf("rules: load: %w", err)
-		}
-		e.st.disabled[id] = v
-	}
-	drows.Close()
-	if err := drows.Err(); err != nil {
-		return fmt.Errorf("rules: load: %w", err)
-	}
-	e.rebuildRuleSet()
 	rows, err := e.cfg.Pool.Query(ctx, `SELECT patient_id FROM rules_patient_state`)
 	if err != nil {
 		return fmt.Errorf("rules: load checkpoints: %w", err)
@@ -79,6 +58,62 @@ func (e *Engine) init(ctx context.Context) error {
 		e.st.patients[id] = &patientEntry{}
 	}
 	return nil
+}
+
+// reloadRules reads the latest version of every rule (and which were disabled) and
+// publishes them; it is how versions created by another process are picked up (Tick).
+func (e *Engine) reloadRules(ctx context.Context) error {
+	var count int
+	if err := e.cfg.Pool.QueryRow(ctx, `SELECT count(*) FROM rules_versions`).Scan(&count); err != nil {
+		return fmt.Errorf("rules: load: %w", err)
+	}
+	rs, err := e.rules(ctx)
+	if err != nil {
+		return fmt.Errorf("rules: load: %w", err)
+	}
+	disabled := map[string]int{}
+	drows, err := e.cfg.Pool.Query(ctx, `SELECT rule_id, max(version) FROM rules_versions WHERE NOT enabled GROUP BY rule_id`)
+	if err != nil {
+		return fmt.Errorf("rules: load: %w", err)
+	}
+	for drows.Next() {
+		var id string
+		var v int
+		if err := drows.Scan(&id, &v); err != nil {
+			drows.Close()
+			return fmt.Errorf("rules: load: %w", err)
+		}
+		disabled[id] = v
+	}
+	drows.Close()
+	if err := drows.Err(); err != nil {
+		return fmt.Errorf("rules: load: %w", err)
+	}
+	e.st.mu.Lock()
+	defer e.st.mu.Unlock()
+	e.st.current = map[string]Rule{}
+	for _, r := range rs {
+		e.st.current[r.ID] = r
+	}
+	e.st.disabled = disabled
+	e.st.versions = count
+	e.rebuildRuleSet()
+	return nil
+}
+
+// reloadIfChanged reloads the rules when the number of stored versions changed.
+func (e *Engine) reloadIfChanged(ctx context.Context) error {
+	var count int
+	if err := e.cfg.Pool.QueryRow(ctx, `SELECT count(*) FROM rules_versions`).Scan(&count); err != nil {
+		return fmt.Errorf("rules: check versions: %w", err)
+	}
+	e.st.mu.Lock()
+	same := count == e.st.versions
+	e.st.mu.Unlock()
+	if same {
+		return nil
+	}
+	return e.reloadRules(ctx)
 }
 
 // rebuildRuleSet publishes a new snapshot from current; the caller holds mu (or is init).
@@ -117,6 +152,7 @@ func (e *Engine) installRule(r Rule) {
 	if !r.Enabled {
 		e.st.disabled[r.ID] = r.Version
 	}
+	e.st.versions++
 	e.rebuildRuleSet()
 }
 
@@ -309,6 +345,9 @@ func (e *Engine) entries() map[uuid.UUID]*patientEntry {
 }
 
 func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
+	if err := e.reloadIfChanged(ctx); err != nil {
+		return nil, err
+	}
 	set := e.st.rules.Load()
 	hasNoData := false
 	for _, r := range set.list {

@@ -484,3 +484,36 @@ func TestRuleVersions(t *testing.T) {
 		t.Errorf("Versions(unknown) error %v, want ErrRuleNotFound", err)
 	}
 }
+
+// A version created through another process's engine is picked up at the next Tick.
+// Verifies: REQ-CORE-108
+func TestRuleVersionFromAnotherProcess(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	other, err := rules.New(ctx, rules.Config{Pool: e.pool, Alarms: e.alarms, Now: e.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vs, err := other.Versions(ctx, "temp-high")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := vs[len(vs)-1]
+	r.Threshold.Levels = []rules.Level{{Limit: 37.5, Severity: alarms.SeverityLow}}
+	r.Reason = "neutropenic patients: lower fever limit"
+	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}}
+	if _, err := other.CreateVersion(ctx, doc, r); err != nil {
+		t.Fatal(err)
+	}
+	p := uuid.New()
+	if res := e.feed(t, p, obs(p, rules.CodeBodyTemperature, 37.7, t0)); len(res.Transitions) != 0 {
+		t.Fatalf("before Tick: %v, want the old version (no alarm at 37.7)", kinds(res.Transitions))
+	}
+	if _, err := e.eng.Tick(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := e.feed(t, p, obs(p, rules.CodeBodyTemperature, 37.8, t0.Add(time.Minute)))
+	if got := kinds(res.Transitions); !same(got, []string{"temp-high:opened:low"}) || res.Transitions[0].Alarm.RuleVersion != 2 {
+		t.Fatalf("after Tick: %v, want temp-high v2 opened", got)
+	}
+}
