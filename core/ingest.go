@@ -282,14 +282,14 @@ func dropCrossBatchDuplicates(batches []Batch, norm []normalized) {
 	}
 }
 
-var obsColumns = []string{"patient_id", "code", "effective_at", "value", "unit", "flags", "upload_id"}
+var obsColumns = []string{"patient_id", "code", "effective_at", "value", "flags", "upload_id"}
 
 // obsSource streams observations of all batches to CopyFrom without building [][]any.
 type obsSource struct {
 	norm    []normalized
 	b, k    int
 	started bool
-	row     [7]any
+	row     [6]any
 }
 
 func (c *obsSource) Next() bool {
@@ -310,7 +310,7 @@ func (c *obsSource) Values() ([]any, error) {
 	if o.Artifact {
 		flags = flagArtifact
 	}
-	c.row = [7]any{o.PatientID, o.Code, o.EffectiveAt, o.Value, o.Unit, flags, o.UploadID}
+	c.row = [6]any{o.PatientID, o.Code, o.EffectiveAt, o.Value, flags, o.UploadID}
 	return c.row[:], nil
 }
 
@@ -360,17 +360,16 @@ func (s *Service) insertObservations(ctx context.Context, tx pgx.Tx, norm []norm
 		codes := make([]string, len(obs))
 		ats := make([]time.Time, len(obs))
 		vals := make([]float64, len(obs))
-		units := make([]string, len(obs))
 		flags := make([]int16, len(obs))
 		for k, o := range obs {
-			pids[k], codes[k], ats[k], vals[k], units[k] = o.PatientID, o.Code, o.EffectiveAt, o.Value, o.Unit
+			pids[k], codes[k], ats[k], vals[k] = o.PatientID, o.Code, o.EffectiveAt, o.Value
 			if o.Artifact {
 				flags[k] = flagArtifact
 			}
 		}
-		rows, err := tx.Query(ctx, `INSERT INTO core_observations (patient_id, code, effective_at, value, unit, flags, upload_id)
-			SELECT p, c, t, v, u, f, $7 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[], $6::int2[]) AS x(p, c, t, v, u, f)
-			ON CONFLICT DO NOTHING RETURNING code, effective_at`, pids, codes, ats, vals, units, flags, obs[0].UploadID)
+		rows, err := tx.Query(ctx, `INSERT INTO core_observations (patient_id, code, effective_at, value, flags, upload_id)
+			SELECT p, c, t, v, f, $6 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::float8[], $5::int2[]) AS x(p, c, t, v, f)
+			ON CONFLICT DO NOTHING RETURNING code, effective_at`, pids, codes, ats, vals, flags, obs[0].UploadID)
 		if err != nil {
 			return nil, fmt.Errorf("store observations: %w", err)
 		}

@@ -139,13 +139,15 @@ func TestIngestNormalizes(t *testing.T) {
 		t.Errorf("Ingest() = %+v, want %d stored, 2 flagged", res, len(tests))
 	}
 	for i, tc := range tests {
-		var v float64
-		var unit string
+		obs, err := e.svc.Observations(e.ctx, core.RangeQuery{PatientID: p, Code: tc.in.Code, Artifacts: true,
+			From: at.Add(time.Duration(i) * time.Second), To: at.Add(time.Duration(i)*time.Second + time.Microsecond)})
+		if err != nil || len(obs) != 1 {
+			t.Fatalf("%s %v: %v, %v", tc.in.Code, tc.in.Unit, obs, err)
+		}
+		v, unit := obs[0].Value, obs[0].Unit
 		var flags int16
-		err := e.pool.QueryRow(e.ctx, "SELECT value, unit, flags FROM core_observations WHERE patient_id = $1 AND code = $2 AND effective_at = $3",
-			p, tc.in.Code, at.Add(time.Duration(i)*time.Second)).Scan(&v, &unit, &flags)
-		if err != nil {
-			t.Fatalf("%s %v: %v", tc.in.Code, tc.in.Unit, err)
+		if obs[0].Artifact {
+			flags = 1
 		}
 		if math.Abs(v-tc.value) > 1e-6 || unit != tc.unit || (flags&1 == 1) != tc.artifact {
 			t.Errorf("stored %g %s = %g %s (artifact %v), want %g %s (artifact %v)", tc.in.Value, tc.in.Unit, v, unit, flags&1 == 1, tc.value, tc.unit, tc.artifact)

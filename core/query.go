@@ -48,7 +48,7 @@ func (s *Service) Observations(ctx context.Context, q RangeQuery) ([]Observation
 	if q.Limit <= 0 || q.Limit > MaxRawPoints {
 		q.Limit = MaxRawPoints
 	}
-	rows, err := s.pool.Query(ctx, `SELECT patient_id, code, value, unit, effective_at, flags & 1 = 1, upload_id
+	rows, err := s.pool.Query(ctx, `SELECT patient_id, code, value, effective_at, flags & 1 = 1, upload_id
 		FROM core_observations WHERE patient_id = $1 AND code = $2 AND effective_at >= $3 AND effective_at < $4
 		AND ($5 OR flags & 1 = 0) ORDER BY effective_at LIMIT $6`, q.PatientID, q.Code, q.From, q.To, q.Artifacts, q.Limit)
 	if err != nil {
@@ -56,8 +56,9 @@ func (s *Service) Observations(ctx context.Context, q RangeQuery) ([]Observation
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observation, error) {
 		var o Observation
-		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.Unit, &o.EffectiveAt, &o.Artifact, &o.UploadID)
+		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
 		o.EffectiveAt = o.EffectiveAt.UTC()
+		o.Unit = catalog[o.Code].Unit
 		return o, err
 	})
 	if err != nil {
@@ -117,7 +118,7 @@ func (s *Service) ObservationsSince(ctx context.Context, patientID uuid.UUID, si
 	if limit <= 0 || limit > MaxRawPoints {
 		limit = MaxRawPoints
 	}
-	rows, err := s.pool.Query(ctx, `SELECT patient_id, code, value, unit, effective_at, flags & 1 = 1, upload_id FROM (
+	rows, err := s.pool.Query(ctx, `SELECT patient_id, code, value, effective_at, flags & 1 = 1, upload_id FROM (
 			SELECT * FROM core_observations WHERE patient_id = $1 AND effective_at > $2
 			ORDER BY effective_at DESC, code DESC LIMIT $3) o ORDER BY effective_at, code`, patientID, since, limit)
 	if err != nil {
@@ -125,8 +126,9 @@ func (s *Service) ObservationsSince(ctx context.Context, patientID uuid.UUID, si
 	}
 	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observation, error) {
 		var o Observation
-		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.Unit, &o.EffectiveAt, &o.Artifact, &o.UploadID)
+		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
 		o.EffectiveAt = o.EffectiveAt.UTC()
+		o.Unit = catalog[o.Code].Unit
 		return o, err
 	})
 	if err != nil {

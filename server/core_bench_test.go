@@ -1,0 +1,231 @@
+package server
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/internal/testdb"
+)
+
+// benchRules adapts the rules engine to core.RuleEngine (as cmd/vigil does).
+type benchRules struct{ eng *rules.Engine }
+
+func (r benchRules) Evaluate(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
+	ro := make([]rules.Observation, len(obs))
+	for i, o := range obs {
+		ro[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
+			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
+	}
+	_, err := r.eng.Evaluate(ctx, p, ro)
+	return err
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkCoreIngestToSSE measures the clinical ingest path end to end: uploads of 10 vital
+// signs go through core validation and normalization, storage (COPY, group commit of G
+// uploads per transaction with their audit events) and every default rule plus a probe rule;
+// one upload in PROBE carries a glucose value that opens an alarm at once (the next one of that
+// patient resolves it). Reported: samples/s stored, and p50/p99 latency from the IngestMany
+// call carrying the probe to its alarm.opened event read by an SSE client over HTTP.
+//
+//	go test ./server -run '^$' -bench CoreIngestToSSE -benchtime 20s
+//
+// Knobs (env): VIGIL_BENCH_GROUP (uploads per transaction, default 50), VIGIL_BENCH_PAR
+// (goroutines per CPU, default 2), VIGIL_BENCH_PROBE (default 200).
+func BenchmarkCoreIngestToSSE(b *testing.B) {
+	ctx := context.Background()
+	pool := testdb.New(b)
+	hub := core.NewHub(core.HubConfig{Buffer: 1 << 16})
+	asvc, err := alarms.New(alarms.Config{Pool: pool, Notifier: hub})
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: asvc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "bench", AuthMethod: "none"}}
+	if _, err := eng.CreateVersion(ctx, by, rules.Rule{ID: "bench-probe", Name: "Glucose very high (benchmark probe)",
+		Kind: rules.KindThreshold, Enabled: true, Reason: "latency probe",
+		Threshold: &rules.ThresholdParams{Code: core.LOINCGlucose, Direction: rules.Above,
+			Levels: []rules.Level{{Limit: 400, Severity: alarms.SeverityHigh}}, Hysteresis: 10}}); err != nil {
+		b.Fatal(err)
+	}
+	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(), Rules: benchRules{eng}, Hub: hub,
+		MaxFutureSkew: 10 * time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := svc.MaintainPartitions(ctx); err != nil {
+		b.Fatal(err)
+	}
+	s, err := New(Config{Pool: pool, Core: svc, RequestTimeout: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+
+	group, par, probeEvery := envInt("VIGIL_BENCH_GROUP", 50), envInt("VIGIL_BENCH_PAR", 2), envInt("VIGIL_BENCH_PROBE", 200)
+	const npat = 2000
+	patients := make([]uuid.UUID, npat)
+	for i := range patients {
+		p, err := svc.CreatePatient(ctx, by, core.PatientPHI{MRN: fmt.Sprintf("B%05d", i), GivenName: "B", FamilyName: "B"}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		patients[i] = p.ID
+	}
+	seqs := make([]atomic.Int64, npat)
+	alarmed := make([]atomic.Bool, npat)
+	base := time.Now().UTC().Add(-55 * time.Minute).Truncate(time.Second)
+	var starts sync.Map // patient → time the probe upload was handed to core
+	var latMu sync.Mutex
+	var lats []time.Duration
+
+	// The SSE client.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(sctx, "GET", ts.URL+"/api/v1/stream?type=alarm.opened", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	events := make(chan sseEvent, 1024)
+	go readSSE(bufio.NewReader(resp.Body), events)
+	go func() {
+		for ev := range events {
+			recv := time.Now()
+			var e core.Event
+			if json.Unmarshal([]byte(ev.data), &e) != nil {
+				continue
+			}
+			if t0, ok := starts.LoadAndDelete(e.PatientID); ok {
+				latMu.Lock()
+				lats = append(lats, recv.Sub(t0.(time.Time)))
+				latMu.Unlock()
+			}
+		}
+	}()
+	for hub.Subscribers() == 0 {
+		time.Sleep(5 * time.Millisecond) // waiting for the SSE handler to subscribe
+	}
+
+	var next atomic.Int64
+	var uploads atomic.Int64
+	hash := func(i int64) (h [32]byte) {
+		copy(h[:], fmt.Sprintf("%032d", i))
+		return h
+	}
+	makeBatch := func(k int) (core.Batch, bool) {
+		p := patients[k]
+		n := seqs[k].Add(1)
+		at := base.Add(time.Duration(n) * time.Second)
+		u := uploads.Add(1)
+		glucose, probe := 100.0, false
+		switch {
+		case alarmed[k].Load():
+			alarmed[k].Store(false) // this upload resolves the probe alarm
+		case u%int64(probeEvery) == 0:
+			glucose, probe = 450, true
+			alarmed[k].Store(true)
+		}
+		j := float64(n % 3)
+		return core.Batch{PatientID: p, Provenance: core.Provenance{DeviceID: "bench-dev", KeyID: "bench-dev/v1",
+			UploadHash: hash(u), Sequence: uint64(n), Transport: "http"},
+			Samples: []core.Sample{
+				{Code: core.LOINCHeartRate, Value: 72 + j, Unit: "/min", Time: at},
+				{Code: core.LOINCRespiratoryRate, Value: 15 + j, Unit: "/min", Time: at},
+				{Code: core.LOINCSpO2, Value: 97 + j, Unit: "%", Time: at},
+				{Code: core.LOINCFiO2, Value: 21, Unit: "%", Time: at},
+				{Code: core.LOINCSystolicBP, Value: 120 + j, Unit: "mm[Hg]", Time: at},
+				{Code: core.LOINCDiastolicBP, Value: 80 + j, Unit: "mm[Hg]", Time: at},
+				{Code: core.LOINCMeanBP, Value: 93 + j, Unit: "mm[Hg]", Time: at},
+				{Code: core.LOINCBodyTemperature, Value: 98.2 + j/10, Unit: "[degF]", Time: at},
+				{Code: core.LOINCConsciousness, Value: 0, Unit: "{score}", Time: at},
+				{Code: core.LOINCGlucose, Value: glucose, Unit: "mg/dL", Time: at},
+			}}, probe
+	}
+	ingestGroup := func() error {
+		batches := make([]core.Batch, group)
+		var probes []uuid.UUID
+		for i := range batches {
+			k := int(next.Add(1) % npat)
+			var probe bool
+			batches[i], probe = makeBatch(k)
+			if probe {
+				probes = append(probes, batches[i].PatientID)
+			}
+		}
+		t := time.Now()
+		for _, p := range probes {
+			starts.Store(p, t)
+		}
+		_, err := svc.IngestMany(ctx, batches, nil)
+		return err
+	}
+	// Warm up: every patient's rule state loaded, connections open.
+	for i := 0; i < npat/group; i++ {
+		if err := ingestGroup(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second)
+	latMu.Lock()
+	lats = lats[:0]
+	latMu.Unlock()
+	before := svc.Stats()
+	b.ResetTimer()
+	start := time.Now()
+	b.SetParallelism(par)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := ingestGroup(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	time.Sleep(2 * time.Second) // let the last alarm events arrive
+	after := svc.Stats()
+	stored := after.Stored - before.Stored
+	b.ReportMetric(float64(stored)/elapsed.Seconds(), "samples/s")
+	b.ReportMetric(float64(after.Batches-before.Batches)/elapsed.Seconds(), "uploads/s")
+	latMu.Lock()
+	defer latMu.Unlock()
+	if len(lats) > 0 {
+		slices.Sort(lats)
+		b.ReportMetric(float64(lats[len(lats)/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(lats[len(lats)*99/100].Microseconds())/1000, "p99-ms")
+		b.ReportMetric(float64(len(lats)), "alarms")
+	}
+	if after.RuleErrors != before.RuleErrors {
+		b.Errorf("rule errors during the run: %d", after.RuleErrors-before.RuleErrors)
+	}
+}
