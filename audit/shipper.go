@@ -218,12 +218,13 @@ func (s *Shipper) seal(ctx context.Context) (full bool, err error) {
 func (s *Shipper) sealOne(ctx context.Context) (int, error) {
 	var n int
 	err := pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `SELECT `+eventColumns+` FROM audit_events WHERE batch_id IS NULL
+		// Only what the leaf is made of: no plaintext, no payload.
+		rows, err := tx.Query(ctx, `SELECT `+leafColumns+` FROM audit_events WHERE batch_id IS NULL
 			ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED`, s.cfg.BatchSize)
 		if err != nil {
 			return fmt.Errorf("select pending events: %w", err)
 		}
-		evs, err := pgx.CollectRows(rows, scanStoredEvent)
+		evs, err := pgx.CollectRows(rows, scanLeafEvent)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
@@ -240,11 +241,13 @@ func (s *Shipper) sealOne(ctx context.Context) (int, error) {
 		hashBytes := make([]byte, 0, leaf.HashSize*n)
 		idList := make([]uuid.UUID, n)
 		idx := make([]int32, n)
-		for i, ev := range evs {
-			h, err := ev.LeafHash()
+		for i := range evs {
+			ev := &evs[i]
+			enc, err := ev.Encode()
 			if err != nil {
-				return fmt.Errorf("event %s: %w", ev.ID, err)
+				return fmt.Errorf("event %s: %w", uuid.UUID(ev.ID), err)
 			}
+			h := leaf.LeafHash(enc)
 			hashes[i] = h
 			ids = append(ids, ev.ID[:]...)
 			hashBytes = append(hashBytes, h[:]...)

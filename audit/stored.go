@@ -138,3 +138,30 @@ func (e *StoredEvent) CheckCommitments() error {
 	}
 	return nil
 }
+
+// leafColumns are the columns a leaf is made of (scanLeafEvent).
+const leafColumns = `id, occurred_at, actor_kind, actor_id_c, actor_auth, action, object_type, object_id_c,
+	outcome, reason, request_id_c, source_addr_c, payload_commitment`
+
+// scanLeafEvent scans leafColumns into the leaf form of an event.
+func scanLeafEvent(row pgx.CollectableRow) (leaf.Event, error) {
+	var e leaf.Event
+	var id uuid.UUID
+	var ac, oc, rc, sc, pc []byte
+	if err := row.Scan(&id, &e.Time, &e.ActorKind, &ac, &e.ActorAuth, &e.Action, &e.ObjectType, &oc,
+		&e.Outcome, &e.Reason, &rc, &sc, &pc); err != nil {
+		return e, err
+	}
+	e.ID = id
+	e.Time = e.Time.UTC()
+	for _, c := range []struct {
+		dst *leaf.Hash
+		src []byte
+	}{{&e.ActorID, ac}, {&e.ObjectID, oc}, {&e.RequestID, rc}, {&e.SourceAddr, sc}, {&e.PayloadHash, pc}} {
+		if len(c.src) != leaf.HashSize {
+			return e, fmt.Errorf("event %s: commitment of %d bytes", id, len(c.src))
+		}
+		copy(c.dst[:], c.src)
+	}
+	return e, nil
+}

@@ -33,7 +33,6 @@ CREATE TABLE audit_events (
 CREATE INDEX audit_events_occurred_at ON audit_events (occurred_at);
 CREATE INDEX audit_events_action ON audit_events (action, occurred_at);
 CREATE INDEX audit_events_pending ON audit_events (seq) WHERE batch_id IS NULL;
-CREATE INDEX audit_events_batch ON audit_events (batch_id, batch_index);
 
 -- One row per sealed batch: the Trillian leaf is (version, id, count, root). event_ids and
 -- event_hashes (16 and 32 bytes per event, in batch order) let verify name every event of a
