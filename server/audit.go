@@ -23,10 +23,18 @@ func (s *Server) mountAudit(api *echo.Group) {
 	}
 	s.echo.Use(s.auditStateChanges)
 	api.GET("/audit/checkpoint", s.auditCheckpoint)
+	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
 	api.GET("/audit/events", s.auditEvents)
 	api.GET("/audit/events/:id", s.auditEvent)
 }
+
+const auditedKey = "vigil.audited"
+
+// Audited tells the state-change audit middleware that domain code already recorded this
+// request's event in the action's own transaction (e.g. upload.accepted for each upload), so
+// no second, generic event is added. Call it only after that transaction committed.
+func Audited(c echo.Context) { c.Set(auditedKey, true) }
 
 // auditStateChanges records every state-changing request (any method but GET, HEAD,
 // OPTIONS) that was not rejected, as `http.request.completed` (or `http.request.failed` for a
@@ -47,6 +55,9 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		if status >= 400 && status < 500 {
 			return err // audited as http.request.rejected by handleError
+		}
+		if done, _ := c.Get(auditedKey).(bool); done && status < 500 {
+			return err // the domain event is the record of this request
 		}
 		ev := EventFor(c)
 		ev.Action, ev.Outcome = "http.request.completed", audit.OutcomeSuccess
@@ -73,6 +84,18 @@ func (s *Server) auditCheckpoint(c echo.Context) error {
 	}
 	if strings.Contains(c.Request().Header.Get(echo.HeaderAccept), "text/plain") {
 		return c.String(http.StatusOK, cp.Note)
+	}
+	return c.JSON(http.StatusOK, map[string]any{
+		"origin": s.cfg.Audit.Origin(), "size": cp.Size, "root_hash": cp.Root[:], "note": cp.Note,
+		"key_id": cp.KeyID, "created_at": cp.CreatedAt, "verifier_key": s.cfg.Audit.VerifierKey(),
+	})
+}
+
+// auditCheckpointNow issues a checkpoint at once (if the log grew) and returns it.
+func (s *Server) auditCheckpointNow(c echo.Context) error {
+	cp, err := s.cfg.Audit.CheckpointNow(c.Request().Context())
+	if err != nil {
+		return err
 	}
 	return c.JSON(http.StatusOK, map[string]any{
 		"origin": s.cfg.Audit.Origin(), "size": cp.Size, "root_hash": cp.Root[:], "note": cp.Note,
