@@ -30,6 +30,7 @@ import (
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
@@ -127,6 +128,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return err
 	}
 	pcfg.MaxConns = int32(o.poolSize)
+	pcfg.AfterConnect = pgxuuid.AfterConnect
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
@@ -130,6 +131,8 @@ func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("VIGIL_DATABASE_URL: %w", err)
 	}
+	// uuid.UUID encoded as 16 bytes, not through its string Valuer (see internal/pgxuuid).
+	cfg.AfterConnect = pgxuuid.AfterConnect
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to database: %w", err)
