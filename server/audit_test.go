@@ -1,9 +1,6 @@
 package server
 
 import (
-	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -11,11 +8,11 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -25,15 +22,8 @@ import (
 // Verifies: REQ-AUD-009, REQ-AUD-010
 func TestAuditAPI(t *testing.T) {
 	pool, url := testdb.NewWithURL(t)
-	ctx := context.Background()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := audit.OpenIdle(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: audit.NewEd25519Signer("test", priv),
-		SequencerInterval: 20 * time.Millisecond, Logger: quiet})
-	if err != nil {
-		t.Fatalf("audit.OpenIdle() error = %v", err)
-	}
-	t.Cleanup(func() { _ = svc.Close(context.Background()) })
+	svc := audittest.Start(t, pool, url)
 	s, err := New(Config{Pool: pool, Audit: svc, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -93,17 +83,8 @@ func TestAuditAPI(t *testing.T) {
 	}
 	get("/api/v1/audit/events?from=yesterday", http.StatusBadRequest, nil)
 
-	// Ship and checkpoint, then fetch an event with its proof.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := svc.Shipper().Step(ctx); err == nil && svc.Shipper().Stats().UnintegratedBatches == 0 && svc.Shipper().Stats().PendingEvents == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("shipper did not catch up: %+v", svc.Shipper().Stats())
-		}
-		time.Sleep(10 * time.Millisecond) // waiting for Trillian's sequencer
-	}
+	// Ship, then checkpoint on demand, then fetch an event with its proof.
+	audittest.ShipAll(t, svc)
 	resp, err = http.Post(ts.URL+"/api/v1/audit/checkpoint", "application/json", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST checkpoint = %v, %v", resp, err)
