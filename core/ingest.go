@@ -152,9 +152,13 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 	dropCrossBatchDuplicates(batches, norm)
 
 	var stored [][]Observation
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// Fast path: plain COPY. If some sample is already stored (a retransmission), the COPY
+	// fails on the primary key and the whole transaction is redone on the slow path, which
+	// skips stored samples. Nothing else has run in the transaction at that point.
+	slow := false
+	tx := func(tx pgx.Tx) error {
 		var err error
-		stored, err = s.insertObservations(ctx, tx, norm)
+		stored, err = s.insertObservations(ctx, tx, norm, slow)
 		if err != nil {
 			return err
 		}
@@ -162,6 +166,7 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 		for i := range batches {
 			b := &batches[i]
 			r := &results[i]
+			r.Flagged = 0
 			r.Stored = len(stored[i])
 			for _, o := range stored[i] {
 				if o.Artifact {
@@ -206,7 +211,12 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 			}
 		}
 		return nil
-	})
+	}
+	err := pgx.BeginFunc(ctx, s.pool, tx)
+	if errors.Is(err, errAlreadyStored) {
+		slow = true
+		err = pgx.BeginFunc(ctx, s.pool, tx)
+	}
 	if err != nil {
 		var me *IngestManyError
 		if errors.As(err, &me) {
@@ -316,10 +326,14 @@ func (c *obsSource) Values() ([]any, error) {
 
 func (c *obsSource) Err() error { return nil }
 
-// insertObservations writes the observations with COPY inside a savepoint. If some are already
-// stored (unique violation), it rolls back to the savepoint and inserts with ON CONFLICT DO
-// NOTHING, learning which were new. It returns the observations stored, per batch.
-func (s *Service) insertObservations(ctx context.Context, tx pgx.Tx, norm []normalized) ([][]Observation, error) {
+// errAlreadyStored: the fast path's COPY met a sample already stored.
+var errAlreadyStored = errors.New("some samples are already stored")
+
+// insertObservations writes the observations of every batch and returns those stored, per
+// batch. Fast path: one COPY; a primary-key violation (some sample already stored) is
+// errAlreadyStored and aborts the transaction. Slow path: INSERT … ON CONFLICT DO NOTHING per
+// batch, learning which samples were new.
+func (s *Service) insertObservations(ctx context.Context, tx pgx.Tx, norm []normalized, slow bool) ([][]Observation, error) {
 	out := make([][]Observation, len(norm))
 	n := 0
 	for i := range norm {
@@ -328,27 +342,19 @@ func (s *Service) insertObservations(ctx context.Context, tx pgx.Tx, norm []norm
 	if n == 0 {
 		return out, nil
 	}
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("store observations: %w", err)
-	}
-	_, err = sp.CopyFrom(ctx, pgx.Identifier{"core_observations"}, obsColumns, &obsSource{norm: norm})
-	if err == nil {
-		if err := sp.Commit(ctx); err != nil {
+	if !slow {
+		_, err := tx.CopyFrom(ctx, pgx.Identifier{"core_observations"}, obsColumns, &obsSource{norm: norm})
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+			return nil, errAlreadyStored
+		}
+		if err != nil {
 			return nil, fmt.Errorf("store observations: %w", err)
 		}
 		for i := range norm {
 			out[i] = norm[i].obs
 		}
 		return out, nil
-	}
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "23505" {
-		_ = sp.Rollback(ctx)
-		return nil, fmt.Errorf("store observations: %w", err)
-	}
-	if err := sp.Rollback(ctx); err != nil {
-		return nil, fmt.Errorf("store observations: %w", err)
 	}
 	// Slow path: some samples are already stored.
 	for i := range norm {
