@@ -40,10 +40,18 @@ func auditSigner(ctx context.Context, dataDir string, demo bool, pool *pgxpool.P
 }
 
 // openAudit starts the audit chain for serve/demo (workers running) or for a command
-// (readOnly: idle workers, embedded Trillian without its sequencer).
-func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, readOnly bool) (*audit.Service, func(context.Context) error, error) {
-	signer, closeRing, err := auditSigner(ctx, rc.DataDir, rc.Demo, pool)
-	if err != nil {
+// (readOnly: idle workers, embedded Trillian without its sequencer). It signs with ring's
+// audit checkpoint key, or, when ring is nil, opens the key ring itself.
+func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, ring *keys.Ring, readOnly bool) (*audit.Service, func(context.Context) error, error) {
+	var signer audit.CheckpointSigner
+	closeRing := func(context.Context) error { return nil }
+	var err error
+	if ring != nil {
+		signer, err = ring.Signer(ctx, keys.AuditCheckpoint)
+		if err != nil {
+			return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
+		}
+	} else if signer, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, pool); err != nil {
 		return nil, nil, err
 	}
 	cfg := audit.Config{Pool: pool, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
@@ -136,7 +144,7 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 				return err
 			}
 			defer pool.Close()
-			svc, closeSvc, err := openAudit(ctx, rc, pool, true)
+			svc, closeSvc, err := openAudit(ctx, rc, pool, nil, true)
 			if err != nil {
 				return err
 			}
@@ -200,7 +208,7 @@ object and request ids and source addresses (with their salts) so they can be ch
 				return err
 			}
 			defer pool.Close()
-			svc, closeSvc, err := openAudit(ctx, rc, pool, true)
+			svc, closeSvc, err := openAudit(ctx, rc, pool, nil, true)
 			if err != nil {
 				return err
 			}

@@ -28,7 +28,7 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 	ctx := context.Background()
 
 	// A running installation's audit chain records, ships and checkpoints some events.
-	svc, closeSvc, err := openAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, pool, false)
+	svc, closeSvc, err := openAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, pool, nil, false)
 	if err != nil {
 		t.Fatalf("openAudit() error = %v", err)
 	}

@@ -92,7 +92,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "keys", Check: keysReady(ring)})
 
 	// The audit chain: embedded (or external) Trillian, shipper, checkpointer (audit.go).
-	auditSvc, closeAudit, err := openAudit(ctx, rc, pool, false)
+	auditSvc, closeAudit, err := openAudit(ctx, rc, pool, ring, false)
 	if err != nil {
 		return nil, err
 	}
