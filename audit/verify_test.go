@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,37 @@ func TestReadinessReportsLagWhileLogDown(t *testing.T) {
 	st := detail.(audit.Stats)
 	if st.UnintegratedBatches == 0 || st.Lag() < 2*time.Minute || st.ConsecutiveFailures < 2 {
 		t.Errorf("Stats() during outage = %+v, want batches waiting, lag ≥ 2m, failures", st)
+	}
+}
+
+// Close stops every goroutine the service started: embedded Trillian, sequencer, shipper,
+// checkpointer, group committer.
+// Verifies: REQ-AUD-005
+func TestCloseLeavesNoGoroutine(t *testing.T) {
+	pool, url := testdb.NewWithURL(t)
+	ctx := context.Background()
+	if err := pool.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
+		Window: 10 * time.Millisecond, CheckpointInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.RecordNow(ctx, testEvent()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the workers run a few passes
+	if err := svc.Close(ctx); err != nil {
+		t.Fatalf("Close() error = %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("goroutines after Close = %d, before Open %d:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond) // exiting goroutines finish asynchronously
 	}
 }
