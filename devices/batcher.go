@@ -276,7 +276,10 @@ func (b *batcher) commitGroup(ctx context.Context, group []*pending) error {
 			if seen < n {
 				return nil
 			}
-			return b.writeDeviceState(ctx, tx, group, results)
+			t1 := time.Now()
+			err := b.writeDeviceState(ctx, tx, group, results)
+			b.s.stats.hookNanos.Add(int64(time.Since(t1)))
+			return err
 		}
 	}
 	var err error

@@ -171,7 +171,7 @@ type Service struct {
 	closeOnce sync.Once
 
 	stats struct {
-		accepted, rejected, replayed, groups, fallbacks, commitNanos atomic.Int64
+		accepted, rejected, replayed, groups, fallbacks, commitNanos, hookNanos atomic.Int64
 	}
 }
 
@@ -185,13 +185,16 @@ type Stats struct {
 	// CommitTime is the total time spent in group-commit transactions (core.IngestMany
 	// with the device-state hook), successful or not.
 	CommitTime time.Duration
+	// HookTime is the part of CommitTime spent writing device state (sequence numbers,
+	// receipts) inside the transaction.
+	HookTime time.Duration
 }
 
 // Stats returns the counters of the upload path.
 func (s *Service) Stats() Stats {
 	return Stats{Accepted: s.stats.accepted.Load(), Replayed: s.stats.replayed.Load(), Rejected: s.stats.rejected.Load(),
 		Groups: s.stats.groups.Load(), Fallbacks: s.stats.fallbacks.Load(),
-		CommitTime: time.Duration(s.stats.commitNanos.Load())}
+		CommitTime: time.Duration(s.stats.commitNanos.Load()), HookTime: time.Duration(s.stats.hookNanos.Load())}
 }
 
 // New builds the Service and starts its group committers.

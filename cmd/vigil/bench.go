@@ -311,9 +311,10 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return true
 	})
 	st := ds.Stats()
-	fmt.Fprintf(out, "devices: %d accepted in %d group commits (mean %.1f uploads/commit, mean %s/commit), %d rejected, %d fallbacks\n",
+	fmt.Fprintf(out, "devices: %d accepted in %d group commits (mean %.1f uploads/commit, mean %s/commit of which %s device state), %d rejected, %d fallbacks\n",
 		st.Accepted, st.Groups, float64(st.Accepted)/max(float64(st.Groups), 1),
-		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond), st.Rejected, st.Fallbacks)
+		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond),
+		(st.HookTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond), st.Rejected, st.Fallbacks)
 	var events, obs int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`).Scan(&events)
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&obs)
