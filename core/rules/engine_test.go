@@ -275,6 +275,13 @@ func TestNEWS2Rule(t *testing.T) {
 	if got := kinds(res.Transitions); !same(got, []string{"temp-high:resolved:low", "news2:resolved:critical"}) {
 		t.Fatalf("recovery: transitions %v, want news2 resolved", got)
 	}
+	// A monitor that does not report oxygen delivery: scored as air (news2 v2), and flagged.
+	q := uuid.New()
+	all := vitals(q, t0, 22, 95, 0, 120, 95, 0, 37)
+	res = e.feed(t, q, append(all[:2:2], all[3:]...)...)
+	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.AssumedAir || res.Derived[0].NEWS2.Total != 4 || res.Derived[0].RuleVersion != 2 {
+		t.Fatalf("no oxygen observation: derived %+v, want NEWS2 4 (2+1+1) with assumed air, rule v2", res.Derived)
+	}
 	// Stale parameters (older than max_age 1h) give no score.
 	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0.Add(2*time.Hour)))
 	if len(res.Derived) != 0 {

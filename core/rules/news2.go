@@ -38,6 +38,10 @@ type NEWS2Score struct {
 	Temperature   int  `json:"temperature"`
 	SingleRed     bool `json:"single_red"` // some parameter scored 3
 	Band          Band `json:"band"`
+	// AssumedAir / AssumedAlert: no observation of that parameter was fresh and the rule's
+	// assume_air / assume_alert default was scored instead (shown to the clinician).
+	AssumedAir   bool `json:"assumed_air,omitempty"`
+	AssumedAlert bool `json:"assumed_alert,omitempty"`
 }
 
 // ComputeNEWS2 scores in. It returns ErrInvalidRule-wrapped errors for an SpO2 scale other

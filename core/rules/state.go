@@ -354,21 +354,27 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	}
 	fio2, okC := fresh("fio2")
 	flow, okF := fresh("o2flow")
+	assumedAir, assumedAlert := false, false
 	switch {
 	case okC || okF:
 		in.OnOxygen = okC && fio2.V > 21 || okF && flow.V > 0
 	case !p.AssumeAir:
 		return
+	default:
+		assumedAir = true
 	}
 	if c, ok := fresh("acvpu"); ok {
 		in.Consciousness = int(math.Round(c.V))
 	} else if !p.AssumeAlert {
 		return
+	} else {
+		assumedAlert = true
 	}
 	score, err := ComputeNEWS2(in)
 	if err != nil {
 		return // an impossible ACVPU code: no score rather than a wrong one
 	}
+	score.AssumedAir, score.AssumedAlert = assumedAir, assumedAlert
 	if rs.Last == nil || *rs.Last != score {
 		sc := score
 		rs.Last = &sc
@@ -381,7 +387,11 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	switch {
 	case sev != 0 && (!rs.Active || sev != rs.Severity):
 		rs.Active, rs.Severity = true, sev
-		x.signal(r, true, sev, at, fmt.Sprintf("NEWS2 %d (%s response)", score.Total, score.Band), map[string]any{"news2": score, "at": at})
+		msg := fmt.Sprintf("NEWS2 %d (%s response)", score.Total, score.Band)
+		if assumedAir {
+			msg += "; oxygen not reported, scored as air"
+		}
+		x.signal(r, true, sev, at, msg, map[string]any{"news2": score, "at": at})
 	case sev == 0 && rs.Active:
 		rs.Active, rs.Severity = false, 0
 		x.signal(r, false, 0, at, fmt.Sprintf("NEWS2 %d", score.Total), map[string]any{"news2": score, "at": at})
