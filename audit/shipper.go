@@ -371,9 +371,9 @@ func (s *Shipper) finishPass(ctx context.Context, passErr error) {
 	var oldestEv, oldestBatch *time.Time
 	err := s.cfg.Pool.QueryRow(ctx, `SELECT
 		(SELECT count(*) FROM audit_events WHERE batch_id IS NULL),
-		(SELECT min(recorded_at) FROM audit_events WHERE batch_id IS NULL),
+		(SELECT recorded_at FROM audit_events WHERE batch_id IS NULL ORDER BY seq LIMIT 1),
 		(SELECT count(*) FROM audit_batches WHERE leaf_index IS NULL),
-		(SELECT min(sealed_at) FROM audit_batches WHERE leaf_index IS NULL)`).Scan(
+		(SELECT sealed_at FROM audit_batches WHERE leaf_index IS NULL ORDER BY seq LIMIT 1)`).Scan(
 		&st.PendingEvents, &oldestEv, &st.UnintegratedBatches, &oldestBatch)
 	if err == nil {
 		if oldestEv != nil {
