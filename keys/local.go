@@ -64,6 +64,7 @@ type Local struct {
 	closed  bool
 	kdf     localKDF
 	kek     []byte // derived from the passphrase
+	signers map[string]crypto.Signer // parsed private keys by "name/version", reset on reload
 	keys    map[string]*localKey
 	modTime time.Time
 	size    int64
@@ -207,6 +208,7 @@ func (l *Local) loadLocked() error {
 	}
 	clear(plain)
 	l.keys, l.modTime, l.size = keys, st.ModTime(), st.Size()
+	l.signers = nil
 	return nil
 }
 
@@ -444,15 +446,35 @@ func (l *Local) secret(op, name string, version int) (Algorithm, int, []byte, er
 
 // Sign implements [Backend].
 func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byte) ([][]byte, int, error) {
-	alg, v, s, err := l.secret("sign", name, version)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer clear(s)
-	if !alg.Signs() {
-		return nil, 0, &BackendError{Backend: "local", Op: "sign", Key: name, Err: ErrWrongPurpose}
-	}
-	_, signer, err := publicOf(alg, s)
+	var signer crypto.Signer
+	var v int
+	err := l.read("sign", func() error {
+		k, ok := l.keys[name]
+		if !ok {
+			return notFound("sign", name)
+		}
+		kv, ok := k.version(version)
+		if !ok {
+			return &BackendError{Backend: "local", Op: "sign", Key: name, Err: fmt.Errorf("%w: version %d", ErrKeyNotFound, version)}
+		}
+		if !k.Alg.Signs() {
+			return &BackendError{Backend: "local", Op: "sign", Key: name, Err: ErrWrongPurpose}
+		}
+		v = kv.V
+		id := name + "/" + strconv.Itoa(v)
+		if signer = l.signers[id]; signer != nil {
+			return nil
+		}
+		_, sg, err := publicOf(k.Alg, kv.Secret)
+		if err != nil {
+			return err
+		}
+		if l.signers == nil {
+			l.signers = map[string]crypto.Signer{}
+		}
+		l.signers[id], signer = sg, sg
+		return nil
+	})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -470,6 +492,10 @@ func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byt
 	}
 	return out, v, nil
 }
+
+// inProcess marks the local backend: its signatures are made here with a key whose public
+// key is derived here, so the ring need not verify them again.
+func (l *Local) inProcess() bool { return true }
 
 // MAC implements [Backend].
 func (l *Local) MAC(ctx context.Context, name string, version int, msg []byte) ([]byte, int, error) {
@@ -590,5 +616,6 @@ func (l *Local) Close() error {
 	l.closed = true
 	clear(l.kek)
 	l.keys = nil
+	l.signers = nil
 	return nil
 }
