@@ -67,3 +67,40 @@ func ShipAll(t testing.TB, svc *audit.Service) audit.Checkpoint {
 	}
 	return cp
 }
+
+// TestCheckpointSigner is the conformance suite of audit.CheckpointSigner: every
+// implementation (the key ring's signer, NewEd25519Signer) MUST pass it. It checks that the
+// key id is stable and non-empty, that Public is an Ed25519 key, that Sign's signatures
+// verify under it and are accepted in a checkpoint note, and that Sign leaves msg unchanged.
+func TestCheckpointSigner(t *testing.T, s audit.CheckpointSigner) {
+	t.Helper()
+	ctx := context.Background()
+	id := s.KeyID()
+	if id == "" || s.KeyID() != id {
+		t.Errorf("KeyID() = %q then %q, want a stable non-empty id", id, s.KeyID())
+	}
+	pub, ok := s.Public().(ed25519.PublicKey)
+	if !ok || len(pub) != ed25519.PublicKeySize {
+		t.Fatalf("Public() = %T, want ed25519.PublicKey", s.Public())
+	}
+	msg := []byte("vigil.audit/conformance\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n")
+	orig := append([]byte(nil), msg...)
+	sig, err := s.Sign(ctx, msg)
+	if err != nil {
+		t.Fatalf("Sign() error = %v", err)
+	}
+	if string(msg) != string(orig) {
+		t.Error("Sign() altered msg")
+	}
+	if !ed25519.Verify(pub, msg, sig) {
+		t.Error("Sign() signature does not verify under Public()")
+	}
+	other := append([]byte(nil), msg...)
+	other[len(other)-2] ^= 1
+	if ed25519.Verify(pub, other, sig) {
+		t.Error("Sign() signature verifies for a different message")
+	}
+	if _, err := audit.VerifierKey("vigil.audit/conformance", s.Public()); err != nil {
+		t.Errorf("VerifierKey(Public()) error = %v", err)
+	}
+}
