@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -19,7 +18,6 @@ import (
 	"github.com/vigilhealth/vigil/devices/mqtt"
 	"github.com/vigilhealth/vigil/devices/sdk"
 	"github.com/vigilhealth/vigil/devices/sim"
-	"github.com/vigilhealth/vigil/keys"
 )
 
 // `vigil sim`: the fleet simulator, and the small fleet `vigil demo` runs.
@@ -62,8 +60,9 @@ Scenarios: stable, sepsis, hypoxia, bradycardia, artifact, offline, or mixed (ou
 ten patients five stable and one of each other). Scenarios develop over --ramp. The same
 --seed gives the same readings.
 
-Synthetic patients need the key ring that seals patient data: the one in --data-dir,
-opened with VIGIL_KEYRING_PASSPHRASE (the demo's own passphrase when unset).`,
+Synthetic patients' identifying data is sealed with the installation's key ring: Vault
+Transit when VIGIL_VAULT_ADDR is set, else the local key ring in --data-dir opened with
+VIGIL_KEYRING_PASSPHRASE (the demo's own passphrase when unset).`,
 		Example: `  vigil sim --patients 20 --rate 1 --duration 5m --scenario mixed
   vigil sim --patients 5 --scenario sepsis --ramp 1m --duration 3m
   vigil sim --patients 100 --rate 10 --duration 30s --mqtt mqtt://127.0.0.1:1883`,
@@ -99,7 +98,15 @@ func runSim(ctx context.Context, f simFlags, out interface{ Write([]byte) (int, 
 		return err
 	}
 	defer pool.Close()
-	prov, closeProv, err := simProvisioner(ctx, pool, f.dataDir, os.Getenv("VIGIL_KEYRING_PASSPHRASE"))
+	// The installation's key ring (Vault or the local one in --data-dir; the demo's
+	// passphrase when VIGIL_KEYRING_PASSPHRASE is unset), to seal the synthetic patients' data.
+	demo := os.Getenv("VIGIL_KEYRING_PASSPHRASE") == "" && os.Getenv("VIGIL_VAULT_ADDR") == ""
+	ring, closeRing, err := openKeyRing(ctx, f.dataDir, demo, pool, false)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = closeRing(context.WithoutCancel(ctx)) }()
+	prov, closeProv, err := simProvisioner(ctx, pool, ring.PHI())
 	if err != nil {
 		return err
 	}
@@ -117,41 +124,22 @@ func runSim(ctx context.Context, f simFlags, out interface{ Write([]byte) (int, 
 	return err
 }
 
-// simProvisioner opens what provisioning needs: the key ring (for sealing the synthetic
-// patients' identifying data), core's patient registry and the device registry.
-func simProvisioner(ctx context.Context, pool *pgxpool.Pool, dataDir, pass string) (*sim.LocalProvisioner, func(), error) {
-	if pass == "" {
-		slog.WarnContext(ctx, "VIGIL_KEYRING_PASSPHRASE is not set: opening the key ring with the demo's passphrase")
-		pass = demoPassphrase
-	}
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: filepath.Join(dataDir, "keys"), Passphrase: []byte(pass)})
+// simProvisioner builds what provisioning needs: core's patient registry (sealing the
+// synthetic patients' identifying data with phi, the installation's key ring) and the
+// device registry.
+func simProvisioner(ctx context.Context, pool *pgxpool.Pool, phi core.PHISealer) (*sim.LocalProvisioner, func(), error) {
+	cs, err := core.New(core.Config{Pool: pool, PHI: phi})
 	if err != nil {
-		return nil, nil, fmt.Errorf("open key ring: %w", err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		_ = local.Close()
-		return nil, nil, fmt.Errorf("open key ring: %w", err)
-	}
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		_ = ring.Close()
-		return nil, nil, err
-	}
-	cs, err := core.New(core.Config{Pool: pool, PHI: ring.PHI()})
-	if err != nil {
-		_ = ring.Close()
 		return nil, nil, err
 	}
 	ds, err := devices.New(devices.Config{Pool: pool})
 	if err != nil {
-		_ = ring.Close()
 		return nil, nil, err
 	}
 	closer := func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = ds.Close(cctx)
-		_ = ring.Close()
 	}
 	return &sim.LocalProvisioner{Core: cs, Devices: ds}, closer, nil
 }
@@ -192,8 +180,7 @@ func demoFleet(ctx context.Context, url string, sys *system) error {
 	if n == 0 {
 		return nil
 	}
-	dataDir := envOr("VIGIL_DATA_DIR", "./.vigil")
-	prov, closeProv, err := simProvisioner(ctx, sys.pool, dataDir, os.Getenv("VIGIL_KEYRING_PASSPHRASE"))
+	prov, closeProv, err := simProvisioner(ctx, sys.pool, sys.keys.PHI())
 	if err != nil {
 		return fmt.Errorf("demo fleet: %w", err)
 	}

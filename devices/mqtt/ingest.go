@@ -39,7 +39,8 @@ type Config struct {
 	Username string
 	Password []byte
 	// ClientID is Vigil's MQTT client id. Give each instance a stable one so the broker keeps
-	// its session (and the uploads queued for it) across restarts. Default "vigil-" + random.
+	// its session (and the uploads queued for it) across restarts. Default "vigil-" + random,
+	// and then no persistent session (see SessionExpiry).
 	ClientID string
 	// Prefix is the topic prefix. Default DefaultPrefix ("vigil/devices").
 	Prefix string
@@ -48,7 +49,9 @@ type Config struct {
 	ShareGroup string
 	NoShare    bool
 	// SessionExpiry is how long the broker keeps Vigil's session (subscription and queued
-	// QoS 1 uploads) while Vigil is disconnected. Default 1 h.
+	// QoS 1 uploads) while Vigil is disconnected. Default 1 h with a configured ClientID; with
+	// a random one 0 (the session ends with the connection): nobody could ever resume it, and
+	// an orphaned member of the share group would keep receiving its share of the uploads.
 	SessionExpiry time.Duration
 	// KeepAlive is the MQTT keep-alive. Default 30 s.
 	KeepAlive time.Duration
@@ -88,15 +91,15 @@ func (c *Config) setDefaults() error {
 		var b [6]byte
 		_, _ = rand.Read(b[:])
 		c.ClientID = "vigil-" + hex.EncodeToString(b[:])
+		c.SessionExpiry = 0
+	} else if c.SessionExpiry <= 0 {
+		c.SessionExpiry = time.Hour
 	}
 	if c.Prefix == "" {
 		c.Prefix = DefaultPrefix
 	}
 	if c.ShareGroup == "" {
 		c.ShareGroup = "vigil"
-	}
-	if c.SessionExpiry <= 0 {
-		c.SessionExpiry = time.Hour
 	}
 	if c.KeepAlive <= 0 {
 		c.KeepAlive = 30 * time.Second
