@@ -53,7 +53,7 @@ Vigil server. Each monitor is provisioned like a real one (a synthetic patient i
 a device registered and assigned to it, an enrollment token issued, in the database at
 VIGIL_DATABASE_URL, every change audited), enrolls through the device SDK (it makes its
 own Ed25519 key), then measures heart rate, SpO2, respiratory rate, blood pressure,
-temperature and consciousness (ACVPU) at --rate per second and uploads each set signed,
+temperature, consciousness (ACVPU) and oxygen flow at --rate per second and uploads each set signed,
 over HTTP (--url) or MQTT (--mqtt), verifying every receipt.
 
 Scenarios: stable, sepsis, hypoxia, bradycardia, artifact, offline, or mixed (out of every

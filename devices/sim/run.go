@@ -22,7 +22,7 @@ type Config struct {
 	// Patients is the size of the fleet, one bedside monitor per patient. Default 10.
 	Patients int
 	// Rate is how many uploads per second each monitor sends (each upload carries one set
-	// of the seven vitals). Default 1.
+	// of the eight readings). Default 1.
 	Rate float64
 	// Duration is how long the fleet sends; 0 means until ctx ends.
 	Duration time.Duration

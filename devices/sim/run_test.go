@@ -39,8 +39,8 @@ func TestRunMixedFleet(t *testing.T) {
 	if err := st.Pool.QueryRow(context.Background(), `SELECT coalesce(sum(stored),0), coalesce(sum(flagged),0) FROM core_uploads`).Scan(&stored, &flagged); err != nil {
 		t.Fatal(err)
 	}
-	if stored != 7*res.Accepted {
-		t.Errorf("stored observations = %d, want %d (7 per upload)", stored, 7*res.Accepted)
+	if stored != 8*res.Accepted {
+		t.Errorf("stored observations = %d, want %d (8 per upload)", stored, 8*res.Accepted)
 	}
 	if flagged == 0 {
 		t.Errorf("flagged observations = 0, want some from the artefact monitor")

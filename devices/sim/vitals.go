@@ -18,6 +18,7 @@ const (
 	CodeDiastolicBP     = "8462-4"  // mm[Hg]
 	CodeBodyTemperature = "8310-5"  // Cel
 	CodeConsciousness   = "80288-4" // ACVPU, {score}: 0 Alert, 1 Confusion, 2 Voice, 3 Pain, 4 Unresponsive
+	CodeOxygenFlow      = "3151-8"  // inhaled oxygen flow rate, L/min: 0 = breathing room air
 )
 
 // ACVPU levels as sent in CodeConsciousness samples.
@@ -38,6 +39,7 @@ type Vitals struct {
 	Diastolic   float64 // mm[Hg]
 	Temperature float64 // Cel
 	ACVPU       int     // 0..4
+	OxygenFlow  float64 // L/min of supplemental oxygen; 0 = room air (NEWS2 needs to know)
 }
 
 // Scenario is what happens to a synthetic patient over the simulation.
@@ -53,7 +55,8 @@ const (
 	// (→ ~39.3 °C), hypotension (→ ~86 mm Hg systolic), SpO2 → ~93 %, new confusion in the
 	// last fifth of the ramp. NEWS2 climbs past 7.
 	Sepsis Scenario = "sepsis"
-	// Hypoxia: SpO2 falls to ~84 %, respiratory rate rises to ~27/min, heart rate to ~112/min.
+	// Hypoxia: SpO2 falls to ~84 %, respiratory rate rises to ~27/min, heart rate to ~112/min;
+	// supplemental oxygen (2 L/min) is started in the last tenth of the ramp.
 	Hypoxia Scenario = "hypoxia"
 	// Bradycardia: heart rate falls to ~36/min, systolic pressure to ~92 mm Hg.
 	Bradycardia Scenario = "bradycardia"
@@ -152,6 +155,7 @@ func (pt *Patient) Next(p float64) Vitals {
 		Diastolic:   t.Diastolic + pt.noise[4],
 		Temperature: t.Temperature + pt.noise[5],
 		ACVPU:       t.ACVPU,
+		OxygenFlow:  t.OxygenFlow,
 	}
 	v = round(v)
 	// The draw happens on every tick, whatever the scenario, so that patients of different
@@ -190,6 +194,9 @@ func (pt *Patient) target(p float64) Vitals {
 		b.SpO2 = to(b.SpO2, 84)
 		b.RespRate = to(b.RespRate, 27)
 		b.HeartRate = to(b.HeartRate, 112)
+		if p >= 0.9 {
+			b.OxygenFlow = 2 // nasal cannula started
+		}
 	case Bradycardia:
 		b.HeartRate = to(b.HeartRate, 36)
 		b.Systolic = to(b.Systolic, 92)
@@ -216,7 +223,8 @@ type Sample struct {
 	Unit  string
 }
 
-// Samples returns the readings as coded samples, in a fixed order.
+// Samples returns the readings as coded samples (the seven NEWS2 parameters and the diastolic
+// pressure), in a fixed order.
 func (v Vitals) Samples() []Sample {
 	return []Sample{
 		{CodeHeartRate, v.HeartRate, "/min"},
@@ -226,6 +234,7 @@ func (v Vitals) Samples() []Sample {
 		{CodeDiastolicBP, v.Diastolic, "mm[Hg]"},
 		{CodeBodyTemperature, v.Temperature, "Cel"},
 		{CodeConsciousness, float64(v.ACVPU), "{score}"},
+		{CodeOxygenFlow, v.OxygenFlow, "L/min"},
 	}
 }
 
@@ -279,6 +288,9 @@ func NEWS2(v Vitals) int {
 	}
 	if v.ACVPU != ACVPUAlert {
 		s += 3
+	}
+	if v.OxygenFlow > 0 {
+		s += 2
 	}
 	switch t := v.Temperature; {
 	case t <= 35.0:
