@@ -298,10 +298,14 @@ func nullSize(ok bool, v uint64) any {
 func (c *Checkpointer) incident(ctx context.Context, detail string) error {
 	c.cfg.Logger.ErrorContext(ctx, "AUDIT LOG INCONSISTENT", slog.String("detail", detail))
 	err := pgx.BeginFunc(ctx, c.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO audit_incidents (at, kind, detail) VALUES ($1, 'log_inconsistent', $2)`, c.cfg.Now(), detail); err != nil {
+		// One open incident at a time: the checkpointer retries every interval and would
+		// otherwise record the same inconsistency again and again.
+		tag, err := tx.Exec(ctx, `INSERT INTO audit_incidents (at, kind, detail) SELECT $1, 'log_inconsistent', $2
+			WHERE NOT EXISTS (SELECT 1 FROM audit_incidents WHERE kind = 'log_inconsistent' AND resolved_at IS NULL)`, c.cfg.Now(), detail)
+		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
-		_, err := Record(ctx, tx, Event{
+		_, err = Record(ctx, tx, Event{
 			Time: c.cfg.Now(), Actor: Actor{Kind: ActorService, ID: "audit.checkpointer", AuthMethod: "internal"},
 			Action: "audit.log.inconsistent", Object: Object{Type: "audit_log", ID: c.cfg.Origin},
 			Outcome: OutcomeFailure, Reason: "log_inconsistent", Payload: map[string]string{"detail": detail},

@@ -203,6 +203,24 @@ func TestInconsistentLogIsAnIncident(t *testing.T) {
 	if !hasFinding(r, audit.FindingIncident, "") {
 		t.Errorf("Verify() findings = %+v, want an incident", r.Findings)
 	}
+	// Retrying does not pile up incidents; resolving one is itself audited.
+	if _, err := svc.CheckpointNow(ctx); !errors.Is(err, audit.ErrInconsistent) {
+		t.Fatalf("CheckpointNow() again error = %v, want ErrInconsistent", err)
+	}
+	inc, err := svc.Incidents(ctx)
+	if err != nil || len(inc) != 1 {
+		t.Fatalf("Incidents() = %+v, %v; want exactly one", inc, err)
+	}
+	by := audit.Actor{Kind: audit.ActorUser, ID: "operator-1", AuthMethod: "local-shell"}
+	if err := svc.ResolveIncident(ctx, inc[0].ID, by, "restored from backup"); err != nil {
+		t.Fatalf("ResolveIncident() error = %v", err)
+	}
+	if err := svc.ResolveIncident(ctx, inc[0].ID, by, "twice"); !errors.Is(err, audit.ErrIncidentNotFound) {
+		t.Errorf("ResolveIncident(resolved) error = %v, want ErrIncidentNotFound", err)
+	}
+	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'audit.incident.resolved'`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("audit.incident.resolved events = %d, %v, want 1", n, err)
+	}
 }
 
 // Erasing an event's identifiers, payload and salt (a retention policy) leaves every proof

@@ -76,7 +76,7 @@ func newAuditCmd() *cobra.Command {
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditBenchCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditBenchCmd(), newAuditIncidentsCmd())
 	return cmd
 }
 
@@ -244,5 +244,69 @@ object and request ids and source addresses (with their salts) so they can be ch
 	cmd.Flags().BoolVar(&revealIDs, "reveal-ids", false, "include plaintext identifiers with their salts (never payloads)")
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")
+	return cmd
+}
+
+func newAuditIncidentsCmd() *cobra.Command {
+	var (
+		rc      runConfig
+		resolve int64
+		note    string
+	)
+	cmd := &cobra.Command{
+		Use:   "incidents",
+		Short: "List the audit chain's incidents, or resolve one after investigating it",
+		Long: `An incident is a loud failure of the audit chain: the log no longer extends the last signed
+checkpoint (a fork or a rewrite). While one is unresolved /readyz fails and verify reports it.
+Resolve it only after investigating (and, say, restoring the log from a backup): resolving is
+recorded in the audit trail with who did it and the note, and does not hide the fork from
+verify.`,
+		Example: `  vigil audit incidents
+  vigil audit incidents --resolve 3 --note "log restored from the 02:00 backup; see ticket 123"`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			pool, err := openPool(ctx, rc.DatabaseURL)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			svc, closeSvc, err := openAudit(ctx, rc, pool, nil, true)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
+			out := cmd.OutOrStdout()
+			if resolve != 0 {
+				if note == "" {
+					return errors.New("--note is required with --resolve: say what was found and done")
+				}
+				if err := svc.ResolveIncident(ctx, resolve, cliActor(), note); err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "incident %d resolved\n", resolve)
+				return nil
+			}
+			list, err := svc.Incidents(ctx)
+			if err != nil {
+				return err
+			}
+			if len(list) == 0 {
+				fmt.Fprintln(out, "no incidents")
+			}
+			for _, i := range list {
+				state := "UNRESOLVED"
+				if i.ResolvedAt != nil {
+					state = "resolved " + i.ResolvedAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(out, "%d  %s  %s  %s\n    %s\n", i.ID, i.At.Format(time.RFC3339), i.Kind, state, i.Detail)
+			}
+			return nil
+		},
+	}
+	addAuditDBFlags(cmd, &rc)
+	cmd.Flags().Int64Var(&resolve, "resolve", 0, "resolve the incident with this id")
+	cmd.Flags().StringVar(&note, "note", "", "with --resolve: what was found and done (recorded in the audit trail)")
 	return cmd
 }
