@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/vigilhealth/vigil/audit"
 )
@@ -174,7 +175,7 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 				}
 			}
 			r.Duplicates = len(b.Samples) - r.Stored
-			rows[i] = []any{r.AuditEventID, received[i], b.PatientID, b.Provenance.DeviceID, b.Provenance.KeyID,
+			rows[i] = []any{pgtype.UUID{Bytes: r.AuditEventID, Valid: true}, received[i], pgtype.UUID{Bytes: b.PatientID, Valid: true}, b.Provenance.DeviceID, b.Provenance.KeyID,
 				b.Provenance.UploadHash[:], int64(b.Provenance.Sequence), b.Provenance.Transport,
 				len(b.Samples), r.Stored, r.Flagged, r.Duplicates}
 		}
@@ -320,7 +321,9 @@ func (c *obsSource) Values() ([]any, error) {
 	if o.Artifact {
 		flags = flagArtifact
 	}
-	c.row = [6]any{o.PatientID, o.Code, o.EffectiveAt, o.Value, flags, o.UploadID}
+	// pgtype.UUID, not uuid.UUID: the latter goes through driver.Valuer (format, then parse).
+	c.row = [6]any{pgtype.UUID{Bytes: o.PatientID, Valid: true}, o.Code, o.EffectiveAt, o.Value, flags,
+		pgtype.UUID{Bytes: o.UploadID, Valid: true}}
 	return c.row[:], nil
 }
 
