@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
@@ -109,7 +110,14 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	v := &verifier{cfg: cfg, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}}
+	// All database reads see one snapshot, so the shipper sealing batches meanwhile cannot
+	// make an event appear to claim a batch that verify did not see.
+	tx, err := cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}}
 	if err := v.run(ctx); err != nil {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
@@ -121,6 +129,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 
 type verifier struct {
 	cfg VerifyConfig
+	q   querier // one read-only snapshot of the database
 	rep *Report
 	cp  *Checkpoint // latest valid checkpoint
 }
@@ -142,7 +151,7 @@ func (v *verifier) run(ctx context.Context) error {
 	if err := v.events(ctx, expected); err != nil {
 		return err
 	}
-	n, err := UnresolvedIncidents(ctx, v.cfg.Pool)
+	n, err := UnresolvedIncidents(ctx, v.q)
 	if err != nil {
 		return err
 	}
@@ -154,7 +163,7 @@ func (v *verifier) run(ctx context.Context) error {
 
 // checkpoints verifies every stored checkpoint and the consistency proofs between them.
 func (v *verifier) checkpoints(ctx context.Context) error {
-	cps, err := loadCheckpoints(ctx, v.cfg.Pool, "ORDER BY id")
+	cps, err := loadCheckpoints(ctx, v.q, "ORDER BY id")
 	if err != nil {
 		return err
 	}
@@ -286,7 +295,7 @@ type expectedEvent struct {
 // batches checks every batch row against itself and against the log leaf at its index, and
 // every log leaf against a batch row. It returns what each logged event must hash to.
 func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UUID]*expectedEvent, error) {
-	rows, err := v.cfg.Pool.Query(ctx, `SELECT id, sealed_at, count, root, event_ids, event_hashes, leaf_value, leaf_index
+	rows, err := v.q.Query(ctx, `SELECT id, sealed_at, count, root, event_ids, event_hashes, leaf_value, leaf_index
 		FROM audit_batches ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("read batches: %w", err)
@@ -364,7 +373,7 @@ func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UU
 // not yet under a checkpoint.
 func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedEvent) error {
 	now := v.cfg.Now()
-	rows, err := v.cfg.Pool.Query(ctx, `SELECT `+eventColumns+` FROM audit_events ORDER BY seq`)
+	rows, err := v.q.Query(ctx, `SELECT `+eventColumns+` FROM audit_events ORDER BY seq`)
 	if err != nil {
 		return fmt.Errorf("read events: %w", err)
 	}

@@ -320,3 +320,44 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // exiting goroutines finish asynchronously
 	}
 }
+
+// Verify run while events are recorded and shipped finds nothing: it reads one snapshot,
+// so batches sealed meanwhile cannot look like tampering.
+// Verifies: REQ-AUD-007
+func TestVerifyWhileShipping(t *testing.T) {
+	pool, url := testdb.NewWithURL(t)
+	ctx := context.Background()
+	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
+		Window: 5 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond, SequencerInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close(context.Background()) })
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		c := &chain{pool: pool}
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			c.record(t, 5)
+		}
+	}()
+	for i := range 15 {
+		r, err := svc.Verify(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.OK {
+			close(stop)
+			<-done
+			t.Fatalf("Verify() #%d while shipping: findings %+v", i, r.Findings)
+		}
+	}
+	close(stop)
+	<-done
+}
