@@ -524,3 +524,26 @@ func TestRuleVersionFromAnotherProcess(t *testing.T) {
 		t.Fatalf("after Tick: %v, want temp-high v2 opened", got)
 	}
 }
+
+// A backlog delivered in one batch (a device back online) is scored at each moment: the
+// NEWS2 alarm opened in the middle of the backlog is also resolved within it.
+// Verifies: REQ-CORE-104, REQ-CORE-101
+func TestNEWS2Backlog(t *testing.T) {
+	e := newEnv(t)
+	p := uuid.New()
+	var backlog []rules.Observation
+	backlog = append(backlog, vitals(p, t0, 16, 97, 21, 120, 70, 0, 37)...)
+	backlog = append(backlog, obs(p, rules.CodeConsciousness, rules.ACVPUVoice, t0.Add(time.Minute)))
+	backlog = append(backlog, obs(p, rules.CodeConsciousness, rules.ACVPUAlert, t0.Add(2*time.Minute)))
+	res := e.feed(t, p, backlog...)
+	var totals []int
+	for _, d := range res.Derived {
+		totals = append(totals, d.NEWS2.Total)
+	}
+	if len(totals) != 3 || totals[0] != 0 || totals[1] != 3 || totals[2] != 0 {
+		t.Fatalf("backlog NEWS2 totals %v, want [0 3 0]", totals)
+	}
+	if got := kinds(res.Transitions); !same(got, []string{"news2:opened:medium", "news2:resolved:medium"}) {
+		t.Fatalf("backlog transitions %v, want news2 opened then resolved", got)
+	}
+}

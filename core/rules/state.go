@@ -96,10 +96,26 @@ func (x *runner) signal(r *Rule, raise bool, sev alarms.Severity, at time.Time, 
 		Raise: raise, Severity: sev, Message: msg, Detail: detail, At: at})
 }
 
-// observe runs every rule on obs (one patient's, any order).
+// observe runs every rule on obs (one patient's, any order). NEWS2 is scored once per
+// distinct time at which any of its parameters changed (so a backlog delivered at once, or a
+// replay, scores each moment, not only the last).
 func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observation) {
 	sort.SliceStable(obs, func(i, j int) bool { return obs[i].Time.Before(obs[j].Time) })
-	var news2At time.Time
+	var news2 []*Rule
+	for _, r := range rules {
+		if r.Kind == KindNEWS2 {
+			news2 = append(news2, r)
+		}
+	}
+	var pending time.Time // a NEWS2 parameter changed at this time, not yet scored
+	score := func() {
+		if !pending.IsZero() {
+			for _, r := range news2 {
+				x.news2(r, pending)
+			}
+			pending = time.Time{}
+		}
+	}
 	seen := false
 	for _, o := range obs {
 		if o.PatientID != x.pid {
@@ -118,6 +134,9 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		if math.IsNaN(o.Value) || math.IsInf(o.Value, 0) {
 			continue
 		}
+		if o.Time.After(pending) {
+			score()
+		}
 		for _, r := range byCode[o.Code] {
 			switch r.Kind {
 			case KindThreshold:
@@ -130,19 +149,20 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		}
 		if name, ok := news2Param[o.Code]; ok {
 			x.ps.Latest[name] = point{T: o.Time, V: o.Value}
-			news2At = o.Time
+			pending = o.Time
 		}
 	}
+	score()
 	// Any observation ends a no-data condition.
+	if !seen {
+		return
+	}
 	for _, r := range rules {
-		if r.Kind == KindNoData && seen {
+		if r.Kind == KindNoData {
 			if rs := x.ps.rule(r); rs.Active {
 				rs.Active, rs.Severity = false, 0
 				x.signal(r, false, 0, x.ps.LastSeen, "data received again", nil)
 			}
-		}
-		if r.Kind == KindNEWS2 && !news2At.IsZero() {
-			x.news2(r, news2At)
 		}
 	}
 }
