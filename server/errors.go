@@ -12,6 +12,7 @@ import (
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/keys"
 )
 
 // This file is the one place where errors become HTTP statuses and stable error codes. Every
@@ -96,6 +97,12 @@ var errorTable = []mapping{
 	{core.ErrInvalidRequest, http.StatusBadRequest, "invalid_request"},
 	{core.ErrConflict, http.StatusConflict, "conflict"},
 	{core.ErrNoPHISealer, http.StatusServiceUnavailable, "phi_unavailable"},
+	// keys (codes in docs/api.md#keys): the key backend cannot serve a request that needs a
+	// key (sealing or opening PHI, signing a receipt); nothing was stored without it.
+	{keys.ErrSealed, http.StatusServiceUnavailable, "keys_sealed"},
+	{keys.ErrUnavailable, http.StatusServiceUnavailable, "keys_unavailable"},
+	{keys.ErrPermissionDenied, http.StatusServiceUnavailable, "keys_unavailable"},
+	{keys.ErrKeyNotFound, http.StatusServiceUnavailable, "keys_missing"},
 }
 
 // CodedError is implemented by typed domain errors that carry a stable machine code of their
