@@ -17,7 +17,7 @@ import (
 	"github.com/vigilhealth/vigil/devices/envelope"
 )
 
-// Verifies: REQ-DEV-020, REQ-DEV-030, REQ-DEV-031
+// Verifies: REQ-DEV-020, REQ-DEV-023, REQ-DEV-030
 func TestAcceptStoresAndReceipts(t *testing.T) {
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)

@@ -32,6 +32,9 @@ type Clock struct {
 	t  time.Time
 }
 
+// NewClock returns a controlled clock set to t.
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
+
 // Now returns the clock's time.
 func (c *Clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 
