@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/vigilhealth/vigil/audit"
 )
 
@@ -79,4 +81,51 @@ func FuzzVerifyPack(f *testing.F) {
 			t.Fatalf("VerifyPack(%q) = nil error for an unsigned input", data)
 		}
 	})
+}
+
+// An event's two-step proof, as the API serves it, verifies with only the verifier key, and
+// fails when the event or any proof hash is changed.
+// Verifies: REQ-AUD-009
+func TestEventProofVerifiesOffline(t *testing.T) {
+	c, svc := newService(t)
+	ids := c.record(t, 9)
+	c.shipAll(t)
+	ctx := context.Background()
+	id, _ := uuid.Parse(ids[4])
+	p, err := svc.Event(ctx, id)
+	if err != nil || p.Status != "integrated" {
+		t.Fatalf("Event() before a checkpoint = %q, %v; want integrated", p.Status, err)
+	}
+	if _, err := audit.VerifyEventProof(p, svc.VerifierKey()); !errors.Is(err, audit.ErrProofInvalid) {
+		t.Errorf("VerifyEventProof(no checkpoint yet) error = %v, want ErrProofInvalid", err)
+	}
+	if _, err := svc.CheckpointNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p, err = svc.Event(ctx, id)
+	if err != nil || p.Status != "proven" {
+		t.Fatalf("Event() = %q, %v; want proven", p.Status, err)
+	}
+	ev, err := audit.VerifyEventProof(p, svc.VerifierKey())
+	if err != nil || uuid.UUID(ev.ID) != id {
+		t.Fatalf("VerifyEventProof() = %x, %v; want event %s", ev.ID, err, id)
+	}
+	tamper := []func(p *audit.EventProof){
+		func(p *audit.EventProof) { p.Encoding = bytes.Clone(p.Encoding); p.Encoding[30] ^= 1 },
+		func(p *audit.EventProof) { b := *p.Batch; b.Proof = [][]byte{make([]byte, 32)}; p.Batch = &b },
+		func(p *audit.EventProof) { b := *p.Batch; b.Root = make([]byte, 32); p.Batch = &b },
+		func(p *audit.EventProof) {
+			b := *p.Batch
+			b.Inclusion = append([][]byte{make([]byte, 32)}, b.Inclusion...)
+			p.Batch = &b
+		},
+		func(p *audit.EventProof) { b := *p.Batch; n := *b.LeafIndex + 1; b.LeafIndex = &n; p.Batch = &b },
+	}
+	for i, f := range tamper {
+		q := p
+		f(&q)
+		if _, err := audit.VerifyEventProof(q, svc.VerifierKey()); !errors.Is(err, audit.ErrProofInvalid) {
+			t.Errorf("VerifyEventProof(tampered #%d) error = %v, want ErrProofInvalid", i, err)
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 
 	"github.com/vigilhealth/vigil/audit/leaf"
 )
@@ -193,4 +196,51 @@ func (s *Service) Event(ctx context.Context, id uuid.UUID) (EventProof, error) {
 	out.Status = "proven"
 	out.Batch.Inclusion, out.Batch.TreeSize, out.Batch.Checkpoint = nonNil(incl), cp.Size, cp.Note
 	return out, nil
+}
+
+// ErrProofInvalid is returned by VerifyEventProof for a proof that does not hold.
+var ErrProofInvalid = errors.New("audit event proof does not verify")
+
+// VerifyEventProof checks an event's two-step proof (as served by GET
+// /api/v1/audit/events/{id} and handed out in receipts) with no database and no log: the
+// event's leaf in its batch tree, the batch leaf's inclusion in the log under the signed
+// checkpoint, and the checkpoint's signature under verifierKey. The proof's status must be
+// "proven". It returns the decoded event.
+func VerifyEventProof(p EventProof, verifierKey string) (leaf.Event, error) {
+	bad := func(format string, args ...any) (leaf.Event, error) {
+		return leaf.Event{}, fmt.Errorf("%w: %s", ErrProofInvalid, fmt.Sprintf(format, args...))
+	}
+	ev, err := leaf.DecodeEvent(p.Encoding)
+	if err != nil {
+		return bad("event encoding: %v", err)
+	}
+	b := p.Batch
+	if p.Status != "proven" || b == nil || b.LeafIndex == nil || b.Checkpoint == "" {
+		return bad("status %q: no complete proof yet", p.Status)
+	}
+	if len(b.Root) != leaf.HashSize || b.Count <= 0 || b.Index < 0 || b.Index >= b.Count {
+		return bad("malformed batch")
+	}
+	h := leaf.LeafHash(p.Encoding)
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, uint64(b.Index), uint64(b.Count), h[:], b.Proof, b.Root); err != nil {
+		return bad("event not in its batch: %v", err)
+	}
+	var root leaf.Hash
+	copy(root[:], b.Root)
+	bl := leaf.Batch{ID: b.ID, Count: uint32(b.Count), Root: root}
+	if !bytes.Equal(bl.Encode(), b.LeafValue) {
+		return bad("batch leaf value does not match the batch")
+	}
+	_, size, cpRoot, err := OpenCheckpoint(b.Checkpoint, verifierKey)
+	if err != nil {
+		return bad("%v", err)
+	}
+	if size != b.TreeSize {
+		return bad("checkpoint size %d, proof for %d", size, b.TreeSize)
+	}
+	lh := leaf.LeafHash(b.LeafValue)
+	if err := proof.VerifyInclusion(rfc6962.DefaultHasher, uint64(*b.LeafIndex), size, lh[:], b.Inclusion, cpRoot[:]); err != nil {
+		return bad("batch leaf not in the log under the checkpoint: %v", err)
+	}
+	return ev, nil
 }
