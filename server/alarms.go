@@ -29,6 +29,7 @@ func (s *Server) mountAlarms(api *echo.Group) {
 		api.GET("/rules/:id/versions", s.listRuleVersions)
 		api.POST("/rules/:id/versions", s.createRuleVersion)
 		api.PUT("/patients/:id/spo2-scale", s.putSpO2Scale)
+		api.GET("/patients/:id/news2", s.getNEWS2)
 	}
 }
 
@@ -203,4 +204,36 @@ func (s *Server) putSpO2Scale(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]any{"patient_id": pid, "spo2_scale": body.Scale})
+}
+
+// getNEWS2 lists a patient's NEWS2 results with their components, newest first
+// (?from=&to= RFC 3339, &limit=1..1000).
+func (s *Server) getNEWS2(c echo.Context) error {
+	pid, err := uuid.Parse(c.Param("id"))
+	if err != nil {
+		return BadRequest("invalid_patient_id", "patient id must be a UUID")
+	}
+	var from, to time.Time
+	for name, dst := range map[string]*time.Time{"from": &from, "to": &to} {
+		if v := c.QueryParam(name); v != "" {
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return BadRequest("invalid_time", name+" must be an RFC 3339 time")
+			}
+			*dst = t
+		}
+	}
+	limit := 0
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return BadRequest("invalid_limit", "limit must be 1..1000")
+		}
+		limit = n
+	}
+	recs, err := s.cfg.Rules.NEWS2History(c.Request().Context(), pid, from, to, limit)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, map[string]any{"news2": recs})
 }

@@ -104,6 +104,8 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 			"reason": "bad", "nodata": map[string]any{"silence": "0s", "severity": "high"}}, 400, "invalid_rule"},
 		{"PUT", "/api/v1/patients/" + p.String() + "/spo2-scale", map[string]any{"scale": 2, "reason": "COPD, target 88-92"}, 200, ""},
 		{"PUT", "/api/v1/patients/" + p.String() + "/spo2-scale", map[string]any{"scale": 5, "reason": "x"}, 400, "invalid_rule"},
+		{"GET", "/api/v1/patients/" + p.String() + "/news2?limit=10", nil, 200, ""},
+		{"GET", "/api/v1/patients/" + p.String() + "/news2?from=yesterday", nil, 400, "invalid_time"},
 	}
 	for _, c := range cases {
 		st, out := call(c.method, c.path, c.body)

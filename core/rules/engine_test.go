@@ -546,4 +546,8 @@ func TestNEWS2Backlog(t *testing.T) {
 	if got := kinds(res.Transitions); !same(got, []string{"news2:opened:medium", "news2:resolved:medium"}) {
 		t.Fatalf("backlog transitions %v, want news2 opened then resolved", got)
 	}
+	hist, err := e.eng.NEWS2History(context.Background(), p, t0, time.Time{}, 10)
+	if err != nil || len(hist) != 3 || hist[0].Score.Total != 0 || hist[1].Score.Total != 3 || hist[1].Score.Consciousness != 3 || !hist[1].EffectiveAt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("NEWS2History() = %+v, %v; want 3 records newest first with components", hist, err)
+	}
 }
