@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -40,6 +41,9 @@ type commitRes struct {
 
 const maxGroupCommit = 1000
 
+// commitTimeout bounds one group commit, so a hung database cannot hang Close.
+const commitTimeout = 10 * time.Second
+
 func newCommitter(pool *pgxpool.Pool) *committer {
 	c := &committer{pool: pool, reqs: make(chan commitReq, maxGroupCommit), stop: make(chan struct{}), done: make(chan struct{})}
 	go c.loop()
@@ -74,7 +78,8 @@ func (c *committer) commit(group []commitReq) {
 	for i, r := range group {
 		evs[i] = r.ev
 	}
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
+	defer cancel()
 	var ids []uuid.UUID
 	err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
 		var err error
