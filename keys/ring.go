@@ -213,7 +213,7 @@ type KeySigner struct {
 	pub     crypto.PublicKey
 }
 
-var _ Signer = (*KeySigner)(nil)
+var _ BatchSigner = (*KeySigner)(nil)
 
 // KeyID returns "<purpose>:v<version>".
 func (s *KeySigner) KeyID() string { return KeyID(s.p, s.version) }
