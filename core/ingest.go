@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -494,7 +496,7 @@ func (s *Service) evaluate(ctx context.Context, batches []Batch, stored [][]Obse
 			byPatient[o.PatientID] = append(byPatient[o.PatientID], o)
 		}
 	}
-	for _, p := range order {
+	run := func(p uuid.UUID) {
 		obs := byPatient[p]
 		sort.SliceStable(obs, func(i, j int) bool { return obs[i].EffectiveAt.Before(obs[j].EffectiveAt) })
 		err := s.cfg.Rules.Evaluate(ctx, p, obs)
@@ -507,4 +509,29 @@ func (s *Service) evaluate(ctx context.Context, batches []Batch, stored [][]Obse
 				slog.String("patient_id", p.String()), slog.Int("observations", len(obs)), slog.String("error", err.Error()))
 		}
 	}
+	// Patients are independent: evaluate them on a few goroutines, so that one patient's alarm
+	// transaction (a commit) does not delay the alarms of the others in the group.
+	workers := min(s.cfg.RuleWorkers, len(order))
+	if workers <= 1 {
+		for _, p := range order {
+			run(p)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(order) {
+					return
+				}
+				run(order[i])
+			}
+		}()
+	}
+	wg.Wait()
 }

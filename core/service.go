@@ -48,6 +48,9 @@ type Config struct {
 	Pool *pgxpool.Pool
 	// Rules runs the clinical rules after each ingest commit. Default: none.
 	Rules RuleEngine
+	// RuleWorkers is how many patients of one ingest call are evaluated concurrently after
+	// commit. Default 4.
+	RuleWorkers int
 	// Hub receives notifications for SSE streams. Default: a new Hub with default config.
 	Hub *Hub
 	// PHI seals and opens patient identifying data and computes its blind index. Required for
@@ -116,6 +119,9 @@ func New(cfg Config) (*Service, error) {
 		cfg.Logger = slog.Default()
 	}
 	cfg.Webhook.defaults()
+	if cfg.RuleWorkers <= 0 {
+		cfg.RuleWorkers = 4
+	}
 	if cfg.Hub == nil {
 		cfg.Hub = NewHub(HubConfig{})
 	}

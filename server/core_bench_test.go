@@ -54,7 +54,7 @@ func envInt(name string, def int) int {
 //	go test ./server -run '^$' -bench CoreIngestToSSE -benchtime 20s
 //
 // Knobs (env): VIGIL_BENCH_GROUP (uploads per transaction, default 50), VIGIL_BENCH_PAR
-// (goroutines per CPU, default 2), VIGIL_BENCH_PROBE (default 200).
+// (goroutines per CPU, default 2), VIGIL_BENCH_PROBE (default 500).
 func BenchmarkCoreIngestToSSE(b *testing.B) {
 	ctx := context.Background()
 	pool := testdb.New(b)
@@ -89,7 +89,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
 
-	group, par, probeEvery := envInt("VIGIL_BENCH_GROUP", 50), envInt("VIGIL_BENCH_PAR", 2), envInt("VIGIL_BENCH_PROBE", 200)
+	group, par, probeEvery := envInt("VIGIL_BENCH_GROUP", 50), envInt("VIGIL_BENCH_PAR", 2), envInt("VIGIL_BENCH_PROBE", 500)
 	const npat = 2000
 	patients := make([]uuid.UUID, npat)
 	for i := range patients {
