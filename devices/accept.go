@@ -71,7 +71,7 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		}
 		return nil, fmt.Errorf("accept upload %x: %w", v.Hash[:8], p.err)
 	}
-	return s.signReceipt(ctx, p.receiptBody, v.Hash, false)
+	return s.signReceipt(ctx, p.receiptBody, &p.receipt, v.Hash, false)
 }
 
 // Verify runs every check of Accept that needs no commit and stores nothing (not even a
@@ -183,14 +183,14 @@ func (s *Service) storedReceipt(ctx context.Context, v *Verified) (*Receipt, err
 					return nil, fmt.Errorf("wait for pending upload: %w", ctx.Err())
 				}
 				if p.err == nil {
-					return s.signReceipt(ctx, p.receiptBody, v.Hash, true)
+					return s.signReceipt(ctx, p.receiptBody, &p.receipt, v.Hash, true)
 				}
 			}
 			return nil, reject(ErrReplay, "sequence number %d is not above the last accepted", v.Upload.Seq)
 		}
 		return nil, fmt.Errorf("look up upload %x: %w", v.Hash[:8], err)
 	}
-	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), v.Hash, true)
+	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, v.Hash, true)
 }
 
 // withLeafIndex adds the audit log leaf index to a stored receipt body once the upload's
@@ -235,7 +235,7 @@ func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, e
 	if err != nil {
 		return nil, fmt.Errorf("look up upload: %w", err)
 	}
-	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), hash, true)
+	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, hash, true)
 }
 
 // admitUpload takes rate-limit tokens, reserves the sequence number and queues the upload
@@ -299,8 +299,8 @@ func keyID(device uuid.UUID, version uint64) string {
 	return fmt.Sprintf("device/%s/v%d", device, version)
 }
 
-// signReceipt signs a stored receipt body.
-func (s *Service) signReceipt(ctx context.Context, body []byte, hash [32]byte, replayed bool) (*Receipt, error) {
+// signReceipt signs a receipt body; rec is the body decoded, or nil to decode it here.
+func (s *Service) signReceipt(ctx context.Context, body []byte, rec *envelope.Receipt, hash [32]byte, replayed bool) (*Receipt, error) {
 	sig, err := s.cfg.ReceiptSigner.Sign(ctx, body)
 	if err != nil {
 		return nil, fmt.Errorf("sign receipt: %w", err)
@@ -311,7 +311,9 @@ func (s *Service) signReceipt(ctx context.Context, body []byte, hash [32]byte, r
 		return nil, err
 	}
 	r := &Receipt{Wire: wire, Signed: sr, UploadHash: hash, Replayed: replayed}
-	if err := decodeReceiptBody(body, &r.Body); err != nil {
+	if rec != nil {
+		r.Body = *rec
+	} else if err := decodeReceiptBody(body, &r.Body); err != nil {
 		return nil, err
 	}
 	return r, nil
@@ -355,7 +357,10 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 		}
 	}
 	ev.Payload = payload
-	if aerr := s.bat.recordRejection(ctx, ev); aerr != nil {
+	// The rejection is recorded even when the client has gone away meanwhile.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if aerr := s.bat.recordRejection(actx, ev); aerr != nil {
 		return fmt.Errorf("audit rejected upload (%s): %w", re.Code, aerr)
 	}
 	return err

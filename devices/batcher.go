@@ -26,6 +26,7 @@ type pending struct {
 	prevReserved uint64
 
 	// Set by the committer before done is closed.
+	receipt     envelope.Receipt
 	receiptBody []byte
 	err         error
 	done        chan struct{}
@@ -321,10 +322,11 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 		if a, ok := top[p.v.Device]; !ok || u.Seq > a.seq {
 			top[p.v.Device] = adv{u.Seq, u.KeyVersion}
 		}
-		rb, err := envelope.Canonical(&envelope.Receipt{
+		p.receipt = envelope.Receipt{
 			Type: envelope.TypeReceipt, Upload: p.v.Hash[:], Device: u.Device, Seq: u.Seq,
 			ServerTime: p.receivedAt.UnixMilli(), AuditEvent: results[i].AuditEventID.String(),
-		})
+		}
+		rb, err := envelope.Canonical(&p.receipt)
 		if err != nil {
 			return fmt.Errorf("encode receipt: %w", err)
 		}

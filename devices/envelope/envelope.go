@@ -228,11 +228,11 @@ func peekType(body []byte) string {
 // signature (see VerifySignature) or anything that needs the registry.
 func ParseUpload(body []byte, lim Limits) (*Upload, error) {
 	lim = lim.withDefaults()
-	if t := peekType(body); t != TypeUpload {
-		return nil, fmt.Errorf("%w: body type %q, want %q", ErrMalformed, t, TypeUpload)
-	}
 	var u Upload
 	if err := decodeCanonical(body, &u, "upload body"); err != nil {
+		if t := peekType(body); t != TypeUpload {
+			return nil, fmt.Errorf("%w: body type %q, want %q", ErrMalformed, t, TypeUpload)
+		}
 		return nil, err
 	}
 	if err := u.validate(lim); err != nil {
