@@ -53,8 +53,8 @@ Vigil server. Each monitor is provisioned like a real one (a synthetic patient i
 a device registered and assigned to it, an enrollment token issued, in the database at
 VIGIL_DATABASE_URL, every change audited), enrolls through the device SDK (it makes its
 own Ed25519 key), then measures heart rate, SpO2, respiratory rate, blood pressure,
-temperature, consciousness (ACVPU) and oxygen flow at --rate per second and uploads each set signed,
-over HTTP (--url) or MQTT (--mqtt), verifying every receipt.
+temperature, consciousness (ACVPU) and oxygen flow at --rate per second and uploads each
+set signed, over HTTP (--url) or MQTT (--mqtt), verifying every receipt.
 
 Scenarios: stable, sepsis, hypoxia, bradycardia, artifact, offline, or mixed (out of every
 ten patients five stable and one of each other). Scenarios develop over --ramp. The same
@@ -78,8 +78,8 @@ VIGIL_KEYRING_PASSPHRASE (the demo's own passphrase when unset).`,
 	fl.StringVar(&f.scenario, "scenario", "mixed", "stable, sepsis, hypoxia, bradycardia, artifact, offline or mixed")
 	fl.Uint64Var(&f.seed, "seed", 1, "seed of the synthetic readings")
 	fl.DurationVar(&f.ramp, "ramp", 2*time.Minute, "how long a scenario takes to develop")
-	fl.DurationVar(&f.offAfter, "offline-after", 30*time.Second, "offline scenario: network lost after")
-	fl.DurationVar(&f.offFor, "offline-for", 90*time.Second, "offline scenario: network lost for")
+	fl.DurationVar(&f.offAfter, "offline-after", time.Minute, "offline scenario: network lost after")
+	fl.DurationVar(&f.offFor, "offline-for", 12*time.Minute, "offline scenario: network lost for (the default no-data rule fires after 10 min of silence)")
 	fl.StringVar(&f.url, "url", envOr("VIGIL_URL", "http://127.0.0.1:8080"), "Vigil server URL (env VIGIL_URL)")
 	fl.StringVar(&f.mqttURL, "mqtt", "", "deliver uploads over MQTT through this broker, e.g. mqtt://127.0.0.1:1883")
 	fl.StringVar(&f.prefix, "mqtt-prefix", mqtt.DefaultPrefix, "MQTT topic prefix")

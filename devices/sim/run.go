@@ -34,7 +34,8 @@ type Config struct {
 	// Ramp is how long a scenario takes to develop fully. Default 2 min.
 	Ramp time.Duration
 	// OfflineAfter and OfflineFor place the network outage of the offline scenario.
-	// Defaults: after 30 s, for 90 s (long enough for the no-data rule to fire).
+	// Defaults: after 1 min, for 12 min (longer than the default no-data rule's 10 min of
+	// silence, so that it fires).
 	OfflineAfter, OfflineFor time.Duration
 
 	// Provisioner registers each patient's monitor and issues its enrollment token. Required.
@@ -103,10 +104,10 @@ func (c *Config) setDefaults() error {
 		c.Ramp = 2 * time.Minute
 	}
 	if c.OfflineAfter <= 0 {
-		c.OfflineAfter = 30 * time.Second
+		c.OfflineAfter = time.Minute
 	}
 	if c.OfflineFor <= 0 {
-		c.OfflineFor = 90 * time.Second
+		c.OfflineFor = 12 * time.Minute
 	}
 	if c.SendTimeout <= 0 {
 		c.SendTimeout = 10 * time.Second
