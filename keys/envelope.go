@@ -285,6 +285,30 @@ func (e *Envelope) Rewrap(ctx context.Context, ciphertext []byte) ([]byte, error
 	return append(out, p.sealed...), nil
 }
 
+// rewrapShared is Rewrap with a memo of wrapped keys already re-wrapped in this run.
+func (e *Envelope) rewrapShared(ctx context.Context, ciphertext []byte, memo map[string][]byte) ([]byte, error) {
+	p, err := parseEnvelope(ciphertext)
+	if err != nil {
+		return nil, err
+	}
+	nw, ok := memo[string(p.wrapped)]
+	if !ok {
+		if nw, err = e.r.b.RewrapDataKey(ctx, string(e.p), p.wrapped); err != nil {
+			return nil, err
+		}
+		if len(memo) >= 65536 {
+			clear(memo)
+		}
+		memo[string(p.wrapped)] = nw
+	}
+	out := make([]byte, 0, len(ciphertext)+len(nw)-len(p.wrapped)+4)
+	out = append(out, envelopeV1)
+	out = binary.AppendUvarint(out, uint64(len(nw)))
+	out = append(out, nw...)
+	out = append(out, p.nonce...)
+	return append(out, p.sealed...), nil
+}
+
 func (e *Envelope) lookup(wrapped string) cipher.AEAD {
 	e.cmu.Lock()
 	defer e.cmu.Unlock()
@@ -360,6 +384,9 @@ func (e *Envelope) RewrapAll(ctx context.Context, store RewrapStore, batch int) 
 	}
 	total := 0
 	after := ""
+	// Values sealed under the same cached data key share its wrapping: re-wrap each wrapped
+	// key once (bounded map; it only saves backend calls).
+	rewrapped := map[string][]byte{}
 	for {
 		items, err := store.NextSealed(ctx, after, batch)
 		if err != nil {
@@ -377,7 +404,7 @@ func (e *Envelope) RewrapAll(ctx context.Context, store RewrapStore, batch int) 
 			if v >= ki.Latest {
 				continue
 			}
-			nw, err := e.Rewrap(ctx, it.Old)
+			nw, err := e.rewrapShared(ctx, it.Old, rewrapped)
 			if err != nil {
 				return total, fmt.Errorf("keys: rewrap %s: item %s: %w", e.p, it.ID, err)
 			}

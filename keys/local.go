@@ -120,6 +120,9 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("keys: local key ring dir: %w", err)
 	}
+	if err := os.Chmod(cfg.Dir, 0o700); err != nil { // an existing directory too
+		return nil, fmt.Errorf("keys: local key ring dir: %w", err)
+	}
 	l := &Local{cfg: cfg, path: filepath.Join(cfg.Dir, LocalFile)}
 	unlock, err := lockDir(cfg.Dir)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,6 +30,9 @@ type VaultConfig struct {
 	// Token authenticates directly (a periodic token with the vigil policy). Either Token or
 	// AppRoleID+AppRoleSecretID is required.
 	Token string
+	// TokenFile is read for the token instead (e.g. a Vault Agent auto-auth sink); it is read
+	// again whenever Vault refuses the token, so the agent may renew or replace it.
+	TokenFile string
 	// AppRoleID and AppRoleSecretID log in with AppRole at auth/<AppRoleMount>/login; the
 	// token is renewed by logging in again when Vault refuses it.
 	AppRoleID       string
@@ -93,8 +97,8 @@ func NewVault(ctx context.Context, cfg VaultConfig) (*Vault, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("keys: VaultConfig.Address is required")
 	}
-	if cfg.Token == "" && (cfg.AppRoleID == "" || cfg.AppRoleSecretID == "") {
-		return nil, errors.New("keys: VaultConfig needs Token or AppRoleID and AppRoleSecretID")
+	if cfg.Token == "" && cfg.TokenFile == "" && (cfg.AppRoleID == "" || cfg.AppRoleSecretID == "") {
+		return nil, errors.New("keys: VaultConfig needs Token, TokenFile, or AppRoleID and AppRoleSecretID")
 	}
 	if strings.HasPrefix(cfg.Address, "http://") && !isLoopbackURL(cfg.Address) {
 		return nil, fmt.Errorf("keys: Vault address %q is plain http to a non-loopback host; use https", cfg.Address)
@@ -149,8 +153,10 @@ func NewVault(ctx context.Context, cfg VaultConfig) (*Vault, error) {
 		c.SetNamespace(cfg.Namespace)
 	}
 	v := &Vault{cfg: cfg, client: c}
-	if cfg.Token != "" {
-		c.SetToken(cfg.Token)
+	if cfg.Token != "" || cfg.TokenFile != "" {
+		if err := v.login(ctx); err != nil {
+			return nil, err
+		}
 		if _, err := c.Auth().Token().LookupSelfWithContext(ctx); err != nil {
 			return nil, v.classify("login", "", err)
 		}
@@ -172,11 +178,30 @@ func isLoopbackURL(u string) bool {
 	return h == "localhost" || h == "::1" || strings.HasPrefix(h, "127.")
 }
 
-// login authenticates with AppRole and sets the token.
+// canRelogin reports whether a refused token can be replaced (AppRole, or a token file).
+func (v *Vault) canRelogin() bool { return v.cfg.Token == "" }
+
+// login sets the token: the configured one, the token file's, or an AppRole login's.
 func (v *Vault) login(ctx context.Context) error {
 	v.loginMu.Lock()
 	defer v.loginMu.Unlock()
 	c := v.client
+	if v.cfg.Token != "" {
+		c.SetToken(v.cfg.Token)
+		return nil
+	}
+	if v.cfg.TokenFile != "" {
+		b, err := os.ReadFile(v.cfg.TokenFile)
+		if err != nil {
+			return &BackendError{Backend: "vault", Op: "read token file", Err: fmt.Errorf("%w: %v", ErrPermissionDenied, err)}
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return &BackendError{Backend: "vault", Op: "read token file", Err: fmt.Errorf("%w: token file is empty", ErrPermissionDenied)}
+		}
+		c.SetToken(tok)
+		return nil
+	}
 	c.ClearToken()
 	s, err := c.Logical().WriteWithContext(ctx, "auth/"+strings.Trim(v.cfg.AppRoleMount, "/")+"/login", map[string]any{
 		"role_id": v.cfg.AppRoleID, "secret_id": v.cfg.AppRoleSecretID,
@@ -242,7 +267,7 @@ func (v *Vault) classify(op, name string, err error) error {
 // write does one Transit write; with AppRole it logs in again once when the token is refused.
 func (v *Vault) write(ctx context.Context, op, name, path string, data map[string]any) (*vault.Secret, error) {
 	s, err := v.client.Logical().WriteWithContext(ctx, path, data)
-	if err != nil && v.cfg.Token == "" && isForbidden(err) {
+	if err != nil && v.canRelogin() && isForbidden(err) {
 		if lerr := v.login(ctx); lerr != nil {
 			return nil, lerr
 		}
@@ -265,7 +290,7 @@ func isForbidden(err error) bool {
 // read does one Transit read; a missing path is ErrKeyNotFound (never (nil, nil)).
 func (v *Vault) read(ctx context.Context, op, name, path string) (*vault.Secret, error) {
 	s, err := v.client.Logical().ReadWithContext(ctx, path)
-	if err != nil && v.cfg.Token == "" && isForbidden(err) {
+	if err != nil && v.canRelogin() && isForbidden(err) {
 		if lerr := v.login(ctx); lerr != nil {
 			return nil, lerr
 		}

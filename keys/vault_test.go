@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -135,6 +137,43 @@ path "transit/sign/%[1]s*" { capabilities = ["update"] }`, prefix)
 		// The policy allows no encryption: a typed permission error.
 		if _, _, err := v.GenerateDataKey(ctx, string(keys.PHIEncryption)); !errors.Is(err, keys.ErrPermissionDenied) {
 			t.Errorf("GenerateDataKey outside the policy = %v, want ErrPermissionDenied", err)
+		}
+	})
+
+	t.Run("TokenFileReread", func(t *testing.T) {
+		if _, err := vs.Do(ctx, "PUT", "/v1/sys/policies/acl/transit-all", `{"policy":"path \"transit/*\" { capabilities = [\"create\", \"read\", \"update\"] }"}`); err != nil {
+			t.Fatal(err)
+		}
+		tok1, err := vs.CreateToken(ctx, "transit-all")
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(file, []byte(tok1+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		v, err := keys.NewVault(ctx, keys.VaultConfig{Address: vs.Addr, TokenFile: file, KeyPrefix: randomPrefix(t)})
+		if err != nil {
+			t.Fatalf("NewVault(TokenFile) = %v", err)
+		}
+		defer v.Close()
+		r, _ := keys.NewRing(keys.Config{Backend: v})
+		if _, err := r.EnsureKeys(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// The agent replaces the token and the old one is revoked: the next call re-reads the file.
+		tok2, err := vs.CreateToken(ctx, "transit-all")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, []byte(tok2), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vs.Do(ctx, "POST", "/v1/auth/token/revoke", fmt.Sprintf(`{"token":%q}`, tok1)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := r.MAC(ctx, keys.WebhookHMAC, []byte("m")); err != nil {
+			t.Errorf("MAC() after token replaced in file = %v, want nil", err)
 		}
 	})
 

@@ -99,9 +99,10 @@ func secretEnv(name string) (string, error) {
 // local key ring in <dataDir>/keys (logged as not for production).
 func openBackend(ctx context.Context, dataDir string, demo bool) (keys.Backend, string, error) {
 	if addr := os.Getenv("VIGIL_VAULT_ADDR"); addr != "" {
-		tok, err := secretEnv("VIGIL_VAULT_TOKEN")
-		if err != nil {
-			return nil, "", err
+		// A token file (e.g. a Vault Agent sink) is re-read by keys.Vault when the token is refused.
+		tok, tokFile := os.Getenv("VIGIL_VAULT_TOKEN"), ""
+		if tok == "" {
+			tokFile = os.Getenv("VIGIL_VAULT_TOKEN_FILE")
 		}
 		sid, err := secretEnv("VIGIL_VAULT_SECRET_ID")
 		if err != nil {
@@ -110,6 +111,7 @@ func openBackend(ctx context.Context, dataDir string, demo bool) (keys.Backend, 
 		v, err := keys.NewVault(ctx, keys.VaultConfig{
 			Address:         addr,
 			Token:           tok,
+			TokenFile:       tokFile,
 			AppRoleID:       os.Getenv("VIGIL_VAULT_ROLE_ID"),
 			AppRoleSecretID: sid,
 			AppRoleMount:    os.Getenv("VIGIL_VAULT_APPROLE_MOUNT"),

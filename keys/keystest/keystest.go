@@ -45,6 +45,12 @@ type counting struct {
 	keys.Backend
 	generated atomic.Int64
 	unwrapped atomic.Int64
+	rewrapped atomic.Int64
+}
+
+func (c *counting) RewrapDataKey(ctx context.Context, name string, w []byte) ([]byte, error) {
+	c.rewrapped.Add(1)
+	return c.Backend.RewrapDataKey(ctx, name, w)
 }
 
 func (c *counting) GenerateDataKey(ctx context.Context, name string) ([]byte, []byte, error) {
@@ -474,6 +480,9 @@ func Run(t *testing.T, f Factory) {
 		n, err := enc.RewrapAll(ctx, st, 10)
 		if err != nil || n != 25 {
 			t.Fatalf("RewrapAll() = %d, %v, want 25", n, err)
+		}
+		if c := e.b.rewrapped.Load(); c != 9 {
+			t.Errorf("backend re-wraps for 25 values under 9 data keys = %d, want 9", c)
 		}
 		for i, c := range st.rows {
 			if v, _ := keys.CiphertextVersion(c); v != 2 {
