@@ -146,3 +146,21 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 	})
 }
+
+// The batch leaf of docs/audit.md's test vector: a change of the format without a new
+// version breaks this test.
+// Verifies: REQ-AUD-003
+func TestBatchLeafVector(t *testing.T) {
+	e := sampleEvent()
+	b, _ := e.Encode()
+	bl := leaf.Batch{ID: [16]byte{0x01, 0x90, 0xaa, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 1}, Count: 1, Root: leaf.LeafHash(b)}
+	h, id := leaf.LeafHash(bl.Encode()), bl.IdentityHash()
+	for _, tc := range []struct{ name, got, want string }{
+		{"batch leaf hash", hex.EncodeToString(h[:]), "2b7dcfb66aaa240aebf0c5949562ec0d9369473682d86a9d9d179efb49299834"},
+		{"identity hash", hex.EncodeToString(id[:]), "e45bf47665ed688786403c3bd5a89fe97fce067b69ccd78dcf88f3ffef631010"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s = %s, want %s", tc.name, tc.got, tc.want)
+		}
+	}
+}
