@@ -2,12 +2,7 @@ package core_test
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -18,45 +13,30 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/testdb"
+	"github.com/vigilhealth/vigil/keys"
 )
 
-// testSealer is AES-256-GCM + HMAC-SHA-256 with random keys: a stand-in for the keys
-// package's PHI helper with the same contract (aad-bound, tamper-evident).
-type testSealer struct {
-	aead cipher.AEAD
-	mac  []byte
+// newTestSealer is the real PHI helper of a local key ring in a temporary directory.
+func newTestSealer(t testing.TB) *keys.PHI {
+	t.Helper()
+	return newTestRing(t).PHI()
 }
 
-func newTestSealer(t testing.TB) *testSealer {
-	k := make([]byte, 32)
-	if _, err := rand.Read(k); err != nil {
-		t.Fatal(err)
+func newTestRing(t testing.TB) *keys.Ring {
+	t.Helper()
+	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("core test passphrase"), ScryptN: 1 << 10})
+	if err != nil {
+		t.Fatalf("keys.NewLocal = %v", err)
 	}
-	b, _ := aes.NewCipher(k)
-	a, _ := cipher.NewGCM(b)
-	m := make([]byte, 32)
-	_, _ = rand.Read(m)
-	return &testSealer{aead: a, mac: m}
-}
-
-func (s *testSealer) Seal(_ context.Context, p, aad []byte) ([]byte, error) {
-	n := make([]byte, s.aead.NonceSize())
-	_, _ = rand.Read(n)
-	return s.aead.Seal(n, n, p, aad), nil
-}
-
-func (s *testSealer) Open(_ context.Context, c, aad []byte) ([]byte, error) {
-	ns := s.aead.NonceSize()
-	if len(c) < ns {
-		return nil, errors.New("short ciphertext")
+	ring, err := keys.NewRing(keys.Config{Backend: local})
+	if err != nil {
+		t.Fatalf("keys.NewRing = %v", err)
 	}
-	return s.aead.Open(nil, c[:ns], c[ns:], aad)
-}
-
-func (s *testSealer) BlindIndex(_ context.Context, v []byte) ([]byte, error) {
-	h := hmac.New(sha256.New, s.mac)
-	h.Write(v)
-	return h.Sum(nil), nil
+	t.Cleanup(func() { _ = ring.Close() })
+	if _, err := ring.EnsureKeys(context.Background()); err != nil {
+		t.Fatalf("EnsureKeys = %v", err)
+	}
+	return ring
 }
 
 // clock is a controlled clock.

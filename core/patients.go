@@ -420,3 +420,57 @@ func (s *Service) PatientsOf(ctx context.Context, clinicianID string) ([]uuid.UU
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }
+
+// SealedPHI is one stored sealed PHI value, for re-wrapping after a key rotation.
+type SealedPHI struct {
+	ID  string // patient id
+	Old []byte // the stored ciphertext
+	New []byte // the re-wrapped ciphertext (ReplaceSealedPHI)
+}
+
+// NextSealedPHI returns up to limit patients' sealed PHI with an id greater than after ("" for
+// the start), in increasing id order; an empty slice at the end. With ReplaceSealedPHI it is
+// the store the key ring's RewrapAll walks (keys.RewrapStore, adapted in cmd/vigil).
+func (s *Service) NextSealedPHI(ctx context.Context, after string, limit int) ([]SealedPHI, error) {
+	from := uuid.Nil
+	if after != "" {
+		id, err := uuid.Parse(after)
+		if err != nil {
+			return nil, fmt.Errorf("sealed PHI after %q: %w", after, ErrInvalidRequest)
+		}
+		from = id
+	}
+	rows, err := s.pool.Query(ctx, "SELECT id, phi_sealed FROM core_patients WHERE id > $1 ORDER BY id LIMIT $2", from, limit)
+	if err != nil {
+		return nil, fmt.Errorf("sealed PHI: %w", err)
+	}
+	out := []SealedPHI{}
+	var id uuid.UUID
+	var sealed []byte
+	if _, err := pgx.ForEachRow(rows, []any{&id, &sealed}, func() error {
+		out = append(out, SealedPHI{ID: id.String(), Old: append([]byte(nil), sealed...)})
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("sealed PHI: %w", err)
+	}
+	return out, nil
+}
+
+// ReplaceSealedPHI stores each New ciphertext where the stored one still equals Old
+// (compare-and-swap: a concurrent change is not undone), in one transaction, audited as
+// "patient.phi_rewrapped" with the count.
+func (s *Service) ReplaceSealedPHI(ctx context.Context, items []SealedPHI) error {
+	now := s.cfg.Now().UTC()
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		n := 0
+		for _, it := range items {
+			tag, err := tx.Exec(ctx, "UPDATE core_patients SET phi_sealed = $3 WHERE id = $1 AND phi_sealed = $2", it.ID, it.Old, it.New)
+			if err != nil {
+				return fmt.Errorf("rewrap PHI of %s: %w", it.ID, err)
+			}
+			n += int(tag.RowsAffected())
+		}
+		return recordIn(ctx, tx, audit.Event{}, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
+			map[string]any{"offered": len(items), "replaced": n})
+	})
+}

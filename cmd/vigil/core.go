@@ -7,7 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
 
@@ -50,4 +53,43 @@ func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.
 	}
 	srvCfg.Core = svc
 	return svc, nil
+}
+
+func init() {
+	phiRewrapStores = append(phiRewrapStores, func(pool *pgxpool.Pool) (string, keys.RewrapStore) {
+		svc, err := core.New(core.Config{Pool: pool})
+		return "core_patients.phi_sealed", patientPHIStore{svc, err}
+	})
+}
+
+// patientPHIStore is keys.RewrapStore over core's sealed patient PHI.
+type patientPHIStore struct {
+	svc *core.Service
+	err error // core.New failed (no pool)
+}
+
+func (p patientPHIStore) NextSealed(ctx context.Context, after string, limit int) ([]keys.StoredCiphertext, error) {
+	if p.err != nil {
+		return nil, p.err
+	}
+	items, err := p.svc.NextSealedPHI(ctx, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]keys.StoredCiphertext, len(items))
+	for i, it := range items {
+		out[i] = keys.StoredCiphertext{ID: it.ID, Old: it.Old}
+	}
+	return out, nil
+}
+
+func (p patientPHIStore) ReplaceSealed(ctx context.Context, items []keys.StoredCiphertext) error {
+	if p.err != nil {
+		return p.err
+	}
+	in := make([]core.SealedPHI, len(items))
+	for i, it := range items {
+		in[i] = core.SealedPHI{ID: it.ID, Old: it.Old, New: it.New}
+	}
+	return p.svc.ReplaceSealedPHI(ctx, in)
 }
