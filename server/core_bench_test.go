@@ -74,7 +74,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 			Levels: []rules.Level{{Limit: 400, Severity: alarms.SeverityHigh}}, Hysteresis: 10}}); err != nil {
 		b.Fatal(err)
 	}
-	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(), Rules: benchRules{eng}, Hub: hub,
+	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(b), Rules: benchRules{eng}, Hub: hub,
 		MaxFutureSkew: 10 * time.Minute})
 	if err != nil {
 		b.Fatal(err)

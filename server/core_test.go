@@ -4,13 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -21,41 +16,25 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/testdb"
+	"github.com/vigilhealth/vigil/keys"
 )
 
-// coreTestSealer stands in for keys' PHI helper (AES-GCM bound to aad, HMAC blind index).
-type coreTestSealer struct {
-	aead cipher.AEAD
-	mac  []byte
-}
-
-func newCoreTestSealer() *coreTestSealer {
-	k := make([]byte, 32)
-	_, _ = rand.Read(k)
-	b, _ := aes.NewCipher(k)
-	a, _ := cipher.NewGCM(b)
-	m := make([]byte, 32)
-	_, _ = rand.Read(m)
-	return &coreTestSealer{aead: a, mac: m}
-}
-
-func (s *coreTestSealer) Seal(_ context.Context, p, aad []byte) ([]byte, error) {
-	n := make([]byte, s.aead.NonceSize())
-	_, _ = rand.Read(n)
-	return s.aead.Seal(n, n, p, aad), nil
-}
-
-func (s *coreTestSealer) Open(_ context.Context, c, aad []byte) ([]byte, error) {
-	if len(c) < s.aead.NonceSize() {
-		return nil, errors.New("short")
+// newCoreTestSealer is the real PHI helper of a local key ring in a temporary directory.
+func newCoreTestSealer(t testing.TB) *keys.PHI {
+	t.Helper()
+	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("server core test"), ScryptN: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return s.aead.Open(nil, c[:s.aead.NonceSize()], c[s.aead.NonceSize():], aad)
-}
-
-func (s *coreTestSealer) BlindIndex(_ context.Context, v []byte) ([]byte, error) {
-	h := hmac.New(sha256.New, s.mac)
-	h.Write(v)
-	return h.Sum(nil), nil
+	ring, err := keys.NewRing(keys.Config{Backend: local})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ring.Close() })
+	if _, err := ring.EnsureKeys(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return ring.PHI()
 }
 
 type sseEvent struct {
@@ -96,7 +75,7 @@ func TestCoreAPIAndStream(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer()})
+	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
