@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +53,7 @@ func (s *sliceStore) ReplaceSealed(_ context.Context, items []keys.StoredCiphert
 }
 
 // `vigil keys init | list | rotate | public` on both backends, each change audited.
-// Verifies: REQ-KEY-002, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008
+// Verifies: REQ-KEY-002, REQ-KEY-005, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008
 func TestKeysCommands(t *testing.T) {
 	vs := keystest.StartVault(t)
 	for _, backend := range []string{"local", "vault"} {
@@ -72,6 +73,18 @@ func TestKeysCommands(t *testing.T) {
 			out, err := execute(t, "keys", "init", "--data-dir", dir)
 			if err != nil || !strings.Contains(out, "created audit-checkpoint:v1") {
 				t.Fatalf("keys init = %q, %v", out, err)
+			}
+			var logs bytes.Buffer
+			prev := slog.Default()
+			slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+			b, _, err := openBackend(ctx, dir, false)
+			slog.SetDefault(prev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Close()
+			if got := strings.Contains(logs.String(), "NOT FOR PRODUCTION"); got != (backend == "local") {
+				t.Errorf("opening the %s backend logged NOT FOR PRODUCTION = %v, want %v (log: %s)", backend, got, backend == "local", logs.String())
 			}
 			if out, err := execute(t, "keys", "init", "--data-dir", dir); err != nil || !strings.Contains(out, "all keys exist") {
 				t.Errorf("keys init again = %q, %v", out, err)
@@ -93,7 +106,7 @@ func TestKeysCommands(t *testing.T) {
 				st.rows = append(st.rows, c)
 			}
 			saved := phiRewrapStores
-			phiRewrapStores = append(phiRewrapStores[:len(phiRewrapStores):len(phiRewrapStores)], func(*pgxpool.Pool) (string, keys.RewrapStore) { return "test rows", st })
+			phiRewrapStores = []func(*pgxpool.Pool) (string, keys.RewrapStore){func(*pgxpool.Pool) (string, keys.RewrapStore) { return "test rows", st }}
 			defer func() { phiRewrapStores = saved }()
 
 			out, err = execute(t, "keys", "rotate", "phi-encryption", "--data-dir", dir, "--batch", "5")
