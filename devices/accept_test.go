@@ -481,3 +481,38 @@ func TestWaveformsStored(t *testing.T) {
 		}
 	}
 }
+
+// An upload verified and admitted before its device is suspended, but not yet committed, is
+// refused at commit: the suspension takes effect for everything that commits after it.
+// Verifies: REQ-DEV-005
+func TestSuspendCatchesPendingUpload(t *testing.T) {
+	e := devicestest.New(t, func(c *devices.Config) { c.BatchMaxWait = 3 * time.Second })
+	d := e.NewDevice(t)
+	raw := d.Upload(t, e.Clock.Now(), 2)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Devices.Accept(e.Ctx, raw, devices.Meta{Transport: "http"})
+		done <- err
+	}()
+	// Wait until it is admitted (the committer then waits up to BatchMaxWait for more).
+	for e.Devices.Stats().Pending == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("Accept returned before the suspension: %v", err)
+		default:
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := e.Devices.SetStatus(e.Ctx, devicestest.Admin, d.ID, devices.StatusSuspended, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, devices.ErrDeviceSuspended) {
+		t.Fatalf("Accept(suspended while pending) = %v, want ErrDeviceSuspended", err)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM core_observations`); n != 0 {
+		t.Errorf("observations = %d, want 0", n)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = 'device_suspended'`); n != 1 {
+		t.Errorf("device_suspended rejections audited = %d, want 1", n)
+	}
+}

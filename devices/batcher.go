@@ -102,6 +102,12 @@ func (b *batcher) forget(p *pending) {
 	b.pmu.Unlock()
 }
 
+func (b *batcher) pendingCount() int {
+	b.pmu.Lock()
+	defer b.pmu.Unlock()
+	return len(b.byHash)
+}
+
 // pendingFor returns the upload with this hash waiting for commit, if any.
 func (b *batcher) pendingFor(h [32]byte) *pending {
 	b.pmu.Lock()

@@ -185,6 +185,8 @@ type Stats struct {
 	// CommitTime is the total time spent in group-commit transactions (core.IngestMany
 	// with the device-state hook), successful or not.
 	CommitTime time.Duration
+	// Pending is the number of uploads admitted and waiting for their commit right now.
+	Pending int
 	// HookTime is the part of CommitTime spent writing device state (sequence numbers,
 	// receipts) inside the transaction.
 	HookTime time.Duration
@@ -194,7 +196,8 @@ type Stats struct {
 func (s *Service) Stats() Stats {
 	return Stats{Accepted: s.stats.accepted.Load(), Replayed: s.stats.replayed.Load(), Rejected: s.stats.rejected.Load(),
 		Groups: s.stats.groups.Load(), Fallbacks: s.stats.fallbacks.Load(),
-		CommitTime: time.Duration(s.stats.commitNanos.Load()), HookTime: time.Duration(s.stats.hookNanos.Load())}
+		CommitTime: time.Duration(s.stats.commitNanos.Load()), HookTime: time.Duration(s.stats.hookNanos.Load()),
+		Pending: s.bat.pendingCount()}
 }
 
 // New builds the Service and starts its group committers.
