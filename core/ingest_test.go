@@ -345,3 +345,37 @@ func TestIngestManyGroupCommit(t *testing.T) {
 		t.Errorf("observations = %d, want 40", n)
 	}
 }
+
+// After commit the rules run on the stored observations; a failed evaluation is retried once,
+// and a second failure is counted (the data stays committed).
+// Verifies: REQ-CORE-014
+func TestIngestRunsRulesAfterCommit(t *testing.T) {
+	var calls int
+	var committed int
+	var e *env
+	e = newEnv(t, func(c *core.Config) {
+		c.Rules = core.RuleEngineFunc(func(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
+			calls++
+			committed = e.count(t, "SELECT count(*) FROM core_observations WHERE patient_id = $1", p)
+			if calls%3 != 0 { // fail, fail, succeed, fail, fail, …
+				return errors.New("engine down")
+			}
+			return nil
+		})
+	})
+	p := e.patient(t)
+	s := core.Sample{Code: core.LOINCHeartRate, Value: 75, Unit: "/min", Time: t0.Add(-time.Minute)}
+	if _, err := e.svc.Ingest(e.ctx, batch(p, s), nil); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 || committed != 1 || e.svc.Stats().RuleErrors != 1 {
+		t.Errorf("after a failing engine: %d calls, %d rows visible to it, %d rule errors; want 2, 1, 1", calls, committed, e.svc.Stats().RuleErrors)
+	}
+	s.Time = s.Time.Add(time.Second)
+	if _, err := e.svc.Ingest(e.ctx, batch(p, s), nil); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 3 || e.svc.Stats().RuleErrors != 1 {
+		t.Errorf("after a retry that succeeds: %d calls, %d rule errors; want 3, 1", calls, e.svc.Stats().RuleErrors)
+	}
+}
