@@ -1,0 +1,77 @@
+package core_test
+
+import (
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vigilhealth/vigil/core"
+)
+
+// BenchmarkIngest measures validation + normalization + storage (COPY, provenance, audit
+// events, commit) without rules, for uploads of 10 vital signs: one transaction per upload,
+// and group commit of 50 and 200 uploads per transaction.
+//
+//	go test ./core -run '^$' -bench BenchmarkIngest -benchtime 5s
+//
+// Verifies: REQ-CORE-007
+func BenchmarkIngest(b *testing.B) {
+	e := newEnv(b, func(c *core.Config) { c.Now = time.Now })
+	const npat = 1000
+	patients := make([]core.Batch, npat)
+	for i := range patients {
+		patients[i] = batch(e.patient(b))
+	}
+	if err := e.svc.MaintainPartitions(e.ctx); err != nil {
+		b.Fatal(err)
+	}
+	base := time.Now().UTC().Add(-80 * time.Minute).Truncate(time.Second)
+	var next, seq atomic.Int64
+	mk := func() core.Batch {
+		k := next.Add(1)
+		bt := patients[k%npat]
+		n := seq.Add(1)
+		at := base.Add(time.Duration(k/npat) * time.Second)
+		bt.Provenance.Sequence = uint64(n)
+		copy(bt.Provenance.UploadHash[:], fmt.Sprintf("%032d", n))
+		bt.Provenance.ReceivedAt = time.Time{}
+		j := float64(n % 3)
+		bt.Samples = []core.Sample{
+			{Code: core.LOINCHeartRate, Value: 72 + j, Unit: "/min", Time: at},
+			{Code: core.LOINCRespiratoryRate, Value: 15 + j, Unit: "/min", Time: at},
+			{Code: core.LOINCSpO2, Value: 97 + j, Unit: "%", Time: at},
+			{Code: core.LOINCFiO2, Value: 21, Unit: "%", Time: at},
+			{Code: core.LOINCSystolicBP, Value: 120 + j, Unit: "mm[Hg]", Time: at},
+			{Code: core.LOINCDiastolicBP, Value: 80 + j, Unit: "mm[Hg]", Time: at},
+			{Code: core.LOINCMeanBP, Value: 93 + j, Unit: "mm[Hg]", Time: at},
+			{Code: core.LOINCBodyTemperature, Value: 98.2 + j/10, Unit: "[degF]", Time: at},
+			{Code: core.LOINCConsciousness, Value: 0, Unit: "{score}", Time: at},
+			{Code: core.LOINCGlucose, Value: 100 + j, Unit: "mg/dL", Time: at},
+		}
+		return bt
+	}
+	for _, group := range []int{1, 50, 200} {
+		b.Run(fmt.Sprintf("group=%d", group), func(b *testing.B) {
+			before := e.svc.Stats()
+			start := time.Now()
+			b.SetParallelism(2)
+			b.RunParallel(func(pb *testing.PB) {
+				bs := make([]core.Batch, group)
+				for pb.Next() {
+					for i := range bs {
+						bs[i] = mk()
+					}
+					if _, err := e.svc.IngestMany(e.ctx, bs, nil); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			el := time.Since(start)
+			st := e.svc.Stats()
+			b.ReportMetric(float64(st.Stored-before.Stored)/el.Seconds(), "samples/s")
+			b.ReportMetric(float64(st.Batches-before.Batches)/el.Seconds(), "uploads/s")
+		})
+	}
+}
