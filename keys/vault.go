@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/base64"
@@ -22,8 +23,8 @@ import (
 )
 
 // VaultConfig configures [NewVault]. Secrets (Token, AppRoleSecretID) come from the
-// environment or files, never flags. VAULT_* environment variables are NOT read: everything
-// is set here.
+// environment or files, never flags. The VAULT_* environment variables of the Vault CLI do not
+// change the address, TLS trust, token, namespace or retries: everything is set here.
 type VaultConfig struct {
 	// Address of Vault or OpenBao, e.g. "https://vault.internal:8200" (required).
 	Address string
@@ -61,7 +62,10 @@ type VaultConfig struct {
 }
 
 // Vault is the [Backend] on HashiCorp Vault's (or OpenBao's) Transit secrets engine: keys
-// never leave Vault; Vigil asks it to sign, MAC, and make, unwrap and re-wrap data keys.
+// never leave Vault; Vigil asks it to sign, MAC, and make, unwrap and re-wrap data keys, with
+// batch_input where several items go together (signatures, unwraps). Signatures are verified
+// locally against the public keys read from Vault (same result as transit/verify, without a
+// round trip).
 // It is safe for concurrent use.
 type Vault struct {
 	cfg    VaultConfig
@@ -137,6 +141,12 @@ func NewVault(ctx context.Context, cfg VaultConfig) (*Vault, error) {
 	vc.MinRetryWait, vc.MaxRetryWait = 100*time.Millisecond, time.Second
 	vc.SRVLookup = false
 	vc.Limiter = nil
+	// Undo what VAULT_CACERT, VAULT_SKIP_VERIFY, VAULT_TLS_SERVER_NAME or VAULT_HTTP_PROXY may have
+	// set: TLS trust and proxying come from this VaultConfig (and the standard proxy variables).
+	if tr, ok := vc.HttpClient.Transport.(*http.Transport); ok {
+		tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		tr.Proxy = http.ProxyFromEnvironment
+	}
 	if err := vc.ConfigureTLS(&vault.TLSConfig{
 		CACert: cfg.CACert, CACertBytes: cfg.CACertPEM, ClientCert: cfg.ClientCert, ClientKey: cfg.ClientKey,
 		TLSServerName: cfg.TLSServerName,

@@ -198,3 +198,34 @@ path "transit/sign/%[1]s*" { capabilities = ["update"] }`, prefix)
 		}
 	})
 }
+
+// TLS to Vault: trusted with the configured CA, refused without it.
+//
+// Verifies: REQ-KEY-008
+func TestVaultTLS(t *testing.T) {
+	vs := keystest.StartVaultTLS(t)
+	ctx := context.Background()
+	v, err := keys.NewVault(ctx, keys.VaultConfig{Address: vs.Addr, Token: vs.Token, CACert: vs.CACert, KeyPrefix: randomPrefix(t)})
+	if err != nil {
+		t.Fatalf("NewVault(https, CA) = %v", err)
+	}
+	defer v.Close()
+	r, _ := keys.NewRing(keys.Config{Backend: v})
+	if _, err := r.EnsureKeys(ctx); err != nil {
+		t.Fatalf("EnsureKeys over TLS = %v", err)
+	}
+	s, err := r.Signer(ctx, keys.ReceiptSigning)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Sign(ctx, []byte("m")); err != nil {
+		t.Errorf("Sign over TLS = %v", err)
+	}
+	// Without the CA (system roots only) the certificate is not trusted, even with VAULT_CACERT
+	// pointing at it: Vigil's configuration alone decides.
+	t.Setenv("VAULT_CACERT", vs.CACert)
+	t.Setenv("VAULT_SKIP_VERIFY", "true")
+	if v2, err := keys.NewVault(ctx, keys.VaultConfig{Address: vs.Addr, Token: vs.Token, MaxRetries: -1}); !errors.Is(err, keys.ErrUnavailable) || v2 != nil {
+		t.Errorf("NewVault(https, untrusted CA) = %v, %v, want ErrUnavailable", v2, err)
+	}
+}

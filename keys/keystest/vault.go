@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -23,8 +25,11 @@ import (
 // VaultServer is a Vault dev server started for a test: in memory, unsealed, on a free
 // loopback port, with a random root token and the Transit engine mounted at "transit".
 type VaultServer struct {
-	Addr  string // http://127.0.0.1:<port>
-	Token string // root token
+	Addr   string // http://127.0.0.1:<port>, or https:// for StartVaultTLS
+	Token  string // root token
+	CACert string // PEM file of the CA of the server's certificate (StartVaultTLS only)
+
+	client *http.Client
 
 	cmd  *exec.Cmd
 	out  *syncBuffer
@@ -79,6 +84,18 @@ func VaultBinary() string {
 // does), in which case it fails.
 func StartVault(t testing.TB) *VaultServer {
 	t.Helper()
+	return start(t, false)
+}
+
+// StartVaultTLS is StartVault with TLS: the server has a certificate for 127.0.0.1 from a CA
+// generated for it, whose PEM file is VaultServer.CACert.
+func StartVaultTLS(t testing.TB) *VaultServer {
+	t.Helper()
+	return start(t, true)
+}
+
+func start(t testing.TB, useTLS bool) *VaultServer {
+	t.Helper()
 	bin := VaultBinary()
 	if bin == "" {
 		msg := "no vault binary: run tools/vault/build.sh (builds bin/vault) or set VIGIL_VAULT_BIN"
@@ -89,7 +106,7 @@ func StartVault(t testing.TB) *VaultServer {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port may be taken meanwhile
-		vs, err := startVault(t, bin)
+		vs, err := startVault(t, bin, useTLS)
 		if err == nil {
 			return vs
 		}
@@ -108,7 +125,7 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func startVault(t testing.TB, bin string) (*VaultServer, error) {
+func startVault(t testing.TB, bin string, useTLS bool) (*VaultServer, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -124,11 +141,19 @@ func startVault(t testing.TB, bin string) (*VaultServer, error) {
 		out:   &syncBuffer{},
 		done:  make(chan struct{}),
 	}
-	cmd := exec.Command(bin, "server", "-dev",
-		"-dev-listen-address="+fmt.Sprintf("127.0.0.1:%d", port),
-		"-dev-root-token-id="+vs.Token,
+	args := []string{"server", "-dev",
+		"-dev-listen-address=" + fmt.Sprintf("127.0.0.1:%d", port),
+		"-dev-root-token-id=" + vs.Token,
 		"-dev-no-store-token",
-		"-log-level=warn")
+		"-log-level=warn"}
+	vs.client = &http.Client{Timeout: 10 * time.Second}
+	if useTLS {
+		certDir := t.TempDir()
+		args = append(args, "-dev-tls", "-dev-tls-cert-dir="+certDir)
+		vs.Addr = fmt.Sprintf("https://127.0.0.1:%d", port)
+		vs.CACert = filepath.Join(certDir, "vault-ca.pem")
+	}
+	cmd := exec.Command(bin, args...)
 	env := []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = vs.out, vs.out
@@ -152,6 +177,17 @@ func startVault(t testing.TB, bin string) (*VaultServer, error) {
 			return nil, fmt.Errorf("vault did not become ready:\n%s", vs.out.String())
 		case <-time.After(50 * time.Millisecond):
 		}
+		if useTLS && vs.client.Transport == nil {
+			pemCA, err := os.ReadFile(vs.CACert)
+			if err != nil {
+				continue // not written yet
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pemCA) {
+				continue
+			}
+			vs.client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+		}
 		if vs.status(ctx, http.MethodGet, "/v1/sys/health", "") == http.StatusOK {
 			break
 		}
@@ -169,7 +205,7 @@ func (vs *VaultServer) status(ctx context.Context, method, path, body string) in
 		return 0
 	}
 	req.Header.Set("X-Vault-Token", vs.Token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := vs.client.Do(req)
 	if err != nil {
 		return 0
 	}
@@ -185,7 +221,7 @@ func (vs *VaultServer) Do(ctx context.Context, method, path, body string) (map[s
 		return nil, err
 	}
 	req.Header.Set("X-Vault-Token", vs.Token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := vs.client.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +252,7 @@ func (vs *VaultServer) CreateToken(ctx context.Context, policies ...string) (str
 		return "", err
 	}
 	req.Header.Set("X-Vault-Token", vs.Token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := vs.client.Do(req)
 	if err != nil {
 		return "", err
 	}
