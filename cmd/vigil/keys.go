@@ -166,6 +166,9 @@ func openKeyRing(ctx context.Context, dataDir string, demo bool, pool *pgxpool.P
 	if create {
 		if _, err := ring.EnsureKeys(ctx); err != nil {
 			_ = ring.Close()
+			if errors.Is(err, keys.ErrPermissionDenied) {
+				return nil, nil, fmt.Errorf("%w (a key is missing and this server's policy may not create it: run `vigil keys init` with the admin policy, see docs/operations.md)", err)
+			}
 			return nil, nil, err
 		}
 	}
