@@ -58,16 +58,19 @@ func readDeviceBody(c echo.Context, limit int) (*bytes.Buffer, error) {
 	}
 	buf := bodyPool.Get().(*bytes.Buffer)
 	buf.Reset()
-	n, err := buf.ReadFrom(io.LimitReader(c.Request().Body, int64(limit)+1))
+	_, err := buf.ReadFrom(io.LimitReader(c.Request().Body, int64(limit)+1))
 	if err != nil {
 		bodyPool.Put(buf)
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var he *echo.HTTPError
+		switch {
+		case errors.As(err, &he):
+			return nil, he // the server's body limit, reached by a body without Content-Length
+		case errors.As(err, &mbe):
 			return nil, echo.NewHTTPError(http.StatusRequestEntityTooLarge)
 		}
 		return nil, BadRequest(CodeBadRequest, "could not read the request body")
 	}
-	_ = n
 	return buf, nil
 }
 

@@ -240,6 +240,34 @@ func TestHTTPUploadRejections(t *testing.T) {
 	}
 }
 
+// A chunked body (no Content-Length) over the server's limit is refused with 413 too.
+// Verifies: REQ-DEV-025
+func TestHTTPChunkedUploadTooLarge(t *testing.T) {
+	h := newDevHTTP(t, nil)
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 40; i++ { // 2.5 MiB
+			if _, err := pw.Write(chunk); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, h.ts.URL+"/api/v1/uploads", pr)
+	req.Header.Set("Content-Type", "application/cbor")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var ae apiErr
+	_ = json.NewDecoder(resp.Body).Decode(&ae)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("POST /uploads (chunked, 2.5 MiB) = %d %s, want 413", resp.StatusCode, ae.Error.Code)
+	}
+}
+
 // Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-003, REQ-DEV-004, REQ-DEV-005, REQ-DEV-006
 func TestHTTPDeviceLifecycle(t *testing.T) {
 	h := newDevHTTP(t, nil)
