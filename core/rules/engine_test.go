@@ -270,17 +270,22 @@ func TestNEWS2Rule(t *testing.T) {
 	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='rules.spo2_scale_set' AND object_id=$1`, p.String()); n != 2 {
 		t.Errorf("audited SpO2 scale settings = %d, want 2 (one accepted, one rejected)", n)
 	}
-	// Recovery: all normal again (air, alert) resolves the NEWS2 alarm.
+	// Recovery: all normal again (air, alert); the NEWS2 alarm resolves once that has held for
+	// 5 minutes (news2 v3), the temperature alarm at once.
 	res = e.feed(t, p, vitals(p, t0.Add(10*time.Minute), 16, 97, 21, 120, 70, 0, 37)...)
-	if got := kinds(res.Transitions); !same(got, []string{"temp-high:resolved:low", "news2:resolved:critical"}) {
-		t.Fatalf("recovery: transitions %v, want news2 resolved", got)
+	if got := kinds(res.Transitions); !same(got, []string{"temp-high:resolved:low"}) {
+		t.Fatalf("recovery: transitions %v, want temp-high resolved, NEWS2 held", got)
+	}
+	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 71, t0.Add(15*time.Minute)))
+	if got := kinds(res.Transitions); !same(got, []string{"news2:resolved:critical"}) {
+		t.Fatalf("recovery held 5 min: transitions %v, want news2 resolved", got)
 	}
 	// A monitor that does not report oxygen delivery: scored as air (news2 v2), and flagged.
 	q := uuid.New()
 	all := vitals(q, t0, 22, 95, 0, 120, 95, 0, 37)
 	res = e.feed(t, q, append(all[:2:2], all[3:]...)...)
-	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.AssumedAir || res.Derived[0].NEWS2.Total != 4 || res.Derived[0].RuleVersion != 2 {
-		t.Fatalf("no oxygen observation: derived %+v, want NEWS2 4 (2+1+1) with assumed air, rule v2", res.Derived)
+	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.AssumedAir || res.Derived[0].NEWS2.Total != 4 || res.Derived[0].RuleVersion != 3 {
+		t.Fatalf("no oxygen observation: derived %+v, want NEWS2 4 (2+1+1) with assumed air, rule v3", res.Derived)
 	}
 	// Stale parameters (older than max_age 1h) give no score.
 	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0.Add(2*time.Hour)))
@@ -526,7 +531,8 @@ func TestRuleVersionFromAnotherProcess(t *testing.T) {
 }
 
 // A backlog delivered in one batch (a device back online) is scored at each moment: the
-// NEWS2 alarm opened in the middle of the backlog is also resolved within it.
+// NEWS2 alarm opened in the middle of the backlog is also resolved within it, once the better
+// score has held for 5 minutes.
 // Verifies: REQ-CORE-104, REQ-CORE-101
 func TestNEWS2Backlog(t *testing.T) {
 	e := newEnv(t)
@@ -535,6 +541,8 @@ func TestNEWS2Backlog(t *testing.T) {
 	backlog = append(backlog, vitals(p, t0, 16, 97, 21, 120, 70, 0, 37)...)
 	backlog = append(backlog, obs(p, rules.CodeConsciousness, rules.ACVPUVoice, t0.Add(time.Minute)))
 	backlog = append(backlog, obs(p, rules.CodeConsciousness, rules.ACVPUAlert, t0.Add(2*time.Minute)))
+	backlog = append(backlog, obs(p, rules.CodeConsciousness, rules.ACVPUAlert, t0.Add(6*time.Minute))) // held 4 min
+	backlog = append(backlog, obs(p, rules.CodeConsciousness, rules.ACVPUAlert, t0.Add(7*time.Minute))) // held 5 min
 	res := e.feed(t, p, backlog...)
 	var totals []int
 	for _, d := range res.Derived {

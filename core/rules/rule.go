@@ -97,6 +97,10 @@ type NEWS2Params struct {
 	AssumeAir   bool `json:"assume_air"`
 	AssumeAlert bool `json:"assume_alert"`
 	AlarmOnLow  bool `json:"alarm_on_low"`
+	// Hold is how long a lower response must last before the alarm de-escalates or
+	// resolves (a worse one escalates at once), so that a score wavering across a band limit
+	// does not open and close alarms. Default 0 (immediate).
+	Hold Duration `json:"hold,omitempty"`
 }
 
 // AnomalyParams: exponentially weighted mean and variance of the patient's own values of Code

@@ -45,8 +45,9 @@ type ruleState struct {
 	Mean   float64 `json:"mean,omitempty"`
 	Var    float64 `json:"var,omitempty"`
 	Normal int     `json:"normal,omitempty"`
-	// news2: the last score recorded
-	Last *NEWS2Score `json:"last,omitempty"`
+	// news2: the last score recorded; since when the response has been below the alarm's
+	Last       *NEWS2Score `json:"last,omitempty"`
+	LowerSince *time.Time  `json:"lower_since,omitempty"`
 }
 
 func newPatientState() *patientState {
@@ -404,17 +405,34 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		})
 	}
 	sev := news2Severity(p, score)
+	msg := fmt.Sprintf("NEWS2 %d (%s response)", score.Total, score.Band)
+	if assumedAir {
+		msg += "; oxygen not reported, scored as air"
+	}
+	detail := map[string]any{"news2": score, "at": at}
 	switch {
-	case sev != 0 && (!rs.Active || sev != rs.Severity):
-		rs.Active, rs.Severity = true, sev
-		msg := fmt.Sprintf("NEWS2 %d (%s response)", score.Total, score.Band)
-		if assumedAir {
-			msg += "; oxygen not reported, scored as air"
+	case sev != 0 && (!rs.Active || sev > rs.Severity): // new or worse: at once
+		rs.Active, rs.Severity, rs.LowerSince = true, sev, nil
+		x.signal(r, true, sev, at, msg, detail)
+	case !rs.Active:
+	case sev == rs.Severity:
+		rs.LowerSince = nil
+	default: // better: only once it has held for Hold
+		if rs.LowerSince == nil {
+			t := at
+			rs.LowerSince = &t
 		}
-		x.signal(r, true, sev, at, msg, map[string]any{"news2": score, "at": at})
-	case sev == 0 && rs.Active:
-		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, at, fmt.Sprintf("NEWS2 %d", score.Total), map[string]any{"news2": score, "at": at})
+		if at.Sub(*rs.LowerSince) < time.Duration(p.Hold) {
+			return
+		}
+		rs.LowerSince = nil
+		if sev == 0 {
+			rs.Active, rs.Severity = false, 0
+			x.signal(r, false, 0, at, msg, detail)
+			return
+		}
+		rs.Severity = sev
+		x.signal(r, true, sev, at, msg, detail)
 	}
 }
 

@@ -83,8 +83,8 @@ func (r *Rule) Validate() error {
 			return bad("rate needs a code, direction, max_change > 0, window > 0, a severity")
 		}
 	case KindNEWS2:
-		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 {
-			return bad("news2 needs max_age > 0")
+		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 || r.NEWS2.Hold < 0 {
+			return bad("news2 needs max_age > 0 and hold >= 0")
 		}
 	case KindAnomaly:
 		p := r.Anomaly
