@@ -301,70 +301,101 @@ func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UU
 		return nil, fmt.Errorf("read batches: %w", err)
 	}
 	defer rows.Close()
-	expected := make(map[uuid.UUID]*expectedEvent)
-	claimed := make(map[int64]bool)
+	type batchRow struct {
+		id       uuid.UUID
+		sealed   time.Time
+		count    int
+		ids      []byte
+		hashes   []leaf.Hash
+		value    []byte
+		idx      *int64
+		inLog    *int64 // the index where the log holds this batch's leaf
+		mismatch bool   // the log holds this batch id with a different leaf
+	}
+	var list []*batchRow
+	byID := make(map[uuid.UUID]*batchRow)
 	for rows.Next() {
 		var (
-			id                   uuid.UUID
-			sealed               time.Time
-			count                int
-			root, ids, hs, value []byte
-			idx                  *int64
+			b      batchRow
+			root   []byte
+			hs     []byte
+			sealed time.Time
 		)
-		if err := rows.Scan(&id, &sealed, &count, &root, &ids, &hs, &value, &idx); err != nil {
+		if err := rows.Scan(&b.id, &sealed, &b.count, &root, &b.ids, &hs, &b.value, &b.idx); err != nil {
 			return nil, fmt.Errorf("read batch: %w", err)
 		}
+		b.sealed = sealed
 		v.rep.Batches++
-		bid := id.String()
-		if len(ids) != 16*count || len(hs) != leaf.HashSize*count {
-			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: idx, Detail: "event lists do not match the batch's count"})
+		bid := b.id.String()
+		if len(b.ids) != 16*b.count || len(hs) != leaf.HashSize*b.count {
+			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: b.idx, Detail: "event lists do not match the batch's count"})
 			continue
 		}
-		hashes := make([]leaf.Hash, count)
-		for i := range hashes {
-			copy(hashes[i][:], hs[i*leaf.HashSize:])
+		b.hashes = make([]leaf.Hash, b.count)
+		for i := range b.hashes {
+			copy(b.hashes[i][:], hs[i*leaf.HashSize:])
 		}
-		r, err := leaf.RootOf(hashes)
+		r, err := leaf.RootOf(b.hashes)
 		var rootH leaf.Hash
 		copy(rootH[:], root)
-		want := leaf.Batch{ID: id, Count: uint32(count), Root: r}
-		if err != nil || r != rootH || !bytes.Equal(want.Encode(), value) {
-			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: idx, Detail: "batch root or leaf value does not match its event hashes"})
+		want := leaf.Batch{ID: b.id, Count: uint32(b.count), Root: r}
+		if err != nil || r != rootH || !bytes.Equal(want.Encode(), b.value) {
+			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: b.idx, Detail: "batch root or leaf value does not match its event hashes"})
 			continue
 		}
-		proven := false
-		if idx != nil && v.cp != nil && uint64(*idx) < v.cp.Size {
-			claimed[*idx] = true
-			switch {
-			case logLeaves == nil: // log unavailable, already reported
-			case !bytes.Equal(logLeaves[*idx], value):
-				v.find(Finding{Kind: FindingBatchNotInLog, BatchID: bid, LeafIndex: idx, Detail: "the log holds a different leaf at this batch's index"})
-				continue
-			default:
-				proven = true
-			}
-		}
-		for i := range count {
-			var eid uuid.UUID
-			copy(eid[:], ids[i*16:])
-			expected[eid] = &expectedEvent{batch: id, index: i, hash: hashes[i], proven: proven, inLog: idx != nil, sealed: sealed}
-		}
+		list = append(list, &b)
+		byID[b.id] = &b
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read batches: %w", err)
 	}
+	// Every leaf under the checkpoint must be a batch the database holds, unchanged. (A batch
+	// whose integration the shipper has not stored yet is matched by its id.)
 	for i, val := range logLeaves {
-		if claimed[int64(i)] {
+		li := int64(i)
+		bl, err := leaf.DecodeBatch(val)
+		if err != nil {
+			v.find(Finding{Kind: FindingBatchDeleted, LeafIndex: &li, Detail: "the log holds a leaf that is no Vigil batch"})
 			continue
 		}
-		li := int64(i)
-		detail := "the log holds a leaf that is no Vigil batch"
-		bid := ""
-		if bl, err := leaf.DecodeBatch(val); err == nil {
-			bid = uuid.UUID(bl.ID).String()
-			detail = fmt.Sprintf("the log holds batch %s of %d events, but the database has no row for it", bid, bl.Count)
+		b := byID[uuid.UUID(bl.ID)]
+		switch {
+		case b == nil:
+			bid := uuid.UUID(bl.ID).String()
+			v.find(Finding{Kind: FindingBatchDeleted, BatchID: bid, LeafIndex: &li,
+				Detail: fmt.Sprintf("the log holds batch %s of %d events, but the database has no valid row for it", bid, bl.Count)})
+		case !bytes.Equal(b.value, val):
+			b.mismatch = true
+		default:
+			b.inLog = &li
 		}
-		v.find(Finding{Kind: FindingBatchDeleted, BatchID: bid, LeafIndex: &li, Detail: detail})
+	}
+	expected := make(map[uuid.UUID]*expectedEvent)
+	for _, b := range list {
+		proven := false
+		bid := b.id.String()
+		underCP := b.idx != nil && v.cp != nil && uint64(*b.idx) < v.cp.Size
+		switch {
+		case logLeaves == nil: // log unavailable (reported) or no checkpoint yet
+		case b.mismatch:
+			v.find(Finding{Kind: FindingBatchModified, BatchID: bid, LeafIndex: b.idx, Detail: "the batch row differs from its leaf in the log"})
+			continue
+		case b.inLog != nil && b.idx != nil && *b.idx != *b.inLog:
+			v.find(Finding{Kind: FindingBatchNotInLog, BatchID: bid, LeafIndex: b.idx,
+				Detail: fmt.Sprintf("the row says leaf %d, the log holds the batch at %d", *b.idx, *b.inLog)})
+			continue
+		case b.inLog != nil:
+			proven = true
+		case underCP:
+			v.find(Finding{Kind: FindingBatchNotInLog, BatchID: bid, LeafIndex: b.idx, Detail: "the log holds a different leaf at this batch's index"})
+			continue
+		}
+		for i := range b.count {
+			var eid uuid.UUID
+			copy(eid[:], b.ids[i*16:])
+			expected[eid] = &expectedEvent{batch: b.id, index: i, hash: b.hashes[i], proven: proven,
+				inLog: b.idx != nil || b.inLog != nil, sealed: b.sealed}
+		}
 	}
 	return expected, nil
 }
