@@ -27,6 +27,7 @@ func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devi
 		Prefix:     os.Getenv("VIGIL_MQTT_PREFIX"),
 		ShareGroup: os.Getenv("VIGIL_MQTT_SHARE_GROUP"),
 		Username:   os.Getenv("VIGIL_MQTT_USERNAME"),
+		ReplyQoS0:  os.Getenv("VIGIL_MQTT_REPLY_QOS0") == "1",
 		Password:   []byte(os.Getenv("VIGIL_MQTT_PASSWORD")),
 		Accepter:   svc,
 		Pool:       sys.pool,
@@ -49,6 +50,10 @@ func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devi
 			st := in.Stats()
 			detail := map[string]any{"received": st.Received, "accepted": st.Accepted, "rejected": st.Rejected,
 				"failed": st.Failed, "connects": st.Connects}
+			if st.Received > 0 {
+				detail["mean_accept_ms"] = float64(st.AcceptTime.Microseconds()) / float64(st.Received) / 1000
+				detail["mean_reply_ms"] = float64(st.ReplyTime.Microseconds()) / float64(st.Received) / 1000
+			}
 			if !in.Subscribed() {
 				return detail, fmt.Errorf("not subscribed to the broker yet")
 			}

@@ -40,7 +40,8 @@ func envInt(name string, def int) int {
 //	go test ./devices/mqtt -run '^$' -bench BenchmarkMQTTUploads -benchtime 20000x
 //
 // VIGIL_BENCH_DEVICES (default 256), VIGIL_BENCH_WORKERS (Vigil's workers, default 1024) and
-// VIGIL_BENCH_CONNS (device-side connections, default 8) tune the load.
+// VIGIL_BENCH_CONNS (device-side connections, default 8) tune the load;
+// VIGIL_BENCH_REPLY_QOS0=1 has Vigil publish its replies at QoS 0 (Config.ReplyQoS0).
 //
 // Verifies: REQ-DEV-100
 func BenchmarkMQTTUploads(b *testing.B) {
@@ -50,7 +51,7 @@ func BenchmarkMQTTUploads(b *testing.B) {
 	st := simtest.New(b, func(c *devices.Config) { c.RatePerSecond, c.SampleQuotaPerHour = -1, -1 })
 	prefix := "vigilbench/" + strings.ReplaceAll(uuid.NewString()[:8], "-", "") + "/devices"
 	in, err := mqtt.Start(mqtt.Config{Broker: brokerURL(), Prefix: prefix, Accepter: st.Devices, Pool: st.Pool,
-		Workers: nWorkers, ReceiveMaximum: 65535, ShareGroup: "bench" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")})
+		Workers: nWorkers, ReceiveMaximum: 65535, ReplyQoS0: os.Getenv("VIGIL_BENCH_REPLY_QOS0") != "", ShareGroup: "bench" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -176,6 +177,9 @@ func BenchmarkMQTTUploads(b *testing.B) {
 		b.Fatalf("%d replies, want %d", n, total)
 	}
 	b.ReportMetric(float64(n)/elapsed.Seconds(), "uploads/s")
+	sts := in.Stats()
+	b.ReportMetric(float64(sts.AcceptTime.Microseconds())/float64(max(sts.Received, 1))/1000, "accept-ms")
+	b.ReportMetric(float64(sts.ReplyTime.Microseconds())/float64(max(sts.Received, 1))/1000, "reply-ms")
 	b.ReportMetric(float64(10*n)/elapsed.Seconds(), "samples/s")
 	b.ReportMetric(float64(all[n/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(all[min(n-1, n*99/100)].Microseconds())/1000, "p99-ms")

@@ -64,6 +64,12 @@ type Config struct {
 	// ReceiveMaximum is the most unacknowledged uploads the broker may send at once
 	// (MQTT 5 flow control). Default 1024.
 	ReceiveMaximum uint16
+	// ReplyQoS0 publishes replies at QoS 0 instead of 1. QoS 1 (the default) has the broker
+	// queue a reply for a device that is briefly disconnected (with a persistent session);
+	// QoS 0 avoids the broker's in-flight window on Vigil's replies (Mosquitto allows 20
+	// unacknowledged messages per client by default), for higher throughput. A device that
+	// misses a reply re-sends the same upload and gets the same receipt: nothing is lost.
+	ReplyQoS0 bool
 	// AcceptTimeout bounds the processing of one upload. Default 10 s.
 	AcceptTimeout time.Duration
 	// Accepter verifies and stores uploads (the devices service). Required.
@@ -133,6 +139,10 @@ type Stats struct {
 	Failed   uint64 // uploads that failed for an internal reason (answered internal_error)
 	Replies  uint64 // replies published
 	Connects uint64 // successful connections (1 + reconnections)
+	// AcceptTime and ReplyTime are the total time spent in verification and storage
+	// (Accepter.Accept) and in publishing replies and acknowledging: divided by Received they
+	// say where an upload's time goes.
+	AcceptTime, ReplyTime time.Duration
 }
 
 // Ingestor is the running MQTT adapter. Start it with Start; stop it with Close.
@@ -151,6 +161,7 @@ type Ingestor struct {
 	upOnce  sync.Once
 
 	received, accepted, rejected, failed, replies, connects atomic.Uint64
+	acceptNanos, replyNanos                                atomic.Int64
 }
 
 type message struct {
@@ -277,7 +288,8 @@ func (in *Ingestor) Subscribed() bool {
 // Stats returns the counters.
 func (in *Ingestor) Stats() Stats {
 	return Stats{Received: in.received.Load(), Accepted: in.accepted.Load(), Rejected: in.rejected.Load(),
-		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load()}
+		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(),
+		AcceptTime: time.Duration(in.acceptNanos.Load()), ReplyTime: time.Duration(in.replyNanos.Load())}
 }
 
 // Close stops taking uploads, lets those being processed finish (until ctx ends), then
@@ -379,7 +391,9 @@ func (in *Ingestor) handle(m message) {
 		return
 	}
 	meta := devices.Meta{Transport: "mqtt", RequestID: requestID(m.pub), SourceAddr: "mqtt:" + in.cfg.Broker}
+	t0 := time.Now()
 	rc, err := in.cfg.Accepter.Accept(ctx, m.pub.Payload, meta)
+	in.acceptNanos.Add(int64(time.Since(t0)))
 	var re *devices.RejectError
 	switch {
 	case err == nil:
@@ -409,10 +423,11 @@ func (in *Ingestor) handle(m message) {
 // sent the upload is still acknowledged when it was stored or refused for good: a re-send by
 // the device gets its receipt again.
 func (in *Ingestor) publish(ctx context.Context, m message, device string, r *Reply) {
+	defer func(t0 time.Time) { in.replyNanos.Add(int64(time.Since(t0))) }(time.Now())
 	b, err := json.Marshal(r)
 	if err == nil {
 		p := &paho.Publish{
-			QoS: 1, Topic: ReceiptTopic(in.cfg.Prefix, device), Payload: b,
+			QoS: replyQoS(in.cfg.ReplyQoS0), Topic: ReceiptTopic(in.cfg.Prefix, device), Payload: b,
 			Properties: &paho.PublishProperties{ContentType: "application/json"},
 		}
 		if m.pub.Properties != nil && len(m.pub.Properties.CorrelationData) > 0 && len(m.pub.Properties.CorrelationData) <= 256 {
@@ -428,6 +443,13 @@ func (in *Ingestor) publish(ctx context.Context, m message, device string, r *Re
 		in.replies.Add(1)
 	}
 	in.ack(m)
+}
+
+func replyQoS(qos0 bool) byte {
+	if qos0 {
+		return 0
+	}
+	return 1
 }
 
 func (in *Ingestor) ack(m message) {
