@@ -161,7 +161,7 @@ type Ingestor struct {
 	upOnce  sync.Once
 
 	received, accepted, rejected, failed, replies, connects atomic.Uint64
-	acceptNanos, replyNanos                                atomic.Int64
+	acceptNanos, replyNanos                                 atomic.Int64
 }
 
 type message struct {
