@@ -210,11 +210,15 @@ type Stats struct {
 	UnresolvedIncidents int64     `json:"unresolved_incidents"`
 	TrillianAddr        string    `json:"trillian_addr"`
 	Embedded            bool      `json:"embedded"`
+	// Sequencing: this process runs the embedded sequencer (one process per database does;
+	// the others serve the log API and take over when it goes away).
+	Sequencing bool `json:"sequencing"`
 }
 
 // Stats returns the current health figures (the shipper's as of its last pass).
 func (s *Service) Stats(ctx context.Context) (Stats, error) {
 	st := Stats{ShipperStats: s.shipper.Stats(), TrillianAddr: s.TrillianAddr(), Embedded: s.embedded != nil}
+	st.Sequencing = s.embedded != nil && s.embedded.Sequencing()
 	st.LagSeconds = st.Lag().Seconds()
 	cp, err := LatestCheckpoint(ctx, s.cfg.Pool)
 	switch {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/trillian"
@@ -48,6 +49,9 @@ type Config struct {
 	SequencerInterval time.Duration
 	// SequencerBatchSize is the most leaves one sequencing pass integrates. Default 1000.
 	SequencerBatchSize int
+	// LeaderRetry is how often a process that is not the database's sequencer tries to
+	// become it (one process per database sequences). Default 5s.
+	LeaderRetry time.Duration
 	// NoSequencer runs the log server only: for commands that read the log (verify, export)
 	// while a `vigil serve` on the same database sequences it.
 	NoSequencer bool
@@ -67,6 +71,8 @@ type Server struct {
 	mu       sync.Mutex
 	serveErr error
 	closed   bool
+
+	sequencing atomic.Bool
 }
 
 // Start starts the log server and the sequencer. The caller MUST call Close.
@@ -85,6 +91,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.SequencerInterval == 0 {
 		cfg.SequencerInterval = 100 * time.Millisecond
+	}
+	if cfg.LeaderRetry <= 0 {
+		cfg.LeaderRetry = 5 * time.Second
 	}
 	if cfg.SequencerBatchSize == 0 {
 		cfg.SequencerBatchSize = 1000
@@ -150,14 +159,45 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.NoSequencer {
 		return s, nil
 	}
-	om := log.NewOperationManager(info, log.NewSequencerManager(registry, 0))
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		om.OperationLoop(runCtx)
+		s.sequenceWhenLeader(runCtx, info, registry, cfg.LeaderRetry)
 	}()
 	return s, nil
 }
+
+// sequencerLock is the PostgreSQL advisory lock that makes one process per database the
+// sequencer: several `vigil serve` replicas on one database each serve the log API, but only
+// the lock holder sequences; another takes over when it goes away.
+const sequencerLock = 7466101
+
+func (s *Server) sequenceWhenLeader(ctx context.Context, info log.OperationInfo, registry extension.Registry, retry time.Duration) {
+	for {
+		conn, err := s.pool.Acquire(ctx)
+		if err == nil {
+			var got bool
+			if err = conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", sequencerLock).Scan(&got); err == nil && got {
+				s.sequencing.Store(true)
+				om := log.NewOperationManager(info, log.NewSequencerManager(registry, 0))
+				om.OperationLoop(ctx) // until Close
+				s.sequencing.Store(false)
+				_, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", sequencerLock)
+				conn.Release()
+				return
+			}
+			conn.Release()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(retry):
+		}
+	}
+}
+
+// Sequencing reports whether this process is the database's sequencer right now.
+func (s *Server) Sequencing() bool { return s.sequencing.Load() }
 
 // Addr is the host:port the gRPC server listens on.
 func (s *Server) Addr() string { return s.addr }
