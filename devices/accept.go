@@ -71,6 +71,9 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		}
 		return nil, fmt.Errorf("accept upload %x: %w", v.Hash[:8], p.err)
 	}
+	if p.receiptSig != nil {
+		return s.receiptWith(p.receiptBody, &p.receipt, p.receiptSig, v.Hash, false)
+	}
 	return s.signReceipt(ctx, p.receiptBody, &p.receipt, v.Hash, false)
 }
 
@@ -305,6 +308,11 @@ func (s *Service) signReceipt(ctx context.Context, body []byte, rec *envelope.Re
 	if err != nil {
 		return nil, fmt.Errorf("sign receipt: %w", err)
 	}
+	return s.receiptWith(body, rec, sig, hash, replayed)
+}
+
+// receiptWith assembles a signed receipt from its body and signature.
+func (s *Service) receiptWith(body []byte, rec *envelope.Receipt, sig []byte, hash [32]byte, replayed bool) (*Receipt, error) {
 	sr := envelope.SignedReceipt{Body: body, Sig: sig, KeyID: s.cfg.ReceiptSigner.KeyID()}
 	wire, err := sr.Marshal()
 	if err != nil {

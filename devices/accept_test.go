@@ -439,8 +439,14 @@ func TestConcurrentGroupCommit(t *testing.T) {
 			defer wg.Done()
 			// Each device sends sequentially (as a device does); devices run concurrently.
 			for j := 0; j < perDev; j++ {
-				if _, err := e.Devices.Accept(e.Ctx, d.Upload(t, e.Clock.Now().Add(time.Duration(j)*time.Millisecond), 1), devices.Meta{Transport: "http"}); err != nil {
+				rc, err := e.Devices.Accept(e.Ctx, d.Upload(t, e.Clock.Now().Add(time.Duration(j)*time.Millisecond), 1), devices.Meta{Transport: "http"})
+				if err != nil {
 					errs <- fmt.Errorf("device %s upload %d: %w", d.ID, j, err)
+					continue
+				}
+				// Receipts of a group are signed together (keys.BatchSigner): each must verify.
+				if err := envelope.VerifyReceipt(e.Signer.Public(), &rc.Signed); err != nil || rc.Body.Device != d.ID.String() {
+					errs <- fmt.Errorf("device %s upload %d: receipt %+v: %v", d.ID, j, rc.Body, err)
 				}
 			}
 		}(d)
@@ -455,6 +461,9 @@ func TestConcurrentGroupCommit(t *testing.T) {
 	}
 	if n := e.Count(t, `SELECT count(*) FROM devices_devices WHERE last_seq = $1`, perDev); n != nDev {
 		t.Errorf("devices with last_seq %d = %d, want %d", perDev, n, nDev)
+	}
+	if st := e.Devices.Stats(); st.Groups >= st.Accepted {
+		t.Errorf("Stats = %+v: every commit held one upload, want shared group commits", st)
 	}
 }
 
