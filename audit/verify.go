@@ -393,6 +393,10 @@ func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UU
 		for i := range b.count {
 			var eid uuid.UUID
 			copy(eid[:], b.ids[i*16:])
+			if prev := expected[eid]; prev != nil {
+				v.find(Finding{Kind: FindingModified, EventID: eid.String(), BatchID: bid,
+					Detail: fmt.Sprintf("the event is logged twice, in batch %s and %s (its row was reset to pending)", prev.batch, bid)})
+			}
 			expected[eid] = &expectedEvent{batch: b.id, index: i, hash: b.hashes[i], proven: proven,
 				inLog: b.idx != nil || b.inLog != nil, sealed: b.sealed}
 		}

@@ -110,6 +110,11 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			exec(t, c, "UPDATE audit_events SET occurred_at = occurred_at - interval '1 day' WHERE id = $1", ids[8])
 			return ids[8]
 		}, audit.FindingModified},
+		{"row reset to pending and shipped again", func(t *testing.T, c *chain, ids []string) string {
+			exec(t, c, "UPDATE audit_events SET batch_id = NULL, batch_index = NULL WHERE id = $1", ids[4])
+			c.shipAll(t)
+			return ids[4]
+		}, audit.FindingModified},
 		{"row deleted", func(t *testing.T, c *chain, ids []string) string {
 			exec(t, c, "DELETE FROM audit_events WHERE id = $1", ids[7])
 			return ids[7]
