@@ -12,8 +12,12 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 # Short fuzz runs of every parser that faces devices or the network, run by `make test`
 # ("package:FuzzName"). `make fuzz FUZZTIME=10m` runs them longer.
-FUZZ_TARGETS ?=
-FUZZTIME ?= 10s
+FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages \
+	devices/mqtt:FuzzParseUpTopic devices/mqtt:FuzzParseReply \
+	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
+	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
+	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition
+FUZZTIME ?= 5s
 
 .PHONY: all build demo test vet unit fuzz services tools clean-testdbs help
 
