@@ -262,7 +262,7 @@ func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
 		d.mu.Unlock()
 		return nil, reject(ErrReplay, "sequence number %d is not above the last accepted", u.Seq)
 	}
-	if err := s.admit(d, points, now); err != nil {
+	if err := s.admit(d.lim, points, now); err != nil {
 		d.mu.Unlock()
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package devices_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -523,5 +524,36 @@ func TestSuspendCatchesPendingUpload(t *testing.T) {
 	}
 	if n := e.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = 'device_suspended'`); n != 1 {
 		t.Errorf("device_suspended rejections audited = %d, want 1", n)
+	}
+}
+
+// A suspension made by one server reaches the device cache of another at once (PostgreSQL
+// notification), so the other refuses at verification, not only at commit.
+// Verifies: REQ-DEV-005
+func TestSuspensionReachesOtherServers(t *testing.T) {
+	e := devicestest.New(t, nil)
+	other, err := devices.New(devices.Config{Pool: e.Pool, Ingester: e.Core, ReceiptSigner: e.Signer, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Close(context.Background()) })
+	d := e.NewDevice(t)
+	if _, err := other.Accept(e.Ctx, d.Upload(t, e.Clock.Now(), 2), devices.Meta{Transport: "http"}); err != nil {
+		t.Fatalf("other.Accept = %v", err) // the device is now cached by the other server
+	}
+	if _, err := e.Devices.SetStatus(e.Ctx, devicestest.Admin, d.ID, devices.StatusSuspended, "stolen"); err != nil {
+		t.Fatal(err)
+	}
+	raw := d.Upload(t, e.Clock.Now(), 2)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err = other.Verify(e.Ctx, raw)
+		if errors.Is(err, devices.ErrDeviceSuspended) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond) // the notification is asynchronous
+	}
+	if !errors.Is(err, devices.ErrDeviceSuspended) {
+		t.Fatalf("other.Verify after suspension elsewhere = %v, want ErrDeviceSuspended", err)
 	}
 }

@@ -35,9 +35,16 @@ type deviceState struct {
 	mu        sync.Mutex
 	committed uint64 // highest sequence number known committed
 	reserved  uint64 // highest sequence number admitted (committed or waiting for commit)
-	tokens    float64
-	quota     float64
-	refilled  time.Time
+
+	lim *limiter // the device's rate buckets: kept across cache invalidations
+}
+
+// limiter is one device's token bucket (uploads) and sample quota.
+type limiter struct {
+	mu       sync.Mutex
+	tokens   float64
+	quota    float64
+	refilled time.Time
 }
 
 // deviceCache holds deviceStates. Invalidate drops an entry at once (suspension, rotation,
@@ -46,6 +53,8 @@ type deviceCache struct {
 	mu  sync.RWMutex
 	m   map[uuid.UUID]*deviceState
 	gen atomic.Uint64
+
+	limiters sync.Map // uuid.UUID → *limiter; never invalidated
 }
 
 func newDeviceCache() *deviceCache { return &deviceCache{m: make(map[uuid.UUID]*deviceState)} }
@@ -54,6 +63,13 @@ func (c *deviceCache) invalidate(id uuid.UUID) {
 	c.gen.Add(1)
 	c.mu.Lock()
 	delete(c.m, id)
+	c.mu.Unlock()
+}
+
+func (c *deviceCache) invalidateAll() {
+	c.gen.Add(1)
+	c.mu.Lock()
+	clear(c.m)
 	c.mu.Unlock()
 }
 
@@ -109,15 +125,20 @@ func (s *Service) loadDevice(ctx context.Context, id uuid.UUID) (*deviceState, e
 		d.patient = *patient
 	}
 	d.committed, d.reserved = uint64(lastSeq), uint64(lastSeq)
-	d.tokens = float64(s.cfg.RateBurst)
-	d.quota = s.cfg.SampleQuotaPerHour
-	d.refilled = s.cfg.Now()
+	if l, ok := s.cache.limiters.Load(id); ok {
+		d.lim = l.(*limiter)
+	} else {
+		l, _ := s.cache.limiters.LoadOrStore(id, &limiter{tokens: float64(s.cfg.RateBurst), quota: s.cfg.SampleQuotaPerHour, refilled: s.cfg.Now()})
+		d.lim = l.(*limiter)
+	}
 	return d, nil
 }
 
 // admit checks and takes rate-limit tokens and quota for an upload of n data points. It
-// returns a *RejectError with RetryAfter when the device must slow down. Caller holds d.mu.
-func (s *Service) admit(d *deviceState, n int, now time.Time) error {
+// returns a *RejectError with RetryAfter when the device must slow down.
+func (s *Service) admit(d *limiter, n int, now time.Time) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	el := now.Sub(d.refilled).Seconds()
 	if el > 0 {
 		d.refilled = now

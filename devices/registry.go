@@ -269,6 +269,9 @@ func (s *Service) SetStatus(ctx context.Context, o Origin, id uuid.UUID, status,
 		if err != nil {
 			return fmt.Errorf("set device status: %w", err)
 		}
+		if err := notifyChanged(ctx, tx, id); err != nil {
+			return err
+		}
 		_, err = audit.Record(ctx, tx, ev)
 		return err
 	})
@@ -328,6 +331,9 @@ func (s *Service) AssignPatient(ctx context.Context, o Origin, id uuid.UUID, pat
 		out, err = scanDevice(tx.QueryRow(ctx, `UPDATE devices_devices SET patient_id = $2, updated_at = $3 WHERE id = $1 RETURNING `+deviceCols, id, patient, now))
 		if err != nil {
 			return fmt.Errorf("assign patient: %w", err)
+		}
+		if err := notifyChanged(ctx, tx, id); err != nil {
+			return err
 		}
 		_, err = audit.Record(ctx, tx, ev)
 		return err
@@ -480,7 +486,7 @@ func addKey(ctx context.Context, tx pgx.Tx, d *Device, pub []byte, now time.Time
 	if _, err := tx.Exec(ctx, `UPDATE devices_devices SET key_version = $2, updated_at = $3 WHERE id = $1`, d.ID, next, now); err != nil {
 		return fmt.Errorf("set key version: %w", err)
 	}
-	return nil
+	return notifyChanged(ctx, tx, d.ID)
 }
 
 // RotateKey replaces a device's key from a rotation request (envelope.SignRotate): signed by

@@ -102,6 +102,9 @@ type Config struct {
 	EnrollmentTokenTTL time.Duration
 	// Logger receives operational messages of the background committer. Default slog.Default().
 	Logger *slog.Logger
+	// NoChangeListener turns off the listener that drops cached devices when another process
+	// changes them (PostgreSQL LISTEN on one connection of its own). For one-shot tools.
+	NoChangeListener bool
 }
 
 func (c *Config) setDefaults() {
@@ -168,7 +171,9 @@ type Service struct {
 	cache *deviceCache
 	bat   *batcher
 
-	closeOnce sync.Once
+	closeOnce  sync.Once
+	stopListen context.CancelFunc
+	listenDone chan struct{}
 
 	stats struct {
 		accepted, rejected, replayed, groups, fallbacks, commitNanos, hookNanos atomic.Int64
@@ -208,6 +213,12 @@ func New(cfg Config) (*Service, error) {
 	cfg.setDefaults()
 	s := &Service{cfg: cfg, cache: newDeviceCache()}
 	s.bat = newBatcher(s)
+	if !cfg.NoChangeListener {
+		lctx, cancel := context.WithCancel(context.Background())
+		s.stopListen = cancel
+		s.listenDone = make(chan struct{})
+		go func() { defer close(s.listenDone); s.listen(lctx) }()
+	}
 	return s, nil
 }
 
@@ -215,7 +226,13 @@ func New(cfg Config) (*Service, error) {
 // ends). Accept after Close fails with ErrBackpressure.
 func (s *Service) Close(ctx context.Context) error {
 	var err error
-	s.closeOnce.Do(func() { err = s.bat.close(ctx) })
+	s.closeOnce.Do(func() {
+		if s.stopListen != nil {
+			s.stopListen()
+			<-s.listenDone
+		}
+		err = s.bat.close(ctx)
+	})
 	if err != nil {
 		return fmt.Errorf("devices: close: %w", err)
 	}

@@ -54,7 +54,7 @@ it for good.`,
 				return err
 			}
 			defer pool.Close()
-			svc, err := devices.New(devices.Config{Pool: pool})
+			svc, err := devices.New(devices.Config{Pool: pool, NoChangeListener: true})
 			if err != nil {
 				return err
 			}
