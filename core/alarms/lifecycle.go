@@ -139,23 +139,24 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, sig Signal) ([]Transitio
 func (s *Service) change(ctx context.Context, id uuid.UUID, by audit.Event, kind TransitionKind,
 	reason string, extra map[string]any, fn func(a *row, now time.Time) (string, error)) (Alarm, error) {
 	action := string(kind)
+	verb := map[TransitionKind]string{Acknowledged: "acknowledge", Silenced: "silence", Resolved: "resolve"}[kind]
 	tx, err := s.cfg.Pool.Begin(ctx)
 	if err != nil {
-		return Alarm{}, fmt.Errorf("%s alarm %s: %w", action, id, err)
+		return Alarm{}, fmt.Errorf("%s alarm %s: %w", verb, id, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	a, err := scanRow(tx.QueryRow(ctx, `SELECT `+alarmCols+` FROM alarms WHERE id=$1 FOR UPDATE`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		_ = tx.Rollback(ctx)
-		return Alarm{}, s.reject(ctx, by, action, id, "alarm_not_found", fmt.Errorf("%s alarm %s: %w", action, id, ErrNotFound))
+		return Alarm{}, s.reject(ctx, by, action, id, "alarm_not_found", fmt.Errorf("%s alarm %s: %w", verb, id, ErrNotFound))
 	}
 	if err != nil {
-		return Alarm{}, fmt.Errorf("%s alarm %s: %w", action, id, err)
+		return Alarm{}, fmt.Errorf("%s alarm %s: %w", verb, id, err)
 	}
 	now := s.now()
 	if code, err := fn(&a, now); err != nil {
 		_ = tx.Rollback(ctx)
-		return Alarm{}, s.reject(ctx, by, action, id, code, fmt.Errorf("%s alarm %s: %w", action, id, err))
+		return Alarm{}, s.reject(ctx, by, action, id, code, fmt.Errorf("%s alarm %s: %w", verb, id, err))
 	}
 	a.UpdatedAt = now
 	a.Revision++
@@ -167,7 +168,7 @@ func (s *Service) change(ctx context.Context, id uuid.UUID, by audit.Event, kind
 		return Alarm{}, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return Alarm{}, fmt.Errorf("%s alarm %s: commit: %w", action, id, err)
+		return Alarm{}, fmt.Errorf("%s alarm %s: commit: %w", verb, id, err)
 	}
 	s.Notify(ctx, []Transition{t})
 	return a.Alarm, nil
