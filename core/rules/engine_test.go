@@ -184,8 +184,8 @@ func TestThreshold(t *testing.T) {
 func TestRateOfChange(t *testing.T) {
 	e := newEnv(t)
 	p := uuid.New()
-	// A fall of more than 30 within the window raises; once the fall within the window is
-	// back under 30 it clears.
+	// A fall of more than 30 within the window raises; once the fall within the window has
+	// stayed under 30 for the hold time it clears.
 	seq := []struct {
 		at   time.Duration
 		v    float64
@@ -195,7 +195,11 @@ func TestRateOfChange(t *testing.T) {
 		{5 * time.Minute, 135, nil},
 		{10 * time.Minute, 120, nil}, // fall 20
 		{14 * time.Minute, 104, []string{"sbp-fall:opened:high"}},   // fall 36 from 140 within 15 min
-		{16 * time.Minute, 106, []string{"sbp-fall:resolved:high"}}, // 140 left the window: fall 29 from 135
+		{16 * time.Minute, 106, nil},                                // 140 left the window: fall 29 from 135, but hold 5 min (v2)
+		{18 * time.Minute, 103, nil},                                // fall 32 again: the same alarm, the hold restarts
+		{19 * time.Minute, 110, nil},                                // fall 25
+		{23 * time.Minute, 112, nil},                                // 4 min within the limit
+		{24 * time.Minute, 113, []string{"sbp-fall:resolved:high"}}, // 5 min within the limit
 	}
 	for i, s := range seq {
 		res := e.feed(t, p, obs(p, rules.CodeSystolicBP, s.v, t0.Add(s.at)))

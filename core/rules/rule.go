@@ -83,6 +83,9 @@ type RateParams struct {
 	MaxChange float64         `json:"max_change"`
 	Window    Duration        `json:"window"`
 	Severity  alarms.Severity `json:"severity"`
+	// Hold is how long the change must stay within the limit before the condition clears, so
+	// that a change wavering around the limit does not open and close alarms. Default 0.
+	Hold Duration `json:"hold,omitempty"`
 }
 
 // NEWS2Params: NEWS2 is computed from the latest value of each of the seven parameters when

@@ -36,7 +36,7 @@ type ruleState struct {
 	Version  int             `json:"version"`
 	Active   bool            `json:"active"` // the condition is raised
 	Severity alarms.Severity `json:"severity,omitempty"`
-	// threshold
+	// threshold: since when the limit is crossed; rate: since when the change is back within it
 	PendingSince *time.Time `json:"pending_since,omitempty"`
 	// rate: monotonic deque of the window's extreme candidates
 	Deque []point `json:"deque,omitempty"`
@@ -277,12 +277,21 @@ func (x *runner) rate(r *Rule, o Observation) {
 	}
 	hit := change > p.MaxChange
 	switch {
-	case hit && !rs.Active:
-		rs.Active, rs.Severity = true, p.Severity
-		x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: changed by %g %s within %s", r.Name, change, o.Unit, time.Duration(p.Window)), detail())
-	case !hit && rs.Active:
-		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, o.Time, r.Name+" cleared", detail())
+	case hit:
+		rs.PendingSince = nil
+		if !rs.Active {
+			rs.Active, rs.Severity = true, p.Severity
+			x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: changed by %g %s within %s", r.Name, change, o.Unit, time.Duration(p.Window)), detail())
+		}
+	case rs.Active:
+		if rs.PendingSince == nil { // within the limit since now: clear once it has held
+			t := o.Time
+			rs.PendingSince = &t
+		}
+		if o.Time.Sub(*rs.PendingSince) >= time.Duration(p.Hold) {
+			rs.Active, rs.Severity, rs.PendingSince = false, 0, nil
+			x.signal(r, false, 0, o.Time, r.Name+" cleared", detail())
+		}
 	}
 }
 

@@ -79,8 +79,8 @@ func (r *Rule) Validate() error {
 		if p == nil {
 			return bad("kind rate needs rate parameters")
 		}
-		if p.Code == "" || !dir(p.Direction) || !(p.MaxChange > 0) || !finite(p.MaxChange) || p.Window <= 0 || !p.Severity.Valid() {
-			return bad("rate needs a code, direction, max_change > 0, window > 0, a severity")
+		if p.Code == "" || !dir(p.Direction) || !(p.MaxChange > 0) || !finite(p.MaxChange) || p.Window <= 0 || p.Hold < 0 || !p.Severity.Valid() {
+			return bad("rate needs a code, direction, max_change > 0, window > 0, hold >= 0, a severity")
 		}
 	case KindNEWS2:
 		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 || r.NEWS2.Hold < 0 {
