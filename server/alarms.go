@@ -2,6 +2,8 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -102,8 +104,10 @@ func (s *Server) acknowledgeAlarm(c echo.Context) error {
 		Note string `json:"note"`
 	}
 	if c.Request().ContentLength != 0 {
-		if err := bindJSON(c, &body); err != nil {
-			return err
+		dec := json.NewDecoder(c.Request().Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) { // the note is optional
+			return BadRequest(CodeBadRequest, "malformed JSON body: "+err.Error())
 		}
 	}
 	a, err := s.cfg.Alarms.Acknowledge(c.Request().Context(), id, EventFor(c), body.Note)
