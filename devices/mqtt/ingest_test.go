@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,4 +351,35 @@ func brokerHostPort(t *testing.T) (string, string) {
 		t.Fatalf("bad broker URL %q", brokerURL())
 	}
 	return host, strings.TrimSuffix(port, "/")
+}
+
+// The SDK delivers over MQTT as over HTTP: mqtt.Device is its transport, receipts verify,
+// buffered uploads go out in order, and a refusal is a RejectedError with the same code.
+// Verifies: REQ-DEV-100, REQ-DEV-110
+func TestSDKOverMQTT(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, nil)
+	id := r.stack.Device(t)
+	d := r.device(t, id.DeviceID)
+	c, err := sdk.New(sdk.Config{Identity: id, Transport: d, ReceiptKey: r.stack.ReceiptKey, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for i := range 3 {
+		if err := c.Enqueue([]envelope.Sample{{Code: "8867-4", Value: 70 + float64(i), Unit: "/min", T: now.UnixMilli()}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rcs, err := c.Flush(ctx)
+	if err != nil || len(rcs) != 3 || c.Pending() != 0 {
+		t.Fatalf("Flush over MQTT = %d receipts, %v, %d pending; want 3, nil, 0", len(rcs), err, c.Pending())
+	}
+	_, err = d.Upload(ctx, signed(t, id, 1, now))
+	var re *sdk.RejectedError
+	if !errors.As(err, &re) || re.Code != devices.CodeReplay || re.Temporary() {
+		t.Errorf("Upload(replayed seq) over MQTT = %v, want RejectedError replay, not temporary", err)
+	}
 }
