@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
@@ -54,10 +55,19 @@ func envInt(name string, def int) int {
 //	go test ./server -run '^$' -bench CoreIngestToSSE -benchtime 20s
 //
 // Knobs (env): VIGIL_BENCH_GROUP (uploads per transaction, default 50), VIGIL_BENCH_PAR
-// (goroutines per CPU, default 2), VIGIL_BENCH_PROBE (default 500).
+// (goroutines per CPU, default 2), VIGIL_BENCH_PROBE (default 500). With VIGIL_BENCH_RATE
+// (uploads/s) the load is open-loop instead: uploads arrive at that rate and adaptive group
+// committers take what is queued (see openLoop); run it with -benchtime 1x.
 func BenchmarkCoreIngestToSSE(b *testing.B) {
 	ctx := context.Background()
-	pool := testdb.New(b)
+	_, url := testdb.NewWithURL(b)
+	// A pool larger than the ingest goroutines, so that an alarm's transaction never waits
+	// for a connection held by an ingest transaction (VIGIL_DATABASE_URL: pool_max_conns=16).
+	pool, err := pgxpool.New(ctx, url+"&pool_max_conns="+strconv.Itoa(envInt("VIGIL_BENCH_CONNS", 16)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
 	hub := core.NewHub(core.HubConfig{Buffer: 1 << 16})
 	asvc, err := alarms.New(alarms.Config{Pool: pool, Notifier: hub})
 	if err != nil {
@@ -201,15 +211,20 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	before := svc.Stats()
 	b.ResetTimer()
 	start := time.Now()
-	b.SetParallelism(par)
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := ingestGroup(); err != nil {
-				b.Error(err)
-				return
+	if rate := envInt("VIGIL_BENCH_RATE", 0); rate > 0 {
+		openLoop(b, rate, func() (core.Batch, bool) { return makeBatch(int(next.Add(1) % npat)) }, &starts,
+			func(g []core.Batch) error { _, err := svc.IngestMany(ctx, g, nil); return err })
+	} else {
+		b.SetParallelism(par)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := ingestGroup(); err != nil {
+					b.Error(err)
+					return
+				}
 			}
-		}
-	})
+		})
+	}
 	elapsed := time.Since(start)
 	b.StopTimer()
 	time.Sleep(2 * time.Second) // let the last alarm events arrive
@@ -228,4 +243,57 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	if after.RuleErrors != before.RuleErrors {
 		b.Errorf("rule errors during the run: %d", after.RuleErrors-before.RuleErrors)
 	}
+}
+
+// openLoop offers uploads at a fixed rate for VIGIL_BENCH_SECONDS (default 15) to
+// VIGIL_BENCH_COMMITTERS (default 3) adaptive group committers, each committing whatever is
+// queued (up to VIGIL_BENCH_MAXGROUP, default 500) in one transaction: the way devices' batcher
+// feeds core. A probe's latency then starts when its upload is queued, as after verification.
+func openLoop(b *testing.B, rate int, mk func() (core.Batch, bool), starts *sync.Map, commit func([]core.Batch) error) {
+	queue := make(chan core.Batch, 1<<17)
+	maxGroup, committers := envInt("VIGIL_BENCH_MAXGROUP", 500), envInt("VIGIL_BENCH_COMMITTERS", 3)
+	var wg sync.WaitGroup
+	for c := 0; c < committers; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for first := range queue {
+				group := []core.Batch{first}
+			drain:
+				for len(group) < maxGroup {
+					select {
+					case bt, ok := <-queue:
+						if !ok {
+							break drain
+						}
+						group = append(group, bt)
+					default:
+						break drain
+					}
+				}
+				if err := commit(group); err != nil {
+					b.Error(err)
+				}
+			}
+		}()
+	}
+	dur := time.Duration(envInt("VIGIL_BENCH_SECONDS", 15)) * time.Second
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	sent := 0
+	for time.Since(start) < dur {
+		<-tick.C
+		due := int(time.Since(start).Seconds()*float64(rate)) - sent
+		for i := 0; i < due; i++ {
+			bt, probe := mk()
+			if probe {
+				starts.Store(bt.PatientID, time.Now())
+			}
+			queue <- bt
+			sent++
+		}
+	}
+	close(queue)
+	wg.Wait()
 }
