@@ -337,22 +337,32 @@ func (s *Service) tickBatch(ctx context.Context, kind TransitionKind, where stri
 // ResolveRule resolves, inside tx, every open alarm of a rule (when the rule is disabled),
 // each audited; by is the actor disabling the rule. The caller notifies after commit.
 func (s *Service) ResolveRule(ctx context.Context, tx pgx.Tx, ruleID string, by audit.Event, reason string) ([]Transition, error) {
-	rows, err := tx.Query(ctx, `SELECT `+alarmCols+` FROM alarms WHERE rule_id=$1 AND state <> 'resolved' ORDER BY id FOR UPDATE`, ruleID)
+	return s.resolveWhere(ctx, tx, `rule_id=$1`, ruleID, by, reason, map[string]any{"rule_disabled": true})
+}
+
+// ResolvePatient resolves, inside tx, every open alarm of a patient (discharge, end of
+// monitoring), each audited. The caller notifies after commit.
+func (s *Service) ResolvePatient(ctx context.Context, tx pgx.Tx, patientID uuid.UUID, by audit.Event, reason string) ([]Transition, error) {
+	return s.resolveWhere(ctx, tx, `patient_id=$1`, patientID, by, reason, map[string]any{"patient_released": true})
+}
+
+func (s *Service) resolveWhere(ctx context.Context, tx pgx.Tx, where string, arg any, by audit.Event, reason string, extra map[string]any) ([]Transition, error) {
+	rows, err := tx.Query(ctx, `SELECT `+alarmCols+` FROM alarms WHERE `+where+` AND state <> 'resolved' ORDER BY id FOR UPDATE`, arg)
 	if err != nil {
-		return nil, fmt.Errorf("resolve alarms of rule %s: %w", ruleID, err)
+		return nil, fmt.Errorf("resolve alarms: %w", err)
 	}
 	var open []row
 	for rows.Next() {
 		a, err := scanRow(rows)
 		if err != nil {
 			rows.Close()
-			return nil, fmt.Errorf("resolve alarms of rule %s: %w", ruleID, err)
+			return nil, fmt.Errorf("resolve alarms: %w", err)
 		}
 		open = append(open, a)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("resolve alarms of rule %s: %w", ruleID, err)
+		return nil, fmt.Errorf("resolve alarms: %w", err)
 	}
 	now := s.now()
 	var ts []Transition
@@ -365,7 +375,7 @@ func (s *Service) ResolveRule(ctx context.Context, tx pgx.Tx, ruleID string, by 
 		if err := update(ctx, tx, a); err != nil {
 			return nil, err
 		}
-		t, err := s.record(ctx, tx, by, Resolved, a, reason, map[string]any{"rule_disabled": true})
+		t, err := s.record(ctx, tx, by, Resolved, a, reason, extra)
 		if err != nil {
 			return nil, err
 		}

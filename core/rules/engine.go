@@ -137,5 +137,14 @@ func (e *Engine) SetSpO2Scale(ctx context.Context, by audit.Event, patientID uui
 	return e.setSpO2Scale(ctx, by, patientID, scale, reason)
 }
 
+// ReleasePatient ends monitoring of a patient (discharge, transfer out): it resolves the
+// patient's open alarms with the reason and starts its rule state afresh (keeping only how far
+// it was evaluated and its SpO2 scale), so that the no-data rule does not alarm for a device
+// that was rightly removed; audited as "rules.patient_released" with the alarms'
+// resolutions, in one transaction. New observations of the patient are evaluated as usual.
+func (e *Engine) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
+	return e.releasePatient(ctx, by, patientID, reason)
+}
+
 // Close writes a final checkpoint.
 func (e *Engine) Close(ctx context.Context) error { return e.checkpoint(ctx) }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -404,5 +405,51 @@ func (e *Engine) checkpoint(ctx context.Context) error {
 		}
 		return fmt.Errorf("rules: checkpoint: commit: %w", err)
 	}
+	return nil
+}
+
+func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UUID, reason string) error {
+	if strings.TrimSpace(reason) == "" {
+		reason = "patient_released"
+	}
+	if by.Actor.Kind == "" {
+		by.Actor = engineActor
+	}
+	p, _, err := e.lockPatient(ctx, pid)
+	if err != nil {
+		return err
+	}
+	defer p.mu.Unlock()
+	// A fresh state that keeps only where evaluation stands (so nothing already evaluated is
+	// replayed) and the SpO2 scale; no last-seen time, so no-data stays quiet until new data.
+	fresh := newPatientState()
+	fresh.Through, fresh.ThroughCodes, fresh.SpO2Scale = p.st.Through, append([]string(nil), p.st.ThroughCodes...), p.st.SpO2Scale
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("rules: release patient %s: %w", pid, err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	ts, err := e.cfg.Alarms.ResolvePatient(ctx, tx, pid, by, reason)
+	if err != nil {
+		return fmt.Errorf("rules: release patient %s: %w", pid, err)
+	}
+	now := e.now()
+	if err := writeState(ctx, tx, pid, fresh, now); err != nil {
+		return err
+	}
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, now
+	ev.Action = "rules.patient_released"
+	ev.Object = audit.Object{Type: "patient", ID: pid.String()}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Payload = map[string]any{"reason": reason, "alarms_resolved": len(ts)}
+	if _, err := audit.Record(ctx, tx, ev); err != nil {
+		return fmt.Errorf("rules: release patient %s: %w", pid, err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("rules: release patient %s: commit: %w", pid, err)
+	}
+	p.st, p.dirty = fresh, false
+	e.cfg.Alarms.Notify(ctx, ts)
 	return nil
 }

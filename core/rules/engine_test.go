@@ -324,8 +324,9 @@ func TestAnomaly(t *testing.T) {
 	}
 }
 
-// No data: a patient silent for 10 minutes raises; data arriving resolves.
-// Verifies: REQ-CORE-106
+// No data: a patient silent for 10 minutes raises; data arriving resolves; releasing the
+// patient (discharge) resolves its alarms and ends the no-data watch.
+// Verifies: REQ-CORE-106, REQ-CORE-116
 func TestNoData(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -347,6 +348,38 @@ func TestNoData(t *testing.T) {
 	if got := kinds(res.Transitions); !same(got, []string{"nodata:resolved:medium"}) {
 		t.Fatalf("data again: transitions %v, want nodata resolved", got)
 	}
+	// Discharge: open alarms resolved, the patient forgotten, no no-data alarm afterwards.
+	e.feed(t, p, obs(p, rules.CodeSpO2, 80, t0.Add(12*time.Minute)), obs(p, rules.CodeSpO2, 80, t0.Add(13*time.Minute)))
+	if err := e.eng.ReleasePatient(ctx, doc(), p, "discharged home"); err != nil {
+		t.Fatal(err)
+	}
+	open, _ := e.alarms.OpenAlarms(ctx, p)
+	if len(open) != 0 {
+		t.Fatalf("open alarms after release = %d, want 0", len(open))
+	}
+	e.clk.Set(t0.Add(time.Hour))
+	if ts, err := e.eng.Tick(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("Tick() after release = %v, %v; want nothing", kinds(ts), err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='rules.patient_released' AND object_id=$1`, p.String()); n != 1 {
+		t.Errorf("audited releases = %d, want 1", n)
+	}
+	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1 AND resolve_reason='discharged home'`, p); n != 1 {
+		t.Errorf("alarms resolved by the release = %d, want 1 (spo2-low)", n)
+	}
+	// After a restart nothing from before the release is replayed into a new alarm.
+	e.restart(t)
+	if ts, err := e.eng.Tick(ctx); err != nil || len(ts) != 0 {
+		t.Fatalf("Tick() after release and restart = %v, %v; want nothing", kinds(ts), err)
+	}
+	open, _ = e.alarms.OpenAlarms(ctx, p)
+	if len(open) != 0 {
+		t.Fatalf("open alarms after release and restart = %d, want 0", len(open))
+	}
+}
+
+func doc() audit.Event {
+	return audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}}
 }
 
 // A restart in the middle of an active alarm: the new engine continues the same alarm

@@ -122,12 +122,16 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		if o.PatientID != x.pid {
 			continue
 		}
-		seen = true
+		fresh := x.advance(o)
+		if !fresh && o.Time.Equal(x.ps.Through) {
+			continue // already evaluated (a replay overlapping what was checkpointed)
+		}
+		seen = true // new data, even if older than what was evaluated: the device is alive
 		if o.Time.After(x.ps.LastSeen) {
 			x.ps.LastSeen = o.Time
 		}
-		if !x.advance(o) {
-			continue // already evaluated (replay overlap) or older than what was evaluated
+		if !fresh {
+			continue // older than what was evaluated: stored by core, not evaluated
 		}
 		if o.Artifact {
 			continue
