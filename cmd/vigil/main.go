@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/internal/klogslog"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -69,6 +71,7 @@ with its password, Vault tokens, passphrases) come from the environment only, ne
 			return err
 		}
 		slog.SetDefault(l)
+		klogslog.Route(l) // Trillian logs through klog
 		return nil
 	}
 	root.AddCommand(newServeCmd(), newDemoCmd(), newMigrateCmd(), newVersionCmd())
