@@ -49,4 +49,6 @@ func BenchmarkAccept(b *testing.B) {
 	b.StopTimer()
 	st := e.Devices.Stats()
 	b.ReportMetric(float64(st.Accepted)/float64(max(st.Groups, 1)), "uploads/commit")
+	b.ReportMetric(float64(st.HookTime.Microseconds())/float64(max(st.Accepted, 1)), "hook-µs/upload")
+	b.ReportMetric(float64(st.CommitTime.Microseconds())/float64(max(st.Accepted, 1)), "commit-µs/upload")
 }
