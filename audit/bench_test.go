@@ -1,3 +1,4 @@
+// Verifies: REQ-AUD-004
 package audit_test
 
 import (

@@ -1,3 +1,4 @@
+// Verifies: REQ-CORE-005
 package core_test
 
 import (

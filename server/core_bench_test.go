@@ -1,3 +1,4 @@
+// Verifies: REQ-CORE-007, REQ-CORE-012, REQ-CORE-014
 package server
 
 import (
@@ -237,7 +238,9 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	if len(lats) > 0 {
 		slices.Sort(lats)
 		b.ReportMetric(float64(lats[len(lats)/2].Microseconds())/1000, "p50-ms")
+		b.ReportMetric(float64(lats[len(lats)*9/10].Microseconds())/1000, "p90-ms")
 		b.ReportMetric(float64(lats[len(lats)*99/100].Microseconds())/1000, "p99-ms")
+		b.ReportMetric(float64(lats[len(lats)-1].Microseconds())/1000, "max-ms")
 		b.ReportMetric(float64(len(lats)), "alarms")
 	}
 	if after.RuleErrors != before.RuleErrors {

@@ -28,7 +28,9 @@ var (
 // ScanTests walks root for *_test.go files and returns every test function preceded by a
 // `// Verifies: REQ-…[, REQ-…]` line in its doc comment. Directories named testdata, vendor,
 // node_modules and hidden ones are skipped. A Verifies line that names a malformed id, or is
-// not followed by a test function, is an error.
+// not followed by a test function, is an error — except directly above the `package` clause,
+// where it is a file-level line: it applies to every test function of the file, and in a
+// file of test helpers (no test functions) it says which requirements the helpers serve.
 func ScanTests(root string) ([]TestRef, error) {
 	var refs []TestRef
 	var problems []string
@@ -75,8 +77,9 @@ func scanFile(path, rel string) ([]TestRef, []string, error) {
 	defer f.Close()
 	var refs []TestRef
 	var problems []string
-	var pending []string
+	var pending, fileLevel []string
 	pendingLine := 0
+	var fileRefs []int // indexes in refs of this file's tests
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1024*1024), 1024*1024)
 	line := 0
@@ -96,18 +99,30 @@ func scanFile(path, rel string) ([]TestRef, []string, error) {
 			continue
 		}
 		if len(pending) == 0 {
+			if m := funcRE.FindStringSubmatch(text); m != nil && len(fileLevel) > 0 {
+				fileRefs = append(fileRefs, len(refs))
+				refs = append(refs, TestRef{Package: filepath.ToSlash(filepath.Dir(rel)), File: filepath.ToSlash(rel), Line: line, Name: m[1]})
+			}
 			continue
 		}
 		trimmed := strings.TrimSpace(text)
 		if strings.HasPrefix(trimmed, "//") {
 			continue // more doc comment
 		}
-		if m := funcRE.FindStringSubmatch(text); m != nil {
+		if strings.HasPrefix(trimmed, "package ") {
+			fileLevel = pending
+		} else if m := funcRE.FindStringSubmatch(text); m != nil {
+			fileRefs = append(fileRefs, len(refs))
 			refs = append(refs, TestRef{Package: filepath.ToSlash(filepath.Dir(rel)), File: filepath.ToSlash(rel), Line: line, Name: m[1], Verifies: pending})
 		} else {
 			problems = append(problems, fmt.Sprintf("%s:%d: Verifies line not followed by a Test/Fuzz/Benchmark function", rel, pendingLine))
 		}
 		pending = nil
+	}
+	if len(fileLevel) > 0 {
+		for _, i := range fileRefs {
+			refs[i].Verifies = append(append([]string(nil), fileLevel...), refs[i].Verifies...)
+		}
 	}
 	return refs, problems, sc.Err()
 }

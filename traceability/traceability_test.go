@@ -99,3 +99,23 @@ func TestScanAndCheckFindGaps(t *testing.T) {
 		t.Errorf("ScanTests(dangling Verifies) error = %v, want ErrInvalidRequirements", err)
 	}
 }
+
+// A Verifies line above the package clause applies to every test of the file.
+// Verifies: REQ-FND-006
+func TestFileLevelVerifies(t *testing.T) {
+	root := t.TempDir()
+	c := "/" + "/"
+	write(t, root, "h_test.go", c+" Verifies: REQ-DEMO-001\npackage pkg\n\nfunc helper() {}\n\n"+c+" Verifies: REQ-DEMO-002\nfunc TestB(t *testing.T) {}\n\nfunc BenchmarkC(b *testing.B) {}\n")
+	refs, err := ScanTests(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, r := range refs {
+		got[r.Name] = strings.Join(r.Verifies, ",")
+	}
+	want := map[string]string{"TestB": "REQ-DEMO-001,REQ-DEMO-002", "BenchmarkC": "REQ-DEMO-001"}
+	if len(got) != len(want) || got["TestB"] != want["TestB"] || got["BenchmarkC"] != want["BenchmarkC"] {
+		t.Errorf("ScanTests(file-level) = %v, want %v", got, want)
+	}
+}
