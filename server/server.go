@@ -161,9 +161,15 @@ func (s *Server) handleError(err error, c echo.Context) {
 	}
 	status, code, msg := classify(err)
 	ctx := c.Request().Context()
-	if status >= 500 {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		// Load shedding and unavailable dependencies are expected operating states, told to
+		// the client with Retry-After; readiness reports the cause.
+		s.log.WarnContext(ctx, "request refused: unavailable", slog.String("request_id", RequestID(c)),
+			slog.String("route", c.Path()), slog.String("code", code), slog.String("error", err.Error()))
+	case status >= 500:
 		s.log.ErrorContext(ctx, "request failed", slog.String("request_id", RequestID(c)),
-			slog.String("path", c.Path()), slog.String("error", err.Error()))
+			slog.String("route", c.Path()), slog.String("error", err.Error()))
 	}
 	var ra RetryAfter
 	if errors.As(err, &ra) && ra.RetryAfterSeconds() > 0 {

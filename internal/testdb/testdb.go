@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 )
 
@@ -70,7 +71,12 @@ func NewWithURL(t testing.TB) (*pgxpool.Pool, string) {
 	if err != nil {
 		t.Fatalf("testdb: %v", err)
 	}
-	pool, err := pgxpool.New(ctx, dbURL)
+	pcfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
+	}
+	pcfg.AfterConnect = pgxuuid.AfterConnect // as the server's pools do
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		t.Fatalf("testdb: connect: %v", err)
 	}
