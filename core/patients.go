@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 	"unicode"
@@ -316,11 +317,13 @@ func (s *Service) Patients(ctx context.Context, f PatientFilter) ([]Patient, err
 	return out, nil
 }
 
-// DischargePatient marks a patient discharged, audited as "patient.discharged". Ingest keeps
-// accepting its samples (a device may still be attached); ErrConflict if already discharged.
+// DischargePatient marks a patient discharged, audited as "patient.discharged", then ends its
+// rule monitoring (Config.Release: open alarms resolved, no-data watch ended; a failure there
+// is logged, the discharge stands). Ingest keeps accepting its samples (a device may still be
+// attached); ErrConflict if already discharged.
 func (s *Service) DischargePatient(ctx context.Context, by audit.Event, id uuid.UUID) error {
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
-	return s.patientTx(ctx, id, func(tx pgx.Tx) error {
+	err := s.patientTx(ctx, id, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, "UPDATE core_patients SET discharged_at = $2, updated_at = $2 WHERE id = $1 AND discharged_at IS NULL", id, now)
 		if err != nil {
 			return err
@@ -330,6 +333,14 @@ func (s *Service) DischargePatient(ctx context.Context, by audit.Event, id uuid.
 		}
 		return recordIn(ctx, tx, by, now, "patient.discharged", "patient", id.String(), nil)
 	})
+	if err != nil || s.cfg.Release == nil {
+		return err
+	}
+	if rerr := s.cfg.Release.ReleasePatient(context.WithoutCancel(ctx), by, id, "patient discharged"); rerr != nil {
+		s.cfg.Logger.ErrorContext(ctx, "core: end rule monitoring of a discharged patient",
+			slog.String("patient_id", id.String()), slog.String("error", rerr.Error()))
+	}
+	return nil
 }
 
 // MovePatient moves a patient to another ward, audited as "patient.moved".

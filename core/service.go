@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/audit"
 )
 
 // RuleEngine runs the clinical rules on committed observations. The rules package's Engine
@@ -31,6 +33,13 @@ func (f RuleEngineFunc) Evaluate(ctx context.Context, patientID uuid.UUID, obs [
 	return f(ctx, patientID, obs)
 }
 
+// PatientReleaser ends rule monitoring of a discharged patient (its open alarms resolved, its
+// rule state reset); *rules.Engine satisfies it. Core calls it after the discharge commits.
+// ReleasePatient MUST be idempotent and safe for concurrent use.
+type PatientReleaser interface {
+	ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error
+}
+
 // Retention is the retention policy per data class: whole daily partitions older than the
 // class's retention are dropped (audited) by EnforceRetention.
 type Retention struct {
@@ -48,6 +57,8 @@ type Config struct {
 	Pool *pgxpool.Pool
 	// Rules runs the clinical rules after each ingest commit. Default: none.
 	Rules RuleEngine
+	// Release ends rule monitoring when a patient is discharged. Default: none.
+	Release PatientReleaser
 	// RuleWorkers is how many patients of one ingest call are evaluated concurrently after
 	// commit. Default 4.
 	RuleWorkers int

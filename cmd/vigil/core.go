@@ -7,8 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
@@ -23,7 +25,7 @@ import (
 // graceful shutdown.
 func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
 	hook := &ruleHook{}
-	cfg := core.Config{Pool: sys.pool, Rules: hook, Logger: slog.Default()}
+	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Logger: slog.Default()}
 	if phi != nil {
 		cfg.PHI = phi
 	}
@@ -92,4 +94,15 @@ func (p patientPHIStore) ReplaceSealed(ctx context.Context, items []keys.StoredC
 		in[i] = core.SealedPHI{ID: it.ID, Old: it.Old, New: it.New}
 	}
 	return p.svc.ReplaceSealedPHI(ctx, in)
+}
+
+// releaseHook is core.PatientReleaser over the rules engine once it is started (ruleHook).
+type releaseHook struct{ h *ruleHook }
+
+func (r releaseHook) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
+	eng := r.h.eng.Load()
+	if eng == nil {
+		return nil
+	}
+	return eng.ReleasePatient(ctx, by, patientID, reason)
 }
