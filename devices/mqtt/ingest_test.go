@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,10 +140,10 @@ func TestMQTTUploadAcceptedWithReceipt(t *testing.T) {
 // Verifies: REQ-DEV-100, REQ-DEV-101
 func TestMQTTRejections(t *testing.T) {
 	t.Parallel()
-	overloaded := false
+	var overloaded atomic.Bool
 	r := newRig(t, func(c *devices.Config) {
 		c.RatePerSecond, c.RateBurst = 0.001, 3
-		c.Pressure = func() (bool, time.Duration) { return overloaded, 2 * time.Second }
+		c.Pressure = func() (bool, time.Duration) { return overloaded.Load(), 2 * time.Second }
 	})
 	ctx := context.Background()
 	now := time.Now()
@@ -177,10 +178,10 @@ func TestMQTTRejections(t *testing.T) {
 		{name: "clock skew", dev: id.DeviceID, raw: signed(t, id, 13, now.Add(-2*time.Hour)), code: devices.CodeClockSkew},
 		{name: "topic mismatch", dev: other.DeviceID, raw: signed(t, id, 14, now), code: mqtt.CodeTopicMismatch},
 		{name: "backpressure", dev: id.DeviceID, raw: signed(t, id, 15, now), code: devices.CodeBackpressure,
-			before: func() { overloaded = true }},
+			before: func() { overloaded.Store(true) }},
 		{name: "rate limited", dev: id.DeviceID, raw: signed(t, id, 30, now), code: devices.CodeRateLimited,
 			before: func() {
-				overloaded = false
+				overloaded.Store(false)
 				for s := uint64(17); s < 19; s++ { // use up the burst of 3 (seq 10 took one)
 					if rep := send(t, d, signed(t, id, s, now)); rep.Status != mqtt.StatusAccepted {
 						t.Fatalf("upload %d within the burst: %+v, want accepted", s, rep)
