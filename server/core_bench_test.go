@@ -126,6 +126,13 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
+	var dump *os.File // VIGIL_BENCH_DUMP=file: one line per measured alarm (time, latency ms)
+	if name := os.Getenv("VIGIL_BENCH_DUMP"); name != "" {
+		if dump, err = os.Create(name); err != nil {
+			b.Fatal(err)
+		}
+		defer dump.Close()
+	}
 	events := make(chan sseEvent, 1024)
 	go readSSE(bufio.NewReader(resp.Body), events)
 	go func() {
@@ -138,6 +145,9 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 			if t0, ok := starts.LoadAndDelete(e.PatientID); ok {
 				latMu.Lock()
 				lats = append(lats, recv.Sub(t0.(time.Time)))
+				if dump != nil {
+					fmt.Fprintf(dump, "%s %d\n", recv.Format("15:04:05.000"), recv.Sub(t0.(time.Time)).Milliseconds())
+				}
 				latMu.Unlock()
 			}
 		}
