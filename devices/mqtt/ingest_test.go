@@ -384,3 +384,20 @@ func TestSDKOverMQTT(t *testing.T) {
 		t.Errorf("Upload(replayed seq) over MQTT = %v, want RejectedError replay, not temporary", err)
 	}
 }
+
+// A failure inside Vigil (here: a devices service without its ingester) is answered with
+// internal_error and a retry delay, so the device sends the same upload again later.
+// Verifies: REQ-DEV-100, REQ-DEV-102
+func TestMQTTInternalError(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, func(c *devices.Config) { c.Ingester = nil })
+	id := r.stack.Device(t)
+	d := r.device(t, id.DeviceID)
+	rep := send(t, d, signed(t, id, 1, time.Now()))
+	if rep.Status != mqtt.StatusRejected || rep.Error == nil || rep.Error.Code != mqtt.CodeInternal || rep.Error.RetryAfterSeconds <= 0 {
+		t.Fatalf("reply = %+v (error %+v), want rejected internal_error with retry_after_s", rep, rep.Error)
+	}
+	if s := r.in.Stats(); s.Failed != 1 {
+		t.Errorf("Stats().Failed = %d, want 1", s.Failed)
+	}
+}
