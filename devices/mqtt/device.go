@@ -37,6 +37,7 @@ type Device struct {
 	once  sync.Once
 
 	mu        sync.Mutex
+	subs      sync.WaitGroup
 	waiters   map[[32]byte]chan *Reply
 	anonymous []chan *Reply // waiting for a reply that names no upload (undecodable envelope)
 	cancel    context.CancelFunc
@@ -72,7 +73,9 @@ func DialDevice(ctx context.Context, cfg DeviceConfig) (*Device, error) {
 		ConnectUsername:               cfg.Username,
 		ConnectPassword:               cfg.Password,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			d.subs.Add(1)
 			go func() {
+				defer d.subs.Done()
 				if _, err := cm.Subscribe(rctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}}); err == nil {
 					d.once.Do(func() { close(d.ready) })
 				}
@@ -217,6 +220,7 @@ func (d *Device) Close(ctx context.Context) error {
 	d.cancel()
 	select {
 	case <-d.cm.Done():
+		d.subs.Wait()
 	case <-dctx.Done():
 	}
 	if errors.Is(err, autopaho.ConnectionDownError) {

@@ -155,7 +155,8 @@ type Ingestor struct {
 	cancel  context.CancelFunc
 	closing chan struct{} // closed by Close: stops intake
 	shards  []chan message
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // workers
+	subs    sync.WaitGroup // subscription goroutines (added only while the connection manager runs)
 	once    sync.Once
 	up      chan struct{} // closed at the first successful subscription
 	upOnce  sync.Once
@@ -222,9 +223,9 @@ func Start(cfg Config) (*Ingestor, error) {
 			cfg.Logger.InfoContext(ctx, "mqtt: connected", slog.String("broker", u.Redacted()), slog.String("client_id", cfg.ClientID))
 			// Subscribe from a goroutine of the connection manager's lifetime: OnConnectionUp
 			// must not block. Ends when the subscription answers or ctx ends.
-			in.wg.Add(1)
+			in.subs.Add(1)
 			go func() {
-				defer in.wg.Done()
+				defer in.subs.Done()
 				if _, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: in.filter, QoS: 1}}}); err != nil {
 					if ctx.Err() == nil {
 						cfg.Logger.ErrorContext(ctx, "mqtt: subscribe failed", slog.String("filter", in.filter), slog.String("error", err.Error()))
@@ -316,6 +317,7 @@ func (in *Ingestor) Close(ctx context.Context) error {
 		in.cancel()
 		select {
 		case <-in.cm.Done():
+			in.subs.Wait() // no new ones once the connection manager has stopped; ctx is cancelled
 		case <-dctx.Done():
 			err = errors.Join(err, errors.New("mqtt: connection manager did not stop"))
 		}
