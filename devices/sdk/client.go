@@ -67,13 +67,16 @@ type Receipt struct {
 	Signed envelope.SignedReceipt
 }
 
-// Client signs, buffers and delivers one device's uploads. It is safe for concurrent use;
-// deliveries are serialized (uploads go out in order, as sequence numbers require).
+// Client signs, buffers and delivers one device's uploads. It is safe for concurrent use:
+// Enqueue never waits for the network (a sensor loop may enqueue while another goroutine
+// flushes), and deliveries are serialized (uploads go out in order, as sequence numbers
+// require).
 type Client struct {
 	cfg   Config
 	store store
 
-	mu     sync.Mutex // guards everything below and serializes delivery
+	sendMu sync.Mutex // serializes Flush
+	mu     sync.Mutex // guards everything below and the store; never held across the network
 	st     state
 	queue  []item
 	closed bool
@@ -196,51 +199,67 @@ func (c *Client) Send(ctx context.Context, samples []envelope.Sample) ([]Receipt
 // next one. An upload refused for a clock skew is signed again with a fresh sent_at and a
 // new sequence number and tried once more (Vigil stored nothing of it).
 func (c *Client) Flush(ctx context.Context) ([]Receipt, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	var receipts []Receipt
 	var refused []error
-	for len(c.queue) > 0 {
+	for {
+		c.mu.Lock()
 		if c.closed {
+			c.mu.Unlock()
 			return receipts, errors.Join(append(refused, ErrClosed)...)
 		}
-		rc, err := c.deliverHead(ctx)
-		if err == nil {
-			receipts = append(receipts, *rc)
-			continue
+		if len(c.queue) == 0 {
+			c.mu.Unlock()
+			return receipts, errors.Join(refused...)
 		}
-		if re, ok := isRejected(err); ok && !re.Temporary() {
-			it := c.queue[0]
-			if qerr := c.store.quarantine(it, re.Error()); qerr != nil {
-				return receipts, errors.Join(append(refused, err, qerr)...)
+		head := c.queue[0] // only Flush removes items, and Flush is serialized: it stays the head
+		c.mu.Unlock()
+
+		rc, head, err := c.deliver(ctx, head)
+		c.mu.Lock()
+		switch re, rejected := isRejected(err); {
+		case err == nil:
+			err = c.store.remove(head.N)
+			if err == nil {
+				c.queue = c.queue[1:]
+				receipts = append(receipts, *rc)
+			} else {
+				err = fmt.Errorf("sdk: delivered but not removed from the buffer: %w", err)
+			}
+		case rejected && !re.Temporary():
+			if qerr := c.store.quarantine(head, re.Error()); qerr != nil {
+				err = errors.Join(err, qerr)
+				break
 			}
 			c.queue = c.queue[1:]
-			refused = append(refused, fmt.Errorf("upload %d (seq %d): %w", it.N, it.Seq, err))
-			continue
+			refused = append(refused, fmt.Errorf("upload %d (seq %d): %w", head.N, head.Seq, err))
+			err = nil
 		}
-		return receipts, errors.Join(append(refused, err)...)
+		c.mu.Unlock()
+		if err != nil {
+			return receipts, errors.Join(append(refused, err)...)
+		}
 	}
-	return receipts, errors.Join(refused...)
 }
 
-// deliverHead sends the oldest buffered upload until it gets a verified receipt, a refusal,
-// or runs out of attempts.
-func (c *Client) deliverHead(ctx context.Context) (*Receipt, error) {
+// deliver sends one buffered upload until it gets a verified receipt, a refusal, or runs
+// out of attempts; it returns the item as last signed.
+func (c *Client) deliver(ctx context.Context, it item) (*Receipt, item, error) {
 	resigned := false
 	var last error
 	for attempt := 0; attempt < c.cfg.MaxAttempts; attempt++ {
 		if attempt > 0 {
 			if err := c.cfg.Sleep(ctx, c.backoff(attempt, last)); err != nil {
-				return nil, errors.Join(last, err)
+				return nil, it, errors.Join(last, err)
 			}
 		}
 		if err := ctx.Err(); err != nil {
-			return nil, errors.Join(last, err)
+			return nil, it, errors.Join(last, err)
 		}
-		it := &c.queue[0]
 		if it.Signed == nil {
-			if err := c.sign(it); err != nil {
-				return nil, err
+			if err := c.sign(&it); err != nil {
+				return nil, it, err
 			}
 		}
 		answer, err := c.cfg.Transport.Upload(ctx, it.Signed)
@@ -250,34 +269,30 @@ func (c *Client) deliverHead(ctx context.Context) (*Receipt, error) {
 				if re.Code == "clock_skew" && !resigned {
 					// Nothing was stored: sign again now and retry at once.
 					resigned = true
-					if err := c.sign(it); err != nil {
-						return nil, err
+					if err := c.sign(&it); err != nil {
+						return nil, it, err
 					}
 					attempt--
 					continue
 				}
 				if !re.Temporary() {
-					return nil, err
+					return nil, it, err
 				}
 			}
 			continue
 		}
-		rc, err := c.verifyReceipt(answer, it)
-		if err != nil {
-			return nil, err
-		}
-		if err := c.store.remove(it.N); err != nil {
-			return nil, fmt.Errorf("sdk: delivered but not removed from the buffer: %w", err)
-		}
-		c.queue = c.queue[1:]
-		return rc, nil
+		rc, err := c.verifyReceipt(answer, &it)
+		return rc, it, err
 	}
-	return nil, fmt.Errorf("sdk: upload not delivered after %d attempts: %w", c.cfg.MaxAttempts, last)
+	return nil, it, fmt.Errorf("sdk: upload not delivered after %d attempts: %w", c.cfg.MaxAttempts, last)
 }
 
-// sign gives the item a new sequence number, above every one used before (recorded before
-// the envelope can leave the device), and signs it with sent_at now.
+// sign gives the item (the head of the queue) a new sequence number, above every one used
+// before (recorded before the envelope can leave the device), signs it with sent_at now,
+// and writes it back to the buffer.
 func (c *Client) sign(it *item) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	// Sequence numbers follow the clock (microseconds) when it is ahead of the counter, so a
 	// device whose buffer was lost (factory reset, memory-only buffer) still continues above
 	// every number it used before instead of being refused for replay.
@@ -298,6 +313,9 @@ func (c *Client) sign(it *item) error {
 	it.Seq, it.Signed = next.LastSeq, raw
 	if err := c.store.put(*it); err != nil {
 		return fmt.Errorf("sdk: %w", err)
+	}
+	if len(c.queue) > 0 && c.queue[0].N == it.N {
+		c.queue[0] = *it
 	}
 	return nil
 }

@@ -256,3 +256,73 @@ func TestEnrollAndIdentityFile(t *testing.T) {
 		t.Errorf("LoadIdentity = %+v, %v, want the saved identity", back.DeviceID, err)
 	}
 }
+
+// gate holds every upload until released: a network that is slow to answer.
+type gate struct {
+	sdk.Transport
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (g *gate) Upload(ctx context.Context, raw []byte) ([]byte, error) {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	<-g.release
+	return g.Transport.Upload(ctx, raw)
+}
+
+// A slow delivery does not hold up measuring: Enqueue returns while Flush waits on the
+// network, and everything enqueued meanwhile is delivered in order afterwards.
+// Verifies: REQ-DEV-110, REQ-DEV-111
+func TestEnqueueWhileFlushing(t *testing.T) {
+	t.Parallel()
+	st := simtest.New(t, nil)
+	id := st.Device(t)
+	g := &gate{Transport: sim.InProcess{Devices: st.Devices}, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	c, err := sdk.New(sdk.Config{Identity: id, Transport: g, ReceiptKey: st.ReceiptKey, Dir: t.TempDir(), Sleep: instant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Enqueue(vitals(time.Now(), 70)); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rcs, err := c.Flush(ctx)
+		done <- result{len(rcs), err}
+	}()
+	<-g.entered // Flush is now waiting on the network
+	enq := make(chan error, 1)
+	go func() {
+		var err error
+		for i := range 3 {
+			if err = c.Enqueue(vitals(time.Now(), 71+float64(i))); err != nil {
+				break
+			}
+		}
+		enq <- err
+	}()
+	select {
+	case err := <-enq:
+		if err != nil {
+			t.Fatalf("Enqueue during Flush = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Enqueue blocked while Flush waited on the network")
+	}
+	close(g.release)
+	r := <-done
+	if r.err != nil || r.n != 4 || c.Pending() != 0 {
+		t.Fatalf("Flush = %d receipts, %v, %d pending; want 4, nil, 0", r.n, r.err, c.Pending())
+	}
+	if n := uploadsOf(t, st, id.DeviceID); n != 4 {
+		t.Errorf("stored uploads = %d, want 4", n)
+	}
+}
