@@ -80,6 +80,9 @@ type Config struct {
 	PartitionsAhead int
 	// Webhook configures outgoing webhook delivery.
 	Webhook WebhookConfig
+	// WebhookSecrets derives webhook secrets from the key ring, so that none is stored in
+	// the database. Default: none (a random secret per webhook, stored in core_webhooks).
+	WebhookSecrets WebhookSecrets
 	// Logger reports failures of background work and of rules after a committed ingest.
 	// Default slog.Default().
 	Logger *slog.Logger
@@ -94,7 +97,9 @@ type Service struct {
 	parts partitionCache
 	// known patients (ids), so ingest checks existence without a query per batch.
 	patients sync.Map
-	stats    struct {
+	// derived webhook secrets, by webhook id and key version
+	secrets sync.Map
+	stats   struct {
 		batches, samples, stored, duplicates, rejected, ruleErrors atomic.Int64
 	}
 }

@@ -139,6 +139,14 @@ func (c *WebhookConfig) defaults() {
 	}
 }
 
+// WebhookSecrets derives each webhook's HMAC secret from a key kept outside the database (the
+// key ring's webhook-hmac key), so that the database holds only the key version that derived
+// it. Derive MUST be deterministic for (version, webhookID); version 0 means the latest key
+// version, and the version used is returned. It MUST be safe for concurrent use.
+type WebhookSecrets interface {
+	Derive(ctx context.Context, version int, webhookID uuid.UUID) (secret []byte, usedVersion int, err error)
+}
+
 // Webhook is a registered receiver. Its secret is returned only when it is created.
 type Webhook struct {
 	ID         uuid.UUID `json:"id"`
@@ -173,15 +181,26 @@ func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL stri
 	if len(eventTypes) == 0 {
 		return Webhook{}, nil, fmt.Errorf("create webhook: %w: at least one event type (or \"*\")", ErrInvalidRequest)
 	}
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
-	}
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
 	w := Webhook{ID: uuid.Must(uuid.NewV7()), URL: u.String(), EventTypes: eventTypes, Active: true, CreatedAt: now}
+	var secret, stored []byte
+	var version any
+	if s.cfg.WebhookSecrets != nil {
+		sec, v, err := s.cfg.WebhookSecrets.Derive(ctx, 0, w.ID)
+		if err != nil {
+			return Webhook{}, nil, fmt.Errorf("create webhook: derive secret: %w", err)
+		}
+		secret, version = sec, v
+	} else {
+		secret = make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
+		}
+		stored = secret
+	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "INSERT INTO core_webhooks (id, url, secret, event_types, active, created_at) VALUES ($1,$2,$3,$4,true,$5)",
-			w.ID, w.URL, secret, w.EventTypes, now); err != nil {
+		if _, err := tx.Exec(ctx, "INSERT INTO core_webhooks (id, url, secret, secret_version, event_types, active, created_at) VALUES ($1,$2,$3,$4,$5,true,$6)",
+			w.ID, w.URL, stored, version, w.EventTypes, now); err != nil {
 			return err
 		}
 		return recordIn(ctx, tx, by, now, "webhook.created", "webhook", w.ID.String(), map[string]any{"url": w.URL, "event_types": eventTypes})
@@ -254,20 +273,21 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 		FROM core_webhooks w WHERE w.id = d.webhook_id AND d.id IN (
 			SELECT id FROM core_webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1
 			ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-		RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret`,
+		RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret, w.secret_version`,
 		now, now.Add(2*wc.Timeout), wc.Batch)
 	if err != nil {
 		return nil, fmt.Errorf("deliver webhooks: claim: %w", err)
 	}
 	type job struct {
-		d      Delivery
-		url    string
-		secret []byte
+		d       Delivery
+		url     string
+		secret  []byte
+		version *int
 	}
 	var jobs []job
 	for rows.Next() {
 		var j job
-		if err := rows.Scan(&j.d.ID, &j.d.WebhookID, &j.d.EventType, &j.d.Payload, &j.d.Attempts, &j.url, &j.secret); err != nil {
+		if err := rows.Scan(&j.d.ID, &j.d.WebhookID, &j.d.EventType, &j.d.Payload, &j.d.Attempts, &j.url, &j.secret, &j.version); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("deliver webhooks: %w", err)
 		}
@@ -276,6 +296,17 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("deliver webhooks: %w", err)
+	}
+	for i := range jobs {
+		if jobs[i].version == nil {
+			continue
+		}
+		sec, err := s.webhookSecret(ctx, jobs[i].d.WebhookID, *jobs[i].version)
+		if err != nil {
+			// Not attempted: the lease expires and the delivery is tried again later.
+			return nil, fmt.Errorf("deliver webhooks: secret of %s: %w", jobs[i].d.WebhookID, err)
+		}
+		jobs[i].secret = sec
 	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
@@ -459,4 +490,24 @@ func (s *Service) RunWebhooks(ctx context.Context, interval time.Duration) {
 			}
 		}
 	}
+}
+
+// webhookSecret derives (and caches) the secret of a webhook whose secret is not stored.
+func (s *Service) webhookSecret(ctx context.Context, id uuid.UUID, version int) ([]byte, error) {
+	type key struct {
+		id uuid.UUID
+		v  int
+	}
+	if sec, ok := s.secrets.Load(key{id, version}); ok {
+		return sec.([]byte), nil
+	}
+	if s.cfg.WebhookSecrets == nil {
+		return nil, errors.New("the webhook's secret is derived from the key ring, and none is configured (Config.WebhookSecrets)")
+	}
+	sec, _, err := s.cfg.WebhookSecrets.Derive(ctx, version, id)
+	if err != nil {
+		return nil, err
+	}
+	s.secrets.Store(key{id, version}, sec)
+	return sec, nil
 }

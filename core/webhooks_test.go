@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/keys"
 )
 
 // receiver is a webhook endpoint that verifies signatures and rejects replays, and fails the
@@ -140,5 +142,46 @@ func TestWebhooksSignedRetriedDeadLettered(t *testing.T) {
 	}
 	if p, _ := e.svc.Deliveries(e.ctx, core.DeliveryFilter{Status: "pending"}); len(p) != 1 || p[0].Attempts != 0 {
 		t.Errorf("pending after Redeliver = %+v, want one with 0 attempts", p)
+	}
+}
+
+// ringSecrets derives webhook secrets with the key ring's webhook-hmac key (as cmd/vigil does).
+type ringSecrets struct{ ring *keys.Ring }
+
+func (r ringSecrets) Derive(ctx context.Context, version int, id uuid.UUID) ([]byte, int, error) {
+	return r.ring.Backend().MAC(ctx, string(keys.WebhookHMAC), version, []byte("vigil/webhook-secret/v1\x00"+id.String()))
+}
+
+// With a key ring, a webhook's secret is derived from the webhook-hmac key and never stored;
+// deliveries are signed with the same secret the receiver was given, also after a rotation.
+// Verifies: REQ-CORE-013
+func TestWebhookSecretsDerivedFromKeyRing(t *testing.T) {
+	ring := newTestRing(t)
+	e := newEnv(t, func(c *core.Config) { c.WebhookSecrets = ringSecrets{ring} })
+	rcv := &receiver{now: e.clock.Now, seen: map[string]bool{}}
+	srv := httptest.NewServer(rcv)
+	defer srv.Close()
+	wh, secret, err := e.svc.CreateWebhook(e.ctx, clinician, srv.URL, []string{"*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv.secret = secret
+	var stored []byte
+	var version *int
+	if err := e.pool.QueryRow(e.ctx, "SELECT secret, secret_version FROM core_webhooks WHERE id = $1", wh.ID).Scan(&stored, &version); err != nil {
+		t.Fatal(err)
+	}
+	if stored != nil || version == nil || *version != 1 {
+		t.Errorf("stored secret %x, version %v; want no secret, version 1", stored, version)
+	}
+	if _, err := ring.Rotate(e.ctx, keys.WebhookHMAC); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.EnqueueWebhooks(e.ctx, core.Event{ID: 9, Type: "alarm.opened", PatientID: uuid.New(), At: t0}); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := e.svc.DeliverDue(e.ctx)
+	if err != nil || len(ds) != 1 || ds[0].Status != "delivered" || len(rcv.rejected) != 0 {
+		t.Errorf("DeliverDue() = %+v, %v (receiver rejected %v); want delivered with the original secret", ds, err, rcv.rejected)
 	}
 }

@@ -29,6 +29,9 @@ func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.
 	if phi != nil {
 		cfg.PHI = phi
 	}
+	if sys.keys != nil {
+		cfg.WebhookSecrets = ringWebhookSecrets{sys.keys}
+	}
 	svc, err := core.New(cfg)
 	if err != nil {
 		return nil, err
@@ -105,4 +108,12 @@ func (r releaseHook) ReleasePatient(ctx context.Context, by audit.Event, patient
 		return nil
 	}
 	return eng.ReleasePatient(ctx, by, patientID, reason)
+}
+
+// ringWebhookSecrets derives each webhook's secret as HMAC(webhook-hmac key, webhook id), so
+// that the database never holds webhook secrets.
+type ringWebhookSecrets struct{ ring *keys.Ring }
+
+func (r ringWebhookSecrets) Derive(ctx context.Context, version int, id uuid.UUID) ([]byte, int, error) {
+	return r.ring.Backend().MAC(ctx, string(keys.WebhookHMAC), version, []byte("vigil/webhook-secret/v1\x00"+id.String()))
 }
