@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"text/tabwriter"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
@@ -25,7 +28,11 @@ import (
 // graceful shutdown.
 func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
 	hook := &ruleHook{}
-	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Logger: slog.Default()}
+	ret, err := retentionFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default()}
 	if phi != nil {
 		cfg.PHI = phi
 	}
@@ -61,6 +68,7 @@ func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.
 }
 
 func init() {
+	subcommands = append(subcommands, newCoreCmd)
 	phiRewrapStores = append(phiRewrapStores, func(pool *pgxpool.Pool) (string, keys.RewrapStore) {
 		svc, err := core.New(core.Config{Pool: pool})
 		return "core_patients.phi_sealed", patientPHIStore{svc, err}
@@ -116,4 +124,96 @@ type ringWebhookSecrets struct{ ring *keys.Ring }
 
 func (r ringWebhookSecrets) Derive(ctx context.Context, version int, id uuid.UUID) ([]byte, int, error) {
 	return r.ring.Backend().MAC(ctx, string(keys.WebhookHMAC), version, []byte("vigil/webhook-secret/v1\x00"+id.String()))
+}
+
+// retentionFromEnv reads the retention per data class: VIGIL_RETENTION_OBSERVATIONS_DAYS
+// (default 90) and VIGIL_RETENTION_UPLOADS_DAYS (default 365, never below observations).
+func retentionFromEnv() (core.Retention, error) {
+	var r core.Retention
+	for _, v := range []struct {
+		name string
+		dst  *time.Duration
+	}{{"VIGIL_RETENTION_OBSERVATIONS_DAYS", &r.Observations}, {"VIGIL_RETENTION_UPLOADS_DAYS", &r.Uploads}} {
+		s := envOr(v.name, "")
+		if s == "" {
+			continue
+		}
+		d, err := strconv.Atoi(s)
+		if err != nil || d < 1 {
+			return r, fmt.Errorf("%s=%q: want a whole number of days ≥ 1", v.name, s)
+		}
+		*v.dst = time.Duration(d) * 24 * time.Hour
+	}
+	return r, nil
+}
+
+func newCoreCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "core",
+		Short: "Clinical core maintenance: time partitions and retention",
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "partitions",
+		Short: "List the daily partitions of each clinical data class",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withCore(cmd, func(ctx context.Context, svc *core.Service) error {
+				parts, err := svc.Partitions(ctx)
+				if err != nil {
+					return err
+				}
+				w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "CLASS\tPARTITION\tFROM\tTO")
+				for _, p := range parts {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", p.Class, p.Name, p.From.Format(time.DateOnly), p.To.Format(time.DateOnly))
+				}
+				return w.Flush()
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "maintain",
+		Short: "Create partitions ahead and drop (audited) those past their class's retention",
+		Long: `Create the daily partitions from today through 7 days ahead, then drop every partition
+whose whole range is older than its data class's retention, each drop recorded as a
+retention.partition_dropped audit event. vigil serve does the same every hour.
+
+Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOADS_DAYS
+(default 365, never less than observations).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withCore(cmd, func(ctx context.Context, svc *core.Service) error {
+				if err := svc.MaintainPartitions(ctx); err != nil {
+					return err
+				}
+				dropped, err := svc.EnforceRetention(ctx)
+				for _, p := range dropped {
+					fmt.Fprintf(cmd.OutOrStdout(), "dropped %s (%s, %s .. %s)\n", p.Name, p.Class, p.From.Format(time.DateOnly), p.To.Format(time.DateOnly))
+				}
+				if err == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "%d partition(s) dropped\n", len(dropped))
+				}
+				return err
+			})
+		},
+	})
+	return cmd
+}
+
+func withCore(cmd *cobra.Command, fn func(ctx context.Context, svc *core.Service) error) error {
+	ctx := cmd.Context()
+	ret, err := retentionFromEnv()
+	if err != nil {
+		return err
+	}
+	pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	svc, err := core.New(core.Config{Pool: pool, Retention: ret})
+	if err != nil {
+		return err
+	}
+	return fn(ctx, svc)
 }
