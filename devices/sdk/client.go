@@ -72,8 +72,9 @@ type Receipt struct {
 // flushes), and deliveries are serialized (uploads go out in order, as sequence numbers
 // require).
 type Client struct {
-	cfg   Config
-	store store
+	cfg    Config
+	store  store
+	device string // the device id (never changes; cfg.Identity's key does, under mu)
 
 	sendMu sync.Mutex // serializes Flush
 	mu     sync.Mutex // guards everything below and the store; never held across the network
@@ -117,7 +118,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Sleep == nil {
 		cfg.Sleep = sleepCtx
 	}
-	c := &Client{cfg: cfg}
+	c := &Client{cfg: cfg, device: cfg.Identity.DeviceID}
 	if cfg.Dir == "" {
 		c.store = newMemStore()
 	} else {
@@ -156,7 +157,7 @@ func (c *Client) Enqueue(samples []envelope.Sample) error {
 	if len(samples) == 0 {
 		return errors.New("sdk: an upload needs at least one sample")
 	}
-	probe := envelope.Upload{Type: envelope.TypeUpload, Device: c.cfg.Identity.DeviceID, KeyVersion: 1, Seq: 1, SentAt: 1, Samples: samples}
+	probe := envelope.Upload{Type: envelope.TypeUpload, Device: c.device, KeyVersion: 1, Seq: 1, SentAt: 1, Samples: samples}
 	if err := probe.Validate(); err != nil {
 		return fmt.Errorf("sdk: %w", err)
 	}
@@ -266,8 +267,9 @@ func (c *Client) deliver(ctx context.Context, it item) (*Receipt, item, error) {
 		if err != nil {
 			last = err
 			if re, ok := isRejected(err); ok {
-				if re.Code == "clock_skew" && !resigned {
-					// Nothing was stored: sign again now and retry at once.
+				if (re.Code == "clock_skew" || re.Code == "unknown_key" && c.signedWithOldKey(it)) && !resigned {
+					// Nothing was stored: sign again now (with the current time and key) and
+					// retry at once.
 					resigned = true
 					if err := c.sign(&it); err != nil {
 						return nil, it, err
@@ -285,6 +287,22 @@ func (c *Client) deliver(ctx context.Context, it item) (*Receipt, item, error) {
 		return rc, it, err
 	}
 	return nil, it, fmt.Errorf("sdk: upload not delivered after %d attempts: %w", c.cfg.MaxAttempts, last)
+}
+
+// signedWithOldKey reports whether the item's envelope was signed with a key version older
+// than the device's current one (a rotation happened since).
+func (c *Client) signedWithOldKey(it item) bool {
+	env, err := envelope.ParseEnvelope(it.Signed, envelope.Limits{})
+	if err != nil {
+		return false
+	}
+	u, err := envelope.ParseUpload(env.Body, envelope.Limits{})
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return u.KeyVersion < c.cfg.Identity.KeyVersion
 }
 
 // sign gives the item (the head of the queue) a new sequence number, above every one used
@@ -328,7 +346,7 @@ func (c *Client) verifyReceipt(answer []byte, it *item) (*Receipt, error) {
 		return nil, fmt.Errorf("sdk: buffered envelope: %w", err)
 	}
 	hash := envelope.Hash(env.Body)
-	rc, err := VerifyReceipt(answer, c.cfg.ReceiptKey, c.cfg.SkipReceiptVerification, c.cfg.Identity.DeviceID, it.Seq, hash)
+	rc, err := VerifyReceipt(answer, c.cfg.ReceiptKey, c.cfg.SkipReceiptVerification, c.device, it.Seq, hash)
 	if err != nil {
 		return nil, err
 	}

@@ -326,3 +326,44 @@ func TestEnqueueWhileFlushing(t *testing.T) {
 		t.Errorf("stored uploads = %d, want 4", n)
 	}
 }
+
+// Key rotation: the new key is registered (signed by old and new), saved before use, and
+// uploads go on under it; an upload signed with the old key before the rotation is signed
+// again with the new one and delivered; the old key is refused at once.
+// Verifies: REQ-DEV-110, REQ-DEV-113
+func TestRotateKey(t *testing.T) {
+	t.Parallel()
+	st := simtest.New(t, nil)
+	id := st.Device(t)
+	in := sim.InProcess{Devices: st.Devices}
+	dir := t.TempDir()
+	ctx := context.Background()
+	// An upload signed with the old key whose delivery failed (the network was down).
+	c0, _ := sdk.New(sdk.Config{Identity: id, Transport: deadTransport(t), ReceiptKey: st.ReceiptKey, Dir: dir, MaxAttempts: 1})
+	if _, err := c0.Send(ctx, vitals(time.Now(), 70)); err == nil {
+		t.Fatal("Send with the network down = nil error")
+	}
+	c, err := sdk.New(sdk.Config{Identity: id, Transport: in, ReceiptKey: st.ReceiptKey, Dir: dir, Sleep: instant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved sdk.Identity
+	next, err := c.RotateKey(ctx, in, nil, func(n sdk.Identity) error { saved = n; return nil })
+	if err != nil {
+		t.Fatalf("RotateKey = %v", err)
+	}
+	if next.KeyVersion != id.KeyVersion+1 || saved.KeyVersion != next.KeyVersion || next.PrivateKey.Equal(id.PrivateKey) {
+		t.Fatalf("RotateKey = version %d (saved %d), want %d and a new key", next.KeyVersion, saved.KeyVersion, id.KeyVersion+1)
+	}
+	rcs, err := c.Send(ctx, vitals(time.Now(), 71))
+	if err != nil || len(rcs) != 2 {
+		t.Fatalf("Send after rotation = %d receipts, %v, want 2 (the old-key upload re-signed, and the new one)", len(rcs), err)
+	}
+	// The old key is refused at once.
+	u := envelope.Upload{Device: id.DeviceID, KeyVersion: id.KeyVersion, Seq: uint64(time.Now().UnixMicro()) + 1e9, SentAt: time.Now().UnixMilli(), Samples: vitals(time.Now(), 72)}
+	raw, _, _ := envelope.Sign(&u, id.PrivateKey)
+	var re *sdk.RejectedError
+	if _, err := in.Upload(ctx, raw); !errors.As(err, &re) || re.Code != devices.CodeUnknownKey {
+		t.Errorf("Upload signed with the old key = %v, want %s", err, devices.CodeUnknownKey)
+	}
+}

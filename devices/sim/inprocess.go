@@ -8,7 +8,7 @@ import (
 	"github.com/vigilhealth/vigil/devices/sdk"
 )
 
-// InProcess is an sdk.Transport and sdk.Enroller that calls the devices service of this
+// InProcess is an sdk.Transport, sdk.Enroller and sdk.Rotator that calls the devices service of this
 // process directly instead of going through HTTP: the same verification and storage, without
 // the network. Refusals come back as *sdk.RejectedError with the service's codes.
 type InProcess struct {
@@ -39,4 +39,13 @@ func asRejected(err error) error {
 		return &sdk.RejectedError{Code: re.Code, Message: re.Error(), RetryAfter: re.RetryAfter}
 	}
 	return err
+}
+
+// Rotate implements sdk.Rotator.
+func (p InProcess) Rotate(ctx context.Context, raw []byte) (string, uint64, error) {
+	e, err := p.Devices.RotateKey(ctx, raw, devices.Meta{Transport: "inprocess", SourceAddr: "sim"})
+	if err != nil {
+		return "", 0, asRejected(err)
+	}
+	return e.DeviceID.String(), uint64(e.KeyVersion), nil
 }
