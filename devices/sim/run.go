@@ -68,6 +68,7 @@ type Result struct {
 	Rejected  map[string]int // uploads refused for good, by code
 	Failed    int            // delivery attempts that failed for now (the upload stayed buffered)
 	Pending   int            // uploads still buffered at the end
+	Backlog   int            // the most uploads one monitor held while offline
 	Elapsed   time.Duration  // from the first upload to the end of the final flush
 	P50, P99  time.Duration  // delivery latency of one upload (sign, send, verify receipt)
 	Scenarios map[Scenario]int
@@ -128,6 +129,7 @@ type monitor struct {
 	closer  func() error
 
 	lat      []time.Duration
+	backlog  int
 	uploads  int
 	accepted int
 	failed   int
@@ -179,6 +181,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.Accepted += m.accepted
 		res.Failed += m.failed
 		res.Pending += m.client.Pending()
+		res.Backlog = max(res.Backlog, m.backlog)
 		for k, v := range m.rejected {
 			res.Rejected[k] += v
 		}
@@ -287,6 +290,7 @@ func (m *monitor) run(runCtx, ctx context.Context, cfg *Config, start time.Time)
 		}
 		m.uploads++
 		if m.patient.Scenario == Offline && offset >= cfg.OfflineAfter && offset < cfg.OfflineAfter+cfg.OfflineFor {
+			m.backlog = max(m.backlog, m.client.Pending())
 			continue // no network: the upload waits in the buffer
 		}
 		// The delivery in progress when the run ends is let finish (bounded by SendTimeout).
@@ -357,7 +361,7 @@ func (r Result) Summary() string {
 	if rej == "" {
 		rej = " none"
 	}
-	return fmt.Sprintf("patients %d  uploads %d  accepted %d (%.0f/s)  pending %d  failed attempts %d\nlatency p50 %s  p99 %s  elapsed %s\nrejected:%s\n",
-		r.Patients, r.Uploads, r.Accepted, r.UploadsPerSecond(), r.Pending, r.Failed,
+	return fmt.Sprintf("patients %d  uploads %d  accepted %d (%.0f/s)  pending %d  offline backlog %d  failed attempts %d\nlatency p50 %s  p99 %s  elapsed %s\nrejected:%s\n",
+		r.Patients, r.Uploads, r.Accepted, r.UploadsPerSecond(), r.Pending, r.Backlog, r.Failed,
 		r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond), r.Elapsed.Round(time.Millisecond), rej)
 }
