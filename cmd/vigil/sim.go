@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -168,7 +169,8 @@ func simTransport(ctx context.Context, cfg *sim.Config, url, mqttURL, prefix str
 }
 
 // demoFleet is the demo's small fleet: VIGIL_DEMO_PATIENTS monitors (default 10, 0 for
-// none), mixed scenarios, one upload per second each, until the demo stops.
+// none), mixed scenarios, one upload per second each, until the demo stops; over HTTP, and
+// half of them over MQTT when VIGIL_MQTT_URL is set.
 func demoFleet(ctx context.Context, url string, sys *system) error {
 	n := 10
 	if v := os.Getenv("VIGIL_DEMO_PATIENTS"); v != "" {
@@ -208,6 +210,9 @@ func demoFleet(ctx context.Context, url string, sys *system) error {
 			}
 			return
 		}
+		if broker := os.Getenv("VIGIL_MQTT_URL"); broker != "" {
+			demoOverMQTT(&cfg, broker, envOr("VIGIL_MQTT_PREFIX", mqtt.DefaultPrefix))
+		}
 		slog.InfoContext(ctx, "demo fleet starting", slog.Int("patients", n), slog.String("scenarios", "mixed"))
 		res, err := sim.Run(fctx, cfg)
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -217,4 +222,25 @@ func demoFleet(ctx context.Context, url string, sys *system) error {
 	}()
 	sys.closers = append(sys.closers, func(context.Context) error { cancel(); wg.Wait(); return nil })
 	return nil
+}
+
+// demoOverMQTT has every other demo monitor deliver over MQTT (the demo's own broker, when
+// MQTT ingestion is on), the others over HTTP; a monitor that cannot reach the broker falls
+// back to HTTP.
+func demoOverMQTT(cfg *sim.Config, broker, prefix string) {
+	httpTransport := cfg.Transport
+	var n atomic.Int64
+	cfg.Transport = func(ctx context.Context, id sdk.Identity) (sdk.Transport, error) {
+		if n.Add(1)%2 == 1 {
+			return httpTransport(ctx, id)
+		}
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		d, err := mqtt.DialDevice(dctx, mqtt.DeviceConfig{Broker: broker, DeviceID: id.DeviceID, Prefix: prefix})
+		if err != nil {
+			slog.WarnContext(ctx, "demo monitor falls back to HTTP", slog.String("error", err.Error()))
+			return httpTransport(ctx, id)
+		}
+		return d, nil
+	}
 }
