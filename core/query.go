@@ -194,3 +194,30 @@ func (s *Service) UploadByID(ctx context.Context, id uuid.UUID) (Upload, error) 
 	}
 	return u, nil
 }
+
+// Latest returns the patient's most recent observation of each code within the window before
+// now (Config.Now), artifacts excluded, ordered by code: the current vital signs of a patient
+// overview. window ≤ 0 means 24 hours.
+func (s *Service) Latest(ctx context.Context, patientID uuid.UUID, window time.Duration) ([]Observation, error) {
+	if window <= 0 {
+		window = 24 * time.Hour
+	}
+	now := s.cfg.Now()
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (code) patient_id, code, value, effective_at, false, upload_id
+		FROM core_observations WHERE patient_id = $1 AND effective_at > $2 AND effective_at <= $3 AND flags & 1 = 0
+		ORDER BY code, effective_at DESC`, patientID, now.Add(-window), now.Add(s.cfg.MaxFutureSkew))
+	if err != nil {
+		return nil, fmt.Errorf("latest observations: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observation, error) {
+		var o Observation
+		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
+		o.EffectiveAt = o.EffectiveAt.UTC()
+		o.Unit = catalog[o.Code].Unit
+		return o, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("latest observations: %w", err)
+	}
+	return out, nil
+}

@@ -191,4 +191,16 @@ func TestSeriesDownsampling(t *testing.T) {
 	if len(all) != 181 || !all[0].Artifact {
 		t.Errorf("ObservationsSince(all) = %d (first artifact %v), want 181 with the artifact first", len(all), len(all) > 0 && all[0].Artifact)
 	}
+	// Latest: the newest non-artifact value of each code.
+	more := batch(p, core.Sample{Code: core.LOINCSpO2, Value: 95, Unit: "%", Time: t0.Add(-time.Minute)},
+		core.Sample{Code: core.LOINCHeartRate, Value: 15, Unit: "/min", Time: t0.Add(-time.Second)}, // artifact (< 20)
+		core.Sample{Code: core.LOINCSpO2, Value: 96, Unit: "%", Time: t0.Add(-2 * time.Minute)})
+	if _, err := e.svc.Ingest(e.ctx, more, nil); err != nil {
+		t.Fatal(err)
+	}
+	latest, err := e.svc.Latest(e.ctx, p, time.Hour)
+	if err != nil || len(latest) != 2 || latest[0].Code != core.LOINCSpO2 || latest[0].Value != 95 ||
+		latest[1].Code != core.LOINCHeartRate || latest[1].Value != raw[start.Add(179*time.Minute).Truncate(bucket)][len(raw[start.Add(179*time.Minute).Truncate(bucket)])-1] {
+		t.Errorf("Latest() = %+v, %v; want SpO2 95 and the last plausible heart rate", latest, err)
+	}
 }

@@ -35,6 +35,7 @@ func (s *Server) mountCore(api *echo.Group) {
 	api.POST("/patients/:id/care-team", s.coreAddCareTeam)
 	api.DELETE("/patients/:id/care-team/:clinician", s.coreRemoveCareTeam)
 	api.GET("/patients/:id/observations", s.coreObservations)
+	api.GET("/patients/:id/latest", s.coreLatest)
 	api.GET("/stream", s.coreStream)
 	api.GET("/webhooks", s.coreListWebhooks)
 	api.POST("/webhooks", s.coreCreateWebhook)
@@ -291,6 +292,29 @@ func (s *Server) coreObservations(c echo.Context) error {
 		obs = []core.Observation{}
 	}
 	return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "observations": obs})
+}
+
+// coreLatest answers GET /patients/:id/latest[?window=24h]: the newest plausible observation of
+// each code within the window.
+func (s *Server) coreLatest(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	var window time.Duration
+	if v := c.QueryParam("window"); v != "" {
+		if window, err = time.ParseDuration(v); err != nil || window <= 0 {
+			return BadRequest("invalid_window", "window must be a positive duration such as 6h")
+		}
+	}
+	obs, err := s.cfg.Core.Latest(c.Request().Context(), id, window)
+	if err != nil {
+		return err
+	}
+	if obs == nil {
+		obs = []core.Observation{}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"observations": obs})
 }
 
 // coreStream is the Server-Sent Events stream of notifications (GET /stream), optionally

@@ -144,6 +144,10 @@ func TestCoreAPIAndStream(t *testing.T) {
 	if b0["min"].(float64) != 60 || b0["max"].(float64) != 69 || b0["mean"].(float64) != 64.5 || b0["count"].(float64) != 10 {
 		t.Errorf("first bucket = %v, want min 60 max 69 mean 64.5 count 10", b0)
 	}
+	if st, body := call("GET", "/api/v1/patients/"+pid+"/latest", nil); st != 200 || len(body["observations"].([]any)) != 1 ||
+		body["observations"].([]any)[0].(map[string]any)["value"].(float64) != 69 {
+		t.Errorf("GET latest = %d %v, want the last heart rate (69)", st, body)
+	}
 	if st, body := call("GET", q+"&bucket=1ms", nil); st != 400 || body["error"].(map[string]any)["code"] != "invalid_request" {
 		t.Errorf("GET observations bucket=1ms = %d %v, want 400 invalid_request", st, body)
 	}
