@@ -75,3 +75,63 @@ func BenchmarkIngest(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSeries measures a chart query: three days of one patient's heart rate at one sample
+// every 5 s (51,840 observations, among 20 other patients' data), downsampled to 5-minute and
+// 1-minute buckets, and read raw for one hour.
+//
+//	go test ./core -run '^$' -bench BenchmarkSeries -benchtime 3s
+func BenchmarkSeries(b *testing.B) {
+	e := newEnv(b, nil)
+	end := t0
+	start := end.Add(-72 * time.Hour)
+	var target core.Batch
+	var batches []core.Batch
+	for k := 0; k < 21; k++ {
+		bt := batch(e.patient(b))
+		if k == 0 {
+			target = bt
+		}
+		for at := start; at.Before(end); at = at.Add(5 * time.Second) {
+			bt.Samples = append(bt.Samples, core.Sample{Code: core.LOINCHeartRate, Value: 60 + float64(at.Unix()%40), Unit: "/min", Time: at})
+			if len(bt.Samples) == 5000 {
+				batches = append(batches, bt)
+				bt.Samples = nil
+				copy(bt.Provenance.UploadHash[:], fmt.Sprintf("%032d", len(batches)))
+			}
+		}
+		if len(bt.Samples) > 0 {
+			batches = append(batches, bt)
+			copy(bt.Provenance.UploadHash[:], fmt.Sprintf("%032d", len(batches)+100000))
+		}
+	}
+	for _, bt := range batches {
+		if _, err := e.svc.Ingest(e.ctx, bt, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := e.pool.Exec(e.ctx, "ANALYZE core_observations"); err != nil {
+		b.Fatal(err)
+	}
+	q := core.RangeQuery{PatientID: target.PatientID, Code: core.LOINCHeartRate, From: start, To: end}
+	for _, bucket := range []time.Duration{5 * time.Minute, time.Minute} {
+		b.Run("3d/"+bucket.String(), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				s, err := e.svc.Series(e.ctx, q, bucket)
+				if err != nil || len(s) != int(72*time.Hour/bucket) {
+					b.Fatalf("Series() = %d buckets, %v", len(s), err)
+				}
+			}
+		})
+	}
+	b.Run("raw-1h", func(b *testing.B) {
+		rq := q
+		rq.From = end.Add(-time.Hour)
+		for i := 0; i < b.N; i++ {
+			obs, err := e.svc.Observations(e.ctx, rq)
+			if err != nil || len(obs) != 720 {
+				b.Fatalf("Observations() = %d, %v", len(obs), err)
+			}
+		}
+	})
+}
