@@ -59,7 +59,7 @@ type IngestResult struct {
 	AuditEventID uuid.UUID // the upload's audit event (in the same transaction)
 	Stored       int       // observations stored
 	Flagged      int       // observations stored but flagged as artifacts
-	Duplicates   int       // samples not stored because an equal sample was already stored
+	Duplicates   int       // samples not stored: repeated within the batch, or already stored (first stored wins)
 }
 
 // Ingest validates, normalizes and stores one batch: the observations (pgx CopyFrom), the
