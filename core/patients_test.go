@@ -74,16 +74,29 @@ func TestPatientsSealedAndAudited(t *testing.T) {
 	if err := e.svc.RemoveCareTeamMember(e.ctx, clinician, p.ID, "dr-no"); !errors.Is(err, core.ErrNotFound) {
 		t.Errorf("RemoveCareTeamMember(non-member) = %v, want ErrNotFound", err)
 	}
+	ward2, err := e.svc.CreateWard(e.ctx, clinician, site.ID, "Ward 9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.MovePatient(e.ctx, clinician, p.ID, ward2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.MovePatient(e.ctx, clinician, p.ID, uuid.New()); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("MovePatient(unknown ward) = %v, want ErrNotFound", err)
+	}
+	if moved, _ := e.svc.Patients(e.ctx, core.PatientFilter{WardID: ward2.ID}); len(moved) != 1 {
+		t.Errorf("Patients(ward 9) = %d, want 1 after the move", len(moved))
+	}
 	if err := e.svc.DischargePatient(e.ctx, clinician, p.ID); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.svc.DischargePatient(e.ctx, clinician, p.ID); !errors.Is(err, core.ErrConflict) {
 		t.Errorf("DischargePatient(twice) = %v, want ErrConflict", err)
 	}
-	if list, _ := e.svc.Patients(e.ctx, core.PatientFilter{WardID: ward.ID}); len(list) != 0 {
+	if list, _ := e.svc.Patients(e.ctx, core.PatientFilter{WardID: ward2.ID}); len(list) != 0 {
 		t.Errorf("Patients(ward, admitted only) = %d, want 0 after discharge", len(list))
 	}
-	for _, action := range []string{"site.created", "ward.created", "patient.created", "care_team.member_added", "patient.discharged"} {
+	for _, action := range []string{"site.created", "ward.created", "patient.created", "care_team.member_added", "patient.moved", "patient.discharged"} {
 		if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = $1 AND actor_id = 'nurse-1' AND request_id = 'req-1'", action); n < 1 {
 			t.Errorf("audit events %s = %d, want ≥ 1", action, n)
 		}

@@ -31,6 +31,7 @@ func (s *Server) mountCore(api *echo.Group) {
 	api.POST("/patients", s.coreCreatePatient)
 	api.GET("/patients/:id", s.coreGetPatient)
 	api.POST("/patients/:id/discharge", s.coreDischargePatient)
+	api.POST("/patients/:id/move", s.coreMovePatient)
 	api.GET("/patients/:id/care-team", s.coreCareTeam)
 	api.POST("/patients/:id/care-team", s.coreAddCareTeam)
 	api.DELETE("/patients/:id/care-team/:clinician", s.coreRemoveCareTeam)
@@ -193,6 +194,23 @@ func (s *Server) coreDischargePatient(c echo.Context) error {
 		return err
 	}
 	if err := s.cfg.Core.DischargePatient(c.Request().Context(), EventFor(c), id); err != nil {
+		return err
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+func (s *Server) coreMovePatient(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	var req struct {
+		WardID uuid.UUID `json:"ward_id"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	if err := s.cfg.Core.MovePatient(c.Request().Context(), EventFor(c), id, req.WardID); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
