@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -33,6 +35,11 @@ func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devi
 		Pool:       sys.pool,
 		Logger:     slog.Default(),
 	}
+	tc, err := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), os.Getenv("VIGIL_MQTT_CLIENT_CERT"), os.Getenv("VIGIL_MQTT_CLIENT_KEY"))
+	if err != nil {
+		return err
+	}
+	cfg.TLS = tc
 	if v := os.Getenv("VIGIL_MQTT_SESSION_EXPIRY"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -61,4 +68,33 @@ func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devi
 		}})
 	slog.InfoContext(ctx, "MQTT ingestion enabled", slog.String("prefix", cfg.Prefix))
 	return nil
+}
+
+// mqttTLS builds the TLS configuration of the broker connection from PEM files: a CA bundle
+// to trust (instead of the system's roots) and a client certificate and key. All empty:
+// nil (system roots, no client certificate).
+func mqttTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	if caFile == "" && certFile == "" && keyFile == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("VIGIL_MQTT_CACERT: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("VIGIL_MQTT_CACERT %s: no PEM certificate in it", caFile)
+		}
+		tc.RootCAs = pool
+	}
+	if certFile != "" || keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("VIGIL_MQTT_CLIENT_CERT/VIGIL_MQTT_CLIENT_KEY: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -19,10 +20,11 @@ import (
 
 // DeviceConfig configures the device side of the MQTT transport.
 type DeviceConfig struct {
-	Broker   string // broker URL, e.g. mqtt://127.0.0.1:1883. Required.
-	DeviceID string // the device's registry id (its topics). Required.
-	Prefix   string // topic prefix. Default DefaultPrefix.
-	ClientID string // default "dev-" + DeviceID + random suffix
+	Broker   string      // broker URL, e.g. mqtt://127.0.0.1:1883. Required.
+	DeviceID string      // the device's registry id (its topics). Required.
+	Prefix   string      // topic prefix. Default DefaultPrefix.
+	ClientID string      // default "dev-" + DeviceID + random suffix
+	TLS      *tls.Config // for tls:// and wss:// brokers; default the system's roots
 	Username string
 	Password []byte
 }
@@ -66,6 +68,7 @@ func DialDevice(ctx context.Context, cfg DeviceConfig) (*Device, error) {
 	topic := ReceiptTopic(cfg.Prefix, cfg.DeviceID)
 	cm, err := autopaho.NewConnection(rctx, autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{u},
+		TlsCfg:                        cfg.TLS,
 		KeepAlive:                     30,
 		CleanStartOnInitialConnection: true,
 		ConnectTimeout:                10 * time.Second,

@@ -3,6 +3,7 @@ package mqtt
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -35,6 +36,9 @@ type Accepter interface {
 type Config struct {
 	// Broker is the broker's URL: mqtt://host:1883, tls://host:8883 (or ws://, wss://). Required.
 	Broker string
+	// TLS configures tls:// (mqtts://, ssl://) and wss:// connections: the CA to trust, a
+	// client certificate. Default: the system's roots, no client certificate.
+	TLS *tls.Config
 	// Username and Password authenticate Vigil to the broker, when it asks for it.
 	Username string
 	Password []byte
@@ -200,6 +204,7 @@ func Start(cfg Config) (*Ingestor, error) {
 	maxBackoff := cfg.ReconnectBackoff
 	acc := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{u},
+		TlsCfg:                        cfg.TLS,
 		KeepAlive:                     uint16(cfg.KeepAlive / time.Second),
 		CleanStartOnInitialConnection: false,
 		SessionExpiryInterval:         expiry,
