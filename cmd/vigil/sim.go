@@ -82,7 +82,7 @@ VIGIL_KEYRING_PASSPHRASE (the demo's own passphrase when unset).`,
 	fl.DurationVar(&f.offAfter, "offline-after", time.Minute, "offline scenario: network lost after")
 	fl.DurationVar(&f.offFor, "offline-for", 12*time.Minute, "offline scenario: network lost for (the default no-data rule fires after 10 min of silence)")
 	fl.StringVar(&f.url, "url", envOr("VIGIL_URL", "http://127.0.0.1:8080"), "Vigil server URL (env VIGIL_URL)")
-	fl.StringVar(&f.mqttURL, "mqtt", "", "deliver uploads over MQTT through this broker, e.g. mqtt://127.0.0.1:1883")
+	fl.StringVar(&f.mqttURL, "mqtt", "", "deliver uploads over MQTT through this broker, e.g. mqtt://127.0.0.1:1883 (tls://…: CA from VIGIL_MQTT_CACERT or the system's)")
 	fl.StringVar(&f.prefix, "mqtt-prefix", mqtt.DefaultPrefix, "MQTT topic prefix")
 	fl.StringVar(&f.dataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "data directory holding the key ring (env VIGIL_DATA_DIR)")
 	fl.StringVar(&f.stateDir, "state-dir", "", "give each monitor an on-disk upload buffer under this directory")
@@ -160,10 +160,15 @@ func simTransport(ctx context.Context, cfg *sim.Config, url, mqttURL, prefix str
 		cfg.Transport = func(context.Context, sdk.Identity) (sdk.Transport, error) { return ht, nil }
 		return nil
 	}
+	// A broker with a private CA: the same VIGIL_MQTT_CACERT as the server's.
+	tc, err := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), "", "")
+	if err != nil {
+		return err
+	}
 	cfg.Transport = func(ctx context.Context, id sdk.Identity) (sdk.Transport, error) {
 		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
-		return mqtt.DialDevice(dctx, mqtt.DeviceConfig{Broker: mqttURL, DeviceID: id.DeviceID, Prefix: prefix})
+		return mqtt.DialDevice(dctx, mqtt.DeviceConfig{Broker: mqttURL, TLS: tc, DeviceID: id.DeviceID, Prefix: prefix})
 	}
 	return nil
 }
@@ -236,7 +241,8 @@ func demoOverMQTT(cfg *sim.Config, broker, prefix string) {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		d, err := mqtt.DialDevice(dctx, mqtt.DeviceConfig{Broker: broker, DeviceID: id.DeviceID, Prefix: prefix})
+		tc, _ := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), "", "") // already checked by the server's wiring
+		d, err := mqtt.DialDevice(dctx, mqtt.DeviceConfig{Broker: broker, TLS: tc, DeviceID: id.DeviceID, Prefix: prefix})
 		if err != nil {
 			slog.WarnContext(ctx, "demo monitor falls back to HTTP", slog.String("error", err.Error()))
 			return httpTransport(ctx, id)
