@@ -33,6 +33,32 @@ type Event struct {
 	PatientID uuid.UUID       `json:"patient_id"`
 	At        time.Time       `json:"at"`
 	Data      json.RawMessage `json:"data"`
+
+	// live: a high-volume event (TypeObservations) delivered only to subscribers that ask for
+	// its type explicitly, and never kept for replay (it would push alarms out of the buffer).
+	live bool
+}
+
+// TypeObservations is the event type of newly stored observations (live charts). Only
+// subscribers whose Filter.Types names it receive it; it is not replayed after a reconnect.
+const TypeObservations = "observations"
+
+func (f Filter) matchLive(ev *Event) bool {
+	return f.Types[ev.Type] && (f.Patients == nil || f.Patients[ev.PatientID])
+}
+
+// Wants reports whether some subscriber would receive a live event of typ for patient, so
+// that the publisher can skip building it.
+func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
+	ev := Event{Type: typ, PatientID: patient}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for s := range h.subs {
+		if s.filter.matchLive(&ev) {
+			return true
+		}
+	}
+	return false
 }
 
 // Filter selects the events a subscriber receives. Zero fields select everything.
@@ -163,14 +189,17 @@ func (h *Hub) Publish(ev Event) uint64 {
 	var slow []*Subscription
 	h.mu.Lock()
 	ev.ID = h.seq.Add(1)
-	if len(h.ring) < h.cfg.Replay {
-		h.ring = append(h.ring, ev)
-	} else {
-		h.ring[h.head] = ev
-		h.head = (h.head + 1) % h.cfg.Replay
+	ev.live = ev.Type == TypeObservations
+	if !ev.live {
+		if len(h.ring) < h.cfg.Replay {
+			h.ring = append(h.ring, ev)
+		} else {
+			h.ring[h.head] = ev
+			h.head = (h.head + 1) % h.cfg.Replay
+		}
 	}
 	for s := range h.subs {
-		if !s.filter.match(&ev) {
+		if ev.live && !s.filter.matchLive(&ev) || !ev.live && !s.filter.match(&ev) {
 			continue
 		}
 		select {

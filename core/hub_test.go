@@ -2,6 +2,7 @@ package core_test
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -76,5 +77,42 @@ func TestHubFanOut(t *testing.T) {
 	}
 	if h.Subscribers() != 0 {
 		t.Errorf("Subscribers() after Close = %d, want 0", h.Subscribers())
+	}
+}
+
+// Live observation events reach only subscribers that ask for them by type (never the
+// catch-all webhook feed), and are not kept for replay.
+// Verifies: REQ-CORE-012
+func TestLiveObservations(t *testing.T) {
+	hub := core.NewHub(core.HubConfig{})
+	e := newEnv(t, func(c *core.Config) { c.Hub = hub })
+	p := e.patient(t)
+	all := hub.Subscribe(core.Filter{})
+	defer all.Close()
+	if hub.Wants(core.TypeObservations, p) {
+		t.Fatal("Wants(observations) with only a catch-all subscriber = true, want false")
+	}
+	live := hub.Subscribe(core.Filter{Types: map[string]bool{core.TypeObservations: true}, Patients: map[uuid.UUID]bool{p: true}})
+	defer live.Close()
+	res, err := e.svc.Ingest(e.ctx, batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 99, Unit: "/min", Time: t0.Add(-time.Second)}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := <-live.C
+	var got struct {
+		UploadID     uuid.UUID          `json:"upload_id"`
+		Observations []core.Observation `json:"observations"`
+	}
+	if err := json.Unmarshal(ev.Data, &got); err != nil || ev.Type != core.TypeObservations || got.UploadID != res.AuditEventID ||
+		len(got.Observations) != 1 || got.Observations[0].Value != 99 {
+		t.Errorf("live event = %s %s (%v), want the stored heart rate of upload %s", ev.Type, ev.Data, err, res.AuditEventID)
+	}
+	select {
+	case ev := <-all.C:
+		t.Errorf("catch-all subscriber got %s, want nothing", ev.Type)
+	default:
+	}
+	if _, complete := hub.SubscribeAfter(core.Filter{Types: map[string]bool{core.TypeObservations: true}}, ev.ID-1); complete {
+		t.Error("SubscribeAfter(before a live event) complete, want a reset (live events are not replayed)")
 	}
 }

@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -237,8 +238,27 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 	s.stats.samples.Add(total)
 	s.stats.stored.Add(kept)
 	s.stats.duplicates.Add(dups)
+	s.publishObservations(batches, stored, results)
 	s.evaluate(ctx, batches, stored)
 	return results, nil
+}
+
+// publishObservations sends each batch's newly stored observations to the hub as a live
+// TypeObservations event, only when some subscriber asked for that patient's observations.
+func (s *Service) publishObservations(batches []Batch, stored [][]Observation, results []IngestResult) {
+	for i := range batches {
+		if len(stored[i]) == 0 || !s.hub.Wants(TypeObservations, batches[i].PatientID) {
+			continue
+		}
+		data, err := json.Marshal(struct {
+			UploadID     uuid.UUID     `json:"upload_id"`
+			Observations []Observation `json:"observations"`
+		}{results[i].AuditEventID, stored[i]})
+		if err != nil {
+			continue
+		}
+		s.hub.Publish(Event{Type: TypeObservations, PatientID: batches[i].PatientID, Data: data})
+	}
 }
 
 type uploadPayload struct {
