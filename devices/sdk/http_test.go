@@ -69,3 +69,54 @@ func TestSDKOverHTTP(t *testing.T) {
 		t.Errorf("Enroll(used token) = %v, want %s", err, devices.CodeInvalidToken)
 	}
 }
+
+// counting counts delivery attempts over the real HTTP transport.
+type counting struct {
+	*sdk.HTTPTransport
+	attempts, limited int
+}
+
+func (c *counting) Upload(ctx context.Context, raw []byte) ([]byte, error) {
+	c.attempts++
+	b, err := c.HTTPTransport.Upload(ctx, raw)
+	var re *sdk.RejectedError
+	if errors.As(err, &re) && re.Status == http.StatusTooManyRequests {
+		c.limited++
+		if re.RetryAfter <= 0 {
+			return nil, errors.New("429 without Retry-After")
+		}
+	}
+	return b, err
+}
+
+// Rate limited by the server (429 with Retry-After), the SDK waits as asked and delivers
+// everything, in order, without a refusal.
+// Verifies: REQ-DEV-110
+func TestSDKHonoursRateLimit(t *testing.T) {
+	t.Parallel()
+	st := simtest.New(t, func(c *devices.Config) { c.RatePerSecond, c.RateBurst = 2, 1 })
+	srv, err := server.New(server.Config{Pool: st.Pool, Devices: st.Devices})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	id := st.Device(t)
+	tr := &counting{HTTPTransport: &sdk.HTTPTransport{BaseURL: ts.URL}}
+	c, err := sdk.New(sdk.Config{Identity: id, Transport: tr, ReceiptKey: st.ReceiptKey, MaxBackoff: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := c.Enqueue(vitals(time.Now(), 60+float64(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rcs, err := c.Flush(context.Background())
+	if err != nil || len(rcs) != 3 {
+		t.Fatalf("Flush = %d receipts, %v, want 3", len(rcs), err)
+	}
+	if tr.limited == 0 || tr.attempts != 3+tr.limited {
+		t.Errorf("attempts = %d with %d rate-limited, want some rate-limited and each retried", tr.attempts, tr.limited)
+	}
+}
