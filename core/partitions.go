@@ -148,7 +148,8 @@ func (s *Service) Partitions(ctx context.Context) ([]Partition, error) {
 
 // EnforceRetention drops every partition whose whole range is older than its class's
 // retention (its end ≤ now − retention), each drop audited as "retention.partition_dropped"
-// in the same transaction as the DROP. It returns the partitions dropped.
+// in the same transaction as the DROP. It returns the partitions dropped; a partition whose
+// table cannot be locked within 500 ms (busy ingest) is left for the next pass.
 func (s *Service) EnforceRetention(ctx context.Context) ([]Partition, error) {
 	now := s.cfg.Now()
 	parts, err := s.Partitions(ctx)
@@ -163,6 +164,11 @@ func (s *Service) EnforceRetention(ctx context.Context) ([]Partition, error) {
 			continue
 		}
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			// DROP locks the parent table: never queue behind (and so hold up) ingest for long;
+			// a partition that cannot be locked now is dropped at the next pass.
+			if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '500ms'"); err != nil {
+				return err
+			}
 			var rows int64
 			if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{p.Name}.Sanitize()).Scan(&rows); err != nil {
 				return err
@@ -183,8 +189,8 @@ func (s *Service) EnforceRetention(ctx context.Context) ([]Partition, error) {
 		})
 		if err != nil {
 			var pgErr *pgconn.PgError
-			if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // dropped meanwhile by another process
-				continue
+			if errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "55P03") {
+				continue // dropped meanwhile by another process, or busy: next pass
 			}
 			return dropped, fmt.Errorf("retention: drop %s: %w", p.Name, err)
 		}
