@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"sync"
 
 	"github.com/google/uuid"
 
@@ -29,18 +30,23 @@ type LocalProvisioner struct {
 	Core    *core.Service
 	Devices *devices.Service
 	// Run distinguishes this run's patients and devices from an earlier run's. Default: random.
+	// Provision is called concurrently: Run is settled once, before the first call's use.
 	Run string
+
+	once sync.Once
 }
 
 var simActor = audit.Actor{Kind: audit.ActorService, ID: "vigil-sim", AuthMethod: "internal"}
 
 // Provision implements Provisioner.
 func (lp *LocalProvisioner) Provision(ctx context.Context, p *Patient) (string, error) {
-	if lp.Run == "" {
-		var b [4]byte
-		_, _ = rand.Read(b[:])
-		lp.Run = hex.EncodeToString(b[:])
-	}
+	lp.once.Do(func() {
+		if lp.Run == "" {
+			var b [4]byte
+			_, _ = rand.Read(b[:])
+			lp.Run = hex.EncodeToString(b[:])
+		}
+	})
 	name := fmt.Sprintf("SIM-%s-%04d", lp.Run, p.Index)
 	by := audit.Event{Actor: simActor, RequestID: "sim-" + lp.Run}
 	pat, err := lp.Core.CreatePatient(ctx, by, core.PatientPHI{
