@@ -30,7 +30,13 @@ sample devices.
 With VIGIL_DATABASE_URL set, demo uses that server. Without it, demo starts a private,
 throwaway PostgreSQL cluster under <data-dir>/postgres with the system's own initdb and
 pg_ctl (run as the 'postgres' user when demo runs as root), migrates it, starts the server
-and prints its URL. Ctrl-C (or SIGTERM) shuts everything down, the private cluster included.
+with the embedded Trillian audit log, and prints its URL. It then enrolls a fleet of
+simulated bedside monitors (VIGIL_DEMO_PATIENTS, default 10; scenarios stable, sepsis,
+hypoxia, bradycardia, sensor artifact, device offline) that upload signed vitals, so NEWS2,
+threshold and no-data alarms fire within a few minutes. With VIGIL_MQTT_URL set (e.g.
+mqtt://127.0.0.1:1883) half of the fleet uploads over MQTT.
+
+Ctrl-C (or SIGTERM) shuts everything down, the private cluster included.
 
 The demo keeps its keys in a local key ring in the data directory: it is not for production.`,
 		Example: `  vigil demo
@@ -47,7 +53,8 @@ The demo keeps its keys in a local key ring in the data directory: it is not for
 
 func runDemo(ctx context.Context, rc runConfig) (err error) {
 	rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
-	if rc.DatabaseURL == "" {
+	private := rc.DatabaseURL == ""
+	if private {
 		dir := filepath.Join(rc.DataDir, "postgres")
 		slog.InfoContext(ctx, "starting a private PostgreSQL cluster", slog.String("dir", dir))
 		cl, err := pgcluster.Start(ctx, pgcluster.Config{Dir: dir})
@@ -81,7 +88,14 @@ func runDemo(ctx context.Context, rc runConfig) (err error) {
 	slog.InfoContext(ctx, "schema migrated", slog.Int("applied", len(applied)), slog.Int64("version", schema.LatestVersion()))
 	slog.WarnContext(ctx, "demo mode: local key ring in the data directory, sample devices; NOT FOR PRODUCTION")
 	return run(ctx, rc, func(ctx context.Context, url string, sys *system) error {
-		fmt.Printf("\nVigil demo is up: %s  (health %s/healthz, readiness %s/readyz)\nPress Ctrl-C to stop.\n\n", url, url, url)
+		fmt.Printf("\nVigil demo is up: %s  (health %s/healthz, readiness %s/readyz)\n", url, url, url)
+		if private {
+			// The private cluster trusts local connections and the demo key ring's passphrase
+			// is a published constant: nothing secret is printed.
+			fmt.Printf("Verify its audit trail from another shell:\n  VIGIL_DATABASE_URL='%s' VIGIL_KEYRING_PASSPHRASE='%s' vigil audit verify --data-dir '%s'\n",
+				rc.DatabaseURL, demoPassphrase, rc.DataDir)
+		}
+		fmt.Printf("Press Ctrl-C to stop.\n\n")
 		for _, h := range demoHooks {
 			if err := h(ctx, url, sys); err != nil {
 				return err
