@@ -41,6 +41,8 @@ type Provenance struct {
 	Sequence   uint64    // the upload's sequence number
 	ReceivedAt time.Time // when the server accepted it
 	Transport  string    // "http" or "mqtt"
+	RequestID  string    // the transport's request or message id, recorded in the audit event
+	SourceAddr string    // the peer address the upload came from, recorded in the audit event
 }
 
 // Batch is one verified upload's samples for one patient.
@@ -192,12 +194,14 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 			b := &batches[i]
 			r := results[i]
 			evs[i] = audit.Event{
-				ID:      r.AuditEventID,
-				Time:    now,
-				Actor:   audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
-				Action:  "upload.accepted",
-				Object:  audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
-				Outcome: audit.OutcomeSuccess,
+				ID:         r.AuditEventID,
+				Time:       now,
+				Actor:      audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
+				Action:     "upload.accepted",
+				Object:     audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
+				Outcome:    audit.OutcomeSuccess,
+				RequestID:  b.Provenance.RequestID,
+				SourceAddr: b.Provenance.SourceAddr,
 				Payload: uploadPayload{PatientID: b.PatientID, KeyID: b.Provenance.KeyID, Sequence: b.Provenance.Sequence,
 					Transport: b.Provenance.Transport, Samples: len(b.Samples), Stored: r.Stored, Flagged: r.Flagged,
 					Duplicates: r.Duplicates},

@@ -281,6 +281,7 @@ func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
 			Provenance: core.Provenance{
 				DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
 				Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,
+				RequestID: meta.RequestID, SourceAddr: meta.SourceAddr,
 			},
 			Samples: samples,
 		},

@@ -111,7 +111,9 @@ func (s *Server) postUpload(c echo.Context) error {
 	SetActor(c, audit.Actor{Kind: audit.ActorDevice, ID: rc.Body.Device, AuthMethod: "device-signature"})
 	status := http.StatusCreated
 	if rc.Replayed {
-		status = http.StatusOK
+		status = http.StatusOK // an exact re-send: no state change; the middleware records it
+	} else {
+		Audited(c) // upload.accepted was committed with the samples
 	}
 	return s.writeReceipt(c, status, rc)
 }

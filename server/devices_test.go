@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -16,10 +17,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/server"
 )
 
@@ -351,5 +355,51 @@ func TestHTTPDeviceLifecycle(t *testing.T) {
 	rk := do("GET", "/api/v1/uploads/receipt-key", nil, 200)
 	if rk["key_id"] != h.Signer.KeyID() {
 		t.Errorf("receipt key = %v, want %s", rk, h.Signer.KeyID())
+	}
+}
+
+// An accepted upload is recorded once, by its domain event (upload.accepted, committed with
+// the samples), not a second time by the state-change middleware; an exact re-send changes
+// nothing and is recorded by the middleware.
+// Verifies: REQ-AUD-010, REQ-DEV-020
+func TestHTTPUploadAuditedOnce(t *testing.T) {
+	pool, url := testdb.NewWithURL(t)
+	clk := devicestest.NewClock(time.Now().UTC())
+	e := devicestest.NewOn(t, pool, url, clk, nil)
+	svc := audittest.Start(t, pool, url)
+	srv, err := server.New(server.Config{Pool: pool, Devices: e.Devices, Audit: svc, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	raw := e.NewDevice(t).Upload(t, clk.Now(), 10)
+	count := func(requestID, action string) int {
+		var n int
+		if err := pool.QueryRow(context.Background(),
+			"SELECT count(*) FROM audit_events WHERE request_id = $1 AND action = $2", requestID, action).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for i, want := range []struct {
+		status            int
+		accepted, generic int
+	}{{http.StatusCreated, 1, 0}, {http.StatusOK, 0, 1}} {
+		resp, err := http.Post(ts.URL+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		rid := resp.Header.Get(echo.HeaderXRequestID)
+		if resp.StatusCode != want.status {
+			t.Fatalf("upload %d = %d, want %d", i, resp.StatusCode, want.status)
+		}
+		if got := count(rid, "upload.accepted"); got != want.accepted {
+			t.Errorf("upload %d: upload.accepted events = %d, want %d", i, got, want.accepted)
+		}
+		if got := count(rid, "http.request.completed"); got != want.generic {
+			t.Errorf("upload %d: http.request.completed events = %d, want %d", i, got, want.generic)
+		}
 	}
 }
