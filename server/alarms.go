@@ -69,12 +69,8 @@ func (s *Server) listAlarms(c echo.Context) error {
 			f.States = append(f.States, alarms.State(strings.TrimSpace(st)))
 		}
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return BadRequest("invalid_limit", "limit must be 1..1000")
-		}
-		f.Limit = n
+	if err := queryLimit(c, 1000, "invalid_limit", &f.Limit); err != nil {
+		return err
 	}
 	list, err := s.cfg.Alarms.List(c.Request().Context(), f)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -124,12 +123,8 @@ func (s *Server) auditEvents(c echo.Context) error {
 			*dst = t
 		}
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return BadRequest("invalid_audit_query", "limit must be 1..1000")
-		}
-		f.Limit = n
+	if err := queryLimit(c, 1000, "invalid_audit_query", &f.Limit); err != nil {
+		return err
 	}
 	page, err := s.cfg.Audit.Events(c.Request().Context(), f)
 	if err != nil {

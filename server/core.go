@@ -134,12 +134,8 @@ func (s *Server) coreListPatients(c echo.Context) error {
 	}
 	f.Clinician = q.Get("clinician")
 	f.Discharged = q.Get("discharged") == "true"
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return BadRequest("invalid_limit", "limit must be 1..1000")
-		}
-		f.Limit = n
+	if err := queryLimit(c, 1000, "invalid_limit", &f.Limit); err != nil {
+		return err
 	}
 	if mrn := q.Get("mrn"); mrn != "" {
 		p, err := s.cfg.Core.PatientByMRN(c.Request().Context(), mrn)
@@ -280,12 +276,8 @@ func (s *Server) coreObservations(c echo.Context) error {
 		}
 		*p.dst = t
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > core.MaxRawPoints {
-			return BadRequest("invalid_limit", fmt.Sprintf("limit must be 1..%d", core.MaxRawPoints))
-		}
-		rq.Limit = n
+	if err := queryLimit(c, core.MaxRawPoints, "invalid_limit", &rq.Limit); err != nil {
+		return err
 	}
 	ctx := c.Request().Context()
 	if v := q.Get("bucket"); v != "" {
@@ -475,12 +467,8 @@ func (s *Server) coreListDeliveries(c echo.Context) error {
 		}
 		f.WebhookID = id
 	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return BadRequest("invalid_limit", "limit must be 1..1000")
-		}
-		f.Limit = n
+	if err := queryLimit(c, 1000, "invalid_limit", &f.Limit); err != nil {
+		return err
 	}
 	list, err := s.cfg.Core.Deliveries(c.Request().Context(), f)
 	if err != nil {
