@@ -36,7 +36,7 @@ func newDeviceCmd() *cobra.Command {
 
 Every change is recorded in the audit trail with the operating-system user as the actor.
 A device's life: register it, issue an enrollment token and give it to the device (the
-device makes its key and enrolls with the token over POST /api/v1/devices/enroll or MQTT),
+device makes its key and enrolls with the token over POST /api/v1/devices/enroll; MQTT carries uploads only),
 assign it to a patient; suspend it (takes effect at once), reactivate it, or decommission
 it for good.`,
 		Example: `  vigil device register --serial SN-0042 --model "VM-100" --firmware 2.1.0
