@@ -6,13 +6,16 @@ package klogslog
 import (
 	"context"
 	"log/slog"
+	"strings"
 
 	"k8s.io/klog/v2"
 )
 
 // Route sends everything klog logs to l. Trillian logs routine progress (elections,
 // "processed N items") at info level several times a second; those records are demoted to
-// debug, so only its warnings and errors reach an info-level log.
+// debug, so only its warnings and errors reach an info-level log. Its errors on an orderly
+// shutdown ("context canceled", and losing mastership as the sequencer stops) are demoted
+// too: to debug and to warn respectively.
 func Route(l *slog.Logger) {
 	klog.SetSlogLogger(slog.New(demote{l.Handler()}).With(slog.String("component", "trillian")))
 }
@@ -20,11 +23,21 @@ func Route(l *slog.Logger) {
 type demote struct{ slog.Handler }
 
 func (d demote) Enabled(ctx context.Context, lv slog.Level) bool {
-	return d.Handler.Enabled(ctx, level(lv))
+	return d.Handler.Enabled(ctx, level(lv)) || lv >= slog.LevelError
 }
 
 func (d demote) Handle(ctx context.Context, r slog.Record) error {
-	r2 := slog.NewRecord(r.Time, level(r.Level), r.Message, r.PC)
+	lv := level(r.Level)
+	switch {
+	case strings.Contains(r.Message, "context canceled"):
+		lv = slog.LevelDebug
+	case strings.Contains(r.Message, "no longer the master") && lv > slog.LevelWarn:
+		lv = slog.LevelWarn
+	}
+	if !d.Handler.Enabled(ctx, lv) {
+		return nil
+	}
+	r2 := slog.NewRecord(r.Time, lv, r.Message, r.PC)
 	r.Attrs(func(a slog.Attr) bool { r2.AddAttrs(a); return true })
 	return d.Handler.Handle(ctx, r2)
 }
