@@ -43,7 +43,7 @@ func (d demote) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (d demote) WithAttrs(as []slog.Attr) slog.Handler { return demote{d.Handler.WithAttrs(as)} }
-func (d demote) WithGroup(n string) slog.Handler      { return demote{d.Handler.WithGroup(n)} }
+func (d demote) WithGroup(n string) slog.Handler       { return demote{d.Handler.WithGroup(n)} }
 
 func level(l slog.Level) slog.Level {
 	if l < slog.LevelWarn {
