@@ -52,6 +52,8 @@ tools:
 	@for s in tools/*/build.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
 
 vet:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
+		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
 # Test databases left by killed test runs are dropped first.

@@ -63,7 +63,7 @@ type Local struct {
 	mu      sync.Mutex
 	closed  bool
 	kdf     localKDF
-	kek     []byte // derived from the passphrase
+	kek     []byte                   // derived from the passphrase
 	signers map[string]crypto.Signer // parsed private keys by "name/version", reset on reload
 	keys    map[string]*localKey
 	modTime time.Time
