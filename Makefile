@@ -56,11 +56,14 @@ vet:
 		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-# Test databases left by killed test runs are dropped first.
+# Test databases left by killed test runs, and templates of earlier migration sets, are
+# dropped first (the current template is made again once, in about a second).
+TESTDB_ADMIN = $${VIGIL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 clean-testdbs:
-	@psql "$${VIGIL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" -Atqc \
-		"SELECT datname FROM pg_database WHERE datname LIKE 'vigil_t\_%'" 2>/dev/null | while read -r db; do \
-		psql "$${VIGIL_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
+	@psql "$(TESTDB_ADMIN)" -Atqc \
+		"SELECT datname FROM pg_database WHERE datname LIKE 'vigil_t\_%' OR datname LIKE 'vigil_tmpl\_%'" 2>/dev/null | while read -r db; do \
+		psql "$(TESTDB_ADMIN)" -qc "ALTER DATABASE $$db WITH is_template false" >/dev/null 2>&1; \
+		psql "$(TESTDB_ADMIN)" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
 
 unit:
 	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -timeout 12m ./...
