@@ -96,7 +96,13 @@ func (s *Service) event(o Origin, action, objID string) audit.Event {
 }
 
 // auditRejected records a refused registry request in its own transaction and returns err.
+// Only refusals (a *RejectError) are recorded: any other error (the database failing, say)
+// is returned as it is, since no decision about the request was made.
 func (s *Service) auditRejected(ctx context.Context, ev audit.Event, err error) error {
+	var re *RejectError
+	if !errors.As(err, &re) {
+		return err
+	}
 	ev.Outcome = audit.OutcomeRejected
 	ev.Reason = ReasonOf(err)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -137,11 +143,7 @@ func (s *Service) Register(ctx context.Context, o Origin, nd NewDevice) (*Device
 		return err
 	})
 	if err != nil {
-		var re *RejectError
-		if errors.As(err, &re) {
-			return nil, s.auditRejected(ctx, ev, err)
-		}
-		return nil, err
+		return nil, s.auditRejected(ctx, ev, err)
 	}
 	return d, nil
 }
@@ -277,11 +279,7 @@ func (s *Service) SetStatus(ctx context.Context, o Origin, id uuid.UUID, status,
 	})
 	s.cache.invalidate(id)
 	if err != nil {
-		var re *RejectError
-		if errors.As(err, &re) {
-			return nil, s.auditRejected(ctx, ev, err)
-		}
-		return nil, err
+		return nil, s.auditRejected(ctx, ev, err)
 	}
 	return out, nil
 }
@@ -340,11 +338,7 @@ func (s *Service) AssignPatient(ctx context.Context, o Origin, id uuid.UUID, pat
 	})
 	s.cache.invalidate(id)
 	if err != nil {
-		var re *RejectError
-		if errors.As(err, &re) {
-			return nil, s.auditRejected(ctx, ev, err)
-		}
-		return nil, err
+		return nil, s.auditRejected(ctx, ev, err)
 	}
 	return out, nil
 }
@@ -378,11 +372,7 @@ func (s *Service) IssueEnrollmentToken(ctx context.Context, o Origin, id uuid.UU
 		return err
 	})
 	if err != nil {
-		var re *RejectError
-		if errors.As(err, &re) {
-			return "", time.Time{}, s.auditRejected(ctx, ev, err)
-		}
-		return "", time.Time{}, err
+		return "", time.Time{}, s.auditRejected(ctx, ev, err)
 	}
 	return token, expires, nil
 }
@@ -453,11 +443,7 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 	})
 	s.cache.invalidate(out.DeviceID)
 	if err != nil {
-		var re *RejectError
-		if errors.As(err, &re) {
-			return fail(err)
-		}
-		return nil, err
+		return fail(err)
 	}
 	return &out, nil
 }
@@ -550,11 +536,7 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 	})
 	s.cache.invalidate(id)
 	if err != nil {
-		var re *RejectError
-		if errors.As(err, &re) {
-			return fail(err)
-		}
-		return nil, err
+		return fail(err)
 	}
 	return &out, nil
 }

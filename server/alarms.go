@@ -56,12 +56,8 @@ func bindJSON(c echo.Context, v any) error {
 func (s *Server) listAlarms(c echo.Context) error {
 	q := c.QueryParams()
 	var f alarms.Filter
-	if v := q.Get("patient_id"); v != "" {
-		id, err := uuid.Parse(v)
-		if err != nil {
-			return BadRequest("invalid_patient_id", "patient_id must be a UUID")
-		}
-		f.PatientID = id
+	if err := queryUUID(c, "patient_id", &f.PatientID); err != nil {
+		return err
 	}
 	f.RuleID = q.Get("rule_id")
 	if v := q.Get("state"); v != "" {

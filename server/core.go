@@ -125,12 +125,8 @@ func (s *Server) coreCreateWard(c echo.Context) error {
 func (s *Server) coreListPatients(c echo.Context) error {
 	q := c.QueryParams()
 	var f core.PatientFilter
-	if v := q.Get("ward_id"); v != "" {
-		id, err := uuid.Parse(v)
-		if err != nil {
-			return BadRequest("invalid_ward_id", "ward_id must be a UUID")
-		}
-		f.WardID = id
+	if err := queryUUID(c, "ward_id", &f.WardID); err != nil {
+		return err
 	}
 	f.Clinician = q.Get("clinician")
 	f.Discharged = q.Get("discharged") == "true"
@@ -460,12 +456,8 @@ func (s *Server) coreDeleteWebhook(c echo.Context) error {
 func (s *Server) coreListDeliveries(c echo.Context) error {
 	q := c.QueryParams()
 	f := core.DeliveryFilter{Status: q.Get("status")}
-	if v := q.Get("webhook_id"); v != "" {
-		id, err := uuid.Parse(v)
-		if err != nil {
-			return BadRequest("invalid_webhook_id", "webhook_id must be a UUID")
-		}
-		f.WebhookID = id
+	if err := queryUUID(c, "webhook_id", &f.WebhookID); err != nil {
+		return err
 	}
 	if err := queryLimit(c, 1000, "invalid_limit", &f.Limit); err != nil {
 		return err
