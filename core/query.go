@@ -54,13 +54,7 @@ func (s *Service) Observations(ctx context.Context, q RangeQuery) ([]Observation
 	if err != nil {
 		return nil, fmt.Errorf("query observations: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observation, error) {
-		var o Observation
-		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
-		o.EffectiveAt = o.EffectiveAt.UTC()
-		o.Unit = catalog[o.Code].Unit
-		return o, err
-	})
+	out, err := pgx.CollectRows(rows, scanObservation)
 	if err != nil {
 		return nil, fmt.Errorf("query observations: %w", err)
 	}
@@ -124,13 +118,7 @@ func (s *Service) ObservationsSince(ctx context.Context, patientID uuid.UUID, si
 	if err != nil {
 		return nil, fmt.Errorf("observations since: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observation, error) {
-		var o Observation
-		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
-		o.EffectiveAt = o.EffectiveAt.UTC()
-		o.Unit = catalog[o.Code].Unit
-		return o, err
-	})
+	out, err := pgx.CollectRows(rows, scanObservation)
 	if err != nil {
 		return nil, fmt.Errorf("observations since: %w", err)
 	}
@@ -209,15 +197,19 @@ func (s *Service) Latest(ctx context.Context, patientID uuid.UUID, window time.D
 	if err != nil {
 		return nil, fmt.Errorf("latest observations: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Observation, error) {
-		var o Observation
-		err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
-		o.EffectiveAt = o.EffectiveAt.UTC()
-		o.Unit = catalog[o.Code].Unit
-		return o, err
-	})
+	out, err := pgx.CollectRows(rows, scanObservation)
 	if err != nil {
 		return nil, fmt.Errorf("latest observations: %w", err)
 	}
 	return out, nil
+}
+
+// scanObservation reads a row of (patient_id, code, value, effective_at, artifact, upload_id),
+// the column list every observation query selects, with the code's canonical unit.
+func scanObservation(r pgx.CollectableRow) (Observation, error) {
+	var o Observation
+	err := r.Scan(&o.PatientID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact, &o.UploadID)
+	o.EffectiveAt = o.EffectiveAt.UTC()
+	o.Unit = catalog[o.Code].Unit
+	return o, err
 }
