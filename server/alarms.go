@@ -106,6 +106,7 @@ func (s *Server) acknowledgeAlarm(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // alarm.acknowledged (acknowledging twice is a 409, not a no-op)
 	return c.JSON(http.StatusOK, a)
 }
 
@@ -129,6 +130,7 @@ func (s *Server) silenceAlarm(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // alarm.silenced
 	return c.JSON(http.StatusOK, a)
 }
 
@@ -147,6 +149,7 @@ func (s *Server) resolveAlarm(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // alarm.resolved
 	return c.JSON(http.StatusOK, a)
 }
 
@@ -181,6 +184,7 @@ func (s *Server) createRuleVersion(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // rule.version_created
 	return c.JSON(http.StatusCreated, out)
 }
 
@@ -199,6 +203,7 @@ func (s *Server) putSpO2Scale(c echo.Context) error {
 	if err := s.cfg.Rules.SetSpO2Scale(c.Request().Context(), EventFor(c), pid, body.Scale, body.Reason); err != nil {
 		return err
 	}
+	Audited(c) // rules.spo2_scale_set
 	return c.JSON(http.StatusOK, map[string]any{"patient_id": pid, "spo2_scale": body.Scale})
 }
 

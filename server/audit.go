@@ -32,14 +32,19 @@ const auditedKey = "vigil.audited"
 
 // Audited tells the state-change audit middleware that domain code already recorded this
 // request's event in the action's own transaction (e.g. upload.accepted for each upload), so
-// no second, generic event is added. Call it only after that transaction committed.
+// no second, generic event is added. Call it only after that transaction committed, and only
+// on a path where the domain really recorded an event: a path on which it records nothing
+// (an upload re-sent exactly, say) is left to the middleware. The domain event must carry the
+// request's actor, request id and source address, so hand the domain EventFor(c) (or the
+// same three fields in the domain's own type).
 func Audited(c echo.Context) { c.Set(auditedKey, true) }
 
-// auditStateChanges records every state-changing request (any method but GET, HEAD,
-// OPTIONS) that was not rejected, as `http.request.completed` (or `http.request.failed` for a
-// server error), after the handler ran. Rejections (4xx) are audited by the error handler.
-// Domain code records its own, richer event in the action's transaction; this one
-// guarantees that no state-changing request is missing from the trail.
+// auditStateChanges makes every state-changing request (any method but GET, HEAD, OPTIONS)
+// that was not rejected audited exactly once. When the handler called Audited, the domain
+// event recorded in the action's transaction is that record; otherwise this middleware
+// records `http.request.completed` after the handler ran. A server error (5xx) is always
+// recorded here as `http.request.failed`, whether or not Audited was called.
+// Rejections (4xx) are audited by the error handler.
 func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
@@ -90,7 +95,8 @@ func (s *Server) auditCheckpoint(c echo.Context) error {
 	})
 }
 
-// auditCheckpointNow issues a checkpoint at once (if the log grew) and returns it.
+// auditCheckpointNow issues a checkpoint at once (if the log grew) and returns it. The audit
+// package records no event for it, so the middleware's http.request.completed is its record.
 func (s *Server) auditCheckpointNow(c echo.Context) error {
 	cp, err := s.cfg.Audit.CheckpointNow(c.Request().Context())
 	if err != nil {

@@ -89,6 +89,7 @@ func (s *Server) coreCreateSite(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // site.created
 	return c.JSON(http.StatusCreated, site)
 }
 
@@ -119,6 +120,7 @@ func (s *Server) coreCreateWard(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // ward.created
 	return c.JSON(http.StatusCreated, w)
 }
 
@@ -165,6 +167,7 @@ func (s *Server) coreCreatePatient(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // patient.created
 	return c.JSON(http.StatusCreated, p)
 }
 
@@ -188,6 +191,7 @@ func (s *Server) coreDischargePatient(c echo.Context) error {
 	if err := s.cfg.Core.DischargePatient(c.Request().Context(), EventFor(c), id); err != nil {
 		return err
 	}
+	Audited(c) // patient.discharged
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -205,6 +209,7 @@ func (s *Server) coreMovePatient(c echo.Context) error {
 	if err := s.cfg.Core.MovePatient(c.Request().Context(), EventFor(c), id, req.WardID); err != nil {
 		return err
 	}
+	Audited(c) // patient.moved
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -236,6 +241,7 @@ func (s *Server) coreAddCareTeam(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // care_team.member_added
 	return c.JSON(http.StatusOK, m)
 }
 
@@ -247,6 +253,7 @@ func (s *Server) coreRemoveCareTeam(c echo.Context) error {
 	if err := s.cfg.Core.RemoveCareTeamMember(c.Request().Context(), EventFor(c), id, c.Param("clinician")); err != nil {
 		return err
 	}
+	Audited(c) // care_team.member_removed
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -439,7 +446,9 @@ func (s *Server) coreCreateWebhook(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusCreated, map[string]any{"webhook": w, "secret": secret}) // shown once
+	// webhook.created was recorded with the webhook; the secret is shown only in this answer.
+	Audited(c)
+	return c.JSON(http.StatusCreated, map[string]any{"webhook": w, "secret": secret})
 }
 
 func (s *Server) coreDeleteWebhook(c echo.Context) error {
@@ -450,6 +459,7 @@ func (s *Server) coreDeleteWebhook(c echo.Context) error {
 	if err := s.cfg.Core.DeleteWebhook(c.Request().Context(), EventFor(c), id); err != nil {
 		return err
 	}
+	Audited(c) // webhook.deleted
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -477,5 +487,6 @@ func (s *Server) coreRedeliver(c echo.Context) error {
 	if err := s.cfg.Core.Redeliver(c.Request().Context(), EventFor(c), id); err != nil {
 		return err
 	}
+	Audited(c) // webhook.redelivery_requested
 	return c.NoContent(http.StatusAccepted)
 }

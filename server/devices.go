@@ -185,6 +185,7 @@ func (s *Server) postEnroll(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // device.enrolled
 	return c.JSON(http.StatusCreated, out)
 }
 
@@ -198,6 +199,7 @@ func (s *Server) postRotate(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // device.key.rotated
 	return c.JSON(http.StatusCreated, out)
 }
 
@@ -223,6 +225,7 @@ func (s *Server) postDevice(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // device.registered
 	return c.JSON(http.StatusCreated, d)
 }
 
@@ -294,6 +297,7 @@ func (s *Server) postEnrollmentToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // device.enrollment_token.issued
 	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.JSON(http.StatusCreated, map[string]any{"device_id": id, "token": tok, "expires_at": exp})
 }
@@ -316,6 +320,7 @@ func (s *Server) setDeviceStatus(status string) echo.HandlerFunc {
 		if err != nil {
 			return err
 		}
+		Audited(c) // device.reactivated / device.suspended / device.decommissioned
 		return c.JSON(http.StatusOK, d)
 	}
 }
@@ -335,5 +340,6 @@ func (s *Server) putDevicePatient(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	Audited(c) // device.patient.assigned / device.patient.unassigned
 	return c.JSON(http.StatusOK, d)
 }
