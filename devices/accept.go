@@ -2,7 +2,6 @@ package devices
 
 import (
 	"context"
-	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -130,10 +129,10 @@ func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, 
 	default:
 		return v, nil, reject(ErrDeviceSuspended, "device %s is %s", id, d.status)
 	}
-	if d.pub == nil || u.KeyVersion != d.keyVersion {
+	if d.verifier == nil || u.KeyVersion != d.keyVersion {
 		return v, nil, reject(ErrUnknownKey, "key version %d is not the device's current key", u.KeyVersion)
 	}
-	if !ed25519.Verify(d.pub, env.Body, env.Sig) {
+	if d.verifier.Verify(env.Body, env.Sig) != nil {
 		return v, nil, &RejectError{Err: ErrBadSignature, Code: CodeBadSignature, Detail: fmt.Sprintf("signature does not verify under key %s/v%d", id, d.keyVersion)}
 	}
 	// Sequence: at or below the last admitted one is a replay, unless it is the exact

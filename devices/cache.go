@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/devices/envelope"
 )
 
 // Device statuses.
@@ -29,8 +31,8 @@ type deviceState struct {
 	id         uuid.UUID
 	status     string
 	keyVersion uint64
-	pub        ed25519.PublicKey // nil when the device has no key yet
-	patient    uuid.UUID         // uuid.Nil when unassigned
+	verifier   *envelope.Verifier // the current key, expanded once; nil when the device has no key yet
+	patient    uuid.UUID          // uuid.Nil when unassigned
 
 	mu        sync.Mutex
 	committed uint64 // highest sequence number known committed
@@ -119,7 +121,9 @@ func (s *Service) loadDevice(ctx context.Context, id uuid.UUID) (*deviceState, e
 	}
 	d.keyVersion = uint64(kv)
 	if len(pub) == ed25519.PublicKeySize {
-		d.pub = ed25519.PublicKey(pub)
+		if d.verifier, err = envelope.NewVerifier(ed25519.PublicKey(pub)); err != nil {
+			return nil, fmt.Errorf("load device %s key: %w", id, err)
+		}
 	}
 	if patient != nil {
 		d.patient = *patient
