@@ -55,7 +55,14 @@ verified (Ed25519, sequence, skew), stored through core (COPY of its samples, pr
 its audit event in the outbox) with its receipt, in group-committed transactions.
 
 It needs VIGIL_DATABASE_URL pointing at a PostgreSQL server where it may CREATE DATABASE:
-the run uses a fresh database vigil_bench_<random>, dropped at the end unless --keep.`,
+the run uses a fresh database vigil_bench_<random>, dropped at the end unless --keep.
+
+Besides throughput and latency it reports the CPU time spent per accepted upload in the
+measured window by this process (server and load generator), by PostgreSQL's processes for
+the benchmark database and its background writers (read from /proc, so only when PostgreSQL
+runs on this Linux host), and by the whole machine; and the CPU-bound ceiling, cores ÷
+(vigil + PostgreSQL CPU per upload). On a shared machine throughput moves with whatever else
+runs; CPU per upload moves much less.`,
 		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil bench uploads --rate 10000 --duration 20s
   vigil bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
 		Args: cobra.NoArgs,
@@ -215,7 +222,14 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		lat       = make([][]time.Duration, o.workers)
 		wg        sync.WaitGroup
 		profiling atomic.Bool
+		cpuWindow = make(chan cpuReport, 1) // CPU used in the measured window
 	)
+	go func() {
+		time.Sleep(time.Until(measureAt))
+		a := takeCPUSnapshot(ctx, pool)
+		time.Sleep(time.Until(endAt))
+		cpuWindow <- cpuBetween(a, takeCPUSnapshot(ctx, pool))
+	}()
 	if o.cpuprofile != "" {
 		go func() {
 			time.Sleep(time.Until(measureAt))
@@ -310,6 +324,11 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		}
 		return true
 	})
+	select {
+	case r := <-cpuWindow:
+		r.write(out, ok, runtime.NumCPU(), "upload")
+	case <-time.After(5 * time.Second):
+	}
 	st := ds.Stats()
 	fmt.Fprintf(out, "devices: %d accepted in %d group commits (mean %.1f uploads/commit, mean %s/commit of which %s device state), %d rejected, %d fallbacks\n",
 		st.Accepted, st.Groups, float64(st.Accepted)/max(float64(st.Groups), 1),
