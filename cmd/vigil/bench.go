@@ -30,6 +30,7 @@ import (
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/cpuacct"
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
@@ -222,13 +223,13 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		lat       = make([][]time.Duration, o.workers)
 		wg        sync.WaitGroup
 		profiling atomic.Bool
-		cpuWindow = make(chan cpuReport, 1) // CPU used in the measured window
+		cpuWindow = make(chan cpuacct.Report, 1) // CPU used in the measured window
 	)
 	go func() {
 		time.Sleep(time.Until(measureAt))
-		a := takeCPUSnapshot(ctx, pool)
+		a := cpuacct.Take(ctx, pool)
 		time.Sleep(time.Until(endAt))
-		cpuWindow <- cpuBetween(a, takeCPUSnapshot(ctx, pool))
+		cpuWindow <- cpuacct.Between(a, cpuacct.Take(ctx, pool))
 	}()
 	if o.cpuprofile != "" {
 		go func() {
@@ -326,7 +327,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	})
 	select {
 	case r := <-cpuWindow:
-		r.write(out, ok, runtime.NumCPU(), "upload")
+		r.Write(out, ok, runtime.NumCPU(), "upload") // this process: server and load generator
 	case <-time.After(5 * time.Second):
 	}
 	st := ds.Stats()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +23,7 @@ import (
 	"github.com/vigilhealth/vigil/devices/mqtt"
 	"github.com/vigilhealth/vigil/devices/sdk"
 	"github.com/vigilhealth/vigil/devices/sim/simtest"
+	"github.com/vigilhealth/vigil/internal/cpuacct"
 )
 
 func envInt(name string, def int) int {
@@ -131,6 +133,7 @@ func BenchmarkMQTTUploads(b *testing.B) {
 	var rejected atomic.Int64
 	var firstErr atomic.Value
 	b.ResetTimer()
+	cpu0 := cpuacct.Take(ctx, st.Pool, "mosquitto")
 	start := time.Now()
 	var wg sync.WaitGroup
 	for d := range ids {
@@ -163,6 +166,7 @@ func BenchmarkMQTTUploads(b *testing.B) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := cpuacct.Between(cpu0, cpuacct.Take(ctx, st.Pool, "mosquitto"))
 	b.StopTimer()
 	if e := firstErr.Load(); e != nil {
 		b.Fatalf("%d uploads not accepted; first problem: %v", rejected.Load(), e)
@@ -183,6 +187,24 @@ func BenchmarkMQTTUploads(b *testing.B) {
 	b.ReportMetric(float64(10*n)/elapsed.Seconds(), "samples/s")
 	b.ReportMetric(float64(all[n/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(all[min(n-1, n*99/100)].Microseconds())/1000, "p99-ms")
+	reportCPU(b, cpu, n)
+}
+
+// reportCPU adds the CPU spent per upload (internal/cpuacct): this process (Vigil and the
+// simulated devices), PostgreSQL, Mosquitto when it ran on this host, and the CPU-bound
+// ceiling on this machine's cores.
+func reportCPU(b *testing.B, r cpuacct.Report, n int) {
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	b.ReportMetric(per(r.Self), "proc-µs/upload")
+	if r.PGOK {
+		b.ReportMetric(per(r.PG), "pg-µs/upload")
+	}
+	if t, ok := r.Named["mosquitto"]; ok && t > 0 {
+		b.ReportMetric(per(t), "mosquitto-µs/upload")
+	}
+	if c := r.Ceiling(int64(n), runtime.NumCPU()); c > 0 {
+		b.ReportMetric(c, "cpu-ceiling-uploads/s")
+	}
 }
 
 // BenchmarkAcceptInProcess is the baseline for BenchmarkMQTTUploads: the same uploads handed
@@ -222,6 +244,7 @@ func BenchmarkAcceptInProcess(b *testing.B) {
 	lat := make([][]time.Duration, nDev)
 	var failed atomic.Value
 	b.ResetTimer()
+	cpu0 := cpuacct.Take(context.Background(), st.Pool)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for d := range ids {
@@ -240,6 +263,7 @@ func BenchmarkAcceptInProcess(b *testing.B) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := cpuacct.Between(cpu0, cpuacct.Take(context.Background(), st.Pool))
 	b.StopTimer()
 	if e := failed.Load(); e != nil {
 		b.Fatalf("Accept failed: %v", e)
@@ -253,4 +277,5 @@ func BenchmarkAcceptInProcess(b *testing.B) {
 	b.ReportMetric(float64(n)/elapsed.Seconds(), "uploads/s")
 	b.ReportMetric(float64(all[n/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(all[min(n-1, n*99/100)].Microseconds())/1000, "p99-ms")
+	reportCPU(b, cpu, n)
 }
