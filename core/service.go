@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -134,7 +135,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	cfg.Webhook.defaults()
+	if err := cfg.Webhook.defaults(); err != nil {
+		return nil, fmt.Errorf("core: %w", err)
+	}
 	if cfg.RuleWorkers <= 0 {
 		cfg.RuleWorkers = 4
 	}

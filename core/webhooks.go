@@ -13,7 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -104,9 +104,16 @@ func VerifyWebhook(secret []byte, header, id string, body []byte, now time.Time,
 }
 
 // WebhookConfig configures webhook delivery. Zero values take the documented defaults.
+//
+// Deliveries are posted by a client core builds itself (there is no way to pass another):
+// every connection it opens is checked against the destination policy (see
+// WebhookDestinationClass) at dial time, it never follows redirects and never uses a proxy.
 type WebhookConfig struct {
-	// Client posts deliveries. Default: a client with Timeout.
-	Client *http.Client
+	// AllowNets are networks webhooks may reach although the destination policy refuses
+	// them by default (loopback, private, link-local, CGNAT, …), e.g. 10.20.0.0/16 for an
+	// internal receiver or 127.0.0.0/8 for a receiver on the same host. An address inside
+	// any of them is allowed whatever its class. Default: none.
+	AllowNets []netip.Prefix
 	// Timeout of one delivery attempt. Default 10 s.
 	Timeout time.Duration
 	// MaxAttempts before a delivery is dead-lettered. Default 8.
@@ -116,15 +123,25 @@ type WebhookConfig struct {
 	Backoff, MaxBackoff time.Duration
 	// Batch is how many due deliveries one DeliverDue call takes. Default 50.
 	Batch int
+
+	policy destinationPolicy
+	client *http.Client
 }
 
-func (c *WebhookConfig) defaults() {
+func (c *WebhookConfig) defaults() error {
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Second
 	}
-	if c.Client == nil {
-		c.Client = &http.Client{Timeout: c.Timeout}
+	allow := make([]netip.Prefix, 0, len(c.AllowNets))
+	for _, p := range c.AllowNets {
+		if !p.IsValid() {
+			return fmt.Errorf("webhook allowed network %q is not a valid prefix", p)
+		}
+		allow = append(allow, p.Masked())
 	}
+	c.AllowNets = allow
+	c.policy = destinationPolicy{allow: allow}
+	c.client = c.policy.client(c.Timeout)
 	if c.MaxAttempts <= 0 {
 		c.MaxAttempts = 8
 	}
@@ -137,6 +154,7 @@ func (c *WebhookConfig) defaults() {
 	if c.Batch <= 0 {
 		c.Batch = 50
 	}
+	return nil
 }
 
 // WebhookSecrets derives each webhook's HMAC secret from a key kept outside the database (the
@@ -173,13 +191,21 @@ type Delivery struct {
 
 // CreateWebhook registers a receiver for eventTypes and returns it with its new 32-byte
 // secret (shown once), audited as "webhook.created".
+//
+// It refuses, with a *WebhookError (errors.Is ErrInvalidRequest; nothing stored; audited as
+// "webhook.rejected" with the code as reason): a URL that is not absolute http(s)
+// (CodeInvalidWebhookURL), one with user:password@ (CodeWebhookURLCredentials), an IP-literal
+// or localhost host the destination policy refuses (CodeWebhookDestinationRefused), and an
+// empty eventTypes (CodeInvalidWebhookEventTypes). Host names are not resolved here: the
+// policy is enforced on every connection when delivering.
 func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL string, eventTypes []string) (Webhook, []byte, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return Webhook{}, nil, fmt.Errorf("create webhook: %w: URL must be absolute http(s)", ErrInvalidRequest)
+	u, err := s.cfg.Webhook.policy.checkWebhookURL(rawURL)
+	if err == nil && len(eventTypes) == 0 {
+		err = &WebhookError{Code: CodeInvalidWebhookEventTypes, Detail: "at least one event type (or \"*\")"}
 	}
-	if len(eventTypes) == 0 {
-		return Webhook{}, nil, fmt.Errorf("create webhook: %w: at least one event type (or \"*\")", ErrInvalidRequest)
+	if err != nil {
+		s.auditWebhookRejection(ctx, by, u, eventTypes, err)
+		return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
 	}
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
 	w := Webhook{ID: uuid.Must(uuid.NewV7()), URL: u.String(), EventTypes: eventTypes, Active: true, CreatedAt: now}
@@ -283,6 +309,7 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 		url     string
 		secret  []byte
 		version *int
+		refused bool // the destination policy refused the connection
 	}
 	var jobs []job
 	for rows.Next() {
@@ -316,7 +343,7 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 		go func(j *job) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			j.d.LastStatus, j.d.LastError = s.post(ctx, j.url, j.secret, j.d.ID.String(), j.d.Payload)
+			j.d.LastStatus, j.d.LastError, j.refused = s.post(ctx, j.url, j.secret, j.d.ID.String(), j.d.Payload)
 		}(&jobs[i])
 	}
 	wg.Wait()
@@ -353,7 +380,7 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 			}
 			_, err := audit.Record(ctx, tx, audit.Event{Time: done, Action: action, Outcome: outcome,
 				Actor:  audit.Actor{Kind: audit.ActorService, ID: "core.webhooks", AuthMethod: "internal"},
-				Object: audit.Object{Type: "webhook_delivery", ID: d.ID.String()}, Reason: reasonOf(d),
+				Object: audit.Object{Type: "webhook_delivery", ID: d.ID.String()}, Reason: reasonOf(d, j.refused),
 				Payload: map[string]any{"webhook_id": d.WebhookID, "event_type": d.EventType, "attempts": d.Attempts, "last_status": d.LastStatus}})
 			return err
 		})
@@ -365,9 +392,12 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 	return out, errors.Join(errs...)
 }
 
-func reasonOf(d Delivery) string {
+func reasonOf(d Delivery, refused bool) string {
 	if d.Status != "dead" {
 		return ""
+	}
+	if refused {
+		return "destination_refused"
 	}
 	if d.LastStatus != 0 {
 		return "http_" + strconv.Itoa(d.LastStatus)
@@ -375,28 +405,37 @@ func reasonOf(d Delivery) string {
 	return "no_answer"
 }
 
-// post sends one signed attempt and returns the HTTP status (0 when there was no answer) and
-// an error description.
-func (s *Service) post(ctx context.Context, target string, secret []byte, id string, body []byte) (int, string) {
+// post sends one signed attempt and returns the HTTP status (0 when there was no answer), an
+// error description, and whether the destination policy refused the connection. A redirect
+// is not followed: it is a failed attempt with its status.
+func (s *Service) post(ctx context.Context, target string, secret []byte, id string, body []byte) (status int, errText string, refused bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Webhook.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return 0, err.Error()
+		return 0, err.Error(), false
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderEventID, id)
 	req.Header.Set(HeaderSignature, SignWebhook(secret, s.cfg.Now(), id, body))
-	resp, err := s.cfg.Webhook.Client.Do(req)
+	resp, err := s.cfg.Webhook.client.Do(req)
 	if err != nil {
-		return 0, err.Error()
+		var de *WebhookDestinationError
+		if errors.As(err, &de) {
+			return 0, "destination refused: " + de.Error(), true
+		}
+		return 0, err.Error(), errors.Is(err, ErrWebhookDestination)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return resp.StatusCode, resp.Status
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		loc := truncateUTF8(resp.Header.Get("Location"), 256)
+		return resp.StatusCode, fmt.Sprintf("redirect not followed: %s (Location %q); webhooks never follow redirects", resp.Status, loc), false
 	}
-	return resp.StatusCode, ""
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return resp.StatusCode, resp.Status, false
+	}
+	return resp.StatusCode, "", false
 }
 
 // DeliveryFilter selects deliveries for Deliveries.

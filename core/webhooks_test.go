@@ -62,7 +62,8 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // Verifies: REQ-CORE-013
 func TestWebhooksSignedRetriedDeadLettered(t *testing.T) {
 	e := newEnv(t, func(c *core.Config) {
-		c.Webhook = core.WebhookConfig{MaxAttempts: 3, Backoff: 10 * time.Second, MaxBackoff: time.Minute, Timeout: 5 * time.Second}
+		// The receiver runs on loopback, which the destination policy refuses unless allowed.
+		c.Webhook = core.WebhookConfig{AllowNets: loopbackNets, MaxAttempts: 3, Backoff: 10 * time.Second, MaxBackoff: time.Minute, Timeout: 5 * time.Second}
 	})
 	rcv := &receiver{now: e.clock.Now, fail: 1, seen: map[string]bool{}}
 	srv := httptest.NewServer(rcv)
@@ -157,7 +158,10 @@ func (r ringSecrets) Derive(ctx context.Context, version int, id uuid.UUID) ([]b
 // Verifies: REQ-CORE-013
 func TestWebhookSecretsDerivedFromKeyRing(t *testing.T) {
 	ring := newTestRing(t)
-	e := newEnv(t, func(c *core.Config) { c.WebhookSecrets = ringSecrets{ring} })
+	e := newEnv(t, func(c *core.Config) {
+		c.WebhookSecrets = ringSecrets{ring}
+		c.Webhook.AllowNets = loopbackNets // the receiver runs on loopback
+	})
 	rcv := &receiver{now: e.clock.Now, seen: map[string]bool{}}
 	srv := httptest.NewServer(rcv)
 	defer srv.Close()

@@ -22,17 +22,23 @@ import (
 // wireCore builds the clinical core (ingest, time-series storage, patients, notifications),
 // starts its background work — partitions kept created ahead and retention enforced hourly,
 // webhook deliveries every second — and the rules engine and alarm service on its ingest path
-// (wireClinical), and hands them to the server. phi seals patient identifying data (the key
+// (wireClinical), and hands them to the server. Webhooks reach only public addresses unless
+// the operator allows networks (--webhook-allow-net, VIGIL_WEBHOOK_ALLOW_NETS). phi seals patient identifying data (the key
 // ring's PHI helper); without it the patient API answers phi_unavailable. Its closers stop the
 // loops; the notification hub is closed when ctx ends so that SSE streams do not hold up a
 // graceful shutdown.
-func wireCore(ctx context.Context, sys *system, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
+func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
 	hook := &ruleHook{}
 	ret, err := retentionFromEnv()
 	if err != nil {
 		return nil, err
 	}
-	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default()}
+	allow, err := webhookAllowNets(rc)
+	if err != nil {
+		return nil, err
+	}
+	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default(),
+		Webhook: core.WebhookConfig{AllowNets: allow}}
 	if phi != nil {
 		cfg.PHI = phi
 	}

@@ -14,6 +14,7 @@ func addRunFlags(cmd *cobra.Command, rc *runConfig) {
 	cmd.Flags().StringVar(&rc.Listen, "listen", envOr("VIGIL_LISTEN", "127.0.0.1:8080"), "address to listen on (env VIGIL_LISTEN)")
 	cmd.Flags().StringVar(&rc.DataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory for local state: key ring, demo database (env VIGIL_DATA_DIR)")
 	cmd.Flags().StringVar(&rc.TrillianAddr, "trillian-addr", envOr("VIGIL_TRILLIAN_ADDR", ""), "external Trillian log server host:port; empty runs Trillian embedded (env VIGIL_TRILLIAN_ADDR)")
+	cmd.Flags().Var(&rc.WebhookAllowNets, "webhook-allow-net", "let webhooks reach this network (CIDR or address; repeatable), although loopback, private, link-local and CGNAT addresses are refused by default; e.g. 10.20.0.0/16 for an internal receiver (env VIGIL_WEBHOOK_ALLOW_NETS, comma-separated, used when no flag is given)")
 }
 
 func newServeCmd() *cobra.Command {
@@ -26,9 +27,16 @@ func newServeCmd() *cobra.Command {
 The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password).
 Its schema must be current: run 'vigil migrate' first. serve refuses to start on a schema
 newer than this binary. SIGINT or SIGTERM shuts down gracefully: no new requests are
-accepted, requests in flight finish (up to 15 s), then every service stops.`,
+accepted, requests in flight finish (up to 15 s), then every service stops.
+
+Webhooks carry patient alerts, so they reach public addresses only: a connection to a
+loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, the cloud metadata
+service), CGNAT (100.64.0.0/10), multicast or reserved address is refused when it is dialed,
+whatever DNS says; redirects are never followed and no HTTP(S)_PROXY is used. Allow an
+internal receiver's network with --webhook-allow-net (repeatable).`,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
-  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080`,
+  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
+  vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")

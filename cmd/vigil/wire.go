@@ -22,6 +22,9 @@ type runConfig struct {
 	DatabaseURL  string // VIGIL_DATABASE_URL only (it may carry a password)
 	TrillianAddr string // --trillian-addr, VIGIL_TRILLIAN_ADDR: external Trillian; empty = embedded
 	Demo         bool   // started by `vigil demo`
+	// WebhookAllowNets: --webhook-allow-net (repeatable), else VIGIL_WEBHOOK_ALLOW_NETS;
+	// networks webhooks may reach although the destination policy refuses them by default.
+	WebhookAllowNets allowNets
 }
 
 // system is the running set of services behind one server. Areas add their services here and
@@ -102,7 +105,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 
 	// The clinical core with its rules engine and alarm service (core.go, rules.go); patient
 	// identifying data is sealed with the key ring's PHI helper.
-	coreSvc, err := wireCore(ctx, sys, &srvCfg, ring.PHI())
+	coreSvc, err := wireCore(ctx, sys, rc, &srvCfg, ring.PHI())
 	if err != nil {
 		return nil, err
 	}

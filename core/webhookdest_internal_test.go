@@ -1,0 +1,59 @@
+package core
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The delivery client uses no proxy (the environment's HTTP(S)_PROXY would make the proxy the
+// dialed address, out of the policy's sight), checks every dial, and follows no redirect.
+// Verifies: REQ-CORE-015
+func TestWebhookClientNoProxyNoRedirect(t *testing.T) {
+	c := destinationPolicy{}.client(time.Second)
+	tr, ok := c.Transport.(*http.Transport)
+	if !ok {
+		t.Fatalf("client transport = %T, want *http.Transport", c.Transport)
+	}
+	if tr.Proxy != nil {
+		t.Error("client transport Proxy is set, want nil (no proxy for webhooks)")
+	}
+	if tr.DialContext == nil || tr.DialTLSContext != nil || tr.Dial != nil || tr.DialTLS != nil { //nolint:staticcheck // checking the deprecated hooks are unset
+		t.Error("client transport dials other than through the policy's dialer")
+	}
+	if c.CheckRedirect == nil || c.CheckRedirect(nil, nil) != http.ErrUseLastResponse {
+		t.Error("client CheckRedirect does not return http.ErrUseLastResponse")
+	}
+}
+
+// The CreateWebhook URL check faces the API: it never panics, and a URL it accepts carries no
+// credentials, is absolute http(s), and has no IP-literal or localhost host the policy refuses.
+// Verifies: REQ-CORE-015
+func FuzzCheckWebhookURL(f *testing.F) {
+	for _, s := range []string{"https://hooks.example.org/vigil", "http://127.0.0.1:8080/", "http://[::ffff:169.254.169.254]/",
+		"http://[fe80::1%25eth0]/", "http://u:p@x/", "http://127.1/", "http://LOCALHOST./", "http://0x7f000001/", "//x", "http://[::1", ""} {
+		f.Add(s)
+	}
+	var p destinationPolicy
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, err := p.checkWebhookURL(raw)
+		if err != nil {
+			if _, ok := err.(*WebhookError); !ok {
+				t.Fatalf("checkWebhookURL(%q) = %T %v, want a *WebhookError", raw, err, err)
+			}
+			return
+		}
+		if u.User != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+			t.Fatalf("checkWebhookURL(%q) accepted %#v", raw, u)
+		}
+		host := strings.ToLower(u.Hostname())
+		if a, err := netip.ParseAddr(host); err == nil && WebhookDestinationClass(a) != "" {
+			t.Fatalf("checkWebhookURL(%q) accepted refused address %s", raw, a)
+		}
+		if n := strings.TrimSuffix(host, "."); n == "localhost" || strings.HasSuffix(n, ".localhost") {
+			t.Fatalf("checkWebhookURL(%q) accepted a localhost name", raw)
+		}
+	})
+}
