@@ -20,8 +20,9 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	devices/mqtt:FuzzParseUpTopic devices/mqtt:FuzzParseReply \
 	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
 	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
-	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition
-FUZZTIME ?= 20000x
+	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
+	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL
+FUZZTIME ?= 50000x
 
 .PHONY: all build demo test vet unit fuzz services tools clean-testdbs help
 
