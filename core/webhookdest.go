@@ -2,6 +2,8 @@ package core
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -263,9 +266,38 @@ func isNumericLabel(l string) bool {
 	return true
 }
 
+// auditURL is how a webhook URL goes into the audit trail, which can never be edited: the
+// destination an auditor needs (scheme, host, port, path, and the names of the query
+// parameters) without what may be a secret (user:password@, query values, fragment — a
+// receiver's access token often travels as ?token=…), plus the SHA-256 of the URL as given
+// so that a URL can still be matched to its record.
+func auditURL(u *url.URL) map[string]any {
+	full := sha256.Sum256([]byte(u.String()))
+	safe := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	if q := u.Query(); len(q) > 0 {
+		names := make([]string, 0, len(q))
+		for k := range q {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		var b strings.Builder
+		for i, k := range names {
+			if i > 0 {
+				b.WriteByte('&')
+			}
+			b.WriteString(url.QueryEscape(k))
+			b.WriteString("=REDACTED")
+		}
+		safe.RawQuery = b.String()
+	} else if u.RawQuery != "" {
+		safe.RawQuery = "REDACTED"
+	}
+	return map[string]any{"url": truncateUTF8(safe.String(), 512), "url_sha256": hex.EncodeToString(full[:])}
+}
+
 // auditWebhookRejection records a refused CreateWebhook in its own transaction (nothing else
 // is written): action "webhook.rejected", outcome rejected, the code as reason. The URL is
-// recorded without its credentials.
+// recorded as auditURL gives it.
 func (s *Service) auditWebhookRejection(ctx context.Context, by audit.Event, u *url.URL, eventTypes []string, cause error) {
 	code := CodeInvalidWebhookURL
 	var ce interface{ ErrorCode() string }
@@ -274,9 +306,9 @@ func (s *Service) auditWebhookRejection(ctx context.Context, by audit.Event, u *
 	}
 	detail := map[string]any{"error": cause.Error(), "event_types": eventTypes}
 	if u != nil {
-		safe := *u
-		safe.User = nil
-		detail["url"] = truncateUTF8(safe.String(), 512)
+		for k, v := range auditURL(u) {
+			detail[k] = v
+		}
 		detail["host"] = truncateUTF8(u.Hostname(), 256)
 	}
 	ev := by

@@ -1,8 +1,11 @@
 package core
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -56,4 +59,36 @@ func FuzzCheckWebhookURL(f *testing.F) {
 			t.Fatalf("checkWebhookURL(%q) accepted a localhost name", raw)
 		}
 	})
+}
+
+// What the audit trail keeps of a webhook URL: the destination, the names of the query
+// parameters, the hash of the whole URL; never credentials, query values or fragments.
+// Verifies: REQ-CORE-016
+func TestAuditURLRedactsSecrets(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"https://hooks.example.org/vigil", "https://hooks.example.org/vigil"},
+		{"https://hooks.example.org:8443/a/b?token=s3cret&b=2&b=3#frag-secret", "https://hooks.example.org:8443/a/b?b=REDACTED&token=REDACTED"},
+		{"https://user:pw-secret@hooks.example.org/x?", "https://hooks.example.org/x"},
+		{"https://hooks.example.org/x?s3cret-only", "https://hooks.example.org/x?s3cret-only=REDACTED"},
+		{"https://hooks.example.org/x?%zz-secret", "https://hooks.example.org/x?REDACTED"},
+		{"https://hooks.example.org/p%2Fq?a%20b=secret", "https://hooks.example.org/p%2Fq?a+b=REDACTED"},
+	} {
+		u, err := url.Parse(c.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := auditURL(u)
+		if got["url"] != c.want {
+			t.Errorf("auditURL(%q) url = %q, want %q", c.in, got["url"], c.want)
+		}
+		sum := sha256.Sum256([]byte(u.String()))
+		if got["url_sha256"] != hex.EncodeToString(sum[:]) {
+			t.Errorf("auditURL(%q) url_sha256 = %v, want the SHA-256 of %q", c.in, got["url_sha256"], u.String())
+		}
+		for _, v := range got {
+			if strings.Contains(v.(string), "secret") {
+				t.Errorf("auditURL(%q) keeps a secret: %q", c.in, v)
+			}
+		}
+	}
 }

@@ -143,6 +143,33 @@ func TestCreateWebhookRefusesForbiddenDestinations(t *testing.T) {
 	}
 }
 
+// A receiver's token in the query string reaches the stored webhook (deliveries need it) but
+// never the audit trail, which cannot be edited.
+// Verifies: REQ-CORE-016
+func TestWebhookCreatedAuditHasNoQuerySecret(t *testing.T) {
+	e := newEnv(t, nil)
+	const raw = "https://hooks.example.org/vigil?token=tok-s3cret-1&team=icu#frag-s3cret"
+	w, _, err := e.svc.CreateWebhook(e.ctx, clinician, raw, []string{"*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM core_webhooks WHERE id = $1 AND url LIKE '%token=tok-s3cret-1%'", w.ID); n != 1 {
+		t.Fatalf("stored webhook URL lost its token (%d rows)", n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = 'webhook.created' AND payload->>'url' = 'https://hooks.example.org/vigil?team=REDACTED&token=REDACTED' AND length(payload->>'url_sha256') = 64"); n != 1 {
+		t.Errorf("webhook.created events with the redacted URL and its hash: %d, want 1", n)
+	}
+	if _, _, err := e.svc.CreateWebhook(e.ctx, clinician, "http://10.0.0.1/x?token=tok-s3cret-2", []string{"*"}); !errors.Is(err, core.ErrWebhookDestination) {
+		t.Fatalf("CreateWebhook(private) = %v, want ErrWebhookDestination", err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE payload::text LIKE '%s3cret%'"); n != 0 {
+		t.Errorf("%d audit events carry a query secret", n)
+	}
+	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = 'webhook.rejected' AND payload->>'url' = 'http://10.0.0.1/x?token=REDACTED'"); n != 1 {
+		t.Errorf("webhook.rejected events with the redacted URL: %d, want 1", n)
+	}
+}
+
 // An operator's allowed networks let a webhook reach an internal receiver.
 // Verifies: REQ-CORE-015
 func TestCreateWebhookAllowNets(t *testing.T) {

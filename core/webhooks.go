@@ -229,7 +229,9 @@ func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL stri
 			w.ID, w.URL, stored, version, w.EventTypes, now); err != nil {
 			return err
 		}
-		return recordIn(ctx, tx, by, now, "webhook.created", "webhook", w.ID.String(), map[string]any{"url": w.URL, "event_types": eventTypes})
+		detail := auditURL(u)
+		detail["event_types"] = eventTypes
+		return recordIn(ctx, tx, by, now, "webhook.created", "webhook", w.ID.String(), detail)
 	})
 	if err != nil {
 		return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
