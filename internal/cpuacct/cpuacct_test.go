@@ -12,6 +12,7 @@ import (
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
+// Verifies: REQ-FND-011
 func TestParseProcStat(t *testing.T) {
 	// A command name with spaces and parentheses, as a process may choose for itself.
 	line := []byte("4242 (post gres) (x)) S 1 4242 4242 0 -1 4194560 321 0 0 0 150 25 0 0 20 0 1 0 100 0 0\n")
@@ -33,6 +34,7 @@ func burn(d time.Duration) {
 	}
 }
 
+// Verifies: REQ-FND-011
 // The accounting reads the real /proc and the real PostgreSQL: CPU burnt by this process and
 // by a backend of the database shows up in the right column, and the ceiling follows.
 func TestTakeSeesRealWork(t *testing.T) {
