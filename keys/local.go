@@ -498,7 +498,7 @@ func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byt
 }
 
 // signEd25519 signs with curve25519-voi, which takes about half the time of crypto/ed25519
-// on the reference machine (docs/benchmarks.md#keys). Ed25519 signing is deterministic
+// on the reference machine (BenchmarkSignEd25519, docs/benchmarks.md#keys). Ed25519 signing is deterministic
 // (RFC 8032 §5.1.6), so the signature is byte for byte the one crypto/ed25519.Sign makes
 // (TestSignEd25519MatchesStdlib).
 func signEd25519(k ed25519.PrivateKey, m []byte) []byte {
