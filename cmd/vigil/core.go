@@ -25,9 +25,8 @@ import (
 // (wireClinical), and hands them to the server. Webhooks reach only public addresses unless
 // the operator allows networks (--webhook-allow-net, VIGIL_WEBHOOK_ALLOW_NETS). phi seals
 // patient identifying data (the key ring's PHI helper); without it the patient API answers
-// phi_unavailable. Its closers stop the
-// loops; the notification hub is closed when ctx ends so that SSE streams do not hold up a
-// graceful shutdown.
+// phi_unavailable. Its closers stop the loops; the notification hub is closed when ctx ends
+// so that SSE streams do not hold up a graceful shutdown.
 func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
 	hook := &ruleHook{}
 	ret, err := retentionFromEnv()
