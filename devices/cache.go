@@ -50,16 +50,29 @@ type limiter struct {
 }
 
 // deviceCache holds deviceStates. Invalidate drops an entry at once (suspension, rotation,
-// reassignment); a load racing with an invalidation is discarded (generation check).
+// reassignment); a load racing with an invalidation is discarded (generation check). It
+// holds at most max entries: a load into a full cache first drops an arbitrary entry (Go's
+// map order), which the database gives back on that device's next upload — the database is
+// the source of truth for status, key and sequence, so dropping an entry is never wrong,
+// only a reload.
 type deviceCache struct {
 	mu  sync.RWMutex
 	m   map[uuid.UUID]*deviceState
+	max int
 	gen atomic.Uint64
 
 	limiters sync.Map // uuid.UUID → *limiter; never invalidated
 }
 
-func newDeviceCache() *deviceCache { return &deviceCache{m: make(map[uuid.UUID]*deviceState)} }
+func newDeviceCache(max int) *deviceCache {
+	return &deviceCache{m: make(map[uuid.UUID]*deviceState), max: max}
+}
+
+func (c *deviceCache) len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.m)
+}
 
 func (c *deviceCache) invalidate(id uuid.UUID) {
 	c.gen.Add(1)
@@ -96,6 +109,12 @@ func (s *Service) device(ctx context.Context, id uuid.UUID) (*deviceState, error
 		return cur, nil
 	}
 	if c.gen.Load() == gen {
+		if len(c.m) >= c.max {
+			for k := range c.m {
+				delete(c.m, k)
+				break
+			}
+		}
 		c.m[id] = d
 	}
 	return d, nil

@@ -98,6 +98,11 @@ type Config struct {
 	// QueueLimit is the most uploads waiting for commit before new ones get ErrBackpressure.
 	// Default 8192.
 	QueueLimit int
+	// MaxCachedDevices is the most devices whose state (status, current key with its
+	// precomputed verification tables, sequence) is kept in memory, ≈ 1.7 KB each; beyond it
+	// an arbitrary cached device is dropped and reloaded from the database on its next
+	// upload. Default 100,000 (≈ 170 MB).
+	MaxCachedDevices int
 	// EnrollmentTokenTTL is how long an enrollment token stays valid. Default 24 h.
 	EnrollmentTokenTTL time.Duration
 	// Logger receives operational messages of the background committer. Default slog.Default().
@@ -134,6 +139,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.QueueLimit <= 0 {
 		c.QueueLimit = 8192
+	}
+	if c.MaxCachedDevices <= 0 {
+		c.MaxCachedDevices = 100_000
 	}
 	if c.EnrollmentTokenTTL <= 0 {
 		c.EnrollmentTokenTTL = 24 * time.Hour
@@ -195,6 +203,9 @@ type Stats struct {
 	// HookTime is the part of CommitTime spent writing device state (sequence numbers,
 	// receipts) inside the transaction.
 	HookTime time.Duration
+	// CachedDevices is the number of devices whose state is in memory right now (at most
+	// Config.MaxCachedDevices).
+	CachedDevices int
 }
 
 // Stats returns the counters of the upload path.
@@ -202,7 +213,7 @@ func (s *Service) Stats() Stats {
 	return Stats{Accepted: s.stats.accepted.Load(), Replayed: s.stats.replayed.Load(), Rejected: s.stats.rejected.Load(),
 		Groups: s.stats.groups.Load(), Fallbacks: s.stats.fallbacks.Load(),
 		CommitTime: time.Duration(s.stats.commitNanos.Load()), HookTime: time.Duration(s.stats.hookNanos.Load()),
-		Pending: s.bat.pendingCount()}
+		Pending: s.bat.pendingCount(), CachedDevices: s.cache.len()}
 }
 
 // New builds the Service and starts its group committers.
@@ -211,7 +222,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, errors.New("devices: Config.Pool is required")
 	}
 	cfg.setDefaults()
-	s := &Service{cfg: cfg, cache: newDeviceCache()}
+	s := &Service{cfg: cfg, cache: newDeviceCache(cfg.MaxCachedDevices)}
 	s.bat = newBatcher(s)
 	if !cfg.NoChangeListener {
 		lctx, cancel := context.WithCancel(context.Background())
