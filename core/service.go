@@ -152,6 +152,10 @@ func New(cfg Config) (*Service, error) {
 // Hub returns the notification hub (for SSE handlers and as the alarms Notifier).
 func (s *Service) Hub() *Hub { return s.hub }
 
+// Retention is the retention policy in force (Config.Retention with its defaults), for the
+// areas that keep data alongside core's (the devices area's receipts and waveforms).
+func (s *Service) Retention() Retention { return s.cfg.Retention }
+
 // Stats are counters since the Service started.
 type Stats struct {
 	Batches, Samples, Stored, Duplicates, Rejected, RuleErrors int64

@@ -98,6 +98,9 @@ type Config struct {
 	// QueueLimit is the most uploads waiting for commit before new ones get ErrBackpressure.
 	// Default 8192.
 	QueueLimit int
+	// Retention is how long accepted uploads' rows (receipts, waveforms) are kept; see
+	// EnforceRetention. Defaults match core's.
+	Retention Retention
 	// MaxCachedDevices is the most devices whose state (status, current key with its
 	// precomputed verification tables, sequence) is kept in memory, ≈ 1.7 KB each; beyond it
 	// an arbitrary cached device is dropped and reloaded from the database on its next
@@ -140,6 +143,7 @@ func (c *Config) setDefaults() {
 	if c.QueueLimit <= 0 {
 		c.QueueLimit = 8192
 	}
+	c.Retention.setDefaults()
 	if c.MaxCachedDevices <= 0 {
 		c.MaxCachedDevices = 100_000
 	}

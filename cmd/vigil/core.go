@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
@@ -163,7 +164,7 @@ func newCoreCmd() *cobra.Command {
 		Short: "List the daily partitions of each clinical data class",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCore(cmd, func(ctx context.Context, svc *core.Service) error {
+			return withCore(cmd, func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error {
 				parts, err := svc.Partitions(ctx)
 				if err != nil {
 					return err
@@ -179,16 +180,19 @@ func newCoreCmd() *cobra.Command {
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "maintain",
-		Short: "Create partitions ahead and drop (audited) those past their class's retention",
+		Short: "Create partitions ahead and remove (audited) what is past its retention",
 		Long: `Create the daily partitions from today through 7 days ahead, then drop every partition
 whose whole range is older than its data class's retention, each drop recorded as a
-retention.partition_dropped audit event. vigil serve does the same every hour.
+retention.partition_dropped audit event; then remove the waveforms of accepted device
+uploads older than the observations' retention and the uploads' rows (receipts) older than
+the uploads' retention, in batches, each recorded as retention.waveforms_purged or
+retention.receipts_purged. vigil serve does the same every hour.
 
 Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOADS_DAYS
 (default 365, never less than observations).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCore(cmd, func(ctx context.Context, svc *core.Service) error {
+			return withCore(cmd, func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error {
 				if err := svc.MaintainPartitions(ctx); err != nil {
 					return err
 				}
@@ -196,9 +200,19 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 				for _, p := range dropped {
 					fmt.Fprintf(cmd.OutOrStdout(), "dropped %s (%s, %s .. %s)\n", p.Name, p.Class, p.From.Format(time.DateOnly), p.To.Format(time.DateOnly))
 				}
-				if err == nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "%d partition(s) dropped\n", len(dropped))
+				if err != nil {
+					return err
 				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d partition(s) dropped\n", len(dropped))
+				ret := svc.Retention()
+				ds, err := devices.New(devices.Config{Pool: pool, NoChangeListener: true,
+					Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}})
+				if err != nil {
+					return err
+				}
+				defer func() { _ = ds.Close(context.WithoutCancel(ctx)) }()
+				p, err := ds.EnforceRetention(ctx)
+				fmt.Fprintf(cmd.OutOrStdout(), "%d device upload receipt(s) purged, waveforms removed from %d upload(s)\n", p.Receipts, p.Waveforms)
 				return err
 			})
 		},
@@ -206,7 +220,7 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 	return cmd
 }
 
-func withCore(cmd *cobra.Command, fn func(ctx context.Context, svc *core.Service) error) error {
+func withCore(cmd *cobra.Command, fn func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error) error {
 	ctx := cmd.Context()
 	ret, err := retentionFromEnv()
 	if err != nil {
@@ -221,5 +235,5 @@ func withCore(cmd *cobra.Command, fn func(ctx context.Context, svc *core.Service
 	if err != nil {
 		return err
 	}
-	return fn(ctx, svc)
+	return fn(ctx, pool, svc)
 }

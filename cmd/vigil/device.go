@@ -303,7 +303,11 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	if err != nil {
 		return nil, fmt.Errorf("devices: receipt signer: %w", err)
 	}
-	cfg := devices.Config{Pool: sys.pool, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default()}
+	// Receipts are kept as long as core keeps upload provenance, waveforms as long as
+	// observations (VIGIL_RETENTION_UPLOADS_DAYS, VIGIL_RETENTION_OBSERVATIONS_DAYS).
+	ret := cs.Retention()
+	cfg := devices.Config{Pool: sys.pool, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default(),
+		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}}
 	if au != nil {
 		cfg.Proofs = auditProofs{au}
 		cfg.Pressure = func() (bool, time.Duration) {
@@ -319,7 +323,11 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	if err != nil {
 		return nil, err
 	}
-	sys.closers = append(sys.closers, svc.Close)
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); svc.RunRetention(lctx, time.Hour) }()
+	// Closers run in reverse: the retention loop stops before the service closes.
+	sys.closers = append(sys.closers, svc.Close, func(context.Context) error { stop(); <-done; return nil })
 	srvCfg.Devices = svc
 	return svc, nil
 }
