@@ -31,7 +31,15 @@ const (
 	CodeUnavailable      = "unavailable"
 	CodeTimeout          = "timeout"
 	CodeInternal         = "internal_error"
+	// CodeClientClosed: the client closed the connection before the answer (a device that
+	// lost its network mid-upload, say). Nobody reads this answer; it is what the logs and
+	// the audit trail say of the request (http.request.abandoned).
+	CodeClientClosed = "client_closed_request"
 )
+
+// StatusClientClosedRequest is the status recorded for a request its client abandoned
+// (nginx's 499): not the server's failure, so neither a 5xx nor an error in the logs.
+const StatusClientClosedRequest = 499
 
 // APIError is an error the server answers with as it is: handlers return it for bad input
 // they detect themselves (a malformed query parameter, say).
@@ -59,6 +67,7 @@ type mapping struct {
 // errorTable maps domain sentinels (matched with errors.Is, first match wins) to HTTP.
 var errorTable = []mapping{
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, CodeTimeout},
+	{context.Canceled, StatusClientClosedRequest, CodeClientClosed},
 	// devices (codes in docs/api.md#devices; the RejectError carries the code)
 	{devices.ErrMalformed, http.StatusBadRequest, devices.CodeMalformed},
 	{devices.ErrTooLarge, http.StatusRequestEntityTooLarge, devices.CodeTooLarge},

@@ -161,6 +161,14 @@ func (s *Server) handleError(err error, c echo.Context) {
 	}
 	status, code, msg := classify(err)
 	ctx := c.Request().Context()
+	if status == StatusClientClosedRequest {
+		// The client is gone: nobody reads an answer, and it is not the server's failure.
+		s.log.InfoContext(ctx, "request abandoned by the client", slog.String("request_id", RequestID(c)),
+			slog.String("route", c.Path()), slog.String("error", err.Error()))
+		s.auditRejection(c, status, code)
+		_ = c.NoContent(status)
+		return
+	}
 	switch {
 	case status == http.StatusServiceUnavailable:
 		// Load shedding and unavailable dependencies are expected operating states, told to
@@ -191,12 +199,18 @@ func (s *Server) handleError(err error, c echo.Context) {
 }
 
 // auditRejection records the rejection in its own transaction (the rejected action has none:
-// nothing was changed). A failure to audit is logged loudly; the client still gets its answer.
+// nothing was changed), or, for a 499, that the client abandoned the request. A failure to
+// audit is logged loudly; the client still gets its answer.
 func (s *Server) auditRejection(c echo.Context, status int, code string) {
 	ev := EventFor(c)
 	ev.Action = "http.request.rejected"
 	ev.Object = audit.Object{Type: "http_route", ID: c.Request().Method + " " + routeOf(c)}
 	ev.Outcome = audit.OutcomeRejected
+	if status == StatusClientClosedRequest {
+		// Not refused by the server: abandoned by its client before the answer. What the
+		// request did before that is recorded by its own events (an upload still commits).
+		ev.Action, ev.Outcome = "http.request.abandoned", audit.OutcomeFailure
+	}
 	ev.Reason = code
 	ev.Time = s.cfg.Now()
 	ev.Payload = map[string]any{"status": status, "path": c.Request().URL.Path}
