@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
@@ -198,9 +199,11 @@ func (s *Server) handleError(err error, c echo.Context) {
 	}
 }
 
-// auditRejection records the rejection in its own transaction (the rejected action has none:
-// nothing was changed), or, for a 499, that the client abandoned the request. A failure to
-// audit is logged loudly; the client still gets its answer.
+// auditRejection records the rejection (the rejected action has no transaction: nothing was
+// changed), or, for a 499, that the client abandoned the request: group-committed through the
+// audit service when the server has one, else in a transaction of its own. It returns once
+// the event is committed. A failure to audit is logged loudly; the client still gets its
+// answer.
 func (s *Server) auditRejection(c echo.Context, status int, code string) {
 	ev := EventFor(c)
 	ev.Action = "http.request.rejected"
@@ -217,12 +220,19 @@ func (s *Server) auditRejection(c echo.Context, status int, code string) {
 	ctx := context.WithoutCancel(c.Request().Context())
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	tx, err := s.cfg.Pool.Begin(ctx)
-	if err == nil {
-		if _, err = audit.Record(ctx, tx, ev); err == nil {
-			err = tx.Commit(ctx)
-		} else {
-			_ = tx.Rollback(ctx)
+	var err error
+	if s.cfg.Audit != nil {
+		// Group-committed with concurrent events: a flood of bad requests costs the database
+		// one commit per group, not one per request.
+		_, err = s.cfg.Audit.RecordNow(ctx, ev)
+	} else {
+		var tx pgx.Tx
+		if tx, err = s.cfg.Pool.Begin(ctx); err == nil {
+			if _, err = audit.Record(ctx, tx, ev); err == nil {
+				err = tx.Commit(ctx)
+			} else {
+				_ = tx.Rollback(ctx)
+			}
 		}
 	}
 	if err != nil {
