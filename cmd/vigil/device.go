@@ -310,14 +310,7 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}}
 	if au != nil {
 		cfg.Proofs = auditProofs{au}
-		cfg.Pressure = func() (bool, time.Duration) {
-			st := au.Shipper().Stats()
-			// The outbox is the buffer: refuse new data only when the log is far behind.
-			if st.PendingEvents > 2_000_000 || st.Lag() > 10*time.Minute {
-				return true, 30 * time.Second
-			}
-			return false, 0
-		}
+		cfg.Pressure = func() (bool, time.Duration) { return auditBackpressure(au.Shipper().Stats(), time.Now()) }
 	}
 	svc, err := devices.New(cfg)
 	if err != nil {
@@ -330,6 +323,20 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	sys.closers = append(sys.closers, svc.Close, func(context.Context) error { stop(); <-done; return nil })
 	srvCfg.Devices = svc
 	return svc, nil
+}
+
+// auditBackpressure is the global back-pressure of serve/demo: the outbox is the buffer, so
+// new data is refused (503, Retry-After 30 s) only when the log is far behind — more than
+// 2,000,000 events waiting, or the oldest waiting event older than 10 minutes while the
+// shipper is failing (Trillian unreachable, say) or has not completed a pass for 10 minutes.
+// Age alone does not refuse: after a restart the events left from before the downtime are
+// old, and a working shipper catches up with them within seconds.
+func auditBackpressure(st audit.ShipperStats, now time.Time) (bool, time.Duration) {
+	stuck := st.ConsecutiveFailures > 0 || (!st.LastPass.IsZero() && now.Sub(st.LastPass) > 10*time.Minute)
+	if st.PendingEvents > 2_000_000 || (st.Lag() > 10*time.Minute && stuck) {
+		return true, 30 * time.Second
+	}
+	return false, 0
 }
 
 // auditProofs answers upload proofs from the audit chain.

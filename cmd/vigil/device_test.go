@@ -123,3 +123,31 @@ func TestUploadProofFromAuditChain(t *testing.T) {
 		t.Errorf("VerifyReceipt(re-issued) = %v", err)
 	}
 }
+
+// The global back-pressure of serve/demo refuses uploads when the audit log is far behind:
+// a huge backlog, or an old one the shipper is failing to move; not the old events a
+// restart finds, which a working shipper ships within seconds.
+// Verifies: REQ-DEV-041
+func TestAuditBackpressure(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		name string
+		st   audit.ShipperStats
+		want bool
+	}{
+		{"idle", audit.ShipperStats{}, false},
+		{"small recent backlog", audit.ShipperStats{PendingEvents: 5000, OldestPendingAge: time.Second}, false},
+		{"old backlog after a restart, shipper working", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: 3 * time.Hour}, false},
+		{"old backlog, shipper failing", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: 11 * time.Minute, ConsecutiveFailures: 3}, true},
+		{"old unintegrated batch, shipper failing", audit.ShipperStats{OldestBatchAge: 11 * time.Minute, ConsecutiveFailures: 1}, true},
+		{"recent backlog, shipper failing", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: time.Minute, ConsecutiveFailures: 9}, false},
+		{"huge backlog", audit.ShipperStats{PendingEvents: 2_000_001, OldestPendingAge: time.Second}, true},
+		{"old backlog, no pass for 11 minutes", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: time.Hour, LastPass: now.Add(-11 * time.Minute)}, true},
+		{"old backlog, pass a second ago", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: time.Hour, LastPass: now.Add(-time.Second)}, false},
+	} {
+		got, retry := auditBackpressure(c.st, now)
+		if got != c.want || (got && retry <= 0) || (!got && retry != 0) {
+			t.Errorf("%s: auditBackpressure = %v, %v; want %v (with a Retry-After when refusing)", c.name, got, retry, c.want)
+		}
+	}
+}
