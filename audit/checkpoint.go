@@ -21,6 +21,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/vigilhealth/vigil/audit/leaf"
+	"github.com/vigilhealth/vigil/internal/every"
 )
 
 // CheckpointSigner signs checkpoints with an Ed25519 key. It is owned by this package; the
@@ -203,18 +204,11 @@ func (c *Checkpointer) Start() {
 	c.stop, c.done = cancel, make(chan struct{})
 	go func() {
 		defer close(c.done)
-		t := time.NewTicker(c.cfg.Interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+		every.Tick(ctx, c.cfg.Interval, func(ctx context.Context) {
 			if _, err := c.Checkpoint(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, ErrInconsistent) {
 				c.cfg.Logger.WarnContext(ctx, "audit checkpoint failed", slog.String("error", err.Error()))
 			}
-		}
+		})
 	}()
 }
 

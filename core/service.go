@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/internal/every"
 )
 
 // RuleEngine runs the clinical rules on committed observations. The rules package's Engine
@@ -179,14 +180,5 @@ func (s *Service) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 	do()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			do()
-		}
-	}
+	every.Tick(ctx, interval, func(context.Context) { do() })
 }

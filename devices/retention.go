@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/internal/every"
 )
 
 // Retention is how long the devices area keeps what it stores per accepted upload
@@ -117,14 +118,5 @@ func (s *Service) RunRetention(ctx context.Context, interval time.Duration) {
 		}
 	}
 	do()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			do()
-		}
-	}
+	every.Tick(ctx, interval, func(context.Context) { do() })
 }

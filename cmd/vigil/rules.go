@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/internal/every"
 	"github.com/vigilhealth/vigil/server"
 )
 
@@ -84,23 +85,17 @@ func startClinical(ctx context.Context, pool *pgxpool.Pool, coreSvc *core.Servic
 	go func() { defer c.wg.Done(); svc.Run(lctx, 5*time.Second) }()
 	go func() {
 		defer c.wg.Done()
-		t := time.NewTicker(15 * time.Second)
-		defer t.Stop()
-		for n := 0; ; n++ {
-			select {
-			case <-lctx.Done():
-				return
-			case <-t.C:
-			}
+		n := 0
+		every.Tick(lctx, 15*time.Second, func(lctx context.Context) {
 			if _, err := eng.Tick(lctx); err != nil && lctx.Err() == nil {
 				log.WarnContext(lctx, "rules tick failed", slog.String("error", err.Error()))
 			}
-			if n%4 == 3 { // about every minute
+			if n++; n%4 == 0 { // about every minute
 				if err := eng.Checkpoint(lctx); err != nil && lctx.Err() == nil {
 					log.WarnContext(lctx, "rules checkpoint failed", slog.String("error", err.Error()))
 				}
 			}
-		}
+		})
 	}()
 	return c, nil
 }

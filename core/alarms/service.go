@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/internal/every"
 )
 
 // Config configures a Service. Zero values take the documented defaults.
@@ -128,16 +129,9 @@ func (s *Service) Tick(ctx context.Context) ([]Transition, error) { return s.tic
 
 // Run calls Tick every interval until ctx is cancelled; errors are logged and retried.
 func (s *Service) Run(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := s.Tick(ctx); err != nil && ctx.Err() == nil {
-				s.cfg.Logger.WarnContext(ctx, "alarm tick failed", slog.String("error", err.Error()))
-			}
+	every.Tick(ctx, interval, func(ctx context.Context) {
+		if _, err := s.Tick(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.WarnContext(ctx, "alarm tick failed", slog.String("error", err.Error()))
 		}
-	}
+	})
 }
