@@ -38,9 +38,6 @@ func NewVerifier(pub ed25519.PublicKey) (*Verifier, error) {
 	return v, nil
 }
 
-// PublicKey returns the key the Verifier checks against.
-func (v *Verifier) PublicKey() ed25519.PublicKey { return v.pub }
-
 // Verify reports whether sig is a valid Ed25519 signature of msg by the Verifier's key; it
 // returns ErrBadSignature otherwise (including a signature of the wrong size).
 func (v *Verifier) Verify(msg, sig []byte) error {

@@ -71,7 +71,7 @@ func Take(ctx context.Context, pool *pgxpool.Pool, names ...string) Snapshot {
 	}
 	rows.Close()
 	for _, pid := range pids {
-		if t, err := ProcCPU(pid); err == nil {
+		if t, err := procCPU(pid); err == nil {
 			s.PG[pid] = t
 		}
 	}
@@ -81,8 +81,8 @@ func Take(ctx context.Context, pool *pgxpool.Pool, names ...string) Snapshot {
 	return s
 }
 
-// ProcCPU is utime+stime of a process, from /proc/<pid>/stat.
-func ProcCPU(pid int) (time.Duration, error) {
+// procCPU is utime+stime of a process, from /proc/<pid>/stat.
+func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return 0, err
