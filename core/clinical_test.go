@@ -42,11 +42,11 @@ func TestIngestToAlarmAndDischarge(t *testing.T) {
 		})
 		c.Release = core.PatientReleaser(releaser{&eng})
 	})
-	asvc, err := alarms.New(alarms.Config{Pool: e.pool, Notifier: hub})
+	asvc, err := alarms.New(alarms.Config{Pool: e.pool, Recorder: e.rec, Notifier: hub})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err = rules.New(e.ctx, rules.Config{Pool: e.pool, Alarms: asvc})
+	eng, err = rules.New(e.ctx, rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: asvc})
 	if err != nil {
 		t.Fatal(err)
 	}

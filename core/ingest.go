@@ -207,7 +207,7 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHoo
 					Duplicates: r.Duplicates},
 			}
 		}
-		if _, err := audit.RecordMany(ctx, tx, evs); err != nil {
+		if _, err := audit.RecordAll(ctx, s.cfg.Recorder, tx, evs); err != nil {
 			return err
 		}
 		for i := range hooks {
@@ -484,17 +484,14 @@ func (s *Service) auditRejection(ctx context.Context, b Batch, now time.Time, ca
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := audit.Record(ctx, tx, audit.Event{
-			Time:    now,
-			Actor:   audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
-			Action:  "upload.rejected",
-			Object:  audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
-			Outcome: audit.OutcomeRejected,
-			Reason:  code,
-			Payload: detail,
-		})
-		return err
+	_, err := s.cfg.Recorder.RecordNow(ctx, audit.Event{
+		Time:    now,
+		Actor:   audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
+		Action:  "upload.rejected",
+		Object:  audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
+		Outcome: audit.OutcomeRejected,
+		Reason:  code,
+		Payload: detail,
 	})
 	if err != nil {
 		s.cfg.Logger.ErrorContext(ctx, "core: audit of rejected upload failed", slog.String("code", code), slog.String("error", err.Error()))

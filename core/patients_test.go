@@ -10,6 +10,7 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // Patient PHI is stored only sealed, found by MRN through the blind index, unique by MRN;
@@ -105,7 +106,7 @@ func TestPatientsSealedAndAudited(t *testing.T) {
 		t.Errorf("audit events carrying PHI = %d, want 0", n)
 	}
 	// Without a sealer the patient API refuses.
-	bare, _ := core.New(core.Config{Pool: e.pool})
+	bare, _ := core.New(core.Config{Pool: e.pool, Recorder: e.rec})
 	if _, err := bare.CreatePatient(e.ctx, clinician, phi, nil); !errors.Is(err, core.ErrNoPHISealer) {
 		t.Errorf("CreatePatient(no sealer) = %v, want ErrNoPHISealer", err)
 	}
@@ -135,7 +136,7 @@ func (r rewrapStore) ReplaceSealed(ctx context.Context, items []keys.StoredCiphe
 // version in place and still opens.
 // Verifies: REQ-CORE-011
 func TestPatientPHIRewrap(t *testing.T) {
-	ring := newTestRing(t)
+	ring := keystest.LocalRing(t, nil)
 	e := newEnv(t, func(c *core.Config) { c.PHI = ring.PHI() })
 	var ids []uuid.UUID
 	for i := 0; i < 5; i++ {

@@ -57,6 +57,9 @@ type Retention struct {
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
+	// Recorder records every audit event of the clinical core (the process's audit.Outbox).
+	// Required.
+	Recorder audit.Recorder
 	// Rules runs the clinical rules after each ingest commit. Default: none.
 	Rules RuleEngine
 	// Release ends rule monitoring when a patient is discharged. Default: none.
@@ -109,8 +112,8 @@ type Service struct {
 // New returns a Service. It does no I/O: call MaintainPartitions (or Run) to create
 // partitions ahead of time; ingest also creates missing partitions on demand.
 func New(cfg Config) (*Service, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("core: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("core: Config.Pool and Config.Recorder are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

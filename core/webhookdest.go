@@ -324,7 +324,7 @@ func (s *Service) auditWebhookRejection(ctx context.Context, by audit.Event, u *
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := audit.Record(ctx, tx, ev)
+		_, err := s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	if err != nil {

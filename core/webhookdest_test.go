@@ -186,7 +186,7 @@ func TestCreateWebhookAllowNets(t *testing.T) {
 			t.Errorf("CreateWebhook(%q) outside the allowed networks = %v, want ErrWebhookDestination", u, err)
 		}
 	}
-	if _, err := core.New(core.Config{Pool: e.pool, Webhook: core.WebhookConfig{AllowNets: []netip.Prefix{{}}}}); err == nil {
+	if _, err := core.New(core.Config{Pool: e.pool, Recorder: e.rec, Webhook: core.WebhookConfig{AllowNets: []netip.Prefix{{}}}}); err == nil {
 		t.Error("core.New(AllowNets with an invalid prefix) = nil error, want an error")
 	}
 }
@@ -221,7 +221,7 @@ func TestWebhookDeliveryRefusedAtDialTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The delivering service has the default policy (no allowed networks).
-	deliverer, err := core.New(core.Config{Pool: e.pool, Now: e.clock.Now, Webhook: core.WebhookConfig{MaxAttempts: 1, Timeout: 5 * time.Second}})
+	deliverer, err := core.New(core.Config{Pool: e.pool, Recorder: e.rec, Now: e.clock.Now, Webhook: core.WebhookConfig{MaxAttempts: 1, Timeout: 5 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // receiver is a webhook endpoint that verifies signatures and rejects replays, and fails the
@@ -157,7 +158,7 @@ func (r ringSecrets) Derive(ctx context.Context, version int, id uuid.UUID) ([]b
 // deliveries are signed with the same secret the receiver was given, also after a rotation.
 // Verifies: REQ-CORE-013
 func TestWebhookSecretsDerivedFromKeyRing(t *testing.T) {
-	ring := newTestRing(t)
+	ring := keystest.LocalRing(t, nil)
 	e := newEnv(t, func(c *core.Config) {
 		c.WebhookSecrets = ringSecrets{ring}
 		c.Webhook.AllowNets = loopbackNets // the receiver runs on loopback

@@ -243,10 +243,14 @@ func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, e
 // admitUpload takes rate-limit tokens, reserves the sequence number and queues the upload
 // for group commit.
 func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
-	if s.cfg.Pressure != nil {
-		if over, after := s.cfg.Pressure(); over {
+	if s.cfg.Pushback != nil {
+		if err := s.cfg.Pushback.Admit(); err != nil {
 			e := reject(ErrBackpressure, "the audit log is behind; retry later")
-			e.RetryAfter = max(after, time.Second)
+			e.RetryAfter = time.Second
+			var pe *audit.PushbackError
+			if errors.As(err, &pe) {
+				e.RetryAfter = max(pe.RetryAfter, time.Second)
+			}
 			return nil, e
 		}
 	}
@@ -327,8 +331,8 @@ func (s *Service) receiptWith(body []byte, rec *envelope.Receipt, sig []byte, ha
 	return r, nil
 }
 
-// rejected records the audit event of a refused upload (in its own transaction: nothing
-// else is written) and returns err. A failure to audit is returned as an internal error: a
+// rejected records the audit event of a refused upload (group-committed: nothing else is
+// written) and returns err. A failure to audit is returned as an internal error: a
 // rejection that cannot be audited is not answered as a clean 4xx.
 func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Meta, err error) error {
 	var re *RejectError
@@ -368,7 +372,7 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 	// The rejection is recorded even when the client has gone away meanwhile.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if aerr := s.bat.recordRejection(actx, ev); aerr != nil {
+	if _, aerr := s.cfg.Recorder.RecordNow(actx, ev); aerr != nil {
 		return fmt.Errorf("audit rejected upload (%s): %w", re.Code, aerr)
 	}
 	return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
@@ -256,7 +257,14 @@ func TestBackpressure(t *testing.T) {
 	var over bool
 	var mu sync.Mutex
 	e := devicestest.New(t, func(c *devices.Config) {
-		c.Pressure = func() (bool, time.Duration) { mu.Lock(); defer mu.Unlock(); return over, 7 * time.Second }
+		c.Pushback = devices.AdmitFunc(func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if over {
+				return &audit.PushbackError{RetryAfter: 7 * time.Second}
+			}
+			return nil
+		})
 	})
 	d := e.NewDevice(t)
 	mu.Lock()
@@ -532,7 +540,7 @@ func TestSuspendCatchesPendingUpload(t *testing.T) {
 // Verifies: REQ-DEV-005
 func TestSuspensionReachesOtherServers(t *testing.T) {
 	e := devicestest.New(t, nil)
-	other, err := devices.New(devices.Config{Pool: e.Pool, Ingester: e.Core, ReceiptSigner: e.Signer, Now: e.Clock.Now})
+	other, err := devices.New(devices.Config{Pool: e.Pool, Recorder: e.Rec, Ingester: e.Core, ReceiptSigner: e.Signer, Now: e.Clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

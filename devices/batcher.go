@@ -12,7 +12,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices/envelope"
 )
@@ -46,22 +45,11 @@ type batcher struct {
 	byHash  map[[32]byte]*pending
 	closing bool
 
-	rejMu     sync.RWMutex
-	rej       chan *rejection
-	rejClosed bool
-
 	wg sync.WaitGroup
 }
 
-type rejection struct {
-	ev   audit.Event
-	err  error
-	done chan struct{}
-}
-
 func newBatcher(s *Service) *batcher {
-	b := &batcher{s: s, seed: maphash.MakeSeed(), byHash: make(map[[32]byte]*pending),
-		rej: make(chan *rejection, 4096)}
+	b := &batcher{s: s, seed: maphash.MakeSeed(), byHash: make(map[[32]byte]*pending)}
 	per := max(s.cfg.QueueLimit/s.cfg.Committers, 1)
 	for i := 0; i < s.cfg.Committers; i++ {
 		q := make(chan *pending, per)
@@ -69,8 +57,6 @@ func newBatcher(s *Service) *batcher {
 		b.wg.Add(1)
 		go b.run(q)
 	}
-	b.wg.Add(1)
-	go b.runRejections()
 	return b
 }
 
@@ -127,10 +113,6 @@ func (b *batcher) close(ctx context.Context) error {
 		close(q)
 	}
 	b.pmu.Unlock()
-	b.rejMu.Lock()
-	b.rejClosed = true
-	close(b.rej)
-	b.rejMu.Unlock()
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()
 	select {
@@ -422,73 +404,4 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 		return fmt.Errorf("device state batch: %w", err)
 	}
 	return nil
-}
-
-// runRejections writes the audit events of rejected uploads, many per transaction.
-func (b *batcher) runRejections() {
-	defer b.wg.Done()
-	group := make([]*rejection, 0, 256)
-	for first := range b.rej {
-		group = append(group[:0], first)
-	more:
-		for len(group) < cap(group) {
-			select {
-			case r, ok := <-b.rej:
-				if !ok {
-					break more
-				}
-				group = append(group, r)
-			default:
-				break more
-			}
-		}
-		err := b.writeRejections(group)
-		if err != nil && len(group) > 1 {
-			for _, r := range group {
-				r.err = b.writeRejections([]*rejection{r})
-				close(r.done)
-			}
-			continue
-		}
-		for _, r := range group {
-			r.err = err
-			close(r.done)
-		}
-	}
-}
-
-func (b *batcher) writeRejections(group []*rejection) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	evs := make([]audit.Event, len(group))
-	for i, r := range group {
-		evs[i] = r.ev
-	}
-	return pgx.BeginFunc(ctx, b.s.cfg.Pool, func(tx pgx.Tx) error {
-		_, err := audit.RecordMany(ctx, tx, evs)
-		return err
-	})
-}
-
-// recordRejection audits a rejected upload and waits until the event is committed.
-func (b *batcher) recordRejection(ctx context.Context, ev audit.Event) error {
-	r := &rejection{ev: ev, done: make(chan struct{})}
-	b.rejMu.RLock()
-	if b.rejClosed {
-		b.rejMu.RUnlock()
-		return b.writeRejections([]*rejection{r})
-	}
-	select {
-	case b.rej <- r:
-		b.rejMu.RUnlock()
-	case <-ctx.Done():
-		b.rejMu.RUnlock()
-		return ctx.Err()
-	}
-	select {
-	case <-r.done:
-		return r.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

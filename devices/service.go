@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices/envelope"
 )
@@ -60,6 +61,20 @@ type LeafIndexer interface {
 	EventLeafIndex(ctx context.Context, id uuid.UUID) (int64, bool, error)
 }
 
+// Admitter says whether new uploads may be admitted now; *audit.Outbox is one.
+type Admitter interface {
+	// Admit returns nil, or an error wrapping audit.ErrPushback (a *audit.PushbackError
+	// carrying the Retry-After the device is told) when new work must wait. It MUST return
+	// quickly: it runs for every upload.
+	Admit() error
+}
+
+// AdmitFunc adapts a function to Admitter.
+type AdmitFunc func() error
+
+// Admit calls f.
+func (f AdmitFunc) Admit() error { return f() }
+
 // ErrProofPending is returned by Proof while the upload's audit event waits in the outbox.
 var ErrProofPending = errors.New("upload not yet in the audit log")
 
@@ -67,15 +82,20 @@ var ErrProofPending = errors.New("upload not yet in the audit log")
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
+	// Recorder records every audit event of the device area: registry changes, accepted and
+	// rejected uploads, retention (the process's audit.Outbox). Required.
+	Recorder audit.Recorder
 	// Ingester stores verified uploads (the core service). Required for Accept.
 	Ingester Ingester
 	// ReceiptSigner signs receipts. Required for Accept.
 	ReceiptSigner ReceiptSigner
 	// Proofs answers Proof; when nil, Proof reports ErrProofPending.
 	Proofs ProofSource
-	// Pressure reports global back-pressure (the audit shipper's backlog): when it says
-	// overloaded, uploads are refused with ErrBackpressure and Retry-After. Optional.
-	Pressure func() (overloaded bool, retryAfter time.Duration)
+	// Pushback is the global back-pressure: while it refuses (audit.ErrPushback: the audit
+	// log is far behind), uploads are refused with ErrBackpressure and its Retry-After.
+	// Default: the Recorder, when it is an Admitter (the audit.Outbox, owner of the audit
+	// backlog, is).
+	Pushback Admitter
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// MaxSkew is how far sent_at may be from the server's clock, either way. Default 5 min.
@@ -116,6 +136,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if a, ok := c.Recorder.(Admitter); ok && c.Pushback == nil {
+		c.Pushback = a
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -222,8 +245,8 @@ func (s *Service) Stats() Stats {
 
 // New builds the Service and starts its group committers.
 func New(cfg Config) (*Service, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("devices: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("devices: Config.Pool and Config.Recorder are required")
 	}
 	cfg.setDefaults()
 	s := &Service{cfg: cfg, cache: newDeviceCache(cfg.MaxCachedDevices)}

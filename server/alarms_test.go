@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/testdb"
@@ -24,15 +25,16 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 5, 6, 7, 0, 0, 0, time.UTC)
 	clk := func() time.Time { return now }
-	svc, err := alarms.New(alarms.Config{Pool: pool, Now: clk})
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Now: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, Now: clk})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, Now: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Alarms: svc, Rules: eng, Now: clk})
+	s, err := New(Config{Pool: pool, Recorder: rec, Alarms: svc, Rules: eng, Now: clk})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -70,11 +71,12 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	}
 	defer pool.Close()
 	hub := core.NewHub(core.HubConfig{Buffer: 1 << 16})
-	asvc, err := alarms.New(alarms.Config{Pool: pool, Notifier: hub})
+	rec := audittest.Recorder(b, pool, nil)
+	asvc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: hub})
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: asvc})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: asvc})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -85,7 +87,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 			Levels: []rules.Level{{Limit: 400, Severity: alarms.SeverityHigh}}, Hysteresis: 10}}); err != nil {
 		b.Fatal(err)
 	}
-	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(b), Rules: benchRules{eng}, Hub: hub,
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(b), Rules: benchRules{eng}, Hub: hub,
 		MaxFutureSkew: 10 * time.Minute})
 	if err != nil {
 		b.Fatal(err)
@@ -93,7 +95,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	if err := svc.MaintainPartitions(ctx); err != nil {
 		b.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Core: svc, RequestTimeout: time.Hour})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, RequestTimeout: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}

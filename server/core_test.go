@@ -14,27 +14,17 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // newCoreTestSealer is the real PHI helper of a local key ring in a temporary directory.
 func newCoreTestSealer(t testing.TB) *keys.PHI {
 	t.Helper()
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("server core test"), ScryptN: 1 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ring.Close() })
-	if _, err := ring.EnsureKeys(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return ring.PHI()
+	return keystest.LocalRing(t, nil).PHI()
 }
 
 type sseEvent struct {
@@ -75,11 +65,12 @@ func TestCoreAPIAndStream(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(t)})
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Core: svc})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
-	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
@@ -37,12 +38,17 @@ func newDevHTTP(t *testing.T, mod func(*devices.Config)) *devHTTP {
 	t.Helper()
 	over := &atomic.Bool{}
 	e := devicestest.New(t, func(c *devices.Config) {
-		c.Pressure = func() (bool, time.Duration) { return over.Load(), 3 * time.Second }
+		c.Pushback = devices.AdmitFunc(func() error {
+			if over.Load() {
+				return &audit.PushbackError{RetryAfter: 3 * time.Second}
+			}
+			return nil
+		})
 		if mod != nil {
 			mod(c)
 		}
 	})
-	srv, err := server.New(server.Config{Pool: e.Pool, Devices: e.Devices, Now: e.Clock.Now})
+	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: e.Devices, Now: e.Clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,8 +372,8 @@ func TestHTTPUploadAuditedOnce(t *testing.T) {
 	pool, url := testdb.NewWithURL(t)
 	clk := devicestest.NewClock(time.Now().UTC())
 	e := devicestest.NewOn(t, pool, url, clk, nil)
-	svc := audittest.Start(t, pool, url)
-	srv, err := server.New(server.Config{Pool: pool, Devices: e.Devices, Audit: svc, Now: clk.Now})
+	svc := chaintest.Start(t, pool, url, e.Rec)
+	srv, err := server.New(server.Config{Pool: pool, Recorder: e.Rec, Devices: e.Devices, Audit: svc, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

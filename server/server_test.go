@@ -12,12 +12,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 func newTestServer(t *testing.T, pool *pgxpool.Pool) (*Server, *httptest.Server) {
 	t.Helper()
-	s, err := New(Config{Pool: pool, BodyLimit: "1K", Version: "test"})
+	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), BodyLimit: "1K", Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -17,7 +18,7 @@ import (
 // Verifies: REQ-FND-009
 func TestGracefulShutdown(t *testing.T) {
 	pool := testdb.New(t)
-	s, err := New(Config{Pool: pool})
+	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/schema"
 )
 
@@ -51,7 +52,7 @@ func newAuditBenchCmd() *cobra.Command {
 		Long: `Bench creates a throwaway database on the server at VIGIL_DATABASE_URL (which must be allowed
 to CREATE DATABASE), migrates it, starts the audit chain with embedded Trillian on it, and
 records --events events from --writers concurrent writers, each committing transactions of
---tx-size events written with audit.RecordMany (the device path), paced to --rate events/s in
+--tx-size events written with the recorder's RecordMany (the device path), paced to --rate events/s in
 total (0: as fast as possible). It waits until every event is integrated in the log, then
 reports the write rate, the sustained rate from first Record to last integration, and the
 p50/p99/max time from each event's transaction to the integration of its batch. The database
@@ -170,7 +171,12 @@ func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResu
 	if err != nil {
 		return nil, err
 	}
-	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: dbURL, Signer: audit.NewEd25519Signer("bench", priv),
+	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
+	if err != nil {
+		return nil, err
+	}
+	defer rec.Close()
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: dbURL, Signer: chain.NewEd25519Signer("bench", priv),
 		BatchSize: p.batchSize, Window: p.window, SequencerInterval: p.seqInterval, SequencerBatchSize: p.seqBatch,
 		CheckpointInterval: time.Second, Logger: slog.Default()})
 	if err != nil {
@@ -213,7 +219,7 @@ func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResu
 					}
 				}
 				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-					_, err := audit.RecordMany(ctx, tx, evs[:n])
+					_, err := rec.RecordMany(ctx, tx, evs[:n])
 					return err
 				})
 				if err != nil {

@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -28,14 +30,15 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 	ctx := context.Background()
 
 	// A running installation's audit chain records, ships and checkpoints some events.
-	svc, closeSvc, err := openAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, pool, nil, false)
+	rec := audittest.Recorder(t, pool, nil)
+	svc, closeSvc, err := openAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, &database{pool: pool, rec: rec}, nil, false)
 	if err != nil {
 		t.Fatalf("openAudit() error = %v", err)
 	}
 	var ids []string
 	for i := range 6 {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			id, err := audit.Record(ctx, tx, audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "u1", AuthMethod: "password"},
+			id, err := rec.Record(ctx, tx, audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "u1", AuthMethod: "password"},
 				Action: "test.cli", Object: audit.Object{Type: "thing", ID: string(rune('a' + i))}, Outcome: audit.OutcomeSuccess})
 			ids = append(ids, id.String())
 			return err
@@ -61,7 +64,7 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 	}
 
 	out, err := execute(t, "audit", "verify", "--json", "--data-dir", dataDir)
-	var rep audit.Report
+	var rep chain.Report
 	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.OK || rep.ProvenEvents < 6 {
 		t.Fatalf("vigil audit verify --json = %v\n%s\nwant OK with ≥ 6 proven events", err, out)
 	}

@@ -169,11 +169,16 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return err
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cs, err := core.New(core.Config{Pool: pool, PHI: ring.PHI(), Logger: quiet})
+	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
 	if err != nil {
 		return err
 	}
-	ds, err := devices.New(devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
+	defer rec.Close()
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Logger: quiet})
+	if err != nil {
+		return err
+	}
+	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
 		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
 	if err != nil {
 		return err
@@ -183,7 +188,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		defer cancel()
 		_ = ds.Close(cctx)
 	}()
-	srv, err := server.New(server.Config{Pool: pool, Devices: ds, Logger: quiet})
+	srv, err := server.New(server.Config{Pool: pool, Recorder: rec, Devices: ds, Logger: quiet})
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -38,7 +37,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err != nil {
 		return nil, err
 	}
-	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default(),
+	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default(),
 		Webhook: core.WebhookConfig{AllowNets: allow}}
 	if phi != nil {
 		cfg.PHI = phi
@@ -76,8 +75,8 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 
 func init() {
 	subcommands = append(subcommands, newCoreCmd)
-	phiRewrapStores = append(phiRewrapStores, func(pool *pgxpool.Pool) (string, keys.RewrapStore) {
-		svc, err := core.New(core.Config{Pool: pool})
+	phiRewrapStores = append(phiRewrapStores, func(db *database) (string, keys.RewrapStore) {
+		svc, err := core.New(core.Config{Pool: db.pool, Recorder: db.rec})
 		return "core_patients.phi_sealed", patientPHIStore{svc, err}
 	})
 }
@@ -164,7 +163,7 @@ func newCoreCmd() *cobra.Command {
 		Short: "List the daily partitions of each clinical data class",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCore(cmd, func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error {
+			return withCore(cmd, func(ctx context.Context, _ *database, svc *core.Service) error {
 				parts, err := svc.Partitions(ctx)
 				if err != nil {
 					return err
@@ -192,7 +191,7 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 (default 365, never less than observations).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCore(cmd, func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error {
+			return withCore(cmd, func(ctx context.Context, db *database, svc *core.Service) error {
 				if err := svc.MaintainPartitions(ctx); err != nil {
 					return err
 				}
@@ -205,7 +204,7 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%d partition(s) dropped\n", len(dropped))
 				ret := svc.Retention()
-				ds, err := devices.New(devices.Config{Pool: pool, NoChangeListener: true,
+				ds, err := devices.New(devices.Config{Pool: db.pool, Recorder: db.rec, NoChangeListener: true,
 					Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}})
 				if err != nil {
 					return err
@@ -220,20 +219,20 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 	return cmd
 }
 
-func withCore(cmd *cobra.Command, fn func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error) error {
+func withCore(cmd *cobra.Command, fn func(ctx context.Context, db *database, svc *core.Service) error) error {
 	ctx := cmd.Context()
 	ret, err := retentionFromEnv()
 	if err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+	db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	svc, err := core.New(core.Config{Pool: pool, Retention: ret})
+	defer db.Close()
+	svc, err := core.New(core.Config{Pool: db.pool, Recorder: db.rec, Retention: ret})
 	if err != nil {
 		return err
 	}
-	return fn(ctx, pool, svc)
+	return fn(ctx, db, svc)
 }

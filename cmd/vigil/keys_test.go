@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/keys/keystest"
@@ -106,7 +104,7 @@ func TestKeysCommands(t *testing.T) {
 				st.rows = append(st.rows, c)
 			}
 			saved := phiRewrapStores
-			phiRewrapStores = []func(*pgxpool.Pool) (string, keys.RewrapStore){func(*pgxpool.Pool) (string, keys.RewrapStore) { return "test rows", st }}
+			phiRewrapStores = []func(*database) (string, keys.RewrapStore){func(*database) (string, keys.RewrapStore) { return "test rows", st }}
 			defer func() { phiRewrapStores = saved }()
 
 			out, err = execute(t, "keys", "rotate", "phi-encryption", "--data-dir", dir, "--batch", "5")

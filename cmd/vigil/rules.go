@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -69,12 +70,12 @@ type clinical struct {
 
 // startClinical builds the alarm service and rules engine, connects them to core (hook and
 // hub) and starts their loops; Close stops the loops and writes a last checkpoint.
-func startClinical(ctx context.Context, pool *pgxpool.Pool, coreSvc *core.Service, hook *ruleHook, log *slog.Logger) (*clinical, error) {
-	svc, err := alarms.New(alarms.Config{Pool: pool, Notifier: coreSvc.Hub(), Logger: log})
+func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, coreSvc *core.Service, hook *ruleHook, log *slog.Logger) (*clinical, error) {
+	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: coreSvc.Hub(), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("alarms: %w", err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, History: coreHistory{coreSvc}, Logger: log})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, History: coreHistory{coreSvc}, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
@@ -111,7 +112,7 @@ func (c *clinical) Close(ctx context.Context) error {
 // (routes in server/alarms.go). Call it after core.New(core.Config{…, Rules: hook}) with the
 // same hook; it adds its closer to sys.
 func wireClinical(ctx context.Context, sys *system, srvCfg *server.Config, coreSvc *core.Service, hook *ruleHook) error {
-	cl, err := startClinical(ctx, sys.pool, coreSvc, hook, slog.Default())
+	cl, err := startClinical(ctx, sys.pool, sys.rec, coreSvc, hook, slog.Default())
 	if err != nil {
 		return err
 	}

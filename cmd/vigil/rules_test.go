@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -68,7 +69,7 @@ var nurse = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "nurse-1",
 func TestCoreHistoryConformance(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
-	svc, err := core.New(core.Config{Pool: pool, PHI: newSealer(t)})
+	svc, err := core.New(core.Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), PHI: newSealer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,11 +104,12 @@ func TestIngestToAlarm(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
 	hook := &ruleHook{}
-	svc, err := core.New(core.Config{Pool: pool, PHI: newSealer(t), Rules: hook})
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newSealer(t), Rules: hook})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := startClinical(ctx, pool, svc, hook, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, svc, hook, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +153,7 @@ func TestIngestToAlarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	hook.eng.Store(nil)
-	cl, err = startClinical(ctx, pool, svc, hook, slog.Default())
+	cl, err = startClinical(ctx, pool, rec, svc, hook, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

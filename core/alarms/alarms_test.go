@@ -11,22 +11,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
-
-// clock is a controlled clock: time moves only when the test says so.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // recorder is a Notifier that keeps what it was given.
 type recorder struct {
@@ -53,17 +42,17 @@ func (r *recorder) kinds() []alarms.TransitionKind {
 type fixture struct {
 	pool *pgxpool.Pool
 	svc  *alarms.Service
-	clk  *clock
+	clk  *testclock.Clock
 	rec  *recorder
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	pool := testdb.New(t)
-	clk := &clock{t: time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	svc, err := alarms.New(alarms.Config{
-		Pool: pool, Notifier: rec, Now: clk.Now,
+		Pool: pool, Recorder: audittest.Recorder(t, pool, nil), Notifier: rec, Now: clk.Now,
 		EscalateAfter: 5 * time.Minute, MaxTier: 2,
 		ReminderFirst: 2 * time.Minute, ReminderFactor: 0.5, ReminderMin: 30 * time.Second,
 		MaxSilence: 30 * time.Minute,

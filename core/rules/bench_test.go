@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/testdb"
@@ -25,11 +26,12 @@ func BenchmarkEvaluate(b *testing.B) {
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	now.Store(start.UnixNano())
 	clk := func() time.Time { return time.Unix(0, now.Load()).UTC() }
-	svc, err := alarms.New(alarms.Config{Pool: pool, Now: clk})
+	rec := audittest.Recorder(b, pool, nil)
+	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Now: clk})
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, Now: clk})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, Now: clk})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -28,6 +28,9 @@ type History interface {
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
+	// Recorder records the engine's audit events: rule versions, derived observations,
+	// releases, rejections (the process's audit.Outbox). Required.
+	Recorder audit.Recorder
 	// Alarms turns rule conditions into alarms. Required.
 	Alarms *alarms.Service
 	// History replays observations newer than a patient's checkpoint on restart. Optional:
@@ -72,8 +75,8 @@ type Engine struct {
 // New loads the latest version of every rule and prepares an Engine. Per-patient state is
 // rebuilt lazily, on a patient's first evaluation (or Tick), from its checkpoint and History.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("rules: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("rules: Config.Pool and Config.Recorder are required")
 	}
 	if cfg.Alarms == nil {
 		return nil, errors.New("rules: Config.Alarms is required")

@@ -12,9 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/core/rules/rulestest"
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -24,18 +26,6 @@ func TestHistoryConformance(t *testing.T) {
 	h := &history{}
 	rulestest.TestHistory(t, h, func(*testing.T) uuid.UUID { return uuid.New() },
 		func(_ *testing.T, obs []rules.Observation) { h.add(obs...) })
-}
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
 }
 
 // history stands in for core's observation storage: what core has committed, per patient.
@@ -70,7 +60,8 @@ var t0 = time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 
 type env struct {
 	pool   *pgxpool.Pool
-	clk    *clock
+	rec    *audit.Outbox
+	clk    *testclock.Clock
 	hist   *history
 	alarms *alarms.Service
 	eng    *rules.Engine
@@ -79,7 +70,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	pool := testdb.New(t)
-	e := &env{pool: pool, clk: &clock{t: t0}, hist: &history{}}
+	e := &env{pool: pool, rec: audittest.Recorder(t, pool, nil), clk: testclock.New(t0), hist: &history{}}
 	e.restart(t)
 	return e
 }
@@ -87,11 +78,11 @@ func newEnv(t *testing.T) *env {
 // restart builds a fresh Service and Engine on the same database, as a process restart does.
 func (e *env) restart(t *testing.T) {
 	t.Helper()
-	svc, err := alarms.New(alarms.Config{Pool: e.pool, Now: e.clk.Now})
+	svc, err := alarms.New(alarms.Config{Pool: e.pool, Recorder: e.rec, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Alarms: svc, History: e.hist, Now: e.clk.Now})
+	eng, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: svc, History: e.hist, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,7 +530,7 @@ func TestRuleVersions(t *testing.T) {
 func TestRuleVersionFromAnotherProcess(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	other, err := rules.New(ctx, rules.Config{Pool: e.pool, Alarms: e.alarms, Now: e.clk.Now})
+	other, err := rules.New(ctx, rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: e.alarms, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

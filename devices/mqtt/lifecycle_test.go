@@ -32,7 +32,7 @@ func TestReconnectAndCloseLeavesNoGoroutine(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // let the stack's own background goroutines settle
 	before := runtime.NumGoroutine()
 
-	in, err := Start(Config{Broker: testBroker(), Prefix: prefix, Accepter: st.Devices, Pool: st.Pool, Workers: 4,
+	in, err := Start(Config{Broker: testBroker(), Prefix: prefix, Accepter: st.Devices, Recorder: st.Rec, Workers: 4,
 		ReconnectBackoff: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,10 @@
-// Package trillianembed runs Trillian's own log server (the TrillianLog and TrillianAdmin gRPC
+// This file runs Trillian's own log server (the TrillianLog and TrillianAdmin gRPC
 // services) and its sequencer inside the Vigil process, on Vigil's PostgreSQL database
 // (Trillian v1.8 storage/postgresql, tables in the schema `trillian` installed by Vigil's
 // migrations), listening on a loopback port. Vigil then talks to it over gRPC with Trillian's
 // own client, exactly as it talks to an external Trillian (--trillian-addr): the embedded
 // server is an implementation detail of deployment, never a second code path.
-package trillianembed
+package chain
 
 import (
 	"context"
@@ -33,13 +33,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// Schema is the PostgreSQL schema that holds Trillian's tables (see migration 00101).
-const Schema = "trillian"
+// TrillianSchema is the PostgreSQL schema that holds Trillian's tables (see migration 00101).
+const TrillianSchema = "trillian"
 
-// Config configures the embedded Trillian. Zero values take the documented defaults.
-type Config struct {
+// EmbedConfig configures the embedded Trillian. Zero values take the documented defaults.
+type EmbedConfig struct {
 	// DatabaseURL is the PostgreSQL connection URL of the installation. Required. The
-	// embedded Trillian opens its own pool on it, with search_path set to Schema.
+	// embedded Trillian opens its own pool on it, with search_path set to TrillianSchema.
 	DatabaseURL string
 	// Listen is the gRPC listen address. Default "127.0.0.1:0" (a free loopback port).
 	Listen string
@@ -60,8 +60,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Server is a running embedded Trillian. Close stops it and waits for all its goroutines.
-type Server struct {
+// Embedded is a running embedded Trillian. Close stops it and waits for all its goroutines.
+type Embedded struct {
 	addr   string
 	pool   *pgxpool.Pool
 	grpc   *grpc.Server
@@ -75,10 +75,10 @@ type Server struct {
 	sequencing atomic.Bool
 }
 
-// Start starts the log server and the sequencer. The caller MUST call Close.
-func Start(ctx context.Context, cfg Config) (*Server, error) {
+// StartEmbedded starts the log server and the sequencer. The caller MUST call Close.
+func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.DatabaseURL == "" {
-		return nil, errors.New("trillianembed: Config.DatabaseURL is required")
+		return nil, errors.New("audit chain: EmbedConfig.DatabaseURL is required")
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
@@ -100,13 +100,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("trillianembed: parse database URL: %w", err)
+		return nil, fmt.Errorf("embedded Trillian: parse database URL: %w", err)
 	}
-	pcfg.ConnConfig.RuntimeParams["search_path"] = Schema
+	pcfg.ConnConfig.RuntimeParams["search_path"] = TrillianSchema
 	pcfg.MaxConns = cfg.MaxConns
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return nil, fmt.Errorf("trillianembed: connect: %w", err)
+		return nil, fmt.Errorf("embedded Trillian: connect: %w", err)
 	}
 	mf := monitoring.InertMetricFactory{}
 	registry := extension.Registry{
@@ -118,12 +118,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if err := registry.AdminStorage.CheckDatabaseAccessible(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("trillianembed: database: %w (is migration 00101 applied?)", err)
+		return nil, fmt.Errorf("embedded Trillian: database: %w (is migration 00101 applied?)", err)
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("trillianembed: listen: %w", err)
+		return nil, fmt.Errorf("embedded Trillian: listen: %w", err)
 	}
 
 	ti := interceptor.New(registry.AdminStorage, registry.QuotaManager, false, mf)
@@ -133,7 +133,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	trillian.RegisterTrillianAdminServer(gs, admin.New(registry, []trillian.TreeType{trillian.TreeType_LOG}))
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Server{addr: ln.Addr().String(), pool: pool, grpc: gs, cancel: cancel}
+	s := &Embedded{addr: ln.Addr().String(), pool: pool, grpc: gs, cancel: cancel}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -172,7 +172,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // the lock holder sequences; another takes over when it goes away.
 const sequencerLock = 7466101
 
-func (s *Server) sequenceWhenLeader(ctx context.Context, info log.OperationInfo, registry extension.Registry, retry time.Duration) {
+func (s *Embedded) sequenceWhenLeader(ctx context.Context, info log.OperationInfo, registry extension.Registry, retry time.Duration) {
 	for {
 		conn, err := s.pool.Acquire(ctx)
 		if err == nil {
@@ -197,23 +197,23 @@ func (s *Server) sequenceWhenLeader(ctx context.Context, info log.OperationInfo,
 }
 
 // Sequencing reports whether this process is the database's sequencer right now.
-func (s *Server) Sequencing() bool { return s.sequencing.Load() }
+func (s *Embedded) Sequencing() bool { return s.sequencing.Load() }
 
 // Addr is the host:port the gRPC server listens on.
-func (s *Server) Addr() string { return s.addr }
+func (s *Embedded) Addr() string { return s.addr }
 
 // Dial returns a gRPC client connection to the server (plaintext: loopback only). The caller
 // closes it.
-func (s *Server) Dial() (*grpc.ClientConn, error) {
+func (s *Embedded) Dial() (*grpc.ClientConn, error) {
 	cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, fmt.Errorf("trillianembed: dial %s: %w", s.addr, err)
+		return nil, fmt.Errorf("embedded Trillian: dial %s: %w", s.addr, err)
 	}
 	return cc, nil
 }
 
 // Err reports a failure of the gRPC server loop, if any.
-func (s *Server) Err() error {
+func (s *Embedded) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.serveErr
@@ -222,7 +222,7 @@ func (s *Server) Err() error {
 // Close stops the gRPC server (letting calls in flight finish) and the sequencer, waits for
 // their goroutines, and closes Trillian's pool. It is safe to call more than once. When ctx
 // ends first, calls in flight are cut off.
-func (s *Server) Close(ctx context.Context) error {
+func (s *Embedded) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

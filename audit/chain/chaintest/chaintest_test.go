@@ -1,10 +1,10 @@
-package audittest_test
+package chaintest_test
 
 import (
 	"context"
 	"testing"
 
-	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/keys"
 )
 
@@ -13,7 +13,7 @@ import (
 // keys.KeySigner type over Vault Transit).
 // Verifies: REQ-AUD-006
 func TestCheckpointSignerConformance(t *testing.T) {
-	t.Run("in-memory", func(t *testing.T) { audittest.TestCheckpointSigner(t, audittest.Signer(t)) })
+	t.Run("in-memory", func(t *testing.T) { chaintest.TestCheckpointSigner(t, chaintest.Signer(t)) })
 	t.Run("keys.Local", func(t *testing.T) {
 		local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("conformance"), ScryptN: 1 << 10})
 		if err != nil {
@@ -32,6 +32,6 @@ func TestCheckpointSignerConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		audittest.TestCheckpointSigner(t, s)
+		chaintest.TestCheckpointSigner(t, s)
 	})
 }
