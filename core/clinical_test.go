@@ -17,12 +17,7 @@ import (
 type engineAdapter struct{ eng *rules.Engine }
 
 func (a engineAdapter) Evaluate(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
-	ro := make([]rules.Observation, len(obs))
-	for i, o := range obs {
-		ro[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
-			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
-	}
-	_, err := a.eng.Evaluate(ctx, p, ro)
+	_, err := a.eng.Evaluate(ctx, p, obs)
 	return err
 }
 

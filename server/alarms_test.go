@@ -42,8 +42,8 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 	defer ts.Close()
 
 	p := uuid.New()
-	res, err := eng.Evaluate(ctx, p, []rules.Observation{{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now.Add(-time.Minute)},
-		{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now}})
+	res, err := eng.Evaluate(ctx, p, []rules.Observation{{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now.Add(-time.Minute)},
+		{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now}})
 	if err != nil || len(res.Transitions) != 1 {
 		t.Fatalf("Evaluate() = %v, %v; want one spo2-low alarm", res.Transitions, err)
 	}

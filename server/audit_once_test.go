@@ -67,8 +67,8 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 	alarmPatient := uuid.New()
 	now := clk.Now()
 	res, err := eng.Evaluate(ctx, alarmPatient, []rules.Observation{
-		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now.Add(-time.Minute)},
-		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now}})
+		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now.Add(-time.Minute)},
+		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now}})
 	if err != nil || len(res.Transitions) != 1 {
 		t.Fatalf("Evaluate() = %v, %v; want one alarm", res.Transitions, err)
 	}

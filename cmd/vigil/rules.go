@@ -21,7 +21,7 @@ import (
 
 // This file wires the clinical rules engine and the alarm service to core: core calls the
 // engine after each ingest commit through ruleHook (core.RuleEngine), the engine rebuilds
-// state from core's storage through coreHistory (rules.History), and alarm transitions go to
+// state from core's storage (core.Service is a rules.History), and alarm transitions go to
 // core's notification hub (alarms.Notifier).
 
 // ruleHook is the core.RuleEngine handed to core.New before the engine exists (the engine
@@ -29,34 +29,14 @@ import (
 // evaluates nothing (the engine replays those observations from History when it starts).
 type ruleHook struct{ eng atomic.Pointer[rules.Engine] }
 
-// Evaluate converts core's observations and runs the engine.
+// Evaluate runs the engine on core's observations (one type, core/obs).
 func (h *ruleHook) Evaluate(ctx context.Context, patientID uuid.UUID, obs []core.Observation) error {
 	eng := h.eng.Load()
 	if eng == nil {
 		return nil
 	}
-	_, err := eng.Evaluate(ctx, patientID, toRuleObservations(obs))
+	_, err := eng.Evaluate(ctx, patientID, obs)
 	return err
-}
-
-func toRuleObservations(obs []core.Observation) []rules.Observation {
-	out := make([]rules.Observation, len(obs))
-	for i, o := range obs {
-		out[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
-			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
-	}
-	return out
-}
-
-// coreHistory is rules.History over core's observation storage.
-type coreHistory struct{ svc *core.Service }
-
-func (h coreHistory) ObservationsSince(ctx context.Context, patientID uuid.UUID, since time.Time, limit int) ([]rules.Observation, error) {
-	obs, err := h.svc.ObservationsSince(ctx, patientID, since, limit)
-	if err != nil {
-		return nil, err
-	}
-	return toRuleObservations(obs), nil
 }
 
 // clinical is the running rules engine and alarm service with their background loops
@@ -75,7 +55,7 @@ func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, 
 	if err != nil {
 		return nil, fmt.Errorf("alarms: %w", err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, History: coreHistory{coreSvc}, Logger: log})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, History: coreSvc, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}

@@ -87,13 +87,13 @@ func TestCoreHistoryConformance(t *testing.T) {
 			ReceivedAt: time.Now(), Transport: "http"}}
 		b.Provenance.UploadHash[0], b.Provenance.UploadHash[1] = byte(seq), byte(seq>>8)
 		for _, o := range obs {
-			b.Samples = append(b.Samples, core.Sample{Code: o.Code, Value: o.Value, Unit: o.Unit, Time: o.Time})
+			b.Samples = append(b.Samples, core.Sample{Code: o.Code, Value: o.Value, Unit: o.Unit, Time: o.EffectiveAt})
 		}
 		if _, err := svc.Ingest(ctx, b, nil); err != nil {
 			t.Fatalf("Ingest() error %v", err)
 		}
 	}
-	rulestest.TestHistory(t, coreHistory{svc}, newPatient, store)
+	rulestest.TestHistory(t, svc, newPatient, store)
 }
 
 // End to end through the real wiring: an upload ingested by core runs the rules, opens an

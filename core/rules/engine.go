@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -24,6 +25,26 @@ type History interface {
 	ObservationsSince(ctx context.Context, patientID uuid.UUID, since time.Time, limit int) ([]Observation, error)
 }
 
+// Alarms is what the engine needs of the alarm lifecycle; *alarms.Service satisfies it. The
+// engine owns this interface and uses nothing else of the alarm service.
+type Alarms interface {
+	// Apply applies a rule's signal inside tx, the engine's transaction: it opens,
+	// re-triggers, changes the severity of, or auto-resolves the patient's open alarm for
+	// the rule, each transition audited in tx. It MUST NOT commit or roll back tx; the
+	// transitions it returns take effect only if tx commits.
+	Apply(ctx context.Context, tx pgx.Tx, sig alarms.Signal) ([]alarms.Transition, error)
+	// ResolvePatient resolves, inside tx, every open alarm of the patient with reason, each
+	// audited with by's actor; same contract on tx as Apply.
+	ResolvePatient(ctx context.Context, tx pgx.Tx, patientID uuid.UUID, by audit.Event, reason string) ([]alarms.Transition, error)
+	// ResolveRule resolves, inside tx, every open alarm raised by the rule (it was disabled);
+	// same contract on tx as Apply.
+	ResolveRule(ctx context.Context, tx pgx.Tx, ruleID string, by audit.Event, reason string) ([]alarms.Transition, error)
+	// Notify hands transitions to the alarm notifier. The engine calls it only after the
+	// transaction that made them committed, in order. It MUST NOT fail the engine: delivery
+	// problems are the notifier's.
+	Notify(ctx context.Context, ts []alarms.Transition)
+}
+
 // Config configures an Engine. Zero values take the documented defaults.
 type Config struct {
 	// Pool is the installation's database. Required.
@@ -31,8 +52,8 @@ type Config struct {
 	// Recorder records the engine's audit events: rule versions, derived observations,
 	// releases, rejections (the process's audit.Outbox). Required.
 	Recorder audit.Recorder
-	// Alarms turns rule conditions into alarms. Required.
-	Alarms *alarms.Service
+	// Alarms turns rule conditions into alarms (*alarms.Service). Required.
+	Alarms Alarms
 	// History replays observations newer than a patient's checkpoint on restart. Optional:
 	// without it, state not covered by a checkpoint (anomaly baselines, pending minimum
 	// durations) starts afresh; open alarms are never lost either way.

@@ -45,11 +45,11 @@ func (h *history) ObservationsSince(_ context.Context, p uuid.UUID, since time.T
 	defer h.mu.Unlock()
 	var out []rules.Observation
 	for _, o := range h.obs {
-		if o.PatientID == p && o.Time.After(since) {
+		if o.PatientID == p && o.EffectiveAt.After(since) {
 			out = append(out, o)
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].EffectiveAt.Before(out[j].EffectiveAt) })
 	if len(out) > limit {
 		out = out[len(out)-limit:]
 	}
@@ -93,14 +93,14 @@ func obs(p uuid.UUID, code string, v float64, at time.Time) rules.Observation {
 	unit := map[string]string{rules.CodeHeartRate: "/min", rules.CodeRespiratoryRate: "/min", rules.CodeSpO2: "%",
 		rules.CodeSystolicBP: "mm[Hg]", rules.CodeBodyTemperature: "Cel", rules.CodeConsciousness: "{score}",
 		rules.CodeInhaledO2Conc: "%", rules.CodeInhaledO2Flow: "L/min"}[code]
-	return rules.Observation{PatientID: p, DeviceID: "dev-1", Code: code, Value: v, Unit: unit, Time: at}
+	return rules.Observation{PatientID: p, DeviceID: "dev-1", Code: code, Value: v, Unit: unit, EffectiveAt: at}
 }
 
 // feed stores (in history) and evaluates observations, as core does after its commit.
 func (e *env) feed(t *testing.T, p uuid.UUID, o ...rules.Observation) rules.Result {
 	t.Helper()
 	e.hist.add(o...)
-	e.clk.Set(o[len(o)-1].Time)
+	e.clk.Set(o[len(o)-1].EffectiveAt)
 	res, err := e.eng.Evaluate(context.Background(), p, o)
 	if err != nil {
 		t.Fatalf("Evaluate(%v) error %v", o, err)
