@@ -94,7 +94,7 @@ func TestLiveObservations(t *testing.T) {
 	}
 	live := hub.Subscribe(core.Filter{Types: map[string]bool{core.TypeObservations: true}, Patients: map[uuid.UUID]bool{p: true}})
 	defer live.Close()
-	res, err := e.svc.Ingest(e.ctx, batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 99, Unit: "/min", Time: t0.Add(-time.Second)}), nil)
+	res, err := e.svc.Ingest(e.ctx, batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 99, Unit: "/min", Time: t0.Add(-time.Second)}))
 	if err != nil {
 		t.Fatal(err)
 	}

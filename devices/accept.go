@@ -28,17 +28,21 @@ type Verified struct {
 }
 
 // Accept verifies a signed upload (the envelope's wire bytes, as received over HTTP or
-// MQTT) and, if it passes, stores it through core.Ingest together with its audit event,
-// the device's new sequence number and its receipt, in one transaction shared with other
-// concurrent uploads (group commit). It returns the signed receipt.
+// MQTT), has core validate its samples (core.Prepare) and, if everything passes, stores it in
+// one transaction shared with other concurrent uploads (group commit): the samples with
+// their audit event (core.Store), the device's new sequence number and the receipt. It
+// returns the signed receipt once that transaction committed; the committed observations
+// reach the rules afterwards (core.Publish), so a receipt never waits for an alarm.
 //
 // An exact re-send of an upload accepted before (same canonical bytes) returns the receipt
 // stored then, with Receipt.Replayed set, and stores nothing. Every refusal is a
 // *RejectError wrapping one of the sentinels of this package (ErrMalformed, ErrTooLarge,
 // ErrUnknownDevice, ErrUnknownKey, ErrBadSignature, ErrDeviceSuspended,
 // ErrDeviceDecommissioned, ErrReplay, ErrNotAssigned, ErrClockSkew, ErrRateLimited,
-// ErrQuotaExceeded, ErrBackpressure), is recorded as an `upload.rejected` audit event with
-// its reason code, and stores nothing else. Other errors are internal failures.
+// ErrQuotaExceeded, ErrBackpressure) or carrying core's refusal of the samples (its
+// ErrorCode, e.g. unknown_code), is recorded here — the one place — as an `upload.rejected`
+// audit event with its reason code, and stores nothing else. Other errors are internal
+// failures.
 //
 // Accept is safe for concurrent use and is the one entry point of every transport.
 func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, error) {
@@ -53,7 +57,7 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		s.stats.replayed.Add(1)
 		return rc, nil // exact re-send
 	}
-	p, err := s.admitUpload(v, meta)
+	p, err := s.admitUpload(ctx, v, meta)
 	if err != nil {
 		return nil, s.rejected(ctx, raw, v, meta, err)
 	}
@@ -240,9 +244,9 @@ func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, e
 	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, hash, true)
 }
 
-// admitUpload takes rate-limit tokens, reserves the sequence number and queues the upload
-// for group commit.
-func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
+// admitUpload checks the global back-pressure, takes rate-limit tokens, reserves the sequence
+// number, has core prepare the samples and queues the upload for group commit.
+func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pending, error) {
 	if s.cfg.Pushback != nil {
 		if err := s.cfg.Pushback.Admit(); err != nil {
 			e := reject(ErrBackpressure, "the audit log is behind; retry later")
@@ -277,25 +281,33 @@ func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
 	for i, smp := range u.Samples {
 		samples[i] = core.Sample{Code: smp.Code, Value: smp.Value, Unit: smp.Unit, Time: smp.Time()}
 	}
-	p := &pending{
-		v: v, meta: meta, receivedAt: now, prevReserved: prev,
-		batch: core.Batch{
-			PatientID: d.patient,
-			Provenance: core.Provenance{
-				DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
-				Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,
-				RequestID: meta.RequestID, SourceAddr: meta.SourceAddr,
-			},
-			Samples: samples,
-		},
-		done: make(chan struct{}),
-	}
-	if err := s.bat.enqueue(p); err != nil {
+	unreserve := func() {
 		d.mu.Lock()
 		if d.reserved == u.Seq {
 			d.reserved = prev
 		}
 		d.mu.Unlock()
+	}
+	prep, err := s.cfg.Ingester.Prepare(ctx, core.Batch{
+		PatientID: d.patient,
+		Provenance: core.Provenance{
+			DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
+			Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,
+			RequestID: meta.RequestID, SourceAddr: meta.SourceAddr,
+		},
+		Samples: samples,
+	})
+	if err != nil {
+		unreserve()
+		var ce interface{ ErrorCode() string }
+		if errors.As(err, &ce) { // core refused the samples: a rejection with core's code
+			return nil, &RejectError{Err: err, Code: ce.ErrorCode()}
+		}
+		return nil, fmt.Errorf("prepare upload %x: %w", v.Hash[:8], err)
+	}
+	p := &pending{v: v, meta: meta, receivedAt: now, prevReserved: prev, prepared: prep, done: make(chan struct{})}
+	if err := s.bat.enqueue(p); err != nil {
+		unreserve()
 		return nil, err
 	}
 	return p, nil
@@ -340,9 +352,6 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 		return err
 	}
 	s.stats.rejected.Add(1)
-	if re.auditedBy != "" {
-		return err
-	}
 	ev := audit.Event{
 		Actor:      audit.Actor{Kind: audit.ActorDevice, ID: "unknown", AuthMethod: "none"},
 		Action:     "upload.rejected",
@@ -367,6 +376,13 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 			!errors.Is(err, ErrDeviceSuspended) && !errors.Is(err, ErrDeviceDecommissioned) {
 			ev.Actor.AuthMethod = "device-signature"
 		}
+	}
+	var be *core.BatchError
+	if errors.As(err, &be) { // core's verdict on each bad sample
+		payload["errors"] = be.Samples
+	}
+	if _, own := codeOf[re.Err]; !own && v != nil && v.state != nil { // refused by core: for whom
+		payload["patient_id"] = v.state.patient
 	}
 	ev.Payload = payload
 	// The rejection is recorded even when the client has gone away meanwhile.

@@ -14,6 +14,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
@@ -563,5 +565,69 @@ func TestSuspensionReachesOtherServers(t *testing.T) {
 	}
 	if !errors.Is(err, devices.ErrDeviceSuspended) {
 		t.Fatalf("other.Verify after suspension elsewhere = %v, want ErrDeviceSuspended", err)
+	}
+}
+
+// A receipt never waits for the rules: uploads are committed and answered while the rules
+// engine is stuck — the third even while its committer waits to hand its observations over —
+// and once the engine moves again it receives every upload's observations, in order.
+// Verifies: REQ-DEV-043, REQ-CORE-017
+func TestReceiptDoesNotWaitForRules(t *testing.T) {
+	t.Parallel()
+	e := devicestest.New(t, nil)
+	handoff := obs.NewHandoff(obs.HandoffConfig{Shards: 1, Capacity: 1})
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	var mu sync.Mutex
+	var got []obs.Committed
+	if err := handoff.Start(func(_ context.Context, c obs.Committed) error {
+		<-release // the engine is stuck (a slow alarm transaction, say)
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, c)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := core.New(core.Config{Pool: e.Pool, Recorder: e.Rec, Now: e.Clock.Now, Handoff: handoff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := devices.New(devices.Config{Pool: e.Pool, Recorder: e.Rec, Ingester: cs, ReceiptSigner: e.Signer, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unblock()
+		_ = ds.Close(context.Background())
+		_ = handoff.Stop(context.Background())
+	})
+	d := e.NewDevice(t)
+	var seqs []uint64
+	for i := 0; i < 3; i++ {
+		e.Clock.Add(10 * time.Second) // new samples each time
+		rc, err := ds.Accept(e.Ctx, d.Upload(t, e.Clock.Now(), 5), devices.Meta{Transport: "http"})
+		if err != nil {
+			t.Fatalf("Accept(%d) while the rules are stuck = %v, want a receipt", i, err)
+		}
+		seqs = append(seqs, rc.Body.Seq)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM core_observations`); n != 15 {
+		t.Fatalf("observations committed = %d, want 15", n)
+	}
+	unblock()
+	if err := handoff.Flush(e.Ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 3 {
+		t.Fatalf("batches the rules received = %d, want 3 (one per upload, none dropped)", len(got))
+	}
+	for i, c := range got {
+		if c.PatientID != e.Patient || len(c.Observations) != 5 || (i > 0 && !c.Observations[0].EffectiveAt.After(got[i-1].Observations[4].EffectiveAt)) {
+			t.Errorf("batch %d = %d observations of %s, want the uploads' 5 of %s in order (receipts %v)", i, len(c.Observations), c.PatientID, e.Patient, seqs)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -18,18 +19,20 @@ import (
 	"github.com/vigilhealth/vigil/devices/envelope"
 )
 
-// Ingester stores verified uploads; *core.Service satisfies it. Devices owns this interface
-// (the consumer), core implements it.
+// Ingester stores the samples of verified uploads; *core.Service satisfies it. Devices owns
+// this interface (the consumer) and the upload transaction; core implements the three steps.
 type Ingester interface {
-	// Ingest validates, normalizes and stores one batch together with its audit event in one
-	// transaction, and calls hook inside that transaction before commit. It MUST roll back
-	// everything (samples, audit event, whatever hook wrote) if hook returns an error, and
-	// MUST NOT call hook when it does not commit the samples.
-	Ingest(ctx context.Context, b core.Batch, hook core.TxHook) (core.IngestResult, error)
-	// IngestMany is Ingest for many batches in ONE transaction (group commit): hooks[i]
-	// belongs to batches[i], results come back in the same order. An error from any hook or
-	// batch MUST roll back all of them.
-	IngestMany(ctx context.Context, batches []core.Batch, hooks []core.TxHook) ([]core.IngestResult, error)
+	// Prepare validates and normalizes a batch and MUST write nothing: a refusal is an error
+	// with a stable ErrorCode() (devices audits it as the upload's rejection).
+	Prepare(ctx context.Context, b core.Batch) (*core.Prepared, error)
+	// Store writes prepared batches — observations, provenance, one upload.accepted audit
+	// event each — inside tx and MUST NOT commit or roll it back, nor modify ps (a failed
+	// group is stored again, in parts, in new transactions).
+	Store(ctx context.Context, tx pgx.Tx, ps []*core.Prepared) ([]core.Stored, error)
+	// Publish hands what a committed Store wrote to the live stream and the rules. Devices
+	// calls it once per committed transaction, after answering the devices; it may wait
+	// while the rules fall behind and MUST NOT drop anything.
+	Publish(ctx context.Context, stored []core.Stored) error
 }
 
 // ReceiptSigner signs receipts with the installation's receipt-signing key (in production a
@@ -211,7 +214,7 @@ type Service struct {
 	listenDone chan struct{}
 
 	stats struct {
-		accepted, rejected, replayed, groups, fallbacks, commitNanos, hookNanos atomic.Int64
+		accepted, rejected, replayed, groups, fallbacks, commitNanos, hookNanos, publishNanos atomic.Int64
 	}
 }
 
@@ -222,14 +225,17 @@ type Stats struct {
 	Rejected  int64 // uploads refused (each audited)
 	Groups    int64 // group-commit transactions that committed
 	Fallbacks int64 // groups that failed and were committed one upload at a time
-	// CommitTime is the total time spent in group-commit transactions (core.IngestMany
-	// with the device-state hook), successful or not.
+	// CommitTime is the total time spent in group-commit transactions (core.Store, the
+	// device state, commit), successful or not.
 	CommitTime time.Duration
 	// Pending is the number of uploads admitted and waiting for their commit right now.
 	Pending int
 	// HookTime is the part of CommitTime spent writing device state (sequence numbers,
 	// receipts) inside the transaction.
 	HookTime time.Duration
+	// PublishTime is the total time spent handing committed uploads to core.Publish (the
+	// live stream and the rules' hand-off): it grows when the rules fall behind.
+	PublishTime time.Duration
 	// CachedDevices is the number of devices whose state is in memory right now (at most
 	// Config.MaxCachedDevices).
 	CachedDevices int
@@ -240,7 +246,8 @@ func (s *Service) Stats() Stats {
 	return Stats{Accepted: s.stats.accepted.Load(), Replayed: s.stats.replayed.Load(), Rejected: s.stats.rejected.Load(),
 		Groups: s.stats.groups.Load(), Fallbacks: s.stats.fallbacks.Load(),
 		CommitTime: time.Duration(s.stats.commitNanos.Load()), HookTime: time.Duration(s.stats.hookNanos.Load()),
-		Pending: s.bat.pendingCount(), CachedDevices: s.cache.len()}
+		PublishTime: time.Duration(s.stats.publishNanos.Load()),
+		Pending:     s.bat.pendingCount(), CachedDevices: s.cache.len()}
 }
 
 // New builds the Service and starts its group committers.

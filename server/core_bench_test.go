@@ -23,17 +23,10 @@ import (
 	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
-
-// benchRules adapts the rules engine to core.RuleEngine (as cmd/vigil does).
-type benchRules struct{ eng *rules.Engine }
-
-func (r benchRules) Evaluate(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
-	_, err := r.eng.Evaluate(ctx, p, obs)
-	return err
-}
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -71,10 +64,12 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: asvc})
+	handoff := obs.NewHandoff(obs.HandoffConfig{}) // core publishes to it, the engine drains it
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: asvc, Handoff: handoff})
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer func() { _ = eng.Close(context.Background()) }()
 	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "bench", AuthMethod: "none"}}
 	if _, err := eng.CreateVersion(ctx, by, rules.Rule{ID: "bench-probe", Name: "Glucose very high (benchmark probe)",
 		Kind: rules.KindThreshold, Enabled: true, Reason: "latency probe",
@@ -82,7 +77,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 			Levels: []rules.Level{{Limit: 400, Severity: alarms.SeverityHigh}}, Hysteresis: 10}}); err != nil {
 		b.Fatal(err)
 	}
-	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(b), Rules: benchRules{eng}, Hub: hub,
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(b), Handoff: handoff, Hub: hub,
 		MaxFutureSkew: 10 * time.Minute})
 	if err != nil {
 		b.Fatal(err)
@@ -203,7 +198,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 		for _, p := range probes {
 			starts.Store(p, t)
 		}
-		_, err := svc.IngestMany(ctx, batches, nil)
+		_, err := svc.IngestMany(ctx, batches)
 		return err
 	}
 	// Warm up: every patient's rule state loaded, connections open.
@@ -216,12 +211,12 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	latMu.Lock()
 	lats = lats[:0]
 	latMu.Unlock()
-	before := svc.Stats()
+	before, hoBefore := svc.Stats(), handoff.Stats()
 	b.ResetTimer()
 	start := time.Now()
 	if rate := envInt("VIGIL_BENCH_RATE", 0); rate > 0 {
 		openLoop(b, rate, func() (core.Batch, bool) { return makeBatch(int(next.Add(1) % npat)) }, &starts,
-			func(g []core.Batch) error { _, err := svc.IngestMany(ctx, g, nil); return err })
+			func(g []core.Batch) error { _, err := svc.IngestMany(ctx, g); return err })
 	} else {
 		b.SetParallelism(par)
 		b.RunParallel(func(pb *testing.PB) {
@@ -250,8 +245,8 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 		b.ReportMetric(float64(lats[len(lats)-1].Microseconds())/1000, "max-ms")
 		b.ReportMetric(float64(len(lats)), "alarms")
 	}
-	if after.RuleErrors != before.RuleErrors {
-		b.Errorf("rule errors during the run: %d", after.RuleErrors-before.RuleErrors)
+	if failed := handoff.Stats().Failed - hoBefore.Failed; failed != 0 {
+		b.Errorf("rule errors during the run: %d", failed)
 	}
 }
 

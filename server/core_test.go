@@ -120,7 +120,7 @@ func TestCoreAPIAndStream(t *testing.T) {
 	for i := 0; i < 60; i++ {
 		b.Samples = append(b.Samples, core.Sample{Code: core.LOINCHeartRate, Value: float64(60 + i%10), Unit: "/min", Time: base.Add(time.Duration(i) * time.Minute)})
 	}
-	if _, err := svc.Ingest(ctx, b, nil); err != nil {
+	if _, err := svc.Ingest(ctx, b); err != nil {
 		t.Fatal(err)
 	}
 	q := "/api/v1/patients/" + pid + "/observations?code=8867-4&from=" + base.Format(time.RFC3339) + "&to=" + base.Add(time.Hour).Format(time.RFC3339)

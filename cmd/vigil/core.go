@@ -12,7 +12,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/keys"
@@ -28,7 +27,7 @@ import (
 // phi_unavailable. Its closers stop the loops; the notification hub is closed when ctx ends
 // so that SSE streams do not hold up a graceful shutdown.
 func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
-	hook := &ruleHook{}
+	link := newClinicalLink(slog.Default())
 	ret, err := retentionFromEnv()
 	if err != nil {
 		return nil, err
@@ -37,7 +36,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err != nil {
 		return nil, err
 	}
-	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default(),
+	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Handoff: link.handoff, Release: link, Retention: ret, Logger: slog.Default(),
 		Webhook: core.WebhookConfig{AllowNets: allow}}
 	if phi != nil {
 		cfg.PHI = phi
@@ -66,7 +65,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 		svc.Hub().Close()
 	}()
 	sys.closers = append(sys.closers, func(context.Context) error { stop(); wg.Wait(); return nil })
-	if err := wireClinical(ctx, sys, srvCfg, svc, hook); err != nil {
+	if err := wireClinical(ctx, sys, srvCfg, svc, link); err != nil {
 		return nil, err
 	}
 	srvCfg.Core = svc
@@ -111,17 +110,6 @@ func (p patientPHIStore) ReplaceSealed(ctx context.Context, items []keys.StoredC
 		in[i] = core.SealedPHI{ID: it.ID, Old: it.Old, New: it.New}
 	}
 	return p.svc.ReplaceSealedPHI(ctx, in)
-}
-
-// releaseHook is core.PatientReleaser over the rules engine once it is started (ruleHook).
-type releaseHook struct{ h *ruleHook }
-
-func (r releaseHook) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
-	eng := r.h.eng.Load()
-	if eng == nil {
-		return nil
-	}
-	return eng.ReleasePatient(ctx, by, patientID, reason)
 }
 
 // ringWebhookSecrets derives each webhook's secret as HMAC(webhook-hmac key, webhook id), so

@@ -89,7 +89,7 @@ func TestCoreHistoryConformance(t *testing.T) {
 		for _, o := range obs {
 			b.Samples = append(b.Samples, core.Sample{Code: o.Code, Value: o.Value, Unit: o.Unit, Time: o.EffectiveAt})
 		}
-		if _, err := svc.Ingest(ctx, b, nil); err != nil {
+		if _, err := svc.Ingest(ctx, b); err != nil {
 			t.Fatalf("Ingest() error %v", err)
 		}
 	}
@@ -103,13 +103,13 @@ func TestCoreHistoryConformance(t *testing.T) {
 func TestIngestToAlarm(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
-	hook := &ruleHook{}
+	link := newClinicalLink(slog.Default())
 	rec := audittest.Recorder(t, pool, nil)
-	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newSealer(t), Rules: hook})
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newSealer(t), Handoff: link.handoff, Release: link})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := startClinical(ctx, pool, rec, svc, hook, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, svc, link, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestIngestToAlarm(t *testing.T) {
 		b := core.Batch{PatientID: p.ID, Provenance: core.Provenance{DeviceID: "dev-1", KeyID: "k1", Sequence: seq, ReceivedAt: time.Now(), Transport: "http"},
 			Samples: []core.Sample{{Code: rules.CodeSpO2, Value: spo2, Unit: "%", Time: start.Add(at)}}}
 		b.Provenance.UploadHash[0] = byte(seq)
-		if _, err := svc.Ingest(ctx, b, nil); err != nil {
+		if _, err := svc.Ingest(ctx, b); err != nil {
 			t.Fatalf("Ingest() error %v", err)
 		}
 	}
@@ -152,13 +152,16 @@ func TestIngestToAlarm(t *testing.T) {
 	if err := cl.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hook.eng.Store(nil)
-	cl, err = startClinical(ctx, pool, rec, svc, hook, slog.Default())
+	link.eng.Store(nil)
+	cl, err = startClinical(ctx, pool, rec, svc, link, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = cl.Close(ctx) }()
 	upload(3, 50*time.Second, 83)
+	if err := link.handoff.Flush(ctx); err != nil { // the engine has evaluated it
+		t.Fatal(err)
+	}
 	a, err := cl.alarms.Get(ctx, open[0].ID)
 	if err != nil || a.Severity != alarms.SeverityCritical || a.State != alarms.StateActive {
 		t.Fatalf("after restart: %+v, %v; want the same alarm, critical", a, err)

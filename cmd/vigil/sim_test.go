@@ -28,12 +28,12 @@ func TestSimScenariosFireClinicalRules(t *testing.T) {
 	ctx := context.Background()
 	ring := keystest.LocalRing(t, nil)
 	rec := audittest.Recorder(t, pool, nil)
-	hook := &ruleHook{}
-	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Rules: hook})
+	link := newClinicalLink(slog.Default())
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: link.handoff, Release: link})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := startClinical(ctx, pool, rec, cs, hook, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, cs, link, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +65,9 @@ func TestSimScenariosFireClinicalRules(t *testing.T) {
 	t.Logf("%s", res.Summary())
 	if res.Accepted != res.Uploads || res.Pending != 0 {
 		t.Fatalf("Run: %d of %d uploads accepted, %d pending; want all", res.Accepted, res.Uploads, res.Pending)
+	}
+	if err := link.handoff.Flush(ctx); err != nil { // the engine has evaluated every upload
+		t.Fatal(err)
 	}
 	rulesOf := func(i int) map[string]bool {
 		p, err := cs.PatientByMRN(ctx, fmt.Sprintf("SIM-e2e-%04d", i))

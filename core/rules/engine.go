@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
 )
 
 // History gives the Engine the stored observations it needs to rebuild per-patient state after
@@ -58,6 +60,10 @@ type Config struct {
 	// without it, state not covered by a checkpoint (anomaly baselines, pending minimum
 	// durations) starts afresh; open alarms are never lost either way.
 	History History
+	// Handoff is where core hands the observations of every committed upload: the engine
+	// drains it (New starts the consumer, Close stops it after consuming what is queued).
+	// Optional: without it, the caller calls Evaluate itself.
+	Handoff *obs.Handoff
 	// ReplayLimit bounds the observations replayed per patient on restart. Default 10,000.
 	ReplayLimit int
 	// ReplayWindow is how far back a patient without any checkpoint is replayed. Default 1h.
@@ -118,11 +124,22 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.init(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.Handoff != nil {
+		if err := cfg.Handoff.Start(e.consume); err != nil {
+			return nil, fmt.Errorf("rules: %w", err)
+		}
+	}
 	return e, nil
 }
 
+// consume evaluates one patient's committed observations handed off by core.
+func (e *Engine) consume(ctx context.Context, c obs.Committed) error {
+	_, err := e.evaluate(ctx, c.PatientID, c.Observations)
+	return err
+}
+
 // Evaluate runs every rule on the patient's new observations (already committed by core) in
-// time order. Alarm transitions and NEWS2 scores are written, audited and checkpointed in one
+// time order. (With Config.Handoff the engine calls it itself for every committed upload.) Alarm transitions and NEWS2 scores are written, audited and checkpointed in one
 // transaction, then notified. Observations of another patient are ignored. On a database
 // error, nothing is written and the patient's in-memory state is dropped (rebuilt on the next
 // call), so a retry of the same observations is safe.
@@ -170,5 +187,13 @@ func (e *Engine) ReleasePatient(ctx context.Context, by audit.Event, patientID u
 	return e.releasePatient(ctx, by, patientID, reason)
 }
 
-// Close writes a final checkpoint.
-func (e *Engine) Close(ctx context.Context) error { return e.checkpoint(ctx) }
+// Close consumes what waits in Config.Handoff and stops consuming it (observations handed
+// off later wait for the next Engine), then writes a final checkpoint.
+func (e *Engine) Close(ctx context.Context) error {
+	if e.cfg.Handoff != nil {
+		if err := e.cfg.Handoff.Stop(ctx); err != nil {
+			return fmt.Errorf("rules: %w", err)
+		}
+	}
+	return e.checkpoint(ctx)
+}
