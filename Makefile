@@ -24,18 +24,23 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL
 FUZZTIME ?= 50000x
 
-.PHONY: all build demo test vet unit fuzz services tools clean-testdbs help
+.PHONY: all build bench-build demo test vet unit fuzz services tools clean-testdbs help
 
 all: build
 
 help:
 	@echo "make demo   - run Vigil with a private database and sample devices (Ctrl-C stops it)"
 	@echo "make test   - start/install PostgreSQL, Mosquitto, Vault; go vet; go test -race; short fuzz"
-	@echo "make build  - build bin/vigil"
+	@echo "make build  - build bin/vigil (the shipped binary)"
+	@echo "make bench-build - build bin/vigil-bench (the load generators, docs/benchmarks.md)"
 	@echo "make fuzz   - run the fuzz targets for FUZZTIME each (default $(FUZZTIME))"
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
+
+# The load generators are a binary of their own: the shipped vigil carries none.
+bench-build:
+	$(GO) build -trimpath -o $(BIN)/vigil-bench ./cmd/vigil-bench
 
 # The demo needs PostgreSQL's server binaries (for its private cluster) unless
 # VIGIL_DATABASE_URL points at a server.

@@ -72,11 +72,11 @@ func openAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring,
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Verify, export and load-test the audit chain",
+		Short: "Verify and export the audit chain, resolve its incidents",
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditBenchCmd(), newAuditIncidentsCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd())
 	return cmd
 }
 

@@ -177,3 +177,29 @@ func freeTestPort(t *testing.T) string {
 	_, p, _ := net.SplitHostPort(l.Addr().String())
 	return p
 }
+
+// The shipped binary carries no load generator: no bench command, and none of the load
+// tools' code in its dependency closure (they are cmd/vigil-bench).
+// Verifies: REQ-FND-011
+func TestNoLoadToolsInTheShippedBinary(t *testing.T) {
+	t.Parallel()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Name() == "bench" {
+				t.Errorf("%s: a load generator in the shipped binary (it belongs in vigil-bench)", sub.CommandPath())
+			}
+			walk(sub)
+		}
+	}
+	walk(newRoot())
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasSuffix(p, "/cmd/vigil-bench") || strings.HasSuffix(p, "/internal/cpuacct") {
+			t.Errorf("vigil depends on %s, a load tool's package", p)
+		}
+	}
+}

@@ -14,8 +14,9 @@ import (
 )
 
 // A short run of the load tool through the whole stack: every upload sent in the window is
-// accepted, every accepted upload is stored with its audit event and its ten observations,
-// the CPU accounting is reported, and the benchmark database is dropped afterwards.
+// accepted, every accepted upload is stored with its audit event and its ten observations
+// and evaluated by the rules engine, the CPU accounting is reported, and the benchmark
+// database is dropped afterwards.
 // Verifies: REQ-FND-011
 func TestBenchUploadsSmoke(t *testing.T) {
 	if testing.Short() {
@@ -60,6 +61,13 @@ func TestBenchUploadsSmoke(t *testing.T) {
 	obs, _ := strconv.Atoi(s[2])
 	if events < accepted || obs != 10*events {
 		t.Errorf("stored %d audit events and %d observations for %d uploads accepted in the window (of 10 samples each)", events, obs, accepted)
+	}
+	r := regexp.MustCompile(`rules: (\d+) patient batches evaluated \((\d+) failed\)`).FindStringSubmatch(text)
+	if r == nil {
+		t.Fatalf("no rules line in:\n%s", text)
+	}
+	if evaluated, _ := strconv.Atoi(r[1]); evaluated < accepted || r[2] != "0" {
+		t.Errorf("rules evaluated %s patient batches (%s failed) for %d uploads accepted in the window, want every one, none failed", r[1], r[2], accepted)
 	}
 	if !regexp.MustCompile(`CPU per upload: this process [0-9.]+(µs|ms|s) .*PostgreSQL [0-9.]+(ns|µs|ms|s) \(`).MatchString(text) {
 		t.Errorf("no CPU accounting with PostgreSQL's share in:\n%s", text)

@@ -23,7 +23,9 @@ import (
 	"github.com/vigilhealth/vigil/internal/schema"
 )
 
-// benchResult is what `vigil audit bench` measures.
+// `vigil-bench audit`: the audit chain end to end, from Record to integration in the log.
+
+// benchResult is what `vigil-bench audit` measures.
 type benchResult struct {
 	Events          int     `json:"events"`
 	Rate            int     `json:"target_rate"`
@@ -40,14 +42,14 @@ type benchResult struct {
 	LogSize         uint64  `json:"log_size"`
 }
 
-func newAuditBenchCmd() *cobra.Command {
+func newAuditCmd() *cobra.Command {
 	var (
 		events, rate, writers, txSize, batchSize, seqBatch int
 		window, seqInterval                                time.Duration
 		keepDB, asJSON                                     bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench",
+		Use:   "audit",
 		Short: "Load-test the audit chain: events/s from Record to integrated, commit-to-inclusion latency",
 		Long: `Bench creates a throwaway database on the server at VIGIL_DATABASE_URL (which must be allowed
 to CREATE DATABASE), migrates it, starts the audit chain with embedded Trillian on it, and
@@ -57,7 +59,7 @@ total (0: as fast as possible). It waits until every event is integrated in the 
 reports the write rate, the sustained rate from first Record to last integration, and the
 p50/p99/max time from each event's transaction to the integration of its batch. The database
 is dropped afterwards unless --keep-db. Figures are in docs/benchmarks.md.`,
-		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil audit bench --events 300000 --rate 5000`,
+		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench audit --events 300000 --rate 5000`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -146,14 +148,6 @@ func benchDatabase(ctx context.Context, admin string) (string, func(), error) {
 		return "", nil, err
 	}
 	return u.String(), drop, nil
-}
-
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable)"
-	}
-	return u.Redacted()
 }
 
 func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResult, error) {

@@ -22,12 +22,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
@@ -37,23 +39,23 @@ import (
 	"github.com/vigilhealth/vigil/server"
 )
 
-// `vigil bench uploads`: the end-to-end load test of the device upload path. It builds the
+// `vigil-bench uploads`: the end-to-end load test of the device upload path. It builds the
 // real stack in this process (a fresh database on the PostgreSQL server of
-// VIGIL_DATABASE_URL, a local key ring, core, devices, the echo server on loopback), enrolls
-// a fleet of devices, pre-signs their uploads (device-side work is not the server's), then
+// VIGIL_DATABASE_URL, a local key ring, the audit recorder, core with the rules engine and
+// the alarm service draining its hand-off, devices, the echo server on loopback), enrolls a
+// fleet of devices, pre-signs their uploads (device-side work is not the server's), then
 // sends them over HTTP at the asked rate and reports throughput and latency.
 
-func init() { subcommands = append(subcommands, newBenchCmd) }
-
-func newBenchCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "bench", Short: "Load tests (run against a throwaway database)"}
+func newUploadsCmd() *cobra.Command {
 	var o benchOpts
 	up := &cobra.Command{
 		Use:   "uploads",
-		Short: "Signed uploads end to end over HTTP: verified, stored, audited",
+		Short: "Signed uploads end to end over HTTP: verified, stored, audited, evaluated by the rules",
 		Long: `Measure signed uploads per second end to end over HTTP on loopback: each upload is
 verified (Ed25519, sequence, skew), stored through core (COPY of its samples, provenance,
-its audit event in the outbox) with its receipt, in group-committed transactions.
+its audit event in the outbox) with its receipt, in group-committed transactions, and its
+observations are then evaluated by the real rules engine (every default rule, alarms opened
+as the data says) through the same hand-off as in vigil serve.
 
 It needs VIGIL_DATABASE_URL pointing at a PostgreSQL server where it may CREATE DATABASE:
 the run uses a fresh database vigil_bench_<random>, dropped at the end unless --keep.
@@ -64,8 +66,8 @@ the benchmark database and its background writers (read from /proc, so only when
 runs on this Linux host), and by the whole machine; and the CPU-bound ceiling, cores ÷
 (vigil + PostgreSQL CPU per upload). On a shared machine throughput moves with whatever else
 runs; CPU per upload moves much less.`,
-		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil bench uploads --rate 10000 --duration 20s
-  vigil bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
+		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench uploads --rate 10000 --duration 20s
+  vigil-bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBenchUploads(cmd.Context(), cmd.OutOrStdout(), o)
@@ -84,8 +86,7 @@ runs; CPU per upload moves much less.`,
 	f.DurationVar(&o.batchWait, "batch-wait", 0, "devices.Config.BatchMaxWait (0: default)")
 	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default)")
 	f.IntVar(&o.poolSize, "pool", 16, "database connections")
-	cmd.AddCommand(up)
-	return cmd
+	return up
 }
 
 type benchOpts struct {
@@ -109,9 +110,9 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	if o.workers > o.devices {
 		o.workers = o.devices
 	}
-	admin := envOr("VIGIL_DATABASE_URL", "")
-	if admin == "" {
-		return errors.New("VIGIL_DATABASE_URL is not set (a server where the benchmark may CREATE DATABASE)")
+	admin, err := adminURL()
+	if err != nil {
+		return err
 	}
 	dbName := "vigil_bench_" + hex.EncodeToString(uuid.New().NodeID())
 	if err := adminSQL(ctx, admin, "CREATE DATABASE "+dbName); err != nil {
@@ -174,10 +175,29 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return err
 	}
 	defer rec.Close()
-	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Logger: quiet})
+	// Core publishes committed observations to the hand-off; the rules engine drains it and
+	// raises alarms through the alarm service, as in vigil serve.
+	handoff := obs.NewHandoff(obs.HandoffConfig{Logger: quiet})
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet})
 	if err != nil {
 		return err
 	}
+	if err := cs.MaintainPartitions(ctx); err != nil {
+		return err
+	}
+	as, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: cs.Hub(), Logger: quiet})
+	if err != nil {
+		return err
+	}
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: handoff, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_ = eng.Close(cctx)
+	}()
 	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
 		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
 	if err != nil {
@@ -340,6 +360,18 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		st.Accepted, st.Groups, float64(st.Accepted)/max(float64(st.Groups), 1),
 		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond),
 		(st.HookTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond), st.Rejected, st.Fallbacks)
+	// The rules catch up with what was committed (they run behind the receipts).
+	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ferr := handoff.Flush(fctx)
+	cancel()
+	hs := handoff.Stats()
+	var opened int64
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM alarms`).Scan(&opened)
+	fmt.Fprintf(out, "rules: %d patient batches evaluated (%d failed), hand-off waited %d times (devices held back by the rules: %s in total), %d alarms opened\n",
+		hs.Consumed, hs.Failed, hs.Waited, st.PublishTime.Round(time.Millisecond), opened)
+	if ferr != nil {
+		fmt.Fprintf(out, "rules: not caught up: %v (%d batches queued)\n", ferr, hs.Queued)
+	}
 	var events, obs int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`).Scan(&events)
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&obs)
@@ -348,16 +380,6 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		fmt.Fprintf(out, "CPU profile: %s (go tool pprof -top %s)\n", o.cpuprofile, o.cpuprofile)
 	}
 	return nil
-}
-
-func adminSQL(ctx context.Context, url, sql string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, sql)
-	return err
 }
 
 // provisionFleet creates n patients and n enrolled devices, each assigned to its patient.
