@@ -288,7 +288,11 @@ func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pen
 		}
 		d.mu.Unlock()
 	}
-	prep, err := s.cfg.Ingester.Prepare(ctx, core.Batch{
+	// Admitted: from here on the upload goes through whatever its client does (a device that
+	// gives up still finds its receipt when it retries).
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	prep, err := s.cfg.Ingester.Prepare(pctx, core.Batch{
 		PatientID: d.patient,
 		Provenance: core.Provenance{
 			DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
