@@ -16,6 +16,7 @@ import (
 // publisher, and disconnects (rather than silently skipping) a subscriber that falls behind.
 // Verifies: REQ-CORE-012
 func TestHubFanOut(t *testing.T) {
+	t.Parallel()
 	h := core.NewHub(core.HubConfig{Buffer: 4, Replay: 16})
 	p1, p2 := uuid.New(), uuid.New()
 	all := h.Subscribe(core.Filter{})
@@ -84,6 +85,7 @@ func TestHubFanOut(t *testing.T) {
 // catch-all webhook feed), and are not kept for replay.
 // Verifies: REQ-CORE-012
 func TestLiveObservations(t *testing.T) {
+	t.Parallel()
 	hub := core.NewHub(core.HubConfig{})
 	e := newEnv(t, func(c *core.Config) { c.Hub = hub })
 	p := e.patient(t)

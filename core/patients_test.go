@@ -17,6 +17,7 @@ import (
 // sites, wards, patients and care teams are audited without PHI in the audit metadata.
 // Verifies: REQ-CORE-011
 func TestPatientsSealedAndAudited(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	site, err := e.svc.CreateSite(e.ctx, clinician, "St Elsewhere")
 	if err != nil {
@@ -136,6 +137,7 @@ func (r rewrapStore) ReplaceSealed(ctx context.Context, items []keys.StoredCiphe
 // version in place and still opens.
 // Verifies: REQ-CORE-011
 func TestPatientPHIRewrap(t *testing.T) {
+	t.Parallel()
 	ring := keystest.LocalRing(t, nil)
 	e := newEnv(t, func(c *core.Config) { c.PHI = ring.PHI() })
 	var ids []uuid.UUID

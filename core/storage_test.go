@@ -28,6 +28,7 @@ func partitionNames(t *testing.T, e *env, class string) []string {
 // day within retention gets its partition on demand.
 // Verifies: REQ-CORE-008
 func TestPartitionsCreatedAhead(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) { c.PartitionsAhead = 3 })
 	if err := e.svc.MaintainPartitions(e.ctx); err != nil {
 		t.Fatal(err)
@@ -62,6 +63,7 @@ func TestPartitionsCreatedAhead(t *testing.T) {
 // drop in the same transaction, and leaves everything newer intact.
 // Verifies: REQ-CORE-009
 func TestRetentionDropsExactlyExpiredPartitions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) {
 		c.PartitionsAhead = 1
 		c.Retention = core.Retention{Observations: 10 * 24 * time.Hour, Uploads: 12 * 24 * time.Hour}
@@ -122,6 +124,7 @@ func TestRetentionDropsExactlyExpiredPartitions(t *testing.T) {
 // computed from the raw series; artifacts are excluded unless asked for.
 // Verifies: REQ-CORE-010
 func TestSeriesDownsampling(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	p := e.patient(t)
 	start := t0.Add(-3 * time.Hour)

@@ -23,6 +23,7 @@ import (
 
 // Verifies: REQ-DEV-020, REQ-DEV-023, REQ-DEV-030
 func TestAcceptStoresAndReceipts(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	raw := d.Upload(t, e.Clock.Now(), 10)
@@ -197,6 +198,7 @@ func devicestestKey(t *testing.T) (ed25519.PublicKey, ed25519.PrivateKey) {
 
 // Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026
 func TestAcceptRejections(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	for _, tc := range rejectCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -227,6 +229,7 @@ func TestAcceptRejections(t *testing.T) {
 
 // Verifies: REQ-DEV-040
 func TestRateLimitAndQuota(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 2; c.SampleQuotaPerHour = 25 })
 	d := e.NewDevice(t)
 	for i := 0; i < 2; i++ {
@@ -256,6 +259,7 @@ func TestRateLimitAndQuota(t *testing.T) {
 
 // Verifies: REQ-DEV-041
 func TestBackpressure(t *testing.T) {
+	t.Parallel()
 	var over bool
 	var mu sync.Mutex
 	e := devicestest.New(t, func(c *devices.Config) {
@@ -289,6 +293,7 @@ func TestBackpressure(t *testing.T) {
 
 // Verifies: REQ-DEV-004, REQ-DEV-005
 func TestSuspendRotateTakeEffectAtOnce(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	m := devices.Meta{Transport: "http"}
@@ -343,6 +348,7 @@ func TestSuspendRotateTakeEffectAtOnce(t *testing.T) {
 
 // Verifies: REQ-DEV-002, REQ-DEV-003
 func TestEnrollment(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.EnrollmentTokenTTL = time.Hour })
 	m := devices.Meta{Transport: "http"}
 	d := e.RegisterDevice(t)
@@ -387,6 +393,7 @@ func TestEnrollment(t *testing.T) {
 
 // Verifies: REQ-DEV-001, REQ-DEV-006
 func TestRegistryAdmin(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	p2 := e.NewPatient(t)
@@ -436,6 +443,7 @@ func TestRegistryAdmin(t *testing.T) {
 
 // Verifies: REQ-DEV-020, REQ-DEV-042
 func TestConcurrentGroupCommit(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.BatchMaxWait = 5 * time.Millisecond })
 	const nDev, perDev = 20, 15
 	devs := make([]*devicestest.Device, nDev)
@@ -480,6 +488,7 @@ func TestConcurrentGroupCommit(t *testing.T) {
 
 // Verifies: REQ-DEV-010, REQ-DEV-020
 func TestWaveformsStored(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	now := e.Clock.Now()
@@ -506,6 +515,7 @@ func TestWaveformsStored(t *testing.T) {
 // refused at commit: the suspension takes effect for everything that commits after it.
 // Verifies: REQ-DEV-005
 func TestSuspendCatchesPendingUpload(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.BatchMaxWait = 3 * time.Second })
 	d := e.NewDevice(t)
 	raw := d.Upload(t, e.Clock.Now(), 2)
@@ -541,6 +551,7 @@ func TestSuspendCatchesPendingUpload(t *testing.T) {
 // notification), so the other refuses at verification, not only at commit.
 // Verifies: REQ-DEV-005
 func TestSuspensionReachesOtherServers(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	other, err := devices.New(devices.Config{Pool: e.Pool, Recorder: e.Rec, Ingester: e.Core, ReceiptSigner: e.Signer, Now: e.Clock.Now})
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 // domain errors mapped to stable codes.
 // Verifies: REQ-CORE-118, REQ-CORE-112, REQ-CORE-108
 func TestAlarmAndRuleAPI(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	now := time.Date(2026, 5, 6, 7, 0, 0, 0, time.UTC)

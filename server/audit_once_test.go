@@ -42,6 +42,7 @@ type auditedRoute struct {
 // fails here until someone decides how it is audited.
 // Verifies: REQ-FND-010
 func TestEveryStateChangeAuditedOnce(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	clk := devicestest.NewClock(time.Now().UTC())

@@ -22,6 +22,7 @@ import (
 // state-changing request is itself audited.
 // Verifies: REQ-AUD-009, REQ-AUD-010
 func TestAuditAPI(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	rec := audittest.Recorder(t, pool, nil)

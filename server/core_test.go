@@ -62,6 +62,7 @@ func readSSE(body *bufio.Reader, out chan<- sseEvent) {
 // without a gap.
 // Verifies: REQ-CORE-012, REQ-CORE-010, REQ-CORE-001
 func TestCoreAPIAndStream(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	now := time.Now().UTC()

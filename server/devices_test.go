@@ -79,6 +79,7 @@ func (h *devHTTP) post(t *testing.T, path, ctype string, body []byte) (*http.Res
 
 // Verifies: REQ-DEV-020, REQ-DEV-023, REQ-DEV-030
 func TestHTTPUploadAccepted(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, nil)
 	d := h.NewDevice(t)
 	raw := d.Upload(t, h.Clock.Now(), 10)
@@ -138,6 +139,7 @@ func TestHTTPUploadAccepted(t *testing.T) {
 
 // Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041
 func TestHTTPUploadRejections(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 3 })
 	limited := h.NewDevice(t)
 	cases := []struct {
@@ -253,6 +255,7 @@ func TestHTTPUploadRejections(t *testing.T) {
 // A chunked body (no Content-Length) over the server's limit is refused with 413 too.
 // Verifies: REQ-DEV-025
 func TestHTTPChunkedUploadTooLarge(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, nil)
 	pr, pw := io.Pipe()
 	go func() {
@@ -280,6 +283,7 @@ func TestHTTPChunkedUploadTooLarge(t *testing.T) {
 
 // Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-003, REQ-DEV-004, REQ-DEV-005, REQ-DEV-006
 func TestHTTPDeviceLifecycle(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, nil)
 	do := func(method, path string, body any, want int) map[string]any {
 		t.Helper()
@@ -369,6 +373,7 @@ func TestHTTPDeviceLifecycle(t *testing.T) {
 // nothing and is recorded by the middleware.
 // Verifies: REQ-AUD-010, REQ-DEV-020
 func TestHTTPUploadAuditedOnce(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	clk := devicestest.NewClock(time.Now().UTC())
 	e := devicestest.NewOn(t, pool, url, clk, nil)

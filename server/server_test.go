@@ -47,6 +47,7 @@ func decodeError(t *testing.T, r io.Reader) errorDetail {
 
 // Verifies: REQ-FND-003
 func TestHealthAndReadiness(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	_, ts := newTestServer(t, pool)
 	for _, path := range []string{"/healthz", "/readyz"} {
@@ -64,6 +65,7 @@ func TestHealthAndReadiness(t *testing.T) {
 // /readyz is red when the schema is behind the binary, and names the failing check.
 // Verifies: REQ-FND-003
 func TestReadinessFailsOnStaleSchema(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	// Pretend the newest migration was never applied.
 	if _, err := pool.Exec(context.Background(),
@@ -95,6 +97,7 @@ func TestReadinessFailsOnStaleSchema(t *testing.T) {
 // rejected request is audited.
 // Verifies: REQ-FND-004, REQ-FND-005
 func TestErrorEnvelopeAndRejectionAudit(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	_, ts := newTestServer(t, pool)
 	tests := []struct {
@@ -153,6 +156,7 @@ func TestErrorEnvelopeAndRejectionAudit(t *testing.T) {
 // The source address of a request is the TCP peer unless proxies are trusted explicitly.
 // Verifies: REQ-FND-005
 func TestSourceAddressIsNotForgeable(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	_, ts := newTestServer(t, pool)
 	req, _ := http.NewRequest("GET", ts.URL+"/nope", nil)

@@ -17,6 +17,7 @@ import (
 // A request in flight when shutdown begins completes; new connections are refused after.
 // Verifies: REQ-FND-009
 func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil)})
 	if err != nil {

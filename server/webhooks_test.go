@@ -19,6 +19,7 @@ import (
 // (http.request.rejected), both under the request's id.
 // Verifies: REQ-CORE-015
 func TestCoreWebhookRefusalsCoded(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	rec := audittest.Recorder(t, pool, nil)

@@ -13,6 +13,7 @@ import (
 // it stops, another takes over.
 // Verifies: REQ-AUD-005
 func TestOneSequencerPerDatabase(t *testing.T) {
+	t.Parallel()
 	_, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	start := func() *chain.Embedded {

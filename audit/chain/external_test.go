@@ -77,6 +77,7 @@ func startProcess(t *testing.T, bin string, args ...string) {
 // log signer, on the test database) through the same code as the embedded one.
 // Verifies: REQ-AUD-004, REQ-AUD-007
 func TestExternalTrillian(t *testing.T) {
+	t.Parallel()
 	server := trillianBin(t, "trillian_log_server")
 	signer := trillianBin(t, "trillian_log_signer")
 	pool, url := testdb.NewWithURL(t)

@@ -15,6 +15,7 @@ import (
 // changed fails.
 // Verifies: REQ-AUD-008
 func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 12)
 	c.shipAll(t)
@@ -86,6 +87,7 @@ func FuzzVerifyPack(f *testing.F) {
 // fails when the event or any proof hash is changed.
 // Verifies: REQ-AUD-009
 func TestEventProofVerifiesOffline(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 9)
 	c.shipAll(t)

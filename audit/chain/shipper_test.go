@@ -31,6 +31,7 @@ func countBatches(t testing.TB, c *rig) int {
 // event's batch and every batch's leaf index and root.
 // Verifies: REQ-AUD-004
 func TestShipperIntegratesEventsInBatches(t *testing.T) {
+	t.Parallel()
 	c := newChain(t)
 	ids := c.record(t, 120)
 	c.shipAll(t)
@@ -75,6 +76,7 @@ func TestShipperIntegratesEventsInBatches(t *testing.T) {
 // A batch submitted again (a retry after a timeout, a restart) never becomes a second leaf.
 // Verifies: REQ-AUD-004
 func TestRetriedBatchMakesNoDuplicateLeaves(t *testing.T) {
+	t.Parallel()
 	c := newChain(t)
 	c.record(t, 10)
 	c.shipAll(t)
@@ -120,6 +122,7 @@ func TestRetriedBatchMakesNoDuplicateLeaves(t *testing.T) {
 // shipper catches up once Trillian is back.
 // Verifies: REQ-AUD-005
 func TestTrillianDownNothingLost(t *testing.T) {
+	t.Parallel()
 	c := newChain(t)
 	c.record(t, 5)
 	c.shipAll(t)

@@ -56,6 +56,7 @@ func hasFinding(r *chain.Report, kind, eventID string) bool {
 // A clean trail verifies, every event proven under the checkpoint.
 // Verifies: REQ-AUD-007, REQ-AUD-006
 func TestVerifyCleanTrail(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 30)
 	c.shipAll(t)
@@ -88,6 +89,7 @@ func TestVerifyCleanTrail(t *testing.T) {
 // Each tampering with the outbox is found, and the event named.
 // Verifies: REQ-AUD-007
 func TestVerifyDetectsTampering(t *testing.T) {
+	t.Parallel()
 	type tamper struct {
 		name string
 		// do tampers and returns the event id the finding must name ("" = any).
@@ -183,6 +185,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 // readiness red, and verify reports the fork.
 // Verifies: REQ-AUD-006, REQ-AUD-007
 func TestInconsistentLogIsAnIncident(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	c.record(t, 10)
 	c.shipAll(t)
@@ -235,6 +238,7 @@ func TestInconsistentLogIsAnIncident(t *testing.T) {
 // valid: the log holds commitments only.
 // Verifies: REQ-AUD-003
 func TestErasureKeepsProofsValid(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 10)
 	c.shipAll(t)
@@ -255,6 +259,7 @@ func TestErasureKeepsProofsValid(t *testing.T) {
 // once the lag exceeds MaxLag (controlled clock); the events stay in the outbox.
 // Verifies: REQ-AUD-005
 func TestReadinessReportsLagWhileLogDown(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	signer := newSigner(t)
@@ -306,6 +311,7 @@ func TestReadinessReportsLagWhileLogDown(t *testing.T) {
 // sequencer, shipper, checkpointer, the recorder's group committer.
 // Verifies: REQ-AUD-005
 func TestCloseLeavesNoGoroutine(t *testing.T) {
+	// Not parallel: it counts the process's goroutines (parallel tests wait until it is done).
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	if err := pool.Ping(ctx); err != nil {
@@ -343,6 +349,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 // so batches sealed meanwhile cannot look like tampering.
 // Verifies: REQ-AUD-007
 func TestVerifyWhileShipping(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	rec := audittest.Recorder(t, pool, nil)

@@ -135,6 +135,7 @@ func equalKinds(a, b []alarms.TransitionKind) bool {
 // Every transition is audited.
 // Verifies: REQ-CORE-110, REQ-CORE-111, REQ-CORE-116, REQ-CORE-117
 func TestSignalLifecycle(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -202,6 +203,7 @@ func TestSignalLifecycle(t *testing.T) {
 // interval (2m, then 1m, then 30s floor); acknowledging stops both.
 // Verifies: REQ-CORE-113, REQ-CORE-114, REQ-CORE-112
 func TestEscalationAndReminders(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -280,6 +282,7 @@ func TestEscalationAndReminders(t *testing.T) {
 // alarm still escalates; when the silence expires reminders resume at once.
 // Verifies: REQ-CORE-112, REQ-CORE-115
 func TestSilence(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -326,6 +329,7 @@ func TestSilence(t *testing.T) {
 // Resolving by hand needs a reason, records who, and is final; unknown ids are ErrNotFound.
 // Verifies: REQ-CORE-116, REQ-CORE-117
 func TestManualResolve(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -364,6 +368,7 @@ func TestManualResolve(t *testing.T) {
 // A transition in a rolled-back transaction leaves neither alarm nor audit event.
 // Verifies: REQ-CORE-117
 func TestApplyRollback(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()

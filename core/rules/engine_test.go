@@ -23,6 +23,7 @@ import (
 // The test History itself meets the contract the engine relies on.
 // Verifies: REQ-CORE-107
 func TestHistoryConformance(t *testing.T) {
+	t.Parallel()
 	h := &history{}
 	rulestest.TestHistory(t, h, func(*testing.T) uuid.UUID { return uuid.New() },
 		func(_ *testing.T, obs []rules.Observation) { h.add(obs...) })
@@ -141,6 +142,7 @@ func (e *env) count(t *testing.T, q string, args ...any) int {
 // and de-escalating inside one alarm, on the default hr-high rule (>120 medium, >140 high).
 // Verifies: REQ-CORE-102, REQ-CORE-110, REQ-CORE-111
 func TestThreshold(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	steps := []struct {
@@ -173,6 +175,7 @@ func TestThreshold(t *testing.T) {
 // Rate of change: systolic pressure falling by more than 30 mm[Hg] within 15 minutes.
 // Verifies: REQ-CORE-103
 func TestRateOfChange(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	// A fall of more than 30 within the window raises; once the fall within the window has
@@ -214,6 +217,7 @@ func vitals(p uuid.UUID, at time.Time, rr, spo2, fio2, sbp, hr, acvpu, temp floa
 // a per-patient, audited setting.
 // Verifies: REQ-CORE-100, REQ-CORE-104, REQ-CORE-101
 func TestNEWS2Rule(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -292,6 +296,7 @@ func TestNEWS2Rule(t *testing.T) {
 // Anomaly: a value far from the patient's own baseline raises, normal values clear it.
 // Verifies: REQ-CORE-105
 func TestAnomaly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	at := t0
@@ -319,6 +324,7 @@ func TestAnomaly(t *testing.T) {
 // patient (discharge) resolves its alarms and ends the no-data watch.
 // Verifies: REQ-CORE-106, REQ-CORE-116
 func TestNoData(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -378,6 +384,7 @@ func doc() audit.Event {
 // never evaluated before the crash are replayed from History exactly once.
 // Verifies: REQ-CORE-107
 func TestRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -435,6 +442,7 @@ func TestRestart(t *testing.T) {
 // malformed changes are refused and audited; the engine uses the new version at once.
 // Verifies: REQ-CORE-108
 func TestRuleVersions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}, RequestID: "r-9"}
@@ -528,6 +536,7 @@ func TestRuleVersions(t *testing.T) {
 // A version created through another process's engine is picked up at the next Tick.
 // Verifies: REQ-CORE-108
 func TestRuleVersionFromAnotherProcess(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	other, err := rules.New(ctx, rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: e.alarms, Now: e.clk.Now})
@@ -563,6 +572,7 @@ func TestRuleVersionFromAnotherProcess(t *testing.T) {
 // score has held for 5 minutes.
 // Verifies: REQ-CORE-104, REQ-CORE-101
 func TestNEWS2Backlog(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	var backlog []rules.Observation
