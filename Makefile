@@ -76,7 +76,7 @@ clean-testdbs:
 		psql "$(TESTDB_ADMIN)" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
 
 unit:
-	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -count=1 -timeout 12m ./...
+	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -count=1 -parallel 8 -timeout 12m ./...
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
