@@ -6,6 +6,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // Both checkpoint signers pass the conformance suite: the in-memory one of tests and tools,
@@ -15,19 +16,8 @@ import (
 func TestCheckpointSignerConformance(t *testing.T) {
 	t.Run("in-memory", func(t *testing.T) { chaintest.TestCheckpointSigner(t, chaintest.Signer(t)) })
 	t.Run("keys.Local", func(t *testing.T) {
-		local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("conformance"), ScryptN: 1 << 10})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ring, err := keys.NewRing(keys.Config{Backend: local})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ring.Close()
+		ring := keystest.LocalRing(t, nil)
 		ctx := context.Background()
-		if _, err := ring.EnsureKeys(ctx); err != nil {
-			t.Fatal(err)
-		}
 		s, err := ring.Signer(ctx, keys.AuditCheckpoint)
 		if err != nil {
 			t.Fatal(err)
