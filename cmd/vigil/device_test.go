@@ -64,6 +64,7 @@ func TestDeviceCommands(t *testing.T) {
 // receipt, asked again once the event is in the log, carries the leaf index.
 // Verifies: REQ-DEV-030, REQ-DEV-031
 func TestUploadProofFromAuditChain(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pool, url := testdb.NewWithURL(t)
 	ring := keystest.LocalRing(t, nil)

@@ -33,6 +33,7 @@ func execute(t *testing.T, args ...string) (string, error) {
 // Every command documents itself in --help.
 // Verifies: REQ-FND-001
 func TestEveryCommandHasHelp(t *testing.T) {
+	t.Parallel()
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, sub := range c.Commands() {
@@ -59,6 +60,7 @@ func TestEveryCommandHasHelp(t *testing.T) {
 // No flag of any command takes a secret: secrets come from the environment.
 // Verifies: REQ-FND-001
 func TestNoSecretFlags(t *testing.T) {
+	t.Parallel()
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, name := range []string{"database-url", "password", "token", "passphrase", "secret"} {

@@ -67,6 +67,7 @@ var nurse = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "nurse-1",
 // Core's storage meets the History contract the rules engine rebuilds its state from.
 // Verifies: REQ-CORE-107
 func TestCoreHistoryConformance(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	svc, err := core.New(core.Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), PHI: newSealer(t)})
@@ -101,6 +102,7 @@ func TestCoreHistoryConformance(t *testing.T) {
 // engine the same alarm is continued.
 // Verifies: REQ-CORE-102, REQ-CORE-107, REQ-CORE-117
 func TestIngestToAlarm(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	link := newClinicalLink(slog.Default())

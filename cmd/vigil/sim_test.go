@@ -24,6 +24,7 @@ import (
 // ahead of the server), which gives the scenarios minutes to develop in seconds.
 // Verifies: REQ-DEV-121, REQ-DEV-122
 func TestSimScenariosFireClinicalRules(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	ring := keystest.LocalRing(t, nil)
