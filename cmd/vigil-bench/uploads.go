@@ -86,6 +86,7 @@ runs; CPU per upload moves much less.`,
 	f.DurationVar(&o.batchWait, "batch-wait", 0, "devices.Config.BatchMaxWait (0: default)")
 	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default)")
 	f.IntVar(&o.poolSize, "pool", 16, "database connections")
+	f.BoolVar(&o.noRules, "no-rules", false, "store only: no rules engine behind core (the path before it had one; for comparisons)")
 	return up
 }
 
@@ -94,7 +95,7 @@ type benchOpts struct {
 	rate                                                   float64
 	duration, warmup, batchWait                            time.Duration
 	cpuprofile                                             string
-	keep                                                   bool
+	keep, noRules                                          bool
 }
 
 type benchDevice struct {
@@ -178,7 +179,11 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	// Core publishes committed observations to the hand-off; the rules engine drains it and
 	// raises alarms through the alarm service, as in vigil serve.
 	handoff := obs.NewHandoff(obs.HandoffConfig{Logger: quiet})
-	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet})
+	ccfg := core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet}
+	if o.noRules {
+		ccfg.Handoff = nil
+	}
+	cs, err := core.New(ccfg)
 	if err != nil {
 		return err
 	}
@@ -192,6 +197,9 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: handoff, Logger: quiet})
 	if err != nil {
 		return err
+	}
+	if o.noRules {
+		_ = handoff.Stop(ctx) // nothing is handed off
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
@@ -361,6 +369,10 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond),
 		(st.HookTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond), st.Rejected, st.Fallbacks)
 	// The rules catch up with what was committed (they run behind the receipts).
+	if o.noRules {
+		fmt.Fprintf(out, "rules: off (--no-rules)\n")
+		return storedLine(ctx, out, pool, o)
+	}
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	ferr := handoff.Flush(fctx)
 	cancel()
@@ -372,10 +384,15 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	if ferr != nil {
 		fmt.Fprintf(out, "rules: not caught up: %v (%d batches queued)\n", ferr, hs.Queued)
 	}
-	var events, obs int64
+	return storedLine(ctx, out, pool, o)
+}
+
+// storedLine reports what the whole run stored.
+func storedLine(ctx context.Context, out io.Writer, pool *pgxpool.Pool, o benchOpts) error {
+	var events, stored int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`).Scan(&events)
-	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&obs)
-	fmt.Fprintf(out, "stored: %d upload.accepted audit events, %d observations (whole run incl. warm-up)\n", events, obs)
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&stored)
+	fmt.Fprintf(out, "stored: %d upload.accepted audit events, %d observations (whole run incl. warm-up)\n", events, stored)
 	if o.cpuprofile != "" {
 		fmt.Fprintf(out, "CPU profile: %s (go tool pprof -top %s)\n", o.cpuprofile, o.cpuprofile)
 	}
@@ -448,11 +465,15 @@ func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, 
 // presign makes each worker's uploads: worker w owns devices w, w+workers, …, and sends
 // their uploads round-robin, each device's in sequence order.
 func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
+	// A stable patient's vital signs that move a little but trigger no rule (a ward's usual
+	// traffic): heart rate, SpO2, respiratory rate, temperature, systolic pressure, each
+	// stepping through three values.
 	codes := []envelope.Sample{
-		{Code: "8867-4", Value: 72, Unit: "/min"}, {Code: "59408-5", Value: 93, Unit: "%"},
-		{Code: "9279-1", Value: 16, Unit: "/min"}, {Code: "8310-5", Value: 36.9, Unit: "Cel"},
+		{Code: "8867-4", Value: 72, Unit: "/min"}, {Code: "59408-5", Value: 96, Unit: "%"},
+		{Code: "9279-1", Value: 15, Unit: "/min"}, {Code: "8310-5", Value: 36.8, Unit: "Cel"},
 		{Code: "8480-6", Value: 121, Unit: "mm[Hg]"},
 	}
+	steps := []float64{1, 1, 1, 0.1, 1}
 	out := make([][][]byte, o.workers)
 	now := time.Now()
 	base := now.Add(-30 * time.Minute).UnixMilli()
@@ -475,7 +496,7 @@ func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
 				samples := make([]envelope.Sample, o.samples)
 				for i := range samples {
 					smp := codes[i%len(codes)]
-					smp.Value += float64((int(s) + i) % 7)
+					smp.Value += float64((int(s)+i)%3) * steps[i%len(codes)]
 					// Distinct times per (patient, code): no sample is a duplicate of another.
 					smp.T = base + int64(s)*int64(o.samples) + int64(i)
 					samples[i] = smp
