@@ -58,6 +58,14 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		return rc, nil // exact re-send
 	}
 	p, err := s.admitUpload(ctx, v, meta)
+	if errors.Is(err, ErrReplay) {
+		// An exact re-send that raced its original past verification gets the original's
+		// receipt (storedReceipt waits for a pending one); anything else stays a replay.
+		if rc, serr := s.storedReceipt(ctx, v); serr == nil {
+			s.stats.replayed.Add(1)
+			return rc, nil
+		}
+	}
 	if err != nil {
 		return nil, s.rejected(ctx, raw, v, meta, err)
 	}
@@ -244,8 +252,9 @@ func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, e
 	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, hash, true)
 }
 
-// admitUpload checks the global back-pressure, takes rate-limit tokens, reserves the sequence
-// number, has core prepare the samples and queues the upload for group commit.
+// admitUpload checks the global back-pressure, takes rate-limit tokens, has core prepare the
+// samples, then reserves the sequence number and queues the upload for group commit (the
+// reservation and the queueing stay one short step, with no I/O between them).
 func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pending, error) {
 	if s.cfg.Pushback != nil {
 		if err := s.cfg.Pushback.Admit(); err != nil {
@@ -273,20 +282,11 @@ func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pen
 		d.mu.Unlock()
 		return nil, err
 	}
-	prev := d.reserved
-	d.reserved = u.Seq
 	d.mu.Unlock()
 
 	samples := make([]core.Sample, len(u.Samples))
 	for i, smp := range u.Samples {
 		samples[i] = core.Sample{Code: smp.Code, Value: smp.Value, Unit: smp.Unit, Time: smp.Time()}
-	}
-	unreserve := func() {
-		d.mu.Lock()
-		if d.reserved == u.Seq {
-			d.reserved = prev
-		}
-		d.mu.Unlock()
 	}
 	// Admitted: from here on the upload goes through whatever its client does (a device that
 	// gives up still finds its receipt when it retries).
@@ -302,16 +302,27 @@ func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pen
 		Samples: samples,
 	})
 	if err != nil {
-		unreserve()
 		var ce interface{ ErrorCode() string }
 		if errors.As(err, &ce) { // core refused the samples: a rejection with core's code
 			return nil, &RejectError{Err: err, Code: ce.ErrorCode()}
 		}
 		return nil, fmt.Errorf("prepare upload %x: %w", v.Hash[:8], err)
 	}
+	d.mu.Lock()
+	if u.Seq <= d.reserved { // another upload of the device got in meanwhile
+		d.mu.Unlock()
+		return nil, reject(ErrReplay, "sequence number %d is not above the last accepted", u.Seq)
+	}
+	prev := d.reserved
+	d.reserved = u.Seq
+	d.mu.Unlock()
 	p := &pending{v: v, meta: meta, receivedAt: now, prevReserved: prev, prepared: prep, done: make(chan struct{})}
 	if err := s.bat.enqueue(p); err != nil {
-		unreserve()
+		d.mu.Lock()
+		if d.reserved == u.Seq {
+			d.reserved = prev
+		}
+		d.mu.Unlock()
 		return nil, err
 	}
 	return p, nil
