@@ -142,6 +142,9 @@ type Stats struct {
 	Failed   uint64 // uploads that failed for an internal reason (answered internal_error)
 	Replies  uint64 // replies published
 	Connects uint64 // successful connections (1 + reconnections)
+	// Subscriptions counts the upload subscriptions the broker granted (one per connection,
+	// a moment after it): uploads published before it on a fresh session are not delivered.
+	Subscriptions uint64
 	// AcceptTime and ReplyTime are the total time spent in verification and storage
 	// (Accepter.Accept) and in publishing replies and acknowledging: divided by Received they
 	// say where an upload's time goes.
@@ -164,8 +167,8 @@ type Ingestor struct {
 	up      chan struct{} // closed at the first successful subscription
 	upOnce  sync.Once
 
-	received, accepted, rejected, failed, replies, connects atomic.Uint64
-	acceptNanos, replyNanos                                 atomic.Int64
+	received, accepted, rejected, failed, replies, connects, subscribed atomic.Uint64
+	acceptNanos, replyNanos                                             atomic.Int64
 }
 
 type message struct {
@@ -236,6 +239,7 @@ func Start(cfg Config) (*Ingestor, error) {
 					}
 					return
 				}
+				in.subscribed.Add(1)
 				in.upOnce.Do(func() { close(in.up) })
 			}()
 		},
@@ -293,7 +297,7 @@ func (in *Ingestor) Subscribed() bool {
 // Stats returns the counters.
 func (in *Ingestor) Stats() Stats {
 	return Stats{Received: in.received.Load(), Accepted: in.accepted.Load(), Rejected: in.rejected.Load(),
-		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(),
+		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(), Subscriptions: in.subscribed.Load(),
 		AcceptTime: time.Duration(in.acceptNanos.Load()), ReplyTime: time.Duration(in.replyNanos.Load())}
 }
 
