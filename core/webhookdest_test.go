@@ -267,6 +267,7 @@ func TestWebhookRedirectNotFollowed(t *testing.T) {
 	t.Parallel()
 	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
 		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, func(c *core.Config) {
 				c.Webhook = core.WebhookConfig{AllowNets: loopbackNets, MaxAttempts: 2, Backoff: time.Minute, Timeout: 5 * time.Second}
 			})

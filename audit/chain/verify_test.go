@@ -162,6 +162,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		}, chain.FindingCheckpointInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case on its own database and chain
 			c, svc := newService(t)
 			ids := c.record(t, 20)
 			c.shipAll(t)
