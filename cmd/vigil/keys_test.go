@@ -67,6 +67,7 @@ func TestKeysCommands(t *testing.T) {
 			} else {
 				t.Setenv("VIGIL_VAULT_ADDR", "")
 				t.Setenv("VIGIL_KEYRING_PASSPHRASE", "a passphrase for the cli test")
+				cheapLocalRing(t, dir, "a passphrase for the cli test")
 			}
 			out, err := execute(t, "keys", "init", "--data-dir", dir)
 			if err != nil || !strings.Contains(out, "created audit-checkpoint:v1") {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/internal/testdb"
+	"github.com/vigilhealth/vigil/keys"
 )
 
 func execute(t *testing.T, args ...string) (string, error) {
@@ -122,6 +123,7 @@ func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
 	}
 	t.Setenv("VIGIL_DATABASE_URL", "")
 	dataDir := t.TempDir()
+	cheapLocalRing(t, dataDir, demoPassphrase)
 	port := freeTestPort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -203,5 +205,19 @@ func TestNoLoadToolsInTheShippedBinary(t *testing.T) {
 		if strings.HasSuffix(p, "/cmd/vigil-bench") || strings.HasSuffix(p, "/internal/cpuacct") {
 			t.Errorf("vigil depends on %s, a load tool's package", p)
 		}
+	}
+}
+
+// cheapLocalRing creates the local key ring under dataDir with a low scrypt cost (the
+// passphrase guards nothing in a test); the commands under test then open it with the
+// parameters stored in it instead of deriving the production-strength key every time.
+func cheapLocalRing(t *testing.T, dataDir, passphrase string) {
+	t.Helper()
+	l, err := keys.NewLocal(keys.LocalConfig{Dir: filepath.Join(dataDir, "keys"), Passphrase: []byte(passphrase), ScryptN: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
