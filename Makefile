@@ -75,8 +75,10 @@ clean-testdbs:
 		psql "$(TESTDB_ADMIN)" -qc "ALTER DATABASE $$db WITH is_template false" >/dev/null 2>&1; \
 		psql "$(TESTDB_ADMIN)" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
 
+# Tests wait on PostgreSQL (each makes and drops its own database) more than they compute:
+# four packages at a time, eight tests at a time within one (docs/development.md).
 unit:
-	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -count=1 -parallel 8 -timeout 12m ./...
+	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -count=1 -p 4 -parallel 8 -timeout 12m ./...
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
