@@ -17,7 +17,7 @@ LDFLAGS := -X main.version=$(VERSION)
 # input) when a starved worker misses the end of -fuzztime (golang/go#75804, fixed in Go 1.27).
 # A count has no deadline to race, so a failure of `make fuzz` is always a real finding.
 FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages devices/envelope:FuzzVerifierMatchesStdlib \
-	devices/mqtt:FuzzParseUpTopic devices/mqtt:FuzzParseReply \
+	devices/mqttwire:FuzzParseUpTopic devices/mqttwire:FuzzParseReply \
 	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
 	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \

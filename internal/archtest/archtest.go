@@ -86,6 +86,7 @@ func Check(root string) ([]Violation, error) {
 			return err
 		}
 		out = append(out, checkFile(fset, rel, f)...)
+		out = append(out, checkLeaf(fset, rel, f)...)
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool {
