@@ -221,6 +221,17 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
+// Reset closes the current connection, if any; the next Send opens a new one. A sender
+// calls it when a reply shows the connection is out of step (an ACK for another message).
+func (c *Client) Reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		_ = c.conn.Close()
+		c.conn, c.br = nil, nil
+	}
+}
+
 // Close closes the connection; later Sends return ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
