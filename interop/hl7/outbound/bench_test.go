@@ -3,11 +3,13 @@ package outbound_test
 import (
 	"context"
 	"net"
+	"os"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/internal/cpuacct"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
@@ -51,6 +53,7 @@ func BenchmarkORUToLoopback(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
+	before := cpuacct.Take(ctx, pool)
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
 		m := msgs[i%len(msgs)]
@@ -62,6 +65,12 @@ func BenchmarkORUToLoopback(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
+	b.StopTimer()
+	if b.N >= 1000 {
+		// CPU per message (sender, receiver and audit service in this process; PostgreSQL):
+		// what the machine could do if the run had it to itself.
+		cpuacct.Between(before, cpuacct.Take(ctx, pool)).Write(os.Stdout, int64(b.N), 2, "message")
+	}
 	if st := s.Stats(); st.Delivered != int64(b.N) || st.AuditFailures != 0 {
 		b.Fatalf("Stats = %+v, want %d delivered", st, b.N)
 	}
