@@ -240,7 +240,8 @@ func (s *Sender) Stats() Stats {
 // Close stops accepting messages, lets each lane finish its current attempt, dead-letters
 // (reason "not_sent_before_close") every message still queued so none is lost, waits for
 // the audit events in flight, and closes the connections. ctx bounds the wait for attempts
-// in flight.
+// in flight. Enqueue calls blocked on a full lane are waited for (each is bounded by its own
+// context) before closing starts.
 func (s *Sender) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
