@@ -237,3 +237,44 @@ func TestRefusalsOverTheWire(t *testing.T) {
 		t.Errorf("audit events = %+v", evs)
 	}
 }
+
+// A refusal that cannot be audited is answered AR (the sender retries); an applied message
+// stays AA (answering AR would make the sender apply it twice).
+//
+// Verifies: REQ-INT-005
+func TestAuditFailure(t *testing.T) {
+	broken := testdb.New(t)
+	broken.Close() // the audit database is gone: every RecordNow fails
+	app := &applier{}
+	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(broken)})
+	c, err := mllp.NewClient(mllp.ClientConfig{Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		msg  string
+		ack  hl7.AckCode
+		code string
+	}{
+		{adt("A01^ADT_A01", "F1", `NK1|1`, `PV1|1|I|ICU`), hl7.AR, "internal_error"},
+		{adt("A08^ADT_A01", "F2", pidJane), hl7.AA, ""},
+	} {
+		ack, err := c.Send(ctx, []byte(tc.msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, _, errs, err := hl7.ParseAck(ack)
+		if err != nil || code != tc.ack || (tc.code != "" && (len(errs) == 0 || errs[0] != tc.code)) {
+			t.Errorf("ACK = %s %v %v, want %s %s", code, errs, err, tc.ack, tc.code)
+		}
+	}
+	if st := rcv.Stats(); st.AuditFailures != 2 || st.Accepted != 1 || st.Rejected != 1 {
+		t.Errorf("Stats = %+v, want 2 audit failures, 1 accepted, 1 rejected", st)
+	}
+	if len(app.cmds) != 1 {
+		t.Errorf("applied %d commands, want 1", len(app.cmds))
+	}
+}

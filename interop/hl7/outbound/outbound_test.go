@@ -24,6 +24,7 @@ import (
 	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
 	"github.com/vigilhealth/vigil/interop/interoptest"
+	"github.com/vigilhealth/vigil/interop/mllp"
 	"github.com/vigilhealth/vigil/keys"
 )
 
@@ -317,5 +318,57 @@ func TestRetriesThenDeadLettersAndCloseKeepsQueued(t *testing.T) {
 	}
 	if n := len(interoptest.Events(t, pool, "hl7.oru.dead_lettered")); n != 4 {
 		t.Errorf("%d dead-letter audit events, want 4", n)
+	}
+}
+
+// An ACK for another control id is not taken as delivery: the connection is reopened and
+// the message sent again.
+//
+// Verifies: REQ-INT-007
+func TestAckForAnotherMessageIsRetried(t *testing.T) {
+	pool := testdb.New(t)
+	var mu sync.Mutex
+	seen := 0
+	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: mllp.HandlerFunc(func(_ context.Context, r mllp.Request) []byte {
+		m, err := hl7.Parse(r.Message, hl7.Limits{})
+		if err != nil {
+			t.Errorf("receiver: %v", err)
+			return nil
+		}
+		mu.Lock()
+		seen++
+		n := seen
+		mu.Unlock()
+		if n == 1 { // acknowledge some other message
+			other, _ := hl7.Parse([]byte("MSH|^~\\&|X|Y|||20260101||ORU^R01|OTHER|P|2.5.1\r"), hl7.Limits{})
+			return hl7.Ack(other, hl7.AA, nil, hl7.AckOptions{ControlID: "k1", Now: time.Unix(0, 0)})
+		}
+		return hl7.Ack(m, hl7.AA, nil, hl7.AckOptions{ControlID: "k2", Now: time.Unix(0, 0)})
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Close(context.Background())
+	bo := &backoffs{}
+	s := newSender(t, pool, l.Addr().String(), func(c *outbound.Config) { c.After = bo.after })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Enqueue(ctx, oru(t, "M1", "MRN-M", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Stats(); st.Delivered != 1 || st.Retries != 1 || seen != 2 {
+		t.Errorf("Stats = %+v after %d deliveries, want delivered on the second", st, seen)
+	}
+	evs := interoptest.Events(t, pool, "hl7.oru.delivered")
+	if len(evs) != 1 || evs[0].Payload["attempts"] != float64(2) {
+		t.Errorf("audit = %+v", evs)
 	}
 }
