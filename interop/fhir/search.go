@@ -130,6 +130,8 @@ type Filter struct {
 	Modifier string // "" or "missing" (token and reference), "not" (token)
 	Missing  bool   // for :missing=true
 	Values   []Value
+	// Key and Raw are the parameter and value as given (for paging links).
+	Key, Raw string
 }
 
 // SortKey is one _sort key.
@@ -145,6 +147,9 @@ type Query struct {
 	Count    int
 	Sort     []SortKey
 	Include  []string // "Observation:device"
+	// Cursor is the opaque paging position (_cursor) of a next-page link; "" for the first
+	// page. The server makes and checks it.
+	Cursor string
 	// Ignored are the parameters a Lenient search ignored (reported to the client in an
 	// OperationOutcome of the result Bundle).
 	Ignored []string
@@ -178,6 +183,7 @@ const (
 var (
 	idRE       = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
 	dateRE     = regexp.MustCompile(`^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$`)
+	cursorRE   = regexp.MustCompile(`^[A-Za-z0-9_\-]{1,256}$`)
 	datePrefix = []string{"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"}
 )
 
@@ -249,6 +255,13 @@ func ParseSearch(resource string, q url.Values, h Handling) (Query, error) {
 				qr.Include = append(qr.Include, raw)
 			}
 			continue
+		case "_cursor":
+			if mod != "" || len(raws) != 1 || !cursorRE.MatchString(raws[0]) {
+				bad(CodeInvalidValue, "invalid", key, "_cursor is an opaque token from a next link")
+				continue
+			}
+			qr.Cursor = raws[0]
+			continue
 		case "_format":
 			for _, raw := range raws {
 				if raw != "json" && raw != "application/json" && raw != "application/fhir+json" {
@@ -277,7 +290,7 @@ func ParseSearch(resource string, q url.Values, h Handling) (Query, error) {
 			continue
 		}
 		for _, raw := range raws {
-			f := Filter{Param: name, Modifier: mod}
+			f := Filter{Param: name, Modifier: mod, Key: key, Raw: raw}
 			if def.Type == TypeReference && mod != "missing" {
 				f.Modifier = ""
 			}
@@ -317,6 +330,34 @@ func ParseSearch(resource string, q url.Values, h Handling) (Query, error) {
 		return Query{}, &SearchError{probs}
 	}
 	return qr, nil
+}
+
+// Encode returns the query string of q (filters as given, then _count, _sort, _include)
+// with the given paging cursor: the self link of a page (cursor = q.Cursor) or its next
+// link. Parameters a lenient search ignored are left out.
+func (q Query) Encode(cursor string) string {
+	v := url.Values{}
+	for _, f := range q.Filters {
+		v.Add(f.Key, f.Raw)
+	}
+	v.Set("_count", strconv.Itoa(q.Count))
+	if len(q.Sort) > 0 {
+		keys := make([]string, len(q.Sort))
+		for i, s := range q.Sort {
+			keys[i] = s.Param
+			if s.Desc {
+				keys[i] = "-" + s.Param
+			}
+		}
+		v.Set("_sort", strings.Join(keys, ","))
+	}
+	for _, inc := range q.Include {
+		v.Add("_include", inc)
+	}
+	if cursor != "" {
+		v.Set("_cursor", cursor)
+	}
+	return v.Encode()
 }
 
 func parseValue(def ParamDef, mod, v string) (Value, *Problem) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vigilhealth/vigil/interop/fhir"
+	"github.com/vigilhealth/vigil/interop/fhir/fhirtest"
 )
 
 func parse(t *testing.T, resource, query string, h fhir.Handling) (fhir.Query, error) {
@@ -202,4 +203,55 @@ func FuzzParseSearch(f *testing.F) {
 			t.Fatalf("strict search ignored %v", res.Ignored)
 		}
 	})
+}
+
+// A search result page is a searchset Bundle with self and next links, match and include
+// entries and, under lenient handling, an outcome naming the ignored parameters; it passes
+// the external validator.
+//
+// Verifies: REQ-INT-014, REQ-INT-010
+func TestSearchBundle(t *testing.T) {
+	q, err := parse(t, "Observation", "patient=p1&code=http://loinc.org|8867-4&date=ge2026-01-02&_count=2&_sort=-date&_include=Observation:device&foo=1&_cursor=abc", fhir.Lenient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.Cursor != "abc" {
+		t.Errorf("Cursor = %q, want abc", q.Cursor)
+	}
+	var matches []any
+	for _, s := range samples()[:2] {
+		o, _ := fhir.RenderObservation(s)
+		matches = append(matches, o)
+	}
+	total := 7
+	b, err := fhir.RenderSearchBundle(fhir.Page{Base: "https://vigil.example/fhir/R4/", Query: q, Matches: matches,
+		Included: []any{fhir.RenderDevice(fhir.Device{ID: deviceID, Serial: "SN", Status: "active"})}, Next: "def", Total: &total})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Link) != 2 || b.Link[0].Relation != "self" || b.Link[1].Relation != "next" {
+		t.Fatalf("links = %+v", b.Link)
+	}
+	next, err := url.Parse(b.Link[1].Url)
+	if err != nil || next.Path != "/fhir/R4/Observation" {
+		t.Fatalf("next link = %q, %v", b.Link[1].Url, err)
+	}
+	// Following the next link parses to the same search, one page on.
+	q2, err := fhir.ParseSearch("Observation", next.Query(), fhir.Strict)
+	if err != nil || q2.Cursor != "def" || q2.Count != 2 || len(q2.Filters) != 3 || q2.Sort[0] != (fhir.SortKey{Param: "date", Desc: true}) || q2.Include[0] != "Observation:device" {
+		t.Errorf("next link parses to %+v, %v", q2, err)
+	}
+	if strings.Contains(b.Link[0].Url, "foo") || !strings.Contains(b.Link[0].Url, "_cursor=abc") {
+		t.Errorf("self link = %q", b.Link[0].Url)
+	}
+	if len(b.Entry) != 4 || *b.Entry[0].FullUrl != "https://vigil.example/fhir/R4/Observation/hr" || b.Entry[2].Search.Mode.Code() != "include" || b.Entry[3].Search.Mode.Code() != "outcome" {
+		t.Errorf("entries = %+v", b.Entry)
+	}
+	if !strings.Contains(string(b.Entry[3].Resource), "foo") {
+		t.Errorf("outcome entry = %s, want it to name foo", b.Entry[3].Resource)
+	}
+	fhirtest.Validate(t, b)
+	if _, err := parse(t, "Observation", "_cursor=a/b", fhir.Lenient); err == nil {
+		t.Errorf("ParseSearch(_cursor=a/b) accepted")
+	}
 }

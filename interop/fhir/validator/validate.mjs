@@ -3,7 +3,8 @@
 //
 // Input (stdin): a JSON array of resources. Each is validated against the base resource
 // definition and against every profile it names in meta.profile that is a FHIR R4 core
-// profile (vital signs); an unknown profile is itself an error.
+// profile (vital signs); an unknown profile is itself an error. The resources inside a
+// Bundle are checked against their profiles too.
 // Output (stdout): one JSON line per resource: {"index", "resourceType", "id", "errors": [...]},
 // each error "<expression>: <message>". Exit status 1 when any resource has an error.
 import { readFileSync } from 'node:fs';
@@ -52,19 +53,13 @@ function issues(err) {
     .map((i) => `${(i.expression ?? []).join(',')}: ${i.details?.text ?? i.diagnostics ?? i.code}`);
 }
 
-const input = JSON.parse(readFileSync(0, 'utf8'));
-let failed = false;
-input.forEach((resource, index) => {
+// profileErrors validates resource against each FHIR core profile it names in meta.profile.
+function profileErrors(resource, where) {
   const errors = [];
-  try {
-    validateResource(resource);
-  } catch (err) {
-    errors.push(...issues(err));
-  }
   for (const url of resource?.meta?.profile ?? []) {
     const sd = profiles.get(url);
     if (!sd) {
-      errors.push(`meta.profile: profile ${url} is not a FHIR R4 core Observation profile`);
+      errors.push(`${where}meta.profile: profile ${url} is not a FHIR R4 core Observation profile`);
       continue;
     }
     if (!loaded.has(url)) {
@@ -78,8 +73,24 @@ input.forEach((resource, index) => {
       found = issues(err);
     }
     if (url === 'http://hl7.org/fhir/StructureDefinition/bp') found = bpSliceErrors(resource, found);
-    errors.push(...found.map((e) => `[${url.split('/').pop()}] ${e}`));
+    errors.push(...found.map((e) => `${where}[${url.split('/').pop()}] ${e}`));
   }
+  return errors;
+}
+
+const input = JSON.parse(readFileSync(0, 'utf8'));
+let failed = false;
+input.forEach((resource, index) => {
+  const errors = [];
+  try {
+    validateResource(resource);
+  } catch (err) {
+    errors.push(...issues(err));
+  }
+  errors.push(...profileErrors(resource, ''));
+  (resource?.resourceType === 'Bundle' ? resource.entry ?? [] : []).forEach((e, i) => {
+    if (e?.resource) errors.push(...profileErrors(e.resource, `Bundle.entry[${i}].resource: `));
+  });
   if (errors.length) failed = true;
   process.stdout.write(JSON.stringify({ index, resourceType: resource?.resourceType, id: resource?.id, errors }) + '\n');
 });
