@@ -202,9 +202,9 @@ func (r *Receiver) ServeMLLP(ctx context.Context, req mllp.Request) []byte {
 		}
 	}
 	h := m.MSH()
-	pl.SendingApplication, pl.SendingFacility = h.Value(3, 1), h.Value(4, 1)
-	pl.MessageControlID, pl.Event = h.Value(10, 0), h.Value(9, 2)
-	ev.Object.ID, ev.RequestID = clip(pl.MessageControlID), clip(pl.MessageControlID)
+	pl.SendingApplication, pl.SendingFacility = clip(h.Value(3, 1)), clip(h.Value(4, 1))
+	pl.MessageControlID, pl.Event = clip(h.Value(10, 0)), clip(h.Value(9, 2))
+	ev.Object.ID, ev.RequestID = pl.MessageControlID, pl.MessageControlID
 	actor, err := r.cfg.Authenticate(ctx, req.Peer, pl.SendingApplication, pl.SendingFacility)
 	if err != nil {
 		return refuse(m, reject(hl7.AR, "unauthorized", hl7.CodeUnknownKey, "MSH", 3, "sender not authorized on this interface"))
@@ -249,7 +249,8 @@ func internal(text string) *hl7.Rejection {
 	return reject(hl7.AR, "internal_error", hl7.CodeInternal, "", 0, text)
 }
 
-// clip keeps an identifier from the wire within what an audit event field holds.
+// clip keeps an identifier from the wire within what an audit event field holds (and out of
+// the way of a hostile sender's megabyte-long "control id").
 func clip(s string) string {
 	s = strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "?")
 	if len(s) > 200 {
