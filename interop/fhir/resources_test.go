@@ -144,6 +144,17 @@ func TestObservationMapping(t *testing.T) {
 			t.Errorf("RenderObservation(SpO2) = %s\nmissing %s", js, want)
 		}
 	}
+	// What the external validator does not check (bindings, fixed units): asserted here.
+	for _, smp := range samples() {
+		o, err := fhir.RenderObservation(smp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := o.ValueQuantity
+		if o.Status.Code() != "final" || *q.System != fhir.UCUM || *q.Code != smp.Unit || *o.Code.Coding[0].System != fhir.LOINC || *o.Code.Coding[0].Code != smp.Code {
+			t.Errorf("RenderObservation(%s) = status %s, %s %s, %s|%s", smp.Code, o.Status.Code(), *q.System, *q.Code, *o.Code.Coding[0].System, *o.Code.Coding[0].Code)
+		}
+	}
 	if _, err := fhir.RenderObservation(fhir.Sample{Code: "0000-0"}); !errors.Is(err, fhir.ErrUnknownCode) {
 		t.Errorf("RenderObservation(unknown code) = %v, want ErrUnknownCode", err)
 	}
