@@ -21,7 +21,8 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
 	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
-	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL
+	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
+	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch
 FUZZTIME ?= 50000x
 
 .PHONY: all build demo test vet unit fuzz services tools clean-testdbs help
@@ -50,9 +51,12 @@ demo: build
 services:
 	bash .ci/ensure-postgres
 	bash .ci/ensure-mosquitto
+	bash .ci/ensure-interop
 
 # Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
-# go.sum changes): the Vault dev server, Trillian's own servers for the external mode.
+# go.sum changes): the Vault dev server, Trillian's own servers for the external mode; and
+# the external FHIR validator from npm into interop/fhir/validator/node_modules (git-ignored,
+# pinned by its package-lock.json).
 tools:
 	@for s in tools/*/build.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
 
@@ -71,7 +75,7 @@ clean-testdbs:
 		psql "$(TESTDB_ADMIN)" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
 
 unit:
-	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -count=1 -timeout 12m ./...
+	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 $(GO) test -race -count=1 -timeout 12m ./...
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
