@@ -72,8 +72,8 @@ type grantRef struct {
 type snapshot struct {
 	version int64
 	e       *casbin.Enforcer
-	roles   map[string][]RoleGrant               // subject → role grants
-	holds   map[string]map[string]bool           // subject → roles held in some domain
+	roles   map[string][]RoleGrant              // subject → role grants
+	holds   map[string]map[string]bool          // subject → roles held in some domain
 	glass   map[string]map[uuid.UUID][]grantRef // subject → patient → break-glass grants
 }
 
@@ -124,10 +124,12 @@ func (a pgAdapter) LoadPolicy(m model.Model) error {
 	}
 	return rows.Err()
 }
-func (pgAdapter) SavePolicy(model.Model) error                          { return errAdapterReadOnly }
-func (pgAdapter) AddPolicy(string, string, []string) error              { return errAdapterReadOnly }
-func (pgAdapter) RemovePolicy(string, string, []string) error           { return errAdapterReadOnly }
-func (pgAdapter) RemoveFilteredPolicy(string, string, int, ...string) error { return errAdapterReadOnly }
+func (pgAdapter) SavePolicy(model.Model) error                { return errAdapterReadOnly }
+func (pgAdapter) AddPolicy(string, string, []string) error    { return errAdapterReadOnly }
+func (pgAdapter) RemovePolicy(string, string, []string) error { return errAdapterReadOnly }
+func (pgAdapter) RemoveFilteredPolicy(string, string, int, ...string) error {
+	return errAdapterReadOnly
+}
 
 // Reload loads the current policy version and the active break-glass grants.
 func (e *Enforcer) Reload(ctx context.Context) error {

@@ -20,9 +20,9 @@ import (
 // Principal is an authenticated caller: a user signed in to a session, or a service account
 // using an API token.
 type Principal struct {
-	Kind       audit.ActorKind `json:"kind"`    // audit.ActorUser or audit.ActorService
-	ID         uuid.UUID       `json:"id"`      // user id or service account id
-	Subject    string          `json:"subject"` // policy subject: user:<id> or token:<id>
+	Kind       audit.ActorKind `json:"kind"`           // audit.ActorUser or audit.ActorService
+	ID         uuid.UUID       `json:"id"`             // user id or service account id
+	Subject    string          `json:"subject"`        // policy subject: user:<id> or token:<id>
 	Name       string          `json:"name,omitempty"` // service account name; empty for users (personal data)
 	AuthMethod string          `json:"auth_method"`
 	SessionID  uuid.UUID       `json:"session_id,omitzero"` // browser session; zero for API tokens
