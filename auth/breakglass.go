@@ -89,7 +89,7 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 
 // BreakGlassGrants lists grants, newest first: only those not reviewed yet when unreviewed.
 func (s *Service) BreakGlassGrants(ctx context.Context, unreviewed bool, limit int) ([]BreakGlassGrant, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, user_id, patient_id, reason_sealed, opened_at, expires_at, closed_at, reviewed_at, reviewed_by
+	rows, err := s.pool.Query(ctx, `SELECT id, user_id, patient_id, reason_sealed, opened_at, expires_at, closed_at, reviewed_at, coalesce(reviewed_by, '')
 		FROM auth_break_glass WHERE NOT $1 OR reviewed_at IS NULL ORDER BY opened_at DESC, id DESC LIMIT $2`, unreviewed, limit)
 	if err != nil {
 		return nil, fmt.Errorf("break-glass grants: %w", err)
