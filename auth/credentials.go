@@ -325,3 +325,5 @@ func (s *Service) CompleteEnrollment(ctx context.Context, o Origin, token, passw
 func constantTimeEqual(a, b string) bool {
 	return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 && bytes.Equal([]byte(a), []byte(b))
 }
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
