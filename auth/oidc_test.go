@@ -131,7 +131,7 @@ func newRP(t *testing.T, e *env, p *testOP, mod func(*auth.OIDCConfig)) *auth.Re
 	t.Helper()
 	w := ward()
 	cfg := auth.OIDCConfig{Issuer: p.issuer, ClientID: "vigil", ClientSecret: "vigil-secret", RedirectURL: redirectURL,
-		Scopes: []string{"email", "profile", storage.CustomScope},
+		Scopes:  []string{"email", "profile", storage.CustomScope},
 		RoleMap: []auth.ClaimRole{{Value: "icu-nurses", Role: auth.RoleClinician, Domain: auth.WardDomain(w)}}}
 	if mod != nil {
 		mod(&cfg)
