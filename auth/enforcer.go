@@ -71,10 +71,50 @@ type grantRef struct {
 // snapshot is one loaded policy version.
 type snapshot struct {
 	version int64
-	e       *casbin.Enforcer
+	e       *casbin.Enforcer                    // every rule: explanations, permissions with no rule
+	byPerm  map[string]*casbin.Enforcer         // "<object>\x00<action>" → the rules for it only
 	roles   map[string][]RoleGrant              // subject → role grants
 	holds   map[string]map[string]bool          // subject → roles held in some domain
 	glass   map[string]map[uuid.UUID][]grantRef // subject → patient → break-glass grants
+
+	// memo remembers Casbin's answers for this version: a decision depends only on the
+	// subject, the ward, the object, the action and the care-team fact (break-glass decisions,
+	// which depend on the clock, are never remembered). Bounded: cleared when full.
+	memoMu sync.RWMutex
+	memo   map[memoKey]memoVal
+}
+
+type memoKey struct {
+	sub, ward, obj, act string
+	careTeam            bool
+}
+
+type memoVal struct {
+	ok   bool
+	expl []string
+}
+
+// memoMax bounds the decisions remembered per policy version (≈ 100 bytes each).
+const memoMax = 200_000
+
+func (s *snapshot) enforceMemo(ce *casbin.Enforcer, k memoKey) (bool, []string, error) {
+	s.memoMu.RLock()
+	v, hit := s.memo[k]
+	s.memoMu.RUnlock()
+	if hit {
+		return v.ok, v.expl, nil
+	}
+	ok, expl, err := ce.EnforceEx(k.sub, k.ward, k.obj, k.act, k.careTeam, false)
+	if err != nil {
+		return false, nil, err
+	}
+	s.memoMu.Lock()
+	if len(s.memo) >= memoMax {
+		clear(s.memo)
+	}
+	s.memo[k] = memoVal{ok, expl}
+	s.memoMu.Unlock()
+	return ok, expl, nil
 }
 
 // RoleGrant is one role held by a subject in a domain (a Casbin grouping line).
@@ -140,7 +180,7 @@ func (e *Enforcer) Reload(ctx context.Context) error {
 
 func (e *Enforcer) reloadLocked(ctx context.Context) error {
 	snap := &snapshot{roles: map[string][]RoleGrant{}, holds: map[string]map[string]bool{},
-		glass: map[string]map[uuid.UUID][]grantRef{}}
+		glass: map[string]map[uuid.UUID][]grantRef{}, memo: map[memoKey]memoVal{}}
 	err := pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM auth_policy_versions").Scan(&snap.version); err != nil {
 			return err
@@ -149,11 +189,16 @@ func (e *Enforcer) reloadLocked(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		ce, err := casbin.NewEnforcer(m, pgAdapter{ctx, tx})
+		ce, err := casbin.NewEnforcer(m)
 		if err != nil {
 			return err
 		}
 		ce.EnableAutoSave(false)
+		ce.SetRoleManager(newGrantTable())
+		ce.SetAdapter(pgAdapter{ctx, tx})
+		if err := ce.LoadPolicy(); err != nil {
+			return err
+		}
 		snap.e = ce
 		rows, err := tx.Query(ctx, "SELECT v0, v1, v2, source FROM auth_policy_rules WHERE ptype = 'g' ORDER BY id")
 		if err != nil {
@@ -192,16 +237,72 @@ func (e *Enforcer) reloadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("auth: load policy: %w", err)
 	}
-	snap.e.AddFunction("holds", func(args ...any) (any, error) {
+	holds := func(args ...any) (any, error) {
 		if len(args) != 2 {
 			return false, errors.New("holds(subject, role)")
 		}
 		sub, _ := args[0].(string)
 		role, _ := args[1].(string)
 		return snap.holds[sub][role], nil
-	})
+	}
+	snap.e.AddFunction("holds", holds)
+	if err := snap.index(holds); err != nil {
+		return fmt.Errorf("auth: load policy: %w", err)
+	}
 	e.cur.Store(snap)
 	return nil
+}
+
+// index splits the rules by (object, action) into enforcers that share the full enforcer's
+// role manager (the grants), so that a decision evaluates the matcher over the few rules of
+// its permission rather than over the whole policy. The model and every decision stay
+// Casbin's; only the rules a request cannot match are left out.
+func (s *snapshot) index(holds func(args ...any) (any, error)) error {
+	pol, err := s.e.GetPolicy()
+	if err != nil {
+		return err
+	}
+	groups := map[string][][]string{}
+	for _, p := range pol {
+		groups[p[1]+"\x00"+p[2]] = append(groups[p[1]+"\x00"+p[2]], p)
+	}
+	rm := s.e.GetModel()["g"]["g"].RM
+	s.byPerm = make(map[string]*casbin.Enforcer, len(groups))
+	for key, lines := range groups {
+		obj, act, _ := strings.Cut(key, "\x00")
+		if act != "*" {
+			lines = append(slices.Clip(lines), groups[obj+"\x00*"]...)
+		}
+		m, err := model.NewModelFromString(modelText)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			if err := m.AddPolicy("p", "p", l); err != nil {
+				return err
+			}
+		}
+		se, err := casbin.NewEnforcer(m)
+		if err != nil {
+			return err
+		}
+		se.EnableAutoSave(false)
+		se.GetModel()["g"]["g"].RM = rm
+		se.AddFunction("holds", holds)
+		s.byPerm[key] = se
+	}
+	return nil
+}
+
+// enforcer returns the enforcer holding the rules for (obj, act).
+func (s *snapshot) enforcer(obj, act string) *casbin.Enforcer {
+	if se := s.byPerm[obj+"\x00"+act]; se != nil {
+		return se
+	}
+	if se := s.byPerm[obj+"\x00*"]; se != nil {
+		return se
+	}
+	return s.e
 }
 
 // Refresh reloads the policy if another process changed it (its version moved). Cheap: one
@@ -258,13 +359,14 @@ func (e *Enforcer) decide(s *snapshot, sub, clinicianID, action string, t Target
 		ward = string(WardDomain(t.Ward))
 	}
 	careTeam := t.Patient != uuid.Nil && clinicianID != "" && slices.Contains(t.CareTeam, clinicianID)
-	ok, expl, err := s.e.EnforceEx(sub, ward, t.Object, action, careTeam, false)
+	ce := s.enforcer(t.Object, action)
+	ok, expl, err := s.enforceMemo(ce, memoKey{sub, ward, t.Object, action, careTeam})
 	if err != nil {
 		return d, fmt.Errorf("auth: enforce: %w", err)
 	}
 	if !ok && t.Patient != uuid.Nil {
 		if g, has := s.activeGrant(sub, t.Patient, e.now()); has {
-			ok, expl, err = s.e.EnforceEx(sub, ward, t.Object, action, careTeam, true)
+			ok, expl, err = ce.EnforceEx(sub, ward, t.Object, action, careTeam, true)
 			if err != nil {
 				return d, fmt.Errorf("auth: enforce: %w", err)
 			}
@@ -304,8 +406,9 @@ func (e *Enforcer) Visibility(p *Principal) (visibility.Filter, error) {
 
 func (e *Enforcer) visibility(s *snapshot, sub, clinicianID string) (visibility.Filter, error) {
 	var f visibility.Filter
+	ce := s.enforcer(ObjPatient, "read")
 	ask := func(ward string, careTeam, glass bool) (bool, error) {
-		ok, err := s.e.Enforce(sub, ward, ObjPatient, "read", careTeam, glass)
+		ok, err := ce.Enforce(sub, ward, ObjPatient, "read", careTeam, glass)
 		if err != nil {
 			return false, fmt.Errorf("auth: enforce: %w", err)
 		}
