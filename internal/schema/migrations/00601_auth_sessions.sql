@@ -49,7 +49,18 @@ CREATE TABLE auth_oidc_flows (
     expires_at  timestamptz NOT NULL
 );
 
+-- WebAuthn ceremonies in progress (registration of a passkey, passkey sign-in): go-webauthn's
+-- session data (the challenge), keyed by the SHA-256 of the ceremony id, single use.
+CREATE TABLE auth_webauthn_ceremonies (
+    id_hash     bytea PRIMARY KEY CHECK (length(id_hash) = 32),
+    kind        text NOT NULL CHECK (kind IN ('register','login')),
+    user_id     uuid REFERENCES auth_users (id) ON DELETE CASCADE,
+    session     jsonb NOT NULL,
+    expires_at  timestamptz NOT NULL
+);
+
 -- +goose Down
+DROP TABLE auth_webauthn_ceremonies;
 DROP TABLE auth_oidc_flows;
 DROP TABLE auth_throttle;
 DROP TABLE auth_api_tokens;
