@@ -21,7 +21,8 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
 	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
-	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL
+	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
+	auth:FuzzCredentialParsers
 FUZZTIME ?= 50000x
 
 .PHONY: all build demo test vet unit fuzz services tools clean-testdbs help

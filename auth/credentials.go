@@ -36,25 +36,41 @@ func (s *Service) hashPassword(pw string) (string, error) {
 		b64.EncodeToString(salt), b64.EncodeToString(key)), nil
 }
 
-// checkPassword compares pw with a PHC argon2id hash in constant time.
-func checkPassword(encoded, pw string) bool {
+// phc is a decoded argon2id hash.
+type phc struct {
+	m, t       uint32
+	p          uint8
+	salt, want []byte
+}
+
+// parsePHC decodes a PHC argon2id string, refusing parameters outside sane bounds.
+func parsePHC(encoded string) (phc, bool) {
+	var h phc
 	parts := strings.Split(encoded, "$")
 	if len(parts) != 6 || parts[1] != "argon2id" || parts[2] != "v="+strconv.Itoa(argon2.Version) {
-		return false
+		return h, false
 	}
-	var m, t uint32
-	var p uint8
-	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &m, &t, &p); err != nil || m == 0 || t == 0 || p == 0 || m > 1<<22 || t > 64 {
-		return false
+	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &h.m, &h.t, &h.p); err != nil || h.m < 8 || h.t == 0 || h.p == 0 || h.m > 1<<20 || h.t > 16 {
+		return h, false
 	}
 	b64 := base64.RawStdEncoding
-	salt, err1 := b64.DecodeString(parts[4])
-	want, err2 := b64.DecodeString(parts[5])
-	if err1 != nil || err2 != nil || len(want) == 0 || len(want) > 64 {
+	var err1, err2 error
+	h.salt, err1 = b64.DecodeString(parts[4])
+	h.want, err2 = b64.DecodeString(parts[5])
+	if err1 != nil || err2 != nil || len(h.want) < 16 || len(h.want) > 64 {
+		return h, false
+	}
+	return h, true
+}
+
+// checkPassword compares pw with a PHC argon2id hash in constant time.
+func checkPassword(encoded, pw string) bool {
+	h, ok := parsePHC(encoded)
+	if !ok {
 		return false
 	}
-	got := argon2.IDKey([]byte(pw), salt, t, m, p, uint32(len(want)))
-	return subtle.ConstantTimeCompare(got, want) == 1
+	got := argon2.IDKey([]byte(pw), h.salt, h.t, h.m, h.p, uint32(len(h.want)))
+	return subtle.ConstantTimeCompare(got, h.want) == 1
 }
 
 func (s *Service) checkPasswordPolicy(pw string) error {
