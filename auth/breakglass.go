@@ -70,7 +70,7 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
 	}
 	detail := map[string]any{"grant_id": g.ID, "user_id": p.ID, "patient_id": patient, "expires_at": g.ExpiresAt}
-	err = s.changePolicy(ctx, o, "break_glass_opened", detail, func(tx pgx.Tx, _ int64) error {
+	v, err := s.changePolicyTx(ctx, o, "break_glass_opened", detail, func(tx pgx.Tx, _ int64) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO auth_break_glass (id, user_id, patient_id, reason_sealed, opened_at, expires_at)
 			VALUES ($1, $2, $3, $4, $5, $6)`, g.ID, g.UserID, patient, sealed, now, g.ExpiresAt); err != nil {
 			return err
@@ -82,6 +82,10 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 		return err
 	})
 	if err != nil {
+		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
+	}
+	// The grant takes effect at once without reloading the whole policy.
+	if err := s.enf.addBreakGlass(ctx, v, g); err != nil {
 		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
 	}
 	return g, nil

@@ -305,6 +305,32 @@ func (s *snapshot) enforcer(obj, act string) *casbin.Enforcer {
 	return s.e
 }
 
+// addBreakGlass makes a new grant effective: a copy of the current snapshot with the grant
+// (break-glass grants live beside Casbin's rules, not in them) at the change's version. If
+// another change came in between (the version is not the next one), the policy is reloaded.
+func (e *Enforcer) addBreakGlass(ctx context.Context, version int64, g BreakGlassGrant) error {
+	e.loadMu.Lock()
+	defer e.loadMu.Unlock()
+	cur := e.cur.Load()
+	if version != cur.version+1 {
+		return e.reloadLocked(ctx)
+	}
+	next := &snapshot{version: version, e: cur.e, byPerm: cur.byPerm, roles: cur.roles, holds: cur.holds,
+		glass: make(map[string]map[uuid.UUID][]grantRef, len(cur.glass)+1), memo: map[memoKey]memoVal{}}
+	for sub, m := range cur.glass {
+		next.glass[sub] = m
+	}
+	sub := UserSubject(g.UserID)
+	pm := make(map[uuid.UUID][]grantRef, len(cur.glass[sub])+1)
+	for p, gs := range cur.glass[sub] {
+		pm[p] = gs
+	}
+	pm[g.PatientID] = append(slices.Clone(pm[g.PatientID]), grantRef{g.ID, g.ExpiresAt})
+	next.glass[sub] = pm
+	e.cur.Store(next)
+	return nil
+}
+
 // Refresh reloads the policy if another process changed it (its version moved). Cheap: one
 // indexed read when nothing changed. A server calls it periodically.
 func (e *Enforcer) Refresh(ctx context.Context) error {

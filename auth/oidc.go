@@ -177,7 +177,7 @@ type Claims struct {
 // failure is ErrOIDC with a reason in the audit event "auth.login.failed": provider_error,
 // state_mismatch, state_unknown, state_expired, code_exchange_failed, id_token_missing,
 // issuer_mismatch, audience_mismatch, id_token_expired, id_token_invalid, nonce_mismatch,
-// mfa_missing, no_role, email_in_use, user_disabled.
+// mfa_missing, no_role, email_in_use, profile_invalid, user_disabled.
 func (rp *RelyingParty) Finish(ctx context.Context, cb Callback) (Session, error) {
 	o := Origin{RequestID: cb.RequestID, SourceAddr: cb.SourceAddr}
 	failed := func(user uuid.UUID, reason string) (Session, error) {
@@ -353,6 +353,9 @@ func (rp *RelyingParty) user(ctx context.Context, o Origin, issuer, subject stri
 		// A local account has this e-mail address: never link by e-mail (the provider may not
 		// have verified it); an administrator resolves it.
 		return uuid.Nil, "email_in_use", nil
+	}
+	if errors.Is(err, ErrInvalid) {
+		return uuid.Nil, "profile_invalid", nil
 	}
 	if err != nil {
 		return uuid.Nil, "", err

@@ -47,17 +47,23 @@ func (s *Service) bumpPolicy(ctx context.Context, tx pgx.Tx, o Origin, change st
 
 // changePolicy runs fn and the version bump in one transaction, then reloads the enforcer.
 func (s *Service) changePolicy(ctx context.Context, o Origin, change string, detail map[string]any, fn func(tx pgx.Tx, version int64) error) error {
+	if _, err := s.changePolicyTx(ctx, o, change, detail, fn); err != nil {
+		return err
+	}
+	return s.enf.Reload(ctx)
+}
+
+// changePolicyTx runs fn and the version bump in one transaction and returns the version.
+func (s *Service) changePolicyTx(ctx context.Context, o Origin, change string, detail map[string]any, fn func(tx pgx.Tx, version int64) error) (int64, error) {
+	var v int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		v, err := s.bumpPolicy(ctx, tx, o, change, detail)
-		if err != nil {
+		var err error
+		if v, err = s.bumpPolicy(ctx, tx, o, change, detail); err != nil {
 			return err
 		}
 		return fn(tx, v)
 	})
-	if err != nil {
-		return err
-	}
-	return s.enf.Reload(ctx)
+	return v, err
 }
 
 func (s *Service) installDefaultPolicy(ctx context.Context) error {
