@@ -1,6 +1,9 @@
 package auth
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Error is an outcome of authentication or authorization that a caller branches on. Code is
 // stable and machine-readable (the server's JSON error envelope carries it; docs/api.md lists
@@ -67,8 +70,9 @@ func CodeOf(err error) string {
 
 // reasoned carries the audit reason (what exactly was wrong) beside the public sentinel.
 type reasoned struct {
-	pub    *Error
-	reason string
+	pub        *Error
+	reason     string
+	retryAfter time.Duration
 }
 
 func (r *reasoned) Error() string        { return r.pub.Message }
@@ -77,6 +81,16 @@ func (r *reasoned) Is(target error) bool { return target == r.pub }
 
 // fail returns pub carrying the audit reason code.
 func fail(pub *Error, reason string) error { return &reasoned{pub: pub, reason: reason} }
+
+// RetryAfter returns how long to wait before trying again after ErrAccountLocked (for the
+// Retry-After header), or 0.
+func RetryAfter(err error) time.Duration {
+	var r *reasoned
+	if errors.As(err, &r) {
+		return r.retryAfter
+	}
+	return 0
+}
 
 // ReasonOf returns the audit reason code of an auth error (e.g. "password_wrong",
 // "totp_replayed", "session_idle_timeout"), or its public code when it has none. Servers MUST

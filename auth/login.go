@@ -125,7 +125,12 @@ func (s *Service) Login(ctx context.Context, req LoginRequest) (Session, error) 
 		if which == src {
 			reason = "locked_source"
 		}
-		return failed(uuid.Nil, ErrAccountLocked, reason, false)
+		_, err := failed(uuid.Nil, ErrAccountLocked, reason, false)
+		var r *reasoned
+		if errors.As(err, &r) {
+			r.retryAfter = until.Sub(now).Round(time.Second) + time.Second
+		}
+		return Session{}, err
 	}
 	r, err := scanUser(s.pool.QueryRow(ctx, "SELECT "+userCols+" FROM auth_users WHERE email_index = $1", idx))
 	if errors.Is(err, pgx.ErrNoRows) {

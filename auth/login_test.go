@@ -126,7 +126,11 @@ func TestLockoutWithBackoff(t *testing.T) {
 	// Locked: even the right password is refused, without checking it.
 	wantCode(t, "Login(locked)", try(password, "198.51.100.9"), "account_locked", "locked_account")
 	e.clock.Add(59 * time.Second)
-	wantCode(t, "Login(locked, 59s later)", try(password, "198.51.100.9"), "account_locked", "locked_account")
+	err := try(password, "198.51.100.9")
+	wantCode(t, "Login(locked, 59s later)", err, "account_locked", "locked_account")
+	if ra := auth.RetryAfter(err); ra < time.Second || ra > 2*time.Second {
+		t.Fatalf("RetryAfter(locked 1 s more) = %s, want 1–2 s", ra)
+	}
 	e.clock.Add(2 * time.Second)
 	// Back-off doubles: one more failure locks for 2 minutes.
 	wantCode(t, "Login(wrong, after lock)", try("wrong again ###", "198.51.100.9"), "invalid_credentials", "password_wrong")
@@ -148,7 +152,7 @@ func TestLockoutWithBackoff(t *testing.T) {
 	for range 5 {
 		_, _ = e.svc.Login(e.ctx, auth.LoginRequest{Email: "ghost@example.org", Password: "whatever-pass", SourceAddr: "203.0.113.50"})
 	}
-	_, err := e.svc.Login(e.ctx, auth.LoginRequest{Email: "ghost@example.org", Password: "whatever-pass", SourceAddr: "203.0.113.51"})
+	_, err = e.svc.Login(e.ctx, auth.LoginRequest{Email: "ghost@example.org", Password: "whatever-pass", SourceAddr: "203.0.113.51"})
 	wantCode(t, "Login(unknown, locked)", err, "account_locked", "locked_account")
 
 	// Per source address: 20 failures from one address over many names lock the address.
