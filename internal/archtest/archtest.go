@@ -26,13 +26,14 @@ var Allowed = map[string][]string{
 	"core":         {"audit", "keys"},
 	"devices":      {"core", "audit", "keys"},
 	"interop":      {"core", "devices", "audit", "keys"},
+	"auth":         {"audit", "keys"},
 	"traceability": {},
 	"validation":   {"traceability"},
 	"qms":          {"traceability", "validation", "audit", "keys"},
-	"server":       {"core", "devices", "interop", "audit", "keys", "qms", "traceability", "validation"},
-	"cmd":          {"server", "core", "devices", "interop", "audit", "keys", "qms", "traceability", "validation"},
+	"server":       {"core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"cmd":          {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 	"internal":     {},
-	"bench":        {"server", "core", "devices", "interop", "audit", "keys", "qms", "traceability", "validation"},
+	"bench":        {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 }
 
 // ForbiddenLoggers are packages that log outside log/slog.
