@@ -32,7 +32,9 @@ type Finding struct {
 	Detail   string `json:"detail"`
 }
 
-func (f Finding) String() string { return fmt.Sprintf("%s %s %s: %s", f.Severity, f.Kind, f.ID, f.Detail) }
+func (f Finding) String() string {
+	return fmt.Sprintf("%s %s %s: %s", f.Severity, f.Kind, f.ID, f.Detail)
+}
 
 // TestLink is one test that names a requirement, with its outcome in the run.
 type TestLink struct {
