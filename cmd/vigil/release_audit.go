@@ -27,7 +27,7 @@ import (
 type releaseProof struct {
 	Event    audit.EventProof `json:"event"`
 	Salt     []byte           `json:"salt"`
-	Payload  json.RawMessage  `json:"payload"`
+	Payload  string           `json:"payload"` // the exact JSON text the commitment covers
 	ObjectID string           `json:"object_id"`
 }
 
@@ -95,7 +95,7 @@ func (l auditReleaseLog) RecordRelease(ctx context.Context, r qms.ReleaseRecord)
 		case <-time.After(50 * time.Millisecond): // waiting for Trillian's sequencer
 		}
 	}
-	doc, err := json.Marshal(releaseProof{Event: p, Salt: p.Event.Salt, Payload: p.Event.Payload, ObjectID: obj})
+	doc, err := json.Marshal(releaseProof{Event: p, Salt: p.Event.Salt, Payload: string(p.Event.Payload), ObjectID: obj})
 	if err != nil {
 		return qms.AuditEvidence{}, err
 	}
@@ -120,13 +120,13 @@ func checkReleaseProof(ev qms.AuditEvidence, manifestSHA256, trustedKey string) 
 		return fmt.Errorf("the proven event is %s, not %s", uuid.UUID(le.ID), ev.EventID)
 	case doc.Event.Batch.Checkpoint != ev.Checkpoint || uint64(*doc.Event.Batch.LeafIndex) != ev.LeafIndex || doc.Event.Batch.TreeSize != ev.TreeSize:
 		return errors.New("the checkpoint or leaf shown is not the one the proof is for")
-	case audit.PayloadCommitment(doc.Salt, doc.Payload) != le.PayloadHash:
+	case audit.PayloadCommitment(doc.Salt, []byte(doc.Payload)) != le.PayloadHash:
 		return errors.New("the payload does not open the event's commitment")
 	case leaf.Commit(doc.Salt, leaf.LabelObjectID, []byte(doc.ObjectID)) != le.ObjectID:
 		return errors.New("the object id does not open the event's commitment")
 	}
 	var p releasePayload
-	if err := json.Unmarshal(doc.Payload, &p); err != nil {
+	if err := json.Unmarshal([]byte(doc.Payload), &p); err != nil {
 		return fmt.Errorf("payload: %w", err)
 	}
 	if p.ManifestSHA256 != manifestSHA256 {

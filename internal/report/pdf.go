@@ -154,12 +154,15 @@ func (p *pdfWriter) table(t *Table) {
 				c = cells[i]
 			}
 			var ls []string
-			for _, para := range strings.Split(p.text(c), "\n") {
+			// Split the UTF-8 text, then translate each line to the font's code page.
+			for _, para := range strings.Split(ascii.Replace(c), "\n") {
 				if para == "" {
 					ls = append(ls, "")
 					continue
 				}
-				ls = append(ls, pdf.SplitText(para, widths[i]-2*cellPad)...)
+				for _, l := range pdf.SplitText(para, widths[i]-2*cellPad) {
+					ls = append(ls, p.tr(l))
+				}
 			}
 			if len(ls) > maxCellLines {
 				ls = append(ls[:maxCellLines-1], "...")
