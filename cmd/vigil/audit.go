@@ -201,7 +201,7 @@ DIR/patient-ID.html and .pdf, and the proofs as DIR/patient-ID-proofs.json (HIPA
 of disclosures); --report is then required.`,
 		Example: `  vigil audit export --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out audit-2026-11.pack --report audit-2026-11
   vigil audit export --from 2026-01-01T00:00:00Z --to 2027-01-01T00:00:00Z --patient 0190… --report disclosures`,
-		Args:    cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			var opt audit.ExportOptions
