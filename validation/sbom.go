@@ -183,6 +183,10 @@ func sbomGate(ctx context.Context, e *env) Result {
 	if err != nil {
 		return fail("evidence", err.Error())
 	}
+	// A copy: the licences gate reads the shared inventory at the same time.
+	own := *inv
+	own.Components = append([]Component(nil), inv.Components...)
+	inv = &own
 	e.annotateVulns(inv)
 	var buf bytes.Buffer
 	if err := WriteSBOM(&buf, inv, SBOMOptions{Version: e.cfg.Version, Time: e.cfg.Now()}); err != nil {

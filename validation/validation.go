@@ -148,7 +148,8 @@ type env struct {
 	inv     *Inventory
 	invErr  error
 
-	vulns *VulnScan // set by the vulnerabilities gate when it ran
+	vulns    *VulnScan     // set by the vulnerabilities gate when it ran
+	vulnDone chan struct{} // closed when the vulnerabilities gate is done (or not run)
 }
 
 func (e *env) setVulns(s *VulnScan) { e.vulns = s }
@@ -156,6 +157,7 @@ func (e *env) setVulns(s *VulnScan) { e.vulns = s }
 // annotateVulns lists, on each component, the known vulnerabilities the vulnerabilities
 // gate found in it.
 func (e *env) annotateVulns(inv *Inventory) {
+	<-e.vulnDone
 	if e.vulns == nil {
 		return
 	}
@@ -193,7 +195,7 @@ func (e *env) matrixOf(ctx context.Context) (*traceability.Matrix, error) {
 	return e.matrix, e.matrixErr
 }
 
-// Run runs the configured gates in order and writes their evidence, report.json and
+// Run runs the configured gates (concurrently; reported in order) and writes their evidence, report.json and
 // junit.xml into cfg.Out. A gate that fails does not stop the others. The error is for a
 // run that could not be made at all (bad configuration, unwritable Out).
 func Run(ctx context.Context, cfg Config) (*Report, error) {
@@ -231,24 +233,45 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)
 	}
-	e := &env{cfg: cfg}
+	e := &env{cfg: cfg, vulnDone: make(chan struct{})}
+	if !contains(want, GateVulns) {
+		close(e.vulnDone)
+	}
 	rep := &Report{Commit: cfg.Commit, Started: cfg.Now().UTC(), Passed: true}
+	// The gates are independent (the SBOM waits for the vulnerability scan to list known
+	// vulnerabilities); they run at once, so the slowest (govulncheck) hides the others.
+	var selected []gate
 	for _, g := range gates {
-		if !contains(want, g.name) {
-			continue
+		if contains(want, g.name) {
+			selected = append(selected, g)
 		}
-		start := time.Now()
-		res := g.run(ctx, e)
-		res.Gate = g.name
-		res.Duration = time.Since(start)
-		if res.Evidence == nil {
-			res.Evidence = []string{}
-		}
+	}
+	results := make([]Result, len(selected))
+	var wg sync.WaitGroup
+	for i, g := range selected {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			res := g.run(ctx, e)
+			if g.name == GateVulns {
+				close(e.vulnDone)
+			}
+			res.Gate = g.name
+			res.Duration = time.Since(start)
+			if res.Evidence == nil {
+				res.Evidence = []string{}
+			}
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	for _, res := range results {
 		rep.Gates = append(rep.Gates, res)
 		rep.Passed = rep.Passed && res.Passed
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
 	}
 	rep.Finished = cfg.Now().UTC()
 	if err := writeFile(filepath.Join(cfg.Out, "report.json"), rep.WriteJSON); err != nil {
