@@ -354,7 +354,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if !r.Passed {
 		verdict = "FAILED: " + strings.Join(r.Failed(), ", ")
 	}
-	_, err := fmt.Fprintf(w, "\nvalidation of %s: %s\n", r.Commit, verdict)
+	failed := len(r.Failed())
+	_, err := fmt.Fprintf(w, "\nvalidation of %s: %s\ngates: %d passed, %d failed\n", r.Commit, verdict, len(r.Gates)-failed, failed)
 	return err
 }
 
