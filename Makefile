@@ -30,7 +30,7 @@ CI_DIR := .vigil/ci
 # CI keeps one beside the repository; elsewhere pass VULNDB=path/to/osv.
 VULNDB ?= ../shared/vulndb/osv
 
-.PHONY: all build demo test vet unit fuzz validate services tools clean-testdbs help
+.PHONY: all build demo test vet unit fuzz validate release services tools clean-testdbs help
 
 all: build
 
@@ -40,6 +40,7 @@ help:
 	@echo "make build  - build bin/vigil"
 	@echo "make fuzz   - run the fuzz targets for FUZZTIME each (default $(FUZZTIME))"
 	@echo "make validate - run the validation gates on the results of make unit and make fuzz"
+	@echo "make release  - a signed release with its IEC 62304/HIPAA evidence into DIST (default dist/)"
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
@@ -100,3 +101,10 @@ validate: build
 		--binary $(BIN)/vigil --out .vigil/validate
 
 test: services tools clean-testdbs vet unit fuzz validate
+
+# A signed release with its evidence pack into $(DIST) (docs/quality.md), from the results of
+# make unit and make fuzz. Needs VIGIL_DATABASE_URL (the audit log that records the release)
+# and the keys (VIGIL_VAULT_ADDR, or VIGIL_KEYRING_PASSPHRASE for the local key ring).
+DIST ?= dist
+release: build
+	$(BIN)/vigil release --out $(DIST) --vulndb $(VULNDB) --version $(VERSION)
