@@ -71,7 +71,7 @@ func (e *Evidence) overview() *report.Doc {
 		Row("release-signing key", e.KeyID).
 		Row("toolchain", e.Build.GoVersion+" "+e.Build.GOOS+"/"+e.Build.GOARCH)
 	d.Add(t)
-	contents := report.NewTable("document", "IEC 62304 / HIPAA", "page")
+	d.Add(report.Heading{Level: 1, Text: "Contents"})
 	for _, c := range []struct{ title, clause, href string }{
 		{"Software development plan (summary)", "IEC 62304 §5.1", "plan.html"},
 		{"Software requirements specification", "IEC 62304 §5.2", "requirements.html"},
@@ -84,9 +84,8 @@ func (e *Evidence) overview() *report.Doc {
 		{"Release checklist", "IEC 62304 §5.8", "checklist.html"},
 		{"HIPAA technical safeguards", "HIPAA §164.312", "hipaa.html"},
 	} {
-		contents.Row(c.title, c.clause, c.href)
+		d.Add(report.Para{Text: c.title + " — " + c.clause, Href: c.href})
 	}
-	d.Add(report.Heading{Level: 1, Text: "Contents"}, contents)
 	return d
 }
 
