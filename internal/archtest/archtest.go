@@ -25,13 +25,15 @@ var Allowed = map[string][]string{
 	"audit":        {"keys"},
 	"core":         {"audit", "keys"},
 	"devices":      {"core", "audit", "keys"},
+	"interop":      {"core", "devices", "audit", "keys"},
+	"auth":         {"audit", "keys"},
 	"traceability": {},
 	"validation":   {"traceability"},
 	"qms":          {"traceability", "validation", "audit", "keys"},
-	"server":       {"core", "devices", "audit", "keys", "qms", "traceability", "validation"},
-	"cmd":          {"server", "core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+	"server":       {"core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"cmd":          {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 	"internal":     {},
-	"bench":        {"server", "core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+	"bench":        {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 }
 
 // ForbiddenLoggers are packages that log outside log/slog.
