@@ -143,10 +143,6 @@ type Stats struct {
 	Failed   uint64 // uploads that failed for an internal reason (answered internal_error)
 	Replies  uint64 // replies published
 	Connects uint64 // successful connections (1 + reconnections)
-	// Subscribes counts the subscriptions the broker granted, one per connection once it is
-	// subscribed: uploads published before (Subscribes < Connects) may reach no subscriber
-	// when the session did not persist (no ClientID configured).
-	Subscribes uint64
 	// AcceptTime and ReplyTime are the total time spent in verification and storage
 	// (Accepter.Accept) and in publishing replies and acknowledging: divided by Received they
 	// say where an upload's time goes.
@@ -170,7 +166,6 @@ type Ingestor struct {
 	upOnce  sync.Once
 
 	received, accepted, rejected, failed, replies, connects atomic.Uint64
-	subscribes                                              atomic.Uint64
 	acceptNanos, replyNanos                                 atomic.Int64
 }
 
@@ -242,7 +237,6 @@ func Start(cfg Config) (*Ingestor, error) {
 					}
 					return
 				}
-				in.subscribes.Add(1)
 				in.upOnce.Do(func() { close(in.up) })
 			}()
 		},
@@ -300,7 +294,7 @@ func (in *Ingestor) Subscribed() bool {
 // Stats returns the counters.
 func (in *Ingestor) Stats() Stats {
 	return Stats{Received: in.received.Load(), Accepted: in.accepted.Load(), Rejected: in.rejected.Load(),
-		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(), Subscribes: in.subscribes.Load(),
+		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(),
 		AcceptTime: time.Duration(in.acceptNanos.Load()), ReplyTime: time.Duration(in.replyNanos.Load())}
 }
 

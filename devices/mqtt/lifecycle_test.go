@@ -64,17 +64,15 @@ func TestReconnectAndCloseLeavesNoGoroutine(t *testing.T) {
 		t.Fatalf("before the drop: %+v, want accepted", r)
 	}
 	in.cm.TerminateConnectionForTest()
-	// Wait for the subscription, not just the connection: with a random client id the session
-	// ends with the connection, and an upload published between the reconnection and the new
-	// subscription reaches no subscriber (the broker drops it; the device gets no reply).
 	deadline := time.Now().Add(20 * time.Second)
-	for in.Stats().Subscribes < 2 && time.Now().Before(deadline) {
+	for in.Stats().Connects < 2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := in.Stats(); got.Connects < 2 || got.Subscribes < 2 {
-		t.Fatalf("Stats() after the drop = %d connects, %d subscribes; want ≥ 2 of each (reconnected, subscribed again)", got.Connects, got.Subscribes)
+	if got := in.Stats().Connects; got < 2 {
+		t.Fatalf("Stats().Connects = %d after the drop, want ≥ 2 (reconnected)", got)
 	}
-	// The subscription is restored: the next upload is answered.
+	// The subscription is restored (the session persisted or we subscribed again): the next
+	// upload is answered.
 	if r := send(2); r.Status != StatusAccepted {
 		t.Fatalf("after reconnecting: %+v, want accepted", r)
 	}
