@@ -22,6 +22,7 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
 	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
+	server:FuzzCheckJSON \
 	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch \
 	auth:FuzzCredentialParsers
 FUZZTIME ?= 50000x
