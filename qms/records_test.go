@@ -3,6 +3,9 @@ package qms_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,6 +104,39 @@ func TestQualityRecords(t *testing.T) {
 				t.Errorf("direct dependency %s has no purpose in qms/soup-purpose.yaml", r.Mod.Path)
 			}
 		}
+	}
+	// npm packages: the dependencies of every package.json in the repository (outside
+	// node_modules), the portal's and the test tools' alike.
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "node_modules" || d.Name() == "bin" || strings.HasPrefix(d.Name(), ".")) && path != root {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || d.Name() != "package.json" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		var pkg struct {
+			Dependencies map[string]string `json:"dependencies"`
+		}
+		if err := json.Unmarshal(b, &pkg); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		for name := range pkg.Dependencies {
+			direct[name] = true
+			if strings.TrimSpace(purposes[name]) == "" {
+				t.Errorf("npm dependency %s (%s) has no purpose in qms/soup-purpose.yaml", name, path)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	for p := range purposes {
 		if !direct[p] {
