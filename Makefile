@@ -17,14 +17,23 @@ LDFLAGS := -X main.version=$(VERSION)
 # input) when a starved worker misses the end of -fuzztime (golang/go#75804, fixed in Go 1.27).
 # A count has no deadline to race, so a failure of `make fuzz` is always a real finding.
 FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages devices/envelope:FuzzVerifierMatchesStdlib \
-	devices/mqtt:FuzzParseUpTopic devices/mqtt:FuzzParseReply \
+	devices/mqttwire:FuzzParseUpTopic devices/mqttwire:FuzzParseReply \
 	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
 	audit:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
-	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL
+	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
+	server:FuzzCheckJSON \
+	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch \
+	auth:FuzzCredentialParsers
 FUZZTIME ?= 50000x
+# Test results and validation evidence (git-ignored): `make unit` and `make fuzz` write the
+# go test -json streams here, `make validate` reads them.
+CI_DIR := .vigil/ci
+# The offline OSV database of the vulnerabilities gate (govulncheck runs with no network).
+# CI keeps one beside the repository; elsewhere pass VULNDB=path/to/osv.
+VULNDB ?= ../shared/vulndb/osv
 
-.PHONY: all build bench-build demo test vet unit fuzz services tools clean-testdbs help
+.PHONY: all build bench-build demo test vet unit fuzz validate release services tools clean-testdbs help
 
 all: build
 
@@ -34,6 +43,8 @@ help:
 	@echo "make build  - build bin/vigil (the shipped binary)"
 	@echo "make bench-build - build bin/vigil-bench (the load generators, docs/benchmarks.md)"
 	@echo "make fuzz   - run the fuzz targets for FUZZTIME each (default $(FUZZTIME))"
+	@echo "make validate - run the validation gates on the results of make unit and make fuzz"
+	@echo "make release  - a signed release with its IEC 62304/HIPAA evidence into DIST (default dist/)"
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
@@ -55,9 +66,14 @@ demo: build
 services:
 	bash .ci/ensure-postgres
 	bash .ci/ensure-mosquitto
+	bash .ci/ensure-interop
+	bash .ci/ensure-poppler
 
 # Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
-# go.sum changes): the Vault dev server, Trillian's own servers for the external mode.
+# go.sum changes): the Vault dev server, Trillian's own servers for the external mode,
+# sigstore's cosign (the release tests verify a release with it); and the external FHIR
+# validator from npm into interop/fhir/validator/node_modules (git-ignored, pinned by its
+# package-lock.json).
 tools:
 	@for s in tools/*/build.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
 
@@ -75,14 +91,32 @@ clean-testdbs:
 		psql "$(TESTDB_ADMIN)" -qc "ALTER DATABASE $$db WITH is_template false" >/dev/null 2>&1; \
 		psql "$(TESTDB_ADMIN)" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
 
-# Tests wait on PostgreSQL (each makes and drops its own database) more than they compute:
-# four packages at a time, eight tests at a time within one (docs/development.md).
+# The go test -json stream is kept in $(CI_DIR)/go-test.json (the traceability matrix and the
+# validation gates read it); four packages at a time, eight tests at a time within one
+# (docs/development.md: tests wait on PostgreSQL more than they compute); the log shows one line per package and every failing test's output.
 unit:
-	VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 $(GO) test -race -count=1 -p 4 -parallel 8 -timeout 12m ./...
+	@mkdir -p $(CI_DIR)
+	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_COSIGN=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 \
+		$(GO) test -json -race -count=1 -p 4 -parallel 8 -timeout 12m ./... 2>&1 | $(GO) run ./tools/testlog -o $(CI_DIR)/go-test.json
 
 fuzz:
-	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+	@mkdir -p $(CI_DIR); : > $(CI_DIR)/fuzz.json
+	@set -o pipefail; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; done
+		$(GO) test -json -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg 2>&1 | \
+			$(GO) run ./tools/testlog -a -o $(CI_DIR)/fuzz.json || exit 1; done
 
-test: services tools clean-testdbs vet unit fuzz
+# The validation gates, each reported by name (docs/quality.md): on the test run of `make unit`,
+# the fuzz runs of `make fuzz`, the offline vulnerability database VULNDB.
+validate: build
+	$(BIN)/vigil validate --vulndb $(VULNDB) --test-json $(CI_DIR)/go-test.json --fuzz-json $(CI_DIR)/fuzz.json \
+		--binary $(BIN)/vigil --out .vigil/validate
+
+test: services tools clean-testdbs vet unit fuzz validate
+
+# A signed release with its evidence pack into $(DIST) (docs/quality.md), from the results of
+# make unit and make fuzz. Needs VIGIL_DATABASE_URL (the audit log that records the release)
+# and the keys (VIGIL_VAULT_ADDR, or VIGIL_KEYRING_PASSPHRASE for the local key ring).
+DIST ?= dist
+release: build
+	$(BIN)/vigil release --out $(DIST) --vulndb $(VULNDB) --version $(VERSION)

@@ -221,7 +221,7 @@ func (o *Outbox) prepare(ev Event, now func() time.Time) ([]any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: payload: %v", ErrInvalidEvent, err)
 		}
-		payload = b
+		payload = capPayload(b)
 	}
 	salt := make([]byte, 32)
 	if _, err := rand.Read(salt); err != nil {

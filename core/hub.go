@@ -14,9 +14,12 @@ import (
 
 // HubConfig configures a Hub. Zero values take the documented defaults.
 type HubConfig struct {
-	// Buffer is each subscriber's queue length. A subscriber that falls this far behind is
-	// disconnected (its channel closed, Dropped() true) rather than slowing the publisher or
-	// silently missing events: an SSE client reconnects and reloads state. Default 1024.
+	// Buffer is the most events queued for one subscriber. A subscriber that falls this far
+	// behind is disconnected (its channel closed, Dropped() true) rather than slowing the
+	// publisher or silently missing events: an SSE client reconnects and reloads state. The
+	// queue is allocated as it fills (a subscriber that keeps up holds a channel of at most 16
+	// events), so the bound costs memory only for subscribers that are really behind.
+	// Default 1024.
 	Buffer int
 	// Replay is how many recent events the Hub keeps so that a reconnecting stream resumes
 	// after its Last-Event-ID without a gap (SubscribeAfter). Default 4096.
@@ -87,17 +90,95 @@ type Hub struct {
 	ring   []Event // the last cfg.Replay events, oldest first once full
 	head   int
 	closed bool
+	pumps  sync.WaitGroup             // the subscriptions' pump goroutines
+	active map[*Subscription]struct{} // subscriptions whose pump runs (also dropped ones)
 }
+
+// chanQueue is the capacity of a subscription's channel; events beyond it wait in the
+// subscription's backlog, allocated only while there are some.
+const chanQueue = 16
 
 // Subscription is one subscriber. Read events from C until it is closed (by Close, by the
 // Hub's Close, or because the subscriber fell behind: Dropped reports that).
+//
+// Events are queued in C's small buffer and, when the subscriber is behind, in a backlog
+// that grows on demand up to the subscription's limit; a pump goroutine, running only while
+// the backlog is not empty, moves them into C in order.
 type Subscription struct {
 	C       <-chan Event
 	c       chan Event
 	hub     *Hub
 	filter  Filter
-	once    sync.Once
 	dropped atomic.Bool
+
+	// Guarded by hub.mu.
+	limit   int           // most events queued (in c and backlog) before the subscriber is dropped
+	backlog []Event       // events behind a full c, oldest first
+	pumping bool          // a pump goroutine is moving backlog into c; it closes c if closed meanwhile
+	closed  bool          // no more events are queued (closed, or dropped: the backlog is still delivered)
+	stopped bool          // closed by Close or the Hub's Close: the backlog is discarded
+	done    chan struct{} // closed when stopped: wakes the pump
+	pumped  chan struct{} // closed when the last pump goroutine has returned
+}
+
+// newSub returns a subscription with filter f that queues at most limit events; h.mu held.
+func (h *Hub) newSub(f Filter, limit int) *Subscription {
+	c := make(chan Event, min(chanQueue, limit))
+	return &Subscription{C: c, c: c, hub: h, filter: f, limit: limit, done: make(chan struct{})}
+}
+
+// enqueue queues ev, without blocking; false when the subscriber is limit events behind.
+// h.mu held.
+func (s *Subscription) enqueue(ev Event) bool {
+	if !s.pumping {
+		select {
+		case s.c <- ev:
+			return true
+		default:
+		}
+	}
+	if len(s.c)+len(s.backlog) >= s.limit {
+		return false
+	}
+	s.backlog = append(s.backlog, ev)
+	if !s.pumping {
+		s.pumping = true
+		s.pumped = make(chan struct{})
+		s.hub.active[s] = struct{}{}
+		s.hub.pumps.Add(1)
+		go s.pump(s.pumped)
+	}
+	return true
+}
+
+// pump moves the backlog into c, oldest first, until the backlog is empty or the
+// subscription is stopped; it closes c when the subscription is closed by then.
+func (s *Subscription) pump(pumped chan struct{}) {
+	h := s.hub
+	defer h.pumps.Done()
+	defer close(pumped)
+	for {
+		h.mu.Lock()
+		if s.stopped || len(s.backlog) == 0 {
+			if s.closed {
+				close(s.c)
+			}
+			s.pumping, s.backlog = false, nil
+			delete(h.active, s)
+			h.mu.Unlock()
+			return
+		}
+		ev := s.backlog[0]
+		h.mu.Unlock()
+		select {
+		case s.c <- ev:
+			h.mu.Lock()
+			s.backlog[0] = Event{}
+			s.backlog = s.backlog[1:]
+			h.mu.Unlock()
+		case <-s.done:
+		}
+	}
 }
 
 // NewHub returns a Hub.
@@ -111,7 +192,7 @@ func NewHub(cfg HubConfig) *Hub {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}}
+	h := &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}, active: map[*Subscription]struct{}{}}
 	h.seq.Store(uint64(cfg.Now().UnixMicro()))
 	return h
 }
@@ -123,10 +204,9 @@ func NewHub(cfg HubConfig) *Hub {
 func (h *Hub) SubscribeAfter(f Filter, lastID uint64) (sub *Subscription, complete bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c := make(chan Event, h.cfg.Buffer+h.cfg.Replay)
-	s := &Subscription{C: c, c: c, hub: h, filter: f}
+	s := h.newSub(f, h.cfg.Buffer+h.cfg.Replay)
 	if h.closed {
-		close(c)
+		s.closeLocked(true)
 		return s, false
 	}
 	h.subs[s] = struct{}{}
@@ -135,7 +215,7 @@ func (h *Hub) SubscribeAfter(f Filter, lastID uint64) (sub *Subscription, comple
 	complete = lastID <= last && (len(old) > 0 && old[0].ID <= lastID+1 || len(old) == 0 && lastID == last)
 	for _, ev := range old {
 		if ev.ID > lastID && f.match(&ev) {
-			c <- ev
+			s.enqueue(ev) // always room: the limit is above the replay buffer's size
 		}
 	}
 	return s, complete
@@ -151,30 +231,46 @@ func (h *Hub) retained() []Event {
 
 // Subscribe returns a new subscription with filter f.
 func (h *Hub) Subscribe(f Filter) *Subscription {
-	c := make(chan Event, h.cfg.Buffer)
-	s := &Subscription{C: c, c: c, hub: h, filter: f}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	s := h.newSub(f, h.cfg.Buffer)
 	if h.closed {
-		close(c)
+		s.closeLocked(true)
 		return s
 	}
 	h.subs[s] = struct{}{}
 	return s
 }
 
-// Close ends the subscription and closes C. Safe to call more than once.
+// Close ends the subscription, closes C and waits for its pump goroutine, if one runs.
+// Safe to call more than once.
 func (s *Subscription) Close() {
 	s.hub.mu.Lock()
-	defer s.hub.mu.Unlock()
-	s.closeLocked()
+	s.closeLocked(true)
+	pumped := s.pumped
+	s.hub.mu.Unlock()
+	if pumped != nil {
+		<-pumped
+	}
 }
 
-func (s *Subscription) closeLocked() {
-	s.once.Do(func() {
+// closeLocked ends the subscription; hub.mu held. With stop (Close, the Hub's Close) what is
+// still in the backlog is discarded; without (a subscriber dropped for being too slow) it is
+// still delivered before C closes. C is closed here, or by the pump when one runs (it may be
+// sending on C).
+func (s *Subscription) closeLocked(stop bool) {
+	if !s.closed {
+		s.closed = true
 		delete(s.hub.subs, s)
-		close(s.c)
-	})
+		if !s.pumping {
+			close(s.c)
+			s.backlog = nil
+		}
+	}
+	if stop && !s.stopped {
+		s.stopped = true
+		close(s.done)
+	}
 }
 
 // Dropped reports whether the Hub disconnected the subscriber because it fell behind.
@@ -202,15 +298,13 @@ func (h *Hub) Publish(ev Event) uint64 {
 		if ev.live && !s.filter.matchLive(&ev) || !ev.live && !s.filter.match(&ev) {
 			continue
 		}
-		select {
-		case s.c <- ev:
-		default:
+		if !s.enqueue(ev) {
 			slow = append(slow, s)
 		}
 	}
 	for _, s := range slow {
 		s.dropped.Store(true)
-		s.closeLocked()
+		s.closeLocked(false)
 	}
 	h.mu.Unlock()
 	return ev.ID
@@ -223,14 +317,19 @@ func (h *Hub) Subscribers() int {
 	return len(h.subs)
 }
 
-// Close disconnects every subscriber; later subscriptions are closed at once.
+// Close disconnects every subscriber and waits for their pump goroutines; later
+// subscriptions are closed at once.
 func (h *Hub) Close() {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.closed = true
 	for s := range h.subs {
-		s.closeLocked()
+		s.closeLocked(true)
 	}
+	for s := range h.active { // dropped subscriptions still delivering their backlog
+		s.closeLocked(true)
+	}
+	h.mu.Unlock()
+	h.pumps.Wait()
 }
 
 // AlarmTransition publishes a committed alarm transition as event "alarm.<kind>" (it makes

@@ -1,9 +1,6 @@
 package server
 
 import (
-	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -41,16 +38,6 @@ func alarmID(c echo.Context) (uuid.UUID, error) {
 		return uuid.Nil, BadRequest("invalid_alarm_id", "alarm id must be a UUID")
 	}
 	return id, nil
-}
-
-// bindJSON decodes a JSON body strictly (unknown fields refused).
-func bindJSON(c echo.Context, v any) error {
-	dec := json.NewDecoder(c.Request().Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return BadRequest(CodeBadRequest, "malformed JSON body: "+err.Error())
-	}
-	return nil
 }
 
 func (s *Server) listAlarms(c echo.Context) error {
@@ -95,12 +82,8 @@ func (s *Server) acknowledgeAlarm(c echo.Context) error {
 	var body struct {
 		Note string `json:"note"`
 	}
-	if c.Request().ContentLength != 0 {
-		dec := json.NewDecoder(c.Request().Body)
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&body); err != nil && !errors.Is(err, io.EOF) { // the note is optional
-			return BadRequest(CodeBadRequest, "malformed JSON body: "+err.Error())
-		}
+	if err := decodeJSON(c, &body, true); err != nil { // the note is optional
+		return err
 	}
 	a, err := s.cfg.Alarms.Acknowledge(c.Request().Context(), id, EventFor(c), body.Note)
 	if err != nil {

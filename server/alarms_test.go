@@ -102,7 +102,7 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 		{"POST", "/api/v1/rules/nodata/versions", map[string]any{"version": 1, "name": "No data", "kind": "nodata", "enabled": true,
 			"reason": "stale", "nodata": map[string]any{"silence": "5m", "severity": "high"}}, 409, "rule_version_conflict"},
 		{"POST", "/api/v1/rules/nodata/versions", map[string]any{"version": 2, "name": "No data", "kind": "nodata", "enabled": true,
-			"reason": "bad", "nodata": map[string]any{"silence": "5m", "severity": "extreme"}}, 400, "bad_request"},
+			"reason": "bad", "nodata": map[string]any{"silence": "5m", "severity": "extreme"}}, 400, "invalid_json"},
 		{"POST", "/api/v1/rules/nodata/versions", map[string]any{"version": 2, "name": "No data", "kind": "nodata", "enabled": true,
 			"reason": "bad", "nodata": map[string]any{"silence": "0s", "severity": "high"}}, 400, "invalid_rule"},
 		{"PUT", "/api/v1/patients/" + p.String() + "/spo2-scale", map[string]any{"scale": 2, "reason": "COPD, target 88-92"}, 200, ""},

@@ -71,7 +71,7 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		ev.Object = audit.Object{Type: "http_route", ID: c.Request().Method + " " + routeOf(c)}
 		ev.Time = s.cfg.Now()
-		ev.Payload = map[string]any{"status": status}
+		ev.Payload = requestPayload(c, status)
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
 		defer cancel()
 		if _, aerr := s.cfg.Recorder.RecordNow(ctx, ev); aerr != nil {

@@ -23,14 +23,6 @@ func ActorOf(c echo.Context) audit.Actor {
 	return anonymous
 }
 
-// RequestID returns the request's id (from the X-Request-Id header set by the middleware).
-func RequestID(c echo.Context) string {
-	if id := c.Response().Header().Get(echo.HeaderXRequestID); id != "" {
-		return id
-	}
-	return c.Request().Header.Get(echo.HeaderXRequestID)
-}
-
 // EventFor returns an audit event pre-filled with the request's actor, request id and source
 // address; the handler or domain code completes action, object and outcome.
 func EventFor(c echo.Context) audit.Event {

@@ -335,6 +335,7 @@ func (s *Server) coreLatest(c echo.Context) error {
 // "id: <id>\nevent: <type>\ndata: <json>\n\n"; a reconnecting client sends Last-Event-ID and
 // resumes without a gap, or gets an "event: reset" telling it to reload its state. The stream
 // ends when the request's time limit is reached (the client reconnects) or the client leaves.
+// Streams are capped in number (streams.go); past a cap the answer is 503 too_many_streams.
 func (s *Server) coreStream(c echo.Context) error {
 	var f core.Filter
 	q := c.QueryParams()
@@ -354,14 +355,22 @@ func (s *Server) coreStream(c echo.Context) error {
 		}
 		f.Types[v] = true
 	}
+	lastID := c.Request().Header.Get("Last-Event-ID")
+	var last uint64
+	if lastID != "" {
+		var err error
+		if last, err = strconv.ParseUint(strings.TrimSpace(lastID), 10, 64); err != nil {
+			return BadRequest("invalid_last_event_id", "Last-Event-ID must be an event id")
+		}
+	}
+	release, err := s.streams.acquire(sourceKey(c.RealIP()))
+	if err != nil {
+		return err
+	}
 	hub := s.cfg.Core.Hub()
 	var sub *core.Subscription
 	reset := false
-	if v := c.Request().Header.Get("Last-Event-ID"); v != "" {
-		last, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-		if err != nil {
-			return BadRequest("invalid_last_event_id", "Last-Event-ID must be an event id")
-		}
+	if lastID != "" {
 		var complete bool
 		sub, complete = hub.SubscribeAfter(f, last)
 		reset = !complete
@@ -369,10 +378,15 @@ func (s *Server) coreStream(c echo.Context) error {
 		sub = hub.Subscribe(f)
 	}
 	defer sub.Close()
+	defer release() // before the subscription closes: once it is gone, the place is free
 	w := c.Response()
 	w.Header().Set(echo.HeaderContentType, "text/event-stream")
-	w.Header().Set(echo.HeaderCacheControl, "no-cache")
+	w.Header().Set(echo.HeaderCacheControl, "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
+	// A write deadline per write, not one for the whole answer: a stream lives long, but a
+	// client that stops reading must not hold its goroutine.
+	wd := http.NewResponseController(w)
+	_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 	w.WriteHeader(http.StatusOK)
 	if _, err := fmt.Fprint(w, "retry: 2000\n\n"); err != nil {
 		return nil
@@ -391,6 +405,7 @@ func (s *Server) coreStream(c echo.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-ping.C:
+			_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
 				return nil
 			}
@@ -403,6 +418,7 @@ func (s *Server) coreStream(c echo.Context) error {
 				}
 				return nil
 			}
+			_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			if err := writeSSE(w, ev); err != nil {
 				return nil
 			}

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -61,15 +60,7 @@ func readDeviceBody(c echo.Context, limit int) (*bytes.Buffer, error) {
 	_, err := buf.ReadFrom(io.LimitReader(c.Request().Body, int64(limit)+1))
 	if err != nil {
 		bodyPool.Put(buf)
-		var mbe *http.MaxBytesError
-		var he *echo.HTTPError
-		switch {
-		case errors.As(err, &he):
-			return nil, he // the server's body limit, reached by a body without Content-Length
-		case errors.As(err, &mbe):
-			return nil, echo.NewHTTPError(http.StatusRequestEntityTooLarge)
-		}
-		return nil, BadRequest(CodeBadRequest, "could not read the request body")
+		return nil, bodyReadError(err)
 	}
 	return buf, nil
 }
@@ -99,13 +90,25 @@ type receiptJSON struct {
 // receipt; 200 with the original receipt for an exact re-send. The receipt is CBOR when the
 // client accepts application/cbor, JSON otherwise.
 func (s *Server) postUpload(c echo.Context) error {
+	// The rejected-request limits (rejectlimit.go): the source's state is taken before the
+	// body is read, so that a throttled source's unreadable bodies are not audited either.
+	srcEmpty, srcRetry := s.rejects.source.empty(sourceKey(c.RealIP()), s.cfg.Now())
 	buf, err := readDeviceBody(c, s.uploadLimit())
 	if err != nil {
+		if srcEmpty {
+			return s.admitUpload(c, nil, srcEmpty, srcRetry)
+		}
+		return err
+	}
+	defer bodyPool.Put(buf)
+	if err := s.admitUpload(c, buf.Bytes(), srcEmpty, srcRetry); err != nil {
 		return err
 	}
 	rc, err := s.cfg.Devices.Accept(c.Request().Context(), buf.Bytes(), deviceMeta(c))
-	bodyPool.Put(buf)
 	if err != nil {
+		if d := claimedDevice(buf.Bytes()); d != "" {
+			c.Set(throttleDeviceKey, d) // the rejection spends the named device's budget too
+		}
 		return err
 	}
 	SetActor(c, audit.Actor{Kind: audit.ActorDevice, ID: rc.Body.Device, AuthMethod: "device-signature"})
@@ -218,8 +221,8 @@ func deviceID(c echo.Context) (uuid.UUID, error) {
 
 func (s *Server) postDevice(c echo.Context) error {
 	var nd devices.NewDevice
-	if err := c.Bind(&nd); err != nil {
-		return BadRequest(devices.CodeInvalidInput, "body must be JSON {serial, model, firmware}")
+	if err := decodeJSON(c, &nd, false); err != nil {
+		return err
 	}
 	d, err := s.cfg.Devices.Register(c.Request().Context(), originOf(c), nd)
 	if err != nil {
@@ -311,10 +314,8 @@ func (s *Server) setDeviceStatus(status string) echo.HandlerFunc {
 		var body struct {
 			Reason string `json:"reason"`
 		}
-		if c.Request().ContentLength != 0 {
-			if err := c.Bind(&body); err != nil {
-				return BadRequest(devices.CodeInvalidInput, "body must be JSON {reason}")
-			}
+		if err := decodeJSON(c, &body, true); err != nil { // the reason is optional
+			return err
 		}
 		d, err := s.cfg.Devices.SetStatus(c.Request().Context(), originOf(c), id, status, body.Reason)
 		if err != nil {
@@ -333,8 +334,8 @@ func (s *Server) putDevicePatient(c echo.Context) error {
 	var body struct {
 		PatientID *uuid.UUID `json:"patient_id"`
 	}
-	if err := c.Bind(&body); err != nil {
-		return BadRequest(devices.CodeInvalidInput, "body must be JSON {patient_id} (null to unassign)")
+	if err := decodeJSON(c, &body, false); err != nil {
+		return err
 	}
 	d, err := s.cfg.Devices.AssignPatient(c.Request().Context(), originOf(c), id, body.PatientID)
 	if err != nil {

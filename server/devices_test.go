@@ -153,7 +153,8 @@ func TestHTTPUploadRejections(t *testing.T) {
 	}{
 		{name: "malformed", status: 400, code: "malformed_upload", body: func(*testing.T) []byte { return []byte{0xa1, 0x01} }},
 		{name: "too large", status: 413, code: "upload_too_large", body: func(*testing.T) []byte { return make([]byte, 300<<10) }},
-		{name: "over the server body limit", status: 413, code: "payload_too_large", body: func(*testing.T) []byte { return make([]byte, 2<<20) }},
+		// Over the server's own body limit (1 MiB) too, an upload is refused as an upload.
+		{name: "over the server body limit", status: 413, code: "upload_too_large", body: func(*testing.T) []byte { return make([]byte, 2<<20) }},
 		{name: "wrong content type", status: 415, code: "unsupported_media_type", ctype: "application/json", body: func(*testing.T) []byte { return []byte("{}") }},
 		{name: "unknown device", status: 401, code: "unknown_device", body: func(t *testing.T) []byte {
 			d := h.NewDevice(t)
@@ -243,7 +244,7 @@ func TestHTTPUploadRejections(t *testing.T) {
 			if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'http.request.rejected' AND reason = $1 AND request_id = $2`, tc.code, ae.Error.RequestID); n != wantHTTP {
 				t.Errorf("http.request.rejected events = %d, want %d", n, wantHTTP)
 			}
-			if tc.code != "payload_too_large" && tc.code != "unsupported_media_type" {
+			if tc.code != "unsupported_media_type" {
 				if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND request_id = $2`, tc.code, ae.Error.RequestID); n != 1 {
 					t.Errorf("upload.rejected events of this request = %d, want 1", n)
 				}
@@ -252,7 +253,8 @@ func TestHTTPUploadRejections(t *testing.T) {
 	}
 }
 
-// A chunked body (no Content-Length) over the server's limit is refused with 413 too.
+// A chunked body (no Content-Length) over the server's limit is refused as an upload too:
+// 413 upload_too_large, audited as upload.rejected.
 // Verifies: REQ-DEV-025
 func TestHTTPChunkedUploadTooLarge(t *testing.T) {
 	t.Parallel()
@@ -276,8 +278,11 @@ func TestHTTPChunkedUploadTooLarge(t *testing.T) {
 	defer resp.Body.Close()
 	var ae apiErr
 	_ = json.NewDecoder(resp.Body).Decode(&ae)
-	if resp.StatusCode != http.StatusRequestEntityTooLarge {
-		t.Errorf("POST /uploads (chunked, 2.5 MiB) = %d %s, want 413", resp.StatusCode, ae.Error.Code)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || ae.Error.Code != "upload_too_large" {
+		t.Errorf("POST /uploads (chunked, 2.5 MiB) = %d %s, want 413 upload_too_large", resp.StatusCode, ae.Error.Code)
+	}
+	if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = 'upload_too_large' AND request_id = $1`, ae.Error.RequestID); n != 1 {
+		t.Errorf("upload.rejected events of the chunked upload = %d, want 1", n)
 	}
 }
 

@@ -59,6 +59,32 @@ type Config struct {
 	// Core is the clinical core: patients, observations, the notification stream and webhooks
 	// (routes in core.go). Optional.
 	Core *core.Service
+
+	// ReadTimeout bounds the time a request's body may take to arrive (its headers are bounded
+	// by a fixed 10 s); a body that is late gets 408 request_timeout. Default 30s.
+	ReadTimeout time.Duration
+	// RejectedPerSource bounds the rejected requests (4xx) of one source address (an IPv6
+	// /64): past it, the source's requests are refused at once with 429 rate_limited and
+	// counted in http.request.throttled events rather than audited one by one; its
+	// device-signed uploads still go through when they verify (rejectlimit.go). Default
+	// DefaultRejectedPerSource (a burst of 60, then 1 per second); a negative Rate turns it
+	// off.
+	RejectedPerSource Limit
+	// RejectedPerDevice is the same per device named by rejected uploads. Default
+	// DefaultRejectedPerDevice (30, then 1 every 2 s); a negative Rate turns it off.
+	RejectedPerDevice Limit
+	// LimiterKeys is the most source addresses and devices each limiter tracks at once.
+	// Default DefaultLimiterKeys (100,000).
+	LimiterKeys int
+	// ThrottleFlushInterval is how often Serve records the http.request.throttled events of
+	// the requests the limiters refused. Default 1 minute.
+	ThrottleFlushInterval time.Duration
+	// MaxStreams is the most live streams (SSE) open at once; past it a stream gets 503
+	// too_many_streams with Retry-After. Default DefaultMaxStreams (1,000).
+	MaxStreams int
+	// MaxStreamsPerCaller is the most live streams of one caller (its source address, an IPv6
+	// /64). Default DefaultMaxStreamsPerCaller (20).
+	MaxStreamsPerCaller int
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every
@@ -71,9 +97,11 @@ type ReadinessCheck struct {
 
 // Server is Vigil's HTTP server.
 type Server struct {
-	cfg  Config
-	echo *echo.Echo
-	log  *slog.Logger
+	cfg     Config
+	echo    *echo.Echo
+	log     *slog.Logger
+	rejects *rejectLimits
+	streams *streamSlots
 }
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
@@ -96,7 +124,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	cfg = withLimitDefaults(cfg)
+	s := &Server{cfg: cfg, log: cfg.Logger, rejects: newRejectLimits(cfg),
+		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller)}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -107,8 +137,10 @@ func New(cfg Config) (*Server, error) {
 		e.IPExtractor = echo.ExtractIPDirect()
 	}
 	e.HTTPErrorHandler = s.handleError
-	e.Use(middleware.RequestID())
+	e.Use(s.requestIDs)
 	e.Use(s.accessLog())
+	e.Use(securityHeaders)
+	e.Use(s.throttle)
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
 		DisableStackAll:   true,
 		DisablePrintStack: true,
@@ -119,7 +151,11 @@ func New(cfg Config) (*Server, error) {
 			return fmt.Errorf("panic: %w", err)
 		},
 	}))
-	e.Use(middleware.BodyLimit(cfg.BodyLimit))
+	e.Use(s.readDeadline)
+	e.Use(middleware.BodyLimitWithConfig(middleware.BodyLimitConfig{Limit: cfg.BodyLimit,
+		// The upload route bounds its body itself, so that an oversized upload is refused and
+		// audited as one (upload_too_large), like any other.
+		Skipper: func(c echo.Context) bool { return c.Path() == "/api/v1/uploads" }}))
 	e.Use(middleware.ContextTimeoutWithConfig(middleware.ContextTimeoutConfig{Timeout: cfg.RequestTimeout}))
 	s.echo = e
 	s.routes()
@@ -139,6 +175,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	fctx, stopFlush := context.WithCancel(ctx)
+	flushed := make(chan struct{})
+	go func() { defer close(flushed); s.flushThrottledEvery(fctx, s.cfg.ThrottleFlushInterval) }()
+	defer func() { stopFlush(); <-flushed }()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -188,7 +228,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 		c.Response().Header().Set("Retry-After", strconv.Itoa(ra.RetryAfterSeconds()))
 	}
 	if status >= 400 && status < 500 {
-		s.auditRejection(c, status, code)
+		s.rejection(c, err, status, code)
 	}
 	body := errorBody{Error: errorDetail{Code: code, Message: msg, RequestID: RequestID(c)}}
 	var werr error
@@ -219,7 +259,7 @@ func (s *Server) auditRejection(c echo.Context, status int, code string) {
 	}
 	ev.Reason = code
 	ev.Time = s.cfg.Now()
-	ev.Payload = map[string]any{"status": status, "path": c.Request().URL.Path}
+	ev.Payload = requestPayload(c, status) // the route is the object; never the raw path
 	ctx := context.WithoutCancel(c.Request().Context())
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -241,13 +281,16 @@ func routeOf(c echo.Context) string {
 func (s *Server) accessLog() echo.MiddlewareFunc {
 	return middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
 		LogStatus: true, LogLatency: true, LogMethod: true, LogRoutePath: true,
-		LogRequestID: true, LogRemoteIP: true, LogError: true, HandleError: true,
+		LogRemoteIP: true, LogError: true, HandleError: true,
 		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
 			// The route pattern, not the URI: paths and queries may carry identifiers.
 			attrs := []slog.Attr{
 				slog.String("method", v.Method), slog.String("route", v.RoutePath),
 				slog.Int("status", v.Status), slog.Duration("latency", v.Latency),
-				slog.String("request_id", v.RequestID), slog.String("remote_ip", v.RemoteIP),
+				slog.String("request_id", RequestID(c)), slog.String("remote_ip", v.RemoteIP),
+			}
+			if cid := CorrelationID(c); cid != "" {
+				attrs = append(attrs, slog.String("correlation_id", cid))
 			}
 			s.log.LogAttrs(c.Request().Context(), slog.LevelInfo, "http request", attrs...)
 			return nil

@@ -22,7 +22,13 @@ type Requirement struct {
 	SafetyClass  string   `yaml:"safety_class"`
 	Rationale    string   `yaml:"rationale"`
 	RiskControls []string `yaml:"risk_controls"`
-	File         string   `yaml:"-"` // the file it came from
+	// Clauses are the clauses of standards and regulations this requirement answers, each
+	// "<standard> <clause>": "IEC 62304 5.2.2", "HIPAA 164.312(b)", "IEC 60601-1-8 6.3"
+	// ([ClausePattern]).
+	Clauses []string `yaml:"clauses"`
+	// Item is the id of the software item (qms/items.yaml) that implements it.
+	Item string `yaml:"item"`
+	File string `yaml:"-"` // the file it came from
 }
 
 type requirementFile struct {
@@ -35,6 +41,13 @@ var ErrInvalidRequirements = errors.New("invalid requirements")
 
 // IDPattern is the form of a requirement id.
 var IDPattern = regexp.MustCompile(`^REQ-[A-Z]+-[0-9]{3}$`)
+
+// ClausePattern is the form of a clause reference: one of the standards Vigil answers, then
+// the clause, section or paragraph in that standard's own numbering.
+var ClausePattern = regexp.MustCompile(`^(IEC 62304|HIPAA|IEC 60601-1-8|ISO 14971|21 CFR 11|IEC 81001-5-1) [0-9][0-9A-Za-z.()]*$`)
+
+// ItemPattern is the form of a software item id (qms/items.yaml).
+var ItemPattern = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)
 
 // LoadRequirements reads every *.yaml file in dir, checks each requirement (fields present,
 // id form, safety class, ids unique across files), and returns them sorted by id. All
@@ -85,6 +98,22 @@ func LoadRequirements(dir string) ([]Requirement, error) {
 			case "A", "B", "C":
 			default:
 				problems = append(problems, fmt.Sprintf("%s: safety_class %q, want A, B or C", where, r.SafetyClass))
+			}
+			if len(r.Clauses) == 0 {
+				problems = append(problems, fmt.Sprintf("%s: clauses is empty (the standard clauses it answers)", where))
+			}
+			for _, c := range r.Clauses {
+				if !ClausePattern.MatchString(c) {
+					problems = append(problems, fmt.Sprintf("%s: clause %q does not match %s", where, c, ClausePattern))
+				}
+			}
+			if !ItemPattern.MatchString(r.Item) {
+				problems = append(problems, fmt.Sprintf("%s: item %q does not match %s (an id of qms/items.yaml)", where, r.Item, ItemPattern))
+			}
+			for _, rc := range r.RiskControls {
+				if !RiskIDPattern.MatchString(rc) {
+					problems = append(problems, fmt.Sprintf("%s: risk_controls names %q, not a risk id (%s)", where, rc, RiskIDPattern))
+				}
 			}
 			all = append(all, r)
 		}

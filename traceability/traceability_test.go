@@ -21,15 +21,19 @@ requirements:
     title: A thing
     text: The system shall do a thing.
     safety_class: B
+    clauses: ["IEC 62304 5.2.2", "HIPAA 164.312(b)"]
+    item: core
     rationale: Because.
   - id: REQ-DEMO-002
     title: Another thing
     text: The system shall do another thing.
     safety_class: C
+    clauses: ["IEC 60601-1-8 6.8"]
+    item: core
     rationale: Because.
 `
 
-// Verifies: REQ-FND-006
+// Verifies: REQ-FND-006, REQ-QMS-001
 func TestLoadRequirementsRejectsMalformedFiles(t *testing.T) {
 	tests := []struct {
 		name, body, wantProblem string
@@ -40,6 +44,10 @@ func TestLoadRequirementsRejectsMalformedFiles(t *testing.T) {
 		{"empty text", strings.Replace(goodReq, "The system shall do a thing.", `""`, 1), "text is empty"},
 		{"unknown field", strings.Replace(goodReq, "rationale: Because.\n  - id", "rationale: Because.\n    colour: red\n  - id", 1), "colour"},
 		{"wrong area", strings.Replace(goodReq, "area: demo", "area: other", 1), "area"},
+		{"no clauses", strings.Replace(goodReq, `clauses: ["IEC 60601-1-8 6.8"]`, "clauses: []", 1), "clauses is empty"},
+		{"unknown standard", strings.Replace(goodReq, `"IEC 60601-1-8 6.8"`, `"ISO 9001 7.1"`, 1), `clause "ISO 9001 7.1"`},
+		{"no item", strings.Replace(goodReq, "clauses: [\"IEC 60601-1-8 6.8\"]\n    item: core\n", "clauses: [\"IEC 60601-1-8 6.8\"]\n", 1), `item ""`},
+		{"bad risk id", strings.Replace(goodReq, "item: core\n    rationale: Because.\n  - id", "item: core\n    risk_controls: [R-1]\n    rationale: Because.\n  - id", 1), "not a risk id"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

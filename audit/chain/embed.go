@@ -1,9 +1,11 @@
 // This file runs Trillian's own log server (the TrillianLog and TrillianAdmin gRPC
 // services) and its sequencer inside the Vigil process, on Vigil's PostgreSQL database
 // (Trillian v1.8 storage/postgresql, tables in the schema `trillian` installed by Vigil's
-// migrations), listening on a loopback port. Vigil then talks to it over gRPC with Trillian's
-// own client, exactly as it talks to an external Trillian (--trillian-addr): the embedded
-// server is an implementation detail of deployment, never a second code path.
+// migrations), listening on a Unix socket that only the process's user can open (the
+// TrillianAdmin service can create and delete trees and has no authentication of its own, so
+// it is never on a network port). Vigil then talks to it over gRPC with Trillian's own client,
+// exactly as it talks to an external Trillian (--trillian-addr): the embedded server is an
+// implementation detail of deployment, never a second code path.
 package chain
 
 import (
@@ -12,6 +14,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +46,10 @@ type EmbedConfig struct {
 	// DatabaseURL is the PostgreSQL connection URL of the installation. Required. The
 	// embedded Trillian opens its own pool on it, with search_path set to TrillianSchema.
 	DatabaseURL string
-	// Listen is the gRPC listen address. Default "127.0.0.1:0" (a free loopback port).
+	// Listen is where the gRPC server listens: "unix:<path>", a Unix socket at path (its
+	// directory is created, mode 0700, when missing; the socket gets mode 0600). Default: a
+	// socket in a new private temporary directory, removed at Close. Network addresses are
+	// refused: the admin service has no credentials.
 	Listen string
 	// MaxConns is the size of Trillian's own connection pool. Default 8.
 	MaxConns int32
@@ -63,6 +71,7 @@ type EmbedConfig struct {
 // Embedded is a running embedded Trillian. Close stops it and waits for all its goroutines.
 type Embedded struct {
 	addr   string
+	tmpDir string // the private directory of the default socket, removed at Close
 	pool   *pgxpool.Pool
 	grpc   *grpc.Server
 	cancel context.CancelFunc
@@ -79,9 +88,6 @@ type Embedded struct {
 func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.DatabaseURL == "" {
 		return nil, errors.New("audit chain: EmbedConfig.DatabaseURL is required")
-	}
-	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:0"
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -120,7 +126,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		pool.Close()
 		return nil, fmt.Errorf("embedded Trillian: database: %w (is migration 00101 applied?)", err)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, tmpDir, err := listen(cfg.Listen)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("embedded Trillian: listen: %w", err)
@@ -133,7 +139,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	trillian.RegisterTrillianAdminServer(gs, admin.New(registry, []trillian.TreeType{trillian.TreeType_LOG}))
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Embedded{addr: ln.Addr().String(), pool: pool, grpc: gs, cancel: cancel}
+	s := &Embedded{addr: "unix:" + ln.Addr().String(), tmpDir: tmpDir, pool: pool, grpc: gs, cancel: cancel}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -199,11 +205,11 @@ func (s *Embedded) sequenceWhenLeader(ctx context.Context, info log.OperationInf
 // Sequencing reports whether this process is the database's sequencer right now.
 func (s *Embedded) Sequencing() bool { return s.sequencing.Load() }
 
-// Addr is the host:port the gRPC server listens on.
+// Addr is the gRPC target of the server: "unix:<path of its socket>" (also a valid Listen).
 func (s *Embedded) Addr() string { return s.addr }
 
-// Dial returns a gRPC client connection to the server (plaintext: loopback only). The caller
-// closes it.
+// Dial returns a gRPC client connection to the server (plaintext, over its Unix socket). The
+// caller closes it.
 func (s *Embedded) Dial() (*grpc.ClientConn, error) {
 	cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -241,5 +247,45 @@ func (s *Embedded) Close(ctx context.Context) error {
 	}
 	s.wg.Wait()
 	s.pool.Close()
+	if s.tmpDir != "" {
+		_ = os.RemoveAll(s.tmpDir)
+	}
 	return s.Err()
+}
+
+// listen opens the Unix socket of Listen (see Config.Listen); tmpDir is the private
+// directory made for the default socket, to be removed at Close.
+func listen(spec string) (ln net.Listener, tmpDir string, err error) {
+	var path string
+	switch {
+	case spec == "":
+		if tmpDir, err = os.MkdirTemp("", "vigil-trillian-"); err != nil { // mode 0700
+			return nil, "", err
+		}
+		path = filepath.Join(tmpDir, "trillian.sock")
+	case strings.HasPrefix(spec, "unix:"):
+		path = strings.TrimPrefix(strings.TrimPrefix(spec, "unix:"), "//")
+		if path == "" {
+			return nil, "", fmt.Errorf("%q names no socket path", spec)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, "", err
+		}
+	default:
+		return nil, "", fmt.Errorf("%q: the embedded Trillian listens on a Unix socket only (unix:<path>); its admin service has no credentials", spec)
+	}
+	ln, err = net.Listen("unix", path)
+	if err == nil {
+		err = os.Chmod(path, 0o600)
+	}
+	if err != nil {
+		if ln != nil {
+			ln.Close()
+		}
+		if tmpDir != "" {
+			_ = os.RemoveAll(tmpDir)
+		}
+		return nil, "", err
+	}
+	return ln, tmpDir, nil
 }

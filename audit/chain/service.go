@@ -208,8 +208,11 @@ type Stats struct {
 	CheckpointSize      uint64    `json:"checkpoint_size"`
 	CheckpointAt        time.Time `json:"checkpoint_at,omitzero"`
 	UnresolvedIncidents int64     `json:"unresolved_incidents"`
-	TrillianAddr        string    `json:"trillian_addr"`
-	Embedded            bool      `json:"embedded"`
+	// TrillianAddr is the log server in use. It is not published (Stats is the detail of the
+	// readiness check, which anyone may read): the address of a log's admin API is no one
+	// else's business.
+	TrillianAddr string `json:"-"`
+	Embedded     bool   `json:"embedded"`
 	// Sequencing: this process runs the embedded sequencer (one process per database does;
 	// the others serve the log API and take over when it goes away).
 	Sequencing bool `json:"sequencing"`

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -180,6 +181,8 @@ func newAuditExportCmd() *cobra.Command {
 		from, to  string
 		outFile   string
 		revealIDs bool
+		reportDir string // audit_report.go
+		patient   string
 	)
 	cmd := &cobra.Command{
 		Use:   "export",
@@ -188,9 +191,17 @@ func newAuditExportCmd() *cobra.Command {
 their batch sub-proofs, the batch leaves' inclusion proofs, every signed checkpoint with its
 consistency proof, and the public key, as one signed file. 'vigil audit verify --pack FILE'
 verifies it offline. Payloads are never exported; --reveal-ids adds the plaintext actor,
-object and request ids and source addresses (with their salts) so they can be checked too.`,
-		Example: `  vigil audit export --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out audit-2026-11.pack`,
-		Args:    cobra.NoArgs,
+object and request ids and source addresses (with their salts) so they can be checked too.
+
+With --report DIR it also writes a report a person can read, DIR/audit-report.html and .pdf:
+the period, the checkpoint, event counts by type and by actor, every event, and the result of
+verifying the pack. With --patient ID it writes, instead of a pack, that patient's access
+history (every event whose object is the patient, each with its proof checked) as
+DIR/patient-ID.html and .pdf, and the proofs as DIR/patient-ID-proofs.json (HIPAA accounting
+of disclosures); --report is then required.`,
+		Example: `  vigil audit export --from 2026-11-01T00:00:00Z --to 2026-12-01T00:00:00Z --out audit-2026-11.pack --report audit-2026-11
+  vigil audit export --from 2026-01-01T00:00:00Z --to 2027-01-01T00:00:00Z --patient 0190… --report disclosures`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			var opt chain.ExportOptions
@@ -213,13 +224,31 @@ object and request ids and source addresses (with their salts) so they can be ch
 				return err
 			}
 			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
+			if patient != "" {
+				if reportDir == "" {
+					return errors.New("--patient needs --report DIR")
+				}
+				h, p, n, err := writePatientReport(ctx, svc, reportDir, patient, opt.From, opt.To, time.Now())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d events of patient %s: %s, %s\n", n, patient, h, p)
+				return nil
+			}
+			var pack bytes.Buffer
 			var w io.Writer = cmd.OutOrStdout()
+			if reportDir != "" {
+				w = io.MultiWriter(w, &pack)
+			}
 			var f *os.File
 			if outFile != "" && outFile != "-" {
 				if f, err = os.OpenFile(outFile, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err != nil {
 					return err
 				}
 				w = f
+				if reportDir != "" {
+					w = io.MultiWriter(f, &pack)
+				}
 			}
 			n, err := svc.Export(ctx, w, opt)
 			if f != nil {
@@ -234,6 +263,13 @@ object and request ids and source addresses (with their salts) so they can be ch
 				return err
 			}
 			slog.InfoContext(ctx, "audit pack written", slog.Int("events", n), slog.String("file", outFile))
+			if reportDir != "" {
+				h, p, err := writePackReport(reportDir, pack.Bytes(), time.Now())
+				if err != nil {
+					return err
+				}
+				slog.InfoContext(ctx, "audit report written", slog.String("html", h), slog.String("pdf", p))
+			}
 			return nil
 		},
 	}
@@ -242,6 +278,8 @@ object and request ids and source addresses (with their salts) so they can be ch
 	cmd.Flags().StringVar(&to, "to", "", "end of the range (RFC 3339, exclusive)")
 	cmd.Flags().StringVar(&outFile, "out", "-", "file to write (must not exist); - for stdout")
 	cmd.Flags().BoolVar(&revealIDs, "reveal-ids", false, "include plaintext identifiers with their salts (never payloads)")
+	cmd.Flags().StringVar(&reportDir, "report", "", "also write a human-readable report (HTML and PDF) into this folder")
+	cmd.Flags().StringVar(&patient, "patient", "", "with --report: the access history of this patient id instead of a pack")
 	_ = cmd.MarkFlagRequired("from")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd

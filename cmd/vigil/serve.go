@@ -14,6 +14,8 @@ func addRunFlags(cmd *cobra.Command, rc *runConfig) {
 	cmd.Flags().StringVar(&rc.Listen, "listen", envOr("VIGIL_LISTEN", "127.0.0.1:8080"), "address to listen on (env VIGIL_LISTEN)")
 	cmd.Flags().StringVar(&rc.DataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory for local state: key ring, demo database (env VIGIL_DATA_DIR)")
 	cmd.Flags().StringVar(&rc.TrillianAddr, "trillian-addr", envOr("VIGIL_TRILLIAN_ADDR", ""), "external Trillian log server host:port; empty runs Trillian embedded (env VIGIL_TRILLIAN_ADDR)")
+	addLimitFlags(cmd, &rc.Limits)
+	cmd.PreRunE = func(cmd *cobra.Command, _ []string) error { return rc.Limits.fromEnv(cmd) }
 	cmd.Flags().Var(&rc.WebhookAllowNets, "webhook-allow-net", "let webhooks reach this network (CIDR or address; repeatable), although loopback, private, link-local and CGNAT addresses are refused by default; e.g. 10.20.0.0/16 for an internal receiver (env VIGIL_WEBHOOK_ALLOW_NETS, comma-separated, used when no flag is given)")
 }
 

@@ -17,8 +17,8 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
-	"github.com/vigilhealth/vigil/devices/mqtt"
 	"github.com/vigilhealth/vigil/devices/sdk"
+	"github.com/vigilhealth/vigil/devices/sdk/mqtt"
 	"github.com/vigilhealth/vigil/devices/sim"
 )
 

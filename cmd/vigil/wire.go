@@ -26,6 +26,8 @@ type runConfig struct {
 	// WebhookAllowNets: --webhook-allow-net (repeatable), else VIGIL_WEBHOOK_ALLOW_NETS;
 	// networks webhooks may reach although the destination policy refuses them by default.
 	WebhookAllowNets allowNets
+	// Limits: the server's resource limits and timeouts (limits.go).
+	Limits serverLimits
 }
 
 // system is the running set of services behind one server. Areas add their services here and
@@ -122,6 +124,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	if err := wireMQTT(ctx, sys, &srvCfg, devSvc); err != nil {
 		return nil, err
 	}
+	rc.Limits.apply(&srvCfg)
 	srv, err := server.New(srvCfg)
 	if err != nil {
 		return nil, err

@@ -21,6 +21,7 @@ import (
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/devices/mqtt"
+	"github.com/vigilhealth/vigil/devices/mqttwire"
 	"github.com/vigilhealth/vigil/devices/sdk"
 	"github.com/vigilhealth/vigil/devices/sim/simtest"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
@@ -109,7 +110,7 @@ func BenchmarkMQTTUploads(b *testing.B) {
 			ClientConfig: paho.ClientConfig{
 				ClientID: fmt.Sprintf("bench-%s-%d", uuid.NewString()[:8], i),
 				OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-					r, err := mqtt.ParseReply(pr.Packet.Payload)
+					r, err := mqttwire.ParseReply(pr.Packet.Payload)
 					if err != nil {
 						return true, nil
 					}
@@ -141,7 +142,7 @@ func BenchmarkMQTTUploads(b *testing.B) {
 		go func() {
 			defer wg.Done()
 			cm := conns[d%nConns]
-			topic := mqtt.UpTopic(prefix, ids[d].DeviceID)
+			topic := mqttwire.UpTopic(prefix, ids[d].DeviceID)
 			for j, raw := range envs[d] {
 				ch := make(chan *mqtt.Reply, 1)
 				waiters.Store(hashes[d][j], ch)

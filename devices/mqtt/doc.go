@@ -9,4 +9,7 @@
 // Uploads of one device are handled in the order the broker delivered them (they are
 // sharded by device onto workers), since sequence numbers must increase. The broker is
 // trusted with nothing: every upload is verified end to end by its signature.
+//
+// The topics and the reply are defined in devices/mqttwire; the device side of the transport
+// is devices/sdk/mqtt.
 package mqtt

@@ -21,7 +21,9 @@ import (
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/devices/mqtt"
+	"github.com/vigilhealth/vigil/devices/mqttwire"
 	"github.com/vigilhealth/vigil/devices/sdk"
+	sdkmqtt "github.com/vigilhealth/vigil/devices/sdk/mqtt"
 	"github.com/vigilhealth/vigil/devices/sim/simtest"
 )
 
@@ -67,11 +69,11 @@ func newRig(t *testing.T, tune func(*devices.Config)) *rig {
 	return &rig{stack: st, in: in, prefix: prefix}
 }
 
-func (r *rig) device(t *testing.T, id string) *mqtt.Device {
+func (r *rig) device(t *testing.T, id string) *sdkmqtt.Device {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	d, err := mqtt.DialDevice(ctx, mqtt.DeviceConfig{Broker: brokerURL(), DeviceID: id, Prefix: r.prefix})
+	d, err := sdkmqtt.DialDevice(ctx, sdkmqtt.DeviceConfig{Broker: brokerURL(), DeviceID: id, Prefix: r.prefix})
 	if err != nil {
 		t.Fatalf("DialDevice: %v", err)
 	}
@@ -91,7 +93,7 @@ func signed(t *testing.T, id sdk.Identity, seq uint64, sentAt time.Time) []byte 
 	return raw
 }
 
-func send(t *testing.T, d *mqtt.Device, raw []byte) *mqtt.Reply {
+func send(t *testing.T, d *sdkmqtt.Device, raw []byte) *mqtt.Reply {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -212,7 +214,7 @@ func TestMQTTRejections(t *testing.T) {
 				}
 			}},
 	}
-	devs := map[string]*mqtt.Device{id.DeviceID: d}
+	devs := map[string]*sdkmqtt.Device{id.DeviceID: d}
 	for _, c := range cases {
 		if c.before != nil {
 			c.before()
@@ -251,7 +253,7 @@ var adminActor = audit.Actor{Kind: audit.ActorUser, ID: "admin-test", AuthMethod
 
 // awaitReply publishes raw (which may not be an envelope) and waits for the next reply on
 // the device's receipts topic.
-func awaitReply(t *testing.T, d *mqtt.Device, raw []byte) *mqtt.Reply {
+func awaitReply(t *testing.T, d *sdkmqtt.Device, raw []byte) *mqtt.Reply {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -325,9 +327,9 @@ func TestMosquittoPubDevice(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		got := d.Expect(mqtt.HashOf(c.raw))
+		got := d.Expect(sdkmqtt.HashOf(c.raw))
 		cmd := exec.CommandContext(ctx, pub, "-h", host, "-p", port, "-V", "mqttv311", "-q", "1",
-			"-t", mqtt.UpTopic(r.prefix, c.device), "-f", file)
+			"-t", mqttwire.UpTopic(r.prefix, c.device), "-f", file)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			cancel()
 			t.Fatalf("mosquitto_pub: %v: %s", err, out)
@@ -359,7 +361,7 @@ func brokerHostPort(t *testing.T) (string, string) {
 	return host, strings.TrimSuffix(port, "/")
 }
 
-// The SDK delivers over MQTT as over HTTP: mqtt.Device is its transport, receipts verify,
+// The SDK delivers over MQTT as over HTTP: sdk/mqtt.Device is its transport, receipts verify,
 // buffered uploads go out in order, and a refusal is a RejectedError with the same code.
 // Verifies: REQ-DEV-100, REQ-DEV-110
 func TestSDKOverMQTT(t *testing.T) {

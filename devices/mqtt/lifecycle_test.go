@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/devices/envelope"
+	sdkmqtt "github.com/vigilhealth/vigil/devices/sdk/mqtt"
 	"github.com/vigilhealth/vigil/devices/sim/simtest"
 )
 
@@ -42,7 +43,7 @@ func TestReconnectAndCloseLeavesNoGoroutine(t *testing.T) {
 	if err := in.Ready(ctx); err != nil {
 		t.Fatal(err)
 	}
-	d, err := DialDevice(ctx, DeviceConfig{Broker: testBroker(), DeviceID: id.DeviceID, Prefix: prefix})
+	d, err := sdkmqtt.DialDevice(ctx, sdkmqtt.DeviceConfig{Broker: testBroker(), DeviceID: id.DeviceID, Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vigilhealth/vigil/devices/mqtt"
+	sdkmqtt "github.com/vigilhealth/vigil/devices/sdk/mqtt"
 	"github.com/vigilhealth/vigil/devices/sim/simtest"
 )
 
@@ -125,7 +126,7 @@ func TestMQTTOverTLS(t *testing.T) {
 		t.Fatalf("Ready over TLS: %v", err)
 	}
 	id := st.Device(t)
-	d, err := mqtt.DialDevice(ctx, mqtt.DeviceConfig{Broker: broker, TLS: tc, DeviceID: id.DeviceID})
+	d, err := sdkmqtt.DialDevice(ctx, sdkmqtt.DeviceConfig{Broker: broker, TLS: tc, DeviceID: id.DeviceID})
 	if err != nil {
 		t.Fatalf("DialDevice over TLS: %v", err)
 	}

@@ -27,13 +27,15 @@ var Allowed = map[string][]string{
 	"audit":        {"keys"},
 	"core":         {"audit", "keys"},
 	"devices":      {"core", "audit", "keys"},
+	"interop":      {"core", "devices", "audit", "keys"},
+	"auth":         {"audit", "keys"},
 	"traceability": {},
 	"validation":   {"traceability"},
 	"qms":          {"traceability", "validation", "audit", "keys"},
-	"server":       {"core", "devices", "audit", "keys", "qms", "traceability", "validation"},
-	"cmd":          {"server", "core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+	"server":       {"core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"cmd":          {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 	"internal":     {},
-	"bench":        {"server", "core", "devices", "audit", "keys", "qms", "traceability", "validation"},
+	"bench":        {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 }
 
 // ReadSide lists packages of Vigil that only some areas may import although their area is
@@ -103,6 +105,7 @@ func Check(root string) ([]Violation, error) {
 			return err
 		}
 		out = append(out, checkFile(fset, rel, f)...)
+		out = append(out, checkLeaf(fset, rel, f)...)
 		return nil
 	})
 	sort.Slice(out, func(i, j int) bool {

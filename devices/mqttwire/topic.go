@@ -1,4 +1,4 @@
-package mqtt
+package mqttwire
 
 import (
 	"errors"
@@ -13,7 +13,7 @@ import (
 //
 // The default prefix is "vigil/devices".
 const (
-	// DefaultPrefix is the topic prefix when Config.Prefix is empty.
+	// DefaultPrefix is the topic prefix when a configuration leaves it empty.
 	DefaultPrefix = "vigil/devices"
 	upSuffix      = "up"
 	receiptSuffix = "receipts"

@@ -1,4 +1,4 @@
-package mqtt
+package mqttwire
 
 import (
 	"encoding/hex"
@@ -37,7 +37,7 @@ type Reply struct {
 }
 
 // ReplyError is the coded reason of a rejection. Code is one of the stable codes of the
-// devices package (the same as the HTTP API's), or one of this package's own:
+// devices package (the same as the HTTP API's), or one of the MQTT adapter's own:
 // CodeTopicMismatch, CodeInternal.
 type ReplyError struct {
 	Code    string `json:"code"`

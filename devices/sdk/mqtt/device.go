@@ -15,8 +15,12 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/devices/mqttwire"
 	"github.com/vigilhealth/vigil/devices/sdk"
 )
+
+// DefaultPrefix is the topic prefix when DeviceConfig.Prefix is empty.
+const DefaultPrefix = mqttwire.DefaultPrefix
 
 // DeviceConfig configures the device side of the MQTT transport.
 type DeviceConfig struct {
@@ -40,8 +44,8 @@ type Device struct {
 
 	mu        sync.Mutex
 	subs      sync.WaitGroup
-	waiters   map[[32]byte]chan *Reply
-	anonymous []chan *Reply // waiting for a reply that names no upload (undecodable envelope)
+	waiters   map[[32]byte]chan *mqttwire.Reply
+	anonymous []chan *mqttwire.Reply // waiting for a reply that names no upload (undecodable envelope)
 	cancel    context.CancelFunc
 }
 
@@ -64,8 +68,8 @@ func DialDevice(ctx context.Context, cfg DeviceConfig) (*Device, error) {
 		return nil, fmt.Errorf("mqtt device: broker URL: %w", err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	d := &Device{cfg: cfg, ready: make(chan struct{}), waiters: map[[32]byte]chan *Reply{}, cancel: cancel}
-	topic := ReceiptTopic(cfg.Prefix, cfg.DeviceID)
+	d := &Device{cfg: cfg, ready: make(chan struct{}), waiters: map[[32]byte]chan *mqttwire.Reply{}, cancel: cancel}
+	topic := mqttwire.ReceiptTopic(cfg.Prefix, cfg.DeviceID)
 	cm, err := autopaho.NewConnection(rctx, autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{u},
 		TlsCfg:                        cfg.TLS,
@@ -107,11 +111,11 @@ func DialDevice(ctx context.Context, cfg DeviceConfig) (*Device, error) {
 }
 
 func (d *Device) deliver(b []byte) {
-	r, err := ParseReply(b)
+	r, err := mqttwire.ParseReply(b)
 	if err != nil {
 		return // not for us to judge: a reply we cannot read is as good as none (retry)
 	}
-	var ch chan *Reply
+	var ch chan *mqttwire.Reply
 	d.mu.Lock()
 	if h, ok := r.UploadHash(); ok {
 		ch = d.waiters[h]
@@ -136,8 +140,8 @@ func HashOf(raw []byte) [32]byte {
 
 // Expect returns a channel that receives the reply naming upload hash h (for uploads
 // published by another client, such as mosquitto_pub).
-func (d *Device) Expect(h [32]byte) <-chan *Reply {
-	ch := make(chan *Reply, 1)
+func (d *Device) Expect(h [32]byte) <-chan *mqttwire.Reply {
+	ch := make(chan *mqttwire.Reply, 1)
 	d.mu.Lock()
 	d.waiters[h] = ch
 	d.mu.Unlock()
@@ -146,8 +150,8 @@ func (d *Device) Expect(h [32]byte) <-chan *Reply {
 
 // SendRaw publishes bytes that need not be a decodable envelope and waits for the next
 // reply that names no upload (Vigil's answer to an undecodable message). One at a time.
-func (d *Device) SendRaw(ctx context.Context, raw []byte) (*Reply, error) {
-	ch := make(chan *Reply, 1)
+func (d *Device) SendRaw(ctx context.Context, raw []byte) (*mqttwire.Reply, error) {
+	ch := make(chan *mqttwire.Reply, 1)
 	d.mu.Lock()
 	d.anonymous = append(d.anonymous, ch)
 	d.mu.Unlock()
@@ -164,7 +168,7 @@ func (d *Device) SendRaw(ctx context.Context, raw []byte) (*Reply, error) {
 
 // Publish sends raw bytes on the device's up topic (QoS 1) without waiting for a reply.
 func (d *Device) Publish(ctx context.Context, raw []byte) error {
-	_, err := d.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: UpTopic(d.cfg.Prefix, d.cfg.DeviceID), Payload: raw})
+	_, err := d.cm.Publish(ctx, &paho.Publish{QoS: 1, Topic: mqttwire.UpTopic(d.cfg.Prefix, d.cfg.DeviceID), Payload: raw})
 	if err != nil {
 		return fmt.Errorf("mqtt device: publish: %w", err)
 	}
@@ -173,13 +177,13 @@ func (d *Device) Publish(ctx context.Context, raw []byte) error {
 
 // Send publishes a signed upload envelope and waits for Vigil's reply to it (matched by
 // upload hash) until ctx ends.
-func (d *Device) Send(ctx context.Context, raw []byte) (*Reply, error) {
+func (d *Device) Send(ctx context.Context, raw []byte) (*mqttwire.Reply, error) {
 	env, err := envelope.ParseEnvelope(raw, envelope.Limits{})
 	if err != nil {
 		return nil, fmt.Errorf("mqtt device: %w", err)
 	}
 	h := envelope.Hash(env.Body)
-	ch := make(chan *Reply, 1)
+	ch := make(chan *mqttwire.Reply, 1)
 	d.mu.Lock()
 	d.waiters[h] = ch
 	d.mu.Unlock()
@@ -208,7 +212,7 @@ func (d *Device) Upload(ctx context.Context, raw []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.Status == StatusAccepted {
+	if r.Status == mqttwire.StatusAccepted {
 		return r.Receipt, nil
 	}
 	return nil, &sdk.RejectedError{Code: r.Error.Code, Message: r.Error.Message,

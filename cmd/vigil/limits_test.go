@@ -1,0 +1,56 @@
+package main
+
+import (
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/server"
+)
+
+// The server's limits are flags of serve and demo, each with a VIGIL_* variable used when the
+// flag is not given; bad values are refused.
+// Verifies: REQ-FND-001, REQ-FND-014
+func TestLimitFlags(t *testing.T) {
+	for _, c := range []*cobra.Command{newServeCmd(), newDemoCmd()} {
+		for name := range limitEnv {
+			if c.Flags().Lookup(name) == nil || c.PreRunE == nil {
+				t.Errorf("%s has no --%s (or does not read its variable)", c.Name(), name)
+			}
+		}
+	}
+	t.Setenv("VIGIL_MAX_STREAMS", "50")
+	t.Setenv("VIGIL_REJECTED_PER_DEVICE", "off")
+	t.Setenv("VIGIL_READ_TIMEOUT", "1h") // the flag wins
+	var l serverLimits
+	cmd := &cobra.Command{Use: "x"}
+	addLimitFlags(cmd, &l)
+	if err := cmd.Flags().Parse([]string{"--read-timeout", "5s", "--rejected-per-source", "10:0.25", "--trust-proxy-headers"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.fromEnv(cmd); err != nil {
+		t.Fatal(err)
+	}
+	var got server.Config
+	l.apply(&got)
+	want := server.Config{ReadTimeout: 5 * time.Second, MaxStreams: 50, MaxStreamsPerCaller: server.DefaultMaxStreamsPerCaller,
+		RejectedPerSource: server.Limit{Rate: 0.25, Burst: 10}, RejectedPerDevice: server.Limit{Rate: -1, Burst: 1},
+		TrustProxyHeaders: true}
+	if got.ReadTimeout != want.ReadTimeout || got.MaxStreams != want.MaxStreams || got.MaxStreamsPerCaller != want.MaxStreamsPerCaller ||
+		got.RejectedPerSource != want.RejectedPerSource || got.RejectedPerDevice != want.RejectedPerDevice || !got.TrustProxyHeaders {
+		t.Errorf("limits applied = %+v, want %+v", got, want)
+	}
+	for _, bad := range []string{"10", "0:1", "10:0", "10:-1", "x:1", "10:abc"} {
+		var f limitFlag
+		if err := f.Set(bad); err == nil {
+			t.Errorf("limitFlag.Set(%q) = nil, want an error", bad)
+		}
+	}
+	t.Setenv("VIGIL_MAX_STREAMS", "many")
+	cmd = &cobra.Command{Use: "x"}
+	addLimitFlags(cmd, &l)
+	if err := l.fromEnv(cmd); err == nil {
+		t.Error("VIGIL_MAX_STREAMS=many accepted, want an error")
+	}
+}
