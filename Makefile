@@ -33,20 +33,25 @@ CI_DIR := .vigil/ci
 # CI keeps one beside the repository; elsewhere pass VULNDB=path/to/osv.
 VULNDB ?= ../shared/vulndb/osv
 
-.PHONY: all build demo test vet unit fuzz validate release services tools clean-testdbs help
+.PHONY: all build bench-build demo test vet unit fuzz validate release services tools clean-testdbs help
 
 all: build
 
 help:
 	@echo "make demo   - run Vigil with a private database and sample devices (Ctrl-C stops it)"
 	@echo "make test   - start/install PostgreSQL, Mosquitto, Vault; go vet; go test -race; short fuzz"
-	@echo "make build  - build bin/vigil"
+	@echo "make build  - build bin/vigil (the shipped binary)"
+	@echo "make bench-build - build bin/vigil-bench (the load generators, docs/benchmarks.md)"
 	@echo "make fuzz   - run the fuzz targets for FUZZTIME each (default $(FUZZTIME))"
 	@echo "make validate - run the validation gates on the results of make unit and make fuzz"
 	@echo "make release  - a signed release with its IEC 62304/HIPAA evidence into DIST (default dist/)"
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/vigil ./cmd/vigil
+
+# The load generators are a binary of their own: the shipped vigil carries none.
+bench-build:
+	$(GO) build -trimpath -o $(BIN)/vigil-bench ./cmd/vigil-bench
 
 # The demo needs PostgreSQL's server binaries (for its private cluster) unless
 # VIGIL_DATABASE_URL points at a server.
@@ -87,11 +92,12 @@ clean-testdbs:
 		psql "$(TESTDB_ADMIN)" -qc "DROP DATABASE IF EXISTS $$db WITH (FORCE)" >/dev/null 2>&1 || true; done
 
 # The go test -json stream is kept in $(CI_DIR)/go-test.json (the traceability matrix and the
-# validation gates read it); the log shows one line per package and every failing test's output.
+# validation gates read it); four packages at a time, eight tests at a time within one
+# (docs/development.md: tests wait on PostgreSQL more than they compute); the log shows one line per package and every failing test's output.
 unit:
 	@mkdir -p $(CI_DIR)
 	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_COSIGN=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 \
-		$(GO) test -json -race -count=1 -timeout 12m ./... 2>&1 | $(GO) run ./tools/testlog -o $(CI_DIR)/go-test.json
+		$(GO) test -json -race -count=1 -p 4 -parallel 8 -timeout 12m ./... 2>&1 | $(GO) run ./tools/testlog -o $(CI_DIR)/go-test.json
 
 fuzz:
 	@mkdir -p $(CI_DIR); : > $(CI_DIR)/fuzz.json

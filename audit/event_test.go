@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -22,8 +23,10 @@ func testEvent() audit.Event {
 // An action and its event commit together, or roll back together.
 // Verifies: REQ-AUD-002
 func TestRecordCommitsAndRollsBackWithAction(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pool := testdb.New(t)
+	rec := audittest.Recorder(t, pool, nil)
 	if _, err := pool.Exec(ctx, "CREATE TABLE action_under_test (id int)"); err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +38,7 @@ func TestRecordCommitsAndRollsBackWithAction(t *testing.T) {
 		if _, err := tx.Exec(ctx, "INSERT INTO action_under_test VALUES (1)"); err != nil {
 			t.Fatal(err)
 		}
-		id, err := audit.Record(ctx, tx, testEvent())
+		id, err := rec.Record(ctx, tx, testEvent())
 		if err != nil {
 			t.Fatalf("Record() error = %v", err)
 		}
@@ -64,8 +67,10 @@ func TestRecordCommitsAndRollsBackWithAction(t *testing.T) {
 // A malformed event is refused and nothing is written.
 // Verifies: REQ-AUD-001
 func TestRecordRejectsMalformedEvent(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pool := testdb.New(t)
+	rec := audittest.Recorder(t, pool, nil)
 	bad := testEvent()
 	bad.Action = "NotDotted"
 	tx, err := pool.Begin(ctx)
@@ -73,7 +78,7 @@ func TestRecordRejectsMalformedEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	if _, err := audit.Record(ctx, tx, bad); !errors.Is(err, audit.ErrInvalidEvent) {
+	if _, err := rec.Record(ctx, tx, bad); !errors.Is(err, audit.ErrInvalidEvent) {
 		t.Fatalf("Record(action %q) error = %v, want ErrInvalidEvent", bad.Action, err)
 	}
 }
@@ -82,8 +87,10 @@ func TestRecordRejectsMalformedEvent(t *testing.T) {
 // any event is malformed.
 // Verifies: REQ-AUD-001, REQ-AUD-002
 func TestRecordManyAllOrNothing(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pool := testdb.New(t)
+	rec := audittest.Recorder(t, pool, nil)
 	evs := make([]audit.Event, 250)
 	for i := range evs {
 		evs[i] = testEvent()
@@ -92,7 +99,7 @@ func TestRecordManyAllOrNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, err := audit.RecordMany(ctx, tx, evs)
+	ids, err := rec.RecordMany(ctx, tx, evs)
 	if err != nil {
 		t.Fatalf("RecordMany(250) error = %v", err)
 	}
@@ -110,7 +117,7 @@ func TestRecordManyAllOrNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	if _, err := audit.RecordMany(ctx, tx, bad); !errors.Is(err, audit.ErrInvalidEvent) {
+	if _, err := rec.RecordMany(ctx, tx, bad); !errors.Is(err, audit.ErrInvalidEvent) {
 		t.Fatalf("RecordMany(one malformed) error = %v, want ErrInvalidEvent", err)
 	}
 	if err := tx.QueryRow(ctx, "SELECT count(*) FROM audit_events").Scan(&n); err != nil || n != len(evs) {

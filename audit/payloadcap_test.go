@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -18,6 +19,7 @@ import (
 func TestPayloadCapped(t *testing.T) {
 	ctx := context.Background()
 	pool := testdb.New(t)
+	rec := audittest.Recorder(t, pool, nil)
 	huge := strings.Repeat("MRN-0012345 SMITH, JOHN ", 500<<10/24) // ≈ 500 kB, as a flood stored
 	cases := []struct {
 		name    string
@@ -35,7 +37,7 @@ func TestPayloadCapped(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			id, err := audit.Record(ctx, tx, ev)
+			id, err := rec.Record(ctx, tx, ev)
 			if err != nil {
 				t.Fatalf("Record(payload %s) error = %v, want it recorded", tc.name, err)
 			}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
+
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -29,7 +31,7 @@ type world struct {
 
 func newWorld(t *testing.T, e *env) *world {
 	t.Helper()
-	cs, err := core.New(core.Config{Pool: e.pool, PHI: e.ring.PHI(), Now: e.clock.Now})
+	cs, err := core.New(core.Config{Pool: e.pool, Recorder: audittest.Recorder(t, e.pool, nil), PHI: e.ring.PHI(), Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

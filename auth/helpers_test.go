@@ -12,6 +12,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
@@ -61,7 +62,7 @@ func newEnv(t testing.TB, mod func(*auth.Config)) *env {
 	t.Helper()
 	pool, url := testdb.NewWithURL(t)
 	e := &env{ctx: context.Background(), pool: pool, url: url, ring: newRing(t), clock: &clock{t: t0}}
-	e.cfg = auth.Config{Pool: pool, Sealer: e.ring.PHI(), Audit: auth.DirectRecorder{Pool: pool}, Now: e.clock.Now,
+	e.cfg = auth.Config{Pool: pool, Sealer: e.ring.PHI(), Audit: audittest.Recorder(t, pool, nil), Now: e.clock.Now,
 		Password: auth.PasswordConfig{Time: 1, MemoryKiB: 8 * 1024, Threads: 1}}
 	if mod != nil {
 		mod(&e.cfg)

@@ -9,41 +9,13 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
 )
 
-// Recorder records audit events. It is the shared audit.Recorder contract (issue #10), copied
-// here until that interface lands in audit; any audit.Recorder satisfies it.
-type Recorder interface {
-	// Record writes ev inside tx, the action's own transaction (commits or rolls back with it).
-	Record(ctx context.Context, tx pgx.Tx, ev audit.Event) (uuid.UUID, error)
-	// RecordNow records an event that has no transaction of its own; returns once committed.
-	RecordNow(ctx context.Context, ev audit.Event) (uuid.UUID, error)
-}
-
-// DirectRecorder is a Recorder over audit.Record: RecordNow commits each event in its own
-// transaction (no group commit). For commands and tests; a server passes the audit service.
-type DirectRecorder struct{ Pool *pgxpool.Pool }
-
-// Record implements Recorder.
-func (d DirectRecorder) Record(ctx context.Context, tx pgx.Tx, ev audit.Event) (uuid.UUID, error) {
-	return audit.Record(ctx, tx, ev)
-}
-
-// RecordNow implements Recorder.
-func (d DirectRecorder) RecordNow(ctx context.Context, ev audit.Event) (uuid.UUID, error) {
-	var id uuid.UUID
-	err := pgx.BeginFunc(ctx, d.Pool, func(tx pgx.Tx) error {
-		var err error
-		id, err = audit.Record(ctx, tx, ev)
-		return err
-	})
-	return id, err
-}
+// Recorder is how auth records its audit events: the process's audit recorder.
+type Recorder = audit.Recorder
 
 // Sealer protects personal data at rest, exactly like core's PHISealer: envelope encryption
 // bound to associated data, and a keyed blind index. *keys.PHI satisfies it.

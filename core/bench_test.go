@@ -62,7 +62,7 @@ func BenchmarkIngest(b *testing.B) {
 					for i := range bs {
 						bs[i] = mk()
 					}
-					if _, err := e.svc.IngestMany(e.ctx, bs, nil); err != nil {
+					if _, err := e.svc.IngestMany(e.ctx, bs); err != nil {
 						b.Error(err)
 						return
 					}
@@ -106,7 +106,7 @@ func BenchmarkSeries(b *testing.B) {
 		}
 	}
 	for _, bt := range batches {
-		if _, err := e.svc.Ingest(e.ctx, bt, nil); err != nil {
+		if _, err := e.svc.Ingest(e.ctx, bt); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -10,46 +10,35 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 )
-
-// engineAdapter is core.RuleEngine over the real rules engine (as cmd/vigil wires it).
-type engineAdapter struct{ eng *rules.Engine }
-
-func (a engineAdapter) Evaluate(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
-	ro := make([]rules.Observation, len(obs))
-	for i, o := range obs {
-		ro[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
-			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
-	}
-	_, err := a.eng.Evaluate(ctx, p, ro)
-	return err
-}
 
 // With the real rules engine and alarm service on the ingest path: uploads whose SpO2 stays
 // below 88 % for 30 s open an alarm whose transition reaches the hub after commit; an
 // artifact does not; discharging the patient resolves it.
 // Verifies: REQ-CORE-014, REQ-CORE-012, REQ-CORE-004
 func TestIngestToAlarmAndDischarge(t *testing.T) {
+	t.Parallel()
 	hub := core.NewHub(core.HubConfig{})
+	handoff := obs.NewHandoff(obs.HandoffConfig{})
 	var e *env
 	var eng *rules.Engine
 	e = newEnv(t, func(c *core.Config) {
 		c.Hub = hub
 		c.Now = time.Now
-		c.Rules = core.RuleEngineFunc(func(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
-			return engineAdapter{eng}.Evaluate(ctx, p, obs)
-		})
+		c.Handoff = handoff // the engine drains it, as cmd/vigil wires it
 		c.Release = core.PatientReleaser(releaser{&eng})
 	})
-	asvc, err := alarms.New(alarms.Config{Pool: e.pool, Notifier: hub})
+	asvc, err := alarms.New(alarms.Config{Pool: e.pool, Recorder: e.rec, Notifier: hub})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err = rules.New(e.ctx, rules.Config{Pool: e.pool, Alarms: asvc})
+	eng, err = rules.New(e.ctx, rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: asvc, History: e.svc, Handoff: handoff})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
 	sub := hub.Subscribe(core.Filter{})
 	defer sub.Close()
 	p := e.patient(t)
@@ -58,7 +47,7 @@ func TestIngestToAlarmAndDischarge(t *testing.T) {
 		t.Helper()
 		b := batch(p, core.Sample{Code: core.LOINCSpO2, Value: v, Unit: "%", Time: start.Add(at)})
 		b.Provenance.ReceivedAt = time.Now()
-		if _, err := e.svc.Ingest(e.ctx, b, nil); err != nil {
+		if _, err := e.svc.Ingest(e.ctx, b); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,70 +4,42 @@ package core_test
 import (
 	"context"
 	"crypto/rand"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // newTestSealer is the real PHI helper of a local key ring in a temporary directory.
 func newTestSealer(t testing.TB) *keys.PHI {
 	t.Helper()
-	return newTestRing(t).PHI()
+	return keystest.LocalRing(t, nil).PHI()
 }
 
-func newTestRing(t testing.TB) *keys.Ring {
-	t.Helper()
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("core test passphrase"), ScryptN: 1 << 10})
-	if err != nil {
-		t.Fatalf("keys.NewLocal = %v", err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatalf("keys.NewRing = %v", err)
-	}
-	t.Cleanup(func() { _ = ring.Close() })
-	if _, err := ring.EnsureKeys(context.Background()); err != nil {
-		t.Fatalf("EnsureKeys = %v", err)
-	}
-	return ring
-}
-
-// clock is a controlled clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-func (c *clock) Add(d time.Duration) { c.mu.Lock(); defer c.mu.Unlock(); c.t = c.t.Add(d) }
-
-var t0 = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+var t0 = testclock.T0
 
 type env struct {
 	pool  *pgxpool.Pool
+	rec   *audit.Outbox
 	svc   *core.Service
-	clock *clock
+	clock *testclock.Clock
 	ctx   context.Context
 }
 
 func newEnv(t testing.TB, mod func(*core.Config)) *env {
 	t.Helper()
 	pool := testdb.New(t)
-	c := &clock{t: t0}
-	cfg := core.Config{Pool: pool, Now: c.Now, PHI: newTestSealer(t)}
+	c := testclock.New(t0)
+	rec := audittest.Recorder(t, pool, nil)
+	cfg := core.Config{Pool: pool, Recorder: rec, Now: c.Now, PHI: newTestSealer(t)}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -75,7 +47,7 @@ func newEnv(t testing.TB, mod func(*core.Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{pool: pool, svc: svc, clock: c, ctx: context.Background()}
+	return &env{pool: pool, rec: rec, svc: svc, clock: c, ctx: context.Background()}
 }
 
 var clinician = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "nurse-1", AuthMethod: "password+totp"}, RequestID: "req-1"}

@@ -16,6 +16,7 @@ import (
 // publisher, and disconnects (rather than silently skipping) a subscriber that falls behind.
 // Verifies: REQ-CORE-012
 func TestHubFanOut(t *testing.T) {
+	t.Parallel()
 	h := core.NewHub(core.HubConfig{Buffer: 4, Replay: 16})
 	p1, p2 := uuid.New(), uuid.New()
 	all := h.Subscribe(core.Filter{})
@@ -84,6 +85,7 @@ func TestHubFanOut(t *testing.T) {
 // catch-all webhook feed), and are not kept for replay.
 // Verifies: REQ-CORE-012
 func TestLiveObservations(t *testing.T) {
+	t.Parallel()
 	hub := core.NewHub(core.HubConfig{})
 	e := newEnv(t, func(c *core.Config) { c.Hub = hub })
 	p := e.patient(t)
@@ -94,7 +96,7 @@ func TestLiveObservations(t *testing.T) {
 	}
 	live := hub.Subscribe(core.Filter{Types: map[string]bool{core.TypeObservations: true}, Patients: map[uuid.UUID]bool{p: true}})
 	defer live.Close()
-	res, err := e.svc.Ingest(e.ctx, batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 99, Unit: "/min", Time: t0.Add(-time.Second)}), nil)
+	res, err := e.svc.Ingest(e.ctx, batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 99, Unit: "/min", Time: t0.Add(-time.Second)}))
 	if err != nil {
 		t.Fatal(err)
 	}

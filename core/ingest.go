@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,11 +16,22 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/obs"
 )
 
-// This file is the meeting point of core and devices: devices verifies a signed upload and
-// hands core a Batch; core validates, normalizes and stores it with its audit event in one
-// transaction, then runs the clinical rules.
+// This file is the path of one upload through core. Devices owns the upload transaction and
+// calls core three times around it:
+//
+//	p, err := core.Prepare(ctx, batch)        // validate and normalize; nothing written
+//	tx := begin
+//	stored, err := core.Store(ctx, tx, ps)    // observations, provenance rows and the
+//	                                          // upload.accepted audit events, in tx
+//	… devices writes its own rows in tx, commits, answers the device …
+//	err = core.Publish(ctx, stored)           // live stream + hand-off to the rules
+//
+// A rejection is the caller's to audit (it knows the transport and the actor). Ingest and
+// IngestMany do the same three steps for callers without a transaction of their own, and
+// audit their rejections themselves.
 
 // Sample is one measured value as a device sent it (before validation and normalization).
 type Sample struct {
@@ -52,32 +61,221 @@ type Batch struct {
 	Samples    []Sample
 }
 
-// TxHook runs inside the ingest transaction after the samples and the upload's audit event are
-// written and before commit; devices uses it to advance the device's sequence number and store
-// the upload's receipt atomically with the data. An error from the hook rolls everything back.
-type TxHook func(ctx context.Context, tx pgx.Tx, r IngestResult) error
-
-// IngestResult says what Ingest stored.
+// IngestResult says what Store stored for one batch.
 type IngestResult struct {
-	AuditEventID uuid.UUID // the upload's audit event (in the same transaction)
+	AuditEventID uuid.UUID // the upload's audit event (in the same transaction) and its upload id
 	Stored       int       // observations stored
 	Flagged      int       // observations stored but flagged as artifacts
 	Duplicates   int       // samples not stored: repeated within the batch, or already stored (first stored wins)
 }
 
-// Ingest validates, normalizes and stores one batch: the observations (pgx CopyFrom), the
-// upload's provenance row and its audit event ("upload.accepted") are written in one
-// transaction, then hook runs in that transaction, then it commits, then the rules run on the
-// new observations. A bad sample rejects the whole batch with a *BatchError (nothing stored,
-// the rejection audited as "upload.rejected"); an unknown patient is ErrUnknownPatient.
+// Prepared is a batch that passed Prepare: validated, normalized, its patient known, its
+// partitions created. Store writes it.
+type Prepared struct {
+	batch    Batch
+	obs      []Observation // sorted by (code, effective time), in-batch duplicates removed
+	received time.Time
+}
+
+// Batch returns the batch as given to Prepare.
+func (p *Prepared) Batch() Batch { return p.batch }
+
+// Stored is what Store wrote for one prepared batch: its counts and upload id, and the
+// observations newly stored (a sample already stored is not stored again).
+type Stored struct {
+	IngestResult
+	PatientID    uuid.UUID
+	Observations []Observation
+}
+
+// Prepare validates and normalizes b for Store: every sample is checked (known LOINC code,
+// accepted unit, possible value, effective time neither in the future nor past retention)
+// and converted to its canonical unit; the patient must exist; the daily partitions the batch
+// needs are created (outside any transaction). Nothing is written and nothing is audited: a
+// rejection — a *BatchError (ErrInvalidBatch with each bad sample) or a *PatientError
+// (ErrUnknownPatient), both with a stable ErrorCode — is the caller's to audit.
 //
 // Duplicates are handled deterministically: samples of one batch with the same code and
-// effective time collapse when equal and reject the batch when they differ; a sample whose
-// (patient, code, effective time) is already stored is not stored again (the first stored
-// wins) and is counted in IngestResult.Duplicates. Samples may arrive out of order: storage
-// does not care, and the rules receive each patient's new observations in time order.
-func (s *Service) Ingest(ctx context.Context, b Batch, hook TxHook) (IngestResult, error) {
-	res, err := s.IngestMany(ctx, []Batch{b}, []TxHook{hook})
+// effective time collapse when equal and reject the batch when they differ.
+func (s *Service) Prepare(ctx context.Context, b Batch) (*Prepared, error) {
+	now := s.cfg.Now()
+	n, err := s.normalize(b, now)
+	if err != nil {
+		s.stats.rejected.Add(1)
+		return nil, err
+	}
+	if err := s.checkPatients(ctx, []Batch{b}); err != nil {
+		var me *IngestManyError
+		if errors.As(err, &me) {
+			s.stats.rejected.Add(1)
+			return nil, me.Err
+		}
+		return nil, err
+	}
+	received := b.Provenance.ReceivedAt
+	if received.IsZero() {
+		received = now
+	}
+	received = received.UTC().Truncate(time.Microsecond)
+	obsDays := map[time.Time]bool{}
+	var last time.Time
+	for _, o := range n.obs {
+		if d := day(o.EffectiveAt); !d.Equal(last) {
+			obsDays[d] = true
+			last = d
+		}
+	}
+	if err := s.ensurePartitions(ctx, "core_observations", keys(obsDays)); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	if err := s.ensurePartitions(ctx, "core_uploads", []time.Time{day(received)}); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
+	}
+	return &Prepared{batch: b, obs: n.obs, received: received}, nil
+}
+
+// Store writes prepared batches inside tx, the caller's transaction: the observations (one
+// COPY), one provenance row per batch (the upload) and one "upload.accepted" audit event per
+// batch (Config.Recorder, in tx). It neither commits nor rolls back tx; after tx commits the
+// caller MUST hand the result to Publish, which is what brings the observations to the rules.
+//
+// A sample whose (patient, code, effective time) is already stored is not stored again (the
+// first stored wins) and counts in Duplicates; a patient in several batches of ps keeps the
+// first batch's sample. Store does not modify ps, so a failed group may be stored again,
+// whole or in parts, in a new transaction.
+func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Stored, error) {
+	if len(ps) == 0 {
+		return nil, nil
+	}
+	now := s.cfg.Now()
+	norm := make([]normalized, len(ps))
+	out := make([]Stored, len(ps))
+	for i, p := range ps {
+		// Upload id = audit event id, made here so observations can point at it.
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, fmt.Errorf("store uploads: upload id: %w", err)
+		}
+		out[i].AuditEventID, out[i].PatientID = id, p.batch.PatientID
+		own := make([]Observation, len(p.obs))
+		for k, o := range p.obs {
+			o.UploadID = id
+			own[k] = o
+		}
+		norm[i].obs = own
+	}
+	// A patient in several batches of the group: the first batch's sample wins.
+	dropCrossBatchDuplicates(ps, norm)
+
+	// Fast path: plain COPY. If some sample is already stored (a retransmission), the COPY
+	// fails on the primary key: back to a savepoint and take the slow path, which skips
+	// stored samples.
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store observations: savepoint: %w", err)
+	}
+	stored, err := s.insertObservations(ctx, sp, norm, false)
+	if errors.Is(err, errAlreadyStored) {
+		if err := sp.Rollback(ctx); err != nil {
+			return nil, fmt.Errorf("store observations: %w", err)
+		}
+		stored, err = s.insertObservations(ctx, tx, norm, true)
+	} else if err == nil {
+		err = sp.Commit(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	rows := make([][]any, len(ps))
+	evs := make([]audit.Event, len(ps))
+	for i, p := range ps {
+		b := &p.batch
+		r := &out[i]
+		r.Observations = stored[i]
+		r.Stored = len(stored[i])
+		for _, o := range stored[i] {
+			if o.Artifact {
+				r.Flagged++
+			}
+		}
+		r.Duplicates = len(b.Samples) - r.Stored
+		rows[i] = []any{pgtype.UUID{Bytes: r.AuditEventID, Valid: true}, p.received, pgtype.UUID{Bytes: b.PatientID, Valid: true}, b.Provenance.DeviceID, b.Provenance.KeyID,
+			b.Provenance.UploadHash[:], int64(b.Provenance.Sequence), b.Provenance.Transport,
+			len(b.Samples), r.Stored, r.Flagged, r.Duplicates}
+		evs[i] = audit.Event{
+			ID:         r.AuditEventID,
+			Time:       now,
+			Actor:      audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
+			Action:     "upload.accepted",
+			Object:     audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
+			Outcome:    audit.OutcomeSuccess,
+			RequestID:  b.Provenance.RequestID,
+			SourceAddr: b.Provenance.SourceAddr,
+			Payload: uploadPayload{PatientID: b.PatientID, KeyID: b.Provenance.KeyID, Sequence: b.Provenance.Sequence,
+				Transport: b.Provenance.Transport, Samples: len(b.Samples), Stored: r.Stored, Flagged: r.Flagged,
+				Duplicates: r.Duplicates},
+		}
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"core_uploads"},
+		[]string{"id", "received_at", "patient_id", "device_id", "key_id", "upload_hash", "sequence",
+			"transport", "samples", "stored", "flagged", "duplicates"}, pgx.CopyFromRows(rows)); err != nil {
+		return nil, fmt.Errorf("store uploads: %w", err)
+	}
+	if _, err := audit.RecordAll(ctx, s.cfg.Recorder, tx, evs); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Publish hands what a committed Store wrote onward: each batch's new observations to the
+// live stream (SSE subscribers who asked for the patient), and each patient's new
+// observations, in time order, to the rules engine through Config.Handoff. It MUST be called
+// once for every Store whose transaction committed, and only then. When the rules fall
+// behind, Publish waits (the hand-off never drops an observation); it returns ctx's error if
+// ctx ends first, so callers pass a context that outlives their client.
+func (s *Service) Publish(ctx context.Context, stored []Stored) error {
+	var total, kept, dups int64
+	for i := range stored {
+		total += int64(stored[i].Stored + stored[i].Duplicates)
+		kept += int64(stored[i].Stored)
+		dups += int64(stored[i].Duplicates)
+	}
+	s.stats.batches.Add(int64(len(stored)))
+	s.stats.samples.Add(total)
+	s.stats.stored.Add(kept)
+	s.stats.duplicates.Add(dups)
+	s.publishObservations(stored)
+	if s.cfg.Handoff == nil {
+		return nil
+	}
+	byPatient := map[uuid.UUID]int{}
+	var batches []obs.Committed
+	for i := range stored {
+		for _, o := range stored[i].Observations {
+			k, ok := byPatient[o.PatientID]
+			if !ok {
+				k = len(batches)
+				byPatient[o.PatientID] = k
+				batches = append(batches, obs.Committed{PatientID: o.PatientID})
+			}
+			batches[k].Observations = append(batches[k].Observations, o)
+		}
+	}
+	for _, b := range batches {
+		sort.SliceStable(b.Observations, func(i, j int) bool { return b.Observations[i].EffectiveAt.Before(b.Observations[j].EffectiveAt) })
+	}
+	return s.cfg.Handoff.Submit(ctx, batches...)
+}
+
+// Ingest validates, normalizes and stores one batch in a transaction of its own, then
+// publishes it: Prepare, Store, commit, Publish, for callers without a transaction of their
+// own (tools, tests). A bad sample rejects the whole batch with a *BatchError (nothing
+// stored, the rejection audited as "upload.rejected"); an unknown patient is
+// ErrUnknownPatient (audited too). Samples may arrive out of order: storage does not care,
+// and the rules receive each patient's new observations in time order. The hand-off to the
+// rules happens even if ctx is cancelled once the data is committed.
+func (s *Service) Ingest(ctx context.Context, b Batch) (IngestResult, error) {
+	res, err := s.IngestMany(ctx, []Batch{b})
 	if err != nil {
 		var me *IngestManyError
 		if errors.As(err, &me) {
@@ -88,180 +286,60 @@ func (s *Service) Ingest(ctx context.Context, b Batch, hook TxHook) (IngestResul
 	return res[0], nil
 }
 
-// IngestMany is Ingest for many batches in ONE transaction (group commit): hooks[i] (may be
-// nil) belongs to batches[i]; results come back in the same order. Any invalid batch or hook
-// error rolls back all of them and is returned as an *IngestManyError naming the batch.
-func (s *Service) IngestMany(ctx context.Context, batches []Batch, hooks []TxHook) ([]IngestResult, error) {
-	if len(hooks) != 0 && len(hooks) != len(batches) {
-		return nil, fmt.Errorf("ingest: %w: %d hooks for %d batches", ErrInvalidRequest, len(hooks), len(batches))
-	}
+// IngestMany is Ingest for many batches in ONE transaction (group commit); results come back
+// in the order of batches. An invalid batch stores nothing of any batch and is returned as
+// an *IngestManyError naming it.
+func (s *Service) IngestMany(ctx context.Context, batches []Batch) ([]IngestResult, error) {
 	if len(batches) == 0 {
 		return nil, nil
 	}
-	now := s.cfg.Now()
-	norm := make([]normalized, len(batches))
-	for i := range batches {
-		n, err := s.normalize(batches[i], now)
+	ps := make([]*Prepared, len(batches))
+	for i, b := range batches {
+		p, err := s.Prepare(ctx, b)
 		if err != nil {
-			s.stats.rejected.Add(1)
-			s.auditRejection(ctx, batches[i], now, err)
+			var ce interface{ ErrorCode() string }
+			if errors.As(err, &ce) {
+				s.auditRejection(ctx, b, err)
+			}
 			return nil, &IngestManyError{Index: i, Err: err}
 		}
-		norm[i] = n
+		ps[i] = p
 	}
-	if err := s.checkPatients(ctx, batches); err != nil {
-		var me *IngestManyError
-		if errors.As(err, &me) {
-			s.stats.rejected.Add(1)
-			s.auditRejection(ctx, batches[me.Index], now, me.Err)
-		}
-		return nil, err
-	}
-	// Partitions for every day touched (created outside the ingest transaction).
-	obsDays, upDays := map[time.Time]bool{}, map[time.Time]bool{}
-	received := make([]time.Time, len(batches))
-	for i := range batches {
-		received[i] = batches[i].Provenance.ReceivedAt
-		if received[i].IsZero() {
-			received[i] = now
-		}
-		received[i] = received[i].UTC().Truncate(time.Microsecond)
-		upDays[day(received[i])] = true
-		var last time.Time
-		for _, o := range norm[i].obs {
-			if d := day(o.EffectiveAt); !d.Equal(last) {
-				obsDays[d] = true
-				last = d
-			}
-		}
-	}
-	if err := s.ensurePartitions(ctx, "core_observations", keys(obsDays)); err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
-	}
-	if err := s.ensurePartitions(ctx, "core_uploads", keys(upDays)); err != nil {
-		return nil, fmt.Errorf("ingest: %w", err)
-	}
-
-	// Upload ids = audit event ids, made here so observations can point at them.
-	results := make([]IngestResult, len(batches))
-	for i := range batches {
-		id, err := uuid.NewV7()
-		if err != nil {
-			return nil, fmt.Errorf("ingest: upload id: %w", err)
-		}
-		results[i].AuditEventID = id
-		for k := range norm[i].obs {
-			norm[i].obs[k].UploadID = id
-		}
-	}
-	// A patient in several batches of the group: the first batch's sample wins.
-	dropCrossBatchDuplicates(batches, norm)
-
-	var stored [][]Observation
-	// Fast path: plain COPY. If some sample is already stored (a retransmission), the COPY
-	// fails on the primary key and the whole transaction is redone on the slow path, which
-	// skips stored samples. Nothing else has run in the transaction at that point.
-	slow := false
-	tx := func(tx pgx.Tx) error {
+	var stored []Stored
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		stored, err = s.insertObservations(ctx, tx, norm, slow)
-		if err != nil {
-			return err
-		}
-		rows := make([][]any, len(batches))
-		for i := range batches {
-			b := &batches[i]
-			r := &results[i]
-			r.Flagged = 0
-			r.Stored = len(stored[i])
-			for _, o := range stored[i] {
-				if o.Artifact {
-					r.Flagged++
-				}
-			}
-			r.Duplicates = len(b.Samples) - r.Stored
-			rows[i] = []any{pgtype.UUID{Bytes: r.AuditEventID, Valid: true}, received[i], pgtype.UUID{Bytes: b.PatientID, Valid: true}, b.Provenance.DeviceID, b.Provenance.KeyID,
-				b.Provenance.UploadHash[:], int64(b.Provenance.Sequence), b.Provenance.Transport,
-				len(b.Samples), r.Stored, r.Flagged, r.Duplicates}
-		}
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"core_uploads"},
-			[]string{"id", "received_at", "patient_id", "device_id", "key_id", "upload_hash", "sequence",
-				"transport", "samples", "stored", "flagged", "duplicates"}, pgx.CopyFromRows(rows)); err != nil {
-			return fmt.Errorf("store uploads: %w", err)
-		}
-		evs := make([]audit.Event, len(batches))
-		for i := range batches {
-			b := &batches[i]
-			r := results[i]
-			evs[i] = audit.Event{
-				ID:         r.AuditEventID,
-				Time:       now,
-				Actor:      audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
-				Action:     "upload.accepted",
-				Object:     audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
-				Outcome:    audit.OutcomeSuccess,
-				RequestID:  b.Provenance.RequestID,
-				SourceAddr: b.Provenance.SourceAddr,
-				Payload: uploadPayload{PatientID: b.PatientID, KeyID: b.Provenance.KeyID, Sequence: b.Provenance.Sequence,
-					Transport: b.Provenance.Transport, Samples: len(b.Samples), Stored: r.Stored, Flagged: r.Flagged,
-					Duplicates: r.Duplicates},
-			}
-		}
-		if _, err := audit.RecordMany(ctx, tx, evs); err != nil {
-			return err
-		}
-		for i := range hooks {
-			if hooks[i] == nil {
-				continue
-			}
-			if err := hooks[i](ctx, tx, results[i]); err != nil {
-				return &IngestManyError{Index: i, Err: err}
-			}
-		}
-		return nil
-	}
-	err := pgx.BeginFunc(ctx, s.pool, tx)
-	if errors.Is(err, errAlreadyStored) {
-		slow = true
-		err = pgx.BeginFunc(ctx, s.pool, tx)
-	}
+		stored, err = s.Store(ctx, tx, ps)
+		return err
+	})
 	if err != nil {
-		var me *IngestManyError
-		if errors.As(err, &me) {
-			return nil, err
-		}
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	var total, kept, dups int64
-	for i := range batches {
-		total += int64(len(batches[i].Samples))
-		kept += int64(results[i].Stored)
-		dups += int64(results[i].Duplicates)
+	if err := s.Publish(context.WithoutCancel(ctx), stored); err != nil {
+		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	s.stats.batches.Add(int64(len(batches)))
-	s.stats.samples.Add(total)
-	s.stats.stored.Add(kept)
-	s.stats.duplicates.Add(dups)
-	s.publishObservations(batches, stored, results)
-	s.evaluate(ctx, batches, stored)
-	return results, nil
+	out := make([]IngestResult, len(stored))
+	for i := range stored {
+		out[i] = stored[i].IngestResult
+	}
+	return out, nil
 }
 
 // publishObservations sends each batch's newly stored observations to the hub as a live
 // TypeObservations event, only when some subscriber asked for that patient's observations.
-func (s *Service) publishObservations(batches []Batch, stored [][]Observation, results []IngestResult) {
-	for i := range batches {
-		if len(stored[i]) == 0 || !s.hub.Wants(TypeObservations, batches[i].PatientID) {
+func (s *Service) publishObservations(stored []Stored) {
+	for i := range stored {
+		st := &stored[i]
+		if len(st.Observations) == 0 || !s.hub.Wants(TypeObservations, st.PatientID) {
 			continue
 		}
 		data, err := json.Marshal(struct {
 			UploadID     uuid.UUID     `json:"upload_id"`
 			Observations []Observation `json:"observations"`
-		}{results[i].AuditEventID, stored[i]})
+		}{st.AuditEventID, st.Observations})
 		if err != nil {
 			continue
 		}
-		s.hub.Publish(Event{Type: TypeObservations, PatientID: batches[i].PatientID, Data: data})
+		s.hub.Publish(Event{Type: TypeObservations, PatientID: st.PatientID, Data: data})
 	}
 }
 
@@ -293,14 +371,14 @@ type obsKey struct {
 
 // dropCrossBatchDuplicates removes, for a patient present in several batches of one group,
 // samples already carried by an earlier batch of the group (same code and time).
-func dropCrossBatchDuplicates(batches []Batch, norm []normalized) {
+func dropCrossBatchDuplicates(ps []*Prepared, norm []normalized) {
 	count := map[uuid.UUID]int{}
-	for i := range batches {
-		count[batches[i].PatientID]++
+	for _, p := range ps {
+		count[p.batch.PatientID]++
 	}
 	var seen map[obsKey]bool
-	for i := range batches {
-		if count[batches[i].PatientID] < 2 {
+	for i, p := range ps {
+		if count[p.batch.PatientID] < 2 {
 			continue
 		}
 		if seen == nil {
@@ -468,8 +546,9 @@ func (e *PatientError) Error() string        { return fmt.Sprintf("unknown patie
 func (e *PatientError) ErrorCode() string    { return "unknown_patient" }
 func (e *PatientError) Is(target error) bool { return target == ErrUnknownPatient }
 
-// auditRejection records a rejected upload in its own transaction (nothing else is written).
-func (s *Service) auditRejection(ctx context.Context, b Batch, now time.Time, cause error) {
+// auditRejection records a batch refused by IngestMany (group-committed: nothing else is
+// written). The device path audits its rejections itself (devices).
+func (s *Service) auditRejection(ctx context.Context, b Batch, cause error) {
 	code := "invalid_batch"
 	var ce interface{ ErrorCode() string }
 	if errors.As(cause, &ce) {
@@ -484,78 +563,16 @@ func (s *Service) auditRejection(ctx context.Context, b Batch, now time.Time, ca
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := audit.Record(ctx, tx, audit.Event{
-			Time:    now,
-			Actor:   audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
-			Action:  "upload.rejected",
-			Object:  audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
-			Outcome: audit.OutcomeRejected,
-			Reason:  code,
-			Payload: detail,
-		})
-		return err
+	_, err := s.cfg.Recorder.RecordNow(ctx, audit.Event{
+		Time:    s.cfg.Now(),
+		Actor:   audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
+		Action:  "upload.rejected",
+		Object:  audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
+		Outcome: audit.OutcomeRejected,
+		Reason:  code,
+		Payload: detail,
 	})
 	if err != nil {
 		s.cfg.Logger.ErrorContext(ctx, "core: audit of rejected upload failed", slog.String("code", code), slog.String("error", err.Error()))
 	}
-}
-
-// evaluate runs the rules on the committed observations, one patient at a time, in time
-// order. It runs even if the caller's context is cancelled: the data is committed and its
-// alarms must not be lost. A failure is retried once, then logged and counted.
-func (s *Service) evaluate(ctx context.Context, batches []Batch, stored [][]Observation) {
-	if s.cfg.Rules == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	byPatient := map[uuid.UUID][]Observation{}
-	var order []uuid.UUID
-	for i := range batches {
-		for _, o := range stored[i] {
-			if _, ok := byPatient[o.PatientID]; !ok {
-				order = append(order, o.PatientID)
-			}
-			byPatient[o.PatientID] = append(byPatient[o.PatientID], o)
-		}
-	}
-	run := func(p uuid.UUID) {
-		obs := byPatient[p]
-		sort.SliceStable(obs, func(i, j int) bool { return obs[i].EffectiveAt.Before(obs[j].EffectiveAt) })
-		err := s.cfg.Rules.Evaluate(ctx, p, obs)
-		if err != nil {
-			err = s.cfg.Rules.Evaluate(ctx, p, obs)
-		}
-		if err != nil {
-			s.stats.ruleErrors.Add(1)
-			s.cfg.Logger.ErrorContext(ctx, "core: rules failed on committed observations",
-				slog.String("patient_id", p.String()), slog.Int("observations", len(obs)), slog.String("error", err.Error()))
-		}
-	}
-	// Patients are independent: evaluate them on a few goroutines, so that one patient's alarm
-	// transaction (a commit) does not delay the alarms of the others in the group.
-	workers := min(s.cfg.RuleWorkers, len(order))
-	if workers <= 1 {
-		for _, p := range order {
-			run(p)
-		}
-		return
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(order) {
-					return
-				}
-				run(order[i])
-			}
-		}()
-	}
-	wg.Wait()
 }

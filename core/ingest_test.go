@@ -3,6 +3,8 @@ package core_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"math"
 	"sync"
 	"testing"
@@ -12,12 +14,14 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/obs"
 )
 
 // Bad samples are rejected with stable codes, the whole batch is refused (nothing stored), and
 // the rejection is audited with its code.
 // Verifies: REQ-CORE-001, REQ-CORE-002
 func TestIngestRejectsBadSamples(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	p := e.patient(t)
 	good := core.Sample{Code: core.LOINCHeartRate, Value: 72, Unit: "/min", Time: t0.Add(-time.Minute)}
@@ -46,17 +50,17 @@ func TestIngestRejectsBadSamples(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			hookCalled := false
-			_, err := e.svc.Ingest(e.ctx, tc.b, func(context.Context, pgx.Tx, core.IngestResult) error { hookCalled = true; return nil })
+			// Prepare, the device path's first step, refuses it the same way and writes nothing.
+			if p, err := e.svc.Prepare(e.ctx, tc.b); p != nil || !errors.Is(err, tc.sentinel) {
+				t.Fatalf("Prepare() = %v, %v; want nothing prepared and %v", p, err, tc.sentinel)
+			}
+			_, err := e.svc.Ingest(e.ctx, tc.b)
 			if !errors.Is(err, core.ErrInvalidBatch) || !errors.Is(err, tc.sentinel) {
 				t.Fatalf("Ingest() error = %v, want ErrInvalidBatch and %v", err, tc.sentinel)
 			}
 			var be *core.BatchError
 			if !errors.As(err, &be) || be.ErrorCode() != tc.code {
 				t.Fatalf("Ingest() error code = %v, want %s", err, tc.code)
-			}
-			if hookCalled {
-				t.Error("hook called for a rejected batch")
 			}
 			if n := e.count(t, "SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND object_id = $2",
 				tc.code, hexHash(tc.b)); n != 1 {
@@ -77,7 +81,7 @@ func TestIngestRejectsBadSamples(t *testing.T) {
 	// Every bad sample is listed, in index order.
 	_, err := e.svc.Ingest(e.ctx, batch(p, good,
 		core.Sample{Code: "x", Value: 1, Unit: "/min", Time: t0},
-		core.Sample{Code: core.LOINCSpO2, Value: 101, Unit: "%", Time: t0}), nil)
+		core.Sample{Code: core.LOINCSpO2, Value: 101, Unit: "%", Time: t0}))
 	var be *core.BatchError
 	if !errors.As(err, &be) || len(be.Samples) != 2 || be.Samples[0].Index != 1 || be.Samples[1].Index != 2 ||
 		be.Samples[1].Code != core.CodeImpossibleValue {
@@ -85,7 +89,7 @@ func TestIngestRejectsBadSamples(t *testing.T) {
 	}
 
 	// An unknown patient.
-	_, err = e.svc.Ingest(e.ctx, batch(uuid.New(), good), nil)
+	_, err = e.svc.Ingest(e.ctx, batch(uuid.New(), good))
 	if !errors.Is(err, core.ErrUnknownPatient) {
 		t.Errorf("Ingest(unknown patient) = %v, want ErrUnknownPatient", err)
 	}
@@ -104,6 +108,7 @@ func hexHash(b core.Batch) string {
 // values are stored flagged as artifacts.
 // Verifies: REQ-CORE-003, REQ-CORE-004
 func TestIngestNormalizes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	p := e.patient(t)
 	at := t0.Add(-time.Hour)
@@ -131,7 +136,7 @@ func TestIngestNormalizes(t *testing.T) {
 		s.Time = at.Add(time.Duration(i) * time.Second)
 		samples = append(samples, s)
 	}
-	res, err := e.svc.Ingest(e.ctx, batch(p, samples...), nil)
+	res, err := e.svc.Ingest(e.ctx, batch(p, samples...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,51 +161,69 @@ func TestIngestNormalizes(t *testing.T) {
 }
 
 // An accepted upload's observations, provenance row and audit event commit together with
-// what the hook writes; a hook error rolls everything back.
+// what the caller writes in its transaction (devices: sequence numbers, receipts); a rollback
+// of that transaction leaves nothing.
 // Verifies: REQ-CORE-005
 func TestIngestAtomicWithAuditAndHook(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	p := e.patient(t)
 	if _, err := e.pool.Exec(e.ctx, "CREATE TABLE hook_marks (upload uuid PRIMARY KEY)"); err != nil {
 		t.Fatal(err)
 	}
 	s := core.Sample{Code: core.LOINCHeartRate, Value: 80, Unit: "/min", Time: t0.Add(-time.Minute)}
-	boom := errors.New("boom")
-	_, err := e.svc.Ingest(e.ctx, batch(p, s), func(ctx context.Context, tx pgx.Tx, r core.IngestResult) error {
-		if _, err := tx.Exec(ctx, "INSERT INTO hook_marks VALUES ($1)", r.AuditEventID); err != nil {
-			return err
+	// store runs the device path's transaction: Store, the caller's own row, then commit or
+	// (when the caller fails) rollback.
+	store := func(b core.Batch, callerErr error) (core.Stored, error) {
+		t.Helper()
+		prep, err := e.svc.Prepare(e.ctx, b)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return boom
-	})
-	if !errors.Is(err, boom) {
-		t.Fatalf("Ingest(failing hook) = %v, want boom", err)
+		var st []core.Stored
+		err = pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error {
+			var err error
+			if st, err = e.svc.Store(e.ctx, tx, []*core.Prepared{prep}); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(e.ctx, "INSERT INTO hook_marks VALUES ($1)", st[0].AuditEventID); err != nil {
+				return err
+			}
+			return callerErr
+		})
+		if err != nil {
+			return core.Stored{}, err
+		}
+		if err := e.svc.Publish(e.ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		return st[0], nil
+	}
+	boom := errors.New("boom")
+	if _, err := store(batch(p, s), boom); !errors.Is(err, boom) {
+		t.Fatalf("transaction with a failing caller = %v, want boom", err)
 	}
 	for _, q := range []string{"SELECT count(*) FROM core_observations", "SELECT count(*) FROM core_uploads",
 		"SELECT count(*) FROM hook_marks", "SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'"} {
 		if n := e.count(t, q); n != 0 {
-			t.Errorf("%s = %d after a failing hook, want 0", q, n)
+			t.Errorf("%s = %d after a rolled-back transaction, want 0", q, n)
 		}
 	}
 
 	b := batch(p, s)
-	var seen core.IngestResult
-	res, err := e.svc.Ingest(e.ctx, b, func(ctx context.Context, tx pgx.Tx, r core.IngestResult) error {
-		seen = r
-		_, err := tx.Exec(ctx, "INSERT INTO hook_marks VALUES ($1)", r.AuditEventID)
-		return err
-	})
+	res, err := store(b, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if seen != res || res.Stored != 1 || res.AuditEventID == uuid.Nil {
-		t.Errorf("Ingest() = %+v, hook saw %+v; want equal, 1 stored", res, seen)
+	if res.Stored != 1 || res.AuditEventID == uuid.Nil || len(res.Observations) != 1 || res.Observations[0].UploadID != res.AuditEventID {
+		t.Errorf("Store() = %+v, want 1 stored, pointing at its upload", res)
 	}
 	if n := e.count(t, "SELECT count(*) FROM audit_events WHERE id = $1 AND action = 'upload.accepted' AND actor_kind = 'device' AND actor_id = 'dev-1' AND object_id = $2",
 		res.AuditEventID, hexHash(b)); n != 1 {
 		t.Errorf("upload.accepted event %s = %d rows, want 1", res.AuditEventID, n)
 	}
 	if n := e.count(t, "SELECT count(*) FROM hook_marks WHERE upload = $1", res.AuditEventID); n != 1 {
-		t.Errorf("hook row = %d, want 1", n)
+		t.Errorf("caller's row = %d, want 1", n)
 	}
 	u, err := e.svc.UploadByID(e.ctx, res.AuditEventID)
 	if err != nil || u.DeviceID != "dev-1" || u.KeyID != "dev-1/v1" || u.Stored != 1 || string(u.UploadHash) != string(b.Provenance.UploadHash[:]) {
@@ -215,23 +238,27 @@ func TestIngestAtomicWithAuditAndHook(t *testing.T) {
 // order; the rules see each patient's new observations in time order, once.
 // Verifies: REQ-CORE-006
 func TestIngestDuplicatesAndOutOfOrder(t *testing.T) {
+	t.Parallel()
 	var mu sync.Mutex
 	var evaluated []core.Observation
-	e := newEnv(t, func(c *core.Config) {
-		c.Rules = core.RuleEngineFunc(func(_ context.Context, _ uuid.UUID, obs []core.Observation) error {
-			mu.Lock()
-			defer mu.Unlock()
-			evaluated = append(evaluated, obs...)
-			return nil
-		})
-	})
+	handoff := obs.NewHandoff(obs.HandoffConfig{})
+	if err := handoff.Start(func(_ context.Context, c obs.Committed) error {
+		mu.Lock()
+		defer mu.Unlock()
+		evaluated = append(evaluated, c.Observations...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = handoff.Stop(context.Background()) })
+	e := newEnv(t, func(c *core.Config) { c.Handoff = handoff })
 	p := e.patient(t)
 	at := func(m int) time.Time { return t0.Add(time.Duration(m-60) * time.Minute) }
 	hr := func(m int, v float64) core.Sample {
 		return core.Sample{Code: core.LOINCHeartRate, Value: v, Unit: "/min", Time: at(m)}
 	}
 	// Out of order inside the batch, with an identical duplicate.
-	r1, err := e.svc.Ingest(e.ctx, batch(p, hr(3, 73), hr(1, 71), hr(2, 72), hr(1, 71)), nil)
+	r1, err := e.svc.Ingest(e.ctx, batch(p, hr(3, 73), hr(1, 71), hr(2, 72), hr(1, 71)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +267,7 @@ func TestIngestDuplicatesAndOutOfOrder(t *testing.T) {
 	}
 	// A later upload repeats minute 2 (with another value: first stored wins), adds minute 0
 	// (older than everything stored) and minute 4.
-	r2, err := e.svc.Ingest(e.ctx, batch(p, hr(4, 74), hr(2, 99), hr(0, 70)), nil)
+	r2, err := e.svc.Ingest(e.ctx, batch(p, hr(4, 74), hr(2, 99), hr(0, 70)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +290,12 @@ func TestIngestDuplicatesAndOutOfOrder(t *testing.T) {
 	if got := obs[2].UploadID; got != r1.AuditEventID {
 		t.Errorf("minute 2 comes from upload %s, want the first %s", got, r1.AuditEventID)
 	}
-	// Rules: first call minutes 1,2,3 in order; second call minutes 0,4 in order; 99 never.
+	// Rules: first batch minutes 1,2,3 in order; second batch minutes 0,4 in order; 99 never.
+	if err := handoff.Flush(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
 	wantEval := []float64{71, 72, 73, 70, 74}
 	if len(evaluated) != len(wantEval) {
 		t.Fatalf("evaluated %d observations, want %d", len(evaluated), len(wantEval))
@@ -275,7 +307,7 @@ func TestIngestDuplicatesAndOutOfOrder(t *testing.T) {
 	}
 
 	// Group commit: the same patient in two batches of one group, overlapping.
-	res, err := e.svc.IngestMany(e.ctx, []core.Batch{batch(p, hr(5, 75), hr(6, 76)), batch(p, hr(6, 60), hr(7, 77))}, nil)
+	res, err := e.svc.IngestMany(e.ctx, []core.Batch{batch(p, hr(5, 75), hr(6, 76)), batch(p, hr(6, 60), hr(7, 77))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,44 +320,56 @@ func TestIngestDuplicatesAndOutOfOrder(t *testing.T) {
 	}
 }
 
-// IngestMany commits many uploads in one transaction, each with its own audit event and hook;
-// one failing hook rolls back all of them.
+// Store writes many uploads in the caller's one transaction, each with its own audit event;
+// a failure of the caller rolls back all of them. IngestMany does the same in a transaction of
+// its own, and a bad batch in its group names its index and stores nothing.
 // Verifies: REQ-CORE-005, REQ-CORE-007
 func TestIngestManyGroupCommit(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	var batches []core.Batch
-	var hooks []core.TxHook
-	var calls int
+	var ps []*core.Prepared
 	for i := 0; i < 20; i++ {
 		p := e.patient(t)
-		batches = append(batches, batch(p,
+		b := batch(p,
 			core.Sample{Code: core.LOINCHeartRate, Value: 70, Unit: "/min", Time: t0.Add(-time.Minute)},
-			core.Sample{Code: core.LOINCSpO2, Value: 97, Unit: "%", Time: t0.Add(-time.Minute)}))
-		hooks = append(hooks, func(context.Context, pgx.Tx, core.IngestResult) error { calls++; return nil })
+			core.Sample{Code: core.LOINCSpO2, Value: 97, Unit: "%", Time: t0.Add(-time.Minute)})
+		batches = append(batches, b)
+		prep, err := e.svc.Prepare(e.ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps = append(ps, prep)
 	}
-	failing := append([]core.TxHook(nil), hooks...)
-	failing[13] = func(context.Context, pgx.Tx, core.IngestResult) error { return errors.New("sequence conflict") }
-	_, err := e.svc.IngestMany(e.ctx, batches, failing)
-	var me *core.IngestManyError
-	if !errors.As(err, &me) || me.Index != 13 {
-		t.Fatalf("IngestMany(failing hook 13) = %v, want IngestManyError at 13", err)
+	group := func(callerErr error) ([]core.Stored, error) {
+		var st []core.Stored
+		err := pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error {
+			var err error
+			if st, err = e.svc.Store(e.ctx, tx, ps); err != nil {
+				return err
+			}
+			return callerErr
+		})
+		return st, err
+	}
+	if _, err := group(errors.New("sequence conflict")); err == nil {
+		t.Fatal("group with a failing caller committed")
 	}
 	if n := e.count(t, "SELECT count(*) FROM core_observations"); n != 0 {
 		t.Errorf("observations after a failed group = %d, want 0", n)
 	}
-	calls = 0
-	res, err := e.svc.IngestMany(e.ctx, batches, hooks)
+	res, err := group(nil) // the same prepared batches again: Store did not change them
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 20 || calls != 20 {
-		t.Fatalf("IngestMany() = %d results, %d hook calls; want 20, 20", len(res), calls)
+	if len(res) != 20 {
+		t.Fatalf("Store() = %d results, want 20", len(res))
 	}
 	ids := map[uuid.UUID]bool{}
 	for _, r := range res {
 		ids[r.AuditEventID] = true
 		if r.Stored != 2 {
-			t.Errorf("result %+v, want 2 stored", r)
+			t.Errorf("result %+v, want 2 stored", r.IngestResult)
 		}
 	}
 	if len(ids) != 20 {
@@ -337,7 +381,8 @@ func TestIngestManyGroupCommit(t *testing.T) {
 	// A bad batch in a group names its index and stores nothing.
 	bad := append([]core.Batch(nil), batches...)
 	bad[4] = batch(batches[4].PatientID, core.Sample{Code: "nope", Unit: "/min", Time: t0})
-	_, err = e.svc.IngestMany(e.ctx, bad, nil)
+	_, err = e.svc.IngestMany(e.ctx, bad)
+	var me *core.IngestManyError
 	if !errors.As(err, &me) || me.Index != 4 || !errors.Is(err, core.ErrUnknownCode) {
 		t.Errorf("IngestMany(bad batch 4) = %v, want IngestManyError at 4 wrapping unknown_code", err)
 	}
@@ -346,36 +391,48 @@ func TestIngestManyGroupCommit(t *testing.T) {
 	}
 }
 
-// After commit the rules run on the stored observations; a failed evaluation is retried once,
-// and a second failure is counted (the data stays committed).
+// After commit the rules run on the stored observations, handed off by Publish; a failed
+// evaluation is retried once, and a second failure is counted (the data stays committed).
 // Verifies: REQ-CORE-014
 func TestIngestRunsRulesAfterCommit(t *testing.T) {
+	t.Parallel()
 	var calls int
 	var committed int
 	var e *env
-	e = newEnv(t, func(c *core.Config) {
-		c.Rules = core.RuleEngineFunc(func(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
-			calls++
-			committed = e.count(t, "SELECT count(*) FROM core_observations WHERE patient_id = $1", p)
-			if calls%3 != 0 { // fail, fail, succeed, fail, fail, …
-				return errors.New("engine down")
-			}
-			return nil
-		})
-	})
+	handoff := obs.NewHandoff(obs.HandoffConfig{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	e = newEnv(t, func(c *core.Config) { c.Handoff = handoff })
+	if err := handoff.Start(func(ctx context.Context, c obs.Committed) error {
+		calls++
+		committed = e.count(t, "SELECT count(*) FROM core_observations WHERE patient_id = $1", c.PatientID)
+		if calls%3 != 0 { // fail, fail, succeed, fail, fail, …
+			return errors.New("engine down")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = handoff.Stop(context.Background()) })
 	p := e.patient(t)
 	s := core.Sample{Code: core.LOINCHeartRate, Value: 75, Unit: "/min", Time: t0.Add(-time.Minute)}
-	if _, err := e.svc.Ingest(e.ctx, batch(p, s), nil); err != nil {
+	ctx, cancel := context.WithCancel(e.ctx)
+	if _, err := e.svc.Ingest(ctx, batch(p, s)); err != nil {
 		t.Fatal(err)
 	}
-	if calls != 2 || committed != 1 || e.svc.Stats().RuleErrors != 1 {
-		t.Errorf("after a failing engine: %d calls, %d rows visible to it, %d rule errors; want 2, 1, 1", calls, committed, e.svc.Stats().RuleErrors)
+	cancel() // the caller goes away: the committed data still reaches the rules
+	if err := handoff.Flush(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 || committed != 1 || handoff.Stats().Failed != 1 {
+		t.Errorf("after a failing engine: %d calls, %d rows visible to it, %d rule errors; want 2, 1, 1", calls, committed, handoff.Stats().Failed)
 	}
 	s.Time = s.Time.Add(time.Second)
-	if _, err := e.svc.Ingest(e.ctx, batch(p, s), nil); err != nil {
+	if _, err := e.svc.Ingest(e.ctx, batch(p, s)); err != nil {
 		t.Fatal(err)
 	}
-	if calls != 3 || e.svc.Stats().RuleErrors != 1 {
-		t.Errorf("after a retry that succeeds: %d calls, %d rule errors; want 3, 1", calls, e.svc.Stats().RuleErrors)
+	if err := handoff.Flush(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 3 || handoff.Stats().Failed != 1 {
+		t.Errorf("after a retry that succeeds: %d calls, %d rule errors; want 3, 1", calls, handoff.Stats().Failed)
 	}
 }

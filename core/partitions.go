@@ -176,7 +176,7 @@ func (s *Service) EnforceRetention(ctx context.Context) ([]Partition, error) {
 			if _, err := tx.Exec(ctx, "DROP TABLE "+pgx.Identifier{p.Name}.Sanitize()); err != nil {
 				return err
 			}
-			_, err := audit.Record(ctx, tx, audit.Event{
+			_, err := s.cfg.Recorder.Record(ctx, tx, audit.Event{
 				Time:    now,
 				Actor:   audit.Actor{Kind: audit.ActorService, ID: "core.retention", AuthMethod: "internal"},
 				Action:  "retention.partition_dropped",

@@ -59,7 +59,7 @@ type CareTeamMember struct {
 	AddedAt     time.Time `json:"added_at"`
 }
 
-func recordIn(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action, objType, objID string, payload any) error {
+func (s *Service) recordIn(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action, objType, objID string, payload any) error {
 	ev := by
 	ev.Time = now
 	ev.Action = action
@@ -69,7 +69,7 @@ func recordIn(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, act
 	if ev.Actor.Kind == "" {
 		ev.Actor = audit.Actor{Kind: audit.ActorService, ID: "core", AuthMethod: "internal"}
 	}
-	_, err := audit.Record(ctx, tx, ev)
+	_, err := s.cfg.Recorder.Record(ctx, tx, ev)
 	return err
 }
 
@@ -95,7 +95,7 @@ func (s *Service) CreateSite(ctx context.Context, by audit.Event, name string) (
 		if _, err := tx.Exec(ctx, "INSERT INTO core_sites (id, name, created_at) VALUES ($1,$2,$3)", site.ID, site.Name, site.CreatedAt); err != nil {
 			return err
 		}
-		return recordIn(ctx, tx, by, site.CreatedAt, "site.created", "site", site.ID.String(), map[string]any{"name": name})
+		return s.recordIn(ctx, tx, by, site.CreatedAt, "site.created", "site", site.ID.String(), map[string]any{"name": name})
 	})
 	if isUniqueViolation(err) {
 		return Site{}, fmt.Errorf("create site %q: %w: name in use", name, ErrConflict)
@@ -126,7 +126,7 @@ func (s *Service) CreateWard(ctx context.Context, by audit.Event, siteID uuid.UU
 		if _, err := tx.Exec(ctx, "INSERT INTO core_wards (id, site_id, name, created_at) VALUES ($1,$2,$3,$4)", w.ID, w.SiteID, w.Name, w.CreatedAt); err != nil {
 			return err
 		}
-		return recordIn(ctx, tx, by, w.CreatedAt, "ward.created", "ward", w.ID.String(), map[string]any{"site_id": siteID, "name": name})
+		return s.recordIn(ctx, tx, by, w.CreatedAt, "ward.created", "ward", w.ID.String(), map[string]any{"site_id": siteID, "name": name})
 	})
 	switch {
 	case isUniqueViolation(err):
@@ -205,7 +205,7 @@ func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi Patient
 			VALUES ($1,$2,$3,$4,$5,$5,$5)`, p.ID, wardID, idx, sealed, now); err != nil {
 			return err
 		}
-		return recordIn(ctx, tx, by, now, "patient.created", "patient", p.ID.String(), map[string]any{"ward_id": wardID})
+		return s.recordIn(ctx, tx, by, now, "patient.created", "patient", p.ID.String(), map[string]any{"ward_id": wardID})
 	})
 	switch {
 	case isUniqueViolation(err):
@@ -331,7 +331,7 @@ func (s *Service) DischargePatient(ctx context.Context, by audit.Event, id uuid.
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("discharge patient %s: %w: already discharged", id, ErrConflict)
 		}
-		return recordIn(ctx, tx, by, now, "patient.discharged", "patient", id.String(), nil)
+		return s.recordIn(ctx, tx, by, now, "patient.discharged", "patient", id.String(), nil)
 	})
 	if err != nil || s.cfg.Release == nil {
 		return err
@@ -350,7 +350,7 @@ func (s *Service) MovePatient(ctx context.Context, by audit.Event, id, wardID uu
 		if _, err := tx.Exec(ctx, "UPDATE core_patients SET ward_id = $2, updated_at = $3 WHERE id = $1", id, wardID, now); err != nil {
 			return err
 		}
-		return recordIn(ctx, tx, by, now, "patient.moved", "patient", id.String(), map[string]any{"ward_id": wardID})
+		return s.recordIn(ctx, tx, by, now, "patient.moved", "patient", id.String(), map[string]any{"ward_id": wardID})
 	})
 	if isFKViolation(err) {
 		return fmt.Errorf("move patient: ward %s: %w", wardID, ErrNotFound)
@@ -386,7 +386,7 @@ func (s *Service) AddCareTeamMember(ctx context.Context, by audit.Event, patient
 			ON CONFLICT (patient_id, clinician_id) DO UPDATE SET role = EXCLUDED.role`, patientID, clinicianID, role, now); err != nil {
 			return err
 		}
-		return recordIn(ctx, tx, by, now, "care_team.member_added", "patient", patientID.String(),
+		return s.recordIn(ctx, tx, by, now, "care_team.member_added", "patient", patientID.String(),
 			map[string]any{"clinician_id": clinicianID, "role": role})
 	})
 	if err != nil {
@@ -407,7 +407,7 @@ func (s *Service) RemoveCareTeamMember(ctx context.Context, by audit.Event, pati
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("care team of %s: clinician %q: %w", patientID, clinicianID, ErrNotFound)
 		}
-		return recordIn(ctx, tx, by, now, "care_team.member_removed", "patient", patientID.String(),
+		return s.recordIn(ctx, tx, by, now, "care_team.member_removed", "patient", patientID.String(),
 			map[string]any{"clinician_id": clinicianID})
 	})
 }
@@ -481,7 +481,7 @@ func (s *Service) ReplaceSealedPHI(ctx context.Context, items []SealedPHI) error
 			}
 			n += int(tag.RowsAffected())
 		}
-		return recordIn(ctx, tx, audit.Event{}, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
+		return s.recordIn(ctx, tx, audit.Event{}, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
 			map[string]any{"offered": len(items), "replaced": n})
 	})
 }

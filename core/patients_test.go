@@ -10,12 +10,14 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // Patient PHI is stored only sealed, found by MRN through the blind index, unique by MRN;
 // sites, wards, patients and care teams are audited without PHI in the audit metadata.
 // Verifies: REQ-CORE-011
 func TestPatientsSealedAndAudited(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	site, err := e.svc.CreateSite(e.ctx, clinician, "St Elsewhere")
 	if err != nil {
@@ -105,7 +107,7 @@ func TestPatientsSealedAndAudited(t *testing.T) {
 		t.Errorf("audit events carrying PHI = %d, want 0", n)
 	}
 	// Without a sealer the patient API refuses.
-	bare, _ := core.New(core.Config{Pool: e.pool})
+	bare, _ := core.New(core.Config{Pool: e.pool, Recorder: e.rec})
 	if _, err := bare.CreatePatient(e.ctx, clinician, phi, nil); !errors.Is(err, core.ErrNoPHISealer) {
 		t.Errorf("CreatePatient(no sealer) = %v, want ErrNoPHISealer", err)
 	}
@@ -135,7 +137,8 @@ func (r rewrapStore) ReplaceSealed(ctx context.Context, items []keys.StoredCiphe
 // version in place and still opens.
 // Verifies: REQ-CORE-011
 func TestPatientPHIRewrap(t *testing.T) {
-	ring := newTestRing(t)
+	t.Parallel()
+	ring := keystest.LocalRing(t, nil)
 	e := newEnv(t, func(c *core.Config) { c.PHI = ring.PHI() })
 	var ids []uuid.UUID
 	for i := 0; i < 5; i++ {

@@ -13,27 +13,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/internal/every"
 )
-
-// RuleEngine runs the clinical rules on committed observations. The rules package's Engine
-// is adapted to it where the system is wired (cmd/vigil), so that core does not depend on the
-// rules implementation (core/rules must not import core, and core need not import it).
-//
-// Core calls Evaluate only with observations that are committed, all of patientID, in
-// ascending effective time. Evaluate MUST be safe for concurrent use, and MUST be safe to call
-// again with the same observations after it returned an error (core retries once).
-type RuleEngine interface {
-	Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observation) error
-}
-
-// RuleEngineFunc adapts a function to RuleEngine.
-type RuleEngineFunc func(ctx context.Context, patientID uuid.UUID, obs []Observation) error
-
-// Evaluate calls f.
-func (f RuleEngineFunc) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observation) error {
-	return f(ctx, patientID, obs)
-}
 
 // PatientReleaser ends rule monitoring of a discharged patient (its open alarms resolved, its
 // rule state reset); *rules.Engine satisfies it. Core calls it after the discharge commits.
@@ -57,13 +39,14 @@ type Retention struct {
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
-	// Rules runs the clinical rules after each ingest commit. Default: none.
-	Rules RuleEngine
+	// Recorder records every audit event of the clinical core (the process's audit.Outbox).
+	// Required.
+	Recorder audit.Recorder
+	// Handoff receives the observations of every committed upload (Publish), for the rules
+	// engine to drain. Default: none (no rules run; tools that only store).
+	Handoff *obs.Handoff
 	// Release ends rule monitoring when a patient is discharged. Default: none.
 	Release PatientReleaser
-	// RuleWorkers is how many patients of one ingest call are evaluated concurrently after
-	// commit. Default 4.
-	RuleWorkers int
 	// Hub receives notifications for SSE streams. Default: a new Hub with default config.
 	Hub *Hub
 	// PHI seals and opens patient identifying data and computes its blind index. Required for
@@ -85,8 +68,7 @@ type Config struct {
 	// WebhookSecrets derives webhook secrets from the key ring, so that none is stored in
 	// the database. Default: none (a random secret per webhook, stored in core_webhooks).
 	WebhookSecrets WebhookSecrets
-	// Logger reports failures of background work and of rules after a committed ingest.
-	// Default slog.Default().
+	// Logger reports failures of background work. Default slog.Default().
 	Logger *slog.Logger
 }
 
@@ -102,15 +84,15 @@ type Service struct {
 	// derived webhook secrets, by webhook id and key version
 	secrets sync.Map
 	stats   struct {
-		batches, samples, stored, duplicates, rejected, ruleErrors atomic.Int64
+		batches, samples, stored, duplicates, rejected atomic.Int64
 	}
 }
 
 // New returns a Service. It does no I/O: call MaintainPartitions (or Run) to create
 // partitions ahead of time; ingest also creates missing partitions on demand.
 func New(cfg Config) (*Service, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("core: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("core: Config.Pool and Config.Recorder are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -139,9 +121,6 @@ func New(cfg Config) (*Service, error) {
 	if err := cfg.Webhook.defaults(); err != nil {
 		return nil, fmt.Errorf("core: %w", err)
 	}
-	if cfg.RuleWorkers <= 0 {
-		cfg.RuleWorkers = 4
-	}
 	if cfg.Hub == nil {
 		cfg.Hub = NewHub(HubConfig{})
 	}
@@ -157,15 +136,17 @@ func (s *Service) Hub() *Hub { return s.hub }
 // areas that keep data alongside core's (the devices area's receipts and waveforms).
 func (s *Service) Retention() Retention { return s.cfg.Retention }
 
-// Stats are counters since the Service started.
+// Stats are counters since the Service started: batches published after their commit, their
+// samples, stored and duplicate; batches refused by Prepare. (The rules' counters are the
+// hand-off's: obs.Handoff.Stats.)
 type Stats struct {
-	Batches, Samples, Stored, Duplicates, Rejected, RuleErrors int64
+	Batches, Samples, Stored, Duplicates, Rejected int64
 }
 
 // Stats returns the counters.
 func (s *Service) Stats() Stats {
 	return Stats{Batches: s.stats.batches.Load(), Samples: s.stats.samples.Load(), Stored: s.stats.stored.Load(),
-		Duplicates: s.stats.duplicates.Load(), Rejected: s.stats.rejected.Load(), RuleErrors: s.stats.ruleErrors.Load()}
+		Duplicates: s.stats.duplicates.Load(), Rejected: s.stats.rejected.Load()}
 }
 
 // Run keeps partitions created ahead and enforces retention every interval until ctx ends.

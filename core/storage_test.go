@@ -28,6 +28,7 @@ func partitionNames(t *testing.T, e *env, class string) []string {
 // day within retention gets its partition on demand.
 // Verifies: REQ-CORE-008
 func TestPartitionsCreatedAhead(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) { c.PartitionsAhead = 3 })
 	if err := e.svc.MaintainPartitions(e.ctx); err != nil {
 		t.Fatal(err)
@@ -50,7 +51,7 @@ func TestPartitionsCreatedAhead(t *testing.T) {
 	// On demand: a sample from 20 days ago.
 	p := e.patient(t)
 	b := batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 60, Unit: "/min", Time: t0.AddDate(0, 0, -20)})
-	if _, err := e.svc.Ingest(e.ctx, b, nil); err != nil {
+	if _, err := e.svc.Ingest(e.ctx, b); err != nil {
 		t.Fatal(err)
 	}
 	if got := partitionNames(t, e, core.ClassObservations); got[0] != "core_observations_p20260218" {
@@ -62,6 +63,7 @@ func TestPartitionsCreatedAhead(t *testing.T) {
 // drop in the same transaction, and leaves everything newer intact.
 // Verifies: REQ-CORE-009
 func TestRetentionDropsExactlyExpiredPartitions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) {
 		c.PartitionsAhead = 1
 		c.Retention = core.Retention{Observations: 10 * 24 * time.Hour, Uploads: 12 * 24 * time.Hour}
@@ -72,7 +74,7 @@ func TestRetentionDropsExactlyExpiredPartitions(t *testing.T) {
 		at := t0.AddDate(0, 0, d)
 		b := batch(p, core.Sample{Code: core.LOINCHeartRate, Value: 60 + float64(d), Unit: "/min", Time: at})
 		b.Provenance.ReceivedAt = at
-		if _, err := e.svc.Ingest(e.ctx, b, nil); err != nil {
+		if _, err := e.svc.Ingest(e.ctx, b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -122,6 +124,7 @@ func TestRetentionDropsExactlyExpiredPartitions(t *testing.T) {
 // computed from the raw series; artifacts are excluded unless asked for.
 // Verifies: REQ-CORE-010
 func TestSeriesDownsampling(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	p := e.patient(t)
 	start := t0.Add(-3 * time.Hour)
@@ -136,7 +139,7 @@ func TestSeriesDownsampling(t *testing.T) {
 		raw[b] = append(raw[b], v)
 	}
 	samples = append(samples, core.Sample{Code: core.LOINCHeartRate, Value: 340, Unit: "/min", Time: start.Add(5 * time.Second)}) // artifact
-	if _, err := e.svc.Ingest(e.ctx, batch(p, samples...), nil); err != nil {
+	if _, err := e.svc.Ingest(e.ctx, batch(p, samples...)); err != nil {
 		t.Fatal(err)
 	}
 	q := core.RangeQuery{PatientID: p, Code: core.LOINCHeartRate, From: start, To: t0}
@@ -195,7 +198,7 @@ func TestSeriesDownsampling(t *testing.T) {
 	more := batch(p, core.Sample{Code: core.LOINCSpO2, Value: 95, Unit: "%", Time: t0.Add(-time.Minute)},
 		core.Sample{Code: core.LOINCHeartRate, Value: 15, Unit: "/min", Time: t0.Add(-time.Second)}, // artifact (< 20)
 		core.Sample{Code: core.LOINCSpO2, Value: 96, Unit: "%", Time: t0.Add(-2 * time.Minute)})
-	if _, err := e.svc.Ingest(e.ctx, more, nil); err != nil {
+	if _, err := e.svc.Ingest(e.ctx, more); err != nil {
 		t.Fatal(err)
 	}
 	latest, err := e.svc.Latest(e.ctx, p, time.Hour)

@@ -7,25 +7,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/vigilhealth/vigil/core/obs"
 )
 
 // Observation is a validated, normalized sample as stored: a known LOINC code, its value in
-// the code's canonical UCUM unit, and where it came from.
-type Observation struct {
-	PatientID   uuid.UUID `json:"patient_id"`
-	Code        string    `json:"code"`
-	Value       float64   `json:"value"`
-	Unit        string    `json:"unit"`
-	EffectiveAt time.Time `json:"effective_at"`
-	// Artifact: possible but outside the physiological plausibility range; stored flagged,
-	// and the rules do not act on its value.
-	Artifact bool      `json:"artifact"`
-	UploadID uuid.UUID `json:"upload_id"` // the upload (= its audit event id) that carried it
-	DeviceID string    `json:"device_id,omitempty"`
-}
-
-// Status is the FHIR-style status of a stored observation: always "final".
-func (o Observation) Status() string { return "final" }
+// the canonical UCUM unit of that code. It is the one type of package core/obs, which the
+// rules engine consumes too.
+type Observation = obs.Observation
 
 const flagArtifact = 1
 

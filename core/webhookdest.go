@@ -17,8 +17,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/vigilhealth/vigil/audit"
 )
 
@@ -323,11 +321,7 @@ func (s *Service) auditWebhookRejection(ctx context.Context, by audit.Event, u *
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := audit.Record(ctx, tx, ev)
-		return err
-	})
-	if err != nil {
+	if _, err := s.cfg.Recorder.RecordNow(ctx, ev); err != nil {
 		s.cfg.Logger.ErrorContext(ctx, "core: audit of rejected webhook failed", slog.String("code", code), slog.String("error", err.Error()))
 	}
 }

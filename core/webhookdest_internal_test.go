@@ -15,6 +15,7 @@ import (
 // dialed address, out of the policy's sight), checks every dial, and follows no redirect.
 // Verifies: REQ-CORE-015
 func TestWebhookClientNoProxyNoRedirect(t *testing.T) {
+	t.Parallel()
 	c := destinationPolicy{}.client(time.Second)
 	tr, ok := c.Transport.(*http.Transport)
 	if !ok {
@@ -65,6 +66,7 @@ func FuzzCheckWebhookURL(f *testing.F) {
 // parameters, the hash of the whole URL; never credentials, query values or fragments.
 // Verifies: REQ-CORE-016
 func TestAuditURLRedactsSecrets(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ in, want string }{
 		{"https://hooks.example.org/vigil", "https://hooks.example.org/vigil"},
 		{"https://hooks.example.org:8443/a/b?token=s3cret&b=2&b=3#frag-secret", "https://hooks.example.org:8443/a/b?b=REDACTED&token=REDACTED"},

@@ -25,6 +25,7 @@ var loopbackNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.Mu
 // The destination policy classifies addresses without any allowed networks.
 // Verifies: REQ-CORE-015
 func TestWebhookDestinationClass(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ addr, want string }{
 		{"127.0.0.1", "loopback"},
 		{"127.255.1.2", "loopback"},
@@ -73,6 +74,7 @@ func TestWebhookDestinationClass(t *testing.T) {
 // DNS: nothing is stored, and each refusal is audited as webhook.rejected with its code.
 // Verifies: REQ-CORE-015
 func TestCreateWebhookRefusesForbiddenDestinations(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil) // default policy: no allowed networks
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		t.Error("a refused webhook was contacted at creation")
@@ -147,6 +149,7 @@ func TestCreateWebhookRefusesForbiddenDestinations(t *testing.T) {
 // never the audit trail, which cannot be edited.
 // Verifies: REQ-CORE-016
 func TestWebhookCreatedAuditHasNoQuerySecret(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, nil)
 	const raw = "https://hooks.example.org/vigil?token=tok-s3cret-1&team=icu#frag-s3cret"
 	w, _, err := e.svc.CreateWebhook(e.ctx, clinician, raw, []string{"*"})
@@ -173,6 +176,7 @@ func TestWebhookCreatedAuditHasNoQuerySecret(t *testing.T) {
 // An operator's allowed networks let a webhook reach an internal receiver.
 // Verifies: REQ-CORE-015
 func TestCreateWebhookAllowNets(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) {
 		c.Webhook.AllowNets = []netip.Prefix{netip.MustParsePrefix("10.20.0.0/16"), netip.MustParsePrefix("127.0.0.1/32")}
 	})
@@ -186,7 +190,7 @@ func TestCreateWebhookAllowNets(t *testing.T) {
 			t.Errorf("CreateWebhook(%q) outside the allowed networks = %v, want ErrWebhookDestination", u, err)
 		}
 	}
-	if _, err := core.New(core.Config{Pool: e.pool, Webhook: core.WebhookConfig{AllowNets: []netip.Prefix{{}}}}); err == nil {
+	if _, err := core.New(core.Config{Pool: e.pool, Recorder: e.rec, Webhook: core.WebhookConfig{AllowNets: []netip.Prefix{{}}}}); err == nil {
 		t.Error("core.New(AllowNets with an invalid prefix) = nil error, want an error")
 	}
 }
@@ -211,6 +215,7 @@ func (c *countingReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // the delivery dials: the receiver gets nothing and the delivery fails with the reason.
 // Verifies: REQ-CORE-015
 func TestWebhookDeliveryRefusedAtDialTime(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) { c.Webhook.AllowNets = loopbackNets })
 	rcv := &countingReceiver{}
 	srv := httptest.NewServer(rcv)
@@ -221,7 +226,7 @@ func TestWebhookDeliveryRefusedAtDialTime(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The delivering service has the default policy (no allowed networks).
-	deliverer, err := core.New(core.Config{Pool: e.pool, Now: e.clock.Now, Webhook: core.WebhookConfig{MaxAttempts: 1, Timeout: 5 * time.Second}})
+	deliverer, err := core.New(core.Config{Pool: e.pool, Recorder: e.rec, Now: e.clock.Now, Webhook: core.WebhookConfig{MaxAttempts: 1, Timeout: 5 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,8 +264,10 @@ func TestWebhookDeliveryRefusedAtDialTime(t *testing.T) {
 // and a clear reason, and the redirect's target gets nothing.
 // Verifies: REQ-CORE-015
 func TestWebhookRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
 	for _, status := range []int{http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
 		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, func(c *core.Config) {
 				c.Webhook = core.WebhookConfig{AllowNets: loopbackNets, MaxAttempts: 2, Backoff: time.Minute, Timeout: 5 * time.Second}
 			})

@@ -231,7 +231,7 @@ func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL stri
 		}
 		detail := auditURL(u)
 		detail["event_types"] = eventTypes
-		return recordIn(ctx, tx, by, now, "webhook.created", "webhook", w.ID.String(), detail)
+		return s.recordIn(ctx, tx, by, now, "webhook.created", "webhook", w.ID.String(), detail)
 	})
 	if err != nil {
 		return Webhook{}, nil, fmt.Errorf("create webhook: %w", err)
@@ -259,7 +259,7 @@ func (s *Service) DeleteWebhook(ctx context.Context, by audit.Event, id uuid.UUI
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("webhook %s: %w", id, ErrNotFound)
 		}
-		return recordIn(ctx, tx, by, now, "webhook.deleted", "webhook", id.String(), nil)
+		return s.recordIn(ctx, tx, by, now, "webhook.deleted", "webhook", id.String(), nil)
 	})
 }
 
@@ -380,7 +380,7 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 			if d.Status == "dead" {
 				action, outcome = "webhook.delivery_dead", audit.OutcomeFailure
 			}
-			_, err := audit.Record(ctx, tx, audit.Event{Time: done, Action: action, Outcome: outcome,
+			_, err := s.cfg.Recorder.Record(ctx, tx, audit.Event{Time: done, Action: action, Outcome: outcome,
 				Actor:  audit.Actor{Kind: audit.ActorService, ID: "core.webhooks", AuthMethod: "internal"},
 				Object: audit.Object{Type: "webhook_delivery", ID: d.ID.String()}, Reason: reasonOf(d, j.refused),
 				Payload: map[string]any{"webhook_id": d.WebhookID, "event_type": d.EventType, "attempts": d.Attempts, "last_status": d.LastStatus}})
@@ -485,7 +485,7 @@ func (s *Service) Redeliver(ctx context.Context, by audit.Event, id uuid.UUID) e
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("dead delivery %s: %w", id, ErrNotFound)
 		}
-		return recordIn(ctx, tx, by, now, "webhook.redelivery_requested", "webhook_delivery", id.String(), nil)
+		return s.recordIn(ctx, tx, by, now, "webhook.redelivery_requested", "webhook_delivery", id.String(), nil)
 	})
 }
 

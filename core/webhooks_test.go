@@ -15,6 +15,7 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // receiver is a webhook endpoint that verifies signatures and rejects replays, and fails the
@@ -61,6 +62,7 @@ func (r *receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // dead-lettered after MaxAttempts (audited), listed, and redeliverable.
 // Verifies: REQ-CORE-013
 func TestWebhooksSignedRetriedDeadLettered(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t, func(c *core.Config) {
 		// The receiver runs on loopback, which the destination policy refuses unless allowed.
 		c.Webhook = core.WebhookConfig{AllowNets: loopbackNets, MaxAttempts: 3, Backoff: 10 * time.Second, MaxBackoff: time.Minute, Timeout: 5 * time.Second}
@@ -157,7 +159,8 @@ func (r ringSecrets) Derive(ctx context.Context, version int, id uuid.UUID) ([]b
 // deliveries are signed with the same secret the receiver was given, also after a rotation.
 // Verifies: REQ-CORE-013
 func TestWebhookSecretsDerivedFromKeyRing(t *testing.T) {
-	ring := newTestRing(t)
+	t.Parallel()
+	ring := keystest.LocalRing(t, nil)
 	e := newEnv(t, func(c *core.Config) {
 		c.WebhookSecrets = ringSecrets{ring}
 		c.Webhook.AllowNets = loopbackNets // the receiver runs on loopback

@@ -28,17 +28,21 @@ type Verified struct {
 }
 
 // Accept verifies a signed upload (the envelope's wire bytes, as received over HTTP or
-// MQTT) and, if it passes, stores it through core.Ingest together with its audit event,
-// the device's new sequence number and its receipt, in one transaction shared with other
-// concurrent uploads (group commit). It returns the signed receipt.
+// MQTT), has core validate its samples (core.Prepare) and, if everything passes, stores it in
+// one transaction shared with other concurrent uploads (group commit): the samples with
+// their audit event (core.Store), the device's new sequence number and the receipt. It
+// returns the signed receipt once that transaction committed; the committed observations
+// reach the rules afterwards (core.Publish), so a receipt never waits for an alarm.
 //
 // An exact re-send of an upload accepted before (same canonical bytes) returns the receipt
 // stored then, with Receipt.Replayed set, and stores nothing. Every refusal is a
 // *RejectError wrapping one of the sentinels of this package (ErrMalformed, ErrTooLarge,
 // ErrUnknownDevice, ErrUnknownKey, ErrBadSignature, ErrDeviceSuspended,
 // ErrDeviceDecommissioned, ErrReplay, ErrNotAssigned, ErrClockSkew, ErrRateLimited,
-// ErrQuotaExceeded, ErrBackpressure), is recorded as an `upload.rejected` audit event with
-// its reason code, and stores nothing else. Other errors are internal failures.
+// ErrQuotaExceeded, ErrBackpressure) or carrying core's refusal of the samples (its
+// ErrorCode, e.g. unknown_code), is recorded here — the one place — as an `upload.rejected`
+// audit event with its reason code, and stores nothing else. Other errors are internal
+// failures.
 //
 // Accept is safe for concurrent use and is the one entry point of every transport.
 func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, error) {
@@ -53,7 +57,15 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		s.stats.replayed.Add(1)
 		return rc, nil // exact re-send
 	}
-	p, err := s.admitUpload(v, meta)
+	p, err := s.admitUpload(ctx, v, meta)
+	if errors.Is(err, ErrReplay) {
+		// An exact re-send that raced its original past verification gets the original's
+		// receipt (storedReceipt waits for a pending one); anything else stays a replay.
+		if rc, serr := s.storedReceipt(ctx, v); serr == nil {
+			s.stats.replayed.Add(1)
+			return rc, nil
+		}
+	}
 	if err != nil {
 		return nil, s.rejected(ctx, raw, v, meta, err)
 	}
@@ -240,13 +252,18 @@ func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, e
 	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, hash, true)
 }
 
-// admitUpload takes rate-limit tokens, reserves the sequence number and queues the upload
-// for group commit.
-func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
-	if s.cfg.Pressure != nil {
-		if over, after := s.cfg.Pressure(); over {
+// admitUpload checks the global back-pressure, takes rate-limit tokens, has core prepare the
+// samples, then reserves the sequence number and queues the upload for group commit (the
+// reservation and the queueing stay one short step, with no I/O between them).
+func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pending, error) {
+	if s.cfg.Pushback != nil {
+		if err := s.cfg.Pushback.Admit(); err != nil {
 			e := reject(ErrBackpressure, "the audit log is behind; retry later")
-			e.RetryAfter = max(after, time.Second)
+			e.RetryAfter = time.Second
+			var pe *audit.PushbackError
+			if errors.As(err, &pe) {
+				e.RetryAfter = max(pe.RetryAfter, time.Second)
+			}
 			return nil, e
 		}
 	}
@@ -265,27 +282,41 @@ func (s *Service) admitUpload(v *Verified, meta Meta) (*pending, error) {
 		d.mu.Unlock()
 		return nil, err
 	}
-	prev := d.reserved
-	d.reserved = u.Seq
 	d.mu.Unlock()
 
 	samples := make([]core.Sample, len(u.Samples))
 	for i, smp := range u.Samples {
 		samples[i] = core.Sample{Code: smp.Code, Value: smp.Value, Unit: smp.Unit, Time: smp.Time()}
 	}
-	p := &pending{
-		v: v, meta: meta, receivedAt: now, prevReserved: prev,
-		batch: core.Batch{
-			PatientID: d.patient,
-			Provenance: core.Provenance{
-				DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
-				Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,
-				RequestID: meta.RequestID, SourceAddr: meta.SourceAddr,
-			},
-			Samples: samples,
+	// Admitted: from here on the upload goes through whatever its client does (a device that
+	// gives up still finds its receipt when it retries).
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	prep, err := s.cfg.Ingester.Prepare(pctx, core.Batch{
+		PatientID: d.patient,
+		Provenance: core.Provenance{
+			DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
+			Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,
+			RequestID: meta.RequestID, SourceAddr: meta.SourceAddr,
 		},
-		done: make(chan struct{}),
+		Samples: samples,
+	})
+	if err != nil {
+		var ce interface{ ErrorCode() string }
+		if errors.As(err, &ce) { // core refused the samples: a rejection with core's code
+			return nil, &RejectError{Err: err, Code: ce.ErrorCode()}
+		}
+		return nil, fmt.Errorf("prepare upload %x: %w", v.Hash[:8], err)
 	}
+	d.mu.Lock()
+	if u.Seq <= d.reserved { // another upload of the device got in meanwhile
+		d.mu.Unlock()
+		return nil, reject(ErrReplay, "sequence number %d is not above the last accepted", u.Seq)
+	}
+	prev := d.reserved
+	d.reserved = u.Seq
+	d.mu.Unlock()
+	p := &pending{v: v, meta: meta, receivedAt: now, prevReserved: prev, prepared: prep, done: make(chan struct{})}
 	if err := s.bat.enqueue(p); err != nil {
 		d.mu.Lock()
 		if d.reserved == u.Seq {
@@ -327,8 +358,8 @@ func (s *Service) receiptWith(body []byte, rec *envelope.Receipt, sig []byte, ha
 	return r, nil
 }
 
-// rejected records the audit event of a refused upload (in its own transaction: nothing
-// else is written) and returns err. A failure to audit is returned as an internal error: a
+// rejected records the audit event of a refused upload (group-committed: nothing else is
+// written) and returns err. A failure to audit is returned as an internal error: a
 // rejection that cannot be audited is not answered as a clean 4xx.
 func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Meta, err error) error {
 	var re *RejectError
@@ -336,9 +367,6 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 		return err
 	}
 	s.stats.rejected.Add(1)
-	if re.auditedBy != "" {
-		return err
-	}
 	ev := audit.Event{
 		Actor:      audit.Actor{Kind: audit.ActorDevice, ID: "unknown", AuthMethod: "none"},
 		Action:     "upload.rejected",
@@ -364,11 +392,18 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 			ev.Actor.AuthMethod = "device-signature"
 		}
 	}
+	var be *core.BatchError
+	if errors.As(err, &be) { // core's verdict on each bad sample
+		payload["errors"] = be.Samples
+	}
+	if _, own := codeOf[re.Err]; !own && v != nil && v.state != nil { // refused by core: for whom
+		payload["patient_id"] = v.state.patient
+	}
 	ev.Payload = payload
 	// The rejection is recorded even when the client has gone away meanwhile.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if aerr := s.bat.recordRejection(actx, ev); aerr != nil {
+	if _, aerr := s.cfg.Recorder.RecordNow(actx, ev); aerr != nil {
 		return fmt.Errorf("audit rejected upload (%s): %w", re.Code, aerr)
 	}
 	return err

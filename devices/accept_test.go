@@ -13,6 +13,9 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
@@ -20,6 +23,7 @@ import (
 
 // Verifies: REQ-DEV-020, REQ-DEV-023, REQ-DEV-030
 func TestAcceptStoresAndReceipts(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	raw := d.Upload(t, e.Clock.Now(), 10)
@@ -194,6 +198,7 @@ func devicestestKey(t *testing.T) (ed25519.PublicKey, ed25519.PrivateKey) {
 
 // Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026
 func TestAcceptRejections(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	for _, tc := range rejectCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -224,6 +229,7 @@ func TestAcceptRejections(t *testing.T) {
 
 // Verifies: REQ-DEV-040
 func TestRateLimitAndQuota(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 2; c.SampleQuotaPerHour = 25 })
 	d := e.NewDevice(t)
 	for i := 0; i < 2; i++ {
@@ -253,10 +259,18 @@ func TestRateLimitAndQuota(t *testing.T) {
 
 // Verifies: REQ-DEV-041
 func TestBackpressure(t *testing.T) {
+	t.Parallel()
 	var over bool
 	var mu sync.Mutex
 	e := devicestest.New(t, func(c *devices.Config) {
-		c.Pressure = func() (bool, time.Duration) { mu.Lock(); defer mu.Unlock(); return over, 7 * time.Second }
+		c.Pushback = devices.AdmitFunc(func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if over {
+				return &audit.PushbackError{RetryAfter: 7 * time.Second}
+			}
+			return nil
+		})
 	})
 	d := e.NewDevice(t)
 	mu.Lock()
@@ -279,6 +293,7 @@ func TestBackpressure(t *testing.T) {
 
 // Verifies: REQ-DEV-004, REQ-DEV-005
 func TestSuspendRotateTakeEffectAtOnce(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	m := devices.Meta{Transport: "http"}
@@ -333,6 +348,7 @@ func TestSuspendRotateTakeEffectAtOnce(t *testing.T) {
 
 // Verifies: REQ-DEV-002, REQ-DEV-003
 func TestEnrollment(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.EnrollmentTokenTTL = time.Hour })
 	m := devices.Meta{Transport: "http"}
 	d := e.RegisterDevice(t)
@@ -377,6 +393,7 @@ func TestEnrollment(t *testing.T) {
 
 // Verifies: REQ-DEV-001, REQ-DEV-006
 func TestRegistryAdmin(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	p2 := e.NewPatient(t)
@@ -426,6 +443,7 @@ func TestRegistryAdmin(t *testing.T) {
 
 // Verifies: REQ-DEV-020, REQ-DEV-042
 func TestConcurrentGroupCommit(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.BatchMaxWait = 5 * time.Millisecond })
 	const nDev, perDev = 20, 15
 	devs := make([]*devicestest.Device, nDev)
@@ -470,6 +488,7 @@ func TestConcurrentGroupCommit(t *testing.T) {
 
 // Verifies: REQ-DEV-010, REQ-DEV-020
 func TestWaveformsStored(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
 	d := e.NewDevice(t)
 	now := e.Clock.Now()
@@ -496,6 +515,7 @@ func TestWaveformsStored(t *testing.T) {
 // refused at commit: the suspension takes effect for everything that commits after it.
 // Verifies: REQ-DEV-005
 func TestSuspendCatchesPendingUpload(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.BatchMaxWait = 3 * time.Second })
 	d := e.NewDevice(t)
 	raw := d.Upload(t, e.Clock.Now(), 2)
@@ -531,8 +551,9 @@ func TestSuspendCatchesPendingUpload(t *testing.T) {
 // notification), so the other refuses at verification, not only at commit.
 // Verifies: REQ-DEV-005
 func TestSuspensionReachesOtherServers(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil)
-	other, err := devices.New(devices.Config{Pool: e.Pool, Ingester: e.Core, ReceiptSigner: e.Signer, Now: e.Clock.Now})
+	other, err := devices.New(devices.Config{Pool: e.Pool, Recorder: e.Rec, Ingester: e.Core, ReceiptSigner: e.Signer, Now: e.Clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,5 +576,69 @@ func TestSuspensionReachesOtherServers(t *testing.T) {
 	}
 	if !errors.Is(err, devices.ErrDeviceSuspended) {
 		t.Fatalf("other.Verify after suspension elsewhere = %v, want ErrDeviceSuspended", err)
+	}
+}
+
+// A receipt never waits for the rules: uploads are committed and answered while the rules
+// engine is stuck — the third even while its committer waits to hand its observations over —
+// and once the engine moves again it receives every upload's observations, in order.
+// Verifies: REQ-DEV-043, REQ-CORE-017
+func TestReceiptDoesNotWaitForRules(t *testing.T) {
+	t.Parallel()
+	e := devicestest.New(t, nil)
+	handoff := obs.NewHandoff(obs.HandoffConfig{Shards: 1, Capacity: 1})
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	var mu sync.Mutex
+	var got []obs.Committed
+	if err := handoff.Start(func(_ context.Context, c obs.Committed) error {
+		<-release // the engine is stuck (a slow alarm transaction, say)
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, c)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := core.New(core.Config{Pool: e.Pool, Recorder: e.Rec, Now: e.Clock.Now, Handoff: handoff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := devices.New(devices.Config{Pool: e.Pool, Recorder: e.Rec, Ingester: cs, ReceiptSigner: e.Signer, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unblock()
+		_ = ds.Close(context.Background())
+		_ = handoff.Stop(context.Background())
+	})
+	d := e.NewDevice(t)
+	var seqs []uint64
+	for i := 0; i < 3; i++ {
+		e.Clock.Add(10 * time.Second) // new samples each time
+		rc, err := ds.Accept(e.Ctx, d.Upload(t, e.Clock.Now(), 5), devices.Meta{Transport: "http"})
+		if err != nil {
+			t.Fatalf("Accept(%d) while the rules are stuck = %v, want a receipt", i, err)
+		}
+		seqs = append(seqs, rc.Body.Seq)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM core_observations`); n != 15 {
+		t.Fatalf("observations committed = %d, want 15", n)
+	}
+	unblock()
+	if err := handoff.Flush(e.Ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 3 {
+		t.Fatalf("batches the rules received = %d, want 3 (one per upload, none dropped)", len(got))
+	}
+	for i, c := range got {
+		if c.PatientID != e.Patient || len(c.Observations) != 5 || (i > 0 && !c.Observations[0].EffectiveAt.After(got[i-1].Observations[4].EffectiveAt)) {
+			t.Errorf("batch %d = %d observations of %s, want the uploads' 5 of %s in order (receipts %v)", i, len(c.Observations), c.PatientID, e.Patient, seqs)
+		}
 	}
 }

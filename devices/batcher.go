@@ -12,7 +12,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices/envelope"
 )
@@ -21,7 +20,7 @@ import (
 type pending struct {
 	v            *Verified
 	meta         Meta
-	batch        core.Batch
+	prepared     *core.Prepared // its samples, validated and normalized by core
 	receivedAt   time.Time
 	prevReserved uint64
 
@@ -36,7 +35,9 @@ type pending struct {
 // batcher runs the group commits: uploads are routed to one of cfg.Committers queues by
 // device (so that one device's uploads commit in the order they were admitted), and each
 // committer commits what its queue holds — up to BatchMaxUploads, waiting at most
-// BatchMaxWait for more — in one core.IngestMany transaction.
+// BatchMaxWait for more — in one transaction of its own: core stores the samples (Store),
+// devices writes the sequence numbers and receipts, commit, the devices are answered, and the
+// committed observations are handed to core.Publish (live stream, rules).
 type batcher struct {
 	s      *Service
 	queues []chan *pending
@@ -46,22 +47,11 @@ type batcher struct {
 	byHash  map[[32]byte]*pending
 	closing bool
 
-	rejMu     sync.RWMutex
-	rej       chan *rejection
-	rejClosed bool
-
 	wg sync.WaitGroup
 }
 
-type rejection struct {
-	ev   audit.Event
-	err  error
-	done chan struct{}
-}
-
 func newBatcher(s *Service) *batcher {
-	b := &batcher{s: s, seed: maphash.MakeSeed(), byHash: make(map[[32]byte]*pending),
-		rej: make(chan *rejection, 4096)}
+	b := &batcher{s: s, seed: maphash.MakeSeed(), byHash: make(map[[32]byte]*pending)}
 	per := max(s.cfg.QueueLimit/s.cfg.Committers, 1)
 	for i := 0; i < s.cfg.Committers; i++ {
 		q := make(chan *pending, per)
@@ -69,8 +59,6 @@ func newBatcher(s *Service) *batcher {
 		b.wg.Add(1)
 		go b.run(q)
 	}
-	b.wg.Add(1)
-	go b.runRejections()
 	return b
 }
 
@@ -127,10 +115,6 @@ func (b *batcher) close(ctx context.Context) error {
 		close(q)
 	}
 	b.pmu.Unlock()
-	b.rejMu.Lock()
-	b.rejClosed = true
-	close(b.rej)
-	b.rejMu.Unlock()
 	done := make(chan struct{})
 	go func() { b.wg.Wait(); close(done) }()
 	select {
@@ -174,38 +158,45 @@ func (b *batcher) run(q chan *pending) {
 	}
 }
 
-// commit stores a group in one transaction. When core refuses one batch of the group (its
-// samples fail validation: core has audited that rejection), that upload fails alone and the
-// rest is committed again as a group. When anything else fails and the group has more than
-// one upload, each upload is committed on its own, so that one bad upload (or a device
-// suspended meanwhile) does not fail the others.
+// commit stores a group in one transaction, answers its devices, then publishes the
+// committed observations. When the transaction fails and the group has more than one upload,
+// each upload is committed on its own, so that one bad upload (or a device suspended
+// meanwhile) does not fail the others.
 func (b *batcher) commit(group []*pending) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for len(group) > 0 {
-		err := b.commitGroup(ctx, group)
-		var me *core.IngestManyError
-		if err != nil && len(group) > 1 && errors.As(err, &me) && !errors.Is(err, errStale) && me.Index >= 0 && me.Index < len(group) {
-			var ce interface{ ErrorCode() string }
-			if errors.As(me.Err, &ce) {
-				bad := group[me.Index]
-				b.finish(ctx, []*pending{bad}, me.Err)
-				group = append(group[:me.Index:me.Index], group[me.Index+1:]...)
-				continue
+	stored, err := b.commitGroup(ctx, group)
+	if err != nil && len(group) > 1 {
+		b.s.stats.fallbacks.Add(1)
+		b.s.cfg.Logger.DebugContext(ctx, "group commit failed; committing one by one",
+			slog.Int("uploads", len(group)), slog.String("error", err.Error()))
+		for _, p := range group {
+			stored, err := b.commitGroup(ctx, []*pending{p})
+			b.finish(ctx, []*pending{p}, err)
+			if err == nil {
+				b.publish(stored)
 			}
 		}
-		if err != nil && len(group) > 1 {
-			b.s.stats.fallbacks.Add(1)
-			b.s.cfg.Logger.DebugContext(ctx, "group commit failed; committing one by one",
-				slog.Int("uploads", len(group)), slog.String("error", err.Error()))
-			for _, p := range group {
-				b.finish(ctx, []*pending{p}, b.commitGroup(ctx, []*pending{p}))
-			}
-			return
-		}
-		b.finish(ctx, group, err)
 		return
 	}
+	b.finish(ctx, group, err)
+	if err == nil {
+		b.publish(stored)
+	}
+}
+
+// publish hands committed uploads to core (the live stream and the rules' hand-off), after
+// their devices were answered: a receipt never waits for the rules. When the rules fall
+// behind, Publish waits — a committed observation is never dropped — and holds this
+// committer: its queue fills and new uploads are refused with ErrBackpressure until the
+// rules catch up.
+func (b *batcher) publish(stored []core.Stored) {
+	t0 := time.Now()
+	if err := b.s.cfg.Ingester.Publish(context.Background(), stored); err != nil {
+		b.s.cfg.Logger.Error("devices: committed uploads not handed to the rules", slog.Int("uploads", len(stored)),
+			slog.String("error", err.Error()))
+	}
+	b.s.stats.publishNanos.Add(int64(time.Since(t0)))
 }
 
 // finish publishes the outcome to the waiting callers and updates the device cache.
@@ -220,8 +211,8 @@ func (b *batcher) finish(ctx context.Context, group []*pending, err error) {
 		d := p.v.state
 		d.mu.Lock()
 		if err == nil {
-			d.committed = max(d.committed, p.batch.Provenance.Sequence)
-		} else if d.reserved == p.batch.Provenance.Sequence {
+			d.committed = max(d.committed, p.v.Upload.Seq)
+		} else if d.reserved == p.v.Upload.Seq {
 			d.reserved = max(p.prevReserved, d.committed)
 		}
 		d.mu.Unlock()
@@ -274,15 +265,6 @@ type batchSigner interface {
 // advanced by another server), and invalidates the cache entry.
 func (b *batcher) explain(ctx context.Context, p *pending, err error) error {
 	if !errors.Is(err, errStale) {
-		var ce interface{ ErrorCode() string }
-		if errors.As(err, &ce) {
-			// core refused the data (validation) and audited it: a rejection with core's code.
-			var me *core.IngestManyError
-			if errors.As(err, &me) {
-				err = me.Err
-			}
-			return &RejectError{Err: err, Code: ce.ErrorCode(), auditedBy: "core"}
-		}
 		return err
 	}
 	b.s.cache.invalidate(p.v.Device)
@@ -305,47 +287,38 @@ func (b *batcher) explain(ctx context.Context, p *pending, err error) error {
 // errStale: the database refused the device-state update (status, key or sequence changed).
 var errStale = errors.New("device state changed since verification")
 
-// commitGroup runs one core.IngestMany transaction for the group; its hooks advance each
-// device's sequence (conditionally on status, key and sequence) and store each upload's
-// receipt body, in one round trip, once the last hook has run.
-func (b *batcher) commitGroup(ctx context.Context, group []*pending) error {
-	n := len(group)
-	batches := make([]core.Batch, n)
-	hooks := make([]core.TxHook, n)
-	results := make([]core.IngestResult, n)
-	seen := 0
+// commitGroup runs the group's transaction: core stores the samples, provenance and audit
+// events (Store), then the group's device state is written — each device's sequence advanced
+// (conditionally on status, key and sequence) and each upload's receipt body stored, in one
+// round trip — and the transaction commits.
+func (b *batcher) commitGroup(ctx context.Context, group []*pending) ([]core.Stored, error) {
+	ps := make([]*core.Prepared, len(group))
 	for i, p := range group {
-		batches[i] = p.batch
-		hooks[i] = func(ctx context.Context, tx pgx.Tx, r core.IngestResult) error {
-			results[i] = r
-			seen++
-			if seen < n {
-				return nil
-			}
-			t1 := time.Now()
-			err := b.writeDeviceState(ctx, tx, group, results)
-			b.s.stats.hookNanos.Add(int64(time.Since(t1)))
+		ps[i] = p.prepared
+	}
+	var stored []core.Stored
+	t0 := time.Now()
+	err := pgx.BeginFunc(ctx, b.s.cfg.Pool, func(tx pgx.Tx) error {
+		var err error
+		if stored, err = b.s.cfg.Ingester.Store(ctx, tx, ps); err != nil {
 			return err
 		}
-	}
-	var err error
-	t0 := time.Now()
-	defer func() { b.s.stats.commitNanos.Add(int64(time.Since(t0))) }()
-	if n == 1 {
-		_, err = b.s.cfg.Ingester.Ingest(ctx, batches[0], hooks[0])
-	} else {
-		_, err = b.s.cfg.Ingester.IngestMany(ctx, batches, hooks)
-	}
+		t1 := time.Now()
+		err = b.writeDeviceState(ctx, tx, group, stored)
+		b.s.stats.hookNanos.Add(int64(time.Since(t1)))
+		return err
+	})
+	b.s.stats.commitNanos.Add(int64(time.Since(t0)))
 	if err != nil {
 		for _, p := range group {
 			p.receiptBody = nil
 		}
-		return err
+		return nil, err
 	}
-	return nil
+	return stored, nil
 }
 
-func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pending, results []core.IngestResult) error {
+func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pending, results []core.Stored) error {
 	n := len(group)
 	// Highest sequence per device (a device may have several uploads in one group).
 	type adv struct {
@@ -422,73 +395,4 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 		return fmt.Errorf("device state batch: %w", err)
 	}
 	return nil
-}
-
-// runRejections writes the audit events of rejected uploads, many per transaction.
-func (b *batcher) runRejections() {
-	defer b.wg.Done()
-	group := make([]*rejection, 0, 256)
-	for first := range b.rej {
-		group = append(group[:0], first)
-	more:
-		for len(group) < cap(group) {
-			select {
-			case r, ok := <-b.rej:
-				if !ok {
-					break more
-				}
-				group = append(group, r)
-			default:
-				break more
-			}
-		}
-		err := b.writeRejections(group)
-		if err != nil && len(group) > 1 {
-			for _, r := range group {
-				r.err = b.writeRejections([]*rejection{r})
-				close(r.done)
-			}
-			continue
-		}
-		for _, r := range group {
-			r.err = err
-			close(r.done)
-		}
-	}
-}
-
-func (b *batcher) writeRejections(group []*rejection) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	evs := make([]audit.Event, len(group))
-	for i, r := range group {
-		evs[i] = r.ev
-	}
-	return pgx.BeginFunc(ctx, b.s.cfg.Pool, func(tx pgx.Tx) error {
-		_, err := audit.RecordMany(ctx, tx, evs)
-		return err
-	})
-}
-
-// recordRejection audits a rejected upload and waits until the event is committed.
-func (b *batcher) recordRejection(ctx context.Context, ev audit.Event) error {
-	r := &rejection{ev: ev, done: make(chan struct{})}
-	b.rejMu.RLock()
-	if b.rejClosed {
-		b.rejMu.RUnlock()
-		return b.writeRejections([]*rejection{r})
-	}
-	select {
-	case b.rej <- r:
-		b.rejMu.RUnlock()
-	case <-ctx.Done():
-		b.rejMu.RUnlock()
-		return ctx.Err()
-	}
-	select {
-	case <-r.done:
-		return r.err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

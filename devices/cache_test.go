@@ -17,6 +17,7 @@ import (
 // gets its original receipt).
 // Verifies: REQ-DEV-013, REQ-DEV-023
 func TestDeviceCacheBounded(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.MaxCachedDevices = 2 })
 	fleet := []*devicestest.Device{e.NewDevice(t), e.NewDevice(t), e.NewDevice(t), e.NewDevice(t)}
 	var first []byte

@@ -70,8 +70,6 @@ type RejectError struct {
 	Code       string
 	Detail     string
 	RetryAfter time.Duration
-
-	auditedBy string // set when another layer (core) already audited this rejection
 }
 
 func (e *RejectError) Error() string {

@@ -95,7 +95,8 @@ func (s *Service) event(o Origin, action, objID string) audit.Event {
 		Outcome: audit.OutcomeSuccess, RequestID: o.RequestID, SourceAddr: o.SourceAddr, Time: s.cfg.Now()}
 }
 
-// auditRejected records a refused registry request in its own transaction and returns err.
+// auditRejected records a refused registry request (group-committed: nothing else is
+// written) and returns err.
 // Only refusals (a *RejectError) are recorded: any other error (the database failing, say)
 // is returned as it is, since no decision about the request was made.
 func (s *Service) auditRejected(ctx context.Context, ev audit.Event, err error) error {
@@ -107,7 +108,7 @@ func (s *Service) auditRejected(ctx context.Context, ev audit.Event, err error) 
 	ev.Reason = ReasonOf(err)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if aerr := s.inTx(ctx, func(tx pgx.Tx) error { _, e := audit.Record(ctx, tx, ev); return e }); aerr != nil {
+	if _, aerr := s.cfg.Recorder.RecordNow(ctx, ev); aerr != nil {
 		return fmt.Errorf("audit rejected %s: %w", ev.Action, aerr)
 	}
 	return err
@@ -139,7 +140,7 @@ func (s *Service) Register(ctx context.Context, o Origin, nd NewDevice) (*Device
 			}
 			return fmt.Errorf("register device: %w", err)
 		}
-		_, err = audit.Record(ctx, tx, ev)
+		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	if err != nil {
@@ -274,7 +275,7 @@ func (s *Service) SetStatus(ctx context.Context, o Origin, id uuid.UUID, status,
 		if err := notifyChanged(ctx, tx, id); err != nil {
 			return err
 		}
-		_, err = audit.Record(ctx, tx, ev)
+		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	s.cache.invalidate(id)
@@ -333,7 +334,7 @@ func (s *Service) AssignPatient(ctx context.Context, o Origin, id uuid.UUID, pat
 		if err := notifyChanged(ctx, tx, id); err != nil {
 			return err
 		}
-		_, err = audit.Record(ctx, tx, ev)
+		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	s.cache.invalidate(id)
@@ -368,7 +369,7 @@ func (s *Service) IssueEnrollmentToken(ctx context.Context, o Origin, id uuid.UU
 			h[:], id, now, expires); err != nil {
 			return fmt.Errorf("store enrollment token: %w", err)
 		}
-		_, err = audit.Record(ctx, tx, ev)
+		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	if err != nil {
@@ -438,7 +439,7 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 		}
 		out = Enrolled{DeviceID: id, KeyVersion: d.KeyVersion + 1}
 		ev.Payload = map[string]any{"key_version": out.KeyVersion, "public_key": hex.EncodeToString(e.PublicKey), "transport": meta.Transport}
-		_, err = audit.Record(ctx, tx, ev)
+		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	s.cache.invalidate(out.DeviceID)
@@ -531,7 +532,7 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 		out = Enrolled{DeviceID: id, KeyVersion: d.KeyVersion + 1}
 		ev.Payload = map[string]any{"from_version": d.KeyVersion, "key_version": out.KeyVersion,
 			"public_key": hex.EncodeToString(r.NewPublicKey), "transport": meta.Transport}
-		_, err = audit.Record(ctx, tx, ev)
+		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
 	s.cache.invalidate(id)

@@ -87,7 +87,7 @@ func (s *Service) EnforceRetention(ctx context.Context) (Purged, error) {
 				if n = tag.RowsAffected(); n == 0 {
 					return nil
 				}
-				_, err = audit.Record(ctx, tx, audit.Event{Time: s.cfg.Now(), Action: st.action, Outcome: audit.OutcomeSuccess,
+				_, err = s.cfg.Recorder.Record(ctx, tx, audit.Event{Time: s.cfg.Now(), Action: st.action, Outcome: audit.OutcomeSuccess,
 					Actor:   audit.Actor{Kind: audit.ActorService, ID: "devices.retention", AuthMethod: "internal"},
 					Object:  audit.Object{Type: "devices_uploads"},
 					Payload: map[string]any{"rows": n, "cutoff": cutoff, "retention_days": st.keep.Hours() / 24}})

@@ -15,6 +15,7 @@ import (
 // removal audited with its count; a re-send of a purged upload is refused as a replay.
 // Verifies: REQ-DEV-027
 func TestUploadRetention(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, nil) // defaults: receipts 365 days, waveforms 90 days
 	d := e.NewDevice(t)
 	send := func() []byte {
@@ -85,6 +86,7 @@ func TestUploadRetention(t *testing.T) {
 // counts add up; waveforms never outlive their receipts.
 // Verifies: REQ-DEV-027
 func TestUploadRetentionBatches(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) {
 		c.Retention = devices.Retention{Receipts: 10 * 24 * time.Hour, Waveforms: 20 * 24 * time.Hour, Batch: 2}
 	})

@@ -11,24 +11,28 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices/envelope"
 )
 
-// Ingester stores verified uploads; *core.Service satisfies it. Devices owns this interface
-// (the consumer), core implements it.
+// Ingester stores the samples of verified uploads; *core.Service satisfies it. Devices owns
+// this interface (the consumer) and the upload transaction; core implements the three steps.
 type Ingester interface {
-	// Ingest validates, normalizes and stores one batch together with its audit event in one
-	// transaction, and calls hook inside that transaction before commit. It MUST roll back
-	// everything (samples, audit event, whatever hook wrote) if hook returns an error, and
-	// MUST NOT call hook when it does not commit the samples.
-	Ingest(ctx context.Context, b core.Batch, hook core.TxHook) (core.IngestResult, error)
-	// IngestMany is Ingest for many batches in ONE transaction (group commit): hooks[i]
-	// belongs to batches[i], results come back in the same order. An error from any hook or
-	// batch MUST roll back all of them.
-	IngestMany(ctx context.Context, batches []core.Batch, hooks []core.TxHook) ([]core.IngestResult, error)
+	// Prepare validates and normalizes a batch and MUST write nothing: a refusal is an error
+	// with a stable ErrorCode() (devices audits it as the upload's rejection).
+	Prepare(ctx context.Context, b core.Batch) (*core.Prepared, error)
+	// Store writes prepared batches — observations, provenance, one upload.accepted audit
+	// event each — inside tx and MUST NOT commit or roll it back, nor modify ps (a failed
+	// group is stored again, in parts, in new transactions).
+	Store(ctx context.Context, tx pgx.Tx, ps []*core.Prepared) ([]core.Stored, error)
+	// Publish hands what a committed Store wrote to the live stream and the rules. Devices
+	// calls it once per committed transaction, after answering the devices; it may wait
+	// while the rules fall behind and MUST NOT drop anything.
+	Publish(ctx context.Context, stored []core.Stored) error
 }
 
 // ReceiptSigner signs receipts with the installation's receipt-signing key (in production a
@@ -60,6 +64,20 @@ type LeafIndexer interface {
 	EventLeafIndex(ctx context.Context, id uuid.UUID) (int64, bool, error)
 }
 
+// Admitter says whether new uploads may be admitted now; *audit.Outbox is one.
+type Admitter interface {
+	// Admit returns nil, or an error wrapping audit.ErrPushback (a *audit.PushbackError
+	// carrying the Retry-After the device is told) when new work must wait. It MUST return
+	// quickly: it runs for every upload.
+	Admit() error
+}
+
+// AdmitFunc adapts a function to Admitter.
+type AdmitFunc func() error
+
+// Admit calls f.
+func (f AdmitFunc) Admit() error { return f() }
+
 // ErrProofPending is returned by Proof while the upload's audit event waits in the outbox.
 var ErrProofPending = errors.New("upload not yet in the audit log")
 
@@ -67,15 +85,20 @@ var ErrProofPending = errors.New("upload not yet in the audit log")
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
+	// Recorder records every audit event of the device area: registry changes, accepted and
+	// rejected uploads, retention (the process's audit.Outbox). Required.
+	Recorder audit.Recorder
 	// Ingester stores verified uploads (the core service). Required for Accept.
 	Ingester Ingester
 	// ReceiptSigner signs receipts. Required for Accept.
 	ReceiptSigner ReceiptSigner
 	// Proofs answers Proof; when nil, Proof reports ErrProofPending.
 	Proofs ProofSource
-	// Pressure reports global back-pressure (the audit shipper's backlog): when it says
-	// overloaded, uploads are refused with ErrBackpressure and Retry-After. Optional.
-	Pressure func() (overloaded bool, retryAfter time.Duration)
+	// Pushback is the global back-pressure: while it refuses (audit.ErrPushback: the audit
+	// log is far behind), uploads are refused with ErrBackpressure and its Retry-After.
+	// Default: the Recorder, when it is an Admitter (the audit.Outbox, owner of the audit
+	// backlog, is).
+	Pushback Admitter
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// MaxSkew is how far sent_at may be from the server's clock, either way. Default 5 min.
@@ -116,6 +139,9 @@ type Config struct {
 }
 
 func (c *Config) setDefaults() {
+	if a, ok := c.Recorder.(Admitter); ok && c.Pushback == nil {
+		c.Pushback = a
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -188,7 +214,7 @@ type Service struct {
 	listenDone chan struct{}
 
 	stats struct {
-		accepted, rejected, replayed, groups, fallbacks, commitNanos, hookNanos atomic.Int64
+		accepted, rejected, replayed, groups, fallbacks, commitNanos, hookNanos, publishNanos atomic.Int64
 	}
 }
 
@@ -199,14 +225,17 @@ type Stats struct {
 	Rejected  int64 // uploads refused (each audited)
 	Groups    int64 // group-commit transactions that committed
 	Fallbacks int64 // groups that failed and were committed one upload at a time
-	// CommitTime is the total time spent in group-commit transactions (core.IngestMany
-	// with the device-state hook), successful or not.
+	// CommitTime is the total time spent in group-commit transactions (core.Store, the
+	// device state, commit), successful or not.
 	CommitTime time.Duration
 	// Pending is the number of uploads admitted and waiting for their commit right now.
 	Pending int
 	// HookTime is the part of CommitTime spent writing device state (sequence numbers,
 	// receipts) inside the transaction.
 	HookTime time.Duration
+	// PublishTime is the total time spent handing committed uploads to core.Publish (the
+	// live stream and the rules' hand-off): it grows when the rules fall behind.
+	PublishTime time.Duration
 	// CachedDevices is the number of devices whose state is in memory right now (at most
 	// Config.MaxCachedDevices).
 	CachedDevices int
@@ -217,13 +246,14 @@ func (s *Service) Stats() Stats {
 	return Stats{Accepted: s.stats.accepted.Load(), Replayed: s.stats.replayed.Load(), Rejected: s.stats.rejected.Load(),
 		Groups: s.stats.groups.Load(), Fallbacks: s.stats.fallbacks.Load(),
 		CommitTime: time.Duration(s.stats.commitNanos.Load()), HookTime: time.Duration(s.stats.hookNanos.Load()),
-		Pending: s.bat.pendingCount(), CachedDevices: s.cache.len()}
+		PublishTime: time.Duration(s.stats.publishNanos.Load()),
+		Pending:     s.bat.pendingCount(), CachedDevices: s.cache.len()}
 }
 
 // New builds the Service and starts its group committers.
 func New(cfg Config) (*Service, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("devices: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("devices: Config.Pool and Config.Recorder are required")
 	}
 	cfg.setDefaults()
 	s := &Service{cfg: cfg, cache: newDeviceCache(cfg.MaxCachedDevices)}

@@ -35,9 +35,10 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // retry gets the original receipt.
 // Verifies: REQ-FND-012
 func TestUploadAbandonedByClient(t *testing.T) {
+	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.BatchMaxWait = 2 * time.Second })
 	var logs syncBuffer
-	srv, err := server.New(server.Config{Pool: e.Pool, Devices: e.Devices, Now: e.Clock.Now,
+	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: e.Devices, Now: e.Clock.Now,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/testdb"
@@ -20,19 +21,21 @@ import (
 // domain errors mapped to stable codes.
 // Verifies: REQ-CORE-118, REQ-CORE-112, REQ-CORE-108
 func TestAlarmAndRuleAPI(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	now := time.Date(2026, 5, 6, 7, 0, 0, 0, time.UTC)
 	clk := func() time.Time { return now }
-	svc, err := alarms.New(alarms.Config{Pool: pool, Now: clk})
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Now: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, Now: clk})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, Now: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Alarms: svc, Rules: eng, Now: clk})
+	s, err := New(Config{Pool: pool, Recorder: rec, Alarms: svc, Rules: eng, Now: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,8 +43,8 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 	defer ts.Close()
 
 	p := uuid.New()
-	res, err := eng.Evaluate(ctx, p, []rules.Observation{{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now.Add(-time.Minute)},
-		{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now}})
+	res, err := eng.Evaluate(ctx, p, []rules.Observation{{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now.Add(-time.Minute)},
+		{PatientID: p, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now}})
 	if err != nil || len(res.Transitions) != 1 {
 		t.Fatalf("Evaluate() = %v, %v; want one spo2-low alarm", res.Transitions, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 )
 
 // Audit routes: the latest signed checkpoint, the verification report, and the audit trail
@@ -73,7 +74,7 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 		ev.Payload = requestPayload(c, status)
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
 		defer cancel()
-		if _, aerr := s.cfg.Audit.RecordNow(ctx, ev); aerr != nil {
+		if _, aerr := s.cfg.Recorder.RecordNow(ctx, ev); aerr != nil {
 			s.log.ErrorContext(ctx, "audit of state-changing request failed", slog.String("request_id", ev.RequestID),
 				slog.String("route", ev.Object.ID), slog.String("error", aerr.Error()))
 		}
@@ -118,7 +119,7 @@ func (s *Server) auditVerify(c echo.Context) error {
 
 func (s *Server) auditEvents(c echo.Context) error {
 	q := c.QueryParams()
-	f := audit.EventFilter{ActorKind: q.Get("actor_kind"), ActorID: q.Get("actor_id"), Action: q.Get("action"),
+	f := chain.EventFilter{ActorKind: q.Get("actor_kind"), ActorID: q.Get("actor_id"), Action: q.Get("action"),
 		ObjectType: q.Get("object_type"), ObjectID: q.Get("object_id"), Cursor: q.Get("cursor")}
 	for name, dst := range map[string]*time.Time{"from": &f.From, "to": &f.To} {
 		if v := q.Get(name); v != "" {

@@ -17,7 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
-	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices/devicestest"
@@ -42,20 +42,21 @@ type auditedRoute struct {
 // fails here until someone decides how it is audited.
 // Verifies: REQ-FND-010
 func TestEveryStateChangeAuditedOnce(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	clk := devicestest.NewClock(time.Now().UTC())
 	env := devicestest.NewOn(t, pool, url, clk, nil)
-	auditSvc := audittest.Start(t, pool, url)
-	alarmSvc, err := alarms.New(alarms.Config{Pool: pool, Now: clk.Now})
+	auditSvc := chaintest.Start(t, pool, url, env.Rec)
+	alarmSvc, err := alarms.New(alarms.Config{Pool: pool, Recorder: env.Rec, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: alarmSvc, Now: clk.Now})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: env.Rec, Alarms: alarmSvc, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng, Audit: auditSvc,
+	s, err := New(Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng, Audit: auditSvc,
 		Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -67,8 +68,8 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 	alarmPatient := uuid.New()
 	now := clk.Now()
 	res, err := eng.Evaluate(ctx, alarmPatient, []rules.Observation{
-		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now.Add(-time.Minute)},
-		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", Time: now}})
+		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now.Add(-time.Minute)},
+		{PatientID: alarmPatient, Code: rules.CodeSpO2, Value: 84, Unit: "%", EffectiveAt: now}})
 	if err != nil || len(res.Transitions) != 1 {
 		t.Fatalf("Evaluate() = %v, %v; want one alarm", res.Transitions, err)
 	}
@@ -209,7 +210,7 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 		// Audit: the checkpoint on demand records nothing of its own, so the middleware does.
 		{"POST /api/v1/audit/checkpoint", 200, "http.request.completed",
 			func(t *testing.T) (string, string, []byte) {
-				audittest.ShipAll(t, auditSvc)
+				chaintest.ShipAll(t, auditSvc)
 				return v1 + "/audit/checkpoint", "", nil
 			}, nil},
 	}

@@ -11,8 +11,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -21,10 +22,12 @@ import (
 // state-changing request is itself audited.
 // Verifies: REQ-AUD-009, REQ-AUD-010
 func TestAuditAPI(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc := audittest.Start(t, pool, url)
-	s, err := New(Config{Pool: pool, Audit: svc, Logger: quiet})
+	rec := audittest.Recorder(t, pool, nil)
+	svc := chaintest.Start(t, pool, url, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Audit: svc, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,17 +69,17 @@ func TestAuditAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	var page audit.EventPage
+	var page chain.EventPage
 	get("/api/v1/audit/events?action=http.request.completed&limit=2", http.StatusOK, &page)
 	if len(page.Events) != 2 || page.NextCursor == "" || page.Events[0].ObjectType != "http_route" {
 		t.Fatalf("GET events page 1 = %+v, want 2 events and a cursor", page)
 	}
-	var page2 audit.EventPage
+	var page2 chain.EventPage
 	get("/api/v1/audit/events?action=http.request.completed&limit=2&cursor="+page.NextCursor, http.StatusOK, &page2)
 	if len(page2.Events) != 1 || page2.NextCursor != "" {
 		t.Fatalf("GET events page 2 = %+v, want the third event and no cursor", page2)
 	}
-	var all audit.EventPage // a prefix: the three changes and the rejected checkpoint request
+	var all chain.EventPage // a prefix: the three changes and the rejected checkpoint request
 	get("/api/v1/audit/events?action=http.*&object_type=http_route", http.StatusOK, &all)
 	if len(all.Events) != 4 || all.Events[3].Action != "http.request.rejected" {
 		t.Fatalf("GET events?action=http.* = %d events, want 4 with the rejection first in time", len(all.Events))
@@ -84,7 +87,7 @@ func TestAuditAPI(t *testing.T) {
 	get("/api/v1/audit/events?from=yesterday", http.StatusBadRequest, nil)
 
 	// Ship, then checkpoint on demand, then fetch an event with its proof.
-	audittest.ShipAll(t, svc)
+	chaintest.ShipAll(t, svc)
 	resp, err = http.Post(ts.URL+"/api/v1/audit/checkpoint", "application/json", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST checkpoint = %v, %v", resp, err)
@@ -98,13 +101,13 @@ func TestAuditAPI(t *testing.T) {
 	if cp.Size == 0 || !strings.HasPrefix(cp.Note, svc.Origin()+"\n") {
 		t.Errorf("GET checkpoint = %+v", cp)
 	}
-	var ep audit.EventProof
+	var ep chain.EventProof
 	get("/api/v1/audit/events/"+page.Events[0].ID.String(), http.StatusOK, &ep)
 	if ep.Status != "proven" || ep.Batch == nil || ep.Batch.Checkpoint == "" {
 		t.Errorf("GET event = status %q, batch %+v; want proven with checkpoint", ep.Status, ep.Batch)
 	}
 	get("/api/v1/audit/events/0190a0a0-0000-7000-8000-000000000000", http.StatusNotFound, nil)
-	var rep audit.Report
+	var rep chain.Report
 	get("/api/v1/audit/verify", http.StatusOK, &rep)
 	if !rep.OK || rep.ProvenEvents < 3 {
 		t.Errorf("GET verify = ok %v, proven %d, findings %+v", rep.OK, rep.ProvenEvents, rep.Findings)

@@ -20,24 +20,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
-
-// benchRules adapts the rules engine to core.RuleEngine (as cmd/vigil does).
-type benchRules struct{ eng *rules.Engine }
-
-func (r benchRules) Evaluate(ctx context.Context, p uuid.UUID, obs []core.Observation) error {
-	ro := make([]rules.Observation, len(obs))
-	for i, o := range obs {
-		ro[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
-			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
-	}
-	_, err := r.eng.Evaluate(ctx, p, ro)
-	return err
-}
 
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -70,14 +59,17 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	}
 	defer pool.Close()
 	hub := core.NewHub(core.HubConfig{Buffer: 1 << 16})
-	asvc, err := alarms.New(alarms.Config{Pool: pool, Notifier: hub})
+	rec := audittest.Recorder(b, pool, nil)
+	asvc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: hub})
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: asvc})
+	handoff := obs.NewHandoff(obs.HandoffConfig{}) // core publishes to it, the engine drains it
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: asvc, Handoff: handoff})
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer func() { _ = eng.Close(context.Background()) }()
 	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "bench", AuthMethod: "none"}}
 	if _, err := eng.CreateVersion(ctx, by, rules.Rule{ID: "bench-probe", Name: "Glucose very high (benchmark probe)",
 		Kind: rules.KindThreshold, Enabled: true, Reason: "latency probe",
@@ -85,7 +77,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 			Levels: []rules.Level{{Limit: 400, Severity: alarms.SeverityHigh}}, Hysteresis: 10}}); err != nil {
 		b.Fatal(err)
 	}
-	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(b), Rules: benchRules{eng}, Hub: hub,
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(b), Handoff: handoff, Hub: hub,
 		MaxFutureSkew: 10 * time.Minute})
 	if err != nil {
 		b.Fatal(err)
@@ -93,7 +85,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	if err := svc.MaintainPartitions(ctx); err != nil {
 		b.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Core: svc, RequestTimeout: time.Hour})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, RequestTimeout: time.Hour})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -206,7 +198,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 		for _, p := range probes {
 			starts.Store(p, t)
 		}
-		_, err := svc.IngestMany(ctx, batches, nil)
+		_, err := svc.IngestMany(ctx, batches)
 		return err
 	}
 	// Warm up: every patient's rule state loaded, connections open.
@@ -219,12 +211,12 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	latMu.Lock()
 	lats = lats[:0]
 	latMu.Unlock()
-	before := svc.Stats()
+	before, hoBefore := svc.Stats(), handoff.Stats()
 	b.ResetTimer()
 	start := time.Now()
 	if rate := envInt("VIGIL_BENCH_RATE", 0); rate > 0 {
 		openLoop(b, rate, func() (core.Batch, bool) { return makeBatch(int(next.Add(1) % npat)) }, &starts,
-			func(g []core.Batch) error { _, err := svc.IngestMany(ctx, g, nil); return err })
+			func(g []core.Batch) error { _, err := svc.IngestMany(ctx, g); return err })
 	} else {
 		b.SetParallelism(par)
 		b.RunParallel(func(pb *testing.PB) {
@@ -253,8 +245,8 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 		b.ReportMetric(float64(lats[len(lats)-1].Microseconds())/1000, "max-ms")
 		b.ReportMetric(float64(len(lats)), "alarms")
 	}
-	if after.RuleErrors != before.RuleErrors {
-		b.Errorf("rule errors during the run: %d", after.RuleErrors-before.RuleErrors)
+	if failed := handoff.Stats().Failed - hoBefore.Failed; failed != 0 {
+		b.Errorf("rule errors during the run: %d", failed)
 	}
 }
 

@@ -14,27 +14,17 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // newCoreTestSealer is the real PHI helper of a local key ring in a temporary directory.
 func newCoreTestSealer(t testing.TB) *keys.PHI {
 	t.Helper()
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("server core test"), ScryptN: 1 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ring.Close() })
-	if _, err := ring.EnsureKeys(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return ring.PHI()
+	return keystest.LocalRing(t, nil).PHI()
 }
 
 type sseEvent struct {
@@ -72,14 +62,16 @@ func readSSE(body *bufio.Reader, out chan<- sseEvent) {
 // without a gap.
 // Verifies: REQ-CORE-012, REQ-CORE-010, REQ-CORE-001
 func TestCoreAPIAndStream(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	svc, err := core.New(core.Config{Pool: pool, PHI: newCoreTestSealer(t)})
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Core: svc})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +121,7 @@ func TestCoreAPIAndStream(t *testing.T) {
 	for i := 0; i < 60; i++ {
 		b.Samples = append(b.Samples, core.Sample{Code: core.LOINCHeartRate, Value: float64(60 + i%10), Unit: "/min", Time: base.Add(time.Duration(i) * time.Minute)})
 	}
-	if _, err := svc.Ingest(ctx, b, nil); err != nil {
+	if _, err := svc.Ingest(ctx, b); err != nil {
 		t.Fatal(err)
 	}
 	q := "/api/v1/patients/" + pid + "/observations?code=8867-4&from=" + base.Format(time.RFC3339) + "&to=" + base.Add(time.Hour).Format(time.RFC3339)

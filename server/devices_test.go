@@ -19,7 +19,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
-	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
@@ -37,12 +38,17 @@ func newDevHTTP(t *testing.T, mod func(*devices.Config)) *devHTTP {
 	t.Helper()
 	over := &atomic.Bool{}
 	e := devicestest.New(t, func(c *devices.Config) {
-		c.Pressure = func() (bool, time.Duration) { return over.Load(), 3 * time.Second }
+		c.Pushback = devices.AdmitFunc(func() error {
+			if over.Load() {
+				return &audit.PushbackError{RetryAfter: 3 * time.Second}
+			}
+			return nil
+		})
 		if mod != nil {
 			mod(c)
 		}
 	})
-	srv, err := server.New(server.Config{Pool: e.Pool, Devices: e.Devices, Now: e.Clock.Now})
+	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: e.Devices, Now: e.Clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +79,7 @@ func (h *devHTTP) post(t *testing.T, path, ctype string, body []byte) (*http.Res
 
 // Verifies: REQ-DEV-020, REQ-DEV-023, REQ-DEV-030
 func TestHTTPUploadAccepted(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, nil)
 	d := h.NewDevice(t)
 	raw := d.Upload(t, h.Clock.Now(), 10)
@@ -132,6 +139,7 @@ func TestHTTPUploadAccepted(t *testing.T) {
 
 // Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041
 func TestHTTPUploadRejections(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 3 })
 	limited := h.NewDevice(t)
 	cases := []struct {
@@ -249,6 +257,7 @@ func TestHTTPUploadRejections(t *testing.T) {
 // 413 upload_too_large, audited as upload.rejected.
 // Verifies: REQ-DEV-025
 func TestHTTPChunkedUploadTooLarge(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, nil)
 	pr, pw := io.Pipe()
 	go func() {
@@ -279,6 +288,7 @@ func TestHTTPChunkedUploadTooLarge(t *testing.T) {
 
 // Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-003, REQ-DEV-004, REQ-DEV-005, REQ-DEV-006
 func TestHTTPDeviceLifecycle(t *testing.T) {
+	t.Parallel()
 	h := newDevHTTP(t, nil)
 	do := func(method, path string, body any, want int) map[string]any {
 		t.Helper()
@@ -368,11 +378,12 @@ func TestHTTPDeviceLifecycle(t *testing.T) {
 // nothing and is recorded by the middleware.
 // Verifies: REQ-AUD-010, REQ-DEV-020
 func TestHTTPUploadAuditedOnce(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	clk := devicestest.NewClock(time.Now().UTC())
 	e := devicestest.NewOn(t, pool, url, clk, nil)
-	svc := audittest.Start(t, pool, url)
-	srv, err := server.New(server.Config{Pool: pool, Devices: e.Devices, Audit: svc, Now: clk.Now})
+	svc := chaintest.Start(t, pool, url, e.Rec)
+	srv, err := server.New(server.Config{Pool: pool, Recorder: e.Rec, Devices: e.Devices, Audit: svc, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
-	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -95,9 +95,9 @@ var errorTable = []mapping{
 	{rules.ErrVersionConflict, http.StatusConflict, "rule_version_conflict"},
 	{rules.ErrInvalidRule, http.StatusBadRequest, "invalid_rule"},
 	// audit (codes in docs/api.md#audit)
-	{audit.ErrEventNotFound, http.StatusNotFound, "audit_event_not_found"},
-	{audit.ErrNoCheckpoint, http.StatusNotFound, "audit_no_checkpoint"},
-	{audit.ErrInvalidQuery, http.StatusBadRequest, "invalid_audit_query"},
+	{chain.ErrEventNotFound, http.StatusNotFound, "audit_event_not_found"},
+	{chain.ErrNoCheckpoint, http.StatusNotFound, "audit_no_checkpoint"},
+	{chain.ErrInvalidQuery, http.StatusBadRequest, "invalid_audit_query"},
 	// clinical core (codes in docs/api.md#clinical-core; a rejected batch carries the code of
 	// its first bad sample: unknown_code, wrong_unit, impossible_value, …)
 	{core.ErrInvalidBatch, http.StatusUnprocessableEntity, "invalid_batch"},

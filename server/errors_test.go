@@ -13,6 +13,7 @@ import (
 // Every error code the server defines is documented in docs/api.md.
 // Verifies: REQ-FND-004
 func TestEveryServerErrorCodeIsDocumented(t *testing.T) {
+	t.Parallel()
 	doc, err := os.ReadFile("../docs/api.md")
 	if err != nil {
 		t.Fatal(err)

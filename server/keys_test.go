@@ -12,6 +12,7 @@ import (
 // Key backend failures reach HTTP as 503 with a stable code and no internal detail.
 // Verifies: REQ-KEY-008
 func TestKeysErrorsMapped(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		kind error
 		code string

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -17,8 +18,9 @@ import (
 // Verifies: REQ-AUD-012
 func TestReadinessDoesNotPublishTrillianAddress(t *testing.T) {
 	pool, url := testdb.NewWithURL(t)
-	svc := audittest.Start(t, pool, url)
-	s, err := New(Config{Pool: pool, Audit: svc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	rec := audittest.Recorder(t, pool, nil)
+	svc := chaintest.Start(t, pool, url, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Audit: svc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		ReadinessChecks: []ReadinessCheck{{Name: "audit", Check: svc.Ready}}})
 	if err != nil {
 		t.Fatal(err)

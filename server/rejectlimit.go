@@ -390,22 +390,11 @@ func (s *Server) flushThrottledEvery(ctx context.Context, interval time.Duration
 	}
 }
 
-// recordNow records an event that has no transaction of its own: group-committed through the
-// audit service when the server has one, else in a transaction of its own.
+// recordNow records an event that has no transaction of its own, group-committed by the
+// server's audit recorder.
 func (s *Server) recordNow(ctx context.Context, ev audit.Event) error {
-	if s.cfg.Audit != nil {
-		_, err := s.cfg.Audit.RecordNow(ctx, ev)
-		return err
-	}
-	tx, err := s.cfg.Pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	if _, err := audit.Record(ctx, tx, ev); err != nil {
-		_ = tx.Rollback(ctx)
-		return err
-	}
-	return tx.Commit(ctx)
+	_, err := s.cfg.Recorder.RecordNow(ctx, ev)
+	return err
 }
 
 // withLimitDefaults fills the defaults of the resource limits of cfg.

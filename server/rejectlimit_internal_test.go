@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
+
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -15,7 +17,7 @@ import (
 func TestThrottledRecordedWhenServeStops(t *testing.T) {
 	pool := testdb.New(t)
 	now := time.Date(2026, 5, 6, 7, 0, 0, 0, time.UTC)
-	s, err := New(Config{Pool: pool, Now: func() time.Time { return now }, RejectedPerSource: Limit{Rate: 1, Burst: 1},
+	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), Now: func() time.Time { return now }, RejectedPerSource: Limit{Rate: 1, Burst: 1},
 		ThrottleFlushInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)

@@ -27,7 +27,7 @@ type limitedHTTP struct {
 func newLimitedHTTP(t *testing.T, cfg server.Config) *limitedHTTP {
 	t.Helper()
 	e := devicestest.New(t, nil)
-	cfg.Pool, cfg.Devices, cfg.Core, cfg.Now = e.Pool, e.Devices, e.Core, e.Clock.Now
+	cfg.Pool, cfg.Recorder, cfg.Devices, cfg.Core, cfg.Now = e.Pool, e.Rec, e.Devices, e.Core, e.Clock.Now
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -10,12 +10,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -27,6 +27,9 @@ import (
 type Config struct {
 	// Pool is the PostgreSQL pool of the installation. Required.
 	Pool *pgxpool.Pool
+	// Recorder records the server's own audit events: rejected, abandoned, failed and
+	// completed requests (the process's audit.Outbox). Required.
+	Recorder audit.Recorder
 	// Logger receives access logs and server errors. Default: slog.Default().
 	Logger *slog.Logger
 	// Version is reported by /healthz. Default: "dev".
@@ -52,7 +55,7 @@ type Config struct {
 	Rules *rules.Engine
 	// Audit is the audit chain (routes and the state-change audit middleware in audit.go).
 	// Optional.
-	Audit *audit.Service
+	Audit *chain.Service
 	// Core is the clinical core: patients, observations, the notification stream and webhooks
 	// (routes in core.go). Optional.
 	Core *core.Service
@@ -103,8 +106,8 @@ type Server struct {
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
 func New(cfg Config) (*Server, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("server: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("server: Config.Pool and Config.Recorder are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -240,9 +243,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 }
 
 // auditRejection records the rejection (the rejected action has no transaction: nothing was
-// changed), or, for a 499, that the client abandoned the request: group-committed through the
-// audit service when the server has one, else in a transaction of its own. It returns once
-// the event is committed. A failure to audit is logged loudly; the client still gets its
+// changed), or, for a 499, that the client abandoned the request, group-committed with
+// concurrent events (a flood of bad requests costs the database one commit per group, not
+// one per request). It returns once the event is committed. A failure to audit is logged loudly; the client still gets its
 // answer.
 func (s *Server) auditRejection(c echo.Context, status int, code string) {
 	ev := EventFor(c)
@@ -260,22 +263,7 @@ func (s *Server) auditRejection(c echo.Context, status int, code string) {
 	ctx := context.WithoutCancel(c.Request().Context())
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	var err error
-	if s.cfg.Audit != nil {
-		// Group-committed with concurrent events: a flood of bad requests costs the database
-		// one commit per group, not one per request.
-		_, err = s.cfg.Audit.RecordNow(ctx, ev)
-	} else {
-		var tx pgx.Tx
-		if tx, err = s.cfg.Pool.Begin(ctx); err == nil {
-			if _, err = audit.Record(ctx, tx, ev); err == nil {
-				err = tx.Commit(ctx)
-			} else {
-				_ = tx.Rollback(ctx)
-			}
-		}
-	}
-	if err != nil {
+	if _, err := s.cfg.Recorder.RecordNow(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "audit of rejected request failed", slog.String("request_id", ev.RequestID),
 			slog.String("code", code), slog.String("error", err.Error()))
 	}

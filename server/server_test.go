@@ -12,12 +12,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 func newTestServer(t *testing.T, pool *pgxpool.Pool) (*Server, *httptest.Server) {
 	t.Helper()
-	s, err := New(Config{Pool: pool, BodyLimit: "1K", Version: "test"})
+	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), BodyLimit: "1K", Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +47,7 @@ func decodeError(t *testing.T, r io.Reader) errorDetail {
 
 // Verifies: REQ-FND-003
 func TestHealthAndReadiness(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	_, ts := newTestServer(t, pool)
 	for _, path := range []string{"/healthz", "/readyz"} {
@@ -63,6 +65,7 @@ func TestHealthAndReadiness(t *testing.T) {
 // /readyz is red when the schema is behind the binary, and names the failing check.
 // Verifies: REQ-FND-003
 func TestReadinessFailsOnStaleSchema(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	// Pretend the newest migration was never applied.
 	if _, err := pool.Exec(context.Background(),
@@ -94,6 +97,7 @@ func TestReadinessFailsOnStaleSchema(t *testing.T) {
 // rejected request is audited.
 // Verifies: REQ-FND-004, REQ-FND-005
 func TestErrorEnvelopeAndRejectionAudit(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	_, ts := newTestServer(t, pool)
 	tests := []struct {
@@ -152,6 +156,7 @@ func TestErrorEnvelopeAndRejectionAudit(t *testing.T) {
 // The source address of a request is the TCP peer unless proxies are trusted explicitly.
 // Verifies: REQ-FND-005
 func TestSourceAddressIsNotForgeable(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	_, ts := newTestServer(t, pool)
 	req, _ := http.NewRequest("GET", ts.URL+"/nope", nil)

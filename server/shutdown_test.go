@@ -10,14 +10,16 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 // A request in flight when shutdown begins completes; new connections are refused after.
 // Verifies: REQ-FND-009
 func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
-	s, err := New(Config{Pool: pool})
+	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
+
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/internal/testdb"
@@ -41,7 +43,7 @@ func serveOnLoopback(t *testing.T, s *Server) string {
 // Verifies: REQ-FND-016
 func TestReadTimeout(t *testing.T) {
 	pool := testdb.New(t)
-	s, err := New(Config{Pool: pool, ReadTimeout: 200 * time.Millisecond, RequestTimeout: time.Hour})
+	s, err := New(Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), ReadTimeout: 200 * time.Millisecond, RequestTimeout: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

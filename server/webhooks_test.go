@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
@@ -18,13 +19,15 @@ import (
 // (http.request.rejected), both under the request's id.
 // Verifies: REQ-CORE-015
 func TestCoreWebhookRefusalsCoded(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
-	svc, err := core.New(core.Config{Pool: pool})
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Core: svc})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc})
 	if err != nil {
 		t.Fatal(err)
 	}

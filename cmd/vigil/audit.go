@@ -11,10 +11,10 @@ import (
 	"os"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/keys"
 )
 
@@ -27,8 +27,8 @@ const demoPassphrase = "vigil-demo-keyring-not-secret"
 
 // auditSigner opens the key ring (keys.go: Vault Transit, or the local key ring in the data
 // directory) and returns the signer of the audit checkpoint key and a closer for the ring.
-func auditSigner(ctx context.Context, dataDir string, demo bool, pool *pgxpool.Pool) (audit.CheckpointSigner, func(context.Context) error, error) {
-	ring, closeRing, err := openKeyRing(ctx, dataDir, demo, pool, true)
+func auditSigner(ctx context.Context, dataDir string, demo bool, rec audit.Recorder) (chain.CheckpointSigner, func(context.Context) error, error) {
+	ring, closeRing, err := openKeyRing(ctx, dataDir, demo, rec, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -43,8 +43,8 @@ func auditSigner(ctx context.Context, dataDir string, demo bool, pool *pgxpool.P
 // openAudit starts the audit chain for serve/demo (workers running) or for a command
 // (readOnly: idle workers, embedded Trillian without its sequencer). It signs with ring's
 // audit checkpoint key, or, when ring is nil, opens the key ring itself.
-func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, ring *keys.Ring, readOnly bool) (*audit.Service, func(context.Context) error, error) {
-	var signer audit.CheckpointSigner
+func openAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring, readOnly bool) (*chain.Service, func(context.Context) error, error) {
+	var signer chain.CheckpointSigner
 	closeRing := func(context.Context) error { return nil }
 	var err error
 	if ring != nil {
@@ -52,16 +52,16 @@ func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, ring *keys
 		if err != nil {
 			return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 		}
-	} else if signer, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, pool); err != nil {
+	} else if signer, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, db.rec); err != nil {
 		return nil, nil, err
 	}
-	cfg := audit.Config{Pool: pool, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
+	cfg := chain.Config{Pool: db.pool, Recorder: db.rec, Backlog: db.rec, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
 		ReadOnly: readOnly, Logger: slog.Default()}
-	var svc *audit.Service
+	var svc *chain.Service
 	if readOnly {
-		svc, err = audit.OpenIdle(ctx, cfg)
+		svc, err = chain.OpenIdle(ctx, cfg)
 	} else {
-		svc, err = audit.Open(ctx, cfg)
+		svc, err = chain.Open(ctx, cfg)
 	}
 	if err != nil {
 		_ = closeRing(ctx)
@@ -73,11 +73,11 @@ func openAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, ring *keys
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
-		Short: "Verify, export and load-test the audit chain",
+		Short: "Verify and export the audit chain, resolve its incidents",
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditBenchCmd(), newAuditIncidentsCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd())
 	return cmd
 }
 
@@ -118,7 +118,7 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 				if err != nil {
 					return err
 				}
-				rep, err := audit.VerifyPack(data, key)
+				rep, err := chain.VerifyPack(data, key)
 				if err != nil {
 					if asJSON {
 						_ = json.NewEncoder(out).Encode(map[string]any{"ok": false, "error": err.Error()})
@@ -140,12 +140,12 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 				return nil
 			}
 			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
-			pool, err := openPool(ctx, rc.DatabaseURL)
+			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			svc, closeSvc, err := openAudit(ctx, rc, pool, nil, true)
+			defer db.Close()
+			svc, closeSvc, err := openAudit(ctx, rc, db, nil, true)
 			if err != nil {
 				return err
 			}
@@ -204,7 +204,7 @@ of disclosures); --report is then required.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			var opt audit.ExportOptions
+			var opt chain.ExportOptions
 			var err error
 			if opt.From, err = time.Parse(time.RFC3339Nano, from); err != nil {
 				return fmt.Errorf("--from: %w", err)
@@ -214,12 +214,12 @@ of disclosures); --report is then required.`,
 			}
 			opt.RevealIDs = revealIDs
 			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
-			pool, err := openPool(ctx, rc.DatabaseURL)
+			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			svc, closeSvc, err := openAudit(ctx, rc, pool, nil, true)
+			defer db.Close()
+			svc, closeSvc, err := openAudit(ctx, rc, db, nil, true)
 			if err != nil {
 				return err
 			}
@@ -305,12 +305,12 @@ verify.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
-			pool, err := openPool(ctx, rc.DatabaseURL)
+			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			svc, closeSvc, err := openAudit(ctx, rc, pool, nil, true)
+			defer db.Close()
+			svc, closeSvc, err := openAudit(ctx, rc, db, nil, true)
 			if err != nil {
 				return err
 			}

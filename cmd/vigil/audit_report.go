@@ -12,14 +12,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/qms/auditreport"
 )
 
 // writePackReport verifies an exported pack offline and writes its report into dir.
 func writePackReport(dir string, pack []byte, now time.Time) (string, string, error) {
 	in := auditreport.Input{Title: "Audit report", Generated: now}
-	rep, err := audit.VerifyPack(pack, "")
+	rep, err := chain.VerifyPack(pack, "")
 	if err != nil {
 		in.Result = err.Error()
 		return auditreport.Write(dir, "audit-report", in)
@@ -28,7 +28,7 @@ func writePackReport(dir string, pack []byte, now time.Time) (string, string, er
 	in.TreeSize, in.Checkpoints, in.Pending = rep.TreeSize, rep.Checkpoints, rep.Pending
 	in.Verified = true
 	in.Result = fmt.Sprintf("every event is proven under the signed checkpoint; %d checkpoints consistent; pack signature valid (key shown below: compare it with the published one)", rep.Checkpoints)
-	var p audit.Pack
+	var p chain.Pack
 	if nl := indexByte(pack, '\n'); nl > 0 && json.Unmarshal(pack[:nl], &p) == nil && len(p.Checkpoints) > 0 {
 		in.Checkpoint = p.Checkpoints[len(p.Checkpoints)-1].Note
 	}
@@ -58,11 +58,11 @@ func indexByte(b []byte, c byte) int {
 // writePatientReport reports every event of [from, to) whose object is the patient (HIPAA
 // accounting of disclosures), each with its proof checked against the latest checkpoint, and
 // writes the proofs beside the report (patient-<id>-proofs.json).
-func writePatientReport(ctx context.Context, svc *audit.Service, dir, patient string, from, to, now time.Time) (string, string, int, error) {
+func writePatientReport(ctx context.Context, svc *chain.Service, dir, patient string, from, to, now time.Time) (string, string, int, error) {
 	in := auditreport.Input{Title: "Access history of patient " + patient, Installation: svc.Origin(), VerifierKey: svc.VerifierKey(),
 		From: from, To: to, Patient: patient, Generated: now, Verified: true}
-	var proofs []audit.EventProof
-	f := audit.EventFilter{ObjectType: "patient", ObjectID: patient, From: from, To: to, Limit: 1000}
+	var proofs []chain.EventProof
+	f := chain.EventFilter{ObjectType: "patient", ObjectID: patient, From: from, To: to, Limit: 1000}
 	for {
 		page, err := svc.Events(ctx, f)
 		if err != nil {
@@ -75,7 +75,7 @@ func writePatientReport(ctx context.Context, svc *audit.Service, dir, patient st
 			}
 			e := auditreport.Event{ID: se.ID.String(), Time: se.Time, ActorKind: se.ActorKind, ActorID: deref(se.ActorID), ActorAuth: se.ActorAuth,
 				Action: se.Action, ObjectType: se.ObjectType, ObjectID: deref(se.ObjectID), Outcome: se.Outcome, Reason: se.Reason}
-			switch _, verr := audit.VerifyEventProof(p, svc.VerifierKey()); {
+			switch _, verr := chain.VerifyEventProof(p, svc.VerifierKey()); {
 			case verr == nil:
 				e.Proof, e.LeafIndex = "verified", uint64(*p.Batch.LeafIndex)
 				in.Checkpoint, in.TreeSize = p.Batch.Checkpoint, p.Batch.TreeSize

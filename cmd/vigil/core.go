@@ -10,10 +10,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/keys"
@@ -29,7 +27,7 @@ import (
 // phi_unavailable. Its closers stop the loops; the notification hub is closed when ctx ends
 // so that SSE streams do not hold up a graceful shutdown.
 func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
-	hook := &ruleHook{}
+	link := newClinicalLink(slog.Default())
 	ret, err := retentionFromEnv()
 	if err != nil {
 		return nil, err
@@ -38,7 +36,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err != nil {
 		return nil, err
 	}
-	cfg := core.Config{Pool: sys.pool, Rules: hook, Release: releaseHook{hook}, Retention: ret, Logger: slog.Default(),
+	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Handoff: link.handoff, Release: link, Retention: ret, Logger: slog.Default(),
 		Webhook: core.WebhookConfig{AllowNets: allow}}
 	if phi != nil {
 		cfg.PHI = phi
@@ -67,7 +65,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 		svc.Hub().Close()
 	}()
 	sys.closers = append(sys.closers, func(context.Context) error { stop(); wg.Wait(); return nil })
-	if err := wireClinical(ctx, sys, srvCfg, svc, hook); err != nil {
+	if err := wireClinical(ctx, sys, srvCfg, svc, link); err != nil {
 		return nil, err
 	}
 	srvCfg.Core = svc
@@ -76,8 +74,8 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 
 func init() {
 	subcommands = append(subcommands, newCoreCmd)
-	phiRewrapStores = append(phiRewrapStores, func(pool *pgxpool.Pool) (string, keys.RewrapStore) {
-		svc, err := core.New(core.Config{Pool: pool})
+	phiRewrapStores = append(phiRewrapStores, func(db *database) (string, keys.RewrapStore) {
+		svc, err := core.New(core.Config{Pool: db.pool, Recorder: db.rec})
 		return "core_patients.phi_sealed", patientPHIStore{svc, err}
 	})
 }
@@ -112,17 +110,6 @@ func (p patientPHIStore) ReplaceSealed(ctx context.Context, items []keys.StoredC
 		in[i] = core.SealedPHI{ID: it.ID, Old: it.Old, New: it.New}
 	}
 	return p.svc.ReplaceSealedPHI(ctx, in)
-}
-
-// releaseHook is core.PatientReleaser over the rules engine once it is started (ruleHook).
-type releaseHook struct{ h *ruleHook }
-
-func (r releaseHook) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
-	eng := r.h.eng.Load()
-	if eng == nil {
-		return nil
-	}
-	return eng.ReleasePatient(ctx, by, patientID, reason)
 }
 
 // ringWebhookSecrets derives each webhook's secret as HMAC(webhook-hmac key, webhook id), so
@@ -164,7 +151,7 @@ func newCoreCmd() *cobra.Command {
 		Short: "List the daily partitions of each clinical data class",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCore(cmd, func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error {
+			return withCore(cmd, func(ctx context.Context, _ *database, svc *core.Service) error {
 				parts, err := svc.Partitions(ctx)
 				if err != nil {
 					return err
@@ -192,7 +179,7 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 (default 365, never less than observations).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withCore(cmd, func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error {
+			return withCore(cmd, func(ctx context.Context, db *database, svc *core.Service) error {
 				if err := svc.MaintainPartitions(ctx); err != nil {
 					return err
 				}
@@ -205,7 +192,7 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%d partition(s) dropped\n", len(dropped))
 				ret := svc.Retention()
-				ds, err := devices.New(devices.Config{Pool: pool, NoChangeListener: true,
+				ds, err := devices.New(devices.Config{Pool: db.pool, Recorder: db.rec, NoChangeListener: true,
 					Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}})
 				if err != nil {
 					return err
@@ -220,20 +207,20 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 	return cmd
 }
 
-func withCore(cmd *cobra.Command, fn func(ctx context.Context, pool *pgxpool.Pool, svc *core.Service) error) error {
+func withCore(cmd *cobra.Command, fn func(ctx context.Context, db *database, svc *core.Service) error) error {
 	ctx := cmd.Context()
 	ret, err := retentionFromEnv()
 	if err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+	db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	svc, err := core.New(core.Config{Pool: pool, Retention: ret})
+	defer db.Close()
+	svc, err := core.New(core.Config{Pool: db.pool, Recorder: db.rec, Retention: ret})
 	if err != nil {
 		return err
 	}
-	return fn(ctx, pool, svc)
+	return fn(ctx, db, svc)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/keys"
@@ -49,12 +50,12 @@ it for good.`,
 	withSvc := func(run func(ctx context.Context, svc *devices.Service, o devices.Origin, out io.Writer, args []string) error) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+			db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			svc, err := devices.New(devices.Config{Pool: pool, NoChangeListener: true})
+			defer db.Close()
+			svc, err := devices.New(devices.Config{Pool: db.pool, Recorder: db.rec, NoChangeListener: true})
 			if err != nil {
 				return err
 			}
@@ -297,8 +298,9 @@ func printDevices(out io.Writer, v any) error {
 
 // wireDevices builds the device registry and upload ingestion for serve/demo: verified
 // uploads go to core, receipts are signed with the key ring's receipt-signing key, proofs
-// come from the audit chain, and the audit shipper's backlog is the global back-pressure.
-func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *core.Service, ring *keys.Ring, au *audit.Service) (*devices.Service, error) {
+// come from the audit chain, and the audit recorder — to which the chain's shipper reports the
+// backlog — is the global back-pressure (audit.PushbackPolicy).
+func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *core.Service, ring *keys.Ring, au *chain.Service) (*devices.Service, error) {
 	signer, err := ring.Signer(ctx, keys.ReceiptSigning)
 	if err != nil {
 		return nil, fmt.Errorf("devices: receipt signer: %w", err)
@@ -306,11 +308,10 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	// Receipts are kept as long as core keeps upload provenance, waveforms as long as
 	// observations (VIGIL_RETENTION_UPLOADS_DAYS, VIGIL_RETENTION_OBSERVATIONS_DAYS).
 	ret := cs.Retention()
-	cfg := devices.Config{Pool: sys.pool, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default(),
+	cfg := devices.Config{Pool: sys.pool, Recorder: sys.rec, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default(),
 		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}}
 	if au != nil {
 		cfg.Proofs = auditProofs{au}
-		cfg.Pressure = func() (bool, time.Duration) { return auditBackpressure(au.Shipper().Stats(), time.Now()) }
 	}
 	svc, err := devices.New(cfg)
 	if err != nil {
@@ -325,22 +326,8 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	return svc, nil
 }
 
-// auditBackpressure is the global back-pressure of serve/demo: the outbox is the buffer, so
-// new data is refused (503, Retry-After 30 s) only when the log is far behind — more than
-// 2,000,000 events waiting, or the oldest waiting event older than 10 minutes while the
-// shipper is failing (Trillian unreachable, say) or has not completed a pass for 10 minutes.
-// Age alone does not refuse: after a restart the events left from before the downtime are
-// old, and a working shipper catches up with them within seconds.
-func auditBackpressure(st audit.ShipperStats, now time.Time) (bool, time.Duration) {
-	stuck := st.ConsecutiveFailures > 0 || (!st.LastPass.IsZero() && now.Sub(st.LastPass) > 10*time.Minute)
-	if st.PendingEvents > 2_000_000 || (st.Lag() > 10*time.Minute && stuck) {
-		return true, 30 * time.Second
-	}
-	return false, 0
-}
-
 // auditProofs answers upload proofs from the audit chain.
-type auditProofs struct{ au *audit.Service }
+type auditProofs struct{ au *chain.Service }
 
 func (a auditProofs) EventProof(ctx context.Context, id uuid.UUID) (any, error) {
 	p, err := a.au.Event(ctx, id)

@@ -11,12 +11,14 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // The administrators' device commands work on the database and audit every change.
@@ -62,28 +64,19 @@ func TestDeviceCommands(t *testing.T) {
 // receipt, asked again once the event is in the log, carries the leaf index.
 // Verifies: REQ-DEV-030, REQ-DEV-031
 func TestUploadProofFromAuditChain(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pool, url := testdb.NewWithURL(t)
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("proof test"), ScryptN: 1 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ring.Close()
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ring := keystest.LocalRing(t, nil)
 	cps, err := ring.Signer(ctx, keys.AuditCheckpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	au, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: cps, Window: 50 * time.Millisecond,
+	rec := audittest.Recorder(t, pool, nil)
+	au, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: url, Signer: cps, Window: 50 * time.Millisecond,
 		CheckpointInterval: 200 * time.Millisecond, SequencerInterval: 20 * time.Millisecond})
 	if err != nil {
-		t.Fatalf("audit.Open = %v", err)
+		t.Fatalf("chain.Open = %v", err)
 	}
 	t.Cleanup(func() { _ = au.Close(context.Background()) })
 	e := devicestest.NewOn(t, pool, url, devicestest.NewClock(time.Now().UTC()), func(c *devices.Config) { c.Proofs = auditProofs{au} })
@@ -107,7 +100,7 @@ func TestUploadProofFromAuditChain(t *testing.T) {
 	if err != nil {
 		t.Fatalf("UploadProof = %v, want a proof", err)
 	}
-	ep, ok := proof.(audit.EventProof)
+	ep, ok := proof.(chain.EventProof)
 	if !ok || ep.Batch == nil || ep.Batch.LeafIndex == nil || ep.Event.Action != "upload.accepted" ||
 		ep.Event.ObjectID == nil || *ep.Event.ObjectID != hex.EncodeToString(rc.UploadHash[:]) {
 		t.Fatalf("UploadProof = %#v, want the upload.accepted event with its batch leaf", proof)
@@ -121,33 +114,5 @@ func TestUploadProofFromAuditChain(t *testing.T) {
 	}
 	if err := envelope.VerifyReceipt(e.Signer.Public(), &again.Signed); err != nil {
 		t.Errorf("VerifyReceipt(re-issued) = %v", err)
-	}
-}
-
-// The global back-pressure of serve/demo refuses uploads when the audit log is far behind:
-// a huge backlog, or an old one the shipper is failing to move; not the old events a
-// restart finds, which a working shipper ships within seconds.
-// Verifies: REQ-DEV-041
-func TestAuditBackpressure(t *testing.T) {
-	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
-	for _, c := range []struct {
-		name string
-		st   audit.ShipperStats
-		want bool
-	}{
-		{"idle", audit.ShipperStats{}, false},
-		{"small recent backlog", audit.ShipperStats{PendingEvents: 5000, OldestPendingAge: time.Second}, false},
-		{"old backlog after a restart, shipper working", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: 3 * time.Hour}, false},
-		{"old backlog, shipper failing", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: 11 * time.Minute, ConsecutiveFailures: 3}, true},
-		{"old unintegrated batch, shipper failing", audit.ShipperStats{OldestBatchAge: 11 * time.Minute, ConsecutiveFailures: 1}, true},
-		{"recent backlog, shipper failing", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: time.Minute, ConsecutiveFailures: 9}, false},
-		{"huge backlog", audit.ShipperStats{PendingEvents: 2_000_001, OldestPendingAge: time.Second}, true},
-		{"old backlog, no pass for 11 minutes", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: time.Hour, LastPass: now.Add(-11 * time.Minute)}, true},
-		{"old backlog, pass a second ago", audit.ShipperStats{PendingEvents: 40, OldestPendingAge: time.Hour, LastPass: now.Add(-time.Second)}, false},
-	} {
-		got, retry := auditBackpressure(c.st, now)
-		if got != c.want || (got && retry <= 0) || (!got && retry != 0) {
-			t.Errorf("%s: auditBackpressure = %v, %v; want %v (with a Retry-After when refusing)", c.name, got, retry, c.want)
-		}
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -27,8 +26,8 @@ func init() { subcommands = append(subcommands, newKeysCmd) }
 // phi-encryption` re-wraps after the rotation. The area that stores PHI columns appends a
 // constructor here from its own file (cmd/vigil/<area>.go), e.g.
 //
-//	func init() { phiRewrapStores = append(phiRewrapStores, func(p *pgxpool.Pool) (string, keys.RewrapStore) { … }) }
-var phiRewrapStores []func(pool *pgxpool.Pool) (name string, store keys.RewrapStore)
+//	func init() { phiRewrapStores = append(phiRewrapStores, func(db *database) (string, keys.RewrapStore) { … }) }
+var phiRewrapStores []func(db *database) (name string, store keys.RewrapStore)
 
 // keyActorKey carries the audit actor of key operations in a context.
 type keyActorKey struct{}
@@ -54,29 +53,23 @@ func cliActor() audit.Actor {
 	return audit.Actor{Kind: audit.ActorService, ID: "vigil-cli:" + name, AuthMethod: "local-shell"}
 }
 
-// auditKeyOperations connects the key ring's hook to the audit chain: each key operation is an
-// audit event in its own transaction. If it cannot be recorded the ring withholds the result.
-func auditKeyOperations(pool *pgxpool.Pool, backend string) keys.OnOperation {
+// auditKeyOperations connects the key ring's hook to the audit recorder: each key operation is
+// an audit event, group-committed (it changes nothing in the database). If it cannot be
+// recorded the ring withholds the result.
+func auditKeyOperations(rec audit.Recorder, backend string) keys.OnOperation {
 	return func(ctx context.Context, op keys.Operation) error {
 		payload := map[string]any{"purpose": string(op.Purpose), "count": op.Count, "backend": backend}
 		if len(op.Digest) > 0 {
 			payload["sha256"] = hex.EncodeToString(op.Digest)
 		}
-		tx, err := pool.Begin(ctx)
-		if err != nil {
-			return err
-		}
-		defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit it is a no-op
-		if _, err := audit.Record(ctx, tx, audit.Event{
+		_, err := rec.RecordNow(ctx, audit.Event{
 			Actor:   keyActor(ctx),
 			Action:  string(op.Kind),
 			Object:  audit.Object{Type: "key", ID: op.KeyID},
 			Outcome: audit.OutcomeSuccess,
 			Payload: payload,
-		}); err != nil {
-			return err
-		}
-		return tx.Commit(ctx)
+		})
+		return err
 	}
 }
 
@@ -147,16 +140,16 @@ func openBackend(ctx context.Context, dataDir string, demo bool) (keys.Backend, 
 	return l, "local", nil
 }
 
-// openKeyRing opens the key ring for serve/demo/commands; with a pool, key operations are
+// openKeyRing opens the key ring for serve/demo/commands; with a recorder, key operations are
 // audited. create makes missing keys (serve/demo/init do; read-only commands do not).
-func openKeyRing(ctx context.Context, dataDir string, demo bool, pool *pgxpool.Pool, create bool) (*keys.Ring, func(context.Context) error, error) {
+func openKeyRing(ctx context.Context, dataDir string, demo bool, rec audit.Recorder, create bool) (*keys.Ring, func(context.Context) error, error) {
 	b, name, err := openBackend(ctx, dataDir, demo)
 	if err != nil {
 		return nil, nil, err
 	}
 	cfg := keys.Config{Backend: b}
-	if pool != nil {
-		cfg.OnOperation = auditKeyOperations(pool, name)
+	if rec != nil {
+		cfg.OnOperation = auditKeyOperations(rec, name)
 	}
 	ring, err := keys.NewRing(cfg)
 	if err != nil {
@@ -223,16 +216,16 @@ See docs/operations.md for running Vault for Vigil.`,
 		if url == "" {
 			return nil, nil, errors.New("VIGIL_DATABASE_URL is not set: key changes are recorded in the audit trail")
 		}
-		pool, err := openPool(ctx, url)
+		db, err := openDB(ctx, url)
 		if err != nil {
 			return nil, nil, err
 		}
-		ring, closeRing, err := openKeyRing(ctx, dataDir, false, pool, false)
+		ring, closeRing, err := openKeyRing(ctx, dataDir, false, db.rec, false)
 		if err != nil {
-			pool.Close()
+			db.Close()
 			return nil, nil, err
 		}
-		return ring, func() { _ = closeRing(ctx); pool.Close() }, nil
+		return ring, func() { _ = closeRing(ctx); db.Close() }, nil
 	}
 
 	initCmd := &cobra.Command{
@@ -311,12 +304,12 @@ run the command again later to finish). phi-blind-index is never rotated.`,
 			if url == "" {
 				return errors.New("VIGIL_DATABASE_URL is not set: key changes are recorded in the audit trail")
 			}
-			pool, err := openPool(ctx, url)
+			db, err := openDB(ctx, url)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			ring, closeRing, err := openKeyRing(ctx, dataDir, false, pool, false)
+			defer db.Close()
+			ring, closeRing, err := openKeyRing(ctx, dataDir, false, db.rec, false)
 			if err != nil {
 				return err
 			}
@@ -339,7 +332,7 @@ run the command again later to finish). phi-blind-index is never rotated.`,
 				return err
 			}
 			for _, mk := range phiRewrapStores {
-				name, st := mk(pool)
+				name, st := mk(db)
 				n, err := env.RewrapAll(ctx, st, batch)
 				if err != nil {
 					return fmt.Errorf("re-wrap %s stopped after %d: %w (old versions still decrypt; finish with `vigil keys rotate phi-encryption --rewrap-only`)", name, n, err)

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/keys/keystest"
@@ -69,6 +67,7 @@ func TestKeysCommands(t *testing.T) {
 			} else {
 				t.Setenv("VIGIL_VAULT_ADDR", "")
 				t.Setenv("VIGIL_KEYRING_PASSPHRASE", "a passphrase for the cli test")
+				cheapLocalRing(t, dir, "a passphrase for the cli test")
 			}
 			out, err := execute(t, "keys", "init", "--data-dir", dir)
 			if err != nil || !strings.Contains(out, "created audit-checkpoint:v1") {
@@ -106,7 +105,7 @@ func TestKeysCommands(t *testing.T) {
 				st.rows = append(st.rows, c)
 			}
 			saved := phiRewrapStores
-			phiRewrapStores = []func(*pgxpool.Pool) (string, keys.RewrapStore){func(*pgxpool.Pool) (string, keys.RewrapStore) { return "test rows", st }}
+			phiRewrapStores = []func(*database) (string, keys.RewrapStore){func(*database) (string, keys.RewrapStore) { return "test rows", st }}
 			defer func() { phiRewrapStores = saved }()
 
 			out, err = execute(t, "keys", "rotate", "phi-encryption", "--data-dir", dir, "--batch", "5")

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/internal/testdb"
+	"github.com/vigilhealth/vigil/keys"
 )
 
 func execute(t *testing.T, args ...string) (string, error) {
@@ -33,6 +34,7 @@ func execute(t *testing.T, args ...string) (string, error) {
 // Every command documents itself in --help.
 // Verifies: REQ-FND-001
 func TestEveryCommandHasHelp(t *testing.T) {
+	t.Parallel()
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, sub := range c.Commands() {
@@ -59,6 +61,7 @@ func TestEveryCommandHasHelp(t *testing.T) {
 // No flag of any command takes a secret: secrets come from the environment.
 // Verifies: REQ-FND-001
 func TestNoSecretFlags(t *testing.T) {
+	t.Parallel()
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
 		for _, name := range []string{"database-url", "password", "token", "passphrase", "secret"} {
@@ -120,6 +123,7 @@ func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
 	}
 	t.Setenv("VIGIL_DATABASE_URL", "")
 	dataDir := t.TempDir()
+	cheapLocalRing(t, dataDir, demoPassphrase)
 	port := freeTestPort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -176,4 +180,44 @@ func freeTestPort(t *testing.T) string {
 	defer l.Close()
 	_, p, _ := net.SplitHostPort(l.Addr().String())
 	return p
+}
+
+// The shipped binary carries no load generator: no bench command, and none of the load
+// tools' code in its dependency closure (they are cmd/vigil-bench).
+// Verifies: REQ-FND-011
+func TestNoLoadToolsInTheShippedBinary(t *testing.T) {
+	t.Parallel()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			if sub.Name() == "bench" {
+				t.Errorf("%s: a load generator in the shipped binary (it belongs in vigil-bench)", sub.CommandPath())
+			}
+			walk(sub)
+		}
+	}
+	walk(newRoot())
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasSuffix(p, "/cmd/vigil-bench") || strings.HasSuffix(p, "/internal/cpuacct") {
+			t.Errorf("vigil depends on %s, a load tool's package", p)
+		}
+	}
+}
+
+// cheapLocalRing creates the local key ring under dataDir with a low scrypt cost (the
+// passphrase guards nothing in a test); the commands under test then open it with the
+// parameters stored in it instead of deriving the production-strength key every time.
+func cheapLocalRing(t *testing.T, dataDir, passphrase string) {
+	t.Helper()
+	l, err := keys.NewLocal(keys.LocalConfig{Dir: filepath.Join(dataDir, "keys"), Passphrase: []byte(passphrase), ScryptN: 1 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

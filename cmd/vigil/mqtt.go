@@ -32,7 +32,7 @@ func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devi
 		ReplyQoS0:  os.Getenv("VIGIL_MQTT_REPLY_QOS0") == "1",
 		Password:   []byte(os.Getenv("VIGIL_MQTT_PASSWORD")),
 		Accepter:   svc,
-		Pool:       sys.pool,
+		Recorder:   sys.rec,
 		Logger:     slog.Default(),
 	}
 	tc, err := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), os.Getenv("VIGIL_MQTT_CLIENT_CERT"), os.Getenv("VIGIL_MQTT_CLIENT_KEY"))

@@ -54,12 +54,12 @@ It needs the installation's database (VIGIL_DATABASE_URL) for the audit log, and
 			cfg.Root, cfg.QMS = cfg.Validation.Root, cfg.Validation.QMS
 			cfg.Validation.DatabaseAdminURL = envOr("VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
 			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
-			pool, err := openPool(ctx, rc.DatabaseURL)
+			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
-			ring, closeRing, err := openKeyRing(ctx, rc.DataDir, false, pool, true)
+			defer db.Close()
+			ring, closeRing, err := openKeyRing(ctx, rc.DataDir, false, db.rec, true)
 			if err != nil {
 				return err
 			}
@@ -69,12 +69,12 @@ It needs the installation's database (VIGIL_DATABASE_URL) for the audit log, and
 				return fmt.Errorf("release-signing key: %w", err)
 			}
 			cfg.Signer, cfg.KeyID = sv, sv.KeyID()
-			svc, closeSvc, err := openReleaseAudit(ctx, rc, pool, ring)
+			svc, closeSvc, err := openReleaseAudit(ctx, rc, db, ring)
 			if err != nil {
 				return err
 			}
 			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
-			cfg.Log = auditReleaseLog{svc: svc}
+			cfg.Log = auditReleaseLog{svc: svc, rec: db.rec}
 			res, err := qms.Release(ctx, cfg)
 			w := cmd.OutOrStdout()
 			if res != nil && res.Validation != nil {

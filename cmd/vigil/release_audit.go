@@ -13,9 +13,9 @@ import (
 	"log/slog"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/audit/leaf"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/qms"
@@ -25,7 +25,7 @@ import (
 // with its two-step proof, and the salt and plaintext that open the event's commitments to
 // its payload and object id, so the manifest digest can be checked against the log.
 type releaseProof struct {
-	Event    audit.EventProof `json:"event"`
+	Event    chain.EventProof `json:"event"`
 	Salt     []byte           `json:"salt"`
 	Payload  string           `json:"payload"` // the exact JSON text the commitment covers
 	ObjectID string           `json:"object_id"`
@@ -42,12 +42,12 @@ type releasePayload struct {
 // openReleaseAudit opens the audit chain for `vigil release`: with the embedded Trillian's
 // sequencer (the release must reach the log even when no server runs) but with idle workers,
 // which auditReleaseLog drives itself until the release event is proven.
-func openReleaseAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, ring *keys.Ring) (*audit.Service, func(context.Context) error, error) {
+func openReleaseAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring) (*chain.Service, func(context.Context) error, error) {
 	signer, err := ring.Signer(ctx, keys.AuditCheckpoint)
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
-	svc, err := audit.OpenIdle(ctx, audit.Config{Pool: pool, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr,
+	svc, err := chain.OpenIdle(ctx, chain.Config{Pool: db.pool, Recorder: db.rec, Backlog: db.rec, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr,
 		Signer: signer, SequencerInterval: 50 * time.Millisecond, Logger: slog.Default()})
 	if err != nil {
 		return nil, nil, err
@@ -56,15 +56,16 @@ func openReleaseAudit(ctx context.Context, rc runConfig, pool *pgxpool.Pool, rin
 }
 
 // auditReleaseLog records releases through an audit service whose workers it drives itself
-// (opened with audit.OpenIdle).
+// (opened with chain.OpenIdle).
 type auditReleaseLog struct {
-	svc     *audit.Service
+	svc     *chain.Service
+	rec     audit.Recorder
 	timeout time.Duration // how long to wait for the proof; default 2 minutes
 }
 
 func (l auditReleaseLog) RecordRelease(ctx context.Context, r qms.ReleaseRecord) (qms.AuditEvidence, error) {
 	obj := r.Product + "@" + r.Version
-	id, err := l.svc.RecordNow(ctx, audit.Event{Actor: cliActor(), Action: qms.ReleaseAction, Object: audit.Object{Type: "release", ID: obj},
+	id, err := l.rec.RecordNow(ctx, audit.Event{Actor: cliActor(), Action: qms.ReleaseAction, Object: audit.Object{Type: "release", ID: obj},
 		Outcome: audit.OutcomeSuccess, Payload: releasePayload{Product: r.Product, Version: r.Version, Commit: r.Commit, KeyID: r.KeyID, ManifestSHA256: r.ManifestSHA256}})
 	if err != nil {
 		return qms.AuditEvidence{}, err
@@ -75,12 +76,12 @@ func (l auditReleaseLog) RecordRelease(ctx context.Context, r qms.ReleaseRecord)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var p audit.EventProof
+	var p chain.EventProof
 	for {
 		if _, err := l.svc.Shipper().Step(ctx); err != nil && ctx.Err() == nil {
 			return qms.AuditEvidence{}, fmt.Errorf("ship the release event: %w", err)
 		}
-		if _, err := l.svc.CheckpointNow(ctx); err != nil && !errors.Is(err, audit.ErrNoCheckpoint) && ctx.Err() == nil {
+		if _, err := l.svc.CheckpointNow(ctx); err != nil && !errors.Is(err, chain.ErrNoCheckpoint) && ctx.Err() == nil {
 			return qms.AuditEvidence{}, fmt.Errorf("checkpoint: %w", err)
 		}
 		if p, err = l.svc.Event(ctx, id); err != nil {
@@ -109,7 +110,7 @@ func checkReleaseProof(ev qms.AuditEvidence, manifestSHA256, trustedKey string) 
 	if err := json.Unmarshal(ev.Proof, &doc); err != nil {
 		return fmt.Errorf("proof document: %w", err)
 	}
-	le, err := audit.VerifyEventProof(doc.Event, trustedKey)
+	le, err := chain.VerifyEventProof(doc.Event, trustedKey)
 	if err != nil {
 		return err
 	}

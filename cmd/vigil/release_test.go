@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/qms"
 )
@@ -226,16 +227,18 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 func TestAuditExportReports(t *testing.T) {
 	pdftotext := releaseTool(t, "pdftotext")
 	pool, url := testdb.NewWithURL(t)
+	rec := audittest.Recorder(t, pool, nil)
+	db := &database{pool: pool, rec: rec}
 	dataDir := t.TempDir()
 	t.Setenv("VIGIL_DATABASE_URL", url)
 	t.Setenv("VIGIL_KEYRING_PASSPHRASE", "report-test-passphrase")
 	ctx := context.Background()
-	ring, closeRing, err := openKeyRing(ctx, dataDir, false, pool, true)
+	ring, closeRing, err := openKeyRing(ctx, dataDir, false, rec, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = closeRing(ctx) }()
-	svc, closeSvc, err := openReleaseAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, pool, ring)
+	svc, closeSvc, err := openReleaseAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, db, ring)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +249,7 @@ func TestAuditExportReports(t *testing.T) {
 	var last string
 	for _, e := range events {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			id, err := audit.Record(ctx, tx, audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: e.actor, AuthMethod: "password+totp"},
+			id, err := rec.Record(ctx, tx, audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: e.actor, AuthMethod: "password+totp"},
 				Action: e.action, Object: audit.Object{Type: "patient", ID: e.patient}, Outcome: audit.OutcomeSuccess})
 			last = id.String()
 			return err
@@ -256,7 +259,7 @@ func TestAuditExportReports(t *testing.T) {
 		}
 	}
 	// Ship and checkpoint through the release log's driver (it waits until an event is proven).
-	if _, err := (auditReleaseLog{svc: svc}).RecordRelease(ctx, qms.ReleaseRecord{Product: "Vigil", Version: "v0", ManifestSHA256: strings.Repeat("a", 64)}); err != nil {
+	if _, err := (auditReleaseLog{svc: svc, rec: rec}).RecordRelease(ctx, qms.ReleaseRecord{Product: "Vigil", Version: "v0", ManifestSHA256: strings.Repeat("a", 64)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := closeSvc(ctx); err != nil {

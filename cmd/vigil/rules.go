@@ -11,51 +11,40 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/every"
 	"github.com/vigilhealth/vigil/server"
 )
 
-// This file wires the clinical rules engine and the alarm service to core: core calls the
-// engine after each ingest commit through ruleHook (core.RuleEngine), the engine rebuilds
-// state from core's storage through coreHistory (rules.History), and alarm transitions go to
-// core's notification hub (alarms.Notifier).
+// This file wires the clinical rules engine and the alarm service to core: core publishes
+// the observations of every committed upload to a hand-off (core/obs) that the engine drains,
+// the engine rebuilds state from core's storage (core.Service is a rules.History), and alarm
+// transitions go to core's notification hub (alarms.Notifier).
 
-// ruleHook is the core.RuleEngine handed to core.New before the engine exists (the engine
-// needs core's storage for its History): it forwards to the engine once set, and until then
-// evaluates nothing (the engine replays those observations from History when it starts).
-type ruleHook struct{ eng atomic.Pointer[rules.Engine] }
+// clinicalLink is what core is built with before the engine exists (the engine needs core's
+// storage for its History): the hand-off core publishes to — observations handed off before
+// the engine starts, or while it restarts, wait in it — and the engine, once started, for
+// the release of discharged patients (core.PatientReleaser).
+type clinicalLink struct {
+	handoff *obs.Handoff
+	eng     atomic.Pointer[rules.Engine]
+}
 
-// Evaluate converts core's observations and runs the engine.
-func (h *ruleHook) Evaluate(ctx context.Context, patientID uuid.UUID, obs []core.Observation) error {
-	eng := h.eng.Load()
+func newClinicalLink(log *slog.Logger) *clinicalLink {
+	return &clinicalLink{handoff: obs.NewHandoff(obs.HandoffConfig{Logger: log})}
+}
+
+// ReleasePatient ends monitoring of a discharged patient through the engine, once started.
+func (l *clinicalLink) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
+	eng := l.eng.Load()
 	if eng == nil {
 		return nil
 	}
-	_, err := eng.Evaluate(ctx, patientID, toRuleObservations(obs))
-	return err
-}
-
-func toRuleObservations(obs []core.Observation) []rules.Observation {
-	out := make([]rules.Observation, len(obs))
-	for i, o := range obs {
-		out[i] = rules.Observation{PatientID: o.PatientID, DeviceID: o.DeviceID, Code: o.Code, Value: o.Value,
-			Unit: o.Unit, Time: o.EffectiveAt, Artifact: o.Artifact}
-	}
-	return out
-}
-
-// coreHistory is rules.History over core's observation storage.
-type coreHistory struct{ svc *core.Service }
-
-func (h coreHistory) ObservationsSince(ctx context.Context, patientID uuid.UUID, since time.Time, limit int) ([]rules.Observation, error) {
-	obs, err := h.svc.ObservationsSince(ctx, patientID, since, limit)
-	if err != nil {
-		return nil, err
-	}
-	return toRuleObservations(obs), nil
+	return eng.ReleasePatient(ctx, by, patientID, reason)
 }
 
 // clinical is the running rules engine and alarm service with their background loops
@@ -67,18 +56,20 @@ type clinical struct {
 	wg     sync.WaitGroup
 }
 
-// startClinical builds the alarm service and rules engine, connects them to core (hook and
-// hub) and starts their loops; Close stops the loops and writes a last checkpoint.
-func startClinical(ctx context.Context, pool *pgxpool.Pool, coreSvc *core.Service, hook *ruleHook, log *slog.Logger) (*clinical, error) {
-	svc, err := alarms.New(alarms.Config{Pool: pool, Notifier: coreSvc.Hub(), Logger: log})
+// startClinical builds the alarm service and rules engine, connects them to core (the
+// hand-off, the hub, releases) and starts their loops; Close stops the loops, consumes what
+// waits in the hand-off and writes a last checkpoint.
+func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, coreSvc *core.Service, link *clinicalLink, log *slog.Logger) (*clinical, error) {
+	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: coreSvc.Hub(), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("alarms: %w", err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, History: coreHistory{coreSvc}, Logger: log})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, History: coreSvc,
+		Handoff: link.handoff, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
-	hook.eng.Store(eng)
+	link.eng.Store(eng)
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	c := &clinical{alarms: svc, engine: eng, stop: stop}
 	c.wg.Add(2)
@@ -108,10 +99,10 @@ func (c *clinical) Close(ctx context.Context) error {
 }
 
 // wireClinical starts the rules engine and alarm service on core and hands them to the server
-// (routes in server/alarms.go). Call it after core.New(core.Config{…, Rules: hook}) with the
-// same hook; it adds its closer to sys.
-func wireClinical(ctx context.Context, sys *system, srvCfg *server.Config, coreSvc *core.Service, hook *ruleHook) error {
-	cl, err := startClinical(ctx, sys.pool, coreSvc, hook, slog.Default())
+// (routes in server/alarms.go). Call it after core.New(core.Config{…, Handoff: link.handoff,
+// Release: link}) with the same link; it adds its closer to sys.
+func wireClinical(ctx context.Context, sys *system, srvCfg *server.Config, coreSvc *core.Service, link *clinicalLink) error {
+	cl, err := startClinical(ctx, sys.pool, sys.rec, coreSvc, link, slog.Default())
 	if err != nil {
 		return err
 	}

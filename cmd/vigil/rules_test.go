@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -66,9 +67,10 @@ var nurse = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "nurse-1",
 // Core's storage meets the History contract the rules engine rebuilds its state from.
 // Verifies: REQ-CORE-107
 func TestCoreHistoryConformance(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
-	svc, err := core.New(core.Config{Pool: pool, PHI: newSealer(t)})
+	svc, err := core.New(core.Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), PHI: newSealer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,13 +88,13 @@ func TestCoreHistoryConformance(t *testing.T) {
 			ReceivedAt: time.Now(), Transport: "http"}}
 		b.Provenance.UploadHash[0], b.Provenance.UploadHash[1] = byte(seq), byte(seq>>8)
 		for _, o := range obs {
-			b.Samples = append(b.Samples, core.Sample{Code: o.Code, Value: o.Value, Unit: o.Unit, Time: o.Time})
+			b.Samples = append(b.Samples, core.Sample{Code: o.Code, Value: o.Value, Unit: o.Unit, Time: o.EffectiveAt})
 		}
-		if _, err := svc.Ingest(ctx, b, nil); err != nil {
+		if _, err := svc.Ingest(ctx, b); err != nil {
 			t.Fatalf("Ingest() error %v", err)
 		}
 	}
-	rulestest.TestHistory(t, coreHistory{svc}, newPatient, store)
+	rulestest.TestHistory(t, svc, newPatient, store)
 }
 
 // End to end through the real wiring: an upload ingested by core runs the rules, opens an
@@ -100,14 +102,16 @@ func TestCoreHistoryConformance(t *testing.T) {
 // engine the same alarm is continued.
 // Verifies: REQ-CORE-102, REQ-CORE-107, REQ-CORE-117
 func TestIngestToAlarm(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
-	hook := &ruleHook{}
-	svc, err := core.New(core.Config{Pool: pool, PHI: newSealer(t), Rules: hook})
+	link := newClinicalLink(slog.Default())
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newSealer(t), Handoff: link.handoff, Release: link})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := startClinical(ctx, pool, svc, hook, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, svc, link, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +127,7 @@ func TestIngestToAlarm(t *testing.T) {
 		b := core.Batch{PatientID: p.ID, Provenance: core.Provenance{DeviceID: "dev-1", KeyID: "k1", Sequence: seq, ReceivedAt: time.Now(), Transport: "http"},
 			Samples: []core.Sample{{Code: rules.CodeSpO2, Value: spo2, Unit: "%", Time: start.Add(at)}}}
 		b.Provenance.UploadHash[0] = byte(seq)
-		if _, err := svc.Ingest(ctx, b, nil); err != nil {
+		if _, err := svc.Ingest(ctx, b); err != nil {
 			t.Fatalf("Ingest() error %v", err)
 		}
 	}
@@ -150,13 +154,16 @@ func TestIngestToAlarm(t *testing.T) {
 	if err := cl.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	hook.eng.Store(nil)
-	cl, err = startClinical(ctx, pool, svc, hook, slog.Default())
+	link.eng.Store(nil)
+	cl, err = startClinical(ctx, pool, rec, svc, link, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = cl.Close(ctx) }()
 	upload(3, 50*time.Second, 83)
+	if err := link.handoff.Flush(ctx); err != nil { // the engine has evaluated it
+		t.Fatal(err)
+	}
 	a, err := cl.alarms.Get(ctx, open[0].ID)
 	if err != nil || a.Severity != alarms.SeverityCritical || a.State != alarms.StateActive {
 		t.Fatalf("after restart: %+v, %v; want the same alarm, critical", a, err)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/sdk"
@@ -94,20 +95,20 @@ func runSim(ctx context.Context, f simFlags, out interface{ Write([]byte) (int, 
 	if err != nil {
 		return err
 	}
-	pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+	db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
+	defer db.Close()
 	// The installation's key ring (Vault or the local one in --data-dir; the demo's
 	// passphrase when VIGIL_KEYRING_PASSPHRASE is unset), to seal the synthetic patients' data.
 	demo := os.Getenv("VIGIL_KEYRING_PASSPHRASE") == "" && os.Getenv("VIGIL_VAULT_ADDR") == ""
-	ring, closeRing, err := openKeyRing(ctx, f.dataDir, demo, pool, false)
+	ring, closeRing, err := openKeyRing(ctx, f.dataDir, demo, db.rec, false)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = closeRing(context.WithoutCancel(ctx)) }()
-	prov, closeProv, err := simProvisioner(ctx, pool, ring.PHI())
+	prov, closeProv, err := simProvisioner(ctx, db.pool, db.rec, ring.PHI())
 	if err != nil {
 		return err
 	}
@@ -128,12 +129,12 @@ func runSim(ctx context.Context, f simFlags, out interface{ Write([]byte) (int, 
 // simProvisioner builds what provisioning needs: core's patient registry (sealing the
 // synthetic patients' identifying data with phi, the installation's key ring) and the
 // device registry.
-func simProvisioner(ctx context.Context, pool *pgxpool.Pool, phi core.PHISealer) (*sim.LocalProvisioner, func(), error) {
-	cs, err := core.New(core.Config{Pool: pool, PHI: phi})
+func simProvisioner(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, phi core.PHISealer) (*sim.LocalProvisioner, func(), error) {
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: phi})
 	if err != nil {
 		return nil, nil, err
 	}
-	ds, err := devices.New(devices.Config{Pool: pool})
+	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -187,7 +188,7 @@ func demoFleet(ctx context.Context, url string, sys *system) error {
 	if n == 0 {
 		return nil
 	}
-	prov, closeProv, err := simProvisioner(ctx, sys.pool, sys.keys.PHI())
+	prov, closeProv, err := simProvisioner(ctx, sys.pool, sys.rec, sys.keys.PHI())
 	if err != nil {
 		return fmt.Errorf("demo fleet: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
@@ -14,6 +15,7 @@ import (
 	"github.com/vigilhealth/vigil/devices/sim"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // The simulator's scenarios make the real clinical rules fire: a mixed fleet runs through
@@ -22,26 +24,17 @@ import (
 // ahead of the server), which gives the scenarios minutes to develop in seconds.
 // Verifies: REQ-DEV-121, REQ-DEV-122
 func TestSimScenariosFireClinicalRules(t *testing.T) {
+	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("sim e2e"), ScryptN: 1 << 10})
+	ring := keystest.LocalRing(t, nil)
+	rec := audittest.Recorder(t, pool, nil)
+	link := newClinicalLink(slog.Default())
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: link.handoff, Release: link})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ring.Close()
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		t.Fatal(err)
-	}
-	hook := &ruleHook{}
-	cs, err := core.New(core.Config{Pool: pool, PHI: ring.PHI(), Rules: hook})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := startClinical(ctx, pool, cs, hook, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, cs, link, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +43,7 @@ func TestSimScenariosFireClinicalRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, err := devices.New(devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: signer})
+	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +66,9 @@ func TestSimScenariosFireClinicalRules(t *testing.T) {
 	t.Logf("%s", res.Summary())
 	if res.Accepted != res.Uploads || res.Pending != 0 {
 		t.Fatalf("Run: %d of %d uploads accepted, %d pending; want all", res.Accepted, res.Uploads, res.Pending)
+	}
+	if err := link.handoff.Flush(ctx); err != nil { // the engine has evaluated every upload
+		t.Fatal(err)
 	}
 	rulesOf := func(i int) map[string]bool {
 		p, err := cs.PatientByMRN(ctx, fmt.Sprintf("SIM-e2e-%04d", i))

@@ -25,8 +25,8 @@ import (
 func init() {
 	subcommands = append(subcommands, newUserCmd)
 	for _, col := range auth.SealedColumns() {
-		phiRewrapStores = append(phiRewrapStores, func(pool *pgxpool.Pool) (string, keys.RewrapStore) {
-			st, _ := auth.RewrapStore(pool, col)
+		phiRewrapStores = append(phiRewrapStores, func(db *database) (string, keys.RewrapStore) {
+			st, _ := auth.RewrapStore(db.pool, col)
 			return col, st
 		})
 	}
@@ -48,17 +48,18 @@ type authEnv struct {
 func withAuth(dataDir *string, asJSON *bool, run func(e *authEnv, args []string) error) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, args []string) error {
 		ctx := c.Context()
-		pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+		db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
 		if err != nil {
 			return err
 		}
-		defer pool.Close()
-		ring, closeRing, err := openKeyRing(ctx, *dataDir, false, pool, false)
+		defer db.Close()
+		pool := db.pool
+		ring, closeRing, err := openKeyRing(ctx, *dataDir, false, db.rec, false)
 		if err != nil {
 			return err
 		}
 		defer func() { _ = closeRing(context.WithoutCancel(ctx)) }()
-		svc, err := auth.New(ctx, auth.Config{Pool: pool, Sealer: ring.PHI(), Audit: auth.DirectRecorder{Pool: pool}})
+		svc, err := auth.New(ctx, auth.Config{Pool: pool, Sealer: ring.PHI(), Audit: db.rec})
 		if err != nil {
 			return err
 		}

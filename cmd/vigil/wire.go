@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
@@ -33,6 +34,7 @@ type runConfig struct {
 // in wire(), and their shutdown to closers (called in reverse order).
 type system struct {
 	pool    *pgxpool.Pool
+	rec     *audit.Outbox // the one audit recorder of the process
 	server  *server.Server
 	keys    *keys.Ring // Vault Transit, or the local key ring for demos (keys.go)
 	closers []func(context.Context) error
@@ -62,12 +64,13 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	if err := os.MkdirAll(rc.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	pool, err := openPool(ctx, rc.DatabaseURL)
+	db, err := openDB(ctx, rc.DatabaseURL)
 	if err != nil {
 		return nil, err
 	}
-	sys.pool = pool
-	sys.closers = append(sys.closers, func(context.Context) error { pool.Close(); return nil })
+	pool := db.pool
+	sys.pool, sys.rec = db.pool, db.rec
+	sys.closers = append(sys.closers, func(context.Context) error { db.Close(); return nil })
 
 	st, err := schema.Inspect(ctx, pool)
 	if err != nil {
@@ -81,14 +84,15 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	}
 
 	srvCfg := server.Config{
-		Pool:    pool,
-		Logger:  slog.Default(),
-		Version: version,
+		Pool:     pool,
+		Recorder: sys.rec,
+		Logger:   slog.Default(),
+		Version:  version,
 	}
 
 	// The key ring (keys.go): Vault Transit when VIGIL_VAULT_ADDR is set, else the local key
 	// ring in the data directory (logged as not for production); key operations are audited.
-	ring, closeRing, err := openKeyRing(ctx, rc.DataDir, rc.Demo, pool, true)
+	ring, closeRing, err := openKeyRing(ctx, rc.DataDir, rc.Demo, sys.rec, true)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +101,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "keys", Check: keysReady(ring)})
 
 	// The audit chain: embedded (or external) Trillian, shipper, checkpointer (audit.go).
-	auditSvc, closeAudit, err := openAudit(ctx, rc, pool, ring, false)
+	auditSvc, closeAudit, err := openAudit(ctx, rc, db, ring, false)
 	if err != nil {
 		return nil, err
 	}
@@ -127,6 +131,33 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	}
 	sys.server = srv
 	return sys, nil
+}
+
+// database is a command's database: its pool and the process's one audit recorder (every
+// audit event of the process is prepared and written by it).
+type database struct {
+	pool *pgxpool.Pool
+	rec  *audit.Outbox
+}
+
+// openDB opens the pool at url and the audit recorder on it.
+func openDB(ctx context.Context, url string) (*database, error) {
+	pool, err := openPool(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return &database{pool: pool, rec: rec}, nil
+}
+
+// Close stops the recorder (after committing what it holds), then closes the pool.
+func (d *database) Close() {
+	d.rec.Close()
+	d.pool.Close()
 }
 
 func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {

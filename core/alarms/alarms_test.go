@@ -11,22 +11,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
-
-// clock is a controlled clock: time moves only when the test says so.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // recorder is a Notifier that keeps what it was given.
 type recorder struct {
@@ -53,17 +42,17 @@ func (r *recorder) kinds() []alarms.TransitionKind {
 type fixture struct {
 	pool *pgxpool.Pool
 	svc  *alarms.Service
-	clk  *clock
+	clk  *testclock.Clock
 	rec  *recorder
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	pool := testdb.New(t)
-	clk := &clock{t: time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC)}
+	clk := testclock.New(time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC))
 	rec := &recorder{}
 	svc, err := alarms.New(alarms.Config{
-		Pool: pool, Notifier: rec, Now: clk.Now,
+		Pool: pool, Recorder: audittest.Recorder(t, pool, nil), Notifier: rec, Now: clk.Now,
 		EscalateAfter: 5 * time.Minute, MaxTier: 2,
 		ReminderFirst: 2 * time.Minute, ReminderFactor: 0.5, ReminderMin: 30 * time.Second,
 		MaxSilence: 30 * time.Minute,
@@ -146,6 +135,7 @@ func equalKinds(a, b []alarms.TransitionKind) bool {
 // Every transition is audited.
 // Verifies: REQ-CORE-110, REQ-CORE-111, REQ-CORE-116, REQ-CORE-117
 func TestSignalLifecycle(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -213,6 +203,7 @@ func TestSignalLifecycle(t *testing.T) {
 // interval (2m, then 1m, then 30s floor); acknowledging stops both.
 // Verifies: REQ-CORE-113, REQ-CORE-114, REQ-CORE-112
 func TestEscalationAndReminders(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -291,6 +282,7 @@ func TestEscalationAndReminders(t *testing.T) {
 // alarm still escalates; when the silence expires reminders resume at once.
 // Verifies: REQ-CORE-112, REQ-CORE-115
 func TestSilence(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -337,6 +329,7 @@ func TestSilence(t *testing.T) {
 // Resolving by hand needs a reason, records who, and is final; unknown ids are ErrNotFound.
 // Verifies: REQ-CORE-116, REQ-CORE-117
 func TestManualResolve(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -375,6 +368,7 @@ func TestManualResolve(t *testing.T) {
 // A transition in a rolled-back transaction leaves neither alarm nor audit event.
 // Verifies: REQ-CORE-117
 func TestApplyRollback(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := context.Background()
 	p := uuid.New()

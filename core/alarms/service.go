@@ -18,6 +18,8 @@ import (
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
+	// Recorder records every transition and rejection (the process's audit.Outbox). Required.
+	Recorder audit.Recorder
 	// Notifier receives committed transitions. Default: none.
 	Notifier Notifier
 	// Now is the clock. Default time.Now.
@@ -48,8 +50,8 @@ type Service struct {
 
 // New returns a Service.
 func New(cfg Config) (*Service, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("alarms: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("alarms: Config.Pool and Config.Recorder are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -80,7 +82,7 @@ func New(cfg Config) (*Service, error) {
 
 // Apply applies a rule's signal inside tx (the caller's transaction): it opens, re-triggers,
 // changes the severity of, or auto-resolves the patient's open alarm for the rule, recording
-// each transition with audit.Record in tx. A cleared signal with no open alarm is a no-op.
+// each transition with Config.Recorder in tx. A cleared signal with no open alarm is a no-op.
 // The caller MUST pass the returned transitions to Notify after tx commits, and MUST discard
 // them if it rolls back.
 func (s *Service) Apply(ctx context.Context, tx pgx.Tx, sig Signal) ([]Transition, error) {

@@ -125,14 +125,14 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, by audit.Event, kind Tr
 	if ev.Actor.Kind == "" {
 		ev.Actor = systemActor
 	}
-	id, err := audit.Record(ctx, tx, ev)
+	id, err := s.cfg.Recorder.Record(ctx, tx, ev)
 	if err != nil {
 		return Transition{}, fmt.Errorf("audit %s: %w", ev.Action, err)
 	}
 	return Transition{Kind: kind, Alarm: a.Alarm, At: a.UpdatedAt, Actor: ev.Actor, Reason: reason, AuditEventID: id}, nil
 }
 
-// reject audits a refused request in its own transaction and returns err.
+// reject audits a refused request (group-committed: nothing else is written) and returns err.
 func (s *Service) reject(ctx context.Context, by audit.Event, action string, id uuid.UUID, code string, err error) error {
 	ev := by
 	ev.ID = uuid.Nil
@@ -145,16 +145,7 @@ func (s *Service) reject(ctx context.Context, by audit.Event, action string, id 
 	if ev.Actor.Kind == "" {
 		ev.Actor = systemActor
 	}
-	actx := context.WithoutCancel(ctx)
-	tx, terr := s.cfg.Pool.Begin(actx)
-	if terr == nil {
-		if _, terr = audit.Record(actx, tx, ev); terr == nil {
-			terr = tx.Commit(actx)
-		} else {
-			_ = tx.Rollback(actx)
-		}
-	}
-	if terr != nil {
+	if _, terr := s.cfg.Recorder.RecordNow(context.WithoutCancel(ctx), ev); terr != nil {
 		return errors.Join(err, fmt.Errorf("audit rejection: %w", terr))
 	}
 	return err

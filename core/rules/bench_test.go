@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/testdb"
@@ -25,11 +26,12 @@ func BenchmarkEvaluate(b *testing.B) {
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	now.Store(start.UnixNano())
 	clk := func() time.Time { return time.Unix(0, now.Load()).UTC() }
-	svc, err := alarms.New(alarms.Config{Pool: pool, Now: clk})
+	rec := audittest.Recorder(b, pool, nil)
+	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Now: clk})
 	if err != nil {
 		b.Fatal(err)
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Alarms: svc, Now: clk})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, Now: clk})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -39,13 +41,13 @@ func BenchmarkEvaluate(b *testing.B) {
 		at := start.Add(time.Duration(i) * time.Second)
 		j := float64(i % 3)
 		return []rules.Observation{
-			{PatientID: p, Code: rules.CodeHeartRate, Value: 72 + j, Unit: "/min", Time: at},
-			{PatientID: p, Code: rules.CodeRespiratoryRate, Value: 15 + j, Unit: "/min", Time: at},
-			{PatientID: p, Code: rules.CodeSpO2, Value: 97 + j, Unit: "%", Time: at},
-			{PatientID: p, Code: rules.CodeInhaledO2Conc, Value: 21, Unit: "%", Time: at},
-			{PatientID: p, Code: rules.CodeSystolicBP, Value: 120 + j, Unit: "mm[Hg]", Time: at},
-			{PatientID: p, Code: rules.CodeConsciousness, Value: 0, Unit: "{score}", Time: at},
-			{PatientID: p, Code: rules.CodeBodyTemperature, Value: 36.8 + j/10, Unit: "Cel", Time: at},
+			{PatientID: p, Code: rules.CodeHeartRate, Value: 72 + j, Unit: "/min", EffectiveAt: at},
+			{PatientID: p, Code: rules.CodeRespiratoryRate, Value: 15 + j, Unit: "/min", EffectiveAt: at},
+			{PatientID: p, Code: rules.CodeSpO2, Value: 97 + j, Unit: "%", EffectiveAt: at},
+			{PatientID: p, Code: rules.CodeInhaledO2Conc, Value: 21, Unit: "%", EffectiveAt: at},
+			{PatientID: p, Code: rules.CodeSystolicBP, Value: 120 + j, Unit: "mm[Hg]", EffectiveAt: at},
+			{PatientID: p, Code: rules.CodeConsciousness, Value: 0, Unit: "{score}", EffectiveAt: at},
+			{PatientID: p, Code: rules.CodeBodyTemperature, Value: 36.8 + j/10, Unit: "Cel", EffectiveAt: at},
 		}
 	}
 	for k := range ids {
@@ -98,7 +100,7 @@ func BenchmarkEvaluate(b *testing.B) {
 				v = 38.6
 			}
 			now.Store(at.UnixNano())
-			res, err := eng.Evaluate(ctx, p, []rules.Observation{{PatientID: p, Code: rules.CodeBodyTemperature, Value: v, Unit: "Cel", Time: at}})
+			res, err := eng.Evaluate(ctx, p, []rules.Observation{{PatientID: p, Code: rules.CodeBodyTemperature, Value: v, Unit: "Cel", EffectiveAt: at}})
 			if err != nil {
 				b.Fatal(err)
 			}

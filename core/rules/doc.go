@@ -8,5 +8,8 @@
 // History) without losing or duplicating an alarm. Conditions become alarms through package
 // alarms.
 //
-// This package MUST NOT import package core (core imports it): its input is Observation.
+// Its input is core/obs: the Observation type, and the Handoff through which core hands over
+// the observations of every committed upload, which the Engine drains (Config.Handoff). This
+// package MUST NOT import package core, nor core it: they meet in core/obs. It depends on the
+// alarm lifecycle only through its own Alarms interface.
 package rules

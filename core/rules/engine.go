@@ -3,14 +3,17 @@ package rules
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
 )
 
 // History gives the Engine the stored observations it needs to rebuild per-patient state after
@@ -24,16 +27,43 @@ type History interface {
 	ObservationsSince(ctx context.Context, patientID uuid.UUID, since time.Time, limit int) ([]Observation, error)
 }
 
+// Alarms is what the engine needs of the alarm lifecycle; *alarms.Service satisfies it. The
+// engine owns this interface and uses nothing else of the alarm service.
+type Alarms interface {
+	// Apply applies a rule's signal inside tx, the engine's transaction: it opens,
+	// re-triggers, changes the severity of, or auto-resolves the patient's open alarm for
+	// the rule, each transition audited in tx. It MUST NOT commit or roll back tx; the
+	// transitions it returns take effect only if tx commits.
+	Apply(ctx context.Context, tx pgx.Tx, sig alarms.Signal) ([]alarms.Transition, error)
+	// ResolvePatient resolves, inside tx, every open alarm of the patient with reason, each
+	// audited with by's actor; same contract on tx as Apply.
+	ResolvePatient(ctx context.Context, tx pgx.Tx, patientID uuid.UUID, by audit.Event, reason string) ([]alarms.Transition, error)
+	// ResolveRule resolves, inside tx, every open alarm raised by the rule (it was disabled);
+	// same contract on tx as Apply.
+	ResolveRule(ctx context.Context, tx pgx.Tx, ruleID string, by audit.Event, reason string) ([]alarms.Transition, error)
+	// Notify hands transitions to the alarm notifier. The engine calls it only after the
+	// transaction that made them committed, in order. It MUST NOT fail the engine: delivery
+	// problems are the notifier's.
+	Notify(ctx context.Context, ts []alarms.Transition)
+}
+
 // Config configures an Engine. Zero values take the documented defaults.
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
-	// Alarms turns rule conditions into alarms. Required.
-	Alarms *alarms.Service
+	// Recorder records the engine's audit events: rule versions, derived observations,
+	// releases, rejections (the process's audit.Outbox). Required.
+	Recorder audit.Recorder
+	// Alarms turns rule conditions into alarms (*alarms.Service). Required.
+	Alarms Alarms
 	// History replays observations newer than a patient's checkpoint on restart. Optional:
 	// without it, state not covered by a checkpoint (anomaly baselines, pending minimum
 	// durations) starts afresh; open alarms are never lost either way.
 	History History
+	// Handoff is where core hands the observations of every committed upload: the engine
+	// drains it (New starts the consumer, Close stops it after consuming what is queued).
+	// Optional: without it, the caller calls Evaluate itself.
+	Handoff *obs.Handoff
 	// ReplayLimit bounds the observations replayed per patient on restart. Default 10,000.
 	ReplayLimit int
 	// ReplayWindow is how far back a patient without any checkpoint is replayed. Default 1h.
@@ -72,8 +102,8 @@ type Engine struct {
 // New loads the latest version of every rule and prepares an Engine. Per-patient state is
 // rebuilt lazily, on a patient's first evaluation (or Tick), from its checkpoint and History.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
-	if cfg.Pool == nil {
-		return nil, errors.New("rules: Config.Pool is required")
+	if cfg.Pool == nil || cfg.Recorder == nil {
+		return nil, errors.New("rules: Config.Pool and Config.Recorder are required")
 	}
 	if cfg.Alarms == nil {
 		return nil, errors.New("rules: Config.Alarms is required")
@@ -94,11 +124,22 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.init(ctx); err != nil {
 		return nil, err
 	}
+	if cfg.Handoff != nil {
+		if err := cfg.Handoff.Start(e.consume); err != nil {
+			return nil, fmt.Errorf("rules: %w", err)
+		}
+	}
 	return e, nil
 }
 
+// consume evaluates one patient's committed observations handed off by core.
+func (e *Engine) consume(ctx context.Context, c obs.Committed) error {
+	_, err := e.evaluate(ctx, c.PatientID, c.Observations)
+	return err
+}
+
 // Evaluate runs every rule on the patient's new observations (already committed by core) in
-// time order. Alarm transitions and NEWS2 scores are written, audited and checkpointed in one
+// time order. (With Config.Handoff the engine calls it itself for every committed upload.) Alarm transitions and NEWS2 scores are written, audited and checkpointed in one
 // transaction, then notified. Observations of another patient are ignored. On a database
 // error, nothing is written and the patient's in-memory state is dropped (rebuilt on the next
 // call), so a retry of the same observations is safe.
@@ -146,5 +187,13 @@ func (e *Engine) ReleasePatient(ctx context.Context, by audit.Event, patientID u
 	return e.releasePatient(ctx, by, patientID, reason)
 }
 
-// Close writes a final checkpoint.
-func (e *Engine) Close(ctx context.Context) error { return e.checkpoint(ctx) }
+// Close consumes what waits in Config.Handoff and stops consuming it (observations handed
+// off later wait for the next Engine), then writes a final checkpoint.
+func (e *Engine) Close(ctx context.Context) error {
+	if e.cfg.Handoff != nil {
+		if err := e.cfg.Handoff.Stop(ctx); err != nil {
+			return fmt.Errorf("rules: %w", err)
+		}
+	}
+	return e.checkpoint(ctx)
+}

@@ -299,12 +299,12 @@ func (e *Engine) commit(ctx context.Context, pid uuid.UUID, st *patientState, si
 			return nil, fmt.Errorf("rules: NEWS2 components: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO rules_news2 (id, patient_id, effective_at, total, band, components, rule_id, rule_version, recorded_at)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, id, pid, d.Time, d.NEWS2.Total, string(d.NEWS2.Band), comp, d.RuleID, d.RuleVersion, now); err != nil {
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)`, id, pid, d.EffectiveAt, d.NEWS2.Total, string(d.NEWS2.Band), comp, d.RuleID, d.RuleVersion, now); err != nil {
 			return nil, fmt.Errorf("rules: record NEWS2: %w", err)
 		}
-		if _, err := audit.Record(ctx, tx, audit.Event{Time: now, Actor: engineActor, Action: "observation.derived",
+		if _, err := e.cfg.Recorder.Record(ctx, tx, audit.Event{Time: now, Actor: engineActor, Action: "observation.derived",
 			Object: audit.Object{Type: "news2", ID: id.String()}, Outcome: audit.OutcomeSuccess,
-			Payload: map[string]any{"patient_id": pid, "code": CodeNEWS2, "effective_at": d.Time, "rule_id": d.RuleID,
+			Payload: map[string]any{"patient_id": pid, "code": CodeNEWS2, "effective_at": d.EffectiveAt, "rule_id": d.RuleID,
 				"rule_version": d.RuleVersion, "components": d.NEWS2}}); err != nil {
 			return nil, fmt.Errorf("rules: record NEWS2: %w", err)
 		}
@@ -443,7 +443,7 @@ func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UU
 	ev.Object = audit.Object{Type: "patient", ID: pid.String()}
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Payload = map[string]any{"reason": reason, "alarms_resolved": len(ts)}
-	if _, err := audit.Record(ctx, tx, ev); err != nil {
+	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
 		return fmt.Errorf("rules: release patient %s: %w", pid, err)
 	}
 	if err := tx.Commit(ctx); err != nil {

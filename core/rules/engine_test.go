@@ -12,30 +12,21 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/core/rules/rulestest"
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 // The test History itself meets the contract the engine relies on.
 // Verifies: REQ-CORE-107
 func TestHistoryConformance(t *testing.T) {
+	t.Parallel()
 	h := &history{}
 	rulestest.TestHistory(t, h, func(*testing.T) uuid.UUID { return uuid.New() },
 		func(_ *testing.T, obs []rules.Observation) { h.add(obs...) })
-}
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	c.t = t
-	c.mu.Unlock()
 }
 
 // history stands in for core's observation storage: what core has committed, per patient.
@@ -55,11 +46,11 @@ func (h *history) ObservationsSince(_ context.Context, p uuid.UUID, since time.T
 	defer h.mu.Unlock()
 	var out []rules.Observation
 	for _, o := range h.obs {
-		if o.PatientID == p && o.Time.After(since) {
+		if o.PatientID == p && o.EffectiveAt.After(since) {
 			out = append(out, o)
 		}
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	sort.SliceStable(out, func(i, j int) bool { return out[i].EffectiveAt.Before(out[j].EffectiveAt) })
 	if len(out) > limit {
 		out = out[len(out)-limit:]
 	}
@@ -70,7 +61,8 @@ var t0 = time.Date(2026, 3, 4, 10, 0, 0, 0, time.UTC)
 
 type env struct {
 	pool   *pgxpool.Pool
-	clk    *clock
+	rec    *audit.Outbox
+	clk    *testclock.Clock
 	hist   *history
 	alarms *alarms.Service
 	eng    *rules.Engine
@@ -79,7 +71,7 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	pool := testdb.New(t)
-	e := &env{pool: pool, clk: &clock{t: t0}, hist: &history{}}
+	e := &env{pool: pool, rec: audittest.Recorder(t, pool, nil), clk: testclock.New(t0), hist: &history{}}
 	e.restart(t)
 	return e
 }
@@ -87,11 +79,11 @@ func newEnv(t *testing.T) *env {
 // restart builds a fresh Service and Engine on the same database, as a process restart does.
 func (e *env) restart(t *testing.T) {
 	t.Helper()
-	svc, err := alarms.New(alarms.Config{Pool: e.pool, Now: e.clk.Now})
+	svc, err := alarms.New(alarms.Config{Pool: e.pool, Recorder: e.rec, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Alarms: svc, History: e.hist, Now: e.clk.Now})
+	eng, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: svc, History: e.hist, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,14 +94,14 @@ func obs(p uuid.UUID, code string, v float64, at time.Time) rules.Observation {
 	unit := map[string]string{rules.CodeHeartRate: "/min", rules.CodeRespiratoryRate: "/min", rules.CodeSpO2: "%",
 		rules.CodeSystolicBP: "mm[Hg]", rules.CodeBodyTemperature: "Cel", rules.CodeConsciousness: "{score}",
 		rules.CodeInhaledO2Conc: "%", rules.CodeInhaledO2Flow: "L/min"}[code]
-	return rules.Observation{PatientID: p, DeviceID: "dev-1", Code: code, Value: v, Unit: unit, Time: at}
+	return rules.Observation{PatientID: p, DeviceID: "dev-1", Code: code, Value: v, Unit: unit, EffectiveAt: at}
 }
 
 // feed stores (in history) and evaluates observations, as core does after its commit.
 func (e *env) feed(t *testing.T, p uuid.UUID, o ...rules.Observation) rules.Result {
 	t.Helper()
 	e.hist.add(o...)
-	e.clk.Set(o[len(o)-1].Time)
+	e.clk.Set(o[len(o)-1].EffectiveAt)
 	res, err := e.eng.Evaluate(context.Background(), p, o)
 	if err != nil {
 		t.Fatalf("Evaluate(%v) error %v", o, err)
@@ -150,6 +142,7 @@ func (e *env) count(t *testing.T, q string, args ...any) int {
 // and de-escalating inside one alarm, on the default hr-high rule (>120 medium, >140 high).
 // Verifies: REQ-CORE-102, REQ-CORE-110, REQ-CORE-111
 func TestThreshold(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	steps := []struct {
@@ -182,6 +175,7 @@ func TestThreshold(t *testing.T) {
 // Rate of change: systolic pressure falling by more than 30 mm[Hg] within 15 minutes.
 // Verifies: REQ-CORE-103
 func TestRateOfChange(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	// A fall of more than 30 within the window raises; once the fall within the window has
@@ -223,6 +217,7 @@ func vitals(p uuid.UUID, at time.Time, rr, spo2, fio2, sbp, hr, acvpu, temp floa
 // a per-patient, audited setting.
 // Verifies: REQ-CORE-100, REQ-CORE-104, REQ-CORE-101
 func TestNEWS2Rule(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -301,6 +296,7 @@ func TestNEWS2Rule(t *testing.T) {
 // Anomaly: a value far from the patient's own baseline raises, normal values clear it.
 // Verifies: REQ-CORE-105
 func TestAnomaly(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	at := t0
@@ -328,6 +324,7 @@ func TestAnomaly(t *testing.T) {
 // patient (discharge) resolves its alarms and ends the no-data watch.
 // Verifies: REQ-CORE-106, REQ-CORE-116
 func TestNoData(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -387,6 +384,7 @@ func doc() audit.Event {
 // never evaluated before the crash are replayed from History exactly once.
 // Verifies: REQ-CORE-107
 func TestRestart(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
@@ -444,6 +442,7 @@ func TestRestart(t *testing.T) {
 // malformed changes are refused and audited; the engine uses the new version at once.
 // Verifies: REQ-CORE-108
 func TestRuleVersions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
 	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}, RequestID: "r-9"}
@@ -537,9 +536,10 @@ func TestRuleVersions(t *testing.T) {
 // A version created through another process's engine is picked up at the next Tick.
 // Verifies: REQ-CORE-108
 func TestRuleVersionFromAnotherProcess(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	ctx := context.Background()
-	other, err := rules.New(ctx, rules.Config{Pool: e.pool, Alarms: e.alarms, Now: e.clk.Now})
+	other, err := rules.New(ctx, rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: e.alarms, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -572,6 +572,7 @@ func TestRuleVersionFromAnotherProcess(t *testing.T) {
 // score has held for 5 minutes.
 // Verifies: REQ-CORE-104, REQ-CORE-101
 func TestNEWS2Backlog(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := uuid.New()
 	var backlog []rules.Observation

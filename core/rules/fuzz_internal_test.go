@@ -54,7 +54,7 @@ func FuzzRuleDefinition(f *testing.F) {
 			}
 			at = at.Add(time.Duration(step%3600+1) * time.Second)
 			for _, c := range []string{CodeHeartRate, CodeSystolicBP, CodeSpO2, CodeRespiratoryRate, CodeBodyTemperature, CodeConsciousness, CodeInhaledO2Flow} {
-				obs = append(obs, Observation{PatientID: p, Code: c, Value: v, Time: at})
+				obs = append(obs, Observation{PatientID: p, Code: c, Value: v, EffectiveAt: at})
 			}
 		}
 		x.observe(set.list, set.byCode, obs)

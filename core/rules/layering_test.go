@@ -12,6 +12,7 @@ import (
 // above it).
 // Verifies: REQ-CORE-107
 func TestNoImportOfCore(t *testing.T) {
+	t.Parallel()
 	forbidden := map[string]bool{
 		"github.com/vigilhealth/vigil/core": true, "github.com/vigilhealth/vigil/devices": true,
 		"github.com/vigilhealth/vigil/server": true,

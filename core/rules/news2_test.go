@@ -35,6 +35,7 @@ func component(s rules.NEWS2Score, p param) int {
 // NEWS2 chart, including SpO2 scale 1, scale 2 on air and on oxygen, and rounding as charted.
 // Verifies: REQ-CORE-100, REQ-CORE-101
 func TestNEWS2ParameterBands(t *testing.T) {
+	t.Parallel()
 	type tc struct {
 		p      param
 		set    func(*rules.NEWS2Input)
@@ -137,6 +138,7 @@ func TestNEWS2ParameterBands(t *testing.T) {
 // Aggregate scores and the response bands, including the single-parameter-3 trigger.
 // Verifies: REQ-CORE-100, REQ-CORE-101
 func TestNEWS2Aggregate(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name  string
 		in    rules.NEWS2Input

@@ -1,24 +1,13 @@
 package rules
 
 import (
-	"time"
-
-	"github.com/google/uuid"
+	"github.com/vigilhealth/vigil/core/obs"
 )
 
 // Observation is one validated, normalized measurement: a known LOINC code, its value in the
-// canonical UCUM unit of that code. Core converts its stored observations to this type.
-type Observation struct {
-	PatientID uuid.UUID
-	DeviceID  string    // registry id of the device that measured it ("" for manual entry)
-	Code      string    // LOINC code, e.g. CodeHeartRate
-	Value     float64   // in Unit
-	Unit      string    // canonical UCUM unit of Code, e.g. "/min", "Cel", "mm[Hg]", "%"
-	Time      time.Time // effective time
-	// Artifact marks a stored observation flagged as implausible; rules ignore it except to
-	// note the device is not silent.
-	Artifact bool
-}
+// canonical UCUM unit of that code (the one type of package core/obs, which core stores and
+// hands to the engine).
+type Observation = obs.Observation
 
 // LOINC codes the rules know, with the canonical unit core normalizes each one to.
 const (

@@ -101,7 +101,7 @@ func (x *runner) signal(r *Rule, raise bool, sev alarms.Severity, at time.Time, 
 // distinct time at which any of its parameters changed (so a backlog delivered at once, or a
 // replay, scores each moment, not only the last).
 func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observation) {
-	sort.SliceStable(obs, func(i, j int) bool { return obs[i].Time.Before(obs[j].Time) })
+	sort.SliceStable(obs, func(i, j int) bool { return obs[i].EffectiveAt.Before(obs[j].EffectiveAt) })
 	var news2 []*Rule
 	for _, r := range rules {
 		if r.Kind == KindNEWS2 {
@@ -123,12 +123,12 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 			continue
 		}
 		fresh := x.advance(o)
-		if !fresh && o.Time.Equal(x.ps.Through) {
+		if !fresh && o.EffectiveAt.Equal(x.ps.Through) {
 			continue // already evaluated (a replay overlapping what was checkpointed)
 		}
 		seen = true // new data, even if older than what was evaluated: the device is alive
-		if o.Time.After(x.ps.LastSeen) {
-			x.ps.LastSeen = o.Time
+		if o.EffectiveAt.After(x.ps.LastSeen) {
+			x.ps.LastSeen = o.EffectiveAt
 		}
 		if !fresh {
 			continue // older than what was evaluated: stored by core, not evaluated
@@ -139,7 +139,7 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		if math.IsNaN(o.Value) || math.IsInf(o.Value, 0) {
 			continue
 		}
-		if o.Time.After(pending) {
+		if o.EffectiveAt.After(pending) {
 			score()
 		}
 		for _, r := range byCode[o.Code] {
@@ -153,8 +153,8 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 			}
 		}
 		if name, ok := news2Param[o.Code]; ok {
-			x.ps.Latest[name] = point{T: o.Time, V: o.Value}
-			pending = o.Time
+			x.ps.Latest[name] = point{T: o.EffectiveAt, V: o.Value}
+			pending = o.EffectiveAt
 		}
 	}
 	score()
@@ -176,11 +176,11 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 // evaluated or older than the mark.
 func (x *runner) advance(o Observation) bool {
 	switch {
-	case o.Time.After(x.ps.Through):
-		x.ps.Through = o.Time
+	case o.EffectiveAt.After(x.ps.Through):
+		x.ps.Through = o.EffectiveAt
 		x.ps.ThroughCodes = append(x.ps.ThroughCodes[:0], o.Code)
 		return true
-	case o.Time.Equal(x.ps.Through):
+	case o.EffectiveAt.Equal(x.ps.Through):
 		for _, c := range x.ps.ThroughCodes {
 			if c == o.Code {
 				return false
@@ -208,27 +208,29 @@ func (x *runner) threshold(r *Rule, o Observation) {
 	p := r.Threshold
 	rs := x.ps.rule(r)
 	lvl := crossed(p, o.Value, 0)
-	detail := func() any { return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "at": o.Time} }
+	detail := func() any {
+		return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "at": o.EffectiveAt}
+	}
 	if !rs.Active {
 		if lvl < 0 {
 			rs.PendingSince = nil
 			return
 		}
 		if rs.PendingSince == nil {
-			t := o.Time
+			t := o.EffectiveAt
 			rs.PendingSince = &t
 		}
-		if o.Time.Sub(*rs.PendingSince) < time.Duration(p.MinDuration) {
+		if o.EffectiveAt.Sub(*rs.PendingSince) < time.Duration(p.MinDuration) {
 			return
 		}
 		rs.Active, rs.Severity, rs.PendingSince = true, p.Levels[lvl].Severity, nil
-		x.signal(r, true, rs.Severity, o.Time, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[lvl].Limit), detail())
+		x.signal(r, true, rs.Severity, o.EffectiveAt, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[lvl].Limit), detail())
 		return
 	}
 	held := crossed(p, o.Value, p.Hysteresis) // the level kept given hysteresis
 	if held < 0 {
 		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, o.Time, fmt.Sprintf("%s cleared at %g %s", r.Name, o.Value, o.Unit), detail())
+		x.signal(r, false, 0, o.EffectiveAt, fmt.Sprintf("%s cleared at %g %s", r.Name, o.Value, o.Unit), detail())
 		return
 	}
 	cur := -1
@@ -246,7 +248,7 @@ func (x *runner) threshold(r *Rule, o Observation) {
 	}
 	if next != cur && next >= 0 {
 		rs.Severity = p.Levels[next].Severity
-		x.signal(r, true, rs.Severity, o.Time, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[next].Limit), detail())
+		x.signal(r, true, rs.Severity, o.EffectiveAt, fmt.Sprintf("%s %s %g %s (limit %g)", r.Name, p.Direction, o.Value, o.Unit, p.Levels[next].Limit), detail())
 	}
 }
 
@@ -254,7 +256,7 @@ func (x *runner) rate(r *Rule, o Observation) {
 	p := r.Rate
 	rs := x.ps.rule(r)
 	// Keep a monotonic deque: for a rise the window's minimum, for a fall its maximum.
-	cut := o.Time.Add(-time.Duration(p.Window))
+	cut := o.EffectiveAt.Add(-time.Duration(p.Window))
 	i := 0
 	for i < len(rs.Deque) && rs.Deque[i].T.Before(cut) {
 		i++
@@ -275,9 +277,9 @@ func (x *runner) rate(r *Rule, o Observation) {
 		}
 		rs.Deque = rs.Deque[:n-1]
 	}
-	rs.Deque = append(rs.Deque, point{T: o.Time, V: o.Value})
+	rs.Deque = append(rs.Deque, point{T: o.EffectiveAt, V: o.Value})
 	detail := func() any {
-		return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "change": change, "window": p.Window, "at": o.Time}
+		return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "change": change, "window": p.Window, "at": o.EffectiveAt}
 	}
 	hit := change > p.MaxChange
 	switch {
@@ -285,16 +287,16 @@ func (x *runner) rate(r *Rule, o Observation) {
 		rs.PendingSince = nil
 		if !rs.Active {
 			rs.Active, rs.Severity = true, p.Severity
-			x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: changed by %g %s within %s", r.Name, change, o.Unit, time.Duration(p.Window)), detail())
+			x.signal(r, true, p.Severity, o.EffectiveAt, fmt.Sprintf("%s: changed by %g %s within %s", r.Name, change, o.Unit, time.Duration(p.Window)), detail())
 		}
 	case rs.Active:
 		if rs.PendingSince == nil { // within the limit since now: clear once it has held
-			t := o.Time
+			t := o.EffectiveAt
 			rs.PendingSince = &t
 		}
-		if o.Time.Sub(*rs.PendingSince) >= time.Duration(p.Hold) {
+		if o.EffectiveAt.Sub(*rs.PendingSince) >= time.Duration(p.Hold) {
 			rs.Active, rs.Severity, rs.PendingSince = false, 0, nil
-			x.signal(r, false, 0, o.Time, r.Name+" cleared", detail())
+			x.signal(r, false, 0, o.EffectiveAt, r.Name+" cleared", detail())
 		}
 	}
 }
@@ -332,13 +334,13 @@ func (x *runner) anomaly(r *Rule, o Observation) {
 		return
 	}
 	detail := func() any {
-		return map[string]any{"code": o.Code, "value": v, "unit": o.Unit, "z": z, "baseline_mean": rs.Mean, "baseline_sd": sd, "at": o.Time}
+		return map[string]any{"code": o.Code, "value": v, "unit": o.Unit, "z": z, "baseline_mean": rs.Mean, "baseline_sd": sd, "at": o.EffectiveAt}
 	}
 	if math.Abs(z) > p.Z {
 		rs.Normal = 0
 		if !rs.Active {
 			rs.Active, rs.Severity = true, p.Severity
-			x.signal(r, true, p.Severity, o.Time, fmt.Sprintf("%s: %g %s is %.1f SD from this patient's baseline", r.Name, v, o.Unit, z), detail())
+			x.signal(r, true, p.Severity, o.EffectiveAt, fmt.Sprintf("%s: %g %s is %.1f SD from this patient's baseline", r.Name, v, o.Unit, z), detail())
 		}
 		return
 	}
@@ -346,7 +348,7 @@ func (x *runner) anomaly(r *Rule, o Observation) {
 		rs.Normal++
 		if rs.Normal >= p.ClearAfter {
 			rs.Active, rs.Severity, rs.Normal = false, 0, 0
-			x.signal(r, false, 0, o.Time, r.Name+" cleared", detail())
+			x.signal(r, false, 0, o.EffectiveAt, r.Name+" cleared", detail())
 		}
 	}
 }
@@ -413,7 +415,7 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		sc := score
 		rs.Last = &sc
 		x.derived = append(x.derived, Derived{
-			Observation: Observation{PatientID: x.pid, Code: CodeNEWS2, Value: float64(score.Total), Unit: "{score}", Time: at},
+			Observation: Observation{PatientID: x.pid, Code: CodeNEWS2, Value: float64(score.Total), Unit: "{score}", EffectiveAt: at},
 			RuleID:      r.ID, RuleVersion: r.Version, NEWS2: &sc,
 		})
 	}

@@ -247,7 +247,7 @@ func (e *Engine) createVersion(ctx context.Context, by audit.Event, r Rule) (Rul
 	ev.Reason = ""
 	ev.Payload = map[string]any{"version": r.Version, "previous_version": latest, "name": r.Name, "kind": r.Kind,
 		"enabled": r.Enabled, "definition": json.RawMessage(def), "reason": r.Reason}
-	if _, err := audit.Record(ctx, tx, ev); err != nil {
+	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
 		return Rule{}, fmt.Errorf("create rule version: %w", err)
 	}
 	// Disabling a rule resolves its open alarms: nothing would ever clear them otherwise.
@@ -279,18 +279,9 @@ func (e *Engine) rejectRule(ctx context.Context, by audit.Event, r Rule, code st
 	return errors.Join(err, e.auditAlone(ctx, ev))
 }
 
-// auditAlone records ev in a transaction of its own (for rejections, which change nothing).
+// auditAlone records ev on its own, group-committed (for rejections, which change nothing).
 func (e *Engine) auditAlone(ctx context.Context, ev audit.Event) error {
-	actx := context.WithoutCancel(ctx)
-	tx, err := e.cfg.Pool.Begin(actx)
-	if err != nil {
-		return fmt.Errorf("audit rejection: %w", err)
-	}
-	defer func() { _ = tx.Rollback(actx) }()
-	if _, err := audit.Record(actx, tx, ev); err != nil {
-		return fmt.Errorf("audit rejection: %w", err)
-	}
-	if err := tx.Commit(actx); err != nil {
+	if _, err := e.cfg.Recorder.RecordNow(context.WithoutCancel(ctx), ev); err != nil {
 		return fmt.Errorf("audit rejection: %w", err)
 	}
 	return nil
@@ -327,7 +318,7 @@ func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID
 	}
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Payload = map[string]any{"scale": scale, "previous_scale": p.st.SpO2Scale, "reason": reason}
-	if _, err := audit.Record(ctx, tx, ev); err != nil {
+	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
 		return fmt.Errorf("set SpO2 scale: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -16,30 +16,24 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // T0 is the controlled clock's start.
-var T0 = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+var T0 = testclock.T0
 
-// Clock is a controlled clock, safe for concurrent use.
-type Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// Clock is the tests' controlled clock (internal/testclock).
+type Clock = testclock.Clock
 
 // NewClock returns a controlled clock set to t.
-func NewClock(t time.Time) *Clock { return &Clock{t: t} }
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-
-// Add moves the clock forward.
-func (c *Clock) Add(d time.Duration) { c.mu.Lock(); defer c.mu.Unlock(); c.t = c.t.Add(d) }
+func NewClock(t time.Time) *Clock { return testclock.New(t) }
 
 // Admin is the audit origin of registry changes made by tests.
 var Admin = devices.Origin{Actor: audit.Actor{Kind: audit.ActorUser, ID: "admin-1", AuthMethod: "password+totp"}, RequestID: "test"}
@@ -50,6 +44,7 @@ type Env struct {
 	Pool    *pgxpool.Pool
 	URL     string
 	Clock   *Clock
+	Rec     *audit.Outbox // the audit recorder every service of the stack records with
 	Core    *core.Service
 	Devices *devices.Service
 	Ring    *keys.Ring
@@ -61,34 +56,24 @@ type Env struct {
 func New(t testing.TB, mod func(*devices.Config)) *Env {
 	t.Helper()
 	pool, url := testdb.NewWithURL(t)
-	return NewOn(t, pool, url, &Clock{t: T0}, mod)
+	return NewOn(t, pool, url, NewClock(T0), mod)
 }
 
 // NewOn starts the stack on an existing database with the given clock.
 func NewOn(t testing.TB, pool *pgxpool.Pool, url string, clk *Clock, mod func(*devices.Config)) *Env {
 	t.Helper()
 	ctx := context.Background()
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("devicestest passphrase"), ScryptN: 1 << 10})
-	if err != nil {
-		t.Fatalf("keys.NewLocal = %v", err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatalf("keys.NewRing = %v", err)
-	}
-	t.Cleanup(func() { _ = ring.Close() })
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		t.Fatalf("EnsureKeys = %v", err)
-	}
+	ring := keystest.LocalRing(t, nil)
+	rec := audittest.Recorder(t, pool, nil)
 	sg, err := ring.Signer(ctx, keys.ReceiptSigning)
 	if err != nil {
 		t.Fatalf("receipt signer = %v", err)
 	}
-	cs, err := core.New(core.Config{Pool: pool, Now: clk.Now, PHI: ring.PHI()})
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, Now: clk.Now, PHI: ring.PHI()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: sg, Now: clk.Now}
+	cfg := devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: sg, Now: clk.Now}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -103,7 +88,7 @@ func NewOn(t testing.TB, pool *pgxpool.Pool, url string, clk *Clock, mod func(*d
 			t.Errorf("devices.Close = %v", err)
 		}
 	})
-	e := &Env{Ctx: ctx, Pool: pool, URL: url, Clock: clk, Core: cs, Devices: ds, Ring: ring, Signer: sg}
+	e := &Env{Ctx: ctx, Pool: pool, URL: url, Clock: clk, Rec: rec, Core: cs, Devices: ds, Ring: ring, Signer: sg}
 	e.Patient = e.NewPatient(t)
 	return e
 }

@@ -53,7 +53,7 @@ func BenchmarkMQTTUploads(b *testing.B) {
 	nConns := envInt("VIGIL_BENCH_CONNS", 8)
 	st := simtest.New(b, func(c *devices.Config) { c.RatePerSecond, c.SampleQuotaPerHour = -1, -1 })
 	prefix := "vigilbench/" + strings.ReplaceAll(uuid.NewString()[:8], "-", "") + "/devices"
-	in, err := mqtt.Start(mqtt.Config{Broker: brokerURL(), Prefix: prefix, Accepter: st.Devices, Pool: st.Pool,
+	in, err := mqtt.Start(mqtt.Config{Broker: brokerURL(), Prefix: prefix, Accepter: st.Devices, Recorder: st.Rec,
 		Workers: nWorkers, ReceiveMaximum: 65535, ReplyQoS0: os.Getenv("VIGIL_BENCH_REPLY_QOS0") != "", ShareGroup: "bench" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")})
 	if err != nil {
 		b.Fatal(err)

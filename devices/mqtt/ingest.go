@@ -17,7 +17,6 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/devices"
@@ -78,9 +77,9 @@ type Config struct {
 	AcceptTimeout time.Duration
 	// Accepter verifies and stores uploads (the devices service). Required.
 	Accepter Accepter
-	// Pool is where this adapter audits the rejections it makes itself (an envelope signed
-	// for another device than its topic names). Required.
-	Pool *pgxpool.Pool
+	// Recorder audits the rejections this adapter makes itself (an envelope signed for
+	// another device than its topic names): the process's audit.Outbox. Required.
+	Recorder audit.Recorder
 	// Logger receives connection events and failures. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -94,8 +93,8 @@ func (c *Config) setDefaults() error {
 	if c.Accepter == nil {
 		return errors.New("mqtt: Config.Accepter is required")
 	}
-	if c.Pool == nil {
-		return errors.New("mqtt: Config.Pool is required")
+	if c.Recorder == nil {
+		return errors.New("mqtt: Config.Recorder is required")
 	}
 	if c.ClientID == "" {
 		var b [6]byte
@@ -143,6 +142,9 @@ type Stats struct {
 	Failed   uint64 // uploads that failed for an internal reason (answered internal_error)
 	Replies  uint64 // replies published
 	Connects uint64 // successful connections (1 + reconnections)
+	// Subscriptions counts the upload subscriptions the broker granted (one per connection,
+	// a moment after it): uploads published before it on a fresh session are not delivered.
+	Subscriptions uint64
 	// AcceptTime and ReplyTime are the total time spent in verification and storage
 	// (Accepter.Accept) and in publishing replies and acknowledging: divided by Received they
 	// say where an upload's time goes.
@@ -165,8 +167,8 @@ type Ingestor struct {
 	up      chan struct{} // closed at the first successful subscription
 	upOnce  sync.Once
 
-	received, accepted, rejected, failed, replies, connects atomic.Uint64
-	acceptNanos, replyNanos                                 atomic.Int64
+	received, accepted, rejected, failed, replies, connects, subscribed atomic.Uint64
+	acceptNanos, replyNanos                                             atomic.Int64
 }
 
 type message struct {
@@ -237,6 +239,7 @@ func Start(cfg Config) (*Ingestor, error) {
 					}
 					return
 				}
+				in.subscribed.Add(1)
 				in.upOnce.Do(func() { close(in.up) })
 			}()
 		},
@@ -294,7 +297,7 @@ func (in *Ingestor) Subscribed() bool {
 // Stats returns the counters.
 func (in *Ingestor) Stats() Stats {
 	return Stats{Received: in.received.Load(), Accepted: in.accepted.Load(), Rejected: in.rejected.Load(),
-		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(),
+		Failed: in.failed.Load(), Replies: in.replies.Load(), Connects: in.connects.Load(), Subscriptions: in.subscribed.Load(),
 		AcceptTime: time.Duration(in.acceptNanos.Load()), ReplyTime: time.Duration(in.replyNanos.Load())}
 }
 
@@ -468,7 +471,7 @@ func (in *Ingestor) ack(m message) {
 	}
 }
 
-// auditOwnRejection records a rejection this adapter decided itself, in its own transaction.
+// auditOwnRejection records a rejection this adapter decided itself (group-committed).
 func (in *Ingestor) auditOwnRejection(ctx context.Context, device, upload, code string, cause error) {
 	ev := audit.Event{
 		Actor:      audit.Actor{Kind: audit.ActorDevice, ID: "unverified:" + clip(device), AuthMethod: "none"},
@@ -485,15 +488,7 @@ func (in *Ingestor) auditOwnRejection(ctx context.Context, device, upload, code 
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	tx, err := in.cfg.Pool.Begin(actx)
-	if err == nil {
-		if _, err = audit.Record(actx, tx, ev); err == nil {
-			err = tx.Commit(actx)
-		} else {
-			_ = tx.Rollback(actx)
-		}
-	}
-	if err != nil {
+	if _, err := in.cfg.Recorder.RecordNow(actx, ev); err != nil {
 		in.cfg.Logger.ErrorContext(ctx, "mqtt: audit of rejected upload failed", slog.String("code", code), slog.String("error", err.Error()))
 	}
 }

@@ -49,7 +49,7 @@ func newRig(t *testing.T, tune func(*devices.Config)) *rig {
 	t.Helper()
 	st := simtest.New(t, tune)
 	prefix := uniquePrefix(t)
-	in, err := mqtt.Start(mqtt.Config{Broker: brokerURL(), Prefix: prefix, Accepter: st.Devices, Pool: st.Pool,
+	in, err := mqtt.Start(mqtt.Config{Broker: brokerURL(), Prefix: prefix, Accepter: st.Devices, Recorder: st.Rec,
 		ShareGroup: "g" + strings.ReplaceAll(uuid.NewString()[:8], "-", ""), Workers: 8})
 	if err != nil {
 		t.Fatalf("mqtt.Start: %v", err)
@@ -145,7 +145,12 @@ func TestMQTTRejections(t *testing.T) {
 	var overloaded atomic.Bool
 	r := newRig(t, func(c *devices.Config) {
 		c.RatePerSecond, c.RateBurst = 0.001, 3
-		c.Pressure = func() (bool, time.Duration) { return overloaded.Load(), 2 * time.Second }
+		c.Pushback = devices.AdmitFunc(func() error {
+			if overloaded.Load() {
+				return &audit.PushbackError{RetryAfter: 2 * time.Second}
+			}
+			return nil
+		})
 	})
 	ctx := context.Background()
 	now := time.Now()

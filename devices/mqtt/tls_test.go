@@ -115,7 +115,7 @@ func TestMQTTOverTLS(t *testing.T) {
 	broker, pool := tlsBroker(t)
 	st := simtest.New(t, nil)
 	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	in, err := mqtt.Start(mqtt.Config{Broker: broker, TLS: tc, Accepter: st.Devices, Pool: st.Pool, Workers: 4})
+	in, err := mqtt.Start(mqtt.Config{Broker: broker, TLS: tc, Accepter: st.Devices, Recorder: st.Rec, Workers: 4})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 func TestSDKOverHTTP(t *testing.T) {
 	t.Parallel()
 	st := simtest.New(t, nil)
-	srv, err := server.New(server.Config{Pool: st.Pool, Devices: st.Devices})
+	srv, err := server.New(server.Config{Pool: st.Pool, Recorder: st.Rec, Devices: st.Devices})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func (c *counting) Upload(ctx context.Context, raw []byte) ([]byte, error) {
 func TestSDKHonoursRateLimit(t *testing.T) {
 	t.Parallel()
 	st := simtest.New(t, func(c *devices.Config) { c.RatePerSecond, c.RateBurst = 2, 1 })
-	srv, err := server.New(server.Config{Pool: st.Pool, Devices: st.Devices})
+	srv, err := server.New(server.Config{Pool: st.Pool, Recorder: st.Rec, Devices: st.Devices})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 // Same seed, same readings; another seed, other readings.
 // Verifies: REQ-DEV-120
 func TestPatientDeterministic(t *testing.T) {
+	t.Parallel()
 	series := func(seed uint64) []Vitals {
 		p := NewPatient(seed, 3, Sepsis)
 		var out []Vitals
@@ -39,6 +40,7 @@ func TestPatientDeterministic(t *testing.T) {
 // possible value), and only the artefact scenario produces implausible ones.
 // Verifies: REQ-DEV-121
 func TestScenariosDriveRules(t *testing.T) {
+	t.Parallel()
 	for _, sc := range Scenarios {
 		t.Run(string(sc), func(t *testing.T) {
 			maxNEWS, minHR, maxHR, implausible := 0, 1000.0, 0.0, 0
@@ -92,6 +94,7 @@ func TestScenariosDriveRules(t *testing.T) {
 
 // Verifies: REQ-DEV-120
 func TestParseScenarioAndMix(t *testing.T) {
+	t.Parallel()
 	for _, s := range []string{"stable", "SEPSIS", " hypoxia ", "bradycardia", "artifact", "offline", "mixed"} {
 		if _, err := ParseScenario(s); err != nil {
 			t.Errorf("ParseScenario(%q) = %v, want ok", s, err)

@@ -1,5 +1,6 @@
-// Package archtest enforces the architecture of DESIGN.md on the source tree: which layer may
-// import which, and that nothing logs except through log/slog. Its test runs in `make test`.
+// Package archtest enforces the architecture described in docs/architecture.md on the source
+// tree: which layer may import which, that Trillian is imported by audit/chain alone, and that
+// nothing logs except through log/slog. Its test runs in `make test`.
 package archtest
 
 import (
@@ -8,6 +9,7 @@ import (
 	"go/parser"
 	"go/token"
 	"io/fs"
+	"path"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -34,6 +36,21 @@ var Allowed = map[string][]string{
 	"cmd":          {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 	"internal":     {},
 	"bench":        {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+}
+
+// ReadSide lists packages of Vigil that only some areas may import although their area is
+// allowed: domain packages record audit events through audit.Recorder; reading the chain
+// (proofs, checkpoints, verification, packs) is for the shell, the commands and the quality
+// system.
+var ReadSide = map[string][]string{
+	"audit/chain": {"audit", "server", "cmd", "qms", "bench"},
+}
+
+// Confined maps an import path prefix to the one package directory that may import it: the
+// transparency log's client and server (Trillian) belong to the audit chain, so that anything
+// that only records an event links no log server.
+var Confined = map[string]string{
+	"github.com/google/trillian": "audit/chain",
 }
 
 // ForbiddenLoggers are packages that log outside log/slog.
@@ -100,13 +117,29 @@ func Check(root string) ([]Violation, error) {
 	return out, err
 }
 
+// readSide reports whether area may import pkg under ReadSide, and if not, who may.
+func readSide(area, pkg string) (string, bool) {
+	for p, areas := range ReadSide {
+		if pkg != p && !strings.HasPrefix(pkg, p+"/") {
+			continue
+		}
+		for _, a := range areas {
+			if a == area {
+				return "", true
+			}
+		}
+		return "only " + strings.Join(areas, ", ") + " may", false
+	}
+	return "", true
+}
+
 func checkFile(fset *token.FileSet, rel string, f *ast.File) []Violation {
 	var out []Violation
 	area := strings.SplitN(rel, "/", 2)[0]
 	isTest := strings.HasSuffix(rel, "_test.go")
 	allowed, known := Allowed[area]
 	if !known && strings.Contains(rel, "/") {
-		out = append(out, Violation{rel, 1, fmt.Sprintf("top-level folder %q is not placed in the layering (internal/archtest.Allowed)", area)})
+		out = append(out, Violation{rel, 1, fmt.Sprintf("top-level folder %q is not placed in the layering (internal/archtest.Allowed, docs/architecture.md)", area)})
 	}
 	for _, imp := range f.Imports {
 		p, _ := strconv.Unquote(imp.Path.Value)
@@ -114,10 +147,19 @@ func checkFile(fset *token.FileSet, rel string, f *ast.File) []Violation {
 		if ForbiddenLoggers[p] && !strings.HasPrefix(rel, "internal/klogslog/") {
 			out = append(out, Violation{rel, line, fmt.Sprintf("imports %q: log through log/slog only", p)})
 		}
+		for prefix, dir := range Confined {
+			if (p == prefix || strings.HasPrefix(p, prefix+"/")) && path.Dir(rel) != dir {
+				out = append(out, Violation{rel, line, fmt.Sprintf("imports %q: only %s may (docs/architecture.md)", p, dir)})
+			}
+		}
 		if isTest || !strings.HasPrefix(p, Module+"/") {
 			continue // tests may integrate across layers
 		}
-		target := strings.SplitN(strings.TrimPrefix(p, Module+"/"), "/", 2)[0]
+		pkg := strings.TrimPrefix(p, Module+"/")
+		if v, ok := readSide(area, pkg); !ok {
+			out = append(out, Violation{rel, line, fmt.Sprintf("%s may not import %s: %s (docs/architecture.md)", area, p, v)})
+		}
+		target := strings.SplitN(pkg, "/", 2)[0]
 		if target == area || target == "internal" {
 			continue
 		}
@@ -126,7 +168,7 @@ func checkFile(fset *token.FileSet, rel string, f *ast.File) []Violation {
 			ok = ok || a == target
 		}
 		if !ok {
-			out = append(out, Violation{rel, line, fmt.Sprintf("%s may not import %s (DESIGN.md layering)", area, p)})
+			out = append(out, Violation{rel, line, fmt.Sprintf("%s may not import %s (docs/architecture.md layering)", area, p)})
 		}
 	}
 	// Libraries return errors; only commands print. fmt.Print* and print/println write to the

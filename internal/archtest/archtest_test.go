@@ -37,6 +37,9 @@ func TestCheckCatchesViolations(t *testing.T) {
 		"core/c.go":         "package core\nimport \"fmt\"\nfunc f() { fmt.Println(1) }\n",
 		"devices/d.go":      "package devices\nimport _ \"" + Module + "/server\"\n",
 		"devices/d_test.go": "package devices\nimport _ \"" + Module + "/server\"\n",
+		"audit/r.go":        "package audit\nimport _ \"github.com/google/trillian\"\n",
+		"audit/chain/c.go":  "package chain\nimport _ \"github.com/google/trillian/types\"\n",
+		"core/x.go":         "package core\nimport _ \"" + Module + "/audit/chain\"\n",
 		"cmd/vigil/main.go": "package main\nimport \"fmt\"\nfunc main() { fmt.Println(1) }\n",
 		"extra/x.go":        "package extra\n",
 	}
@@ -59,7 +62,9 @@ func TestCheckCatchesViolations(t *testing.T) {
 	}
 	want := []string{
 		"audit/a.go:3: imports \"log\"",
+		"audit/r.go:2: imports \"github.com/google/trillian\": only audit/chain may",
 		"core/c.go:3: fmt.Println in a library",
+		"core/x.go:2: core may not import " + Module + "/audit/chain: only",
 		"devices/d.go:2: devices may not import",
 		"extra/x.go:1: top-level folder \"extra\"",
 		"keys/k.go:2: keys may not import",

@@ -10,48 +10,18 @@ import (
 	"os/exec"
 	"testing"
 
-	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/interop"
 )
 
-// txRecorder records into the audit outbox of pool: Record inside the caller's
-// transaction, RecordNow in a transaction of its own.
-type txRecorder struct{ pool *pgxpool.Pool }
-
-// Recorder returns an interop.Recorder on pool's audit outbox (audit.Record); RecordNow
-// commits one transaction per event. ServiceRecorder is the group-committed one.
-func Recorder(pool *pgxpool.Pool) interop.Recorder { return txRecorder{pool} }
-
-func (r txRecorder) Record(ctx context.Context, tx pgx.Tx, ev audit.Event) (uuid.UUID, error) {
-	return audit.Record(ctx, tx, ev)
-}
-
-func (r txRecorder) RecordNow(ctx context.Context, ev audit.Event) (uuid.UUID, error) {
-	var id uuid.UUID
-	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
-		var err error
-		id, err = audit.Record(ctx, tx, ev)
-		return err
-	})
-	return id, err
-}
-
-// serviceRecorder adapts an audit.Service (group-committed RecordNow).
-type serviceRecorder struct{ svc *audit.Service }
-
-// ServiceRecorder returns the interop.Recorder of a running audit service.
-func ServiceRecorder(svc *audit.Service) interop.Recorder { return serviceRecorder{svc} }
-
-func (r serviceRecorder) Record(ctx context.Context, tx pgx.Tx, ev audit.Event) (uuid.UUID, error) {
-	return audit.Record(ctx, tx, ev)
-}
-
-func (r serviceRecorder) RecordNow(ctx context.Context, ev audit.Event) (uuid.UUID, error) {
-	return r.svc.RecordNow(ctx, ev)
+// Recorder returns the process's audit recorder over pool (the test database), as every
+// service receives it in production: Record inside the caller's transaction, RecordNow
+// group-committed. It is closed when the test ends.
+func Recorder(t testing.TB, pool *pgxpool.Pool) interop.Recorder {
+	t.Helper()
+	return audittest.Recorder(t, pool, nil)
 }
 
 // Event is an audit event as stored.

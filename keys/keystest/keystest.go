@@ -18,26 +18,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/keys"
 )
 
 // Factory returns a new, empty backend (no keys) for one subtest; the suite closes it.
 type Factory func(t *testing.T) keys.Backend
 
-// Clock is a controlled clock for tests.
-type Clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
+// Clock is the tests' controlled clock (internal/testclock).
+type Clock = testclock.Clock
 
 // NewClock returns a clock at a fixed instant.
-func NewClock() *Clock { return &Clock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-
-// Advance moves the clock forward.
-func (c *Clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+func NewClock() *Clock { return testclock.New(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)) }
 
 // counting wraps a backend and counts data-key generations and unwraps (a decorator, the
 // real backend does the work).

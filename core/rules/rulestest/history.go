@@ -24,12 +24,12 @@ func TestHistory(t *testing.T, h rules.History, newPatient func(t *testing.T) uu
 	for i := 0; i < 10; i++ {
 		at := t0.Add(time.Duration(i) * time.Second)
 		want = append(want,
-			rules.Observation{PatientID: a, Code: rules.CodeHeartRate, Value: 70 + float64(i), Unit: "/min", Time: at},
-			rules.Observation{PatientID: a, Code: rules.CodeSpO2, Value: 90 + float64(i%5), Unit: "%", Time: at})
+			rules.Observation{PatientID: a, Code: rules.CodeHeartRate, Value: 70 + float64(i), Unit: "/min", EffectiveAt: at},
+			rules.Observation{PatientID: a, Code: rules.CodeSpO2, Value: 90 + float64(i%5), Unit: "%", EffectiveAt: at})
 	}
 	// Stored out of order, in two batches, with another patient's data in between.
 	store(t, append([]rules.Observation(nil), want[10:]...))
-	store(t, []rules.Observation{{PatientID: b, Code: rules.CodeHeartRate, Value: 99, Unit: "/min", Time: t0.Add(3 * time.Second)}})
+	store(t, []rules.Observation{{PatientID: b, Code: rules.CodeHeartRate, Value: 99, Unit: "/min", EffectiveAt: t0.Add(3 * time.Second)}})
 	store(t, append([]rules.Observation(nil), want[:10]...))
 
 	check := func(name string, got []rules.Observation, want []rules.Observation) {
@@ -39,11 +39,11 @@ func TestHistory(t *testing.T, h rules.History, newPatient func(t *testing.T) uu
 		}
 		for i := range got {
 			g, w := got[i], want[i]
-			if g.PatientID != w.PatientID || g.Code != w.Code || g.Value != w.Value || !g.Time.Equal(w.Time) {
+			if g.PatientID != w.PatientID || g.Code != w.Code || g.Value != w.Value || !g.EffectiveAt.Equal(w.EffectiveAt) {
 				t.Errorf("%s: ObservationsSince()[%d] = %s %s %g at %v, want %s %s %g at %v", name, i,
-					g.PatientID, g.Code, g.Value, g.Time, w.PatientID, w.Code, w.Value, w.Time)
+					g.PatientID, g.Code, g.Value, g.EffectiveAt, w.PatientID, w.Code, w.Value, w.EffectiveAt)
 			}
-			if i > 0 && got[i].Time.Before(got[i-1].Time) {
+			if i > 0 && got[i].EffectiveAt.Before(got[i-1].EffectiveAt) {
 				t.Errorf("%s: ObservationsSince() not in ascending time at %d", name, i)
 			}
 		}
@@ -51,7 +51,7 @@ func TestHistory(t *testing.T, h rules.History, newPatient func(t *testing.T) uu
 	byTime := func(obs []rules.Observation, after time.Time) []rules.Observation {
 		var out []rules.Observation
 		for _, o := range obs {
-			if o.Time.After(after) {
+			if o.EffectiveAt.After(after) {
 				out = append(out, o)
 			}
 		}
@@ -97,7 +97,7 @@ func sortLike(got, want []rules.Observation) {
 		}
 	}
 	for i := 1; i < len(got); i++ {
-		for j := i; j > 0 && got[j].Time.Equal(got[j-1].Time) && rank[got[j].Code] < rank[got[j-1].Code]; j-- {
+		for j := i; j > 0 && got[j].EffectiveAt.Equal(got[j-1].EffectiveAt) && rank[got[j].Code] < rank[got[j-1].Code]; j-- {
 			got[j], got[j-1] = got[j-1], got[j]
 		}
 	}

@@ -14,17 +14,21 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/sdk"
 	"github.com/vigilhealth/vigil/devices/sim"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // Stack is the device path of one test.
 type Stack struct {
 	Pool       *pgxpool.Pool
+	Rec        *audit.Outbox // the audit recorder every service of the stack records with
 	Ring       *keys.Ring
 	Core       *core.Service
 	Devices    *devices.Service
@@ -40,27 +44,17 @@ func New(t testing.TB, tune func(*devices.Config)) *Stack {
 	t.Helper()
 	ctx := context.Background()
 	pool := testdb.New(t)
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: t.TempDir(), Passphrase: []byte("simtest passphrase"), ScryptN: 1 << 10})
-	if err != nil {
-		t.Fatalf("keys.NewLocal: %v", err)
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		t.Fatalf("keys.NewRing: %v", err)
-	}
-	t.Cleanup(func() { _ = ring.Close() })
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		t.Fatalf("EnsureKeys: %v", err)
-	}
+	ring := keystest.LocalRing(t, nil)
+	rec := audittest.Recorder(t, pool, nil)
 	signer, err := ring.Signer(ctx, keys.ReceiptSigning)
 	if err != nil {
 		t.Fatalf("receipt signer: %v", err)
 	}
-	cs, err := core.New(core.Config{Pool: pool, PHI: ring.PHI()})
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI()})
 	if err != nil {
 		t.Fatalf("core.New: %v", err)
 	}
-	dc := devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: signer}
+	dc := devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer}
 	if tune != nil {
 		tune(&dc)
 	}
@@ -77,7 +71,7 @@ func New(t testing.TB, tune func(*devices.Config)) *Stack {
 	if err != nil {
 		t.Fatalf("ReceiptKey: %v", err)
 	}
-	return &Stack{Pool: pool, Ring: ring, Core: cs, Devices: ds, ReceiptKey: pub,
+	return &Stack{Pool: pool, Rec: rec, Ring: ring, Core: cs, Devices: ds, ReceiptKey: pub,
 		Prov: &sim.LocalProvisioner{Core: cs, Devices: ds, Run: fmt.Sprintf("t%d", counter.Add(1))}}
 }
 

@@ -83,7 +83,7 @@ func TestADTFromMLLPSend(t *testing.T) {
 	mllpSend := interoptest.RequireTool(t, "mllp_send")
 	pool := testdb.New(t)
 	app := &applier{}
-	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(pool), Facility: "ICU-GW",
+	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(t, pool), Facility: "ICU-GW",
 		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC) }})
 
 	msgs := []struct {
@@ -196,7 +196,7 @@ func TestADTFromMLLPSend(t *testing.T) {
 func TestRefusalsOverTheWire(t *testing.T) {
 	pool := testdb.New(t)
 	app := &applier{}
-	_, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(pool),
+	_, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(t, pool),
 		Authenticate: func(_ context.Context, _ net.Addr, appName, _ string) (audit.Actor, error) {
 			if appName != "EPIC" {
 				return audit.Actor{}, errors.New("not on the allow list")
@@ -246,7 +246,7 @@ func TestAuditFailure(t *testing.T) {
 	broken := testdb.New(t)
 	broken.Close() // the audit database is gone: every RecordNow fails
 	app := &applier{}
-	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(broken)})
+	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(t, broken)})
 	c, err := mllp.NewClient(mllp.ClientConfig{Addr: addr})
 	if err != nil {
 		t.Fatal(err)

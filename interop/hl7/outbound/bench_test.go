@@ -9,11 +9,11 @@ import (
 	"time"
 
 	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
-	"github.com/vigilhealth/vigil/interop/interoptest"
 	"github.com/vigilhealth/vigil/interop/mllp"
 )
 
@@ -22,7 +22,8 @@ import (
 // the audit service's group commit (docs/benchmarks.md).
 func BenchmarkORUToLoopback(b *testing.B) {
 	pool, url := testdb.NewWithURL(b)
-	svc := audittest.Start(b, pool, url)
+	rec := audittest.Recorder(b, pool, nil)
+	_ = chaintest.Start(b, pool, url, rec)
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: mllp.HandlerFunc(func(_ context.Context, r mllp.Request) []byte {
 		m, err := hl7.Parse(r.Message, hl7.Limits{})
@@ -41,7 +42,7 @@ func BenchmarkORUToLoopback(b *testing.B) {
 	go func() { _ = srv.Serve(l) }()
 	defer srv.Close(context.Background())
 	s, err := outbound.New(outbound.Config{Name: "bench", Addr: l.Addr().String(), Pool: pool, Sealer: sealer(b),
-		Audit: interoptest.ServiceRecorder(svc)})
+		Audit: rec})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -139,7 +139,7 @@ func oru(t testing.TB, ctl, mrn string, n int) outbound.Message {
 
 func newSender(t testing.TB, pool *pgxpool.Pool, addr string, mod func(*outbound.Config)) *outbound.Sender {
 	t.Helper()
-	cfg := outbound.Config{Name: "ehr-test", Addr: addr, Pool: pool, Sealer: sealer(t), Audit: interoptest.Recorder(pool), Lanes: 2, AckTimeout: 30 * time.Second}
+	cfg := outbound.Config{Name: "ehr-test", Addr: addr, Pool: pool, Sealer: sealer(t), Audit: interoptest.Recorder(t, pool), Lanes: 2, AckTimeout: 30 * time.Second}
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -1,4 +1,4 @@
-package trillianembed_test
+package chain_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/trillian"
 
-	"github.com/vigilhealth/vigil/audit/trillianembed"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -21,13 +21,13 @@ func TestAdminOnlyOnPrivateUnixSocket(t *testing.T) {
 	_, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	for _, listen := range []string{"127.0.0.1:0", "0.0.0.0:8090", "[::1]:0"} {
-		if s, err := trillianembed.Start(ctx, trillianembed.Config{DatabaseURL: url, Listen: listen, NoSequencer: true}); err == nil {
+		if s, err := chain.StartEmbedded(ctx, chain.EmbedConfig{DatabaseURL: url, Listen: listen, NoSequencer: true}); err == nil {
 			s.Close(ctx)
 			t.Errorf("Start(Listen %q) error = nil, want a refusal of network addresses", listen)
 		}
 	}
 
-	s, err := trillianembed.Start(ctx, trillianembed.Config{DatabaseURL: url, NoSequencer: true})
+	s, err := chain.StartEmbedded(ctx, chain.EmbedConfig{DatabaseURL: url, NoSequencer: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestAdminOnlyOnPrivateUnixSocket(t *testing.T) {
 
 	// An explicit socket path (the restart of a log server at a known place).
 	at := "unix:" + filepath.Join(t.TempDir(), "sub", "trillian.sock")
-	s2, err := trillianembed.Start(ctx, trillianembed.Config{DatabaseURL: url, Listen: at, NoSequencer: true})
+	s2, err := chain.StartEmbedded(ctx, chain.EmbedConfig{DatabaseURL: url, Listen: at, NoSequencer: true})
 	if err != nil {
 		t.Fatalf("Start(Listen %q) error = %v", at, err)
 	}

@@ -22,12 +22,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
@@ -37,23 +39,23 @@ import (
 	"github.com/vigilhealth/vigil/server"
 )
 
-// `vigil bench uploads`: the end-to-end load test of the device upload path. It builds the
+// `vigil-bench uploads`: the end-to-end load test of the device upload path. It builds the
 // real stack in this process (a fresh database on the PostgreSQL server of
-// VIGIL_DATABASE_URL, a local key ring, core, devices, the echo server on loopback), enrolls
-// a fleet of devices, pre-signs their uploads (device-side work is not the server's), then
+// VIGIL_DATABASE_URL, a local key ring, the audit recorder, core with the rules engine and
+// the alarm service draining its hand-off, devices, the echo server on loopback), enrolls a
+// fleet of devices, pre-signs their uploads (device-side work is not the server's), then
 // sends them over HTTP at the asked rate and reports throughput and latency.
 
-func init() { subcommands = append(subcommands, newBenchCmd) }
-
-func newBenchCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "bench", Short: "Load tests (run against a throwaway database)"}
+func newUploadsCmd() *cobra.Command {
 	var o benchOpts
 	up := &cobra.Command{
 		Use:   "uploads",
-		Short: "Signed uploads end to end over HTTP: verified, stored, audited",
+		Short: "Signed uploads end to end over HTTP: verified, stored, audited, evaluated by the rules",
 		Long: `Measure signed uploads per second end to end over HTTP on loopback: each upload is
 verified (Ed25519, sequence, skew), stored through core (COPY of its samples, provenance,
-its audit event in the outbox) with its receipt, in group-committed transactions.
+its audit event in the outbox) with its receipt, in group-committed transactions, and its
+observations are then evaluated by the real rules engine (every default rule, alarms opened
+as the data says) through the same hand-off as in vigil serve.
 
 It needs VIGIL_DATABASE_URL pointing at a PostgreSQL server where it may CREATE DATABASE:
 the run uses a fresh database vigil_bench_<random>, dropped at the end unless --keep.
@@ -64,8 +66,8 @@ the benchmark database and its background writers (read from /proc, so only when
 runs on this Linux host), and by the whole machine; and the CPU-bound ceiling, cores ÷
 (vigil + PostgreSQL CPU per upload). On a shared machine throughput moves with whatever else
 runs; CPU per upload moves much less.`,
-		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil bench uploads --rate 10000 --duration 20s
-  vigil bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
+		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench uploads --rate 10000 --duration 20s
+  vigil-bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runBenchUploads(cmd.Context(), cmd.OutOrStdout(), o)
@@ -84,8 +86,8 @@ runs; CPU per upload moves much less.`,
 	f.DurationVar(&o.batchWait, "batch-wait", 0, "devices.Config.BatchMaxWait (0: default)")
 	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default)")
 	f.IntVar(&o.poolSize, "pool", 16, "database connections")
-	cmd.AddCommand(up)
-	return cmd
+	f.BoolVar(&o.noRules, "no-rules", false, "store only: no rules engine behind core (the path before it had one; for comparisons)")
+	return up
 }
 
 type benchOpts struct {
@@ -93,7 +95,7 @@ type benchOpts struct {
 	rate                                                   float64
 	duration, warmup, batchWait                            time.Duration
 	cpuprofile                                             string
-	keep                                                   bool
+	keep, noRules                                          bool
 }
 
 type benchDevice struct {
@@ -109,9 +111,9 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	if o.workers > o.devices {
 		o.workers = o.devices
 	}
-	admin := envOr("VIGIL_DATABASE_URL", "")
-	if admin == "" {
-		return errors.New("VIGIL_DATABASE_URL is not set (a server where the benchmark may CREATE DATABASE)")
+	admin, err := adminURL()
+	if err != nil {
+		return err
 	}
 	dbName := "vigil_bench_" + hex.EncodeToString(uuid.New().NodeID())
 	if err := adminSQL(ctx, admin, "CREATE DATABASE "+dbName); err != nil {
@@ -169,11 +171,42 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return err
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cs, err := core.New(core.Config{Pool: pool, PHI: ring.PHI(), Logger: quiet})
+	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
 	if err != nil {
 		return err
 	}
-	ds, err := devices.New(devices.Config{Pool: pool, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
+	defer rec.Close()
+	// Core publishes committed observations to the hand-off; the rules engine drains it and
+	// raises alarms through the alarm service, as in vigil serve.
+	handoff := obs.NewHandoff(obs.HandoffConfig{Logger: quiet})
+	ccfg := core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet}
+	if o.noRules {
+		ccfg.Handoff = nil
+	}
+	cs, err := core.New(ccfg)
+	if err != nil {
+		return err
+	}
+	if err := cs.MaintainPartitions(ctx); err != nil {
+		return err
+	}
+	as, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: cs.Hub(), Logger: quiet})
+	if err != nil {
+		return err
+	}
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: handoff, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	if o.noRules {
+		_ = handoff.Stop(ctx) // nothing is handed off
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_ = eng.Close(cctx)
+	}()
+	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
 		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
 	if err != nil {
 		return err
@@ -183,7 +216,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		defer cancel()
 		_ = ds.Close(cctx)
 	}()
-	srv, err := server.New(server.Config{Pool: pool, Devices: ds, Logger: quiet})
+	srv, err := server.New(server.Config{Pool: pool, Recorder: rec, Devices: ds, Logger: quiet})
 	if err != nil {
 		return err
 	}
@@ -335,24 +368,35 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		st.Accepted, st.Groups, float64(st.Accepted)/max(float64(st.Groups), 1),
 		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond),
 		(st.HookTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond), st.Rejected, st.Fallbacks)
-	var events, obs int64
+	// The rules catch up with what was committed (they run behind the receipts).
+	if o.noRules {
+		fmt.Fprintf(out, "rules: off (--no-rules)\n")
+		return storedLine(ctx, out, pool, o)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ferr := handoff.Flush(fctx)
+	cancel()
+	hs := handoff.Stats()
+	var opened int64
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM alarms`).Scan(&opened)
+	fmt.Fprintf(out, "rules: %d patient batches evaluated (%d failed), hand-off waited %d times (devices held back by the rules: %s in total), %d alarms opened\n",
+		hs.Consumed, hs.Failed, hs.Waited, st.PublishTime.Round(time.Millisecond), opened)
+	if ferr != nil {
+		fmt.Fprintf(out, "rules: not caught up: %v (%d batches queued)\n", ferr, hs.Queued)
+	}
+	return storedLine(ctx, out, pool, o)
+}
+
+// storedLine reports what the whole run stored.
+func storedLine(ctx context.Context, out io.Writer, pool *pgxpool.Pool, o benchOpts) error {
+	var events, stored int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`).Scan(&events)
-	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&obs)
-	fmt.Fprintf(out, "stored: %d upload.accepted audit events, %d observations (whole run incl. warm-up)\n", events, obs)
+	_ = pool.QueryRow(ctx, `SELECT count(*) FROM core_observations`).Scan(&stored)
+	fmt.Fprintf(out, "stored: %d upload.accepted audit events, %d observations (whole run incl. warm-up)\n", events, stored)
 	if o.cpuprofile != "" {
 		fmt.Fprintf(out, "CPU profile: %s (go tool pprof -top %s)\n", o.cpuprofile, o.cpuprofile)
 	}
 	return nil
-}
-
-func adminSQL(ctx context.Context, url, sql string) error {
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, sql)
-	return err
 }
 
 // provisionFleet creates n patients and n enrolled devices, each assigned to its patient.
@@ -421,11 +465,15 @@ func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, 
 // presign makes each worker's uploads: worker w owns devices w, w+workers, …, and sends
 // their uploads round-robin, each device's in sequence order.
 func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
+	// A stable patient's vital signs that move a little but trigger no rule (a ward's usual
+	// traffic): heart rate, SpO2, respiratory rate, temperature, systolic pressure, each
+	// stepping through three values.
 	codes := []envelope.Sample{
-		{Code: "8867-4", Value: 72, Unit: "/min"}, {Code: "59408-5", Value: 93, Unit: "%"},
-		{Code: "9279-1", Value: 16, Unit: "/min"}, {Code: "8310-5", Value: 36.9, Unit: "Cel"},
+		{Code: "8867-4", Value: 72, Unit: "/min"}, {Code: "59408-5", Value: 96, Unit: "%"},
+		{Code: "9279-1", Value: 15, Unit: "/min"}, {Code: "8310-5", Value: 36.8, Unit: "Cel"},
 		{Code: "8480-6", Value: 121, Unit: "mm[Hg]"},
 	}
+	steps := []float64{1, 1, 1, 0.1, 1}
 	out := make([][][]byte, o.workers)
 	now := time.Now()
 	base := now.Add(-30 * time.Minute).UnixMilli()
@@ -448,7 +496,7 @@ func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
 				samples := make([]envelope.Sample, o.samples)
 				for i := range samples {
 					smp := codes[i%len(codes)]
-					smp.Value += float64((int(s) + i) % 7)
+					smp.Value += float64((int(s)+i)%3) * steps[i%len(codes)]
 					// Distinct times per (patient, code): no sample is a duplicate of another.
 					smp.T = base + int64(s)*int64(o.samples) + int64(i)
 					samples[i] = smp

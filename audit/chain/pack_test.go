@@ -1,4 +1,4 @@
-package audit_test
+package chain_test
 
 import (
 	"bytes"
@@ -8,14 +8,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-
-	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 )
 
 // An exported pack verifies offline (no database, no log); the same pack with any one byte
 // changed fails.
 // Verifies: REQ-AUD-008
 func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 12)
 	c.shipAll(t)
@@ -29,7 +29,7 @@ func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	n, err := svc.Export(ctx, &buf, audit.ExportOptions{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour), RevealIDs: true})
+	n, err := svc.Export(ctx, &buf, chain.ExportOptions{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour), RevealIDs: true})
 	if err != nil {
 		t.Fatalf("Export() error = %v", err)
 	}
@@ -42,7 +42,7 @@ func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.pool.Close()
-	rep, err := audit.VerifyPack(pack, svc.VerifierKey())
+	rep, err := chain.VerifyPack(pack, svc.VerifierKey())
 	if err != nil {
 		t.Fatalf("VerifyPack() error = %v", err)
 	}
@@ -50,7 +50,7 @@ func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
 		t.Errorf("VerifyPack() = %d events, %d checkpoints, first %+v; want %d events, 2 checkpoints, revealed ids",
 			len(rep.Events), rep.Checkpoints, rep.Events[0], n)
 	}
-	if _, err := audit.VerifyPack(pack, ""); err != nil {
+	if _, err := chain.VerifyPack(pack, ""); err != nil {
 		t.Errorf("VerifyPack(key from pack) error = %v", err)
 	}
 	// Any single changed byte fails, wherever it is (sampled across the whole file).
@@ -59,15 +59,15 @@ func TestPackVerifiesOfflineAndDetectsAnyChange(t *testing.T) {
 		for _, delta := range []byte{1, 0x20} {
 			bad := bytes.Clone(pack)
 			bad[i] ^= delta
-			if _, err := audit.VerifyPack(bad, svc.VerifierKey()); !errors.Is(err, audit.ErrPackInvalid) {
+			if _, err := chain.VerifyPack(bad, svc.VerifierKey()); !errors.Is(err, chain.ErrPackInvalid) {
 				t.Fatalf("VerifyPack(byte %d ^ %#x of %d: %q→%q) error = %v, want ErrPackInvalid", i, delta, len(pack), pack[i], bad[i], err)
 			}
 		}
 	}
 	// A pack signed by another key is refused when the auditor gives the published key.
 	other := newSigner(t)
-	otherKey, _ := audit.VerifierKey(svc.Origin(), other.Public())
-	if _, err := audit.VerifyPack(pack, otherKey); !errors.Is(err, audit.ErrPackInvalid) {
+	otherKey, _ := chain.VerifierKey(svc.Origin(), other.Public())
+	if _, err := chain.VerifyPack(pack, otherKey); !errors.Is(err, chain.ErrPackInvalid) {
 		t.Errorf("VerifyPack(wrong trusted key) error = %v, want ErrPackInvalid", err)
 	}
 }
@@ -77,7 +77,7 @@ func FuzzVerifyPack(f *testing.F) {
 	f.Add([]byte(`{"format":"vigil-audit-pack/v1"}` + "\n\n— x AAAA\n"))
 	f.Add([]byte("\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if _, err := audit.VerifyPack(data, ""); err == nil {
+		if _, err := chain.VerifyPack(data, ""); err == nil {
 			t.Fatalf("VerifyPack(%q) = nil error for an unsigned input", data)
 		}
 	})
@@ -87,6 +87,7 @@ func FuzzVerifyPack(f *testing.F) {
 // fails when the event or any proof hash is changed.
 // Verifies: REQ-AUD-009
 func TestEventProofVerifiesOffline(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 9)
 	c.shipAll(t)
@@ -96,7 +97,7 @@ func TestEventProofVerifiesOffline(t *testing.T) {
 	if err != nil || p.Status != "integrated" {
 		t.Fatalf("Event() before a checkpoint = %q, %v; want integrated", p.Status, err)
 	}
-	if _, err := audit.VerifyEventProof(p, svc.VerifierKey()); !errors.Is(err, audit.ErrProofInvalid) {
+	if _, err := chain.VerifyEventProof(p, svc.VerifierKey()); !errors.Is(err, chain.ErrProofInvalid) {
 		t.Errorf("VerifyEventProof(no checkpoint yet) error = %v, want ErrProofInvalid", err)
 	}
 	if _, err := svc.CheckpointNow(ctx); err != nil {
@@ -106,25 +107,25 @@ func TestEventProofVerifiesOffline(t *testing.T) {
 	if err != nil || p.Status != "proven" {
 		t.Fatalf("Event() = %q, %v; want proven", p.Status, err)
 	}
-	ev, err := audit.VerifyEventProof(p, svc.VerifierKey())
+	ev, err := chain.VerifyEventProof(p, svc.VerifierKey())
 	if err != nil || uuid.UUID(ev.ID) != id {
 		t.Fatalf("VerifyEventProof() = %x, %v; want event %s", ev.ID, err, id)
 	}
-	tamper := []func(p *audit.EventProof){
-		func(p *audit.EventProof) { p.Encoding = bytes.Clone(p.Encoding); p.Encoding[30] ^= 1 },
-		func(p *audit.EventProof) { b := *p.Batch; b.Proof = [][]byte{make([]byte, 32)}; p.Batch = &b },
-		func(p *audit.EventProof) { b := *p.Batch; b.Root = make([]byte, 32); p.Batch = &b },
-		func(p *audit.EventProof) {
+	tamper := []func(p *chain.EventProof){
+		func(p *chain.EventProof) { p.Encoding = bytes.Clone(p.Encoding); p.Encoding[30] ^= 1 },
+		func(p *chain.EventProof) { b := *p.Batch; b.Proof = [][]byte{make([]byte, 32)}; p.Batch = &b },
+		func(p *chain.EventProof) { b := *p.Batch; b.Root = make([]byte, 32); p.Batch = &b },
+		func(p *chain.EventProof) {
 			b := *p.Batch
 			b.Inclusion = append([][]byte{make([]byte, 32)}, b.Inclusion...)
 			p.Batch = &b
 		},
-		func(p *audit.EventProof) { b := *p.Batch; n := *b.LeafIndex + 1; b.LeafIndex = &n; p.Batch = &b },
+		func(p *chain.EventProof) { b := *p.Batch; n := *b.LeafIndex + 1; b.LeafIndex = &n; p.Batch = &b },
 	}
 	for i, f := range tamper {
 		q := p
 		f(&q)
-		if _, err := audit.VerifyEventProof(q, svc.VerifierKey()); !errors.Is(err, audit.ErrProofInvalid) {
+		if _, err := chain.VerifyEventProof(q, svc.VerifierKey()); !errors.Is(err, chain.ErrProofInvalid) {
 			t.Errorf("VerifyEventProof(tampered #%d) error = %v, want ErrProofInvalid", i, err)
 		}
 	}

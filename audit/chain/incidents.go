@@ -1,4 +1,4 @@
-package audit
+package chain
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/vigilhealth/vigil/audit"
 )
 
 // ErrIncidentNotFound is returned for an incident id that does not exist or is resolved.
@@ -42,7 +43,7 @@ func (s *Service) Incidents(ctx context.Context) ([]Incident, error) {
 // who did so and why (`audit.incident.resolved`) in the same transaction. Resolving does not
 // make an inconsistent log consistent: verify keeps reporting the fork in the stored
 // checkpoints, and a log that still does not extend the last checkpoint raises a new incident.
-func (s *Service) ResolveIncident(ctx context.Context, id int64, by Actor, note string) error {
+func (s *Service) ResolveIncident(ctx context.Context, id int64, by audit.Actor, note string) error {
 	return pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE audit_incidents SET resolved_at = $1 WHERE id = $2 AND resolved_at IS NULL`, s.cfg.Now(), id)
 		if err != nil {
@@ -51,8 +52,8 @@ func (s *Service) ResolveIncident(ctx context.Context, id int64, by Actor, note 
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("resolve audit incident %d: %w", id, ErrIncidentNotFound)
 		}
-		_, err = Record(ctx, tx, Event{Time: s.cfg.Now(), Actor: by, Action: "audit.incident.resolved",
-			Object: Object{Type: "audit_incident", ID: fmt.Sprint(id)}, Outcome: OutcomeSuccess,
+		_, err = s.cfg.Recorder.Record(ctx, tx, audit.Event{Time: s.cfg.Now(), Actor: by, Action: "audit.incident.resolved",
+			Object: audit.Object{Type: "audit_incident", ID: fmt.Sprint(id)}, Outcome: audit.OutcomeSuccess,
 			Payload: map[string]string{"note": note}})
 		return err
 	})

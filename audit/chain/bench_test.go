@@ -1,5 +1,5 @@
 // Verifies: REQ-AUD-004
-package audit_test
+package chain_test
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -21,7 +23,8 @@ import (
 func BenchmarkRecordToIntegrated(b *testing.B) {
 	pool, url := testdb.NewWithURL(b)
 	ctx := context.Background()
-	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: newSigner(b), Logger: quiet})
+	rec := audittest.Recorder(b, pool, nil)
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, DatabaseURL: url, Signer: newSigner(b), Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -38,7 +41,7 @@ func BenchmarkRecordToIntegrated(b *testing.B) {
 	for done := 0; done < b.N; done += tx {
 		n := min(tx, b.N-done)
 		if err := pgx.BeginFunc(ctx, pool, func(t pgx.Tx) error {
-			_, err := audit.RecordMany(ctx, t, evs[:n])
+			_, err := rec.RecordMany(ctx, t, evs[:n])
 			return err
 		}); err != nil {
 			b.Fatal(err)

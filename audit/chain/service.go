@@ -1,4 +1,4 @@
-package audit
+package chain
 
 import (
 	"context"
@@ -8,16 +8,21 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/vigilhealth/vigil/audit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-
-	"github.com/vigilhealth/vigil/audit/trillianembed"
 )
 
 // Config configures the audit chain service. Zero values take the documented defaults.
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
+	// Recorder records the chain's own events (incidents and their resolution). Required:
+	// the process's one audit.Outbox.
+	Recorder audit.Recorder
+	// Backlog receives the shipper's view of the backlog after every pass: the Outbox, which
+	// decides from it when callers must push back (audit.ErrPushback). Optional.
+	Backlog BacklogSink
 	// DatabaseURL is the database's URL, used by the embedded Trillian for its own pool.
 	// Required unless TrillianAddr is set.
 	DatabaseURL string
@@ -58,13 +63,12 @@ type Config struct {
 // and the checkpointer. Open starts it; Close stops every goroutine it started.
 type Service struct {
 	cfg      Config
-	embedded *trillianembed.Server
+	embedded *Embedded
 	conn     *grpc.ClientConn
 	log      *Log
 	shipper  *Shipper
 	cps      *Checkpointer
 	vkey     string
-	commit   *committer
 }
 
 // Open connects to (or starts) Trillian, opens or creates the log tree, and starts the
@@ -84,11 +88,11 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 func OpenIdle(ctx context.Context, cfg Config) (*Service, error) { return open(ctx, cfg) }
 
 func open(ctx context.Context, cfg Config) (_ *Service, err error) {
-	if cfg.Pool == nil || cfg.Signer == nil {
-		return nil, errors.New("audit: Config.Pool and Config.Signer are required")
+	if cfg.Pool == nil || cfg.Signer == nil || cfg.Recorder == nil {
+		return nil, errors.New("audit chain: Config.Pool, Config.Signer and Config.Recorder are required")
 	}
 	if cfg.TrillianAddr == "" && cfg.DatabaseURL == "" {
-		return nil, errors.New("audit: Config.DatabaseURL is required for the embedded Trillian")
+		return nil, errors.New("audit chain: Config.DatabaseURL is required for the embedded Trillian")
 	}
 	if cfg.MaxLag <= 0 {
 		cfg.MaxLag = 2 * time.Minute
@@ -107,35 +111,34 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 	}()
 	addr := cfg.TrillianAddr
 	if addr == "" {
-		s.embedded, err = trillianembed.Start(ctx, trillianembed.Config{
+		s.embedded, err = StartEmbedded(ctx, EmbedConfig{
 			DatabaseURL: cfg.DatabaseURL, SequencerInterval: cfg.SequencerInterval,
 			SequencerBatchSize: cfg.SequencerBatchSize, Logger: cfg.Logger, NoSequencer: cfg.ReadOnly,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("audit: start embedded Trillian: %w", err)
+			return nil, fmt.Errorf("audit chain: start embedded Trillian: %w", err)
 		}
 		addr = s.embedded.Addr()
 	}
 	s.conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, fmt.Errorf("audit: dial Trillian at %s: %w", addr, err)
+		return nil, fmt.Errorf("audit chain: dial Trillian at %s: %w", addr, err)
 	}
 	s.log, err = OpenLog(ctx, cfg.Pool, s.conn)
 	if err != nil {
 		return nil, err
 	}
 	s.shipper, err = NewShipper(ShipperConfig{Pool: cfg.Pool, Log: s.log, BatchSize: cfg.BatchSize,
-		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger})
+		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger, Backlog: cfg.Backlog})
 	if err != nil {
 		return nil, err
 	}
-	s.cps, err = NewCheckpointer(ctx, CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer,
+	s.cps, err = NewCheckpointer(ctx, CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer, Recorder: cfg.Recorder,
 		Origin: cfg.Origin, Interval: cfg.CheckpointInterval, Now: cfg.Now, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
 	s.cfg.Origin = s.cps.Origin()
-	s.commit = newCommitter(cfg.Pool)
 	s.vkey, err = s.cps.VerifierKey()
 	if err != nil {
 		return nil, err
@@ -147,9 +150,6 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 // Events not yet shipped stay in the outbox for the next start.
 func (s *Service) Close(ctx context.Context) error {
 	var errs []error
-	if s.commit != nil {
-		s.commit.close()
-	}
 	if s.shipper != nil {
 		errs = append(errs, s.shipper.Close(ctx))
 	}

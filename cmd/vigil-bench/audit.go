@@ -19,10 +19,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/schema"
 )
 
-// benchResult is what `vigil audit bench` measures.
+// `vigil-bench audit`: the audit chain end to end, from Record to integration in the log.
+
+// benchResult is what `vigil-bench audit` measures.
 type benchResult struct {
 	Events          int     `json:"events"`
 	Rate            int     `json:"target_rate"`
@@ -39,24 +42,24 @@ type benchResult struct {
 	LogSize         uint64  `json:"log_size"`
 }
 
-func newAuditBenchCmd() *cobra.Command {
+func newAuditCmd() *cobra.Command {
 	var (
 		events, rate, writers, txSize, batchSize, seqBatch int
 		window, seqInterval                                time.Duration
 		keepDB, asJSON                                     bool
 	)
 	cmd := &cobra.Command{
-		Use:   "bench",
+		Use:   "audit",
 		Short: "Load-test the audit chain: events/s from Record to integrated, commit-to-inclusion latency",
 		Long: `Bench creates a throwaway database on the server at VIGIL_DATABASE_URL (which must be allowed
 to CREATE DATABASE), migrates it, starts the audit chain with embedded Trillian on it, and
 records --events events from --writers concurrent writers, each committing transactions of
---tx-size events written with audit.RecordMany (the device path), paced to --rate events/s in
+--tx-size events written with the recorder's RecordMany (the device path), paced to --rate events/s in
 total (0: as fast as possible). It waits until every event is integrated in the log, then
 reports the write rate, the sustained rate from first Record to last integration, and the
 p50/p99/max time from each event's transaction to the integration of its batch. The database
 is dropped afterwards unless --keep-db. Figures are in docs/benchmarks.md.`,
-		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil audit bench --events 300000 --rate 5000`,
+		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench audit --events 300000 --rate 5000`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -147,14 +150,6 @@ func benchDatabase(ctx context.Context, admin string) (string, func(), error) {
 	return u.String(), drop, nil
 }
 
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable)"
-	}
-	return u.Redacted()
-}
-
 func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResult, error) {
 	pcfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
@@ -170,7 +165,12 @@ func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResu
 	if err != nil {
 		return nil, err
 	}
-	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: dbURL, Signer: audit.NewEd25519Signer("bench", priv),
+	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
+	if err != nil {
+		return nil, err
+	}
+	defer rec.Close()
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: dbURL, Signer: chain.NewEd25519Signer("bench", priv),
 		BatchSize: p.batchSize, Window: p.window, SequencerInterval: p.seqInterval, SequencerBatchSize: p.seqBatch,
 		CheckpointInterval: time.Second, Logger: slog.Default()})
 	if err != nil {
@@ -213,7 +213,7 @@ func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResu
 					}
 				}
 				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-					_, err := audit.RecordMany(ctx, tx, evs[:n])
+					_, err := rec.RecordMany(ctx, tx, evs[:n])
 					return err
 				})
 				if err != nil {

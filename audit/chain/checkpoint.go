@@ -1,4 +1,4 @@
-package audit
+package chain
 
 import (
 	"bytes"
@@ -20,6 +20,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/leaf"
 	"github.com/vigilhealth/vigil/internal/every"
 )
@@ -141,9 +142,10 @@ func (n *noteSigner) Sign(msg []byte) ([]byte, error) { return n.s.Sign(n.ctx, m
 
 // CheckpointerConfig configures the checkpointer. Zero values take the documented defaults.
 type CheckpointerConfig struct {
-	Pool   *pgxpool.Pool    // required
-	Log    *Log             // required
-	Signer CheckpointSigner // required
+	Pool     *pgxpool.Pool    // required
+	Log      *Log             // required
+	Signer   CheckpointSigner // required
+	Recorder audit.Recorder   // records incidents; required
 	// Origin is the checkpoint origin line, and the name of the signing key in the note.
 	// Default "vigil.audit/<installation id>".
 	Origin string
@@ -168,8 +170,8 @@ type Checkpointer struct {
 // NewCheckpointer checks cfg and fills the defaults (reading the installation id for the
 // default origin).
 func NewCheckpointer(ctx context.Context, cfg CheckpointerConfig) (*Checkpointer, error) {
-	if cfg.Pool == nil || cfg.Log == nil || cfg.Signer == nil {
-		return nil, errors.New("audit checkpointer: Pool, Log and Signer are required")
+	if cfg.Pool == nil || cfg.Log == nil || cfg.Signer == nil || cfg.Recorder == nil {
+		return nil, errors.New("audit checkpointer: Pool, Log, Signer and Recorder are required")
 	}
 	if cfg.Origin == "" {
 		var id string
@@ -299,10 +301,10 @@ func (c *Checkpointer) incident(ctx context.Context, detail string) error {
 		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
-		_, err = Record(ctx, tx, Event{
-			Time: c.cfg.Now(), Actor: Actor{Kind: ActorService, ID: "audit.checkpointer", AuthMethod: "internal"},
-			Action: "audit.log.inconsistent", Object: Object{Type: "audit_log", ID: c.cfg.Origin},
-			Outcome: OutcomeFailure, Reason: "log_inconsistent", Payload: map[string]string{"detail": detail},
+		_, err = c.cfg.Recorder.Record(ctx, tx, audit.Event{
+			Time: c.cfg.Now(), Actor: audit.Actor{Kind: audit.ActorService, ID: "audit.checkpointer", AuthMethod: "internal"},
+			Action: "audit.log.inconsistent", Object: audit.Object{Type: "audit_log", ID: c.cfg.Origin},
+			Outcome: audit.OutcomeFailure, Reason: "log_inconsistent", Payload: map[string]string{"detail": detail},
 		})
 		return err
 	})

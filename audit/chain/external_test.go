@@ -1,4 +1,4 @@
-package audit_test
+package chain_test
 
 import (
 	"bytes"
@@ -10,7 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -76,6 +77,7 @@ func startProcess(t *testing.T, bin string, args ...string) {
 // log signer, on the test database) through the same code as the embedded one.
 // Verifies: REQ-AUD-004, REQ-AUD-007
 func TestExternalTrillian(t *testing.T) {
+	t.Parallel()
 	server := trillianBin(t, "trillian_log_server")
 	signer := trillianBin(t, "trillian_log_signer")
 	pool, url := testdb.NewWithURL(t)
@@ -87,12 +89,13 @@ func TestExternalTrillian(t *testing.T) {
 		"--postgresql_uri="+trillURL, "--quota_system=noop", "--force_master", "--sequencer_interval=20ms")
 
 	ctx := context.Background()
-	var svc *audit.Service
+	var svc *chain.Service
+	rec := audittest.Recorder(t, pool, nil)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var err error
-		svc, err = audit.OpenIdle(octx, audit.Config{Pool: pool, TrillianAddr: addr, Signer: newSigner(t), BatchSize: 4, Logger: quiet})
+		svc, err = chain.OpenIdle(octx, chain.Config{Pool: pool, Recorder: rec, TrillianAddr: addr, Signer: newSigner(t), BatchSize: 4, Logger: quiet})
 		cancel()
 		if err == nil {
 			break
@@ -106,7 +109,7 @@ func TestExternalTrillian(t *testing.T) {
 	if svc.TrillianAddr() != addr {
 		t.Errorf("TrillianAddr() = %q, want %q", svc.TrillianAddr(), addr)
 	}
-	c := &chain{pool: pool, url: url, log: svc.Log(), shipper: svc.Shipper()}
+	c := &rig{pool: pool, url: url, rec: rec, log: svc.Log(), shipper: svc.Shipper()}
 	c.record(t, 10)
 	c.shipAll(t)
 	if _, err := svc.CheckpointNow(ctx); err != nil {

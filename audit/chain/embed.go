@@ -1,4 +1,4 @@
-// Package trillianembed runs Trillian's own log server (the TrillianLog and TrillianAdmin gRPC
+// This file runs Trillian's own log server (the TrillianLog and TrillianAdmin gRPC
 // services) and its sequencer inside the Vigil process, on Vigil's PostgreSQL database
 // (Trillian v1.8 storage/postgresql, tables in the schema `trillian` installed by Vigil's
 // migrations), listening on a Unix socket that only the process's user can open (the
@@ -6,7 +6,7 @@
 // it is never on a network port). Vigil then talks to it over gRPC with Trillian's own client,
 // exactly as it talks to an external Trillian (--trillian-addr): the embedded server is an
 // implementation detail of deployment, never a second code path.
-package trillianembed
+package chain
 
 import (
 	"context"
@@ -38,13 +38,13 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// Schema is the PostgreSQL schema that holds Trillian's tables (see migration 00101).
-const Schema = "trillian"
+// TrillianSchema is the PostgreSQL schema that holds Trillian's tables (see migration 00101).
+const TrillianSchema = "trillian"
 
-// Config configures the embedded Trillian. Zero values take the documented defaults.
-type Config struct {
+// EmbedConfig configures the embedded Trillian. Zero values take the documented defaults.
+type EmbedConfig struct {
 	// DatabaseURL is the PostgreSQL connection URL of the installation. Required. The
-	// embedded Trillian opens its own pool on it, with search_path set to Schema.
+	// embedded Trillian opens its own pool on it, with search_path set to TrillianSchema.
 	DatabaseURL string
 	// Listen is where the gRPC server listens: "unix:<path>", a Unix socket at path (its
 	// directory is created, mode 0700, when missing; the socket gets mode 0600). Default: a
@@ -68,8 +68,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Server is a running embedded Trillian. Close stops it and waits for all its goroutines.
-type Server struct {
+// Embedded is a running embedded Trillian. Close stops it and waits for all its goroutines.
+type Embedded struct {
 	addr   string
 	tmpDir string // the private directory of the default socket, removed at Close
 	pool   *pgxpool.Pool
@@ -84,10 +84,10 @@ type Server struct {
 	sequencing atomic.Bool
 }
 
-// Start starts the log server and the sequencer. The caller MUST call Close.
-func Start(ctx context.Context, cfg Config) (*Server, error) {
+// StartEmbedded starts the log server and the sequencer. The caller MUST call Close.
+func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.DatabaseURL == "" {
-		return nil, errors.New("trillianembed: Config.DatabaseURL is required")
+		return nil, errors.New("audit chain: EmbedConfig.DatabaseURL is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -106,13 +106,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("trillianembed: parse database URL: %w", err)
+		return nil, fmt.Errorf("embedded Trillian: parse database URL: %w", err)
 	}
-	pcfg.ConnConfig.RuntimeParams["search_path"] = Schema
+	pcfg.ConnConfig.RuntimeParams["search_path"] = TrillianSchema
 	pcfg.MaxConns = cfg.MaxConns
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
-		return nil, fmt.Errorf("trillianembed: connect: %w", err)
+		return nil, fmt.Errorf("embedded Trillian: connect: %w", err)
 	}
 	mf := monitoring.InertMetricFactory{}
 	registry := extension.Registry{
@@ -124,12 +124,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if err := registry.AdminStorage.CheckDatabaseAccessible(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("trillianembed: database: %w (is migration 00101 applied?)", err)
+		return nil, fmt.Errorf("embedded Trillian: database: %w (is migration 00101 applied?)", err)
 	}
 	ln, tmpDir, err := listen(cfg.Listen)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("trillianembed: listen: %w", err)
+		return nil, fmt.Errorf("embedded Trillian: listen: %w", err)
 	}
 
 	ti := interceptor.New(registry.AdminStorage, registry.QuotaManager, false, mf)
@@ -139,7 +139,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	trillian.RegisterTrillianAdminServer(gs, admin.New(registry, []trillian.TreeType{trillian.TreeType_LOG}))
 
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Server{addr: "unix:" + ln.Addr().String(), tmpDir: tmpDir, pool: pool, grpc: gs, cancel: cancel}
+	s := &Embedded{addr: "unix:" + ln.Addr().String(), tmpDir: tmpDir, pool: pool, grpc: gs, cancel: cancel}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -178,7 +178,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // the lock holder sequences; another takes over when it goes away.
 const sequencerLock = 7466101
 
-func (s *Server) sequenceWhenLeader(ctx context.Context, info log.OperationInfo, registry extension.Registry, retry time.Duration) {
+func (s *Embedded) sequenceWhenLeader(ctx context.Context, info log.OperationInfo, registry extension.Registry, retry time.Duration) {
 	for {
 		conn, err := s.pool.Acquire(ctx)
 		if err == nil {
@@ -203,23 +203,23 @@ func (s *Server) sequenceWhenLeader(ctx context.Context, info log.OperationInfo,
 }
 
 // Sequencing reports whether this process is the database's sequencer right now.
-func (s *Server) Sequencing() bool { return s.sequencing.Load() }
+func (s *Embedded) Sequencing() bool { return s.sequencing.Load() }
 
 // Addr is the gRPC target of the server: "unix:<path of its socket>" (also a valid Listen).
-func (s *Server) Addr() string { return s.addr }
+func (s *Embedded) Addr() string { return s.addr }
 
 // Dial returns a gRPC client connection to the server (plaintext, over its Unix socket). The
 // caller closes it.
-func (s *Server) Dial() (*grpc.ClientConn, error) {
+func (s *Embedded) Dial() (*grpc.ClientConn, error) {
 	cc, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, fmt.Errorf("trillianembed: dial %s: %w", s.addr, err)
+		return nil, fmt.Errorf("embedded Trillian: dial %s: %w", s.addr, err)
 	}
 	return cc, nil
 }
 
 // Err reports a failure of the gRPC server loop, if any.
-func (s *Server) Err() error {
+func (s *Embedded) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.serveErr
@@ -228,7 +228,7 @@ func (s *Server) Err() error {
 // Close stops the gRPC server (letting calls in flight finish) and the sequencer, waits for
 // their goroutines, and closes Trillian's pool. It is safe to call more than once. When ctx
 // ends first, calls in flight are cut off.
-func (s *Server) Close(ctx context.Context) error {
+func (s *Embedded) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()

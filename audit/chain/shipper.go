@@ -1,4 +1,4 @@
-package audit
+package chain
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/leaf"
 )
 
@@ -40,6 +41,15 @@ type ShipperConfig struct {
 	Now func() time.Time
 	// Logger receives failures and recoveries. Default slog.Default().
 	Logger *slog.Logger
+	// Backlog receives the backlog after every pass (the audit.Outbox). Optional.
+	Backlog BacklogSink
+}
+
+// BacklogSink receives the shipper's view of the outbox's backlog after every pass;
+// *audit.Outbox is one (it decides from it when callers must push back).
+type BacklogSink interface {
+	// ReportBacklog MUST return quickly and MUST NOT call back into the shipper.
+	ReportBacklog(audit.Backlog)
 }
 
 // ShipperStats is the shipper's view of its backlog, as of its last pass.
@@ -402,4 +412,13 @@ func (s *Shipper) finishPass(ctx context.Context, passErr error) {
 		st.UnintegratedBatches, st.OldestBatchAge = prev.UnintegratedBatches, prev.OldestBatchAge
 	}
 	s.stats = st
+	if s.cfg.Backlog != nil {
+		s.cfg.Backlog.ReportBacklog(st.Backlog())
+	}
+}
+
+// Backlog is the part of the stats that decides push-back (audit.PushbackPolicy).
+func (s ShipperStats) Backlog() audit.Backlog {
+	return audit.Backlog{PendingEvents: s.PendingEvents, OldestPendingAge: s.OldestPendingAge,
+		OldestBatchAge: s.OldestBatchAge, ConsecutiveFailures: s.ConsecutiveFailures, LastPass: s.LastPass}
 }

@@ -1,4 +1,4 @@
-package audit
+package chain
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 var ErrLogUnavailable = errors.New("audit log unavailable")
 
 // Log is the audit chain's handle on its Trillian log tree, over Trillian's own gRPC API. The
-// same code serves the embedded Trillian (audit/trillianembed) and an external one.
+// same code serves the embedded Trillian (embed.go) and an external one.
 type Log struct {
 	client trillian.TrillianLogClient
 	treeID int64

@@ -1,5 +1,5 @@
 // Verifies: REQ-AUD-004
-package audit_test
+package chain_test
 
 import (
 	"context"
@@ -15,36 +15,48 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
-	"github.com/vigilhealth/vigil/audit/trillianembed"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// chain is a real audit chain on a private database: embedded Trillian, log, shipper.
-type chain struct {
-	pool    *pgxpool.Pool
-	url     string
-	trill   *trillianembed.Server
-	log     *audit.Log
-	shipper *audit.Shipper
+func testEvent() audit.Event {
+	return audit.Event{
+		Actor:   audit.Actor{Kind: audit.ActorService, ID: "test", AuthMethod: "internal"},
+		Action:  "test.action",
+		Object:  audit.Object{Type: "thing", ID: "1"},
+		Outcome: audit.OutcomeSuccess,
+		Payload: map[string]any{"k": "v"},
+	}
 }
 
-func startTrillian(t testing.TB, url, listen string) *trillianembed.Server {
+// chain is a real audit chain on a private database: embedded Trillian, log, shipper.
+type rig struct {
+	pool    *pgxpool.Pool
+	url     string
+	rec     *audit.Outbox
+	trill   *chain.Embedded
+	log     *chain.Log
+	shipper *chain.Shipper
+}
+
+func startTrillian(t testing.TB, url, listen string) *chain.Embedded {
 	t.Helper()
-	srv, err := trillianembed.Start(context.Background(), trillianembed.Config{
+	srv, err := chain.StartEmbedded(context.Background(), chain.EmbedConfig{
 		DatabaseURL: url, Listen: listen, SequencerInterval: 20 * time.Millisecond, Logger: quiet,
 	})
 	if err != nil {
-		t.Fatalf("trillianembed.Start() error = %v", err)
+		t.Fatalf("chain.StartEmbedded() error = %v", err)
 	}
 	return srv
 }
 
-func newChain(t testing.TB) *chain {
+func newChain(t testing.TB) *rig {
 	t.Helper()
 	pool, url := testdb.NewWithURL(t)
-	c := &chain{pool: pool, url: url}
+	c := &rig{pool: pool, url: url, rec: audittest.Recorder(t, pool, nil)}
 	c.trill = startTrillian(t, url, "")
 	t.Cleanup(func() { _ = c.trill.Close(context.Background()) })
 	cc, err := c.trill.Dial()
@@ -54,11 +66,11 @@ func newChain(t testing.TB) *chain {
 	t.Cleanup(func() { _ = cc.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c.log, err = audit.OpenLog(ctx, pool, cc)
+	c.log, err = chain.OpenLog(ctx, pool, cc)
 	if err != nil {
 		t.Fatalf("OpenLog() error = %v", err)
 	}
-	c.shipper, err = audit.NewShipper(audit.ShipperConfig{Pool: pool, Log: c.log, BatchSize: 50, Logger: quiet})
+	c.shipper, err = chain.NewShipper(chain.ShipperConfig{Pool: pool, Log: c.log, BatchSize: 50, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +78,7 @@ func newChain(t testing.TB) *chain {
 }
 
 // record commits n events, each in its own transaction, and returns their ids.
-func (c *chain) record(t testing.TB, n int) []string {
+func (c *rig) record(t testing.TB, n int) []string {
 	t.Helper()
 	ctx := context.Background()
 	var ids []string
@@ -77,7 +89,7 @@ func (c *chain) record(t testing.TB, n int) []string {
 		ev.RequestID = fmt.Sprint("req-", i)
 		var id string
 		err := pgx.BeginFunc(ctx, c.pool, func(tx pgx.Tx) error {
-			u, err := audit.Record(ctx, tx, ev)
+			u, err := c.rec.Record(ctx, tx, ev)
 			id = u.String()
 			return err
 		})
@@ -91,7 +103,7 @@ func (c *chain) record(t testing.TB, n int) []string {
 
 // shipAll drives the shipper until no event is pending and every batch is integrated.
 // Integration needs the sequencer's next pass, so this polls with a deadline.
-func (c *chain) shipAll(t testing.TB) {
+func (c *rig) shipAll(t testing.TB) {
 	t.Helper()
 	ctx := context.Background()
 	deadline := time.Now().Add(30 * time.Second)
@@ -108,11 +120,11 @@ func (c *chain) shipAll(t testing.TB) {
 	}
 }
 
-func newSigner(t testing.TB) audit.CheckpointSigner {
+func newSigner(t testing.TB) chain.CheckpointSigner {
 	t.Helper()
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return audit.NewEd25519Signer("test-key", priv)
+	return chain.NewEd25519Signer("test-key", priv)
 }

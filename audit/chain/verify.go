@@ -1,4 +1,4 @@
-package audit
+package chain
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-package audit_test
+package chain_test
 
 import (
 	"bytes"
@@ -11,18 +11,21 @@ import (
 	"time"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
-// newService is a chain driven through audit.Service (embedded Trillian, idle workers: the
+// newService is a chain driven through chain.Service (embedded Trillian, idle workers: the
 // test drives shipper and checkpointer).
-func newService(t testing.TB) (*chain, *audit.Service) {
+func newService(t testing.TB) (*rig, *chain.Service) {
 	t.Helper()
-	c := &chain{}
+	c := &rig{}
 	c.pool, c.url = testdb.NewWithURL(t)
+	c.rec = audittest.Recorder(t, c.pool, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	svc, err := audit.OpenIdle(ctx, audit.Config{Pool: c.pool, DatabaseURL: c.url, Signer: newSigner(t),
+	svc, err := chain.OpenIdle(ctx, chain.Config{Pool: c.pool, Recorder: c.rec, DatabaseURL: c.url, Signer: newSigner(t),
 		BatchSize: 7, SequencerInterval: 20 * time.Millisecond, Logger: quiet})
 	if err != nil {
 		t.Fatalf("OpenIdle() error = %v", err)
@@ -32,7 +35,7 @@ func newService(t testing.TB) (*chain, *audit.Service) {
 	return c, svc
 }
 
-func verify(t testing.TB, svc *audit.Service) *audit.Report {
+func verify(t testing.TB, svc *chain.Service) *chain.Report {
 	t.Helper()
 	r, err := svc.Verify(context.Background())
 	if err != nil {
@@ -41,7 +44,7 @@ func verify(t testing.TB, svc *audit.Service) *audit.Report {
 	return r
 }
 
-func hasFinding(r *audit.Report, kind, eventID string) bool {
+func hasFinding(r *chain.Report, kind, eventID string) bool {
 	for _, f := range r.Findings {
 		if f.Kind == kind && (eventID == "" || f.EventID == eventID) {
 			return true
@@ -53,6 +56,7 @@ func hasFinding(r *audit.Report, kind, eventID string) bool {
 // A clean trail verifies, every event proven under the checkpoint.
 // Verifies: REQ-AUD-007, REQ-AUD-006
 func TestVerifyCleanTrail(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 30)
 	c.shipAll(t)
@@ -85,41 +89,42 @@ func TestVerifyCleanTrail(t *testing.T) {
 // Each tampering with the outbox is found, and the event named.
 // Verifies: REQ-AUD-007
 func TestVerifyDetectsTampering(t *testing.T) {
+	t.Parallel()
 	type tamper struct {
 		name string
 		// do tampers and returns the event id the finding must name ("" = any).
-		do   func(t *testing.T, c *chain, ids []string) string
+		do   func(t *testing.T, c *rig, ids []string) string
 		kind string
 	}
-	exec := func(t *testing.T, c *chain, sql string, args ...any) {
+	exec := func(t *testing.T, c *rig, sql string, args ...any) {
 		t.Helper()
 		if _, err := c.pool.Exec(context.Background(), sql, args...); err != nil {
 			t.Fatalf("%s: %v", sql, err)
 		}
 	}
 	for _, tc := range []tamper{
-		{"row updated (metadata)", func(t *testing.T, c *chain, ids []string) string {
+		{"row updated (metadata)", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "UPDATE audit_events SET action = 'test.innocent' WHERE id = $1", ids[3])
 			return ids[3]
-		}, audit.FindingModified},
-		{"row updated (plaintext id)", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingModified},
+		{"row updated (plaintext id)", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "UPDATE audit_events SET object_id = 'someone-else' WHERE id = $1", ids[5])
 			return ids[5]
-		}, audit.FindingModified},
-		{"row updated (time)", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingModified},
+		{"row updated (time)", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "UPDATE audit_events SET occurred_at = occurred_at - interval '1 day' WHERE id = $1", ids[8])
 			return ids[8]
-		}, audit.FindingModified},
-		{"row reset to pending and shipped again", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingModified},
+		{"row reset to pending and shipped again", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "UPDATE audit_events SET batch_id = NULL, batch_index = NULL WHERE id = $1", ids[4])
 			c.shipAll(t)
 			return ids[4]
-		}, audit.FindingModified},
-		{"row deleted", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingModified},
+		{"row deleted", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "DELETE FROM audit_events WHERE id = $1", ids[7])
 			return ids[7]
-		}, audit.FindingDeleted},
-		{"row inserted into a logged batch", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingDeleted},
+		{"row inserted into a logged batch", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, `INSERT INTO audit_events (id, occurred_at, actor_kind, actor_id, actor_auth, action, object_type,
 				object_id, outcome, reason, request_id, source_addr, payload, salt, actor_id_c, object_id_c, request_id_c,
 				source_addr_c, payload_commitment, batch_id, batch_index)
@@ -127,8 +132,8 @@ func TestVerifyDetectsTampering(t *testing.T) {
 				object_type, object_id, outcome, reason, request_id, source_addr, payload, salt, actor_id_c, object_id_c,
 				request_id_c, source_addr_c, payload_commitment, batch_id, batch_index FROM audit_events WHERE id = $1`, ids[2])
 			return "01900000-0000-7000-8000-000000000001"
-		}, audit.FindingInserted},
-		{"row inserted back-dated, never logged", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingInserted},
+		{"row inserted back-dated, never logged", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, `INSERT INTO audit_events (id, occurred_at, recorded_at, actor_kind, actor_id, actor_auth, action,
 				object_type, object_id, outcome, reason, request_id, source_addr, payload, salt, actor_id_c, object_id_c,
 				request_id_c, source_addr_c, payload_commitment)
@@ -137,26 +142,27 @@ func TestVerifyDetectsTampering(t *testing.T) {
 				payload, salt, actor_id_c, object_id_c, request_id_c, source_addr_c, payload_commitment
 				FROM audit_events WHERE id = $1`, ids[2])
 			return "01900000-0000-7000-8000-000000000002"
-		}, audit.FindingPending},
-		{"outbox truncated", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingPending},
+		{"outbox truncated", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "TRUNCATE audit_events")
 			return ""
-		}, audit.FindingTruncated},
-		{"outbox and batches truncated", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingTruncated},
+		{"outbox and batches truncated", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "TRUNCATE audit_events, audit_batches")
 			return ""
-		}, audit.FindingBatchDeleted},
-		{"batch row rewritten", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingBatchDeleted},
+		{"batch row rewritten", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, `UPDATE audit_batches SET event_hashes = overlay(event_hashes placing '\x00'::bytea from 1 for 1)
 				WHERE id = (SELECT batch_id FROM audit_events WHERE id = $1)`, ids[0])
 			return ""
-		}, audit.FindingBatchModified},
-		{"checkpoint forged", func(t *testing.T, c *chain, ids []string) string {
+		}, chain.FindingBatchModified},
+		{"checkpoint forged", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, `UPDATE audit_checkpoints SET note = regexp_replace(note, E'\n[0-9]+\n', E'\n99\n')`)
 			return ""
-		}, audit.FindingCheckpointInvalid},
+		}, chain.FindingCheckpointInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel() // each case on its own database and chain
 			c, svc := newService(t)
 			ids := c.record(t, 20)
 			c.shipAll(t)
@@ -180,6 +186,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 // readiness red, and verify reports the fork.
 // Verifies: REQ-AUD-006, REQ-AUD-007
 func TestInconsistentLogIsAnIncident(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	c.record(t, 10)
 	c.shipAll(t)
@@ -194,10 +201,10 @@ func TestInconsistentLogIsAnIncident(t *testing.T) {
 	}
 	c.record(t, 10)
 	c.shipAll(t)
-	if _, err := svc.CheckpointNow(ctx); !errors.Is(err, audit.ErrInconsistent) {
+	if _, err := svc.CheckpointNow(ctx); !errors.Is(err, chain.ErrInconsistent) {
 		t.Fatalf("CheckpointNow() on a forked log error = %v, want ErrInconsistent", err)
 	}
-	if _, err := svc.Ready(ctx); !errors.Is(err, audit.ErrNotReady) {
+	if _, err := svc.Ready(ctx); !errors.Is(err, chain.ErrNotReady) {
 		t.Errorf("Ready() after an inconsistency = %v, want ErrNotReady", err)
 	}
 	var n int
@@ -205,11 +212,11 @@ func TestInconsistentLogIsAnIncident(t *testing.T) {
 		t.Errorf("audit.log.inconsistent events = %d, %v, want 1", n, err)
 	}
 	r := verify(t, svc)
-	if !hasFinding(r, audit.FindingIncident, "") {
+	if !hasFinding(r, chain.FindingIncident, "") {
 		t.Errorf("Verify() findings = %+v, want an incident", r.Findings)
 	}
 	// Retrying does not pile up incidents; resolving one is itself audited.
-	if _, err := svc.CheckpointNow(ctx); !errors.Is(err, audit.ErrInconsistent) {
+	if _, err := svc.CheckpointNow(ctx); !errors.Is(err, chain.ErrInconsistent) {
 		t.Fatalf("CheckpointNow() again error = %v, want ErrInconsistent", err)
 	}
 	inc, err := svc.Incidents(ctx)
@@ -220,7 +227,7 @@ func TestInconsistentLogIsAnIncident(t *testing.T) {
 	if err := svc.ResolveIncident(ctx, inc[0].ID, by, "restored from backup"); err != nil {
 		t.Fatalf("ResolveIncident() error = %v", err)
 	}
-	if err := svc.ResolveIncident(ctx, inc[0].ID, by, "twice"); !errors.Is(err, audit.ErrIncidentNotFound) {
+	if err := svc.ResolveIncident(ctx, inc[0].ID, by, "twice"); !errors.Is(err, chain.ErrIncidentNotFound) {
 		t.Errorf("ResolveIncident(resolved) error = %v, want ErrIncidentNotFound", err)
 	}
 	if err := c.pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'audit.incident.resolved'`).Scan(&n); err != nil || n != 1 {
@@ -232,6 +239,7 @@ func TestInconsistentLogIsAnIncident(t *testing.T) {
 // valid: the log holds commitments only.
 // Verifies: REQ-AUD-003
 func TestErasureKeepsProofsValid(t *testing.T) {
+	t.Parallel()
 	c, svc := newService(t)
 	ids := c.record(t, 10)
 	c.shipAll(t)
@@ -252,11 +260,12 @@ func TestErasureKeepsProofsValid(t *testing.T) {
 // once the lag exceeds MaxLag (controlled clock); the events stay in the outbox.
 // Verifies: REQ-AUD-005
 func TestReadinessReportsLagWhileLogDown(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	signer := newSigner(t)
 	// First start creates the tree; then the embedded Trillian goes away for good.
-	first, err := audit.OpenIdle(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: signer, Logger: quiet})
+	first, err := chain.OpenIdle(ctx, chain.Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), DatabaseURL: url, Signer: signer, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,13 +275,14 @@ func TestReadinessReportsLagWhileLogDown(t *testing.T) {
 	}
 	now := time.Now()
 	clock := func() time.Time { return now }
-	svc, err := audit.OpenIdle(ctx, audit.Config{Pool: pool, TrillianAddr: dead, Signer: signer, Logger: quiet,
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := chain.OpenIdle(ctx, chain.Config{Pool: pool, Recorder: rec, TrillianAddr: dead, Signer: signer, Logger: quiet,
 		MaxLag: time.Minute, Now: clock})
 	if err != nil {
 		t.Fatalf("OpenIdle(log down, tree known) error = %v", err)
 	}
 	t.Cleanup(func() { _ = svc.Close(context.Background()) })
-	c := &chain{pool: pool, url: url, log: svc.Log(), shipper: svc.Shipper()}
+	c := &rig{pool: pool, url: url, rec: rec, log: svc.Log(), shipper: svc.Shipper()}
 	c.record(t, 5)
 	step := func() error { // each pass with its own deadline: a loaded machine is slow
 		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -289,37 +299,43 @@ func TestReadinessReportsLagWhileLogDown(t *testing.T) {
 	now = now.Add(3 * time.Minute)
 	_ = step()
 	detail, err := svc.Ready(ctx)
-	if !errors.Is(err, audit.ErrNotReady) {
+	if !errors.Is(err, chain.ErrNotReady) {
 		t.Fatalf("Ready() after 3 min of outage = %v, want ErrNotReady", err)
 	}
-	st := detail.(audit.Stats)
+	st := detail.(chain.Stats)
 	if st.UnintegratedBatches == 0 || st.Lag() < 2*time.Minute || st.ConsecutiveFailures < 2 {
 		t.Errorf("Stats() during outage = %+v, want batches waiting, lag ≥ 2m, failures", st)
 	}
 }
 
-// Close stops every goroutine the service started: embedded Trillian, sequencer, shipper,
-// checkpointer, group committer.
+// Close stops every goroutine the chain and the recorder started: embedded Trillian,
+// sequencer, shipper, checkpointer, the recorder's group committer.
 // Verifies: REQ-AUD-005
 func TestCloseLeavesNoGoroutine(t *testing.T) {
+	// Not parallel: it counts the process's goroutines (parallel tests wait until it is done).
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	if err := pool.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
 	before := runtime.NumGoroutine()
-	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
+	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
 		Window: 10 * time.Millisecond, CheckpointInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := svc.RecordNow(ctx, testEvent()); err != nil {
+	if _, err := rec.RecordNow(ctx, testEvent()); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // let the workers run a few passes
 	if err := svc.Close(ctx); err != nil {
 		t.Fatalf("Close() error = %v", err)
 	}
+	rec.Close()
 	deadline := time.Now().Add(20 * time.Second)
 	for runtime.NumGoroutine() > before {
 		if time.Now().After(deadline) {
@@ -334,9 +350,11 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 // so batches sealed meanwhile cannot look like tampering.
 // Verifies: REQ-AUD-007
 func TestVerifyWhileShipping(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
-	svc, err := audit.Open(ctx, audit.Config{Pool: pool, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
 		Window: 5 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond, SequencerInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -345,7 +363,7 @@ func TestVerifyWhileShipping(t *testing.T) {
 	stop := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		c := &chain{pool: pool}
+		c := &rig{pool: pool, rec: rec}
 		for {
 			select {
 			case <-stop:

@@ -1,11 +1,11 @@
-package trillianembed_test
+package chain_test
 
 import (
 	"context"
 	"testing"
 	"time"
 
-	"github.com/vigilhealth/vigil/audit/trillianembed"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
@@ -13,10 +13,11 @@ import (
 // it stops, another takes over.
 // Verifies: REQ-AUD-005
 func TestOneSequencerPerDatabase(t *testing.T) {
+	t.Parallel()
 	_, url := testdb.NewWithURL(t)
 	ctx := context.Background()
-	start := func() *trillianembed.Server {
-		s, err := trillianembed.Start(ctx, trillianembed.Config{DatabaseURL: url, LeaderRetry: 50 * time.Millisecond})
+	start := func() *chain.Embedded {
+		s, err := chain.StartEmbedded(ctx, chain.EmbedConfig{DatabaseURL: url, LeaderRetry: 50 * time.Millisecond})
 		if err != nil {
 			t.Fatalf("Start() error = %v", err)
 		}
