@@ -52,8 +52,8 @@ It needs the installation's database (VIGIL_DATABASE_URL) for the audit log, and
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			cfg.Root, cfg.QMS = cfg.Validation.Root, cfg.Validation.QMS
-			cfg.Validation.DatabaseAdminURL = envOr("VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
-			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			cfg.Validation.DatabaseAdminURL = envOrCtx(ctx, "VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+			rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err

@@ -48,7 +48,7 @@ See docs/quality.md.`,
   vigil validate --vulndb path/to/vulndb/osv --out .vigil/validate`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.DatabaseAdminURL = envOr("VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+			cfg.DatabaseAdminURL = envOrCtx(cmd.Context(), "VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
 			cfg.Version = version
 			rep, err := validation.Run(cmd.Context(), cfg)
 			if err != nil {
