@@ -71,3 +71,19 @@ func ctxLogger(ctx context.Context) *slog.Logger {
 	}
 	return slog.Default()
 }
+
+type fixedLoggingKey struct{}
+
+// withFixedLogging returns a context whose commands leave the process's loggers (slog's
+// default, klog's routing to it) as they are instead of installing those of --log-level and
+// --log-format: tests run commands in parallel beside embedded Trillian servers, whose klog
+// calls would race with klog being re-routed. The flags are still checked.
+func withFixedLogging(ctx context.Context) context.Context {
+	return context.WithValue(ctx, fixedLoggingKey{}, true)
+}
+
+// fixedLogging reports whether the context asks to leave the process's loggers alone.
+func fixedLogging(ctx context.Context) bool {
+	fixed, _ := ctx.Value(fixedLoggingKey{}).(bool)
+	return fixed
+}

@@ -28,7 +28,8 @@ func execute(t *testing.T, args ...string) (string, error) {
 
 // executeEnv runs vigil with args, its commands seeing the variables of env over the
 // process's environment (withEnv): each test gives its commands their environment instead of
-// t.Setenv, which would forbid t.Parallel.
+// t.Setenv, which would forbid t.Parallel. The commands leave the process's loggers alone
+// (withFixedLogging): re-routing klog would race with the embedded Trillian of other tests.
 func executeEnv(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
 	root := newRoot()
@@ -36,7 +37,7 @@ func executeEnv(t *testing.T, env map[string]string, args ...string) (string, er
 	root.SetOut(&out)
 	root.SetErr(&out)
 	root.SetArgs(args)
-	err := root.ExecuteContext(withEnv(context.Background(), env))
+	err := root.ExecuteContext(withFixedLogging(withEnv(context.Background(), env)))
 	return out.String(), err
 }
 
