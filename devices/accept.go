@@ -132,17 +132,31 @@ func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, 
 		return v, nil, err
 	}
 	v.state = d
+	var refusal *RejectError
 	switch d.status {
 	case StatusActive:
+		if d.verifier == nil || u.KeyVersion != d.keyVersion {
+			refusal = reject(ErrUnknownKey, "key version %d is not the device's current key", u.KeyVersion)
+		}
 	case StatusSuspended:
-		return v, nil, reject(ErrDeviceSuspended, "device %s is suspended", id)
+		refusal = reject(ErrDeviceSuspended, "device %s is suspended", id)
 	case StatusDecommissioned:
-		return v, nil, reject(ErrDeviceDecommissioned, "device %s is decommissioned", id)
+		refusal = reject(ErrDeviceDecommissioned, "device %s is decommissioned", id)
 	default:
-		return v, nil, reject(ErrDeviceSuspended, "device %s is %s", id, d.status)
+		refusal = reject(ErrDeviceSuspended, "device %s is %s", id, d.status)
 	}
-	if d.verifier == nil || u.KeyVersion != d.keyVersion {
-		return v, nil, reject(ErrUnknownKey, "key version %d is not the device's current key", u.KeyVersion)
+	if refusal != nil {
+		// Re-send first: the exact re-send of an upload accepted before (its answer lost) gets
+		// its original receipt even after a key rotation or while the device is suspended or
+		// decommissioned — the upload was stored then, nothing is stored now.
+		rc, err := s.resentReceipt(ctx, v, env.Sig)
+		if err != nil {
+			return v, nil, err
+		}
+		if rc != nil {
+			return v, rc, nil
+		}
+		return v, nil, refusal
 	}
 	if d.verifier.Verify(env.Body, env.Sig) != nil {
 		return v, nil, &RejectError{Err: ErrBadSignature, Code: CodeBadSignature, Detail: fmt.Sprintf("signature does not verify under key %s/v%d", id, d.keyVersion)}
@@ -168,6 +182,31 @@ func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, 
 		return v, nil, reject(ErrNotAssigned, "device %s is not assigned to a patient", id)
 	}
 	return v, nil, nil
+}
+
+// resentReceipt returns the stored receipt of an accepted upload with v's exact body, signed
+// by the device key version that body names (now perhaps retired), or nil when there is none.
+// It is the re-send check for devices whose current key or status would refuse the upload.
+func (s *Service) resentReceipt(ctx context.Context, v *Verified, sig []byte) (*Receipt, error) {
+	var pub []byte
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT k.public_key FROM devices_uploads u
+		JOIN devices_keys k ON k.device_id = u.device_id AND k.version = u.key_version
+		WHERE u.hash = $1 AND u.device_id = $2 AND u.key_version = $3`,
+		v.Hash[:], v.Device, int64(v.Upload.KeyVersion)).Scan(&pub)
+	if isNoRows(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up re-sent upload %x: %w", v.Hash[:8], err)
+	}
+	if envelope.VerifySignature(pub, v.Body, sig) != nil {
+		return nil, nil // not signed by the key that signed the original: not a re-send
+	}
+	rc, err := s.storedReceipt(ctx, v)
+	if errors.Is(err, ErrReplay) {
+		return nil, nil
+	}
+	return rc, err
 }
 
 // envErr turns an envelope decoding error into a RejectError.

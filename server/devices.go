@@ -202,6 +202,12 @@ func (s *Server) postRotate(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	SetActor(c, audit.Actor{Kind: audit.ActorDevice, ID: out.DeviceID.String(), AuthMethod: "device-signature"})
+	if out.Replayed {
+		// The re-send of a rotation already applied: the same answer, no state change (the
+		// middleware records the request).
+		return c.JSON(http.StatusOK, out)
+	}
 	Audited(c) // device.key.rotated
 	return c.JSON(http.StatusCreated, out)
 }
