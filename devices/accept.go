@@ -417,6 +417,9 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 		Time:       s.cfg.Now(),
 	}
 	payload := map[string]any{"transport": meta.Transport, "bytes": len(raw), "detail": re.Detail}
+	if meta.CorrelationID != "" {
+		payload["correlation_id"] = meta.CorrelationID
+	}
 	if v != nil {
 		ev.Object.ID = hex.EncodeToString(v.Hash[:])
 		if v.Upload != nil {

@@ -532,9 +532,6 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 			}
 			return err
 		}
-		if skew := now.Sub(time.UnixMilli(r.T)); skew > s.cfg.MaxSkew || skew < -s.cfg.MaxSkew {
-			return reject(ErrClockSkew, "rotation signed %s from server time", skew.Round(time.Millisecond))
-		}
 		if d.KeyVersion == 0 || uint64(d.KeyVersion) != r.KeyVersion {
 			return reject(ErrUnknownKey, "key version %d is not the device's current key", r.KeyVersion)
 		}
@@ -544,6 +541,9 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 		}
 		if err := envelope.VerifySignature(pub, env.Body, env.Sig); err != nil {
 			return reject(ErrBadSignature, "rotation not signed by the current key")
+		}
+		if skew := now.Sub(time.UnixMilli(r.T)); skew > s.cfg.MaxSkew || skew < -s.cfg.MaxSkew {
+			return reject(ErrClockSkew, "rotation signed %s from server time", skew.Round(time.Millisecond))
 		}
 		ev.Actor.AuthMethod = "device-signature"
 		if err := addKey(ctx, tx, d, r.NewPublicKey, now); err != nil {

@@ -66,7 +66,7 @@ func readDeviceBody(c echo.Context, limit int) (*bytes.Buffer, error) {
 }
 
 func deviceMeta(c echo.Context) devices.Meta {
-	return devices.Meta{Transport: "http", RequestID: RequestID(c), SourceAddr: c.RealIP()}
+	return devices.Meta{Transport: "http", RequestID: RequestID(c), SourceAddr: c.RealIP(), CorrelationID: CorrelationID(c)}
 }
 
 func (s *Server) uploadLimit() int {

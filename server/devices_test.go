@@ -137,7 +137,7 @@ func TestHTTPUploadAccepted(t *testing.T) {
 	}
 }
 
-// Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041
+// Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041, REQ-AUD-031
 func TestHTTPUploadRejections(t *testing.T) {
 	t.Parallel()
 	h := newDevHTTP(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 3 })
@@ -201,6 +201,20 @@ func TestHTTPUploadRejections(t *testing.T) {
 		{name: "skew", status: 422, code: "clock_skew", body: func(t *testing.T) []byte {
 			return h.NewDevice(t).Upload(t, h.Clock.Now().Add(-time.Hour), 1)
 		}},
+		// Refusals of the clinical core come back with core's code and are audited as
+		// upload.rejected with the request's id and source address, like the others.
+		{name: "unknown code", status: 422, code: "unknown_code", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "99999-9", Value: 1, Unit: "/min"}, 0)
+		}},
+		{name: "wrong unit", status: 422, code: "wrong_unit", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "8867-4", Value: 72, Unit: "kg"}, 0)
+		}},
+		{name: "impossible value", status: 422, code: "impossible_value", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "8867-4", Value: -5, Unit: "/min"}, 0)
+		}},
+		{name: "future time", status: 422, code: "future_time", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "8867-4", Value: 72, Unit: "/min"}, time.Hour)
+		}},
 		{name: "rate limited", status: 429, code: "rate_limited", retryAfter: "1", body: func(t *testing.T) []byte {
 			for i := 0; i < 3; i++ {
 				if _, err := h.Devices.Accept(h.Ctx, limited.Upload(t, h.Clock.Now(), 1), devices.Meta{Transport: "http"}); err != nil {
@@ -245,8 +259,9 @@ func TestHTTPUploadRejections(t *testing.T) {
 				t.Errorf("http.request.rejected events = %d, want %d", n, wantHTTP)
 			}
 			if tc.code != "unsupported_media_type" {
-				if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND request_id = $2`, tc.code, ae.Error.RequestID); n != 1 {
-					t.Errorf("upload.rejected events of this request = %d, want 1", n)
+				if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND request_id = $2
+					AND source_addr = '127.0.0.1'`, tc.code, ae.Error.RequestID); n != 1 {
+					t.Errorf("upload.rejected events of this request (with its source address) = %d, want 1", n)
 				}
 			}
 		})
@@ -418,4 +433,15 @@ func TestHTTPUploadAuditedOnce(t *testing.T) {
 			t.Errorf("upload %d: http.request.completed events = %d, want %d", i, got, want.generic)
 		}
 	}
+}
+
+// coreRefused signs, for a new device of h, an upload of one sample (taken at the clock's
+// time plus ahead) that the clinical core refuses.
+func coreRefused(t *testing.T, h *devHTTP, smp envelope.Sample, ahead time.Duration) []byte {
+	t.Helper()
+	d := h.NewDevice(t)
+	now := h.Clock.Now()
+	smp.T = now.Add(ahead).UnixMilli()
+	d.Seq++
+	return d.Sign(t, &envelope.Upload{Device: d.ID.String(), KeyVersion: d.KV, Seq: d.Seq, SentAt: now.UnixMilli(), Samples: []envelope.Sample{smp}})
 }
