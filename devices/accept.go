@@ -23,6 +23,9 @@ type Verified struct {
 	Body   []byte   // canonical body bytes
 	Hash   [32]byte // SHA-256 of Body
 	Device uuid.UUID
+	// Resent is set by Verify when the bytes are the exact re-send of an upload accepted
+	// before (Accept answers it with the original receipt).
+	Resent bool
 
 	state *deviceState
 }
@@ -89,15 +92,17 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 }
 
 // Verify runs every check of Accept that needs no commit and stores nothing (not even a
-// rejection): decode, device status and key, signature, skew, sequence. It is exported for
-// tools and tests; transports call Accept.
+// rejection): decode, device status and key, signature, skew, sequence. An exact re-send of
+// an accepted upload verifies (it is genuine), with Verified.Resent set. It is exported for
+// tools and the server's throttle (which never refuses a genuine upload); transports call
+// Accept.
 func (s *Service) Verify(ctx context.Context, raw []byte) (*Verified, error) {
 	v, rc, err := s.verify(ctx, raw)
 	if err != nil {
 		return v, err
 	}
 	if rc != nil {
-		return v, reject(ErrReplay, "exact re-send of an accepted upload")
+		v.Resent = true
 	}
 	return v, nil
 }
