@@ -28,6 +28,12 @@ type Backend interface {
 	// Sign signs every message with the given version (0: the latest) and returns the
 	// signatures in order and the version used. Backends batch where it pays.
 	Sign(ctx context.Context, name string, version int, msgs [][]byte) ([][]byte, int, error)
+	// SignDigests signs SHA-256 digests (32 bytes each) with an ECDSA P-256 key version
+	// (0: the latest): each signature is the ASN.1 DER signature Sign makes of the message
+	// whose digest it is, so a verifier of the message accepts it. The message never reaches
+	// the backend (Vault Transit: prehashed). Keys of other algorithms refuse with
+	// [ErrWrongPurpose], a digest of another length with an error.
+	SignDigests(ctx context.Context, name string, version int, digests [][]byte) ([][]byte, int, error)
 	// MAC returns HMAC-SHA-256(key version, msg) (version 0: the latest) and the version used.
 	MAC(ctx context.Context, name string, version int, msg []byte) ([]byte, int, error)
 	// GenerateDataKey returns a fresh random 32-byte data key and that key wrapped

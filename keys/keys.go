@@ -106,6 +106,17 @@ type BatchSigner interface {
 	SignBatch(ctx context.Context, msgs [][]byte) ([][]byte, error)
 }
 
+// DigestSigner is a [Signer] of an ECDSA P-256 key that also signs a SHA-256 digest computed
+// by the caller ([KeySigner] is one): SignDigest(ctx, SHA-256(msg)) is a signature Sign(ctx,
+// msg) could have made, so the same verifiers (cosign among them) accept it, and a large
+// message never travels to the backend.
+type DigestSigner interface {
+	Signer
+	// SignDigest returns the ASN.1 DER ECDSA signature of the 32-byte SHA-256 digest. Other
+	// lengths and keys other than ECDSA P-256 are refused.
+	SignDigest(ctx context.Context, digest []byte) ([]byte, error)
+}
+
 // Verifier checks signatures made by the versions of one signing key.
 type Verifier interface {
 	// Verify returns nil if sig is a valid signature of msg by the key version keyID

@@ -448,8 +448,8 @@ func (l *Local) secret(op, name string, version int) (Algorithm, int, []byte, er
 	return alg, v, s, err
 }
 
-// Sign implements [Backend].
-func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byte) ([][]byte, int, error) {
+// signer returns the parsed private key of a version of a signing key (cached).
+func (l *Local) signer(name string, version int) (crypto.Signer, int, error) {
 	var signer crypto.Signer
 	var v int
 	err := l.read("sign", func() error {
@@ -479,6 +479,12 @@ func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byt
 		l.signers[id], signer = sg, sg
 		return nil
 	})
+	return signer, v, err
+}
+
+// Sign implements [Backend].
+func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byte) ([][]byte, int, error) {
+	signer, v, err := l.signer(name, version)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -492,6 +498,28 @@ func (l *Local) Sign(ctx context.Context, name string, version int, msgs [][]byt
 			if out[i], err = ecdsa.SignASN1(l.cfg.Rand, k, d[:]); err != nil {
 				return nil, 0, err
 			}
+		}
+	}
+	return out, v, nil
+}
+
+// SignDigests implements [Backend]: ECDSA over the given SHA-256 digests.
+func (l *Local) SignDigests(ctx context.Context, name string, version int, digests [][]byte) ([][]byte, int, error) {
+	if err := checkDigests(digests); err != nil {
+		return nil, 0, &BackendError{Backend: "local", Op: "sign", Key: name, Err: err}
+	}
+	signer, v, err := l.signer(name, version)
+	if err != nil {
+		return nil, 0, err
+	}
+	k, ok := signer.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, 0, &BackendError{Backend: "local", Op: "sign", Key: name, Err: fmt.Errorf("%w: only ECDSA keys sign digests", ErrWrongPurpose)}
+	}
+	out := make([][]byte, len(digests))
+	for i, d := range digests {
+		if out[i], err = ecdsa.SignASN1(l.cfg.Rand, k, d); err != nil {
+			return nil, 0, err
 		}
 	}
 	return out, v, nil

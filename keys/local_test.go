@@ -20,7 +20,7 @@ func openLocal(t *testing.T, dir string, pass []byte) (*keys.Local, error) {
 	return keys.NewLocal(keys.LocalConfig{Dir: dir, Passphrase: pass, ScryptN: 1 << 10})
 }
 
-// Verifies: REQ-KEY-001, REQ-KEY-002, REQ-KEY-003, REQ-KEY-004, REQ-KEY-006, REQ-KEY-007
+// Verifies: REQ-KEY-001, REQ-KEY-002, REQ-KEY-003, REQ-KEY-004, REQ-KEY-006, REQ-KEY-007, REQ-KEY-020
 func TestLocalConformance(t *testing.T) {
 	keystest.Run(t, func(t *testing.T) keys.Backend {
 		l, err := openLocal(t, t.TempDir(), testPass)

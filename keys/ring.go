@@ -213,7 +213,10 @@ type KeySigner struct {
 	pub     crypto.PublicKey
 }
 
-var _ BatchSigner = (*KeySigner)(nil)
+var (
+	_ BatchSigner  = (*KeySigner)(nil)
+	_ DigestSigner = (*KeySigner)(nil)
+)
 
 // KeyID returns "<purpose>:v<version>".
 func (s *KeySigner) KeyID() string { return KeyID(s.p, s.version) }
@@ -262,6 +265,55 @@ func (s *KeySigner) SignBatch(ctx context.Context, msgs [][]byte) ([][]byte, err
 		for _, m := range msgs {
 			d := sha256.Sum256(m)
 			if err := s.r.report(ctx, Operation{Kind: OpReleaseSign, Purpose: s.p, KeyID: s.KeyID(), Count: 1, Digest: d[:]}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return sigs, nil
+}
+
+// SignDigest signs a SHA-256 digest with an ECDSA P-256 key (see [DigestSigner]).
+func (s *KeySigner) SignDigest(ctx context.Context, digest []byte) ([]byte, error) {
+	sigs, err := s.SignDigests(ctx, [][]byte{digest})
+	if err != nil {
+		return nil, err
+	}
+	return sigs[0], nil
+}
+
+// SignDigests signs several SHA-256 digests in one backend call: each signature is the one
+// Sign makes of the message whose digest it is. Only ECDSA P-256 keys sign digests (Ed25519
+// signs the message itself): for others the error wraps [ErrWrongPurpose]. Release-signing
+// signatures are reported to the hook with the digest, as Sign reports them.
+func (s *KeySigner) SignDigests(ctx context.Context, digests [][]byte) ([][]byte, error) {
+	pub, ok := s.pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("keys: sign digest with %s: %w: only ECDSA P-256 keys sign digests", s.KeyID(), ErrWrongPurpose)
+	}
+	if err := checkDigests(digests); err != nil {
+		return nil, fmt.Errorf("keys: sign digest with %s: %w", s.KeyID(), err)
+	}
+	if len(digests) == 0 {
+		return [][]byte{}, nil
+	}
+	sigs, _, err := s.r.b.SignDigests(ctx, string(s.p), s.version, digests)
+	if err != nil {
+		return nil, fmt.Errorf("keys: sign digest with %s: %w", s.KeyID(), err)
+	}
+	if len(sigs) != len(digests) {
+		return nil, fmt.Errorf("keys: sign digest with %s: backend returned %d signatures for %d digests", s.KeyID(), len(sigs), len(digests))
+	}
+	// As SignBatch: a remote backend's signature is checked before it is handed out.
+	if ip, ok := s.r.b.(interface{ inProcess() bool }); !ok || !ip.inProcess() {
+		for i, sig := range sigs {
+			if !ecdsa.VerifyASN1(pub, digests[i], sig) {
+				return nil, fmt.Errorf("keys: sign digest with %s: backend signature does not verify: %w", s.KeyID(), &InvalidSignatureError{KeyID: s.KeyID()})
+			}
+		}
+	}
+	if s.p == ReleaseSigning {
+		for _, d := range digests {
+			if err := s.r.report(ctx, Operation{Kind: OpReleaseSign, Purpose: s.p, KeyID: s.KeyID(), Count: 1, Digest: append([]byte(nil), d...)}); err != nil {
 				return nil, err
 			}
 		}
@@ -415,4 +467,14 @@ func (r *Ring) PublicKeys(ctx context.Context, p Purpose) ([]PublicKey, error) {
 		return nil, fmt.Errorf("keys: public keys %s: %w", p, ErrKeyNotFound)
 	}
 	return out, nil
+}
+
+// checkDigests refuses digests that are not SHA-256 digests (32 bytes).
+func checkDigests(digests [][]byte) error {
+	for i, d := range digests {
+		if len(d) != sha256.Size {
+			return fmt.Errorf("digest %d is %d bytes, want a SHA-256 digest (%d bytes)", i, len(d), sha256.Size)
+		}
+	}
+	return nil
 }

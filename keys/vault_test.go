@@ -36,7 +36,7 @@ func newVault(t testing.TB, vs *keystest.VaultServer, prefix string) *keys.Vault
 // TestVault runs the conformance suite and the Vault-specific checks against a real Vault
 // dev server (started here, stopped after).
 //
-// Verifies: REQ-KEY-001, REQ-KEY-002, REQ-KEY-003, REQ-KEY-004, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008
+// Verifies: REQ-KEY-001, REQ-KEY-002, REQ-KEY-003, REQ-KEY-004, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008, REQ-KEY-020
 func TestVault(t *testing.T) {
 	vs := keystest.StartVault(t)
 	ctx := context.Background()

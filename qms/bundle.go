@@ -2,6 +2,7 @@ package qms
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
@@ -12,6 +13,7 @@ import (
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	"github.com/sigstore/sigstore/pkg/signature"
+	"github.com/sigstore/sigstore/pkg/signature/options"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -27,12 +29,16 @@ var ErrSignatureInvalid = errors.New("signature does not verify")
 // returns a Sigstore bundle (JSON) that `cosign verify-blob --bundle B --key K
 // --insecure-ignore-tlog ARTEFACT` accepts: a message signature over the artefact with its
 // SHA-256 digest, and the key id as the public-key hint.
-func SignBundle(s signature.Signer, keyHint string, artefact []byte) ([]byte, error) {
-	sig, err := s.SignMessage(bytes.NewReader(artefact))
+//
+// The signer is given the SHA-256 digest (options.WithDigest), so only 32 bytes reach the
+// key backend whatever the artefact's size (Vault Transit signs it prehashed; ANOM-002);
+// the signature is the standard ECDSA P-256 signature over the artefact's SHA-256.
+func SignBundle(ctx context.Context, s signature.Signer, keyHint string, artefact []byte) ([]byte, error) {
+	digest := sha256.Sum256(artefact)
+	sig, err := s.SignMessage(bytes.NewReader(artefact), options.WithDigest(digest[:]), options.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	digest := sha256.Sum256(artefact)
 	b := &protobundle.Bundle{
 		MediaType: BundleMediaType,
 		VerificationMaterial: &protobundle.VerificationMaterial{

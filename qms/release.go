@@ -332,7 +332,7 @@ func Release(ctx context.Context, cfg ReleaseConfig) (*ReleaseResult, error) {
 	}
 	// 5. Signatures of the binary and the SBOM, then the manifest and its signature.
 	for _, name := range []string{BinaryName, SBOMName} {
-		if err := signFile(cfg, filepath.Join(cfg.Out, name)); err != nil {
+		if err := signFile(ctx, cfg, filepath.Join(cfg.Out, name)); err != nil {
 			return nil, err
 		}
 	}
@@ -345,7 +345,7 @@ func Release(ctx context.Context, cfg ReleaseConfig) (*ReleaseResult, error) {
 	if err := writeJSON(manPath, man); err != nil {
 		return nil, err
 	}
-	if err := signFile(cfg, manPath); err != nil {
+	if err := signFile(ctx, cfg, manPath); err != nil {
 		return nil, err
 	}
 	manSum, _, err := fileSHA256(manPath)
@@ -385,12 +385,12 @@ func annotateVulns(inv *validation.Inventory, vulnsFile string) {
 	}
 }
 
-func signFile(cfg ReleaseConfig, path string) error {
+func signFile(ctx context.Context, cfg ReleaseConfig, path string) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	b, err := SignBundle(cfg.Signer, cfg.KeyID, data)
+	b, err := SignBundle(ctx, cfg.Signer, cfg.KeyID, data)
 	if err != nil {
 		return fmt.Errorf("release: sign %s: %w", filepath.Base(path), err)
 	}

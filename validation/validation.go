@@ -47,9 +47,14 @@ type Config struct {
 	// VulnDB is the folder of the offline OSV database govulncheck reads (vulnerabilities
 	// gate). No default: the gate fails when it is empty or missing.
 	VulnDB string
-	// Binary is a built vigil binary whose modules the SBOM lists. Empty: the modules the
-	// main package links, from `go list -deps`.
+	// Binary is a built vigil binary whose modules the SBOM lists and, by default, the
+	// vulnerabilities gate scans. Empty: the modules the main package links, from
+	// `go list -deps`, and a scan of the source.
 	Binary string
+	// VulnMode is how the vulnerabilities gate runs govulncheck: VulnModeBinary on Binary,
+	// VulnModeSource on the packages of Root, or VulnModeAuto (default): binary when Binary
+	// is given, else source.
+	VulnMode string
 	// MainPackage is the package of the binary, for the SBOM and the licences. Default
 	// "./cmd/vigil".
 	MainPackage string
@@ -229,6 +234,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if _, ok := known[n]; !ok {
 			return nil, fmt.Errorf("validation: unknown gate %q (gates: %s)", n, strings.Join(AllGates(), ", "))
 		}
+	}
+	switch cfg.VulnMode {
+	case VulnModeAuto, VulnModeBinary, VulnModeSource:
+	default:
+		return nil, fmt.Errorf("validation: unknown vulnerability scan mode %q (want %q or %q)", cfg.VulnMode, VulnModeBinary, VulnModeSource)
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
 		return nil, fmt.Errorf("validation: %w", err)

@@ -230,8 +230,9 @@ func TestGatesFailForTheRightReason(t *testing.T) {
 
 // The vulnerabilities gate runs govulncheck offline: a crafted OSV entry for a module of the
 // build fails it when the vulnerable function is called, is listed but passes when only the
-// package is imported, and a missing database fails it clearly.
-// Verifies: REQ-QMS-003
+// package is imported, and a missing database fails it clearly. Given the built binary it
+// scans that binary instead, with the same verdicts; the mode is recorded in the evidence.
+// Verifies: REQ-QMS-003, REQ-QMS-021
 func TestVulnerabilityGate(t *testing.T) {
 	sums, err := os.ReadFile("../go.sum")
 	if err != nil {
@@ -274,6 +275,40 @@ func TestVulnerabilityGate(t *testing.T) {
 	}
 	if _, err := ScanVulns(context.Background(), root, "", nil, nil); !errors.Is(err, ErrNoVulnDB) {
 		t.Errorf("ScanVulns(no db) error = %v, want ErrNoVulnDB", err)
+	}
+
+	// Given the built binary, the gate scans it (binary mode: what ships, no type-checking)
+	// and finds the same: the linked vulnerable function fails it, the unlinked one does not.
+	writeFiles(t, root, map[string]string{"cmd/fix/main.go": "package main\n\nimport \"example.com/fixture/fix\"\n\nfunc main() { println(fix.ID()) }\n"})
+	bin := filepath.Join(t.TempDir(), "fix")
+	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./cmd/fix")
+	build.Dir = root
+	build.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off", "GOPROXY=off")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build fixture: %v\n%s", err, out)
+	}
+	r = gateResult(t, runGates(t, Config{Root: root, VulnDB: called, Binary: bin}, GateVulns), GateVulns)
+	if r.Passed || !strings.Contains(r.Summary, "binary mode on "+bin) || !hasReason(r, "GO-2099-0001", "github.com/google/uuid@v1.6.0", "(called)", "uuid.NewString") {
+		t.Errorf("vulnerabilities gate on a binary linking the vulnerable function = %v %s %v, want a binary-mode failure naming GO-2099-0001", r.Passed, r.Summary, r.Reasons)
+	}
+	r = gateResult(t, runGates(t, Config{Root: root, VulnDB: imported, Binary: bin}, GateVulns), GateVulns)
+	if !r.Passed || !strings.Contains(r.Summary, "binary mode") || !hasReason(r, "note: GO-2099-0001") {
+		t.Errorf("vulnerabilities gate on a binary without the vulnerable function = %v %s %v, want a binary-mode pass that lists it", r.Passed, r.Summary, r.Reasons)
+	}
+	out := t.TempDir()
+	r = gateResult(t, runGates(t, Config{Root: root, VulnDB: called, Binary: bin, VulnMode: VulnModeSource, Out: out}, GateVulns), GateVulns)
+	if r.Passed || !strings.Contains(r.Summary, "source mode on "+root) || !hasReason(r, "(called)", "fix.ID") {
+		t.Errorf("vulnerabilities gate forced to source mode = %v %s %v, want a source-mode failure with the call path", r.Passed, r.Summary, r.Reasons)
+	}
+	var scan VulnScan
+	if b, err := os.ReadFile(filepath.Join(out, GateVulns, "vulns.json")); err != nil || json.Unmarshal(b, &scan) != nil || scan.Mode != VulnModeSource || scan.Target != root {
+		t.Errorf("vulns.json = %+v, %v; want the mode and the target recorded", scan, err)
+	}
+	if _, err := Run(context.Background(), Config{Root: root, Out: t.TempDir(), VulnMode: "guess"}); err == nil {
+		t.Error("Run(VulnMode guess) error = nil, want an error")
+	}
+	if _, err := ScanBinaryVulns(context.Background(), called, filepath.Join(t.TempDir(), "none"), nil); err == nil {
+		t.Error("ScanBinaryVulns(missing binary) error = nil, want an error")
 	}
 }
 

@@ -41,7 +41,11 @@ type Vuln struct {
 type VulnScan struct {
 	DB      string `json:"db"`
 	Scanner string `json:"scanner"`
-	Vulns   []Vuln `json:"vulns"`
+	// Mode is what was scanned: VulnModeBinary (a built binary) or VulnModeSource.
+	Mode string `json:"mode"`
+	// Target is the binary (binary mode) or the root of the source tree (source mode).
+	Target string `json:"target"`
+	Vulns  []Vuln `json:"vulns"`
 }
 
 // Called returns the vulnerabilities reachable from the scanned code.
@@ -94,10 +98,46 @@ type govulnMessage struct {
 	} `json:"finding"`
 }
 
+// The modes of the vulnerabilities gate ([Config.VulnMode]).
+const (
+	// VulnModeAuto scans the binary when [Config.Binary] is given, else the source.
+	VulnModeAuto = ""
+	// VulnModeBinary scans the built binary: the modules, Go version and symbols it links.
+	VulnModeBinary = "binary"
+	// VulnModeSource scans the source tree: a call graph of every package (./...).
+	VulnModeSource = "source"
+)
+
 // ScanVulns runs govulncheck (golang.org/x/vuln, in this process) in source mode on the
 // packages of root against the offline OSV database in the folder db, with no network, and
-// writes its JSON stream to raw (when not nil).
+// writes its JSON stream to raw (when not nil). Source mode type-checks and builds a call
+// graph of every package: on Vigil about 10 s, the slowest thing `vigil validate` does.
 func ScanVulns(ctx context.Context, root, db string, patterns []string, raw io.Writer) (*VulnScan, error) {
+	if len(patterns) == 0 {
+		patterns = []string{"./..."}
+	}
+	args := append([]string{"-C", root}, patterns...)
+	return govulncheck(ctx, db, VulnModeSource, args, raw)
+}
+
+// ScanBinaryVulns runs govulncheck in binary mode on a built Go binary against the offline
+// OSV database in the folder db: the modules and the Go version recorded in the binary, and
+// the symbols it links (a vulnerable function linked into the binary is reported as called,
+// since the linker keeps only what can be reached, at most more than source mode would).
+// It reads the binary's symbol table and build information, with no type-checking: on
+// Vigil's binary under a second (docs/benchmarks.md).
+func ScanBinaryVulns(ctx context.Context, db, binary string, raw io.Writer) (*VulnScan, error) {
+	if fi, err := os.Stat(binary); err != nil || fi.IsDir() {
+		return nil, fmt.Errorf("govulncheck: binary %s: not a file", binary)
+	}
+	abs, err := filepath.Abs(binary)
+	if err != nil {
+		return nil, err
+	}
+	return govulncheck(ctx, db, VulnModeBinary, []string{"-mode", "binary", abs}, raw)
+}
+
+func govulncheck(ctx context.Context, db, mode string, args []string, raw io.Writer) (*VulnScan, error) {
 	if db == "" {
 		return nil, fmt.Errorf("%w: no database folder given (--vulndb)", ErrNoVulnDB)
 	}
@@ -108,13 +148,9 @@ func ScanVulns(ctx context.Context, root, db string, patterns []string, raw io.W
 	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("%w: %s is not a folder of OSV entries (--vulndb)", ErrNoVulnDB, abs)
 	}
-	if len(patterns) == 0 {
-		patterns = []string{"./..."}
-	}
 	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs)}
 	var out, stderr bytes.Buffer
-	args := append([]string{"-db", u.String(), "-format", "json", "-C", root}, patterns...)
-	cmd := scan.Command(ctx, args...)
+	cmd := scan.Command(ctx, append([]string{"-db", u.String(), "-format", "json"}, args...)...)
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	// No network: the database is a local folder, and modules come from the module cache.
 	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off")
@@ -129,7 +165,12 @@ func ScanVulns(ctx context.Context, root, db string, patterns []string, raw io.W
 			return nil, err
 		}
 	}
-	return parseGovulncheck(&out)
+	res, err := parseGovulncheck(&out)
+	if err != nil {
+		return nil, err
+	}
+	res.Mode = mode
+	return res, nil
 }
 
 func parseGovulncheck(r io.Reader) (*VulnScan, error) {
@@ -217,7 +258,26 @@ func vulnGate(ctx context.Context, e *env) Result {
 	if err != nil {
 		return fail("evidence", err.Error())
 	}
-	s, err := ScanVulns(ctx, e.cfg.Root, e.cfg.VulnDB, nil, raw)
+	var s *VulnScan
+	switch mode := e.vulnMode(); mode {
+	case VulnModeBinary:
+		if e.cfg.Binary == "" {
+			raw.Close()
+			return fail("no binary to scan", "the vulnerabilities gate in binary mode needs the built binary (--binary)")
+		}
+		s, err = ScanBinaryVulns(ctx, e.cfg.VulnDB, e.cfg.Binary, raw)
+		if s != nil {
+			s.Target = e.cfg.Binary
+		}
+	case VulnModeSource:
+		s, err = ScanVulns(ctx, e.cfg.Root, e.cfg.VulnDB, nil, raw)
+		if s != nil {
+			s.Target = e.cfg.Root
+		}
+	default:
+		raw.Close()
+		return fail("unknown mode", fmt.Sprintf("vulnerability scan mode %q: want %q or %q", mode, VulnModeBinary, VulnModeSource))
+	}
 	raw.Close()
 	if err != nil {
 		if errors.Is(err, ErrNoVulnDB) {
@@ -231,7 +291,7 @@ func vulnGate(ctx context.Context, e *env) Result {
 	e.setVulns(s)
 	called := s.Called()
 	res := Result{Evidence: []string{filepath.Join(rel, "vulns.json"), filepath.Join(rel, "govulncheck.json")},
-		Summary: fmt.Sprintf("%s against %s: %d reachable, %d in the build but not reached", s.Scanner, e.cfg.VulnDB, len(called), len(s.Vulns)-len(called))}
+		Summary: fmt.Sprintf("%s, %s mode on %s, against %s: %d reachable, %d in the build but not reached", s.Scanner, s.Mode, s.Target, e.cfg.VulnDB, len(called), len(s.Vulns)-len(called))}
 	for _, v := range s.Vulns {
 		line := fmt.Sprintf("%s %s@%s (%s): %s", v.ID, v.Module, v.Version, v.Level, v.Summary)
 		if v.FixedVersion != "" {
@@ -246,4 +306,16 @@ func vulnGate(ctx context.Context, e *env) Result {
 	}
 	res.Passed = len(called) == 0
 	return res
+}
+
+// vulnMode is the scan mode of the run: Config.VulnMode, or for auto the binary when one is
+// given (what ships, and ten times faster) and the source otherwise.
+func (e *env) vulnMode() string {
+	switch {
+	case e.cfg.VulnMode != VulnModeAuto:
+		return e.cfg.VulnMode
+	case e.cfg.Binary != "":
+		return VulnModeBinary
+	}
+	return VulnModeSource
 }

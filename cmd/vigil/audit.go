@@ -139,7 +139,7 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 				fmt.Fprintln(out, "OK: every event is proven under the signed checkpoints")
 				return nil
 			}
-			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err
@@ -213,7 +213,7 @@ of disclosures); --report is then required.`,
 				return fmt.Errorf("--to: %w", err)
 			}
 			opt.RevealIDs = revealIDs
-			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err
@@ -304,7 +304,7 @@ verify.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err

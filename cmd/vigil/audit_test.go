@@ -23,12 +23,12 @@ import (
 // offline and fails on a changed byte.
 // Verifies: REQ-AUD-007, REQ-AUD-008
 func TestAuditVerifyAndExportCommands(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	dataDir := t.TempDir()
-	t.Setenv("VIGIL_DATABASE_URL", url)
-	t.Setenv("VIGIL_KEYRING_PASSPHRASE", "test-passphrase")
+	env := map[string]string{"VIGIL_DATABASE_URL": url, "VIGIL_KEYRING_PASSPHRASE": "test-passphrase", "VIGIL_VAULT_ADDR": ""}
 	cheapLocalRing(t, dataDir, "test-passphrase")
-	ctx := context.Background()
+	ctx := withEnv(context.Background(), env)
 
 	// A running installation's audit chain records, ships and checkpoints some events.
 	rec := audittest.Recorder(t, pool, nil)
@@ -71,7 +71,7 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, err := execute(t, "audit", "verify", "--json", "--data-dir", dataDir)
+	out, err := executeEnv(t, env, "audit", "verify", "--json", "--data-dir", dataDir)
 	var rep chain.Report
 	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.OK || rep.ProvenEvents < 6 {
 		t.Fatalf("vigil audit verify --json = %v\n%s\nwant OK with ≥ 6 proven events", err, out)
@@ -79,10 +79,10 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 
 	pack := filepath.Join(t.TempDir(), "trail.pack")
 	from, to := time.Now().Add(-time.Hour).Format(time.RFC3339), time.Now().Add(time.Hour).Format(time.RFC3339)
-	if out, err := execute(t, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--out", pack); err != nil {
+	if out, err := executeEnv(t, env, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--out", pack); err != nil {
 		t.Fatalf("vigil audit export = %v\n%s", err, out)
 	}
-	if out, err := execute(t, "audit", "verify", "--pack", pack); err != nil {
+	if out, err := executeEnv(t, env, "audit", "verify", "--pack", pack); err != nil {
 		t.Fatalf("vigil audit verify --pack = %v\n%s", err, out)
 	}
 	data, err := os.ReadFile(pack)
@@ -94,14 +94,14 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ee *exitError
-	if _, err := execute(t, "audit", "verify", "--pack", pack); !errors.As(err, &ee) || ee.code != 1 {
+	if _, err := executeEnv(t, env, "audit", "verify", "--pack", pack); !errors.As(err, &ee) || ee.code != 1 {
 		t.Errorf("vigil audit verify --pack (one byte changed) = %v, want exit code 1", err)
 	}
 
 	if _, err := pool.Exec(ctx, "DELETE FROM audit_events WHERE id = $1", ids[2]); err != nil {
 		t.Fatal(err)
 	}
-	out, err = execute(t, "audit", "verify", "--data-dir", dataDir)
+	out, err = executeEnv(t, env, "audit", "verify", "--data-dir", dataDir)
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, ids[2]) {
 		t.Errorf("vigil audit verify after a DELETE = %v\n%s\nwant exit code 1 naming %s", err, out, ids[2])
 	}

@@ -28,11 +28,11 @@ import (
 // so that SSE streams do not hold up a graceful shutdown.
 func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Config, phi core.PHISealer) (*core.Service, error) {
 	link := newClinicalLink(slog.Default())
-	ret, err := retentionFromEnv()
+	ret, err := retentionFromEnv(ctx)
 	if err != nil {
 		return nil, err
 	}
-	allow, err := webhookAllowNets(rc)
+	allow, err := webhookAllowNets(ctx, rc)
 	if err != nil {
 		return nil, err
 	}
@@ -122,13 +122,13 @@ func (r ringWebhookSecrets) Derive(ctx context.Context, version int, id uuid.UUI
 
 // retentionFromEnv reads the retention per data class: VIGIL_RETENTION_OBSERVATIONS_DAYS
 // (default 90) and VIGIL_RETENTION_UPLOADS_DAYS (default 365, never below observations).
-func retentionFromEnv() (core.Retention, error) {
+func retentionFromEnv(ctx context.Context) (core.Retention, error) {
 	var r core.Retention
 	for _, v := range []struct {
 		name string
 		dst  *time.Duration
 	}{{"VIGIL_RETENTION_OBSERVATIONS_DAYS", &r.Observations}, {"VIGIL_RETENTION_UPLOADS_DAYS", &r.Uploads}} {
-		s := envOr(v.name, "")
+		s := envOrCtx(ctx, v.name, "")
 		if s == "" {
 			continue
 		}
@@ -209,11 +209,11 @@ Retention: VIGIL_RETENTION_OBSERVATIONS_DAYS (default 90), VIGIL_RETENTION_UPLOA
 
 func withCore(cmd *cobra.Command, fn func(ctx context.Context, db *database, svc *core.Service) error) error {
 	ctx := cmd.Context()
-	ret, err := retentionFromEnv()
+	ret, err := retentionFromEnv(ctx)
 	if err != nil {
 		return err
 	}
-	db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
+	db, err := openDB(ctx, envOrCtx(ctx, "VIGIL_DATABASE_URL", ""))
 	if err != nil {
 		return err
 	}

@@ -52,7 +52,7 @@ The demo keeps its keys in a local key ring in the data directory: it is not for
 }
 
 func runDemo(ctx context.Context, rc runConfig) (err error) {
-	rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+	rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 	private := rc.DatabaseURL == ""
 	if private {
 		dir := filepath.Join(rc.DataDir, "postgres")

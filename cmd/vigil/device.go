@@ -50,7 +50,7 @@ it for good.`,
 	withSvc := func(run func(ctx context.Context, svc *devices.Service, o devices.Origin, out io.Writer, args []string) error) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
-			db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
+			db, err := openDB(ctx, envOrCtx(ctx, "VIGIL_DATABASE_URL", ""))
 			if err != nil {
 				return err
 			}

@@ -24,9 +24,10 @@ import (
 // The administrators' device commands work on the database and audit every change.
 // Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-005
 func TestDeviceCommands(t *testing.T) {
+	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
-	t.Setenv("VIGIL_DATABASE_URL", url)
-	out, err := execute(t, "device", "register", "--serial", "SN-CLI-1", "--model", "VM-100", "--firmware", "2.0", "--json")
+	env := map[string]string{"VIGIL_DATABASE_URL": url}
+	out, err := executeEnv(t, env, "device", "register", "--serial", "SN-CLI-1", "--model", "VM-100", "--firmware", "2.0", "--json")
 	if err != nil {
 		t.Fatalf("device register = %v: %s", err, out)
 	}
@@ -35,22 +36,22 @@ func TestDeviceCommands(t *testing.T) {
 		t.Fatalf("device register output = %q (%v), want the active device", out, err)
 	}
 	id := d.ID.String()
-	if out, err := execute(t, "device", "token", id); err != nil || !strings.HasPrefix(out, "vet_") {
+	if out, err := executeEnv(t, env, "device", "token", id); err != nil || !strings.HasPrefix(out, "vet_") {
 		t.Errorf("device token = %q, %v; want a vet_ token", out, err)
 	}
-	if out, err := execute(t, "device", "suspend", id, "--reason", "reported lost"); err != nil || !strings.Contains(out, "suspended") {
+	if out, err := executeEnv(t, env, "device", "suspend", id, "--reason", "reported lost"); err != nil || !strings.Contains(out, "suspended") {
 		t.Errorf("device suspend = %q, %v", out, err)
 	}
-	if out, err := execute(t, "device", "list", "--status", "suspended"); err != nil || !strings.Contains(out, id) {
+	if out, err := executeEnv(t, env, "device", "list", "--status", "suspended"); err != nil || !strings.Contains(out, id) {
 		t.Errorf("device list --status suspended = %q, %v; want %s", out, err, id)
 	}
-	if out, err := execute(t, "device", "show", id); err != nil || !strings.Contains(out, "patient assignments:") {
+	if out, err := executeEnv(t, env, "device", "show", id); err != nil || !strings.Contains(out, "patient assignments:") {
 		t.Errorf("device show = %q, %v", out, err)
 	}
-	if _, err := execute(t, "device", "assign", id, "--patient", uuid.NewString()); !errors.Is(err, devices.ErrInvalidInput) {
+	if _, err := executeEnv(t, env, "device", "assign", id, "--patient", uuid.NewString()); !errors.Is(err, devices.ErrInvalidInput) {
 		t.Errorf("device assign (unknown patient) = %v, want ErrInvalidInput", err)
 	}
-	if _, err := execute(t, "device", "assign", id); err == nil {
+	if _, err := executeEnv(t, env, "device", "assign", id); err == nil {
 		t.Error("device assign without --patient or --none = nil error, want a usage error")
 	}
 	var n int

@@ -74,11 +74,11 @@ func auditKeyOperations(rec audit.Recorder, backend string) keys.OnOperation {
 }
 
 // secretEnv reads a secret from NAME or from the file named by NAME_FILE.
-func secretEnv(name string) (string, error) {
-	if v := os.Getenv(name); v != "" {
+func secretEnv(ctx context.Context, name string) (string, error) {
+	if v := getenv(ctx, name); v != "" {
 		return v, nil
 	}
-	if f := os.Getenv(name + "_FILE"); f != "" {
+	if f := getenv(ctx, name+"_FILE"); f != "" {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return "", fmt.Errorf("%s_FILE: %w", name, err)
@@ -91,13 +91,13 @@ func secretEnv(name string) (string, error) {
 // openBackend opens the key backend: Vault Transit when VIGIL_VAULT_ADDR is set, otherwise the
 // local key ring in <dataDir>/keys (logged as not for production).
 func openBackend(ctx context.Context, dataDir string, demo bool) (keys.Backend, string, error) {
-	if addr := os.Getenv("VIGIL_VAULT_ADDR"); addr != "" {
+	if addr := getenv(ctx, "VIGIL_VAULT_ADDR"); addr != "" {
 		// A token file (e.g. a Vault Agent sink) is re-read by keys.Vault when the token is refused.
-		tok, tokFile := os.Getenv("VIGIL_VAULT_TOKEN"), ""
+		tok, tokFile := getenv(ctx, "VIGIL_VAULT_TOKEN"), ""
 		if tok == "" {
-			tokFile = os.Getenv("VIGIL_VAULT_TOKEN_FILE")
+			tokFile = getenv(ctx, "VIGIL_VAULT_TOKEN_FILE")
 		}
-		sid, err := secretEnv("VIGIL_VAULT_SECRET_ID")
+		sid, err := secretEnv(ctx, "VIGIL_VAULT_SECRET_ID")
 		if err != nil {
 			return nil, "", err
 		}
@@ -105,24 +105,24 @@ func openBackend(ctx context.Context, dataDir string, demo bool) (keys.Backend, 
 			Address:         addr,
 			Token:           tok,
 			TokenFile:       tokFile,
-			AppRoleID:       os.Getenv("VIGIL_VAULT_ROLE_ID"),
+			AppRoleID:       getenv(ctx, "VIGIL_VAULT_ROLE_ID"),
 			AppRoleSecretID: sid,
-			AppRoleMount:    os.Getenv("VIGIL_VAULT_APPROLE_MOUNT"),
-			Namespace:       os.Getenv("VIGIL_VAULT_NAMESPACE"),
-			Mount:           os.Getenv("VIGIL_VAULT_TRANSIT_MOUNT"),
-			KeyPrefix:       os.Getenv("VIGIL_VAULT_KEY_PREFIX"),
-			CACert:          os.Getenv("VIGIL_VAULT_CACERT"),
-			ClientCert:      os.Getenv("VIGIL_VAULT_CLIENT_CERT"),
-			ClientKey:       os.Getenv("VIGIL_VAULT_CLIENT_KEY"),
-			TLSServerName:   os.Getenv("VIGIL_VAULT_TLS_SERVER_NAME"),
+			AppRoleMount:    getenv(ctx, "VIGIL_VAULT_APPROLE_MOUNT"),
+			Namespace:       getenv(ctx, "VIGIL_VAULT_NAMESPACE"),
+			Mount:           getenv(ctx, "VIGIL_VAULT_TRANSIT_MOUNT"),
+			KeyPrefix:       getenv(ctx, "VIGIL_VAULT_KEY_PREFIX"),
+			CACert:          getenv(ctx, "VIGIL_VAULT_CACERT"),
+			ClientCert:      getenv(ctx, "VIGIL_VAULT_CLIENT_CERT"),
+			ClientKey:       getenv(ctx, "VIGIL_VAULT_CLIENT_KEY"),
+			TLSServerName:   getenv(ctx, "VIGIL_VAULT_TLS_SERVER_NAME"),
 		})
 		if err != nil {
 			return nil, "", fmt.Errorf("open Vault key backend at %s: %w", addr, err)
 		}
-		slog.InfoContext(ctx, "keys: using Vault Transit", slog.String("addr", addr))
+		ctxLogger(ctx).InfoContext(ctx, "keys: using Vault Transit", slog.String("addr", addr))
 		return v, "vault", nil
 	}
-	pass, err := secretEnv("VIGIL_KEYRING_PASSPHRASE")
+	pass, err := secretEnv(ctx, "VIGIL_KEYRING_PASSPHRASE")
 	if err != nil {
 		return nil, "", err
 	}
@@ -132,7 +132,7 @@ func openBackend(ctx context.Context, dataDir string, demo bool) (keys.Backend, 
 		}
 		pass = demoPassphrase
 	}
-	slog.WarnContext(ctx, keys.LocalWarning, slog.String("dir", filepath.Join(dataDir, "keys")))
+	ctxLogger(ctx).WarnContext(ctx, keys.LocalWarning, slog.String("dir", filepath.Join(dataDir, "keys")))
 	l, err := keys.NewLocal(keys.LocalConfig{Dir: filepath.Join(dataDir, "keys"), Passphrase: []byte(pass)})
 	if err != nil {
 		return nil, "", fmt.Errorf("open local key ring: %w", err)
@@ -212,7 +212,7 @@ See docs/operations.md for running Vault for Vigil.`,
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory of the local key ring (env VIGIL_DATA_DIR)")
 
 	auditedRing := func(ctx context.Context) (*keys.Ring, func(), error) {
-		url := os.Getenv("VIGIL_DATABASE_URL")
+		url := getenv(ctx, "VIGIL_DATABASE_URL")
 		if url == "" {
 			return nil, nil, errors.New("VIGIL_DATABASE_URL is not set: key changes are recorded in the audit trail")
 		}
@@ -300,7 +300,7 @@ run the command again later to finish). phi-blind-index is never rotated.`,
 				return err
 			}
 			ctx := withKeyActor(cmd.Context(), cliActor())
-			url := os.Getenv("VIGIL_DATABASE_URL")
+			url := getenv(ctx, "VIGIL_DATABASE_URL")
 			if url == "" {
 				return errors.New("VIGIL_DATABASE_URL is not set: key changes are recorded in the audit trail")
 			}
@@ -387,7 +387,7 @@ server (vigil serve), release (the release job), admin (vigil keys init/rotate).
 		Example: `  vigil keys policy server | vault policy write vigil-server -`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			hcl, err := keys.VaultPolicy(keys.VaultRole(args[0]), os.Getenv("VIGIL_VAULT_TRANSIT_MOUNT"), os.Getenv("VIGIL_VAULT_KEY_PREFIX"))
+			hcl, err := keys.VaultPolicy(keys.VaultRole(args[0]), getenv(cmd.Context(), "VIGIL_VAULT_TRANSIT_MOUNT"), getenv(cmd.Context(), "VIGIL_VAULT_KEY_PREFIX"))
 			if err != nil {
 				return err
 			}

@@ -53,31 +53,30 @@ func (s *sliceStore) ReplaceSealed(_ context.Context, items []keys.StoredCiphert
 // `vigil keys init | list | rotate | public` on both backends, each change audited.
 // Verifies: REQ-KEY-002, REQ-KEY-005, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008
 func TestKeysCommands(t *testing.T) {
+	t.Parallel()
 	vs := keystest.StartVault(t)
+	// The subtests run one after the other: each swaps phiRewrapStores (a package variable).
 	for _, backend := range []string{"local", "vault"} {
 		t.Run(backend, func(t *testing.T) {
-			ctx := context.Background()
 			pool, url := testdb.NewWithURL(t)
-			t.Setenv("VIGIL_DATABASE_URL", url)
+			env := map[string]string{"VIGIL_DATABASE_URL": url}
 			dir := t.TempDir()
 			if backend == "vault" {
-				t.Setenv("VIGIL_VAULT_ADDR", vs.Addr)
-				t.Setenv("VIGIL_VAULT_TOKEN", vs.Token)
-				t.Setenv("VIGIL_VAULT_KEY_PREFIX", "cli-"+strconv.FormatInt(time.Now().UnixNano(), 36)+"-")
+				env["VIGIL_VAULT_ADDR"] = vs.Addr
+				env["VIGIL_VAULT_TOKEN"] = vs.Token
+				env["VIGIL_VAULT_KEY_PREFIX"] = "cli-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-"
 			} else {
-				t.Setenv("VIGIL_VAULT_ADDR", "")
-				t.Setenv("VIGIL_KEYRING_PASSPHRASE", "a passphrase for the cli test")
+				env["VIGIL_VAULT_ADDR"] = ""
+				env["VIGIL_KEYRING_PASSPHRASE"] = "a passphrase for the cli test"
 				cheapLocalRing(t, dir, "a passphrase for the cli test")
 			}
-			out, err := execute(t, "keys", "init", "--data-dir", dir)
+			ctx := withEnv(context.Background(), env)
+			out, err := executeEnv(t, env, "keys", "init", "--data-dir", dir)
 			if err != nil || !strings.Contains(out, "created audit-checkpoint:v1") {
 				t.Fatalf("keys init = %q, %v", out, err)
 			}
 			var logs bytes.Buffer
-			prev := slog.Default()
-			slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
-			b, _, err := openBackend(ctx, dir, false)
-			slog.SetDefault(prev)
+			b, _, err := openBackend(withLogger(ctx, slog.New(slog.NewTextHandler(&logs, nil))), dir, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +84,7 @@ func TestKeysCommands(t *testing.T) {
 			if got := strings.Contains(logs.String(), "NOT FOR PRODUCTION"); got != (backend == "local") {
 				t.Errorf("opening the %s backend logged NOT FOR PRODUCTION = %v, want %v (log: %s)", backend, got, backend == "local", logs.String())
 			}
-			if out, err := execute(t, "keys", "init", "--data-dir", dir); err != nil || !strings.Contains(out, "all keys exist") {
+			if out, err := executeEnv(t, env, "keys", "init", "--data-dir", dir); err != nil || !strings.Contains(out, "all keys exist") {
 				t.Errorf("keys init again = %q, %v", out, err)
 			}
 
@@ -108,7 +107,7 @@ func TestKeysCommands(t *testing.T) {
 			phiRewrapStores = []func(*database) (string, keys.RewrapStore){func(*database) (string, keys.RewrapStore) { return "test rows", st }}
 			defer func() { phiRewrapStores = saved }()
 
-			out, err = execute(t, "keys", "rotate", "phi-encryption", "--data-dir", dir, "--batch", "5")
+			out, err = executeEnv(t, env, "keys", "rotate", "phi-encryption", "--data-dir", dir, "--batch", "5")
 			if err != nil || !strings.Contains(out, "phi-encryption:v2") || !strings.Contains(out, "re-wrapped 12 data keys in test rows") {
 				t.Fatalf("keys rotate phi-encryption = %q, %v", out, err)
 			}
@@ -120,21 +119,21 @@ func TestKeysCommands(t *testing.T) {
 					t.Errorf("Open(row %d) after rotate = %q, %v", i, got, err)
 				}
 			}
-			if _, err := execute(t, "keys", "rotate", "release-signing", "--data-dir", dir); err != nil {
+			if _, err := executeEnv(t, env, "keys", "rotate", "release-signing", "--data-dir", dir); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := execute(t, "keys", "rotate", "phi-blind-index", "--data-dir", dir); err == nil {
+			if _, err := executeEnv(t, env, "keys", "rotate", "phi-blind-index", "--data-dir", dir); err == nil {
 				t.Errorf("keys rotate phi-blind-index = nil error, want refusal")
 			}
-			if _, err := execute(t, "keys", "rotate", "nonsense", "--data-dir", dir); err == nil {
+			if _, err := executeEnv(t, env, "keys", "rotate", "nonsense", "--data-dir", dir); err == nil {
 				t.Errorf("keys rotate nonsense = nil error, want an error")
 			}
 
-			out, err = execute(t, "keys", "list", "--data-dir", dir)
+			out, err = executeEnv(t, env, "keys", "list", "--data-dir", dir)
 			if err != nil || !strings.Contains(out, "release-signing") || !strings.Contains(out, "v2") {
 				t.Errorf("keys list = %q, %v", out, err)
 			}
-			out, err = execute(t, "keys", "public", "release-signing", "--data-dir", dir)
+			out, err = executeEnv(t, env, "keys", "public", "release-signing", "--data-dir", dir)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -154,7 +153,7 @@ func TestKeysCommands(t *testing.T) {
 				t.Errorf("keys public release-signing printed %d keys, want 2", n)
 			}
 
-			if out, err := execute(t, "keys", "policy", "server"); err != nil || !strings.Contains(out, "/sign/") {
+			if out, err := executeEnv(t, env, "keys", "policy", "server"); err != nil || !strings.Contains(out, "/sign/") {
 				t.Errorf("keys policy server = %q, %v", out, err)
 			}
 

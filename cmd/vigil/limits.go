@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -54,7 +53,7 @@ func addLimitFlags(cmd *cobra.Command, l *serverLimits) {
 // fromEnv sets each limit flag not given on the command line from its variable, if set.
 func (l *serverLimits) fromEnv(cmd *cobra.Command) error {
 	for flag, env := range limitEnv {
-		v, ok := os.LookupEnv(env)
+		v, ok := lookupEnvCtx(cmd.Context(), env)
 		if !ok || v == "" || cmd.Flags().Changed(flag) {
 			continue
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 // flag is not given; bad values are refused.
 // Verifies: REQ-FND-001, REQ-FND-014
 func TestLimitFlags(t *testing.T) {
+	t.Parallel()
 	for _, c := range []*cobra.Command{newServeCmd(), newDemoCmd()} {
 		for name := range limitEnv {
 			if c.Flags().Lookup(name) == nil || c.PreRunE == nil {
@@ -20,11 +22,11 @@ func TestLimitFlags(t *testing.T) {
 			}
 		}
 	}
-	t.Setenv("VIGIL_MAX_STREAMS", "50")
-	t.Setenv("VIGIL_REJECTED_PER_DEVICE", "off")
-	t.Setenv("VIGIL_READ_TIMEOUT", "1h") // the flag wins
+	env := map[string]string{"VIGIL_MAX_STREAMS": "50", "VIGIL_REJECTED_PER_DEVICE": "off",
+		"VIGIL_READ_TIMEOUT": "1h"} // the flag wins
 	var l serverLimits
 	cmd := &cobra.Command{Use: "x"}
+	cmd.SetContext(withEnv(context.Background(), env))
 	addLimitFlags(cmd, &l)
 	if err := cmd.Flags().Parse([]string{"--read-timeout", "5s", "--rejected-per-source", "10:0.25", "--trust-proxy-headers"}); err != nil {
 		t.Fatal(err)
@@ -47,8 +49,8 @@ func TestLimitFlags(t *testing.T) {
 			t.Errorf("limitFlag.Set(%q) = nil, want an error", bad)
 		}
 	}
-	t.Setenv("VIGIL_MAX_STREAMS", "many")
 	cmd = &cobra.Command{Use: "x"}
+	cmd.SetContext(withEnv(context.Background(), map[string]string{"VIGIL_MAX_STREAMS": "many"}))
 	addLimitFlags(cmd, &l)
 	if err := l.fromEnv(cmd); err == nil {
 		t.Error("VIGIL_MAX_STREAMS=many accepted, want an error")

@@ -70,6 +70,9 @@ with its password, Vault tokens, passphrases) come from the environment only, ne
 		if err != nil {
 			return err
 		}
+		if fixedLogging(cmd.Context()) {
+			return nil
+		}
 		slog.SetDefault(l)
 		klogslog.Route(l) // Trillian logs through klog
 		return nil

@@ -20,14 +20,24 @@ import (
 	"github.com/vigilhealth/vigil/keys"
 )
 
+// execute runs vigil with args in the process's environment.
 func execute(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	return executeEnv(t, nil, args...)
+}
+
+// executeEnv runs vigil with args, its commands seeing the variables of env over the
+// process's environment (withEnv): each test gives its commands their environment instead of
+// t.Setenv, which would forbid t.Parallel. The commands leave the process's loggers alone
+// (withFixedLogging): re-routing klog would race with the embedded Trillian of other tests.
+func executeEnv(t *testing.T, env map[string]string, args ...string) (string, error) {
 	t.Helper()
 	root := newRoot()
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
 	root.SetArgs(args)
-	err := root.ExecuteContext(context.Background())
+	err := root.ExecuteContext(withFixedLogging(withEnv(context.Background(), env)))
 	return out.String(), err
 }
 
@@ -79,23 +89,24 @@ func TestNoSecretFlags(t *testing.T) {
 // migrate --status and serve refuse a schema that does not match the binary.
 // Verifies: REQ-FND-002
 func TestServeRefusesMismatchedSchema(t *testing.T) {
+	t.Parallel()
 	url := testdb.NewEmpty(t)
-	t.Setenv("VIGIL_DATABASE_URL", url)
+	env := map[string]string{"VIGIL_DATABASE_URL": url}
 	dataDir := t.TempDir()
 
-	_, err := execute(t, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir)
+	_, err := executeEnv(t, env, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir)
 	if !errors.Is(err, schema.ErrSchemaBehind) {
 		t.Fatalf("serve on an empty database: error = %v, want ErrSchemaBehind", err)
 	}
-	out, err := execute(t, "migrate", "--status")
+	out, err := executeEnv(t, env, "migrate", "--status")
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 1 {
 		t.Errorf("migrate --status (behind) = %q, %v; want exit code 1", out, err)
 	}
-	if out, err := execute(t, "migrate"); err != nil || !strings.Contains(out, "applied") {
+	if out, err := executeEnv(t, env, "migrate"); err != nil || !strings.Contains(out, "applied") {
 		t.Fatalf("migrate = %q, %v", out, err)
 	}
-	if out, err := execute(t, "migrate", "--status"); err != nil {
+	if out, err := executeEnv(t, env, "migrate", "--status"); err != nil {
 		t.Errorf("migrate --status (current) = %q, %v; want success", out, err)
 	}
 
@@ -108,7 +119,7 @@ func TestServeRefusesMismatchedSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = execute(t, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir)
+	_, err = executeEnv(t, env, "serve", "--listen", "127.0.0.1:0", "--data-dir", dataDir)
 	if !errors.Is(err, schema.ErrSchemaAhead) {
 		t.Errorf("serve on a newer schema: error = %v, want ErrSchemaAhead", err)
 	}
@@ -121,11 +132,11 @@ func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a PostgreSQL cluster; run without -short")
 	}
-	t.Setenv("VIGIL_DATABASE_URL", "")
+	t.Parallel()
 	dataDir := t.TempDir()
 	cheapLocalRing(t, dataDir, demoPassphrase)
 	port := freeTestPort(t)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(withEnv(context.Background(), map[string]string{"VIGIL_DATABASE_URL": ""}))
 	done := make(chan error, 1)
 	go func() {
 		done <- runDemo(ctx, runConfig{Listen: "127.0.0.1:" + port, DataDir: dataDir, Demo: true})

@@ -24,7 +24,7 @@ pending or the database is newer than this binary.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			pool, err := openPool(ctx, envOr("VIGIL_DATABASE_URL", ""))
+			pool, err := openPool(ctx, envOrCtx(ctx, "VIGIL_DATABASE_URL", ""))
 			if err != nil {
 				return err
 			}

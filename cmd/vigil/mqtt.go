@@ -19,28 +19,28 @@ import (
 // other settings come from VIGIL_MQTT_* variables (docs/devices-sdk.md); the password from
 // the environment only. The ingestor stops before the devices service does.
 func wireMQTT(ctx context.Context, sys *system, srvCfg *server.Config, svc *devices.Service) error {
-	broker := os.Getenv("VIGIL_MQTT_URL")
+	broker := getenv(ctx, "VIGIL_MQTT_URL")
 	if broker == "" {
 		return nil
 	}
 	cfg := mqtt.Config{
 		Broker:     broker,
-		ClientID:   os.Getenv("VIGIL_MQTT_CLIENT_ID"),
-		Prefix:     os.Getenv("VIGIL_MQTT_PREFIX"),
-		ShareGroup: os.Getenv("VIGIL_MQTT_SHARE_GROUP"),
-		Username:   os.Getenv("VIGIL_MQTT_USERNAME"),
-		ReplyQoS0:  os.Getenv("VIGIL_MQTT_REPLY_QOS0") == "1",
-		Password:   []byte(os.Getenv("VIGIL_MQTT_PASSWORD")),
+		ClientID:   getenv(ctx, "VIGIL_MQTT_CLIENT_ID"),
+		Prefix:     getenv(ctx, "VIGIL_MQTT_PREFIX"),
+		ShareGroup: getenv(ctx, "VIGIL_MQTT_SHARE_GROUP"),
+		Username:   getenv(ctx, "VIGIL_MQTT_USERNAME"),
+		ReplyQoS0:  getenv(ctx, "VIGIL_MQTT_REPLY_QOS0") == "1",
+		Password:   []byte(getenv(ctx, "VIGIL_MQTT_PASSWORD")),
 		Accepter:   svc,
 		Recorder:   sys.rec,
 		Logger:     slog.Default(),
 	}
-	tc, err := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), os.Getenv("VIGIL_MQTT_CLIENT_CERT"), os.Getenv("VIGIL_MQTT_CLIENT_KEY"))
+	tc, err := mqttTLS(getenv(ctx, "VIGIL_MQTT_CACERT"), getenv(ctx, "VIGIL_MQTT_CLIENT_CERT"), getenv(ctx, "VIGIL_MQTT_CLIENT_KEY"))
 	if err != nil {
 		return err
 	}
 	cfg.TLS = tc
-	if v := os.Getenv("VIGIL_MQTT_SESSION_EXPIRY"); v != "" {
+	if v := getenv(ctx, "VIGIL_MQTT_SESSION_EXPIRY"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			return fmt.Errorf("VIGIL_MQTT_SESSION_EXPIRY=%q: %w", v, err)

@@ -36,7 +36,9 @@ refuses to release when one fails. It then writes into --out:
   build.json, manifest.json     how it was built; the SHA-256 of every artefact
   *.sigstore.json               Sigstore bundles of the binary, the SBOM and the manifest,
                                 signed with the release-signing key (Vault Transit or the
-                                local key ring); stock cosign verifies them
+                                local key ring) through each file's SHA-256 digest, so only
+                                32 bytes go to Vault whatever the size; stock cosign
+                                verifies them
   release-signing.pub           the public key
   audit-proof.json              the release.signed event in Vigil's own audit log (carrying the
                                 manifest's SHA-256), its inclusion proof and signed checkpoint
@@ -52,8 +54,8 @@ It needs the installation's database (VIGIL_DATABASE_URL) for the audit log, and
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			cfg.Root, cfg.QMS = cfg.Validation.Root, cfg.Validation.QMS
-			cfg.Validation.DatabaseAdminURL = envOr("VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
-			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			cfg.Validation.DatabaseAdminURL = envOrCtx(ctx, "VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+			rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 			db, err := openDB(ctx, rc.DatabaseURL)
 			if err != nil {
 				return err

@@ -104,10 +104,10 @@ func goTestRun(t *testing.T, dir string, args ...string) string {
 // gate refuses the release.
 // Verifies: REQ-QMS-005, REQ-QMS-006, REQ-QMS-007, REQ-QMS-008, REQ-KEY-009
 func TestReleaseSignedRecordedAndVerified(t *testing.T) {
+	t.Parallel()
 	pdftotext := releaseTool(t, "pdftotext")
 	pool, url := testdb.NewWithURL(t)
-	t.Setenv("VIGIL_DATABASE_URL", url)
-	t.Setenv("VIGIL_KEYRING_PASSPHRASE", "release-test-passphrase")
+	env := map[string]string{"VIGIL_DATABASE_URL": url, "VIGIL_KEYRING_PASSPHRASE": "release-test-passphrase", "VIGIL_VAULT_ADDR": ""}
 	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +124,7 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 		t.Fatal(err)
 	}
 	refusedDir := filepath.Join(t.TempDir(), "refused")
-	out, err := execute(t, "release", "--root", root, "--out", refusedDir, "--data-dir", dataDir, "--version", "v0.0.0-refused",
+	out, err := executeEnv(t, env, "release", "--root", root, "--out", refusedDir, "--data-dir", dataDir, "--version", "v0.0.0-refused",
 		"--test-json", goTestRun(t, failing, "./..."), "--gate", "unit-and-integration")
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 1 || !errors.Is(err, qms.ErrReleaseRefused) || !strings.Contains(err.Error(), "unit-and-integration") {
@@ -137,7 +137,7 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 	}
 
 	dist := filepath.Join(t.TempDir(), "dist")
-	out, err = execute(t, "release", "--root", root, "--out", dist, "--data-dir", dataDir, "--version", "v0.0.0-test",
+	out, err = executeEnv(t, env, "release", "--root", root, "--out", dist, "--data-dir", dataDir, "--version", "v0.0.0-test",
 		"--test-json", testJSON, "--gate", "benchmarks-recorded,sbom,licences")
 	if err != nil {
 		t.Fatalf("vigil release = %v\n%s", err, out)
@@ -188,7 +188,7 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 		if err := sigstorecheck.VerifyBlob(pub, bundle, filepath.Join(changed, name)); err == nil {
 			t.Errorf("sigstore-go verified %s with one byte changed", name)
 		}
-		if out, err := execute(t, "release", "verify", changed); !errors.As(err, &ee) || ee.code != 1 {
+		if out, err := executeEnv(t, env, "release", "verify", changed); !errors.As(err, &ee) || ee.code != 1 {
 			t.Errorf("vigil release verify with one byte of %s changed = %v\n%s\nwant exit 1", name, err, out)
 		}
 	}
@@ -199,13 +199,13 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 	if err := json.Unmarshal(raw, &proof); err != nil {
 		t.Fatal(err)
 	}
-	out, err = execute(t, "release", "verify", dist, "--key", pub, "--audit-key", proof.VerifierKey)
+	out, err = executeEnv(t, env, "release", "verify", dist, "--key", pub, "--audit-key", proof.VerifierKey)
 	if err != nil || !strings.Contains(out, "OK: the release verifies") || !strings.Contains(out, "release.signed") {
 		t.Fatalf("vigil release verify = %v\n%s", err, out)
 	}
 	// A proof checked against another audit key fails.
 	otherKey := strings.Replace(proof.VerifierKey, proof.VerifierKey[len(proof.VerifierKey)-6:], "AAAAAA", 1)
-	if out, err := execute(t, "release", "verify", dist, "--audit-key", otherKey); err == nil {
+	if out, err := executeEnv(t, env, "release", "verify", dist, "--audit-key", otherKey); err == nil {
 		t.Errorf("release verify with another audit key succeeded:\n%s", out)
 	}
 	// An audit proof for another manifest does not verify this one.
@@ -218,7 +218,7 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM audit_events WHERE action = 'release.signed' AND id::text = $1", proof.EventID).Scan(&n); err != nil || n != 1 {
 		t.Errorf("release.signed events with id %s = %d, %v; want 1", proof.EventID, n, err)
 	}
-	if out, err := execute(t, "audit", "verify", "--data-dir", dataDir); err != nil {
+	if out, err := executeEnv(t, env, "audit", "verify", "--data-dir", dataDir); err != nil {
 		t.Errorf("vigil audit verify after the release = %v\n%s", err, out)
 	}
 }
@@ -227,14 +227,14 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 // patient's access history with each event's proof checked.
 // Verifies: REQ-QMS-011
 func TestAuditExportReports(t *testing.T) {
+	t.Parallel()
 	pdftotext := releaseTool(t, "pdftotext")
 	pool, url := testdb.NewWithURL(t)
 	rec := audittest.Recorder(t, pool, nil)
 	db := &database{pool: pool, rec: rec}
 	dataDir := t.TempDir()
-	t.Setenv("VIGIL_DATABASE_URL", url)
-	t.Setenv("VIGIL_KEYRING_PASSPHRASE", "report-test-passphrase")
-	ctx := context.Background()
+	env := map[string]string{"VIGIL_DATABASE_URL": url, "VIGIL_KEYRING_PASSPHRASE": "report-test-passphrase", "VIGIL_VAULT_ADDR": ""}
+	ctx := withEnv(context.Background(), env)
 	ring, closeRing, err := openKeyRing(ctx, dataDir, false, rec, true)
 	if err != nil {
 		t.Fatal(err)
@@ -269,7 +269,7 @@ func TestAuditExportReports(t *testing.T) {
 	}
 	from, to := time.Now().Add(-time.Hour).Format(time.RFC3339), time.Now().Add(time.Hour).Format(time.RFC3339)
 	dir := t.TempDir()
-	if out, err := execute(t, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--out", filepath.Join(dir, "p.pack"), "--report", dir); err != nil {
+	if out, err := executeEnv(t, env, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--out", filepath.Join(dir, "p.pack"), "--report", dir); err != nil {
 		t.Fatalf("audit export --report = %v\n%s", err, out)
 	}
 	text, err := exec.Command(pdftotext, "-layout", filepath.Join(dir, "audit-report.pdf"), "-").Output()
@@ -287,7 +287,7 @@ func TestAuditExportReports(t *testing.T) {
 	}
 
 	pdir := t.TempDir()
-	out, err := execute(t, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--patient", "P-1", "--report", pdir)
+	out, err := executeEnv(t, env, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--patient", "P-1", "--report", pdir)
 	if err != nil || !strings.Contains(out, "3 events of patient P-1") {
 		t.Fatalf("audit export --patient = %v\n%s", err, out)
 	}
@@ -303,7 +303,7 @@ func TestAuditExportReports(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(pdir, "patient-P-1.pdf")); err != nil {
 		t.Error(err)
 	}
-	if _, err := execute(t, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--patient", "P-1"); err == nil {
+	if _, err := executeEnv(t, env, "audit", "export", "--data-dir", dataDir, "--from", from, "--to", to, "--patient", "P-1"); err == nil {
 		t.Error("audit export --patient without --report succeeded")
 	}
 }

@@ -41,7 +41,7 @@ internal receiver's network with --webhook-allow-net (repeatable).`,
   vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rc.DatabaseURL = envOr("VIGIL_DATABASE_URL", "")
+			rc.DatabaseURL = envOrCtx(cmd.Context(), "VIGIL_DATABASE_URL", "")
 			return run(cmd.Context(), rc, nil)
 		},
 	}

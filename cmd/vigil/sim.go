@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -95,14 +94,14 @@ func runSim(ctx context.Context, f simFlags, out interface{ Write([]byte) (int, 
 	if err != nil {
 		return err
 	}
-	db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
+	db, err := openDB(ctx, envOrCtx(ctx, "VIGIL_DATABASE_URL", ""))
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	// The installation's key ring (Vault or the local one in --data-dir; the demo's
 	// passphrase when VIGIL_KEYRING_PASSPHRASE is unset), to seal the synthetic patients' data.
-	demo := os.Getenv("VIGIL_KEYRING_PASSPHRASE") == "" && os.Getenv("VIGIL_VAULT_ADDR") == ""
+	demo := getenv(ctx, "VIGIL_KEYRING_PASSPHRASE") == "" && getenv(ctx, "VIGIL_VAULT_ADDR") == ""
 	ring, closeRing, err := openKeyRing(ctx, f.dataDir, demo, db.rec, false)
 	if err != nil {
 		return err
@@ -162,7 +161,7 @@ func simTransport(ctx context.Context, cfg *sim.Config, url, mqttURL, prefix str
 		return nil
 	}
 	// A broker with a private CA: the same VIGIL_MQTT_CACERT as the server's.
-	tc, err := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), "", "")
+	tc, err := mqttTLS(getenv(ctx, "VIGIL_MQTT_CACERT"), "", "")
 	if err != nil {
 		return err
 	}
@@ -179,7 +178,7 @@ func simTransport(ctx context.Context, cfg *sim.Config, url, mqttURL, prefix str
 // half of them over MQTT when VIGIL_MQTT_URL is set.
 func demoFleet(ctx context.Context, url string, sys *system) error {
 	n := 10
-	if v := os.Getenv("VIGIL_DEMO_PATIENTS"); v != "" {
+	if v := getenv(ctx, "VIGIL_DEMO_PATIENTS"); v != "" {
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n < 0 {
 			return fmt.Errorf("VIGIL_DEMO_PATIENTS=%q: want a number ≥ 0", v)
@@ -216,8 +215,8 @@ func demoFleet(ctx context.Context, url string, sys *system) error {
 			}
 			return
 		}
-		if broker := os.Getenv("VIGIL_MQTT_URL"); broker != "" {
-			demoOverMQTT(&cfg, broker, envOr("VIGIL_MQTT_PREFIX", mqtt.DefaultPrefix))
+		if broker := getenv(ctx, "VIGIL_MQTT_URL"); broker != "" {
+			demoOverMQTT(&cfg, broker, envOrCtx(ctx, "VIGIL_MQTT_PREFIX", mqtt.DefaultPrefix))
 		}
 		slog.InfoContext(ctx, "demo fleet starting", slog.Int("patients", n), slog.String("scenarios", "mixed"))
 		res, err := sim.Run(fctx, cfg)
@@ -242,7 +241,7 @@ func demoOverMQTT(cfg *sim.Config, broker, prefix string) {
 		}
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		tc, _ := mqttTLS(os.Getenv("VIGIL_MQTT_CACERT"), "", "") // already checked by the server's wiring
+		tc, _ := mqttTLS(getenv(ctx, "VIGIL_MQTT_CACERT"), "", "") // already checked by the server's wiring
 		d, err := mqtt.DialDevice(dctx, mqtt.DeviceConfig{Broker: broker, TLS: tc, DeviceID: id.DeviceID, Prefix: prefix})
 		if err != nil {
 			slog.WarnContext(ctx, "demo monitor falls back to HTTP", slog.String("error", err.Error()))

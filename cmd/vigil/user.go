@@ -48,7 +48,7 @@ type authEnv struct {
 func withAuth(dataDir *string, asJSON *bool, run func(e *authEnv, args []string) error) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, args []string) error {
 		ctx := c.Context()
-		db, err := openDB(ctx, envOr("VIGIL_DATABASE_URL", ""))
+		db, err := openDB(ctx, envOrCtx(ctx, "VIGIL_DATABASE_URL", ""))
 		if err != nil {
 			return err
 		}

@@ -17,18 +17,17 @@ import (
 // service accounts and tokens, every change audited with the operator as actor.
 // Verifies: REQ-ACC-013
 func TestUserRolePolicyCommands(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	pool, url := testdb.NewWithURL(t)
-	t.Setenv("VIGIL_DATABASE_URL", url)
-	t.Setenv("VIGIL_VAULT_ADDR", "")
-	t.Setenv("VIGIL_KEYRING_PASSPHRASE", "a passphrase for the user cli test")
+	env := map[string]string{"VIGIL_DATABASE_URL": url, "VIGIL_VAULT_ADDR": "", "VIGIL_KEYRING_PASSPHRASE": "a passphrase for the user cli test"}
 	dir := t.TempDir()
-	if out, err := execute(t, "keys", "init", "--data-dir", dir); err != nil {
+	if out, err := executeEnv(t, env, "keys", "init", "--data-dir", dir); err != nil {
 		t.Fatalf("keys init = %q, %v", out, err)
 	}
 	run := func(args ...string) string {
 		t.Helper()
-		out, err := execute(t, append(args, "--data-dir", dir)...)
+		out, err := executeEnv(t, env, append(args, "--data-dir", dir)...)
 		if err != nil {
 			t.Fatalf("vigil %s = %v\n%s", strings.Join(args, " "), err, out)
 		}
@@ -38,7 +37,7 @@ func TestUserRolePolicyCommands(t *testing.T) {
 	if !strings.Contains(out, "https://vigil.hospital.example/enroll#token=vge_") {
 		t.Fatalf("user add --admin = %q, want a one-time enrollment link", out)
 	}
-	if _, err := execute(t, "user", "add", "nobody@hospital.example", "--data-dir", dir); err == nil {
+	if _, err := executeEnv(t, env, "user", "add", "nobody@hospital.example", "--data-dir", dir); err == nil {
 		t.Fatal("user add without a role succeeded, want an error")
 	}
 	wardA, wardB := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
@@ -57,7 +56,7 @@ func TestUserRolePolicyCommands(t *testing.T) {
 	if out := run("policy", "test", "nurse@hospital.example", "observation", "read", "--ward", wardA.String()); !strings.HasPrefix(out, "ALLOW") {
 		t.Fatalf("policy test (own ward) = %q, want ALLOW", out)
 	}
-	out, err := execute(t, "policy", "test", "nurse@hospital.example", "observation", "read", "--ward", wardB.String(), "--data-dir", dir)
+	out, err := executeEnv(t, env, "policy", "test", "nurse@hospital.example", "observation", "read", "--ward", wardB.String(), "--data-dir", dir)
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.HasPrefix(out, "DENY") {
 		t.Fatalf("policy test (other ward) = %q, %v; want DENY and exit 1", out, err)

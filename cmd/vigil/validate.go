@@ -18,6 +18,7 @@ func addValidationFlags(cmd *cobra.Command, cfg *validation.Config) {
 	cmd.Flags().StringVar(&cfg.TestJSON, "test-json", filepath.FromSlash(defaultTestJSON), "go test -json output of the unit and integration run")
 	cmd.Flags().StringVar(&cfg.FuzzJSON, "fuzz-json", filepath.FromSlash(".vigil/ci/fuzz.json"), "go test -json output of the short fuzz runs (make fuzz)")
 	cmd.Flags().StringVar(&cfg.VulnDB, "vulndb", envOr("VIGIL_VULNDB", ""), "folder of the offline OSV vulnerability database for govulncheck (env VIGIL_VULNDB); required by the vulnerabilities gate")
+	cmd.Flags().StringVar(&cfg.VulnMode, "vuln-mode", "", "what the vulnerabilities gate scans: binary (the --binary given; what a release does) or source (every package, ~10× slower); default binary when --binary is given, else source")
 	cmd.Flags().StringSliceVar(&cfg.Gates, "gate", nil, "run only these gates (repeatable; default all)")
 }
 
@@ -32,6 +33,7 @@ func newValidateCmd() *cobra.Command {
   traceability            100 % of requirements verified by a passing test, no gaps (vigil trace)
   risk-controls-verified  every risk control is a verified requirement, every residual risk acceptable
   vulnerabilities         govulncheck against the offline OSV database (--vulndb): nothing reachable
+                          (binary mode on --binary when given, else source mode; --vuln-mode)
   sbom                    CycloneDX 1.6 SBOM and SOUP list, valid against the CycloneDX schema
   licences                every SOUP licence allowed by qms/licences.yaml
   fuzz                    every fuzz target passed its fuzzing run (--fuzz-json)
@@ -46,7 +48,7 @@ See docs/quality.md.`,
   vigil validate --vulndb path/to/vulndb/osv --out .vigil/validate`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg.DatabaseAdminURL = envOr("VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+			cfg.DatabaseAdminURL = envOrCtx(cmd.Context(), "VIGIL_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
 			cfg.Version = version
 			rep, err := validation.Run(cmd.Context(), cfg)
 			if err != nil {
@@ -65,6 +67,6 @@ See docs/quality.md.`,
 	}
 	addValidationFlags(cmd, &cfg)
 	cmd.Flags().StringVar(&cfg.Out, "out", filepath.FromSlash(".vigil/validate"), "folder for the evidence and the reports")
-	cmd.Flags().StringVar(&cfg.Binary, "binary", "", "built vigil binary whose modules the SBOM lists (default: the modules ./cmd/vigil links, from go list)")
+	cmd.Flags().StringVar(&cfg.Binary, "binary", "", "built vigil binary whose modules the SBOM lists and the vulnerabilities gate scans (default: the modules ./cmd/vigil links, from go list, and the source)")
 	return cmd
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -58,11 +59,11 @@ func parseAllowNets(v string) ([]netip.Prefix, error) {
 
 // webhookAllowNets is the operator's allow-list: the --webhook-allow-net flags, or else
 // VIGIL_WEBHOOK_ALLOW_NETS.
-func webhookAllowNets(rc runConfig) ([]netip.Prefix, error) {
+func webhookAllowNets(ctx context.Context, rc runConfig) ([]netip.Prefix, error) {
 	if len(rc.WebhookAllowNets) > 0 {
 		return rc.WebhookAllowNets, nil
 	}
-	nets, err := parseAllowNets(envOr("VIGIL_WEBHOOK_ALLOW_NETS", ""))
+	nets, err := parseAllowNets(envOrCtx(ctx, "VIGIL_WEBHOOK_ALLOW_NETS", ""))
 	if err != nil {
 		return nil, fmt.Errorf("VIGIL_WEBHOOK_ALLOW_NETS: %w", err)
 	}

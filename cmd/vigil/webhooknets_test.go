@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,6 +12,7 @@ import (
 // VIGIL_WEBHOOK_ALLOW_NETS is used only when no flag is given; bad values are refused.
 // Verifies: REQ-CORE-015
 func TestWebhookAllowNetFlag(t *testing.T) {
+	t.Parallel()
 	cmd := newServeCmd()
 	if err := cmd.ParseFlags([]string{"--webhook-allow-net", "10.20.0.0/16", "--webhook-allow-net", "fd12:3456::/48,192.168.7.9", "--webhook-allow-net", "::ffff:172.16.0.0/108"}); err != nil {
 		t.Fatal(err)
@@ -32,16 +34,16 @@ func TestWebhookAllowNetFlag(t *testing.T) {
 		t.Error("--webhook-allow-net intranet accepted, want an error")
 	}
 
-	t.Setenv("VIGIL_WEBHOOK_ALLOW_NETS", "10.1.0.0/16, 127.0.0.1")
-	nets, err := webhookAllowNets(runConfig{})
+	ctx := withEnv(context.Background(), map[string]string{"VIGIL_WEBHOOK_ALLOW_NETS": "10.1.0.0/16, 127.0.0.1"})
+	nets, err := webhookAllowNets(ctx, runConfig{})
 	if want := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("127.0.0.1/32")}; err != nil || !slices.Equal(nets, want) {
 		t.Errorf("webhookAllowNets(env) = %v, %v; want %v", nets, err, want)
 	}
-	if nets, err := webhookAllowNets(runConfig{WebhookAllowNets: allowNets{netip.MustParsePrefix("10.9.0.0/16")}}); err != nil || len(nets) != 1 {
+	if nets, err := webhookAllowNets(ctx, runConfig{WebhookAllowNets: allowNets{netip.MustParsePrefix("10.9.0.0/16")}}); err != nil || len(nets) != 1 {
 		t.Errorf("webhookAllowNets(flag and env) = %v, %v; want the flag's only", nets, err)
 	}
-	t.Setenv("VIGIL_WEBHOOK_ALLOW_NETS", "10.1.0.0/16,nope")
-	if _, err := webhookAllowNets(runConfig{}); err == nil {
+	bad := withEnv(context.Background(), map[string]string{"VIGIL_WEBHOOK_ALLOW_NETS": "10.1.0.0/16,nope"})
+	if _, err := webhookAllowNets(bad, runConfig{}); err == nil {
 		t.Error("webhookAllowNets(bad env) = nil error, want an error")
 	}
 }

@@ -226,6 +226,89 @@ func Run(t *testing.T, f Factory) {
 		}
 	})
 
+	t.Run("SignDigest", func(t *testing.T) {
+		// A release-signing key signs a SHA-256 digest computed by the caller: the signature
+		// is the one of the message (the message verifier accepts it), the backend sees only
+		// 32 bytes, the hook gets the digest, and an old Signer keeps its version.
+		e := setup(t, f, nil)
+		old, err := e.ring.Signer(ctx, keys.ReleaseSigning)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.ring.Rotate(ctx, keys.ReleaseSigning); err != nil {
+			t.Fatal(err)
+		}
+		cur, err := e.ring.Signer(ctx, keys.ReleaseSigning)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := e.ring.Verifier(keys.ReleaseSigning)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := []byte("vigil release manifest\n")
+		d := sha256.Sum256(msg)
+		for _, s := range []*keys.KeySigner{old, cur} {
+			var ds keys.DigestSigner = s
+			sig, err := ds.SignDigest(ctx, d[:])
+			if err != nil {
+				t.Fatalf("SignDigest(%s) = %v", s.KeyID(), err)
+			}
+			if err := v.Verify(ctx, s.KeyID(), msg, sig); err != nil {
+				t.Errorf("Verify(%s, message, signature of its digest) = %v, want nil", s.KeyID(), err)
+			}
+			if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig) {
+				t.Errorf("ecdsa.VerifyASN1(%s, digest) = false", s.KeyID())
+			}
+			if err := v.Verify(ctx, s.KeyID(), append(msg, 'x'), sig); !errors.Is(err, keys.ErrInvalidSignature) {
+				t.Errorf("Verify(%s, other message) = %v, want ErrInvalidSignature", s.KeyID(), err)
+			}
+		}
+		other := keys.KeyID(keys.ReleaseSigning, 2)
+		if sig, _ := old.SignDigest(ctx, d[:]); v.Verify(ctx, other, msg, sig) == nil {
+			t.Errorf("a v1 digest signature verifies as %s", other)
+		}
+		sigs, err := cur.SignDigests(ctx, [][]byte{d[:], d[:]})
+		if err != nil || len(sigs) != 2 {
+			t.Fatalf("SignDigests(2) = %d, %v", len(sigs), err)
+		}
+		for i, sig := range sigs {
+			if err := v.Verify(ctx, cur.KeyID(), msg, sig); err != nil {
+				t.Errorf("Verify(batch item %d) = %v", i, err)
+			}
+		}
+		e.rec.mu.Lock()
+		var digests int
+		for _, op := range e.rec.ops {
+			if op.Kind == keys.OpReleaseSign && bytes.Equal(op.Digest, d[:]) {
+				digests++
+			}
+		}
+		e.rec.mu.Unlock()
+		if digests != 5 {
+			t.Errorf("OpReleaseSign reports with the digest = %d, want 5 (old, cur, old again, batch of 2)", digests)
+		}
+		for _, bad := range [][]byte{nil, d[:31], append(d[:], 0)} {
+			if sig, err := cur.SignDigest(ctx, bad); err == nil || sig != nil {
+				t.Errorf("SignDigest(%d bytes) = %x, %v, want an error", len(bad), sig, err)
+			}
+		}
+		ed, err := e.ring.Signer(ctx, keys.AuditCheckpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sig, err := ed.SignDigest(ctx, d[:]); !errors.Is(err, keys.ErrWrongPurpose) || sig != nil {
+			t.Errorf("SignDigest(ed25519 key) = %x, %v, want ErrWrongPurpose", sig, err)
+		}
+		// The backend itself refuses too (an Ed25519 key signs messages only).
+		if sigs, _, err := e.b.SignDigests(ctx, string(keys.AuditCheckpoint), 0, [][]byte{d[:]}); !errors.Is(err, keys.ErrWrongPurpose) || sigs != nil {
+			t.Errorf("Backend.SignDigests(ed25519 key) = %x, %v, want ErrWrongPurpose", sigs, err)
+		}
+		if sigs, _, err := e.b.SignDigests(ctx, string(keys.ReleaseSigning), 0, [][]byte{[]byte("short")}); err == nil || sigs != nil {
+			t.Errorf("Backend.SignDigests(5-byte digest) = %x, %v, want an error", sigs, err)
+		}
+	})
+
 	t.Run("WrongPurpose", func(t *testing.T) {
 		e := setup(t, f, nil)
 		for _, p := range []keys.Purpose{keys.PHIEncryption, keys.WebhookHMAC, keys.PHIBlindIndex, "nonsense"} {

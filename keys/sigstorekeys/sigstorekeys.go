@@ -6,6 +6,8 @@ package sigstorekeys
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -15,8 +17,10 @@ import (
 	"github.com/vigilhealth/vigil/keys"
 )
 
-// MaxMessage is the largest message SignMessage and VerifySignature read (release payloads
-// are signed through their digest-bearing statements, which are small). 64 MiB.
+// MaxMessage is the largest message SignMessage reads for an Ed25519 key, which signs the
+// message itself. ECDSA P-256 keys (the release-signing key) sign the SHA-256 digest, which
+// SignMessage computes while it reads: their messages have no size limit and never reach the
+// backend. 64 MiB.
 const MaxMessage = 64 << 20
 
 // SignerVerifier signs with one version of a ring key and verifies with sigstore's own
@@ -70,8 +74,14 @@ func readAll(r io.Reader) ([]byte, error) {
 }
 
 // SignMessage implements signature.Signer: ECDSA P-256 ASN.1 over SHA-256(message), or
-// Ed25519 over the message. A context passed with options.WithContext is used; signing a
-// precomputed digest (options.WithDigest) is refused, since the backend hashes itself.
+// Ed25519 over the message. A context passed with options.WithContext is used.
+//
+// An ECDSA key signs the digest (keys.DigestSigner): SignMessage hashes the message as it
+// reads it and sends only the 32-byte digest to the backend (Vault Transit prehashed
+// signing), so an artefact of any size signs in one small request; a SHA-256 digest given
+// with options.WithDigest is signed as is (the message is then not read). The signature is
+// the same standard one either way: what cosign verify-blob checks against the file.
+// Ed25519 keys sign the message itself (at most MaxMessage bytes) and refuse a digest.
 func (sv *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignOption) ([]byte, error) {
 	ctx := context.Background()
 	var digest []byte
@@ -79,14 +89,34 @@ func (sv *SignerVerifier) SignMessage(message io.Reader, opts ...signature.SignO
 		o.ApplyContext(&ctx)
 		o.ApplyDigest(&digest)
 	}
+	if ds, ok := sv.signer.(keys.DigestSigner); ok && isECDSA(sv.signer.Public()) {
+		if digest == nil {
+			if message == nil {
+				return nil, errors.New("sigstorekeys: nil message")
+			}
+			h := sha256.New()
+			if _, err := io.Copy(h, message); err != nil {
+				return nil, fmt.Errorf("sigstorekeys: read message: %w", err)
+			}
+			digest = h.Sum(nil)
+		} else if len(digest) != sha256.Size {
+			return nil, fmt.Errorf("sigstorekeys: digest of %d bytes, want SHA-256 (%d)", len(digest), sha256.Size)
+		}
+		return ds.SignDigest(ctx, digest)
+	}
 	if digest != nil {
-		return nil, errors.New("sigstorekeys: signing a precomputed digest is not supported; pass the message")
+		return nil, errors.New("sigstorekeys: this key signs the message itself, not a precomputed digest; pass the message")
 	}
 	msg, err := readAll(message)
 	if err != nil {
 		return nil, err
 	}
 	return sv.signer.Sign(ctx, msg)
+}
+
+func isECDSA(pub crypto.PublicKey) bool {
+	_, ok := pub.(*ecdsa.PublicKey)
+	return ok
 }
 
 // VerifySignature implements signature.Verifier with sigstore's verifier for the public key.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"errors"
 	"testing"
 
@@ -85,8 +86,21 @@ func TestSignerVerifierBothBackends(t *testing.T) {
 			if audited != len(keys.Purposes)+1 {
 				t.Errorf("audited operations = %d, want %d (creates + 1 release signature)", audited, len(keys.Purposes)+1)
 			}
-			if _, err := sv.SignMessage(bytes.NewReader(msg), options.WithDigest([]byte("0123456789abcdef0123456789abcdef"))); err == nil {
-				t.Errorf("SignMessage(WithDigest) = nil error, want refusal")
+			// A precomputed SHA-256 digest is signed as is: the same standard signature over
+			// the message (the message reader is not read).
+			d := sha256.Sum256(msg)
+			dsig, err := sv.SignMessage(nil, options.WithDigest(d[:]), options.WithContext(ctx))
+			if err != nil {
+				t.Fatalf("SignMessage(WithDigest) = %v", err)
+			}
+			if err := v.VerifySignature(bytes.NewReader(dsig), bytes.NewReader(msg)); err != nil {
+				t.Errorf("sigstore verifier: signature of the digest over the message = %v", err)
+			}
+			if _, err := sv.SignMessage(bytes.NewReader(msg), options.WithDigest([]byte("0123456789abcdef"))); err == nil {
+				t.Errorf("SignMessage(WithDigest of 16 bytes) = nil error, want refusal")
+			}
+			if audited != len(keys.Purposes)+2 {
+				t.Errorf("audited operations = %d, want %d (creates + 2 release signatures)", audited, len(keys.Purposes)+2)
 			}
 			if _, err := sigstorekeys.New(ctx, r, keys.PHIEncryption); !errors.Is(err, keys.ErrWrongPurpose) {
 				t.Errorf("New(phi-encryption) = %v, want ErrWrongPurpose", err)
