@@ -70,6 +70,20 @@ type Config struct {
 	ReplayWindow time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Rearm is how often a condition that still holds is re-asserted to the alarm service
+	// (at most once per Rearm per rule and patient, on a sample that still meets it): an
+	// alarm resolved by hand while its condition persists re-opens then. Default 5 s.
+	Rearm time.Duration
+	// FutureTolerance: a sample stamped more than this ahead of Now (accepted by core within
+	// its clock skew) is evaluated at Now, never at its own time, so that it cannot blind the
+	// rules to the samples that follow it; its detail says "clamped_from". Default 2 s.
+	FutureTolerance time.Duration
+	// ArtifactConfirmCount and ArtifactConfirmSpan: samples core flagged as implausible
+	// (artifacts) are held back while isolated; once ArtifactConfirmCount of them of one code
+	// span at least ArtifactConfirmSpan with no plausible sample in between, they are
+	// physiology and evaluated by every rule (from the first of them). Defaults 2 and 15 s.
+	ArtifactConfirmCount int
+	ArtifactConfirmSpan  time.Duration
 	// Logger for background work. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -116,6 +130,18 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Rearm <= 0 {
+		cfg.Rearm = 5 * time.Second
+	}
+	if cfg.FutureTolerance <= 0 {
+		cfg.FutureTolerance = 2 * time.Second
+	}
+	if cfg.ArtifactConfirmCount <= 0 {
+		cfg.ArtifactConfirmCount = 2
+	}
+	if cfg.ArtifactConfirmSpan <= 0 {
+		cfg.ArtifactConfirmSpan = 15 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -57,7 +57,7 @@ func (r *Rule) Validate() error {
 		if p == nil {
 			return bad("kind threshold needs threshold parameters")
 		}
-		if p.Code == "" || !dir(p.Direction) || len(p.Levels) == 0 || p.Hysteresis < 0 || p.MinDuration < 0 || !finite(p.Hysteresis) {
+		if p.Code == "" || !dir(p.Direction) || len(p.Levels) == 0 || p.Hysteresis < 0 || p.MinDuration < 0 || !finite(p.Hysteresis) || p.WorsenBy < 0 || !finite(p.WorsenBy) {
 			return bad("threshold needs a code, direction above|below, at least one level, hysteresis >= 0, min_duration >= 0")
 		}
 		for i, l := range p.Levels {
@@ -83,8 +83,8 @@ func (r *Rule) Validate() error {
 			return bad("rate needs a code, direction, max_change > 0, window > 0, hold >= 0, a severity")
 		}
 	case KindNEWS2:
-		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 || r.NEWS2.Hold < 0 {
-			return bad("news2 needs max_age > 0 and hold >= 0")
+		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 || r.NEWS2.Hold < 0 || r.NEWS2.IncompleteAfter < 0 || r.NEWS2.WorsenBy < 0 {
+			return bad("news2 needs max_age > 0, hold >= 0, incomplete_after >= 0, worsen_by >= 0")
 		}
 	case KindAnomaly:
 		p := r.Anomaly
