@@ -204,6 +204,22 @@ func (e *Engine) SetSpO2Scale(ctx context.Context, by audit.Event, patientID uui
 	return e.setSpO2Scale(ctx, by, patientID, scale, reason)
 }
 
+// SetOxygen documents whether a patient is on supplemental oxygen (nil: not documented),
+// audited as "rules.oxygen_set" with a reason. When no oxygen observation is fresh, NEWS2
+// scores what is documented (the score says oxygen_documented) rather than assuming air.
+func (e *Engine) SetOxygen(ctx context.Context, by audit.Event, patientID uuid.UUID, onOxygen *bool, reason string) error {
+	return e.setOxygen(ctx, by, patientID, onOxygen, reason)
+}
+
+// SetWardNEWS2 records which NEWS2 parameters a ward charts by hand rather than receiving
+// from devices (names rr, spo2, sbp, hr, temp, acvpu, fio2, o2flow; typically acvpu) and how
+// long such a charted value stays current (1 min to 24 h), audited as
+// "rules.ward_news2_set". For the ward's patients those parameters use maxAge instead of the
+// rule's max_age, and raise "news2-incomplete" only when older than that.
+func (e *Engine) SetWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string) error {
+	return e.setWardNEWS2(ctx, by, wardID, charted, maxAge, reason)
+}
+
 // ReleasePatient ends monitoring of a patient (discharge, transfer out): it resolves the
 // patient's open alarms with the reason and starts its rule state afresh (keeping only how far
 // it was evaluated and its SpO2 scale), so that the no-data rule does not alarm for a device
