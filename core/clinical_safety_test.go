@@ -215,7 +215,7 @@ func TestScenarioManualResolveRearmsNEWS2(t *testing.T) {
 	vitals(t0.Add(20 * time.Second))
 	b := w.open(t, p, "news2")
 	if b == nil || b.ID == a.ID || b.Severity != alarms.SeverityCritical {
-		t.Fatalf("news2 after a manual resolve and scores still 15 = %+v, want a new critical alarm", b)
+		t.Fatalf("news2 after a manual resolve and scores still 12 = %+v, want a new critical alarm", b)
 	}
 }
 
