@@ -3,6 +3,7 @@ package core_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -416,5 +417,38 @@ func TestScenarioAcknowledgedAlarmWorsens(t *testing.T) {
 	}
 	if n := w.count(t, `SELECT count(*) FROM audit_events WHERE action='alarm.worsened' AND object_id=$1 AND payload->>'message' LIKE 'NEWS2 20%'`, a.ID.String()); n != 1 {
 		t.Errorf("audited worsenings to NEWS2 20 = %d, want 1", n)
+	}
+}
+
+// Hazard 6: readings are attributed by the time they were taken. A monitor moved to the next
+// patient uploads readings it buffered while offline: those taken before its assignment to
+// that patient are refused (outside_assignment, audited, nothing stored), never given to the
+// new patient; readings taken since are stored for it.
+// Verifies: REQ-CORE-126
+func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
+	t.Parallel()
+	w := newWard(t)
+	next := w.patient(t)
+	assigned := t0.Add(10 * time.Minute)
+	w.clock.Set(assigned.Add(time.Minute))
+	buffered := batch(next,
+		core.Sample{Code: core.LOINCHeartRate, Value: 150, Unit: "/min", Time: t0.Add(5 * time.Minute)}, // the previous patient's
+		core.Sample{Code: core.LOINCHeartRate, Value: 72, Unit: "/min", Time: assigned.Add(30 * time.Second)})
+	buffered.AssignedSince = assigned
+	_, err := w.svc.Ingest(w.ctx, buffered)
+	var be *core.BatchError
+	if !errors.As(err, &be) || be.ErrorCode() != core.CodeOutsideAssignment || !errors.Is(err, core.ErrOutsideAssignment) {
+		t.Fatalf("Ingest(reading from before the assignment) error %v, want outside_assignment", err)
+	}
+	if n := w.count(t, `SELECT count(*) FROM core_observations WHERE patient_id=$1`, next); n != 0 {
+		t.Fatalf("observations stored for the next patient = %d, want 0", n)
+	}
+	if n := w.count(t, `SELECT count(*) FROM audit_events WHERE action='upload.rejected' AND reason=$1`, core.CodeOutsideAssignment); n != 1 {
+		t.Errorf("audited outside_assignment rejections = %d, want 1", n)
+	}
+	ok := batch(next, core.Sample{Code: core.LOINCHeartRate, Value: 72, Unit: "/min", Time: assigned.Add(30 * time.Second)})
+	ok.AssignedSince = assigned
+	if _, err := w.svc.Ingest(w.ctx, ok); err != nil {
+		t.Fatalf("Ingest(reading taken since the assignment) error %v", err)
 	}
 }

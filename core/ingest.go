@@ -59,6 +59,11 @@ type Batch struct {
 	PatientID  uuid.UUID
 	Provenance Provenance
 	Samples    []Sample
+	// AssignedSince is when the sending device was assigned to PatientID (its current
+	// assignment). A sample taken before it is refused (outside_assignment): readings are
+	// attributed by the time they were taken, never to the device's next patient. Zero: not
+	// known to the caller (tools, imports), no check.
+	AssignedSince time.Time
 }
 
 // IngestResult says what Store stored for one batch.
