@@ -452,3 +452,43 @@ func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
 		t.Fatalf("Ingest(reading taken since the assignment) error %v", err)
 	}
 }
+
+// Hazard 8: queries never answer in a way that hides data: an unknown patient is not found
+// (not an empty chart), a cut answer says so, /latest shows no sample stamped in the future
+// and shows a sustained implausible value flagged rather than an older plausible one.
+// Verifies: REQ-CORE-128
+func TestScenarioQueriesSayWhatTheyOmit(t *testing.T) {
+	t.Parallel()
+	w := newWard(t)
+	p := w.patient(t)
+	w.clock.Set(t0.Add(time.Minute))
+	var samples []core.Sample
+	for i := 0; i < 5; i++ {
+		samples = append(samples, core.Sample{Code: core.LOINCHeartRate, Value: 70 + float64(i), Unit: "/min", Time: t0.Add(time.Duration(i) * time.Second)})
+	}
+	samples = append(samples, core.Sample{Code: core.LOINCHeartRate, Value: 15, Unit: "/min", Time: t0.Add(10 * time.Second)}, // implausible
+		core.Sample{Code: core.LOINCSpO2, Value: 97, Unit: "%", Time: t0.Add(3 * time.Minute)}) // 2 min ahead of the clock
+	if _, err := w.svc.Ingest(w.ctx, batch(p, samples...)); err != nil {
+		t.Fatal(err)
+	}
+	q := core.RangeQuery{PatientID: uuid.New(), Code: core.LOINCHeartRate, From: t0.Add(-time.Hour), To: t0.Add(time.Hour)}
+	if _, err := w.svc.Observations(w.ctx, q); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("Observations(unknown patient) error %v, want ErrNotFound", err)
+	}
+	if _, err := w.svc.Latest(w.ctx, q.PatientID, 0); !errors.Is(err, core.ErrNotFound) {
+		t.Errorf("Latest(unknown patient) error %v, want ErrNotFound", err)
+	}
+	q.PatientID, q.Limit = p, 3
+	got, truncated, err := w.svc.ObservationsPage(w.ctx, q)
+	if err != nil || len(got) != 3 || !truncated {
+		t.Errorf("ObservationsPage(limit 3 of 5) = %d, truncated %v, %v; want 3, truncated", len(got), truncated, err)
+	}
+	q.Limit = 5
+	if got, truncated, err := w.svc.ObservationsPage(w.ctx, q); err != nil || len(got) != 5 || truncated {
+		t.Errorf("ObservationsPage(limit 5 of 5) = %d, truncated %v, %v; want 5, not truncated", len(got), truncated, err)
+	}
+	latest, err := w.svc.Latest(w.ctx, p, 0)
+	if err != nil || len(latest) != 1 || latest[0].Code != core.LOINCHeartRate || latest[0].Value != 15 || !latest[0].Artifact {
+		t.Errorf("Latest() = %+v, %v; want only HR 15 flagged (the SpO2 stamped ahead of now left out)", latest, err)
+	}
+}

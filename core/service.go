@@ -56,6 +56,10 @@ type Config struct {
 	Now func() time.Time
 	// MaxFutureSkew is how far in the future a sample's effective time may be. Default 5 min.
 	MaxFutureSkew time.Duration
+	// AssignmentSkew is how long before its device's assignment (Batch.AssignedSince) a
+	// sample may have been taken and still be the patient's: device clocks run behind, and a
+	// monitor is connected a moment before the assignment is recorded. Default 1 min.
+	AssignmentSkew time.Duration
 	// MaxSamplesPerBatch bounds a batch. Default 50,000.
 	MaxSamplesPerBatch int
 	// Retention per data class.
@@ -99,6 +103,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.MaxFutureSkew <= 0 {
 		cfg.MaxFutureSkew = 5 * time.Minute
+	}
+	if cfg.AssignmentSkew <= 0 {
+		cfg.AssignmentSkew = time.Minute
 	}
 	if cfg.MaxSamplesPerBatch <= 0 {
 		cfg.MaxSamplesPerBatch = 50000

@@ -80,9 +80,9 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 			bad = append(bad, SampleError{Index: i, Code: CodeFutureTime, LOINC: smp.Code,
 				Detail: fmt.Sprintf("effective time %s is more than %s ahead of the server clock", t.Format(time.RFC3339), s.cfg.MaxFutureSkew)})
 			continue
-		case !b.AssignedSince.IsZero() && t.Before(b.AssignedSince.UTC().Truncate(time.Microsecond)):
+		case !b.AssignedSince.IsZero() && t.Before(b.AssignedSince.UTC().Truncate(time.Microsecond).Add(-s.cfg.AssignmentSkew)):
 			bad = append(bad, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
-				Detail: fmt.Sprintf("effective time %s is before the device was assigned to this patient (%s)", t.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339))})
+				Detail: fmt.Sprintf("effective time %s is before the device was assigned to this patient (%s, allowing %s of clock skew)", t.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), s.cfg.AssignmentSkew)})
 			continue
 		case t.Before(oldest):
 			bad = append(bad, SampleError{Index: i, Code: CodeTooOld, LOINC: smp.Code,

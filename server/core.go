@@ -297,18 +297,19 @@ func (s *Server) coreObservations(c echo.Context) error {
 		}
 		return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "bucket": b.String(), "buckets": series})
 	}
-	obs, err := s.cfg.Core.Observations(ctx, rq)
+	obs, truncated, err := s.cfg.Core.ObservationsPage(ctx, rq)
 	if err != nil {
 		return err
 	}
 	if obs == nil {
 		obs = []core.Observation{}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "observations": obs})
+	// truncated: the range holds more than limit observations (the oldest are returned).
+	return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "observations": obs, "truncated": truncated})
 }
 
-// coreLatest answers GET /patients/:id/latest[?window=24h]: the newest plausible observation of
-// each code within the window.
+// coreLatest answers GET /patients/:id/latest[?window=24h]: the newest observation of each
+// code within the window, not after now, artifacts flagged.
 func (s *Server) coreLatest(c echo.Context) error {
 	id, err := coreID(c, "id", "invalid_patient_id")
 	if err != nil {
