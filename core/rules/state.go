@@ -302,8 +302,20 @@ func (x *runner) threshold(r *Rule, o Observation) {
 	p := r.Threshold
 	rs := x.ps.rule(r)
 	lvl := crossed(p, o.Value, 0)
+	// The detail a clinician reads: the measured value with its human unit, the rule, and
+	// the limit and priority of the level in words.
 	detail := func() any {
-		return map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "at": o.EffectiveAt}
+		m := map[string]any{"code": o.Code, "value": o.Value, "unit": o.Unit, "unit_text": strings.TrimSpace(HumanUnit(o.Unit)),
+			"at": o.EffectiveAt, "rule": r.Name, "direction": string(p.Direction)}
+		for _, l := range p.Levels {
+			if l.Severity == rs.Severity && rs.Active {
+				m["limit"], m["priority"] = l.Limit, l.Severity.String()
+			}
+		}
+		if t, ok := x.clamped[o.Code]; ok {
+			m["clamped_from"] = t // stamped ahead of the server clock: evaluated at now
+		}
+		return m
 	}
 	if !rs.Active {
 		if lvl < 0 {
@@ -326,7 +338,7 @@ func (x *runner) threshold(r *Rule, o Observation) {
 	held := crossed(p, o.Value, p.Hysteresis) // the level kept given hysteresis
 	if held < 0 {
 		rs.Active, rs.Severity = false, 0
-		x.signal(r, false, 0, o.EffectiveAt, fmt.Sprintf("%s cleared at %g %s", r.Name, o.Value, o.Unit), detail())
+		x.signal(r, false, 0, o.EffectiveAt, fmt.Sprintf("%s cleared at %s%s", r.Name, fmtValue(o.Value), HumanUnit(o.Unit)), detail())
 		return
 	}
 	cur := -1
