@@ -492,3 +492,35 @@ func TestScenarioQueriesSayWhatTheyOmit(t *testing.T) {
 		t.Errorf("Latest() = %+v, %v; want only HR 15 flagged (the SpO2 stamped ahead of now left out)", latest, err)
 	}
 }
+
+// Hazard 7: an alarm a clinician reads at a glance: the value and limit with human units and
+// the priority in words; a NEWS2 alarm's band in words with its measured values.
+// Verifies: REQ-CORE-127
+func TestScenarioAlarmReadable(t *testing.T) {
+	t.Parallel()
+	w := newWard(t)
+	p := w.patient(t)
+	for s := 0; s <= 30; s += 5 {
+		now := t0.Add(time.Duration(s) * time.Second)
+		w.send(t, p, "monitor", core.LOINCBodyTemperature, 38.5, now, now)
+	}
+	a := w.open(t, p, "temp-high")
+	if a == nil || a.Message != "Temperature high: 38.5 °C above the limit of 38 °C" {
+		t.Fatalf("temp-high alarm = %+v, want the message %q", a, "Temperature high: 38.5 °C above the limit of 38 °C")
+	}
+	var d map[string]any
+	if err := json.Unmarshal(a.Detail, &d); err != nil || d["unit_text"] != "°C" || d["priority"] != "low" || d["limit"] != 38.0 || d["rule"] != "Temperature high" {
+		t.Errorf("temp-high detail = %s, %v; want unit °C, priority low, limit 38, the rule's name", a.Detail, err)
+	}
+	w.send(t, p, "monitor", core.LOINCSpO2, 91, t0.Add(31*time.Second), t0.Add(31*time.Second))
+	n := w.open(t, p, "news2")
+	if n == nil || strings.Contains(n.Message, "low_medium") || !strings.Contains(n.Message, "low–medium") {
+		t.Fatalf("news2 alarm = %+v, want the band in words (low–medium), not its enum name", n)
+	}
+	var nd struct {
+		NEWS2 rules.NEWS2Score `json:"news2"`
+	}
+	if err := json.Unmarshal(n.Detail, &nd); err != nil || nd.NEWS2.Values["spo2"] != 91 || nd.NEWS2.Values["temperature"] != 38.5 {
+		t.Errorf("news2 detail = %s, %v; want the measured SpO2 91 and temperature 38.5", n.Detail, err)
+	}
+}
