@@ -60,11 +60,13 @@ type Batch struct {
 	Provenance Provenance
 	Samples    []Sample
 	// AssignedSince is when the sending device was assigned to PatientID (its current
-	// assignment). A sample taken before it (by more than Config.AssignmentSkew) is refused
-	// (outside_assignment): readings are
-	// attributed by the time they were taken, never to the device's next patient. Zero: not
-	// known to the caller (tools, imports), no check.
+	// assignment); PreviousUntil is when its last assignment to another patient ended. A
+	// sample taken before AssignedSince by more than Config.AssignmentSkew, or before
+	// PreviousUntil, is refused (outside_assignment): readings are attributed by the time
+	// they were taken, never to the device's next patient. Zero: not known to the caller
+	// (tools, imports), no check.
 	AssignedSince time.Time
+	PreviousUntil time.Time
 }
 
 // IngestResult says what Store stored for one batch.

@@ -57,8 +57,10 @@ type Config struct {
 	// MaxFutureSkew is how far in the future a sample's effective time may be. Default 5 min.
 	MaxFutureSkew time.Duration
 	// AssignmentSkew is how long before its device's assignment (Batch.AssignedSince) a
-	// sample may have been taken and still be the patient's: device clocks run behind, and a
-	// monitor is connected a moment before the assignment is recorded. Default 1 min.
+	// sample may have been taken and still be the patient's (never before the device's
+	// previous patient's assignment ended, Batch.PreviousUntil): device clocks run behind, and
+	// a monitor is connected a while before the assignment is recorded. Default 5 min (the
+	// clock skew core accepts ahead, MaxFutureSkew, is 5 min too).
 	AssignmentSkew time.Duration
 	// MaxSamplesPerBatch bounds a batch. Default 50,000.
 	MaxSamplesPerBatch int
@@ -105,7 +107,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.MaxFutureSkew = 5 * time.Minute
 	}
 	if cfg.AssignmentSkew <= 0 {
-		cfg.AssignmentSkew = time.Minute
+		cfg.AssignmentSkew = 5 * time.Minute
 	}
 	if cfg.MaxSamplesPerBatch <= 0 {
 		cfg.MaxSamplesPerBatch = 50000
