@@ -121,7 +121,6 @@ func (x *runner) late(byCode map[string][]*Rule, news2 []*Rule, late []Observati
 // series is the stored window of code around the late samples ls, with ls merged in, in time
 // order, one value per time, implausible samples left out unless their run is confirmed.
 func (x *runner) series(code string, ls []Observation) []Observation {
-	from := ls[0].EffectiveAt
 	confirmed := x.ps.Suspect[code] != nil && x.ps.Suspect[code].Confirmed
 	byT := map[time.Time]Observation{}
 	add := func(o Observation) {
@@ -133,7 +132,6 @@ func (x *runner) series(code string, ls []Observation) []Observation {
 		}
 		byT[o.EffectiveAt] = o
 	}
-	_ = from
 	for _, o := range x.hist {
 		add(o)
 	}

@@ -256,6 +256,13 @@ func (e *Engine) createVersion(ctx context.Context, by audit.Event, r Rule) (Rul
 		if ts, err = e.cfg.Alarms.ResolveRule(ctx, tx, r.ID, by, "rule_disabled"); err != nil {
 			return Rule{}, fmt.Errorf("create rule version: %w", err)
 		}
+		if r.Kind == KindNEWS2 { // and its incomplete condition
+			inc, err := e.cfg.Alarms.ResolveRule(ctx, tx, r.ID+"-incomplete", by, "rule_disabled")
+			if err != nil {
+				return Rule{}, fmt.Errorf("create rule version: %w", err)
+			}
+			ts = append(ts, inc...)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return Rule{}, fmt.Errorf("create rule version: commit: %w", err)
