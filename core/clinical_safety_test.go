@@ -367,8 +367,17 @@ func TestScenarioNEWS2MissingParameters(t *testing.T) {
 	if b := w.open(t, pb, "news2-incomplete"); b != nil {
 		t.Fatalf("news2-incomplete on a ward charting consciousness by hand, 10 min in = %+v, want none before 4 h", b)
 	}
-	// The nurse charts consciousness through the API: the score is complete, the condition clears.
-	w.send(t, pa, "nurse-chart", core.LOINCConsciousness, 0, t0.Add(11*time.Minute), t0.Add(11*time.Minute))
+	// The nurse charts consciousness by hand: the score is complete, the condition clears.
+	w.clock.Set(t0.Add(11 * time.Minute))
+	if _, err := w.svc.Chart(w.ctx, clinician, pa, []core.Sample{{Code: core.LOINCConsciousness, Value: 0, Unit: "{score}", Time: t0.Add(11 * time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.handoff.Flush(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := w.count(t, `SELECT count(*) FROM audit_events WHERE action='upload.accepted' AND actor_id=$1 AND payload->>'transport'='chart'`, clinician.Actor.ID); n != 1 {
+		t.Errorf("audited charting by %s = %d, want 1", clinician.Actor.ID, n)
+	}
 	if inc := w.open(t, pa, "news2-incomplete"); inc != nil {
 		t.Fatalf("news2-incomplete after consciousness was charted = %+v, want resolved", inc)
 	}
