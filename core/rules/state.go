@@ -72,6 +72,8 @@ type ruleState struct {
 	// value (threshold) or score (NEWS2) the clinician was last alerted with.
 	Asserted *time.Time `json:"asserted,omitempty"`
 	Alerted  *float64   `json:"alerted,omitempty"`
+	// news2: its incomplete condition is raised
+	Incomplete bool `json:"incomplete,omitempty"`
 }
 
 func newPatientState() *patientState {
@@ -118,6 +120,8 @@ type runner struct {
 	clamped map[string]time.Time
 	// sim: a simulation (late re-evaluation) whose signals are examined, not sent
 	sim bool
+	// admitted is observe's buffer of the observations a sample makes the rules act on
+	admitted []Observation
 }
 
 type runnerOptions struct {
@@ -235,7 +239,16 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		if o.EffectiveAt.After(pending) {
 			score()
 		}
-		admitted := x.admit(o)
+		admitted := x.admitted[:0]
+		if o.Artifact {
+			admitted = x.admit(o)
+		} else {
+			if len(x.ps.Suspect) > 0 {
+				delete(x.ps.Suspect, o.Code)
+			}
+			admitted = append(admitted, o)
+		}
+		x.admitted = admitted
 		for _, v := range admitted {
 			for _, r := range byCode[v.Code] {
 				switch r.Kind {
@@ -515,6 +528,10 @@ var news2Names = [...]struct{ name, param string }{
 	{"resp_rate", "rr"}, {"spo2", "spo2"}, {"systolic_bp", "sbp"}, {"pulse", "hr"}, {"temperature", "temp"},
 }
 
+// news2ParamOf maps a chart name to the observation parameter it reads.
+var news2ParamOf = map[string]string{"resp_rate": "rr", "spo2": "spo2", "systolic_bp": "sbp", "pulse": "hr",
+	"temperature": "temp", "oxygen": "fio2", "consciousness": "acvpu"}
+
 var bandWords = map[Band]string{BandLow: "low", BandLowMedium: "low–medium (a single parameter scored 3)", BandMedium: "medium", BandHigh: "high"}
 
 func (x *runner) news2(r *Rule, at time.Time) {
@@ -541,17 +558,21 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	if in.SpO2Scale == 2 {
 		in.SpO2 = 90
 	}
-	dst := map[string]*float64{"rr": &in.RespRate, "spo2": &in.SpO2, "sbp": &in.SystolicBP, "hr": &in.Pulse, "temp": &in.Temperature}
-	values := map[string]float64{}
+	dst := [...]*float64{&in.RespRate, &in.SpO2, &in.SystolicBP, &in.Pulse, &in.Temperature}
+	// The measured values, made a map only for what is recorded or signalled.
+	var vals [8]struct {
+		name string
+		v    float64
+	}
+	nv := 0
+	value := func(name string, v float64) { vals[nv].name, vals[nv].v = name, v; nv++ }
 	var missing []string // by chart name
-	missingParams := map[string]string{}
-	for _, f := range news2Names {
+	for i, f := range news2Names {
 		if pt, ok := fresh(f.param); ok {
-			*dst[f.param] = pt.V
-			values[f.name] = pt.V
+			*dst[i] = pt.V
+			value(f.name, pt.V)
 		} else {
 			missing = append(missing, f.name)
-			missingParams[f.name] = f.param
 		}
 	}
 	fio2, okC := fresh("fio2")
@@ -561,10 +582,10 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	case okC || okF:
 		in.OnOxygen = okC && fio2.V > 21 || okF && flow.V > 0
 		if okC {
-			values["fio2"] = fio2.V
+			value("fio2", fio2.V)
 		}
 		if okF {
-			values["o2_flow"] = flow.V
+			value("o2_flow", flow.V)
 		}
 	case x.ps.OnOxygen != nil:
 		in.OnOxygen, documented = *x.ps.OnOxygen, *x.ps.OnOxygen
@@ -572,18 +593,16 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		assumedAir = true
 	default:
 		missing = append(missing, "oxygen")
-		missingParams["oxygen"] = "fio2"
 	}
 	if c, ok := fresh("acvpu"); ok {
 		in.Consciousness = int(math.Round(c.V))
-		values["consciousness"] = c.V
+		value("consciousness", c.V)
 	} else if p.AssumeAlert {
 		assumedAlert = true
 	} else {
 		missing = append(missing, "consciousness")
-		missingParams["consciousness"] = "acvpu"
 	}
-	if len(values) == 0 {
+	if nv == 0 {
 		return // nothing measured: no score (the no-data rule covers a silent patient)
 	}
 	score, err := ComputeNEWS2(in)
@@ -591,8 +610,17 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		return // an impossible ACVPU code: no score rather than a wrong one
 	}
 	score.AssumedAir, score.AssumedAlert, score.OxygenDocumented = assumedAir, assumedAlert, documented
-	score.Partial, score.Missing, score.Values = len(missing) > 0, missing, values
+	score.Partial, score.Missing = len(missing) > 0, missing
+	withValues := func() {
+		if score.Values == nil {
+			score.Values = make(map[string]float64, nv)
+			for _, v := range vals[:nv] {
+				score.Values[v.name] = v.v
+			}
+		}
+	}
 	if rs.Last == nil || !sameScore(*rs.Last, score) {
+		withValues()
 		sc := score
 		rs.Last = &sc
 		x.derived = append(x.derived, Derived{
@@ -600,19 +628,25 @@ func (x *runner) news2(r *Rule, at time.Time) {
 			RuleID:      r.ID, RuleVersion: r.Version, NEWS2: &sc,
 		})
 	}
-	x.news2Incomplete(r, at, missing, missingParams, window)
+	x.news2Incomplete(r, rs, at, missing, window)
 	sev := news2Severity(p, score)
-	msg := fmt.Sprintf("NEWS2 %d, %s clinical response", score.Total, bandWords[score.Band])
-	if score.Partial {
-		msg = fmt.Sprintf("NEWS2 at least %d, %s clinical response (partial: no current %s)", score.Total, bandWords[score.Band], strings.Join(missing, ", "))
+	msg := func() string {
+		m := fmt.Sprintf("NEWS2 %d, %s clinical response", score.Total, bandWords[score.Band])
+		if score.Partial {
+			m = fmt.Sprintf("NEWS2 at least %d, %s clinical response (partial: no current %s)", score.Total, bandWords[score.Band], strings.Join(missing, ", "))
+		}
+		if assumedAir {
+			m += "; oxygen not reported, scored as air"
+		}
+		if documented {
+			m += "; oxygen not reported, scored as oxygen as documented"
+		}
+		return m
 	}
-	if assumedAir {
-		msg += "; oxygen not reported, scored as air"
+	detail := func() any {
+		withValues()
+		return map[string]any{"news2": score, "at": at}
 	}
-	if documented {
-		msg += "; oxygen not reported, scored as oxygen as documented"
-	}
-	detail := map[string]any{"news2": score, "at": at}
 	step := p.WorsenBy
 	if step <= 0 {
 		step = 2
@@ -622,22 +656,22 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		rs.Active, rs.Severity, rs.LowerSince = true, sev, nil
 		v := float64(score.Total)
 		rs.Alerted = &v
-		x.signal(r, true, sev, at, msg, detail)
+		x.signal(r, true, sev, at, msg(), detail())
 	case !rs.Active:
 	case sev == rs.Severity:
 		rs.LowerSince = nil
 		if rs.Alerted != nil && float64(score.Total) >= *rs.Alerted+float64(step) {
-			x.worse(r, rs, at, msg, detail, float64(score.Total))
+			x.worse(r, rs, at, msg(), detail(), float64(score.Total))
 			return
 		}
-		x.sustain(r, rs, at, msg, detail)
+		x.sustain(r, rs, at, msg(), detail())
 	default: // better: only once it has held for Hold
 		if rs.LowerSince == nil {
 			t := at
 			rs.LowerSince = &t
 		}
 		if at.Sub(*rs.LowerSince) < time.Duration(p.Hold) {
-			x.sustain(r, rs, at, msg, detail)
+			x.sustain(r, rs, at, msg(), detail())
 			return
 		}
 		rs.LowerSince = nil
@@ -645,11 +679,11 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		rs.Alerted = &v
 		if sev == 0 {
 			rs.Active, rs.Severity = false, 0
-			x.signal(r, false, 0, at, msg, detail)
+			x.signal(r, false, 0, at, msg(), detail())
 			return
 		}
 		rs.Severity = sev
-		x.signal(r, true, sev, at, msg, detail)
+		x.signal(r, true, sev, at, msg(), detail())
 	}
 }
 
@@ -657,7 +691,10 @@ func (x *runner) news2(r *Rule, at time.Time) {
 // NEWS2 parameter has had no fresh value for longer than its grace (IncompleteAfter after the
 // patient's first NEWS2 parameter; the ward's charted_max_age for a parameter charted by
 // hand), and clears it when every parameter is current.
-func (x *runner) news2Incomplete(r *Rule, at time.Time, missing []string, params map[string]string, window func(string) time.Duration) {
+func (x *runner) news2Incomplete(r *Rule, news2 *ruleState, at time.Time, missing []string, window func(string) time.Duration) {
+	if len(missing) == 0 && !news2.Incomplete {
+		return // complete, and the condition is not raised: nothing to do
+	}
 	inc := &Rule{ID: r.ID + "-incomplete", Version: r.Version, Name: r.Name + " incomplete", Kind: KindNEWS2, lastDisabled: r.lastDisabled}
 	rs := x.ps.rule(inc)
 	grace := time.Duration(r.NEWS2.IncompleteAfter)
@@ -667,13 +704,14 @@ func (x *runner) news2Incomplete(r *Rule, at time.Time, missing []string, params
 	var overdue []string
 	for _, name := range missing {
 		g := grace
-		if x.ps.Charted[params[name]] {
-			g = window(params[name])
+		if param := news2ParamOf[name]; x.ps.Charted[param] {
+			g = window(param)
 		}
 		if !x.ps.FirstSeen.IsZero() && at.Sub(x.ps.FirstSeen) >= g {
 			overdue = append(overdue, name)
 		}
 	}
+	news2.Incomplete = len(overdue) > 0
 	if len(overdue) == 0 {
 		if rs.Active {
 			rs.Active, rs.Severity = false, 0
