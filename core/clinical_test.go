@@ -58,6 +58,9 @@ func TestIngestToAlarmAndDischarge(t *testing.T) {
 	if ev.Type != "alarm.opened" || ev.PatientID != p {
 		t.Fatalf("hub event = %s for %s, want alarm.opened for %s", ev.Type, ev.PatientID, p)
 	}
+	if err := handoff.Flush(e.ctx); err != nil { // the rules have evaluated every upload
+		t.Fatal(err)
+	}
 	open, err := asvc.OpenAlarms(e.ctx, p)
 	var low []alarms.Alarm
 	for _, a := range open { // besides the partial NEWS2 (SpO2 87 alone scores 3)
