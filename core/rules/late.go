@@ -182,7 +182,7 @@ func (x *runner) resimulate(r *Rule, series []Observation, from time.Time) {
 		return m
 	}
 	switch {
-	case !rs.Active && peak != nil:
+	case !rs.Active && peak != nil && (rs.Cleared == nil || peak.At.After(*rs.Cleared)):
 		rs.Active, rs.Severity, rs.LowerSince = true, peak.Severity, nil
 		x.signal(r, true, peak.Severity, peak.At, peak.Message+" (late samples)", lateDetail(peak.Detail))
 		if end == nil || !end.Active {

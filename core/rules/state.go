@@ -74,6 +74,10 @@ type ruleState struct {
 	Alerted  *float64   `json:"alerted,omitempty"`
 	// news2: its incomplete condition is raised
 	Incomplete bool `json:"incomplete,omitempty"`
+	// Cleared: the time of the sample at which the condition last cleared; a late window's
+	// episode raised no later than it was already alarmed (or re-evaluated) and is not raised
+	// again.
+	Cleared *time.Time `json:"cleared,omitempty"`
 }
 
 func newPatientState() *patientState {
@@ -137,10 +141,14 @@ func (x *runner) signal(r *Rule, raise bool, sev alarms.Severity, at time.Time, 
 			detail = map[string]any{"detail_unavailable": err.Error()}
 		}
 	}
-	if raise && !x.sim {
+	if !x.sim {
 		rs := x.ps.rule(r)
 		t := at
-		rs.Asserted = &t
+		if raise {
+			rs.Asserted = &t
+		} else {
+			rs.Cleared = &t
+		}
 	}
 	x.sigs = append(x.sigs, alarms.Signal{PatientID: x.pid, RuleID: r.ID, RuleVersion: r.Version,
 		Raise: raise, Severity: sev, Message: msg, Detail: detail, At: at})
