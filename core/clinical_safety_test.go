@@ -367,6 +367,18 @@ func TestScenarioNEWS2MissingParameters(t *testing.T) {
 	if b := w.open(t, pb, "news2-incomplete"); b != nil {
 		t.Fatalf("news2-incomplete on a ward charting consciousness by hand, 10 min in = %+v, want none before 4 h", b)
 	}
+	// Patient pb moves to ward A (which charts nothing by hand): from the engine's next Tick,
+	// its missing consciousness is overdue.
+	if err := w.svc.MovePatient(w.ctx, clinician, pb, wardA.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.eng.Tick(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	send(pb, t0.Add(10*time.Minute+30*time.Second))
+	if b := w.open(t, pb, "news2-incomplete"); b == nil {
+		t.Fatal("news2-incomplete after moving to a ward that does not chart consciousness = none, want raised")
+	}
 	// The nurse charts consciousness by hand: the score is complete, the condition clears.
 	w.clock.Set(t0.Add(11 * time.Minute))
 	if _, err := w.svc.Chart(w.ctx, clinician, pa, []core.Sample{{Code: core.LOINCConsciousness, Value: 0, Unit: "{score}", Time: t0.Add(11 * time.Minute)}}); err != nil {

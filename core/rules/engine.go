@@ -173,7 +173,9 @@ func (e *Engine) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observ
 	return e.evaluate(ctx, patientID, obs)
 }
 
-// Tick picks up rule versions created by other processes, then runs the time-driven rules
+// Tick picks up rule versions created by other processes and the current settings of the
+// patients in memory (a patient moved to another ward takes that ward's NEWS2 settings), then
+// runs the time-driven rules
 // (no-data) for every patient known to the Engine (evaluated since start, or checkpointed
 // before) at Config.Now(), and returns the transitions made.
 // Escalations and reminders are the alarms Service's own Tick.

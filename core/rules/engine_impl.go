@@ -357,6 +357,9 @@ func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
 	if err := e.reloadIfChanged(ctx); err != nil {
 		return nil, err
 	}
+	if err := e.refreshSettings(ctx); err != nil {
+		return nil, err
+	}
 	set := e.st.rules.Load()
 	hasNoData := false
 	for _, r := range set.list {
@@ -517,6 +520,65 @@ func (e *Engine) loadSettings(ctx context.Context, pid uuid.UUID, st *patientSta
 			st.Charted[c] = true
 		}
 		st.ChartedMaxAge = time.Duration(maxAge) * time.Second
+	}
+	return nil
+}
+
+// refreshSettings re-reads, in one query, the settings of every patient in memory (SpO2
+// scale, documented oxygen, the NEWS2 settings of the ward the patient is in now), so that a
+// patient moved to another ward, or a setting changed by another process, takes effect at the
+// next Tick.
+func (e *Engine) refreshSettings(ctx context.Context) error {
+	entries := e.entries()
+	if len(entries) == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, 0, len(entries))
+	for id := range entries {
+		ids = append(ids, id)
+	}
+	rows, err := e.cfg.Pool.Query(ctx, `SELECT p.id, coalesce(s.spo2_scale, 1), s.on_oxygen, w.charted, coalesce(w.charted_max_age_seconds, 0)
+		FROM core_patients p
+		LEFT JOIN rules_patient_settings s ON s.patient_id = p.id
+		LEFT JOIN rules_ward_settings w ON w.ward_id = p.ward_id
+		WHERE p.id = ANY($1)`, ids)
+	if err != nil {
+		return fmt.Errorf("rules: refresh settings: %w", err)
+	}
+	type setting struct {
+		id      uuid.UUID
+		scale   int
+		onO2    *bool
+		charted []string
+		maxAge  int64
+	}
+	var got []setting
+	for rows.Next() { // read all first: no patient lock is taken while a connection is held
+		var x setting
+		if err := rows.Scan(&x.id, &x.scale, &x.onO2, &x.charted, &x.maxAge); err != nil {
+			rows.Close()
+			return fmt.Errorf("rules: refresh settings: %w", err)
+		}
+		got = append(got, x)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("rules: refresh settings: %w", err)
+	}
+	for _, x := range got {
+		p := entries[x.id]
+		p.mu.Lock()
+		if p.loaded {
+			st := p.st
+			st.SpO2Scale, st.OnOxygen, st.ChartedMaxAge, st.Charted = x.scale, x.onO2, time.Duration(x.maxAge)*time.Second, nil
+			if len(x.charted) > 0 {
+				st.Charted = make(map[string]bool, len(x.charted))
+				for _, c := range x.charted {
+					st.Charted[c] = true
+				}
+			}
+		}
+		p.mu.Unlock()
 	}
 	return nil
 }
