@@ -58,3 +58,34 @@ func TestSafetyStateSurvivesRestart(t *testing.T) {
 		t.Fatalf("re-evaluating the same late samples = %v, %v; want nothing", kinds(res.Transitions), err)
 	}
 }
+
+// A NEWS2 alarm never de-escalates or resolves because parameters went missing: a partial
+// score is a lower bound, which proves no improvement.
+// Verifies: REQ-CORE-124
+func TestNEWS2AlarmNotResolvedByMissingData(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	p := uuid.New()
+	// 3 + 3 + 0 + 3 + 3 + 0 + 0 = 12: critical.
+	res := e.feed(t, p, vitals(p, t0, 30, 85, 21, 85, 140, 0, 37)...)
+	if got := kinds(res.Transitions); len(got) == 0 || got[len(got)-1] != "news2:opened:critical" && got[len(got)-1] != "news2:severity_escalated:critical" {
+		t.Fatalf("NEWS2 12: transitions %v, want news2 critical", got)
+	}
+	// Only the heart rate keeps coming; the other parameters go stale after max_age (1 h).
+	for m := 10; m <= 90; m += 10 {
+		res = e.feed(t, p, obs(p, rules.CodeHeartRate, 140, t0.Add(time.Duration(m)*time.Minute)))
+		for _, tr := range res.Transitions {
+			if tr.Alarm.RuleID == "news2" && tr.Kind != "retriggered" && tr.Kind != "opened" {
+				t.Fatalf("at %d min with only HR current: news2 %s, want the alarm kept (a partial score proves no improvement)", m, tr.Kind)
+			}
+		}
+	}
+	open, err := e.alarms.OpenAlarms(context.Background(), p)
+	found := false
+	for _, a := range open {
+		found = found || a.RuleID == "news2" && a.Severity == 4
+	}
+	if err != nil || !found {
+		t.Fatalf("OpenAlarms() = %+v, %v; want the news2 alarm still critical", open, err)
+	}
+}

@@ -673,6 +673,11 @@ func (x *runner) news2(r *Rule, at time.Time) {
 			return
 		}
 		x.sustain(r, rs, at, msg(), detail())
+	case score.Partial:
+		// Lower, but only because parameters are missing (a lower bound proves no
+		// improvement): the alarm stays as it is until a complete score says otherwise.
+		rs.LowerSince = nil
+		x.sustain(r, rs, at, msg(), detail())
 	default: // better: only once it has held for Hold
 		if rs.LowerSince == nil {
 			t := at
