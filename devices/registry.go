@@ -383,8 +383,8 @@ func (s *Service) IssueEnrollmentToken(ctx context.Context, o Origin, id uuid.UU
 type Enrolled struct {
 	DeviceID   uuid.UUID `json:"device_id"`
 	KeyVersion int64     `json:"key_version"`
-	// Replayed is set when the request is the re-send of a rotation already applied (its
-	// answer lost): the answer is the original one and nothing changed.
+	// Replayed is set when the request is the re-send of an enrollment or a rotation already
+	// applied (its answer lost): the answer is the original one and nothing changed.
 	Replayed bool `json:"replayed,omitempty"`
 }
 
@@ -393,7 +393,10 @@ type Enrolled struct {
 // possession), and the key not registered to any device. The token is consumed; the key
 // becomes the device's current key (version 1, or the next version when re-enrolling, the
 // previous key retired at once). The request's time T must be within Config.MaxSkew of the
-// server's clock (ErrClockSkew). Refusals are audited as `device.enroll.rejected`.
+// server's clock (ErrClockSkew). The request is idempotent: its re-send after it was applied
+// (the answer lost), while the key it registered is still the device's current key, gets the
+// same answer with Replayed set and changes nothing; any other use of a used token is
+// refused. Refusals are audited as `device.enroll.rejected`.
 func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled, error) {
 	ev := audit.Event{Actor: audit.Actor{Kind: audit.ActorDevice, ID: "unknown", AuthMethod: "enrollment-token"},
 		Action: "device.enrolled", Object: audit.Object{Type: "device"}, Outcome: audit.OutcomeSuccess,
@@ -429,6 +432,19 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 		}
 		ev.Actor.ID, ev.Object.ID = id.String(), id.String()
 		if used != nil {
+			// The re-send of the enrollment that consumed the token: the same public key,
+			// registered at the moment the token was used, still current on an active device.
+			var version int64
+			err := tx.QueryRow(ctx, `SELECT k.version FROM devices_keys k JOIN devices_devices d ON d.id = k.device_id
+				WHERE k.device_id = $1 AND k.public_key = $2 AND k.created_at = $3 AND k.retired_at IS NULL
+				  AND d.key_version = k.version AND d.status = $4`, id, e.PublicKey, *used, StatusActive).Scan(&version)
+			if err == nil {
+				out = Enrolled{DeviceID: id, KeyVersion: version, Replayed: true}
+				return nil
+			}
+			if !isNoRows(err) {
+				return fmt.Errorf("look up enrollment: %w", err)
+			}
 			return reject(ErrInvalidToken, "enrollment token already used")
 		}
 		if !now.Before(expires) {

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/vigilhealth/vigil/devices/sdk"
 	"github.com/vigilhealth/vigil/devices/sim"
 	"github.com/vigilhealth/vigil/devices/sim/simtest"
@@ -148,3 +150,54 @@ func TestResendFirstAfterRotationNoDuplicate(t *testing.T) {
 }
 
 func ed25519PublicKey(b []byte) ed25519.PublicKey { return ed25519.PublicKey(b) }
+
+func (l *answerLoser) Enroll(ctx context.Context, raw []byte) (string, uint64, error) {
+	id, kv, err := l.in.Enroll(ctx, raw)
+	if l.lose.Add(-1) >= 0 {
+		return "", 0, errLost
+	}
+	return id, kv, err
+}
+
+// An enrollment whose answers are lost twice: the SDK sends the same signed request again,
+// Vigil answers the re-send with the original device and key version, and the device keeps
+// the key Vigil registered (its uploads are accepted). Vigil holds one key for the device and
+// one device.enrolled event. Without the re-send the token would be spent and the device
+// left without an identity.
+// Verifies: REQ-DEV-136
+func TestEnrollSurvivesLostAnswer(t *testing.T) {
+	t.Parallel()
+	st := simtest.New(t, nil)
+	ctx := context.Background()
+	tok, err := st.Prov.Provision(ctx, sim.NewPatient(1, 900, sim.Stable))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &answerLoser{in: sim.InProcess{Devices: st.Devices}}
+	tr.lose.Store(2)
+	var slept int
+	id, err := sdk.Enroll(ctx, tr, tok, sdk.EnrollOptions{Sleep: func(context.Context, time.Duration) error { slept++; return nil }})
+	if err != nil {
+		t.Fatalf("Enroll with two answers lost = %v", err)
+	}
+	if slept != 2 || id.KeyVersion != 1 {
+		t.Errorf("Enroll: %d waits, key version %d; want 2 waits and version 1", slept, id.KeyVersion)
+	}
+	keys, err := st.Devices.Keys(ctx, uuid.MustParse(id.DeviceID))
+	if err != nil || len(keys) != 1 || string(keys[0].PublicKey) != string(id.PublicKey()) {
+		t.Fatalf("registered keys = %v, %v; want exactly the device's key", keys, err)
+	}
+	c, err := sdk.New(sdk.Config{Identity: id, Transport: sim.InProcess{Devices: st.Devices}, ReceiptKey: st.ReceiptKey, Dir: t.TempDir(), Sleep: instant})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, vitals(time.Now(), 72)); err != nil {
+		t.Errorf("upload with the enrolled key = %v", err)
+	}
+	// A refusal is not retried: a used token with a fresh key is refused at once.
+	tr.lose.Store(0)
+	slept = 0
+	if _, err := sdk.Enroll(ctx, tr, tok, sdk.EnrollOptions{Sleep: func(context.Context, time.Duration) error { slept++; return nil }}); err == nil || slept != 0 {
+		t.Errorf("Enroll(used token, new key) = %v after %d waits; want refused at once", err, slept)
+	}
+}
