@@ -1,0 +1,159 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/devices/devicestest"
+	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/server"
+)
+
+// clinicalHTTP is the whole clinical path behind the HTTP API: signed uploads → devices → core →
+// hand-off → rules → alarms, under devicestest's controlled clock.
+type clinicalHTTP struct {
+	*devicestest.Env
+	ts      *httptest.Server
+	handoff *obs.Handoff
+}
+
+func newClinicalHTTP(t *testing.T) *clinicalHTTP {
+	t.Helper()
+	e := devicestest.New(t, nil) // the registry (devices, keys, assignments) and a patient
+	ctx := context.Background()
+	handoff := obs.NewHandoff(obs.HandoffConfig{})
+	cs, err := core.New(core.Config{Pool: e.Pool, Recorder: e.Rec, Now: e.Clock.Now, PHI: e.Ring.PHI(), Handoff: handoff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := devices.New(devices.Config{Pool: e.Pool, Recorder: e.Rec, Ingester: cs, ReceiptSigner: e.Signer, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ds.Close(context.Background()) })
+	as, err := alarms.New(alarms.Config{Pool: e.Pool, Recorder: e.Rec, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := rules.New(ctx, rules.Config{Pool: e.Pool, Recorder: e.Rec, Alarms: as, History: cs, Handoff: handoff, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: ds, Core: cs, Alarms: as, Rules: eng, Now: e.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	return &clinicalHTTP{Env: e, ts: ts, handoff: handoff}
+}
+
+// upload posts one signed sample of d, taken at at, with the clock at now; it returns the
+// HTTP status and body, after the rules have evaluated what was stored.
+func (h *clinicalHTTP) upload(t *testing.T, d *devicestest.Device, code string, v float64, unit string, at, now time.Time) (int, string) {
+	t.Helper()
+	h.Clock.Set(now)
+	d.Seq++
+	raw := d.Sign(t, &envelope.Upload{Device: d.ID.String(), KeyVersion: d.KV, Seq: d.Seq, SentAt: now.UnixMilli(),
+		Samples: []envelope.Sample{{Code: code, Value: v, Unit: unit, T: at.UnixMilli()}}})
+	resp, err := http.Post(h.ts.URL+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.handoff.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// openAlarms is GET /api/v1/alarms?patient_id=…&state=active,acknowledged: rule → severity.
+func (h *clinicalHTTP) openAlarms(t *testing.T) map[string]string {
+	t.Helper()
+	resp, err := http.Get(h.ts.URL + "/api/v1/alarms?patient_id=" + h.Patient.String() + "&state=active,acknowledged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Alarms []struct {
+			RuleID   string `json:"rule_id"`
+			Severity string `json:"severity"`
+		} `json:"alarms"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET /api/v1/alarms = %d, %v", resp.StatusCode, err)
+	}
+	m := map[string]string{}
+	for _, a := range out.Alarms {
+		m[a.RuleID] = a.Severity
+	}
+	return m
+}
+
+// Issue #12, case 1, replayed through the HTTP API with two simulated devices on one patient:
+// the BP device stamps 3 s behind the monitor; 90 s of systolic 80 mmHg raise sbp-low.
+// Verifies: REQ-CORE-120
+func TestHTTPScenarioTwoDevicesOutOfStep(t *testing.T) {
+	t.Parallel()
+	h := newClinicalHTTP(t)
+	monitor, nibp := h.NewDevice(t), h.NewDevice(t)
+	start := h.Clock.Now().Add(time.Second)
+	for s := 0; s <= 90; s++ {
+		now := start.Add(time.Duration(s) * time.Second)
+		if st, b := h.upload(t, monitor, "8867-4", 80, "/min", now, now); st != 201 {
+			t.Fatalf("upload HR = %d %s", st, b)
+		}
+		if s%10 == 0 {
+			if st, b := h.upload(t, nibp, "8480-6", 80, "mm[Hg]", now.Add(-3*time.Second), now); st != 201 {
+				t.Fatalf("upload systolic = %d %s", st, b)
+			}
+		}
+	}
+	if got := h.openAlarms(t); got["sbp-low"] != "high" {
+		t.Fatalf("open alarms after 90 s of systolic 80 stamped 3 s behind HR = %v, want sbp-low high", got)
+	}
+}
+
+// Issue #12, case 6, through the HTTP API: a monitor moved to the next patient uploads a
+// reading it took for the previous one; it is refused (outside_assignment), and the next
+// patient gets no alarm from it.
+// Verifies: REQ-CORE-126
+func TestHTTPScenarioMovedMonitorBuffer(t *testing.T) {
+	t.Parallel()
+	h := newClinicalHTTP(t)
+	monitor := h.NewDevice(t) // assigned to h.Patient at T0
+	next := h.NewPatient(t)
+	h.Clock.Set(h.Clock.Now().Add(10 * time.Minute))
+	moved := h.Clock.Now()
+	if _, err := h.Devices.AssignPatient(h.Ctx, devicestest.Admin, monitor.ID, &next); err != nil {
+		t.Fatal(err)
+	}
+	st, b := h.upload(t, monitor, "8867-4", 150, "/min", moved.Add(-2*time.Minute), moved.Add(time.Minute))
+	if st != 422 || !strings.Contains(b, "outside_assignment") {
+		t.Fatalf("upload of a reading taken before the move = %d %s, want 422 outside_assignment", st, b)
+	}
+	if n := h.Count(t, `SELECT count(*) FROM core_observations WHERE patient_id=$1`, next); n != 0 {
+		t.Errorf("observations of the next patient = %d, want 0", n)
+	}
+	if st, b := h.upload(t, monitor, "8867-4", 72, "/min", moved.Add(70*time.Second), moved.Add(71*time.Second)); st != 201 {
+		t.Fatalf("upload of a reading taken since the move = %d %s, want 201", st, b)
+	}
+}
