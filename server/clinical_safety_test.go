@@ -157,3 +157,57 @@ func TestHTTPScenarioMovedMonitorBuffer(t *testing.T) {
 		t.Fatalf("upload of a reading taken since the move = %d %s, want 201", st, b)
 	}
 }
+
+func (h *clinicalHTTP) call(t *testing.T, method, path string, body any) (int, map[string]any) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(method, h.ts.URL+path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// Issue #12, cases 2 and 3, through the HTTP API: HR 15 /min (implausible, flagged) sustained
+// for 60 s raises hr-low critical; resolved by hand (POST /alarms/{id}/resolve) while HR 15
+// persists, it re-opens within seconds.
+// Verifies: REQ-CORE-122, REQ-CORE-123
+func TestHTTPScenarioSustainedExtremeAndManualResolve(t *testing.T) {
+	t.Parallel()
+	h := newClinicalHTTP(t)
+	monitor := h.NewDevice(t)
+	start := h.Clock.Now().Add(time.Second)
+	send := func(from, to time.Duration) {
+		for d := from; d <= to; d += 5 * time.Second {
+			now := start.Add(d)
+			if st, b := h.upload(t, monitor, "8867-4", 15, "/min", now, now); st != 201 {
+				t.Fatalf("upload HR 15 = %d %s", st, b)
+			}
+		}
+	}
+	send(0, 60*time.Second)
+	if got := h.openAlarms(t); got["hr-low"] != "critical" {
+		t.Fatalf("open alarms after 60 s of HR 15 = %v, want hr-low critical", got)
+	}
+	st, out := h.call(t, "GET", "/api/v1/alarms?patient_id="+h.Patient.String()+"&rule_id=hr-low&state=active", nil)
+	list, _ := out["alarms"].([]any)
+	if st != 200 || len(list) != 1 {
+		t.Fatalf("GET hr-low alarm = %d %v", st, out)
+	}
+	id := list[0].(map[string]any)["id"].(string)
+	if st, out := h.call(t, "POST", "/api/v1/alarms/"+id+"/resolve", map[string]any{"reason": "probe checked"}); st != 200 {
+		t.Fatalf("POST resolve = %d %v", st, out)
+	}
+	if got := h.openAlarms(t); got["hr-low"] != "" {
+		t.Fatalf("open alarms right after the manual resolve = %v, want none for hr-low", got)
+	}
+	send(65*time.Second, 70*time.Second)
+	if got := h.openAlarms(t); got["hr-low"] != "critical" {
+		t.Fatalf("open alarms after 10 s more of HR 15 = %v, want hr-low critical again", got)
+	}
+}
