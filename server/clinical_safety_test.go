@@ -211,3 +211,52 @@ func TestHTTPScenarioSustainedExtremeAndManualResolve(t *testing.T) {
 		t.Fatalf("open alarms after 10 s more of HR 15 = %v, want hr-low critical again", got)
 	}
 }
+
+// Issue #12, cases 4 and 5, through the HTTP API: without a consciousness level, RR 30,
+// SpO2 85 %, systolic 85, HR 140 give a partial NEWS2 alarm (critical, naming what is
+// missing); acknowledged, it re-alerts with the current score when a nurse charts the
+// patient as responding to voice (POST /patients/{id}/chart), which makes it worse.
+// Verifies: REQ-CORE-124, REQ-CORE-125
+func TestHTTPScenarioNEWS2PartialThenWorse(t *testing.T) {
+	t.Parallel()
+	h := newClinicalHTTP(t)
+	monitor := h.NewDevice(t)
+	at := h.Clock.Now().Add(time.Second)
+	for _, s := range []struct {
+		code, unit string
+		v          float64
+	}{{"9279-1", "/min", 30}, {"59408-5", "%", 85}, {"8480-6", "mm[Hg]", 85}, {"8867-4", "/min", 140}} {
+		if st, b := h.upload(t, monitor, s.code, s.v, s.unit, at, at); st != 201 {
+			t.Fatalf("upload %s = %d %s", s.code, st, b)
+		}
+	}
+	news2 := func() map[string]any {
+		t.Helper()
+		st, out := h.call(t, "GET", "/api/v1/alarms?patient_id="+h.Patient.String()+"&rule_id=news2", nil)
+		list, _ := out["alarms"].([]any)
+		if st != 200 || len(list) != 1 {
+			t.Fatalf("GET news2 alarms = %d %v, want one", st, out)
+		}
+		return list[0].(map[string]any)
+	}
+	a := news2()
+	if a["severity"] != "critical" || !strings.Contains(a["message"].(string), "at least 12") || !strings.Contains(a["message"].(string), "consciousness") {
+		t.Fatalf("news2 alarm without consciousness = %v, want critical, 'at least 12', naming consciousness", a)
+	}
+	id := a["id"].(string)
+	if st, out := h.call(t, "POST", "/api/v1/alarms/"+id+"/acknowledge", map[string]any{"note": "on my way"}); st != 200 {
+		t.Fatalf("POST acknowledge = %d %v", st, out)
+	}
+	h.Clock.Set(at.Add(time.Minute))
+	if st, out := h.call(t, "POST", "/api/v1/patients/"+h.Patient.String()+"/chart", map[string]any{"samples": []map[string]any{
+		{"code": "80288-4", "value": 2, "unit": "{score}", "time": at.Add(time.Minute)}}}); st != 201 {
+		t.Fatalf("POST chart = %d %v", st, out)
+	}
+	if err := h.handoff.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	a = news2()
+	if a["id"] != id || a["state"] != "active" || !strings.Contains(a["message"].(string), "at least 15") {
+		t.Fatalf("news2 alarm after charting V = %v, want the same alarm active again saying at least 15", a)
+	}
+}
