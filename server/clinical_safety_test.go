@@ -260,3 +260,27 @@ func TestHTTPScenarioNEWS2PartialThenWorse(t *testing.T) {
 		t.Fatalf("news2 alarm after charting V = %v, want the same alarm active again saying at least 15", a)
 	}
 }
+
+// Issue #12, case 8, through the HTTP API: an unknown patient's observations are 404, a cut
+// range says truncated.
+// Verifies: REQ-CORE-128
+func TestHTTPScenarioQueriesSayWhatTheyOmit(t *testing.T) {
+	t.Parallel()
+	h := newClinicalHTTP(t)
+	monitor := h.NewDevice(t)
+	at := h.Clock.Now().Add(time.Second)
+	for i := 0; i < 3; i++ {
+		now := at.Add(time.Duration(i) * time.Second)
+		if st, b := h.upload(t, monitor, "8867-4", 70, "/min", now, now); st != 201 {
+			t.Fatalf("upload = %d %s", st, b)
+		}
+	}
+	q := "/observations?code=8867-4&from=" + at.Add(-time.Hour).Format(time.RFC3339) + "&to=" + at.Add(time.Hour).Format(time.RFC3339)
+	if st, out := h.call(t, "GET", "/api/v1/patients/"+monitor.ID.String()+q, nil); st != 404 {
+		t.Errorf("GET observations of an unknown patient = %d %v, want 404", st, out)
+	}
+	st, out := h.call(t, "GET", "/api/v1/patients/"+h.Patient.String()+q+"&limit=2", nil)
+	if obs, _ := out["observations"].([]any); st != 200 || len(obs) != 2 || out["truncated"] != true {
+		t.Errorf("GET observations limit 2 of 3 = %d %v, want 2, truncated", st, out)
+	}
+}
