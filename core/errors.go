@@ -34,6 +34,9 @@ const (
 	CodeConflictingDuplicate = "conflicting_duplicate" // two samples of the batch, same code and time, different values
 	CodeTooManySamples       = "too_many_samples"      // the batch holds more than Config.MaxSamplesPerBatch samples
 	CodeInvalidProvenance    = "invalid_provenance"    // provenance incomplete (device id, key id, hash)
+	// CodeOutsideAssignment: the sample was taken before the device was assigned to the batch's
+	// patient (Batch.AssignedSince): it belongs to whoever wore the device then, or to no one.
+	CodeOutsideAssignment = "outside_assignment"
 )
 
 // Sentinels per sample code, so callers can use errors.Is on a *BatchError.
@@ -47,13 +50,14 @@ var (
 	ErrConflictingDuplicate = &sampleKind{CodeConflictingDuplicate}
 	ErrTooManySamples       = &sampleKind{CodeTooManySamples}
 	ErrInvalidProvenance    = &sampleKind{CodeInvalidProvenance}
+	ErrOutsideAssignment    = &sampleKind{CodeOutsideAssignment}
 )
 
 var kinds = map[string]*sampleKind{}
 
 func init() {
 	for _, k := range []*sampleKind{ErrUnknownCode, ErrWrongUnit, ErrImpossibleValue, ErrInvalidTime,
-		ErrFutureTime, ErrTooOld, ErrConflictingDuplicate, ErrTooManySamples, ErrInvalidProvenance} {
+		ErrFutureTime, ErrTooOld, ErrConflictingDuplicate, ErrTooManySamples, ErrInvalidProvenance, ErrOutsideAssignment} {
 		kinds[k.code] = k
 	}
 }

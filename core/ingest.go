@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -52,6 +53,9 @@ type Provenance struct {
 	Transport  string    // "http" or "mqtt"
 	RequestID  string    // the transport's request or message id, recorded in the audit event
 	SourceAddr string    // the peer address the upload came from, recorded in the audit event
+	// ChartedBy is the person who entered the samples by hand (Chart); zero for a device's
+	// upload. It is the actor of the upload's audit event.
+	ChartedBy audit.Actor
 }
 
 // Batch is one verified upload's samples for one patient.
@@ -59,6 +63,14 @@ type Batch struct {
 	PatientID  uuid.UUID
 	Provenance Provenance
 	Samples    []Sample
+	// AssignedSince is when the sending device was assigned to PatientID (its current
+	// assignment); PreviousUntil is when its last assignment to another patient ended. A
+	// sample taken before AssignedSince by more than Config.AssignmentSkew, or before
+	// PreviousUntil, is refused (outside_assignment): readings are attributed by the time
+	// they were taken, never to the device's next patient. Zero: not known to the caller
+	// (tools, imports), no check.
+	AssignedSince time.Time
+	PreviousUntil time.Time
 }
 
 // IngestResult says what Store stored for one batch.
@@ -205,7 +217,7 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 		evs[i] = audit.Event{
 			ID:         r.AuditEventID,
 			Time:       now,
-			Actor:      audit.Actor{Kind: audit.ActorDevice, ID: b.Provenance.DeviceID, AuthMethod: "device-signature"},
+			Actor:      uploadActor(b.Provenance),
 			Action:     "upload.accepted",
 			Object:     audit.Object{Type: "upload", ID: hex.EncodeToString(b.Provenance.UploadHash[:])},
 			Outcome:    audit.OutcomeSuccess,
@@ -575,4 +587,39 @@ func (s *Service) auditRejection(ctx context.Context, b Batch, cause error) {
 	if err != nil {
 		s.cfg.Logger.ErrorContext(ctx, "core: audit of rejected upload failed", slog.String("code", code), slog.String("error", err.Error()))
 	}
+}
+
+// uploadActor is who an upload's audit event names: the device, or the person who charted.
+func uploadActor(p Provenance) audit.Actor {
+	if p.ChartedBy.Kind != "" {
+		return p.ChartedBy
+	}
+	return audit.Actor{Kind: audit.ActorDevice, ID: p.DeviceID, AuthMethod: "device-signature"}
+}
+
+// Chart stores observations a person enters by hand (a nurse charting the level of
+// consciousness, a manual temperature) for a patient, through the same validation, storage,
+// audit and hand-off to the rules as a device's upload: the audit event "upload.accepted"
+// names by's actor, the upload's device id is "chart:<actor id>" and its transport "chart".
+// Rejections are those of Ingest, audited the same way. Times are the samples' own; a zero
+// time is refused (invalid_time).
+func (s *Service) Chart(ctx context.Context, by audit.Event, patientID uuid.UUID, samples []Sample) (IngestResult, error) {
+	actor := by.Actor
+	if actor.ID == "" {
+		actor.ID = "unknown"
+	}
+	if actor.Kind == "" {
+		actor.Kind = audit.ActorUser
+	}
+	now := s.cfg.Now()
+	h := sha256.New()
+	fmt.Fprintf(h, "chart\x00%s\x00%s\x00%s\x00%d", patientID, actor.ID, by.RequestID, now.UnixNano())
+	for _, smp := range samples {
+		fmt.Fprintf(h, "\x00%s\x00%v\x00%s\x00%d", smp.Code, smp.Value, smp.Unit, smp.Time.UnixNano())
+	}
+	var hash [32]byte
+	copy(hash[:], h.Sum(nil))
+	return s.Ingest(ctx, Batch{PatientID: patientID, Samples: samples, Provenance: Provenance{
+		DeviceID: "chart:" + actor.ID, KeyID: "user:" + actor.ID, UploadHash: hash, ReceivedAt: now,
+		Transport: "chart", RequestID: by.RequestID, SourceAddr: by.SourceAddr, ChartedBy: actor}})
 }

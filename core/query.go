@@ -40,25 +40,53 @@ func (q *RangeQuery) check() error {
 	return nil
 }
 
-// Observations returns the observations of a range in ascending effective time.
+// Observations returns the observations of a range in ascending effective time (at most
+// Limit: the oldest ones; ObservationsPage says whether the answer was cut). An unknown
+// patient is ErrNotFound, never an empty answer.
 func (s *Service) Observations(ctx context.Context, q RangeQuery) ([]Observation, error) {
+	out, _, err := s.ObservationsPage(ctx, q)
+	return out, err
+}
+
+// ObservationsPage is Observations, also reporting whether more observations of the range
+// exist after the ones returned (the answer was cut at Limit): the caller continues from the
+// last one's time, or narrows the range.
+func (s *Service) ObservationsPage(ctx context.Context, q RangeQuery) (obs []Observation, truncated bool, err error) {
 	if err := q.check(); err != nil {
-		return nil, err
+		return nil, false, err
+	}
+	if err := s.patientExists(ctx, q.PatientID); err != nil {
+		return nil, false, err
 	}
 	if q.Limit <= 0 || q.Limit > MaxRawPoints {
 		q.Limit = MaxRawPoints
 	}
 	rows, err := s.pool.Query(ctx, `SELECT patient_id, code, value, effective_at, flags & 1 = 1, upload_id
 		FROM core_observations WHERE patient_id = $1 AND code = $2 AND effective_at >= $3 AND effective_at < $4
-		AND ($5 OR flags & 1 = 0) ORDER BY effective_at LIMIT $6`, q.PatientID, q.Code, q.From, q.To, q.Artifacts, q.Limit)
+		AND ($5 OR flags & 1 = 0) ORDER BY effective_at LIMIT $6`, q.PatientID, q.Code, q.From, q.To, q.Artifacts, q.Limit+1)
 	if err != nil {
-		return nil, fmt.Errorf("query observations: %w", err)
+		return nil, false, fmt.Errorf("query observations: %w", err)
 	}
 	out, err := pgx.CollectRows(rows, scanObservation)
 	if err != nil {
-		return nil, fmt.Errorf("query observations: %w", err)
+		return nil, false, fmt.Errorf("query observations: %w", err)
 	}
-	return out, nil
+	if len(out) > q.Limit {
+		return out[:q.Limit], true, nil
+	}
+	return out, false, nil
+}
+
+// patientExists is nil for a known patient, ErrNotFound otherwise.
+func (s *Service) patientExists(ctx context.Context, id uuid.UUID) error {
+	var ok bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM core_patients WHERE id = $1)`, id).Scan(&ok); err != nil {
+		return fmt.Errorf("look up patient: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("patient %s: %w", id, ErrNotFound)
+	}
+	return nil
 }
 
 // Bucket is one downsampled interval [Start, Start+bucket) of a series.
@@ -76,6 +104,9 @@ type Bucket struct {
 // by PostgreSQL from the (patient, code, time) index.
 func (s *Service) Series(ctx context.Context, q RangeQuery, bucket time.Duration) ([]Bucket, error) {
 	if err := q.check(); err != nil {
+		return nil, err
+	}
+	if err := s.patientExists(ctx, q.PatientID); err != nil {
 		return nil, err
 	}
 	if bucket < time.Second {
@@ -184,16 +215,22 @@ func (s *Service) UploadByID(ctx context.Context, id uuid.UUID) (Upload, error) 
 }
 
 // Latest returns the patient's most recent observation of each code within the window before
-// now (Config.Now), artifacts excluded, ordered by code: the current vital signs of a patient
-// overview. window ≤ 0 means 24 hours.
+// now (Config.Now), ordered by code: the current vital signs of a patient overview. A value
+// flagged as an artifact is returned flagged (artifact true), never replaced by an older
+// plausible one (a sustained extreme value must be seen); a sample stamped after now (a
+// device clock ahead) is not current yet and is left out. window ≤ 0 means 24 hours. An
+// unknown patient is ErrNotFound.
 func (s *Service) Latest(ctx context.Context, patientID uuid.UUID, window time.Duration) ([]Observation, error) {
 	if window <= 0 {
 		window = 24 * time.Hour
 	}
+	if err := s.patientExists(ctx, patientID); err != nil {
+		return nil, err
+	}
 	now := s.cfg.Now()
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (code) patient_id, code, value, effective_at, false, upload_id
-		FROM core_observations WHERE patient_id = $1 AND effective_at > $2 AND effective_at <= $3 AND flags & 1 = 0
-		ORDER BY code, effective_at DESC`, patientID, now.Add(-window), now.Add(s.cfg.MaxFutureSkew))
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (code) patient_id, code, value, effective_at, flags & 1 = 1, upload_id
+		FROM core_observations WHERE patient_id = $1 AND effective_at > $2 AND effective_at <= $3
+		ORDER BY code, effective_at DESC`, patientID, now.Add(-window), now)
 	if err != nil {
 		return nil, fmt.Errorf("latest observations: %w", err)
 	}

@@ -56,6 +56,12 @@ type Config struct {
 	Now func() time.Time
 	// MaxFutureSkew is how far in the future a sample's effective time may be. Default 5 min.
 	MaxFutureSkew time.Duration
+	// AssignmentSkew is how long before its device's assignment (Batch.AssignedSince) a
+	// sample may have been taken and still be the patient's (never before the device's
+	// previous patient's assignment ended, Batch.PreviousUntil): device clocks run behind, and
+	// a monitor is connected a while before the assignment is recorded. Default 5 min (the
+	// clock skew core accepts ahead, MaxFutureSkew, is 5 min too).
+	AssignmentSkew time.Duration
 	// MaxSamplesPerBatch bounds a batch. Default 50,000.
 	MaxSamplesPerBatch int
 	// Retention per data class.
@@ -99,6 +105,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.MaxFutureSkew <= 0 {
 		cfg.MaxFutureSkew = 5 * time.Minute
+	}
+	if cfg.AssignmentSkew <= 0 {
+		cfg.AssignmentSkew = 5 * time.Minute
 	}
 	if cfg.MaxSamplesPerBatch <= 0 {
 		cfg.MaxSamplesPerBatch = 50000

@@ -42,6 +42,13 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 		return normalized{}, &BatchError{Samples: bad}
 	}
 	latest := now.Add(s.cfg.MaxFutureSkew)
+	var notBefore time.Time // the earliest time a sample may belong to the batch's patient
+	if !b.AssignedSince.IsZero() {
+		notBefore = b.AssignedSince.UTC().Truncate(time.Microsecond).Add(-s.cfg.AssignmentSkew)
+	}
+	if prev := b.PreviousUntil.UTC().Truncate(time.Microsecond); !b.PreviousUntil.IsZero() && prev.After(notBefore) {
+		notBefore = prev
+	}
 	oldest := now.Add(-s.cfg.Retention.Observations)
 	out := make([]Observation, 0, len(b.Samples))
 	idx := make([]int, 0, len(b.Samples))
@@ -79,6 +86,11 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 		case t.After(latest):
 			bad = append(bad, SampleError{Index: i, Code: CodeFutureTime, LOINC: smp.Code,
 				Detail: fmt.Sprintf("effective time %s is more than %s ahead of the server clock", t.Format(time.RFC3339), s.cfg.MaxFutureSkew)})
+			continue
+		case !notBefore.IsZero() && t.Before(notBefore):
+			bad = append(bad, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
+				Detail: fmt.Sprintf("effective time %s is before the device was this patient's (from %s: assigned at %s, %s of clock skew allowed, never before its previous patient's assignment ended)",
+					t.Format(time.RFC3339), notBefore.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), s.cfg.AssignmentSkew)})
 			continue
 		case t.Before(oldest):
 			bad = append(bad, SampleError{Index: i, Code: CodeTooOld, LOINC: smp.Code,

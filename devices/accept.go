@@ -337,7 +337,9 @@ func (s *Service) admitUpload(ctx context.Context, v *Verified, meta Meta) (*pen
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	prep, err := s.cfg.Ingester.Prepare(pctx, core.Batch{
-		PatientID: d.patient,
+		PatientID:     d.patient,
+		AssignedSince: d.assignedAt, // readings go to the patient of the time they were taken
+		PreviousUntil: d.prevUntil,
 		Provenance: core.Provenance{
 			DeviceID: v.Device.String(), KeyID: keyID(v.Device, u.KeyVersion), UploadHash: v.Hash,
 			Sequence: u.Seq, ReceivedAt: now, Transport: meta.Transport,

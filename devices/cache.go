@@ -33,6 +33,8 @@ type deviceState struct {
 	keyVersion uint64
 	verifier   *envelope.Verifier // the current key, expanded once; nil when the device has no key yet
 	patient    uuid.UUID          // uuid.Nil when unassigned
+	assignedAt time.Time          // start of the current assignment (zero when unknown)
+	prevUntil  time.Time          // end of the last assignment to another patient (zero: none)
 
 	mu        sync.Mutex
 	committed uint64 // highest sequence number known committed
@@ -127,11 +129,15 @@ func (s *Service) loadDevice(ctx context.Context, id uuid.UUID) (*deviceState, e
 		lastSeq int64
 		pub     []byte
 		patient *uuid.UUID
+		since   *time.Time
+		prev    *time.Time
 	)
-	err := s.cfg.Pool.QueryRow(ctx, `SELECT d.status, d.key_version, d.last_seq, d.patient_id, k.public_key
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT d.status, d.key_version, d.last_seq, d.patient_id, k.public_key,
+		(SELECT max(a.started_at) FROM devices_assignments a WHERE a.device_id = d.id AND a.ended_at IS NULL AND a.patient_id = d.patient_id),
+		(SELECT max(a.ended_at) FROM devices_assignments a WHERE a.device_id = d.id AND a.patient_id IS NOT NULL AND a.patient_id IS DISTINCT FROM d.patient_id)
 		FROM devices_devices d
 		LEFT JOIN devices_keys k ON k.device_id = d.id AND k.version = d.key_version
-		WHERE d.id = $1`, id).Scan(&d.status, &kv, &lastSeq, &patient, &pub)
+		WHERE d.id = $1`, id).Scan(&d.status, &kv, &lastSeq, &patient, &pub, &since, &prev)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, reject(ErrUnknownDevice, "device %s is not registered", id)
 	}
@@ -146,6 +152,12 @@ func (s *Service) loadDevice(ctx context.Context, id uuid.UUID) (*deviceState, e
 	}
 	if patient != nil {
 		d.patient = *patient
+	}
+	if since != nil {
+		d.assignedAt = *since
+	}
+	if prev != nil {
+		d.prevUntil = *prev
 	}
 	d.committed, d.reserved = uint64(lastSeq), uint64(lastSeq)
 	if l, ok := s.cache.limiters.Load(id); ok {

@@ -28,6 +28,8 @@ func (s *Server) mountAlarms(api *echo.Group) {
 		api.GET("/rules/:id/versions", s.listRuleVersions)
 		api.POST("/rules/:id/versions", s.createRuleVersion)
 		api.PUT("/patients/:id/spo2-scale", s.putSpO2Scale)
+		api.PUT("/patients/:id/oxygen", s.putOxygen)
+		api.PUT("/wards/:id/news2", s.putWardNEWS2)
 		api.GET("/patients/:id/news2", s.getNEWS2)
 	}
 }
@@ -188,6 +190,53 @@ func (s *Server) putSpO2Scale(c echo.Context) error {
 	}
 	Audited(c) // rules.spo2_scale_set
 	return c.JSON(http.StatusOK, map[string]any{"patient_id": pid, "spo2_scale": body.Scale})
+}
+
+// putOxygen documents whether a patient is on supplemental oxygen ({"on_oxygen": true,
+// false or null, "reason": …}), which NEWS2 scores when no oxygen observation is current.
+func (s *Server) putOxygen(c echo.Context) error {
+	pid, err := uuid.Parse(c.Param("id"))
+	if err != nil {
+		return BadRequest("invalid_patient_id", "patient id must be a UUID")
+	}
+	var body struct {
+		OnOxygen *bool  `json:"on_oxygen"`
+		Reason   string `json:"reason"`
+	}
+	if err := bindJSON(c, &body); err != nil {
+		return err
+	}
+	if err := s.cfg.Rules.SetOxygen(c.Request().Context(), EventFor(c), pid, body.OnOxygen, body.Reason); err != nil {
+		return err
+	}
+	Audited(c) // rules.oxygen_set
+	return c.JSON(http.StatusOK, map[string]any{"patient_id": pid, "on_oxygen": body.OnOxygen})
+}
+
+// putWardNEWS2 records the NEWS2 parameters a ward charts by hand ({"charted": ["acvpu"],
+// "charted_max_age": "4h", "reason": …}).
+func (s *Server) putWardNEWS2(c echo.Context) error {
+	wid, err := uuid.Parse(c.Param("id"))
+	if err != nil {
+		return BadRequest("invalid_ward_id", "ward id must be a UUID")
+	}
+	var body struct {
+		Charted       []string `json:"charted"`
+		ChartedMaxAge string   `json:"charted_max_age"`
+		Reason        string   `json:"reason"`
+	}
+	if err := bindJSON(c, &body); err != nil {
+		return err
+	}
+	maxAge, err := time.ParseDuration(body.ChartedMaxAge)
+	if err != nil {
+		return BadRequest("invalid_duration", "charted_max_age must be a duration such as 4h")
+	}
+	if err := s.cfg.Rules.SetWardNEWS2(c.Request().Context(), EventFor(c), wid, body.Charted, maxAge, body.Reason); err != nil {
+		return err
+	}
+	Audited(c) // rules.ward_news2_set
+	return c.JSON(http.StatusOK, map[string]any{"ward_id": wid, "charted": body.Charted, "charted_max_age": maxAge.String()})
 }
 
 // getNEWS2 lists a patient's NEWS2 results with their components, newest first

@@ -32,6 +32,7 @@ func (s *Server) mountCore(api *echo.Group) {
 	api.GET("/patients/:id", s.coreGetPatient)
 	api.POST("/patients/:id/discharge", s.coreDischargePatient)
 	api.POST("/patients/:id/move", s.coreMovePatient)
+	api.POST("/patients/:id/chart", s.coreChart)
 	api.GET("/patients/:id/care-team", s.coreCareTeam)
 	api.POST("/patients/:id/care-team", s.coreAddCareTeam)
 	api.DELETE("/patients/:id/care-team/:clinician", s.coreRemoveCareTeam)
@@ -195,6 +196,41 @@ func (s *Server) coreDischargePatient(c echo.Context) error {
 	return c.NoContent(http.StatusNoContent)
 }
 
+// coreChart stores observations a person enters by hand ({"samples": [{"code", "value",
+// "unit", "time"}]}), e.g. the level of consciousness most monitors never send, through
+// core's upload path (audited upload.accepted with the person as actor; rejections with
+// core's codes).
+func (s *Server) coreChart(c echo.Context) error {
+	id, err := coreID(c, "id", "invalid_patient_id")
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Samples []struct {
+			Code  string    `json:"code"`
+			Value float64   `json:"value"`
+			Unit  string    `json:"unit"`
+			Time  time.Time `json:"time"`
+		} `json:"samples"`
+	}
+	if err := bindJSON(c, &req); err != nil {
+		return err
+	}
+	if len(req.Samples) == 0 {
+		return BadRequest("invalid_request", "samples must not be empty")
+	}
+	samples := make([]core.Sample, len(req.Samples))
+	for i, smp := range req.Samples {
+		samples[i] = core.Sample{Code: smp.Code, Value: smp.Value, Unit: smp.Unit, Time: smp.Time}
+	}
+	res, err := s.cfg.Core.Chart(c.Request().Context(), EventFor(c), id, samples)
+	if err != nil {
+		return err
+	}
+	Audited(c) // upload.accepted
+	return c.JSON(http.StatusCreated, map[string]any{"stored": res.Stored, "flagged": res.Flagged, "duplicates": res.Duplicates})
+}
+
 func (s *Server) coreMovePatient(c echo.Context) error {
 	id, err := coreID(c, "id", "invalid_patient_id")
 	if err != nil {
@@ -297,18 +333,19 @@ func (s *Server) coreObservations(c echo.Context) error {
 		}
 		return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "bucket": b.String(), "buckets": series})
 	}
-	obs, err := s.cfg.Core.Observations(ctx, rq)
+	obs, truncated, err := s.cfg.Core.ObservationsPage(ctx, rq)
 	if err != nil {
 		return err
 	}
 	if obs == nil {
 		obs = []core.Observation{}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "observations": obs})
+	// truncated: the range holds more than limit observations (the oldest are returned).
+	return c.JSON(http.StatusOK, map[string]any{"code": rq.Code, "observations": obs, "truncated": truncated})
 }
 
-// coreLatest answers GET /patients/:id/latest[?window=24h]: the newest plausible observation of
-// each code within the window.
+// coreLatest answers GET /patients/:id/latest[?window=24h]: the newest observation of each
+// code within the window, not after now, artifacts flagged.
 func (s *Server) coreLatest(c echo.Context) error {
 	id, err := coreID(c, "id", "invalid_patient_id")
 	if err != nil {

@@ -132,6 +132,10 @@ const (
 	Escalated          TransitionKind = "escalated"            // unacknowledged too long: next tier notified
 	Reminded           TransitionKind = "reminder"             // unacknowledged: reminder sent
 	Resolved           TransitionKind = "resolved"             // closed (automatically or by hand)
+	// Worsened: the condition got worse within the same severity (a higher NEWS2, a value
+	// further past the limit); an acknowledged alarm becomes active again, the message is
+	// the current one.
+	Worsened TransitionKind = "worsened"
 )
 
 // Transition is one committed change of an alarm, as given to the Notifier.
@@ -142,6 +146,22 @@ type Transition struct {
 	Actor        audit.Actor    `json:"actor"`
 	Reason       string         `json:"reason,omitempty"`
 	AuditEventID uuid.UUID      `json:"audit_event_id"`
+}
+
+// MarshalJSON writes the transition with the actor in the casing of the rest of the JSON
+// ("kind", "id", "auth_method"), as SSE events and webhooks carry it.
+func (t Transition) MarshalJSON() ([]byte, error) {
+	type plain Transition // without this method
+	return json.Marshal(struct {
+		plain
+		Actor actorJSON `json:"actor"`
+	}{plain(t), actorJSON{Kind: string(t.Actor.Kind), ID: t.Actor.ID, AuthMethod: t.Actor.AuthMethod}})
+}
+
+type actorJSON struct {
+	Kind       string `json:"kind"`
+	ID         string `json:"id"`
+	AuthMethod string `json:"auth_method,omitempty"`
 }
 
 // Notifier receives transitions after they commit. It is owned by this package and satisfied
@@ -173,6 +193,14 @@ type Signal struct {
 	Message  string
 	Detail   any // JSON-marshalable; stored with the alarm
 	At       time.Time
+	// Sustain (with Raise): the condition still holds, nothing changed. When the rule's alarm
+	// is open nothing is written; when there is none (it was resolved by hand while the
+	// condition held) a new alarm is opened: a manual resolve never silences a condition
+	// that persists.
+	Sustain bool
+	// Worse (with Raise): the condition is worse than when last signalled, at the same
+	// severity; the open alarm is re-alerted (Worsened) with the new message.
+	Worse bool
 }
 
 // Filter selects alarms for List. Zero fields select everything.

@@ -2,6 +2,7 @@ package alarms_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -390,5 +391,24 @@ func TestApplyRollback(t *testing.T) {
 	}
 	if _, err := f.svc.Apply(ctx, nil, alarms.Signal{PatientID: p, RuleID: "x", Raise: true}); !errors.Is(err, alarms.ErrInvalidRequest) {
 		t.Errorf("Apply(no severity) error %v, want ErrInvalidRequest", err)
+	}
+}
+
+// A transition's JSON (what SSE and webhooks carry) uses one casing: the actor's keys too.
+// Verifies: REQ-CORE-127
+func TestTransitionJSONCasing(t *testing.T) {
+	t.Parallel()
+	tr := alarms.Transition{Kind: alarms.Worsened, Alarm: alarms.Alarm{Severity: alarms.SeverityHigh, PeakSeverity: alarms.SeverityHigh}, Actor: audit.Actor{Kind: audit.ActorService, ID: "vigil-rules", AuthMethod: "internal"}}
+	b, err := json.Marshal(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	actor, _ := m["actor"].(map[string]any)
+	if actor["kind"] != "service" || actor["id"] != "vigil-rules" || actor["auth_method"] != "internal" || actor["Kind"] != nil || m["kind"] != "worsened" {
+		t.Errorf("json.Marshal(Transition) = %s, want the actor as kind, id, auth_method", b)
 	}
 }

@@ -60,6 +60,11 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, sig Signal) ([]Transitio
 			return nil, err
 		}
 		extra["message"] = sig.Message
+		if sig.Sustain {
+			// The condition held all along: its alarm was resolved by hand (or by a release)
+			// while it persisted. It re-opens.
+			extra["reopened"] = "condition_persists"
+		}
 		t, err := s.record(ctx, tx, by, Opened, a, "", extra)
 		if err != nil {
 			return nil, err
@@ -70,6 +75,9 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, sig Signal) ([]Transitio
 		return nil, fmt.Errorf("load open alarm: %w", err)
 	}
 
+	if sig.Raise && sig.Sustain && !sig.Worse && sig.Severity <= cur.Severity {
+		return nil, nil // still holds, the open alarm says so: nothing to write
+	}
 	a := cur
 	a.UpdatedAt = now
 	a.Revision++
@@ -96,8 +104,11 @@ func (s *Service) apply(ctx context.Context, tx pgx.Tx, sig Signal) ([]Transitio
 	extra["from_severity"] = cur.Severity.String()
 	extra["message"] = sig.Message
 	switch {
-	case sig.Severity > cur.Severity:
+	case sig.Severity > cur.Severity || sig.Worse && sig.Severity == cur.Severity:
 		kind = SeverityEscalated
+		if sig.Severity == cur.Severity {
+			kind = Worsened
+		}
 		a.Severity = sig.Severity
 		if sig.Severity > a.PeakSeverity {
 			a.PeakSeverity = sig.Severity

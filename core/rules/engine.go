@@ -70,6 +70,20 @@ type Config struct {
 	ReplayWindow time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Rearm is how often a condition that still holds is re-asserted to the alarm service
+	// (at most once per Rearm per rule and patient, on a sample that still meets it): an
+	// alarm resolved by hand while its condition persists re-opens then. Default 5 s.
+	Rearm time.Duration
+	// FutureTolerance: a sample stamped more than this ahead of Now (accepted by core within
+	// its clock skew) is evaluated at Now, never at its own time, so that it cannot blind the
+	// rules to the samples that follow it; its detail says "clamped_from". Default 2 s.
+	FutureTolerance time.Duration
+	// ArtifactConfirmCount and ArtifactConfirmSpan: samples core flagged as implausible
+	// (artifacts) are held back while isolated; once ArtifactConfirmCount of them of one code
+	// span at least ArtifactConfirmSpan with no plausible sample in between, they are
+	// physiology and evaluated by every rule (from the first of them). Defaults 2 and 15 s.
+	ArtifactConfirmCount int
+	ArtifactConfirmSpan  time.Duration
 	// Logger for background work. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -117,6 +131,18 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Rearm <= 0 {
+		cfg.Rearm = 5 * time.Second
+	}
+	if cfg.FutureTolerance <= 0 {
+		cfg.FutureTolerance = 2 * time.Second
+	}
+	if cfg.ArtifactConfirmCount <= 0 {
+		cfg.ArtifactConfirmCount = 2
+	}
+	if cfg.ArtifactConfirmSpan <= 0 {
+		cfg.ArtifactConfirmSpan = 15 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -147,7 +173,9 @@ func (e *Engine) Evaluate(ctx context.Context, patientID uuid.UUID, obs []Observ
 	return e.evaluate(ctx, patientID, obs)
 }
 
-// Tick picks up rule versions created by other processes, then runs the time-driven rules
+// Tick picks up rule versions created by other processes and the current settings of the
+// patients in memory (a patient moved to another ward takes that ward's NEWS2 settings), then
+// runs the time-driven rules
 // (no-data) for every patient known to the Engine (evaluated since start, or checkpointed
 // before) at Config.Now(), and returns the transitions made.
 // Escalations and reminders are the alarms Service's own Tick.
@@ -176,6 +204,22 @@ func (e *Engine) CreateVersion(ctx context.Context, by audit.Event, r Rule) (Rul
 // respiratory failure, on a clinician's decision) for a patient, audited with a reason.
 func (e *Engine) SetSpO2Scale(ctx context.Context, by audit.Event, patientID uuid.UUID, scale int, reason string) error {
 	return e.setSpO2Scale(ctx, by, patientID, scale, reason)
+}
+
+// SetOxygen documents whether a patient is on supplemental oxygen (nil: not documented),
+// audited as "rules.oxygen_set" with a reason. When no oxygen observation is fresh, NEWS2
+// scores what is documented (the score says oxygen_documented) rather than assuming air.
+func (e *Engine) SetOxygen(ctx context.Context, by audit.Event, patientID uuid.UUID, onOxygen *bool, reason string) error {
+	return e.setOxygen(ctx, by, patientID, onOxygen, reason)
+}
+
+// SetWardNEWS2 records which NEWS2 parameters a ward charts by hand rather than receiving
+// from devices (names rr, spo2, sbp, hr, temp, acvpu, fio2, o2flow; typically acvpu) and how
+// long such a charted value stays current (1 min to 24 h), audited as
+// "rules.ward_news2_set". For the ward's patients those parameters use maxAge instead of the
+// rule's max_age, and raise "news2-incomplete" only when older than that.
+func (e *Engine) SetWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string) error {
+	return e.setWardNEWS2(ctx, by, wardID, charted, maxAge, reason)
 }
 
 // ReleasePatient ends monitoring of a patient (discharge, transfer out): it resolves the

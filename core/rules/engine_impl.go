@@ -203,15 +203,18 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Resu
 			st.Rules = map[string]*ruleState{}
 		}
 	}
-	var scale int
-	err = e.cfg.Pool.QueryRow(ctx, `SELECT spo2_scale FROM rules_patient_settings WHERE patient_id=$1`, pid).Scan(&scale)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-		scale = 1
-	case err != nil:
-		return Result{}, fmt.Errorf("rules: load settings of patient %s: %w", pid, err)
+	if st.Codes == nil {
+		st.Codes = map[string]time.Time{}
+		for _, c := range st.ThroughCodes { // a checkpoint from before per-code marks
+			st.Codes[c] = st.Through
+		}
 	}
-	st.SpO2Scale = scale
+	if st.Suspect == nil {
+		st.Suspect = map[string]*suspect{}
+	}
+	if err := e.loadSettings(ctx, pid, st); err != nil {
+		return Result{}, err
+	}
 	p.st, p.loaded, p.dirty = st, true, false
 	if e.cfg.History == nil {
 		return Result{}, nil
@@ -248,7 +251,11 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 	own := make([]Observation, len(obs))
 	copy(own, obs)
 	set := e.st.rules.Load()
-	res, err := e.runAndCommit(ctx, pid, p, func(x *runner) { x.observe(set.list, set.byCode, own) })
+	hist, err := e.lateWindow(ctx, pid, p.st, set.list, own)
+	if err != nil {
+		return replayed, err
+	}
+	res, err := e.runAndCommit(ctx, pid, p, func(x *runner) { x.hist = hist; x.observe(set.list, set.byCode, own) })
 	replayed.Derived = append(replayed.Derived, res.Derived...)
 	replayed.Transitions = append(replayed.Transitions, res.Transitions...)
 	return replayed, err
@@ -258,7 +265,8 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 // observations they are written with the state checkpoint in one transaction and notified.
 // On failure the in-memory state is dropped, to be rebuilt from the database.
 func (e *Engine) runAndCommit(ctx context.Context, pid uuid.UUID, p *patientEntry, fn func(*runner)) (Result, error) {
-	x := &runner{pid: pid, ps: p.st}
+	x := &runner{pid: pid, ps: p.st, now: e.now(), opts: runnerOptions{rearm: e.cfg.Rearm, futureTol: e.cfg.FutureTolerance,
+		artifactCount: e.cfg.ArtifactConfirmCount, artifactSpan: e.cfg.ArtifactConfirmSpan}}
 	fn(x)
 	if len(x.sigs) == 0 && len(x.derived) == 0 {
 		p.dirty = true
@@ -349,6 +357,9 @@ func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
 	if err := e.reloadIfChanged(ctx); err != nil {
 		return nil, err
 	}
+	if err := e.refreshSettings(ctx); err != nil {
+		return nil, err
+	}
 	set := e.st.rules.Load()
 	hasNoData := false
 	for _, r := range set.list {
@@ -423,7 +434,11 @@ func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UU
 	// A fresh state that keeps only where evaluation stands (so nothing already evaluated is
 	// replayed) and the SpO2 scale; no last-seen time, so no-data stays quiet until new data.
 	fresh := newPatientState()
-	fresh.Through, fresh.ThroughCodes, fresh.SpO2Scale = p.st.Through, append([]string(nil), p.st.ThroughCodes...), p.st.SpO2Scale
+	fresh.Through, fresh.SpO2Scale = p.st.Through, p.st.SpO2Scale
+	fresh.OnOxygen, fresh.Charted, fresh.ChartedMaxAge = p.st.OnOxygen, p.st.Charted, p.st.ChartedMaxAge
+	for c, t := range p.st.Codes {
+		fresh.Codes[c] = t
+	}
 	tx, err := e.cfg.Pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("rules: release patient %s: %w", pid, err)
@@ -451,5 +466,119 @@ func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UU
 	}
 	p.st, p.dirty = fresh, false
 	e.cfg.Alarms.Notify(ctx, ts)
+	return nil
+}
+
+// lateWindow loads from History the stored observations around the samples of obs that are
+// older than what was already evaluated of their code (nil when there are none), so that the
+// runner re-evaluates the window they fall in.
+func (e *Engine) lateWindow(ctx context.Context, pid uuid.UUID, st *patientState, rules []*Rule, obs []Observation) ([]Observation, error) {
+	if e.cfg.History == nil {
+		return nil, nil
+	}
+	var oldest time.Time
+	for _, o := range obs {
+		if mark, ok := st.Codes[o.Code]; ok && o.PatientID == pid && o.EffectiveAt.Before(mark) && (oldest.IsZero() || o.EffectiveAt.Before(oldest)) {
+			oldest = o.EffectiveAt
+		}
+	}
+	if oldest.IsZero() {
+		return nil, nil
+	}
+	hist, err := e.cfg.History.ObservationsSince(ctx, pid, oldest.Add(-maxLookback(rules)-time.Microsecond), e.cfg.ReplayLimit)
+	if err != nil {
+		return nil, fmt.Errorf("rules: patient %s: window of late samples: %w", pid, err)
+	}
+	return hist, nil
+}
+
+// loadSettings reads the patient's rule settings (SpO2 scale, documented oxygen) and its
+// ward's NEWS2 settings (parameters charted by hand) into st.
+func (e *Engine) loadSettings(ctx context.Context, pid uuid.UUID, st *patientState) error {
+	var scale int
+	var onO2 *bool
+	err := e.cfg.Pool.QueryRow(ctx, `SELECT spo2_scale, on_oxygen FROM rules_patient_settings WHERE patient_id=$1`, pid).Scan(&scale, &onO2)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		scale = 1
+	case err != nil:
+		return fmt.Errorf("rules: load settings of patient %s: %w", pid, err)
+	}
+	st.SpO2Scale, st.OnOxygen = scale, onO2
+	var charted []string
+	var maxAge int64
+	err = e.cfg.Pool.QueryRow(ctx, `SELECT w.charted, w.charted_max_age_seconds FROM core_patients p
+		JOIN rules_ward_settings w ON w.ward_id = p.ward_id WHERE p.id=$1`, pid).Scan(&charted, &maxAge)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		st.Charted, st.ChartedMaxAge = nil, 0
+	case err != nil:
+		return fmt.Errorf("rules: load ward settings of patient %s: %w", pid, err)
+	default:
+		st.Charted = map[string]bool{}
+		for _, c := range charted {
+			st.Charted[c] = true
+		}
+		st.ChartedMaxAge = time.Duration(maxAge) * time.Second
+	}
+	return nil
+}
+
+// refreshSettings re-reads, in one query, the settings of every patient in memory (SpO2
+// scale, documented oxygen, the NEWS2 settings of the ward the patient is in now), so that a
+// patient moved to another ward, or a setting changed by another process, takes effect at the
+// next Tick.
+func (e *Engine) refreshSettings(ctx context.Context) error {
+	entries := e.entries()
+	if len(entries) == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, 0, len(entries))
+	for id := range entries {
+		ids = append(ids, id)
+	}
+	rows, err := e.cfg.Pool.Query(ctx, `SELECT p.id, coalesce(s.spo2_scale, 1), s.on_oxygen, w.charted, coalesce(w.charted_max_age_seconds, 0)
+		FROM core_patients p
+		LEFT JOIN rules_patient_settings s ON s.patient_id = p.id
+		LEFT JOIN rules_ward_settings w ON w.ward_id = p.ward_id
+		WHERE p.id = ANY($1)`, ids)
+	if err != nil {
+		return fmt.Errorf("rules: refresh settings: %w", err)
+	}
+	type setting struct {
+		id      uuid.UUID
+		scale   int
+		onO2    *bool
+		charted []string
+		maxAge  int64
+	}
+	var got []setting
+	for rows.Next() { // read all first: no patient lock is taken while a connection is held
+		var x setting
+		if err := rows.Scan(&x.id, &x.scale, &x.onO2, &x.charted, &x.maxAge); err != nil {
+			rows.Close()
+			return fmt.Errorf("rules: refresh settings: %w", err)
+		}
+		got = append(got, x)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("rules: refresh settings: %w", err)
+	}
+	for _, x := range got {
+		p := entries[x.id]
+		p.mu.Lock()
+		if p.loaded {
+			st := p.st
+			st.SpO2Scale, st.OnOxygen, st.ChartedMaxAge, st.Charted = x.scale, x.onO2, time.Duration(x.maxAge)*time.Second, nil
+			if len(x.charted) > 0 {
+				st.Charted = make(map[string]bool, len(x.charted))
+				for _, c := range x.charted {
+					st.Charted[c] = true
+				}
+			}
+		}
+		p.mu.Unlock()
+	}
 	return nil
 }

@@ -117,6 +117,18 @@ func kinds(ts []alarms.Transition) []string {
 	return out
 }
 
+// noNEWS2 leaves out the transitions of the NEWS2 rule and its incomplete condition, for
+// tests of other rules (a single vital sign gives a partial NEWS2).
+func noNEWS2(ts []alarms.Transition) []alarms.Transition {
+	var out []alarms.Transition
+	for _, t := range ts {
+		if t.Alarm.RuleID != "news2" && t.Alarm.RuleID != "news2-incomplete" {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 func same(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
@@ -163,12 +175,12 @@ func TestThreshold(t *testing.T) {
 	}
 	for i, s := range steps {
 		res := e.feed(t, p, obs(p, rules.CodeHeartRate, s.v, t0.Add(s.at)))
-		if got := kinds(res.Transitions); !same(got, s.want) {
+		if got := kinds(noNEWS2(res.Transitions)); !same(got, s.want) {
 			t.Fatalf("step %d: Evaluate(HR %g) transitions %v, want %v", i, s.v, got, s.want)
 		}
 	}
-	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1`, p); n != 1 {
-		t.Errorf("alarms of patient = %d, want 1", n)
+	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1 AND rule_id='hr-high'`, p); n != 1 {
+		t.Errorf("hr-high alarms of patient = %d, want 1", n)
 	}
 }
 
@@ -197,7 +209,7 @@ func TestRateOfChange(t *testing.T) {
 	}
 	for i, s := range seq {
 		res := e.feed(t, p, obs(p, rules.CodeSystolicBP, s.v, t0.Add(s.at)))
-		if got := kinds(res.Transitions); !same(got, s.want) {
+		if got := kinds(noNEWS2(res.Transitions)); !same(got, s.want) {
 			t.Fatalf("step %d: Evaluate(SBP %g at %s) transitions %v, want %v", i, s.v, s.at, got, s.want)
 		}
 	}
@@ -221,10 +233,11 @@ func TestNEWS2Rule(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	p := uuid.New()
-	// Six parameters only: no score (a missing parameter never under-scores).
+	// Six parameters only: a partial score naming the missing one (scored 0: a lower bound).
 	res := e.feed(t, p, vitals(p, t0, 16, 97, 21, 120, 70, 0, 37)[:5]...)
-	if len(res.Derived) != 0 {
-		t.Fatalf("Evaluate(6 parameters) derived %v, want none", res.Derived)
+	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.Partial || len(res.Derived[0].NEWS2.Missing) != 2 ||
+		res.Derived[0].NEWS2.Missing[0] != "temperature" || res.Derived[0].NEWS2.Missing[1] != "consciousness" {
+		t.Fatalf("Evaluate(5 parameters and oxygen) derived %+v, want a partial score missing temperature and consciousness", res.Derived)
 	}
 	res = e.feed(t, p, obs(p, rules.CodeConsciousness, rules.ACVPUAlert, t0.Add(time.Second)), obs(p, rules.CodeBodyTemperature, 37, t0.Add(time.Second)))
 	if len(res.Derived) != 1 || res.Derived[0].Value != 0 || res.Derived[0].Code != rules.CodeNEWS2 {
@@ -251,8 +264,8 @@ func TestNEWS2Rule(t *testing.T) {
 	if total != 13 || len(comps) == 0 {
 		t.Errorf("rules_news2 latest = %d %s, want 13 with components", total, comps)
 	}
-	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='observation.derived' AND payload->>'patient_id'=$1`, p.String()); n != 3 {
-		t.Errorf("audited derived NEWS2 = %d, want 3", n)
+	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='observation.derived' AND payload->>'patient_id'=$1`, p.String()); n != 4 {
+		t.Errorf("audited derived NEWS2 = %d, want 4 (partial, complete, confusion, deterioration)", n)
 	}
 	// Scale 2 for this patient: SpO2 93 on oxygen now scores 1 instead of 2.
 	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}}
@@ -283,13 +296,17 @@ func TestNEWS2Rule(t *testing.T) {
 	q := uuid.New()
 	all := vitals(q, t0, 22, 95, 0, 120, 95, 0, 37)
 	res = e.feed(t, q, append(all[:2:2], all[3:]...)...)
-	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.AssumedAir || res.Derived[0].NEWS2.Total != 4 || res.Derived[0].RuleVersion != 3 {
-		t.Fatalf("no oxygen observation: derived %+v, want NEWS2 4 (2+1+1) with assumed air, rule v3", res.Derived)
+	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.AssumedAir || res.Derived[0].NEWS2.Total != 4 || res.Derived[0].RuleVersion != 4 || res.Derived[0].NEWS2.Partial {
+		t.Fatalf("no oxygen observation: derived %+v, want NEWS2 4 (2+1+1) with assumed air, complete, rule v4", res.Derived)
 	}
-	// Stale parameters (older than max_age 1h) give no score.
+	// Stale parameters (older than max_age 1h) are not scored: a partial score naming them,
+	// and the incomplete condition.
 	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0.Add(2*time.Hour)))
-	if len(res.Derived) != 0 {
-		t.Errorf("stale: derived %+v, want none", res.Derived)
+	if len(res.Derived) != 1 || !res.Derived[0].NEWS2.Partial || len(res.Derived[0].NEWS2.Missing) != 5 || !res.Derived[0].NEWS2.AssumedAir {
+		t.Errorf("stale: derived %+v, want a partial score with 5 missing, air assumed (oxygen stale)", res.Derived)
+	}
+	if got := kinds(res.Transitions); !same(got, []string{"news2-incomplete:opened:low"}) {
+		t.Errorf("stale: transitions %v, want news2-incomplete opened", got)
 	}
 }
 
@@ -302,20 +319,20 @@ func TestAnomaly(t *testing.T) {
 	at := t0
 	for i := 0; i < 40; i++ {
 		v := 75.0 + float64(i%3) - 1 // 74, 75, 76
-		if res := e.feed(t, p, obs(p, rules.CodeHeartRate, v, at)); len(res.Transitions) != 0 {
-			t.Fatalf("baseline value %d: transitions %v, want none", i, kinds(res.Transitions))
+		if res := e.feed(t, p, obs(p, rules.CodeHeartRate, v, at)); len(noNEWS2(res.Transitions)) != 0 {
+			t.Fatalf("baseline value %d: transitions %v, want none", i, kinds(noNEWS2(res.Transitions)))
 		}
 		at = at.Add(time.Minute)
 	}
 	res := e.feed(t, p, obs(p, rules.CodeHeartRate, 100, at))
-	if got := kinds(res.Transitions); !same(got, []string{"hr-anomaly:opened:low"}) {
+	if got := kinds(noNEWS2(res.Transitions)); !same(got, []string{"hr-anomaly:opened:low"}) {
 		t.Fatalf("Evaluate(HR 100 on a 75 baseline) transitions %v, want hr-anomaly opened", got)
 	}
 	for i := 0; i < 5; i++ {
 		at = at.Add(time.Minute)
 		res = e.feed(t, p, obs(p, rules.CodeHeartRate, 75, at))
 	}
-	if got := kinds(res.Transitions); !same(got, []string{"hr-anomaly:resolved:low"}) {
+	if got := kinds(noNEWS2(res.Transitions)); !same(got, []string{"hr-anomaly:resolved:low"}) {
 		t.Fatalf("after 5 normal values: transitions %v, want hr-anomaly resolved", got)
 	}
 }
@@ -330,19 +347,19 @@ func TestNoData(t *testing.T) {
 	p := uuid.New()
 	e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0))
 	e.clk.Set(t0.Add(9*time.Minute + 59*time.Second))
-	if ts, err := e.eng.Tick(ctx); err != nil || len(ts) != 0 {
-		t.Fatalf("Tick(9m59s) = %v, %v; want nothing", kinds(ts), err)
+	if ts, err := e.eng.Tick(ctx); err != nil || len(noNEWS2(ts)) != 0 {
+		t.Fatalf("Tick(9m59s) = %v, %v; want nothing", kinds(noNEWS2(ts)), err)
 	}
 	e.clk.Set(t0.Add(10 * time.Minute))
 	ts, err := e.eng.Tick(ctx)
-	if err != nil || !same(kinds(ts), []string{"nodata:opened:medium"}) {
-		t.Fatalf("Tick(10m) = %v, %v; want nodata opened", kinds(ts), err)
+	if err != nil || !same(kinds(noNEWS2(ts)), []string{"nodata:opened:medium"}) {
+		t.Fatalf("Tick(10m) = %v, %v; want nodata opened", kinds(noNEWS2(ts)), err)
 	}
-	if ts, _ := e.eng.Tick(ctx); len(ts) != 0 {
-		t.Fatalf("Tick(again) = %v, want nothing (one alarm, not one per tick)", kinds(ts))
+	if ts, _ := e.eng.Tick(ctx); len(noNEWS2(ts)) != 0 {
+		t.Fatalf("Tick(again) = %v, want nothing (one alarm, not one per tick)", kinds(noNEWS2(ts)))
 	}
 	res := e.feed(t, p, obs(p, rules.CodeHeartRate, 72, t0.Add(11*time.Minute)))
-	if got := kinds(res.Transitions); !same(got, []string{"nodata:resolved:medium"}) {
+	if got := kinds(noNEWS2(res.Transitions)); !same(got, []string{"nodata:resolved:medium"}) {
 		t.Fatalf("data again: transitions %v, want nodata resolved", got)
 	}
 	// Discharge: open alarms resolved, the patient forgotten, no no-data alarm afterwards.
@@ -355,19 +372,19 @@ func TestNoData(t *testing.T) {
 		t.Fatalf("open alarms after release = %d, want 0", len(open))
 	}
 	e.clk.Set(t0.Add(time.Hour))
-	if ts, err := e.eng.Tick(ctx); err != nil || len(ts) != 0 {
-		t.Fatalf("Tick() after release = %v, %v; want nothing", kinds(ts), err)
+	if ts, err := e.eng.Tick(ctx); err != nil || len(noNEWS2(ts)) != 0 {
+		t.Fatalf("Tick() after release = %v, %v; want nothing", kinds(noNEWS2(ts)), err)
 	}
 	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE action='rules.patient_released' AND object_id=$1`, p.String()); n != 1 {
 		t.Errorf("audited releases = %d, want 1", n)
 	}
-	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1 AND resolve_reason='discharged home'`, p); n != 1 {
+	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1 AND resolve_reason='discharged home' AND rule_id='spo2-low'`, p); n != 1 {
 		t.Errorf("alarms resolved by the release = %d, want 1 (spo2-low)", n)
 	}
 	// After a restart nothing from before the release is replayed into a new alarm.
 	e.restart(t)
-	if ts, err := e.eng.Tick(ctx); err != nil || len(ts) != 0 {
-		t.Fatalf("Tick() after release and restart = %v, %v; want nothing", kinds(ts), err)
+	if ts, err := e.eng.Tick(ctx); err != nil || len(noNEWS2(ts)) != 0 {
+		t.Fatalf("Tick() after release and restart = %v, %v; want nothing", kinds(noNEWS2(ts)), err)
 	}
 	open, _ = e.alarms.OpenAlarms(ctx, p)
 	if len(open) != 0 {
@@ -391,10 +408,10 @@ func TestRestart(t *testing.T) {
 	hr := func(at time.Duration, v float64) rules.Observation { return obs(p, rules.CodeHeartRate, v, t0.Add(at)) }
 	e.feed(t, p, hr(0, 125))
 	res := e.feed(t, p, hr(30*time.Second, 126))
-	if got := kinds(res.Transitions); !same(got, []string{"hr-high:opened:medium"}) {
+	if got := kinds(noNEWS2(res.Transitions)); !same(got, []string{"hr-high:opened:medium"}) {
 		t.Fatalf("before restart: %v, want hr-high opened", got)
 	}
-	id := res.Transitions[0].Alarm.ID
+	id := noNEWS2(res.Transitions)[0].Alarm.ID
 	e.feed(t, p, hr(40*time.Second, 128)) // evaluated, not checkpointed (no transition)
 
 	// Crash: core committed these two, the engine never saw them.
@@ -404,7 +421,7 @@ func TestRestart(t *testing.T) {
 
 	// The first evaluation after the restart rebuilds the state and replays the missed ones.
 	res = e.feed(t, p, hr(70*time.Second, 147))
-	if got := kinds(res.Transitions); !same(got, []string{"hr-high:severity_escalated:high"}) {
+	if got := kinds(noNEWS2(res.Transitions)); !same(got, []string{"hr-high:severity_escalated:high"}) {
 		t.Fatalf("after restart: %v, want the replayed escalation of the same alarm", got)
 	}
 	a, err := e.alarms.Get(ctx, id)
@@ -415,8 +432,8 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("alarm after replay = %s %s triggers %d, want the same alarm, active, high, 2 triggers", a.State, a.Severity, a.TriggerCount)
 	}
 	// The same observations evaluated again (core retrying) change nothing.
-	if res := e.feed(t, p, hr(50*time.Second, 131), hr(60*time.Second, 146), hr(70*time.Second, 147)); len(res.Transitions) != 0 {
-		t.Fatalf("re-evaluation after replay: %v, want nothing", kinds(res.Transitions))
+	if res := e.feed(t, p, hr(50*time.Second, 131), hr(60*time.Second, 146), hr(70*time.Second, 147)); len(noNEWS2(res.Transitions)) != 0 {
+		t.Fatalf("re-evaluation after replay: %v, want nothing", kinds(noNEWS2(res.Transitions)))
 	}
 	// Another restart, then recovery resolves the one alarm.
 	if err := e.eng.Close(ctx); err != nil {
@@ -424,11 +441,11 @@ func TestRestart(t *testing.T) {
 	}
 	e.restart(t)
 	res = e.feed(t, p, hr(80*time.Second, 100))
-	if got := kinds(res.Transitions); !same(got, []string{"hr-high:resolved:high"}) || res.Transitions[0].Alarm.ID != id {
+	if got := kinds(noNEWS2(res.Transitions)); !same(got, []string{"hr-high:resolved:high"}) || noNEWS2(res.Transitions)[0].Alarm.ID != id {
 		t.Fatalf("recovery after second restart: %v, want the same alarm resolved", got)
 	}
-	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1`, p); n != 1 {
-		t.Errorf("alarms of patient = %d, want exactly 1", n)
+	if n := e.count(t, `SELECT count(*) FROM alarms WHERE patient_id=$1 AND rule_id='hr-high'`, p); n != 1 {
+		t.Errorf("hr-high alarms of patient = %d, want exactly 1", n)
 	}
 	if n := e.count(t, `SELECT count(*) FROM audit_events WHERE object_id=$1 AND action='alarm.opened'`, id.String()); n != 1 {
 		t.Errorf("audited openings = %d, want 1", n)
@@ -447,10 +464,10 @@ func TestRuleVersions(t *testing.T) {
 	ctx := context.Background()
 	doc := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "dr-lee", AuthMethod: "password+totp"}, RequestID: "r-9"}
 	vs, err := e.eng.Versions(ctx, "hr-high")
-	if err != nil || len(vs) != 1 {
-		t.Fatalf("Versions(hr-high) = %v, %v; want 1 version", vs, err)
+	if err != nil || len(vs) != 2 {
+		t.Fatalf("Versions(hr-high) = %v, %v; want 2 versions (the default set, migrations 00350 and 00360)", vs, err)
 	}
-	r := vs[0]
+	r := vs[1]
 	r.Threshold.Levels = []rules.Level{{Limit: 100, Severity: alarms.SeverityMedium}, {Limit: 140, Severity: alarms.SeverityHigh}}
 	r.Threshold.MinDuration = 0
 	r.Reason = "cardiology ward: lower tachycardia limit"
@@ -458,10 +475,10 @@ func TestRuleVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v2.Version != 2 || v2.CreatedBy != "dr-lee" {
-		t.Fatalf("CreateVersion() = v%d by %s, want v2 by dr-lee", v2.Version, v2.CreatedBy)
+	if v2.Version != 3 || v2.CreatedBy != "dr-lee" {
+		t.Fatalf("CreateVersion() = v%d by %s, want v3 by dr-lee", v2.Version, v2.CreatedBy)
 	}
-	// Based on version 1 again: conflict.
+	// Based on version 2 again: conflict.
 	if _, err := e.eng.CreateVersion(ctx, doc, r); !errors.Is(err, rules.ErrVersionConflict) {
 		t.Errorf("CreateVersion(stale) error %v, want ErrVersionConflict", err)
 	}
@@ -492,17 +509,17 @@ func TestRuleVersions(t *testing.T) {
 	found := false
 	for _, x := range all {
 		if x.ID == "hr-high" {
-			found = x.Version == 2
+			found = x.Version == 3
 		}
 	}
 	if !found || len(all) < 10 {
-		t.Errorf("Rules() = %d rules, hr-high at v2 %v; want the default set with hr-high v2", len(all), found)
+		t.Errorf("Rules() = %d rules, hr-high at v3 %v; want the default set with hr-high v3", len(all), found)
 	}
-	// The engine uses version 2 at once: 105 /min now alarms, naming version 2.
+	// The engine uses version 3 at once: 105 /min now alarms, naming version 3.
 	p := uuid.New()
 	res := e.feed(t, p, obs(p, rules.CodeHeartRate, 105, t0))
-	if len(res.Transitions) != 1 || res.Transitions[0].Alarm.RuleVersion != 2 {
-		t.Fatalf("Evaluate(HR 105) = %v, want hr-high v2 opened", kinds(res.Transitions))
+	if len(res.Transitions) != 1 || res.Transitions[0].Alarm.RuleVersion != 3 {
+		t.Fatalf("Evaluate(HR 105) = %v, want hr-high v3 opened", kinds(res.Transitions))
 	}
 	// Disabling the rule resolves its open alarms (audited) and stops it; enabling it again
 	// starts afresh: the condition still present opens a new alarm.
@@ -525,8 +542,8 @@ func TestRuleVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	res = e.feed(t, p, obs(p, rules.CodeHeartRate, 107, t0.Add(2*time.Minute)))
-	if got := kinds(res.Transitions); !same(got, []string{"hr-high:opened:medium"}) || res.Transitions[0].Alarm.RuleVersion != 4 {
-		t.Fatalf("Evaluate() after re-enabling = %v, want a new hr-high alarm of version 4", got)
+	if got := kinds(res.Transitions); !same(got, []string{"hr-high:opened:medium"}) || res.Transitions[0].Alarm.RuleVersion != 5 {
+		t.Fatalf("Evaluate() after re-enabling = %v, want a new hr-high alarm of version 5", got)
 	}
 	if _, err := e.eng.Versions(ctx, "no-such-rule"); !errors.Is(err, rules.ErrRuleNotFound) {
 		t.Errorf("Versions(unknown) error %v, want ErrRuleNotFound", err)

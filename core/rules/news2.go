@@ -42,6 +42,34 @@ type NEWS2Score struct {
 	// assume_air / assume_alert default was scored instead (shown to the clinician).
 	AssumedAir   bool `json:"assumed_air,omitempty"`
 	AssumedAlert bool `json:"assumed_alert,omitempty"`
+	// OxygenDocumented: no oxygen observation was fresh and the patient is documented as on
+	// supplemental oxygen, which was scored.
+	OxygenDocumented bool `json:"oxygen_documented,omitempty"`
+	// Partial: some parameters had no fresh value (Missing names them: "resp_rate", "spo2",
+	// "oxygen", "systolic_bp", "pulse", "consciousness", "temperature") and scored 0, so
+	// Total is a lower bound, and the band and alarm are those of that lower bound.
+	Partial bool     `json:"partial,omitempty"`
+	Missing []string `json:"missing,omitempty"`
+	// Values are the measured values scored, by the same names, in canonical units
+	// (temperature °C, SpO2 %, rates /min, pressure mmHg, FiO2 %, O2 flow L/min, ACVPU code).
+	Values map[string]float64 `json:"values,omitempty"`
+}
+
+// sameScore reports whether two scores differ in nothing but the measured values.
+func sameScore(a, b NEWS2Score) bool {
+	if a.Total != b.Total || a.RespRate != b.RespRate || a.SpO2 != b.SpO2 || a.SpO2Scale != b.SpO2Scale ||
+		a.AirOrOxygen != b.AirOrOxygen || a.SystolicBP != b.SystolicBP || a.Pulse != b.Pulse ||
+		a.Consciousness != b.Consciousness || a.Temperature != b.Temperature || a.SingleRed != b.SingleRed ||
+		a.Band != b.Band || a.AssumedAir != b.AssumedAir || a.AssumedAlert != b.AssumedAlert ||
+		a.OxygenDocumented != b.OxygenDocumented || a.Partial != b.Partial || len(a.Missing) != len(b.Missing) {
+		return false
+	}
+	for i := range a.Missing {
+		if a.Missing[i] != b.Missing[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // ComputeNEWS2 scores in. It returns ErrInvalidRule-wrapped errors for an SpO2 scale other

@@ -73,6 +73,10 @@ type ThresholdParams struct {
 	Levels      []Level   `json:"levels"` // at least one
 	Hysteresis  float64   `json:"hysteresis"`
 	MinDuration Duration  `json:"min_duration"`
+	// WorsenBy: once raised, a value further past the limit by this much (in the code's unit)
+	// than the value last alerted re-alerts at the same severity (an acknowledged alarm
+	// becomes active again). Default (0): 10 % of the limit of the current level.
+	WorsenBy float64 `json:"worsen_by,omitempty"`
 }
 
 // RateParams: the condition holds when the value changes by more than MaxChange (absolute, in
@@ -88,8 +92,9 @@ type RateParams struct {
 	Hold Duration `json:"hold,omitempty"`
 }
 
-// NEWS2Params: NEWS2 is computed from the latest value of each of the seven parameters when
-// all are no older than MaxAge. Severity by response: Low band (1–4) no alarm unless
+// NEWS2Params: NEWS2 is computed from the latest value of each of the seven parameters no
+// older than MaxAge; a parameter without one scores 0 and is named (a partial score, a lower
+// bound, which alarms by its band). Severity by response: Low band (1–4) no alarm unless
 // AlarmOnLow; a single parameter scoring 3 (low–medium) → SeverityMedium; 5–6 → SeverityHigh;
 // ≥7 → SeverityCritical.
 type NEWS2Params struct {
@@ -104,6 +109,13 @@ type NEWS2Params struct {
 	// resolves (a worse one escalates at once), so that a score wavering across a band limit
 	// does not open and close alarms. Default 0 (immediate).
 	Hold Duration `json:"hold,omitempty"`
+	// IncompleteAfter: a parameter without a fresh value this long after the patient's first
+	// NEWS2 parameter (or its ward's charted_max_age for a parameter the ward charts by hand)
+	// raises the low-severity condition "<rule id>-incomplete", which names it. Default 10 min.
+	IncompleteAfter Duration `json:"incomplete_after,omitempty"`
+	// WorsenBy: once raised, a total this many points above the one last alerted re-alerts
+	// at the same severity (an acknowledged alarm becomes active again). Default 2.
+	WorsenBy int `json:"worsen_by,omitempty"`
 }
 
 // AnomalyParams: exponentially weighted mean and variance of the patient's own values of Code

@@ -57,7 +57,7 @@ func (r *Rule) Validate() error {
 		if p == nil {
 			return bad("kind threshold needs threshold parameters")
 		}
-		if p.Code == "" || !dir(p.Direction) || len(p.Levels) == 0 || p.Hysteresis < 0 || p.MinDuration < 0 || !finite(p.Hysteresis) {
+		if p.Code == "" || !dir(p.Direction) || len(p.Levels) == 0 || p.Hysteresis < 0 || p.MinDuration < 0 || !finite(p.Hysteresis) || p.WorsenBy < 0 || !finite(p.WorsenBy) {
 			return bad("threshold needs a code, direction above|below, at least one level, hysteresis >= 0, min_duration >= 0")
 		}
 		for i, l := range p.Levels {
@@ -83,8 +83,8 @@ func (r *Rule) Validate() error {
 			return bad("rate needs a code, direction, max_change > 0, window > 0, hold >= 0, a severity")
 		}
 	case KindNEWS2:
-		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 || r.NEWS2.Hold < 0 {
-			return bad("news2 needs max_age > 0 and hold >= 0")
+		if r.NEWS2 == nil || r.NEWS2.MaxAge <= 0 || r.NEWS2.Hold < 0 || r.NEWS2.IncompleteAfter < 0 || r.NEWS2.WorsenBy < 0 {
+			return bad("news2 needs max_age > 0, hold >= 0, incomplete_after >= 0, worsen_by >= 0")
 		}
 	case KindAnomaly:
 		p := r.Anomaly
@@ -256,6 +256,13 @@ func (e *Engine) createVersion(ctx context.Context, by audit.Event, r Rule) (Rul
 		if ts, err = e.cfg.Alarms.ResolveRule(ctx, tx, r.ID, by, "rule_disabled"); err != nil {
 			return Rule{}, fmt.Errorf("create rule version: %w", err)
 		}
+		if r.Kind == KindNEWS2 { // and its incomplete condition
+			inc, err := e.cfg.Alarms.ResolveRule(ctx, tx, r.ID+"-incomplete", by, "rule_disabled")
+			if err != nil {
+				return Rule{}, fmt.Errorf("create rule version: %w", err)
+			}
+			ts = append(ts, inc...)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return Rule{}, fmt.Errorf("create rule version: commit: %w", err)
@@ -327,4 +334,99 @@ func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID
 	p.st.SpO2Scale = scale
 	p.dirty = true
 	return nil
+}
+
+// news2ParamNames are the parameter names a ward may chart by hand (SetWardNEWS2).
+var news2ParamNames = map[string]bool{"rr": true, "spo2": true, "sbp": true, "hr": true, "temp": true, "acvpu": true, "fio2": true, "o2flow": true}
+
+func (e *Engine) setOxygen(ctx context.Context, by audit.Event, pid uuid.UUID, onOxygen *bool, reason string) error {
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, e.now()
+	ev.Action = "rules.oxygen_set"
+	ev.Object = audit.Object{Type: "patient", ID: pid.String()}
+	if ev.Actor.Kind == "" {
+		ev.Actor = engineActor
+	}
+	if strings.TrimSpace(reason) == "" || pid == uuid.Nil {
+		err := fmt.Errorf("%w: documenting oxygen needs a patient and a reason", ErrInvalidRule)
+		ev.Outcome, ev.Reason = audit.OutcomeRejected, "invalid_oxygen_setting"
+		return errors.Join(err, e.auditAlone(ctx, ev))
+	}
+	p, _, err := e.lockPatient(ctx, pid)
+	if err != nil {
+		return err
+	}
+	defer p.mu.Unlock()
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("set oxygen: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `INSERT INTO rules_patient_settings (patient_id, spo2_scale, on_oxygen, updated_at, updated_by)
+		VALUES ($1,1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET on_oxygen=$2, updated_at=$3, updated_by=$4`,
+		pid, onOxygen, ev.Time, ev.Actor.ID); err != nil {
+		return fmt.Errorf("set oxygen: %w", err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Payload = map[string]any{"on_oxygen": onOxygen, "previous": p.st.OnOxygen, "reason": reason}
+	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
+		return fmt.Errorf("set oxygen: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("set oxygen: commit: %w", err)
+	}
+	p.st.OnOxygen = onOxygen
+	p.dirty = true
+	return nil
+}
+
+func (e *Engine) setWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string) error {
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, e.now()
+	ev.Action = "rules.ward_news2_set"
+	ev.Object = audit.Object{Type: "ward", ID: wardID.String()}
+	if ev.Actor.Kind == "" {
+		ev.Actor = engineActor
+	}
+	ok := wardID != uuid.Nil && strings.TrimSpace(reason) != "" && maxAge >= time.Minute && maxAge <= 24*time.Hour
+	for _, c := range charted {
+		ok = ok && news2ParamNames[c]
+	}
+	if !ok {
+		err := fmt.Errorf("%w: ward NEWS2 settings need a ward, a reason, charted parameters among rr, spo2, sbp, hr, temp, acvpu, fio2, o2flow and a charted max age between 1m and 24h", ErrInvalidRule)
+		ev.Outcome, ev.Reason = audit.OutcomeRejected, "invalid_ward_settings"
+		ev.Payload = map[string]any{"charted": charted, "charted_max_age_seconds": maxAge.Seconds()}
+		return errors.Join(err, e.auditAlone(ctx, ev))
+	}
+	if charted == nil {
+		charted = []string{}
+	}
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("set ward NEWS2: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `INSERT INTO rules_ward_settings (ward_id, charted, charted_max_age_seconds, updated_at, updated_by)
+		VALUES ($1,$2,$3,$4,$5) ON CONFLICT (ward_id) DO UPDATE SET charted=$2, charted_max_age_seconds=$3, updated_at=$4, updated_by=$5`,
+		wardID, charted, int64(maxAge/time.Second), ev.Time, ev.Actor.ID); err != nil {
+		return fmt.Errorf("set ward NEWS2: %w", err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Payload = map[string]any{"charted": charted, "charted_max_age_seconds": maxAge.Seconds(), "reason": reason}
+	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
+		return fmt.Errorf("set ward NEWS2: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("set ward NEWS2: commit: %w", err)
+	}
+	// Patients in memory take the ward's settings at once.
+	var errs []error
+	for id, p := range e.entries() {
+		p.mu.Lock()
+		if p.loaded {
+			errs = append(errs, e.loadSettings(ctx, id, p.st))
+		}
+		p.mu.Unlock()
+	}
+	return errors.Join(errs...)
 }
