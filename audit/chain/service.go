@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/keys"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -53,6 +54,14 @@ type Config struct {
 	MaxLag time.Duration
 	// PendingGrace is how long verify lets an event wait before reporting it. Default 1 minute.
 	PendingGrace time.Duration
+	// EventKeys is the key ring's encrypter that unwraps the writer sessions' keys (see
+	// audit.Outbox.EnableAuthentication): the shipper refuses, and verify reports, any event
+	// without a valid authentication tag. Nil turns both checks off (load tools only; verify
+	// then reports authentication_unchecked).
+	EventKeys keys.Encrypter
+	// RetentionMinAge is the retention age of events (verify's erased_early). Default
+	// DefaultRetentionMinAge.
+	RetentionMinAge time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives the workers' failures and incidents. Default slog.Default().
@@ -69,6 +78,7 @@ type Service struct {
 	shipper  *Shipper
 	cps      *Checkpointer
 	vkey     string
+	skeys    *audit.SessionKeys
 }
 
 // Open connects to (or starts) Trillian, opens or creates the log tree, and starts the
@@ -104,6 +114,9 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Service{cfg: cfg}
+	if cfg.EventKeys != nil {
+		s.skeys = audit.NewSessionKeys(cfg.EventKeys)
+	}
 	defer func() {
 		if err != nil {
 			_ = s.Close(context.WithoutCancel(ctx))
@@ -129,7 +142,7 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 		return nil, err
 	}
 	s.shipper, err = NewShipper(ShipperConfig{Pool: cfg.Pool, Log: s.log, BatchSize: cfg.BatchSize,
-		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger, Backlog: cfg.Backlog})
+		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger, Backlog: cfg.Backlog, Keys: s.skeys})
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +211,7 @@ func (s *Service) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 // Verify verifies the whole trail against the live log (see the package function Verify).
 func (s *Service) Verify(ctx context.Context) (*Report, error) {
 	return Verify(ctx, VerifyConfig{Pool: s.cfg.Pool, Log: s.log, VerifierKey: s.vkey, Origin: s.cfg.Origin,
-		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now})
+		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now, Keys: s.skeys, RetentionMinAge: s.cfg.RetentionMinAge})
 }
 
 // Stats is the audit chain's health: the shipper's backlog and the checkpoint state.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,23 +19,29 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/leaf"
 )
 
 // Kinds of verification findings. Each names what an auditor must look at.
 const (
-	FindingPending            = "pending"            // an event waits longer than the grace period to be logged
-	FindingModified           = "modified"           // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
-	FindingDeleted            = "deleted"            // a logged event's row is gone
-	FindingInserted           = "inserted"           // a row claims a batch that does not contain it (added behind the outbox's back)
-	FindingTruncated          = "truncated"          // the outbox lost every logged event (TRUNCATE or mass DELETE)
-	FindingBatchModified      = "batch_modified"     // a batch row disagrees with itself or with its leaf in the log
-	FindingBatchDeleted       = "batch_deleted"      // the log holds a batch leaf the database has no row for
-	FindingBatchNotInLog      = "batch_not_in_log"   // a batch claims a leaf index under the checkpoint that holds something else
-	FindingCheckpointInvalid  = "checkpoint_invalid" // a stored checkpoint's signature or content is wrong
-	FindingFork               = "fork"               // checkpoints or the live log are not append-only consistent
-	FindingIncident           = "incident"           // an unresolved incident of the audit chain
-	FindingLogUnavailable     = "log_unavailable"    // the log could not be read, so inclusion was not checked
+	FindingPending            = "pending"                  // an event waits longer than the grace period to be logged
+	FindingModified           = "modified"                 // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
+	FindingDeleted            = "deleted"                  // a logged event's row is gone
+	FindingInserted           = "inserted"                 // a row claims a batch that does not contain it (added behind the outbox's back)
+	FindingTruncated          = "truncated"                // the outbox lost every logged event (TRUNCATE or mass DELETE)
+	FindingBatchModified      = "batch_modified"           // a batch row disagrees with itself or with its leaf in the log
+	FindingBatchDeleted       = "batch_deleted"            // the log holds a batch leaf the database has no row for
+	FindingBatchNotInLog      = "batch_not_in_log"         // a batch claims a leaf index under the checkpoint that holds something else
+	FindingCheckpointInvalid  = "checkpoint_invalid"       // a stored checkpoint's signature or content is wrong
+	FindingFork               = "fork"                     // checkpoints or the live log are not append-only consistent
+	FindingIncident           = "incident"                 // an unresolved incident of the audit chain
+	FindingLogUnavailable     = "log_unavailable"          // the log could not be read, so inclusion was not checked
+	FindingUnauthenticated    = "unauthenticated"          // an event row has no valid authentication tag of a writer session: forged, back-dated, renumbered or altered
+	FindingSequenceGap        = "sequence_gap"             // a writer session attested an event (its transaction committed) whose row is gone: an action whose event was deleted
+	FindingErasedEarly        = "erased_early"             // an event's identifiers, payload and salt were erased before its retention age
+	FindingAuthUnchecked      = "authentication_unchecked" // verify ran without the key ring, so event authentication was not checked
+	FindingWitness            = "witness"                  // a witness holds a checkpoint this log is smaller than or inconsistent with, or a required cosignature is missing
 	maxListedPending          = 1000
 	defaultPendingGracePeriod = time.Minute
 )
@@ -91,9 +98,21 @@ type VerifyConfig struct {
 	// PendingGrace is how long an event may wait to be logged before it is a finding.
 	// Default 1 minute.
 	PendingGrace time.Duration
+	// Keys checks the events' authentication tags (the key ring's encrypter unwraps the
+	// session keys). When nil, authentication is not checked and the report carries an
+	// authentication_unchecked finding.
+	Keys *audit.SessionKeys
+	// RetentionMinAge is the youngest an event may be when its identifiers, payload and salt
+	// are erased; an erased event younger than that is an erased_early finding. Default
+	// DefaultRetentionMinAge.
+	RetentionMinAge time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
+
+// DefaultRetentionMinAge is the default retention age of audit events: six years (HIPAA
+// §164.316(b)(2)(i)).
+const DefaultRetentionMinAge = 6 * 365 * 24 * time.Hour
 
 // Verify checks the audit trail end to end: every stored checkpoint's signature and the
 // consistency between them and with the live log; every log leaf up to the latest checkpoint
@@ -107,6 +126,9 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 	if cfg.PendingGrace <= 0 {
 		cfg.PendingGrace = defaultPendingGracePeriod
 	}
+	if cfg.RetentionMinAge <= 0 {
+		cfg.RetentionMinAge = DefaultRetentionMinAge
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -117,7 +139,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}}
+	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}, sessions: map[uuid.UUID]*sessionSeen{}}
 	if err := v.run(ctx); err != nil {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
@@ -132,6 +154,8 @@ type verifier struct {
 	q   querier // one read-only snapshot of the database
 	rep *Report
 	cp  *Checkpoint // latest valid checkpoint
+
+	sessions map[uuid.UUID]*sessionSeen // what each writer session wrote and attested
 }
 
 func (v *verifier) find(f Finding) { v.rep.Findings = append(v.rep.Findings, f) }
@@ -150,6 +174,10 @@ func (v *verifier) run(ctx context.Context) error {
 	}
 	if err := v.events(ctx, expected); err != nil {
 		return err
+	}
+	v.gaps()
+	if v.cfg.Keys == nil {
+		v.find(Finding{Kind: FindingAuthUnchecked, Detail: "verify ran without the key ring: events were not checked for forgery (give it the key ring)"})
 	}
 	n, err := UnresolvedIncidents(ctx, v.q)
 	if err != nil {
@@ -408,6 +436,11 @@ func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UU
 // not yet under a checkpoint.
 func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedEvent) error {
 	now := v.cfg.Now()
+	if v.cfg.Keys != nil {
+		if err := v.cfg.Keys.Load(ctx, v.q); err != nil {
+			return err
+		}
+	}
 	rows, err := v.q.Query(ctx, `SELECT `+eventColumns+` FROM audit_events ORDER BY seq`)
 	if err != nil {
 		return fmt.Errorf("read events: %w", err)
@@ -423,6 +456,22 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 		exp := expected[ev.ID]
 		h, herr := ev.LeafHash()
 		cerr := ev.CheckCommitments()
+		if exp != nil {
+			exp.seen = true
+		}
+		authentic, err := v.authenticate(ctx, &ev)
+		if err != nil {
+			return err
+		}
+		if !authentic && exp == nil && ev.BatchID == nil {
+			// Forged and never logged: reported as unauthenticated, not as pending.
+			continue
+		}
+		if authentic && ev.Salt == nil && now.Sub(ev.RecordedAt) < v.cfg.RetentionMinAge {
+			v.find(Finding{Kind: FindingErasedEarly, EventID: id,
+				Detail: fmt.Sprintf("identifiers, payload and salt erased %s after the event was recorded; the retention age is %s",
+					now.Sub(ev.RecordedAt).Round(time.Second), v.cfg.RetentionMinAge)})
+		}
 		switch {
 		case exp == nil && ev.BatchID != nil:
 			v.find(Finding{Kind: FindingInserted, EventID: id, BatchID: ev.BatchID.String(),
@@ -432,7 +481,6 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 			v.pending(PendingEvent{ID: id, State: "outbox", Age: max(now.Sub(ev.RecordedAt), 0)})
 			continue
 		}
-		exp.seen = true
 		switch {
 		case ev.BatchID == nil || *ev.BatchID != exp.batch || ev.BatchIndex == nil || int(*ev.BatchIndex) != exp.index:
 			v.find(Finding{Kind: FindingModified, EventID: id, BatchID: exp.batch.String(), Detail: "the row's batch assignment was changed"})
@@ -464,6 +512,78 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 	}
 	v.rep.Findings = append(v.rep.Findings, missing...)
 	return nil
+}
+
+// sessionSeen is what verify saw of one writer session: the counters of its authentic
+// rows and what it attested.
+type sessionSeen struct {
+	seqs       []uint64
+	through    uint64
+	rolledBack map[uint64]bool
+}
+
+// authenticate checks an event row's authentication tag (when verify has the key ring) and
+// notes its counter and, for an attestation, what it attests. It reports a finding and
+// returns false for a row without a valid tag.
+func (v *verifier) authenticate(ctx context.Context, ev *StoredEvent) (bool, error) {
+	if v.cfg.Keys == nil {
+		return true, nil
+	}
+	l := ev.Leaf()
+	err := v.cfg.Keys.Check(ctx, nil, &l, ev.AuthMAC)
+	if errors.Is(err, audit.ErrUnauthenticated) {
+		v.find(Finding{Kind: FindingUnauthenticated, EventID: ev.ID.String(),
+			Detail: fmt.Sprintf("%s %s at %s: %v (not written by Vigil: forged, back-dated or altered in the database)",
+				ev.Action, ev.ObjectType, ev.Time.Format(time.RFC3339), err)})
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ss := v.sessions[ev.Session]
+	if ss == nil {
+		ss = &sessionSeen{rolledBack: map[uint64]bool{}}
+		v.sessions[ev.Session] = ss
+	}
+	ss.seqs = append(ss.seqs, uint64(ev.SessionSeq))
+	if ev.Action == audit.ActionSessionAttested && ev.ObjectType == audit.ObjectSession && ev.Payload != nil {
+		var a audit.Attestation
+		if err := json.Unmarshal(ev.Payload, &a); err == nil {
+			ss.through = max(ss.through, a.Through)
+			for _, n := range a.RolledBack {
+				ss.rolledBack[n] = true
+			}
+		}
+	}
+	return true, nil
+}
+
+// gaps reports every counter a session attested (its transaction committed) that has no
+// authentic row: an action whose event row was deleted before it reached the log.
+func (v *verifier) gaps() {
+	ids := make([]uuid.UUID, 0, len(v.sessions))
+	for id := range v.sessions {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i][:], ids[j][:]) < 0 })
+	for _, id := range ids {
+		ss := v.sessions[id]
+		sort.Slice(ss.seqs, func(i, j int) bool { return ss.seqs[i] < ss.seqs[j] })
+		k := 0
+		reported := 0
+		for n := uint64(1); n <= ss.through; n++ {
+			for k < len(ss.seqs) && ss.seqs[k] < n {
+				k++
+			}
+			if (k < len(ss.seqs) && ss.seqs[k] == n) || ss.rolledBack[n] {
+				continue
+			}
+			reported++
+			if reported <= maxListedPending {
+				v.find(Finding{Kind: FindingSequenceGap, Detail: fmt.Sprintf("writer session %s: event #%d was committed (attested) but its row is gone: an action whose audit event was deleted", id, n)})
+			}
+		}
+	}
 }
 
 func (v *verifier) pending(p PendingEvent) {
