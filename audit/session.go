@@ -189,9 +189,9 @@ type session struct {
 	mu       sync.Mutex
 	key      []byte         // nil until EnableAuthentication
 	enc      keys.Encrypter // the key ring's encrypter given to EnableAuthentication
-	next     uint64 // last counter issued
-	attested uint64 // Through of the last attestation
-	lastAtt  uint64 // the counter of the last attestation event itself
+	next     uint64         // last counter issued
+	attested uint64         // Through of the last attestation
+	lastAtt  uint64         // the counter of the last attestation event itself
 	// state of counters > attested: "" issued (write in flight), "void" (never written),
 	// or the xid (pg_current_xact_id) of the transaction that wrote it.
 	state map[uint64]string

@@ -38,7 +38,7 @@ func Start(t testing.TB, pool *pgxpool.Pool, dbURL string, rec *audit.Outbox) *c
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	svc, err := chain.OpenIdle(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: dbURL, Signer: Signer(t),
-		EventKeys: rec.EventKeys(),
+		EventKeys:         rec.EventKeys(),
 		SequencerInterval: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("chaintest: open audit chain: %v", err)
