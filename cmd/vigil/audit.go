@@ -26,18 +26,50 @@ func init() { subcommands = append(subcommands, newAuditCmd) }
 const demoPassphrase = "vigil-demo-keyring-not-secret"
 
 // auditSigner opens the key ring (keys.go: Vault Transit, or the local key ring in the data
-// directory) and returns the signer of the audit checkpoint key and a closer for the ring.
-func auditSigner(ctx context.Context, dataDir string, demo bool, rec audit.Recorder) (chain.CheckpointSigner, func(context.Context) error, error) {
+// directory) and returns the signer of the audit checkpoint key, the ring and a closer for it.
+func auditSigner(ctx context.Context, dataDir string, demo bool, rec audit.Recorder) (chain.CheckpointSigner, *keys.Ring, func(context.Context) error, error) {
 	ring, closeRing, err := openKeyRing(ctx, dataDir, demo, rec, true)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	s, err := ring.Signer(ctx, keys.AuditCheckpoint)
 	if err != nil {
 		_ = closeRing(ctx)
-		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
+		return nil, nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
-	return s, closeRing, nil
+	return s, ring, closeRing, nil
+}
+
+// eventKeys is the key ring's encrypter that wraps the audit writer sessions' keys (the PHI
+// key-encryption key, with its own associated data: docs/audit.md "Event authentication").
+func eventKeys(ring *keys.Ring) (keys.Encrypter, error) {
+	env, err := ring.Envelope(keys.PHIEncryption)
+	if err != nil {
+		return nil, fmt.Errorf("audit event keys: %w", err)
+	}
+	return env, nil
+}
+
+// authenticateEvents gives the process's audit recorder its session key, wrapped by ring, so
+// that every event it records (and those it recorded while the ring opened) is authenticated
+// (audit.Outbox.EnableAuthentication). It is called wherever the key ring is opened with a
+// recorder; a ring that has no PHI key yet (before `vigil keys init`) is left alone: the
+// events of such a command are then unauthenticated, and reported so.
+func authenticateEvents(ctx context.Context, rec audit.Recorder, ring *keys.Ring) error {
+	o, ok := rec.(*audit.Outbox)
+	if !ok || o.Authenticated() {
+		return nil
+	}
+	enc, err := eventKeys(ring)
+	if err != nil {
+		return err
+	}
+	err = o.EnableAuthentication(ctx, enc)
+	if errors.Is(err, keys.ErrKeyNotFound) {
+		slog.WarnContext(ctx, "audit events of this command are not authenticated: the key ring has no PHI key yet")
+		return nil
+	}
+	return err
 }
 
 // openAudit starts the audit chain for serve/demo (workers running) or for a command
@@ -52,11 +84,19 @@ func openAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring,
 		if err != nil {
 			return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 		}
-	} else if signer, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, db.rec); err != nil {
+	} else if signer, ring, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, db.rec); err != nil {
+		return nil, nil, err
+	}
+	enc, err := eventKeys(ring)
+	if err == nil {
+		err = authenticateEvents(ctx, db.rec, ring)
+	}
+	if err != nil {
+		_ = closeRing(ctx)
 		return nil, nil, err
 	}
 	cfg := chain.Config{Pool: db.pool, Recorder: db.rec, Backlog: db.rec, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
-		ReadOnly: readOnly, Logger: slog.Default()}
+		EventKeys: enc, ReadOnly: readOnly, Logger: slog.Default()}
 	var svc *chain.Service
 	if readOnly {
 		svc, err = chain.OpenIdle(ctx, cfg)
