@@ -81,6 +81,7 @@ type Report struct {
 	Events        int64              `json:"events"`         // event rows checked
 	ProvenEvents  int64              `json:"proven_events"`  // events proven included under the checkpoint
 	PendingEvents int64              `json:"pending_events"` // events not yet under a checkpoint
+	DomainRows    int64              `json:"domain_rows"`    // domain rows cross-checked against their events
 	Pending       []PendingEvent     `json:"pending,omitempty"`
 	Findings      []Finding          `json:"findings"`
 }
@@ -106,6 +107,11 @@ type VerifyConfig struct {
 	// are erased; an erased event younger than that is an erased_early finding. Default
 	// DefaultRetentionMinAge.
 	RetentionMinAge time.Duration
+	// NoDomain skips the cross-check of domain rows against the events (FindingUnaudited,
+	// FindingDomainMismatch). Default false: they are checked.
+	NoDomain bool
+	// Deep also counts the observations stored from each upload against its event.
+	Deep bool
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -139,7 +145,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}, sessions: map[uuid.UUID]*sessionSeen{}}
+	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}, sessions: map[uuid.UUID]*sessionSeen{}, domain: newDomainEvents()}
 	if err := v.run(ctx); err != nil {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
@@ -156,6 +162,7 @@ type verifier struct {
 	cp  *Checkpoint // latest valid checkpoint
 
 	sessions map[uuid.UUID]*sessionSeen // what each writer session wrote and attested
+	domain   *domainEvents              // what the domain cross-check needs of the events
 }
 
 func (v *verifier) find(f Finding) { v.rep.Findings = append(v.rep.Findings, f) }
@@ -176,6 +183,11 @@ func (v *verifier) run(ctx context.Context) error {
 		return err
 	}
 	v.gaps()
+	if !v.cfg.NoDomain {
+		if err := v.crossCheck(ctx); err != nil {
+			return err
+		}
+	}
 	if v.cfg.Keys == nil {
 		v.find(Finding{Kind: FindingAuthUnchecked, Detail: "verify ran without the key ring: events were not checked for forgery (give it the key ring)"})
 	}
@@ -466,6 +478,9 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 		if !authentic && exp == nil && ev.BatchID == nil {
 			// Forged and never logged: reported as unauthenticated, not as pending.
 			continue
+		}
+		if authentic {
+			v.domain.note(&ev)
 		}
 		if authentic && ev.Salt == nil && now.Sub(ev.RecordedAt) < v.cfg.RetentionMinAge {
 			v.find(Finding{Kind: FindingErasedEarly, EventID: id,
