@@ -25,6 +25,7 @@ func (s *Server) mountAudit(api *echo.Group) {
 	api.GET("/audit/checkpoint", s.auditCheckpoint)
 	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
+	api.GET("/audit/consistency", s.auditConsistency) // audit_consistency.go
 	api.GET("/audit/events", s.auditEvents)
 	api.GET("/audit/events/:id", s.auditEvent)
 }

@@ -62,6 +62,10 @@ type Config struct {
 	// RetentionMinAge is the retention age of events (verify's erased_early). Default
 	// DefaultRetentionMinAge.
 	RetentionMinAge time.Duration
+	// Witnesses receive every new checkpoint with its consistency proof (C2SP tlog-witness)
+	// and their cosignatures are stored; at Open they are asked whether they hold a newer
+	// checkpoint than the database (a rollback: an incident). Default none.
+	Witnesses []WitnessEndpoint
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives the workers' failures and incidents. Default slog.Default().
@@ -146,8 +150,16 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.cps, err = NewCheckpointer(ctx, CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer, Recorder: cfg.Recorder,
-		Origin: cfg.Origin, Interval: cfg.CheckpointInterval, Now: cfg.Now, Logger: cfg.Logger})
+	ccfg := CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer, Recorder: cfg.Recorder,
+		Origin: cfg.Origin, Interval: cfg.CheckpointInterval, Now: cfg.Now, Logger: cfg.Logger}
+	if len(cfg.Witnesses) > 0 {
+		ccfg.After = func(ctx context.Context, _ Checkpoint) {
+			if _, err := s.Witness(ctx); err != nil && ctx.Err() == nil {
+				cfg.Logger.WarnContext(ctx, "audit witnessing failed", slog.String("error", err.Error()))
+			}
+		}
+	}
+	s.cps, err = NewCheckpointer(ctx, ccfg)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +167,13 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 	s.vkey, err = s.cps.VerifierKey()
 	if err != nil {
 		return nil, err
+	}
+	if len(cfg.Witnesses) > 0 && !cfg.ReadOnly {
+		// A restart on a log whose tail was cut off: the witnesses remember the newer
+		// checkpoint. (A witness that cannot be reached does not stop the start.)
+		if _, err := s.Witness(ctx); err != nil && !errors.Is(err, ErrNoCheckpoint) {
+			cfg.Logger.WarnContext(ctx, "audit witnessing at start", slog.String("error", err.Error()))
+		}
 	}
 	return s, nil
 }
@@ -211,7 +230,7 @@ func (s *Service) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 // Verify verifies the whole trail against the live log (see the package function Verify).
 func (s *Service) Verify(ctx context.Context) (*Report, error) {
 	return Verify(ctx, VerifyConfig{Pool: s.cfg.Pool, Log: s.log, VerifierKey: s.vkey, Origin: s.cfg.Origin,
-		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now, Keys: s.skeys, RetentionMinAge: s.cfg.RetentionMinAge})
+		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now, Keys: s.skeys, RetentionMinAge: s.cfg.RetentionMinAge, Witnesses: s.cfg.Witnesses})
 }
 
 // Stats is the audit chain's health: the shipper's backlog and the checkpoint state.

@@ -112,6 +112,10 @@ type VerifyConfig struct {
 	NoDomain bool
 	// Deep also counts the observations stored from each upload against its event.
 	Deep bool
+	// Witnesses are required: the latest checkpoint must carry each one's cosignature (once
+	// older than PendingGrace), and a witness with a URL is asked whether it cosigned a
+	// larger checkpoint of this log (a truncated or rolled-back log). Default none.
+	Witnesses []WitnessEndpoint
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -183,6 +187,9 @@ func (v *verifier) run(ctx context.Context) error {
 		return err
 	}
 	v.gaps()
+	if err := v.checkWitnesses(ctx); err != nil {
+		return err
+	}
 	if !v.cfg.NoDomain {
 		if err := v.crossCheck(ctx); err != nil {
 			return err
