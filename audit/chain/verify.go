@@ -60,6 +60,9 @@ type PendingEvent struct {
 	ID    string        `json:"id"`
 	State string        `json:"state"` // "outbox" (not sealed), "sealed" (not integrated), "integrated" (after the latest checkpoint)
 	Age   time.Duration `json:"age_ns"`
+	// Stopped: the writer stopped in order after recording it (its final attestation covers
+	// it) before it was checkpointed; it is logged at the next start. Not a finding.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // CheckpointSummary identifies the checkpoint a report was verified against.
@@ -166,6 +169,7 @@ type verifier struct {
 	cp  *Checkpoint // latest valid checkpoint
 
 	sessions map[uuid.UUID]*sessionSeen // what each writer session wrote and attested
+	overdue  []overdue                  // events pending longer than the grace period
 	domain   *domainEvents              // what the domain cross-check needs of the events
 }
 
@@ -187,6 +191,7 @@ func (v *verifier) run(ctx context.Context) error {
 		return err
 	}
 	v.gaps()
+	v.overdueFindings()
 	if err := v.checkWitnesses(ctx); err != nil {
 		return err
 	}
@@ -500,7 +505,7 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 				Detail: "the row claims a batch that does not contain it"})
 			continue
 		case exp == nil:
-			v.pending(PendingEvent{ID: id, State: "outbox", Age: max(now.Sub(ev.RecordedAt), 0)})
+			v.pending(PendingEvent{ID: id, State: "outbox", Age: max(now.Sub(ev.RecordedAt), 0)}, &ev)
 			continue
 		}
 		switch {
@@ -513,9 +518,9 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 		case exp.proven:
 			v.rep.ProvenEvents++
 		case exp.inLog:
-			v.pending(PendingEvent{ID: id, State: "integrated", Age: max(now.Sub(ev.RecordedAt), 0)})
+			v.pending(PendingEvent{ID: id, State: "integrated", Age: max(now.Sub(ev.RecordedAt), 0)}, &ev)
 		default:
-			v.pending(PendingEvent{ID: id, State: "sealed", Age: max(now.Sub(ev.RecordedAt), 0)})
+			v.pending(PendingEvent{ID: id, State: "sealed", Age: max(now.Sub(ev.RecordedAt), 0)}, &ev)
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -542,6 +547,7 @@ type sessionSeen struct {
 	seqs       []uint64
 	through    uint64
 	rolledBack map[uint64]bool
+	finalSeq   uint64 // the counter of the session's final attestation (it stopped in order)
 }
 
 // authenticate checks an event row's authentication tag (when verify has the key ring) and
@@ -572,6 +578,9 @@ func (v *verifier) authenticate(ctx context.Context, ev *StoredEvent) (bool, err
 		var a audit.Attestation
 		if err := json.Unmarshal(ev.Payload, &a); err == nil {
 			ss.through = max(ss.through, a.Through)
+			if a.Final {
+				ss.finalSeq = max(ss.finalSeq, uint64(ev.SessionSeq))
+			}
 			for _, n := range a.RolledBack {
 				ss.rolledBack[n] = true
 			}
@@ -608,13 +617,41 @@ func (v *verifier) gaps() {
 	}
 }
 
-func (v *verifier) pending(p PendingEvent) {
+func (v *verifier) pending(p PendingEvent, ev *StoredEvent) {
 	v.rep.PendingEvents++
 	if p.Age > v.cfg.PendingGrace {
-		v.find(Finding{Kind: FindingPending, EventID: p.ID, Detail: fmt.Sprintf("not in the log after %s (%s)", p.Age.Round(time.Second), p.State)})
+		v.overdue = append(v.overdue, overdue{p: p, session: ev.Session, seq: uint64(ev.SessionSeq)})
+		return
 	}
+	v.listPending(p)
+}
+
+func (v *verifier) listPending(p PendingEvent) {
 	if len(v.rep.Pending) < maxListedPending {
 		v.rep.Pending = append(v.rep.Pending, p)
+	}
+}
+
+// overdue is an event pending longer than the grace period.
+type overdue struct {
+	p       PendingEvent
+	session uuid.UUID
+	seq     uint64
+}
+
+// overdueFindings reports the events pending longer than the grace period, except those of a
+// writer that stopped in order (its final attestation covers them, and is authentic): the
+// server was stopped before they were checkpointed, which is not tampering.
+func (v *verifier) overdueFindings() {
+	for _, o := range v.overdue {
+		ss := v.sessions[o.session]
+		if v.cfg.Keys != nil && ss != nil && ss.finalSeq != 0 && o.seq <= ss.finalSeq {
+			o.p.Stopped = true
+			v.listPending(o.p)
+			continue
+		}
+		v.find(Finding{Kind: FindingPending, EventID: o.p.ID, Detail: fmt.Sprintf("not in the log after %s (%s)", o.p.Age.Round(time.Second), o.p.State)})
+		v.listPending(o.p)
 	}
 }
 

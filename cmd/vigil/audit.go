@@ -95,8 +95,13 @@ func openAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring,
 		_ = closeRing(ctx)
 		return nil, nil, err
 	}
+	ws, err := witnessesFromEnv()
+	if err != nil {
+		_ = closeRing(ctx)
+		return nil, nil, err
+	}
 	cfg := chain.Config{Pool: db.pool, Recorder: db.rec, Backlog: db.rec, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
-		EventKeys: enc, ReadOnly: readOnly, Logger: slog.Default()}
+		EventKeys: enc, Witnesses: ws, ReadOnly: readOnly, Logger: slog.Default()}
 	var svc *chain.Service
 	if readOnly {
 		svc, err = chain.OpenIdle(ctx, cfg)
@@ -117,7 +122,7 @@ func newAuditCmd() *cobra.Command {
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd(), newAuditWitnessCmd())
 	return cmd
 }
 
@@ -133,6 +138,8 @@ func newAuditVerifyCmd() *cobra.Command {
 		asJSON   bool
 		packFile string
 		key      string
+		wspecs   []string
+		deep     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -140,7 +147,14 @@ func newAuditVerifyCmd() *cobra.Command {
 		Long: `Verify recomputes every event's leaf from its database row, checks each batch leaf's inclusion
 under the latest signed checkpoint, checks consistency across all stored checkpoints and with
 the live log, and reports events not yet in the log (with their age), rows modified, deleted
-or added without a leaf, a truncated outbox and a forked log.
+or added without a leaf, a truncated outbox and a forked log. With the key ring it checks each
+event's authentication tag (forged or back-dated events: unauthenticated), each writer
+session's numbering (a committed action whose event was deleted: sequence_gap) and erasures
+before the retention age (erased_early); it cross-checks domain rows (alarms, device keys, rule
+versions, uploads) against what their events say (unaudited_change, domain_mismatch; --deep
+also counts each upload's observations). With --witness KEY@URL it requires the witness's
+cosignature on the latest checkpoint and asks the witness whether it cosigned a larger one (a
+truncated or rolled-back log: witness). docs/audit.md lists every finding.
 
 With --pack it verifies an audit pack written by 'vigil audit export', offline: no database,
 no log, no trust in the server. Give --key (the operator's published verifier key) to check
@@ -190,7 +204,14 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 				return err
 			}
 			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
-			rep, err := svc.Verify(ctx)
+			vcfg := svc.VerifyConfig()
+			vcfg.Deep = deep
+			if len(wspecs) > 0 {
+				if vcfg.Witnesses, err = parseWitnesses(wspecs); err != nil {
+					return err
+				}
+			}
+			rep, err := chain.Verify(ctx, vcfg)
 			if err != nil {
 				return err
 			}
@@ -212,6 +233,8 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().StringVar(&packFile, "pack", "", "verify this audit pack offline instead of the database")
 	cmd.Flags().StringVar(&key, "key", "", "with --pack: the verifier key to trust (default: the pack's own, shown)")
+	cmd.Flags().StringArrayVar(&wspecs, "witness", nil, "require this witness: KEY or KEY@URL (repeatable; default VIGIL_AUDIT_WITNESSES)")
+	cmd.Flags().BoolVar(&deep, "deep", false, "also count the observations stored from each upload against its event")
 	return cmd
 }
 
