@@ -293,11 +293,12 @@ func (o *Outbox) prepare(ev Event, now func() time.Time) (prepared, error) {
 	if _, err := rand.Read(salt); err != nil {
 		return prepared{}, fmt.Errorf("salt: %w", err)
 	}
-	ac := leaf.Commit(salt, leaf.LabelActorID, []byte(ev.Actor.ID))
-	oc := leaf.Commit(salt, leaf.LabelObjectID, []byte(ev.Object.ID))
-	rc := leaf.Commit(salt, leaf.LabelRequestID, []byte(ev.RequestID))
-	sc := leaf.Commit(salt, leaf.LabelSourceAddr, []byte(ev.SourceAddr))
-	pc := PayloadCommitment(salt, payload)
+	cm := leaf.NewCommitter(salt)
+	ac := cm.Commit(leaf.LabelActorID, []byte(ev.Actor.ID))
+	oc := cm.Commit(leaf.LabelObjectID, []byte(ev.Object.ID))
+	rc := cm.Commit(leaf.LabelRequestID, []byte(ev.RequestID))
+	sc := cm.Commit(leaf.LabelSourceAddr, []byte(ev.SourceAddr))
+	pc := cm.Commit(leaf.LabelPayload, payload)
 	l := leaf.Event{ID: ev.ID, Time: ev.Time, RecordedAt: recorded, ActorKind: string(ev.Actor.Kind), ActorID: ac,
 		ActorAuth: ev.Actor.AuthMethod, Action: ev.Action, ObjectType: ev.Object.Type, ObjectID: oc,
 		Outcome: string(ev.Outcome), Reason: ev.Reason, RequestID: rc, SourceAddr: sc, PayloadHash: pc}

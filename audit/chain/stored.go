@@ -142,11 +142,12 @@ func (e *StoredEvent) CheckCommitments() error {
 		}
 		return nil
 	}
+	cm := leaf.NewCommitter(e.Salt)
 	for _, f := range fields {
 		if !f.set {
 			continue
 		}
-		if c := leaf.Commit(e.Salt, f.label, f.value); !bytes.Equal(c[:], f.c[:]) {
+		if c := cm.Commit(f.label, f.value); !bytes.Equal(c[:], f.c[:]) {
 			return fmt.Errorf("%w: %s", errCommitment, f.label)
 		}
 	}

@@ -193,3 +193,15 @@ func TestBatchLeafVector(t *testing.T) {
 		}
 	}
 }
+
+// A Committer gives exactly Commit's values, field after field.
+// Verifies: REQ-AUD-003
+func TestCommitterMatchesCommit(t *testing.T) {
+	salt := bytes.Repeat([]byte{7}, 32)
+	c := leaf.NewCommitter(salt)
+	for _, f := range []struct{ label, value string }{{leaf.LabelActorID, "dev-42"}, {leaf.LabelPayload, `{"n":1}`}, {leaf.LabelObjectID, ""}} {
+		if got, want := c.Commit(f.label, []byte(f.value)), leaf.Commit(salt, f.label, []byte(f.value)); got != want {
+			t.Errorf("Committer.Commit(%s) = %x, want %x", f.label, got, want)
+		}
+	}
+}

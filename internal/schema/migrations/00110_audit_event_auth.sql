@@ -18,14 +18,14 @@ ALTER TABLE audit_events
     ADD COLUMN auth_mac    bytea CHECK (length(auth_mac) = 32),
     -- Set by the shipper when it refused to log the row (no valid authentication).
     ADD COLUMN refused_at  timestamptz;
-CREATE UNIQUE INDEX audit_events_session_seq ON audit_events (session_id, session_seq);
+-- (No index on (session_id, session_seq): verify reads every row anyway, and a duplicate
+-- number cannot carry a valid tag, which covers the event id.)
 DROP INDEX audit_events_pending;
 CREATE INDEX audit_events_pending ON audit_events (seq) WHERE batch_id IS NULL AND refused_at IS NULL;
 
 -- +goose Down
 DROP INDEX audit_events_pending;
 CREATE INDEX audit_events_pending ON audit_events (seq) WHERE batch_id IS NULL;
-DROP INDEX audit_events_session_seq;
 ALTER TABLE audit_events DROP COLUMN refused_at, DROP COLUMN auth_mac, DROP COLUMN session_seq,
     DROP COLUMN session_id, ALTER COLUMN recorded_at SET DEFAULT now();
 DROP TABLE audit_sessions;
