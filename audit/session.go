@@ -187,7 +187,8 @@ type session struct {
 	id uuid.UUID
 
 	mu       sync.Mutex
-	key      []byte         // nil until EnableAuthentication
+	key      []byte // nil until EnableAuthentication
+	macer    *leaf.EventMACer
 	enc      keys.Encrypter // the key ring's encrypter given to EnableAuthentication
 	next     uint64         // last counter issued
 	attested uint64         // Through of the last attestation
@@ -236,7 +237,7 @@ func (s *session) issue(e *leaf.Event) ([]byte, error) {
 		}
 		return nil, nil
 	}
-	mac := leaf.EventMAC(s.key, enc)
+	mac := s.macer.MAC(enc)
 	return mac[:], nil
 }
 
@@ -281,6 +282,7 @@ func (o *Outbox) EnableAuthentication(ctx context.Context, enc keys.Encrypter) e
 		return errors.New("audit: authentication already enabled")
 	}
 	s.key = key
+	s.macer = leaf.NewEventMACer(key)
 	s.enc = enc
 	late := s.unauth
 	s.unauth = nil

@@ -160,6 +160,9 @@ func TestEventMACVector(t *testing.T) {
 	if got, want := hex.EncodeToString(m[:]), "a962cb8a2ad018cf0757fbef0d412eb88c7490ccc5b8c66e4a8eae6e6f54c1b5"; got != want {
 		t.Errorf("EventMAC(0b×32, sample) = %s, want %s", got, want)
 	}
+	if got := leaf.NewEventMACer(bytes.Repeat([]byte{0x0b}, 32)).MAC(b); got != m {
+		t.Errorf("EventMACer.MAC() = %x, want %x", got, m)
+	}
 	// Every field is under the tag: the record time and the counter too.
 	for _, mut := range []func(*leaf.Event){
 		func(e *leaf.Event) { e.RecordedAt = e.RecordedAt.Add(-time.Hour) },
