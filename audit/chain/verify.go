@@ -667,7 +667,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "events: %d rows, %d proven in the log, %d pending\n", r.Events, r.ProvenEvents, r.PendingEvents)
 	for _, p := range r.Pending {
 		if p.Age > time.Second {
-			fmt.Fprintf(&b, "  pending %s: %s for %s\n", p.ID, p.State, p.Age.Round(time.Millisecond))
+			stopped := ""
+			if p.Stopped {
+				stopped = " (its writer stopped in order; logged at the next start)"
+			}
+			fmt.Fprintf(&b, "  pending %s: %s for %s%s\n", p.ID, p.State, p.Age.Round(time.Millisecond), stopped)
 		}
 	}
 	if r.OK {
