@@ -19,7 +19,7 @@ LDFLAGS := -X main.version=$(VERSION)
 FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages devices/envelope:FuzzVerifierMatchesStdlib \
 	devices/mqttwire:FuzzParseUpTopic devices/mqttwire:FuzzParseReply \
 	devices/sdk:FuzzVerifyReceipt devices/sdk:FuzzParseErrorAnswer \
-	audit/chain:FuzzVerifyPack audit/leaf:FuzzDecodeEvent keys:FuzzEnvelopeDecrypt \
+	audit/chain:FuzzVerifyPack audit/leaf:FuzzDecodeEvent audit/witness:FuzzParseRequest keys:FuzzEnvelopeDecrypt \
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
 	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
 	server:FuzzCheckJSON \

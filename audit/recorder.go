@@ -77,6 +77,9 @@ type Config struct {
 	// Pushback is when Admit tells callers to push back on new work. Zero fields take the
 	// defaults of PushbackPolicy.
 	Pushback PushbackPolicy
+	// AttestInterval is how often the session attests the counters whose transactions
+	// ended (see EnableAuthentication). Default 1s.
+	AttestInterval time.Duration
 }
 
 // Outbox is the Recorder: it prepares each event (id, time, salt, the commitments that enter
@@ -89,8 +92,12 @@ type Config struct {
 // prepared, so that what is done to each event at record time is done to all of them. It is
 // safe for concurrent use; Close stops its group committer.
 type Outbox struct {
-	cfg Config
-	gc  *groupCommitter
+	cfg  Config
+	gc   *groupCommitter
+	sess *session
+
+	attStop, attDone chan struct{} // the attester, once authentication is enabled
+	closeOnce        sync.Once
 
 	bmu     sync.Mutex
 	backlog Backlog
@@ -110,15 +117,34 @@ func NewOutbox(cfg Config) (*Outbox, error) {
 	if cfg.CommitTimeout <= 0 {
 		cfg.CommitTimeout = 10 * time.Second
 	}
+	if cfg.AttestInterval <= 0 {
+		cfg.AttestInterval = time.Second
+	}
 	cfg.Pushback.setDefaults()
-	o := &Outbox{cfg: cfg}
+	sess, err := newSession()
+	if err != nil {
+		return nil, fmt.Errorf("audit: new session: %w", err)
+	}
+	o := &Outbox{cfg: cfg, sess: sess}
 	o.gc = newGroupCommitter(o)
 	return o, nil
 }
 
-// Close stops the group committer after committing what was queued. RecordNow afterwards
-// returns ErrClosed; Record and RecordMany keep working (they use the caller's transaction).
-func (o *Outbox) Close() { o.gc.close() }
+// Close stops the attester after a last attestation, then the group committer after
+// committing what was queued. RecordNow afterwards returns ErrClosed; Record and RecordMany
+// keep working (they use the caller's transaction).
+func (o *Outbox) Close() {
+	o.closeOnce.Do(func() {
+		if o.attStop != nil {
+			close(o.attStop)
+			<-o.attDone
+			ctx, cancel := context.WithTimeout(context.Background(), o.cfg.CommitTimeout)
+			_ = o.attest(ctx, true)
+			cancel()
+		}
+		o.gc.close()
+	})
+}
 
 // Record implements Recorder.
 func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, ev Event) (uuid.UUID, error) {
@@ -126,26 +152,30 @@ func (o *Outbox) Record(ctx context.Context, tx pgx.Tx, ev Event) (uuid.UUID, er
 	if err != nil {
 		return uuid.Nil, fmt.Errorf("record audit event %s: %w", ev.Action, err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO audit_events (`+insertColumnList+`)
-		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19)`, r...); err != nil {
+	var xid string
+	err = tx.QueryRow(ctx, `INSERT INTO audit_events (`+insertColumnList+`)
+		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23)
+		RETURNING pg_current_xact_id()::text`, r.row...).Scan(&xid)
+	o.sess.written([]uint64{r.seq}, xid)
+	if err != nil {
 		return uuid.Nil, fmt.Errorf("record audit event %s: %w", ev.Action, err)
 	}
-	return r[0].(uuid.UUID), nil
+	return r.row[0].(uuid.UUID), nil
 }
 
 // RecordMany implements BatchRecorder: one COPY for all of evs. The first invalid event is
 // reported with its index and nothing is written.
 func (o *Outbox) RecordMany(ctx context.Context, tx pgx.Tx, evs []Event) ([]uuid.UUID, error) {
-	rows, err := o.prepareAll(evs)
+	ps, err := o.prepareAll(evs)
 	if err != nil {
 		return nil, err
 	}
-	if err := copyRows(ctx, tx, rows); err != nil {
+	if err := o.copyPrepared(ctx, tx, ps); err != nil {
 		return nil, err
 	}
-	ids := make([]uuid.UUID, len(rows))
-	for i, r := range rows {
-		ids[i] = r[0].(uuid.UUID)
+	ids := make([]uuid.UUID, len(ps))
+	for i, r := range ps {
+		ids[i] = r.row[0].(uuid.UUID)
 	}
 	return ids, nil
 }
@@ -153,23 +183,37 @@ func (o *Outbox) RecordMany(ctx context.Context, tx pgx.Tx, evs []Event) ([]uuid
 // RecordNow implements Recorder. The event is prepared (and refused when invalid) in the
 // caller's goroutine; the group committer only writes rows.
 func (o *Outbox) RecordNow(ctx context.Context, ev Event) (uuid.UUID, error) {
-	r, err := o.prepare(ev, o.cfg.Now)
-	if err != nil {
-		return uuid.Nil, fmt.Errorf("record audit event %s: %w", ev.Action, err)
-	}
-	if err := o.gc.commit(ctx, r); err != nil {
-		return uuid.Nil, fmt.Errorf("record audit event %s: %w", ev.Action, err)
-	}
-	return r[0].(uuid.UUID), nil
+	id, _, err := o.recordNowSeq(ctx, ev)
+	return id, err
 }
 
-func (o *Outbox) prepareAll(evs []Event) ([][]any, error) {
-	rows := make([][]any, len(evs))
+func (o *Outbox) recordNowSeq(ctx context.Context, ev Event) (uuid.UUID, uint64, error) {
+	r, err := o.prepare(ev, o.cfg.Now)
+	if err != nil {
+		return uuid.Nil, 0, fmt.Errorf("record audit event %s: %w", ev.Action, err)
+	}
+	if err := o.gc.commit(ctx, r); err != nil {
+		return uuid.Nil, 0, fmt.Errorf("record audit event %s: %w", ev.Action, err)
+	}
+	return r.row[0].(uuid.UUID), r.seq, nil
+}
+
+// prepared is an event ready for the outbox: the values of insertColumns and its counter.
+type prepared struct {
+	row []any
+	seq uint64
+}
+
+func (o *Outbox) prepareAll(evs []Event) ([]prepared, error) {
+	rows := make([]prepared, len(evs))
 	now := o.cfg.Now()
 	clock := func() time.Time { return now }
 	for i, ev := range evs {
 		r, err := o.prepare(ev, clock)
 		if err != nil {
+			for _, p := range rows[:i] {
+				o.sess.written([]uint64{p.seq}, "")
+			}
 			return nil, fmt.Errorf("record audit events: event %d (%s): %w", i, ev.Action, err)
 		}
 		rows[i] = r
@@ -177,64 +221,98 @@ func (o *Outbox) prepareAll(evs []Event) ([][]any, error) {
 	return rows, nil
 }
 
-func copyRows(ctx context.Context, tx pgx.Tx, rows [][]any) error {
-	if len(rows) == 0 {
+// copyPrepared writes ps in tx with one COPY and records the transaction that wrote them
+// (or that the write failed) for the session's attestation.
+func (o *Outbox) copyPrepared(ctx context.Context, tx pgx.Tx, ps []prepared) error {
+	if len(ps) == 0 {
 		return nil
+	}
+	seqs := make([]uint64, len(ps))
+	rows := make([][]any, len(ps))
+	for i, p := range ps {
+		seqs[i], rows[i] = p.seq, p.row
+	}
+	xid, err := copyRows(ctx, tx, rows)
+	if err != nil {
+		xid = ""
+	}
+	o.sess.written(seqs, xid)
+	return err
+}
+
+func copyRows(ctx context.Context, tx pgx.Tx, rows [][]any) (string, error) {
+	var xid string
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+		return "", fmt.Errorf("record audit events: %w", err)
 	}
 	n, err := tx.CopyFrom(ctx, pgx.Identifier{"audit_events"}, insertColumns, pgx.CopyFromRows(rows))
 	if err != nil {
-		return fmt.Errorf("record audit events: copy %d events: %w", len(rows), err)
+		return "", fmt.Errorf("record audit events: copy %d events: %w", len(rows), err)
 	}
 	if int(n) != len(rows) {
-		return fmt.Errorf("record audit events: copied %d of %d", n, len(rows))
+		return "", fmt.Errorf("record audit events: copied %d of %d", n, len(rows))
 	}
-	return nil
+	return xid, nil
 }
 
 var insertColumns = []string{"id", "occurred_at", "actor_kind", "actor_id", "actor_auth", "action",
 	"object_type", "object_id", "outcome", "reason", "request_id", "source_addr", "payload", "salt",
-	"actor_id_c", "object_id_c", "request_id_c", "source_addr_c", "payload_commitment"}
+	"actor_id_c", "object_id_c", "request_id_c", "source_addr_c", "payload_commitment",
+	"recorded_at", "session_id", "session_seq", "auth_mac"}
 
 var insertColumnList = strings.Join(insertColumns, ", ")
 
-// prepare validates ev, fills id and time, draws the salt and computes the commitments; it
-// returns the values of insertColumns. It is the one place an event is made ready for the
-// outbox.
-func (o *Outbox) prepare(ev Event, now func() time.Time) ([]any, error) {
+// prepare validates ev, fills id and time, draws the salt, computes the commitments, numbers
+// the event in the session and authenticates it; it returns the values of insertColumns. It
+// is the one place an event is made ready for the outbox.
+func (o *Outbox) prepare(ev Event, now func() time.Time) (prepared, error) {
 	if ev.ID == uuid.Nil {
 		id, err := uuid.NewV7()
 		if err != nil {
-			return nil, fmt.Errorf("new id: %w", err)
+			return prepared{}, fmt.Errorf("new id: %w", err)
 		}
 		ev.ID = id
 	}
+	recorded := now().UTC().Truncate(time.Microsecond) // PostgreSQL precision
 	if ev.Time.IsZero() {
-		ev.Time = now()
+		ev.Time = recorded
 	}
-	ev.Time = ev.Time.UTC().Truncate(time.Microsecond) // PostgreSQL precision
+	ev.Time = ev.Time.UTC().Truncate(time.Microsecond)
 	if err := ev.Validate(); err != nil {
-		return nil, err
+		return prepared{}, err
 	}
 	var payload []byte
 	if ev.Payload != nil {
 		b, err := json.Marshal(ev.Payload)
 		if err != nil {
-			return nil, fmt.Errorf("%w: payload: %v", ErrInvalidEvent, err)
+			return prepared{}, fmt.Errorf("%w: payload: %v", ErrInvalidEvent, err)
 		}
 		payload = capPayload(b)
 	}
 	salt := make([]byte, 32)
 	if _, err := rand.Read(salt); err != nil {
-		return nil, fmt.Errorf("salt: %w", err)
+		return prepared{}, fmt.Errorf("salt: %w", err)
 	}
-	ac := leaf.Commit(salt, leaf.LabelActorID, []byte(ev.Actor.ID))
-	oc := leaf.Commit(salt, leaf.LabelObjectID, []byte(ev.Object.ID))
-	rc := leaf.Commit(salt, leaf.LabelRequestID, []byte(ev.RequestID))
-	sc := leaf.Commit(salt, leaf.LabelSourceAddr, []byte(ev.SourceAddr))
-	pc := PayloadCommitment(salt, payload)
-	return []any{ev.ID, ev.Time, string(ev.Actor.Kind), ev.Actor.ID, ev.Actor.AuthMethod, ev.Action,
+	cm := leaf.NewCommitter(salt)
+	ac := cm.Commit(leaf.LabelActorID, []byte(ev.Actor.ID))
+	oc := cm.Commit(leaf.LabelObjectID, []byte(ev.Object.ID))
+	rc := cm.Commit(leaf.LabelRequestID, []byte(ev.RequestID))
+	sc := cm.Commit(leaf.LabelSourceAddr, []byte(ev.SourceAddr))
+	pc := cm.Commit(leaf.LabelPayload, payload)
+	l := leaf.Event{ID: ev.ID, Time: ev.Time, RecordedAt: recorded, ActorKind: string(ev.Actor.Kind), ActorID: ac,
+		ActorAuth: ev.Actor.AuthMethod, Action: ev.Action, ObjectType: ev.Object.Type, ObjectID: oc,
+		Outcome: string(ev.Outcome), Reason: ev.Reason, RequestID: rc, SourceAddr: sc, PayloadHash: pc}
+	mac, err := o.sess.issue(&l)
+	if err != nil {
+		return prepared{}, err
+	}
+	var macv any
+	if mac != nil {
+		macv = mac
+	}
+	return prepared{seq: l.SessionSeq, row: []any{ev.ID, ev.Time, string(ev.Actor.Kind), ev.Actor.ID, ev.Actor.AuthMethod, ev.Action,
 		ev.Object.Type, ev.Object.ID, string(ev.Outcome), ev.Reason, ev.RequestID, ev.SourceAddr,
-		nullJSON(payload), salt, ac[:], oc[:], rc[:], sc[:], pc[:]}, nil
+		nullJSON(payload), salt, ac[:], oc[:], rc[:], sc[:], pc[:], recorded, l.Session, int64(l.SessionSeq), macv}}, nil
 }
 
 // PayloadCommitment is the keyed commitment to an event's payload JSON (leaf.Commit with the
@@ -265,7 +343,7 @@ type groupCommitter struct {
 }
 
 type commitReq struct {
-	row   []any
+	p     prepared
 	reply chan error
 }
 
@@ -305,28 +383,46 @@ func (g *groupCommitter) loop() {
 func (g *groupCommitter) write(group []commitReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), g.o.cfg.CommitTimeout)
 	defer cancel()
-	rows := make([][]any, len(group))
+	ps := make([]prepared, len(group))
 	for i, r := range group {
-		rows[i] = r.row
+		ps[i] = r.p
 	}
-	err := pgx.BeginFunc(ctx, g.o.cfg.Pool, func(tx pgx.Tx) error { return copyRows(ctx, tx, rows) })
+	var xid string
+	err := pgx.BeginFunc(ctx, g.o.cfg.Pool, func(tx pgx.Tx) error {
+		rows := make([][]any, len(ps))
+		for i, p := range ps {
+			rows[i] = p.row
+		}
+		var err error
+		xid, err = copyRows(ctx, tx, rows)
+		return err
+	})
 	if err != nil && len(group) > 1 {
 		for _, r := range group {
 			g.write([]commitReq{r})
 		}
 		return
 	}
+	seqs := make([]uint64, len(ps))
+	for i, p := range ps {
+		seqs[i] = p.seq
+	}
+	if err != nil {
+		xid = ""
+	}
+	g.o.sess.written(seqs, xid)
 	for _, r := range group {
 		r.reply <- err
 	}
 }
 
 // commit queues a prepared row and waits until it is committed.
-func (g *groupCommitter) commit(ctx context.Context, row []any) error {
-	r := commitReq{row: row, reply: make(chan error, 1)}
+func (g *groupCommitter) commit(ctx context.Context, p prepared) error {
+	r := commitReq{p: p, reply: make(chan error, 1)}
 	g.mu.RLock()
 	if g.closed {
 		g.mu.RUnlock()
+		g.o.sess.written([]uint64{p.seq}, "")
 		return ErrClosed
 	}
 	select {
@@ -334,6 +430,7 @@ func (g *groupCommitter) commit(ctx context.Context, row []any) error {
 		g.mu.RUnlock()
 	case <-ctx.Done():
 		g.mu.RUnlock()
+		g.o.sess.written([]uint64{p.seq}, "")
 		return ctx.Err()
 	}
 	// Once queued, the event is committed (or fails) whatever ctx does: wait for the answer.

@@ -26,6 +26,7 @@ func (s *Server) mountAudit(api *echo.Group) {
 	api.GET("/audit/verifier-key", s.auditVerifierKey)
 	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
+	api.GET("/audit/consistency", s.auditConsistency) // audit_consistency.go
 	api.GET("/audit/events", s.auditEvents)
 	api.GET("/audit/events/:id", s.auditEvent)
 }

@@ -151,6 +151,9 @@ type CheckpointerConfig struct {
 	Origin string
 	// Interval between checkpoints while the log grows. Default 5s.
 	Interval time.Duration
+	// After is called by the background loop after each new checkpoint (witnessing).
+	// Optional.
+	After func(ctx context.Context, cp Checkpoint)
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives incidents. Default slog.Default().
@@ -206,9 +209,15 @@ func (c *Checkpointer) Start() {
 	c.stop, c.done = cancel, make(chan struct{})
 	go func() {
 		defer close(c.done)
+		var last int64
 		every.Tick(ctx, c.cfg.Interval, func(ctx context.Context) {
-			if _, err := c.Checkpoint(ctx); err != nil && ctx.Err() == nil && !errors.Is(err, ErrInconsistent) {
+			cp, err := c.Checkpoint(ctx)
+			if err != nil && ctx.Err() == nil && !errors.Is(err, ErrInconsistent) {
 				c.cfg.Logger.WarnContext(ctx, "audit checkpoint failed", slog.String("error", err.Error()))
+			}
+			if err == nil && cp.ID != last && c.cfg.After != nil {
+				last = cp.ID
+				c.cfg.After(ctx, cp)
 			}
 		})
 	}()

@@ -95,7 +95,7 @@ func TestExternalTrillian(t *testing.T) {
 	for {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var err error
-		svc, err = chain.OpenIdle(octx, chain.Config{Pool: pool, Recorder: rec, TrillianAddr: addr, Signer: newSigner(t), BatchSize: 4, Logger: quiet})
+		svc, err = chain.OpenIdle(octx, chain.Config{Pool: pool, Recorder: rec, EventKeys: rec.EventKeys(), TrillianAddr: addr, Signer: newSigner(t), BatchSize: 4, Logger: quiet})
 		cancel()
 		if err == nil {
 			break

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/keys"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -53,6 +54,21 @@ type Config struct {
 	MaxLag time.Duration
 	// PendingGrace is how long verify lets an event wait before reporting it. Default 1 minute.
 	PendingGrace time.Duration
+	// EventKeys is the key ring's encrypter that unwraps the writer sessions' keys (see
+	// audit.Outbox.EnableAuthentication): the shipper refuses, and verify reports, any event
+	// without a valid authentication tag. Nil turns both checks off (load tools only; verify
+	// then reports authentication_unchecked).
+	EventKeys keys.Encrypter
+	// RetentionMinAge is the retention age of events (verify's erased_early). Default
+	// DefaultRetentionMinAge.
+	RetentionMinAge time.Duration
+	// FinalFlush bounds the last shipping pass and checkpoint Close makes after Open (an
+	// orderly stop). Default 10s.
+	FinalFlush time.Duration
+	// Witnesses receive every new checkpoint with its consistency proof (C2SP tlog-witness)
+	// and their cosignatures are stored; at Open they are asked whether they hold a newer
+	// checkpoint than the database (a rollback: an incident). Default none.
+	Witnesses []WitnessEndpoint
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// Logger receives the workers' failures and incidents. Default slog.Default().
@@ -69,6 +85,8 @@ type Service struct {
 	shipper  *Shipper
 	cps      *Checkpointer
 	vkey     string
+	skeys    *audit.SessionKeys
+	started  bool // Open (not OpenIdle): Close makes a final checkpoint
 }
 
 // Open connects to (or starts) Trillian, opens or creates the log tree, and starts the
@@ -80,6 +98,7 @@ func Open(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s.shipper.Start()
 	s.cps.Start()
+	s.started = true
 	return s, nil
 }
 
@@ -97,6 +116,9 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 	if cfg.MaxLag <= 0 {
 		cfg.MaxLag = 2 * time.Minute
 	}
+	if cfg.FinalFlush <= 0 {
+		cfg.FinalFlush = 10 * time.Second
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -104,6 +126,9 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Service{cfg: cfg}
+	if cfg.EventKeys != nil {
+		s.skeys = audit.NewSessionKeys(cfg.EventKeys)
+	}
 	defer func() {
 		if err != nil {
 			_ = s.Close(context.WithoutCancel(ctx))
@@ -129,12 +154,20 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 		return nil, err
 	}
 	s.shipper, err = NewShipper(ShipperConfig{Pool: cfg.Pool, Log: s.log, BatchSize: cfg.BatchSize,
-		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger, Backlog: cfg.Backlog})
+		Window: cfg.Window, Now: cfg.Now, Logger: cfg.Logger, Backlog: cfg.Backlog, Keys: s.skeys})
 	if err != nil {
 		return nil, err
 	}
-	s.cps, err = NewCheckpointer(ctx, CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer, Recorder: cfg.Recorder,
-		Origin: cfg.Origin, Interval: cfg.CheckpointInterval, Now: cfg.Now, Logger: cfg.Logger})
+	ccfg := CheckpointerConfig{Pool: cfg.Pool, Log: s.log, Signer: cfg.Signer, Recorder: cfg.Recorder,
+		Origin: cfg.Origin, Interval: cfg.CheckpointInterval, Now: cfg.Now, Logger: cfg.Logger}
+	if len(cfg.Witnesses) > 0 {
+		ccfg.After = func(ctx context.Context, _ Checkpoint) {
+			if _, err := s.Witness(ctx); err != nil && ctx.Err() == nil {
+				cfg.Logger.WarnContext(ctx, "audit witnessing failed", slog.String("error", err.Error()))
+			}
+		}
+	}
+	s.cps, err = NewCheckpointer(ctx, ccfg)
 	if err != nil {
 		return nil, err
 	}
@@ -142,6 +175,13 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 	s.vkey, err = s.cps.VerifierKey()
 	if err != nil {
 		return nil, err
+	}
+	if len(cfg.Witnesses) > 0 && !cfg.ReadOnly {
+		// A restart on a log whose tail was cut off: the witnesses remember the newer
+		// checkpoint. (A witness that cannot be reached does not stop the start.)
+		if _, err := s.Witness(ctx); err != nil && !errors.Is(err, ErrNoCheckpoint) {
+			cfg.Logger.WarnContext(ctx, "audit witnessing at start", slog.String("error", err.Error()))
+		}
 	}
 	return s, nil
 }
@@ -156,6 +196,12 @@ func (s *Service) Close(ctx context.Context) error {
 	if s.cps != nil {
 		errs = append(errs, s.cps.Close(ctx))
 	}
+	if s.started && !s.cfg.ReadOnly {
+		s.started = false
+		if err := s.finalCheckpoint(ctx); err != nil {
+			s.cfg.Logger.WarnContext(ctx, "audit chain: no final checkpoint at shutdown", slog.String("error", err.Error()))
+		}
+	}
 	if s.conn != nil {
 		errs = append(errs, s.conn.Close())
 	}
@@ -163,6 +209,38 @@ func (s *Service) Close(ctx context.Context) error {
 		errs = append(errs, s.embedded.Close(ctx))
 	}
 	return errors.Join(errs...)
+}
+
+// finalCheckpoint ships what is pending, waits for its integration (at most
+// Config.FinalFlush) and issues a last checkpoint (and submits it to the witnesses), so that
+// an orderly stop leaves no event outside a checkpoint but the writer's own final
+// attestation (verify reports those as stopped, not as pending).
+func (s *Service) finalCheckpoint(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.FinalFlush)
+	defer cancel()
+	for {
+		_, err := s.shipper.Step(ctx)
+		st := s.shipper.Stats()
+		if err == nil && st.PendingEvents == 0 && st.UnintegratedBatches == 0 {
+			break
+		}
+		t := time.NewTimer(20 * time.Millisecond) // the sequencer integrates on its own schedule
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("final flush: %w (last error %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+	if _, err := s.cps.Checkpoint(ctx); err != nil {
+		return err
+	}
+	if len(s.cfg.Witnesses) > 0 {
+		if _, err := s.Witness(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Log is the Trillian log handle.
@@ -196,9 +274,13 @@ func (s *Service) LatestCheckpoint(ctx context.Context) (Checkpoint, error) {
 }
 
 // Verify verifies the whole trail against the live log (see the package function Verify).
-func (s *Service) Verify(ctx context.Context) (*Report, error) {
-	return Verify(ctx, VerifyConfig{Pool: s.cfg.Pool, Log: s.log, VerifierKey: s.vkey, Origin: s.cfg.Origin,
-		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now})
+func (s *Service) Verify(ctx context.Context) (*Report, error) { return Verify(ctx, s.VerifyConfig()) }
+
+// VerifyConfig is the configuration Verify uses: this service's database, log, keys and
+// witnesses (a command adjusts it, e.g. Deep, and calls the package function Verify).
+func (s *Service) VerifyConfig() VerifyConfig {
+	return VerifyConfig{Pool: s.cfg.Pool, Log: s.log, VerifierKey: s.vkey, Origin: s.cfg.Origin,
+		PendingGrace: s.cfg.PendingGrace, Now: s.cfg.Now, Keys: s.skeys, RetentionMinAge: s.cfg.RetentionMinAge, Witnesses: s.cfg.Witnesses}
 }
 
 // Stats is the audit chain's health: the shipper's backlog and the checkpoint state.

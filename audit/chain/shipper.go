@@ -43,6 +43,10 @@ type ShipperConfig struct {
 	Logger *slog.Logger
 	// Backlog receives the backlog after every pass (the audit.Outbox). Optional.
 	Backlog BacklogSink
+	// Keys checks each event's authentication tag before it is sealed: an event without a
+	// valid one is never logged (it is marked refused, and an incident is raised). Nil ships
+	// without checking (load tools only; Service always sets it when Config.EventKeys is set).
+	Keys *audit.SessionKeys
 }
 
 // BacklogSink receives the shipper's view of the outbox's backlog after every pass;
@@ -230,27 +234,32 @@ func (s *Shipper) sealOne(ctx context.Context) (int, error) {
 	err := pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
 		// Only what the leaf is made of: no plaintext, no payload.
 		rows, err := tx.Query(ctx, `SELECT `+leafColumns+` FROM audit_events WHERE batch_id IS NULL
-			ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED`, s.cfg.BatchSize)
+			AND refused_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED`, s.cfg.BatchSize)
 		if err != nil {
 			return fmt.Errorf("select pending events: %w", err)
 		}
-		evs, err := pgx.CollectRows(rows, scanLeafEvent)
+		all, err := pgx.CollectRows(rows, scanLeafEvent)
 		if err != nil {
 			return fmt.Errorf("read pending events: %w", err)
 		}
-		n = len(evs)
-		if n == 0 {
+		n = len(all)
+		evs, err := s.authentic(ctx, tx, all)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
 			return nil
 		}
+		n2 := len(evs)
 		bid, err := uuid.NewV7()
 		if err != nil {
 			return err
 		}
-		hashes := make([]leaf.Hash, n)
-		ids := make([]byte, 0, 16*n)
-		hashBytes := make([]byte, 0, leaf.HashSize*n)
-		idList := make([]uuid.UUID, n)
-		idx := make([]int32, n)
+		hashes := make([]leaf.Hash, n2)
+		ids := make([]byte, 0, 16*n2)
+		hashBytes := make([]byte, 0, leaf.HashSize*n2)
+		idList := make([]uuid.UUID, n2)
+		idx := make([]int32, n2)
 		for i := range evs {
 			ev := &evs[i]
 			enc, err := ev.Encode()
@@ -268,9 +277,9 @@ func (s *Shipper) sealOne(ctx context.Context) (int, error) {
 		if err != nil {
 			return err
 		}
-		bl := leaf.Batch{ID: bid, Count: uint32(n), Root: root}
+		bl := leaf.Batch{ID: bid, Count: uint32(n2), Root: root}
 		if _, err := tx.Exec(ctx, `INSERT INTO audit_batches (id, sealed_at, count, root, event_ids, event_hashes, leaf_value)
-			VALUES ($1,$2,$3,$4,$5,$6,$7)`, bid, s.cfg.Now(), n, root[:], ids, hashBytes, bl.Encode()); err != nil {
+			VALUES ($1,$2,$3,$4,$5,$6,$7)`, bid, s.cfg.Now(), n2, root[:], ids, hashBytes, bl.Encode()); err != nil {
 			return fmt.Errorf("insert batch: %w", err)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE audit_events e SET batch_id = $1, batch_index = u.idx
@@ -283,6 +292,45 @@ func (s *Shipper) sealOne(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("audit shipper: seal batch: %w", err)
 	}
 	return n, nil
+}
+
+// authentic returns the events of evs whose authentication tag is valid. The others are
+// marked refused (never logged) and raise one incident per pass; verify names each of them.
+func (s *Shipper) authentic(ctx context.Context, tx pgx.Tx, evs []leafRow) ([]leafRow, error) {
+	if s.cfg.Keys == nil {
+		return evs, nil
+	}
+	ok := evs[:0:0]
+	var refused []uuid.UUID
+	var first string
+	for i := range evs {
+		err := s.cfg.Keys.Check(ctx, tx, &evs[i].Event, evs[i].mac)
+		switch {
+		case err == nil:
+			ok = append(ok, evs[i])
+		case errors.Is(err, audit.ErrUnauthenticated):
+			if first == "" {
+				first = fmt.Sprintf("event %s: %v", uuid.UUID(evs[i].ID), err)
+			}
+			refused = append(refused, evs[i].ID)
+		default:
+			return nil, fmt.Errorf("check event authentication: %w", err)
+		}
+	}
+	if len(refused) == 0 {
+		return ok, nil
+	}
+	now := s.cfg.Now()
+	if _, err := tx.Exec(ctx, `UPDATE audit_events SET refused_at = $1 WHERE id = ANY($2)`, now, refused); err != nil {
+		return nil, fmt.Errorf("refuse unauthenticated events: %w", err)
+	}
+	detail := fmt.Sprintf("%d event(s) without a valid authentication tag refused (never logged); first: %s", len(refused), first)
+	if _, err := tx.Exec(ctx, `INSERT INTO audit_incidents (at, kind, detail) VALUES ($1, 'unauthenticated_event', $2)`, now, detail); err != nil {
+		return nil, fmt.Errorf("record incident: %w", err)
+	}
+	s.cfg.Logger.ErrorContext(ctx, "audit shipper: refused unauthenticated events (forged or altered in the database)",
+		slog.Int("events", len(refused)), slog.String("first", first))
+	return ok, nil
 }
 
 // submit queues every batch not yet in the log that was never sent, or was sent longer than
@@ -380,8 +428,8 @@ func (s *Shipper) finishPass(ctx context.Context, passErr error) {
 	now := s.cfg.Now()
 	var oldestEv, oldestBatch *time.Time
 	err := s.cfg.Pool.QueryRow(ctx, `SELECT
-		(SELECT count(*) FROM audit_events WHERE batch_id IS NULL),
-		(SELECT recorded_at FROM audit_events WHERE batch_id IS NULL ORDER BY seq LIMIT 1),
+		(SELECT count(*) FROM audit_events WHERE batch_id IS NULL AND refused_at IS NULL),
+		(SELECT recorded_at FROM audit_events WHERE batch_id IS NULL AND refused_at IS NULL ORDER BY seq LIMIT 1),
 		(SELECT count(*) FROM audit_batches WHERE leaf_index IS NULL),
 		(SELECT sealed_at FROM audit_batches WHERE leaf_index IS NULL ORDER BY seq LIMIT 1)`).Scan(
 		&st.PendingEvents, &oldestEv, &st.UnintegratedBatches, &oldestBatch)

@@ -34,13 +34,17 @@ type StoredEvent struct {
 	Salt       []byte          `json:"-"`
 	BatchID    *uuid.UUID      `json:"batch_id"`
 	BatchIndex *int32          `json:"batch_index"`
+	Session    uuid.UUID       `json:"session_id"`  // the writer session (nil UUID when the row has none)
+	SessionSeq int64           `json:"session_seq"` // the event's number in its session
+	AuthMAC    []byte          `json:"-"`           // the session's authentication tag
 
 	ActorIDC, ObjectIDC, RequestIDC, SourceAddrC, PayloadC leaf.Hash `json:"-"`
 }
 
 const eventColumns = `id, seq, occurred_at, recorded_at, actor_kind, actor_id, actor_auth, action,
 	object_type, object_id, outcome, reason, request_id, source_addr, payload, salt,
-	actor_id_c, object_id_c, request_id_c, source_addr_c, payload_commitment, batch_id, batch_index`
+	actor_id_c, object_id_c, request_id_c, source_addr_c, payload_commitment, batch_id, batch_index,
+	session_id, session_seq, auth_mac`
 
 func scanStoredEvent(row pgx.CollectableRow) (StoredEvent, error) { return scanStoredEventExtra(row) }
 
@@ -49,13 +53,22 @@ func scanStoredEventExtra(row interface{ Scan(...any) error }, extra ...any) (St
 	var e StoredEvent
 	var payload *string
 	var ac, oc, rc, sc, pc []byte
+	var sess *uuid.UUID
+	var sseq *int64
 	dest := []any{&e.ID, &e.Seq, &e.Time, &e.RecordedAt, &e.ActorKind, &e.ActorID, &e.ActorAuth, &e.Action,
 		&e.ObjectType, &e.ObjectID, &e.Outcome, &e.Reason, &e.RequestID, &e.SourceAddr, &payload, &e.Salt,
-		&ac, &oc, &rc, &sc, &pc, &e.BatchID, &e.BatchIndex}
+		&ac, &oc, &rc, &sc, &pc, &e.BatchID, &e.BatchIndex, &sess, &sseq, &e.AuthMAC}
 	err := row.Scan(append(dest, extra...)...)
 	if err != nil {
 		return e, err
 	}
+	if sess != nil {
+		e.Session = *sess
+	}
+	if sseq != nil {
+		e.SessionSeq = *sseq
+	}
+	e.RecordedAt = e.RecordedAt.UTC()
 	if payload != nil {
 		e.Payload = json.RawMessage(*payload)
 	}
@@ -75,7 +88,8 @@ func scanStoredEventExtra(row interface{ Scan(...any) error }, extra ...any) (St
 // Leaf returns the PHI-free leaf form of the event (commitments only).
 func (e *StoredEvent) Leaf() leaf.Event {
 	return leaf.Event{
-		ID: e.ID, Time: e.Time, ActorKind: e.ActorKind, ActorID: e.ActorIDC, ActorAuth: e.ActorAuth,
+		ID: e.ID, Time: e.Time, RecordedAt: e.RecordedAt, Session: e.Session, SessionSeq: uint64(e.SessionSeq),
+		ActorKind: e.ActorKind, ActorID: e.ActorIDC, ActorAuth: e.ActorAuth,
 		Action: e.Action, ObjectType: e.ObjectType, ObjectID: e.ObjectIDC, Outcome: e.Outcome,
 		Reason: e.Reason, RequestID: e.RequestIDC, SourceAddr: e.SourceAddrC, PayloadHash: e.PayloadC,
 	}
@@ -128,40 +142,57 @@ func (e *StoredEvent) CheckCommitments() error {
 		}
 		return nil
 	}
+	cm := leaf.NewCommitter(e.Salt)
 	for _, f := range fields {
 		if !f.set {
 			continue
 		}
-		if c := leaf.Commit(e.Salt, f.label, f.value); !bytes.Equal(c[:], f.c[:]) {
+		if c := cm.Commit(f.label, f.value); !bytes.Equal(c[:], f.c[:]) {
 			return fmt.Errorf("%w: %s", errCommitment, f.label)
 		}
 	}
 	return nil
 }
 
-// leafColumns are the columns a leaf is made of (scanLeafEvent).
+// leafColumns are the columns a leaf is made of, and the authentication tag (scanLeafEvent).
 const leafColumns = `id, occurred_at, actor_kind, actor_id_c, actor_auth, action, object_type, object_id_c,
-	outcome, reason, request_id_c, source_addr_c, payload_commitment`
+	outcome, reason, request_id_c, source_addr_c, payload_commitment, recorded_at, session_id, session_seq, auth_mac`
+
+// leafRow is the leaf form of an event row and its authentication tag.
+type leafRow struct {
+	leaf.Event
+	mac []byte
+}
 
 // scanLeafEvent scans leafColumns into the leaf form of an event.
-func scanLeafEvent(row pgx.CollectableRow) (leaf.Event, error) {
-	var e leaf.Event
+func scanLeafEvent(row pgx.CollectableRow) (leafRow, error) {
+	var lr leafRow
+	e := &lr.Event
 	var id uuid.UUID
 	var ac, oc, rc, sc, pc []byte
+	var sess *uuid.UUID
+	var sseq *int64
 	if err := row.Scan(&id, &e.Time, &e.ActorKind, &ac, &e.ActorAuth, &e.Action, &e.ObjectType, &oc,
-		&e.Outcome, &e.Reason, &rc, &sc, &pc); err != nil {
-		return e, err
+		&e.Outcome, &e.Reason, &rc, &sc, &pc, &e.RecordedAt, &sess, &sseq, &lr.mac); err != nil {
+		return lr, err
 	}
 	e.ID = id
 	e.Time = e.Time.UTC()
+	e.RecordedAt = e.RecordedAt.UTC()
+	if sess != nil {
+		e.Session = *sess
+	}
+	if sseq != nil {
+		e.SessionSeq = uint64(*sseq)
+	}
 	for _, c := range []struct {
 		dst *leaf.Hash
 		src []byte
 	}{{&e.ActorID, ac}, {&e.ObjectID, oc}, {&e.RequestID, rc}, {&e.SourceAddr, sc}, {&e.PayloadHash, pc}} {
 		if len(c.src) != leaf.HashSize {
-			return e, fmt.Errorf("event %s: commitment of %d bytes", id, len(c.src))
+			return lr, fmt.Errorf("event %s: commitment of %d bytes", id, len(c.src))
 		}
 		copy(c.dst[:], c.src)
 	}
-	return e, nil
+	return lr, nil
 }

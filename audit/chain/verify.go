@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,23 +19,29 @@ import (
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/leaf"
 )
 
 // Kinds of verification findings. Each names what an auditor must look at.
 const (
-	FindingPending            = "pending"            // an event waits longer than the grace period to be logged
-	FindingModified           = "modified"           // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
-	FindingDeleted            = "deleted"            // a logged event's row is gone
-	FindingInserted           = "inserted"           // a row claims a batch that does not contain it (added behind the outbox's back)
-	FindingTruncated          = "truncated"          // the outbox lost every logged event (TRUNCATE or mass DELETE)
-	FindingBatchModified      = "batch_modified"     // a batch row disagrees with itself or with its leaf in the log
-	FindingBatchDeleted       = "batch_deleted"      // the log holds a batch leaf the database has no row for
-	FindingBatchNotInLog      = "batch_not_in_log"   // a batch claims a leaf index under the checkpoint that holds something else
-	FindingCheckpointInvalid  = "checkpoint_invalid" // a stored checkpoint's signature or content is wrong
-	FindingFork               = "fork"               // checkpoints or the live log are not append-only consistent
-	FindingIncident           = "incident"           // an unresolved incident of the audit chain
-	FindingLogUnavailable     = "log_unavailable"    // the log could not be read, so inclusion was not checked
+	FindingPending            = "pending"                  // an event waits longer than the grace period to be logged
+	FindingModified           = "modified"                 // an event row no longer hashes to its logged leaf, or its plaintext no longer matches its commitments
+	FindingDeleted            = "deleted"                  // a logged event's row is gone
+	FindingInserted           = "inserted"                 // a row claims a batch that does not contain it (added behind the outbox's back)
+	FindingTruncated          = "truncated"                // the outbox lost every logged event (TRUNCATE or mass DELETE)
+	FindingBatchModified      = "batch_modified"           // a batch row disagrees with itself or with its leaf in the log
+	FindingBatchDeleted       = "batch_deleted"            // the log holds a batch leaf the database has no row for
+	FindingBatchNotInLog      = "batch_not_in_log"         // a batch claims a leaf index under the checkpoint that holds something else
+	FindingCheckpointInvalid  = "checkpoint_invalid"       // a stored checkpoint's signature or content is wrong
+	FindingFork               = "fork"                     // checkpoints or the live log are not append-only consistent
+	FindingIncident           = "incident"                 // an unresolved incident of the audit chain
+	FindingLogUnavailable     = "log_unavailable"          // the log could not be read, so inclusion was not checked
+	FindingUnauthenticated    = "unauthenticated"          // an event row has no valid authentication tag of a writer session: forged, back-dated, renumbered or altered
+	FindingSequenceGap        = "sequence_gap"             // a writer session attested an event (its transaction committed) whose row is gone: an action whose event was deleted
+	FindingErasedEarly        = "erased_early"             // an event's identifiers, payload and salt were erased before its retention age
+	FindingAuthUnchecked      = "authentication_unchecked" // verify ran without the key ring, so event authentication was not checked
+	FindingWitness            = "witness"                  // a witness holds a checkpoint this log is smaller than or inconsistent with, or a required cosignature is missing
 	maxListedPending          = 1000
 	defaultPendingGracePeriod = time.Minute
 )
@@ -53,6 +60,9 @@ type PendingEvent struct {
 	ID    string        `json:"id"`
 	State string        `json:"state"` // "outbox" (not sealed), "sealed" (not integrated), "integrated" (after the latest checkpoint)
 	Age   time.Duration `json:"age_ns"`
+	// Stopped: the writer stopped in order after recording it (its final attestation covers
+	// it) before it was checkpointed; it is logged at the next start. Not a finding.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // CheckpointSummary identifies the checkpoint a report was verified against.
@@ -74,6 +84,7 @@ type Report struct {
 	Events        int64              `json:"events"`         // event rows checked
 	ProvenEvents  int64              `json:"proven_events"`  // events proven included under the checkpoint
 	PendingEvents int64              `json:"pending_events"` // events not yet under a checkpoint
+	DomainRows    int64              `json:"domain_rows"`    // domain rows cross-checked against their events
 	Pending       []PendingEvent     `json:"pending,omitempty"`
 	Findings      []Finding          `json:"findings"`
 }
@@ -91,9 +102,30 @@ type VerifyConfig struct {
 	// PendingGrace is how long an event may wait to be logged before it is a finding.
 	// Default 1 minute.
 	PendingGrace time.Duration
+	// Keys checks the events' authentication tags (the key ring's encrypter unwraps the
+	// session keys). When nil, authentication is not checked and the report carries an
+	// authentication_unchecked finding.
+	Keys *audit.SessionKeys
+	// RetentionMinAge is the youngest an event may be when its identifiers, payload and salt
+	// are erased; an erased event younger than that is an erased_early finding. Default
+	// DefaultRetentionMinAge.
+	RetentionMinAge time.Duration
+	// NoDomain skips the cross-check of domain rows against the events (FindingUnaudited,
+	// FindingDomainMismatch). Default false: they are checked.
+	NoDomain bool
+	// Deep also counts the observations stored from each upload against its event.
+	Deep bool
+	// Witnesses are required: the latest checkpoint must carry each one's cosignature (once
+	// older than PendingGrace), and a witness with a URL is asked whether it cosigned a
+	// larger checkpoint of this log (a truncated or rolled-back log). Default none.
+	Witnesses []WitnessEndpoint
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
+
+// DefaultRetentionMinAge is the default retention age of audit events: six years (HIPAA
+// §164.316(b)(2)(i)).
+const DefaultRetentionMinAge = 6 * 365 * 24 * time.Hour
 
 // Verify checks the audit trail end to end: every stored checkpoint's signature and the
 // consistency between them and with the live log; every log leaf up to the latest checkpoint
@@ -107,6 +139,9 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 	if cfg.PendingGrace <= 0 {
 		cfg.PendingGrace = defaultPendingGracePeriod
 	}
+	if cfg.RetentionMinAge <= 0 {
+		cfg.RetentionMinAge = DefaultRetentionMinAge
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -117,7 +152,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
-	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}}
+	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}, sessions: map[uuid.UUID]*sessionSeen{}, domain: newDomainEvents()}
 	if err := v.run(ctx); err != nil {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
@@ -132,6 +167,10 @@ type verifier struct {
 	q   querier // one read-only snapshot of the database
 	rep *Report
 	cp  *Checkpoint // latest valid checkpoint
+
+	sessions map[uuid.UUID]*sessionSeen // what each writer session wrote and attested
+	overdue  []overdue                  // events pending longer than the grace period
+	domain   *domainEvents              // what the domain cross-check needs of the events
 }
 
 func (v *verifier) find(f Finding) { v.rep.Findings = append(v.rep.Findings, f) }
@@ -150,6 +189,19 @@ func (v *verifier) run(ctx context.Context) error {
 	}
 	if err := v.events(ctx, expected); err != nil {
 		return err
+	}
+	v.gaps()
+	v.overdueFindings()
+	if err := v.checkWitnesses(ctx); err != nil {
+		return err
+	}
+	if !v.cfg.NoDomain {
+		if err := v.crossCheck(ctx); err != nil {
+			return err
+		}
+	}
+	if v.cfg.Keys == nil {
+		v.find(Finding{Kind: FindingAuthUnchecked, Detail: "verify ran without the key ring: events were not checked for forgery (give it the key ring)"})
 	}
 	n, err := UnresolvedIncidents(ctx, v.q)
 	if err != nil {
@@ -408,6 +460,11 @@ func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UU
 // not yet under a checkpoint.
 func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedEvent) error {
 	now := v.cfg.Now()
+	if v.cfg.Keys != nil {
+		if err := v.cfg.Keys.Load(ctx, v.q); err != nil {
+			return err
+		}
+	}
 	rows, err := v.q.Query(ctx, `SELECT `+eventColumns+` FROM audit_events ORDER BY seq`)
 	if err != nil {
 		return fmt.Errorf("read events: %w", err)
@@ -423,16 +480,34 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 		exp := expected[ev.ID]
 		h, herr := ev.LeafHash()
 		cerr := ev.CheckCommitments()
+		if exp != nil {
+			exp.seen = true
+		}
+		authentic, err := v.authenticate(ctx, &ev)
+		if err != nil {
+			return err
+		}
+		if !authentic && exp == nil && ev.BatchID == nil {
+			// Forged and never logged: reported as unauthenticated, not as pending.
+			continue
+		}
+		if authentic {
+			v.domain.note(&ev)
+		}
+		if authentic && ev.Salt == nil && now.Sub(ev.RecordedAt) < v.cfg.RetentionMinAge {
+			v.find(Finding{Kind: FindingErasedEarly, EventID: id,
+				Detail: fmt.Sprintf("identifiers, payload and salt erased %s after the event was recorded; the retention age is %s",
+					now.Sub(ev.RecordedAt).Round(time.Second), v.cfg.RetentionMinAge)})
+		}
 		switch {
 		case exp == nil && ev.BatchID != nil:
 			v.find(Finding{Kind: FindingInserted, EventID: id, BatchID: ev.BatchID.String(),
 				Detail: "the row claims a batch that does not contain it"})
 			continue
 		case exp == nil:
-			v.pending(PendingEvent{ID: id, State: "outbox", Age: max(now.Sub(ev.RecordedAt), 0)})
+			v.pending(PendingEvent{ID: id, State: "outbox", Age: max(now.Sub(ev.RecordedAt), 0)}, &ev)
 			continue
 		}
-		exp.seen = true
 		switch {
 		case ev.BatchID == nil || *ev.BatchID != exp.batch || ev.BatchIndex == nil || int(*ev.BatchIndex) != exp.index:
 			v.find(Finding{Kind: FindingModified, EventID: id, BatchID: exp.batch.String(), Detail: "the row's batch assignment was changed"})
@@ -443,9 +518,9 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 		case exp.proven:
 			v.rep.ProvenEvents++
 		case exp.inLog:
-			v.pending(PendingEvent{ID: id, State: "integrated", Age: max(now.Sub(ev.RecordedAt), 0)})
+			v.pending(PendingEvent{ID: id, State: "integrated", Age: max(now.Sub(ev.RecordedAt), 0)}, &ev)
 		default:
-			v.pending(PendingEvent{ID: id, State: "sealed", Age: max(now.Sub(ev.RecordedAt), 0)})
+			v.pending(PendingEvent{ID: id, State: "sealed", Age: max(now.Sub(ev.RecordedAt), 0)}, &ev)
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -466,13 +541,117 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 	return nil
 }
 
-func (v *verifier) pending(p PendingEvent) {
+// sessionSeen is what verify saw of one writer session: the counters of its authentic
+// rows and what it attested.
+type sessionSeen struct {
+	seqs       []uint64
+	through    uint64
+	rolledBack map[uint64]bool
+	finalSeq   uint64 // the counter of the session's final attestation (it stopped in order)
+}
+
+// authenticate checks an event row's authentication tag (when verify has the key ring) and
+// notes its counter and, for an attestation, what it attests. It reports a finding and
+// returns false for a row without a valid tag.
+func (v *verifier) authenticate(ctx context.Context, ev *StoredEvent) (bool, error) {
+	if v.cfg.Keys == nil {
+		return true, nil
+	}
+	l := ev.Leaf()
+	err := v.cfg.Keys.Check(ctx, nil, &l, ev.AuthMAC)
+	if errors.Is(err, audit.ErrUnauthenticated) {
+		v.find(Finding{Kind: FindingUnauthenticated, EventID: ev.ID.String(),
+			Detail: fmt.Sprintf("%s %s at %s: %v (not written by Vigil: forged, back-dated or altered in the database)",
+				ev.Action, ev.ObjectType, ev.Time.Format(time.RFC3339), err)})
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ss := v.sessions[ev.Session]
+	if ss == nil {
+		ss = &sessionSeen{rolledBack: map[uint64]bool{}}
+		v.sessions[ev.Session] = ss
+	}
+	ss.seqs = append(ss.seqs, uint64(ev.SessionSeq))
+	if ev.Action == audit.ActionSessionAttested && ev.ObjectType == audit.ObjectSession && ev.Payload != nil {
+		var a audit.Attestation
+		if err := json.Unmarshal(ev.Payload, &a); err == nil {
+			ss.through = max(ss.through, a.Through)
+			if a.Final {
+				ss.finalSeq = max(ss.finalSeq, uint64(ev.SessionSeq))
+			}
+			for _, n := range a.RolledBack {
+				ss.rolledBack[n] = true
+			}
+		}
+	}
+	return true, nil
+}
+
+// gaps reports every counter a session attested (its transaction committed) that has no
+// authentic row: an action whose event row was deleted before it reached the log.
+func (v *verifier) gaps() {
+	ids := make([]uuid.UUID, 0, len(v.sessions))
+	for id := range v.sessions {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i][:], ids[j][:]) < 0 })
+	for _, id := range ids {
+		ss := v.sessions[id]
+		sort.Slice(ss.seqs, func(i, j int) bool { return ss.seqs[i] < ss.seqs[j] })
+		k := 0
+		reported := 0
+		for n := uint64(1); n <= ss.through; n++ {
+			for k < len(ss.seqs) && ss.seqs[k] < n {
+				k++
+			}
+			if (k < len(ss.seqs) && ss.seqs[k] == n) || ss.rolledBack[n] {
+				continue
+			}
+			reported++
+			if reported <= maxListedPending {
+				v.find(Finding{Kind: FindingSequenceGap, Detail: fmt.Sprintf("writer session %s: event #%d was committed (attested) but its row is gone: an action whose audit event was deleted", id, n)})
+			}
+		}
+	}
+}
+
+func (v *verifier) pending(p PendingEvent, ev *StoredEvent) {
 	v.rep.PendingEvents++
 	if p.Age > v.cfg.PendingGrace {
-		v.find(Finding{Kind: FindingPending, EventID: p.ID, Detail: fmt.Sprintf("not in the log after %s (%s)", p.Age.Round(time.Second), p.State)})
+		v.overdue = append(v.overdue, overdue{p: p, session: ev.Session, seq: uint64(ev.SessionSeq)})
+		return
 	}
+	v.listPending(p)
+}
+
+func (v *verifier) listPending(p PendingEvent) {
 	if len(v.rep.Pending) < maxListedPending {
 		v.rep.Pending = append(v.rep.Pending, p)
+	}
+}
+
+// overdue is an event pending longer than the grace period.
+type overdue struct {
+	p       PendingEvent
+	session uuid.UUID
+	seq     uint64
+}
+
+// overdueFindings reports the events pending longer than the grace period, except those of a
+// writer that stopped in order (its final attestation covers them, and is authentic): the
+// server was stopped before they were checkpointed, which is not tampering.
+func (v *verifier) overdueFindings() {
+	for _, o := range v.overdue {
+		ss := v.sessions[o.session]
+		if v.cfg.Keys != nil && ss != nil && ss.finalSeq != 0 && o.seq <= ss.finalSeq {
+			o.p.Stopped = true
+			v.listPending(o.p)
+			continue
+		}
+		v.find(Finding{Kind: FindingPending, EventID: o.p.ID, Detail: fmt.Sprintf("not in the log after %s (%s)", o.p.Age.Round(time.Second), o.p.State)})
+		v.listPending(o.p)
 	}
 }
 
@@ -488,7 +667,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "events: %d rows, %d proven in the log, %d pending\n", r.Events, r.ProvenEvents, r.PendingEvents)
 	for _, p := range r.Pending {
 		if p.Age > time.Second {
-			fmt.Fprintf(&b, "  pending %s: %s for %s\n", p.ID, p.State, p.Age.Round(time.Millisecond))
+			stopped := ""
+			if p.Stopped {
+				stopped = " (its writer stopped in order; logged at the next start)"
+			}
+			fmt.Fprintf(&b, "  pending %s: %s for %s%s\n", p.ID, p.State, p.Age.Round(time.Millisecond), stopped)
 		}
 	}
 	if r.OK {

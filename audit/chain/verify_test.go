@@ -26,7 +26,7 @@ func newService(t testing.TB) (*rig, *chain.Service) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	svc, err := chain.OpenIdle(ctx, chain.Config{Pool: c.pool, Recorder: c.rec, DatabaseURL: c.url, Signer: newSigner(t),
-		BatchSize: 7, SequencerInterval: 20 * time.Millisecond, Logger: quiet})
+		EventKeys: c.rec.EventKeys(), BatchSize: 7, SequencerInterval: 20 * time.Millisecond, Logger: quiet})
 	if err != nil {
 		t.Fatalf("OpenIdle() error = %v", err)
 	}
@@ -125,10 +125,10 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			return ids[7]
 		}, chain.FindingDeleted},
 		{"row inserted into a logged batch", func(t *testing.T, c *rig, ids []string) string {
-			exec(t, c, `INSERT INTO audit_events (id, occurred_at, actor_kind, actor_id, actor_auth, action, object_type,
+			exec(t, c, `INSERT INTO audit_events (id, occurred_at, recorded_at, actor_kind, actor_id, actor_auth, action, object_type,
 				object_id, outcome, reason, request_id, source_addr, payload, salt, actor_id_c, object_id_c, request_id_c,
 				source_addr_c, payload_commitment, batch_id, batch_index)
-				SELECT '01900000-0000-7000-8000-000000000001', occurred_at, actor_kind, actor_id, actor_auth, action,
+				SELECT '01900000-0000-7000-8000-000000000001', occurred_at, recorded_at, actor_kind, actor_id, actor_auth, action,
 				object_type, object_id, outcome, reason, request_id, source_addr, payload, salt, actor_id_c, object_id_c,
 				request_id_c, source_addr_c, payload_commitment, batch_id, batch_index FROM audit_events WHERE id = $1`, ids[2])
 			return "01900000-0000-7000-8000-000000000001"
@@ -142,7 +142,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 				payload, salt, actor_id_c, object_id_c, request_id_c, source_addr_c, payload_commitment
 				FROM audit_events WHERE id = $1`, ids[2])
 			return "01900000-0000-7000-8000-000000000002"
-		}, chain.FindingPending},
+		}, chain.FindingUnauthenticated},
 		{"outbox truncated", func(t *testing.T, c *rig, ids []string) string {
 			exec(t, c, "TRUNCATE audit_events")
 			return ""
@@ -251,7 +251,14 @@ func TestErasureKeepsProofsValid(t *testing.T) {
 		source_addr = NULL, payload = NULL, salt = NULL WHERE id = ANY($1)`, ids[:5]); err != nil {
 		t.Fatal(err)
 	}
-	if r := verify(t, svc); !r.OK || r.ProvenEvents != 10 {
+	// Seven years later (past the retention age) the erasure is what retention does.
+	later := time.Now().Add(7 * 365 * 24 * time.Hour)
+	r, err := chain.Verify(ctx, chain.VerifyConfig{Pool: c.pool, Log: svc.Log(), VerifierKey: svc.VerifierKey(), Origin: svc.Origin(),
+		Keys: audit.NewSessionKeys(c.rec.EventKeys()), PendingGrace: 10 * 365 * 24 * time.Hour, Now: func() time.Time { return later }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK || r.ProvenEvents != 10 {
 		t.Errorf("Verify() after erasure = ok %v, proven %d, findings %+v; want OK, 10", r.OK, r.ProvenEvents, r.Findings)
 	}
 }
@@ -323,7 +330,7 @@ func TestCloseLeavesNoGoroutine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, EventKeys: rec.EventKeys(), DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
 		Window: 10 * time.Millisecond, CheckpointInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -354,7 +361,7 @@ func TestVerifyWhileShipping(t *testing.T) {
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
 	rec := audittest.Recorder(t, pool, nil)
-	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, EventKeys: rec.EventKeys(), DatabaseURL: url, Signer: newSigner(t), Logger: quiet,
 		Window: 5 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond, SequencerInterval: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -10,12 +10,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"time"
 	"unicode/utf8"
 )
 
-// Version is the version byte of every encoding in this package.
+// Version is the version byte of the batch leaf encoding.
 const Version = 1
+
+// EventVersion is the version byte of the event encoding. Version 2 added the record time,
+// the writer session and its counter (docs/audit.md "Encoding version 2").
+const EventVersion = 2
 
 // HashSize is the size of every hash and commitment (SHA-256).
 const HashSize = sha256.Size
@@ -51,13 +56,35 @@ func Commit(salt []byte, label string, value []byte) Hash {
 	return out
 }
 
+// Committer computes the commitments of one salt (Commit, without setting up the HMAC key
+// again for every field). It is not safe for concurrent use.
+type Committer struct{ m hash.Hash }
+
+// NewCommitter returns the committer of salt.
+func NewCommitter(salt []byte) *Committer { return &Committer{m: hmac.New(sha256.New, salt)} }
+
+// Commit is Commit(salt, label, value).
+func (c *Committer) Commit(label string, value []byte) Hash {
+	c.m.Reset()
+	c.m.Write([]byte("vigil-audit-commit-v1\x00"))
+	c.m.Write([]byte(label))
+	c.m.Write([]byte{0})
+	c.m.Write(value)
+	var out Hash
+	c.m.Sum(out[:0])
+	return out
+}
+
 // Event is the PHI-free content of one audit event as it is hashed into the log (encoding
-// version 1). Identifiers that may point at a person (actor id, object id, request id,
+// version 2). Identifiers that may point at a person (actor id, object id, request id,
 // source address) and the payload appear only as commitments; the rest are codes chosen by
 // Vigil's own code, never by a client or a patient.
 type Event struct {
 	ID          [16]byte  // UUIDv7
-	Time        time.Time // encoded at microsecond precision, UTC
+	Time        time.Time // when the action occurred; encoded at microsecond precision, UTC
+	RecordedAt  time.Time // when the writer recorded the event (its clock); microseconds, UTC
+	Session     [16]byte  // the writer session (audit_sessions) whose key authenticates the event
+	SessionSeq  uint64    // the event's number in its session: 1, 2, 3, … with no gap
 	ActorKind   string    // user, device, service
 	ActorID     Hash      // Commit(salt, LabelActorID, actor id)
 	ActorAuth   string    // how the actor authenticated
@@ -75,13 +102,17 @@ type Event struct {
 const MaxString = 1<<16 - 1
 
 // Encode returns the canonical encoding (see docs/audit.md): version byte, then the fields
-// in order, strings as 2-byte big-endian length + UTF-8, hashes as 32 raw bytes, the time as
-// 8-byte big-endian signed microseconds since the Unix epoch.
+// in order, strings as 2-byte big-endian length + UTF-8, hashes as 32 raw bytes, times as
+// 8-byte big-endian signed microseconds since the Unix epoch, the session counter as 8-byte
+// big-endian unsigned.
 func (e *Event) Encode() ([]byte, error) {
-	b := make([]byte, 0, 1+16+8+5*HashSize+64)
-	b = append(b, Version)
+	b := make([]byte, 0, 1+16+8+8+16+8+5*HashSize+64)
+	b = append(b, EventVersion)
 	b = append(b, e.ID[:]...)
 	b = binary.BigEndian.AppendUint64(b, uint64(e.Time.UnixMicro()))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.RecordedAt.UnixMicro()))
+	b = append(b, e.Session[:]...)
+	b = binary.BigEndian.AppendUint64(b, e.SessionSeq)
 	var err error
 	put := func(s string) {
 		if err != nil {
@@ -115,11 +146,14 @@ func (e *Event) Encode() ([]byte, error) {
 func DecodeEvent(b []byte) (Event, error) {
 	var e Event
 	r := reader{b: b}
-	if v := r.byte(); v != Version {
+	if v := r.byte(); v != EventVersion {
 		return e, fmt.Errorf("%w: event version %d", ErrMalformed, v)
 	}
 	copy(e.ID[:], r.n(16))
 	e.Time = time.UnixMicro(int64(binary.BigEndian.Uint64(r.n(8)))).UTC()
+	e.RecordedAt = time.UnixMicro(int64(binary.BigEndian.Uint64(r.n(8)))).UTC()
+	copy(e.Session[:], r.n(16))
+	e.SessionSeq = binary.BigEndian.Uint64(r.n(8))
 	e.ActorKind = r.str()
 	e.ActorID = r.hash()
 	e.ActorAuth = r.str()
@@ -138,6 +172,40 @@ func DecodeEvent(b []byte) (Event, error) {
 		return Event{}, fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(r.b))
 	}
 	return e, nil
+}
+
+// MACSize is the size of an event's authentication tag.
+const MACSize = sha256.Size
+
+// EventMAC is the event's authentication tag: HMAC-SHA256(key = the session key,
+// "vigil-audit-event-mac-v2" 0x00 || the event's canonical encoding). The encoding holds the
+// record time, the session and the counter, so a valid tag pins all of them. The session key
+// never leaves the writer and the key ring (it is stored only wrapped): whoever can write to
+// the database but not use the key ring cannot make a valid tag.
+func EventMAC(key, encoded []byte) [MACSize]byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("vigil-audit-event-mac-v2\x00"))
+	m.Write(encoded)
+	var out [MACSize]byte
+	copy(out[:], m.Sum(nil))
+	return out
+}
+
+// EventMACer computes EventMAC under one key without setting the key up for every event. It
+// is not safe for concurrent use.
+type EventMACer struct{ m hash.Hash }
+
+// NewEventMACer returns the EventMAC computer of key.
+func NewEventMACer(key []byte) *EventMACer { return &EventMACer{m: hmac.New(sha256.New, key)} }
+
+// MAC is EventMAC(key, encoded).
+func (e *EventMACer) MAC(encoded []byte) [MACSize]byte {
+	e.m.Reset()
+	e.m.Write([]byte("vigil-audit-event-mac-v2\x00"))
+	e.m.Write(encoded)
+	var out [MACSize]byte
+	e.m.Sum(out[:0])
+	return out
 }
 
 // LeafHash is the RFC 6962 leaf hash SHA-256(0x00 || data): the hash of an event encoding in

@@ -20,6 +20,9 @@ func sampleEvent() leaf.Event {
 	return leaf.Event{
 		ID:          [16]byte{0x01, 0x90, 1, 2, 3, 4, 0x70, 5, 0x80, 6, 7, 8, 9, 10, 11, 12},
 		Time:        time.Date(2026, 11, 28, 3, 0, 0, 123456000, time.UTC),
+		RecordedAt:  time.Date(2026, 11, 28, 3, 0, 0, 200000000, time.UTC),
+		Session:     [16]byte{0x01, 0x90, 0xaa, 0x01, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 2},
+		SessionSeq:  7,
 		ActorKind:   "device",
 		ActorID:     leaf.Commit(salt, leaf.LabelActorID, []byte("dev-42")),
 		ActorAuth:   "device-signature",
@@ -51,11 +54,11 @@ func TestEventEncodingCanonical(t *testing.T) {
 		t.Errorf("Encode(DecodeEvent(b)) = %x, want %x", b2, b)
 	}
 	h := leaf.LeafHash(b)
-	const want = "be1854a73f1f7939282a8ea132ca7f64d7b2a4850c52d200ad0572565014af67"
+	const want = "91f6398916bb7f252fe21223b487230772818885d9aed2ed3c1803f029ded514"
 	if hex.EncodeToString(h[:]) != want {
 		t.Errorf("LeafHash(sample) = %x, want %s", h, want)
 	}
-	if len(b) != 1+16+8+5*32+2+6+2+16+2+15+2+6+2+7+2 {
+	if len(b) != 1+16+8+8+16+8+5*32+2+6+2+16+2+15+2+6+2+7+2 {
 		t.Errorf("len(Encode()) = %d", len(b))
 	}
 	// Commitments depend on salt and label.
@@ -78,7 +81,8 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 		in   []byte
 	}{
 		{"empty", nil},
-		{"version", append([]byte{2}, b[1:]...)},
+		{"version 1", append([]byte{1}, b[1:]...)},
+		{"version 3", append([]byte{3}, b[1:]...)},
 		{"truncated", b[:len(b)-1]},
 		{"trailing", append(append([]byte{}, b...), 0)},
 	} {
@@ -147,6 +151,34 @@ func FuzzDecodeEvent(f *testing.F) {
 	})
 }
 
+// The event authentication tag of docs/audit.md's test vector (session key 0b × 32).
+// Verifies: REQ-AUD-040
+func TestEventMACVector(t *testing.T) {
+	e := sampleEvent()
+	b, _ := e.Encode()
+	m := leaf.EventMAC(bytes.Repeat([]byte{0x0b}, 32), b)
+	if got, want := hex.EncodeToString(m[:]), "a962cb8a2ad018cf0757fbef0d412eb88c7490ccc5b8c66e4a8eae6e6f54c1b5"; got != want {
+		t.Errorf("EventMAC(0b×32, sample) = %s, want %s", got, want)
+	}
+	if got := leaf.NewEventMACer(bytes.Repeat([]byte{0x0b}, 32)).MAC(b); got != m {
+		t.Errorf("EventMACer.MAC() = %x, want %x", got, m)
+	}
+	// Every field is under the tag: the record time and the counter too.
+	for _, mut := range []func(*leaf.Event){
+		func(e *leaf.Event) { e.RecordedAt = e.RecordedAt.Add(-time.Hour) },
+		func(e *leaf.Event) { e.SessionSeq++ },
+		func(e *leaf.Event) { e.Session[15] ^= 1 },
+		func(e *leaf.Event) { e.Time = e.Time.Add(-time.Hour) },
+	} {
+		e2 := sampleEvent()
+		mut(&e2)
+		b2, _ := e2.Encode()
+		if leaf.EventMAC(bytes.Repeat([]byte{0x0b}, 32), b2) == m {
+			t.Errorf("EventMAC() unchanged by a change of the event")
+		}
+	}
+}
+
 // The batch leaf of docs/audit.md's test vector: a change of the format without a new
 // version breaks this test.
 // Verifies: REQ-AUD-003
@@ -156,11 +188,23 @@ func TestBatchLeafVector(t *testing.T) {
 	bl := leaf.Batch{ID: [16]byte{0x01, 0x90, 0xaa, 0, 0, 0, 0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 1}, Count: 1, Root: leaf.LeafHash(b)}
 	h, id := leaf.LeafHash(bl.Encode()), bl.IdentityHash()
 	for _, tc := range []struct{ name, got, want string }{
-		{"batch leaf hash", hex.EncodeToString(h[:]), "2b7dcfb66aaa240aebf0c5949562ec0d9369473682d86a9d9d179efb49299834"},
+		{"batch leaf hash", hex.EncodeToString(h[:]), "28010cf90d4c72c67f751fabb3dafa5827656dcb0456a271b5934532244d8230"},
 		{"identity hash", hex.EncodeToString(id[:]), "e45bf47665ed688786403c3bd5a89fe97fce067b69ccd78dcf88f3ffef631010"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("%s = %s, want %s", tc.name, tc.got, tc.want)
+		}
+	}
+}
+
+// A Committer gives exactly Commit's values, field after field.
+// Verifies: REQ-AUD-003
+func TestCommitterMatchesCommit(t *testing.T) {
+	salt := bytes.Repeat([]byte{7}, 32)
+	c := leaf.NewCommitter(salt)
+	for _, f := range []struct{ label, value string }{{leaf.LabelActorID, "dev-42"}, {leaf.LabelPayload, `{"n":1}`}, {leaf.LabelObjectID, ""}} {
+		if got, want := c.Commit(f.label, []byte(f.value)), leaf.Commit(salt, f.label, []byte(f.value)); got != want {
+			t.Errorf("Committer.Commit(%s) = %x, want %x", f.label, got, want)
 		}
 	}
 }

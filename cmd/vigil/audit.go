@@ -26,18 +26,50 @@ func init() { subcommands = append(subcommands, newAuditCmd) }
 const demoPassphrase = "vigil-demo-keyring-not-secret"
 
 // auditSigner opens the key ring (keys.go: Vault Transit, or the local key ring in the data
-// directory) and returns the signer of the audit checkpoint key and a closer for the ring.
-func auditSigner(ctx context.Context, dataDir string, demo bool, rec audit.Recorder) (chain.CheckpointSigner, func(context.Context) error, error) {
+// directory) and returns the signer of the audit checkpoint key, the ring and a closer for it.
+func auditSigner(ctx context.Context, dataDir string, demo bool, rec audit.Recorder) (chain.CheckpointSigner, *keys.Ring, func(context.Context) error, error) {
 	ring, closeRing, err := openKeyRing(ctx, dataDir, demo, rec, true)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	s, err := ring.Signer(ctx, keys.AuditCheckpoint)
 	if err != nil {
 		_ = closeRing(ctx)
-		return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
+		return nil, nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 	}
-	return s, closeRing, nil
+	return s, ring, closeRing, nil
+}
+
+// eventKeys is the key ring's encrypter that wraps the audit writer sessions' keys (the PHI
+// key-encryption key, with its own associated data: docs/audit.md "Event authentication").
+func eventKeys(ring *keys.Ring) (keys.Encrypter, error) {
+	env, err := ring.Envelope(keys.PHIEncryption)
+	if err != nil {
+		return nil, fmt.Errorf("audit event keys: %w", err)
+	}
+	return env, nil
+}
+
+// authenticateEvents gives the process's audit recorder its session key, wrapped by ring, so
+// that every event it records (and those it recorded while the ring opened) is authenticated
+// (audit.Outbox.EnableAuthentication). It is called wherever the key ring is opened with a
+// recorder; a ring that has no PHI key yet (before `vigil keys init`) is left alone: the
+// events of such a command are then unauthenticated, and reported so.
+func authenticateEvents(ctx context.Context, rec audit.Recorder, ring *keys.Ring) error {
+	o, ok := rec.(*audit.Outbox)
+	if !ok || o.Authenticated() {
+		return nil
+	}
+	enc, err := eventKeys(ring)
+	if err != nil {
+		return err
+	}
+	err = o.EnableAuthentication(ctx, enc)
+	if errors.Is(err, keys.ErrKeyNotFound) {
+		slog.WarnContext(ctx, "audit events of this command are not authenticated: the key ring has no PHI key yet")
+		return nil
+	}
+	return err
 }
 
 // openAudit starts the audit chain for serve/demo (workers running) or for a command
@@ -52,11 +84,24 @@ func openAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring,
 		if err != nil {
 			return nil, nil, fmt.Errorf("audit checkpoint key: %w", err)
 		}
-	} else if signer, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, db.rec); err != nil {
+	} else if signer, ring, closeRing, err = auditSigner(ctx, rc.DataDir, rc.Demo, db.rec); err != nil {
+		return nil, nil, err
+	}
+	enc, err := eventKeys(ring)
+	if err == nil {
+		err = authenticateEvents(ctx, db.rec, ring)
+	}
+	if err != nil {
+		_ = closeRing(ctx)
+		return nil, nil, err
+	}
+	ws, err := witnessesFromEnv()
+	if err != nil {
+		_ = closeRing(ctx)
 		return nil, nil, err
 	}
 	cfg := chain.Config{Pool: db.pool, Recorder: db.rec, Backlog: db.rec, DatabaseURL: rc.DatabaseURL, TrillianAddr: rc.TrillianAddr, Signer: signer,
-		ReadOnly: readOnly, Logger: slog.Default()}
+		EventKeys: enc, Witnesses: ws, ReadOnly: readOnly, Logger: slog.Default()}
 	var svc *chain.Service
 	if readOnly {
 		svc, err = chain.OpenIdle(ctx, cfg)
@@ -77,7 +122,7 @@ func newAuditCmd() *cobra.Command {
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd(), newAuditWitnessCmd())
 	return cmd
 }
 
@@ -93,6 +138,8 @@ func newAuditVerifyCmd() *cobra.Command {
 		asJSON   bool
 		packFile string
 		key      string
+		wspecs   []string
+		deep     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -100,7 +147,14 @@ func newAuditVerifyCmd() *cobra.Command {
 		Long: `Verify recomputes every event's leaf from its database row, checks each batch leaf's inclusion
 under the latest signed checkpoint, checks consistency across all stored checkpoints and with
 the live log, and reports events not yet in the log (with their age), rows modified, deleted
-or added without a leaf, a truncated outbox and a forked log.
+or added without a leaf, a truncated outbox and a forked log. With the key ring it checks each
+event's authentication tag (forged or back-dated events: unauthenticated), each writer
+session's numbering (a committed action whose event was deleted: sequence_gap) and erasures
+before the retention age (erased_early); it cross-checks domain rows (alarms, device keys, rule
+versions, uploads) against what their events say (unaudited_change, domain_mismatch; --deep
+also counts each upload's observations). With --witness KEY@URL it requires the witness's
+cosignature on the latest checkpoint and asks the witness whether it cosigned a larger one (a
+truncated or rolled-back log: witness). docs/audit.md lists every finding.
 
 With --pack it verifies an audit pack written by 'vigil audit export', offline: no database,
 no log, no trust in the server. Give --key (the operator's published verifier key) to check
@@ -150,7 +204,14 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 				return err
 			}
 			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
-			rep, err := svc.Verify(ctx)
+			vcfg := svc.VerifyConfig()
+			vcfg.Deep = deep
+			if len(wspecs) > 0 {
+				if vcfg.Witnesses, err = parseWitnesses(wspecs); err != nil {
+					return err
+				}
+			}
+			rep, err := chain.Verify(ctx, vcfg)
 			if err != nil {
 				return err
 			}
@@ -172,6 +233,8 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
 	cmd.Flags().StringVar(&packFile, "pack", "", "verify this audit pack offline instead of the database")
 	cmd.Flags().StringVar(&key, "key", "", "with --pack: the verifier key to trust (default: the pack's own, shown)")
+	cmd.Flags().StringArrayVar(&wspecs, "witness", nil, "require this witness: KEY or KEY@URL (repeatable; default VIGIL_AUDIT_WITNESSES)")
+	cmd.Flags().BoolVar(&deep, "deep", false, "also count the observations stored from each upload against its event")
 	return cmd
 }
 

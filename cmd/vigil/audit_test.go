@@ -31,7 +31,8 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 	ctx := withEnv(context.Background(), env)
 
 	// A running installation's audit chain records, ships and checkpoints some events.
-	rec := audittest.Recorder(t, pool, nil)
+	// The recorder gets its session key from the installation's key ring (openAudit).
+	rec := audittest.Unauthenticated(t, pool, nil)
 	svc, closeSvc, err := openAudit(ctx, runConfig{DataDir: dataDir, DatabaseURL: url}, &database{pool: pool, rec: rec}, nil, false)
 	if err != nil {
 		t.Fatalf("openAudit() error = %v", err)

@@ -165,6 +165,13 @@ func openKeyRing(ctx context.Context, dataDir string, demo bool, rec audit.Recor
 			return nil, nil, err
 		}
 	}
+	if rec != nil {
+		// The recorder's events are authenticated with a key this ring wraps (audit.go).
+		if err := authenticateEvents(ctx, rec, ring); err != nil {
+			_ = ring.Close()
+			return nil, nil, err
+		}
+	}
 	return ring, func(context.Context) error { return ring.Close() }, nil
 }
 

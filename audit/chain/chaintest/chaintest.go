@@ -30,13 +30,15 @@ func Signer(t testing.TB) chain.CheckpointSigner {
 
 // Start opens the audit chain on the test database (pool and its URL, from
 // testdb.NewWithURL) with idle workers: call ShipAll to ship and checkpoint. rec is the
-// test's recorder (audittest.Recorder): the chain records its own events with it and reports
-// its backlog to it. It is closed when the test ends.
+// test's recorder (audittest.Recorder): the chain records its own events with it, reports
+// its backlog to it, and checks event authentication with the key ring the recorder was
+// given. It is closed when the test ends.
 func Start(t testing.TB, pool *pgxpool.Pool, dbURL string, rec *audit.Outbox) *chain.Service {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	svc, err := chain.OpenIdle(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: dbURL, Signer: Signer(t),
+		EventKeys:         rec.EventKeys(),
 		SequencerInterval: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatalf("chaintest: open audit chain: %v", err)

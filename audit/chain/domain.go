@@ -1,0 +1,287 @@
+package chain
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// Cross-checking domain rows against the trail (docs/audit.md "Domain rows against the
+// trail"). The rows an audited action leaves behind must agree with what its authentic
+// event says happened: an alarm's state, revision and acknowledger with its last transition;
+// a device key with the enrollment or rotation that registered it; a rule version's
+// definition with the event that created it; an upload row (whose id is its event's id) with
+// its upload.accepted event, and, with Deep, the number of observations stored from it. A
+// row with no authentic event is an unaudited change; a row that disagrees is a
+// domain_mismatch. Only authentic events (valid tag) count: a forged event explains nothing.
+const (
+	FindingUnaudited      = "unaudited_change" // a domain row no authentic event accounts for (its event was deleted, or the row was made behind the system's back)
+	FindingDomainMismatch = "domain_mismatch"  // a domain row disagrees with what its last authentic event says happened
+)
+
+// domainEvents is what verify keeps of the authentic events the cross-check needs.
+type domainEvents struct {
+	alarms  map[string]alarmEvent // alarm id → last transition
+	acks    map[string]string     // alarm id → actor of the last alarm.acknowledged
+	keys    map[string]string     // device id/version → public key hex
+	rules   map[string]ruleEvent  // rule id/version → definition
+	uploads map[uuid.UUID]upEvent // event id (= core_uploads.id) → upload
+	seen    map[string]struct{}   // kinds with at least one event
+}
+
+type alarmEvent struct {
+	event    string
+	action   string
+	state    string
+	revision int64
+}
+
+type ruleEvent struct {
+	definition json.RawMessage
+	enabled    bool
+}
+
+type upEvent struct {
+	hash   string
+	stored int64
+}
+
+func newDomainEvents() *domainEvents {
+	return &domainEvents{alarms: map[string]alarmEvent{}, acks: map[string]string{}, keys: map[string]string{},
+		rules: map[string]ruleEvent{}, uploads: map[uuid.UUID]upEvent{}}
+}
+
+// note keeps what the cross-check needs of one authentic event (in seq order).
+func (d *domainEvents) note(ev *StoredEvent) {
+	if ev.Outcome != "success" || ev.ObjectID == nil || ev.Payload == nil {
+		return
+	}
+	var p map[string]any
+	switch {
+	case ev.ObjectType == "alarm" && strings.HasPrefix(ev.Action, "alarm."):
+		if json.Unmarshal(ev.Payload, &p) != nil {
+			return
+		}
+		st, _ := p["state"].(string)
+		rev, _ := p["revision"].(float64)
+		d.alarms[*ev.ObjectID] = alarmEvent{event: ev.ID.String(), action: ev.Action, state: st, revision: int64(rev)}
+		if ev.Action == "alarm.acknowledged" && ev.ActorID != nil {
+			d.acks[*ev.ObjectID] = *ev.ActorID
+		}
+	case ev.ObjectType == "device" && (ev.Action == "device.enrolled" || ev.Action == "device.key.rotated"):
+		if json.Unmarshal(ev.Payload, &p) != nil {
+			return
+		}
+		v, _ := p["key_version"].(float64)
+		pk, _ := p["public_key"].(string)
+		if pk == "" {
+			pk, _ = p["new_public_key"].(string)
+		}
+		d.keys[fmt.Sprintf("%s/%d", *ev.ObjectID, int64(v))] = pk
+	case ev.ObjectType == "rule" && ev.Action == "rule.version_created":
+		var r struct {
+			Version    int64           `json:"version"`
+			Enabled    bool            `json:"enabled"`
+			Definition json.RawMessage `json:"definition"`
+		}
+		if json.Unmarshal(ev.Payload, &r) != nil {
+			return
+		}
+		d.rules[fmt.Sprintf("%s/%d", *ev.ObjectID, r.Version)] = ruleEvent{definition: r.Definition, enabled: r.Enabled}
+	case ev.ObjectType == "upload" && ev.Action == "upload.accepted":
+		var u struct {
+			Stored int64 `json:"stored"`
+		}
+		if json.Unmarshal(ev.Payload, &u) != nil {
+			return
+		}
+		d.uploads[ev.ID] = upEvent{hash: *ev.ObjectID, stored: u.Stored}
+	}
+}
+
+// crossCheck compares the domain tables that exist in this database with the events.
+func (v *verifier) crossCheck(ctx context.Context) error {
+	d := v.domain
+	type check struct {
+		table string
+		run   func() error
+	}
+	for _, c := range []check{
+		{"alarms", func() error { return v.checkAlarms(ctx, d) }},
+		{"devices_keys", func() error { return v.checkDeviceKeys(ctx, d) }},
+		{"rules_versions", func() error { return v.checkRules(ctx, d) }},
+		{"core_uploads", func() error { return v.checkUploads(ctx, d) }},
+	} {
+		ok, err := v.tableExists(ctx, c.table)
+		if err != nil {
+			return fmt.Errorf("cross-check %s: %w", c.table, err)
+		}
+		if !ok {
+			continue
+		}
+		if err := c.run(); err != nil {
+			return fmt.Errorf("cross-check %s: %w", c.table, err)
+		}
+	}
+	return nil
+}
+
+func (v *verifier) tableExists(ctx context.Context, table string) (bool, error) {
+	var ok bool
+	err := v.q.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&ok)
+	return ok, err
+}
+
+func (v *verifier) checkAlarms(ctx context.Context, d *domainEvents) error {
+	rows, err := v.q.Query(ctx, `SELECT id::text, state, revision, acked_by FROM alarms ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, state, ackedBy string
+		var rev int64
+		if err := rows.Scan(&id, &state, &rev, &ackedBy); err != nil {
+			return err
+		}
+		v.rep.DomainRows++
+		ev, ok := d.alarms[id]
+		switch {
+		case !ok:
+			v.find(Finding{Kind: FindingUnaudited, Detail: fmt.Sprintf("alarm %s (state %s, revision %d) has no authentic alarm event", id, state, rev)})
+		case ev.state != state || ev.revision != rev:
+			v.find(Finding{Kind: FindingDomainMismatch, EventID: ev.event, Detail: fmt.Sprintf("alarm %s: state %s revision %d in the row, but its last event %s says state %s revision %d",
+				id, state, rev, ev.action, ev.state, ev.revision)})
+		case state == "acknowledged" && ackedBy != d.acks[id]:
+			v.find(Finding{Kind: FindingDomainMismatch, EventID: ev.event, Detail: fmt.Sprintf("alarm %s: acknowledged by %q in the row, by %q in its alarm.acknowledged event",
+				id, ackedBy, d.acks[id])})
+		}
+	}
+	return rows.Err()
+}
+
+func (v *verifier) checkDeviceKeys(ctx context.Context, d *domainEvents) error {
+	rows, err := v.q.Query(ctx, `SELECT device_id::text, version, public_key FROM devices_keys ORDER BY device_id, version`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dev string
+		var ver int64
+		var pub []byte
+		if err := rows.Scan(&dev, &ver, &pub); err != nil {
+			return err
+		}
+		v.rep.DomainRows++
+		want, ok := d.keys[fmt.Sprintf("%s/%d", dev, ver)]
+		switch {
+		case !ok:
+			v.find(Finding{Kind: FindingUnaudited, Detail: fmt.Sprintf("device %s key version %d has no authentic device.enrolled or device.key.rotated event", dev, ver)})
+		case want != hex.EncodeToString(pub):
+			v.find(Finding{Kind: FindingDomainMismatch, Detail: fmt.Sprintf("device %s key version %d: the public key in devices_keys is not the one its event registered", dev, ver)})
+		}
+	}
+	return rows.Err()
+}
+
+func (v *verifier) checkRules(ctx context.Context, d *domainEvents) error {
+	// Versions written by a migration (the default rule set: created_by 'system', at the
+	// time a migration was applied) have no event; they are not checked here.
+	seeded := `false`
+	if ok, err := v.tableExists(ctx, "goose_db_version"); err != nil {
+		return err
+	} else if ok {
+		seeded = `(r.created_by = 'system' AND EXISTS (SELECT 1 FROM goose_db_version g WHERE g.is_applied
+			AND abs(extract(epoch FROM g.tstamp::timestamptz - r.created_at)) < 60))`
+	}
+	rows, err := v.q.Query(ctx, `SELECT rule_id, version, enabled, definition::text FROM rules_versions r
+		WHERE NOT `+seeded+` ORDER BY rule_id, version`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, def string
+		var ver int64
+		var enabled bool
+		if err := rows.Scan(&id, &ver, &enabled, &def); err != nil {
+			return err
+		}
+		v.rep.DomainRows++
+		ev, ok := d.rules[fmt.Sprintf("%s/%d", id, ver)]
+		switch {
+		case !ok:
+			v.find(Finding{Kind: FindingUnaudited, Detail: fmt.Sprintf("rule %s version %d has no authentic rule.version_created event", id, ver)})
+		case ev.enabled != enabled || !jsonEqual(ev.definition, []byte(def)):
+			v.find(Finding{Kind: FindingDomainMismatch, Detail: fmt.Sprintf("rule %s version %d: the definition (thresholds) or enabled flag in rules_versions differs from its rule.version_created event", id, ver)})
+		}
+	}
+	return rows.Err()
+}
+
+func (v *verifier) checkUploads(ctx context.Context, d *domainEvents) error {
+	counts := map[uuid.UUID]int64{}
+	if v.cfg.Deep {
+		rows, err := v.q.Query(ctx, `SELECT upload_id, count(*) FROM core_observations GROUP BY upload_id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id uuid.UUID
+			var n int64
+			if err := rows.Scan(&id, &n); err != nil {
+				rows.Close()
+				return err
+			}
+			counts[id] = n
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	rows, err := v.q.Query(ctx, `SELECT id, upload_hash, stored FROM core_uploads ORDER BY id`)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id uuid.UUID
+		var hash []byte
+		var stored int64
+		if err := rows.Scan(&id, &hash, &stored); err != nil {
+			return err
+		}
+		v.rep.DomainRows++
+		ev, ok := d.uploads[id]
+		switch {
+		case !ok:
+			v.find(Finding{Kind: FindingUnaudited, EventID: id.String(), Detail: fmt.Sprintf("upload %s has no authentic upload.accepted event", id)})
+		case ev.hash != hex.EncodeToString(hash) || ev.stored != stored:
+			v.find(Finding{Kind: FindingDomainMismatch, EventID: id.String(), Detail: fmt.Sprintf("upload %s: hash or stored count (%d) in core_uploads differs from its event (%d)", id, stored, ev.stored)})
+		case v.cfg.Deep && counts[id] != 0 && counts[id] != stored:
+			// (A retention drop removes every observation of an upload: a count of 0 is not
+			// a finding.)
+			v.find(Finding{Kind: FindingDomainMismatch, EventID: id.String(), Detail: fmt.Sprintf("upload %s: %d observations stored from it, its event says %d", id, counts[id], stored)})
+		}
+	}
+	return rows.Err()
+}
+
+func jsonEqual(a, b []byte) bool {
+	if bytes.Equal(a, b) {
+		return true
+	}
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
+}

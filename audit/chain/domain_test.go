@@ -1,0 +1,138 @@
+package chain_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/devices/devicestest"
+)
+
+// domainRig is the real upload stack (devices, core) and alarm service on one database with
+// the audit chain: the rows they leave behind are cross-checked against their events.
+type domainRig struct {
+	env    *devicestest.Env
+	svc    *chain.Service
+	alarms *alarms.Service
+	dev    *devicestest.Device
+	upload uuid.UUID // core_uploads.id = its event's id
+	alarm  uuid.UUID
+}
+
+func newDomainRig(t *testing.T) *domainRig {
+	t.Helper()
+	env := devicestest.New(t, nil)
+	r := &domainRig{env: env, svc: chaintest.Start(t, env.Pool, env.URL, env.Rec)}
+	var err error
+	r.alarms, err = alarms.New(alarms.Config{Pool: env.Pool, Recorder: env.Rec, Now: env.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.dev = env.NewDevice(t)
+	rc, err := env.Devices.Accept(env.Ctx, r.dev.Upload(t, env.Clock.Now(), 5), devices.Meta{Transport: "http", RequestID: "r1"})
+	if err != nil {
+		t.Fatalf("Accept() error = %v", err)
+	}
+	if err := env.Pool.QueryRow(env.Ctx, `SELECT id FROM core_uploads WHERE upload_hash = $1`, rc.UploadHash[:]).Scan(&r.upload); err != nil {
+		t.Fatalf("upload row: %v", err)
+	}
+	err = pgx.BeginFunc(env.Ctx, env.Pool, func(tx pgx.Tx) error {
+		ts, err := r.alarms.Apply(env.Ctx, tx, alarms.Signal{PatientID: env.Patient, RuleID: "hr-high", RuleVersion: 1,
+			Raise: true, Severity: alarms.SeverityHigh, Message: "HR high"})
+		if err == nil && len(ts) > 0 {
+			r.alarm = ts[0].Alarm.ID
+		}
+		return err
+	})
+	if err != nil || r.alarm == uuid.Nil {
+		t.Fatalf("Apply(raise) = %v (alarm %s)", err, r.alarm)
+	}
+	nurse := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "nurse-1", AuthMethod: "password+totp"}}
+	if _, err := r.alarms.Acknowledge(env.Ctx, r.alarm, nurse, "seen"); err != nil {
+		t.Fatalf("Acknowledge() error = %v", err)
+	}
+	return r
+}
+
+func (r *domainRig) verify(t *testing.T, deep bool) *chain.Report {
+	t.Helper()
+	rep, err := chain.Verify(context.Background(), chain.VerifyConfig{Pool: r.env.Pool, Log: r.svc.Log(), VerifierKey: r.svc.VerifierKey(),
+		Origin: r.svc.Origin(), Keys: audit.NewSessionKeys(r.env.Rec.EventKeys()), Deep: deep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// Attack 3: domain rows changed behind the system's back — an alarm's state or
+// acknowledger, a device's public key, an upload's stored observations — disagree with what
+// the log says happened, and verify names each; a domain row whose event was deleted before
+// shipping is an unaudited change.
+// Verifies: REQ-AUD-044, REQ-AUD-042
+func TestDomainRowsAgainstTheTrail(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		do   func(t *testing.T, r *domainRig)
+		kind string
+		deep bool
+	}{
+		{"alarm state", func(t *testing.T, r *domainRig) {
+			r.exec(t, `UPDATE alarms SET state = 'resolved' WHERE id = $1`, r.alarm)
+		}, chain.FindingDomainMismatch, false},
+		{"alarm acknowledger", func(t *testing.T, r *domainRig) {
+			r.exec(t, `UPDATE alarms SET acked_by = 'dr-mallory' WHERE id = $1`, r.alarm)
+		}, chain.FindingDomainMismatch, false},
+		{"device public key", func(t *testing.T, r *domainRig) {
+			r.exec(t, `UPDATE devices_keys SET public_key = sha256(public_key) WHERE device_id = $1`, r.dev.ID)
+		}, chain.FindingDomainMismatch, false},
+		{"device key added", func(t *testing.T, r *domainRig) {
+			r.exec(t, `INSERT INTO devices_keys (device_id, version, public_key, created_at) SELECT device_id, version + 10,
+				sha256(public_key), created_at FROM devices_keys WHERE device_id = $1`, r.dev.ID)
+		}, chain.FindingUnaudited, false},
+		{"rule threshold raised (a new version behind the engine's back)", func(t *testing.T, r *domainRig) {
+			r.exec(t, `INSERT INTO rules_versions (rule_id, version, name, kind, enabled, definition, created_at, created_by, reason)
+				SELECT rule_id, version + 100, name, kind, enabled, jsonb_set(definition, '{levels,0,limit}', '200'), now(), 'admin', 'tuning'
+				FROM rules_versions WHERE rule_id = 'hr-high' AND version = 1`)
+		}, chain.FindingUnaudited, false},
+		{"observation deleted", func(t *testing.T, r *domainRig) {
+			r.exec(t, `DELETE FROM core_observations WHERE ctid = (SELECT ctid FROM core_observations WHERE upload_id = $1 LIMIT 1)`, r.upload)
+		}, chain.FindingDomainMismatch, true},
+		{"upload row without its event", func(t *testing.T, r *domainRig) {
+			r.exec(t, `INSERT INTO core_uploads (id, received_at, patient_id, device_id, key_id, upload_hash, sequence, transport,
+				samples, stored, flagged, duplicates) SELECT $2, received_at, patient_id, device_id, key_id, sha256(upload_hash),
+				sequence + 1, transport, samples, stored, flagged, duplicates FROM core_uploads WHERE id = $1`, r.upload, uuid.Must(uuid.NewV7()))
+		}, chain.FindingUnaudited, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := newDomainRig(t)
+			chaintest.ShipAll(t, r.svc)
+			if rep := r.verify(t, tc.deep); !rep.OK || rep.DomainRows == 0 {
+				t.Fatalf("Verify() before tampering: ok %v, %d domain rows, findings %s", rep.OK, rep.DomainRows, findings(rep))
+			}
+			tc.do(t, r)
+			rep := r.verify(t, tc.deep)
+			if !hasFinding(rep, tc.kind, "") {
+				t.Errorf("Verify() after %s: findings %s, want %s", tc.name, findings(rep), tc.kind)
+			}
+		})
+	}
+}
+
+func (r *domainRig) exec(t *testing.T, sql string, args ...any) {
+	t.Helper()
+	if _, err := r.env.Pool.Exec(context.Background(), sql, args...); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+var _ = time.Second
