@@ -159,7 +159,10 @@ func clinicalRules(role string) []Rule {
 	add(ObjAlarm, "acknowledge", ScopeWard, ScopeCareTeam, ScopeBreakGlass)
 	add(ObjAlarm, "resolve", ScopeWard, ScopeCareTeam)
 	add(ObjCareTeam, "read", ScopeWard, ScopeCareTeam)
-	add(ObjRule, "read", ScopeWard, ScopeCareTeam)
+	// Rule definitions (thresholds, NEWS2 bands) and the list of sites and wards are not
+	// patient data: every clinician reads them.
+	add(ObjRule, "read", ScopeAny)
+	add(ObjSite, "read", ScopeAny)
 	return out
 }
 
@@ -176,6 +179,7 @@ func DefaultPolicy() []Rule {
 		{RoleDeviceTechnician, ObjDevice, "read", ScopeGlobal},
 		{RoleDeviceTechnician, ObjDevice, "manage", ScopeGlobal},
 		{RoleDeviceTechnician, ObjDevice, "enroll", ScopeGlobal},
+		{RoleDeviceTechnician, ObjSite, "read", ScopeGlobal},
 		{RoleQuality, ObjAudit, "read", ScopeGlobal},
 		{RoleQuality, ObjAudit, "export", ScopeGlobal},
 		{RoleQuality, ObjEvidence, "read", ScopeGlobal},
