@@ -35,7 +35,8 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: rec, Alarms: svc, Rules: eng, Now: clk})
+	authSvc, cl := SignedIn(t, pool, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Alarms: svc, Rules: eng, Now: clk, Auth: authSvc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +62,7 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 		}
 		req, _ := http.NewRequest(method, ts.URL+path, rd)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

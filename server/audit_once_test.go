@@ -56,8 +56,9 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	authSvc, cl := SignedIn(t, pool, env.Rec)
 	s, err := New(Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng, Audit: auditSvc,
-		Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Auth: authSvc, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +277,7 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 		if ctype != "" {
 			req.Header.Set(echo.HeaderContentType, ctype)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
