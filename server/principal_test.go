@@ -22,8 +22,16 @@ var principalSeq atomic.Int64
 // are given). The user's audit actor is the user's id.
 func SignedIn(t testing.TB, pool *pgxpool.Pool, rec audit.Recorder, grants ...authtest.Grant) (*auth.Service, *http.Client) {
 	t.Helper()
+	svc, cl, _ := SignedInUserOn(t, pool, rec, grants...)
+	return svc, cl
+}
+
+// SignedInUserOn is SignedIn that also returns the user.
+func SignedInUserOn(t testing.TB, pool *pgxpool.Pool, rec audit.Recorder, grants ...authtest.Grant) (*auth.Service, *http.Client, *authtest.User) {
+	t.Helper()
 	svc := authtest.New(t, pool, rec, keystest.LocalRing(t, nil).PHI(), nil, nil)
-	return svc, SignedInClient(t, svc, grants...)
+	cl, u := SignedInUser(t, svc, grants...)
+	return svc, cl, u
 }
 
 // SignedInClient signs a new user holding grants (every role everywhere when none) in to svc and
