@@ -267,7 +267,7 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 				return v1 + "/break-glass/" + grantID + "/review", map[string]any{"note": "justified"}
 			})},
 		{route: "POST /api/v1/service-accounts/:id/tokens", status: 201, action: "policy.token_issued",
-			req: jsonReq(v1+"/service-accounts/"+ci.ID.String()+"/tokens", map[string]any{"name": "nightly", "roles": []string{"quality"}}),
+			req:  jsonReq(v1+"/service-accounts/"+ci.ID.String()+"/tokens", map[string]any{"name": "nightly", "roles": []string{"quality"}}),
 			then: field(&apiTokenID, "id")},
 		{route: "DELETE /api/v1/api-tokens/:id", status: 204, action: "policy.token_revoked",
 			req: func(t *testing.T) (string, string, []byte) { return v1 + "/api-tokens/" + apiTokenID, "", nil }},
