@@ -37,8 +37,8 @@ var demoActor = audit.Actor{Kind: audit.ActorService, ID: "vigil-demo", AuthMeth
 // demoUser is one seeded account.
 type demoUser struct {
 	Email, Name, Role, Ward string // Ward: "A", "B" or "" (every ward)
-	ID                         uuid.UUID
-	TOTPSecret                 string
+	ID                      uuid.UUID
+	TOTPSecret              string
 }
 
 var demoUserList = []demoUser{
