@@ -48,7 +48,7 @@ type testSession struct {
 // the domain's own event where the domain records one, http.request.completed otherwise. The
 // table must name every state-changing route the server mounts, so a new route without a row
 // fails here until someone decides how it is audited.
-// Verifies: REQ-FND-010
+// Verifies: REQ-FND-010, REQ-ACC-031
 func TestEveryStateChangeAuditedOnce(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
