@@ -116,6 +116,9 @@ type Server struct {
 	// extraAccess: access lines of routes tests add (permit); production routes are in
 	// routeAccess.
 	extraAccess map[string]access
+	// benchNoReadAudit turns the read audit off, for the benchmark that measures its cost
+	// only (never set outside that test).
+	benchNoReadAudit bool
 }
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
