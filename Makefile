@@ -70,8 +70,8 @@ services:
 	bash .ci/ensure-poppler
 
 # Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
-# go.sum changes): the Vault dev server, Trillian's own servers for the external mode,
-# sigstore's cosign (the release tests verify a release with it); and the external FHIR
+# go.sum changes): the Vault dev server and Trillian's own servers for the external mode;
+# and the external FHIR
 # validator from npm into interop/fhir/validator/node_modules (git-ignored, pinned by its
 # package-lock.json).
 tools:
@@ -96,7 +96,7 @@ clean-testdbs:
 # (docs/development.md: tests wait on PostgreSQL more than they compute); the log shows one line per package and every failing test's output.
 unit:
 	@mkdir -p $(CI_DIR)
-	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_COSIGN=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 \
+	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 \
 		$(GO) test -json -race -count=1 -p 4 -parallel 8 -timeout 12m ./... 2>&1 | $(GO) run ./tools/testlog -o $(CI_DIR)/go-test.json
 
 fuzz:
