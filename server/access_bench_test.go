@@ -3,13 +3,14 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/audittest"
@@ -58,7 +59,8 @@ func BenchmarkObservationsReadAudit(b *testing.B) {
 		b.Fatal(err)
 	}
 	authSvc, cl := SignedIn(b, pool, rec, authtest.Grant{Role: auth.RoleClinician, Domain: auth.WardDomain(ward.ID)})
-	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, Auth: authSvc, RejectedPerSource: Limit{Rate: -1}})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, Auth: authSvc, RejectedPerSource: Limit{Rate: -1},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		b.Fatal(err)
 	}
