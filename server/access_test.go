@@ -491,6 +491,16 @@ func TestSignInSessionsAndTokens(t *testing.T) {
 		t.Errorf("sign-in with a wrong password = %d %s, want 401 invalid_credentials", resp.StatusCode, e.Code)
 	}
 	resp.Body.Close()
+	// Lockout: after five failures for a name, 429 account_locked with Retry-After.
+	for i := range 6 {
+		resp := post("/auth/sign-in", map[string]any{"email": "nobody@test.example", "password": "wrong password!"}, nil)
+		e := decodeError(t, resp.Body)
+		resp.Body.Close()
+		if i == 5 && (resp.StatusCode != 429 || e.Code != "account_locked" || resp.Header.Get("Retry-After") == "") {
+			t.Errorf("sixth failed sign-in = %d %s Retry-After %q, want 429 account_locked with Retry-After",
+				resp.StatusCode, e.Code, resp.Header.Get("Retry-After"))
+		}
+	}
 	resp = post("/auth/sign-in", map[string]any{"email": u.Email, "password": authtest.Password, "totp_code": authtest.Code(t, u.TOTPSecret, clock.Now())}, nil)
 	var sa sessionAnswer
 	if err := json.NewDecoder(resp.Body).Decode(&sa); err != nil || resp.StatusCode != 200 || sa.CSRFToken == "" {
