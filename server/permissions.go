@@ -54,12 +54,14 @@ var routeAccess = map[string]access{
 	"PUT /api/v1/patients/:id/spo2-scale": allow(auth.ObjRule, "write").on(targetPatient),
 	"GET /api/v1/patients/:id/news2":      allow(auth.ObjObservation, "read").on(targetPatient).reads("news2"),
 
-	// Audit trail (quality staff).
-	"GET /api/v1/audit/checkpoint":  allow(auth.ObjAudit, "read"),
-	"POST /api/v1/audit/checkpoint": allow(auth.ObjAudit, "export"),
-	"GET /api/v1/audit/verify":      allow(auth.ObjAudit, "read"),
-	"GET /api/v1/audit/events":      allow(auth.ObjAudit, "read"),
-	"GET /api/v1/audit/events/:id":  allow(auth.ObjAudit, "read"),
+	// Audit trail (quality staff). The signed checkpoint and its verifier key are published:
+	// they say nothing but the log's size and root, and witnesses and devices check them.
+	"GET /api/v1/audit/checkpoint":   public(),
+	"GET /api/v1/audit/verifier-key": public(),
+	"POST /api/v1/audit/checkpoint":  allow(auth.ObjAudit, "export"),
+	"GET /api/v1/audit/verify":       allow(auth.ObjAudit, "read"),
+	"GET /api/v1/audit/events":       allow(auth.ObjAudit, "read"),
+	"GET /api/v1/audit/events/:id":   allow(auth.ObjAudit, "read"),
 
 	// Clinical core.
 	"GET /api/v1/codes":                                self(), // reference data, no PHI
