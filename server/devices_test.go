@@ -338,9 +338,16 @@ func TestHTTPDeviceLifecycle(t *testing.T) {
 	if resp.StatusCode != 201 {
 		t.Fatalf("POST /devices/enroll = %d %s, want 201", resp.StatusCode, b)
 	}
+	// The exact re-send is answered as before (REQ-DEV-136); the token used with another key is refused.
 	resp, b = h.post(t, "/api/v1/devices/enroll", "application/cbor", enr)
+	if resp.StatusCode != 201 || !strings.Contains(string(b), `"replayed":true`) {
+		t.Errorf("POST /devices/enroll (exact re-send) = %d %s, want 201 replayed", resp.StatusCode, b)
+	}
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	enr2, _ := envelope.SignEnroll(tok, other, h.Clock.Now())
+	resp, b = h.post(t, "/api/v1/devices/enroll", "application/cbor", enr2)
 	if resp.StatusCode != 401 || !strings.Contains(string(b), "invalid_enrollment_token") {
-		t.Errorf("POST /devices/enroll (token reused) = %d %s, want 401 invalid_enrollment_token", resp.StatusCode, b)
+		t.Errorf("POST /devices/enroll (token reused with another key) = %d %s, want 401 invalid_enrollment_token", resp.StatusCode, b)
 	}
 	do("PUT", "/api/v1/devices/"+id+"/patient", map[string]any{"patient_id": h.Patient}, 200)
 	d := &devicestest.Device{ID: uuid.MustParse(id), Key: priv, KV: 1}
