@@ -77,7 +77,7 @@ func (d Domain) Ward() (uuid.UUID, bool) {
 // Objects and actions. A route declares the (object, action) it needs.
 const (
 	ObjPatient        = "patient"         // patient record (identifying data); list, read, write
-	ObjObservation    = "observation"     // vitals and waveforms; read
+	ObjObservation    = "observation"     // vitals and waveforms; read, chart (hand-entered vitals, documented oxygen)
 	ObjAlarm          = "alarm"           // list, read, acknowledge, resolve, silence
 	ObjCareTeam       = "care_team"       // read, manage
 	ObjRule           = "rule"            // clinical rule settings; read, write
@@ -155,11 +155,16 @@ func clinicalRules(role string) []Rule {
 	add(ObjBreakGlass, "open", ScopeAny)
 	add(ObjPatient, "read", ScopeWard, ScopeCareTeam, ScopeBreakGlass)
 	add(ObjObservation, "read", ScopeWard, ScopeCareTeam, ScopeBreakGlass)
+	// Charting: vitals measured by hand and the documented oxygen of their own patients.
+	add(ObjObservation, "chart", ScopeWard, ScopeCareTeam)
 	add(ObjAlarm, "read", ScopeWard, ScopeCareTeam, ScopeBreakGlass)
 	add(ObjAlarm, "acknowledge", ScopeWard, ScopeCareTeam, ScopeBreakGlass)
 	add(ObjAlarm, "resolve", ScopeWard, ScopeCareTeam)
 	add(ObjCareTeam, "read", ScopeWard, ScopeCareTeam)
-	add(ObjRule, "read", ScopeWard, ScopeCareTeam)
+	// Rule definitions (thresholds, NEWS2 bands) and the list of sites and wards are not
+	// patient data: every clinician reads them.
+	add(ObjRule, "read", ScopeAny)
+	add(ObjSite, "read", ScopeAny)
 	return out
 }
 
@@ -176,6 +181,7 @@ func DefaultPolicy() []Rule {
 		{RoleDeviceTechnician, ObjDevice, "read", ScopeGlobal},
 		{RoleDeviceTechnician, ObjDevice, "manage", ScopeGlobal},
 		{RoleDeviceTechnician, ObjDevice, "enroll", ScopeGlobal},
+		{RoleDeviceTechnician, ObjSite, "read", ScopeGlobal},
 		{RoleQuality, ObjAudit, "read", ScopeGlobal},
 		{RoleQuality, ObjAudit, "export", ScopeGlobal},
 		{RoleQuality, ObjEvidence, "read", ScopeGlobal},

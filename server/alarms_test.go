@@ -35,7 +35,8 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: rec, Alarms: svc, Rules: eng, Now: clk})
+	authSvc, cl, user := SignedInUserOn(t, pool, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Alarms: svc, Rules: eng, Now: clk, Auth: authSvc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 		}
 		req, _ := http.NewRequest(method, ts.URL+path, rd)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,8 +123,8 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 		}
 	}
 	_, out := call("GET", "/api/v1/alarms/"+id, nil)
-	if out["state"] != "resolved" || out["acked_by"] != "anonymous" || out["silence_reason"] != "suctioning" || out["severity"] != "critical" {
-		t.Errorf("GET alarm after actions = %v, want resolved, acked by anonymous, silence reason kept, critical", out)
+	if out["state"] != "resolved" || out["acked_by"] != user.ID.String() || out["silence_reason"] != "suctioning" || out["severity"] != "critical" {
+		t.Errorf("GET alarm after actions = %v, want resolved, acked by the signed-in user %s, silence reason kept, critical", out, user.ID)
 	}
 	_, out = call("GET", "/api/v1/rules/nodata/versions", nil)
 	if vs, _ := out["versions"].([]any); len(vs) != 2 {

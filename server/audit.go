@@ -26,9 +26,9 @@ func (s *Server) mountAudit(api *echo.Group) {
 	api.GET("/audit/verifier-key", s.auditVerifierKey)
 	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
-	api.GET("/audit/consistency", s.auditConsistency) // audit_consistency.go
-	api.GET("/audit/events", s.auditEvents)
-	api.GET("/audit/events/:id", s.auditEvent)
+	api.GET("/audit/consistency", s.auditConsistency)         // audit_consistency.go
+	api.GET("/audit/events", s.auditTrailRead(s.auditEvents)) // access.audit.read (access_lists.go)
+	api.GET("/audit/events/:id", s.auditTrailRead(s.auditEvent))
 }
 
 const auditedKey = "vigil.audited"

@@ -27,10 +27,13 @@ func TestAuditAPI(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	rec := audittest.Recorder(t, pool, nil)
 	svc := chaintest.Start(t, pool, url, rec)
-	s, err := New(Config{Pool: pool, Recorder: rec, Audit: svc, Logger: quiet})
+	authSvc, cl := SignedIn(t, pool, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Audit: svc, Logger: quiet, Auth: authSvc})
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Permit("POST", "/test/change")
+	s.Permit("POST", "/test/domain-audited")
 	s.echo.POST("/test/change", func(c echo.Context) error { return c.NoContent(http.StatusNoContent) })
 	s.echo.POST("/test/domain-audited", func(c echo.Context) error { Audited(c); return c.NoContent(http.StatusNoContent) })
 	ts := httptest.NewServer(s.Handler())
@@ -38,7 +41,7 @@ func TestAuditAPI(t *testing.T) {
 
 	get := func(path string, want int, v any) {
 		t.Helper()
-		resp, err := http.Get(ts.URL + path)
+		resp, err := cl.Get(ts.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,14 +70,14 @@ func TestAuditAPI(t *testing.T) {
 
 	// Three state-changing requests, each audited by the middleware.
 	for range 3 {
-		resp, err := http.Post(ts.URL+"/test/change", "application/json", strings.NewReader("{}"))
+		resp, err := cl.Post(ts.URL+"/test/change", "application/json", strings.NewReader("{}"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
 	}
 	// A handler whose domain code recorded its own event gets no second, generic one.
-	resp, err := http.Post(ts.URL+"/test/domain-audited", "application/json", strings.NewReader("{}"))
+	resp, err := cl.Post(ts.URL+"/test/domain-audited", "application/json", strings.NewReader("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +101,7 @@ func TestAuditAPI(t *testing.T) {
 
 	// Ship, then checkpoint on demand, then fetch an event with its proof.
 	chaintest.ShipAll(t, svc)
-	resp, err = http.Post(ts.URL+"/api/v1/audit/checkpoint", "application/json", nil)
+	resp, err = cl.Post(ts.URL+"/api/v1/audit/checkpoint", "application/json", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST checkpoint = %v, %v", resp, err)
 	}

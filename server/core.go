@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -27,7 +26,7 @@ func (s *Server) mountCore(api *echo.Group) {
 	api.POST("/sites", s.coreCreateSite)
 	api.GET("/sites/:id/wards", s.coreListWards)
 	api.POST("/sites/:id/wards", s.coreCreateWard)
-	api.GET("/patients", s.coreListPatients)
+	api.GET("/patients", s.listPatients) // access_lists.go: narrowed to the caller's patients
 	api.POST("/patients", s.coreCreatePatient)
 	api.GET("/patients/:id", s.coreGetPatient)
 	api.POST("/patients/:id/discharge", s.coreDischargePatient)
@@ -38,7 +37,7 @@ func (s *Server) mountCore(api *echo.Group) {
 	api.DELETE("/patients/:id/care-team/:clinician", s.coreRemoveCareTeam)
 	api.GET("/patients/:id/observations", s.coreObservations)
 	api.GET("/patients/:id/latest", s.coreLatest)
-	api.GET("/stream", s.coreStream)
+	api.GET("/stream", s.streamVisible) // access_lists.go, then coreStream
 	api.GET("/webhooks", s.coreListWebhooks)
 	api.POST("/webhooks", s.coreCreateWebhook)
 	api.DELETE("/webhooks/:id", s.coreDeleteWebhook)
@@ -123,37 +122,6 @@ func (s *Server) coreCreateWard(c echo.Context) error {
 	}
 	Audited(c) // ward.created
 	return c.JSON(http.StatusCreated, w)
-}
-
-func (s *Server) coreListPatients(c echo.Context) error {
-	q := c.QueryParams()
-	var f core.PatientFilter
-	if err := queryUUID(c, "ward_id", &f.WardID); err != nil {
-		return err
-	}
-	f.Clinician = q.Get("clinician")
-	f.Discharged = q.Get("discharged") == "true"
-	if err := queryLimit(c, 1000, "invalid_limit", &f.Limit); err != nil {
-		return err
-	}
-	if mrn := q.Get("mrn"); mrn != "" {
-		p, err := s.cfg.Core.PatientByMRN(c.Request().Context(), mrn)
-		if errors.Is(err, core.ErrNotFound) {
-			return c.JSON(http.StatusOK, map[string]any{"patients": []core.Patient{}})
-		}
-		if err != nil {
-			return err
-		}
-		return c.JSON(http.StatusOK, map[string]any{"patients": []core.Patient{p}})
-	}
-	list, err := s.cfg.Core.Patients(c.Request().Context(), f)
-	if err != nil {
-		return err
-	}
-	if list == nil {
-		list = []core.Patient{}
-	}
-	return c.JSON(http.StatusOK, map[string]any{"patients": list})
 }
 
 func (s *Server) coreCreatePatient(c echo.Context) error {

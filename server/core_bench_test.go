@@ -85,7 +85,8 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	if err := svc.MaintainPartitions(ctx); err != nil {
 		b.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, RequestTimeout: time.Hour})
+	authSvc, cl := SignedIn(b, pool, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, RequestTimeout: time.Hour, Auth: authSvc})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func BenchmarkCoreIngestToSSE(b *testing.B) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(sctx, "GET", ts.URL+"/api/v1/stream?type=alarm.opened", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := cl.Do(req)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -71,7 +71,8 @@ func TestCoreAPIAndStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc})
+	authSvc, cl := SignedIn(t, pool, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, Auth: authSvc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +89,7 @@ func TestCoreAPIAndStream(t *testing.T) {
 		}
 		req, _ := http.NewRequest(method, ts.URL+path, rd)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,7 +153,7 @@ func TestCoreAPIAndStream(t *testing.T) {
 		if lastID != "" {
 			req.Header.Set("Last-Event-ID", lastID)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

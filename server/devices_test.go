@@ -32,6 +32,7 @@ type devHTTP struct {
 	*devicestest.Env
 	ts       *httptest.Server
 	overload *atomic.Bool
+	cl       *http.Client // signed in as a user holding every role
 }
 
 func newDevHTTP(t *testing.T, mod func(*devices.Config)) *devHTTP {
@@ -48,13 +49,14 @@ func newDevHTTP(t *testing.T, mod func(*devices.Config)) *devHTTP {
 			mod(c)
 		}
 	})
-	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: e.Devices, Now: e.Clock.Now})
+	authSvc, cl := server.SignedIn(t, e.Pool, e.Rec)
+	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: e.Devices, Now: e.Clock.Now, Auth: authSvc})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &devHTTP{Env: e, ts: ts, overload: over}
+	return &devHTTP{Env: e, ts: ts, overload: over, cl: cl}
 }
 
 type apiErr struct {
@@ -68,7 +70,7 @@ func (h *devHTTP) post(t *testing.T, path, ctype string, body []byte) (*http.Res
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, h.ts.URL+path, bytes.NewReader(body))
 	req.Header.Set("Content-Type", ctype)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := h.cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +110,7 @@ func TestHTTPUploadAccepted(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, h.ts.URL+"/api/v1/uploads", bytes.NewReader(raw))
 	req.Header.Set("Content-Type", "application/cbor")
 	req.Header.Set("Accept", "application/cbor")
-	resp2, err := http.DefaultClient.Do(req)
+	resp2, err := h.cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +288,7 @@ func TestHTTPChunkedUploadTooLarge(t *testing.T) {
 	}()
 	req, _ := http.NewRequest(http.MethodPost, h.ts.URL+"/api/v1/uploads", pr)
 	req.Header.Set("Content-Type", "application/cbor")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := h.cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +316,7 @@ func TestHTTPDeviceLifecycle(t *testing.T) {
 		}
 		req, _ := http.NewRequest(method, h.ts.URL+path, rd)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := h.cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -336,9 +338,16 @@ func TestHTTPDeviceLifecycle(t *testing.T) {
 	if resp.StatusCode != 201 {
 		t.Fatalf("POST /devices/enroll = %d %s, want 201", resp.StatusCode, b)
 	}
+	// The exact re-send is answered as before (REQ-DEV-136); the token used with another key is refused.
 	resp, b = h.post(t, "/api/v1/devices/enroll", "application/cbor", enr)
+	if resp.StatusCode != 201 || !strings.Contains(string(b), `"replayed":true`) {
+		t.Errorf("POST /devices/enroll (exact re-send) = %d %s, want 201 replayed", resp.StatusCode, b)
+	}
+	_, other, _ := ed25519.GenerateKey(rand.Reader)
+	enr2, _ := envelope.SignEnroll(tok, other, h.Clock.Now())
+	resp, b = h.post(t, "/api/v1/devices/enroll", "application/cbor", enr2)
 	if resp.StatusCode != 401 || !strings.Contains(string(b), "invalid_enrollment_token") {
-		t.Errorf("POST /devices/enroll (token reused) = %d %s, want 401 invalid_enrollment_token", resp.StatusCode, b)
+		t.Errorf("POST /devices/enroll (token reused with another key) = %d %s, want 401 invalid_enrollment_token", resp.StatusCode, b)
 	}
 	do("PUT", "/api/v1/devices/"+id+"/patient", map[string]any{"patient_id": h.Patient}, 200)
 	d := &devicestest.Device{ID: uuid.MustParse(id), Key: priv, KV: 1}

@@ -8,6 +8,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/audit/chain"
+	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -25,12 +26,15 @@ const (
 	CodeMethodNotAllowed = "method_not_allowed"
 	CodePayloadTooLarge  = "payload_too_large"
 	CodeUnsupportedMedia = "unsupported_media_type"
-	CodeUnauthorized     = "unauthorized"
-	CodeForbidden        = "forbidden"
-	CodeRateLimited      = "rate_limited"
-	CodeUnavailable      = "unavailable"
-	CodeTimeout          = "timeout"
-	CodeInternal         = "internal_error"
+	// CodeUnauthenticated is the one 401 code of a request without valid credentials: no
+	// session or token, a tampered, unknown, ended or expired one, a disabled principal. Which
+	// of these it was is recorded in the audit trail only.
+	CodeUnauthenticated = "unauthenticated"
+	CodeForbidden       = "forbidden"
+	CodeRateLimited     = "rate_limited"
+	CodeUnavailable     = "unavailable"
+	CodeTimeout         = "timeout"
+	CodeInternal        = "internal_error"
 	// CodeClientClosed: the client closed the connection before the answer (a device that
 	// lost its network mid-upload, say). Nobody reads this answer; it is what the logs and
 	// the audit trail say of the request (http.request.abandoned).
@@ -106,6 +110,22 @@ var errorTable = []mapping{
 	{core.ErrInvalidRequest, http.StatusBadRequest, "invalid_request"},
 	{core.ErrConflict, http.StatusConflict, "conflict"},
 	{core.ErrNoPHISealer, http.StatusServiceUnavailable, "phi_unavailable"},
+	// authentication and authorization (codes in docs/api.md#authentication-and-authorization).
+	// A request without valid credentials is unauthenticated whatever the reason (an ended or
+	// expired session included); sign-in answers say what the client must do next.
+	{auth.ErrUnauthenticated, http.StatusUnauthorized, CodeUnauthenticated},
+	{auth.ErrSessionExpired, http.StatusUnauthorized, CodeUnauthenticated},
+	{auth.ErrInvalidCredentials, http.StatusUnauthorized, auth.ErrInvalidCredentials.Code},
+	{auth.ErrMFARequired, http.StatusUnauthorized, auth.ErrMFARequired.Code},
+	{auth.ErrOIDC, http.StatusUnauthorized, auth.ErrOIDC.Code},
+	{auth.ErrEnrollmentInvalid, http.StatusUnauthorized, auth.ErrEnrollmentInvalid.Code},
+	{auth.ErrAccountLocked, http.StatusTooManyRequests, auth.ErrAccountLocked.Code},
+	{auth.ErrCSRFInvalid, http.StatusForbidden, auth.ErrCSRFInvalid.Code},
+	{auth.ErrForbidden, http.StatusForbidden, CodeForbidden},
+	{auth.ErrBreakGlassReason, http.StatusBadRequest, auth.ErrBreakGlassReason.Code},
+	{auth.ErrNotFound, http.StatusNotFound, CodeNotFound},
+	{auth.ErrConflict, http.StatusConflict, "conflict"},
+	{auth.ErrInvalid, http.StatusBadRequest, "invalid_request"},
 	// keys (codes in docs/api.md#keys): the key backend cannot serve a request that needs a
 	// key (sealing or opening PHI, signing a receipt); nothing was stored without it.
 	{keys.ErrSealed, http.StatusServiceUnavailable, "keys_sealed"},
@@ -150,7 +170,7 @@ func classify(err error) (status int, code, message string) {
 		case http.StatusUnsupportedMediaType:
 			return he.Code, CodeUnsupportedMedia, msg
 		case http.StatusUnauthorized:
-			return he.Code, CodeUnauthorized, msg
+			return he.Code, CodeUnauthenticated, msg
 		case http.StatusForbidden:
 			return he.Code, CodeForbidden, msg
 		case http.StatusTooManyRequests:

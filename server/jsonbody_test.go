@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"net/http"
 	"strings"
 	"testing"
 
@@ -85,7 +84,7 @@ func TestStrictJSONBodies(t *testing.T) {
 func TestNoStoreNoSniff(t *testing.T) {
 	h := newLimitedHTTP(t, server.Config{})
 	for _, path := range []string{"/api/v1/patients", "/api/v1/patients/" + h.Patient.String(), "/api/v1/patients/not-a-uuid", "/api/v1/nothing"} {
-		resp, err := http.Get(h.ts.URL + path)
+		resp, err := h.cl.Get(h.ts.URL + path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,19 +22,22 @@ type limitedHTTP struct {
 	*devicestest.Env
 	srv *server.Server
 	ts  *httptest.Server
+	cl  *http.Client // signed in as a user holding every role
 }
 
 func newLimitedHTTP(t *testing.T, cfg server.Config) *limitedHTTP {
 	t.Helper()
 	e := devicestest.New(t, nil)
 	cfg.Pool, cfg.Recorder, cfg.Devices, cfg.Core, cfg.Now = e.Pool, e.Rec, e.Devices, e.Core, e.Clock.Now
+	var cl *http.Client
+	cfg.Auth, cl = server.SignedIn(t, e.Pool, e.Rec)
 	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &limitedHTTP{Env: e, srv: srv, ts: ts}
+	return &limitedHTTP{Env: e, srv: srv, ts: ts, cl: cl}
 }
 
 // do sends a request from source (X-Forwarded-For; "" for the TCP peer) and returns the
@@ -48,7 +51,7 @@ func (h *limitedHTTP) do(t *testing.T, method, path, source, ctype string, body 
 	if source != "" {
 		req.Header.Set("X-Forwarded-For", source)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := h.cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,6 +91,7 @@ func TestRejectionAuditsRouteNotPath(t *testing.T) {
 	pool := testdb.New(t)
 	s, ts := newTestServer(t, pool)
 	s.echo.GET("/api/v1/things/:id", func(c echo.Context) error { return BadRequest("invalid_thing", "no") })
+	s.Permit("GET", "/api/v1/things/:id")
 	ctx := context.Background()
 	phi := "MRN-0012345-SMITH-JOHN-"
 	for _, tc := range []struct{ path, wantObject string }{

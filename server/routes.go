@@ -21,6 +21,7 @@ func (s *Server) routes() {
 	s.mountAlarms(api)
 	s.mountAudit(api)
 	s.mountCore(api)
+	s.mountAuth(api)
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

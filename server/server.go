@@ -16,6 +16,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/chain"
+	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -59,6 +60,16 @@ type Config struct {
 	// Core is the clinical core: patients, observations, the notification stream and webhooks
 	// (routes in core.go). Optional.
 	Core *core.Service
+	// Auth authenticates and authorizes every request but the devices' and the probes'
+	// (access.go, permissions.go) and serves sign-in (authroutes.go). Without it, every such
+	// request is refused with 401 unauthenticated: only devices and probes are served.
+	Auth *auth.Service
+	// OIDC is the OpenID Connect relying party of single sign-on (routes /auth/oidc/…).
+	// Optional: without it only local accounts sign in.
+	OIDC *auth.RelyingParty
+	// PolicyRefreshInterval is how often Serve reloads the policy when another process changed
+	// it (auth.Enforcer.Refresh). Default 5s.
+	PolicyRefreshInterval time.Duration
 
 	// ReadTimeout bounds the time a request's body may take to arrive (its headers are bounded
 	// by a fixed 10 s); a body that is late gets 408 request_timeout. Default 30s.
@@ -102,6 +113,12 @@ type Server struct {
 	log     *slog.Logger
 	rejects *rejectLimits
 	streams *streamSlots
+	// extraAccess: access lines of routes tests add (permit); production routes are in
+	// routeAccess.
+	extraAccess map[string]access
+	// benchNoReadAudit turns the read audit off, for the benchmark that measures its cost
+	// only (never set outside that test).
+	benchNoReadAudit bool
 }
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
@@ -123,6 +140,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.PolicyRefreshInterval <= 0 {
+		cfg.PolicyRefreshInterval = 5 * time.Second
 	}
 	cfg = withLimitDefaults(cfg)
 	s := &Server{cfg: cfg, log: cfg.Logger, rejects: newRejectLimits(cfg),
@@ -157,6 +177,10 @@ func New(cfg Config) (*Server, error) {
 		// audited as one (upload_too_large), like any other.
 		Skipper: func(c echo.Context) bool { return c.Path() == "/api/v1/uploads" }}))
 	e.Use(middleware.ContextTimeoutWithConfig(middleware.ContextTimeoutConfig{Timeout: cfg.RequestTimeout}))
+	// Authentication and authorization of every route (access.go): before any handler and
+	// before the state-change audit middleware mountAudit adds, so that its events name the
+	// principal.
+	e.Use(s.guard)
 	s.echo = e
 	s.routes()
 	return s, nil
@@ -179,6 +203,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	flushed := make(chan struct{})
 	go func() { defer close(flushed); s.flushThrottledEvery(fctx, s.cfg.ThrottleFlushInterval) }()
 	defer func() { stopFlush(); <-flushed }()
+	if s.cfg.Auth != nil {
+		refreshed := make(chan struct{})
+		go func() { defer close(refreshed); s.refreshPolicyEvery(fctx, s.cfg.PolicyRefreshInterval) }()
+		defer func() { stopFlush(); <-refreshed }()
+	}
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)

@@ -24,6 +24,8 @@ func newTestServer(t *testing.T, pool *pgxpool.Pool) (*Server, *httptest.Server)
 	}
 	// Routes only tests have: one that panics, one that echoes its body.
 	s.echo.GET("/test/panic", func(echo.Context) error { panic("boom") })
+	s.Permit("GET", "/test/panic")
+	s.Permit("POST", "/test/echo")
 	s.echo.POST("/test/echo", func(c echo.Context) error {
 		b, err := io.ReadAll(c.Request().Body)
 		if err != nil {

@@ -34,7 +34,7 @@ func TestStreamsCapped(t *testing.T) {
 		if lastEventID != "" {
 			req.Header.Set("Last-Event-ID", lastEventID)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := h.cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -47,6 +47,9 @@ func TestReadTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.Permit("POST", "/test/echo")
+	s.Permit("GET", "/test/slow")
+	s.Permit("POST", "/test/slow")
 	s.echo.POST("/test/echo", func(c echo.Context) error {
 		b, err := io.ReadAll(c.Request().Body)
 		if err != nil {

@@ -27,7 +27,8 @@ func TestCoreWebhookRefusalsCoded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc})
+	authSvc, cl := SignedIn(t, pool, rec)
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, Auth: authSvc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +52,7 @@ func TestCoreWebhookRefusalsCoded(t *testing.T) {
 		{"gopher://hooks.example.org/", core.CodeInvalidWebhookURL},
 	} {
 		b, _ := json.Marshal(map[string]any{"url": tc.url, "event_types": []string{"*"}})
-		resp, err := http.Post(ts.URL+"/api/v1/webhooks", "application/json", bytes.NewReader(b))
+		resp, err := cl.Post(ts.URL+"/api/v1/webhooks", "application/json", bytes.NewReader(b))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -95,7 +95,7 @@ func openAudit(ctx context.Context, rc runConfig, db *database, ring *keys.Ring,
 		_ = closeRing(ctx)
 		return nil, nil, err
 	}
-	ws, err := witnessesFromEnv()
+	ws, err := witnessesFromEnv(ctx)
 	if err != nil {
 		_ = closeRing(ctx)
 		return nil, nil, err

@@ -39,8 +39,8 @@ func parseWitnesses(specs []string) ([]chain.WitnessEndpoint, error) {
 
 // witnessesFromEnv reads VIGIL_AUDIT_WITNESSES: whitespace-separated KEY@URL entries, the
 // witnesses `vigil serve` submits every checkpoint to.
-func witnessesFromEnv() ([]chain.WitnessEndpoint, error) {
-	ws, err := parseWitnesses(strings.Fields(os.Getenv("VIGIL_AUDIT_WITNESSES")))
+func witnessesFromEnv(ctx context.Context) ([]chain.WitnessEndpoint, error) {
+	ws, err := parseWitnesses(strings.Fields(getenv(ctx, "VIGIL_AUDIT_WITNESSES")))
 	if err != nil {
 		return nil, fmt.Errorf("VIGIL_AUDIT_WITNESSES: %w", err)
 	}

@@ -36,6 +36,11 @@ hypoxia, bradycardia, sensor artifact, device offline) that upload signed vitals
 threshold and no-data alarms fire within a few minutes. With VIGIL_MQTT_URL set (e.g.
 mqtt://127.0.0.1:1883) half of the fleet uploads over MQTT.
 
+People sign in like in production: demo seeds the site "Demo Hospital" with wards A and B,
+places the simulated patients on them alternately, and creates four users — a clinician on
+each ward, a quality officer and an administrator — with the password vigil-demo-password
+and a TOTP secret each, printed on the console with a curl line to sign in.
+
 Ctrl-C (or SIGTERM) shuts everything down, the private cluster included.
 
 The demo keeps its keys in a local key ring in the data directory: it is not for production.`,

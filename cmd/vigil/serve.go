@@ -35,7 +35,16 @@ Webhooks carry patient alerts, so they reach public addresses only: a connection
 loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, the cloud metadata
 service), CGNAT (100.64.0.0/10), multicast or reserved address is refused when it is dialed,
 whatever DNS says; redirects are never followed and no HTTP(S)_PROXY is used. Allow an
-internal receiver's network with --webhook-allow-net (repeatable).`,
+internal receiver's network with --webhook-allow-net (repeatable).
+
+Every request but the probes, sign-in and the devices' signed uploads needs a session
+(POST /api/v1/auth/sign-in: password and TOTP; the cookie is Secure, __Host-vigil_session)
+or a service account's API token, and is authorized by the one policy (docs/access.md).
+Create the first administrator with 'vigil user add EMAIL --admin'. Single sign-on through
+the hospital's OpenID provider is on when VIGIL_OIDC_ISSUER is set, with
+VIGIL_OIDC_CLIENT_ID, VIGIL_OIDC_CLIENT_SECRET (or _FILE), VIGIL_OIDC_REDIRECT_URL,
+VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR.
+VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).`,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
   vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,

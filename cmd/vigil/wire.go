@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
@@ -36,7 +38,9 @@ type system struct {
 	pool    *pgxpool.Pool
 	rec     *audit.Outbox // the one audit recorder of the process
 	server  *server.Server
-	keys    *keys.Ring // Vault Transit, or the local key ring for demos (keys.go)
+	keys    *keys.Ring    // Vault Transit, or the local key ring for demos (keys.go)
+	auth    *auth.Service // principals, sessions, the policy (access.go)
+	core    *core.Service // the clinical core (core.go)
 	closers []func(context.Context) error
 }
 
@@ -113,6 +117,12 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	// identifying data is sealed with the key ring's PHI helper.
 	coreSvc, err := wireCore(ctx, sys, rc, &srvCfg, ring.PHI())
 	if err != nil {
+		return nil, err
+	}
+	sys.core = coreSvc
+	// Identity and access: every request but the devices' is authenticated and authorized
+	// through the one policy (access.go).
+	if err := wireAuth(ctx, sys, rc, &srvCfg, ring); err != nil {
 		return nil, err
 	}
 	// Devices: registry, enrollment, signed uploads into core (device.go).

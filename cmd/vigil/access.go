@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/server"
+)
+
+// wireAuth opens the auth service (users, sessions, tokens, the policy) for the server, and
+// the OpenID Connect relying party when VIGIL_OIDC_ISSUER is set:
+//
+//	VIGIL_OIDC_ISSUER         the provider's issuer URL
+//	VIGIL_OIDC_CLIENT_ID      Vigil's client id at the provider
+//	VIGIL_OIDC_CLIENT_SECRET  its secret (or VIGIL_OIDC_CLIENT_SECRET_FILE)
+//	VIGIL_OIDC_REDIRECT_URL   https://<vigil>/api/v1/auth/oidc/callback
+//	VIGIL_OIDC_ROLES_CLAIM    the claim listing groups (default "groups")
+//	VIGIL_OIDC_ROLE_MAP       JSON: [{"value":"icu-nurses","role":"clinician","domain":"ward:<id>"}, …]
+//	VIGIL_OIDC_REQUIRE_AMR    comma-separated amr values of which the ID token must list one
+//
+// Session cookies are Secure (__Host-vigil_session) unless the server runs as `vigil demo` or
+// VIGIL_SESSION_INSECURE=true (plain HTTP on loopback only).
+func wireAuth(ctx context.Context, sys *system, rc runConfig, cfg *server.Config, ring *keys.Ring) error {
+	insecure := rc.Demo || getenv(ctx, "VIGIL_SESSION_INSECURE") == "true"
+	svc, err := auth.New(ctx, auth.Config{Pool: sys.pool, Sealer: ring.PHI(), Audit: sys.rec,
+		Session: auth.SessionConfig{Insecure: insecure}})
+	if err != nil {
+		return fmt.Errorf("auth: %w", err)
+	}
+	sys.auth = svc
+	cfg.Auth = svc
+	issuer := getenv(ctx, "VIGIL_OIDC_ISSUER")
+	if issuer == "" {
+		return nil
+	}
+	secret, err := secretEnv(ctx, "VIGIL_OIDC_CLIENT_SECRET")
+	if err != nil {
+		return err
+	}
+	oc := auth.OIDCConfig{Issuer: issuer, ClientID: getenv(ctx, "VIGIL_OIDC_CLIENT_ID"), ClientSecret: secret,
+		RedirectURL: getenv(ctx, "VIGIL_OIDC_REDIRECT_URL"), RolesClaim: getenv(ctx, "VIGIL_OIDC_ROLES_CLAIM")}
+	if m := getenv(ctx, "VIGIL_OIDC_ROLE_MAP"); m != "" {
+		if err := json.Unmarshal([]byte(m), &oc.RoleMap); err != nil {
+			return fmt.Errorf("VIGIL_OIDC_ROLE_MAP: %w", err)
+		}
+	}
+	if v := getenv(ctx, "VIGIL_OIDC_REQUIRE_AMR"); v != "" {
+		oc.RequireAMR = strings.Split(v, ",")
+	}
+	rp, err := svc.NewRelyingParty(ctx, oc)
+	if err != nil {
+		return fmt.Errorf("oidc: %w", err)
+	}
+	cfg.OIDC = rp
+	return nil
+}

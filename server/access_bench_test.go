@@ -1,0 +1,109 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/auth/authtest"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/testdb"
+)
+
+// BenchmarkObservationsReadAudit measures the cost of auditing reads of patient data: a ward
+// clinician's GET /patients/:id/observations (60 heart rates, the hour's raw series) over real
+// HTTP with a real session, sent at a fixed 500 requests/s (each in its own goroutine, so a
+// slow answer does not slow the sender), with the access.phi.read event (group-committed) and
+// without it. It reports each request's latency p50 and p99.
+//
+//	go test ./server -run '^$' -bench BenchmarkObservationsReadAudit -benchtime 2500x -count 3
+func BenchmarkObservationsReadAudit(b *testing.B) {
+	pool := testdb.New(b)
+	ctx := context.Background()
+	rec := audittest.Recorder(b, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "bench", AuthMethod: "internal"}, RequestID: "bench"}
+	site, err := svc.CreateSite(ctx, by, "S")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ward, err := svc.CreateWard(ctx, by, site.ID, "W")
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := svc.CreatePatient(ctx, by, core.PatientPHI{MRN: "BENCH-1", GivenName: "B", FamilyName: "B"}, &ward.ID)
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
+	var h [32]byte
+	_, _ = rand.Read(h[:])
+	batch := core.Batch{PatientID: p.ID, Provenance: core.Provenance{DeviceID: "d", KeyID: "d/1", UploadHash: h, Transport: "http"}}
+	for i := range 60 {
+		batch.Samples = append(batch.Samples, core.Sample{Code: core.LOINCHeartRate, Value: float64(60 + i%10), Unit: "/min", Time: base.Add(time.Duration(i) * time.Minute)})
+	}
+	if _, err := svc.Ingest(ctx, batch); err != nil {
+		b.Fatal(err)
+	}
+	authSvc, cl := SignedIn(b, pool, rec, authtest.Grant{Role: auth.RoleClinician, Domain: auth.WardDomain(ward.ID)})
+	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, Auth: authSvc, RejectedPerSource: Limit{Rate: -1},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	cl.Transport.(*authtest.Transport).Base = &http.Transport{MaxIdleConnsPerHost: 200}
+	url := ts.URL + "/api/v1/patients/" + p.ID.String() + "/observations?code=8867-4&from=" +
+		base.Format(time.RFC3339) + "&to=" + base.Add(time.Hour).Format(time.RFC3339)
+	for _, audited := range []bool{true, false} {
+		name := "audited"
+		if !audited {
+			name = "unaudited"
+		}
+		b.Run(name, func(b *testing.B) {
+			s.benchNoReadAudit = !audited
+			lat := make([]time.Duration, b.N)
+			var wg sync.WaitGroup
+			tick := time.NewTicker(2 * time.Millisecond) // 500 requests/s
+			defer tick.Stop()
+			b.ResetTimer()
+			for i := range b.N {
+				<-tick.C
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					t0 := time.Now()
+					resp, err := cl.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("GET observations = %d", resp.StatusCode)
+					}
+					lat[i] = time.Since(t0)
+				}()
+			}
+			wg.Wait()
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
