@@ -33,7 +33,7 @@ CI_DIR := .vigil/ci
 # CI keeps one beside the repository; elsewhere pass VULNDB=path/to/osv.
 VULNDB ?= ../shared/vulndb/osv
 
-.PHONY: all build bench-build demo test vet unit fuzz validate release services tools clean-testdbs help
+.PHONY: all build bench-build demo test vet unit fuzz validate release services tools clean-testdbs help portal-assets
 
 all: build
 
@@ -76,6 +76,15 @@ services:
 # package-lock.json).
 tools:
 	@for s in tools/*/build.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
+
+# The portal's front-end files (docs/portal.md): after changing a version in
+# portal/web/package.json and running `npm install` there, copy the pinned packages' files
+# into portal/web/vendor (committed, embedded by go:embed) and commit them; the portal's
+# TestVendoredAssets checks them against the npm tarballs of the lock file's integrity.
+portal-assets:
+	bash tools/portal-web/build.sh
+	cd portal/web && cp node_modules/htmx.org/dist/htmx.min.js node_modules/uplot/dist/uPlot.iife.min.js \
+		node_modules/uplot/dist/uPlot.min.css vendor/
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \

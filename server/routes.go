@@ -21,6 +21,9 @@ func (s *Server) routes() {
 	s.mountAlarms(api)
 	s.mountAudit(api)
 	s.mountCore(api)
+	if s.cfg.Portal != nil {
+		s.cfg.Portal.Mount(s.echo)
+	}
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

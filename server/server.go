@@ -21,6 +21,7 @@ import (
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/portal"
 )
 
 // Config is everything the server needs. Zero values take the documented defaults.
@@ -59,6 +60,9 @@ type Config struct {
 	// Core is the clinical core: patients, observations, the notification stream and webhooks
 	// (routes in core.go). Optional.
 	Core *core.Service
+	// Portal is the web portal for people (package portal), mounted at "/" with its own
+	// routes. Optional.
+	Portal *portal.Portal
 
 	// ReadTimeout bounds the time a request's body may take to arrive (its headers are bounded
 	// by a fixed 10 s); a body that is late gets 408 request_timeout. Default 30s.
