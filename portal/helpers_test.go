@@ -150,7 +150,12 @@ func (s *stack) code(t *testing.T, secret string) string {
 // HTTP upload endpoint and checks that it is accepted.
 func (s *stack) upload(t *testing.T, n int) {
 	t.Helper()
-	raw := s.device.Upload(t, s.Clock.Now(), n)
+	s.postUpload(t, s.device.Upload(t, s.Clock.Now(), n))
+}
+
+// postUpload posts a signed envelope to the server's upload endpoint; it must be accepted.
+func (s *stack) postUpload(t *testing.T, raw []byte) {
+	t.Helper()
 	res, err := http.Post(s.ts.URL+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
 	if err != nil {
 		t.Fatal(err)

@@ -230,7 +230,7 @@ func TestWardOverviewTiles(t *testing.T) {
 	}
 	t1 := tile(s.patients[0].ID.String())
 	for _, want := range []string{`data-code="8867-4"> <dt><abbr title="Heart rate">HR</abbr></dt> <dd><span class="value">72</span> <span class="unit">/min</span> <span class="age">`,
-		`<span class="value">97</span> <span class="unit">%</span>`, `<span class="value">36.9</span> <span class="unit">°C</span>`,
+		`<span class="value">97</span> <span class="unit">%</span>`, `<span class="value">121/—</span> <span class="unit">mmHg</span>`, `<span class="value">36.9</span> <span class="unit">°C</span>`,
 		`data-status="online"`, "No active alarms"} {
 		if !strings.Contains(t1, want) {
 			t.Errorf("tile of the device's patient lacks %q:\n%s", want, t1)

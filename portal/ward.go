@@ -285,8 +285,13 @@ func (p *Portal) fill(ctx context.Context, t *tile, devs map[uuid.UUID]devices.D
 		if v.Short == "BP" {
 			sys, ok1 := byCode[core.LOINCSystolicBP]
 			dia, ok2 := byCode[core.LOINCDiastolicBP]
-			if ok1 && ok2 {
+			switch { // systolic/diastolic; a missing half shows as —
+			case ok1 && ok2:
 				vv.Value, vv.Missing, vv.At = format(sys.Value, 0)+"/"+format(dia.Value, 0), false, sys.EffectiveAt
+			case ok1:
+				vv.Value, vv.Missing, vv.At = format(sys.Value, 0)+"/—", false, sys.EffectiveAt
+			case ok2:
+				vv.Value, vv.Missing, vv.At = "—/"+format(dia.Value, 0), false, dia.EffectiveAt
 			}
 		} else {
 			for _, code := range v.Codes {
