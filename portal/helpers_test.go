@@ -3,6 +3,8 @@ package portal_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -45,7 +47,7 @@ var admin = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "os:test-a
 
 const password = "correct horse battery staple"
 
-func newStack(t *testing.T) *stack {
+func newStack(t testing.TB) *stack {
 	t.Helper()
 	env := devicestest.New(t, nil)
 	ctx := env.Ctx
@@ -99,7 +101,8 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	srv, err := server.New(server.Config{Pool: env.Pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices,
-		Alarms: s.alarms, Rules: s.rules, Portal: s.portal, Now: env.Clock.Now})
+		Alarms: s.alarms, Rules: s.rules, Portal: s.portal, Now: env.Clock.Now,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}) // access logs: not the test's output
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +113,7 @@ func newStack(t *testing.T) *stack {
 
 // clinician creates a user holding role on the stack's ward, enrolled with password and TOTP;
 // it returns the e-mail address and the TOTP secret.
-func (s *stack) clinician(t *testing.T, role string, ward uuid.UUID) (string, string) {
+func (s *stack) clinician(t testing.TB, role string, ward uuid.UUID) (string, string) {
 	t.Helper()
 	email := "nurse-" + uuid.NewString()[:8] + "@example.org"
 	o := auth.Origin{Actor: admin.Actor, RequestID: "test"}
@@ -137,7 +140,7 @@ func (s *stack) clinician(t *testing.T, role string, ward uuid.UUID) (string, st
 	return email, offer.Secret
 }
 
-func (s *stack) code(t *testing.T, secret string) string {
+func (s *stack) code(t testing.TB, secret string) string {
 	t.Helper()
 	c, err := totp.GenerateCode(secret, s.Clock.Now())
 	if err != nil {
@@ -148,13 +151,13 @@ func (s *stack) code(t *testing.T, secret string) string {
 
 // upload sends the device's next signed upload (n vitals ending now) through the server's
 // HTTP upload endpoint and checks that it is accepted.
-func (s *stack) upload(t *testing.T, n int) {
+func (s *stack) upload(t testing.TB, n int) {
 	t.Helper()
 	s.postUpload(t, s.device.Upload(t, s.Clock.Now(), n))
 }
 
 // postUpload posts a signed envelope to the server's upload endpoint; it must be accepted.
-func (s *stack) postUpload(t *testing.T, raw []byte) {
+func (s *stack) postUpload(t testing.TB, raw []byte) {
 	t.Helper()
 	res, err := http.Post(s.ts.URL+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
 	if err != nil {
@@ -167,13 +170,13 @@ func (s *stack) postUpload(t *testing.T, raw []byte) {
 }
 
 // client is an HTTP client with a cookie jar that does not follow redirects.
-func client(t *testing.T) *http.Client {
+func client(t testing.TB) *http.Client {
 	t.Helper()
 	jar, _ := cookiejar.New(nil)
 	return &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 }
 
-func (s *stack) get(t *testing.T, path string, c *http.Client) *http.Response {
+func (s *stack) get(t testing.TB, path string, c *http.Client) *http.Response {
 	t.Helper()
 	if c == nil {
 		c = client(t)
@@ -186,7 +189,7 @@ func (s *stack) get(t *testing.T, path string, c *http.Client) *http.Response {
 }
 
 // signIn posts the sign-in form (as a same-origin browser would) and returns the answer.
-func (s *stack) signIn(t *testing.T, c *http.Client, email, pw, code string) *http.Response {
+func (s *stack) signIn(t testing.TB, c *http.Client, email, pw, code string) *http.Response {
 	t.Helper()
 	form := url.Values{"email": {email}, "password": {pw}, "totp": {code}}
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodPost, s.ts.URL+"/signin", strings.NewReader(form.Encode()))

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -102,6 +103,9 @@ type tile struct {
 	Alarms    []alarmView
 	Counts    map[string]int // active alarms by priority class
 	Device    deviceView
+
+	patient core.Patient // as listed (ward, for the authorization question)
+	hidden  bool         // the viewer may not read its observations: not shown
 }
 
 // wardGroup is a ward's tiles.
@@ -194,7 +198,7 @@ func (p *Portal) visiblePatients(ctx context.Context, pr *auth.Principal) ([]war
 			byWard[w] = g
 			out = append(out, g)
 		}
-		g.Tiles = append(g.Tiles, tile{PatientID: pt.ID, Name: pt.PHI.GivenName + " " + pt.PHI.FamilyName, MRN: pt.PHI.MRN})
+		g.Tiles = append(g.Tiles, tile{PatientID: pt.ID, Name: pt.PHI.GivenName + " " + pt.PHI.FamilyName, MRN: pt.PHI.MRN, patient: pt})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	groups := make([]wardGroup, len(out))
@@ -375,30 +379,54 @@ func (p *Portal) wardOverview(c echo.Context) error {
 		return fmt.Errorf("portal: ward overview: %w", err)
 	}
 	data := wardData{base: p.base("Ward overview", pr, creds.SessionToken), StreamURL: p.cfg.StreamURL}
+	var reads []phiRead
+	// The tiles are authorized and filled a few at a time (Config.TileConcurrency).
+	type job struct{ gi, ti int }
+	type result struct {
+		shown bool
+		d     auth.Decision
+		err   error
+	}
+	var jobs []job
 	for gi := range groups {
-		kept := groups[gi].Tiles[:0]
-		for _, t := range groups[gi].Tiles {
-			pt, err := p.cfg.Core.Patient(ctx, t.PatientID)
-			if err != nil {
-				return fmt.Errorf("portal: ward overview: %w", err)
-			}
-			d, err := p.authorizeTile(ctx, pr, pt)
-			if errors.Is(err, auth.ErrForbidden) {
-				continue // visible as a patient but not their vitals: no tile
-			}
-			if err != nil {
-				return fmt.Errorf("portal: ward overview: %w", err)
-			}
-			if err := p.fill(ctx, &t, devs); err != nil {
-				return fmt.Errorf("portal: ward overview: %w", err)
-			}
-			if err := p.auditRead(ctx, c, pr, t.PatientID.String(), "ward_tile", d); err != nil {
-				return err
-			}
-			kept = append(kept, t)
-			data.Patients = append(data.Patients, t.PatientID)
+		for ti := range groups[gi].Tiles {
+			jobs = append(jobs, job{gi, ti})
 		}
-		groups[gi].Tiles = kept
+	}
+	results := make([]result, len(jobs))
+	sem := make(chan struct{}, p.cfg.TileConcurrency)
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			t := &groups[j.gi].Tiles[j.ti]
+			d, err := p.authorizeTile(ctx, pr, t.patient)
+			if errors.Is(err, auth.ErrForbidden) {
+				return // visible as a patient but not their vitals: no tile
+			}
+			if err == nil {
+				err = p.fill(ctx, t, devs)
+			}
+			results[i] = result{shown: err == nil, d: d, err: err}
+		}()
+	}
+	wg.Wait()
+	for i, j := range jobs {
+		if err := results[i].err; err != nil {
+			return fmt.Errorf("portal: ward overview: %w", err)
+		}
+		if !results[i].shown {
+			groups[j.gi].Tiles[j.ti].hidden = true
+			continue
+		}
+		t := groups[j.gi].Tiles[j.ti]
+		reads = append(reads, phiRead{patient: t.PatientID.String(), what: "ward_tile", decision: results[i].d})
+		data.Patients = append(data.Patients, t.PatientID)
+	}
+	for gi := range groups {
+		groups[gi].Tiles = slices.DeleteFunc(groups[gi].Tiles, func(t tile) bool { return t.hidden })
 	}
 	for _, g := range groups {
 		if len(g.Tiles) > 0 {
@@ -406,6 +434,10 @@ func (p *Portal) wardOverview(c echo.Context) error {
 		}
 	}
 	data.Empty = len(data.Wards) == 0
+	// Every tile's read is committed to the audit trail before the page is sent.
+	if err := p.auditReads(ctx, c, pr, reads); err != nil {
+		return err
+	}
 	return p.render(c, http.StatusOK, "ward.html", data)
 }
 
@@ -445,7 +477,7 @@ func (p *Portal) wardTile(c echo.Context) error {
 	if err := p.fill(ctx, &t, devs); err != nil {
 		return fmt.Errorf("portal: tile: %w", err)
 	}
-	if err := p.auditRead(ctx, c, pr, pt.ID.String(), "ward_tile", d); err != nil {
+	if err := p.auditReads(ctx, c, pr, []phiRead{{patient: pt.ID.String(), what: "ward_tile", decision: d}}); err != nil {
 		return err
 	}
 	return p.render(c, http.StatusOK, "tile", t)
