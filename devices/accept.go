@@ -23,6 +23,9 @@ type Verified struct {
 	Body   []byte   // canonical body bytes
 	Hash   [32]byte // SHA-256 of Body
 	Device uuid.UUID
+	// Resent is set by Verify when the bytes are the exact re-send of an upload accepted
+	// before (Accept answers it with the original receipt).
+	Resent bool
 
 	state *deviceState
 }
@@ -89,15 +92,17 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 }
 
 // Verify runs every check of Accept that needs no commit and stores nothing (not even a
-// rejection): decode, device status and key, signature, skew, sequence. It is exported for
-// tools and tests; transports call Accept.
+// rejection): decode, device status and key, signature, skew, sequence. An exact re-send of
+// an accepted upload verifies (it is genuine), with Verified.Resent set. It is exported for
+// tools and the server's throttle (which never refuses a genuine upload); transports call
+// Accept.
 func (s *Service) Verify(ctx context.Context, raw []byte) (*Verified, error) {
 	v, rc, err := s.verify(ctx, raw)
 	if err != nil {
 		return v, err
 	}
 	if rc != nil {
-		return v, reject(ErrReplay, "exact re-send of an accepted upload")
+		v.Resent = true
 	}
 	return v, nil
 }
@@ -132,17 +137,31 @@ func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, 
 		return v, nil, err
 	}
 	v.state = d
+	var refusal *RejectError
 	switch d.status {
 	case StatusActive:
+		if d.verifier == nil || u.KeyVersion != d.keyVersion {
+			refusal = reject(ErrUnknownKey, "key version %d is not the device's current key", u.KeyVersion)
+		}
 	case StatusSuspended:
-		return v, nil, reject(ErrDeviceSuspended, "device %s is suspended", id)
+		refusal = reject(ErrDeviceSuspended, "device %s is suspended", id)
 	case StatusDecommissioned:
-		return v, nil, reject(ErrDeviceDecommissioned, "device %s is decommissioned", id)
+		refusal = reject(ErrDeviceDecommissioned, "device %s is decommissioned", id)
 	default:
-		return v, nil, reject(ErrDeviceSuspended, "device %s is %s", id, d.status)
+		refusal = reject(ErrDeviceSuspended, "device %s is %s", id, d.status)
 	}
-	if d.verifier == nil || u.KeyVersion != d.keyVersion {
-		return v, nil, reject(ErrUnknownKey, "key version %d is not the device's current key", u.KeyVersion)
+	if refusal != nil {
+		// Re-send first: the exact re-send of an upload accepted before (its answer lost) gets
+		// its original receipt even after a key rotation or while the device is suspended or
+		// decommissioned — the upload was stored then, nothing is stored now.
+		rc, err := s.resentReceipt(ctx, v, env.Sig)
+		if err != nil {
+			return v, nil, err
+		}
+		if rc != nil {
+			return v, rc, nil
+		}
+		return v, nil, refusal
 	}
 	if d.verifier.Verify(env.Body, env.Sig) != nil {
 		return v, nil, &RejectError{Err: ErrBadSignature, Code: CodeBadSignature, Detail: fmt.Sprintf("signature does not verify under key %s/v%d", id, d.keyVersion)}
@@ -168,6 +187,31 @@ func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, 
 		return v, nil, reject(ErrNotAssigned, "device %s is not assigned to a patient", id)
 	}
 	return v, nil, nil
+}
+
+// resentReceipt returns the stored receipt of an accepted upload with v's exact body, signed
+// by the device key version that body names (now perhaps retired), or nil when there is none.
+// It is the re-send check for devices whose current key or status would refuse the upload.
+func (s *Service) resentReceipt(ctx context.Context, v *Verified, sig []byte) (*Receipt, error) {
+	var pub []byte
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT k.public_key FROM devices_uploads u
+		JOIN devices_keys k ON k.device_id = u.device_id AND k.version = u.key_version
+		WHERE u.hash = $1 AND u.device_id = $2 AND u.key_version = $3`,
+		v.Hash[:], v.Device, int64(v.Upload.KeyVersion)).Scan(&pub)
+	if isNoRows(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up re-sent upload %x: %w", v.Hash[:8], err)
+	}
+	if envelope.VerifySignature(pub, v.Body, sig) != nil {
+		return nil, nil // not signed by the key that signed the original: not a re-send
+	}
+	rc, err := s.storedReceipt(ctx, v)
+	if errors.Is(err, ErrReplay) {
+		return nil, nil
+	}
+	return rc, err
 }
 
 // envErr turns an envelope decoding error into a RejectError.
@@ -378,6 +422,9 @@ func (s *Service) rejected(ctx context.Context, raw []byte, v *Verified, meta Me
 		Time:       s.cfg.Now(),
 	}
 	payload := map[string]any{"transport": meta.Transport, "bytes": len(raw), "detail": re.Detail}
+	if meta.CorrelationID != "" {
+		payload["correlation_id"] = meta.CorrelationID
+	}
 	if v != nil {
 		ev.Object.ID = hex.EncodeToString(v.Hash[:])
 		if v.Upload != nil {

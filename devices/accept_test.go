@@ -330,9 +330,9 @@ func TestSuspendRotateTakeEffectAtOnce(t *testing.T) {
 	if _, err := e.Devices.Accept(e.Ctx, d.Upload(t, e.Clock.Now(), 2), m); err != nil {
 		t.Fatalf("Accept(new key) = %v, want nil", err)
 	}
-	// A replayed rotation (old key, old version) is refused.
-	if _, err := e.Devices.RotateKey(e.Ctx, rraw, m); !errors.Is(err, devices.ErrUnknownKey) {
-		t.Errorf("RotateKey(replayed) = %v, want ErrUnknownKey", err)
+	// A re-sent rotation (its answer lost) gets the same answer and changes nothing.
+	if again, err := e.Devices.RotateKey(e.Ctx, rraw, m); err != nil || !again.Replayed || again.KeyVersion != 2 {
+		t.Errorf("RotateKey(re-sent) = %+v, %v; want key version 2, replayed", again, err)
 	}
 	// A rotation not signed by the current key is refused.
 	_, k3 := devicestestKey(t)
@@ -341,12 +341,12 @@ func TestSuspendRotateTakeEffectAtOnce(t *testing.T) {
 	if _, err := e.Devices.RotateKey(e.Ctx, bad, m); !errors.Is(err, devices.ErrBadSignature) {
 		t.Errorf("RotateKey(signed by a stranger) = %v, want ErrBadSignature", err)
 	}
-	if n := e.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'device.key.rotate.rejected'`); n != 2 {
-		t.Errorf("rotate rejections audited = %d, want 2", n)
+	if n := e.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'device.key.rotate.rejected'`); n != 1 {
+		t.Errorf("rotate rejections audited = %d, want 1", n)
 	}
 }
 
-// Verifies: REQ-DEV-002, REQ-DEV-003
+// Verifies: REQ-DEV-002, REQ-DEV-003, REQ-DEV-136
 func TestEnrollment(t *testing.T) {
 	t.Parallel()
 	e := devicestest.New(t, func(c *devices.Config) { c.EnrollmentTokenTTL = time.Hour })
@@ -360,9 +360,21 @@ func TestEnrollment(t *testing.T) {
 	if out, err := e.Devices.Enroll(e.Ctx, raw, m); err != nil || out.KeyVersion != 1 || out.DeviceID != d.ID {
 		t.Fatalf("Enroll = %+v, %v; want key version 1 for %s", out, err, d.ID)
 	}
-	// One-time.
-	if _, err := e.Devices.Enroll(e.Ctx, raw, m); !errors.Is(err, devices.ErrInvalidToken) {
-		t.Errorf("Enroll(used token) = %v, want ErrInvalidToken", err)
+	// One-time: the re-send of the same request (its answer lost) gets the same answer and
+	// changes nothing; the used token with any other key is refused.
+	if again, err := e.Devices.Enroll(e.Ctx, raw, m); err != nil || !again.Replayed || again.KeyVersion != 1 || again.DeviceID != d.ID {
+		t.Errorf("Enroll(re-send) = %+v, %v; want the original answer, replayed", again, err)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM devices_keys WHERE device_id = '`+d.ID.String()+`'`); n != 1 {
+		t.Errorf("keys after a re-sent enrollment = %d, want 1", n)
+	}
+	if n := e.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'device.enrolled'`); n != 1 {
+		t.Errorf("device.enrolled events after a re-sent enrollment = %d, want 1", n)
+	}
+	_, otherKey, _ := ed25519.GenerateKey(rand.Reader)
+	rawOther, _ := envelope.SignEnroll(tok, otherKey, e.Clock.Now())
+	if _, err := e.Devices.Enroll(e.Ctx, rawOther, m); !errors.Is(err, devices.ErrInvalidToken) {
+		t.Errorf("Enroll(used token, another key) = %v, want ErrInvalidToken", err)
 	}
 	// Expiring.
 	d2 := e.RegisterDevice(t)

@@ -1,6 +1,7 @@
 package devices
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -382,13 +383,20 @@ func (s *Service) IssueEnrollmentToken(ctx context.Context, o Origin, id uuid.UU
 type Enrolled struct {
 	DeviceID   uuid.UUID `json:"device_id"`
 	KeyVersion int64     `json:"key_version"`
+	// Replayed is set when the request is the re-send of an enrollment or a rotation already
+	// applied (its answer lost): the answer is the original one and nothing changed.
+	Replayed bool `json:"replayed,omitempty"`
 }
 
 // Enroll registers a device's public key from an enrollment request (envelope.SignEnroll):
 // the token must be unused and unexpired, the body signed by the key it registers (proof of
 // possession), and the key not registered to any device. The token is consumed; the key
 // becomes the device's current key (version 1, or the next version when re-enrolling, the
-// previous key retired at once). Refusals are audited as `device.enroll.rejected`.
+// previous key retired at once). The request's time T must be within Config.MaxSkew of the
+// server's clock (ErrClockSkew). The request is idempotent: its re-send after it was applied
+// (the answer lost), while the key it registered is still the device's current key, gets the
+// same answer with Replayed set and changes nothing; any other use of a used token is
+// refused. Refusals are audited as `device.enroll.rejected`.
 func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled, error) {
 	ev := audit.Event{Actor: audit.Actor{Kind: audit.ActorDevice, ID: "unknown", AuthMethod: "enrollment-token"},
 		Action: "device.enrolled", Object: audit.Object{Type: "device"}, Outcome: audit.OutcomeSuccess,
@@ -403,6 +411,11 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 	}
 	h := sha256.Sum256([]byte(e.Token))
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	// The request's time must be within the skew window, as an upload's: a captured
+	// enrollment cannot be held back and played later (nothing is consumed by a refusal).
+	if skew := now.Sub(time.UnixMilli(e.T)); skew > s.cfg.MaxSkew || skew < -s.cfg.MaxSkew {
+		return fail(reject(ErrClockSkew, "enrollment signed %s from server time, allowed ±%s", skew.Round(time.Millisecond), s.cfg.MaxSkew))
+	}
 	var out Enrolled
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		var (
@@ -419,6 +432,19 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 		}
 		ev.Actor.ID, ev.Object.ID = id.String(), id.String()
 		if used != nil {
+			// The re-send of the enrollment that consumed the token: the same public key,
+			// registered at the moment the token was used, still current on an active device.
+			var version int64
+			err := tx.QueryRow(ctx, `SELECT k.version FROM devices_keys k JOIN devices_devices d ON d.id = k.device_id
+				WHERE k.device_id = $1 AND k.public_key = $2 AND k.created_at = $3 AND k.retired_at IS NULL
+				  AND d.key_version = k.version AND d.status = $4`, id, e.PublicKey, *used, StatusActive).Scan(&version)
+			if err == nil {
+				out = Enrolled{DeviceID: id, KeyVersion: version, Replayed: true}
+				return nil
+			}
+			if !isNoRows(err) {
+				return fmt.Errorf("look up enrollment: %w", err)
+			}
 			return reject(ErrInvalidToken, "enrollment token already used")
 		}
 		if !now.Before(expires) {
@@ -478,7 +504,9 @@ func addKey(ctx context.Context, tx pgx.Tx, d *Device, pub []byte, now time.Time
 
 // RotateKey replaces a device's key from a rotation request (envelope.SignRotate): signed by
 // the current key and by the new key. From the commit on, only the new key is accepted.
-// Refusals are audited as `device.key.rotate.rejected`.
+// The request is idempotent: its re-send after it was applied (an answer lost) is answered
+// with the same device and key version, Replayed set, and changes nothing (the skew window
+// does not apply to it). Refusals are audited as `device.key.rotate.rejected`.
 func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enrolled, error) {
 	ev := audit.Event{Actor: audit.Actor{Kind: audit.ActorDevice, ID: "unknown", AuthMethod: "none"},
 		Action: "device.key.rotated", Object: audit.Object{Type: "device"}, Outcome: audit.OutcomeSuccess,
@@ -497,9 +525,6 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 	}
 	ev.Actor.ID, ev.Object.ID = id.String(), id.String()
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
-	if skew := now.Sub(time.UnixMilli(r.T)); skew > s.cfg.MaxSkew || skew < -s.cfg.MaxSkew {
-		return fail(reject(ErrClockSkew, "rotation signed %s from server time", skew.Round(time.Millisecond)))
-	}
 	var out Enrolled
 	err = s.inTx(ctx, func(tx pgx.Tx) error {
 		d, err := lockDevice(ctx, tx, id)
@@ -515,6 +540,14 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 		case StatusDecommissioned:
 			return reject(ErrDeviceDecommissioned, "device is decommissioned")
 		}
+		// Idempotent: the re-send of the rotation that made the current key (its answer
+		// lost) gets the same answer and changes nothing, whenever it comes.
+		if again, err := rotatedBefore(ctx, tx, d, r, env); err != nil || again {
+			if again {
+				out = Enrolled{DeviceID: id, KeyVersion: d.KeyVersion, Replayed: true}
+			}
+			return err
+		}
 		if d.KeyVersion == 0 || uint64(d.KeyVersion) != r.KeyVersion {
 			return reject(ErrUnknownKey, "key version %d is not the device's current key", r.KeyVersion)
 		}
@@ -524,6 +557,9 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 		}
 		if err := envelope.VerifySignature(pub, env.Body, env.Sig); err != nil {
 			return reject(ErrBadSignature, "rotation not signed by the current key")
+		}
+		if skew := now.Sub(time.UnixMilli(r.T)); skew > s.cfg.MaxSkew || skew < -s.cfg.MaxSkew {
+			return reject(ErrClockSkew, "rotation signed %s from server time", skew.Round(time.Millisecond))
 		}
 		ev.Actor.AuthMethod = "device-signature"
 		if err := addKey(ctx, tx, d, r.NewPublicKey, now); err != nil {
@@ -540,6 +576,27 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 		return fail(err)
 	}
 	return &out, nil
+}
+
+// rotatedBefore reports whether r is a rotation already applied to d: the device's current
+// key is r's new key, registered as the version right after r's, and the body is signed by
+// that previous version's key.
+func rotatedBefore(ctx context.Context, tx pgx.Tx, d *Device, r *envelope.Rotate, env *envelope.RotateEnvelope) (bool, error) {
+	if d.KeyVersion < 2 || uint64(d.KeyVersion) != r.KeyVersion+1 {
+		return false, nil
+	}
+	var prev, cur []byte
+	err := tx.QueryRow(ctx, `SELECT
+		(SELECT public_key FROM devices_keys WHERE device_id = $1 AND version = $2),
+		(SELECT public_key FROM devices_keys WHERE device_id = $1 AND version = $3)`,
+		d.ID, d.KeyVersion-1, d.KeyVersion).Scan(&prev, &cur)
+	if err != nil {
+		return false, fmt.Errorf("keys of device %s: %w", d.ID, err)
+	}
+	if prev == nil || !bytes.Equal(cur, r.NewPublicKey) || envelope.VerifySignature(prev, env.Body, env.Sig) != nil {
+		return false, nil
+	}
+	return true, nil
 }
 
 // UploadProof returns the audit log's proof for the upload with this hash: ErrNotFound when

@@ -184,8 +184,12 @@ func (c *Config) setDefaults() {
 // Meta says how an upload arrived, for its audit event and provenance.
 type Meta struct {
 	Transport  string // "http" or "mqtt"
-	RequestID  string // the transport's request or message id, if any
+	RequestID  string // the request or message id, made by the server for this request
 	SourceAddr string // the client's address as the transport saw it
+	// CorrelationID is the client's own id for the request (HTTP X-Correlation-Id, MQTT 5
+	// correlation data), already checked for length and characters, or "". It is recorded in
+	// a rejection's audit payload, never used as the request id.
+	CorrelationID string
 }
 
 // Receipt is what an accepted upload gets back.

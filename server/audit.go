@@ -23,6 +23,7 @@ func (s *Server) mountAudit(api *echo.Group) {
 	}
 	s.echo.Use(s.auditStateChanges)
 	api.GET("/audit/checkpoint", s.auditCheckpoint)
+	api.GET("/audit/verifier-key", s.auditVerifierKey)
 	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
 	api.GET("/audit/events", s.auditEvents)
@@ -80,6 +81,18 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return err
 	}
+}
+
+// auditVerifierKey is GET /api/v1/audit/verifier-key: the note verifier key the log's
+// checkpoints are signed under (C2SP signed-note), served from the start — before the first
+// checkpoint exists — so that clients can pin it before they need it. text/plain: the key
+// alone.
+func (s *Server) auditVerifierKey(c echo.Context) error {
+	vk := s.cfg.Audit.VerifierKey()
+	if strings.Contains(c.Request().Header.Get(echo.HeaderAccept), "text/plain") {
+		return c.String(http.StatusOK, vk+"\n")
+	}
+	return c.JSON(http.StatusOK, map[string]string{"origin": s.cfg.Audit.Origin(), "verifier_key": vk})
 }
 
 func (s *Server) auditCheckpoint(c echo.Context) error {

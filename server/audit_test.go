@@ -20,7 +20,7 @@ import (
 // The audit API serves the signed checkpoint, the verify report, the event list with
 // filters and cursor paging, and single events with their two-step proof; every
 // state-changing request is itself audited.
-// Verifies: REQ-AUD-009, REQ-AUD-010
+// Verifies: REQ-AUD-009, REQ-AUD-010, REQ-AUD-030
 func TestAuditAPI(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
@@ -54,6 +54,16 @@ func TestAuditAPI(t *testing.T) {
 		}
 	}
 	get("/api/v1/audit/checkpoint", http.StatusNotFound, nil) // none issued yet
+	// The verifier key is served from the start, before any checkpoint exists, and it is the
+	// key the checkpoints verify under.
+	var vk struct {
+		Origin      string `json:"origin"`
+		VerifierKey string `json:"verifier_key"`
+	}
+	get("/api/v1/audit/verifier-key", http.StatusOK, &vk)
+	if vk.VerifierKey == "" || vk.VerifierKey != svc.VerifierKey() || vk.Origin != svc.Origin() {
+		t.Fatalf("GET /audit/verifier-key = %+v, want origin %q key %q", vk, svc.Origin(), svc.VerifierKey())
+	}
 
 	// Three state-changing requests, each audited by the middleware.
 	for range 3 {
@@ -105,6 +115,10 @@ func TestAuditAPI(t *testing.T) {
 	get("/api/v1/audit/events/"+page.Events[0].ID.String(), http.StatusOK, &ep)
 	if ep.Status != "proven" || ep.Batch == nil || ep.Batch.Checkpoint == "" {
 		t.Errorf("GET event = status %q, batch %+v; want proven with checkpoint", ep.Status, ep.Batch)
+	}
+	// A client that pinned the verifier key before the first checkpoint verifies the proof.
+	if _, err := chain.VerifyEventProof(ep, vk.VerifierKey); err != nil {
+		t.Errorf("VerifyEventProof(event, key from /audit/verifier-key) = %v", err)
 	}
 	get("/api/v1/audit/events/0190a0a0-0000-7000-8000-000000000000", http.StatusNotFound, nil)
 	var rep chain.Report

@@ -66,7 +66,7 @@ func readDeviceBody(c echo.Context, limit int) (*bytes.Buffer, error) {
 }
 
 func deviceMeta(c echo.Context) devices.Meta {
-	return devices.Meta{Transport: "http", RequestID: RequestID(c), SourceAddr: c.RealIP()}
+	return devices.Meta{Transport: "http", RequestID: RequestID(c), SourceAddr: c.RealIP(), CorrelationID: CorrelationID(c)}
 }
 
 func (s *Server) uploadLimit() int {
@@ -201,6 +201,12 @@ func (s *Server) postRotate(c echo.Context) error {
 	bodyPool.Put(buf)
 	if err != nil {
 		return err
+	}
+	SetActor(c, audit.Actor{Kind: audit.ActorDevice, ID: out.DeviceID.String(), AuthMethod: "device-signature"})
+	if out.Replayed {
+		// The re-send of a rotation already applied: the same answer, no state change (the
+		// middleware records the request).
+		return c.JSON(http.StatusOK, out)
 	}
 	Audited(c) // device.key.rotated
 	return c.JSON(http.StatusCreated, out)

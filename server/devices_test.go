@@ -137,7 +137,7 @@ func TestHTTPUploadAccepted(t *testing.T) {
 	}
 }
 
-// Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041
+// Verifies: REQ-DEV-021, REQ-DEV-022, REQ-DEV-023, REQ-DEV-024, REQ-DEV-025, REQ-DEV-026, REQ-DEV-040, REQ-DEV-041, REQ-AUD-031
 func TestHTTPUploadRejections(t *testing.T) {
 	t.Parallel()
 	h := newDevHTTP(t, func(c *devices.Config) { c.RatePerSecond = 1; c.RateBurst = 3 })
@@ -201,6 +201,20 @@ func TestHTTPUploadRejections(t *testing.T) {
 		{name: "skew", status: 422, code: "clock_skew", body: func(t *testing.T) []byte {
 			return h.NewDevice(t).Upload(t, h.Clock.Now().Add(-time.Hour), 1)
 		}},
+		// Refusals of the clinical core come back with core's code and are audited as
+		// upload.rejected with the request's id and source address, like the others.
+		{name: "unknown code", status: 422, code: "unknown_code", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "99999-9", Value: 1, Unit: "/min"}, 0)
+		}},
+		{name: "wrong unit", status: 422, code: "wrong_unit", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "8867-4", Value: 72, Unit: "kg"}, 0)
+		}},
+		{name: "impossible value", status: 422, code: "impossible_value", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "8867-4", Value: -5, Unit: "/min"}, 0)
+		}},
+		{name: "future time", status: 422, code: "future_time", body: func(t *testing.T) []byte {
+			return coreRefused(t, h, envelope.Sample{Code: "8867-4", Value: 72, Unit: "/min"}, time.Hour)
+		}},
 		{name: "rate limited", status: 429, code: "rate_limited", retryAfter: "1", body: func(t *testing.T) []byte {
 			for i := 0; i < 3; i++ {
 				if _, err := h.Devices.Accept(h.Ctx, limited.Upload(t, h.Clock.Now(), 1), devices.Meta{Transport: "http"}); err != nil {
@@ -245,8 +259,9 @@ func TestHTTPUploadRejections(t *testing.T) {
 				t.Errorf("http.request.rejected events = %d, want %d", n, wantHTTP)
 			}
 			if tc.code != "unsupported_media_type" {
-				if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND request_id = $2`, tc.code, ae.Error.RequestID); n != 1 {
-					t.Errorf("upload.rejected events of this request = %d, want 1", n)
+				if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND reason = $1 AND request_id = $2
+					AND source_addr = '127.0.0.1'`, tc.code, ae.Error.RequestID); n != 1 {
+					t.Errorf("upload.rejected events of this request (with its source address) = %d, want 1", n)
 				}
 			}
 		})
@@ -418,4 +433,94 @@ func TestHTTPUploadAuditedOnce(t *testing.T) {
 			t.Errorf("upload %d: http.request.completed events = %d, want %d", i, got, want.generic)
 		}
 	}
+}
+
+// coreRefused signs, for a new device of h, an upload of one sample (taken at the clock's
+// time plus ahead) that the clinical core refuses.
+func coreRefused(t *testing.T, h *devHTTP, smp envelope.Sample, ahead time.Duration) []byte {
+	t.Helper()
+	d := h.NewDevice(t)
+	now := h.Clock.Now()
+	smp.T = now.Add(ahead).UnixMilli()
+	d.Seq++
+	return d.Sign(t, &envelope.Upload{Device: d.ID.String(), KeyVersion: d.KV, Seq: d.Seq, SentAt: now.UnixMilli(), Samples: []envelope.Sample{smp}})
+}
+
+// The device contract over HTTP (issue #14 items 8, 9, 13): an exact re-send of an accepted
+// upload gets 200 with the original receipt after a key rotation and while suspended; a
+// re-sent rotation gets 200 with the same key version, replayed; an enrollment whose time is
+// outside the skew window is 422 clock_skew, audited with its request id, and the token is
+// not consumed.
+// Verifies: REQ-DEV-130, REQ-DEV-131, REQ-DEV-133
+func TestHTTPDeviceContractRetries(t *testing.T) {
+	t.Parallel()
+	h := newDevHTTP(t, nil)
+	d := h.RegisterDevice(t)
+	tok, _, err := h.Devices.IssueEnrollmentToken(h.Ctx, devicestest.Admin, d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := envelope.SignEnroll(tok, d.Key, h.Clock.Now().Add(-24*time.Hour))
+	resp, b := h.post(t, "/api/v1/devices/enroll", "application/cbor", old)
+	var ae apiErr
+	_ = json.Unmarshal(b, &ae)
+	if resp.StatusCode != http.StatusUnprocessableEntity || ae.Error.Code != "clock_skew" {
+		t.Fatalf("POST /devices/enroll (signed 24 h ago) = %d %s, want 422 clock_skew", resp.StatusCode, b)
+	}
+	if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'device.enroll.rejected' AND reason = 'clock_skew' AND request_id = $1`, ae.Error.RequestID); n != 1 {
+		t.Errorf("device.enroll.rejected events of the request = %d, want 1", n)
+	}
+	enr, _ := envelope.SignEnroll(tok, d.Key, h.Clock.Now())
+	if resp, b := h.post(t, "/api/v1/devices/enroll", "application/cbor", enr); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /devices/enroll (in time, same token) = %d %s, want 201", resp.StatusCode, b)
+	}
+	d.KV = 1
+	if _, err := h.Devices.AssignPatient(h.Ctx, devicestest.Admin, d.ID, &h.Patient); err != nil {
+		t.Fatal(err)
+	}
+	up := d.Upload(t, h.Clock.Now(), 3)
+	resp, b = h.post(t, "/api/v1/uploads", "application/cbor", up)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("upload = %d %s", resp.StatusCode, b)
+	}
+	var orig receiptAnswer
+	_ = json.Unmarshal(b, &orig)
+
+	_, k2, _ := ed25519.GenerateKey(rand.Reader)
+	rot, _ := envelope.SignRotate(d.ID.String(), 1, d.Key, k2, h.Clock.Now())
+	if resp, b := h.post(t, "/api/v1/devices/rotate", "application/cbor", rot); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("rotate = %d %s", resp.StatusCode, b)
+	}
+	h.Clock.Add(time.Hour) // a late re-send, past the skew window
+	resp, b = h.post(t, "/api/v1/devices/rotate", "application/cbor", rot)
+	var again struct {
+		KeyVersion int  `json:"key_version"`
+		Replayed   bool `json:"replayed"`
+	}
+	_ = json.Unmarshal(b, &again)
+	if resp.StatusCode != http.StatusOK || again.KeyVersion != 2 || !again.Replayed {
+		t.Errorf("rotate (re-sent) = %d %s, want 200 key version 2 replayed", resp.StatusCode, b)
+	}
+	for _, state := range []string{"after rotation", "suspended"} {
+		if state == "suspended" {
+			if _, err := h.Devices.SetStatus(h.Ctx, devicestest.Admin, d.ID, devices.StatusSuspended, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp, b := h.post(t, "/api/v1/uploads", "application/cbor", up)
+		var rj receiptAnswer
+		_ = json.Unmarshal(b, &rj)
+		if resp.StatusCode != http.StatusOK || !rj.Replayed || rj.AuditEvent != orig.AuditEvent || rj.UploadHash != orig.UploadHash {
+			t.Errorf("upload re-sent (%s) = %d %s, want 200 with the original receipt", state, resp.StatusCode, b)
+		}
+	}
+	if n := h.Count(t, `SELECT count(*) FROM devices_uploads WHERE device_id = $1`, d.ID); n != 1 {
+		t.Errorf("uploads stored = %d, want 1", n)
+	}
+}
+
+type receiptAnswer struct {
+	UploadHash string `json:"upload_hash"`
+	AuditEvent string `json:"audit_event"`
+	Replayed   bool   `json:"replayed"`
 }

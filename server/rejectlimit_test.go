@@ -124,7 +124,7 @@ func TestRejectedRequestsThrottledPerSource(t *testing.T) {
 // past it, uploads naming the device are refused with 429 unless they verify. A genuine
 // upload of the device goes through, and so does one from a throttled source (devices behind
 // one hospital NAT share an address): a flood must never silence a device.
-// Verifies: REQ-FND-014
+// Verifies: REQ-FND-014, REQ-DEV-130
 func TestRejectedUploadsThrottledPerDevice(t *testing.T) {
 	h := newLimitedHTTP(t, server.Config{TrustProxyHeaders: true,
 		RejectedPerSource: server.Limit{Rate: 1, Burst: 3}, RejectedPerDevice: server.Limit{Rate: 1, Burst: 5}})
@@ -143,7 +143,8 @@ func TestRejectedUploadsThrottledPerDevice(t *testing.T) {
 	if n := h.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected' AND actor_id = $1`, victim.ID.String()); n != 5 {
 		t.Errorf("upload.rejected events naming the device = %d, want 5", n)
 	}
-	if status, code, _, _ := h.do(t, "POST", "/api/v1/uploads", "198.51.100.7", "application/cbor", victim.Upload(t, h.Clock.Now(), 1)); status != http.StatusCreated {
+	genuine := victim.Upload(t, h.Clock.Now(), 1)
+	if status, code, _, _ := h.do(t, "POST", "/api/v1/uploads", "198.51.100.7", "application/cbor", genuine); status != http.StatusCreated {
 		t.Fatalf("genuine upload of the throttled device = %d %s, want 201", status, code)
 	}
 
@@ -163,6 +164,11 @@ func TestRejectedUploadsThrottledPerDevice(t *testing.T) {
 	other := h.NewDevice(t)
 	if status, code, _, _ := h.do(t, "POST", "/api/v1/uploads", nat, "application/cbor", other.Upload(t, h.Clock.Now(), 1)); status != http.StatusCreated {
 		t.Errorf("genuine upload from the throttled source = %d %s, want 201", status, code)
+	}
+	// The exact re-send of an accepted upload is genuine too (its answer was lost): from the
+	// throttled source, for the throttled device, it gets its receipt.
+	if status, code, _, _ := h.do(t, "POST", "/api/v1/uploads", nat, "application/cbor", genuine); status != http.StatusOK {
+		t.Errorf("re-send of an accepted upload from the throttled source = %d %s, want 200", status, code)
 	}
 
 	if err := h.srv.FlushThrottled(h.Ctx); err != nil {

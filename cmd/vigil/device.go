@@ -334,7 +334,10 @@ func (a auditProofs) EventProof(ctx context.Context, id uuid.UUID) (any, error) 
 	if err != nil {
 		return nil, err
 	}
-	if p.Batch == nil || p.Batch.LeafIndex == nil {
+	// Only a complete proof is an answer: the event in its batch, the batch leaf in the log
+	// and its inclusion under a signed checkpoint ("proven"). Before that (outbox, sealed, or
+	// integrated but after the latest checkpoint) the proof is pending.
+	if p.Status != "proven" || p.Batch == nil || p.Batch.LeafIndex == nil || p.Batch.Checkpoint == "" {
 		return nil, fmt.Errorf("audit event %s is %s: %w", id, p.Status, devices.ErrProofPending)
 	}
 	return p, nil

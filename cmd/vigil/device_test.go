@@ -116,3 +116,75 @@ func TestUploadProofFromAuditChain(t *testing.T) {
 		t.Errorf("VerifyReceipt(re-issued) = %v", err)
 	}
 }
+
+// An upload's proof is one documented behaviour: 404 proof_pending (ErrProofPending) until
+// the event is proven under a signed checkpoint — also while its batch leaf is already in the
+// log but after the latest checkpoint (no half answer with an empty inclusion proof).
+// Verifies: REQ-DEV-132
+func TestUploadProofPendingUntilProven(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, url := testdb.NewWithURL(t)
+	ring := keystest.LocalRing(t, nil)
+	cps, err := ring.Signer(ctx, keys.AuditCheckpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := audittest.Recorder(t, pool, nil)
+	// No periodic checkpoint during the test: the test issues the one it needs.
+	au, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, DatabaseURL: url, Signer: cps, Window: 50 * time.Millisecond,
+		CheckpointInterval: time.Hour, SequencerInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("chain.Open = %v", err)
+	}
+	t.Cleanup(func() { _ = au.Close(context.Background()) })
+	src := auditProofs{au}
+	e := devicestest.NewOn(t, pool, url, devicestest.NewClock(time.Now().UTC()), func(c *devices.Config) { c.Proofs = src })
+	d := e.NewDevice(t)
+	rc, err := e.Devices.Accept(ctx, d.Upload(t, e.Clock.Now(), 5), devices.Meta{Transport: "http"})
+	if err != nil {
+		t.Fatalf("Accept = %v", err)
+	}
+	var evID uuid.UUID
+	if err := pool.QueryRow(ctx, `SELECT audit_event_id FROM devices_uploads WHERE hash = $1`, rc.UploadHash[:]).Scan(&evID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, ok, err := src.EventLeafIndex(ctx, evID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload's event never reached the log")
+		}
+		time.Sleep(50 * time.Millisecond) // waiting for the real shipper and sequencer
+	}
+	p, err := au.Event(ctx, evID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Status != "integrated" {
+		t.Skipf("event status %q after integration, want integrated (a checkpoint came first)", p.Status)
+	}
+	if _, proof, err := e.Devices.UploadProof(ctx, rc.UploadHash); !errors.Is(err, devices.ErrProofPending) {
+		t.Fatalf("UploadProof(integrated, no checkpoint covering it) = a %T, %v; want ErrProofPending", proof, err)
+	}
+	if _, err := au.CheckpointNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, proof, err := e.Devices.UploadProof(ctx, rc.UploadHash)
+	if err != nil {
+		t.Fatalf("UploadProof(after a checkpoint) = %v, want the proof", err)
+	}
+	ep, ok := proof.(chain.EventProof)
+	if !ok {
+		t.Fatalf("UploadProof = %T, want chain.EventProof", proof)
+	}
+	if _, err := chain.VerifyEventProof(ep, au.VerifierKey()); err != nil {
+		t.Errorf("VerifyEventProof(UploadProof) = %v", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -199,6 +200,10 @@ type Vector struct {
 	Envelope    string  `json:"envelope_hex"`
 	UploadHash  string  `json:"upload_hash_hex"`
 	Expect      string  `json:"expect"` // "valid", "malformed", "invalid_signature"
+	// SampleValues are the canonical CBOR bytes (hex) of each sample's value, in order: the
+	// authority where JSON cannot carry a value exactly (negative zero is "-0" in the upload
+	// above, which most JSON libraries read as 0; its bytes are f98000).
+	SampleValues []string `json:"sample_values_cbor_hex,omitempty"`
 }
 
 func buildVectors(t *testing.T) []Vector {
@@ -208,9 +213,19 @@ func buildVectors(t *testing.T) []Vector {
 	add := func(name, desc string, u *Upload, body, raw []byte, expect string) {
 		h := Hash(body)
 		diag, _ := cbor.Diagnose(body)
+		var vals []string
+		if u != nil {
+			for _, smp := range u.Samples {
+				b, err := Canonical(smp.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				vals = append(vals, hex.EncodeToString(b))
+			}
+		}
 		vs = append(vs, Vector{Name: name, Description: desc, Seed: hex.EncodeToString(priv.Seed()),
 			PublicKey: hex.EncodeToString(pub), Upload: u, Body: hex.EncodeToString(body), BodyDiag: diag,
-			Envelope: hex.EncodeToString(raw), UploadHash: hex.EncodeToString(h[:]), Expect: expect})
+			Envelope: hex.EncodeToString(raw), UploadHash: hex.EncodeToString(h[:]), Expect: expect, SampleValues: vals})
 	}
 	u := sampleUpload()
 	raw, body, err := Sign(u, priv)
@@ -281,7 +296,8 @@ func TestVectors(t *testing.T) {
 		t.Fatalf("vectors.json has %d vectors, the code makes %d (run with -update)", len(golden), len(vs))
 	}
 	for i, g := range golden {
-		if g.Envelope != vs[i].Envelope || g.Body != vs[i].Body || g.UploadHash != vs[i].UploadHash {
+		if g.Envelope != vs[i].Envelope || g.Body != vs[i].Body || g.UploadHash != vs[i].UploadHash ||
+			strings.Join(g.SampleValues, ",") != strings.Join(vs[i].SampleValues, ",") {
 			t.Errorf("vector %s: encoding changed from testdata (a wire format change needs a new type version)", g.Name)
 		}
 		raw, _ := hex.DecodeString(g.Envelope)
@@ -297,6 +313,11 @@ func TestVectors(t *testing.T) {
 			}
 			if g.Upload != nil && (u.Seq != g.Upload.Seq || len(u.Samples) != len(g.Upload.Samples)) {
 				t.Errorf("vector %s: decoded %+v, want %+v", g.Name, u, g.Upload)
+			}
+			for j, smp := range u.Samples { // the values' raw bytes, exactly (negative zero too)
+				if b, _ := Canonical(smp.Value); j >= len(g.SampleValues) || hex.EncodeToString(b) != g.SampleValues[j] {
+					t.Errorf("vector %s: sample %d value encodes as %x, vector says %v", g.Name, j, b, g.SampleValues)
+				}
 			}
 		case errors.Is(err, ErrMalformed):
 			got = "malformed"

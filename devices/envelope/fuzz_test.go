@@ -63,6 +63,17 @@ func FuzzParseMessages(f *testing.F) {
 	if raw, err := SignRotate(testDevice, 1, k1, k2, testTime); err == nil {
 		f.Add(raw)
 	}
+	// The published message vectors (enrollment, rotation, receipts) as seeds.
+	if b, err := os.ReadFile(filepath.Join("testdata", "message-vectors.json")); err == nil {
+		var vs []MessageVector
+		if json.Unmarshal(b, &vs) == nil {
+			for _, v := range vs {
+				if raw, err := hex.DecodeString(v.Wire); err == nil {
+					f.Add(raw)
+				}
+			}
+		}
+	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if e, err := ParseEnroll(raw); err == nil && len(e.PublicKey) != ed25519.PublicKeySize {
 			t.Fatalf("ParseEnroll accepted a %d-byte key", len(e.PublicKey))

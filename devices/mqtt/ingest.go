@@ -369,12 +369,15 @@ func (in *Ingestor) handle(m message) {
 	in.received.Add(1)
 	ctx, cancel := context.WithTimeout(in.ctx, in.cfg.AcceptTimeout)
 	defer cancel()
+	// Every message gets a request id made here; the device's correlation data (MQTT 5) is
+	// kept apart as its correlation id, never as the request id.
+	meta := devices.Meta{Transport: "mqtt", RequestID: newRequestID(), CorrelationID: correlationID(m.pub), SourceAddr: "mqtt:" + in.cfg.Broker}
 	topicDevice, err := ParseUpTopic(in.cfg.Prefix, m.pub.Topic)
 	if err != nil {
 		// Cannot happen with our subscription filter but for ids we refuse to echo into a
 		// topic; there is nowhere safe to answer. Audit and drop.
 		in.rejected.Add(1)
-		in.auditOwnRejection(ctx, "", "", "bad_topic", err)
+		in.auditOwnRejection(ctx, meta, "", "", "bad_topic", err)
 		in.ack(m)
 		return
 	}
@@ -394,13 +397,12 @@ func (in *Ingestor) handle(m message) {
 	if signedDevice != "" && signedDevice != topicDevice {
 		in.rejected.Add(1)
 		msg := fmt.Sprintf("envelope is signed for device %s but was published on the topic of device %s", signedDevice, clip(topicDevice))
-		in.auditOwnRejection(ctx, topicDevice, reply.Upload, CodeTopicMismatch, errors.New(msg))
+		in.auditOwnRejection(ctx, meta, topicDevice, reply.Upload, CodeTopicMismatch, errors.New(msg))
 		reply.Status = StatusRejected
 		reply.Error = &ReplyError{Code: CodeTopicMismatch, Message: msg}
 		in.publish(ctx, m, topicDevice, &reply)
 		return
 	}
-	meta := devices.Meta{Transport: "mqtt", RequestID: requestID(m.pub), SourceAddr: "mqtt:" + in.cfg.Broker}
 	t0 := time.Now()
 	rc, err := in.cfg.Accepter.Accept(ctx, m.pub.Payload, meta)
 	in.acceptNanos.Add(int64(time.Since(t0)))
@@ -472,16 +474,21 @@ func (in *Ingestor) ack(m message) {
 }
 
 // auditOwnRejection records a rejection this adapter decided itself (group-committed).
-func (in *Ingestor) auditOwnRejection(ctx context.Context, device, upload, code string, cause error) {
+func (in *Ingestor) auditOwnRejection(ctx context.Context, meta devices.Meta, device, upload, code string, cause error) {
+	payload := map[string]any{"transport": "mqtt", "detail": cause.Error()}
+	if meta.CorrelationID != "" {
+		payload["correlation_id"] = meta.CorrelationID
+	}
 	ev := audit.Event{
 		Actor:      audit.Actor{Kind: audit.ActorDevice, ID: "unverified:" + clip(device), AuthMethod: "none"},
 		Action:     "upload.rejected",
 		Object:     audit.Object{Type: "upload", ID: upload},
 		Outcome:    audit.OutcomeRejected,
 		Reason:     code,
-		SourceAddr: "mqtt:" + in.cfg.Broker,
+		RequestID:  meta.RequestID,
+		SourceAddr: meta.SourceAddr,
 		Time:       in.cfg.Now(),
-		Payload:    map[string]any{"transport": "mqtt", "detail": cause.Error()},
+		Payload:    payload,
 	}
 	if ev.Object.ID == "" {
 		ev.Object.ID = "(undecodable)"
@@ -493,13 +500,19 @@ func (in *Ingestor) auditOwnRejection(ctx context.Context, device, upload, code 
 	}
 }
 
-// requestID names one MQTT message for the audit trail: its correlation data when the
-// device set one (MQTT 5), else a random id.
-func requestID(p *paho.Publish) string {
-	if p.Properties != nil && len(p.Properties.CorrelationData) > 0 && len(p.Properties.CorrelationData) <= 64 {
-		return "mqtt-" + hex.EncodeToString(p.Properties.CorrelationData)
-	}
+// newRequestID names one MQTT message for the audit trail: "mqtt-" and 16 random hex digits,
+// made here whatever the device sent.
+func newRequestID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return "mqtt-" + hex.EncodeToString(b[:])
+}
+
+// correlationID returns the message's MQTT 5 correlation data in hex when the device set
+// some (at most 64 bytes; longer is ignored), else "".
+func correlationID(p *paho.Publish) string {
+	if p.Properties != nil && len(p.Properties.CorrelationData) > 0 && len(p.Properties.CorrelationData) <= 64 {
+		return hex.EncodeToString(p.Properties.CorrelationData)
+	}
+	return ""
 }

@@ -139,7 +139,7 @@ func TestMQTTUploadAcceptedWithReceipt(t *testing.T) {
 
 // Every rejection path over MQTT: a coded rejection on the receipts topic, the rejection
 // audited, nothing stored.
-// Verifies: REQ-DEV-100, REQ-DEV-101
+// Verifies: REQ-DEV-100, REQ-DEV-101, REQ-AUD-031
 func TestMQTTRejections(t *testing.T) {
 	t.Parallel()
 	var overloaded atomic.Bool
@@ -168,13 +168,6 @@ func TestMQTTRejections(t *testing.T) {
 	wrongKV.KeyVersion = 2
 	unknown := sdk.Identity{DeviceID: uuid.NewString(), KeyVersion: 1, PrivateKey: strangerKey}
 
-	type tc struct {
-		name   string
-		dev    string // topic device
-		raw    []byte
-		code   string
-		before func()
-	}
 	cases := []tc{
 		{name: "malformed", dev: id.DeviceID, raw: []byte("not cbor at all"), code: devices.CodeMalformed},
 		{name: "too large", dev: id.DeviceID, raw: make([]byte, 300<<10), code: devices.CodeTooLarge},
@@ -184,6 +177,12 @@ func TestMQTTRejections(t *testing.T) {
 		{name: "replay", dev: id.DeviceID, raw: signed(t, id, 5, now), code: devices.CodeReplay},
 		{name: "clock skew", dev: id.DeviceID, raw: signed(t, id, 13, now.Add(-2*time.Hour)), code: devices.CodeClockSkew},
 		{name: "topic mismatch", dev: other.DeviceID, raw: signed(t, id, 14, now), code: mqtt.CodeTopicMismatch},
+		// Refusals of the clinical core, each from a device of its own (a refused upload
+		// spends its device's rate budget too).
+		coreCase(t, r, "unknown code", envelope.Sample{Code: "99999-9", Value: 1, Unit: "/min"}, 0, "unknown_code"),
+		coreCase(t, r, "wrong unit", envelope.Sample{Code: "8867-4", Value: 72, Unit: "kg"}, 0, "wrong_unit"),
+		coreCase(t, r, "impossible value", envelope.Sample{Code: "8867-4", Value: -5, Unit: "/min"}, 0, "impossible_value"),
+		coreCase(t, r, "future time", envelope.Sample{Code: "8867-4", Value: 72, Unit: "/min"}, time.Hour, "future_time"),
 		{name: "backpressure", dev: id.DeviceID, raw: signed(t, id, 15, now), code: devices.CodeBackpressure,
 			before: func() { overloaded.Store(true) }},
 		{name: "rate limited", dev: id.DeviceID, raw: signed(t, id, 30, now), code: devices.CodeRateLimited,
@@ -240,6 +239,15 @@ func TestMQTTRejections(t *testing.T) {
 			t.Errorf("%s: no rejected audit event with reason %s", c.name, c.code)
 		}
 	}
+	// Every refusal carries a request id made by the server and the source.
+	var bare int
+	if err := r.stack.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_events WHERE action = 'upload.rejected'
+		AND (request_id IS NULL OR request_id NOT LIKE 'mqtt-%' OR source_addr IS NULL OR source_addr NOT LIKE 'mqtt:%')`).Scan(&bare); err != nil {
+		t.Fatal(err)
+	}
+	if bare != 0 {
+		t.Errorf("upload.rejected events without a request id or source = %d, want 0", bare)
+	}
 	var uploads int
 	if err := r.stack.Pool.QueryRow(ctx, `SELECT count(*) FROM core_uploads`).Scan(&uploads); err != nil {
 		t.Fatal(err)
@@ -247,6 +255,29 @@ func TestMQTTRejections(t *testing.T) {
 	if want := 3; uploads != want { // the first upload and the two that used up the burst
 		t.Errorf("core_uploads = %d, want %d (rejections store nothing)", uploads, want)
 	}
+}
+
+type tc struct {
+	name   string
+	dev    string // topic device
+	raw    []byte
+	code   string
+	before func()
+}
+
+// coreCase is a rejection case: a new device's upload of one sample (taken ahead of now)
+// that the clinical core refuses with code.
+func coreCase(t *testing.T, r *rig, name string, smp envelope.Sample, ahead time.Duration, code string) tc {
+	t.Helper()
+	id := r.stack.Device(t)
+	now := time.Now()
+	smp.T = now.Add(ahead).UnixMilli()
+	u := envelope.Upload{Device: id.DeviceID, KeyVersion: id.KeyVersion, Seq: 1, SentAt: now.UnixMilli(), Samples: []envelope.Sample{smp}}
+	raw, _, err := envelope.Sign(&u, id.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc{name: name, dev: id.DeviceID, raw: raw, code: code}
 }
 
 var adminActor = audit.Actor{Kind: audit.ActorUser, ID: "admin-test", AuthMethod: "test"}

@@ -1,6 +1,7 @@
 package sdk
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"os"
@@ -38,11 +39,28 @@ type store interface {
 	put(it item) error
 	remove(n uint64) error
 	quarantine(it item, reason string) error
+	// The key rotation sent and not yet answered (nil when none).
+	getRotation() (*pendingRotation, error)
+	putRotation(*pendingRotation) error
+	dropRotation() error
+}
+
+// pendingRotation is a key rotation whose answer has not been had: the new key and the exact
+// request sent. It is stored before the request leaves the device, so that a lost answer or
+// a crash never leaves Vigil holding a key the device has forgotten: the next RotateKey
+// sends the same request again (Vigil answers a rotation already applied with the same key
+// version) instead of making another key.
+type pendingRotation struct {
+	Device      string `cbor:"device"`
+	FromVersion uint64 `cbor:"from_version"`
+	Seed        []byte `cbor:"ed25519_seed"`
+	Request     []byte `cbor:"request"`
 }
 
 type memStore struct {
 	st    state
 	items map[uint64]item
+	rot   *pendingRotation
 }
 
 func newMemStore() *memStore { return &memStore{items: map[uint64]item{}} }
@@ -55,10 +73,13 @@ func (m *memStore) load() (state, []item, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].N < out[j].N })
 	return m.st, out, nil
 }
-func (m *memStore) putState(s state) error             { m.st = s; return nil }
-func (m *memStore) put(it item) error                  { m.items[it.N] = it; return nil }
-func (m *memStore) remove(n uint64) error              { delete(m.items, n); return nil }
-func (m *memStore) quarantine(it item, _ string) error { delete(m.items, it.N); return nil }
+func (m *memStore) putState(s state) error                 { m.st = s; return nil }
+func (m *memStore) put(it item) error                      { m.items[it.N] = it; return nil }
+func (m *memStore) remove(n uint64) error                  { delete(m.items, n); return nil }
+func (m *memStore) quarantine(it item, _ string) error     { delete(m.items, it.N); return nil }
+func (m *memStore) getRotation() (*pendingRotation, error) { return m.rot, nil }
+func (m *memStore) putRotation(r *pendingRotation) error   { m.rot = r; return nil }
+func (m *memStore) dropRotation() error                    { m.rot = nil; return nil }
 
 // dirStore layout:
 //
@@ -66,6 +87,7 @@ func (m *memStore) quarantine(it item, _ string) error { delete(m.items, it.N); 
 //	<dir>/queue/<n>.cbor       one buffered upload per file, n zero-padded to 20 digits
 //	<dir>/rejected/<n>.cbor    uploads Vigil refused for good, kept for inspection
 //	<dir>/rejected/<n>.reason  why
+//	<dir>/rotation.cbor        the key rotation sent and not yet answered (secret: mode 0600)
 //
 // Every write is atomic (temporary file, fsync, rename, fsync of the directory).
 type dirStore struct{ dir string }
@@ -165,4 +187,38 @@ func (d *dirStore) quarantine(it item, reason string) error {
 		return err
 	}
 	return syncDir(filepath.Join(d.dir, "queue"))
+}
+
+func (d *dirStore) getRotation() (*pendingRotation, error) {
+	b, err := os.ReadFile(filepath.Join(d.dir, "rotation.cbor"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pending rotation: %w", err)
+	}
+	var r pendingRotation
+	if err := cbor.Unmarshal(b, &r); err != nil || len(r.Seed) != ed25519.SeedSize || len(r.Request) == 0 {
+		return nil, fmt.Errorf("pending rotation %s is damaged (keep it: it holds a key Vigil may have registered): %v",
+			filepath.Join(d.dir, "rotation.cbor"), err)
+	}
+	return &r, nil
+}
+
+func (d *dirStore) putRotation(r *pendingRotation) error {
+	b, err := envelope.Canonical(r)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(d.dir, "rotation.cbor"), b, 0o600); err != nil {
+		return fmt.Errorf("pending rotation: %w", err)
+	}
+	return nil
+}
+
+func (d *dirStore) dropRotation() error {
+	if err := os.Remove(filepath.Join(d.dir, "rotation.cbor")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pending rotation: %w", err)
+	}
+	return syncDir(d.dir)
 }

@@ -228,7 +228,7 @@ func (c *Client) Flush(ctx context.Context) ([]Receipt, error) {
 			} else {
 				err = fmt.Errorf("sdk: delivered but not removed from the buffer: %w", err)
 			}
-		case rejected && !re.Temporary():
+		case rejected && !re.Temporary() && !errors.Is(err, ErrRotationPending):
 			if qerr := c.store.quarantine(head, re.Error()); qerr != nil {
 				err = errors.Join(err, qerr)
 				break
@@ -276,6 +276,11 @@ func (c *Client) deliver(ctx context.Context, it item) (*Receipt, item, error) {
 					}
 					attempt--
 					continue
+				}
+				if re.Code == "unknown_key" && c.rotationPending() {
+					// Vigil may hold a key this client has not taken up yet: keep the upload
+					// until the rotation is completed.
+					return nil, it, errors.Join(ErrRotationPending, err)
 				}
 				if !re.Temporary() {
 					return nil, it, err

@@ -25,11 +25,20 @@ type Enroller interface {
 type EnrollOptions struct {
 	Rand io.Reader        // key generation randomness; default crypto/rand
 	Now  func() time.Time // default time.Now
+	// Attempts is how many times the same signed request is sent when the answer does not
+	// arrive (a network error, or a temporary refusal such as 503): default 5. Vigil answers
+	// the re-send of an enrollment it applied with the original answer, so a lost answer
+	// never costs the token.
+	Attempts int
+	// Sleep waits between attempts (1 s, doubling, at most 30 s, and at least a refusal's
+	// Retry-After); default a timer. Tests may make it instant.
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Enroll generates the device's Ed25519 key pair, proves possession of it to Vigil together
 // with the one-time enrollment token an administrator issued, and returns the identity to
-// sign uploads with. The private key never leaves the device.
+// sign uploads with. The private key never leaves the device. When the answer is lost, the
+// same signed request (same key, same time) is sent again, up to o.Attempts times.
 func Enroll(ctx context.Context, e Enroller, token string, o EnrollOptions) (Identity, error) {
 	if o.Rand == nil {
 		o.Rand = rand.Reader
@@ -49,9 +58,34 @@ func Enroll(ctx context.Context, e Enroller, token string, o EnrollOptions) (Ide
 	if err != nil {
 		return Identity{}, fmt.Errorf("sdk: enroll: %w", err)
 	}
-	id, kv, err := e.Enroll(ctx, raw)
-	if err != nil {
-		return Identity{}, fmt.Errorf("sdk: enroll: %w", err)
+	if o.Attempts <= 0 {
+		o.Attempts = 5
+	}
+	if o.Sleep == nil {
+		o.Sleep = sleepCtx
+	}
+	var (
+		id string
+		kv uint64
+	)
+	wait := time.Second
+	for attempt := 1; ; attempt++ {
+		id, kv, err = e.Enroll(ctx, raw)
+		if err == nil {
+			break
+		}
+		var rej *RejectedError
+		if (errors.As(err, &rej) && !rej.Temporary()) || attempt >= o.Attempts || ctx.Err() != nil {
+			return Identity{}, fmt.Errorf("sdk: enroll: %w", err)
+		}
+		d := wait
+		if rej != nil && rej.RetryAfter > d {
+			d = rej.RetryAfter
+		}
+		if serr := o.Sleep(ctx, d); serr != nil {
+			return Identity{}, fmt.Errorf("sdk: enroll: %w", err)
+		}
+		wait = min(2*wait, 30*time.Second)
 	}
 	ident := Identity{DeviceID: id, KeyVersion: kv, PrivateKey: priv}
 	if err := ident.Validate(); err != nil {
