@@ -6,12 +6,16 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/labstack/echo/v4"
+
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core/rules"
+	"github.com/vigilhealth/vigil/portal"
 )
 
 func body(t *testing.T, res *http.Response) string {
@@ -259,4 +263,24 @@ func TestWardOverviewTiles(t *testing.T) {
 		t.Errorf("%d access.phi.read events for the second patient, want one per view (2)", n)
 	}
 	_ = auth.ObjObservation
+}
+
+// portal.Routes lists exactly the routes Mount registers (the server's access table is built
+// from it).
+// Verifies: REQ-POR-008
+func TestRoutesListed(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	e := echo.New()
+	s.portal.Mount(e)
+	var got []string
+	for _, r := range e.Routes() {
+		got = append(got, r.Method+" "+r.Path)
+	}
+	want := portal.Routes()
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("Mount registers %v, Routes() = %v", got, want)
+	}
 }
