@@ -121,7 +121,7 @@ func (p *Portal) signOut(c echo.Context) error {
 	ctx := c.Request().Context()
 	if err := p.cfg.Auth.CheckCSRF(ctx, c.Request(), pr, creds); err != nil {
 		if auth.CodeOf(err) != "" {
-			return echo.NewHTTPError(http.StatusForbidden, "csrf_invalid")
+			return echo.NewHTTPError(http.StatusForbidden, "the form's CSRF token is missing or wrong (csrf_invalid)")
 		}
 		return err
 	}

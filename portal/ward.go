@@ -452,7 +452,7 @@ func (p *Portal) wardTile(c echo.Context) error {
 	}
 	id, err := uuid.Parse(c.Param("id"))
 	if err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, "invalid_patient_id")
+		return echo.NewHTTPError(http.StatusBadRequest, "patient id must be a UUID")
 	}
 	ctx := c.Request().Context()
 	pt, err := p.cfg.Core.Patient(ctx, id)
@@ -464,7 +464,7 @@ func (p *Portal) wardTile(c echo.Context) error {
 	}
 	d, err := p.authorizeTile(ctx, pr, pt)
 	if errors.Is(err, auth.ErrForbidden) {
-		return echo.NewHTTPError(http.StatusForbidden, "forbidden")
+		return echo.NewHTTPError(http.StatusForbidden, "not allowed to read this patient")
 	}
 	if err != nil {
 		return fmt.Errorf("portal: tile: %w", err)
