@@ -33,13 +33,13 @@ CI_DIR := .vigil/ci
 # CI keeps one beside the repository; elsewhere pass VULNDB=path/to/osv.
 VULNDB ?= ../shared/vulndb/osv
 
-.PHONY: all build bench-build demo test vet unit fuzz validate release services tools clean-testdbs help
+.PHONY: all build bench-build demo test vet unit fuzz validate release services tools clean-testdbs help portal-assets
 
 all: build
 
 help:
 	@echo "make demo   - run Vigil with a private database and sample devices (Ctrl-C stops it)"
-	@echo "make test   - start/install PostgreSQL, Mosquitto, Vault; go vet; go test -race; short fuzz"
+	@echo "make test   - start/install PostgreSQL, Mosquitto, Vault, chromium; go vet; go test -race; short fuzz"
 	@echo "make build  - build bin/vigil (the shipped binary)"
 	@echo "make bench-build - build bin/vigil-bench (the load generators, docs/benchmarks.md)"
 	@echo "make fuzz   - run the fuzz targets for FUZZTIME each (default $(FUZZTIME))"
@@ -68,6 +68,7 @@ services:
 	bash .ci/ensure-mosquitto
 	bash .ci/ensure-interop
 	bash .ci/ensure-poppler
+	bash .ci/ensure-chromium
 
 # Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
 # go.sum changes): the Vault dev server and Trillian's own servers for the external mode;
@@ -76,6 +77,15 @@ services:
 # package-lock.json).
 tools:
 	@for s in tools/*/build.sh; do [ -f "$$s" ] && bash "$$s" || exit 1; done
+
+# The portal's front-end files (docs/portal.md): after changing a version in
+# portal/web/package.json and running `npm install` there, copy the pinned packages' files
+# into portal/web/vendor (committed, embedded by go:embed) and commit them; the portal's
+# TestVendoredAssets checks them against the npm tarballs of the lock file's integrity.
+portal-assets:
+	bash tools/portal-web/build.sh
+	cd portal/web && cp node_modules/htmx.org/dist/htmx.min.js node_modules/uplot/dist/uPlot.iife.min.js \
+		node_modules/uplot/dist/uPlot.min.css vendor/
 
 vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
@@ -96,7 +106,7 @@ clean-testdbs:
 # (docs/development.md: tests wait on PostgreSQL more than they compute); the log shows one line per package and every failing test's output.
 unit:
 	@mkdir -p $(CI_DIR)
-	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 \
+	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 VIGIL_REQUIRE_BROWSER=1 \
 		$(GO) test -json -race -count=1 -p 4 -parallel 8 -timeout 12m ./... 2>&1 | $(GO) run ./tools/testlog -o $(CI_DIR)/go-test.json
 
 fuzz:

@@ -29,6 +29,7 @@ import (
 	"github.com/vigilhealth/vigil/internal/testclock"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys/keystest"
+	"github.com/vigilhealth/vigil/portal"
 )
 
 // fullServer is a server with every area mounted (core, devices, alarms, rules, audit, auth)
@@ -58,8 +59,14 @@ func newFullServer(t *testing.T) *fullServer {
 		t.Fatal(err)
 	}
 	authSvc := authtest.New(t, pool, env.Rec, env.Ring.PHI(), nil, nil)
+	// The portal is mounted as vigil serve mounts it, so its routes are in the walk below.
+	portalSvc, err := portal.New(portal.Config{Auth: authSvc, Core: env.Core, Recorder: env.Rec, Alarms: alarmSvc, Rules: eng,
+		Devices: env.Devices, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := New(Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng,
-		Audit: auditSvc, Auth: authSvc, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Audit: auditSvc, Auth: authSvc, Portal: portalSvc, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		RejectedPerSource: Limit{Rate: -1}})
 	if err != nil {
 		t.Fatal(err)

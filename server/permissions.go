@@ -2,6 +2,7 @@ package server
 
 import (
 	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/portal"
 )
 
 // routeAccess is the route table's access column: what every route of the server needs, keyed
@@ -110,4 +111,13 @@ var routeAccess = map[string]access{
 	"GET /api/v1/service-accounts/:id/tokens":  allow(auth.ObjServiceAccount, "read"),
 	"POST /api/v1/service-accounts/:id/tokens": allow(auth.ObjServiceAccount, "manage"),
 	"DELETE /api/v1/api-tokens/:id":            allow(auth.ObjServiceAccount, "manage"),
+}
+
+// The portal's pages authenticate and authorize themselves (a page without a session
+// redirects to the sign-in page instead of answering 401; every tile is decided by the same
+// policy and its read audited): package portal lists them.
+func init() {
+	for _, r := range portal.Routes() {
+		routeAccess[r] = public()
+	}
 }

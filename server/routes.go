@@ -22,6 +22,9 @@ func (s *Server) routes() {
 	s.mountAudit(api)
 	s.mountCore(api)
 	s.mountAuth(api)
+	if s.cfg.Portal != nil {
+		s.cfg.Portal.Mount(s.echo)
+	}
 }
 
 // healthz answers 200 while the process is up; it checks nothing else.

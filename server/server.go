@@ -22,6 +22,7 @@ import (
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/portal"
 )
 
 // Config is everything the server needs. Zero values take the documented defaults.
@@ -70,6 +71,9 @@ type Config struct {
 	// PolicyRefreshInterval is how often Serve reloads the policy when another process changed
 	// it (auth.Enforcer.Refresh). Default 5s.
 	PolicyRefreshInterval time.Duration
+	// Portal is the web portal for people (package portal), mounted at "/" with its own
+	// routes. Optional.
+	Portal *portal.Portal
 
 	// ReadTimeout bounds the time a request's body may take to arrive (its headers are bounded
 	// by a fixed 10 s); a body that is late gets 408 request_timeout. Default 30s.

@@ -15,6 +15,7 @@ import (
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
+	"github.com/vigilhealth/vigil/portal"
 	"github.com/vigilhealth/vigil/server"
 )
 
@@ -130,6 +131,15 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The web portal for people at "/" (package portal): it signs people in through the
+	// same auth service and reads through the same services, so what the policy allows a
+	// person over the API is what the pages show.
+	portalSvc, err := portal.New(portal.Config{Auth: srvCfg.Auth, Core: srvCfg.Core, Recorder: sys.rec,
+		Alarms: srvCfg.Alarms, Rules: srvCfg.Rules, Devices: srvCfg.Devices})
+	if err != nil {
+		return nil, err
+	}
+	srvCfg.Portal = portalSvc
 	// MQTT ingestion when VIGIL_MQTT_URL is set (mqtt.go).
 	if err := wireMQTT(ctx, sys, &srvCfg, devSvc); err != nil {
 		return nil, err

@@ -32,10 +32,11 @@ var Allowed = map[string][]string{
 	"traceability": {},
 	"validation":   {"traceability"},
 	"qms":          {"traceability", "validation", "audit", "keys"},
-	"server":       {"core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
-	"cmd":          {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"portal":       {"core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"server":       {"portal", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"cmd":          {"server", "portal", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 	"internal":     {},
-	"bench":        {"server", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
+	"bench":        {"server", "portal", "core", "devices", "interop", "auth", "audit", "keys", "qms", "traceability", "validation"},
 }
 
 // ReadSide lists packages of Vigil that only some areas may import although their area is
