@@ -1,6 +1,7 @@
 package sigstorecheck_test
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -50,7 +51,7 @@ func TestBundleVerifiesWithSigstoreGo(t *testing.T) {
 	if _, err := rand.Read(artefact); err != nil {
 		t.Fatal(err)
 	}
-	b, err := qms.SignBundle(signer, "release-signing", artefact)
+	b, err := qms.SignBundle(context.Background(), signer, "release-signing", artefact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func TestBundleVerifiesWithSigstoreGo(t *testing.T) {
 		t.Error("another key verified the bundle")
 	}
 	// One byte of the signature changed (the bundle stays well-formed JSON).
-	bad, err := qms.SignBundle(signer, "release-signing", changed)
+	bad, err := qms.SignBundle(context.Background(), signer, "release-signing", changed)
 	if err != nil {
 		t.Fatal(err)
 	}
