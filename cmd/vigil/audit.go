@@ -72,6 +72,19 @@ func authenticateEvents(ctx context.Context, rec audit.Recorder, ring *keys.Ring
 	return err
 }
 
+// authenticateCommand opens the key ring (no key is created) for a command that changes
+// state through its own recorder (vigil device …, vigil core …), so that its audit events
+// carry the tag the shipper requires: an unauthenticated event would be refused from the log
+// and raise an incident on the running servers. Without the key ring (no VIGIL_VAULT_ADDR,
+// no VIGIL_KEYRING_PASSPHRASE) the command refuses to run.
+func authenticateCommand(ctx context.Context, dataDir string, db *database) (func(context.Context) error, error) {
+	_, closeRing, err := openKeyRing(ctx, dataDir, false, db.rec, false)
+	if err != nil {
+		return nil, fmt.Errorf("the key ring (its audit events are authenticated with it): %w", err)
+	}
+	return closeRing, nil
+}
+
 // openAudit starts the audit chain for serve/demo (workers running) or for a command
 // (readOnly: idle workers, embedded Trillian without its sequencer). It signs with ring's
 // audit checkpoint key, or, when ring is nil, opens the key ring itself.

@@ -146,6 +146,7 @@ func newCoreCmd() *cobra.Command {
 		Use:   "core",
 		Short: "Clinical core maintenance: time partitions and retention",
 	}
+	cmd.PersistentFlags().String("data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory of the local key ring (env VIGIL_DATA_DIR): the command's audit events are authenticated with it")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "partitions",
 		Short: "List the daily partitions of each clinical data class",
@@ -218,6 +219,12 @@ func withCore(cmd *cobra.Command, fn func(ctx context.Context, db *database, svc
 		return err
 	}
 	defer db.Close()
+	dataDir, _ := cmd.Flags().GetString("data-dir")
+	closeRing, err := authenticateCommand(ctx, dataDir, db)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = closeRing(ctx) }()
 	svc, err := core.New(core.Config{Pool: db.pool, Recorder: db.rec, Retention: ret})
 	if err != nil {
 		return err

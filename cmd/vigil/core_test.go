@@ -17,7 +17,7 @@ import (
 func TestCoreMaintainCommand(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
-	env := map[string]string{"VIGIL_DATABASE_URL": url}
+	env, dir := commandRing(t, url)
 	// Two accepted uploads' rows with waveforms: 400 and 100 days old.
 	for i, age := range []string{"400 days", "100 days"} {
 		if _, err := pool.Exec(context.Background(), `INSERT INTO devices_uploads
@@ -27,17 +27,17 @@ func TestCoreMaintainCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out, err := executeEnv(t, env, "core", "maintain")
+	out, err := executeEnv(t, env, "core", "maintain", "--data-dir", dir)
 	if err != nil || !strings.Contains(out, "0 partition(s) dropped") ||
 		!strings.Contains(out, "1 device upload receipt(s) purged, waveforms removed from 2 upload(s)") {
 		t.Fatalf("vigil core maintain = %q, %v; want 0 partitions dropped, 1 receipt purged, 2 uploads' waveforms removed", out, err)
 	}
-	out, err = executeEnv(t, env, "core", "partitions")
+	out, err = executeEnv(t, env, "core", "partitions", "--data-dir", dir)
 	if err != nil || strings.Count(out, "core_observations_p") != 8 || strings.Count(out, "core_uploads_p") != 8 {
 		t.Errorf("vigil core partitions = %q, %v; want 8 days of each class", out, err)
 	}
 	env["VIGIL_RETENTION_OBSERVATIONS_DAYS"] = "zero"
-	if _, err := executeEnv(t, env, "core", "maintain"); err == nil || !strings.Contains(err.Error(), "VIGIL_RETENTION_OBSERVATIONS_DAYS") {
+	if _, err := executeEnv(t, env, "core", "maintain", "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "VIGIL_RETENTION_OBSERVATIONS_DAYS") {
 		t.Errorf("vigil core maintain with a bad retention = %v, want an error naming the variable", err)
 	}
 }

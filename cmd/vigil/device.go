@@ -35,7 +35,9 @@ func newDeviceCmd() *cobra.Command {
 		Short: "Administer the device registry: register, enroll, suspend, assign devices",
 		Long: `Administer the device registry in the database at VIGIL_DATABASE_URL.
 
-Every change is recorded in the audit trail with the operating-system user as the actor.
+Every change is recorded in the audit trail with the operating-system user as the actor,
+its event authenticated with the installation's key ring (VIGIL_VAULT_ADDR, or the local key
+ring in --data-dir with VIGIL_KEYRING_PASSPHRASE): without it the command refuses to run.
 A device's life: register it, issue an enrollment token and give it to the device (the
 device makes its key and enrolls with the token over POST /api/v1/devices/enroll; MQTT carries uploads only),
 assign it to a patient; suspend it (takes effect at once), reactivate it, or decommission
@@ -47,6 +49,8 @@ it for good.`,
   vigil device list --status active`,
 	}
 	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	var dataDir string
+	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory of the local key ring (env VIGIL_DATA_DIR): the command's audit events are authenticated with it")
 	withSvc := func(run func(ctx context.Context, svc *devices.Service, o devices.Origin, out io.Writer, args []string) error) func(*cobra.Command, []string) error {
 		return func(c *cobra.Command, args []string) error {
 			ctx := c.Context()
@@ -55,6 +59,11 @@ it for good.`,
 				return err
 			}
 			defer db.Close()
+			closeRing, err := authenticateCommand(ctx, dataDir, db)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = closeRing(ctx) }()
 			svc, err := devices.New(devices.Config{Pool: db.pool, Recorder: db.rec, NoChangeListener: true})
 			if err != nil {
 				return err

@@ -22,12 +22,12 @@ import (
 )
 
 // The administrators' device commands work on the database and audit every change.
-// Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-005
+// Verifies: REQ-DEV-001, REQ-DEV-002, REQ-DEV-005, REQ-AUD-040
 func TestDeviceCommands(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
-	env := map[string]string{"VIGIL_DATABASE_URL": url}
-	out, err := executeEnv(t, env, "device", "register", "--serial", "SN-CLI-1", "--model", "VM-100", "--firmware", "2.0", "--json")
+	env, dir := commandRing(t, url)
+	out, err := executeEnv(t, env, "device", "register", "--serial", "SN-CLI-1", "--model", "VM-100", "--firmware", "2.0", "--json", "--data-dir", dir)
 	if err != nil {
 		t.Fatalf("device register = %v: %s", err, out)
 	}
@@ -36,28 +36,39 @@ func TestDeviceCommands(t *testing.T) {
 		t.Fatalf("device register output = %q (%v), want the active device", out, err)
 	}
 	id := d.ID.String()
-	if out, err := executeEnv(t, env, "device", "token", id); err != nil || !strings.HasPrefix(out, "vet_") {
+	if out, err := executeEnv(t, env, "device", "token", id, "--data-dir", dir); err != nil || !strings.HasPrefix(out, "vet_") {
 		t.Errorf("device token = %q, %v; want a vet_ token", out, err)
 	}
-	if out, err := executeEnv(t, env, "device", "suspend", id, "--reason", "reported lost"); err != nil || !strings.Contains(out, "suspended") {
+	if out, err := executeEnv(t, env, "device", "suspend", id, "--reason", "reported lost", "--data-dir", dir); err != nil || !strings.Contains(out, "suspended") {
 		t.Errorf("device suspend = %q, %v", out, err)
 	}
-	if out, err := executeEnv(t, env, "device", "list", "--status", "suspended"); err != nil || !strings.Contains(out, id) {
+	if out, err := executeEnv(t, env, "device", "list", "--status", "suspended", "--data-dir", dir); err != nil || !strings.Contains(out, id) {
 		t.Errorf("device list --status suspended = %q, %v; want %s", out, err, id)
 	}
-	if out, err := executeEnv(t, env, "device", "show", id); err != nil || !strings.Contains(out, "patient assignments:") {
+	if out, err := executeEnv(t, env, "device", "show", id, "--data-dir", dir); err != nil || !strings.Contains(out, "patient assignments:") {
 		t.Errorf("device show = %q, %v", out, err)
 	}
-	if _, err := executeEnv(t, env, "device", "assign", id, "--patient", uuid.NewString()); !errors.Is(err, devices.ErrInvalidInput) {
+	if _, err := executeEnv(t, env, "device", "assign", id, "--patient", uuid.NewString(), "--data-dir", dir); !errors.Is(err, devices.ErrInvalidInput) {
 		t.Errorf("device assign (unknown patient) = %v, want ErrInvalidInput", err)
 	}
-	if _, err := executeEnv(t, env, "device", "assign", id); err == nil {
+	if _, err := executeEnv(t, env, "device", "assign", id, "--data-dir", dir); err == nil {
 		t.Error("device assign without --patient or --none = nil error, want a usage error")
 	}
 	var n int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_events WHERE actor_id LIKE 'os:%'
 		AND action IN ('device.registered','device.enrollment_token.issued','device.suspended','device.patient.assigned')`).Scan(&n); err != nil || n != 4 {
 		t.Errorf("audited device commands = %d (%v), want 4", n, err)
+	}
+	// Authenticated with the installation's key ring: the shipper of a running server logs
+	// them (an event without its tag would be refused and raise an incident).
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_events WHERE actor_id LIKE 'os:%'
+		AND (auth_mac IS NULL OR session_id IS NULL)`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("device commands' events without an authentication tag = %d (%v), want 0", n, err)
+	}
+	// Without the key ring the command refuses to run (and changes nothing).
+	noRing := map[string]string{"VIGIL_DATABASE_URL": env["VIGIL_DATABASE_URL"], "VIGIL_VAULT_ADDR": "", "VIGIL_KEYRING_PASSPHRASE": ""}
+	if _, err := executeEnv(t, noRing, "device", "register", "--serial", "SN-CLI-2", "--model", "VM-100", "--firmware", "2.0", "--data-dir", dir); err == nil {
+		t.Error("device register without the key ring = nil error, want refused")
 	}
 }
 

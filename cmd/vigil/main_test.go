@@ -232,3 +232,18 @@ func cheapLocalRing(t *testing.T, dataDir, passphrase string) {
 		t.Fatal(err)
 	}
 }
+
+// commandRing gives a command test its environment (the database at url, the local key ring's
+// passphrase) and a data directory holding an initialised local key ring, so the command's
+// audit events are authenticated as a real installation's are.
+func commandRing(t *testing.T, url string) (map[string]string, string) {
+	t.Helper()
+	const pass = "a passphrase for a command test"
+	dir := t.TempDir()
+	cheapLocalRing(t, dir, pass)
+	env := map[string]string{"VIGIL_DATABASE_URL": url, "VIGIL_KEYRING_PASSPHRASE": pass, "VIGIL_VAULT_ADDR": ""}
+	if out, err := executeEnv(t, env, "keys", "init", "--data-dir", dir); err != nil {
+		t.Fatalf("vigil keys init = %v\n%s", err, out)
+	}
+	return env, dir
+}
