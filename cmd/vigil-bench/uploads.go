@@ -476,7 +476,10 @@ func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
 	steps := []float64{1, 1, 1, 0.1, 1}
 	out := make([][][]byte, o.workers)
 	now := time.Now()
-	base := now.Add(-30 * time.Minute).UnixMilli()
+	// Samples taken after the devices were assigned (a moment ago, in provisioning): a
+	// reading from before its device's assignment is refused (outside_assignment), and the
+	// 5-minute grace for slow device clocks covers these two minutes.
+	base := now.Add(-2 * time.Minute).UnixMilli()
 	var wg sync.WaitGroup
 	for w := 0; w < o.workers; w++ {
 		wg.Add(1)
