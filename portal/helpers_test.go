@@ -101,7 +101,7 @@ func newStack(t testing.TB) *stack {
 		t.Fatal(err)
 	}
 	srv, err := server.New(server.Config{Pool: env.Pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices,
-		Alarms: s.alarms, Rules: s.rules, Portal: s.portal, Now: env.Clock.Now,
+		Alarms: s.alarms, Rules: s.rules, Portal: s.portal, Auth: s.auth, Now: env.Clock.Now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}) // access logs: not the test's output
 	if err != nil {
 		t.Fatal(err)

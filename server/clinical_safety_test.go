@@ -27,6 +27,7 @@ type clinicalHTTP struct {
 	*devicestest.Env
 	ts      *httptest.Server
 	handoff *obs.Handoff
+	cl      *http.Client // a signed-in clinician's session (every role everywhere)
 }
 
 func newClinicalHTTP(t *testing.T) *clinicalHTTP {
@@ -52,13 +53,14 @@ func newClinicalHTTP(t *testing.T) *clinicalHTTP {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = eng.Close(context.Background()) })
-	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: ds, Core: cs, Alarms: as, Rules: eng, Now: e.Clock.Now})
+	authSvc, cl := server.SignedIn(t, e.Pool, e.Rec)
+	srv, err := server.New(server.Config{Pool: e.Pool, Recorder: e.Rec, Devices: ds, Core: cs, Alarms: as, Rules: eng, Auth: authSvc, Now: e.Clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &clinicalHTTP{Env: e, ts: ts, handoff: handoff}
+	return &clinicalHTTP{Env: e, ts: ts, handoff: handoff, cl: cl}
 }
 
 // upload posts one signed sample of d, taken at at, with the clock at now; it returns the
@@ -87,7 +89,7 @@ func (h *clinicalHTTP) upload(t *testing.T, d *devicestest.Device, code string, 
 // openAlarms is GET /api/v1/alarms?patient_id=…&state=active,acknowledged: rule → severity.
 func (h *clinicalHTTP) openAlarms(t *testing.T) map[string]string {
 	t.Helper()
-	resp, err := http.Get(h.ts.URL + "/api/v1/alarms?patient_id=" + h.Patient.String() + "&state=active,acknowledged")
+	resp, err := h.cl.Get(h.ts.URL + "/api/v1/alarms?patient_id=" + h.Patient.String() + "&state=active,acknowledged")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +165,7 @@ func (h *clinicalHTTP) call(t *testing.T, method, path string, body any) (int, m
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest(method, h.ts.URL+path, bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := h.cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -244,9 +244,10 @@ func TestRefusalsOverTheWire(t *testing.T) {
 // Verifies: REQ-INT-005
 func TestAuditFailure(t *testing.T) {
 	broken := testdb.New(t)
+	rec := interoptest.Recorder(t, broken)
 	broken.Close() // the audit database is gone: every RecordNow fails
 	app := &applier{}
-	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(t, broken)})
+	rcv, addr := start(t, inbound.Config{Applier: app, Audit: rec})
 	c, err := mllp.NewClient(mllp.ClientConfig{Addr: addr})
 	if err != nil {
 		t.Fatal(err)
