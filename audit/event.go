@@ -21,6 +21,13 @@ const (
 	ActorService ActorKind = "service"
 )
 
+// Unauthenticated is the actor of a request refused before anyone was authenticated: a
+// failed sign-in, a request without a session, a rejected request. Nobody is attributed; the
+// event's request id and source address say where it came from, and its object names the
+// account a sign-in claimed. Every action a person or device takes after authentication
+// carries that principal instead.
+var Unauthenticated = Actor{Kind: ActorUser, ID: "unauthenticated", AuthMethod: "none"}
+
 // Actor is who acted and how they proved it (e.g. "password+totp", "device-signature",
 // "mtls", "internal", "none" for an unauthenticated request).
 type Actor struct {

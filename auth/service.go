@@ -242,7 +242,7 @@ type Origin struct {
 func (o Origin) event(now time.Time, action string, obj audit.Object, outcome audit.Outcome, reason string, payload any) audit.Event {
 	a := o.Actor
 	if a.Kind == "" {
-		a = audit.Actor{Kind: audit.ActorUser, ID: "anonymous", AuthMethod: "none"}
+		a = audit.Unauthenticated // a sign-in not (yet) succeeded: the object names the account
 	}
 	return audit.Event{Time: now, Actor: a, Action: action, Object: obj, Outcome: outcome, Reason: reason,
 		RequestID: o.RequestID, SourceAddr: o.SourceAddr, Payload: payload}

@@ -8,19 +8,17 @@ import (
 
 const actorKey = "vigil.actor"
 
-// anonymous is the actor of a request nobody has authenticated (yet).
-var anonymous = audit.Actor{Kind: audit.ActorUser, ID: "anonymous", AuthMethod: "none"}
-
 // SetActor records who is making the request, once authentication (a session, a device
 // signature) has established it.
 func SetActor(c echo.Context, a audit.Actor) { c.Set(actorKey, a) }
 
-// ActorOf returns the request's actor, or the anonymous user when none is set.
+// ActorOf returns the request's actor, or audit.Unauthenticated when nobody has been
+// authenticated (the access middleware sets every other request's principal).
 func ActorOf(c echo.Context) audit.Actor {
 	if a, ok := c.Get(actorKey).(audit.Actor); ok {
 		return a
 	}
-	return anonymous
+	return audit.Unauthenticated
 }
 
 // EventFor returns an audit event pre-filled with the request's actor, request id and source

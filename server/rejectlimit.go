@@ -344,7 +344,7 @@ func (s *Server) FlushThrottled(ctx context.Context) error {
 	for _, k := range []*keyedLimiter{s.rejects.source, s.rejects.device} {
 		for _, r := range k.drain() {
 			ev := audit.Event{
-				Actor:     anonymous,
+				Actor:     audit.Unauthenticated,
 				Action:    "http.request.throttled",
 				Object:    audit.Object{Type: r.kind, ID: r.key},
 				Outcome:   audit.OutcomeRejected,
