@@ -12,6 +12,7 @@ import (
 // database: the session cookie and bearer header extraction, the unverified issuer peek of an
 // ID token, the PHC password hash decoder, TOTP matching and recovery-code normalization.
 // None may panic; a malformed session or token is never accepted by shape.
+// Verifies: REQ-ACC-005, REQ-ACC-007
 func FuzzCredentialParsers(f *testing.F) {
 	f.Add("vgs_"+strings.Repeat("A", 43), "Bearer vgt_abc", "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.", "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA", "123456")
 	f.Add("", "bearer ", "a.b.c", "$argon2id$v=19$m=99999999,t=1,p=1$$", "12345 ")

@@ -10,6 +10,7 @@ import (
 
 // A context's environment overlays the process's: its variables first ("" reads as unset
 // for envOrCtx), the process's for the rest; without one, the process's.
+// Verifies: REQ-FND-001
 func TestEnvThroughContext(t *testing.T) {
 	t.Parallel()
 	path, ok := os.LookupEnv("PATH")
@@ -34,6 +35,7 @@ func TestEnvThroughContext(t *testing.T) {
 // The commands read variables only through their context (env.go), so that tests can give
 // them theirs and run in parallel: no other file of the command reads the process's
 // environment, but for the flag defaults of envOr (main.go).
+// Verifies: REQ-FND-001
 func TestCommandsReadTheEnvironmentThroughTheirContext(t *testing.T) {
 	t.Parallel()
 	files, err := filepath.Glob("*.go")
