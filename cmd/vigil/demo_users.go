@@ -153,7 +153,8 @@ func printDemoUsers(w io.Writer, url string, users []demoUser) {
 		}
 		fmt.Fprintf(w, "  %-24s %-18s %-8s %s\n", u.Email, u.Role, ward, u.TOTPSecret)
 	}
-	fmt.Fprintf(w, "\nSign in (the session is the cookie; state-changing requests send its csrf_token in X-CSRF-Token):\n")
+	fmt.Fprintf(w, "\nThe portal: open %s/ in a browser and sign in with an e-mail, the password and the TOTP code.\n", url)
+	fmt.Fprintf(w, "\nOr the API (the session is the cookie; state-changing requests send its csrf_token in X-CSRF-Token):\n")
 	fmt.Fprintf(w, "  curl -c jar -H 'Content-Type: application/json' %s/api/v1/auth/sign-in \\\n", url)
 	fmt.Fprintf(w, "       -d '{\"email\":\"%s\",\"password\":\"%s\",\"totp_code\":\"'$(oathtool --totp -b %s)'\"}'\n",
 		users[0].Email, DemoPassword, users[0].TOTPSecret)

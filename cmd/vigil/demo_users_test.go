@@ -50,6 +50,9 @@ func TestDemoUsersSignIn(t *testing.T) {
 	}
 	var out bytes.Buffer
 	printDemoUsers(&out, "http://127.0.0.1:8080", users)
+	if !strings.Contains(out.String(), "http://127.0.0.1:8080/ in a browser") {
+		t.Errorf("printed sign-in details lack the portal's address:\n%s", out.String())
+	}
 	for _, u := range users {
 		if !strings.Contains(out.String(), u.Email) || !strings.Contains(out.String(), u.TOTPSecret) {
 			t.Errorf("printed sign-in details lack %s or its TOTP secret:\n%s", u.Email, out.String())
