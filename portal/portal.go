@@ -43,8 +43,8 @@ type Config struct {
 	NoDataAfter time.Duration
 	// VitalsWindow is how far back the tiles look for each vital. Default 24 hours.
 	VitalsWindow time.Duration
-	// TileConcurrency is how many tiles of a page are read from the database at once.
-	// Default 4.
+	// TileConcurrency is no longer used: the tiles of a page are read in one batch of
+	// queries (core.LatestOf, alarms.OpenAlarmsOf, rules.LatestNEWS2Of). Kept for callers.
 	TileConcurrency int
 	// Now is the clock (ages of values). Default time.Now.
 	Now func() time.Time
