@@ -7,9 +7,10 @@
 // At the end the page goes to the sign-in page. No inline script (CSP).
 (function () {
   "use strict";
-  var secs = parseInt(document.body.getAttribute("data-idle-seconds") || "0", 10);
+  function idleSeconds() { return parseInt(document.body.getAttribute("data-idle-seconds") || "0", 10); }
+  var secs = idleSeconds();
   if (!secs || secs <= 0) { return; }
-  var warnBefore = Math.min(120, Math.floor(secs * 0.2));
+  var warnBefore = 0;
   var deadline = 0, warnTimer = 0, endTimer = 0, tick = 0;
   var box = document.createElement("div");
   box.id = "idle-warning";
@@ -42,6 +43,8 @@
     stay.focus();
   }
   function arm() {
+    secs = idleSeconds() || secs;
+    warnBefore = Math.min(120, Math.floor(secs * 0.2));
     clearTimeout(warnTimer); clearTimeout(endTimer); clearInterval(tick);
     box.hidden = true;
     deadline = Date.now() + secs * 1000;
@@ -59,6 +62,5 @@
     var h = cfg && cfg.headers ? cfg.headers["X-Vigil-Background"] : "";
     if (h !== "1") { arm(); }
   });
-  window.vigilIdle = { rearm: arm };
   arm();
 }());

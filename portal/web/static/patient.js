@@ -11,6 +11,7 @@
   if (!root || !status || !window.uPlot || !window.fetch) { return; }
   var patient = root.getAttribute("data-patient"), range = root.getAttribute("data-range");
   var plots = {};
+  var span = { from: 0, to: 0 }; // the range's bounds (Unix seconds): the x axis, whatever the data
   var colours = ["#0b57d0", "#b3261e"];
   function setStatus(state, text) {
     if (status.getAttribute("data-state") === state) { return; }
@@ -27,11 +28,13 @@
     c.y.forEach(function (ys) { ys.forEach(function (v) { if (v !== null) { points++; } }); });
     fig.setAttribute("data-points", String(points));
     fig.setAttribute("data-last", points ? String(c.y[0][c.y[0].length - 1]) : "");
+    var empty = fig.querySelector(".chart-empty");
+    if (empty) { empty.hidden = points > 0; }
     if (plots[c.id]) { plots[c.id].setData(data); return; }
     var series = [{}].concat(c.names.map(function (n, i) {
       return { label: n + " (" + c.unit + ")", stroke: colours[i % colours.length], width: 2, spanGaps: false, points: { show: true, size: 4 } };
     }));
-    plots[c.id] = new window.uPlot({ width: width(box), height: 180, series: series, scales: { x: { time: true } },
+    plots[c.id] = new window.uPlot({ width: width(box), height: 180, series: series, scales: { x: { time: true, range: function () { return [span.from, span.to]; } } },
       axes: [{}, { label: c.unit }] }, data, box);
   }
   function load(background) {
@@ -40,6 +43,7 @@
       { credentials: "same-origin", headers: h })
       .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
       .then(function (s) {
+        span.from = s.from; span.to = s.to;
         s.charts.forEach(draw);
         draw(s.news2);
         root.setAttribute("data-loaded", String(Date.now()));
