@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"net/url"
 	"slices"
@@ -55,7 +56,6 @@ func (f inboxFilter) query() string {
 // inboxAlarm is one alarm of the inbox.
 type inboxAlarm struct {
 	ID                       uuid.UUID
-	Revision                 int64
 	Priority                 priority
 	Message, RuleID          string
 	PatientID                uuid.UUID
@@ -92,7 +92,7 @@ type inboxData struct {
 	SilenceChoices []int
 	StreamURL      string
 	PatientIDs     []uuid.UUID
-	Query          string
+	Query          template.URL // the filters, kept in the forms' actions (already encoded)
 }
 
 // clock formats a time for a page (UTC, minutes).
@@ -256,7 +256,7 @@ func (p *Portal) renderInbox(c echo.Context, pr *auth.Principal, status int, dat
 			f.Patient = uuid.Nil
 		}
 	}
-	data.Filter, data.Query = f, f.query()
+	data.Filter, data.Query = f, template.URL(f.query()) // #nosec G203 -- url.Values.Encode output
 	open, err := p.cfg.Alarms.OpenAlarmsOf(ctx, ids)
 	if err != nil {
 		return fmt.Errorf("portal: alarm inbox: %w", err)
@@ -299,7 +299,7 @@ func (p *Portal) renderInbox(c echo.Context, pr *auth.Principal, status int, dat
 				continue
 			}
 			shown = true
-			v := inboxAlarm{ID: a.ID, Revision: a.Revision, Priority: pri, Message: a.Message, RuleID: a.RuleID,
+			v := inboxAlarm{ID: a.ID, Priority: pri, Message: a.Message, RuleID: a.RuleID,
 				PatientID: id, PatientName: ip.Name, MRN: pt.PHI.MRN, Ward: wards[id], Opened: clock(a.OpenedAt),
 				Age: age(now, a.OpenedAt), State: string(a.State), opened: a.OpenedAt,
 				CanAck: canAck && a.State == alarms.StateActive, CanSilence: canSilence, CanResolve: canResolve}

@@ -209,6 +209,9 @@ func TestAlarmInbox(t *testing.T) {
 
 	// Filters: by priority; a bad value is a coded error next to the filter.
 	html = body(t, s.get(t, "/alarms?priority=high", c))
+	if !strings.Contains(html, `action="/alarms/`+as[0].ID.String()+`/resolve?priority=high"`) {
+		t.Error("the inbox's forms do not keep the filters")
+	}
 	if strings.Contains(html, `data-priority="medium"`) || strings.Contains(html, `data-priority="low"`) || !strings.Contains(html, `data-priority="high"`) {
 		t.Error("priority filter not applied")
 	}
