@@ -320,8 +320,8 @@ func TestPatientView(t *testing.T) {
 	if res.StatusCode != http.StatusForbidden || strings.Contains(html, "Otto") || !strings.Contains(html, `id="bg-reason"`) {
 		t.Fatalf("another ward's patient = %d:\n%s", res.StatusCode, html)
 	}
-	if res := s.get(t, op+"/series?range=1h", c); res.StatusCode != http.StatusForbidden {
-		t.Errorf("another ward's patient's series = %d, want 403", res.StatusCode)
+	if res := s.get(t, op+"/series?range=1h", c); res.StatusCode != http.StatusForbidden || !strings.Contains(body(t, res), `"code":"forbidden"`) {
+		t.Errorf("another ward's patient's series = %d, want 403 with the forbidden code", res.StatusCode)
 	}
 	if n := s.Count(t, "SELECT count(*) FROM audit_events WHERE action = 'access.denied' AND object_id = $1", s.other.ID.String()); n != 2 {
 		t.Errorf("%d access.denied events, want 2", n)

@@ -160,10 +160,21 @@ func (p *Portal) authorizePatient(c echo.Context, pr *auth.Principal, creds auth
 	return ok, err
 }
 
+// jsonError answers a JSON endpoint of the portal with the server's error envelope.
+func jsonError(c echo.Context, status int, code, msg string) error {
+	return c.JSON(status, map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+// patientDecision is authorizePatient with the decision (its basis is audited with the read).
+// For a JSON request (chart data) the refusals are JSON errors, not pages.
 func (p *Portal) patientDecision(c echo.Context, pr *auth.Principal, creds auth.Credentials, id uuid.UUID, obj, act string) (auth.Decision, bool, error) {
 	ctx := c.Request().Context()
+	asJSON := strings.HasSuffix(c.Path(), "/series")
 	pt, err := p.cfg.Core.Patient(ctx, id)
 	if errors.Is(err, core.ErrNotFound) {
+		if asJSON {
+			return auth.Decision{}, false, jsonError(c, http.StatusNotFound, "patient_not_found", "no such patient")
+		}
 		return auth.Decision{}, false, p.errorPage(c, pr, creds, http.StatusNotFound, "Not found", "patient_not_found", "There is no such patient.")
 	}
 	if err != nil {
@@ -188,6 +199,9 @@ func (p *Portal) patientDecision(c echo.Context, pr *auth.Principal, creds auth.
 		return d, false, fmt.Errorf("portal: patient: %w", err)
 	}
 	p.auditDenied(c, pr, id, obj, act)
+	if asJSON {
+		return d, false, jsonError(c, http.StatusForbidden, auth.ErrForbidden.Code, "not allowed to read this patient")
+	}
 	return d, false, p.forbidden(c, pr, creds, id, http.StatusForbidden, "", 0, nil)
 }
 
@@ -336,11 +350,11 @@ func (p *Portal) patientSeries(c echo.Context) error {
 	}
 	id, err := uuid.Parse(c.Param("id"))
 	if err != nil {
-		return c.JSON(http.StatusBadRequest, map[string]any{"error": map[string]string{"code": "invalid_patient_id", "message": "patient id must be a UUID"}})
+		return jsonError(c, http.StatusBadRequest, "invalid_patient_id", "patient id must be a UUID")
 	}
 	rg, ok := rangeOf(c.QueryParam("range"))
 	if !ok {
-		return c.JSON(http.StatusBadRequest, map[string]any{"error": map[string]string{"code": "invalid_range", "message": "range must be 1h, 24h or 7d"}})
+		return jsonError(c, http.StatusBadRequest, "invalid_range", "range must be 1h, 24h or 7d")
 	}
 	d, ok, err := p.patientDecision(c, pr, creds, id, auth.ObjObservation, "read")
 	if !ok {
