@@ -160,7 +160,7 @@ func TestBrowserClinicalPages(t *testing.T) {
 	if v := eval[string](t, ctx, `document.querySelector('.tile').getAttribute('hx-headers')`); !strings.Contains(v, `"X-Vigil-Background": "1"`) {
 		t.Errorf("tile refreshes are not marked as background requests: %q", v)
 	}
-	eval[bool](t, ctx, `document.body.setAttribute('data-idle-seconds', '6'),
+	eval[bool](t, ctx, `document.body.setAttribute('data-idle-seconds', '10'),
 		document.body.dispatchEvent(new CustomEvent('htmx:afterRequest', {detail: {requestConfig: {headers: {}}}})), true`)
 	waitFor(t, ctx, "the idle warning", `(() => { const b = document.getElementById('idle-warning'); return !!b && !b.hidden && /signed out in \d+ s/.test(b.textContent); })()`)
 	if f := eval[string](t, ctx, "document.activeElement.id"); f != "idle-stay" {
@@ -170,4 +170,8 @@ func TestBrowserClinicalPages(t *testing.T) {
 	eval[bool](t, ctx, `document.body.setAttribute('data-idle-seconds', '900'), true`)
 	do(t, ctx, "stay signed in", chromedp.Click(chromedp.CSS("#idle-stay")))
 	waitFor(t, ctx, "the warning gone", `document.getElementById('idle-warning').hidden === true`)
+	time.Sleep(6 * time.Second) // past the short timeout: the page stays (re-armed with 900 s)
+	if p := eval[string](t, ctx, "location.pathname"); p != "/" {
+		t.Errorf("after Stay signed in the page went to %s", p)
+	}
 }

@@ -1,8 +1,8 @@
 // Vigil portal: warns before the session's idle timeout signs the viewer off (automatic
 // logoff). The server ends a session not used for the idle timeout (data-idle-seconds on
 // <body>); background requests (live tile refreshes, chart updates, marked with the header
-// X-Vigil-Background: 1) do not count as use. Two minutes before the end (or at 80 % of a
-// shorter timeout) an alert dialog says when the session ends and offers "Stay signed in",
+// X-Vigil-Background: 1) need not count as use. Two minutes before the end (half-way through
+// a shorter timeout) an alert dialog says when the session ends and offers "Stay signed in",
 // which makes one ordinary request (GET /api/v1/auth/me) and so restarts the server's timer.
 // At the end the page goes to the sign-in page. No inline script (CSP).
 (function () {
@@ -44,7 +44,7 @@
   }
   function arm() {
     secs = idleSeconds() || secs;
-    warnBefore = Math.min(120, Math.floor(secs * 0.2));
+    warnBefore = Math.min(120, Math.floor(secs / 2));
     clearTimeout(warnTimer); clearTimeout(endTimer); clearInterval(tick);
     box.hidden = true;
     deadline = Date.now() + secs * 1000;
