@@ -46,3 +46,33 @@ func (s *Service) PatientAssignments(ctx context.Context, patient uuid.UUID, lim
 	}
 	return out, nil
 }
+
+// AssignedTo returns the device currently assigned to each of the patients (decommissioned
+// devices excluded), in one query: the device status of a page of patients (the portal's ward
+// overview). A patient without a device has no entry.
+func (s *Service) AssignedTo(ctx context.Context, patients []uuid.UUID) (map[uuid.UUID]Device, error) {
+	out := map[uuid.UUID]Device{}
+	if len(patients) == 0 {
+		return out, nil
+	}
+	if len(patients) > 1000 {
+		return nil, reject(ErrInvalidInput, "%d patients, at most 1000", len(patients))
+	}
+	rows, err := s.cfg.Pool.Query(ctx, `SELECT `+deviceCols+` FROM devices_devices
+		WHERE patient_id = ANY($1) AND status <> 'decommissioned' ORDER BY updated_at`, patients)
+	if err != nil {
+		return nil, fmt.Errorf("devices of patients: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("devices of patients: %w", err)
+		}
+		out[*d.PatientID] = *d // the most recently updated one wins, as on the device list
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("devices of patients: %w", err)
+	}
+	return out, nil
+}

@@ -221,30 +221,6 @@ func (p *Portal) wardNames(ctx context.Context) (map[uuid.UUID]string, error) {
 	return out, nil
 }
 
-// devicesByPatient maps each patient to the device assigned to them (devices registry).
-func (p *Portal) devicesByPatient(ctx context.Context) (map[uuid.UUID]devices.Device, error) {
-	out := map[uuid.UUID]devices.Device{}
-	if p.cfg.Devices == nil {
-		return out, nil
-	}
-	after := uuid.Nil
-	for {
-		ds, err := p.cfg.Devices.List(ctx, "", after, 1000)
-		if err != nil {
-			return nil, err
-		}
-		for _, d := range ds {
-			if d.PatientID != nil && d.Status != "decommissioned" {
-				out[*d.PatientID] = d
-			}
-		}
-		if len(ds) < 1000 {
-			return out, nil
-		}
-		after = ds[len(ds)-1].ID
-	}
-}
-
 // authorizeTile asks the enforcer whether pr may read the patient's observations (the
 // patient's ward and care team are the target).
 func (p *Portal) authorizeTile(ctx context.Context, pr *auth.Principal, pt core.Patient) (auth.Decision, error) {
@@ -308,8 +284,11 @@ func (p *Portal) loadTiles(ctx context.Context, ids []uuid.UUID) (tileSources, e
 			return src, err
 		}
 	}
-	if src.devs, err = p.devicesByPatient(ctx); err != nil {
-		return src, err
+	src.devs = map[uuid.UUID]devices.Device{}
+	if p.cfg.Devices != nil {
+		if src.devs, err = p.cfg.Devices.AssignedTo(ctx, ids); err != nil {
+			return src, err
+		}
 	}
 	return src, nil
 }
