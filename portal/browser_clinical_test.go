@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core/alarms"
@@ -36,7 +37,7 @@ func (s *stack) uploadSamples(t *testing.T, samples ...envelope.Sample) {
 
 // The clinicians' pages in Debian's chromium against a real server on real PostgreSQL: a
 // device uploads a low SpO2 and the alarm the rules raise from it appears in the open alarm
-// inbox without a reload; a form whose CSRF token was removed is refused; a silence without a
+// inbox without a reload; a form whose CSRF token was removed is refused; a resolve without a
 // reason comes back with the coded error next to the field; the alarm is acknowledged and the
 // inbox names who did it. The patient view draws its charts and follows a new upload live. A
 // ward-B patient's page is refused (403 page) and break-glass with a stated reason opens it.
@@ -47,7 +48,7 @@ func TestBrowserClinicalPages(t *testing.T) {
 	t.Parallel()
 	s := newStack(t)
 	ctx := browser(t)
-	s.signInBrowser(t, ctx, auth.RoleChargeNurse)
+	s.signInBrowser(t, ctx, auth.RoleClinician) // a ward-A clinician
 	p0 := s.patients[0].ID
 
 	// The inbox, open before the alarm exists.
@@ -103,14 +104,17 @@ func TestBrowserClinicalPages(t *testing.T) {
 		t.Fatal("a CSRF-less post acknowledged the alarm")
 	}
 
-	// A silence without a reason: the coded error next to the field, focusable and described.
-	do(t, ctx, "silence without a reason", chromedp.Navigate(s.ts.URL+"/alarms"), chromedp.WaitVisible(chromedp.CSS("#inbox")),
-		chromedp.Click(chromedp.CSS("#silence-"+other)), chromedp.WaitVisible(chromedp.CSS("#silence-reason-err-"+other)))
-	if code := eval[string](t, ctx, fmt.Sprintf("document.getElementById('silence-reason-err-%s').dataset.code", other)); code != "silence_reason_required" {
-		t.Errorf("silence error code = %q", code)
+	// A resolve without a reason: the coded error next to the field, which it describes.
+	do(t, ctx, "resolve without a reason", chromedp.Navigate(s.ts.URL+"/alarms"), chromedp.WaitVisible(chromedp.CSS("#inbox")),
+		chromedp.Click(chromedp.CSS("#resolve-"+other)), chromedp.WaitVisible(chromedp.CSS("#resolve-reason-err-"+other)))
+	if code := eval[string](t, ctx, fmt.Sprintf("document.getElementById('resolve-reason-err-%s').dataset.code", other)); code != "resolve_reason_required" {
+		t.Errorf("resolve error code = %q", code)
 	}
-	if d := eval[string](t, ctx, fmt.Sprintf("document.getElementById('silence-reason-%s').getAttribute('aria-describedby')", other)); d != "silence-reason-err-"+other {
+	if d := eval[string](t, ctx, fmt.Sprintf("document.getElementById('resolve-reason-%s').getAttribute('aria-describedby')", other)); d != "resolve-reason-err-"+other {
 		t.Errorf("the reason field is not described by its error: %q", d)
+	}
+	if a, _ := s.alarms.Get(s.Ctx, uuid.MustParse(other)); a.State == alarms.StateResolved {
+		t.Fatal("a resolve without a reason was stored")
 	}
 	checkA11y(t, ctx, "alarm inbox with an error")
 	screenshot(t, ctx, "alarm-inbox-error")
