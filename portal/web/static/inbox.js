@@ -1,9 +1,9 @@
 // Vigil portal: live alarm inbox. Listens to the notification stream (SSE) for alarm
-// transitions of the viewer's patients and re-reads the inbox (the same URL, as a background
-// request: X-Vigil-Background: 1) to replace the list, unless the viewer is typing in one of
-// its forms (then the list is refreshed once the form loses focus). A lost stream is shown
-// ("live updates paused — reconnecting") and the list is re-read when it is back. No inline
-// script (CSP).
+// transitions of the viewer's patients and re-reads the inbox (GET /alarms with the page's
+// filters, as a background request: X-Vigil-Background: 1) to replace the list, unless the
+// viewer is typing in one of its forms (then the list is refreshed once the form loses
+// focus). A lost stream is shown ("live updates paused — reconnecting") and the list is
+// re-read when it is back. No inline script (CSP).
 (function () {
   "use strict";
   var inbox = document.getElementById("inbox");
@@ -24,7 +24,8 @@
   function reload() {
     if (busy()) { stale = true; return; }
     stale = false;
-    fetch(window.location.pathname + window.location.search, { credentials: "same-origin", headers: { "X-Vigil-Background": "1" } })
+    // GET /alarms with the page's filters, also after a refused form (whose URL is the POST's).
+    fetch("/alarms" + window.location.search, { credentials: "same-origin", headers: { "X-Vigil-Background": "1" } })
       .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
       .then(function (html) {
         var doc = new DOMParser().parseFromString(html, "text/html");
