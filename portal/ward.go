@@ -266,31 +266,32 @@ var tileCodes = func() []string {
 // loadTiles reads what the tiles of the patients show: latest vitals, latest NEWS2, open
 // alarms (one query each) and the device registry.
 func (p *Portal) loadTiles(ctx context.Context, ids []uuid.UUID) (tileSources, error) {
-	var src tileSources
-	var err error
+	src := tileSources{news2: map[uuid.UUID]rules.NEWS2Record{}, alarms: map[uuid.UUID][]alarms.Alarm{}, devs: map[uuid.UUID]devices.Device{}}
 	now := p.cfg.Now()
-	if src.latest, err = p.cfg.Core.LatestOf(ctx, ids, tileCodes, p.cfg.VitalsWindow); err != nil {
-		return src, err
-	}
-	src.news2 = map[uuid.UUID]rules.NEWS2Record{}
-	if p.cfg.Rules != nil {
-		if src.news2, err = p.cfg.Rules.LatestNEWS2Of(ctx, ids, now.Add(-p.cfg.VitalsWindow)); err != nil {
-			return src, err
-		}
-	}
-	src.alarms = map[uuid.UUID][]alarms.Alarm{}
-	if p.cfg.Alarms != nil {
-		if src.alarms, err = p.cfg.Alarms.OpenAlarmsOf(ctx, ids); err != nil {
-			return src, err
-		}
-	}
-	src.devs = map[uuid.UUID]devices.Device{}
-	if p.cfg.Devices != nil {
-		if src.devs, err = p.cfg.Devices.AssignedTo(ctx, ids); err != nil {
-			return src, err
-		}
-	}
-	return src, nil
+	err := all( // independent queries: concurrently
+		func() (err error) {
+			src.latest, err = p.cfg.Core.LatestOf(ctx, ids, tileCodes, p.cfg.VitalsWindow)
+			return err
+		},
+		func() (err error) {
+			if p.cfg.Rules != nil {
+				src.news2, err = p.cfg.Rules.LatestNEWS2Of(ctx, ids, now.Add(-p.cfg.VitalsWindow))
+			}
+			return err
+		},
+		func() (err error) {
+			if p.cfg.Alarms != nil {
+				src.alarms, err = p.cfg.Alarms.OpenAlarmsOf(ctx, ids)
+			}
+			return err
+		},
+		func() (err error) {
+			if p.cfg.Devices != nil {
+				src.devs, err = p.cfg.Devices.AssignedTo(ctx, ids)
+			}
+			return err
+		})
+	return src, err
 }
 
 // fill completes a tile from the page's query answers: latest vitals, NEWS2, active alarms,
@@ -430,11 +431,18 @@ func (p *Portal) wardOverview(c echo.Context) error {
 		}
 	}
 	data.Empty = len(data.Wards) == 0
-	// Every tile's read is committed to the audit trail before the page is sent.
-	if err := p.auditReads(ctx, c, pr, reads); err != nil {
+	// Every tile's read is committed to the audit trail before the page is sent; the page is
+	// rendered while the audit events commit.
+	audited := make(chan error, 1)
+	go func() { audited <- p.auditReads(ctx, c, pr, reads) }()
+	page, err := p.renderBytes(c, "ward.html", data)
+	if aerr := <-audited; aerr != nil {
+		return aerr
+	}
+	if err != nil {
 		return err
 	}
-	return p.render(c, http.StatusOK, "ward.html", data)
+	return c.HTMLBlob(http.StatusOK, page)
 }
 
 // wardTile re-renders one tile (htmx, on a live event for its patient).
