@@ -376,15 +376,27 @@ func (p *Portal) series(ctx context.Context, id uuid.UUID, rg chartRange) (serie
 	to := p.cfg.Now().Truncate(time.Second).Add(time.Second)
 	from := to.Add(-rg.Span)
 	out := seriesJSON{Range: rg.Name, From: from.Unix(), To: to.Unix()}
-	for _, cv := range chartVitals {
+	// Every series of every chart is read concurrently (one downsampled query each).
+	buckets := make([][][]core.Bucket, len(chartVitals))
+	var reads []func() error
+	for ci, cv := range chartVitals {
+		buckets[ci] = make([][]core.Bucket, len(cv.Codes))
+		for i, code := range cv.Codes {
+			reads = append(reads, func() (err error) {
+				buckets[ci][i], err = p.cfg.Core.Series(ctx, core.RangeQuery{PatientID: id, Code: code, From: from, To: to}, rg.Bucket)
+				return err
+			})
+		}
+	}
+	if err := all(reads...); err != nil {
+		return out, err
+	}
+	for ci, cv := range chartVitals {
 		cs := chartSeries{chartVital: cv, T: []int64{}, Y: make([][]*float64, len(cv.Codes))}
 		idx := map[int64]int{}
 		per := make([]map[int64]core.Bucket, len(cv.Codes))
-		for i, code := range cv.Codes {
-			bs, err := p.cfg.Core.Series(ctx, core.RangeQuery{PatientID: id, Code: code, From: from, To: to}, rg.Bucket)
-			if err != nil {
-				return out, err
-			}
+		for i := range cv.Codes {
+			bs := buckets[ci][i]
 			per[i] = map[int64]core.Bucket{}
 			for _, b := range bs {
 				k := b.Start.Unix()
