@@ -352,3 +352,31 @@ func TestPatientView(t *testing.T) {
 		t.Errorf("%d break-glass reads audited, want 1", n)
 	}
 }
+
+// Two clinicians on one inbox: the second to acknowledge an alarm, from a page loaded before
+// the first did, gets the conflict naming the first and when; nothing changes.
+// Verifies: REQ-POR-023
+func TestAlarmInboxStaleAcknowledge(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	as := s.raise(t, s.patients[1].ID)
+	a, _ := s.signedIn(t, auth.RoleClinician, s.ward.ID)
+	b, bid := s.signedIn(t, auth.RoleClinician, s.ward.ID)
+	pageA := body(t, s.get(t, "/alarms", a))
+	pageB := body(t, s.get(t, "/alarms", b))
+	if res, _ := s.postForm(t, b, "/alarms/"+as[0].ID.String()+"/acknowledge", url.Values{"csrf_token": {csrfOf(t, pageB)}}); res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("first acknowledge = %d", res.StatusCode)
+	}
+	before, _ := s.alarms.Get(s.Ctx, as[0].ID)
+	res, html := s.postForm(t, a, "/alarms/"+as[0].ID.String()+"/acknowledge", url.Values{"csrf_token": {csrfOf(t, pageA)}})
+	if res.StatusCode != http.StatusConflict {
+		t.Fatalf("stale acknowledge = %d, want 409", res.StatusCode)
+	}
+	if !regexp.MustCompile(`data-code="alarm_already_acknowledged">Could not acknowledge: the alarm .* was already acknowledged by Nurse nurse-[0-9a-f]{8} at \d{4}-\d\d-\d\d \d\d:\d\d UTC\. Nothing was changed\.`).MatchString(html) {
+		t.Errorf("stale acknowledge message:\n%s", html)
+	}
+	after, _ := s.alarms.Get(s.Ctx, as[0].ID)
+	if after.AckedBy != bid || after.Revision != before.Revision {
+		t.Errorf("the stale acknowledge changed the alarm: by %s revision %d → %d", after.AckedBy, before.Revision, after.Revision)
+	}
+}
