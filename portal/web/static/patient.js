@@ -49,8 +49,14 @@
         root.setAttribute("data-loaded", String(Date.now()));
       });
   }
-  var timer = 0;
-  function schedule() { clearTimeout(timer); timer = setTimeout(function () { load(true); }, 300); }
+  // A burst of events makes one re-read, and re-reads are at least 2 s apart (a monitor
+  // uploading every second does not make a query and an audited read every second).
+  var timer = 0, last = 0;
+  function schedule() {
+    if (timer) { return; }
+    var wait = Math.max(300, last + 2000 - Date.now());
+    timer = setTimeout(function () { timer = 0; last = Date.now(); load(true); }, wait);
+  }
   load(false).catch(function () { root.setAttribute("data-error", "load"); });
   if (!window.EventSource) { return; }
   var types = ["observations", "alarm.opened", "alarm.resolved", "alarm.severity_escalated", "alarm.worsened"];
