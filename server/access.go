@@ -88,6 +88,8 @@ const (
 	principalKey   = "vigil.principal"
 	decisionKey    = "vigil.decision"
 	credentialsKey = "vigil.credentials"
+	// pendingAuditKey: the *pendingAudit of a granted read whose event is being committed.
+	pendingAuditKey = "vigil.pending_audit"
 )
 
 // PrincipalOf returns the authenticated principal of the request, or nil (public and device
@@ -152,7 +154,11 @@ func (s *Server) guard(next echo.HandlerFunc) echo.HandlerFunc {
 		if err := s.authorize(c, p, a); err != nil {
 			return err
 		}
-		return next(c)
+		pa, _ := c.Get(pendingAuditKey).(*pendingAudit)
+		if pa == nil {
+			return next(c)
+		}
+		return s.holdUntilAudited(c, pa, next)
 	}
 }
 
@@ -201,10 +207,11 @@ func (s *Server) authorize(c echo.Context, p *auth.Principal, a access) error {
 	}
 	c.Set(decisionKey, d)
 	if a.phi != "" && len(targets) > 0 && targets[0].Patient != uuid.Nil && !s.benchNoReadAudit {
-		if err := s.auditRead(ctx, c, "access.phi.read", audit.Object{Type: "patient", ID: targets[0].Patient.String()},
-			map[string]any{"what": a.phi, "basis": d.Basis, "break_glass": nullGrant(d.BreakGlass)}); err != nil {
-			return err
-		}
+		// The access event's commit starts now and runs while the handler reads; the answer is
+		// held until it is committed (holdUntilAudited).
+		ev := s.readEvent(c, "access.phi.read", audit.Object{Type: "patient", ID: targets[0].Patient.String()},
+			map[string]any{"what": a.phi, "basis": d.Basis, "break_glass": nullGrant(d.BreakGlass)})
+		c.Set(pendingAuditKey, s.startAudit(ctx, ev))
 	}
 	return nil
 }
@@ -356,6 +363,17 @@ var errReadNotAudited = &APIError{Status: http.StatusServiceUnavailable, Code: C
 // was read; the recorder group-commits it with concurrent events. On failure the read is
 // refused.
 func (s *Server) auditRead(ctx context.Context, c echo.Context, action string, obj audit.Object, payload map[string]any) error {
+	ev := s.readEvent(c, action, obj, payload)
+	if _, err := s.cfg.Recorder.RecordNow(ctx, ev); err != nil {
+		s.log.ErrorContext(ctx, "audit of a read failed: refused", slog.String("request_id", ev.RequestID),
+			slog.String("action", action), slog.String("error", err.Error()))
+		return errReadNotAudited
+	}
+	return nil
+}
+
+// readEvent is the audit event of a granted read by the request's principal.
+func (s *Server) readEvent(c echo.Context, action string, obj audit.Object, payload map[string]any) audit.Event {
 	ev := EventFor(c)
 	ev.Action, ev.Outcome, ev.Object, ev.Time = action, audit.OutcomeSuccess, obj, s.cfg.Now()
 	if payload == nil {
@@ -371,12 +389,7 @@ func (s *Server) auditRead(ctx context.Context, c echo.Context, action string, o
 		}
 	}
 	ev.Payload = payload
-	if _, err := s.cfg.Recorder.RecordNow(ctx, ev); err != nil {
-		s.log.ErrorContext(ctx, "audit of a read failed: refused", slog.String("request_id", ev.RequestID),
-			slog.String("action", action), slog.String("error", err.Error()))
-		return errReadNotAudited
-	}
-	return nil
+	return ev
 }
 
 // visibleTo returns the patients p may read, for list endpoints: the enforcer's filter.

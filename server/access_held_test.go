@@ -1,0 +1,160 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/audittest"
+	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/auth/authtest"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/testdb"
+)
+
+// wardsFixture is a server over a real database with two wards, patients on each, and a
+// signed-in clinician of ward A.
+type wardsFixture struct {
+	pool         *pgxpool.Pool
+	core         *core.Service
+	s            *Server
+	ts           *httptest.Server
+	auth         *auth.Service
+	wardA, wardB core.Ward
+	onA, onB     []core.Patient
+	clinA        *http.Client
+	clinAUser    *authtest.User
+	base         time.Time
+}
+
+func newWardsFixture(t *testing.T, perWard int, cfg func(*Config)) *wardsFixture {
+	t.Helper()
+	pool := testdb.New(t)
+	ctx := context.Background()
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "test", AuthMethod: "internal"}, RequestID: "test"}
+	f := &wardsFixture{pool: pool, core: svc, base: time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)}
+	site, err := svc.CreateSite(ctx, by, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.wardA, err = svc.CreateWard(ctx, by, site.ID, "A"); err != nil {
+		t.Fatal(err)
+	}
+	if f.wardB, err = svc.CreateWard(ctx, by, site.ID, "B"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range perWard {
+		for _, w := range []*core.Ward{&f.wardA, &f.wardB} {
+			p, err := svc.CreatePatient(ctx, by, core.PatientPHI{MRN: w.Name + "-" + uuid.NewString()[:8], GivenName: "G", FamilyName: w.Name}, &w.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w == &f.wardA {
+				f.onA = append(f.onA, p)
+			} else {
+				f.onB = append(f.onB, p)
+			}
+			var h [32]byte
+			_, _ = rand.Read(h[:])
+			batch := core.Batch{PatientID: p.ID, Provenance: core.Provenance{DeviceID: "d", KeyID: "d/1", UploadHash: h, Transport: "http"}}
+			batch.Samples = append(batch.Samples, core.Sample{Code: core.LOINCHeartRate, Value: float64(60 + i), Unit: "/min", Time: f.base.Add(time.Minute)})
+			if _, err := svc.Ingest(ctx, batch); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f.auth = authtest.New(t, pool, rec, newCoreTestSealer(t), nil, nil)
+	f.clinA, f.clinAUser = SignedInUser(t, f.auth, authtest.Grant{Role: auth.RoleClinician, Domain: auth.WardDomain(f.wardA.ID)})
+	c := Config{Pool: pool, Recorder: rec, Core: svc, Auth: f.auth, RejectedPerSource: Limit{Rate: -1},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if cfg != nil {
+		cfg(&c)
+	}
+	if f.s, err = New(c); err != nil {
+		t.Fatal(err)
+	}
+	f.ts = httptest.NewServer(f.s.Handler())
+	t.Cleanup(f.ts.Close)
+	return f
+}
+
+func (f *wardsFixture) observationsURL(p uuid.UUID) string {
+	return f.ts.URL + "/api/v1/patients/" + p.String() + "/observations?code=8867-4&from=" +
+		f.base.Format(time.RFC3339) + "&to=" + f.base.Add(time.Hour).Format(time.RFC3339)
+}
+
+func (f *wardsFixture) count(t *testing.T, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := f.pool.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A read's answer is held until its access event is committed: when the answer arrives, the
+// event is already in the outbox; when the event cannot be recorded (the database refuses it),
+// the data never leaves: 503 unavailable, and none of the handler's answer is sent.
+// Verifies: REQ-ACC-040
+func TestReadAnswerHeldUntilAudited(t *testing.T) {
+	t.Parallel()
+	f := newWardsFixture(t, 1, nil)
+	ctx := context.Background()
+	p := f.onA[0]
+
+	resp, err := f.clinA.Get(f.observationsURL(p.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"value"`) {
+		t.Fatalf("GET observations = %d %s, want 200 with the observations", resp.StatusCode, body)
+	}
+	// Read at once, no waiting: the event committed before the answer was released.
+	if n := f.count(t, `SELECT count(*) FROM audit_events WHERE request_id = $1 AND action = 'access.phi.read'
+		AND object_id = $2 AND actor_id = $3`, resp.Header.Get("X-Request-Id"), p.ID.String(), f.clinAUser.ID.String()); n != 1 {
+		t.Fatalf("access.phi.read events of the answered read = %d, want 1 (committed before the answer)", n)
+	}
+
+	// The database refuses access events from now on: a real failure of the commit.
+	if _, err := f.pool.Exec(ctx, `CREATE FUNCTION refuse_reads() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.action = 'access.phi.read' THEN RAISE EXCEPTION 'refused by test'; END IF; RETURN NEW; END $$;
+		CREATE TRIGGER refuse_reads BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_reads();`); err != nil {
+		t.Fatal(err)
+	}
+	resp, err = f.clinA.Get(f.observationsURL(p.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var e errorBody
+	_ = json.Unmarshal(body, &e)
+	if resp.StatusCode != http.StatusServiceUnavailable || e.Error.Code != CodeUnavailable {
+		t.Fatalf("GET observations, audit refused = %d %s, want 503 %s", resp.StatusCode, body, CodeUnavailable)
+	}
+	if strings.Contains(string(body), `"observations"`) || strings.Contains(string(body), `"value"`) {
+		t.Fatalf("GET observations, audit refused: the held answer leaked: %s", body)
+	}
+	if n := f.count(t, `SELECT count(*) FROM audit_events WHERE request_id = $1 AND action = 'access.phi.read'`,
+		resp.Header.Get("X-Request-Id")); n != 0 {
+		t.Fatalf("access.phi.read events of the refused read = %d, want 0", n)
+	}
+}
