@@ -158,3 +158,74 @@ func TestReadAnswerHeldUntilAudited(t *testing.T) {
 		t.Fatalf("access.phi.read events of the refused read = %d, want 0", n)
 	}
 }
+
+// A ward-A clinician's lists never hold a ward-B patient but the one on their care team: the
+// patient list, and the patients a stream without patient_id is subscribed to.
+// Verifies: REQ-ACC-025
+func TestListsOfWardClinicianStayOnTheirWard(t *testing.T) {
+	t.Parallel()
+	f := newWardsFixture(t, 5, nil)
+	ctx := context.Background()
+	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "test", AuthMethod: "internal"}, RequestID: "test"}
+	mine := f.onB[2]
+	if _, err := f.core.AddCareTeamMember(ctx, by, mine.ID, f.clinAUser.ID.String(), "nurse"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[uuid.UUID]bool{mine.ID: true}
+	for _, p := range f.onA {
+		want[p.ID] = true
+	}
+	check := func(what string, got []uuid.UUID) {
+		t.Helper()
+		seen := map[uuid.UUID]bool{}
+		for _, id := range got {
+			if !want[id] {
+				t.Errorf("%s holds patient %s of another ward", what, id)
+			}
+			seen[id] = true
+		}
+		if len(seen) != len(want) {
+			t.Errorf("%s: %d patients, want %d (ward A's and the care-team patient)", what, len(seen), len(want))
+		}
+	}
+
+	resp, err := f.clinA.Get(f.ts.URL + "/api/v1/patients?limit=1000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct{ Patients []core.Patient }
+	err = json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /patients = %d, %v", resp.StatusCode, err)
+	}
+	var ids []uuid.UUID
+	for _, p := range list.Patients {
+		ids = append(ids, p.ID)
+	}
+	check("GET /patients", ids)
+
+	// A stream without patient_id: subscribed to the visible patients (its audit event).
+	sctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(sctx, http.MethodGet, f.ts.URL+"/api/v1/stream", nil)
+	resp, err = f.clinA.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /stream = %d", resp.StatusCode)
+	}
+	reqID := resp.Header.Get("X-Request-Id")
+	cancel()
+	resp.Body.Close()
+	var payload struct{ Patients []uuid.UUID }
+	var raw []byte
+	if err := f.pool.QueryRow(ctx, `SELECT payload FROM audit_events WHERE request_id = $1 AND action = 'access.stream.subscribed'`,
+		reqID).Scan(&raw); err != nil {
+		t.Fatalf("the stream's access.stream.subscribed event: %v", err)
+	}
+	if err := json.Unmarshal(raw, &payload); err != nil {
+		t.Fatal(err)
+	}
+	check("the stream's subscription", payload.Patients)
+}

@@ -123,6 +123,9 @@ type Server struct {
 	// benchNoReadAudit turns the read audit off, for the benchmark that measures its cost
 	// only (never set outside that test).
 	benchNoReadAudit bool
+	// benchSerialReadAudit commits the read audit before the handler runs instead of beside
+	// it (the benchmark's comparison; never set outside that test).
+	benchSerialReadAudit bool
 }
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
