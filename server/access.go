@@ -172,6 +172,11 @@ func (s *Server) authenticate(c echo.Context) (*auth.Principal, error) {
 	req := c.Request()
 	ctx := req.Context()
 	creds := s.cfg.Auth.CredentialsFrom(req, c.RealIP(), RequestID(c))
+	if isStream(c) {
+		// A stream (re)connects by itself (EventSource cannot send the background header):
+		// never activity of the person, so it does not postpone their automatic logoff.
+		creds.Background = true
+	}
 	p, err := s.cfg.Auth.Authenticate(ctx, creds)
 	if err != nil {
 		return nil, err

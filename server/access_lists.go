@@ -233,6 +233,9 @@ func (s *Server) streamVisible(c echo.Context) error {
 	if err := s.auditRead(ctx, c, "access.stream.subscribed", audit.Object{Type: "stream"}, payload); err != nil {
 		return err
 	}
+	sctx, stop := s.untilSessionEnds(c)
+	defer stop()
+	c.SetRequest(c.Request().WithContext(sctx))
 	return s.coreStream(c)
 }
 
