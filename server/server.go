@@ -69,6 +69,9 @@ type Config struct {
 	// OIDC is the OpenID Connect relying party of single sign-on (routes /auth/oidc/…).
 	// Optional: without it only local accounts sign in.
 	OIDC *auth.RelyingParty
+	// Passkeys are the WebAuthn ceremonies (routes /auth/passkeys/…). Optional: without them
+	// no passkey is registered or signs in.
+	Passkeys *auth.Passkeys
 	// PolicyRefreshInterval is how often Serve reloads the policy when another process changed
 	// it (auth.Enforcer.Refresh). Default 5s.
 	PolicyRefreshInterval time.Duration
