@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -98,4 +99,27 @@ func (s *Service) VisiblePatientIDs(ctx context.Context, vis visibility.Filter, 
 // prefixed qualifies a column list with the alias p.
 func prefixed(cols string) string {
 	return "p." + strings.ReplaceAll(cols, ", ", ", p.")
+}
+
+// AccessFacts are what an authorization decision about a patient needs to know: the ward the
+// patient is on (nil when none) and the clinician ids of their care team. No PHI.
+type AccessFacts struct {
+	WardID   *uuid.UUID
+	CareTeam []string
+}
+
+// AccessFactsOf returns a patient's access facts in one query without opening any PHI, or
+// ErrNotFound.
+func (s *Service) AccessFactsOf(ctx context.Context, id uuid.UUID) (AccessFacts, error) {
+	var f AccessFacts
+	err := s.pool.QueryRow(ctx, `SELECT p.ward_id,
+			array(SELECT c.clinician_id FROM core_care_team c WHERE c.patient_id = p.id ORDER BY c.clinician_id)
+		FROM core_patients p WHERE p.id = $1`, id).Scan(&f.WardID, &f.CareTeam)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return AccessFacts{}, fmt.Errorf("patient %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return AccessFacts{}, fmt.Errorf("access facts of patient %s: %w", id, err)
+	}
+	return f, nil
 }

@@ -1,6 +1,7 @@
 package core_test
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -100,5 +101,44 @@ func TestVisiblePatients(t *testing.T) {
 		if !slices.Equal(ids, want) {
 			t.Errorf("%s: = %v, want %v", tc.name, ids, want)
 		}
+	}
+}
+
+// The facts an authorization decision needs (ward, care team) come without the PHI, and an
+// unknown patient is ErrNotFound.
+// Verifies: REQ-ACC-021
+func TestAccessFactsOf(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	site, err := e.svc.CreateSite(e.ctx, clinician, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := e.svc.CreateWard(e.ctx, clinician, site.ID, "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.svc.CreatePatient(e.ctx, clinician, core.PatientPHI{MRN: "F-1", GivenName: "G", FamilyName: "F"}, &w.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := e.svc.AccessFactsOf(e.ctx, p.ID)
+	if err != nil || f.WardID == nil || *f.WardID != w.ID || len(f.CareTeam) != 0 {
+		t.Fatalf("AccessFactsOf(new patient) = %+v, %v; want ward %s, no care team", f, err, w.ID)
+	}
+	for _, c := range []string{"u2", "u1"} {
+		if _, err := e.svc.AddCareTeamMember(e.ctx, clinician, p.ID, c, "nurse"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f, err = e.svc.AccessFactsOf(e.ctx, p.ID); err != nil || !slices.Equal(f.CareTeam, []string{"u1", "u2"}) {
+		t.Fatalf("AccessFactsOf = %+v, %v; want care team [u1 u2]", f, err)
+	}
+	unplaced := e.patient(t)
+	if f, err = e.svc.AccessFactsOf(e.ctx, unplaced); err != nil || f.WardID != nil {
+		t.Fatalf("AccessFactsOf(no ward) = %+v, %v; want no ward", f, err)
+	}
+	if _, err := e.svc.AccessFactsOf(e.ctx, uuid.New()); !errors.Is(err, core.ErrNotFound) {
+		t.Fatalf("AccessFactsOf(unknown) = %v, want ErrNotFound", err)
 	}
 }

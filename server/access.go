@@ -306,24 +306,17 @@ func (s *Server) patientTarget(ctx context.Context, id uuid.UUID, t *auth.Target
 	if s.cfg.Core == nil {
 		return nil // no facts: only roles held for every ward decide
 	}
-	p, err := s.cfg.Core.Patient(ctx, id)
+	facts, err := s.cfg.Core.AccessFactsOf(ctx, id) // one query, no PHI opened
 	if errors.Is(err, core.ErrNotFound) {
 		return nil // the same: an unknown patient is nobody's ward's (the handler answers 404)
 	}
 	if err != nil {
 		return err
 	}
-	team, err := s.cfg.Core.CareTeam(ctx, id)
-	if err != nil {
-		return err
+	if facts.WardID != nil {
+		t.Ward = *facts.WardID
 	}
-	t.Patient = id
-	if p.WardID != nil {
-		t.Ward = *p.WardID
-	}
-	for _, m := range team {
-		t.CareTeam = append(t.CareTeam, m.ClinicianID)
-	}
+	t.CareTeam = facts.CareTeam
 	return nil
 }
 
