@@ -72,17 +72,26 @@ func (s *Server) holdUntilAudited(c echo.Context, pa *pendingAudit, next echo.Ha
 	orig := res.Writer
 	header := res.Header().Clone()
 	hw := &heldWriter{w: orig}
-	res.Writer = hw
-	herr := next(c)
-	res.Writer = orig
-	if err := s.waitAudit(c.Request().Context(), pa); err != nil {
-		// Nothing was sent: forget what the handler wrote and answer the refusal.
+	forget := func() { // nothing was sent: forget what the handler wrote
+		res.Writer = orig
 		h := res.Header()
 		clear(h)
 		for k, v := range header {
 			h[k] = v
 		}
 		res.Committed, res.Status, res.Size = false, http.StatusOK, 0
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			forget() // the recover middleware's 500 goes to the client, not into the buffer
+			panic(r)
+		}
+	}()
+	res.Writer = hw
+	herr := next(c)
+	res.Writer = orig
+	if err := s.waitAudit(c.Request().Context(), pa); err != nil {
+		forget()
 		return err
 	}
 	if hw.status != 0 {

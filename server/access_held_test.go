@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -228,4 +229,33 @@ func TestListsOfWardClinicianStayOnTheirWard(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("the stream's subscription", payload.Patients)
+}
+
+// A handler that fails after writing part of a held answer: the client gets the server's 500
+// error envelope, not an empty or partial answer.
+// Verifies: REQ-ACC-040
+func TestHeldAnswerOfPanickingHandler(t *testing.T) {
+	t.Parallel()
+	f := newWardsFixture(t, 1, nil)
+	const path = "/api/v1/test/patients/:id/panic"
+	f.s.echo.GET(path, func(c echo.Context) error {
+		c.Response().Header().Set("X-Partial", "1")
+		c.Response().WriteHeader(http.StatusOK)
+		_, _ = c.Response().Write([]byte(`{"observations":[`))
+		panic("handler failed half way")
+	})
+	f.s.permit(http.MethodGet, path, allow(auth.ObjObservation, "read").on(targetPatient).reads("test"))
+	resp, err := f.clinA.Get(f.ts.URL + "/api/v1/test/patients/" + f.onA[0].ID.String() + "/panic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var e errorBody
+	if resp.StatusCode != http.StatusInternalServerError || json.Unmarshal(body, &e) != nil || e.Error.Code == "" {
+		t.Fatalf("GET (handler panics) = %d %q, want 500 with the error envelope", resp.StatusCode, body)
+	}
+	if strings.Contains(string(body), "observations") || resp.Header.Get("X-Partial") != "" {
+		t.Fatalf("GET (handler panics): the partial answer leaked: %q %v", body, resp.Header)
+	}
 }
