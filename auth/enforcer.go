@@ -81,6 +81,8 @@ type snapshot struct {
 	// noProfile is set when there are more (then answers are remembered per subject).
 	roleBit   map[string]uint64
 	noProfile bool
+	// wardNames are the domain names ("ward:<id>") of the wards roles are held in, made once.
+	wardNames map[uuid.UUID]string
 
 	// memo remembers Casbin's answers for this version. The model's matcher sees the subject
 	// only through g(subject, role, "*"), g(subject, role, ward) and holds(subject, role): so
@@ -215,7 +217,8 @@ func (e *Enforcer) Reload(ctx context.Context) error {
 
 func (e *Enforcer) reloadLocked(ctx context.Context) error {
 	snap := &snapshot{roles: map[string][]RoleGrant{}, holds: map[string]map[string]bool{},
-		glass: map[string]map[uuid.UUID][]grantRef{}, memo: map[memoKey]memoVal{}, roleBit: map[string]uint64{}}
+		glass: map[string]map[uuid.UUID][]grantRef{}, memo: map[memoKey]memoVal{}, roleBit: map[string]uint64{},
+		wardNames: map[uuid.UUID]string{}}
 	err := pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM auth_policy_versions").Scan(&snap.version); err != nil {
 			return err
@@ -248,6 +251,9 @@ func (e *Enforcer) reloadLocked(ctx context.Context) error {
 				snap.holds[g.Subject] = map[string]bool{}
 			}
 			snap.holds[g.Subject][g.Role] = true
+			if w, ok := g.Domain.Ward(); ok && g.Domain == WardDomain(w) {
+				snap.wardNames[w] = string(g.Domain) // canonical only: the same string as WardDomain
+			}
 			if _, ok := snap.roleBit[g.Role]; !ok {
 				if len(snap.roleBit) < 64 {
 					snap.roleBit[g.Role] = 1 << len(snap.roleBit)
@@ -358,7 +364,7 @@ func (e *Enforcer) addBreakGlass(ctx context.Context, version int64, g BreakGlas
 		return e.reloadLocked(ctx)
 	}
 	next := &snapshot{version: version, e: cur.e, byPerm: cur.byPerm, roles: cur.roles, holds: cur.holds,
-		roleBit: cur.roleBit, noProfile: cur.noProfile,
+		roleBit: cur.roleBit, noProfile: cur.noProfile, wardNames: cur.wardNames,
 		glass: make(map[string]map[uuid.UUID][]grantRef, len(cur.glass)+1), memo: map[memoKey]memoVal{}}
 	for sub, m := range cur.glass {
 		next.glass[sub] = m
@@ -405,7 +411,11 @@ func (e *Enforcer) Allow(p *Principal, action string, t Target) (Decision, error
 	if p == nil {
 		return Decision{}, fail(ErrUnauthenticated, "no_principal")
 	}
-	d, err := e.decide(e.cur.Load(), p.Subject, p.ID.String(), action, t)
+	cid := "" // the care-team fact needs the id as a string: only made when there is a care team
+	if t.Patient != uuid.Nil && len(t.CareTeam) > 0 {
+		cid = p.ID.String()
+	}
+	d, err := e.decide(e.cur.Load(), p.Subject, cid, action, t)
 	if err != nil {
 		return d, err
 	}
@@ -425,7 +435,9 @@ func (e *Enforcer) decide(s *snapshot, sub, clinicianID, action string, t Target
 	d := Decision{Subject: sub, Version: s.version}
 	ward := ""
 	if t.Ward != uuid.Nil {
-		ward = string(WardDomain(t.Ward))
+		if ward = s.wardNames[t.Ward]; ward == "" {
+			ward = string(WardDomain(t.Ward))
+		}
 	}
 	careTeam := t.Patient != uuid.Nil && clinicianID != "" && slices.Contains(t.CareTeam, clinicianID)
 	ce := s.enforcer(t.Object, action)
