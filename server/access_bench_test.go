@@ -7,10 +7,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/audittest"
@@ -31,8 +35,22 @@ import (
 //	go test ./server -run '^$' -bench 'BenchmarkObservationsReadAudit/500rps' -benchtime 2500x -count 3
 //	go test ./server -run '^$' -bench 'BenchmarkObservationsReadAudit/seq' -benchtime 1000x -count 3
 func BenchmarkObservationsReadAudit(b *testing.B) {
-	pool := testdb.New(b)
+	_, dbURL := testdb.NewWithURL(b)
 	ctx := context.Background()
+	// The pool's size: pgxpool's default (4 on this 2-core machine), or BENCH_POOL_CONNS.
+	pcfg, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if n, err := strconv.Atoi(os.Getenv("BENCH_POOL_CONNS")); err == nil && n > 0 {
+		pcfg.MaxConns = int32(n)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	b.Logf("pool of %d connections", pcfg.MaxConns)
 	rec := audittest.Recorder(b, pool, nil)
 	svc, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: newCoreTestSealer(b)})
 	if err != nil {
