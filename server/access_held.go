@@ -24,6 +24,10 @@ import (
 // away and the client gets 503 unavailable instead: nothing of the data went out. The added
 // latency is max(0, commit − handler) instead of commit + handler.
 //
+// When every database connection is in use at that moment, the handler would only compete
+// with the commit for one: the commit then goes first and the handler runs after it
+// (poolBusy).
+//
 // docs/access.md "Read auditing: the cost and the choice" explains why the events are not
 // committed asynchronously (synchronous_commit = off) or after the answer.
 
@@ -68,6 +72,14 @@ func (s *Server) waitAudit(ctx context.Context, pa *pendingAudit) error {
 // holdUntilAudited runs next with its answer held, waits for pa, then releases the answer —
 // or, if the event could not be recorded, discards it and refuses the read.
 func (s *Server) holdUntilAudited(c echo.Context, pa *pendingAudit, next echo.HandlerFunc) error {
+	if s.poolBusy() {
+		// Every connection is in use: the handler's queries would compete with the event's
+		// commit for one. Let the commit go first (the handler then runs unheld).
+		if err := s.waitAudit(c.Request().Context(), pa); err != nil {
+			return err
+		}
+		return next(c)
+	}
 	res := c.Response()
 	orig := res.Writer
 	header := res.Header().Clone()
@@ -130,3 +142,11 @@ func (h *heldWriter) Write(b []byte) (int, error) {
 }
 
 func (h *heldWriter) Flush() {}
+
+// poolBusy reports whether every connection of the pool is in use (or being opened) right
+// now: a held answer would then make the handler's queries and the audit's commit wait for
+// each other.
+func (s *Server) poolBusy() bool {
+	st := s.cfg.Pool.Stat()
+	return st.AcquiredConns()+st.ConstructingConns() >= st.MaxConns()
+}

@@ -112,10 +112,42 @@ func (f *wardsFixture) count(t *testing.T, q string, args ...any) int {
 // A read's answer is held until its access event is committed: when the answer arrives, the
 // event is already in the outbox; when the event cannot be recorded (the database refuses it),
 // the data never leaves: 503 unavailable, and none of the handler's answer is sent.
+//
+// Both ways: the answer held while the commit runs, and (every connection of the server's pool
+// in use) the commit first, then the handler.
 // Verifies: REQ-ACC-040
 func TestReadAnswerHeldUntilAudited(t *testing.T) {
 	t.Parallel()
-	f := newWardsFixture(t, 1, nil)
+	t.Run("held", func(t *testing.T) {
+		t.Parallel()
+		testReadAudited(t, newWardsFixture(t, 1, nil))
+	})
+	t.Run("pool busy", func(t *testing.T) {
+		t.Parallel()
+		f := newWardsFixture(t, 1, func(c *Config) {
+			// The server's pool (what poolBusy looks at): one connection, held by the test.
+			pc := c.Pool.Config()
+			pc.MaxConns = 1
+			busy, err := pgxpool.NewWithConfig(context.Background(), pc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(busy.Close)
+			conn, err := busy.Acquire(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(conn.Release)
+			c.Pool = busy
+		})
+		if !f.s.poolBusy() {
+			t.Fatal("poolBusy() = false with the pool's only connection acquired")
+		}
+		testReadAudited(t, f)
+	})
+}
+
+func testReadAudited(t *testing.T, f *wardsFixture) {
 	ctx := context.Background()
 	p := f.onA[0]
 
