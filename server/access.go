@@ -29,9 +29,10 @@ import (
 // For patient data the middleware states the target to the enforcer: the patient's ward and
 // care team, read from the clinical core (a route's :id is a patient, or an alarm whose
 // patient it is). Every granted read of patient data is recorded as an audit event
-// (access.phi.read, …) before the handler runs, group-committed with concurrent events; if it
-// cannot be recorded the read is refused (503). A refusal by the policy is recorded as
-// access.denied naming the patient.
+// (access.phi.read, …) before its answer is sent, group-committed with concurrent events: the
+// commit runs while the handler reads and the answer is held until it succeeded
+// (access_held.go); if it cannot be recorded the read is refused (503) and nothing of the
+// answer is sent. A refusal by the policy is recorded as access.denied naming the patient.
 
 // accessKind says how a route is protected.
 type accessKind int
