@@ -26,7 +26,8 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the Vigil server against the database at VIGIL_DATABASE_URL",
 		Long: `Run the Vigil server: the REST API, the device upload endpoint and the audit chain.
 
-The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password).
+The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password);
+the server opens up to 16 connections to it unless the URL sets ?pool_max_conns=N.
 Its schema must be current: run 'vigil migrate' first. serve refuses to start on a schema
 newer than this binary. SIGINT or SIGTERM shuts down gracefully: no new requests are
 accepted, requests in flight finish (up to 15 s), then every service stops.
