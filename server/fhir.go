@@ -48,7 +48,16 @@ func (s *Server) mountFHIR() {
 	if err != nil {
 		return
 	}
-	s.echo.Pre(s.fhirErrors)
+	// Errors of /fhir/R4 requests are OperationOutcomes: the error handler of every other
+	// route (the JSON envelope) is wrapped, not replaced.
+	envelope := s.echo.HTTPErrorHandler
+	s.echo.HTTPErrorHandler = func(err error, c echo.Context) {
+		if p := c.Request().URL.Path; p == FHIRBase || strings.HasPrefix(p, FHIRBase+"/") {
+			s.fhirError(err, c)
+			return
+		}
+		envelope(err, c)
+	}
 	g := s.echo.Group(FHIRBase)
 	g.GET("/metadata", func(c echo.Context) error { return writeFHIR(c, http.StatusOK, svc.Capability()) })
 	for _, t := range fhirTypes {
@@ -192,44 +201,42 @@ func (s *Server) auditFHIRReads(c echo.Context, fc *fhirCaller, reads []api.Read
 	return errors.Join(errs...)
 }
 
-// fhirErrors answers the errors of /fhir/R4 requests — the guard's (401, 403, 429), the
-// router's (404, 405) and the handlers' — as OperationOutcome, with the status and code the
-// JSON envelope would have, and audits rejections as the envelope's handler does.
-func (s *Server) fhirErrors(next echo.HandlerFunc) echo.HandlerFunc {
-	return func(c echo.Context) error {
-		p := c.Request().URL.Path
-		if p != FHIRBase && !strings.HasPrefix(p, FHIRBase+"/") {
-			return next(c)
-		}
-		err := next(c)
-		if err == nil || c.Response().Committed {
-			return err
-		}
-		status, code, msg, problems := fhirClassify(err)
-		ctx := c.Request().Context()
-		if status == StatusClientClosedRequest {
-			s.auditRejection(c, status, code)
-			return c.NoContent(status)
-		}
-		if status >= 500 {
-			s.log.ErrorContext(ctx, "FHIR request failed", slog.String("request_id", RequestID(c)),
-				slog.String("route", c.Path()), slog.String("code", code), slog.String("error", err.Error()))
-		}
-		var ra RetryAfter
-		if errors.As(err, &ra) && ra.RetryAfterSeconds() > 0 {
-			c.Response().Header().Set("Retry-After", strconv.Itoa(ra.RetryAfterSeconds()))
-		}
-		if status >= 400 && status < 500 {
-			s.rejection(c, err, status, code)
-		}
-		if problems == nil {
-			problems = []fhir.Problem{{Code: code, Type: issueType(status), Message: msg}}
-		}
-		oo := fhir.RenderOperationOutcome("", problems...)
-		if c.Request().Method == http.MethodHead {
-			return c.NoContent(status)
-		}
-		return writeFHIR(c, status, oo)
+// fhirError answers an error of a /fhir/R4 request — the guard's (401, 403, 429), the
+// router's (404, 405) or a handler's — as an OperationOutcome, with the status and code the
+// JSON envelope would have, and audits a rejection as the envelope's handler does.
+func (s *Server) fhirError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	status, code, msg, problems := fhirClassify(err)
+	ctx := c.Request().Context()
+	if status == StatusClientClosedRequest {
+		s.auditRejection(c, status, code)
+		_ = c.NoContent(status)
+		return
+	}
+	if status >= 500 {
+		s.log.ErrorContext(ctx, "FHIR request failed", slog.String("request_id", RequestID(c)),
+			slog.String("route", c.Path()), slog.String("code", code), slog.String("error", err.Error()))
+	}
+	var ra RetryAfter
+	if errors.As(err, &ra) && ra.RetryAfterSeconds() > 0 {
+		c.Response().Header().Set("Retry-After", strconv.Itoa(ra.RetryAfterSeconds()))
+	}
+	if status >= 400 && status < 500 {
+		s.rejection(c, err, status, code)
+	}
+	if problems == nil {
+		problems = []fhir.Problem{{Code: code, Type: issueType(status), Message: msg}}
+	}
+	var werr error
+	if c.Request().Method == http.MethodHead {
+		werr = c.NoContent(status)
+	} else {
+		werr = writeFHIR(c, status, fhir.RenderOperationOutcome("", problems...))
+	}
+	if werr != nil {
+		s.log.WarnContext(ctx, "write FHIR error response", slog.String("error", werr.Error()))
 	}
 }
 
