@@ -44,7 +44,10 @@ Create the first administrator with 'vigil user add EMAIL --admin'. Single sign-
 the hospital's OpenID provider is on when VIGIL_OIDC_ISSUER is set, with
 VIGIL_OIDC_CLIENT_ID, VIGIL_OIDC_CLIENT_SECRET (or _FILE), VIGIL_OIDC_REDIRECT_URL,
 VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR.
-VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).`,
+VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).
+
+FHIR R4 is served at /fhir/R4 (read and search; CapabilityStatement at /fhir/R4/metadata),
+with the same sessions, tokens and policy as the API (docs/interop.md).` + interopHelp,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
   vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,

@@ -1,0 +1,129 @@
+package outbound
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/interop/hl7"
+)
+
+// FeedConfig configures a Feed.
+type FeedConfig struct {
+	// Core is the clinical core: its hub announces each committed upload's observations, its
+	// patients give PID and PV1. Required.
+	Core *core.Service
+	// Sender delivers the messages. Required.
+	Sender *Sender
+	// Facility is MSH-4; ReceivingApplication and ReceivingFacility MSH-5 and MSH-6.
+	Facility, ReceivingApplication, ReceivingFacility string
+	// Logger receives what the feed could not send. Default slog.Default().
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Feed turns every upload's newly stored observations into one ORU^R01 for its patient and
+// hands it to the Sender (ordered per patient, ACKed, retried, dead-lettered, audited). It
+// follows the core's live stream: observations committed while the feed is not running (or
+// that the hub dropped because the feed fell behind) are not sent — a durable cursor over
+// the stored observations is the next step (docs/interop.md).
+type Feed struct {
+	cfg     FeedConfig
+	seq     atomic.Uint64
+	base    string
+	skipped atomic.Int64
+}
+
+// NewFeed returns a feed; Run starts it.
+func NewFeed(cfg FeedConfig) (*Feed, error) {
+	if cfg.Core == nil || cfg.Sender == nil {
+		return nil, errors.New("outbound: FeedConfig.Core and Sender are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Feed{cfg: cfg, base: strconv.FormatInt(cfg.Now().UnixMilli(), 36)}, nil
+}
+
+// Skipped counts the uploads the feed could not turn into a message (an unknown patient, a
+// patient without an MRN).
+func (f *Feed) Skipped() int64 { return f.skipped.Load() }
+
+// Run follows the hub until ctx ends (or the hub drops the subscription, when it returns
+// an error).
+func (f *Feed) Run(ctx context.Context) error {
+	sub := f.cfg.Core.Hub().Subscribe(core.Filter{Types: map[string]bool{core.TypeObservations: true}})
+	defer sub.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-sub.C:
+			if !ok {
+				return errors.New("outbound: the live stream dropped the ORU feed (it fell behind)")
+			}
+			if err := f.send(ctx, ev); err != nil && ctx.Err() == nil {
+				f.skipped.Add(1)
+				f.cfg.Logger.WarnContext(ctx, "ORU feed: upload not sent", slog.String("patient_id", ev.PatientID.String()),
+					slog.String("error", err.Error()))
+			}
+		}
+	}
+}
+
+// send builds and enqueues the ORU of one observations event.
+func (f *Feed) send(ctx context.Context, ev core.Event) error {
+	var data struct {
+		UploadID     uuid.UUID          `json:"upload_id"`
+		Observations []core.Observation `json:"observations"`
+	}
+	if err := json.Unmarshal(ev.Data, &data); err != nil {
+		return fmt.Errorf("decode observations event: %w", err)
+	}
+	if len(data.Observations) == 0 {
+		return nil
+	}
+	p, err := f.cfg.Core.Patient(ctx, ev.PatientID)
+	if err != nil {
+		return err
+	}
+	m, err := f.Build(p, data.Observations)
+	if err != nil {
+		return err
+	}
+	return f.cfg.Sender.Enqueue(ctx, m)
+}
+
+// Build writes the ORU^R01 of one patient's observations.
+func (f *Feed) Build(p core.Patient, obs []core.Observation) (Message, error) {
+	ctl := "VGL" + f.base + strconv.FormatUint(f.seq.Add(1), 36)
+	o := hl7.ORU{ControlID: ctl, Time: f.cfg.Now(), SendingFacility: f.cfg.Facility,
+		ReceivingApplication: f.cfg.ReceivingApplication, ReceivingFacility: f.cfg.ReceivingFacility,
+		Patient: hl7.ORUPatient{ID: p.ID.String(), MRN: p.PHI.MRN, FamilyName: p.PHI.FamilyName, GivenName: p.PHI.GivenName,
+			BirthDate: p.PHI.BirthDate}}
+	if p.WardID != nil {
+		o.Patient.Ward = p.WardID.String()
+	}
+	for _, ob := range obs {
+		ci, _ := core.LookupCode(ob.Code)
+		o.Observations = append(o.Observations, hl7.ORUObservation{Code: ob.Code, Display: ci.Display, Value: ob.Value,
+			Unit: ob.Unit, Time: ob.EffectiveAt, DeviceID: ob.DeviceID, Artifact: ob.Artifact})
+	}
+	b, err := hl7.BuildORU(o)
+	if err != nil {
+		return Message{}, err
+	}
+	return Message{PatientKey: p.ID.String(), ControlID: ctl, Bytes: b}, nil
+}
