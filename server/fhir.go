@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
+	fhirmodel "github.com/samply/golang-fhir-models/fhir-models/fhir"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/chain"
@@ -109,7 +109,13 @@ func (s *Server) fhirSearch(svc *api.Service, typ string) echo.HandlerFunc {
 }
 
 func writeFHIR(c echo.Context, status int, r any) error {
-	b, err := json.Marshal(r)
+	var b []byte
+	var err error
+	if bundle, ok := r.(fhirmodel.Bundle); ok {
+		b, err = fhir.MarshalBundle(bundle)
+	} else {
+		b, err = fhir.MarshalResource(r)
+	}
 	if err != nil {
 		return err
 	}
