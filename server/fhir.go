@@ -44,7 +44,7 @@ func (s *Server) mountFHIR() {
 		src = chainAudit{s.cfg.Audit}
 	}
 	svc, err := api.New(api.Config{Pool: s.cfg.Pool, Core: s.cfg.Core, Alarms: s.cfg.Alarms, Rules: s.cfg.Rules,
-		Devices: s.cfg.Devices, Audit: src, Version: s.cfg.Version, Now: s.cfg.Now})
+		Devices: s.cfg.Devices, Audit: src, Recorder: s.cfg.Recorder, Version: s.cfg.Version, Now: s.cfg.Now})
 	if err != nil {
 		return
 	}
@@ -64,6 +64,7 @@ func (s *Server) mountFHIR() {
 		g.GET("/"+t, s.fhirSearch(svc, t))
 		g.GET("/"+t+"/:id", s.fhirRead(svc, t))
 	}
+	s.mountSMART(svc)
 	// Any other type: 400 unknown_resource_type (not a bare 404).
 	g.GET("/:type", s.fhirUnknownType)
 	g.GET("/:type/:id", s.fhirUnknownType)
@@ -77,6 +78,9 @@ func (s *Server) fhirUnknownType(echo.Context) error {
 func (s *Server) fhirRead(svc *api.Service, typ string) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		fc := s.fhirCaller(c)
+		if err := s.smartScope(c, svc, fc, typ); err != nil {
+			return err
+		}
 		res, err := svc.Read(c.Request().Context(), fc, typ, c.Param("id"))
 		if errors.Is(err, api.ErrNotFound) && fc.denied != uuid.Nil {
 			// Another care unit's resource: recorded as a denial, answered as not found.
@@ -95,6 +99,9 @@ func (s *Server) fhirRead(svc *api.Service, typ string) echo.HandlerFunc {
 func (s *Server) fhirSearch(svc *api.Service, typ string) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		fc := s.fhirCaller(c)
+		if err := s.smartScope(c, svc, fc, typ); err != nil {
+			return err
+		}
 		req := c.Request()
 		base := c.Scheme() + "://" + req.Host + FHIRBase
 		res, err := svc.Search(req.Context(), fc, base, typ, req.URL.Query(), fhir.ParsePrefer(req.Header.Get("Prefer")))
@@ -132,6 +139,8 @@ type fhirCaller struct {
 	mu        sync.Mutex
 	decisions map[uuid.UUID]auth.Decision
 	denied    uuid.UUID
+	// only, when set, is the one patient the token's patient/ SMART scopes allow.
+	only uuid.UUID
 }
 
 func (s *Server) fhirCaller(c echo.Context) *fhirCaller {
@@ -142,6 +151,12 @@ func (s *Server) fhirCaller(c echo.Context) *fhirCaller {
 // patient's ward and care team.
 func (fc *fhirCaller) MayRead(ctx context.Context, obj string, pid uuid.UUID) (bool, error) {
 	if fc.p == nil || fc.s.cfg.Auth == nil {
+		return false, nil
+	}
+	if fc.only != uuid.Nil && pid != fc.only {
+		fc.mu.Lock()
+		fc.denied = pid
+		fc.mu.Unlock()
 		return false, nil
 	}
 	t := auth.Target{Object: obj}
@@ -166,6 +181,9 @@ func (fc *fhirCaller) MayRead(ctx context.Context, obj string, pid uuid.UUID) (b
 func (fc *fhirCaller) Visible(ctx context.Context) (bool, []uuid.UUID, error) {
 	if fc.p == nil || fc.s.cfg.Auth == nil || fc.s.cfg.Core == nil {
 		return false, nil, nil
+	}
+	if fc.only != uuid.Nil {
+		return false, []uuid.UUID{fc.only}, nil
 	}
 	all, set, err := fc.s.visibleTo(fc.c)
 	if err != nil || all {

@@ -379,3 +379,69 @@ func TestFHIRServedResourcesValidate(t *testing.T) {
 	}
 	fhirtest.Validate(t, all...)
 }
+
+// SMART on FHIR scopes narrow an API token's FHIR reads within its roles: user/Observation.read
+// reads observations but not Patient (403 insufficient_scope); patient/*.read reads only the
+// launch patient (another is not found); a write or unknown scope is refused.
+// Verifies: REQ-INT-028
+func TestFHIRSMARTScopes(t *testing.T) {
+	t.Parallel()
+	f := newFHIRFixture(t)
+	ctx := context.Background()
+	acct, err := f.auth.CreateServiceAccount(ctx, authtest.Admin, "ehr-connector")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.auth.GrantRole(ctx, authtest.Admin, auth.ServiceSubject(acct.ID), auth.RoleClinician, auth.AllDomains); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := f.auth.IssueAPIToken(ctx, authtest.Admin, acct.ID, "fhir", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bot := &http.Client{Transport: &authtest.BearerTransport{Token: tok.Token}}
+	put := func(body string) int {
+		req, _ := http.NewRequest(http.MethodPut, f.ts.URL+"/api/v1/api-tokens/"+tok.ID.String()+"/smart-scopes", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := f.admin.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	p, q := f.p.String(), f.q.String()
+	// Without scopes: the roles decide (every ward).
+	if st, _ := f.get(t, bot, "/fhir/R4/Patient/"+q); st != 200 {
+		t.Errorf("token without scopes: Patient/q = %d, want 200", st)
+	}
+	if st := put(`{"scope": "user/Observation.read"}`); st != 200 {
+		t.Fatalf("PUT smart-scopes = %d", st)
+	}
+	if st, b := f.get(t, bot, "/fhir/R4/Observation?patient="+p+"&_count=5"); st != 200 || len(resourcesOf(b, "match")) != 5 {
+		t.Errorf("user/Observation.read: Observation search = %d %d", st, len(resourcesOf(b, "match")))
+	}
+	if st, oo := f.get(t, bot, "/fhir/R4/Patient/"+p); st != 403 || ooCode(oo) != "insufficient_scope" {
+		t.Errorf("user/Observation.read: Patient/p = %d %v, want 403 insufficient_scope", st, oo)
+	}
+	if st := put(`{"scope": "patient/*.read", "patient_id": "` + q + `"}`); st != 200 {
+		t.Fatalf("PUT patient scopes = %d", st)
+	}
+	if st, _ := f.get(t, bot, "/fhir/R4/Patient/"+q); st != 200 {
+		t.Errorf("patient/*.read of q: Patient/q = %d, want 200", st)
+	}
+	if st, _ := f.get(t, bot, "/fhir/R4/Patient/"+p); st != 404 {
+		t.Errorf("patient/*.read of q: Patient/p = %d, want 404", st)
+	}
+	if st, b := f.get(t, bot, "/fhir/R4/Observation?patient="+p); st != 200 || len(entries(b)) != 0 {
+		t.Errorf("patient/*.read of q: Observation?patient=p = %d %d entries, want none", st, len(entries(b)))
+	}
+	for _, bad := range []string{`{"scope": "patient/*.write", "patient_id": "` + q + `"}`, `{"scope": "user/Medication.read"}`, `{"scope": "patient/*.read"}`} {
+		if st := put(bad); st != 400 {
+			t.Errorf("PUT %s = %d, want 400", bad, st)
+		}
+	}
+	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'fhir.smart_scopes.set' AND object_id = $1`, tok.ID.String()); n != 2 {
+		t.Errorf("fhir.smart_scopes.set events = %d, want 2", n)
+	}
+}

@@ -133,6 +133,7 @@ var routeAccess = map[string]access{
 	"GET /api/v1/service-accounts/:id/tokens":  allow(auth.ObjServiceAccount, "read"),
 	"POST /api/v1/service-accounts/:id/tokens": allow(auth.ObjServiceAccount, "manage"),
 	"DELETE /api/v1/api-tokens/:id":            allow(auth.ObjServiceAccount, "manage"),
+	"PUT /api/v1/api-tokens/:id/smart-scopes":  allow(auth.ObjServiceAccount, "manage"), // SMART on FHIR scopes (fhir_smart.go)
 }
 
 // The portal's pages authenticate and authorize themselves (a page without a session

@@ -20,6 +20,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
@@ -69,6 +70,8 @@ type Config struct {
 	Rules   *rules.Engine
 	Devices *devices.Service
 	Audit   AuditSource
+	// Recorder records the setting of SMART scopes (SetScopes). Optional otherwise.
+	Recorder audit.Recorder
 	// Version is the software version the CapabilityStatement names.
 	Version string
 	// Now is the clock. Default time.Now.
