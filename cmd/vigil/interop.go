@@ -15,7 +15,9 @@ import (
 
 // interopHelp is the part of serve's and demo's --help about HL7 v2 (docs/interop.md).
 const interopHelp = `
-HL7 v2 over MLLP (docs/interop.md), off unless configured:
+
+HL7 v2 over MLLP (docs/interop.md), off unless configured (the demo listens for ADT on
+127.0.0.1:2575 by default):
   VIGIL_HL7_LISTEN=host:port      listen for inbound ADT (A01 admit, A02 transfer, A03
                                   discharge, A08, A11, A13); patients are found by MRN and
                                   placed on the ward named by PV1-3.1; every message is
@@ -26,10 +28,33 @@ HL7 v2 over MLLP (docs/interop.md), off unless configured:
   VIGIL_HL7_FACILITY              MSH-4 of Vigil's messages (default VIGIL)
   VIGIL_HL7_ORU_RECEIVING_APP, VIGIL_HL7_ORU_RECEIVING_FACILITY   MSH-5 and MSH-6 of ORU`
 
-// wireInterop starts the HL7 v2 interfaces configured by VIGIL_HL7_* (interopHelp).
-func wireInterop(ctx context.Context, sys *system) error {
+// demoHL7Listen is the demo's ADT listener when VIGIL_HL7_LISTEN is not set (the MLLP port
+// interface engines use by convention, on loopback).
+const demoHL7Listen = "127.0.0.1:2575"
+
+func init() { demoHooks = append(demoHooks, demoInterop) }
+
+// demoInterop prints how to reach the demo's FHIR API and HL7 listener.
+func demoInterop(_ context.Context, url string, sys *system) error {
+	fmt.Printf("FHIR R4: %s/fhir/R4/metadata; signed in (see above), e.g.\n  curl -b cookies.txt '%s/fhir/R4/Observation?_sort=-date&_count=20&_include=Observation:device'\n", url, url)
+	if sys.hl7Addr != "" {
+		host, port, _ := net.SplitHostPort(sys.hl7Addr)
+		fmt.Printf("HL7 ADT listener (MLLP): %s — e.g. mllp_send -p %s -f a01.hl7 %s (PV1-3.1 names ward A or B)\n", sys.hl7Addr, port, host)
+	}
+	fmt.Println()
+	return nil
+}
+
+// wireInterop starts the HL7 v2 interfaces configured by VIGIL_HL7_* (interopHelp). The
+// demo listens for ADT on demoHL7Listen unless told otherwise (and goes on without it when
+// the port is taken).
+func wireInterop(ctx context.Context, sys *system, demo bool) error {
 	facility := envOrCtx(ctx, "VIGIL_HL7_FACILITY", "VIGIL")
-	if addr := getenv(ctx, "VIGIL_HL7_LISTEN"); addr != "" {
+	addr := getenv(ctx, "VIGIL_HL7_LISTEN")
+	if addr == "" && demo {
+		addr = demoHL7Listen
+	}
+	if addr != "" {
 		rcv, err := inbound.New(inbound.Config{Applier: inbound.CoreApplier{Core: sys.core}, Audit: sys.rec, Facility: facility})
 		if err != nil {
 			return err
@@ -39,6 +64,10 @@ func wireInterop(ctx context.Context, sys *system) error {
 			return err
 		}
 		ln, err := net.Listen("tcp", addr)
+		if err != nil && demo && getenv(ctx, "VIGIL_HL7_LISTEN") == "" {
+			slog.WarnContext(ctx, "demo: no HL7 ADT listener", slog.String("addr", addr), slog.String("error", err.Error()))
+			return wireORU(ctx, sys, facility)
+		}
 		if err != nil {
 			return fmt.Errorf("VIGIL_HL7_LISTEN: %w", err)
 		}
@@ -51,6 +80,11 @@ func wireInterop(ctx context.Context, sys *system) error {
 		slog.InfoContext(ctx, "HL7 ADT listener (MLLP)", slog.String("addr", sys.hl7Addr))
 		sys.closers = append(sys.closers, srv.Close)
 	}
+	return wireORU(ctx, sys, facility)
+}
+
+// wireORU starts the ORU^R01 feed when VIGIL_HL7_ORU_DEST is set.
+func wireORU(ctx context.Context, sys *system, facility string) error {
 	if dest := getenv(ctx, "VIGIL_HL7_ORU_DEST"); dest != "" {
 		snd, err := outbound.New(outbound.Config{Name: "oru", Addr: dest, Pool: sys.pool, Sealer: sys.keys.PHI(), Audit: sys.rec})
 		if err != nil {

@@ -146,7 +146,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		return nil, err
 	}
 	// HL7 v2 over MLLP when VIGIL_HL7_* is set (interop.go).
-	if err := wireInterop(ctx, sys); err != nil {
+	if err := wireInterop(ctx, sys, rc.Demo); err != nil {
 		return nil, err
 	}
 	rc.Limits.apply(&srvCfg)
