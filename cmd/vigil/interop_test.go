@@ -14,9 +14,9 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/mllp"
-	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 // serve's and demo's --help document the FHIR API and the HL7 variables.
