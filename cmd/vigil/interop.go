@@ -39,7 +39,7 @@ func demoInterop(_ context.Context, url string, sys *system) error {
 	fmt.Printf("FHIR R4: %s/fhir/R4/metadata; signed in (see above), e.g.\n  curl -b cookies.txt '%s/fhir/R4/Observation?_sort=-date&_count=20&_include=Observation:device'\n", url, url)
 	if sys.hl7Addr != "" {
 		host, port, _ := net.SplitHostPort(sys.hl7Addr)
-		fmt.Printf("HL7 ADT listener (MLLP): %s — e.g. mllp_send -p %s -f a01.hl7 %s (PV1-3.1 names ward A or B)\n", sys.hl7Addr, port, host)
+		fmt.Printf("HL7 ADT listener (MLLP): %s — e.g. mllp_send -p %s -f a01.hl7 %s (PV1-3.1 names the ward: Ward A (ICU) or Ward B (Surgery))\n", sys.hl7Addr, port, host)
 	}
 	fmt.Println()
 	return nil
