@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/interop/hl7/inbound"
@@ -143,11 +146,28 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	if len(got) != 1 || !strings.HasPrefix(got[0]["type"].(string), "ORU^R01") || len(got[0]["obx"].([]any)) != 5 {
 		t.Fatalf("ORU received for E2E-77 = %v, want one ORU^R01 with 5 OBX", got)
 	}
+	// An alarm opened for the patient (as the alarm service notifies the hub) is sent too.
+	env.Core.Hub().AlarmTransition(ctx, alarms.Transition{Kind: alarms.Opened, At: env.Clock.Now(),
+		Alarm: alarms.Alarm{ID: uuid.New(), PatientID: patient.ID, RuleID: "news2_high", State: alarms.StateActive,
+			Severity: alarms.SeverityHigh, PeakSeverity: alarms.SeverityHigh, Message: "NEWS2 7"}})
+	var alarmORU []map[string]any
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && len(alarmORU) == 0; time.Sleep(50 * time.Millisecond) {
+		raw, _ := os.ReadFile(out)
+		for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["mrn"] == "E2E-77" && strings.Contains(l, "news2_high") {
+				alarmORU = append(alarmORU, m)
+			}
+		}
+	}
+	if len(alarmORU) != 1 {
+		t.Errorf("ORU of the alarm = %v, want one carrying news2_high", alarmORU)
+	}
 	if err := snd.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.oru.delivered'`); n != 1 {
-		t.Errorf("hl7.oru.delivered events = %d, want 1", n)
+	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.oru.delivered'`); n != 2 {
+		t.Errorf("hl7.oru.delivered events = %d, want 2", n)
 	}
 	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.adt.accepted'`); n != 1 {
 		t.Errorf("hl7.adt.accepted events = %d, want 1", n)

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/interop/hl7"
 )
 
@@ -31,8 +32,8 @@ type FeedConfig struct {
 	Now func() time.Time
 }
 
-// Feed turns every upload's newly stored observations into one ORU^R01 for its patient and
-// hands it to the Sender (ordered per patient, ACKed, retried, dead-lettered, audited). It
+// Feed turns every upload's newly stored observations, and every change of an alarm's state
+// or severity, into one ORU^R01 for its patient and hands it to the Sender (ordered per patient, ACKed, retried, dead-lettered, audited). It
 // follows the core's live stream: observations committed while the feed is not running (or
 // that the hub dropped because the feed fell behind) are not sent — a durable cursor over
 // the stored observations is the next step (docs/interop.md).
@@ -64,7 +65,11 @@ func (f *Feed) Skipped() int64 { return f.skipped.Load() }
 // Run follows the hub until ctx ends (or the hub drops the subscription, when it returns
 // an error).
 func (f *Feed) Run(ctx context.Context) error {
-	sub := f.cfg.Core.Hub().Subscribe(core.Filter{Types: map[string]bool{core.TypeObservations: true}})
+	types := map[string]bool{core.TypeObservations: true}
+	for _, k := range alarmKinds {
+		types["alarm."+string(k)] = true
+	}
+	sub := f.cfg.Core.Hub().Subscribe(core.Filter{Types: types})
 	defer sub.Close()
 	for {
 		select {
@@ -83,8 +88,30 @@ func (f *Feed) Run(ctx context.Context) error {
 	}
 }
 
-// send builds and enqueues the ORU of one observations event.
+// alarmKinds are the alarm transitions sent (changes of an alarm's state or severity; not
+// reminders, re-triggers or escalation tiers, which are Vigil's own paging).
+var alarmKinds = []alarms.TransitionKind{alarms.Opened, alarms.SeverityEscalated, alarms.SeverityDeescalate, alarms.Worsened,
+	alarms.Acknowledged, alarms.Resolved}
+
+// send builds and enqueues the ORU of one event: an upload's observations or an alarm's
+// transition.
 func (f *Feed) send(ctx context.Context, ev core.Event) error {
+	if ev.Type != core.TypeObservations {
+		var t alarms.Transition
+		if err := json.Unmarshal(ev.Data, &t); err != nil || t.Alarm.ID == uuid.Nil {
+			return fmt.Errorf("decode alarm event: %v", err)
+		}
+		p, err := f.cfg.Core.Patient(ctx, ev.PatientID)
+		if err != nil {
+			return err
+		}
+		m, err := f.build(p, nil, []hl7.ORUAlarm{{ID: t.Alarm.ID.String(), Rule: t.Alarm.RuleID, Severity: t.Alarm.Severity.String(),
+			State: string(t.Alarm.State), Message: t.Alarm.Message, Time: t.At}})
+		if err != nil {
+			return err
+		}
+		return f.cfg.Sender.Enqueue(ctx, m)
+	}
 	var data struct {
 		UploadID     uuid.UUID          `json:"upload_id"`
 		Observations []core.Observation `json:"observations"`
@@ -107,7 +134,9 @@ func (f *Feed) send(ctx context.Context, ev core.Event) error {
 }
 
 // Build writes the ORU^R01 of one patient's observations.
-func (f *Feed) Build(p core.Patient, obs []core.Observation) (Message, error) {
+func (f *Feed) Build(p core.Patient, obs []core.Observation) (Message, error) { return f.build(p, obs, nil) }
+
+func (f *Feed) build(p core.Patient, obs []core.Observation, als []hl7.ORUAlarm) (Message, error) {
 	ctl := "VGL" + f.base + strconv.FormatUint(f.seq.Add(1), 36)
 	o := hl7.ORU{ControlID: ctl, Time: f.cfg.Now(), SendingFacility: f.cfg.Facility,
 		ReceivingApplication: f.cfg.ReceivingApplication, ReceivingFacility: f.cfg.ReceivingFacility,
@@ -121,6 +150,7 @@ func (f *Feed) Build(p core.Patient, obs []core.Observation) (Message, error) {
 		o.Observations = append(o.Observations, hl7.ORUObservation{Code: ob.Code, Display: ci.Display, Value: ob.Value,
 			Unit: ob.Unit, Time: ob.EffectiveAt, DeviceID: ob.DeviceID, Artifact: ob.Artifact})
 	}
+	o.Alarms = als
 	b, err := hl7.BuildORU(o)
 	if err != nil {
 		return Message{}, err
