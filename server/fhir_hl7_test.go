@@ -122,8 +122,10 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	}
 
 	// Its device uploads; the ORU arrives at the receiver.
-	for !env.Core.Hub().Wants(core.TypeObservations, patient.ID) {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); !env.Core.Hub().Wants(core.TypeObservations, patient.ID); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the ORU feed did not subscribe to the live stream")
+		}
 	}
 	d := env.RegisterDevice(t)
 	env.Enroll(t, d)

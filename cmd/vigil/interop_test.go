@@ -135,8 +135,11 @@ func checkInterop(t *testing.T, ctx context.Context, base string, sys *system, r
 		t.Errorf("admitted patient = %+v, %v", p, err)
 		return
 	}
-	for !sys.core.Hub().Wants(core.TypeObservations, p.ID) {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(30 * time.Second); !sys.core.Hub().Wants(core.TypeObservations, p.ID); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Error("the ORU feed did not subscribe to the live stream")
+			return
+		}
 	}
 	var h [32]byte
 	_, _ = rand.Read(h[:])
