@@ -42,6 +42,7 @@ type Feed struct {
 	seq     atomic.Uint64
 	base    string
 	skipped atomic.Int64
+	gaps    atomic.Int64
 }
 
 // NewFeed returns a feed; Run starts it.
@@ -62,27 +63,47 @@ func NewFeed(cfg FeedConfig) (*Feed, error) {
 // patient without an MRN).
 func (f *Feed) Skipped() int64 { return f.skipped.Load() }
 
-// Run follows the hub until ctx ends (or the hub drops the subscription, when it returns
-// an error).
+// Run follows the hub until ctx ends. When the hub drops the feed (it fell behind the hub's
+// buffer: the destination or the database was slower than the uploads for a while), the
+// events of the gap are lost to the feed: Run logs it, counts it (Gaps) and subscribes again.
 func (f *Feed) Run(ctx context.Context) error {
 	types := map[string]bool{core.TypeObservations: true}
 	for _, k := range alarmKinds {
 		types["alarm."+string(k)] = true
 	}
+	for ctx.Err() == nil {
+		f.follow(ctx, types)
+		if ctx.Err() == nil {
+			f.gaps.Add(1)
+			f.cfg.Logger.ErrorContext(ctx, "ORU feed: the live stream dropped the feed (it fell behind, or the hub closed); events of the gap are not sent, resubscribing")
+			select { // not in a tight loop on a hub that is closed
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+// Gaps counts the times the hub dropped the feed.
+func (f *Feed) Gaps() int64 { return f.gaps.Load() }
+
+// follow sends the events of one subscription until ctx ends or the hub drops it.
+func (f *Feed) follow(ctx context.Context, types map[string]bool) {
 	sub := f.cfg.Core.Hub().Subscribe(core.Filter{Types: types})
 	defer sub.Close()
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case ev, ok := <-sub.C:
 			if !ok {
-				return errors.New("outbound: the live stream dropped the ORU feed (it fell behind)")
+				return
 			}
 			if err := f.send(ctx, ev); err != nil && ctx.Err() == nil {
 				f.skipped.Add(1)
-				f.cfg.Logger.WarnContext(ctx, "ORU feed: upload not sent", slog.String("patient_id", ev.PatientID.String()),
-					slog.String("error", err.Error()))
+				f.cfg.Logger.WarnContext(ctx, "ORU feed: event not sent", slog.String("patient_id", ev.PatientID.String()),
+					slog.String("type", ev.Type), slog.String("error", err.Error()))
 			}
 		}
 	}
