@@ -155,7 +155,9 @@ func (f *Feed) send(ctx context.Context, ev core.Event) error {
 }
 
 // Build writes the ORU^R01 of one patient's observations.
-func (f *Feed) Build(p core.Patient, obs []core.Observation) (Message, error) { return f.build(p, obs, nil) }
+func (f *Feed) Build(p core.Patient, obs []core.Observation) (Message, error) {
+	return f.build(p, obs, nil)
+}
 
 func (f *Feed) build(p core.Patient, obs []core.Observation, als []hl7.ORUAlarm) (Message, error) {
 	ctl := "VGL" + f.base + strconv.FormatUint(f.seq.Add(1), 36)
