@@ -22,6 +22,7 @@ func (s *Server) routes() {
 	s.mountAudit(api)
 	s.mountCore(api)
 	s.mountAuth(api)
+	s.mountFHIR() // /fhir/R4 (fhir.go)
 	if s.cfg.Portal != nil {
 		s.cfg.Portal.Mount(s.echo)
 	}

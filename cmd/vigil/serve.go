@@ -47,7 +47,10 @@ VIGIL_OIDC_CLIENT_ID, VIGIL_OIDC_CLIENT_SECRET (or _FILE), VIGIL_OIDC_REDIRECT_U
 VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR. Passkeys
 (WebAuthn) are on when VIGIL_WEBAUTHN_RP_ID (the portal's host name) and
 VIGIL_WEBAUTHN_ORIGINS (its origins, comma-separated) are set.
-VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).`,
+VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).
+
+FHIR R4 is served at /fhir/R4 (read and search; CapabilityStatement at /fhir/R4/metadata),
+with the same sessions, tokens and policy as the API (docs/interop.md).` + interopHelp,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
   vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,

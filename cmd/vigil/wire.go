@@ -43,6 +43,7 @@ type system struct {
 	keys    *keys.Ring    // Vault Transit, or the local key ring for demos (keys.go)
 	auth    *auth.Service // principals, sessions, the policy (access.go)
 	core    *core.Service // the clinical core (core.go)
+	hl7Addr string        // the HL7 ADT listener's address, when on (interop.go)
 	closers []func(context.Context) error
 }
 
@@ -143,6 +144,10 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	srvCfg.Portal = portalSvc
 	// MQTT ingestion when VIGIL_MQTT_URL is set (mqtt.go).
 	if err := wireMQTT(ctx, sys, &srvCfg, devSvc); err != nil {
+		return nil, err
+	}
+	// HL7 v2 over MLLP when VIGIL_HL7_* is set (interop.go).
+	if err := wireInterop(ctx, sys, rc.Demo); err != nil {
 		return nil, err
 	}
 	rc.Limits.apply(&srvCfg)
