@@ -2,8 +2,8 @@ package chain_test
 
 import (
 	"context"
+	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -135,4 +135,52 @@ func (r *domainRig) exec(t *testing.T, sql string, args ...any) {
 	}
 }
 
-var _ = time.Second
+
+// A stored observation's value changed in SQL is found by verify --deep, which names the
+// observation (patient, code, time and the value now stored) from the digest and the
+// fingerprints its upload's event committed to; an observation slipped in under a new upload
+// id is an unaudited change. Without --deep the values are not read.
+// Verifies: REQ-AUD-050, REQ-AUD-051
+func TestObservationValueChangeIsNamed(t *testing.T) {
+	t.Parallel()
+	r := newDomainRig(t)
+	chaintest.ShipAll(t, r.svc)
+	if rep := r.verify(t, true); !rep.OK || rep.ObservationsChecked != 5 {
+		t.Fatalf("Verify(deep) before tampering: ok %v, %d observations checked (want 5), findings %s", rep.OK, rep.ObservationsChecked, findings(rep))
+	}
+	var code string
+	var old float64
+	if err := r.env.Pool.QueryRow(context.Background(), `UPDATE core_observations SET value = value + 0.5
+		WHERE ctid = (SELECT ctid FROM core_observations WHERE upload_id = $1 ORDER BY code DESC, effective_at LIMIT 1)
+		RETURNING code, value - 0.5`, r.upload).Scan(&code, &old); err != nil {
+		t.Fatal(err)
+	}
+	if rep := r.verify(t, false); !rep.OK {
+		t.Errorf("Verify() (not deep) after the change: findings %s; only --deep reads the values", findings(rep))
+	}
+	rep := r.verify(t, true)
+	var got []chain.Finding
+	for _, f := range rep.Findings {
+		if f.Kind == chain.FindingDomainMismatch {
+			got = append(got, f)
+		}
+	}
+	if len(got) != 1 || got[0].EventID != r.upload.String() {
+		t.Fatalf("Verify(deep) after changing one value: findings %s, want one domain_mismatch on upload %s", findings(rep), r.upload)
+	}
+	d := got[0].Detail
+	if !strings.Contains(d, "changed: patient "+r.env.Patient.String()+" code "+code) || strings.Count(d, "code ") != 1 {
+		t.Errorf("finding %q does not name exactly the changed observation (code %s, was %g)", d, code, old)
+	}
+	if rep.OK {
+		t.Error("report OK with a changed observation")
+	}
+
+	// An observation inserted behind the system's back under an upload id of its own.
+	r.exec(t, `INSERT INTO core_observations (patient_id, code, effective_at, value, flags, upload_id)
+		SELECT patient_id, code, effective_at + interval '1 second', value, flags, $2 FROM core_observations
+		WHERE upload_id = $1 LIMIT 1`, r.upload, uuid.Must(uuid.NewV7()))
+	if rep := r.verify(t, true); !hasFinding(rep, chain.FindingUnaudited, "") {
+		t.Errorf("Verify(deep) after inserting an observation without an upload: findings %s, want %s", findings(rep), chain.FindingUnaudited)
+	}
+}

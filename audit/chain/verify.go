@@ -85,8 +85,11 @@ type Report struct {
 	ProvenEvents  int64              `json:"proven_events"`  // events proven included under the checkpoint
 	PendingEvents int64              `json:"pending_events"` // events not yet under a checkpoint
 	DomainRows    int64              `json:"domain_rows"`    // domain rows cross-checked against their events
-	Pending       []PendingEvent     `json:"pending,omitempty"`
-	Findings      []Finding          `json:"findings"`
+	// ObservationsChecked is the stored observations read by a Deep verify (counted against
+	// their upload's event, and their values against its digest).
+	ObservationsChecked int64          `json:"observations_checked,omitempty"`
+	Pending             []PendingEvent `json:"pending,omitempty"`
+	Findings            []Finding      `json:"findings"`
 }
 
 // VerifyConfig configures Verify.
@@ -113,7 +116,9 @@ type VerifyConfig struct {
 	// NoDomain skips the cross-check of domain rows against the events (FindingUnaudited,
 	// FindingDomainMismatch). Default false: they are checked.
 	NoDomain bool
-	// Deep also counts the observations stored from each upload against its event.
+	// Deep also reads every stored observation: counted against its upload's event, and its
+	// values against the digest the event committed to (audit/obsdigest); a changed value is
+	// a domain_mismatch naming the observation.
 	Deep bool
 	// Witnesses are required: the latest checkpoint must carry each one's cosignature (once
 	// older than PendingGrace), and a witness with a URL is asked whether it cosigned a
