@@ -135,7 +135,6 @@ func (r *domainRig) exec(t *testing.T, sql string, args ...any) {
 	}
 }
 
-
 // A stored observation's value changed in SQL is found by verify --deep, which names the
 // observation (patient, code, time and the value now stored) from the digest and the
 // fingerprints its upload's event committed to; an observation slipped in under a new upload
