@@ -709,6 +709,9 @@ func (r *Report) WriteText(w io.Writer) error {
 	} else {
 		fmt.Fprintf(&b, "no checkpoint issued yet\n")
 	}
+	if r.Incremental {
+		b.WriteString("incremental: only what came after the remembered state was checked (no domain cross-check; --full re-reads everything)\n")
+	}
 	fmt.Fprintf(&b, "checkpoints verified: %d; log size %d; batches %d\n", r.Checkpoints, r.LogSize, r.Batches)
 	fmt.Fprintf(&b, "events: %d rows, %d proven in the log, %d pending\n", r.Events, r.ProvenEvents, r.PendingEvents)
 	for _, p := range r.Pending {
