@@ -48,7 +48,21 @@ func recordAttestShip(t testing.TB, c *rig, svc *chain.Service, n int) chain.Che
 	if err := c.rec.Attest(ctx); err != nil {
 		t.Fatal(err)
 	}
-	c.shipAll(t)
+	// (rig.shipAll gives up after 30 s; 200,000 events take longer on a shared machine.)
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		_, err := c.shipper.Step(ctx)
+		st := c.shipper.Stats()
+		if err == nil && st.PendingEvents == 0 && st.UnintegratedBatches == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("shipper did not catch up: stats %+v, last error %v", st, err)
+		}
+		if err != nil || st.UnintegratedBatches > 0 {
+			time.Sleep(10 * time.Millisecond) // waiting for Trillian's sequencer, not for logic
+		}
+	}
 	cp, err := svc.CheckpointNow(ctx)
 	if err != nil {
 		t.Fatal(err)
