@@ -37,6 +37,7 @@ type domainEvents struct {
 	rules   map[string]ruleEvent  // rule id/version → definition
 	uploads map[uuid.UUID]upEvent // event id (= core_uploads.id) → upload
 	seen    map[string]struct{}   // kinds with at least one event
+	more    *moreEvents           // sites, wards, patients, care teams, webhooks
 }
 
 type alarmEvent struct {
@@ -59,12 +60,16 @@ type upEvent struct {
 
 func newDomainEvents() *domainEvents {
 	return &domainEvents{alarms: map[string]alarmEvent{}, acks: map[string]string{}, keys: map[string]string{},
-		rules: map[string]ruleEvent{}, uploads: map[uuid.UUID]upEvent{}}
+		rules: map[string]ruleEvent{}, uploads: map[uuid.UUID]upEvent{}, more: newMoreEvents()}
 }
 
 // note keeps what the cross-check needs of one authentic event (in seq order).
 func (d *domainEvents) note(ev *StoredEvent) {
-	if ev.Outcome != "success" || ev.ObjectID == nil || ev.Payload == nil {
+	if ev.Outcome != "success" || ev.ObjectID == nil {
+		return
+	}
+	d.more.note(ev) // (some of these events have no payload)
+	if ev.Payload == nil {
 		return
 	}
 	var p map[string]any
@@ -128,6 +133,11 @@ func (v *verifier) crossCheck(ctx context.Context) error {
 		{"devices_keys", func() error { return v.checkDeviceKeys(ctx, d) }},
 		{"rules_versions", func() error { return v.checkRules(ctx, d) }},
 		{"core_uploads", func() error { return v.checkUploads(ctx, d) }},
+		{"core_sites", func() error { return v.checkSites(ctx, d) }},
+		{"core_wards", func() error { return v.checkWards(ctx, d) }},
+		{"core_patients", func() error { return v.checkPatients(ctx, d) }},
+		{"core_care_team", func() error { return v.checkCareTeams(ctx, d) }},
+		{"core_webhooks", func() error { return v.checkWebhooks(ctx, d) }},
 	} {
 		ok, err := v.tableExists(ctx, c.table)
 		if err != nil {
