@@ -96,7 +96,11 @@ var rangeFactory = compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren
 // leafRange returns the compact range of leaves [0, base+len(values)), extending the range
 // of [0, base) given by its hashes.
 func leafRange(base uint64, hashes [][]byte, values [][]byte) (*compact.Range, error) {
-	r, err := rangeFactory.NewRange(0, base, hashes)
+	own := make([][]byte, len(hashes)) // the range appends in place: leave the state's slice alone
+	for i, h := range hashes {
+		own[i] = append([]byte(nil), h...)
+	}
+	r, err := rangeFactory.NewRange(0, base, own)
 	if err != nil {
 		return nil, err
 	}

@@ -143,6 +143,10 @@ func TestIncrementalVerify(t *testing.T) {
 					t.Fatalf("incremental Verify(): ok %v, %d events (%d proven; full had %d), state %+v, findings %s",
 						inc.OK, inc.Events, inc.ProvenEvents, full.ProvenEvents, inc.State, findings(inc))
 				}
+				// The same state again gives the same answer (the run does not change it).
+				if r := verifySince(t, svc, st); !r.OK || r.ProvenEvents != inc.ProvenEvents {
+					t.Errorf("incremental Verify() from the same state again: ok %v, %d proven (first %d), findings %s", r.OK, r.ProvenEvents, inc.ProvenEvents, findings(r))
+				}
 				// Chained: a second incremental run with nothing new reads nothing new.
 				again := verifySince(t, svc, inc.State)
 				if !again.OK || again.ProvenEvents != 0 {
