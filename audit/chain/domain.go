@@ -138,6 +138,7 @@ func (v *verifier) crossCheck(ctx context.Context) error {
 		{"core_patients", func() error { return v.checkPatients(ctx, d) }},
 		{"core_care_team", func() error { return v.checkCareTeams(ctx, d) }},
 		{"core_webhooks", func() error { return v.checkWebhooks(ctx, d) }},
+		{"rules_news2", func() error { return v.checkNEWS2(ctx, d) }},
 	} {
 		ok, err := v.tableExists(ctx, c.table)
 		if err != nil {

@@ -33,8 +33,14 @@ type webhookEvent struct {
 	types   []string
 }
 
+type news2Event struct {
+	patient    string
+	components json.RawMessage
+}
+
 type moreEvents struct {
-	sites    map[string]string    // site id → name
+	news2    map[string]news2Event // rules_news2 id → its observation.derived
+	sites    map[string]string     // site id → name
 	wards    map[string][2]string // ward id → site id, name
 	patients map[string]patientEvent
 	care     map[string]careEvent // patient id + "/" + clinician id
@@ -42,7 +48,7 @@ type moreEvents struct {
 }
 
 func newMoreEvents() *moreEvents {
-	return &moreEvents{sites: map[string]string{}, wards: map[string][2]string{}, patients: map[string]patientEvent{},
+	return &moreEvents{news2: map[string]news2Event{}, sites: map[string]string{}, wards: map[string][2]string{}, patients: map[string]patientEvent{},
 		care: map[string]careEvent{}, webhooks: map[string]webhookEvent{}}
 }
 
@@ -64,6 +70,16 @@ func (m *moreEvents) note(ev *StoredEvent) {
 	}
 	id := *ev.ObjectID
 	switch ev.Action {
+	case "observation.derived":
+		if ev.ObjectType == "news2" {
+			var d struct {
+				Patient    string          `json:"patient_id"`
+				Components json.RawMessage `json:"components"`
+			}
+			if ev.Payload != nil && json.Unmarshal(ev.Payload, &d) == nil {
+				m.news2[id] = news2Event{patient: d.Patient, components: d.Components}
+			}
+		}
 	case "site.created":
 		m.sites[id] = payloadString(p, "name")
 	case "ward.created":
@@ -205,6 +221,31 @@ func (v *verifier) checkWebhooks(ctx context.Context, d *domainEvents) error {
 			v.find(Finding{Kind: FindingDomainMismatch, Detail: fmt.Sprintf("webhook %s was deleted (authentic webhook.deleted event) but its row is back", id)})
 		case want.urlSHA != hex.EncodeToString(sum[:]) || !slices.Equal(want.types, types):
 			v.find(Finding{Kind: FindingDomainMismatch, Detail: fmt.Sprintf("webhook %s: the destination URL or event types in the row differ from its webhook.created event", id)})
+		}
+		return nil
+	})
+}
+
+// checkNEWS2 compares each derived NEWS2 score (total, band, components, patient) with the
+// observation.derived event that recorded it.
+func (v *verifier) checkNEWS2(ctx context.Context, d *domainEvents) error {
+	return v.eachRow(ctx, `SELECT id::text, patient_id::text, total, band, components::text FROM rules_news2 ORDER BY id`, func(scan func(...any) error) error {
+		var id, pid, band, comp string
+		var total int
+		if err := scan(&id, &pid, &total, &band, &comp); err != nil {
+			return err
+		}
+		want, ok := d.more.news2[id]
+		var c struct {
+			Total int    `json:"total"`
+			Band  string `json:"band"`
+		}
+		switch {
+		case !ok:
+			v.find(Finding{Kind: FindingUnaudited, Detail: fmt.Sprintf("NEWS2 score %s (patient %s, total %d) has no authentic observation.derived event", id, pid, total)})
+		case json.Unmarshal(want.components, &c) != nil || want.patient != pid || c.Total != total || c.Band != band || !jsonEqual(want.components, []byte(comp)):
+			v.find(Finding{Kind: FindingDomainMismatch, Detail: fmt.Sprintf("NEWS2 score %s of patient %s: total %d, band %s in the row; its observation.derived event says total %d, band %s (or other components differ)",
+				id, pid, total, band, c.Total, c.Band)})
 		}
 		return nil
 	})
