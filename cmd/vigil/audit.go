@@ -166,7 +166,8 @@ or added without a leaf, a truncated outbox and a forked log. With the key ring 
 event's authentication tag (forged or back-dated events: unauthenticated), each writer
 session's numbering (a committed action whose event was deleted: sequence_gap) and erasures
 before the retention age (erased_early); it cross-checks domain rows (alarms, device keys, rule
-versions, uploads) against what their events say (unaudited_change, domain_mismatch; --deep
+versions, uploads, sites, wards, patients' ward and discharge, care teams, webhooks, NEWS2
+scores) against what their events say (unaudited_change, domain_mismatch; --deep
 also reads every stored observation: counted against its upload's event and its values against
 the digest the event committed to, naming a changed one). With --witness KEY@URL it requires the witness's
 cosignature on the latest checkpoint and asks the witness whether it cosigned a larger one (a
