@@ -41,7 +41,7 @@ type news2Event struct {
 type moreEvents struct {
 	news2    map[string]news2Event // rules_news2 id → its observation.derived
 	sites    map[string]string     // site id → name
-	wards    map[string][2]string // ward id → site id, name
+	wards    map[string][2]string  // ward id → site id, name
 	patients map[string]patientEvent
 	care     map[string]careEvent // patient id + "/" + clinician id
 	webhooks map[string]webhookEvent
