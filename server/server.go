@@ -36,6 +36,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is reported by /healthz. Default: "dev".
 	Version string
+	// Schema is the set of migrations the readiness check compares the database with; nil is
+	// the embedded one (schema.Embedded).
+	Schema *schema.Set
 	// BodyLimit is the largest request body accepted, e.g. "1M". Default "1M"; larger bodies
 	// get 413 payload_too_large.
 	BodyLimit string
@@ -336,11 +339,23 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
-// checkSchema is the readiness check that the database schema matches this binary.
+// checkSchema is the readiness check that the database schema is within this binary's
+// compatibility window (schema.Status.Check).
 func (s *Server) checkSchema(ctx context.Context) (any, error) {
-	st, err := schema.Inspect(ctx, s.cfg.Pool)
+	set := s.cfg.Schema
+	if set == nil {
+		set = schema.Embedded()
+	}
+	st, err := set.Inspect(ctx, s.cfg.Pool)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"current": st.Current, "latest": st.Latest, "pending": st.Pending}, st.Check()
+	detail := map[string]any{"current": st.Current, "latest": st.Latest, "pending": st.Pending}
+	if len(st.PendingContract) > 0 {
+		detail["pending_contract"] = len(st.PendingContract)
+	}
+	if len(st.Unknown) > 0 {
+		detail["newer_applied"] = len(st.Unknown) // by a newer binary, within this one's window
+	}
+	return detail, st.Check()
 }
