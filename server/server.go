@@ -103,6 +103,14 @@ type Config struct {
 	// MaxStreamsPerCaller is the most live streams of one caller (its source address, an IPv6
 	// /64). Default DefaultMaxStreamsPerCaller (20).
 	MaxStreamsPerCaller int
+	// DrainDelay is how long a draining server keeps its listener open, answering 503 draining,
+	// before it closes it and waits for the requests in flight (shutdown.go): long enough for
+	// the load balancer's health checks to take it out of rotation. Zero closes at once.
+	DrainDelay time.Duration
+	// Replicas is the number of replicas behind the load balancer sharing the rejected-request
+	// limits (rejectlimit.go): each enforces 1/Replicas of RejectedPerSource and
+	// RejectedPerDevice, so that together they hold the configured limit. 0 or 1: one replica.
+	Replicas int
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every
@@ -120,6 +128,7 @@ type Server struct {
 	log     *slog.Logger
 	rejects *rejectLimits
 	streams *streamSlots
+	drain   *drainState
 	// extraAccess: access lines of routes tests add (permit); production routes are in
 	// routeAccess.
 	extraAccess map[string]access
@@ -153,7 +162,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg = withLimitDefaults(cfg)
 	s := &Server{cfg: cfg, log: cfg.Logger, rejects: newRejectLimits(cfg),
-		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller)}
+		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller), drain: newDrainState()}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -167,6 +176,7 @@ func New(cfg Config) (*Server, error) {
 	e.Use(s.requestIDs)
 	e.Use(s.accessLog())
 	e.Use(securityHeaders)
+	e.Use(s.refuseWhileDraining)
 	e.Use(s.throttle)
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
 		DisableStackAll:   true,
@@ -196,8 +206,9 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the server as an http.Handler (for httptest).
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// Serve answers requests on ln until ctx is cancelled, then shuts down gracefully: it stops
-// accepting, lets requests in flight finish (up to grace), and returns.
+// Serve answers requests on ln until ctx is cancelled, then drains and shuts down gracefully
+// (shutdown.go): readiness fails and new requests get 503 draining for Config.DrainDelay, then
+// it stops accepting, lets requests in flight finish (up to grace), and returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	srv := &http.Server{
 		Handler:           s.echo,
@@ -220,6 +231,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	s.Drain()
+	if s.cfg.DrainDelay > 0 {
+		select {
+		case <-time.After(s.cfg.DrainDelay):
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	srv.SetKeepAlivesEnabled(false)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {

@@ -53,6 +53,9 @@ The demo keeps its keys in a local key ring in the data directory: it is not for
 		},
 	}
 	addRunFlags(cmd, &rc)
+	// One process, no load balancer: Ctrl-C stops at once unless asked otherwise.
+	rc.Limits.DrainDelay = 0
+	cmd.Flags().Lookup("drain-delay").DefValue = "0s"
 	return cmd
 }
 

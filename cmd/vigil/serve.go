@@ -27,9 +27,18 @@ func newServeCmd() *cobra.Command {
 		Long: `Run the Vigil server: the REST API, the device upload endpoint and the audit chain.
 
 The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password).
-Its schema must be current: run 'vigil migrate' first. serve refuses to start on a schema
-newer than this binary. SIGINT or SIGTERM shuts down gracefully: no new requests are
-accepted, requests in flight finish (up to 15 s), then every service stops.
+Its schema must be within this binary's compatibility window: every expand migration of
+this binary applied ('vigil migrate --phase expand'; its contract migrations may still be
+pending), and nothing applied by a newer binary that refuses it (a newer version's
+contract migration). serve refuses to start outside the window and says why.
+
+SIGINT or SIGTERM drains, then shuts down: /readyz answers 503 at once (the load balancer
+takes the replica out), new requests get 503 draining with Retry-After: 1 for
+--drain-delay, live streams end (clients resume on another replica), then the listener
+closes, requests in flight (uploads being stored) finish (up to 15 s), and every service
+stops. With N replicas behind one load balancer, --replicas N makes each enforce 1/N of the
+rejected-request limits, so that together they hold them. Running Vigil with several
+replicas and rolling upgrades: docs/operations.md.
 
 Webhooks carry patient alerts, so they reach public addresses only: a connection to a
 loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, the cloud metadata
@@ -47,7 +56,8 @@ VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR.
 VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).`,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
-  vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,
+  vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48
+  vigil serve --replicas 2 --drain-delay 6s --trust-proxy-headers   # behind HAProxy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rc.DatabaseURL = envOrCtx(cmd.Context(), "VIGIL_DATABASE_URL", "")
