@@ -25,7 +25,7 @@ func TestLimitFlags(t *testing.T) {
 	}
 	env := map[string]string{"VIGIL_MAX_STREAMS": "50", "VIGIL_REJECTED_PER_DEVICE": "off",
 		"VIGIL_READ_TIMEOUT": "1h", // the flag wins
-		"VIGIL_REPLICAS": "3", "VIGIL_DRAIN_DELAY": "7s"}
+		"VIGIL_REPLICAS":     "3", "VIGIL_DRAIN_DELAY": "7s"}
 	var l serverLimits
 	cmd := &cobra.Command{Use: "x"}
 	cmd.SetContext(withEnv(context.Background(), env))
