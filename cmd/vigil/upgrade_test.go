@@ -24,10 +24,11 @@ import (
 
 // rollingLB is the test's load balancer, doing what deploy/haproxy.cfg asks of HAProxy: a
 // health check of GET /readyz on every backend (every 200 ms; out of rotation on the first
-// failure, back on the first success), round robin over the healthy ones, a request whose
-// connection fails sent once more to another backend (HAProxy's retries with redispatch), and
-// every answer of a backend (a 503 draining too) passed to the client unchanged. It counts the
-// answers to uploads by status and code.
+// failure, back on the first success), round robin over the healthy ones, and a request whose
+// connection fails or that is answered 503 sent once more to another backend (`retry-on
+// conn-failure empty-response 503` with redispatch); when no other backend takes it, the
+// backend's answer (a 503 draining) reaches the client unchanged. It counts every backend's
+// answers to uploads by status and code, and the answers the devices got.
 type rollingLB struct {
 	backends []string
 	healthy  []atomic.Bool
@@ -35,13 +36,14 @@ type rollingLB struct {
 	tr       *http.Transport
 
 	mu      sync.Mutex
-	answers map[string]int // "201", "503 draining", … of POST /api/v1/uploads
-	noRetry int            // 503s without Retry-After
+	answers map[string]int // backends' answers to POST /api/v1/uploads: "201", "503 draining", …
+	clients map[string]int // the answers the devices got
+	noRetry int            // backends' 503s without Retry-After
 }
 
 func newRollingLB(ctx context.Context, backends ...string) *rollingLB {
 	lb := &rollingLB{backends: backends, healthy: make([]atomic.Bool, len(backends)),
-		tr: &http.Transport{MaxIdleConnsPerHost: 16}, answers: map[string]int{}}
+		tr: &http.Transport{MaxIdleConnsPerHost: 16}, answers: map[string]int{}, clients: map[string]int{}}
 	go func() {
 		cl := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		t := time.NewTicker(200 * time.Millisecond)
@@ -87,10 +89,17 @@ func (lb *rollingLB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			lb.healthy[k].Store(false) // connection refused or reset: try another
 			continue
 		}
-		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		if r.URL.Path == "/api/v1/uploads" {
-			lb.count(resp.StatusCode, resp.Header.Get("Retry-After"), b)
+		resp.Body.Close()
+		upload := r.URL.Path == "/api/v1/uploads"
+		if upload {
+			lb.count(lb.answers, resp.StatusCode, resp.Header.Get("Retry-After"), b)
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && tries < 2 && i < n-1 {
+			continue // retry-on 503: another replica
+		}
+		if upload {
+			lb.count(lb.clients, resp.StatusCode, resp.Header.Get("Retry-After"), b)
 		}
 		for h, v := range resp.Header {
 			w.Header()[h] = v
@@ -101,13 +110,13 @@ func (lb *rollingLB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// No backend answered: HAProxy's own 503.
 	if r.URL.Path == "/api/v1/uploads" {
-		lb.count(http.StatusServiceUnavailable, "1", []byte(`{"error":{"code":"no_backend"}}`))
+		lb.count(lb.clients, http.StatusServiceUnavailable, "1", []byte(`{"error":{"code":"no_backend"}}`))
 	}
 	w.Header().Set("Retry-After", "1")
 	http.Error(w, `{"error":{"code":"service_unavailable","message":"no server available"}}`, http.StatusServiceUnavailable)
 }
 
-func (lb *rollingLB) count(status int, retryAfter string, body []byte) {
+func (lb *rollingLB) count(into map[string]int, status int, retryAfter string, body []byte) {
 	key := strconv.Itoa(status)
 	if status >= 400 {
 		var e struct {
@@ -118,7 +127,7 @@ func (lb *rollingLB) count(status int, retryAfter string, body []byte) {
 	}
 	lb.mu.Lock()
 	defer lb.mu.Unlock()
-	lb.answers[key]++
+	into[key]++
 	if status == http.StatusServiceUnavailable && retryAfter == "" {
 		lb.noRetry++
 	}
@@ -291,7 +300,13 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		reps[i].stop(t)
 		step(fmt.Sprintf("replica %d (N) drained and exited", i))
 		reps[i] = startReplica(t, env, rcFor(i, next))
-		step(fmt.Sprintf("replica %d (N+1) serving", i))
+		for k := 0; !lb.healthy[i].Load(); k++ { // the balancer has it back in rotation
+			if k == 200 {
+				t.Fatalf("replica %d (N+1) not back in rotation after 20 s", i)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		step(fmt.Sprintf("replica %d (N+1) ready and in rotation", i))
 	}
 	at(12*time.Second + soak)
 	applied, err = next.Apply(ctx, pool, schema.PhaseContract)
@@ -310,18 +325,20 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	res := out.res
 	t.Logf("%s", res.Summary())
 	lb.mu.Lock()
-	answers, noRetry := lb.answers, lb.noRetry
+	answers, clients, noRetry := lb.answers, lb.clients, lb.noRetry
 	lb.mu.Unlock()
-	t.Logf("answers to uploads through the load balancer: %v", answers)
+	t.Logf("replicas' answers to uploads: %v; answers the devices got: %v", answers, clients)
 	if out.err != nil {
 		t.Fatalf("fleet: %v", out.err)
 	}
 	if res.Uploads == 0 || res.Accepted != res.Uploads || res.Pending != 0 || len(res.Rejected) != 0 {
 		t.Errorf("fleet: %d uploads, %d accepted, %d pending, refused %v; want every upload accepted", res.Uploads, res.Accepted, res.Pending, res.Rejected)
 	}
-	for a, n := range answers {
-		if a != "200" && a != "201" && a != "503 draining" && a != "503 no_backend" {
-			t.Errorf("%d upload(s) answered %q: only success or a retryable 503 is allowed during the upgrade", n, a)
+	for _, m := range []map[string]int{answers, clients} {
+		for a, n := range m {
+			if a != "200" && a != "201" && a != "503 draining" && a != "503 no_backend" {
+				t.Errorf("%d upload(s) answered %q: only success or a retryable 503 is allowed during the upgrade", n, a)
+			}
 		}
 	}
 	if noRetry > 0 {
