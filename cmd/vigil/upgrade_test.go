@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/devices/sim"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/internal/schema/schematest"
@@ -23,11 +24,11 @@ import (
 )
 
 // rollingLB is the test's load balancer, doing what deploy/haproxy.cfg asks of HAProxy: a
-// health check of GET /readyz on every backend (every 200 ms; out of rotation on the first
-// failure, back on the first success), round robin over the healthy ones, and a request whose
-// connection fails or that is answered 503 sent once more to another backend (`retry-on
-// conn-failure empty-response 503` with redispatch); when no other backend takes it, the
-// backend's answer (a 503 draining) reaches the client unchanged. It counts every backend's
+// health check of GET /readyz on every backend (every 200 ms; out of rotation after two
+// failures in a row, back after two successes: fall 2, rise 2), round robin over the healthy ones, and a request whose
+// connection fails or that is answered 503 redispatched, three attempts in all (`retries 2`,
+// `retry-on conn-failure empty-response 503`, `option redispatch`); when every attempt is
+// refused, the last answer (a 503 draining) reaches the client unchanged. It counts every backend's
 // answers to uploads by status and code, and the answers the devices got.
 type rollingLB struct {
 	backends []string
@@ -39,6 +40,7 @@ type rollingLB struct {
 	answers map[string]int // backends' answers to POST /api/v1/uploads: "201", "503 draining", …
 	clients map[string]int // the answers the devices got
 	noRetry int            // backends' 503s without Retry-After
+	errs    []string       // connections that failed
 }
 
 func newRollingLB(ctx context.Context, backends ...string) *rollingLB {
@@ -48,6 +50,7 @@ func newRollingLB(ctx context.Context, backends ...string) *rollingLB {
 		cl := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
+		streak := make([]int, len(lb.backends)) // > 0: successes in a row; < 0: failures
 		for {
 			for i, b := range lb.backends {
 				resp, err := cl.Get(b + "/readyz")
@@ -55,7 +58,21 @@ func newRollingLB(ctx context.Context, backends ...string) *rollingLB {
 				if err == nil {
 					resp.Body.Close()
 				}
-				lb.healthy[i].Store(ok)
+				switch {
+				case ok && streak[i] < 0, !ok && streak[i] > 0:
+					streak[i] = 0
+				}
+				if ok {
+					streak[i]++
+				} else {
+					streak[i]--
+				}
+				switch { // fall 2, rise 2
+				case streak[i] >= 2:
+					lb.healthy[i].Store(true)
+				case streak[i] <= -2:
+					lb.healthy[i].Store(false)
+				}
 			}
 			select {
 			case <-ctx.Done():
@@ -75,8 +92,9 @@ func (lb *rollingLB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	n := len(lb.backends)
 	start := int(lb.next.Add(1))
+	const attempts = 3 // HAProxy: retries 2
 	tries := 0
-	for i := 0; i < n && tries < 2; i++ {
+	for i := 0; i < 2*n && tries < attempts; i++ {
 		k := (start + i) % n
 		if !lb.healthy[k].Load() {
 			continue
@@ -86,8 +104,10 @@ func (lb *rollingLB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		req.Header = r.Header.Clone()
 		resp, err := lb.tr.RoundTrip(req)
 		if err != nil {
-			lb.healthy[k].Store(false) // connection refused or reset: try another
-			continue
+			lb.mu.Lock()
+			lb.errs = append(lb.errs, fmt.Sprintf("%s: %v", lb.backends[k], err))
+			lb.mu.Unlock()
+			continue // connection refused or reset: redispatch; the health checks decide who is down
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -95,8 +115,8 @@ func (lb *rollingLB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if upload {
 			lb.count(lb.answers, resp.StatusCode, resp.Header.Get("Retry-After"), b)
 		}
-		if resp.StatusCode == http.StatusServiceUnavailable && tries < 2 && i < n-1 {
-			continue // retry-on 503: another replica
+		if resp.StatusCode == http.StatusServiceUnavailable && tries < attempts {
+			continue // retry-on 503: redispatch
 		}
 		if upload {
 			lb.count(lb.clients, resp.StatusCode, resp.Header.Get("Retry-After"), b)
@@ -108,7 +128,7 @@ func (lb *rollingLB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(b)
 		return
 	}
-	// No backend answered: HAProxy's own 503.
+	// No backend answered: HAProxy's own 503 (Retry-After added by deploy/haproxy.cfg).
 	if r.URL.Path == "/api/v1/uploads" {
 		lb.count(lb.clients, http.StatusServiceUnavailable, "1", []byte(`{"error":{"code":"no_backend"}}`))
 	}
@@ -233,7 +253,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	ports := []string{freeTestPort(t), freeTestPort(t)}
 	rcFor := func(i int, set *schema.Set) runConfig {
 		rc := runConfig{Listen: "127.0.0.1:" + ports[i], DataDir: dir, DatabaseURL: url, Schema: set}
-		rc.Limits.DrainDelay = 600 * time.Millisecond // three of the balancer's health checks
+		rc.Limits.DrainDelay = time.Second // the balancer's fall 2 × 200 ms, with a margin for a loaded machine
 		rc.Limits.Replicas = 2
 		return rc
 	}
@@ -327,7 +347,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	lb.mu.Lock()
 	answers, clients, noRetry := lb.answers, lb.clients, lb.noRetry
 	lb.mu.Unlock()
-	t.Logf("replicas' answers to uploads: %v; answers the devices got: %v", answers, clients)
+	t.Logf("replicas' answers to uploads: %v; answers the devices got: %v; failed connections: %d %v", answers, clients, len(lb.errs), lb.errs)
 	if out.err != nil {
 		t.Fatalf("fleet: %v", out.err)
 	}
@@ -352,4 +372,22 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		t.Errorf("%d uploads stored, %d receipts verified by the fleet; want the same", stored, res.Accepted)
 	}
 	t.Logf("upgrade: %d uploads, p50 %v, p99 %v, %d failed attempts retried", res.Uploads, res.P50, res.P99, res.Failed)
+
+	// The audit trail across the four processes verifies: every upload.accepted event logged.
+	for _, r := range reps {
+		r.stop(t)
+	}
+	reps = nil
+	vout, err := executeEnv(t, env, "audit", "verify", "--json", "--data-dir", dir)
+	var rep chain.Report
+	if err != nil || json.Unmarshal([]byte(vout), &rep) != nil || !rep.OK {
+		t.Fatalf("vigil audit verify after the upgrade = %v\n%s", err, vout)
+	}
+	var accepted int
+	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'").Scan(&accepted); err != nil {
+		t.Fatal(err)
+	}
+	if accepted != res.Accepted || rep.ProvenEvents < int64(accepted) {
+		t.Errorf("%d upload.accepted events, %d proven in the log; want %d accepted uploads audited and proven", accepted, rep.ProvenEvents, res.Accepted)
+	}
 }
