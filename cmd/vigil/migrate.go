@@ -27,7 +27,8 @@ from version N to N+1, with N's replicas serving throughout:
   1. vigil migrate --phase expand     (N+1's binary: additive changes; N runs on)
   2. replace each replica's binary with N+1, one at a time
   3. vigil migrate --phase contract   (once no replica runs N: removes what N needed;
-                                       from then on 'vigil serve' of N refuses to start)
+                                       from then on 'vigil serve' of N refuses to start;
+                                       refused while a running replica would be refused)
 Without --phase every pending migration is applied in version order: for a single server,
 or with every replica stopped. A migration that declares no phase is breaking: --phase
 expand refuses to pass it.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/internal/schema"
 )
 
 func addRunFlags(cmd *cobra.Command, rc *runConfig) {
@@ -88,6 +90,22 @@ func run(ctx context.Context, rc runConfig, ready func(ctx context.Context, url 
 	}
 	url := "http://" + ln.Addr().String()
 	slog.InfoContext(ctx, "vigil is listening", slog.String("url", url), slog.String("version", version))
+	// Registered as a running replica, so that `vigil migrate --phase contract` does not remove
+	// what this binary needs while it runs.
+	set := rc.Schema
+	if set == nil {
+		set = schema.Embedded()
+	}
+	reg, err := schema.RegisterReplica(ctx, sys.pool, schema.Replica{Listen: ln.Addr().String(), Version: version, Latest: set.Latest()})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = reg.Close(cctx)
+	}()
 	if ready != nil {
 		if err := ready(ctx, url, sys); err != nil {
 			ln.Close()

@@ -218,8 +218,9 @@ func (r *replica) stop(t *testing.T) {
 // N is this tree's binary; N+1 is the same code with the next version's migrations
 // (internal/schema/schematest: 00811 expand, 00812 contract), which is what a schema change
 // between versions is to `vigil serve`. Two replicas of N serve; the expand phase is applied
-// under them; each replica in turn drains (SIGTERM) and is replaced by N+1 on the same port;
-// the contract phase is applied; then N refuses to start. The fleet's every upload is stored
+// under them; each replica in turn drains (SIGTERM) and is replaced by N+1 on the same port
+// (the contract phase is refused while a replica of N still runs); the contract phase is
+// applied; then N refuses to start. The fleet's every upload is stored
 // with a verified receipt, none is refused but with a retryable 503 and Retry-After, and the
 // uploads' p99 latency is logged. The long soak variant: VIGIL_UPGRADE_SOAK=10m (docs/operations.md).
 // Verifies: REQ-HA-021
@@ -327,6 +328,11 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		step(fmt.Sprintf("replica %d (N+1) ready and in rotation", i))
+		if i == 0 { // replica 1 still runs N: the contract phase must wait for it
+			if _, err := next.Apply(ctx, pool, schema.PhaseContract); !errors.Is(err, schema.ErrPhaseOrder) {
+				t.Errorf("contract phase with a replica of N running: %v, want ErrPhaseOrder", err)
+			}
+		}
 	}
 	at(12*time.Second + soak)
 	applied, err = next.Apply(ctx, pool, schema.PhaseContract)

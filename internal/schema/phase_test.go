@@ -212,3 +212,54 @@ func TestPhaseDeclarationErrors(t *testing.T) {
 		t.Errorf("a declaration after the Up marker: %v, %v; want it ignored (breaking)", s, err)
 	}
 }
+
+// The contract phase is refused while a live replica runs a binary it would refuse, naming the
+// replica; a replica's row goes at its orderly stop, a crashed replica's goes stale; a replica
+// of the new version does not hold the contract back.
+// Verifies: REQ-HA-022
+func TestContractWaitsForOldReplicas(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testdb.NewEmpty(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	n := schema.Embedded()
+	n1, err := n.Plus(schematest.Next())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.Apply(ctx, pool, schema.PhaseExpand); !errors.Is(err, schema.ErrPhaseOrder) {
+		t.Fatalf("expand over the breaking baseline: %v", err) // the baseline needs a plain migrate
+	}
+	if _, err := n.Apply(ctx, pool, schema.PhaseAll); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n1.Apply(ctx, pool, schema.PhaseExpand); err != nil {
+		t.Fatal(err)
+	}
+	old, err := schema.RegisterReplica(ctx, pool, schema.Replica{Host: "vigil-a", Listen: "10.0.0.11:8080", Version: "N", Latest: n.Latest()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	upgraded, err := schema.RegisterReplica(ctx, pool, schema.Replica{Host: "vigil-b", Listen: "10.0.0.12:8080", Version: "N+1", Latest: n1.Latest()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upgraded.Close(ctx)
+	_, err = n1.Apply(ctx, pool, schema.PhaseContract)
+	if !errors.Is(err, schema.ErrPhaseOrder) || !strings.Contains(err.Error(), "vigil-a 10.0.0.11:8080 (version N") || strings.Contains(err.Error(), "vigil-b") {
+		t.Fatalf("contract with a replica of N running: %v; want ErrPhaseOrder naming vigil-a only", err)
+	}
+	if err := old.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A crashed replica of N: its row stays, its heartbeat is past the stale limit.
+	if _, err := pool.Exec(ctx, `INSERT INTO vigil_replicas (id, host, listen, version, schema_latest, seen_at)
+		VALUES (gen_random_uuid(), 'vigil-c', '10.0.0.13:8080', 'N', $1, now() - interval '5 minutes')`, n.Latest()); err != nil {
+		t.Fatal(err)
+	}
+	if applied, err := n1.Apply(ctx, pool, schema.PhaseContract); err != nil || !same(versions(applied), 812) {
+		t.Errorf("contract once only N+1 runs: %v, %v; want [812]", versions(applied), err)
+	}
+}

@@ -367,8 +367,9 @@ const lockKey = 0x76696769 // "vigi"
 // order), each in its own transaction, records each one's phase, and returns those applied.
 // PhaseExpand refuses (ErrPhaseOrder) while a breaking migration is pending; PhaseContract
 // refuses while any expand or breaking migration is pending. A database this set may not run
-// on is refused (ErrSchemaAhead) and left untouched. Concurrent callers are serialized by a
-// PostgreSQL advisory lock.
+// on is refused (ErrSchemaAhead) and left untouched, and so is a contract migration while a
+// live replica (vigil_replicas) runs a binary it would refuse (ErrPhaseOrder). Concurrent
+// callers are serialized by a PostgreSQL advisory lock.
 func (s *Set) Apply(ctx context.Context, pool *pgxpool.Pool, phase Phase) ([]Migration, error) {
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
@@ -404,6 +405,9 @@ func (s *Set) Apply(ctx context.Context, pool *pgxpool.Pool, phase Phase) ([]Mig
 		todo = st.PendingContract
 	default:
 		return nil, fmt.Errorf("migrate: unknown phase %q", phase)
+	}
+	if err := checkNoReplicaRefused(ctx, pool, todo); err != nil {
+		return nil, err
 	}
 	p, db, err := s.provider(pool)
 	if err != nil {

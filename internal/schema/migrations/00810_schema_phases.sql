@@ -14,5 +14,20 @@ CREATE TABLE vigil_schema_phases (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- The replicas of `vigil serve` running on this database, with the latest migration each
+-- binary knows: `vigil migrate --phase contract` refuses to apply a contract migration while a
+-- live replica (heartbeat within 30 s) would be refused by it. Rows are removed at an orderly
+-- stop; a crashed replica's row goes stale.
+CREATE TABLE vigil_replicas (
+    id            uuid        PRIMARY KEY,
+    host          text        NOT NULL,
+    listen        text        NOT NULL,
+    version       text        NOT NULL,
+    schema_latest bigint      NOT NULL,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    seen_at       timestamptz NOT NULL DEFAULT now()
+);
+
 -- +goose Down
+DROP TABLE vigil_replicas;
 DROP TABLE vigil_schema_phases;
