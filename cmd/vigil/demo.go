@@ -56,6 +56,9 @@ unless VIGIL_HL7_LISTEN says otherwise; VIGIL_HL7_ORU_DEST sends the vitals as O
 		},
 	}
 	addRunFlags(cmd, &rc)
+	// One process, no load balancer: Ctrl-C stops at once unless asked otherwise.
+	rc.Limits.DrainDelay = 0
+	cmd.Flags().Lookup("drain-delay").DefValue = "0s"
 	return cmd
 }
 

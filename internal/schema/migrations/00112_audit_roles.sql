@@ -1,3 +1,4 @@
+-- vigil:phase expand
 -- +goose Up
 -- Least privilege in PostgreSQL (docs/operations.md "Database roles"). vigil_app is the role
 -- the running server connects as (a login role that is a member of it, not a superuser and

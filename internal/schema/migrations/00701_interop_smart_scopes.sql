@@ -1,3 +1,4 @@
+-- vigil:phase expand
 -- +goose Up
 -- SMART on FHIR scopes of API tokens (interop/fhir/api, server/fhir_smart.go): a token with a
 -- row here reads through /fhir/R4 only the resource types its scopes name ("patient/*.read",
