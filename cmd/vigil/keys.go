@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
+	"sync"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -63,6 +64,7 @@ func auditKeyOperations(rec audit.Recorder, backend string) keys.OnOperation {
 			payload["sha256"] = hex.EncodeToString(op.Digest)
 		}
 		_, err := rec.RecordNow(ctx, audit.Event{
+			Time:    op.At,
 			Actor:   keyActor(ctx),
 			Action:  string(op.Kind),
 			Object:  audit.Object{Type: "key", ID: op.KeyID},
@@ -148,8 +150,15 @@ func openKeyRing(ctx context.Context, dataDir string, demo bool, rec audit.Recor
 		return nil, nil, err
 	}
 	cfg := keys.Config{Backend: b}
+	// The recorder's events are authenticated with a key this ring wraps (audit.go), which
+	// EnsureKeys may be about to create: the operations before the recorder is authenticated
+	// (the keys' creation) are held and recorded right after, with the time they happened, so
+	// that none of them reaches the log untagged (the shipper would refuse it and raise an
+	// incident on every running server).
+	var held *heldKeyOperations
 	if rec != nil {
-		cfg.OnOperation = auditKeyOperations(rec, name)
+		held = &heldKeyOperations{hook: auditKeyOperations(rec, name), holding: true}
+		cfg.OnOperation = held.on
 	}
 	ring, err := keys.NewRing(cfg)
 	if err != nil {
@@ -166,13 +175,73 @@ func openKeyRing(ctx context.Context, dataDir string, demo bool, rec audit.Recor
 		}
 	}
 	if rec != nil {
-		// The recorder's events are authenticated with a key this ring wraps (audit.go).
-		if err := authenticateEvents(ctx, rec, ring); err != nil {
+		err := authenticateEvents(ctx, rec, ring)
+		if err == nil && eventsAuthenticated(rec) {
+			err = held.release(ctx)
+		}
+		if err != nil {
 			_ = ring.Close()
 			return nil, nil, err
 		}
 	}
-	return ring, func(context.Context) error { return ring.Close() }, nil
+	// Still holding: the ring has no key to tag events with yet (vigil keys init before it
+	// creates them). The operations wait until the ring is closed, when the keys exist.
+	return ring, func(ctx context.Context) error {
+		var err error
+		if held != nil && held.isHolding() {
+			if err = authenticateEvents(ctx, rec, ring); err == nil {
+				err = held.release(ctx)
+			}
+		}
+		return errors.Join(err, ring.Close())
+	}, nil
+}
+
+// eventsAuthenticated reports whether rec tags its events (only the outbox does; a recorder
+// of another kind has nothing to wait for).
+func eventsAuthenticated(rec audit.Recorder) bool {
+	o, ok := rec.(*audit.Outbox)
+	return !ok || o.Authenticated()
+}
+
+// heldKeyOperations records the key ring's operations through hook, except that while holding
+// it keeps them, to be recorded by release.
+type heldKeyOperations struct {
+	hook    keys.OnOperation
+	mu      sync.Mutex
+	holding bool
+	ops     []keys.Operation
+}
+
+func (h *heldKeyOperations) on(ctx context.Context, op keys.Operation) error {
+	h.mu.Lock()
+	if h.holding {
+		h.ops = append(h.ops, op)
+		h.mu.Unlock()
+		return nil
+	}
+	h.mu.Unlock()
+	return h.hook(ctx, op)
+}
+
+func (h *heldKeyOperations) isHolding() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.holding
+}
+
+// release records the held operations in order and stops holding.
+func (h *heldKeyOperations) release(ctx context.Context) error {
+	h.mu.Lock()
+	ops := h.ops
+	h.ops, h.holding = nil, false
+	h.mu.Unlock()
+	for _, op := range ops {
+		if err := h.hook(ctx, op); err != nil {
+			return fmt.Errorf("record the key ring's %s of %s: %w", op.Kind, op.KeyID, err)
+		}
+	}
+	return nil
 }
 
 // keysReady is the readiness check of the key ring: the audit checkpoint key must be readable
@@ -218,7 +287,7 @@ See docs/operations.md for running Vault for Vigil.`,
 	}
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", envOr("VIGIL_DATA_DIR", "./.vigil"), "directory of the local key ring (env VIGIL_DATA_DIR)")
 
-	auditedRing := func(ctx context.Context) (*keys.Ring, func(), error) {
+	auditedRing := func(ctx context.Context) (*keys.Ring, func() error, error) {
 		url := getenv(ctx, "VIGIL_DATABASE_URL")
 		if url == "" {
 			return nil, nil, errors.New("VIGIL_DATABASE_URL is not set: key changes are recorded in the audit trail")
@@ -232,20 +301,22 @@ See docs/operations.md for running Vault for Vigil.`,
 			db.Close()
 			return nil, nil, err
 		}
-		return ring, func() { _ = closeRing(ctx); db.Close() }, nil
+		// Closing the ring records what it still holds (the keys' creation by init): its
+		// error is the command's.
+		return ring, func() error { err := closeRing(ctx); db.Close(); return err }, nil
 	}
 
 	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create every missing key (existing keys are left as they are)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			ctx := withKeyActor(cmd.Context(), cliActor())
 			ring, done, err := auditedRing(ctx)
 			if err != nil {
 				return err
 			}
-			defer done()
+			defer func() { err = errors.Join(err, done()) }()
 			created, err := ring.EnsureKeys(ctx)
 			if err != nil {
 				return err

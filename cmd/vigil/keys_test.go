@@ -51,7 +51,7 @@ func (s *sliceStore) ReplaceSealed(_ context.Context, items []keys.StoredCiphert
 }
 
 // `vigil keys init | list | rotate | public` on both backends, each change audited.
-// Verifies: REQ-KEY-002, REQ-KEY-005, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008
+// Verifies: REQ-KEY-002, REQ-KEY-005, REQ-KEY-006, REQ-KEY-007, REQ-KEY-008, REQ-AUD-040
 func TestKeysCommands(t *testing.T) {
 	t.Parallel()
 	vs := keystest.StartVault(t)
@@ -74,6 +74,16 @@ func TestKeysCommands(t *testing.T) {
 			out, err := executeEnv(t, env, "keys", "init", "--data-dir", dir)
 			if err != nil || !strings.Contains(out, "created audit-checkpoint:v1") {
 				t.Fatalf("keys init = %q, %v", out, err)
+			}
+			// The keys' creation is audited, and every one of those events carries its
+			// authentication tag although the key that tags them was created in the same
+			// run (untagged, the shipper of a running server would refuse them).
+			var created, untagged int
+			if err := pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE auth_mac IS NULL) FROM audit_events WHERE action = 'key.create'`).Scan(&created, &untagged); err != nil {
+				t.Fatal(err)
+			}
+			if created == 0 || untagged != 0 {
+				t.Errorf("keys init recorded %d key.create events, %d without a tag; want some, all tagged", created, untagged)
 			}
 			var logs bytes.Buffer
 			b, _, err := openBackend(withLogger(ctx, slog.New(slog.NewTextHandler(&logs, nil))), dir, false)
