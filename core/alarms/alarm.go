@@ -148,22 +148,6 @@ type Transition struct {
 	AuditEventID uuid.UUID      `json:"audit_event_id"`
 }
 
-// MarshalJSON writes the transition with the actor in the casing of the rest of the JSON
-// ("kind", "id", "auth_method"), as SSE events and webhooks carry it.
-func (t Transition) MarshalJSON() ([]byte, error) {
-	type plain Transition // without this method
-	return json.Marshal(struct {
-		plain
-		Actor actorJSON `json:"actor"`
-	}{plain(t), actorJSON{Kind: string(t.Actor.Kind), ID: t.Actor.ID, AuthMethod: t.Actor.AuthMethod}})
-}
-
-type actorJSON struct {
-	Kind       string `json:"kind"`
-	ID         string `json:"id"`
-	AuthMethod string `json:"auth_method,omitempty"`
-}
-
 // Notifier receives transitions after they commit. It is owned by this package and satisfied
 // by the notification hub (SSE, webhooks).
 //

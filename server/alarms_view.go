@@ -1,0 +1,142 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
+)
+
+// Alarm answers as a clinician reads them. Every alarm the API returns is the stored alarm
+// (its machine fields, snake_case) plus:
+//
+//   - "readable": the rule's name, the priority, the limit and the measured values in words and
+//     human units (rules.Readable), never a UCUM code or an enum name;
+//   - "patient": who the alarm is about (display name, MRN, ward), only for a caller the
+//     policy allows to read that patient's record (auth.ObjPatient "read" on the patient's
+//     ward and care team: a clinician of the ward, the care team, a break-glass grant). A
+//     caller who may see the alarm but not the patient (a device technician given alarm read)
+//     gets the patient's id only. Showing identity is a read of PHI: it is recorded with the
+//     answer's audit event (access.phi.list "identified", or access.phi.read "identity").
+type alarmAnswer struct {
+	alarms.Alarm
+	Patient  *patientIdentity `json:"patient,omitempty"`
+	Readable *rules.Readable  `json:"readable,omitempty"`
+}
+
+// patientIdentity is the part of a patient's record an alarm shows.
+type patientIdentity struct {
+	ID          uuid.UUID  `json:"id"`
+	DisplayName string     `json:"display_name"` // "Family, Given"
+	MRN         string     `json:"mrn"`
+	WardID      *uuid.UUID `json:"ward_id,omitempty"`
+	Ward        string     `json:"ward,omitempty"` // the ward's name
+}
+
+func displayName(phi core.PatientPHI) string {
+	switch {
+	case phi.FamilyName == "":
+		return phi.GivenName
+	case phi.GivenName == "":
+		return strings.ToUpper(phi.FamilyName)
+	}
+	return strings.ToUpper(phi.FamilyName) + ", " + phi.GivenName
+}
+
+// renderAlarms makes the answers of list, deciding for each patient once whether the caller
+// may see who it is. It returns the patients whose identity is shown.
+func (s *Server) renderAlarms(c echo.Context, list []alarms.Alarm) ([]alarmAnswer, []uuid.UUID, error) {
+	ctx := c.Request().Context()
+	out := make([]alarmAnswer, len(list))
+	ids := map[uuid.UUID]*patientIdentity{}
+	var identified []uuid.UUID
+	var wards map[uuid.UUID]string
+	for i, a := range list {
+		out[i].Alarm = a
+		if s.cfg.Rules != nil {
+			r := s.cfg.Rules.Explain(a)
+			out[i].Readable = &r
+		}
+		who, done := ids[a.PatientID]
+		if !done {
+			var err error
+			who, err = s.identity(ctx, c, a.PatientID, &wards)
+			if err != nil {
+				return nil, nil, err
+			}
+			ids[a.PatientID] = who
+			if who != nil {
+				identified = append(identified, a.PatientID)
+			}
+		}
+		out[i].Patient = who
+	}
+	return out, identified, nil
+}
+
+// identity returns the patient's identity if the request's principal may read the patient's
+// record, nil otherwise (no principal, no clinical core, an unknown patient, a refusal).
+func (s *Server) identity(ctx context.Context, c echo.Context, pid uuid.UUID, wards *map[uuid.UUID]string) (*patientIdentity, error) {
+	p := PrincipalOf(c)
+	if p == nil || s.cfg.Core == nil || s.cfg.Auth == nil {
+		return nil, nil
+	}
+	t := auth.Target{Object: auth.ObjPatient}
+	if err := s.patientTarget(ctx, pid, &t); err != nil {
+		return nil, err
+	}
+	if _, err := s.cfg.Auth.Enforcer().Allow(p, "read", t); err != nil {
+		if errors.Is(err, auth.ErrForbidden) {
+			return nil, nil // may see the alarm, not who it is about
+		}
+		return nil, err
+	}
+	pt, err := s.cfg.Core.Patient(ctx, pid)
+	if errors.Is(err, core.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	who := &patientIdentity{ID: pid, DisplayName: displayName(pt.PHI), MRN: pt.PHI.MRN, WardID: pt.WardID}
+	if pt.WardID != nil {
+		if *wards == nil {
+			ws, err := s.cfg.Core.Wards(ctx, uuid.Nil)
+			if err != nil {
+				return nil, err
+			}
+			*wards = make(map[uuid.UUID]string, len(ws))
+			for _, w := range ws {
+				(*wards)[w.ID] = w.Name
+			}
+		}
+		who.Ward = (*wards)[*pt.WardID]
+	}
+	return who, nil
+}
+
+// answerAlarm answers one alarm (GET /alarms/{id} and the actions). When the patient's
+// identity is shown, that read is recorded first as access.phi.read (what "identity"); if it
+// cannot be recorded the identity is left out (an action has already taken effect: its
+// answer is not refused, but no PHI is shown unaudited).
+func (s *Server) answerAlarm(c echo.Context, status int, a alarms.Alarm) error {
+	out, identified, err := s.renderAlarms(c, []alarms.Alarm{a})
+	if err != nil {
+		return err
+	}
+	if len(identified) > 0 {
+		if err := s.auditRead(c.Request().Context(), c, "access.phi.read", audit.Object{Type: "patient", ID: a.PatientID.String()},
+			map[string]any{"what": "identity", "via": "alarm", "alarm_id": a.ID}); err != nil {
+			out[0].Patient = nil
+		}
+	}
+	return c.JSON(status, out[0])
+}
