@@ -146,6 +146,11 @@ type Transition struct {
 	Actor        audit.Actor    `json:"actor"`
 	Reason       string         `json:"reason,omitempty"`
 	AuditEventID uuid.UUID      `json:"audit_event_id"`
+	// Readable is the alarm as a clinician reads it (the rule's name, priority, limit and
+	// measured values in words and human units), set by Notify when an explainer is
+	// installed (Service.SetExplainer; the rules engine installs its own). It holds no patient
+	// identity: streams and webhooks name the patient by id only.
+	Readable any `json:"readable,omitempty"`
 }
 
 // Notifier receives transitions after they commit. It is owned by this package and satisfied

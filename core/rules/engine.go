@@ -150,6 +150,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.init(ctx); err != nil {
 		return nil, err
 	}
+	// Transitions notified (streams, webhooks) carry the alarm in words (Explain).
+	if x, ok := cfg.Alarms.(interface{ SetExplainer(func(alarms.Alarm) any) }); ok {
+		x.SetExplainer(func(a alarms.Alarm) any { r := e.Explain(a); return &r })
+	}
 	if cfg.Handoff != nil {
 		if err := cfg.Handoff.Start(e.consume); err != nil {
 			return nil, fmt.Errorf("rules: %w", err)
