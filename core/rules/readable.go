@@ -79,7 +79,9 @@ func (e *Engine) Explain(a alarms.Alarm) Readable {
 	e.st.mu.Lock()
 	r, ok := e.st.current[base]
 	e.st.mu.Unlock()
-	if ok {
+	if a.RuleID == LateDataRule {
+		name = "Late samples not evaluated"
+	} else if ok {
 		name = r.Name
 		if base != a.RuleID {
 			name += " incomplete"

@@ -129,6 +129,7 @@ type runner struct {
 }
 
 type runnerOptions struct {
+	lateHorizon   time.Duration
 	rearm         time.Duration
 	futureTol     time.Duration
 	artifactCount int
@@ -220,7 +221,7 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		}
 	}
 	seen := false
-	var late []Observation
+	var late, tooLate []Observation
 	for _, o := range obs {
 		if o.PatientID != x.pid {
 			continue
@@ -237,7 +238,11 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 			continue
 		}
 		if known && o.EffectiveAt.Before(mark) {
-			late = append(late, o)
+			if h := x.opts.lateHorizon; h > 0 && o.EffectiveAt.Before(mark.Add(-h)) {
+				tooLate = append(tooLate, o)
+			} else {
+				late = append(late, o)
+			}
 			continue
 		}
 		x.ps.Codes[o.Code] = o.EffectiveAt
@@ -292,6 +297,9 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 	score()
 	if len(late) > 0 {
 		x.late(byCode, news2, late)
+	}
+	if len(tooLate) > 0 {
+		x.lateData(byCode, tooLate)
 	}
 	// Any observation ends a no-data condition.
 	if !seen {
