@@ -111,3 +111,36 @@ func TestSamplesBeyondTheLookbackAreFlagged(t *testing.T) {
 		t.Errorf("a normal sample after late-data: transitions %v, want none", kinds(res.Transitions))
 	}
 }
+
+// Issue #12 review of the partial-NEWS2 alarm load: a pulse oximeter alone reading SpO2 87 %
+// gave two alarms for one value — NEWS2 "at least 3, low–medium" (medium) at the first sample
+// and spo2-low (high) 30 s later. A partial score whose only news is a parameter scoring 3
+// that its own threshold rule reports (raised, or crossing and awaiting its minimum duration)
+// is recorded but not alarmed; a parameter scoring 3 that no threshold rule covers (a level
+// of consciousness of "voice") still opens the NEWS2 alarm at once.
+// Verifies: REQ-CORE-135
+func TestPartialNEWS2DoesNotDuplicateAThresholdAlarm(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	p := uuid.New()
+	var all []string
+	var scored []int
+	for s := 0; s <= 60; s += 10 {
+		res := e.feed(t, p, obs(p, rules.CodeSpO2, 87, t0.Add(time.Duration(s)*time.Second)))
+		all = append(all, kinds(res.Transitions)...)
+		for _, d := range res.Derived {
+			scored = append(scored, d.NEWS2.Total)
+		}
+	}
+	if !same(all, []string{"spo2-low:opened:high"}) {
+		t.Errorf("SpO2 87 %% alone for 60 s: transitions %v, want spo2-low opened high only", all)
+	}
+	if len(scored) == 0 || scored[0] != 3 {
+		t.Errorf("NEWS2 recorded %v, want the partial score 3", scored)
+	}
+	q := uuid.New()
+	res := e.feed(t, q, obs(q, rules.CodeConsciousness, rules.ACVPUVoice, t0))
+	if got := kinds(res.Transitions); !same(got, []string{"news2:opened:medium"}) {
+		t.Errorf("consciousness 'voice' alone: transitions %v, want news2 opened medium at once", got)
+	}
+}

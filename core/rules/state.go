@@ -126,6 +126,8 @@ type runner struct {
 	sim bool
 	// admitted is observe's buffer of the observations a sample makes the rules act on
 	admitted []Observation
+	// byCode: the enabled rules by the code they read (set by observe)
+	byCode map[string][]*Rule
 }
 
 type runnerOptions struct {
@@ -183,6 +185,7 @@ func (x *runner) worse(r *Rule, rs *ruleState, at time.Time, msg string, detail 
 // changed (so a backlog delivered at once, or a replay, scores each moment, not only the
 // last).
 func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observation) {
+	x.byCode = byCode
 	if x.ps.Codes == nil {
 		x.ps.Codes = map[string]time.Time{}
 		for _, c := range x.ps.ThroughCodes { // a checkpoint from before per-code marks
@@ -682,6 +685,13 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	}
 	x.news2Incomplete(r, rs, at, missing, window)
 	sev := news2Severity(p, score)
+	if sev == alarms.SeverityMedium && score.Partial && score.Band == BandLowMedium && x.redCovered(score) {
+		// A partial score whose only news is a parameter scoring 3 that its own threshold
+		// alarm already reports (raised, or crossing and awaiting its minimum duration):
+		// a second alarm for the same value says nothing more. Scored and recorded, not
+		// alarmed; a complete score, or a partial one of 5 or more, alarms as usual.
+		sev = 0
+	}
 	msg := func() string { return news2Message(score, missing) }
 	detail := func() any {
 		withValues()
@@ -730,6 +740,48 @@ func (x *runner) news2(r *Rule, at time.Time) {
 		rs.Severity = sev
 		x.signal(r, true, sev, at, msg(), detail())
 	}
+}
+
+// news2RedCodes are the observation codes of each NEWS2 parameter that can score 3.
+var news2RedCodes = [...]struct {
+	points func(NEWS2Score) int
+	codes  []string
+}{
+	{func(s NEWS2Score) int { return s.RespRate }, []string{CodeRespiratoryRate}},
+	{func(s NEWS2Score) int { return s.SpO2 }, []string{CodeSpO2, CodeSpO2Arterial}},
+	{func(s NEWS2Score) int { return s.SystolicBP }, []string{CodeSystolicBP}},
+	{func(s NEWS2Score) int { return s.Pulse }, []string{CodeHeartRate}},
+	{func(s NEWS2Score) int { return s.Temperature }, []string{CodeBodyTemperature}},
+	{func(s NEWS2Score) int { return s.Consciousness }, []string{CodeConsciousness}},
+}
+
+// redCovered reports whether every parameter of s scoring 3 is reported by a threshold rule
+// of its own that is raised at medium severity or more, or is crossing its limit and
+// awaiting its minimum duration.
+func (x *runner) redCovered(s NEWS2Score) bool {
+	any := false
+	for _, pr := range news2RedCodes {
+		if pr.points(s) != 3 {
+			continue
+		}
+		any = true
+		covered := false
+		for _, c := range pr.codes {
+			for _, r := range x.byCode[c] {
+				if r.Kind != KindThreshold {
+					continue
+				}
+				if rs := x.ps.Rules[r.ID]; rs != nil && rs.Version == r.Version &&
+					(rs.Active && rs.Severity >= alarms.SeverityMedium || !rs.Active && rs.PendingSince != nil && r.Threshold.Levels[0].Severity >= alarms.SeverityMedium) {
+					covered = true
+				}
+			}
+		}
+		if !covered {
+			return false
+		}
+	}
+	return any
 }
 
 // news2Incomplete raises, at low severity, the condition "<rule id>-incomplete" while some
