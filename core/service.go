@@ -57,10 +57,12 @@ type Config struct {
 	// MaxFutureSkew is how far in the future a sample's effective time may be. Default 5 min.
 	MaxFutureSkew time.Duration
 	// AssignmentSkew is how long before its device's assignment (Batch.AssignedSince) a
-	// sample may have been taken and still be the patient's (never before the device's
-	// previous patient's assignment ended, Batch.PreviousUntil): device clocks run behind, and
-	// a monitor is connected a while before the assignment is recorded. Default 5 min (the
-	// clock skew core accepts ahead, MaxFutureSkew, is 5 min too).
+	// sample may be stamped and still be the patient's (never before the device's previous
+	// patient's assignment ended, Batch.PreviousUntil): the clock error of a synchronized
+	// device and the seconds between attaching the probe and saving the assignment. It is not
+	// for readings taken before the assignment: whose they are cannot be known (another
+	// patient's, a test on a colleague), so they are refused (outside_assignment), sample by
+	// sample, while the rest of the upload is stored. Default 30 s.
 	AssignmentSkew time.Duration
 	// MaxSamplesPerBatch bounds a batch. Default 50,000.
 	MaxSamplesPerBatch int
@@ -107,7 +109,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.MaxFutureSkew = 5 * time.Minute
 	}
 	if cfg.AssignmentSkew <= 0 {
-		cfg.AssignmentSkew = 5 * time.Minute
+		cfg.AssignmentSkew = 30 * time.Second
 	}
 	if cfg.MaxSamplesPerBatch <= 0 {
 		cfg.MaxSamplesPerBatch = 50000

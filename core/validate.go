@@ -22,6 +22,9 @@ type normalized struct {
 	obs        []Observation // sorted by (code, effective time), in-batch duplicates removed
 	duplicates int           // identical in-batch duplicates collapsed
 	flagged    int
+	// outside: samples taken when the device was not the patient's (outside_assignment),
+	// refused one by one while the rest of the batch is stored.
+	outside []SampleError
 }
 
 // normalize validates and normalizes b at time now. Every bad sample is reported; if any, the
@@ -88,7 +91,7 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 				Detail: fmt.Sprintf("effective time %s is more than %s ahead of the server clock", t.Format(time.RFC3339), s.cfg.MaxFutureSkew)})
 			continue
 		case !notBefore.IsZero() && t.Before(notBefore):
-			bad = append(bad, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
+			res.outside = append(res.outside, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
 				Detail: fmt.Sprintf("effective time %s is before the device was this patient's (from %s: assigned at %s, %s of clock skew allowed, never before its previous patient's assignment ended)",
 					t.Format(time.RFC3339), notBefore.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), s.cfg.AssignmentSkew)})
 			continue
@@ -133,6 +136,9 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 			res.flagged++
 		}
 		sorted = append(sorted, o)
+	}
+	if len(sorted) == 0 && len(bad) == 0 && len(res.outside) > 0 {
+		bad = res.outside // nothing of the batch is the patient's: refused as a whole
 	}
 	if len(bad) > 0 {
 		sort.SliceStable(bad, func(i, j int) bool { return bad[i].Index < bad[j].Index })
