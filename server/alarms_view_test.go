@@ -55,7 +55,7 @@ func badKeys(path string, v any) []string {
 // and every member name is snake_case. A caller who may see the alarm but not the patient (a
 // device technician given alarm read by the policy) gets no identifying field, and nothing is
 // audited as an identity read for them.
-// Verifies: REQ-CORE-130, REQ-CORE-131
+// Verifies: REQ-CORE-130, REQ-CORE-131, REQ-CORE-132
 func TestAlarmAnswersAreReadableAndIdentityFollowsPHIAccess(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)

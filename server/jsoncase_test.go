@@ -57,7 +57,7 @@ func goNames(t reflect.Type, path string, seen map[reflect.Type]bool) []string {
 // Issue #12 (hazard 7): one JSON casing everywhere. Every type the API answers with (and the
 // alarm transitions the stream and webhooks carry) names its members in snake_case, never by
 // a Go field name (the actor was {"Kind","ID"} once).
-// Verifies: REQ-CORE-131
+// Verifies: REQ-CORE-132
 func TestAPIAnswersUseOneJSONCasing(t *testing.T) {
 	for _, v := range []any{
 		alarmAnswer{}, alarms.Transition{}, audit.Actor{}, audit.Object{},

@@ -18,7 +18,7 @@ import (
 // the alarm is: the rule's name, the priority, the limit, the measured values with human units
 // (a NEWS2 alarm each parameter with its value and points), with no UCUM code or enum name
 // as text, member names in snake_case (the actor too), and no patient identity.
-// Verifies: REQ-CORE-130, REQ-CORE-131
+// Verifies: REQ-CORE-130, REQ-CORE-132
 func TestNotifiedTransitionsAreReadable(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
