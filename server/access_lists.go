@@ -183,8 +183,8 @@ func (s *Server) listAlarmsOf(c echo.Context, patients *[]uuid.UUID) error {
 			}
 		}
 		payload := map[string]any{"what": "alarms", "patients": ids}
-		if len(identified) > 0 {
-			payload["identified"] = identified
+		if len(identified.patients) > 0 {
+			identified.audit(payload)
 		}
 		if err := s.auditRead(ctx, c, "access.phi.list", audit.Object{Type: "alarm_list"}, payload); err != nil {
 			return err

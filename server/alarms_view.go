@@ -53,11 +53,11 @@ func displayName(phi core.PatientPHI) string {
 
 // renderAlarms makes the answers of list, deciding for each patient once whether the caller
 // may see who it is. It returns the patients whose identity is shown.
-func (s *Server) renderAlarms(c echo.Context, list []alarms.Alarm) ([]alarmAnswer, []uuid.UUID, error) {
+func (s *Server) renderAlarms(c echo.Context, list []alarms.Alarm) ([]alarmAnswer, identities, error) {
 	ctx := c.Request().Context()
 	out := make([]alarmAnswer, len(list))
 	ids := map[uuid.UUID]*patientIdentity{}
-	var identified []uuid.UUID
+	var identified identities
 	var wards map[uuid.UUID]string
 	for i, a := range list {
 		out[i].Alarm = a
@@ -68,13 +68,18 @@ func (s *Server) renderAlarms(c echo.Context, list []alarms.Alarm) ([]alarmAnswe
 		who, done := ids[a.PatientID]
 		if !done {
 			var err error
-			who, err = s.identity(ctx, c, a.PatientID, &wards)
+			var d auth.Decision
+			who, d, err = s.identity(ctx, c, a.PatientID, &wards)
 			if err != nil {
-				return nil, nil, err
+				return nil, identities{}, err
 			}
 			ids[a.PatientID] = who
 			if who != nil {
-				identified = append(identified, a.PatientID)
+				identified.patients = append(identified.patients, a.PatientID)
+				if d.BreakGlass != uuid.Nil {
+					identified.breakGlass = append(identified.breakGlass, d.BreakGlass)
+				}
+				identified.basis = append(identified.basis, d.Basis)
 			}
 		}
 		out[i].Patient = who
@@ -82,36 +87,62 @@ func (s *Server) renderAlarms(c echo.Context, list []alarms.Alarm) ([]alarmAnswe
 	return out, identified, nil
 }
 
+// identities are the patients whose identity an answer shows, with the basis of each decision
+// and the break-glass grants that allowed some, for the answer's audit event.
+type identities struct {
+	patients   []uuid.UUID
+	basis      []string
+	breakGlass []uuid.UUID
+}
+
+func (ids identities) audit(payload map[string]any) {
+	payload["identified"] = ids.patients
+	payload["identity_basis"] = ids.basis
+	if len(ids.breakGlass) > 0 {
+		payload["break_glass"] = ids.breakGlass
+	}
+}
+
 // identity returns the patient's identity if the request's principal may read the patient's
-// record, nil otherwise (no principal, no clinical core, an unknown patient, a refusal).
-func (s *Server) identity(ctx context.Context, c echo.Context, pid uuid.UUID, wards *map[uuid.UUID]string) (*patientIdentity, error) {
+// record (and the decision), nil otherwise (no principal, no clinical core, an unknown
+// patient, a refusal).
+func (s *Server) identity(ctx context.Context, c echo.Context, pid uuid.UUID, wards *map[uuid.UUID]string) (*patientIdentity, auth.Decision, error) {
+	var d auth.Decision
 	p := PrincipalOf(c)
 	if p == nil || s.cfg.Core == nil || s.cfg.Auth == nil {
-		return nil, nil
-	}
-	t := auth.Target{Object: auth.ObjPatient}
-	if err := s.patientTarget(ctx, pid, &t); err != nil {
-		return nil, err
-	}
-	if _, err := s.cfg.Auth.Enforcer().Allow(p, "read", t); err != nil {
-		if errors.Is(err, auth.ErrForbidden) {
-			return nil, nil // may see the alarm, not who it is about
-		}
-		return nil, err
+		return nil, d, nil
 	}
 	pt, err := s.cfg.Core.Patient(ctx, pid)
 	if errors.Is(err, core.ErrNotFound) {
-		return nil, nil
+		return nil, d, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, d, err
+	}
+	// The question patientTarget asks for a patient read, from the patient just read.
+	team, err := s.cfg.Core.CareTeam(ctx, pid)
+	if err != nil {
+		return nil, d, err
+	}
+	t := auth.Target{Object: auth.ObjPatient, Patient: pid}
+	if pt.WardID != nil {
+		t.Ward = *pt.WardID
+	}
+	for _, m := range team {
+		t.CareTeam = append(t.CareTeam, m.ClinicianID)
+	}
+	if d, err = s.cfg.Auth.Enforcer().Allow(p, "read", t); err != nil {
+		if errors.Is(err, auth.ErrForbidden) {
+			return nil, auth.Decision{}, nil // may see the alarm, not who it is about
+		}
+		return nil, d, err
 	}
 	who := &patientIdentity{ID: pid, DisplayName: displayName(pt.PHI), MRN: pt.PHI.MRN, WardID: pt.WardID}
 	if pt.WardID != nil {
 		if *wards == nil {
 			ws, err := s.cfg.Core.Wards(ctx, uuid.Nil)
 			if err != nil {
-				return nil, err
+				return nil, d, err
 			}
 			*wards = make(map[uuid.UUID]string, len(ws))
 			for _, w := range ws {
@@ -120,7 +151,7 @@ func (s *Server) identity(ctx context.Context, c echo.Context, pid uuid.UUID, wa
 		}
 		who.Ward = (*wards)[*pt.WardID]
 	}
-	return who, nil
+	return who, d, nil
 }
 
 // answerAlarm answers one alarm (GET /alarms/{id} and the actions). When the patient's
@@ -132,9 +163,12 @@ func (s *Server) answerAlarm(c echo.Context, status int, a alarms.Alarm) error {
 	if err != nil {
 		return err
 	}
-	if len(identified) > 0 {
-		if err := s.auditRead(c.Request().Context(), c, "access.phi.read", audit.Object{Type: "patient", ID: a.PatientID.String()},
-			map[string]any{"what": "identity", "via": "alarm", "alarm_id": a.ID}); err != nil {
+	if len(identified.patients) > 0 {
+		payload := map[string]any{"what": "identity", "via": "alarm", "alarm_id": a.ID, "basis": identified.basis[0]}
+		if len(identified.breakGlass) > 0 {
+			payload["break_glass"] = identified.breakGlass[0]
+		}
+		if err := s.auditRead(c.Request().Context(), c, "access.phi.read", audit.Object{Type: "patient", ID: a.PatientID.String()}, payload); err != nil {
 			out[0].Patient = nil
 		}
 	}

@@ -210,7 +210,7 @@ func TestAlarmAnswersAreReadableAndIdentityFollowsPHIAccess(t *testing.T) {
 		return n
 	}
 	if n := count(`SELECT count(*) FROM audit_events WHERE action = 'access.phi.list' AND actor_id = $1
-		AND (payload->'identified')::jsonb ? $2`, clinUser.ID.String(), pt.ID.String()); n != 1 {
+		AND (payload->'identified')::jsonb ? $2 AND (payload->'identity_basis')::jsonb ? 'ward'`, clinUser.ID.String(), pt.ID.String()); n != 1 {
 		t.Errorf("access.phi.list events of the clinician naming the identified patient = %d, want 1", n)
 	}
 	// One alarm: identity shown and audited as an identity read.
@@ -220,7 +220,7 @@ func TestAlarmAnswersAreReadableAndIdentityFollowsPHIAccess(t *testing.T) {
 		t.Errorf("clinician GET /alarms/{id} = %d %s, want the patient's identity", st, body)
 	}
 	if n := count(`SELECT count(*) FROM audit_events WHERE action = 'access.phi.read' AND actor_id = $1
-		AND object_id = $2 AND payload->>'what' = 'identity'`, clinUser.ID.String(), pt.ID.String()); n != 1 {
+		AND object_id = $2 AND payload->>'what' = 'identity' AND payload->>'basis' = 'ward'`, clinUser.ID.String(), pt.ID.String()); n != 1 {
 		t.Errorf("identity reads audited for the clinician = %d, want 1", n)
 	}
 
