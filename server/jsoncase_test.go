@@ -60,7 +60,7 @@ func goNames(t reflect.Type, path string, seen map[reflect.Type]bool) []string {
 // Verifies: REQ-CORE-132
 func TestAPIAnswersUseOneJSONCasing(t *testing.T) {
 	for _, v := range []any{
-		alarmAnswer{}, alarms.Transition{}, audit.Actor{}, audit.Object{},
+		alarmAnswer{}, alarms.Transition{}, audit.Actor{}, audit.Object{}, sessionAnswer{}, receiptJSON{}, errorBody{},
 		rules.Rule{}, rules.NEWS2Record{}, rules.Readable{},
 		core.Patient{}, core.Site{}, core.Ward{}, core.Observation{}, core.CareTeamMember{}, core.Event{},
 		core.Webhook{}, core.Delivery{},
