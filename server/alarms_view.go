@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
@@ -173,4 +175,54 @@ func (s *Server) answerAlarm(c echo.Context, status int, a alarms.Alarm) error {
 		}
 	}
 	return c.JSON(status, out[0])
+}
+
+// streamIdentityTTL is how long a stream keeps its decision to name a patient (or not) before
+// asking the policy again: a break-glass grant that expires, a move to another ward.
+const streamIdentityTTL = time.Minute
+
+// streamIdentities returns, for one stream (GET /stream), what names the patient of an alarm
+// event: the patient's identity when the stream's principal may read that patient's record,
+// nil otherwise (and for events that are not alarm transitions). Each patient is decided once
+// per streamIdentityTTL; each decision to name a patient is recorded as access.phi.read
+// (what "identity", via "stream") before the first event that shows it, and a patient whose
+// identity cannot be audited is not named. It runs on the stream's own goroutine.
+func (s *Server) streamIdentities(c echo.Context) func(core.Event) *patientIdentity {
+	type entry struct {
+		who     *patientIdentity
+		decided time.Time
+	}
+	cache := map[uuid.UUID]entry{}
+	var wards map[uuid.UUID]string // ward names, read again every streamIdentityTTL
+	var wardsAt time.Time
+	return func(ev core.Event) *patientIdentity {
+		if !strings.HasPrefix(ev.Type, "alarm.") || ev.PatientID == uuid.Nil {
+			return nil
+		}
+		now := s.cfg.Now()
+		if e, ok := cache[ev.PatientID]; ok && now.Sub(e.decided) < streamIdentityTTL {
+			return e.who
+		}
+		if now.Sub(wardsAt) >= streamIdentityTTL {
+			wards, wardsAt = nil, now
+		}
+		ctx := context.WithoutCancel(c.Request().Context())
+		who, d, err := s.identity(ctx, c, ev.PatientID, &wards)
+		if err != nil {
+			s.log.WarnContext(ctx, "stream: patient identity not decided", slog.String("request_id", RequestID(c)),
+				slog.String("error", err.Error()))
+			return nil
+		}
+		if who != nil {
+			payload := map[string]any{"what": "identity", "via": "stream", "basis": d.Basis}
+			if d.BreakGlass != uuid.Nil {
+				payload["break_glass"] = d.BreakGlass
+			}
+			if err := s.auditRead(ctx, c, "access.phi.read", audit.Object{Type: "patient", ID: ev.PatientID.String()}, payload); err != nil {
+				return nil // not audited: not shown (decided again at the next event)
+			}
+		}
+		cache[ev.PatientID] = entry{who: who, decided: now}
+		return who
+	}
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -67,7 +68,7 @@ func TestAlarmAnswersAreReadableAndIdentityFollowsPHIAccess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Now: clk.Now})
+	as, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Now: clk.Now, Notifier: cs.Hub()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +101,8 @@ func TestAlarmAnswersAreReadableAndIdentityFollowsPHIAccess(t *testing.T) {
 	// A technician who, by a local policy, may list and read alarms (say, to chase technical
 	// alarms) but holds no role that reads patient records.
 	for _, r := range []auth.Rule{{Role: auth.RoleDeviceTechnician, Object: auth.ObjAlarm, Action: "read", Scope: auth.ScopeGlobal},
-		{Role: auth.RoleDeviceTechnician, Object: auth.ObjAlarm, Action: "list", Scope: auth.ScopeAny}} {
+		{Role: auth.RoleDeviceTechnician, Object: auth.ObjAlarm, Action: "list", Scope: auth.ScopeAny},
+		{Role: auth.RoleDeviceTechnician, Object: auth.ObjStream, Action: "subscribe", Scope: auth.ScopeAny}} {
 		if err := authSvc.AddRule(ctx, authtest.Admin, r); err != nil {
 			t.Fatal(err)
 		}
@@ -243,5 +245,54 @@ func TestAlarmAnswersAreReadableAndIdentityFollowsPHIAccess(t *testing.T) {
 	if n := count(`SELECT count(*) FROM audit_events WHERE actor_id = $1 AND (payload::text LIKE '%identified%'
 		OR payload->>'what' = 'identity')`, techUser.ID.String()); n != 0 {
 		t.Errorf("identity reads audited for the technician = %d, want 0", n)
+	}
+
+	// The stream: an alarm event names the patient for the clinician (audited once, via
+	// "stream"), not for the technician.
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	open := func(cl *http.Client) <-chan sseEvent {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(sctx, "GET", ts.URL+"/api/v1/stream?patient_id="+pt.ID.String(), nil)
+		resp, err := cl.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET /stream = %v, %v; want 200", resp, err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		ch := make(chan sseEvent, 16)
+		go readSSE(bufio.NewReader(resp.Body), ch)
+		return ch
+	}
+	clinEvents, techEvents := open(clin), open(tech)
+	for i := 0; cs.Hub().Subscribers() < 2; i++ {
+		if i > 500 {
+			t.Fatal("streams did not subscribe")
+		}
+		time.Sleep(10 * time.Millisecond) // waiting for the server goroutines, not for logic
+	}
+	if _, err := as.Acknowledge(ctx, n2.ID, audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: clinUser.ID.String(), AuthMethod: "test"}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	next := func(ch <-chan sseEvent) string {
+		t.Helper()
+		select {
+		case ev := <-ch:
+			return ev.data
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event on the stream")
+		}
+		return ""
+	}
+	if d := next(clinEvents); !strings.Contains(d, `"patient":{"id":"`+pt.ID.String()+`","display_name":"LOVELACE, Ada","mrn":"MRN-4711"`) ||
+		!strings.Contains(d, `"readable":{"rule":`) {
+		t.Errorf("clinician's stream event = %s, want the patient's identity and the readable alarm", d)
+	}
+	if d := next(techEvents); strings.Contains(d, "MRN-4711") || strings.Contains(d, "Lovelace") || strings.Contains(d, `"patient":`) ||
+		!strings.Contains(d, `"readable":{"rule":`) {
+		t.Errorf("technician's stream event = %s, want the readable alarm without identity", d)
+	}
+	if n := count(`SELECT count(*) FROM audit_events WHERE action = 'access.phi.read' AND actor_id = $1
+		AND object_id = $2 AND payload->>'what' = 'identity' AND payload->>'via' = 'stream'`, clinUser.ID.String(), pt.ID.String()); n != 1 {
+		t.Errorf("identity reads audited for the clinician's stream = %d, want 1", n)
 	}
 }
