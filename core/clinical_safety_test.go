@@ -444,10 +444,11 @@ func TestScenarioAcknowledgedAlarmWorsens(t *testing.T) {
 // Hazard 6: readings are attributed by the time they were taken. A monitor moved from one
 // patient to the next uploads readings it buffered while offline: those taken before it was
 // moved are refused (outside_assignment, audited, nothing stored), never given to the new
-// patient; readings taken since are stored for it. A device new to any patient may stamp its
-// readings a little before its assignment (clock error, 30 s), not minutes: readings taken
-// before the assignment are nobody's known readings (review of issue #12: the 5-minute grace
-// gave them to the patient).
+// patient; readings taken since are stored for it. A device new to any patient may have taken
+// its readings a little before its assignment was recorded (clock skew, 5 min), not more; a
+// device that was another patient's before gets only clock error (30 s), never the gap
+// between the two patients (review of issue #12: the 5-minute grace gave the new patient
+// readings from that gap, most likely the previous patient's).
 // Verifies: REQ-CORE-126, REQ-CORE-136
 func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
 	t.Parallel()
@@ -467,9 +468,10 @@ func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
 		{"buffered for the previous patient", t0.Add(5 * time.Minute), moved, moved, true},
 		{"a second before the move", moved.Add(-time.Second), moved, moved, true},
 		{"since the move", moved.Add(30 * time.Second), moved, moved, false},
-		{"new device, 20 s before its assignment (clock behind)", moved.Add(-20 * time.Second), moved, time.Time{}, false},
-		{"new device, 4 min before its assignment", moved.Add(-4 * time.Minute), moved, time.Time{}, true},
+		{"new device, 4 min before its assignment (clock behind)", moved.Add(-4 * time.Minute), moved, time.Time{}, false},
+		{"new device, 6 min before its assignment", moved.Add(-6 * time.Minute), moved, time.Time{}, true},
 		{"a gap of 3 min between patients, 1 min before the new one", moved.Add(-time.Minute), moved, moved.Add(-3 * time.Minute), true},
+		{"a gap of 3 min between patients, 20 s before the new one (clock behind)", moved.Add(-20 * time.Second), moved, moved.Add(-3 * time.Minute), false},
 	}
 	for i, c := range cases {
 		b := batch(next, hr(c.at, 150+float64(i)))

@@ -46,8 +46,12 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 	}
 	latest := now.Add(s.cfg.MaxFutureSkew)
 	var notBefore time.Time // the earliest time a sample may belong to the batch's patient
+	skew := s.cfg.AssignmentSkew // a device's first patient
+	if !b.PreviousUntil.IsZero() {
+		skew = s.cfg.ReassignmentSkew // the device was another patient's: clock error only
+	}
 	if !b.AssignedSince.IsZero() {
-		notBefore = b.AssignedSince.UTC().Truncate(time.Microsecond).Add(-s.cfg.AssignmentSkew)
+		notBefore = b.AssignedSince.UTC().Truncate(time.Microsecond).Add(-skew)
 	}
 	if prev := b.PreviousUntil.UTC().Truncate(time.Microsecond); !b.PreviousUntil.IsZero() && prev.After(notBefore) {
 		notBefore = prev
@@ -93,7 +97,7 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 		case !notBefore.IsZero() && t.Before(notBefore):
 			res.outside = append(res.outside, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
 				Detail: fmt.Sprintf("effective time %s is before the device was this patient's (from %s: assigned at %s, %s of clock skew allowed, never before its previous patient's assignment ended)",
-					t.Format(time.RFC3339), notBefore.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), s.cfg.AssignmentSkew)})
+					t.Format(time.RFC3339), notBefore.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), skew)})
 			continue
 		case t.Before(oldest):
 			bad = append(bad, SampleError{Index: i, Code: CodeTooOld, LOINC: smp.Code,
