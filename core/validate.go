@@ -45,7 +45,7 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 		return normalized{}, &BatchError{Samples: bad}
 	}
 	latest := now.Add(s.cfg.MaxFutureSkew)
-	var notBefore time.Time // the earliest time a sample may belong to the batch's patient
+	var notBefore time.Time      // the earliest time a sample may belong to the batch's patient
 	skew := s.cfg.AssignmentSkew // a device's first patient
 	if !b.PreviousUntil.IsZero() {
 		skew = s.cfg.ReassignmentSkew // the device was another patient's: clock error only
