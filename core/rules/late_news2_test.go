@@ -141,6 +141,10 @@ func TestPartialNEWS2DoesNotDuplicateAThresholdAlarm(t *testing.T) {
 	q := uuid.New()
 	res := e.feed(t, q, obs(q, rules.CodeConsciousness, rules.ACVPUVoice, t0))
 	if got := kinds(res.Transitions); !same(got, []string{"news2:opened:medium"}) {
-		t.Errorf("consciousness 'voice' alone: transitions %v, want news2 opened medium at once", got)
+		t.Fatalf("consciousness 'voice' alone: transitions %v, want news2 opened medium at once", got)
+	}
+	// Its message names what is missing in words (issue #12, hazard 7), not by code.
+	if msg, want := res.Transitions[0].Alarm.Message, "(partial: no current respiration rate, SpO2, systolic blood pressure, pulse, temperature)"; !strings.Contains(msg, want) {
+		t.Errorf("news2 message %q, want it to contain %q", msg, want)
 	}
 }

@@ -164,6 +164,17 @@ func explain(a alarms.Alarm, ruleName string) Readable {
 	return out
 }
 
+// phraseList is wordList for the middle of a sentence: "respiration rate, SpO2".
+func phraseList(names []string) string {
+	ws := wordList(names)
+	for i, w := range ws {
+		if w != "" && !strings.HasPrefix(w, "SpO2") && !strings.HasPrefix(w, "SaO2") {
+			ws[i] = strings.ToLower(w[:1]) + w[1:]
+		}
+	}
+	return strings.Join(ws, ", ")
+}
+
 func wordList(names []string) []string {
 	out := make([]string, len(names))
 	for i, n := range names {

@@ -635,7 +635,7 @@ func (x *runner) scoreNEWS2(p *NEWS2Params, fresh func(param string) (point, boo
 func news2Message(score NEWS2Score, missing []string) string {
 	m := fmt.Sprintf("NEWS2 %d, %s clinical response", score.Total, bandWords[score.Band])
 	if score.Partial {
-		m = fmt.Sprintf("NEWS2 at least %d, %s clinical response (partial: no current %s)", score.Total, bandWords[score.Band], strings.Join(missing, ", "))
+		m = fmt.Sprintf("NEWS2 at least %d, %s clinical response (partial: no current %s)", score.Total, bandWords[score.Band], phraseList(missing))
 	}
 	if score.AssumedAir {
 		m += "; oxygen not reported, scored as air"
@@ -816,7 +816,7 @@ func (x *runner) news2Incomplete(r *Rule, news2 *ruleState, at time.Time, missin
 		}
 		return
 	}
-	msg := "NEWS2 incomplete: no current " + strings.Join(overdue, ", ")
+	msg := "NEWS2 incomplete: no current " + phraseList(overdue)
 	detail := map[string]any{"missing": overdue, "at": at}
 	if !rs.Active {
 		rs.Active, rs.Severity = true, alarms.SeverityLow
