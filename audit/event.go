@@ -30,16 +30,19 @@ var Unauthenticated = Actor{Kind: ActorUser, ID: "unauthenticated", AuthMethod: 
 
 // Actor is who acted and how they proved it (e.g. "password+totp", "device-signature",
 // "mtls", "internal", "none" for an unauthenticated request).
+//
+// Its JSON form uses the casing of the rest of the API: {"kind","id","auth_method"}. (The log
+// leaf has its own binary encoding, audit/leaf; this form is for answers and payloads.)
 type Actor struct {
-	Kind       ActorKind
-	ID         string
-	AuthMethod string
+	Kind       ActorKind `json:"kind"`
+	ID         string    `json:"id"`
+	AuthMethod string    `json:"auth_method,omitempty"`
 }
 
 // Object is what was acted on.
 type Object struct {
-	Type string // e.g. "upload", "patient", "alarm", "rule", "key", "http"
-	ID   string
+	Type string `json:"type"` // e.g. "upload", "patient", "alarm", "rule", "key", "http"
+	ID   string `json:"id,omitempty"`
 }
 
 // Outcome of the action.

@@ -445,8 +445,11 @@ func TestScenarioAcknowledgedAlarmWorsens(t *testing.T) {
 // patient to the next uploads readings it buffered while offline: those taken before it was
 // moved are refused (outside_assignment, audited, nothing stored), never given to the new
 // patient; readings taken since are stored for it. A device new to any patient may have taken
-// its readings a little before its assignment was recorded (clock skew, 5 min), not more.
-// Verifies: REQ-CORE-126
+// its readings a little before its assignment was recorded (clock skew, 5 min), not more; a
+// device that was another patient's before gets only clock error (30 s), never the gap
+// between the two patients (review of issue #12: the 5-minute grace gave the new patient
+// readings from that gap, most likely the previous patient's).
+// Verifies: REQ-CORE-126, REQ-CORE-136
 func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
 	t.Parallel()
 	w := newWard(t)
@@ -467,6 +470,8 @@ func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
 		{"since the move", moved.Add(30 * time.Second), moved, moved, false},
 		{"new device, 4 min before its assignment (clock behind)", moved.Add(-4 * time.Minute), moved, time.Time{}, false},
 		{"new device, 6 min before its assignment", moved.Add(-6 * time.Minute), moved, time.Time{}, true},
+		{"a gap of 3 min between patients, 1 min before the new one", moved.Add(-time.Minute), moved, moved.Add(-3 * time.Minute), true},
+		{"a gap of 3 min between patients, 20 s before the new one (clock behind)", moved.Add(-20 * time.Second), moved, moved.Add(-3 * time.Minute), false},
 	}
 	for i, c := range cases {
 		b := batch(next, hr(c.at, 150+float64(i)))
@@ -484,8 +489,53 @@ func TestScenarioReadingsFollowAssignmentTime(t *testing.T) {
 			t.Errorf("%s: stored for the next patient = %d, want refused %v", c.name, stored, c.refused)
 		}
 	}
-	if n := w.count(t, `SELECT count(*) FROM audit_events WHERE action='upload.rejected' AND reason=$1`, core.CodeOutsideAssignment); n != 3 {
-		t.Errorf("audited outside_assignment rejections = %d, want 3", n)
+	if n := w.count(t, `SELECT count(*) FROM audit_events WHERE action='upload.rejected' AND reason=$1`, core.CodeOutsideAssignment); n != 4 {
+		t.Errorf("audited outside_assignment rejections = %d, want 4", n)
+	}
+}
+
+// Review of issue #12: one upload holding both the previous patient's buffered readings and
+// the new patient's (a monitor moved while offline) was refused as a whole, and the SDK
+// quarantines a refused upload: the new patient's readings — HR 150 here — were never stored
+// nor evaluated. The samples taken before the move are refused one by one (counted, named in
+// the upload's audit event with outside_assignment), the rest is stored for the new patient
+// and raises its alarm.
+// Verifies: REQ-CORE-136
+func TestScenarioMixedUploadAfterAMoveKeepsTheNewPatientsReadings(t *testing.T) {
+	t.Parallel()
+	w := newWard(t)
+	next := w.patient(t)
+	moved := t0.Add(10 * time.Minute)
+	now := moved.Add(2 * time.Minute)
+	w.clock.Set(now)
+	var samples []core.Sample
+	for s := -60; s <= 90; s += 10 { // 60 s before the move (the previous patient's), 90 s after
+		samples = append(samples, core.Sample{Code: core.LOINCHeartRate, Value: 150, Unit: "/min", Time: moved.Add(time.Duration(s) * time.Second)})
+	}
+	b := batch(next, samples...)
+	b.AssignedSince, b.PreviousUntil = moved, moved
+	res, err := w.svc.Ingest(w.ctx, b)
+	if err != nil {
+		t.Fatalf("Ingest(mixed upload) error %v, want the new patient's readings stored", err)
+	}
+	if res.Stored != 10 || res.OutsideAssignment != 6 || res.Duplicates != 0 {
+		t.Errorf("Ingest(mixed upload) = stored %d, outside %d, duplicates %d; want 10, 6, 0", res.Stored, res.OutsideAssignment, res.Duplicates)
+	}
+	if n := w.count(t, `SELECT count(*) FROM core_observations WHERE patient_id=$1 AND effective_at < $2`, next, moved); n != 0 {
+		t.Errorf("readings from before the move stored for the new patient: %d", n)
+	}
+	if n := w.count(t, `SELECT count(*) FROM audit_events WHERE action='upload.accepted' AND (payload->>'outside_assignment')::int = 6
+		AND payload->'refused'->0->>'code' = $1`, core.CodeOutsideAssignment); n != 1 {
+		t.Errorf("upload.accepted events naming the 6 refused samples = %d, want 1", n)
+	}
+	if n := w.count(t, `SELECT count(*) FROM core_uploads WHERE samples = 16 AND stored = 10 AND outside_assignment = 6`); n != 1 {
+		t.Errorf("core_uploads rows counting the refused samples = %d, want 1", n)
+	}
+	if err := w.handoff.Flush(w.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a := w.open(t, next, "hr-high"); a == nil {
+		t.Errorf("no hr-high alarm for the new patient's 90 s of HR 150")
 	}
 }
 
@@ -548,7 +598,10 @@ func TestScenarioAlarmReadable(t *testing.T) {
 	if err := json.Unmarshal(a.Detail, &d); err != nil || d["unit_text"] != "°C" || d["priority"] != "low" || d["limit"] != 38.0 || d["rule"] != "Temperature high" {
 		t.Errorf("temp-high detail = %s, %v; want unit °C, priority low, limit 38, the rule's name", a.Detail, err)
 	}
-	w.send(t, p, "monitor", core.LOINCSpO2, 91, t0.Add(31*time.Second), t0.Add(31*time.Second))
+	// A level of consciousness of "voice" (3, which no threshold rule reports) with 38.5 °C (1):
+	// a partial NEWS2 of 4, low–medium. (SpO2 91 alone no longer opens a NEWS2 alarm besides
+	// spo2-low: REQ-CORE-135.)
+	w.send(t, p, "monitor", core.LOINCConsciousness, 2, t0.Add(31*time.Second), t0.Add(31*time.Second))
 	n := w.open(t, p, "news2")
 	if n == nil || strings.Contains(n.Message, "low_medium") || !strings.Contains(n.Message, "low–medium") {
 		t.Fatalf("news2 alarm = %+v, want the band in words (low–medium), not its enum name", n)
@@ -556,7 +609,7 @@ func TestScenarioAlarmReadable(t *testing.T) {
 	var nd struct {
 		NEWS2 rules.NEWS2Score `json:"news2"`
 	}
-	if err := json.Unmarshal(n.Detail, &nd); err != nil || nd.NEWS2.Values["spo2"] != 91 || nd.NEWS2.Values["temperature"] != 38.5 {
-		t.Errorf("news2 detail = %s, %v; want the measured SpO2 91 and temperature 38.5", n.Detail, err)
+	if err := json.Unmarshal(n.Detail, &nd); err != nil || nd.NEWS2.Values["consciousness"] != 2 || nd.NEWS2.Values["temperature"] != 38.5 {
+		t.Errorf("news2 detail = %s, %v; want the measured consciousness 2 and temperature 38.5", n.Detail, err)
 	}
 }

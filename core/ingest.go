@@ -80,6 +80,10 @@ type IngestResult struct {
 	Stored       int       // observations stored
 	Flagged      int       // observations stored but flagged as artifacts
 	Duplicates   int       // samples not stored: repeated within the batch, or already stored (first stored wins)
+	// OutsideAssignment: samples not stored because they were taken when the device was not
+	// the patient's (Batch.AssignedSince, PreviousUntil); the rest of the batch is stored.
+	// The upload's audit event names them (index and code outside_assignment).
+	OutsideAssignment int
 }
 
 // Prepared is a batch that passed Prepare: validated, normalized, its patient known, its
@@ -88,6 +92,7 @@ type Prepared struct {
 	batch    Batch
 	obs      []Observation // sorted by (code, effective time), in-batch duplicates removed
 	received time.Time
+	outside  []SampleError // samples refused as outside_assignment
 }
 
 // Batch returns the batch as given to Prepare.
@@ -144,7 +149,7 @@ func (s *Service) Prepare(ctx context.Context, b Batch) (*Prepared, error) {
 	if err := s.ensurePartitions(ctx, "core_uploads", []time.Time{day(received)}); err != nil {
 		return nil, fmt.Errorf("ingest: %w", err)
 	}
-	return &Prepared{batch: b, obs: n.obs, received: received}, nil
+	return &Prepared{batch: b, obs: n.obs, received: received, outside: n.outside}, nil
 }
 
 // Store writes prepared batches inside tx, the caller's transaction: the observations (one
@@ -211,10 +216,11 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 				r.Flagged++
 			}
 		}
-		r.Duplicates = len(b.Samples) - r.Stored
+		r.OutsideAssignment = len(p.outside)
+		r.Duplicates = len(b.Samples) - r.Stored - r.OutsideAssignment
 		rows[i] = []any{pgtype.UUID{Bytes: r.AuditEventID, Valid: true}, p.received, pgtype.UUID{Bytes: b.PatientID, Valid: true}, b.Provenance.DeviceID, b.Provenance.KeyID,
 			b.Provenance.UploadHash[:], int64(b.Provenance.Sequence), b.Provenance.Transport,
-			len(b.Samples), r.Stored, r.Flagged, r.Duplicates}
+			len(b.Samples), r.Stored, r.Flagged, r.Duplicates, r.OutsideAssignment}
 		evs[i] = audit.Event{
 			ID:         r.AuditEventID,
 			Time:       now,
@@ -226,12 +232,13 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 			SourceAddr: b.Provenance.SourceAddr,
 			Payload: uploadPayload{PatientID: b.PatientID, KeyID: b.Provenance.KeyID, Sequence: b.Provenance.Sequence,
 				Transport: b.Provenance.Transport, Samples: len(b.Samples), Stored: r.Stored, Flagged: r.Flagged,
-				Duplicates: r.Duplicates, Commitment: commitObservations(stored[i])},
+				Duplicates: r.Duplicates, OutsideAssignment: r.OutsideAssignment, Refused: p.outside,
+				Commitment: commitObservations(stored[i])},
 		}
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"core_uploads"},
 		[]string{"id", "received_at", "patient_id", "device_id", "key_id", "upload_hash", "sequence",
-			"transport", "samples", "stored", "flagged", "duplicates"}, pgx.CopyFromRows(rows)); err != nil {
+			"transport", "samples", "stored", "flagged", "duplicates", "outside_assignment"}, pgx.CopyFromRows(rows)); err != nil {
 		return nil, fmt.Errorf("store uploads: %w", err)
 	}
 	if _, err := audit.RecordAll(ctx, s.cfg.Recorder, tx, evs); err != nil {
@@ -365,6 +372,10 @@ type uploadPayload struct {
 	Stored     int       `json:"stored"`
 	Flagged    int       `json:"flagged"`
 	Duplicates int       `json:"duplicates"`
+	// OutsideAssignment and Refused: the samples refused as outside_assignment (the rest of
+	// the upload is stored).
+	OutsideAssignment int           `json:"outside_assignment,omitempty"`
+	Refused           []SampleError `json:"refused,omitempty"`
 	// The stored observations' values, committed to (audit/obsdigest): `vigil audit verify
 	// --deep` recomputes it from core_observations and names a changed observation.
 	obsdigest.Commitment

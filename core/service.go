@@ -56,12 +56,19 @@ type Config struct {
 	Now func() time.Time
 	// MaxFutureSkew is how far in the future a sample's effective time may be. Default 5 min.
 	MaxFutureSkew time.Duration
-	// AssignmentSkew is how long before its device's assignment (Batch.AssignedSince) a
-	// sample may have been taken and still be the patient's (never before the device's
-	// previous patient's assignment ended, Batch.PreviousUntil): device clocks run behind, and
-	// a monitor is connected a while before the assignment is recorded. Default 5 min (the
-	// clock skew core accepts ahead, MaxFutureSkew, is 5 min too).
+	// AssignmentSkew is how long before its device's first assignment (Batch.AssignedSince,
+	// with no previous patient) a sample may be stamped and still be the patient's: device
+	// clocks run behind, and a new monitor is connected a while before its assignment is
+	// recorded; no other patient has used it. Default 5 min (the clock skew core accepts
+	// ahead, MaxFutureSkew, is 5 min too).
 	AssignmentSkew time.Duration
+	// ReassignmentSkew is the same for a device that was another patient's before
+	// (Batch.PreviousUntil set): only clock error, since readings from the gap between two
+	// patients are most likely the previous one's (a monitor unassigned before it was
+	// unplugged) and whose they are cannot be known. Never before PreviousUntil. Default 30 s.
+	// Either way, samples before the limit are refused one by one (outside_assignment) while
+	// the rest of the upload is stored.
+	ReassignmentSkew time.Duration
 	// MaxSamplesPerBatch bounds a batch. Default 50,000.
 	MaxSamplesPerBatch int
 	// Retention per data class.
@@ -108,6 +115,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.AssignmentSkew <= 0 {
 		cfg.AssignmentSkew = 5 * time.Minute
+	}
+	if cfg.ReassignmentSkew <= 0 {
+		cfg.ReassignmentSkew = 30 * time.Second
 	}
 	if cfg.MaxSamplesPerBatch <= 0 {
 		cfg.MaxSamplesPerBatch = 50000

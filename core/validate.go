@@ -22,6 +22,9 @@ type normalized struct {
 	obs        []Observation // sorted by (code, effective time), in-batch duplicates removed
 	duplicates int           // identical in-batch duplicates collapsed
 	flagged    int
+	// outside: samples taken when the device was not the patient's (outside_assignment),
+	// refused one by one while the rest of the batch is stored.
+	outside []SampleError
 }
 
 // normalize validates and normalizes b at time now. Every bad sample is reported; if any, the
@@ -42,9 +45,13 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 		return normalized{}, &BatchError{Samples: bad}
 	}
 	latest := now.Add(s.cfg.MaxFutureSkew)
-	var notBefore time.Time // the earliest time a sample may belong to the batch's patient
+	var notBefore time.Time      // the earliest time a sample may belong to the batch's patient
+	skew := s.cfg.AssignmentSkew // a device's first patient
+	if !b.PreviousUntil.IsZero() {
+		skew = s.cfg.ReassignmentSkew // the device was another patient's: clock error only
+	}
 	if !b.AssignedSince.IsZero() {
-		notBefore = b.AssignedSince.UTC().Truncate(time.Microsecond).Add(-s.cfg.AssignmentSkew)
+		notBefore = b.AssignedSince.UTC().Truncate(time.Microsecond).Add(-skew)
 	}
 	if prev := b.PreviousUntil.UTC().Truncate(time.Microsecond); !b.PreviousUntil.IsZero() && prev.After(notBefore) {
 		notBefore = prev
@@ -88,9 +95,9 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 				Detail: fmt.Sprintf("effective time %s is more than %s ahead of the server clock", t.Format(time.RFC3339), s.cfg.MaxFutureSkew)})
 			continue
 		case !notBefore.IsZero() && t.Before(notBefore):
-			bad = append(bad, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
+			res.outside = append(res.outside, SampleError{Index: i, Code: CodeOutsideAssignment, LOINC: smp.Code,
 				Detail: fmt.Sprintf("effective time %s is before the device was this patient's (from %s: assigned at %s, %s of clock skew allowed, never before its previous patient's assignment ended)",
-					t.Format(time.RFC3339), notBefore.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), s.cfg.AssignmentSkew)})
+					t.Format(time.RFC3339), notBefore.Format(time.RFC3339), b.AssignedSince.UTC().Format(time.RFC3339), skew)})
 			continue
 		case t.Before(oldest):
 			bad = append(bad, SampleError{Index: i, Code: CodeTooOld, LOINC: smp.Code,
@@ -133,6 +140,9 @@ func (s *Service) normalize(b Batch, now time.Time) (normalized, error) {
 			res.flagged++
 		}
 		sorted = append(sorted, o)
+	}
+	if len(sorted) == 0 && len(bad) == 0 && len(res.outside) > 0 {
+		bad = res.outside // nothing of the batch is the patient's: refused as a whole
 	}
 	if len(bad) > 0 {
 		sort.SliceStable(bad, func(i, j int) bool { return bad[i].Index < bad[j].Index })

@@ -152,8 +152,11 @@ func (s *Server) listAlarmsOf(c echo.Context, patients *[]uuid.UUID) error {
 			list = list[:limit]
 		}
 	}
-	if list == nil {
-		list = []alarms.Alarm{}
+	// Each alarm as a clinician reads it, with who it is about when the caller may see that
+	// (alarms_view.go); the identities shown are named in the list's audit event.
+	out, identified, err := s.renderAlarms(c, list)
+	if err != nil {
+		return err
 	}
 	if len(list) > 0 {
 		seen := map[uuid.UUID]bool{}
@@ -164,12 +167,15 @@ func (s *Server) listAlarmsOf(c echo.Context, patients *[]uuid.UUID) error {
 				ids = append(ids, a.PatientID)
 			}
 		}
-		if err := s.auditRead(ctx, c, "access.phi.list", audit.Object{Type: "alarm_list"},
-			map[string]any{"what": "alarms", "patients": ids}); err != nil {
+		payload := map[string]any{"what": "alarms", "patients": ids}
+		if len(identified.patients) > 0 {
+			identified.audit(payload)
+		}
+		if err := s.auditRead(ctx, c, "access.phi.list", audit.Object{Type: "alarm_list"}, payload); err != nil {
 			return err
 		}
 	}
-	return c.JSON(http.StatusOK, map[string]any{"alarms": list})
+	return c.JSON(http.StatusOK, map[string]any{"alarms": out})
 }
 
 // streamVisible narrows GET /stream to the caller's patients before the stream handler runs:

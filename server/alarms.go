@@ -49,7 +49,7 @@ func (s *Server) getAlarm(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, a)
+	return s.answerAlarm(c, http.StatusOK, a)
 }
 
 func (s *Server) acknowledgeAlarm(c echo.Context) error {
@@ -68,7 +68,7 @@ func (s *Server) acknowledgeAlarm(c echo.Context) error {
 		return err
 	}
 	Audited(c) // alarm.acknowledged (acknowledging twice is a 409, not a no-op)
-	return c.JSON(http.StatusOK, a)
+	return s.answerAlarm(c, http.StatusOK, a)
 }
 
 func (s *Server) silenceAlarm(c echo.Context) error {
@@ -92,7 +92,7 @@ func (s *Server) silenceAlarm(c echo.Context) error {
 		return err
 	}
 	Audited(c) // alarm.silenced
-	return c.JSON(http.StatusOK, a)
+	return s.answerAlarm(c, http.StatusOK, a)
 }
 
 func (s *Server) resolveAlarm(c echo.Context) error {
@@ -111,7 +111,7 @@ func (s *Server) resolveAlarm(c echo.Context) error {
 		return err
 	}
 	Audited(c) // alarm.resolved
-	return c.JSON(http.StatusOK, a)
+	return s.answerAlarm(c, http.StatusOK, a)
 }
 
 func (s *Server) listRules(c echo.Context) error {

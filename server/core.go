@@ -403,6 +403,7 @@ func (s *Server) coreStream(c echo.Context) error {
 	}
 	w.Flush()
 	ctx := c.Request().Context()
+	who := s.streamIdentities(c) // alarm events name their patient for callers allowed (alarms_view.go)
 	ping := time.NewTicker(15 * time.Second)
 	defer ping.Stop()
 	for {
@@ -426,12 +427,12 @@ func (s *Server) coreStream(c echo.Context) error {
 				return nil
 			}
 			_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-			if err := writeSSE(w, ev); err != nil {
+			if err := writeSSE(w, ev, who); err != nil {
 				return nil
 			}
 			// Write whatever else is queued before flushing once.
 			for n := len(sub.C); n > 0; n-- {
-				if err := writeSSE(w, <-sub.C); err != nil {
+				if err := writeSSE(w, <-sub.C, who); err != nil {
 					return nil
 				}
 			}
@@ -440,8 +441,15 @@ func (s *Server) coreStream(c echo.Context) error {
 	}
 }
 
-func writeSSE(w *echo.Response, ev core.Event) error {
-	data, err := json.Marshal(ev)
+func writeSSE(w *echo.Response, ev core.Event, who func(core.Event) *patientIdentity) error {
+	var v any = ev
+	if p := who(ev); p != nil {
+		v = struct {
+			core.Event
+			Patient *patientIdentity `json:"patient"`
+		}{ev, p}
+	}
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}

@@ -146,22 +146,11 @@ type Transition struct {
 	Actor        audit.Actor    `json:"actor"`
 	Reason       string         `json:"reason,omitempty"`
 	AuditEventID uuid.UUID      `json:"audit_event_id"`
-}
-
-// MarshalJSON writes the transition with the actor in the casing of the rest of the JSON
-// ("kind", "id", "auth_method"), as SSE events and webhooks carry it.
-func (t Transition) MarshalJSON() ([]byte, error) {
-	type plain Transition // without this method
-	return json.Marshal(struct {
-		plain
-		Actor actorJSON `json:"actor"`
-	}{plain(t), actorJSON{Kind: string(t.Actor.Kind), ID: t.Actor.ID, AuthMethod: t.Actor.AuthMethod}})
-}
-
-type actorJSON struct {
-	Kind       string `json:"kind"`
-	ID         string `json:"id"`
-	AuthMethod string `json:"auth_method,omitempty"`
+	// Readable is the alarm as a clinician reads it (the rule's name, priority, limit and
+	// measured values in words and human units), set by Notify when an explainer is
+	// installed (Service.SetExplainer; the rules engine installs its own). It holds no patient
+	// identity: streams and webhooks name the patient by id only.
+	Readable any `json:"readable,omitempty"`
 }
 
 // Notifier receives transitions after they commit. It is owned by this package and satisfied

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -45,7 +46,19 @@ type Config struct {
 
 // Service manages alarms. It is safe for concurrent use.
 type Service struct {
-	cfg Config
+	cfg     Config
+	explain atomic.Pointer[func(Alarm) any]
+}
+
+// SetExplainer installs f, which renders an alarm for a clinician: Notify puts f(alarm) in
+// every transition's Readable before handing it to the Notifier. f MUST be safe for
+// concurrent use, fast (no I/O) and MUST NOT call back into the Service.
+func (s *Service) SetExplainer(f func(Alarm) any) {
+	if f == nil {
+		s.explain.Store(nil)
+		return
+	}
+	s.explain.Store(&f)
 }
 
 // New returns a Service.
@@ -94,7 +107,11 @@ func (s *Service) Notify(ctx context.Context, ts []Transition) {
 	if s.cfg.Notifier == nil {
 		return
 	}
+	explain := s.explain.Load()
 	for _, t := range ts {
+		if explain != nil && t.Readable == nil {
+			t.Readable = (*explain)(t.Alarm)
+		}
 		s.cfg.Notifier.AlarmTransition(ctx, t)
 	}
 }

@@ -84,6 +84,13 @@ type Config struct {
 	// physiology and evaluated by every rule (from the first of them). Defaults 2 and 15 s.
 	ArtifactConfirmCount int
 	ArtifactConfirmSpan  time.Duration
+	// LateHorizon: a sample older than what was already evaluated of its code by more than
+	// this is beyond the rules' look-back: its window is not re-run (it may no longer be
+	// readable in full, and the episode is long past); instead the technical condition
+	// "late-data" (medium) is raised, naming the samples, their values and how late they
+	// came, with the code late_beyond_lookback, so that a clinician reviews the chart.
+	// Default (and maximum) 20 minutes, the longest look-back of any rule.
+	LateHorizon time.Duration
 	// Logger for background work. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -96,6 +103,8 @@ type Result struct {
 	// Transitions are the committed alarm transitions (already sent to the alarms Notifier),
 	// including those of a replay that rebuilt the patient's state first.
 	Transitions []alarms.Transition
+
+	replayed []Observation // what a replay that rebuilt the patient's state evaluated
 }
 
 // Derived is an observation computed by a rule from others.
@@ -143,12 +152,19 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.ArtifactConfirmSpan <= 0 {
 		cfg.ArtifactConfirmSpan = 15 * time.Second
 	}
+	if cfg.LateHorizon <= 0 || cfg.LateHorizon > maxLateHorizon {
+		cfg.LateHorizon = maxLateHorizon
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	e := &Engine{cfg: cfg}
 	if err := e.init(ctx); err != nil {
 		return nil, err
+	}
+	// Transitions notified (streams, webhooks) carry the alarm in words (Explain).
+	if x, ok := cfg.Alarms.(interface{ SetExplainer(func(alarms.Alarm) any) }); ok {
+		x.SetExplainer(func(a alarms.Alarm) any { r := e.Explain(a); return &r })
 	}
 	if cfg.Handoff != nil {
 		if err := cfg.Handoff.Start(e.consume); err != nil {

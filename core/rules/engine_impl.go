@@ -236,6 +236,7 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Resu
 	if err != nil {
 		return Result{}, fmt.Errorf("rules: replay patient %s: %w", pid, err)
 	}
+	res.replayed = obs
 	return res, nil
 }
 
@@ -248,8 +249,27 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 		return Result{}, err
 	}
 	defer p.mu.Unlock()
-	own := make([]Observation, len(obs))
-	copy(own, obs)
+	own := make([]Observation, 0, len(obs))
+	if len(replayed.replayed) > 0 {
+		// The replay that rebuilt the patient's state evaluated what History holds, which
+		// includes these committed observations: they are not evaluated twice (as late ones).
+		type key struct {
+			code string
+			at   time.Time
+		}
+		done := make(map[key]bool, len(replayed.replayed))
+		for _, o := range replayed.replayed {
+			done[key{o.Code, o.EffectiveAt}] = true
+		}
+		for _, o := range obs {
+			if !done[key{o.Code, o.EffectiveAt}] {
+				own = append(own, o)
+			}
+		}
+		replayed.replayed = nil
+	} else {
+		own = append(own, obs...)
+	}
 	set := e.st.rules.Load()
 	hist, err := e.lateWindow(ctx, pid, p.st, set.list, own)
 	if err != nil {
@@ -265,7 +285,7 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 // observations they are written with the state checkpoint in one transaction and notified.
 // On failure the in-memory state is dropped, to be rebuilt from the database.
 func (e *Engine) runAndCommit(ctx context.Context, pid uuid.UUID, p *patientEntry, fn func(*runner)) (Result, error) {
-	x := &runner{pid: pid, ps: p.st, now: e.now(), opts: runnerOptions{rearm: e.cfg.Rearm, futureTol: e.cfg.FutureTolerance,
+	x := &runner{pid: pid, ps: p.st, now: e.now(), opts: runnerOptions{rearm: e.cfg.Rearm, futureTol: e.cfg.FutureTolerance, lateHorizon: e.cfg.LateHorizon,
 		artifactCount: e.cfg.ArtifactConfirmCount, artifactSpan: e.cfg.ArtifactConfirmSpan}}
 	fn(x)
 	if len(x.sigs) == 0 && len(x.derived) == 0 {
@@ -478,7 +498,9 @@ func (e *Engine) lateWindow(ctx context.Context, pid uuid.UUID, st *patientState
 	}
 	var oldest time.Time
 	for _, o := range obs {
-		if mark, ok := st.Codes[o.Code]; ok && o.PatientID == pid && o.EffectiveAt.Before(mark) && (oldest.IsZero() || o.EffectiveAt.Before(oldest)) {
+		// A sample beyond the late horizon is flagged, not re-run: no window is loaded for it.
+		if mark, ok := st.Codes[o.Code]; ok && o.PatientID == pid && o.EffectiveAt.Before(mark) &&
+			!o.EffectiveAt.Before(mark.Add(-e.cfg.LateHorizon)) && (oldest.IsZero() || o.EffectiveAt.Before(oldest)) {
 			oldest = o.EffectiveAt
 		}
 	}

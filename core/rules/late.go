@@ -1,9 +1,11 @@
 package rules
 
 import (
+	"fmt"
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vigilhealth/vigil/core/alarms"
@@ -57,9 +59,16 @@ func lookback(r *Rule) time.Duration {
 		return 2*time.Duration(r.Threshold.MinDuration) + time.Minute
 	case KindRate:
 		return time.Duration(r.Rate.Window) + time.Minute
+	case KindNEWS2:
+		// A past moment is re-scored from the values of the window (older ones count as
+		// missing: the score is then a lower bound).
+		return maxLateHorizon
 	}
 	return 0
 }
+
+// maxLateHorizon is the longest look-back of any rule, and of Config.LateHorizon.
+const maxLateHorizon = 20 * time.Minute
 
 // maxLookback is the longest lookback of the rules, capped at 20 minutes.
 func maxLookback(rules []*Rule) time.Duration {
@@ -67,7 +76,7 @@ func maxLookback(rules []*Rule) time.Duration {
 	for _, r := range rules {
 		d = max(d, lookback(r))
 	}
-	return min(d, 20*time.Minute)
+	return min(d, maxLateHorizon)
 }
 
 // late evaluates samples older than what was already evaluated of their code: threshold and
@@ -111,12 +120,211 @@ func (x *runner) late(byCode map[string][]*Rule, news2 []*Rule, late []Observati
 			}
 		}
 	}
+	if len(news2) > 0 {
+		x.news2Past(news2, late)
+	}
 	if !rescore.IsZero() {
 		for _, r := range news2 {
 			x.news2(r, rescore)
 		}
 	}
 }
+
+// news2Past re-scores NEWS2 at each past moment a late sample of one of its parameters was
+// taken, from the values current at that moment (the stored window x.hist, the late samples,
+// and a parameter's current value if it was measured before the moment; a value older than
+// the window counts as missing, so the score is a lower bound). Each different score is
+// recorded (rescored_late); a score whose response is worse than the alarm's raises it at
+// that severity ("late samples"), unless the alarm was cleared after that moment (the
+// episode is over and was seen). What follows is the current score's business (a lower
+// complete score resolves after the rule's hold, as usual).
+func (x *runner) news2Past(news2 []*Rule, late []Observation) {
+	series := map[string][]point{} // by NEWS2 parameter, in time order
+	add := func(o Observation) {
+		name, ok := news2Param[o.Code]
+		if !ok || o.PatientID != x.pid || o.Artifact && !(x.ps.Suspect[o.Code] != nil && x.ps.Suspect[o.Code].Confirmed) ||
+			math.IsNaN(o.Value) || math.IsInf(o.Value, 0) {
+			return
+		}
+		series[name] = append(series[name], point{T: o.EffectiveAt, V: o.Value})
+	}
+	var moments []time.Time
+	for _, o := range x.hist {
+		add(o)
+	}
+	for _, o := range late {
+		if _, ok := news2Param[o.Code]; ok && !o.Artifact {
+			add(o)
+			moments = append(moments, o.EffectiveAt)
+		}
+	}
+	if len(moments) == 0 {
+		return
+	}
+	for name := range series {
+		ps := series[name]
+		sort.SliceStable(ps, func(i, j int) bool { return ps[i].T.Before(ps[j].T) })
+	}
+	sort.Slice(moments, func(i, j int) bool { return moments[i].Before(moments[j]) })
+	for _, r := range news2 {
+		p := r.NEWS2
+		var last *NEWS2Score
+		for i, at := range moments {
+			if i > 0 && at.Equal(moments[i-1]) {
+				continue
+			}
+			fresh := func(param string) (point, bool) {
+				ps := series[param]
+				k := sort.Search(len(ps), func(k int) bool { return ps[k].T.After(at) }) // first after at
+				var pt point
+				ok := false
+				if k > 0 {
+					pt, ok = ps[k-1], true
+				}
+				if cur, had := x.ps.Latest[param]; had && !cur.T.After(at) && (!ok || cur.T.After(pt.T)) {
+					pt, ok = cur, true
+				}
+				return pt, ok && !pt.T.Before(at.Add(-x.news2Window(p, param)))
+			}
+			score, missing, vals, ok := x.scoreNEWS2(p, fresh)
+			if !ok {
+				continue
+			}
+			score.RescoredLate = true
+			if last == nil || !sameScore(*last, score) {
+				vals.fill(&score)
+				sc := score
+				last = &sc
+				x.derived = append(x.derived, Derived{
+					Observation: Observation{PatientID: x.pid, Code: CodeNEWS2, Value: float64(score.Total), Unit: "{score}", EffectiveAt: at},
+					RuleID:      r.ID, RuleVersion: r.Version, NEWS2: &sc,
+				})
+			}
+			rs := x.ps.rule(r)
+			sev := news2Severity(p, score)
+			if sev == 0 || rs.Active && sev <= rs.Severity || !rs.Active && rs.Cleared != nil && !at.After(*rs.Cleared) {
+				continue
+			}
+			rs.Active, rs.Severity, rs.LowerSince = true, sev, nil
+			v := float64(score.Total)
+			rs.Alerted = &v
+			vals.fill(&score)
+			x.signal(r, true, sev, at, news2Message(score, missing)+" (late samples)",
+				map[string]any{"news2": score, "at": at, "late_samples": true})
+		}
+	}
+}
+
+// lateData raises the technical condition "late-data" for samples beyond the late horizon
+// (Config.LateHorizon behind what was evaluated of their code): they are stored and charted,
+// but no rule re-runs their window. The alarm names each code's samples — how many, their
+// range in human units, when they were taken and how late they came — with the code
+// late_beyond_lookback, and the threshold and rate conditions the late samples meet by
+// themselves (the alarm's priority is the highest of them, at least medium), so that a
+// clinician reviews the chart. It opens, or re-triggers the open one with the new samples; it
+// never clears by itself (resolve it by hand once reviewed).
+func (x *runner) lateData(byCode map[string][]*Rule, obs []Observation) {
+	type span struct {
+		code, unit string
+		n          int
+		lo, hi     float64
+		from, to   time.Time
+		behind     time.Duration
+	}
+	by := map[string]*span{}
+	var codes []string
+	for _, o := range obs {
+		s := by[o.Code]
+		if s == nil {
+			s = &span{code: o.Code, unit: o.Unit, lo: o.Value, hi: o.Value, from: o.EffectiveAt, to: o.EffectiveAt}
+			by[o.Code] = s
+			codes = append(codes, o.Code)
+		}
+		s.n++
+		s.lo, s.hi = min(s.lo, o.Value), max(s.hi, o.Value)
+		if o.EffectiveAt.Before(s.from) {
+			s.from = o.EffectiveAt
+		}
+		if o.EffectiveAt.After(s.to) {
+			s.to = o.EffectiveAt
+		}
+		if d := x.ps.Codes[o.Code].Sub(o.EffectiveAt); d > s.behind {
+			s.behind = d
+		}
+	}
+	sort.Strings(codes)
+	var parts []string
+	var samples []map[string]any
+	for _, c := range codes {
+		s := by[c]
+		name := paramWords[c]
+		if name == "" {
+			name = c
+		}
+		rng := humanText(s.lo, s.unit)
+		if s.hi != s.lo {
+			rng = fmtValue(s.lo) + "–" + humanText(s.hi, s.unit)
+		}
+		parts = append(parts, fmt.Sprintf("%s %s (%d samples, %s–%s UTC, up to %s behind)", name, rng, s.n,
+			s.from.UTC().Format("15:04:05"), s.to.UTC().Format("15:04:05"), s.behind.Round(time.Second)))
+		samples = append(samples, map[string]any{"code": c, "unit": s.unit, "count": s.n, "min": s.lo, "max": s.hi,
+			"from": s.from, "to": s.to, "behind_seconds": s.behind.Seconds()})
+	}
+	// What the late samples show by themselves (their own run, without the stored window
+	// around them): the threshold and rate conditions they meet, at what priority. The
+	// late-data alarm takes the highest of them (at least medium).
+	sev := alarms.SeverityMedium
+	var shows []string
+	for _, c := range codes {
+		var own []Observation
+		for _, o := range obs {
+			if o.Code == c && (!o.Artifact || x.ps.Suspect[c] != nil && x.ps.Suspect[c].Confirmed) {
+				own = append(own, o)
+			}
+		}
+		sort.SliceStable(own, func(i, j int) bool { return own[i].EffectiveAt.Before(own[j].EffectiveAt) })
+		for _, r := range byCode[c] {
+			if r.Kind != KindThreshold && r.Kind != KindRate {
+				continue
+			}
+			sim := &runner{pid: x.pid, ps: &patientState{Rules: map[string]*ruleState{}}, sim: true, opts: x.opts}
+			for _, o := range own {
+				if r.Kind == KindThreshold {
+					sim.threshold(r, o)
+				} else {
+					sim.rate(r, o)
+				}
+			}
+			var peak alarms.Severity
+			for _, sg := range sim.sigs {
+				if sg.Raise && sg.Severity > peak {
+					peak = sg.Severity
+				}
+			}
+			if peak > 0 {
+				shows = append(shows, fmt.Sprintf("%s (%s priority)", r.Name, peak))
+				sev = max(sev, peak)
+			}
+		}
+	}
+	msg := fmt.Sprintf("Samples that arrived more than %s late were not evaluated by the alarm rules: %s", x.opts.lateHorizon, strings.Join(parts, "; "))
+	if len(shows) > 0 {
+		msg += "; by themselves they meet " + strings.Join(shows, ", ")
+	}
+	msg += "; review the chart"
+	r := &Rule{ID: LateDataRule, Version: 1, Name: "Late samples not evaluated", Kind: KindNoData}
+	rs := x.ps.rule(r)
+	rs.Active, rs.Severity = true, sev
+	x.signal(r, true, sev, obs[len(obs)-1].EffectiveAt, msg,
+		map[string]any{"code": CodeLateBeyondLookback, "samples": samples, "horizon": x.opts.lateHorizon.String(), "conditions": shows})
+}
+
+// LateDataRule is the id of the technical condition raised for samples beyond the late
+// horizon (Config.LateHorizon); CodeLateBeyondLookback is its detail's code.
+const (
+	LateDataRule           = "late-data"
+	CodeLateBeyondLookback = "late_beyond_lookback"
+)
 
 // series is the stored window of code around the late samples ls, with ls merged in, in time
 // order, one value per time, implausible samples left out unless their run is confirmed.

@@ -53,6 +53,9 @@ type NEWS2Score struct {
 	// Values are the measured values scored, by the same names, in canonical units
 	// (temperature °C, SpO2 %, rates /min, pressure mmHg, FiO2 %, O2 flow L/min, ACVPU code).
 	Values map[string]float64 `json:"values,omitempty"`
+	// RescoredLate: the score of a past moment, computed when a sample of that moment arrived
+	// late (values older than the late window count as missing: a lower bound).
+	RescoredLate bool `json:"rescored_late,omitempty"`
 }
 
 // sameScore reports whether two scores differ in nothing but the measured values.

@@ -126,9 +126,12 @@ type runner struct {
 	sim bool
 	// admitted is observe's buffer of the observations a sample makes the rules act on
 	admitted []Observation
+	// byCode: the enabled rules by the code they read (set by observe)
+	byCode map[string][]*Rule
 }
 
 type runnerOptions struct {
+	lateHorizon   time.Duration
 	rearm         time.Duration
 	futureTol     time.Duration
 	artifactCount int
@@ -182,6 +185,7 @@ func (x *runner) worse(r *Rule, rs *ruleState, at time.Time, msg string, detail 
 // changed (so a backlog delivered at once, or a replay, scores each moment, not only the
 // last).
 func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observation) {
+	x.byCode = byCode
 	if x.ps.Codes == nil {
 		x.ps.Codes = map[string]time.Time{}
 		for _, c := range x.ps.ThroughCodes { // a checkpoint from before per-code marks
@@ -220,7 +224,7 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 		}
 	}
 	seen := false
-	var late []Observation
+	var late, tooLate []Observation
 	for _, o := range obs {
 		if o.PatientID != x.pid {
 			continue
@@ -237,7 +241,11 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 			continue
 		}
 		if known && o.EffectiveAt.Before(mark) {
-			late = append(late, o)
+			if h := x.opts.lateHorizon; h > 0 && o.EffectiveAt.Before(mark.Add(-h)) {
+				tooLate = append(tooLate, o)
+			} else {
+				late = append(late, o)
+			}
 			continue
 		}
 		x.ps.Codes[o.Code] = o.EffectiveAt
@@ -292,6 +300,9 @@ func (x *runner) observe(rules []*Rule, byCode map[string][]*Rule, obs []Observa
 	score()
 	if len(late) > 0 {
 		x.late(byCode, news2, late)
+	}
+	if len(tooLate) > 0 {
+		x.lateData(byCode, tooLate)
 	}
 	// Any observation ends a no-data condition.
 	if !seen {
@@ -542,43 +553,41 @@ var news2ParamOf = map[string]string{"resp_rate": "rr", "spo2": "spo2", "systoli
 
 var bandWords = map[Band]string{BandLow: "low", BandLowMedium: "low–medium (a single parameter scored 3)", BandMedium: "medium", BandHigh: "high"}
 
-func (x *runner) news2(r *Rule, at time.Time) {
-	p := r.NEWS2
-	rs := x.ps.rule(r)
-	// Score at the newest time a parameter was measured: devices need not be in step.
-	for _, pt := range x.ps.Latest {
-		if pt.T.After(at) && (x.now.IsZero() || !pt.T.After(x.now)) {
-			at = pt.T
+// news2Values are the measured values a score used, by chart name (kept as an array so that
+// an unchanged score allocates no map).
+type news2Values struct {
+	n int
+	v [8]struct {
+		name string
+		v    float64
+	}
+}
+
+func (vs *news2Values) add(name string, v float64) { vs.v[vs.n].name, vs.v[vs.n].v = name, v; vs.n++ }
+
+func (vs *news2Values) fill(s *NEWS2Score) {
+	if s.Values == nil {
+		s.Values = make(map[string]float64, vs.n)
+		for _, v := range vs.v[:vs.n] {
+			s.Values[v.name] = v.v
 		}
 	}
-	window := func(param string) time.Duration {
-		if x.ps.Charted[param] && x.ps.ChartedMaxAge > 0 {
-			return x.ps.ChartedMaxAge
-		}
-		return time.Duration(p.MaxAge)
-	}
-	fresh := func(param string) (point, bool) {
-		pt, ok := x.ps.Latest[param]
-		return pt, ok && !pt.T.Before(at.Add(-window(param))) && !pt.T.After(at)
-	}
+}
+
+// scoreNEWS2 scores the values fresh gives (a parameter's value, and whether it is current at
+// the moment scored). ok is false when nothing was measured (no score: the no-data rule
+// covers a silent patient) or the input is impossible (an ACVPU code out of range).
+func (x *runner) scoreNEWS2(p *NEWS2Params, fresh func(param string) (point, bool)) (score NEWS2Score, missing []string, vals news2Values, ok bool) {
 	// A missing parameter scores 0: these values score 0 on either SpO2 scale.
 	in := NEWS2Input{SpO2Scale: x.ps.SpO2Scale, RespRate: 16, SpO2: 98, SystolicBP: 120, Pulse: 70, Temperature: 37}
 	if in.SpO2Scale == 2 {
 		in.SpO2 = 90
 	}
 	dst := [...]*float64{&in.RespRate, &in.SpO2, &in.SystolicBP, &in.Pulse, &in.Temperature}
-	// The measured values, made a map only for what is recorded or signalled.
-	var vals [8]struct {
-		name string
-		v    float64
-	}
-	nv := 0
-	value := func(name string, v float64) { vals[nv].name, vals[nv].v = name, v; nv++ }
-	var missing []string // by chart name
 	for i, f := range news2Names {
 		if pt, ok := fresh(f.param); ok {
 			*dst[i] = pt.V
-			value(f.name, pt.V)
+			vals.add(f.name, pt.V)
 		} else {
 			missing = append(missing, f.name)
 		}
@@ -590,10 +599,10 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	case okC || okF:
 		in.OnOxygen = okC && fio2.V > 21 || okF && flow.V > 0
 		if okC {
-			value("fio2", fio2.V)
+			vals.add("fio2", fio2.V)
 		}
 		if okF {
-			value("o2_flow", flow.V)
+			vals.add("o2_flow", flow.V)
 		}
 	case x.ps.OnOxygen != nil:
 		in.OnOxygen, documented = *x.ps.OnOxygen, *x.ps.OnOxygen
@@ -604,29 +613,67 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	}
 	if c, ok := fresh("acvpu"); ok {
 		in.Consciousness = int(math.Round(c.V))
-		value("consciousness", c.V)
+		vals.add("consciousness", c.V)
 	} else if p.AssumeAlert {
 		assumedAlert = true
 	} else {
 		missing = append(missing, "consciousness")
 	}
-	if nv == 0 {
-		return // nothing measured: no score (the no-data rule covers a silent patient)
+	if vals.n == 0 {
+		return NEWS2Score{}, nil, vals, false
 	}
 	score, err := ComputeNEWS2(in)
 	if err != nil {
-		return // an impossible ACVPU code: no score rather than a wrong one
+		return NEWS2Score{}, nil, vals, false
 	}
 	score.AssumedAir, score.AssumedAlert, score.OxygenDocumented = assumedAir, assumedAlert, documented
 	score.Partial, score.Missing = len(missing) > 0, missing
-	withValues := func() {
-		if score.Values == nil {
-			score.Values = make(map[string]float64, nv)
-			for _, v := range vals[:nv] {
-				score.Values[v.name] = v.v
-			}
+	return score, missing, vals, true
+}
+
+// news2Message is what a NEWS2 alarm says.
+func news2Message(score NEWS2Score, missing []string) string {
+	m := fmt.Sprintf("NEWS2 %d, %s clinical response", score.Total, bandWords[score.Band])
+	if score.Partial {
+		m = fmt.Sprintf("NEWS2 at least %d, %s clinical response (partial: no current %s)", score.Total, bandWords[score.Band], phraseList(missing))
+	}
+	if score.AssumedAir {
+		m += "; oxygen not reported, scored as air"
+	}
+	if score.OxygenDocumented {
+		m += "; oxygen not reported, scored as oxygen as documented"
+	}
+	return m
+}
+
+// news2Window is how long a NEWS2 parameter's value stays current: the ward's charting
+// interval for a parameter it charts by hand, else the rule's max_age.
+func (x *runner) news2Window(p *NEWS2Params, param string) time.Duration {
+	if x.ps.Charted[param] && x.ps.ChartedMaxAge > 0 {
+		return x.ps.ChartedMaxAge
+	}
+	return time.Duration(p.MaxAge)
+}
+
+func (x *runner) news2(r *Rule, at time.Time) {
+	p := r.NEWS2
+	rs := x.ps.rule(r)
+	// Score at the newest time a parameter was measured: devices need not be in step.
+	for _, pt := range x.ps.Latest {
+		if pt.T.After(at) && (x.now.IsZero() || !pt.T.After(x.now)) {
+			at = pt.T
 		}
 	}
+	window := func(param string) time.Duration { return x.news2Window(p, param) }
+	fresh := func(param string) (point, bool) {
+		pt, ok := x.ps.Latest[param]
+		return pt, ok && !pt.T.Before(at.Add(-window(param))) && !pt.T.After(at)
+	}
+	score, missing, vals, ok := x.scoreNEWS2(p, fresh)
+	if !ok {
+		return
+	}
+	withValues := func() { vals.fill(&score) }
 	if rs.Last == nil || !sameScore(*rs.Last, score) {
 		withValues()
 		sc := score
@@ -638,19 +685,14 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	}
 	x.news2Incomplete(r, rs, at, missing, window)
 	sev := news2Severity(p, score)
-	msg := func() string {
-		m := fmt.Sprintf("NEWS2 %d, %s clinical response", score.Total, bandWords[score.Band])
-		if score.Partial {
-			m = fmt.Sprintf("NEWS2 at least %d, %s clinical response (partial: no current %s)", score.Total, bandWords[score.Band], strings.Join(missing, ", "))
-		}
-		if assumedAir {
-			m += "; oxygen not reported, scored as air"
-		}
-		if documented {
-			m += "; oxygen not reported, scored as oxygen as documented"
-		}
-		return m
+	if sev == alarms.SeverityMedium && score.Partial && score.Band == BandLowMedium && x.redCovered(score) {
+		// A partial score whose only news is a parameter scoring 3 that its own threshold
+		// alarm already reports (raised, or crossing and awaiting its minimum duration):
+		// a second alarm for the same value says nothing more. Scored and recorded, not
+		// alarmed; a complete score, or a partial one of 5 or more, alarms as usual.
+		sev = 0
 	}
+	msg := func() string { return news2Message(score, missing) }
 	detail := func() any {
 		withValues()
 		return map[string]any{"news2": score, "at": at}
@@ -700,6 +742,48 @@ func (x *runner) news2(r *Rule, at time.Time) {
 	}
 }
 
+// news2RedCodes are the observation codes of each NEWS2 parameter that can score 3.
+var news2RedCodes = [...]struct {
+	points func(NEWS2Score) int
+	codes  []string
+}{
+	{func(s NEWS2Score) int { return s.RespRate }, []string{CodeRespiratoryRate}},
+	{func(s NEWS2Score) int { return s.SpO2 }, []string{CodeSpO2, CodeSpO2Arterial}},
+	{func(s NEWS2Score) int { return s.SystolicBP }, []string{CodeSystolicBP}},
+	{func(s NEWS2Score) int { return s.Pulse }, []string{CodeHeartRate}},
+	{func(s NEWS2Score) int { return s.Temperature }, []string{CodeBodyTemperature}},
+	{func(s NEWS2Score) int { return s.Consciousness }, []string{CodeConsciousness}},
+}
+
+// redCovered reports whether every parameter of s scoring 3 is reported by a threshold rule
+// of its own that is raised at medium severity or more, or is crossing its limit and
+// awaiting its minimum duration.
+func (x *runner) redCovered(s NEWS2Score) bool {
+	any := false
+	for _, pr := range news2RedCodes {
+		if pr.points(s) != 3 {
+			continue
+		}
+		any = true
+		covered := false
+		for _, c := range pr.codes {
+			for _, r := range x.byCode[c] {
+				if r.Kind != KindThreshold {
+					continue
+				}
+				if rs := x.ps.Rules[r.ID]; rs != nil && rs.Version == r.Version &&
+					(rs.Active && rs.Severity >= alarms.SeverityMedium || !rs.Active && rs.PendingSince != nil && r.Threshold.Levels[0].Severity >= alarms.SeverityMedium) {
+					covered = true
+				}
+			}
+		}
+		if !covered {
+			return false
+		}
+	}
+	return any
+}
+
 // news2Incomplete raises, at low severity, the condition "<rule id>-incomplete" while some
 // NEWS2 parameter has had no fresh value for longer than its grace (IncompleteAfter after the
 // patient's first NEWS2 parameter; the ward's charted_max_age for a parameter charted by
@@ -732,7 +816,7 @@ func (x *runner) news2Incomplete(r *Rule, news2 *ruleState, at time.Time, missin
 		}
 		return
 	}
-	msg := "NEWS2 incomplete: no current " + strings.Join(overdue, ", ")
+	msg := "NEWS2 incomplete: no current " + phraseList(overdue)
 	detail := map[string]any{"missing": overdue, "at": at}
 	if !rs.Active {
 		rs.Active, rs.Severity = true, alarms.SeverityLow
