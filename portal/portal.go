@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
@@ -35,6 +36,9 @@ type Config struct {
 	Rules *rules.Engine
 	// Devices gives the tiles their device status. Optional.
 	Devices *devices.Service
+	// Audit is the audit chain the audit browser reads (events, proofs, packs). Optional:
+	// without it the audit pages answer 503.
+	Audit *chain.Service
 	// StreamURL is the live notification stream (SSE) the ward overview listens to.
 	// Default "/api/v1/stream" (the server's stream).
 	StreamURL string
@@ -101,7 +105,10 @@ func (p *Portal) Assets() *Assets { return p.assets }
 // portal authenticates and authorizes its own pages (a page without a session redirects to
 // the sign-in page rather than answering 401).
 func Routes() []string {
-	return []string{"GET /", "GET /signin", "POST /signin", "POST /signout", "GET /ward/tiles/:id", "GET " + AssetPrefix + "*"}
+	return []string{"GET /", "GET /signin", "POST /signin", "POST /signout", "GET /ward/tiles/:id", "GET " + AssetPrefix + "*",
+		// Audit browser (audit.go), devices (devices.go), administration (admin.go).
+		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
+	}
 }
 
 // Mount registers the portal's routes on e.
@@ -112,6 +119,11 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.POST("/signout", p.page(p.signOut))
 	e.GET("/", p.page(p.wardOverview))
 	e.GET("/ward/tiles/:id", p.page(p.wardTile))
+	e.GET("/audit", p.page(p.auditSearch))
+	e.GET("/audit/events/:id", p.page(p.auditEvent))
+	e.GET("/audit/events/:id/proof", p.page(p.auditEventProof))
+	e.GET("/audit/patients/:ref", p.page(p.auditPatient))
+	e.GET("/audit/export", p.page(p.auditExport))
 }
 
 // contentSecurityPolicy allows the page's own origin and nothing else: scripts and styles
