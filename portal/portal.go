@@ -108,6 +108,7 @@ func Routes() []string {
 	return []string{"GET /", "GET /signin", "POST /signin", "POST /signout", "GET /ward/tiles/:id", "GET " + AssetPrefix + "*",
 		// Audit browser (audit.go), devices (devices.go), administration (admin.go).
 		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
+		"GET /devices", "POST /devices", "GET /devices/:id", "POST /devices/:id/status", "POST /devices/:id/enrollment-token",
 	}
 }
 
@@ -124,6 +125,11 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.GET("/audit/events/:id/proof", p.page(p.auditEventProof))
 	e.GET("/audit/patients/:ref", p.page(p.auditPatient))
 	e.GET("/audit/export", p.page(p.auditExport))
+	e.GET("/devices", p.page(p.devicesPage))
+	e.POST("/devices", p.page(p.registerDevice))
+	e.GET("/devices/:id", p.page(p.devicePage))
+	e.POST("/devices/:id/status", p.page(p.deviceStatus))
+	e.POST("/devices/:id/enrollment-token", p.page(p.deviceToken))
 }
 
 // contentSecurityPolicy allows the page's own origin and nothing else: scripts and styles

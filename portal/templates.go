@@ -37,6 +37,8 @@ var pageFiles = map[string][]string{
 	"audit.html":       {"templates/layout.html", "templates/audit.html"},
 	"audit_event.html": {"templates/layout.html", "templates/audit_event.html"},
 	"denied.html":      {"templates/layout.html", "templates/denied.html"},
+	"devices.html":     {"templates/layout.html", "templates/devices.html"},
+	"device.html":      {"templates/layout.html", "templates/devices.html", "templates/device.html"},
 }
 
 // parseTemplates parses every page with its layout; templates name assets through the asset

@@ -127,6 +127,8 @@
     button.addEventListener("click", run);
     run();
   }
+  // The check itself, for anyone who wants to run it on a proof of their own (and the tests).
+  window.VigilAudit = Object.freeze({ check: check });
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
 })();

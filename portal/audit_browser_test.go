@@ -1,0 +1,112 @@
+package portal_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
+	"github.com/vigilhealth/vigil/auth"
+)
+
+// signInBrowser signs a user in through the sign-in form in the browser.
+func (s *stack) signInBrowser(t *testing.T, ctx context.Context, email, secret string) {
+	t.Helper()
+	do(t, ctx, "sign in "+email, chromedp.Navigate(s.ts.URL+"/signin"), chromedp.WaitVisible(chromedp.CSS("#email")),
+		chromedp.SendKeys(chromedp.CSS("#email"), email), chromedp.SendKeys(chromedp.CSS("#password"), password),
+		chromedp.SendKeys(chromedp.CSS("#totp"), s.code(t, secret)), chromedp.Click(chromedp.CSS("button[type=submit]")),
+		chromedp.WaitVisible(chromedp.CSS("form.signout")))
+}
+
+// Verifies: REQ-POR-030
+// Verifies: REQ-POR-031
+// Verifies: REQ-POR-034
+// TestBrowserAuditTrail: a clinician acknowledges an alarm through the API; a quality officer
+// finds that action in the audit browser (in chromium) with the clinician's name, opens it,
+// sees the proof verified by the server under the latest checkpoint, and the page's own
+// script verifies it again in the browser — and refuses a proof with one byte changed.
+func TestBrowserAuditTrail(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := browser(t)
+	nurseEmail, nurseSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
+	nurse := s.signedIn(t, nurseEmail, nurseSecret)
+	u, err := s.auth.UserByEmail(s.Ctx, nurseEmail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chaintest.ShipAll(t, s.chain) // a first checkpoint: the acknowledgement's batch is not the log's only leaf
+	alarm := s.raiseAlarm(t, s.patients[1].ID)
+	s.acknowledgeViaAPI(t, nurse, alarm)
+	if res := s.get(t, "/ward/tiles/"+s.patients[1].ID.String(), nurse); res.StatusCode != 200 {
+		t.Fatalf("tile = %d", res.StatusCode)
+	}
+	cp := chaintest.ShipAll(t, s.chain)
+
+	qEmail, qSecret, _ := s.staff(t, auth.RoleQuality)
+	s.signInBrowser(t, ctx, qEmail, qSecret)
+	do(t, ctx, "open the audit trail", chromedp.Click(chromedp.CSS(`nav a[href="/audit"]`)), chromedp.WaitVisible(chromedp.CSS("#q-action")))
+	checkA11y(t, ctx, "audit trail")
+	do(t, ctx, "search", chromedp.SendKeys(chromedp.CSS("#q-action"), "alarm.acknowledged"),
+		chromedp.Click(chromedp.CSS("form.search button[type=submit]")), chromedp.WaitVisible(chromedp.CSS(`tr[data-action="alarm.acknowledged"]`)))
+	if who := eval[string](t, ctx, `document.querySelector('tr[data-action="alarm.acknowledged"] .actor').textContent`); !strings.Contains(who, u.Profile.DisplayName) {
+		t.Errorf("actor shown = %q, want %q", who, u.Profile.DisplayName)
+	}
+	checkA11y(t, ctx, "audit search results")
+	screenshot(t, ctx, "audit-search")
+
+	do(t, ctx, "open the event", chromedp.Click(chromedp.CSS(`tr[data-action="alarm.acknowledged"] td a`)), chromedp.WaitVisible(chromedp.CSS("#server-verdict")))
+	want := fmt.Sprintf("Verified under checkpoint %d, tree size %d", cp.ID, cp.Size)
+	if v := eval[string](t, ctx, `document.getElementById('server-verdict').textContent`); !strings.Contains(v, want) {
+		t.Errorf("server verdict = %q, want %q", v, want)
+	}
+	waitFor(t, ctx, "the browser's own check", `document.getElementById('browser-verdict').dataset.code === 'verified'`)
+	if v := eval[string](t, ctx, `document.getElementById('browser-verdict').textContent`); !strings.Contains(v, fmt.Sprintf("tree size %d", cp.Size)) {
+		t.Errorf("browser verdict = %q", v)
+	}
+	if who := eval[string](t, ctx, `document.getElementById('actor').textContent`); !strings.Contains(who, u.Profile.DisplayName) {
+		t.Errorf("event actor = %q", who)
+	}
+	checkA11y(t, ctx, "audit event")
+	screenshot(t, ctx, "audit-event")
+
+	// The browser's check refuses a proof with one changed byte, wherever it is.
+	tampered, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`(async () => {
+		const p = await (await fetch(document.getElementById('browser-check').dataset.proofUrl)).json();
+		const flip = (h) => (h[0] === '0' ? '1' : '0') + h.slice(1);
+		const out = [];
+		const variants = {
+			batch_root: (q) => { q.batch_root = flip(q.batch_root); },
+			batch_proof: (q) => { if (q.batch_proof.length) q.batch_proof[0] = flip(q.batch_proof[0]); else q.batch_index = q.batch_index + 1; },
+			inclusion: (q) => { if (q.inclusion.length) q.inclusion[0] = flip(q.inclusion[0]); else q.leaf_index = q.leaf_index + 1; },
+			checkpoint: (q) => { q.checkpoint = q.checkpoint.replace(/\n(\d+)\n/, (m, n) => '\n' + (Number(n) + 1) + '\n'); q.tree_size++; },
+			encoding: (q) => { q.encoding = (q.encoding[0] === 'A' ? 'B' : 'A') + q.encoding.slice(1); },
+		};
+		for (const [name, change] of Object.entries(variants)) {
+			const q = JSON.parse(JSON.stringify(p));
+			change(q);
+			try { await window.VigilAudit.check(q); out.push(name + ': ACCEPTED'); } catch (e) { out.push(name + ': refused'); }
+		}
+		try { await window.VigilAudit.check(p); out.push('original: accepted'); } catch (e) { out.push('original: ' + e.message); }
+		return out;
+	})()`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(tampered, "|") != "batch_root: refused|batch_proof: refused|inclusion: refused|checkpoint: refused|encoding: refused|original: accepted" {
+		t.Errorf("browser check on changed proofs: %q", tampered)
+	}
+
+	// Who viewed this record: the clinician's read of the patient.
+	do(t, ctx, "open the access history", chromedp.Navigate(s.ts.URL+"/audit/patients/"+url.PathEscape(s.patients[1].ID.String())),
+		chromedp.WaitVisible(chromedp.CSS(`tr[data-action="access.phi.read"]`)))
+	if who := eval[string](t, ctx, `document.querySelector('tr[data-action="access.phi.read"] .actor').textContent`); !strings.Contains(who, u.Profile.DisplayName) {
+		t.Errorf("access history actor = %q", who)
+	}
+	checkA11y(t, ctx, "patient access history")
+	screenshot(t, ctx, "audit-patient-history")
+}
