@@ -247,7 +247,7 @@ func TestAuditBrowser(t *testing.T) {
 	}
 	for field, code := range map[string]string{"from": "invalid_time", "action": "invalid_action", "actor": "unknown_actor", "patient": "unknown_patient"} {
 		if !strings.Contains(page, fmt.Sprintf(`<p id="q-%s-error" class="field-error" data-code="%s">`, field, code)) ||
-			!regexp.MustCompile(`id="q-` + field + `"[^>]*aria-describedby="q-` + field + `-hint q-` + field + `-error" aria-invalid="true"`).MatchString(page) {
+			!regexp.MustCompile(`id="q-`+field+`"[^>]*aria-describedby="q-`+field+`-hint q-`+field+`-error" aria-invalid="true"`).MatchString(page) {
 			t.Errorf("bad search: field %s lacks its error %s", field, code)
 		}
 	}
