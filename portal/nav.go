@@ -30,7 +30,11 @@ func (p *Portal) nav(pr *auth.Principal, title string) []navLink {
 	}
 	var out []navLink
 	for _, n := range navPages {
-		if p.routed(n.url) && p.allowed(pr, n.obj, n.act) {
+		ok := p.allowed(pr, n.obj, n.act)
+		if n.url == "/admin" {
+			ok = len(p.mayAdmin(pr)) > 0 // any of its sections (admin.go)
+		}
+		if p.routed(n.url) && ok {
 			out = append(out, navLink{URL: n.url, Label: n.label, Current: n.title == title})
 		}
 	}

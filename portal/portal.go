@@ -109,6 +109,7 @@ func Routes() []string {
 		// Audit browser (audit.go), devices (devices.go), administration (admin.go).
 		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
 		"GET /devices", "POST /devices", "GET /devices/:id", "POST /devices/:id/status", "POST /devices/:id/enrollment-token",
+		"GET /admin", "POST /admin/break-glass/:id/review",
 	}
 }
 
@@ -130,6 +131,8 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.GET("/devices/:id", p.page(p.devicePage))
 	e.POST("/devices/:id/status", p.page(p.deviceStatus))
 	e.POST("/devices/:id/enrollment-token", p.page(p.deviceToken))
+	e.GET("/admin", p.page(p.adminPage))
+	e.POST("/admin/break-glass/:id/review", p.page(p.reviewBreakGlass))
 }
 
 // contentSecurityPolicy allows the page's own origin and nothing else: scripts and styles

@@ -39,6 +39,7 @@ var pageFiles = map[string][]string{
 	"denied.html":      {"templates/layout.html", "templates/denied.html"},
 	"devices.html":     {"templates/layout.html", "templates/devices.html"},
 	"device.html":      {"templates/layout.html", "templates/devices.html", "templates/device.html"},
+	"admin.html":       {"templates/layout.html", "templates/devices.html", "templates/admin.html"},
 }
 
 // parseTemplates parses every page with its layout; templates name assets through the asset
