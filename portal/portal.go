@@ -110,6 +110,7 @@ func Routes() []string {
 		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
 		"GET /devices", "POST /devices", "GET /devices/:id", "POST /devices/:id/status", "POST /devices/:id/enrollment-token",
 		"GET /admin", "POST /admin/break-glass/:id/review",
+		"GET " + auth.EnrollmentPath, "POST /enroll/start", "POST /enroll/complete",
 	}
 }
 
@@ -133,6 +134,9 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.POST("/devices/:id/enrollment-token", p.page(p.deviceToken))
 	e.GET("/admin", p.page(p.adminPage))
 	e.POST("/admin/break-glass/:id/review", p.page(p.reviewBreakGlass))
+	e.GET(auth.EnrollmentPath, p.page(p.enrollPage))
+	e.POST("/enroll/start", p.page(p.enrollStart))
+	e.POST("/enroll/complete", p.page(p.enrollComplete))
 }
 
 // contentSecurityPolicy allows the page's own origin and nothing else: scripts and styles

@@ -40,6 +40,7 @@ var pageFiles = map[string][]string{
 	"devices.html":     {"templates/layout.html", "templates/devices.html"},
 	"device.html":      {"templates/layout.html", "templates/devices.html", "templates/device.html"},
 	"admin.html":       {"templates/layout.html", "templates/devices.html", "templates/admin.html"},
+	"enroll.html":      {"templates/layout.html", "templates/devices.html", "templates/enroll.html"},
 }
 
 // parseTemplates parses every page with its layout; templates name assets through the asset
