@@ -3,6 +3,7 @@ package portal_test
 import (
 	"html"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
@@ -10,8 +11,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/portal"
 )
 
 // newEnrollment creates a user with a role and returns the e-mail address and the token of
@@ -99,5 +102,26 @@ func TestEnrollment(t *testing.T) {
 	s.Clock.Add(30 * time.Second)
 	if res := s.signIn(t, client(t), email, password, s.code(t, secret[1])); res.StatusCode != http.StatusSeeOther {
 		t.Errorf("sign-in after enrollment = %d", res.StatusCode)
+	}
+}
+
+// Verifies: REQ-POR-039
+// TestSignInWithIdP: with an identity provider configured, the sign-in page offers "Sign in
+// with <name>", a link to the server's OpenID Connect login; without one, no button.
+func TestSignInWithIdP(t *testing.T) {
+	s := newStack(t)
+	if page := body(t, s.get(t, "/signin", nil)); strings.Contains(page, "oidc-signin") {
+		t.Error("a sign-in button for an identity provider that is not configured")
+	}
+	p, err := portal.New(portal.Config{Auth: s.auth, Core: s.Core, Recorder: s.Rec, OIDCName: "St Elsewhere SSO"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := echo.New()
+	p.Mount(e)
+	rec := httptest.NewRecorder()
+	e.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/signin", nil))
+	if page := rec.Body.String(); !strings.Contains(page, `<a id="oidc-signin" class="button" href="/api/v1/auth/oidc/login">Sign in with St Elsewhere SSO</a>`) {
+		t.Errorf("sign-in page lacks the identity provider's button:\n%s", page)
 	}
 }

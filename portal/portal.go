@@ -39,6 +39,9 @@ type Config struct {
 	// Audit is the audit chain the audit browser reads (events, proofs, packs). Optional:
 	// without it the audit pages answer 503.
 	Audit *chain.Service
+	// OIDCName, when set, shows "Sign in with <OIDCName>" on the sign-in page, a link to the
+	// server's OpenID Connect login (GET /api/v1/auth/oidc/login). Empty: no button.
+	OIDCName string
 	// StreamURL is the live notification stream (SSE) the ward overview listens to.
 	// Default "/api/v1/stream" (the server's stream).
 	StreamURL string
