@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 
@@ -109,4 +110,80 @@ func TestBrowserAuditTrail(t *testing.T) {
 	}
 	checkA11y(t, ctx, "patient access history")
 	screenshot(t, ctx, "audit-patient-history")
+}
+
+// signOutBrowser signs the browser's user out with the layout's form.
+func signOutBrowser(t *testing.T, ctx context.Context) {
+	t.Helper()
+	do(t, ctx, "sign out", chromedp.Click(chromedp.CSS("form.signout button")), chromedp.WaitVisible(chromedp.CSS("#email")))
+}
+
+// Verifies: REQ-POR-035
+// Verifies: REQ-POR-036
+// Verifies: REQ-POR-037
+// Verifies: REQ-POR-039
+// TestBrowserDevicesAdminEnrollment: in chromium, a new user enrolls from the one-time link
+// (token read from the fragment, TOTP secret as a QR code, recovery codes); a technician
+// registers a device (a coded error next to the field first) and issues an enrollment token
+// with its QR code; an administrator and a quality officer see their sections of the
+// administration page. Labels, landmarks and contrast are checked on each page, and each is
+// photographed for docs/portal.md.
+func TestBrowserDevicesAdminEnrollment(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	ctx := browser(t)
+
+	// Enrollment from the link.
+	email, token := s.newEnrollment(t, auth.RoleDeviceTechnician)
+	do(t, ctx, "open the enrollment link", chromedp.Navigate(s.ts.URL+auth.EnrollmentPath+"#token="+token), chromedp.WaitVisible(chromedp.CSS("#totp-qr")))
+	if h := eval[string](t, ctx, "location.hash"); h != "" {
+		t.Errorf("the token stays in the address bar: %q", h)
+	}
+	secret := eval[string](t, ctx, "document.getElementById('totp-secret').textContent")
+	checkA11y(t, ctx, "enrollment")
+	screenshot(t, ctx, "enroll-totp")
+	do(t, ctx, "finish enrollment", chromedp.SendKeys(chromedp.CSS("#e-password"), password), chromedp.SendKeys(chromedp.CSS("#e-password2"), password),
+		chromedp.SendKeys(chromedp.CSS("#e-totp"), s.code(t, secret)), chromedp.Click(chromedp.CSS("#enroll-complete button[type=submit]")),
+		chromedp.WaitVisible(chromedp.CSS("#recovery-codes")))
+	s.Clock.Add(30 * time.Second)
+
+	// The new technician signs in: devices.
+	s.signInBrowser(t, ctx, email, secret)
+	s.upload(t, 3)
+	do(t, ctx, "open the devices", chromedp.Click(chromedp.CSS(`nav a[href="/devices"]`)), chromedp.WaitVisible(chromedp.CSS("#devices")))
+	checkA11y(t, ctx, "devices")
+	do(t, ctx, "register without a serial", chromedp.SendKeys(chromedp.CSS("#d-model"), "VM-200"), chromedp.SendKeys(chromedp.CSS("#d-firmware"), "2.0.0"),
+		chromedp.Click(chromedp.CSS(`form[action="/devices"] button[type=submit]`)), chromedp.WaitVisible(chromedp.CSS("#d-serial-error")))
+	if got := eval[string](t, ctx, "document.getElementById('d-serial').getAttribute('aria-describedby')"); got != "d-serial-hint d-serial-error" {
+		t.Errorf("serial field described by %q", got)
+	}
+	checkA11y(t, ctx, "devices with an error")
+	screenshot(t, ctx, "devices")
+	do(t, ctx, "register", chromedp.SendKeys(chromedp.CSS("#d-serial"), "SN-BROWSER-1"),
+		chromedp.Click(chromedp.CSS(`form[action="/devices"] button[type=submit]`)), chromedp.WaitVisible(chromedp.CSS("#issue-token")))
+	do(t, ctx, "issue a token", chromedp.Click(chromedp.CSS("#issue-token")), chromedp.WaitVisible(chromedp.CSS("#token-qr")))
+	if w := eval[float64](t, ctx, "document.getElementById('token-qr').naturalWidth"); w != 256 {
+		t.Errorf("QR code image width %v, want 256", w)
+	}
+	checkA11y(t, ctx, "device with its enrollment token")
+	screenshot(t, ctx, "device-enrollment-token")
+	signOutBrowser(t, ctx)
+
+	// An administrator: users, roles, policy.
+	nEmail, nSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
+	nurse := s.signedIn(t, nEmail, nSecret)
+	s.breakGlassViaAPI(t, nurse, s.other.ID.String(), "patient collapsed in the corridor")
+	aEmail, aSecret, _ := s.staff(t, auth.RoleAdmin)
+	s.signInBrowser(t, ctx, aEmail, aSecret)
+	do(t, ctx, "open the administration", chromedp.Click(chromedp.CSS(`nav a[href="/admin"]`)), chromedp.WaitVisible(chromedp.CSS("#user-list")))
+	checkA11y(t, ctx, "administration")
+	screenshot(t, ctx, "admin")
+	signOutBrowser(t, ctx)
+
+	// Quality: the break-glass review queue.
+	qEmail, qSecret, _ := s.staff(t, auth.RoleQuality)
+	s.signInBrowser(t, ctx, qEmail, qSecret)
+	do(t, ctx, "open the break-glass queue", chromedp.Navigate(s.ts.URL+"/admin#breakglass"), chromedp.WaitVisible(chromedp.CSS("#grants")))
+	checkA11y(t, ctx, "break-glass review")
+	screenshot(t, ctx, "admin-break-glass")
 }

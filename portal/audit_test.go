@@ -175,6 +175,9 @@ func TestAuditBrowser(t *testing.T) {
 		t.Errorf("result page lacks %q", want)
 	}
 	evID := rows[0][1]
+	if !regexp.MustCompile(`(?s)<tr data-event="` + evID + `".*?<td class="leaf">\d+</td>\s*<td class="proof" data-code="verified">`).MatchString(list) {
+		t.Errorf("the row lacks its leaf index and verified proof:\n%s", list)
+	}
 
 	// The event: batch, leaf index, proof verified under the latest checkpoint.
 	res = s.get(t, "/audit/events/"+evID, q)
