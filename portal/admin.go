@@ -135,10 +135,12 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 			return fmt.Errorf("portal: admin policy: %w", err)
 		}
 		for _, h := range hist {
-			id := h.Actor
-			who, _ := names("user", &id)
-			if strings.Contains(h.Actor, ":") || h.Actor == "vigil" {
-				who = h.Actor
+			// The actor is "<kind>:<id>" (user:<uuid>, service:vigil): people by name.
+			who := h.Actor
+			if id, ok := strings.CutPrefix(h.Actor, "user:"); ok {
+				if _, err := uuid.Parse(id); err == nil {
+					who, _ = names("user", &id)
+				}
 			}
 			data.History = append(data.History, policyVersionView{Version: h.Version, At: h.ChangedAt.UTC().Format("2006-01-02 15:04 UTC"),
 				Who: who, What: h.Change, Detail: compactJSON(h.Detail, wards)})

@@ -72,6 +72,9 @@ func TestAdminPage(t *testing.T) {
 	if strings.Contains(page, `id="user-list"`) || strings.Contains(page, nEmail) || !strings.Contains(page, `id="policy-rules"`) {
 		t.Error("quality staff: wrong sections")
 	}
+	if !regexp.MustCompile(`<td class="who">` + regexp.QuoteMeta(nu.Profile.DisplayName) + `</td><td>break_glass_opened</td>`).MatchString(page) {
+		t.Error("the policy changes do not name the clinician who opened break-glass")
+	}
 	grant := regexp.MustCompile(`<tr data-grant="([0-9a-f-]{36})">`).FindStringSubmatch(page)
 	if grant == nil || !strings.Contains(page, "patient collapsed in the corridor") || !strings.Contains(page, nu.Profile.DisplayName) {
 		t.Fatalf("break-glass queue lacks the grant:\n%s", page)
