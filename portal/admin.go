@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"sort"
 	"strings"
@@ -78,6 +79,16 @@ type adminData struct {
 	Errors     map[string]*formError
 	ReviewNote string
 	ReviewID   string
+	// Adding users (admin_users.go): the form, the wards to choose from, whether the viewer
+	// may add and disable users, and the new user's enrollment link (shown once).
+	NewUser     newUserForm
+	Wards       []wardOption
+	AllRoles    []auth.RoleInfo
+	MayManage   bool
+	MayAdd      bool
+	Link        string
+	LinkExpires string
+	LinkQR      template.URL
 }
 
 // mayAdmin reports which sections pr may read.
@@ -121,6 +132,13 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 		if data.Users, err = p.userViews(ctx, wards); err != nil {
 			return fmt.Errorf("portal: admin users: %w", err)
 		}
+		data.MayManage = p.allowed(pr, auth.ObjUser, "manage")
+		data.MayAdd = data.MayManage && p.allowed(pr, auth.ObjPolicy, "manage")
+		data.AllRoles = auth.Roles
+		for id, n := range wards {
+			data.Wards = append(data.Wards, wardOption{ID: string(auth.WardDomain(id)), Name: n})
+		}
+		sort.Slice(data.Wards, func(i, j int) bool { return data.Wards[i].Name < data.Wards[j].Name })
 	}
 	if data.Show["policy"] || data.Show["users"] {
 		data.Roles = auth.Roles

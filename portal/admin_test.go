@@ -2,12 +2,15 @@ package portal_test
 
 import (
 	"context"
+	"html"
 	"io"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/google/uuid"
 
 	"github.com/vigilhealth/vigil/auth"
 )
@@ -51,7 +54,7 @@ func TestAdminPage(t *testing.T) {
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("admin GET /admin = %d:\n%s", res.StatusCode, page)
 	}
-	if !regexp.MustCompile(`<tr data-user="` + nu.ID.String() + `"><td>` + regexp.QuoteMeta(nu.Profile.DisplayName) + `</td><td>` + nEmail + `</td><td>active</td><td>TOTP</td>\s*<td>clinician on Ward 7A</td>`).MatchString(page) {
+	if !regexp.MustCompile(`<tr data-user="` + nu.ID.String() + `"><td>` + regexp.QuoteMeta(nu.Profile.DisplayName) + `</td><td>` + nEmail + `</td><td class="status">active</td><td>TOTP</td>\s*<td>clinician on Ward 7A</td>`).MatchString(page) {
 		t.Errorf("the users section lacks the clinician with their ward:\n%s", page)
 	}
 	for _, want := range []string{`id="policy-rules"`, "<td>quality</td><td>audit</td><td>read</td><td>global</td>", `id="policy-versions"`, "role_granted", `href="/admin" aria-current="page"`} {
@@ -63,6 +66,60 @@ func TestAdminPage(t *testing.T) {
 		if strings.Contains(page, absent) {
 			t.Errorf("admin page shows %q, which the administrator may not read", absent)
 		}
+	}
+
+	// The administrator adds a user (coded errors first, CSRF required) and gets the
+	// enrollment link once, with its QR code; the link works; then disables the account.
+	if res := s.postForm(t, adm, "/admin/users", url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"quality"}, "ward": {"*"}}, false); res.StatusCode != http.StatusForbidden {
+		t.Errorf("add user without CSRF = %d, want 403", res.StatusCode)
+	}
+	for _, tc := range []struct {
+		form        url.Values
+		field, code string
+	}{
+		{url.Values{"email": {"not-an-address"}, "name": {"X"}, "role": {"quality"}, "ward": {"*"}}, "email", "invalid_email"},
+		{url.Values{"email": {"x@example.org"}, "name": {""}, "role": {"quality"}, "ward": {"*"}}, "name", "name_required"},
+		{url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"clinician"}, "ward": {"*"}}, "ward", "ward_required"},
+		{url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"quality"}, "ward": {string(auth.WardDomain(s.ward.ID))}}, "ward", "ward_not_allowed"},
+		{url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"clinician"}, "ward": {"ward:" + uuid.NewString()}}, "ward", "invalid_ward"},
+		{url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"overlord"}, "ward": {"*"}}, "role", "invalid_role"},
+		{url.Values{"email": {nEmail}, "name": {"X"}, "role": {"quality"}, "ward": {"*"}}, "email", "user_conflict"},
+	} {
+		res := s.postForm(t, adm, "/admin/users", tc.form, true)
+		if page := body(t, res); res.StatusCode < 400 || !strings.Contains(page, `id="u-`+tc.field+`-error" class="field-error" data-code="`+tc.code+`"`) {
+			t.Errorf("add user %v = %d, want %s on %s", tc.form, res.StatusCode, tc.code, tc.field)
+		}
+	}
+	if _, err := s.auth.UserByEmail(s.Ctx, "x@example.org"); err == nil {
+		t.Error("a refused form stored a user")
+	}
+	newEmail := "charge-" + uuid.NewString()[:6] + "@example.org"
+	res = s.postForm(t, adm, "/admin/users", url.Values{"email": {newEmail}, "name": {"Grace Hopper"}, "role": {auth.RoleChargeNurse},
+		"ward": {string(auth.WardDomain(s.ward.ID))}}, true)
+	page = html.UnescapeString(body(t, res))
+	link := regexp.MustCompile(`<code id="link">(http://[^<]+/enroll#token=(vge_[A-Za-z0-9_-]+))</code>`).FindStringSubmatch(page)
+	if res.StatusCode != http.StatusOK || link == nil || !strings.Contains(page, `<img class="qr" id="link-qr" src="data:image/png;base64,`) ||
+		!strings.Contains(page, "charge nurse on Ward 7A") {
+		t.Fatalf("add user = %d:\n%s", res.StatusCode, page)
+	}
+	if _, err := s.auth.StartEnrollment(s.Ctx, auth.Origin{}, link[2]); err != nil {
+		t.Errorf("the enrollment link does not work: %v", err)
+	}
+	added, err := s.auth.UserByEmail(s.Ctx, newEmail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res = s.postForm(t, adm, "/admin/users/"+added.ID.String()+"/status", url.Values{"action": {"disable"}}, true)
+	if page = body(t, res); res.StatusCode != http.StatusOK || !regexp.MustCompile(`<tr data-user="`+added.ID.String()+`">.*?<td class="status">disabled</td>`).MatchString(page) {
+		t.Errorf("disable = %d", res.StatusCode)
+	}
+	au, _ := s.auth.UserByEmail(s.Ctx, aEmail)
+	if res := s.postForm(t, adm, "/admin/users/"+au.ID.String()+"/status", url.Values{"action": {"disable"}}, true); res.StatusCode != http.StatusConflict {
+		t.Errorf("disabling oneself = %d, want 409", res.StatusCode)
+	}
+	res = s.postForm(t, adm, "/admin/users/"+added.ID.String()+"/status", url.Values{"action": {"enable"}}, true)
+	if page = body(t, res); !regexp.MustCompile(`<tr data-user="` + added.ID.String() + `">.*?<td class="status">active</td>`).MatchString(page) {
+		t.Errorf("enable = %d", res.StatusCode)
 	}
 
 	// Quality: the policy and the break-glass queue, not the users.
@@ -101,6 +158,9 @@ func TestAdminPage(t *testing.T) {
 	}
 	if res := s.postForm(t, adm, path, url.Values{"note": {"x"}}, true); res.StatusCode != http.StatusForbidden {
 		t.Errorf("administrator review = %d, want 403", res.StatusCode)
+	}
+	if res := s.postForm(t, q, "/admin/users", url.Values{"email": {"q@example.org"}, "name": {"Q"}, "role": {"quality"}, "ward": {"*"}}, true); res.StatusCode != http.StatusForbidden {
+		t.Errorf("quality adds a user = %d, want 403", res.StatusCode)
 	}
 	_ = qName
 

@@ -112,7 +112,7 @@ func Routes() []string {
 		// Audit browser (audit.go), devices (devices.go), administration (admin.go).
 		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
 		"GET /devices", "POST /devices", "GET /devices/:id", "POST /devices/:id/status", "POST /devices/:id/enrollment-token",
-		"GET /admin", "POST /admin/break-glass/:id/review",
+		"GET /admin", "POST /admin/break-glass/:id/review", "POST /admin/users", "POST /admin/users/:id/status",
 		"GET " + auth.EnrollmentPath, "POST /enroll/start", "POST /enroll/complete",
 	}
 }
@@ -137,6 +137,8 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.POST("/devices/:id/enrollment-token", p.page(p.deviceToken))
 	e.GET("/admin", p.page(p.adminPage))
 	e.POST("/admin/break-glass/:id/review", p.page(p.reviewBreakGlass))
+	e.POST("/admin/users", p.page(p.addUser))
+	e.POST("/admin/users/:id/status", p.page(p.userStatus))
 	e.GET(auth.EnrollmentPath, p.page(p.enrollPage))
 	e.POST("/enroll/start", p.page(p.enrollStart))
 	e.POST("/enroll/complete", p.page(p.enrollComplete))
