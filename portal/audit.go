@@ -276,7 +276,7 @@ func (p *Portal) auditList(c echo.Context, pr *auth.Principal, data auditData, s
 		v.Set("cursor", page.NextCursor)
 		data.NextURL = c.Request().URL.Path + "?" + v.Encode()
 	}
-	if data.MayExport {
+	if data.MayExport && !f.From.IsZero() { // an export needs the start of its range
 		v := url.Values{}
 		if !f.From.IsZero() {
 			v.Set("from", f.From.Format(formTime))

@@ -211,6 +211,14 @@ func TestAuditBrowser(t *testing.T) {
 		t.Errorf("proof JSON = %+v, %v", raw, err)
 	}
 
+	if !strings.Contains(list, `id="export-hint"`) || strings.Contains(list, `id="export"`) {
+		t.Error("a search without a start offers an export that would be refused")
+	}
+	page = body(t, s.get(t, "/audit?"+url.Values{"action": {"alarm.acknowledged"}, "from": {start.UTC().Format("2006-01-02T15:04")}}.Encode(), q))
+	if !strings.Contains(page, `<a id="export" class="button" href="/audit/export?from=`) {
+		t.Error("a search with a start offers no export")
+	}
+
 	// Who viewed this patient's record.
 	page = body(t, s.get(t, "/audit/patients/"+p1.String(), q))
 	if !strings.Contains(page, `data-action="access.phi.read"`) || !strings.Contains(page, nurseName) {
