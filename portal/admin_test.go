@@ -33,13 +33,12 @@ func (s *stack) breakGlassViaAPI(t testing.TB, c *http.Client, patient, reason s
 	}
 }
 
-// Verifies: REQ-POR-037
-// Verifies: REQ-POR-038
 // TestAdminPage: each section of the administration page shown only to those the policy
 // lets read it — users with roles and wards and the policy with its versions to the
 // administrator; the policy and the break-glass review queue to quality staff, who review a
 // grant (note required, CSRF required); the rules with their versions and authors to
 // clinicians; nothing to a technician.
+// Verifies: REQ-POR-037, REQ-POR-038
 func TestAdminPage(t *testing.T) {
 	s := newStack(t)
 	nEmail, nSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)

@@ -23,13 +23,11 @@ func (s *stack) signInBrowser(t *testing.T, ctx context.Context, email, secret s
 		chromedp.WaitVisible(chromedp.CSS("form.signout")))
 }
 
-// Verifies: REQ-POR-030
-// Verifies: REQ-POR-031
-// Verifies: REQ-POR-034
 // TestBrowserAuditTrail: a clinician acknowledges an alarm through the API; a quality officer
 // finds that action in the audit browser (in chromium) with the clinician's name, opens it,
 // sees the proof verified by the server under the latest checkpoint, and the page's own
 // script verifies it again in the browser — and refuses a proof with one byte changed.
+// Verifies: REQ-POR-030, REQ-POR-031, REQ-POR-034
 func TestBrowserAuditTrail(t *testing.T) {
 	t.Parallel()
 	s := newStack(t)
@@ -118,16 +116,13 @@ func signOutBrowser(t *testing.T, ctx context.Context) {
 	do(t, ctx, "sign out", chromedp.Click(chromedp.CSS("form.signout button")), chromedp.WaitVisible(chromedp.CSS("#email")))
 }
 
-// Verifies: REQ-POR-035
-// Verifies: REQ-POR-036
-// Verifies: REQ-POR-037
-// Verifies: REQ-POR-039
 // TestBrowserDevicesAdminEnrollment: in chromium, a new user enrolls from the one-time link
 // (token read from the fragment, TOTP secret as a QR code, recovery codes); a technician
 // registers a device (a coded error next to the field first) and issues an enrollment token
 // with its QR code; an administrator and a quality officer see their sections of the
 // administration page. Labels, landmarks and contrast are checked on each page, and each is
 // photographed for docs/portal.md.
+// Verifies: REQ-POR-035, REQ-POR-036, REQ-POR-037, REQ-POR-039
 func TestBrowserDevicesAdminEnrollment(t *testing.T) {
 	t.Parallel()
 	s := newStack(t)

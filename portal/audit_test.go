@@ -108,14 +108,11 @@ func (s *stack) acknowledgeViaAPI(t testing.TB, c *http.Client, alarm uuid.UUID)
 	}
 }
 
-// Verifies: REQ-POR-030
-// Verifies: REQ-POR-031
-// Verifies: REQ-POR-032
-// Verifies: REQ-POR-033
 // TestAuditBrowser: a clinician's acknowledgement, found by action in the audit browser with
 // the clinician's name, its batch and leaf index, and its proof verified under the latest
 // checkpoint; the patient's access history; an audit pack of the patient that verifies
 // offline; coded errors next to the fields; clinicians refused and not shown the link.
+// Verifies: REQ-POR-030, REQ-POR-031, REQ-POR-032, REQ-POR-033
 func TestAuditBrowser(t *testing.T) {
 	s := newStack(t)
 	nurseEmail, nurseSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)

@@ -34,12 +34,11 @@ func (s *stack) postForm(t testing.TB, c *http.Client, path string, form url.Val
 	return res
 }
 
-// Verifies: REQ-POR-035
-// Verifies: REQ-POR-036
 // TestDevicesPages: a technician lists devices with their key, last upload and refused
 // uploads and no patient data; registers one (coded errors next to the fields, CSRF
 // required, duplicates refused); issues an enrollment token shown once with its QR code;
 // suspends, reactivates and decommissions with a reason. Others are refused or see less.
+// Verifies: REQ-POR-035, REQ-POR-036
 func TestDevicesPages(t *testing.T) {
 	s := newStack(t)
 	s.upload(t, 3)

@@ -37,11 +37,11 @@ func (s *stack) newEnrollment(t testing.TB, role string) (string, string) {
 	return email, en.Token
 }
 
-// Verifies: REQ-POR-039
 // TestEnrollment: a new user's one-time link opens the enrollment page; the TOTP secret is
 // offered as a QR code; password and code are checked with coded errors next to the fields
 // (the same secret offered again); the recovery codes are shown once; the link does not
 // work twice; the user then signs in with a TOTP code. Cross-site posts are refused.
+// Verifies: REQ-POR-039
 func TestEnrollment(t *testing.T) {
 	s := newStack(t)
 	email, token := s.newEnrollment(t, auth.RoleQuality)
@@ -105,9 +105,9 @@ func TestEnrollment(t *testing.T) {
 	}
 }
 
-// Verifies: REQ-POR-039
 // TestSignInWithIdP: with an identity provider configured, the sign-in page offers "Sign in
 // with <name>", a link to the server's OpenID Connect login; without one, no button.
+// Verifies: REQ-POR-039
 func TestSignInWithIdP(t *testing.T) {
 	s := newStack(t)
 	if page := body(t, s.get(t, "/signin", nil)); strings.Contains(page, "oidc-signin") {
