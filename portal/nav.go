@@ -31,8 +31,13 @@ func (p *Portal) nav(pr *auth.Principal, title string) []navLink {
 	var out []navLink
 	for _, n := range navPages {
 		ok := p.allowed(pr, n.obj, n.act)
-		if n.url == "/admin" {
+		switch n.url {
+		case "/admin":
 			ok = len(p.mayAdmin(pr)) > 0 // any of its sections (admin.go)
+		case "/audit":
+			ok = ok && p.cfg.Audit != nil
+		case "/devices":
+			ok = ok && p.cfg.Devices != nil
 		}
 		if p.routed(n.url) && ok {
 			out = append(out, navLink{URL: n.url, Label: n.label, Current: n.title == title})
