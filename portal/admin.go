@@ -75,6 +75,7 @@ type adminData struct {
 	History    []policyVersionView
 	Grants     []grantView
 	Clinical   []ruleView
+	CareTeams  []careTeamView
 	Notice     string
 	Errors     map[string]*formError
 	ReviewNote string
@@ -101,6 +102,9 @@ func (p *Portal) mayAdmin(pr *auth.Principal) map[string]bool {
 		if p.allowed(pr, s.obj, s.act) {
 			show[s.name] = true
 		}
+	}
+	if p.mayReadCareTeams(pr) { // per patient: admin_careteams.go
+		show["careteams"] = true
 	}
 	return show
 }
@@ -178,6 +182,11 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 			}
 			data.Grants = append(data.Grants, grantView{ID: g.ID, User: who, Patient: g.PatientID.String(), Reason: g.Reason,
 				Opened: g.OpenedAt.UTC().Format("2006-01-02 15:04 UTC"), State: state})
+		}
+	}
+	if data.Show["careteams"] {
+		if data.CareTeams, err = p.careTeamViews(ctx, c, pr, names); err != nil {
+			return fmt.Errorf("portal: admin: %w", err)
 		}
 	}
 	if data.Show["rules"] {

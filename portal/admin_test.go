@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/auth"
 )
 
@@ -163,8 +164,27 @@ func TestAdminPage(t *testing.T) {
 	}
 	_ = qName
 
-	// A clinician: the clinical rules with their versions and who made them; nothing else.
+	// A clinician: the clinical rules with their versions and who made them, and the care
+	// teams of their own patients (each read audited); nothing else.
+	if _, err := s.Core.AddCareTeamMember(s.Ctx, admin, s.patients[1].ID, nu.ID.String(), "nurse"); err != nil {
+		t.Fatal(err)
+	}
 	page = body(t, s.get(t, "/admin", nurse))
+	p1 := s.patients[1]
+	if !regexp.MustCompile(`<tr><td>Ward 7A</td><td>` + p1.PHI.GivenName + " " + p1.PHI.FamilyName + ` <span class="mrn">` + p1.PHI.MRN +
+		`</span></td>\s*<td>` + regexp.QuoteMeta(nu.Profile.DisplayName) + ` \(nurse, since`).MatchString(page) {
+		t.Errorf("the clinician's care teams lack their own team:\n%s", page)
+	}
+	if strings.Contains(page, s.other.PHI.FamilyName) {
+		t.Error("the care teams show a patient of another ward")
+	}
+	reads, err := s.chain.Events(s.Ctx, chain.EventFilter{ActorID: nu.ID.String(), Action: "access.phi.read", ObjectType: "patient", ObjectID: p1.ID.String()})
+	if err != nil || len(reads.Events) == 0 {
+		t.Errorf("care team read not audited: %d, %v", len(reads.Events), err)
+	}
+	if strings.Contains(body(t, s.get(t, "/admin", adm)), `id="careteams"`) {
+		t.Error("the administrator sees the care teams (patients' names)")
+	}
 	if !strings.Contains(page, `id="rules"`) || !strings.Contains(page, `data-rule="news2"`) || strings.Contains(page, `id="policy-rules"`) ||
 		strings.Contains(page, `id="user-list"`) || strings.Contains(page, `id="breakglass"`) {
 		t.Errorf("clinician's administration page has the wrong sections:\n%s", page)
