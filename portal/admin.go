@@ -76,6 +76,7 @@ type adminData struct {
 	Grants     []grantView
 	Clinical   []ruleView
 	CareTeams  []careTeamView
+	WardRules  []wardSettingView
 	Notice     string
 	Errors     map[string]*formError
 	ReviewNote string
@@ -192,6 +193,9 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 	if data.Show["rules"] {
 		if data.Clinical, err = p.ruleViews(ctx, names); err != nil {
 			return fmt.Errorf("portal: admin rules: %w", err)
+		}
+		if data.WardRules, err = p.wardSettingViews(ctx, wards, names); err != nil {
+			return fmt.Errorf("portal: admin ward settings: %w", err)
 		}
 	}
 	return p.render(c, status, "admin.html", data)

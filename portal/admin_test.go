@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -181,6 +182,20 @@ func TestAdminPage(t *testing.T) {
 	reads, err := s.chain.Events(s.Ctx, chain.EventFilter{ActorID: nu.ID.String(), Action: "access.phi.read", ObjectType: "patient", ObjectID: p1.ID.String()})
 	if err != nil || len(reads.Events) == 0 {
 		t.Errorf("care team read not audited: %d, %v", len(reads.Events), err)
+	}
+	if !strings.Contains(page, "No ward has its own NEWS2 settings") {
+		t.Error("the ward settings section is missing")
+	}
+	if err := s.rules.SetWardNEWS2(s.Ctx, admin, s.ward.ID, []string{"temp", "acvpu"}, 4*time.Hour, "temperature charted every 4 h"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.rules.SetWardNEWS2(s.Ctx, admin, s.ward.ID, []string{"temp"}, 6*time.Hour, "night rounds"); err != nil {
+		t.Fatal(err)
+	}
+	page = body(t, s.get(t, "/admin", nurse))
+	if !regexp.MustCompile(`<tr><td>Ward 7A</td><td>2</td><td>[^<]+</td><td class="who">[^<]+</td><td>temp</td><td>6h0m0s</td><td>night rounds</td></tr>` +
+		`<tr><td>Ward 7A</td><td>1</td><td>[^<]+</td><td class="who">[^<]+</td><td>temp, acvpu</td><td>4h0m0s</td><td>temperature charted every 4 h</td></tr>`).MatchString(page) {
+		t.Errorf("the ward settings lack their two versions:\n%s", page)
 	}
 	if strings.Contains(body(t, s.get(t, "/admin", adm)), `id="careteams"`) {
 		t.Error("the administrator sees the care teams (patients' names)")
