@@ -61,8 +61,20 @@ func (p *Portal) wardSettingViews(ctx context.Context, wards map[uuid.UUID]strin
 		}
 		who, _ := names(ev.ActorKind, ev.ActorID)
 		out = append(out, wardSettingView{Ward: ward, Version: fmt.Sprint(perWard[*ev.ObjectID]), At: ev.Time.UTC().Format("2006-01-02 15:04 UTC"),
-			Who: who, Charted: strings.Join(pl.Charted, ", "), MaxAge: (time.Duration(pl.MaxAge) * time.Second).String(), Reason: pl.Reason})
+			Who: who, Charted: strings.Join(pl.Charted, ", "), MaxAge: shortDuration(time.Duration(pl.MaxAge) * time.Second), Reason: pl.Reason})
 		perWard[*ev.ObjectID]--
 	}
 	return out, nil
+}
+
+// shortDuration writes 4h rather than 4h0m0s, 90m as 1h30m.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	switch {
+	case strings.HasSuffix(s, "h0m0s"):
+		return strings.TrimSuffix(s, "0m0s")
+	case strings.HasSuffix(s, "m0s"):
+		return strings.TrimSuffix(s, "0s")
+	}
+	return s
 }

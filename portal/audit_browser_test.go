@@ -181,4 +181,22 @@ func TestBrowserDevicesAdminEnrollment(t *testing.T) {
 	do(t, ctx, "open the break-glass queue", chromedp.Navigate(s.ts.URL+"/admin#breakglass"), chromedp.WaitVisible(chromedp.CSS("#grants")))
 	checkA11y(t, ctx, "break-glass review")
 	screenshot(t, ctx, "admin-break-glass")
+	signOutBrowser(t, ctx)
+
+	// A clinician: the care teams of their patients, the clinical rules, each ward's NEWS2
+	// settings with their versions.
+	nu, err := s.auth.UserByEmail(s.Ctx, nEmail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Core.AddCareTeamMember(s.Ctx, admin, s.patients[1].ID, nu.ID.String(), "nurse"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.rules.SetWardNEWS2(s.Ctx, admin, s.ward.ID, []string{"temp", "acvpu"}, 4*time.Hour, "temperature and ACVPU charted every 4 h"); err != nil {
+		t.Fatal(err)
+	}
+	s.signInBrowser(t, ctx, nEmail, nSecret)
+	do(t, ctx, "open the clinician's administration page", chromedp.Click(chromedp.CSS(`nav a[href="/admin"]`)), chromedp.WaitVisible(chromedp.CSS("#ward-settings")))
+	checkA11y(t, ctx, "administration for a clinician")
+	screenshot(t, ctx, "admin-clinician")
 }
