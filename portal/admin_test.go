@@ -44,12 +44,12 @@ func (s *stack) breakGlassViaAPI(t testing.TB, c *http.Client, patient, reason s
 func TestAdminPage(t *testing.T) {
 	s := newStack(t)
 	nEmail, nSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
-	nurse := s.signedIn(t, nEmail, nSecret)
+	nurse := s.signedInAs(t, nEmail, nSecret)
 	nu, _ := s.auth.UserByEmail(s.Ctx, nEmail)
 	s.breakGlassViaAPI(t, nurse, s.other.ID.String(), "patient collapsed in the corridor")
 
 	aEmail, aSecret, _ := s.staff(t, auth.RoleAdmin)
-	adm := s.signedIn(t, aEmail, aSecret)
+	adm := s.signedInAs(t, aEmail, aSecret)
 	res := s.get(t, "/admin", adm)
 	page := body(t, res)
 	if res.StatusCode != http.StatusOK {
@@ -71,7 +71,7 @@ func TestAdminPage(t *testing.T) {
 
 	// The administrator adds a user (coded errors first, CSRF required) and gets the
 	// enrollment link once, with its QR code; the link works; then disables the account.
-	if res := s.postForm(t, adm, "/admin/users", url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"quality"}, "ward": {"*"}}, false); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, adm, "/admin/users", url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"quality"}, "ward": {"*"}}, false); res.StatusCode != http.StatusForbidden {
 		t.Errorf("add user without CSRF = %d, want 403", res.StatusCode)
 	}
 	for _, tc := range []struct {
@@ -86,7 +86,7 @@ func TestAdminPage(t *testing.T) {
 		{url.Values{"email": {"x@example.org"}, "name": {"X"}, "role": {"overlord"}, "ward": {"*"}}, "role", "invalid_role"},
 		{url.Values{"email": {nEmail}, "name": {"X"}, "role": {"quality"}, "ward": {"*"}}, "email", "user_conflict"},
 	} {
-		res := s.postForm(t, adm, "/admin/users", tc.form, true)
+		res := s.postFormAs(t, adm, "/admin/users", tc.form, true)
 		if page := body(t, res); res.StatusCode < 400 || !strings.Contains(page, `id="u-`+tc.field+`-error" class="field-error" data-code="`+tc.code+`"`) {
 			t.Errorf("add user %v = %d, want %s on %s", tc.form, res.StatusCode, tc.code, tc.field)
 		}
@@ -95,7 +95,7 @@ func TestAdminPage(t *testing.T) {
 		t.Error("a refused form stored a user")
 	}
 	newEmail := "charge-" + uuid.NewString()[:6] + "@example.org"
-	res = s.postForm(t, adm, "/admin/users", url.Values{"email": {newEmail}, "name": {"Grace Hopper"}, "role": {auth.RoleChargeNurse},
+	res = s.postFormAs(t, adm, "/admin/users", url.Values{"email": {newEmail}, "name": {"Grace Hopper"}, "role": {auth.RoleChargeNurse},
 		"ward": {string(auth.WardDomain(s.ward.ID))}}, true)
 	page = html.UnescapeString(body(t, res))
 	link := regexp.MustCompile(`<code id="link">(http://[^<]+/enroll#token=(vge_[A-Za-z0-9_-]+))</code>`).FindStringSubmatch(page)
@@ -110,22 +110,22 @@ func TestAdminPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res = s.postForm(t, adm, "/admin/users/"+added.ID.String()+"/status", url.Values{"action": {"disable"}}, true)
+	res = s.postFormAs(t, adm, "/admin/users/"+added.ID.String()+"/status", url.Values{"action": {"disable"}}, true)
 	if page = body(t, res); res.StatusCode != http.StatusOK || !regexp.MustCompile(`<tr data-user="`+added.ID.String()+`">.*?<td class="status">disabled</td>`).MatchString(page) {
 		t.Errorf("disable = %d", res.StatusCode)
 	}
 	au, _ := s.auth.UserByEmail(s.Ctx, aEmail)
-	if res := s.postForm(t, adm, "/admin/users/"+au.ID.String()+"/status", url.Values{"action": {"disable"}}, true); res.StatusCode != http.StatusConflict {
+	if res := s.postFormAs(t, adm, "/admin/users/"+au.ID.String()+"/status", url.Values{"action": {"disable"}}, true); res.StatusCode != http.StatusConflict {
 		t.Errorf("disabling oneself = %d, want 409", res.StatusCode)
 	}
-	res = s.postForm(t, adm, "/admin/users/"+added.ID.String()+"/status", url.Values{"action": {"enable"}}, true)
+	res = s.postFormAs(t, adm, "/admin/users/"+added.ID.String()+"/status", url.Values{"action": {"enable"}}, true)
 	if page = body(t, res); !regexp.MustCompile(`<tr data-user="` + added.ID.String() + `">.*?<td class="status">active</td>`).MatchString(page) {
 		t.Errorf("enable = %d", res.StatusCode)
 	}
 
 	// Quality: the policy and the break-glass queue, not the users.
 	qEmail, qSecret, qName := s.staff(t, auth.RoleQuality)
-	q := s.signedIn(t, qEmail, qSecret)
+	q := s.signedInAs(t, qEmail, qSecret)
 	page = body(t, s.get(t, "/admin", q))
 	if strings.Contains(page, `id="user-list"`) || strings.Contains(page, nEmail) || !strings.Contains(page, `id="policy-rules"`) {
 		t.Error("quality staff: wrong sections")
@@ -138,15 +138,15 @@ func TestAdminPage(t *testing.T) {
 		t.Fatalf("break-glass queue lacks the grant:\n%s", page)
 	}
 	path := "/admin/break-glass/" + grant[1] + "/review"
-	if res := s.postForm(t, q, path, url.Values{"note": {"justified"}}, false); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, q, path, url.Values{"note": {"justified"}}, false); res.StatusCode != http.StatusForbidden {
 		t.Errorf("review without CSRF = %d, want 403", res.StatusCode)
 	}
-	res = s.postForm(t, q, path, url.Values{"note": {"  "}}, true)
+	res = s.postFormAs(t, q, path, url.Values{"note": {"  "}}, true)
 	if page = body(t, res); res.StatusCode != http.StatusUnprocessableEntity ||
 		!strings.Contains(page, `<p id="note-`+grant[1]+`-error" class="field-error" data-code="note_required">`) {
 		t.Errorf("review without a note = %d", res.StatusCode)
 	}
-	res = s.postForm(t, q, path, url.Values{"note": {"justified: rapid response call"}}, true)
+	res = s.postFormAs(t, q, path, url.Values{"note": {"justified: rapid response call"}}, true)
 	if page = body(t, res); res.StatusCode != http.StatusOK || !strings.Contains(page, "Review recorded.") || !strings.Contains(page, `id="no-grants"`) {
 		t.Errorf("review = %d:\n%s", res.StatusCode, page)
 	}
@@ -154,13 +154,13 @@ func TestAdminPage(t *testing.T) {
 	if err != nil || len(gs) != 1 || gs[0].ReviewedAt == nil {
 		t.Errorf("grant after review = %+v, %v", gs, err)
 	}
-	if res := s.postForm(t, q, path, url.Values{"note": {"again"}}, true); res.StatusCode != http.StatusConflict {
+	if res := s.postFormAs(t, q, path, url.Values{"note": {"again"}}, true); res.StatusCode != http.StatusConflict {
 		t.Errorf("second review = %d, want 409", res.StatusCode)
 	}
-	if res := s.postForm(t, adm, path, url.Values{"note": {"x"}}, true); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, adm, path, url.Values{"note": {"x"}}, true); res.StatusCode != http.StatusForbidden {
 		t.Errorf("administrator review = %d, want 403", res.StatusCode)
 	}
-	if res := s.postForm(t, q, "/admin/users", url.Values{"email": {"q@example.org"}, "name": {"Q"}, "role": {"quality"}, "ward": {"*"}}, true); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, q, "/admin/users", url.Values{"email": {"q@example.org"}, "name": {"Q"}, "role": {"quality"}, "ward": {"*"}}, true); res.StatusCode != http.StatusForbidden {
 		t.Errorf("quality adds a user = %d, want 403", res.StatusCode)
 	}
 	_ = qName
@@ -207,7 +207,7 @@ func TestAdminPage(t *testing.T) {
 
 	// A technician may read none of it.
 	tEmail, tSecret, _ := s.staff(t, auth.RoleDeviceTechnician)
-	tech := s.signedIn(t, tEmail, tSecret)
+	tech := s.signedInAs(t, tEmail, tSecret)
 	if res := s.get(t, "/admin", tech); res.StatusCode != http.StatusForbidden {
 		t.Errorf("technician GET /admin = %d, want 403", res.StatusCode)
 	}

@@ -38,7 +38,7 @@ func BenchmarkAuditSearch(b *testing.B) {
 		}
 	}
 	qEmail, qSecret, _ := s.staff(b, auth.RoleQuality)
-	c := s.signedIn(b, qEmail, qSecret)
+	c := s.signedInAs(b, qEmail, qSecret)
 	var times []time.Duration
 	size := 0
 	b.ResetTimer()

@@ -14,8 +14,8 @@ import (
 	"github.com/vigilhealth/vigil/auth"
 )
 
-// signInBrowser signs a user in through the sign-in form in the browser.
-func (s *stack) signInBrowser(t *testing.T, ctx context.Context, email, secret string) {
+// signInAs signs a user in through the sign-in form in the browser.
+func (s *stack) signInAs(t *testing.T, ctx context.Context, email, secret string) {
 	t.Helper()
 	do(t, ctx, "sign in "+email, chromedp.Navigate(s.ts.URL+"/signin"), chromedp.WaitVisible(chromedp.CSS("#email")),
 		chromedp.SendKeys(chromedp.CSS("#email"), email), chromedp.SendKeys(chromedp.CSS("#password"), password),
@@ -33,7 +33,7 @@ func TestBrowserAuditTrail(t *testing.T) {
 	s := newStack(t)
 	ctx := browser(t)
 	nurseEmail, nurseSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
-	nurse := s.signedIn(t, nurseEmail, nurseSecret)
+	nurse := s.signedInAs(t, nurseEmail, nurseSecret)
 	u, err := s.auth.UserByEmail(s.Ctx, nurseEmail)
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +47,7 @@ func TestBrowserAuditTrail(t *testing.T) {
 	cp := chaintest.ShipAll(t, s.chain)
 
 	qEmail, qSecret, _ := s.staff(t, auth.RoleQuality)
-	s.signInBrowser(t, ctx, qEmail, qSecret)
+	s.signInAs(t, ctx, qEmail, qSecret)
 	do(t, ctx, "open the audit trail", chromedp.Click(chromedp.CSS(`nav a[href="/audit"]`)), chromedp.WaitVisible(chromedp.CSS("#q-action")))
 	checkA11y(t, ctx, "audit trail")
 	do(t, ctx, "search", chromedp.SendKeys(chromedp.CSS("#q-action"), "alarm.acknowledged"),
@@ -143,7 +143,7 @@ func TestBrowserDevicesAdminEnrollment(t *testing.T) {
 	s.Clock.Add(30 * time.Second)
 
 	// The new technician signs in: devices.
-	s.signInBrowser(t, ctx, email, secret)
+	s.signInAs(t, ctx, email, secret)
 	s.upload(t, 3)
 	do(t, ctx, "open the devices", chromedp.Click(chromedp.CSS(`nav a[href="/devices"]`)), chromedp.WaitVisible(chromedp.CSS("#devices")))
 	checkA11y(t, ctx, "devices")
@@ -166,10 +166,10 @@ func TestBrowserDevicesAdminEnrollment(t *testing.T) {
 
 	// An administrator: users, roles, policy.
 	nEmail, nSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
-	nurse := s.signedIn(t, nEmail, nSecret)
+	nurse := s.signedInAs(t, nEmail, nSecret)
 	s.breakGlassViaAPI(t, nurse, s.other.ID.String(), "patient collapsed in the corridor")
 	aEmail, aSecret, _ := s.staff(t, auth.RoleAdmin)
-	s.signInBrowser(t, ctx, aEmail, aSecret)
+	s.signInAs(t, ctx, aEmail, aSecret)
 	do(t, ctx, "open the administration", chromedp.Click(chromedp.CSS(`nav a[href="/admin"]`)), chromedp.WaitVisible(chromedp.CSS("#user-list")))
 	checkA11y(t, ctx, "administration")
 	screenshot(t, ctx, "admin")
@@ -177,7 +177,7 @@ func TestBrowserDevicesAdminEnrollment(t *testing.T) {
 
 	// Quality: the break-glass review queue.
 	qEmail, qSecret, _ := s.staff(t, auth.RoleQuality)
-	s.signInBrowser(t, ctx, qEmail, qSecret)
+	s.signInAs(t, ctx, qEmail, qSecret)
 	do(t, ctx, "open the break-glass queue", chromedp.Navigate(s.ts.URL+"/admin#breakglass"), chromedp.WaitVisible(chromedp.CSS("#grants")))
 	checkA11y(t, ctx, "break-glass review")
 	screenshot(t, ctx, "admin-break-glass")
@@ -195,7 +195,7 @@ func TestBrowserDevicesAdminEnrollment(t *testing.T) {
 	if err := s.rules.SetWardNEWS2(s.Ctx, admin, s.ward.ID, []string{"temp", "acvpu"}, 4*time.Hour, "temperature and ACVPU charted every 4 h"); err != nil {
 		t.Fatal(err)
 	}
-	s.signInBrowser(t, ctx, nEmail, nSecret)
+	s.signInAs(t, ctx, nEmail, nSecret)
 	do(t, ctx, "open the clinician's administration page", chromedp.Click(chromedp.CSS(`nav a[href="/admin"]`)), chromedp.WaitVisible(chromedp.CSS("#ward-settings")))
 	checkA11y(t, ctx, "administration for a clinician")
 	screenshot(t, ctx, "admin-clinician")

@@ -49,8 +49,8 @@ func (s *stack) staff(t testing.TB, role string) (email, secret, name string) {
 	return email, offer.Secret, name
 }
 
-// signedIn signs a user in through the portal's form and returns the client with its session.
-func (s *stack) signedIn(t testing.TB, email, secret string) *http.Client {
+// signedInAs signs a user in through the portal's form and returns the client with its session.
+func (s *stack) signedInAs(t testing.TB, email, secret string) *http.Client {
 	t.Helper()
 	c := client(t)
 	res := s.signIn(t, c, email, password, s.code(t, secret))
@@ -116,7 +116,7 @@ func (s *stack) acknowledgeViaAPI(t testing.TB, c *http.Client, alarm uuid.UUID)
 func TestAuditBrowser(t *testing.T) {
 	s := newStack(t)
 	nurseEmail, nurseSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
-	nurse := s.signedIn(t, nurseEmail, nurseSecret)
+	nurse := s.signedInAs(t, nurseEmail, nurseSecret)
 	u, err := s.auth.UserByEmail(s.Ctx, nurseEmail)
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +153,7 @@ func TestAuditBrowser(t *testing.T) {
 	}
 
 	qEmail, qSecret, qName := s.staff(t, auth.RoleQuality)
-	q := s.signedIn(t, qEmail, qSecret)
+	q := s.signedInAs(t, qEmail, qSecret)
 	if b := body(t, s.get(t, "/", q)); !strings.Contains(b, `href="/audit"`) {
 		t.Error("the quality officer's navigation lacks the audit browser")
 	}

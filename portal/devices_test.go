@@ -18,8 +18,8 @@ import (
 	"github.com/vigilhealth/vigil/devices"
 )
 
-// postForm posts a same-origin form with c's session; csrf adds the session's CSRF token.
-func (s *stack) postForm(t testing.TB, c *http.Client, path string, form url.Values, csrf bool) *http.Response {
+// postFormAs posts a same-origin form with c's session; csrf adds the session's CSRF token.
+func (s *stack) postFormAs(t testing.TB, c *http.Client, path string, form url.Values, csrf bool) *http.Response {
 	t.Helper()
 	if csrf {
 		form.Set("csrf_token", auth.CSRFToken(s.session(t, c)))
@@ -49,7 +49,7 @@ func TestDevicesPages(t *testing.T) {
 	}
 
 	tEmail, tSecret, _ := s.staff(t, auth.RoleDeviceTechnician)
-	tech := s.signedIn(t, tEmail, tSecret)
+	tech := s.signedInAs(t, tEmail, tSecret)
 	res := s.get(t, "/devices", tech)
 	page := body(t, res)
 	if res.StatusCode != http.StatusOK {
@@ -72,17 +72,17 @@ func TestDevicesPages(t *testing.T) {
 	}
 
 	// Register: CSRF required, coded errors next to the fields, duplicates refused.
-	if res := s.postForm(t, tech, "/devices", url.Values{"serial": {"SN-X"}, "model": {"M"}, "firmware": {"1"}}, false); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, tech, "/devices", url.Values{"serial": {"SN-X"}, "model": {"M"}, "firmware": {"1"}}, false); res.StatusCode != http.StatusForbidden {
 		t.Errorf("register without CSRF = %d, want 403", res.StatusCode)
 	}
-	res = s.postForm(t, tech, "/devices", url.Values{"serial": {""}, "model": {"VM-200"}, "firmware": {""}}, true)
+	res = s.postFormAs(t, tech, "/devices", url.Values{"serial": {""}, "model": {"VM-200"}, "firmware": {""}}, true)
 	page = body(t, res)
 	if res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(page, `<p id="d-serial-error" class="field-error" data-code="serial_required">`) ||
 		!strings.Contains(page, `data-code="firmware_required"`) || !strings.Contains(page, `value="VM-200"`) {
 		t.Errorf("register with missing fields = %d:\n%s", res.StatusCode, page)
 	}
 	serial := "SN-PORTAL-" + uuid.NewString()[:6]
-	res = s.postForm(t, tech, "/devices", url.Values{"serial": {serial}, "model": {"VM-200"}, "firmware": {"2.0.0"}}, true)
+	res = s.postFormAs(t, tech, "/devices", url.Values{"serial": {serial}, "model": {"VM-200"}, "firmware": {"2.0.0"}}, true)
 	res.Body.Close()
 	loc := res.Header.Get("Location")
 	if res.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/devices/") {
@@ -92,13 +92,13 @@ func TestDevicesPages(t *testing.T) {
 	if d, err := s.Devices.Get(s.Ctx, id); err != nil || d.Serial != serial {
 		t.Fatalf("registered device = %+v, %v", d, err)
 	}
-	res = s.postForm(t, tech, "/devices", url.Values{"serial": {serial}, "model": {"VM-200"}, "firmware": {"2.0.0"}}, true)
+	res = s.postFormAs(t, tech, "/devices", url.Values{"serial": {serial}, "model": {"VM-200"}, "firmware": {"2.0.0"}}, true)
 	if page = body(t, res); res.StatusCode != http.StatusConflict || !strings.Contains(page, `data-code="device_conflict"`) {
 		t.Errorf("duplicate serial = %d", res.StatusCode)
 	}
 
 	// An enrollment token, shown once, with its QR code.
-	res = s.postForm(t, tech, "/devices/"+id.String()+"/enrollment-token", url.Values{}, true)
+	res = s.postFormAs(t, tech, "/devices/"+id.String()+"/enrollment-token", url.Values{}, true)
 	page = html.UnescapeString(body(t, res))
 	tok := regexp.MustCompile(`<code id="token">(vet_[A-Za-z0-9_-]+)</code>`).FindStringSubmatch(page)
 	qr := regexp.MustCompile(`<img class="qr" id="token-qr" src="data:image/png;base64,([A-Za-z0-9+/=]+)"`).FindStringSubmatch(page)
@@ -114,41 +114,41 @@ func TestDevicesPages(t *testing.T) {
 	}
 
 	// Status changes need a reason; each is made and shown.
-	res = s.postForm(t, tech, "/devices/"+id.String()+"/status", url.Values{"status": {"suspended"}, "reason": {" "}}, true)
+	res = s.postFormAs(t, tech, "/devices/"+id.String()+"/status", url.Values{"status": {"suspended"}, "reason": {" "}}, true)
 	if page = body(t, res); res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(page, `<p id="s-reason-error" class="field-error" data-code="reason_required">`) {
 		t.Errorf("suspend without a reason = %d", res.StatusCode)
 	}
 	for _, st := range []string{devices.StatusSuspended, devices.StatusActive, devices.StatusDecommissioned} {
-		res = s.postForm(t, tech, "/devices/"+id.String()+"/status", url.Values{"status": {st}, "reason": {"bench test " + st}}, true)
+		res = s.postFormAs(t, tech, "/devices/"+id.String()+"/status", url.Values{"status": {st}, "reason": {"bench test " + st}}, true)
 		page = body(t, res)
 		if d, err := s.Devices.Get(s.Ctx, id); res.StatusCode != http.StatusOK || err != nil || d.Status != st ||
 			!strings.Contains(page, `<dd id="device-status">`+st+`</dd>`) {
 			t.Errorf("status %s = %d (%v):\n%.400s", st, res.StatusCode, err, page)
 		}
 	}
-	res = s.postForm(t, tech, "/devices/"+id.String()+"/status", url.Values{"status": {"active"}, "reason": {"undo"}}, true)
+	res = s.postFormAs(t, tech, "/devices/"+id.String()+"/status", url.Values{"status": {"active"}, "reason": {"undo"}}, true)
 	if page = body(t, res); res.StatusCode != http.StatusConflict || !strings.Contains(page, `data-code="device_conflict"`) {
 		t.Errorf("reactivating a decommissioned device = %d", res.StatusCode)
 	}
 
 	// A clinician may not open the devices pages; an administrator reads them without the forms.
 	nEmail, nSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)
-	nurse := s.signedIn(t, nEmail, nSecret)
+	nurse := s.signedInAs(t, nEmail, nSecret)
 	for _, path := range []string{"/devices", "/devices/" + id.String()} {
 		if res := s.get(t, path, nurse); res.StatusCode != http.StatusForbidden {
 			t.Errorf("clinician GET %s = %d, want 403", path, res.StatusCode)
 		}
 	}
-	if res := s.postForm(t, nurse, "/devices", url.Values{"serial": {"SN-N"}, "model": {"M"}, "firmware": {"1"}}, true); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, nurse, "/devices", url.Values{"serial": {"SN-N"}, "model": {"M"}, "firmware": {"1"}}, true); res.StatusCode != http.StatusForbidden {
 		t.Errorf("clinician register = %d, want 403", res.StatusCode)
 	}
 	aEmail, aSecret, _ := s.staff(t, auth.RoleAdmin)
-	adm := s.signedIn(t, aEmail, aSecret)
+	adm := s.signedInAs(t, aEmail, aSecret)
 	page = body(t, s.get(t, "/devices", adm))
 	if !strings.Contains(page, s.device.ID.String()) || strings.Contains(page, `action="/devices"`) {
 		t.Error("an administrator should read the registry without the registration form")
 	}
-	if res := s.postForm(t, adm, "/devices/"+s.device.ID.String()+"/status", url.Values{"status": {"suspended"}, "reason": {"x"}}, true); res.StatusCode != http.StatusForbidden {
+	if res := s.postFormAs(t, adm, "/devices/"+s.device.ID.String()+"/status", url.Values{"status": {"suspended"}, "reason": {"x"}}, true); res.StatusCode != http.StatusForbidden {
 		t.Errorf("administrator suspend = %d, want 403", res.StatusCode)
 	}
 }

@@ -51,11 +51,11 @@ func TestEnrollment(t *testing.T) {
 		t.Fatalf("enrollment page:\n%s", page)
 	}
 
-	res := s.postForm(t, c, "/enroll/start", url.Values{"token": {""}}, false)
+	res := s.postFormAs(t, c, "/enroll/start", url.Values{"token": {""}}, false)
 	if page = body(t, res); res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(page, `id="e-token-error" class="field-error" data-code="token_required"`) {
 		t.Errorf("start without a token = %d", res.StatusCode)
 	}
-	res = s.postForm(t, c, "/enroll/start", url.Values{"token": {"vge_nope"}}, false)
+	res = s.postFormAs(t, c, "/enroll/start", url.Values{"token": {"vge_nope"}}, false)
 	if page = body(t, res); res.StatusCode != http.StatusGone || !strings.Contains(page, `data-code="enrollment_invalid"`) {
 		t.Errorf("start with a wrong token = %d", res.StatusCode)
 	}
@@ -66,7 +66,7 @@ func TestEnrollment(t *testing.T) {
 		t.Errorf("cross-site start = %v, %v; want 403", res.StatusCode, err)
 	}
 
-	res = s.postForm(t, c, "/enroll/start", url.Values{"token": {token}}, false)
+	res = s.postFormAs(t, c, "/enroll/start", url.Values{"token": {token}}, false)
 	page = html.UnescapeString(body(t, res))
 	secret := regexp.MustCompile(`<code id="totp-secret">([A-Z2-7]+)</code>`).FindStringSubmatch(page)
 	otpauth := regexp.MustCompile(`name="otpauth" value="(otpauth://[^"]+)"`).FindStringSubmatch(page)
@@ -84,19 +84,19 @@ func TestEnrollment(t *testing.T) {
 		{"wrong code", password, password, "000000", "totp", "totp_invalid"},
 		{"no code", password, password, "", "totp", "totp_required"},
 	} {
-		res = s.postForm(t, c, "/enroll/complete", form(tc.pw, tc.pw2, tc.code), false)
+		res = s.postFormAs(t, c, "/enroll/complete", form(tc.pw, tc.pw2, tc.code), false)
 		page = html.UnescapeString(body(t, res))
 		if res.StatusCode != http.StatusUnprocessableEntity || !strings.Contains(page, `id="e-`+tc.field+`-error" class="field-error" data-code="`+tc.want+`"`) ||
 			!strings.Contains(page, `<code id="totp-secret">`+secret[1]+`</code>`) {
 			t.Errorf("%s = %d, want 422 %s on %s with the same secret:\n%s", tc.name, res.StatusCode, tc.want, tc.field, page)
 		}
 	}
-	res = s.postForm(t, c, "/enroll/complete", form(password, password, s.code(t, secret[1])), false)
+	res = s.postFormAs(t, c, "/enroll/complete", form(password, password, s.code(t, secret[1])), false)
 	page = body(t, res)
 	if codes := regexp.MustCompile(`<li><code>[^<]+</code></li>`).FindAllString(page, -1); res.StatusCode != http.StatusOK || len(codes) < 5 {
 		t.Fatalf("complete = %d with %d recovery codes:\n%s", res.StatusCode, len(codes), page)
 	}
-	if res = s.postForm(t, c, "/enroll/start", url.Values{"token": {token}}, false); res.StatusCode != http.StatusGone {
+	if res = s.postFormAs(t, c, "/enroll/start", url.Values{"token": {token}}, false); res.StatusCode != http.StatusGone {
 		t.Errorf("the link used twice = %d, want 410", res.StatusCode)
 	}
 	s.Clock.Add(30 * time.Second)

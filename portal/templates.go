@@ -16,13 +16,17 @@ type base struct {
 	Title    string
 	SignedIn bool
 	CSRF     string    // the session's CSRF token, for the forms of the page (sign-out)
-	Nav      []navLink // the pages beyond the ward overview the viewer may open (nav.go)
+	Nav      []navLink // the pages beyond the ward overview and the inbox the viewer may open (nav.go)
+	// IdleSeconds is the session's idle timeout (auth.SessionConfig.IdleTimeout): idle.js
+	// warns before it signs the viewer off.
+	IdleSeconds int
 }
 
 func (p *Portal) base(title string, pr *auth.Principal, sessionToken string) base {
 	b := base{Title: title, SignedIn: pr != nil}
 	if pr != nil && sessionToken != "" {
 		b.CSRF = auth.CSRFToken(sessionToken)
+		b.IdleSeconds = int(p.cfg.Auth.Config().Session.IdleTimeout.Seconds())
 	}
 	b.Nav = p.nav(pr, title)
 	return b
@@ -30,9 +34,12 @@ func (p *Portal) base(title string, pr *auth.Principal, sessionToken string) bas
 
 // pageFiles are the pages and the templates each is parsed with (the layout and partials).
 var pageFiles = map[string][]string{
-	"signin.html": {"templates/layout.html", "templates/signin.html"},
-	"ward.html":   {"templates/layout.html", "templates/ward.html", "templates/tile.html"},
-	"tile":        {"templates/tile.html"},
+	"signin.html":  {"templates/layout.html", "templates/signin.html"},
+	"ward.html":    {"templates/layout.html", "templates/ward.html", "templates/tile.html"},
+	"tile":         {"templates/tile.html"},
+	"alarms.html":  {"templates/layout.html", "templates/alarms.html"},
+	"patient.html": {"templates/layout.html", "templates/patient.html"},
+	"error.html":   {"templates/layout.html", "templates/error.html"},
 	// The audit browser, devices and administration pages (audit.go, devices.go, admin.go).
 	"audit.html":       {"templates/layout.html", "templates/audit.html"},
 	"audit_event.html": {"templates/layout.html", "templates/audit_event.html"},
