@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/auth"
+	"github.com/vigilhealth/vigil/core/alarms"
 )
 
 // signInAs signs a user in through the sign-in form in the browser.
@@ -23,7 +24,7 @@ func (s *stack) signInAs(t *testing.T, ctx context.Context, email, secret string
 		chromedp.WaitVisible(chromedp.CSS("form.signout")))
 }
 
-// TestBrowserAuditTrail: a clinician acknowledges an alarm through the API; a quality officer
+// TestBrowserAuditTrail: a clinician acknowledges an alarm in the alarm inbox; a quality officer
 // finds that action in the audit browser (in chromium) with the clinician's name, opens it,
 // sees the proof verified by the server under the latest checkpoint, and the page's own
 // script verifies it again in the browser — and refuses a proof with one byte changed.
@@ -40,10 +41,17 @@ func TestBrowserAuditTrail(t *testing.T) {
 	}
 	chaintest.ShipAll(t, s.chain) // a first checkpoint: the acknowledgement's batch is not the log's only leaf
 	alarm := s.raiseAlarm(t, s.patients[1].ID)
-	s.acknowledgeViaAPI(t, nurse, alarm)
-	if res := s.get(t, "/ward/tiles/"+s.patients[1].ID.String(), nurse); res.StatusCode != 200 {
+	if res := s.get(t, "/ward/tiles/"+s.patients[1].ID.String(), nurse); res.StatusCode != 200 { // a read of the record
 		t.Fatalf("tile = %d", res.StatusCode)
 	}
+	// The clinician acknowledges the alarm in the alarm inbox, in the browser.
+	s.signInAs(t, ctx, nurseEmail, nurseSecret)
+	do(t, ctx, "acknowledge in the inbox", chromedp.Navigate(s.ts.URL+"/alarms"), chromedp.WaitVisible(chromedp.CSS("#ack-"+alarm.String())),
+		chromedp.Click(chromedp.CSS("#ack-"+alarm.String())), chromedp.WaitVisible(chromedp.CSS("#inbox-notice")))
+	if a, err := s.alarms.Get(s.Ctx, alarm); err != nil || a.State != alarms.StateAcknowledged {
+		t.Fatalf("alarm after the inbox's acknowledge = %v, %v", a.State, err)
+	}
+	signOutBrowser(t, ctx)
 	cp := chaintest.ShipAll(t, s.chain)
 
 	qEmail, qSecret, _ := s.staff(t, auth.RoleQuality)
