@@ -17,6 +17,8 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
+	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
@@ -41,6 +43,7 @@ type stack struct {
 	device   *devicestest.Device
 	patients []core.Patient // [0] is the device's patient
 	other    core.Patient   // a patient of another ward
+	chain    *chain.Service // the audit chain (embedded Trillian): the audit browser's proofs
 }
 
 var admin = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "os:test-admin", AuthMethod: "database-credentials"}, RequestID: "test"}
@@ -96,12 +99,13 @@ func newStack(t testing.TB) *stack {
 		t.Fatal(err)
 	}
 	s.device = env.NewDevice(t)
+	s.chain = chaintest.Start(t, env.Pool, env.URL, env.Rec)
 	if s.portal, err = portal.New(portal.Config{Auth: s.auth, Core: env.Core, Recorder: env.Rec, Alarms: s.alarms,
-		Rules: s.rules, Devices: env.Devices, Now: env.Clock.Now}); err != nil {
+		Rules: s.rules, Devices: env.Devices, Audit: s.chain, Now: env.Clock.Now}); err != nil {
 		t.Fatal(err)
 	}
 	srv, err := server.New(server.Config{Pool: env.Pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices,
-		Alarms: s.alarms, Rules: s.rules, Portal: s.portal, Auth: s.auth, Now: env.Clock.Now,
+		Alarms: s.alarms, Rules: s.rules, Portal: s.portal, Auth: s.auth, Audit: s.chain, Now: env.Clock.Now,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}) // access logs: not the test's output
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
@@ -35,6 +36,12 @@ type Config struct {
 	Rules *rules.Engine
 	// Devices gives the tiles their device status. Optional.
 	Devices *devices.Service
+	// Audit is the audit chain the audit browser reads (events, proofs, packs). Optional:
+	// without it the audit pages answer 503.
+	Audit *chain.Service
+	// OIDCName, when set, shows "Sign in with <OIDCName>" on the sign-in page, a link to the
+	// server's OpenID Connect login (GET /api/v1/auth/oidc/login). Empty: no button.
+	OIDCName string
 	// StreamURL is the live notification stream (SSE) the ward overview listens to.
 	// Default "/api/v1/stream" (the server's stream).
 	StreamURL string
@@ -102,9 +109,15 @@ func (p *Portal) Assets() *Assets { return p.assets }
 // the sign-in page rather than answering 401).
 func Routes() []string {
 	return []string{"GET /", "GET /signin", "POST /signin", "POST /signout", "GET /ward/tiles/:id", "GET " + AssetPrefix + "*",
+		// Audit browser (audit.go), devices (devices.go), administration (admin.go).
+		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
+		"GET /devices", "POST /devices", "GET /devices/:id", "POST /devices/:id/status", "POST /devices/:id/enrollment-token",
+		"GET /admin", "POST /admin/break-glass/:id/review", "POST /admin/users", "POST /admin/users/:id/status",
+		"GET " + auth.EnrollmentPath, "POST /enroll/start", "POST /enroll/complete",
 		// Clinicians' pages (alarms.go, patient.go).
 		"GET /alarms", "POST /alarms/:id/acknowledge", "POST /alarms/:id/silence", "POST /alarms/:id/resolve",
-		"POST /alarms/acknowledge-patient", "GET /patients/:id", "GET /patients/:id/series", "POST /patients/:id/break-glass"}
+		"POST /alarms/acknowledge-patient", "GET /patients/:id", "GET /patients/:id/series", "POST /patients/:id/break-glass",
+	}
 }
 
 // Mount registers the portal's routes on e.
@@ -123,6 +136,23 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.GET("/patients/:id", p.page(p.patientPage))
 	e.GET("/patients/:id/series", p.page(p.patientSeries))
 	e.POST("/patients/:id/break-glass", p.page(p.breakGlass))
+	e.GET("/audit", p.page(p.auditSearch))
+	e.GET("/audit/events/:id", p.page(p.auditEvent))
+	e.GET("/audit/events/:id/proof", p.page(p.auditEventProof))
+	e.GET("/audit/patients/:ref", p.page(p.auditPatient))
+	e.GET("/audit/export", p.page(p.auditExport))
+	e.GET("/devices", p.page(p.devicesPage))
+	e.POST("/devices", p.page(p.registerDevice))
+	e.GET("/devices/:id", p.page(p.devicePage))
+	e.POST("/devices/:id/status", p.page(p.deviceStatus))
+	e.POST("/devices/:id/enrollment-token", p.page(p.deviceToken))
+	e.GET("/admin", p.page(p.adminPage))
+	e.POST("/admin/break-glass/:id/review", p.page(p.reviewBreakGlass))
+	e.POST("/admin/users", p.page(p.addUser))
+	e.POST("/admin/users/:id/status", p.page(p.userStatus))
+	e.GET(auth.EnrollmentPath, p.page(p.enrollPage))
+	e.POST("/enroll/start", p.page(p.enrollStart))
+	e.POST("/enroll/complete", p.page(p.enrollComplete))
 }
 
 // contentSecurityPolicy allows the page's own origin and nothing else: scripts and styles

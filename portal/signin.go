@@ -19,6 +19,8 @@ type signInData struct {
 	// Error is the coded refusal shown above the form (role="alert"), and the field it
 	// concerns is marked aria-invalid and described by it.
 	Error *formError
+	// OIDCName names the identity provider of the "Sign in with …" button (none when empty).
+	OIDCName string
 }
 
 type formError struct {
@@ -36,7 +38,7 @@ func (p *Portal) signInPage(c echo.Context) error {
 	if pr != nil {
 		return c.Redirect(http.StatusSeeOther, "/")
 	}
-	return p.render(c, http.StatusOK, "signin.html", signInData{base: p.base("Sign in", nil, "")})
+	return p.render(c, http.StatusOK, "signin.html", signInData{base: p.base("Sign in", nil, ""), OIDCName: p.cfg.OIDCName})
 }
 
 // sameOrigin refuses a cross-site form post (login CSRF): a browser says where a POST comes
@@ -62,7 +64,7 @@ func (p *Portal) signIn(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusForbidden, "cross-site sign-in refused")
 	}
 	email := strings.TrimSpace(r.PostFormValue("email"))
-	data := signInData{base: p.base("Sign in", nil, ""), Email: email}
+	data := signInData{base: p.base("Sign in", nil, ""), Email: email, OIDCName: p.cfg.OIDCName}
 	password, code := r.PostFormValue("password"), strings.TrimSpace(r.PostFormValue("totp"))
 	switch {
 	case email == "":

@@ -15,7 +15,8 @@ var templateFS embed.FS
 type base struct {
 	Title    string
 	SignedIn bool
-	CSRF     string // the session's CSRF token, for the forms of the page (sign-out)
+	CSRF     string    // the session's CSRF token, for the forms of the page (sign-out)
+	Nav      []navLink // the pages beyond the ward overview and the inbox the viewer may open (nav.go)
 	// IdleSeconds is the session's idle timeout (auth.SessionConfig.IdleTimeout): idle.js
 	// warns before it signs the viewer off.
 	IdleSeconds int
@@ -27,6 +28,7 @@ func (p *Portal) base(title string, pr *auth.Principal, sessionToken string) bas
 		b.CSRF = auth.CSRFToken(sessionToken)
 		b.IdleSeconds = int(p.cfg.Auth.Config().Session.IdleTimeout.Seconds())
 	}
+	b.Nav = p.nav(pr, title)
 	return b
 }
 
@@ -38,13 +40,21 @@ var pageFiles = map[string][]string{
 	"alarms.html":  {"templates/layout.html", "templates/alarms.html"},
 	"patient.html": {"templates/layout.html", "templates/patient.html"},
 	"error.html":   {"templates/layout.html", "templates/error.html"},
+	// The audit browser, devices and administration pages (audit.go, devices.go, admin.go).
+	"audit.html":       {"templates/layout.html", "templates/audit.html"},
+	"audit_event.html": {"templates/layout.html", "templates/audit_event.html"},
+	"denied.html":      {"templates/layout.html", "templates/denied.html"},
+	"devices.html":     {"templates/layout.html", "templates/devices.html"},
+	"device.html":      {"templates/layout.html", "templates/devices.html", "templates/device.html"},
+	"admin.html":       {"templates/layout.html", "templates/devices.html", "templates/admin.html"},
+	"enroll.html":      {"templates/layout.html", "templates/devices.html", "templates/enroll.html"},
 }
 
 // parseTemplates parses every page with its layout; templates name assets through the asset
 // function, which gives the hashed URL and integrity (an unknown name fails here or at the
 // first render in the tests).
 func parseTemplates(a *Assets) (map[string]*template.Template, error) {
-	funcs := template.FuncMap{"asset": a.Get}
+	funcs := template.FuncMap{"asset": a.Get, "dict": dict}
 	out := map[string]*template.Template{}
 	for name, files := range pageFiles {
 		t, err := template.New(name).Funcs(funcs).ParseFS(templateFS, files...)
@@ -54,4 +64,20 @@ func parseTemplates(a *Assets) (map[string]*template.Template, error) {
 		out[name] = t
 	}
 	return out, nil
+}
+
+// dict makes a map of its key, value arguments (a partial template's parameters).
+func dict(kv ...any) (map[string]any, error) {
+	if len(kv)%2 != 0 {
+		return nil, fmt.Errorf("dict: odd number of arguments")
+	}
+	m := make(map[string]any, len(kv)/2)
+	for i := 0; i < len(kv); i += 2 {
+		k, ok := kv[i].(string)
+		if !ok {
+			return nil, fmt.Errorf("dict: key %v is not a string", kv[i])
+		}
+		m[k] = kv[i+1]
+	}
+	return m, nil
 }

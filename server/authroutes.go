@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -206,6 +207,12 @@ func (s *Server) oidcCallback(c echo.Context) error {
 		Secure: !s.cfg.Auth.Config().Session.Insecure, SameSite: http.SameSiteLaxMode})
 	if err != nil {
 		return err
+	}
+	if s.cfg.Portal != nil && strings.Contains(c.Request().Header.Get(echo.HeaderAccept), "text/html") {
+		// A browser sent here by the portal's "Sign in with …" button: to the portal.
+		c.SetCookie(s.cfg.Auth.Cookie(sess))
+		Audited(c) // auth.login.succeeded, recorded with the session
+		return c.Redirect(http.StatusSeeOther, "/")
 	}
 	return s.startSession(c, sess)
 }

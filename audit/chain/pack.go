@@ -37,6 +37,9 @@ type Pack struct {
 	Batches     []PackBatch      `json:"batches"`
 	Events      []PackEvent      `json:"events"`
 	Pending     int              `json:"pending"` // events in the range not yet under the checkpoint (not in the pack)
+	// Object is "type id" when the export was narrowed to the events on one object (a
+	// patient's access history); empty for a complete range.
+	Object string `json:"object,omitempty"`
 }
 
 // PackCheckpoint is one signed checkpoint and its consistency proof from the previous one.
@@ -81,6 +84,9 @@ type ExportOptions struct {
 	// RevealIDs includes plaintext actor/object/request ids and source addresses (with their
 	// salts) where not erased. Default false: the pack holds commitments only.
 	RevealIDs bool
+	// ObjectType and ObjectID, when set, narrow the pack to the events on that object (one
+	// patient's, say); the pack says so in its Object field. Default: every event in range.
+	ObjectType, ObjectID string
 }
 
 // Export writes a signed audit pack of the events in [From, To) that are proven under the
@@ -99,12 +105,19 @@ func (s *Service) Export(ctx context.Context, w io.Writer, opt ExportOptions) (i
 	last := cps[len(cps)-1]
 	p := Pack{Format: PackFormat, Origin: s.cfg.Origin, VerifierKey: s.vkey, From: opt.From.UTC(), To: opt.To.UTC(),
 		Checkpoints: []PackCheckpoint{}, Batches: []PackBatch{}, Events: []PackEvent{}}
+	args := []any{opt.From, opt.To}
+	narrow := ""
+	if opt.ObjectType != "" || opt.ObjectID != "" {
+		p.Object = opt.ObjectType + " " + opt.ObjectID
+		args = append(args, opt.ObjectType, opt.ObjectID)
+		narrow = " AND e.object_type = $3 AND e.object_id = $4"
+	}
 	for _, cp := range cps {
 		p.Checkpoints = append(p.Checkpoints, PackCheckpoint{Note: cp.Note, PrevSize: cp.PrevSize, ConsistencyProof: nonNil(cp.ConsistencyProof)})
 	}
 	rows, err := s.cfg.Pool.Query(ctx, `SELECT `+prefixed("e.", eventColumns)+`, b.leaf_index, b.event_hashes
 		FROM audit_events e JOIN audit_batches b ON b.id = e.batch_id
-		WHERE e.occurred_at >= $1 AND e.occurred_at < $2 ORDER BY b.leaf_index, e.batch_index`, opt.From, opt.To)
+		WHERE e.occurred_at >= $1 AND e.occurred_at < $2`+narrow+` ORDER BY b.leaf_index, e.batch_index`, args...)
 	if err != nil {
 		return 0, fmt.Errorf("audit export: read events: %w", err)
 	}
@@ -249,6 +262,7 @@ type PackReport struct {
 	TreeSize    uint64          `json:"tree_size"`
 	Batches     int             `json:"batches"`
 	Pending     int             `json:"pending"`
+	Object      string          `json:"object,omitempty"` // "type id": the pack holds only that object's events
 	Events      []PackEventView `json:"events"`
 }
 
@@ -313,7 +327,7 @@ func VerifyPack(data []byte, trustedKey string) (*PackReport, error) {
 	}
 	root = prevRoot
 	rep := &PackReport{Origin: p.Origin, VerifierKey: key, From: p.From, To: p.To, Checkpoints: len(p.Checkpoints),
-		TreeSize: prevSize, Batches: len(p.Batches), Pending: p.Pending, Events: []PackEventView{}}
+		TreeSize: prevSize, Batches: len(p.Batches), Pending: p.Pending, Object: p.Object, Events: []PackEventView{}}
 	for i, b := range p.Batches {
 		if len(b.Root) != leaf.HashSize || b.Count == 0 {
 			return nil, bad("batch %d: malformed", i)

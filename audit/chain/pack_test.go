@@ -3,6 +3,7 @@ package chain_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -128,5 +129,80 @@ func TestEventProofVerifiesOffline(t *testing.T) {
 		if _, err := chain.VerifyEventProof(q, svc.VerifierKey()); !errors.Is(err, chain.ErrProofInvalid) {
 			t.Errorf("VerifyEventProof(tampered #%d) error = %v, want ErrProofInvalid", i, err)
 		}
+	}
+}
+
+// Several events' proofs read together (the audit browser's page) are the proofs Event gives
+// one by one, all under the same checkpoint; verified together, each verdict is the one
+// VerifyEventProof gives, a changed proof among good ones included.
+// Verifies: REQ-POR-031
+func TestEventProofsTogether(t *testing.T) {
+	t.Parallel()
+	c, svc := newService(t)
+	raw := c.record(t, 60) // two batches of at most 50
+	c.shipAll(t)
+	ctx := context.Background()
+	if _, err := svc.CheckpointNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := make([]uuid.UUID, len(raw))
+	for i, s := range raw {
+		ids[i] = uuid.MustParse(s)
+	}
+	ps, err := svc.EventProofs(ctx, ids)
+	if err != nil || len(ps) != len(ids) {
+		t.Fatalf("EventProofs() = %d, %v", len(ps), err)
+	}
+	batches := map[uuid.UUID]bool{}
+	for i, id := range ids {
+		one, err := svc.Event(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := json.Marshal(one)
+		b, _ := json.Marshal(ps[i])
+		if !bytes.Equal(a, b) || ps[i].Status != "proven" {
+			t.Errorf("EventProofs()[%d] differs from Event():\n%s\n%s", i, b, a)
+		}
+		batches[ps[i].Batch.ID] = true
+	}
+	if len(batches) < 2 {
+		t.Errorf("the events are in %d batch, want several", len(batches))
+	}
+	bad := ps[7]
+	bb := *bad.Batch
+	bb.Root = make([]byte, 32)
+	bad.Batch = &bb
+	ps[7] = bad
+	for i, err := range chain.VerifyEventProofs(ps, svc.VerifierKey()) {
+		if (i == 7) != (err != nil) {
+			t.Errorf("VerifyEventProofs()[%d] = %v", i, err)
+		}
+	}
+	if _, err := svc.EventProofs(ctx, []uuid.UUID{uuid.New()}); !errors.Is(err, chain.ErrEventNotFound) {
+		t.Errorf("EventProofs(unknown) error = %v, want ErrEventNotFound", err)
+	}
+}
+
+// A pack narrowed to one object holds only that object's events, says so, and verifies.
+// Verifies: REQ-POR-033
+func TestPackOfOneObject(t *testing.T) {
+	t.Parallel()
+	c, svc := newService(t)
+	c.record(t, 8)
+	c.shipAll(t)
+	ctx := context.Background()
+	if _, err := svc.CheckpointNow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	n, err := svc.Export(ctx, &buf, chain.ExportOptions{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour),
+		ObjectType: "thing", ObjectID: "obj-3", RevealIDs: true})
+	if err != nil || n != 1 {
+		t.Fatalf("Export(one object) = %d, %v; want 1 event", n, err)
+	}
+	rep, err := chain.VerifyPack(buf.Bytes(), svc.VerifierKey())
+	if err != nil || rep.Object != "thing obj-3" || len(rep.Events) != 1 || rep.Events[0].ObjectID != "obj-3" {
+		t.Fatalf("VerifyPack() = %+v, %v", rep, err)
 	}
 }

@@ -137,6 +137,69 @@ type BatchProof struct {
 
 // Event returns one event with its proof.
 func (s *Service) Event(ctx context.Context, id uuid.UUID) (EventProof, error) {
+	return s.event(ctx, id, &proofCache{})
+}
+
+// EventProofs returns the proofs of several events (a page of the audit browser), reading
+// each batch, its tree, the latest checkpoint and each batch's log inclusion proof once.
+// Every proof is for the same checkpoint. An unknown id is ErrEventNotFound.
+func (s *Service) EventProofs(ctx context.Context, ids []uuid.UUID) ([]EventProof, error) {
+	c := &proofCache{}
+	out := make([]EventProof, 0, len(ids))
+	for _, id := range ids {
+		p, err := s.event(ctx, id, c)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// proofCache holds what the proofs of several events share.
+type proofCache struct {
+	batches   map[uuid.UUID]*cachedBatch
+	cp        *Checkpoint // the latest checkpoint, once read (nil: not read yet)
+	cpMissing bool
+	inclusion map[int64][][]byte // log inclusion proof by batch leaf index, under cp
+}
+
+type cachedBatch struct {
+	count     int
+	root, v   []byte
+	leafIndex *int64
+	tree      *leaf.Tree
+}
+
+func (c *proofCache) batch(ctx context.Context, s *Service, id uuid.UUID) (*cachedBatch, error) {
+	if b, ok := c.batches[id]; ok {
+		return b, nil
+	}
+	var (
+		b  cachedBatch
+		hs []byte
+	)
+	if err := s.cfg.Pool.QueryRow(ctx, `SELECT count, root, event_hashes, leaf_value, leaf_index FROM audit_batches WHERE id = $1`,
+		id).Scan(&b.count, &b.root, &hs, &b.v, &b.leafIndex); err != nil {
+		return nil, fmt.Errorf("batch %s: %w", id, err)
+	}
+	hashes := make([]leaf.Hash, len(hs)/leaf.HashSize)
+	for i := range hashes {
+		copy(hashes[i][:], hs[i*leaf.HashSize:])
+	}
+	tr, err := leaf.NewTree(hashes)
+	if err != nil {
+		return nil, err
+	}
+	b.tree = tr
+	if c.batches == nil {
+		c.batches = map[uuid.UUID]*cachedBatch{}
+	}
+	c.batches[id] = &b
+	return &b, nil
+}
+
+func (s *Service) event(ctx context.Context, id uuid.UUID, c *proofCache) (EventProof, error) {
 	row := s.cfg.Pool.QueryRow(ctx, `SELECT `+eventColumns+` FROM audit_events WHERE id = $1`, id)
 	ev, err := scanStoredEventExtra(row)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -156,24 +219,12 @@ func (s *Service) Event(ctx context.Context, id uuid.UUID) (EventProof, error) {
 		return out, nil
 	}
 	out.Status = "sealed"
-	var (
-		count       int
-		root, hs, v []byte
-		leafIndex   *int64
-	)
-	if err := s.cfg.Pool.QueryRow(ctx, `SELECT count, root, event_hashes, leaf_value, leaf_index FROM audit_batches WHERE id = $1`,
-		*ev.BatchID).Scan(&count, &root, &hs, &v, &leafIndex); err != nil {
-		return EventProof{}, fmt.Errorf("audit event %s: batch %s: %w", id, *ev.BatchID, err)
-	}
-	hashes := make([]leaf.Hash, len(hs)/leaf.HashSize)
-	for i := range hashes {
-		copy(hashes[i][:], hs[i*leaf.HashSize:])
-	}
-	tr, err := leaf.NewTree(hashes)
+	bt, err := c.batch(ctx, s, *ev.BatchID)
 	if err != nil {
 		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
 	}
-	sub, err := tr.InclusionProof(int(*ev.BatchIndex))
+	count, root, v, leafIndex := bt.count, bt.root, bt.v, bt.leafIndex
+	sub, err := bt.tree.InclusionProof(int(*ev.BatchIndex))
 	if err != nil {
 		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
 	}
@@ -182,16 +233,30 @@ func (s *Service) Event(ctx context.Context, id uuid.UUID) (EventProof, error) {
 		return out, nil
 	}
 	out.Status = "integrated"
-	cp, err := LatestCheckpoint(ctx, s.cfg.Pool)
-	if errors.Is(err, ErrNoCheckpoint) || (err == nil && uint64(*leafIndex) >= cp.Size) {
+	if c.cp == nil && !c.cpMissing {
+		cp, err := LatestCheckpoint(ctx, s.cfg.Pool)
+		switch {
+		case errors.Is(err, ErrNoCheckpoint):
+			c.cpMissing = true
+		case err != nil:
+			return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+		default:
+			c.cp = &cp
+		}
+	}
+	cp := c.cp
+	if cp == nil || uint64(*leafIndex) >= cp.Size {
 		return out, nil
 	}
-	if err != nil {
-		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
-	}
-	incl, err := s.log.InclusionProof(ctx, uint64(*leafIndex), cp.Size)
-	if err != nil {
-		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+	incl, ok := c.inclusion[*leafIndex]
+	if !ok {
+		if incl, err = s.log.InclusionProof(ctx, uint64(*leafIndex), cp.Size); err != nil {
+			return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
+		}
+		if c.inclusion == nil {
+			c.inclusion = map[int64][][]byte{}
+		}
+		c.inclusion[*leafIndex] = incl
 	}
 	out.Status = "proven"
 	out.Batch.Inclusion, out.Batch.TreeSize, out.Batch.Checkpoint = nonNil(incl), cp.Size, cp.Note
@@ -207,6 +272,28 @@ var ErrProofInvalid = errors.New("audit event proof does not verify")
 // checkpoint, and the checkpoint's signature under verifierKey. The proof's status must be
 // "proven". It returns the decoded event.
 func VerifyEventProof(p EventProof, verifierKey string) (leaf.Event, error) {
+	return verifyEventProof(p, verifierKey, map[string]openedCheckpoint{})
+}
+
+// VerifyEventProofs verifies several proofs (as EventProofs returns them) like
+// VerifyEventProof, checking each distinct checkpoint's signature once; errs[i] is the
+// verdict on ps[i] (nil: verified).
+func VerifyEventProofs(ps []EventProof, verifierKey string) (errs []error) {
+	opened := map[string]openedCheckpoint{}
+	errs = make([]error, len(ps))
+	for i, p := range ps {
+		_, errs[i] = verifyEventProof(p, verifierKey, opened)
+	}
+	return errs
+}
+
+type openedCheckpoint struct {
+	size uint64
+	root leaf.Hash
+	err  error
+}
+
+func verifyEventProof(p EventProof, verifierKey string, opened map[string]openedCheckpoint) (leaf.Event, error) {
 	bad := func(format string, args ...any) (leaf.Event, error) {
 		return leaf.Event{}, fmt.Errorf("%w: %s", ErrProofInvalid, fmt.Sprintf(format, args...))
 	}
@@ -231,10 +318,15 @@ func VerifyEventProof(p EventProof, verifierKey string) (leaf.Event, error) {
 	if !bytes.Equal(bl.Encode(), b.LeafValue) {
 		return bad("batch leaf value does not match the batch")
 	}
-	_, size, cpRoot, err := OpenCheckpoint(b.Checkpoint, verifierKey)
-	if err != nil {
-		return bad("%v", err)
+	oc, ok := opened[b.Checkpoint]
+	if !ok {
+		_, oc.size, oc.root, oc.err = OpenCheckpoint(b.Checkpoint, verifierKey)
+		opened[b.Checkpoint] = oc
 	}
+	if oc.err != nil {
+		return bad("%v", oc.err)
+	}
+	size, cpRoot := oc.size, oc.root
 	if size != b.TreeSize {
 		return bad("checkpoint size %d, proof for %d", size, b.TreeSize)
 	}

@@ -21,6 +21,7 @@ import (
 //	VIGIL_OIDC_ROLES_CLAIM    the claim listing groups (default "groups")
 //	VIGIL_OIDC_ROLE_MAP       JSON: [{"value":"icu-nurses","role":"clinician","domain":"ward:<id>"}, …]
 //	VIGIL_OIDC_REQUIRE_AMR    comma-separated amr values of which the ID token must list one
+//	VIGIL_OIDC_NAME           the provider's name on the portal's "Sign in with …" button
 //
 // and passkeys (WebAuthn) when VIGIL_WEBAUTHN_RP_ID is set:
 //
@@ -78,4 +79,16 @@ func wireAuth(ctx context.Context, sys *system, rc runConfig, cfg *server.Config
 	}
 	cfg.OIDC = rp
 	return nil
+}
+
+// oidcName is the identity provider's name on the portal's sign-in button (VIGIL_OIDC_NAME,
+// default "single sign-on"); empty when single sign-on is off.
+func oidcName(ctx context.Context, cfg server.Config) string {
+	if cfg.OIDC == nil {
+		return ""
+	}
+	if n := getenv(ctx, "VIGIL_OIDC_NAME"); n != "" {
+		return n
+	}
+	return "single sign-on"
 }

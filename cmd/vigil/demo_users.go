@@ -19,8 +19,9 @@ import (
 	"github.com/vigilhealth/vigil/core"
 )
 
-// `vigil demo` signs people in like production does: it seeds a site with two wards and four
-// demo users (a clinician on each ward, a quality officer, an administrator), each enrolled
+// `vigil demo` signs people in like production does: it seeds a site with two wards and five
+// demo users (a clinician on each ward, a quality officer, an administrator, a device
+// technician), each enrolled
 // with the demo password and a fresh TOTP secret printed on the console, and places the
 // simulated patients on the two wards (alternately) as the fleet admits them.
 
@@ -46,6 +47,7 @@ var demoUserList = []demoUser{
 	{Email: "clinician.b@demo.vigil", Name: "Nurse Ben Ward-B", Role: auth.RoleClinician, Ward: "B"},
 	{Email: "quality@demo.vigil", Name: "Quinn Quality", Role: auth.RoleQuality},
 	{Email: "admin@demo.vigil", Name: "Ari Admin", Role: auth.RoleAdmin},
+	{Email: "technician@demo.vigil", Name: "Tess Technician", Role: auth.RoleDeviceTechnician},
 }
 
 func demoUsers(ctx context.Context, url string, sys *system) error {

@@ -55,7 +55,8 @@ or a service account's API token, and is authorized by the one policy (docs/acce
 Create the first administrator with 'vigil user add EMAIL --admin'. Single sign-on through
 the hospital's OpenID provider is on when VIGIL_OIDC_ISSUER is set, with
 VIGIL_OIDC_CLIENT_ID, VIGIL_OIDC_CLIENT_SECRET (or _FILE), VIGIL_OIDC_REDIRECT_URL,
-VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR. Passkeys
+VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR;
+VIGIL_OIDC_NAME names the provider on the portal's "Sign in with …" button. Passkeys
 (WebAuthn) are on when VIGIL_WEBAUTHN_RP_ID (the portal's host name) and
 VIGIL_WEBAUTHN_ORIGINS (its origins, comma-separated) are set.
 VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).

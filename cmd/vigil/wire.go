@@ -148,7 +148,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	// same auth service and reads through the same services, so what the policy allows a
 	// person over the API is what the pages show.
 	portalSvc, err := portal.New(portal.Config{Auth: srvCfg.Auth, Core: srvCfg.Core, Recorder: sys.rec,
-		Alarms: srvCfg.Alarms, Rules: srvCfg.Rules, Devices: srvCfg.Devices})
+		Alarms: srvCfg.Alarms, Rules: srvCfg.Rules, Devices: srvCfg.Devices, Audit: auditSvc, OIDCName: oidcName(ctx, srvCfg)})
 	if err != nil {
 		return nil, err
 	}

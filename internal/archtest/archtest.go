@@ -44,7 +44,8 @@ var Allowed = map[string][]string{
 // (proofs, checkpoints, verification, packs) is for the shell, the commands and the quality
 // system.
 var ReadSide = map[string][]string{
-	"audit/chain": {"audit", "server", "cmd", "qms", "bench"},
+	// portal: the audit browser shows events with their proofs and exports packs (issue #15).
+	"audit/chain": {"audit", "server", "cmd", "qms", "bench", "portal"},
 }
 
 // Confined maps an import path prefix to the one package directory that may import it: the
