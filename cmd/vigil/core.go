@@ -36,7 +36,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err != nil {
 		return nil, err
 	}
-	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Handoff: link.handoff, Release: link, Retention: ret, Logger: slog.Default(),
+	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Handoff: link.handoff, Forward: link, Release: link, Retention: ret, Logger: slog.Default(),
 		Webhook: core.WebhookConfig{AllowNets: allow}}
 	if phi != nil {
 		cfg.PHI = phi
