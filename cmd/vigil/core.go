@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/internal/every"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
@@ -53,8 +54,25 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	}
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); svc.Run(lctx, time.Hour) }()
+	wg.Add(4)
+	// Partitions ahead on every replica (advisory-locked, idempotent); retention once per
+	// database, on the leader (ha.go).
+	go func() {
+		defer wg.Done()
+		every.Tick(lctx, time.Hour, func(ctx context.Context) {
+			if err := svc.MaintainPartitions(ctx); err != nil && ctx.Err() == nil {
+				slog.ErrorContext(ctx, "core: create partitions", slog.String("error", err.Error()))
+			}
+		})
+	}()
+	go func() {
+		defer wg.Done()
+		onLeader(lctx, sys.leader, time.Hour, func(ctx context.Context) {
+			if _, err := svc.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
+				slog.ErrorContext(ctx, "core: retention", slog.String("error", err.Error()))
+			}
+		})
+	}()
 	go func() { defer wg.Done(); svc.RunWebhooks(lctx, time.Second) }()
 	go func() {
 		defer wg.Done()

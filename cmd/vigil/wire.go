@@ -12,6 +12,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/leader"
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
@@ -39,9 +40,10 @@ type system struct {
 	pool    *pgxpool.Pool
 	rec     *audit.Outbox // the one audit recorder of the process
 	server  *server.Server
-	keys    *keys.Ring    // Vault Transit, or the local key ring for demos (keys.go)
-	auth    *auth.Service // principals, sessions, the policy (access.go)
-	core    *core.Service // the clinical core (core.go)
+	keys    *keys.Ring      // Vault Transit, or the local key ring for demos (keys.go)
+	auth    *auth.Service   // principals, sessions, the policy (access.go)
+	core    *core.Service   // the clinical core (core.go)
+	leader  *leader.Elector // leads the once-per-database background passes (ha.go)
 	closers []func(context.Context) error
 }
 
@@ -86,6 +88,11 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 			return nil, fmt.Errorf("%w; run `vigil migrate` first", err)
 		}
 		return nil, fmt.Errorf("%w; refusing to start (upgrade this binary)", err)
+	}
+
+	// One replica of several on the database leads the once-per-database passes (ha.go).
+	if err := startLeader(ctx, sys); err != nil {
+		return nil, err
 	}
 
 	srvCfg := server.Config{
