@@ -52,6 +52,12 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err := svc.MaintainPartitions(ctx); err != nil {
 		return nil, fmt.Errorf("core: %w", err)
 	}
+	// The live stream is one stream across the replicas on the database (core/hub_replicas.go).
+	relay, err := core.StartHubRelay(ctx, svc.Hub(), core.HubRelayConfig{Pool: sys.pool, Logger: slog.Default()})
+	if err != nil {
+		return nil, err
+	}
+	sys.closers = append(sys.closers, relay.Close)
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Add(4)
