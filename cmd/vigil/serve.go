@@ -44,7 +44,12 @@ Create the first administrator with 'vigil user add EMAIL --admin'. Single sign-
 the hospital's OpenID provider is on when VIGIL_OIDC_ISSUER is set, with
 VIGIL_OIDC_CLIENT_ID, VIGIL_OIDC_CLIENT_SECRET (or _FILE), VIGIL_OIDC_REDIRECT_URL,
 VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR.
-VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).`,
+VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).
+
+Several replicas may serve one database behind a load balancer (health check: GET /readyz):
+each patient's rules run on one replica at a time (leases in the database, taken over within
+about 8 s when a replica is lost, given back at once on SIGTERM), device changes and the
+live stream reach every replica, and retention runs on one of them (docs/architecture.md).`,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
   vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,
