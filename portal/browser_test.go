@@ -276,8 +276,8 @@ func TestBrowserSignInAndLiveWard(t *testing.T) {
 	}
 	waitFor(t, ctx, "the alarms in the tile", fmt.Sprintf(`!!document.querySelector('#tile-%s li.alarm-high') && !!document.querySelector('#tile-%s li.alarm-medium')`, p1, p1))
 	checkA11y(t, ctx, "ward overview")
-	got = focusOrder(t, ctx, 3)
-	want = []string{"a:Skip to main content", "a:Ward overview", "button:Sign out"}
+	got = focusOrder(t, ctx, 4)
+	want = []string{"a:Skip to main content", "a:Ward overview", "a:Alarm inbox", "button:Sign out"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("ward overview focus order = %q, want %q", got, want)
 	}

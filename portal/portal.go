@@ -43,8 +43,8 @@ type Config struct {
 	NoDataAfter time.Duration
 	// VitalsWindow is how far back the tiles look for each vital. Default 24 hours.
 	VitalsWindow time.Duration
-	// TileConcurrency is how many tiles of a page are read from the database at once.
-	// Default 4.
+	// TileConcurrency is no longer used: the tiles of a page are read in one batch of
+	// queries (core.LatestOf, alarms.OpenAlarmsOf, rules.LatestNEWS2Of). Kept for callers.
 	TileConcurrency int
 	// Now is the clock (ages of values). Default time.Now.
 	Now func() time.Time
@@ -101,7 +101,10 @@ func (p *Portal) Assets() *Assets { return p.assets }
 // portal authenticates and authorizes its own pages (a page without a session redirects to
 // the sign-in page rather than answering 401).
 func Routes() []string {
-	return []string{"GET /", "GET /signin", "POST /signin", "POST /signout", "GET /ward/tiles/:id", "GET " + AssetPrefix + "*"}
+	return []string{"GET /", "GET /signin", "POST /signin", "POST /signout", "GET /ward/tiles/:id", "GET " + AssetPrefix + "*",
+		// Clinicians' pages (alarms.go, patient.go).
+		"GET /alarms", "POST /alarms/:id/acknowledge", "POST /alarms/:id/silence", "POST /alarms/:id/resolve",
+		"POST /alarms/acknowledge-patient", "GET /patients/:id", "GET /patients/:id/series", "POST /patients/:id/break-glass"}
 }
 
 // Mount registers the portal's routes on e.
@@ -112,6 +115,14 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.POST("/signout", p.page(p.signOut))
 	e.GET("/", p.page(p.wardOverview))
 	e.GET("/ward/tiles/:id", p.page(p.wardTile))
+	e.GET("/alarms", p.page(p.alarmInbox))
+	e.POST("/alarms/:id/acknowledge", p.page(p.alarmAction(alarms.Acknowledged)))
+	e.POST("/alarms/:id/silence", p.page(p.alarmAction(alarms.Silenced)))
+	e.POST("/alarms/:id/resolve", p.page(p.alarmAction(alarms.Resolved)))
+	e.POST("/alarms/acknowledge-patient", p.page(p.bulkAcknowledge))
+	e.GET("/patients/:id", p.page(p.patientPage))
+	e.GET("/patients/:id/series", p.page(p.patientSeries))
+	e.POST("/patients/:id/break-glass", p.page(p.breakGlass))
 }
 
 // contentSecurityPolicy allows the page's own origin and nothing else: scripts and styles

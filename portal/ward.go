@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -18,6 +17,7 @@ import (
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 )
 
@@ -210,45 +210,15 @@ func (p *Portal) visiblePatients(ctx context.Context, pr *auth.Principal) ([]war
 }
 
 func (p *Portal) wardNames(ctx context.Context) (map[uuid.UUID]string, error) {
-	sites, err := p.cfg.Core.Sites(ctx)
+	ws, err := p.cfg.Core.Wards(ctx, uuid.Nil) // every ward of every site, one query
 	if err != nil {
 		return nil, err
 	}
 	out := map[uuid.UUID]string{}
-	for _, s := range sites {
-		ws, err := p.cfg.Core.Wards(ctx, s.ID)
-		if err != nil {
-			return nil, err
-		}
-		for _, w := range ws {
-			out[w.ID] = w.Name
-		}
+	for _, w := range ws {
+		out[w.ID] = w.Name
 	}
 	return out, nil
-}
-
-// devicesByPatient maps each patient to the device assigned to them (devices registry).
-func (p *Portal) devicesByPatient(ctx context.Context) (map[uuid.UUID]devices.Device, error) {
-	out := map[uuid.UUID]devices.Device{}
-	if p.cfg.Devices == nil {
-		return out, nil
-	}
-	after := uuid.Nil
-	for {
-		ds, err := p.cfg.Devices.List(ctx, "", after, 1000)
-		if err != nil {
-			return nil, err
-		}
-		for _, d := range ds {
-			if d.PatientID != nil && d.Status != "decommissioned" {
-				out[*d.PatientID] = d
-			}
-		}
-		if len(ds) < 1000 {
-			return out, nil
-		}
-		after = ds[len(ds)-1].ID
-	}
 }
 
 // authorizeTile asks the enforcer whether pr may read the patient's observations (the
@@ -258,7 +228,13 @@ func (p *Portal) authorizeTile(ctx context.Context, pr *auth.Principal, pt core.
 	if err != nil {
 		return auth.Decision{}, err
 	}
-	t := auth.Target{Object: auth.ObjObservation, Patient: pt.ID}
+	return p.authorizeWithTeam(pr, auth.ObjObservation, pt, team)
+}
+
+// authorizeWithTeam asks the enforcer whether pr may read obj of the patient whose care team
+// is known (the overview reads every tile's team in one query).
+func (p *Portal) authorizeWithTeam(pr *auth.Principal, obj string, pt core.Patient, team []core.CareTeamMember) (auth.Decision, error) {
+	t := auth.Target{Object: obj, Patient: pt.ID}
 	if pt.WardID != nil {
 		t.Ward = *pt.WardID
 	}
@@ -268,13 +244,61 @@ func (p *Portal) authorizeTile(ctx context.Context, pr *auth.Principal, pt core.
 	return p.cfg.Auth.Enforcer().Allow(pr, "read", t)
 }
 
-// fill completes a tile from the query APIs: latest vitals, NEWS2, active alarms, device.
-func (p *Portal) fill(ctx context.Context, t *tile, devs map[uuid.UUID]devices.Device) error {
-	now := p.cfg.Now()
-	latest, err := p.cfg.Core.Latest(ctx, t.PatientID, p.cfg.VitalsWindow)
-	if err != nil {
-		return err
+// tileSources are the query answers tiles are filled from, read for all the tiles of a page
+// at once (core/tiles.go and the batched reads of alarms and rules): a handful of queries
+// per page rather than several per tile.
+type tileSources struct {
+	latest map[uuid.UUID][]core.Observation
+	news2  map[uuid.UUID]rules.NEWS2Record
+	alarms map[uuid.UUID][]alarms.Alarm
+	devs   map[uuid.UUID]devices.Device
+}
+
+// tileCodes are the LOINC codes the tiles show.
+var tileCodes = func() []string {
+	var out []string
+	for _, v := range tileVitals {
+		out = append(out, v.Codes...)
 	}
+	return out
+}()
+
+// loadTiles reads what the tiles of the patients show: latest vitals, latest NEWS2, open
+// alarms (one query each) and the device registry.
+func (p *Portal) loadTiles(ctx context.Context, ids []uuid.UUID) (tileSources, error) {
+	src := tileSources{news2: map[uuid.UUID]rules.NEWS2Record{}, alarms: map[uuid.UUID][]alarms.Alarm{}, devs: map[uuid.UUID]devices.Device{}}
+	now := p.cfg.Now()
+	err := all( // independent queries: concurrently
+		func() (err error) {
+			src.latest, err = p.cfg.Core.LatestOf(ctx, ids, tileCodes, p.cfg.VitalsWindow)
+			return err
+		},
+		func() (err error) {
+			if p.cfg.Rules != nil {
+				src.news2, err = p.cfg.Rules.LatestNEWS2Of(ctx, ids, now.Add(-p.cfg.VitalsWindow))
+			}
+			return err
+		},
+		func() (err error) {
+			if p.cfg.Alarms != nil {
+				src.alarms, err = p.cfg.Alarms.OpenAlarmsOf(ctx, ids)
+			}
+			return err
+		},
+		func() (err error) {
+			if p.cfg.Devices != nil {
+				src.devs, err = p.cfg.Devices.AssignedTo(ctx, ids)
+			}
+			return err
+		})
+	return src, err
+}
+
+// fill completes a tile from the page's query answers: latest vitals, NEWS2, active alarms,
+// device.
+func (p *Portal) fill(t *tile, src tileSources) {
+	now := p.cfg.Now()
+	latest := src.latest[t.PatientID]
 	byCode := map[string]core.Observation{}
 	var newest time.Time
 	for _, o := range latest {
@@ -309,32 +333,19 @@ func (p *Portal) fill(ctx context.Context, t *tile, devs map[uuid.UUID]devices.D
 		}
 		t.Vitals = append(t.Vitals, vv)
 	}
-	if p.cfg.Rules != nil {
-		hist, err := p.cfg.Rules.NEWS2History(ctx, t.PatientID, now.Add(-p.cfg.VitalsWindow), time.Time{}, 1)
-		if err != nil {
-			return err
-		}
-		if len(hist) > 0 {
-			h := hist[0]
-			t.NEWS2 = &news2View{Score: h.Score.Total, Band: string(h.Score.Band), Label: news2Label(string(h.Score.Band)), Age: age(now, h.EffectiveAt)}
-		}
+	if h, ok := src.news2[t.PatientID]; ok {
+		t.NEWS2 = &news2View{Score: h.Score.Total, Band: string(h.Score.Band), Label: news2Label(string(h.Score.Band)), Age: age(now, h.EffectiveAt)}
 	}
 	t.Counts = map[string]int{"high": 0, "medium": 0, "low": 0}
 	t.Alarms = nil
-	if p.cfg.Alarms != nil {
-		as, err := p.cfg.Alarms.OpenAlarms(ctx, t.PatientID)
-		if err != nil {
-			return err
-		}
-		for _, a := range as {
-			pri := priorityOf(a.Severity)
-			t.Counts[pri.Class]++
-			t.Alarms = append(t.Alarms, alarmView{ID: a.ID, Priority: pri, Message: a.Message, Age: age(now, a.OpenedAt), State: string(a.State)})
-		}
-		sort.SliceStable(t.Alarms, func(i, j int) bool { return t.Alarms[i].Priority.Rank > t.Alarms[j].Priority.Rank })
+	for _, a := range src.alarms[t.PatientID] {
+		pri := priorityOf(a.Severity)
+		t.Counts[pri.Class]++
+		t.Alarms = append(t.Alarms, alarmView{ID: a.ID, Priority: pri, Message: a.Message, Age: age(now, a.OpenedAt), State: string(a.State)})
 	}
+	sort.SliceStable(t.Alarms, func(i, j int) bool { return t.Alarms[i].Priority.Rank > t.Alarms[j].Priority.Rank })
 	t.Device = deviceView{Status: "none", Label: "No device"}
-	if d, ok := devs[t.PatientID]; ok {
+	if d, ok := src.devs[t.PatientID]; ok {
 		t.Device.Serial = d.Serial
 		switch {
 		case d.Status == "suspended":
@@ -345,7 +356,6 @@ func (p *Portal) fill(ctx context.Context, t *tile, devs map[uuid.UUID]devices.D
 			t.Device.Status, t.Device.Label = "no-data", "No data"
 		}
 	}
-	return nil
 }
 
 func news2Label(band string) string {
@@ -374,71 +384,65 @@ func (p *Portal) wardOverview(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("portal: ward overview: %w", err)
 	}
-	devs, err := p.devicesByPatient(ctx)
+	data := wardData{base: p.base("Ward overview", pr, creds.SessionToken), StreamURL: p.cfg.StreamURL}
+	// Every tile is authorized (the care teams of all, one query; the enforcer decides in
+	// memory) and the shown ones are filled from one batch of queries (loadTiles).
+	var all []uuid.UUID
+	for _, g := range groups {
+		for _, t := range g.Tiles {
+			all = append(all, t.PatientID)
+		}
+	}
+	teams, err := p.cfg.Core.CareTeams(ctx, all)
 	if err != nil {
 		return fmt.Errorf("portal: ward overview: %w", err)
 	}
-	data := wardData{base: p.base("Ward overview", pr, creds.SessionToken), StreamURL: p.cfg.StreamURL}
 	var reads []phiRead
-	// The tiles are authorized and filled a few at a time (Config.TileConcurrency).
-	type job struct{ gi, ti int }
-	type result struct {
-		shown bool
-		d     auth.Decision
-		err   error
-	}
-	var jobs []job
+	var shown []uuid.UUID
 	for gi := range groups {
 		for ti := range groups[gi].Tiles {
-			jobs = append(jobs, job{gi, ti})
-		}
-	}
-	results := make([]result, len(jobs))
-	sem := make(chan struct{}, p.cfg.TileConcurrency)
-	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			t := &groups[j.gi].Tiles[j.ti]
-			d, err := p.authorizeTile(ctx, pr, t.patient)
+			t := &groups[gi].Tiles[ti]
+			d, err := p.authorizeWithTeam(pr, auth.ObjObservation, t.patient, teams[t.PatientID])
 			if errors.Is(err, auth.ErrForbidden) {
-				return // visible as a patient but not their vitals: no tile
+				t.hidden = true // visible as a patient but not their vitals: no tile
+				continue
 			}
-			if err == nil {
-				err = p.fill(ctx, t, devs)
+			if err != nil {
+				return fmt.Errorf("portal: ward overview: %w", err)
 			}
-			results[i] = result{shown: err == nil, d: d, err: err}
-		}()
+			reads = append(reads, phiRead{patient: t.PatientID.String(), what: "ward_tile", decision: d})
+			shown = append(shown, t.PatientID)
+		}
 	}
-	wg.Wait()
-	for i, j := range jobs {
-		if err := results[i].err; err != nil {
-			return fmt.Errorf("portal: ward overview: %w", err)
-		}
-		if !results[i].shown {
-			groups[j.gi].Tiles[j.ti].hidden = true
-			continue
-		}
-		t := groups[j.gi].Tiles[j.ti]
-		reads = append(reads, phiRead{patient: t.PatientID.String(), what: "ward_tile", decision: results[i].d})
-		data.Patients = append(data.Patients, t.PatientID)
+	src, err := p.loadTiles(ctx, shown)
+	if err != nil {
+		return fmt.Errorf("portal: ward overview: %w", err)
 	}
 	for gi := range groups {
 		groups[gi].Tiles = slices.DeleteFunc(groups[gi].Tiles, func(t tile) bool { return t.hidden })
+		for ti := range groups[gi].Tiles {
+			p.fill(&groups[gi].Tiles[ti], src)
+		}
 	}
+	data.Patients = shown
 	for _, g := range groups {
 		if len(g.Tiles) > 0 {
 			data.Wards = append(data.Wards, g)
 		}
 	}
 	data.Empty = len(data.Wards) == 0
-	// Every tile's read is committed to the audit trail before the page is sent.
-	if err := p.auditReads(ctx, c, pr, reads); err != nil {
+	// Every tile's read is committed to the audit trail before the page is sent; the page is
+	// rendered while the audit events commit.
+	audited := make(chan error, 1)
+	go func() { audited <- p.auditReads(ctx, c, pr, reads) }()
+	page, err := p.renderBytes(c, "ward.html", data)
+	if aerr := <-audited; aerr != nil {
+		return aerr
+	}
+	if err != nil {
 		return err
 	}
-	return p.render(c, http.StatusOK, "ward.html", data)
+	return c.HTMLBlob(http.StatusOK, page)
 }
 
 // wardTile re-renders one tile (htmx, on a live event for its patient).
@@ -469,14 +473,12 @@ func (p *Portal) wardTile(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("portal: tile: %w", err)
 	}
-	devs, err := p.devicesByPatient(ctx)
+	src, err := p.loadTiles(ctx, []uuid.UUID{pt.ID})
 	if err != nil {
 		return fmt.Errorf("portal: tile: %w", err)
 	}
 	t := tile{PatientID: pt.ID, Name: pt.PHI.GivenName + " " + pt.PHI.FamilyName, MRN: pt.PHI.MRN}
-	if err := p.fill(ctx, &t, devs); err != nil {
-		return fmt.Errorf("portal: tile: %w", err)
-	}
+	p.fill(&t, src)
 	if err := p.auditReads(ctx, c, pr, []phiRead{{patient: pt.ID.String(), what: "ward_tile", decision: d}}); err != nil {
 		return err
 	}

@@ -24,8 +24,12 @@ type Config struct {
 	// Rate is how many uploads per second each monitor sends (each upload carries one set
 	// of the eight readings). Default 1.
 	Rate float64
-	// Duration is how long the fleet sends; 0 means until ctx ends.
+	// Duration is how long the fleet sends; 0 means until ctx ends (or Uploads are sent).
 	Duration time.Duration
+	// Uploads, when set, stops each monitor after it has measured this many uploads, however
+	// long that takes: a run of a fixed size whatever the machine's speed (the scenarios'
+	// timeline — Ramp, OfflineAfter, OfflineFor — counts measurement periods, not wall time).
+	Uploads int
 	// Scenario is what the patients go through; Mixed (the default) gives each patient one
 	// of the scenarios in a fixed pattern (ScenarioFor).
 	Scenario Scenario
@@ -274,6 +278,12 @@ func (m *monitor) run(runCtx, ctx context.Context, cfg *Config, start time.Time)
 			cancel()
 			return
 		case <-t.C:
+		}
+		if cfg.Uploads > 0 && tick >= cfg.Uploads {
+			fctx, cancel := context.WithTimeout(ctx, cfg.SendTimeout)
+			m.flush(fctx)
+			cancel()
+			return
 		}
 		t.Reset(period)
 		offset := time.Duration(tick) * period

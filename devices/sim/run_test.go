@@ -21,7 +21,9 @@ func TestRunMixedFleet(t *testing.T) {
 	res, err := sim.Run(context.Background(), sim.Config{
 		// Seed 2 gives the artefact monitor an implausible reading on its very first tick, so
 		// the flagging check does not depend on how many ticks a loaded machine manages.
-		Patients: 10, Rate: 25, Duration: 3 * time.Second, Scenario: sim.Mixed, Seed: 2,
+		// A fixed number of uploads rather than a duration: the outage spans measurement
+		// periods 5–19, which a loaded machine might not reach in a fixed time.
+		Patients: 10, Rate: 25, Uploads: 40, Duration: 2 * time.Minute, Scenario: sim.Mixed, Seed: 2,
 		Ramp: time.Second, OfflineAfter: 200 * time.Millisecond, OfflineFor: 600 * time.Millisecond,
 		Provisioner: st.Prov, Enroller: in, ReceiptKey: st.ReceiptKey, StateDir: t.TempDir(),
 		Transport: func(context.Context, sdk.Identity) (sdk.Transport, error) { return in, nil },
@@ -30,6 +32,9 @@ func TestRunMixedFleet(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 	t.Logf("%s", res.Summary())
+	if res.Uploads != 10*40 {
+		t.Errorf("Run measured %d uploads, want 400 (40 per monitor)", res.Uploads)
+	}
 	if res.Uploads == 0 || res.Accepted != res.Uploads || res.Pending != 0 || len(res.Rejected) != 0 {
 		t.Errorf("Run = %d uploads, %d accepted, %d pending, rejected %v; want uploads, all accepted, none pending or rejected",
 			res.Uploads, res.Accepted, res.Pending, res.Rejected)
