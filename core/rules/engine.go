@@ -240,6 +240,7 @@ func (e *Engine) ReleasePatient(ctx context.Context, by audit.Event, patientID u
 // Close consumes what waits in Config.Handoff and stops consuming it (observations handed
 // off later wait for the next Engine), then writes a final checkpoint.
 func (e *Engine) Close(ctx context.Context) error {
+	e.waitRebuilds()
 	if e.cfg.Handoff != nil {
 		if err := e.cfg.Handoff.Stop(ctx); err != nil {
 			return fmt.Errorf("rules: %w", err)

@@ -37,6 +37,7 @@ import (
 const inboxChannel = "vigil_rules_inbox"
 
 type leaseState struct {
+	rebuilds  sync.WaitGroup // take-over rebuilds running (Close waits for them)
 	mu        sync.Mutex
 	forwarded map[uuid.UUID]time.Time // uploads forwarded at commit, not to evaluate here
 }
@@ -47,8 +48,17 @@ func (e *Engine) initLeases() {
 		return
 	}
 	e.cfg.Leases.OnLose(e.forget)
-	e.cfg.Leases.OnAcquire(e.takeOver)
+	e.cfg.Leases.OnAcquire(func(ctx context.Context, buckets []int) {
+		// In the background: a long rebuild must not delay the renewal of this replica's
+		// leases. Until it reaches a patient, the patient's first evaluation rebuilds it
+		// (its state is loaded under the new token either way).
+		e.ls.rebuilds.Add(1)
+		go func() { defer e.ls.rebuilds.Done(); e.takeOver(ctx, buckets) }()
+	})
 }
+
+// waitRebuilds waits for the take-over rebuilds in progress (Close; tests).
+func (e *Engine) waitRebuilds() { e.ls.rebuilds.Wait() }
 
 // leaseToken is the token under which the patient's state may be loaded and written: the
 // bucket's fencing token, 0 when this replica does not own the patient, and 1 without leases.

@@ -203,6 +203,7 @@ func TestLeasesTakeOverAndFencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.step(t) // alone now: takes a's buckets and rebuilds their patients at once
+	b.eng.WaitTakeOver()
 	if !b.eng.Owns(pa) {
 		t.Fatalf("b does not own a's patient after the take-over")
 	}
