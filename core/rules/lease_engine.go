@@ -281,6 +281,17 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		var errs []error
 		for i := 0; i < len(got); {
 			r := got[i]
+			if r.kind == "settings" {
+				err := e.reloadSettings(ctx, r.pid)
+				if err == nil || !errors.Is(err, ErrNotOwner) {
+					done = append(done, r.id)
+				}
+				if err != nil && !errors.Is(err, ErrNotOwner) {
+					errs = append(errs, err)
+				}
+				i++
+				continue
+			}
 			if r.kind == "release" {
 				var b releaseBody
 				err := json.Unmarshal(r.body, &b)
@@ -430,5 +441,36 @@ func (e *Engine) settleInbox(ctx context.Context, pid uuid.UUID, ids []int64) er
 		return fmt.Errorf("rules: inbox: commit: %w", err)
 	}
 	p.dirty = false
+	return nil
+}
+
+// settingsChanged, inside the transaction that changes a patient's rule settings (SpO2
+// scale, documented oxygen) on a replica that does not own the patient, tells the owner to
+// read them again when the change commits.
+func (e *Engine) settingsChanged(ctx context.Context, tx pgx.Tx, pid uuid.UUID) error {
+	if e.cfg.Leases == nil || e.Owns(pid) {
+		return nil
+	}
+	if err := insertInbox(ctx, tx, pid, "settings", struct{}{}); err != nil {
+		return err
+	}
+	_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel)
+	return err
+}
+
+// reloadSettings reads the patient's settings into its state (an inbox row of kind "settings").
+func (e *Engine) reloadSettings(ctx context.Context, pid uuid.UUID) error {
+	p, _, err := e.lockPatient(ctx, pid)
+	if err != nil {
+		return err
+	}
+	defer p.mu.Unlock()
+	if p.token == 0 {
+		return ErrNotOwner
+	}
+	if err := e.loadSettings(ctx, pid, p.st); err != nil {
+		return err
+	}
+	p.dirty = true
 	return nil
 }

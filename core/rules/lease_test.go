@@ -96,7 +96,8 @@ func (e *env) alarmsOf(t *testing.T, p uuid.UUID, rule string) int {
 
 // Two replicas share the 64 buckets evenly; each patient is evaluated by exactly one of them.
 // A patient's upload committed on the other replica reaches its owner through the inbox and
-// raises one alarm there; the non-owner writes nothing.
+// raises one alarm there; the non-owner writes nothing. A setting changed and a discharge
+// handled on the non-owner are carried out by the owner.
 // Verifies: REQ-HA-001, REQ-HA-002
 func TestLeasesShareAndForward(t *testing.T) {
 	t.Parallel()
@@ -160,8 +161,22 @@ func TestLeasesShareAndForward(t *testing.T) {
 		t.Errorf("hr-high alarms after more uploads on both replicas = %d, want 1", n)
 	}
 
-	// A discharge handled on replica a is carried out by the owner b.
+	// A setting changed on replica a reaches the owner b's state at once (not at its next tick).
 	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "nurse-1", AuthMethod: "password"}}
+	if err := a.eng.SetSpO2Scale(context.Background(), by, pb, 2, "hypercapnic respiratory failure"); err != nil {
+		t.Fatalf("a.SetSpO2Scale(b's patient) = %v", err)
+	}
+	if _, err := b.eng.DrainInbox(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.eng.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM rules_patient_state WHERE patient_id=$1 AND (state->>'spo2_scale')::int = 2`, pb); n != 1 {
+		t.Errorf("b's checkpointed state of its patient after a set SpO2 scale 2: %d rows with scale 2, want 1", n)
+	}
+
+	// A discharge handled on replica a is carried out by the owner b.
 	if err := a.eng.ReleasePatient(context.Background(), by, pb, "discharged"); err != nil {
 		t.Fatalf("a.ReleasePatient(b's patient) = %v", err)
 	}

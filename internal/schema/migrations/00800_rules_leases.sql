@@ -24,13 +24,14 @@ CREATE TABLE rules_leases (
 INSERT INTO rules_leases (bucket) SELECT generate_series(0, 63);
 
 -- Work for the owner of a patient's bucket, written by another replica: the observations
--- of an upload it committed (kind 'observations', in the upload's own transaction), or the
--- release of a discharged patient (kind 'release'). The owner evaluates and deletes them.
+-- of an upload it committed (kind 'observations', in the upload's own transaction), the
+-- release of a discharged patient (kind 'release'), or a change of the patient's rule
+-- settings (kind 'settings', in the change's transaction). The owner evaluates and deletes them.
 CREATE TABLE rules_inbox (
     id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     bucket     integer     NOT NULL,
     patient_id uuid        NOT NULL,
-    kind       text        NOT NULL CHECK (kind IN ('observations', 'release')),
+    kind       text        NOT NULL CHECK (kind IN ('observations', 'release', 'settings')),
     body       jsonb       NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
