@@ -18,14 +18,19 @@ import (
 // nurses, and global technicians, quality staff and admins) and 1,000 patients with a care team
 // of 3 each, and a few active break-glass grants. Grants are inserted in bulk (not one audited
 // change each): the enforcer loads them the same way.
-func benchPolicy(b *testing.B) (*env, []*auth.Principal, []auth.Target) {
+func benchPolicy(b testing.TB) (*env, []*auth.Principal, []auth.Target) {
+	return policyOf(b, 10_000)
+}
+
+// policyOf is benchPolicy with n users.
+func policyOf(b testing.TB, n int) (*env, []*auth.Principal, []auth.Target) {
 	e := newEnv(b, nil)
 	rng := rand.New(rand.NewPCG(1, 2))
 	wards := make([]uuid.UUID, 40)
 	for i := range wards {
 		wards[i] = uuid.Must(uuid.NewV7())
 	}
-	users := make([]uuid.UUID, 10_000)
+	users := make([]uuid.UUID, n)
 	var rows [][]any
 	for i := range users {
 		users[i] = uuid.Must(uuid.NewV7())

@@ -77,16 +77,50 @@ type snapshot struct {
 	holds   map[string]map[string]bool          // subject → roles held in some domain
 	glass   map[string]map[uuid.UUID][]grantRef // subject → patient → break-glass grants
 
-	// memo remembers Casbin's answers for this version: a decision depends only on the
-	// subject, the ward, the object, the action and the care-team fact (break-glass decisions,
-	// which depend on the clock, are never remembered). Bounded: cleared when full.
+	// roleBit numbers the roles granted in this version (at most 64), for decision profiles;
+	// noProfile is set when there are more (then answers are remembered per subject).
+	roleBit   map[string]uint64
+	noProfile bool
+	// wardNames are the domain names ("ward:<id>") of the wards roles are held in, made once.
+	wardNames map[uuid.UUID]string
+
+	// memo remembers Casbin's answers for this version. The model's matcher sees the subject
+	// only through g(subject, role, "*"), g(subject, role, ward) and holds(subject, role): so
+	// an answer depends only on the subject's profile for the question — the roles it holds
+	// for every ward, in the target's ward, and anywhere — and on the object, the action and
+	// the two facts (care team, break-glass). Thousands of users share a few dozen profiles,
+	// so a question asked for the first time by one user is mostly answered from what Casbin
+	// said for another of the same profile. Bounded: cleared when full.
 	memoMu sync.RWMutex
 	memo   map[memoKey]memoVal
 }
 
+// memoKey is a question as the matcher sees it: the subject's role profile (or, without
+// profiles, the subject and ward themselves), the object, the action and the facts.
 type memoKey struct {
+	star, inWard, held  uint64
 	sub, ward, obj, act string
-	careTeam            bool
+	careTeam, glass     bool
+}
+
+// key returns the memo key of a question.
+func (s *snapshot) key(sub, ward, obj, act string, careTeam, glass bool) memoKey {
+	if s.noProfile || s.roleBit[sub] != 0 {
+		// A subject named like a role matches it by name (HasLink): no profile for it.
+		return memoKey{sub: sub, ward: ward, obj: obj, act: act, careTeam: careTeam, glass: glass}
+	}
+	k := memoKey{obj: obj, act: act, careTeam: careTeam, glass: glass}
+	for _, g := range s.roles[sub] {
+		bit := s.roleBit[g.Role]
+		k.held |= bit
+		if g.Domain == AllDomains {
+			k.star |= bit
+		}
+		if string(g.Domain) == ward {
+			k.inWard |= bit
+		}
+	}
+	return k
 }
 
 type memoVal struct {
@@ -97,14 +131,17 @@ type memoVal struct {
 // memoMax bounds the decisions remembered per policy version (≈ 100 bytes each).
 const memoMax = 200_000
 
-func (s *snapshot) enforceMemo(ce *casbin.Enforcer, k memoKey) (bool, []string, error) {
+// enforceMemo answers the question (sub, ward, obj, act, careTeam, glass) with ce, from the
+// memo when a subject of the same profile asked it before in this version.
+func (s *snapshot) enforceMemo(ce *casbin.Enforcer, sub, ward, obj, act string, careTeam, glass bool) (bool, []string, error) {
+	k := s.key(sub, ward, obj, act, careTeam, glass)
 	s.memoMu.RLock()
 	v, hit := s.memo[k]
 	s.memoMu.RUnlock()
 	if hit {
 		return v.ok, v.expl, nil
 	}
-	ok, expl, err := ce.EnforceEx(k.sub, k.ward, k.obj, k.act, k.careTeam, false)
+	ok, expl, err := ce.EnforceEx(sub, ward, obj, act, careTeam, glass)
 	if err != nil {
 		return false, nil, err
 	}
@@ -180,7 +217,8 @@ func (e *Enforcer) Reload(ctx context.Context) error {
 
 func (e *Enforcer) reloadLocked(ctx context.Context) error {
 	snap := &snapshot{roles: map[string][]RoleGrant{}, holds: map[string]map[string]bool{},
-		glass: map[string]map[uuid.UUID][]grantRef{}, memo: map[memoKey]memoVal{}}
+		glass: map[string]map[uuid.UUID][]grantRef{}, memo: map[memoKey]memoVal{}, roleBit: map[string]uint64{},
+		wardNames: map[uuid.UUID]string{}}
 	err := pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM auth_policy_versions").Scan(&snap.version); err != nil {
 			return err
@@ -213,6 +251,16 @@ func (e *Enforcer) reloadLocked(ctx context.Context) error {
 				snap.holds[g.Subject] = map[string]bool{}
 			}
 			snap.holds[g.Subject][g.Role] = true
+			if w, ok := g.Domain.Ward(); ok && g.Domain == WardDomain(w) {
+				snap.wardNames[w] = string(g.Domain) // canonical only: the same string as WardDomain
+			}
+			if _, ok := snap.roleBit[g.Role]; !ok {
+				if len(snap.roleBit) < 64 {
+					snap.roleBit[g.Role] = 1 << len(snap.roleBit)
+				} else {
+					snap.noProfile = true
+				}
+			}
 			return nil
 		}); err != nil {
 			return err
@@ -316,6 +364,7 @@ func (e *Enforcer) addBreakGlass(ctx context.Context, version int64, g BreakGlas
 		return e.reloadLocked(ctx)
 	}
 	next := &snapshot{version: version, e: cur.e, byPerm: cur.byPerm, roles: cur.roles, holds: cur.holds,
+		roleBit: cur.roleBit, noProfile: cur.noProfile, wardNames: cur.wardNames,
 		glass: make(map[string]map[uuid.UUID][]grantRef, len(cur.glass)+1), memo: map[memoKey]memoVal{}}
 	for sub, m := range cur.glass {
 		next.glass[sub] = m
@@ -362,7 +411,11 @@ func (e *Enforcer) Allow(p *Principal, action string, t Target) (Decision, error
 	if p == nil {
 		return Decision{}, fail(ErrUnauthenticated, "no_principal")
 	}
-	d, err := e.decide(e.cur.Load(), p.Subject, p.ID.String(), action, t)
+	cid := "" // the care-team fact needs the id as a string: only made when there is a care team
+	if t.Patient != uuid.Nil && len(t.CareTeam) > 0 {
+		cid = p.ID.String()
+	}
+	d, err := e.decide(e.cur.Load(), p.Subject, cid, action, t)
 	if err != nil {
 		return d, err
 	}
@@ -382,17 +435,19 @@ func (e *Enforcer) decide(s *snapshot, sub, clinicianID, action string, t Target
 	d := Decision{Subject: sub, Version: s.version}
 	ward := ""
 	if t.Ward != uuid.Nil {
-		ward = string(WardDomain(t.Ward))
+		if ward = s.wardNames[t.Ward]; ward == "" {
+			ward = string(WardDomain(t.Ward))
+		}
 	}
 	careTeam := t.Patient != uuid.Nil && clinicianID != "" && slices.Contains(t.CareTeam, clinicianID)
 	ce := s.enforcer(t.Object, action)
-	ok, expl, err := s.enforceMemo(ce, memoKey{sub, ward, t.Object, action, careTeam})
+	ok, expl, err := s.enforceMemo(ce, sub, ward, t.Object, action, careTeam, false)
 	if err != nil {
 		return d, fmt.Errorf("auth: enforce: %w", err)
 	}
 	if !ok && t.Patient != uuid.Nil {
 		if g, has := s.activeGrant(sub, t.Patient, e.now()); has {
-			ok, expl, err = ce.EnforceEx(sub, ward, t.Object, action, careTeam, true)
+			ok, expl, err = s.enforceMemo(ce, sub, ward, t.Object, action, careTeam, true)
 			if err != nil {
 				return d, fmt.Errorf("auth: enforce: %w", err)
 			}
@@ -434,7 +489,7 @@ func (e *Enforcer) visibility(s *snapshot, sub, clinicianID string) (visibility.
 	var f visibility.Filter
 	ce := s.enforcer(ObjPatient, "read")
 	ask := func(ward string, careTeam, glass bool) (bool, error) {
-		ok, err := ce.Enforce(sub, ward, ObjPatient, "read", careTeam, glass)
+		ok, _, err := s.enforceMemo(ce, sub, ward, ObjPatient, "read", careTeam, glass)
 		if err != nil {
 			return false, fmt.Errorf("auth: enforce: %w", err)
 		}

@@ -2,6 +2,7 @@ package auth_test
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -414,5 +415,57 @@ func TestEnforcerConcurrentWithReloads(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Fatal(err)
+	}
+}
+
+// The decision memo shares Casbin's answers between subjects of the same role profile (the
+// roles they hold for every ward, in the target's ward, and anywhere): every answer it gives
+// is the one Casbin gives for that subject itself — allowed or not, and the same rule.
+// Verifies: REQ-ACC-041
+func TestDecisionMemoAnswersAsCasbin(t *testing.T) {
+	t.Parallel()
+	e, ps, targets := policyOf(t, 2_000)
+	enf := e.svc.Enforcer()
+	rng := rand.New(rand.NewPCG(7, 8))
+	objs := []string{auth.ObjObservation, auth.ObjPatient, auth.ObjAlarm, auth.ObjAlarm, auth.ObjDevice, auth.ObjAudit, auth.ObjCareTeam}
+	acts := []string{"read", "write", "acknowledge", "silence", "manage", "read", "manage"}
+	allowed, glass := 0, 0
+	for i := range 20_000 {
+		k := rng.IntN(len(objs))
+		tg := targets[rng.IntN(len(targets))]
+		tg.Object = objs[k]
+		p := ps[rng.IntN(len(ps))]
+		if i%4 == 0 {
+			if u, err := uuid.Parse(tg.CareTeam[0]); err == nil {
+				p = &auth.Principal{Kind: "user", ID: u, Subject: auth.UserSubject(u)}
+			}
+		}
+		if i%50 == 0 { // a break-glass holder on their patient (the fixture's grants)
+			j := rng.IntN(20)
+			tg = targets[j]
+			tg.Object = auth.ObjObservation
+			k = 0
+			p = ps[10+j*17]
+		}
+		d, err := enf.Decide(p.Subject, p.ID.String(), acts[k], tg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, rule, err := enf.DecideByCasbin(p.Subject, p.ID.String(), acts[k], tg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Allowed != ok || (ok && (d.Rule == nil || len(rule) != 4 || d.Rule.Role != rule[0] || d.Rule.Scope != rule[3])) {
+			t.Fatalf("Decide(%s, %s %s, ward %s) = %+v, Casbin says %v %v", p.Subject, acts[k], tg.Object, tg.Ward, d, ok, rule)
+		}
+		if ok {
+			allowed++
+		}
+		if d.Basis == auth.ScopeBreakGlass {
+			glass++
+		}
+	}
+	if allowed == 0 || allowed == 20_000 || glass == 0 {
+		t.Fatalf("%d of 20000 decisions allowed, %d by break-glass: the sample does not exercise both answers", allowed, glass)
 	}
 }

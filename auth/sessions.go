@@ -88,12 +88,21 @@ type Credentials struct {
 	BearerToken  string
 	SourceAddr   string
 	RequestID    string
+	// Background marks a request the client made by itself, not because the person did
+	// something (a tile refreshed on a timer, a live stream reconnecting): it is authenticated
+	// like any other but does not count as activity, so it never postpones the idle timeout
+	// (automatic logoff). CredentialsFrom sets it from the BackgroundHeader.
+	Background bool
 }
+
+// BackgroundHeader marks a background request: "X-Vigil-Background: 1" (see
+// Credentials.Background). A client can only make its own session time out sooner with it.
+const BackgroundHeader = "X-Vigil-Background"
 
 // CredentialsFrom reads the session cookie and the Authorization: Bearer header of r.
 // sourceAddr is the client address as the server determined it.
 func (s *Service) CredentialsFrom(r *http.Request, sourceAddr, requestID string) Credentials {
-	c := Credentials{SourceAddr: sourceAddr, RequestID: requestID}
+	c := Credentials{SourceAddr: sourceAddr, RequestID: requestID, Background: r.Header.Get(BackgroundHeader) == "1"}
 	if ck, err := r.Cookie(s.cfg.Session.CookieName); err == nil {
 		c.SessionToken = ck.Value
 	}
@@ -106,7 +115,8 @@ func (s *Service) CredentialsFrom(r *http.Request, sourceAddr, requestID string)
 // Authenticate returns the principal of a request's credentials: the bearer token if there is
 // one, else the session cookie. A refusal is audited ("auth.session.rejected" or
 // "auth.token.rejected", reason-coded) and returned as ErrUnauthenticated or ErrSessionExpired.
-// A session's last use is advanced (at most every SessionConfig.TouchInterval).
+// A session's last use is advanced (at most every SessionConfig.TouchInterval), except by a
+// background request (Credentials.Background).
 func (s *Service) Authenticate(ctx context.Context, c Credentials) (*Principal, error) {
 	switch {
 	case c.BearerToken != "":
@@ -164,7 +174,7 @@ func (s *Service) authenticateSession(ctx context.Context, c Credentials) (*Prin
 		}
 		return reject(user, id, ErrSessionExpired, "session_idle_timeout")
 	}
-	if now.Sub(lastSeen) >= s.cfg.Session.TouchInterval {
+	if !c.Background && now.Sub(lastSeen) >= s.cfg.Session.TouchInterval {
 		if _, err := s.pool.Exec(ctx, "UPDATE auth_sessions SET last_seen_at = $2 WHERE id = $1 AND last_seen_at < $2", id, now); err != nil {
 			return nil, fmt.Errorf("authenticate: %w", err)
 		}

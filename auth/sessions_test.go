@@ -251,3 +251,58 @@ func TestAPITokens(t *testing.T) {
 		t.Fatalf("auth.token.rejected = %+v, want 4, attributed to the account", got)
 	}
 }
+
+// Background requests (a tile refreshed on a timer, X-Vigil-Background: 1) are authenticated
+// but are not activity: a session only polled by them times out after the idle timeout,
+// counted from the person's last own request.
+// Verifies: REQ-ACC-042
+func TestBackgroundRequestsDoNotPostponeIdleTimeout(t *testing.T) {
+	e := newEnv(t, nil)
+	_, secret, _ := e.user(t, "fay@example.org", [2]string{auth.RoleClinician, "*"})
+	sess, _ := e.login(t, "fay@example.org", secret)
+
+	req := httptest.NewRequest(http.MethodGet, "/ward/tiles/x", nil)
+	req.AddCookie(e.svc.Cookie(sess))
+	req.Header.Set(auth.BackgroundHeader, "1")
+	bg := e.svc.CredentialsFrom(req, "192.0.2.10", "r-bg")
+	if !bg.Background {
+		t.Fatalf("CredentialsFrom(%s: 1).Background = false, want true", auth.BackgroundHeader)
+	}
+	req.Header.Del(auth.BackgroundHeader)
+	fg := e.svc.CredentialsFrom(req, "192.0.2.10", "r-fg")
+	if fg.Background {
+		t.Fatal("CredentialsFrom(no header).Background = true, want false")
+	}
+
+	e.clock.Add(5 * time.Minute)
+	if _, err := e.svc.Authenticate(e.ctx, fg); err != nil { // the person's last action
+		t.Fatalf("Authenticate(foreground) = %v", err)
+	}
+	for range 14 { // a tile polls every minute for 14 minutes
+		e.clock.Add(time.Minute)
+		if _, err := e.svc.Authenticate(e.ctx, bg); err != nil {
+			t.Fatalf("Authenticate(background, %s idle) = %v (%s)", e.clock.Now().Sub(t0), err, auth.ReasonOf(err))
+		}
+	}
+	e.clock.Add(time.Minute) // 15 minutes since the last foreground request
+	_, err := e.svc.Authenticate(e.ctx, bg)
+	wantCode(t, "Authenticate(background, 15 min after the last own request)", err, "session_expired", "session_idle_timeout")
+
+	// The same polling with a foreground request in between keeps the session.
+	sess, _ = e.login(t, "fay@example.org", secret)
+	req = httptest.NewRequest(http.MethodGet, "/", nil)
+	req.AddCookie(e.svc.Cookie(sess))
+	fg = e.svc.CredentialsFrom(req, "192.0.2.10", "r-fg2")
+	bg = fg
+	bg.Background = true
+	for i := range 30 {
+		e.clock.Add(time.Minute)
+		c := bg
+		if i == 10 || i == 20 {
+			c = fg
+		}
+		if _, err := e.svc.Authenticate(e.ctx, c); err != nil {
+			t.Fatalf("Authenticate(minute %d) = %v (%s), want the session alive", i+1, err, auth.ReasonOf(err))
+		}
+	}
+}

@@ -16,20 +16,11 @@ import (
 	"github.com/vigilhealth/vigil/core/alarms"
 )
 
-// List endpoints narrowed to what the caller may see. A principal who may read every patient
-// (a clinical role held for "*") gets the domain's list as it is; anyone else gets the union
-// of SQL-filtered queries, one per part of their visibility (each ward's patients, their
-// care-team patients, their break-glass patients): no row of another care unit is ever read.
-// Every list that returns patients is recorded as access.phi.list with the patients' ids.
-
-func sortPatients(ps []core.Patient) {
-	slices.SortFunc(ps, func(a, b core.Patient) int {
-		if c := b.AdmittedAt.Compare(a.AdmittedAt); c != 0 {
-			return c
-		}
-		return strings.Compare(a.ID.String(), b.ID.String())
-	})
-}
+// List endpoints narrowed to what the caller may see. The enforcer's visibility filter (every
+// patient; or their wards, their care-team patients, their break-glass patients) is applied in
+// the clinical core's one SQL query (core.VisiblePatients, core.VisiblePatientIDs): no row of
+// another care unit is ever read. Every list that returns patients is recorded as
+// access.phi.list with the patients' ids.
 
 func patientIDs(ps []core.Patient) []uuid.UUID {
 	out := make([]uuid.UUID, len(ps))
@@ -72,16 +63,11 @@ func (s *Server) listPatients(c echo.Context) error {
 			}
 		}
 	} else {
-		all, set, err := s.visibleTo(c)
+		vis, err := s.visibleTo(c)
 		if err != nil {
 			return err
 		}
-		if all {
-			list, err = s.cfg.Core.Patients(ctx, f)
-		} else {
-			list, err = s.visiblePatients(ctx, set, f)
-		}
-		if err != nil {
+		if list, err = s.cfg.Core.VisiblePatients(ctx, vis, f); err != nil {
 			return err
 		}
 	}
@@ -104,23 +90,22 @@ func (s *Server) listAlarmsVisible(c echo.Context) error {
 	if c.QueryParam("patient_id") != "" {
 		return s.listAlarmsOf(c, nil)
 	}
-	all, set, err := s.visibleTo(c)
+	vis, err := s.visibleTo(c)
 	if err != nil {
 		return err
 	}
-	if all {
+	if vis.All {
 		return s.listAlarmsOf(c, nil)
 	}
-	ps, err := s.visiblePatients(c.Request().Context(), set, core.PatientFilter{Limit: 1000})
+	ids, err := s.cfg.Core.VisiblePatientIDs(c.Request().Context(), vis, core.PatientFilter{Limit: 1000})
 	if err != nil {
 		return err
 	}
-	ids := patientIDs(ps)
 	return s.listAlarmsOf(c, &ids)
 }
 
 // listAlarmsOf lists alarms by the query's filter; patients, when not nil, restricts them to
-// those patients (one SQL-filtered query each).
+// those patients (one SQL-filtered query each: the alarm store takes one patient per query).
 func (s *Server) listAlarmsOf(c echo.Context, patients *[]uuid.UUID) error {
 	q := c.QueryParams()
 	var f alarms.Filter
@@ -214,16 +199,15 @@ func (s *Server) streamVisible(c echo.Context) error {
 			patients = append(patients, id)
 		}
 	} else {
-		all, set, err := s.visibleTo(c)
+		vis, err := s.visibleTo(c)
 		if err != nil {
 			return err
 		}
-		if !all {
-			ps, err := s.visiblePatients(ctx, set, core.PatientFilter{Limit: 1000})
+		if !vis.All {
+			patients, err = s.cfg.Core.VisiblePatientIDs(ctx, vis, core.PatientFilter{Limit: 1000})
 			if err != nil {
 				return err
 			}
-			patients = patientIDs(ps)
 			if len(patients) == 0 {
 				// Nobody visible: a filter that matches no patient (never "every patient").
 				q.Set("patient_id", uuid.Must(uuid.NewV7()).String())
@@ -249,6 +233,9 @@ func (s *Server) streamVisible(c echo.Context) error {
 	if err := s.auditRead(ctx, c, "access.stream.subscribed", audit.Object{Type: "stream"}, payload); err != nil {
 		return err
 	}
+	sctx, stop := s.untilSessionEnds(c)
+	defer stop()
+	c.SetRequest(c.Request().WithContext(sctx))
 	return s.coreStream(c)
 }
 

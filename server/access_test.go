@@ -65,8 +65,12 @@ func newFullServer(t *testing.T) *fullServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	passkeys, err := authSvc.NewPasskeys(auth.WebAuthnConfig{RPID: "vigil.test", Origins: []string{"https://vigil.test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s, err := New(Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng,
-		Audit: auditSvc, Auth: authSvc, Portal: portalSvc, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Audit: auditSvc, Auth: authSvc, Portal: portalSvc, Passkeys: passkeys, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		RejectedPerSource: Limit{Rate: -1}})
 	if err != nil {
 		t.Fatal(err)

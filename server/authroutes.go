@@ -32,6 +32,12 @@ func (s *Server) mountAuth(api *echo.Group) {
 		api.GET("/auth/oidc/login", s.oidcLogin)
 		api.GET("/auth/oidc/callback", s.oidcCallback)
 	}
+	if s.cfg.Passkeys != nil {
+		api.POST("/auth/passkeys/register/begin", s.passkeyRegisterBegin)
+		api.POST("/auth/passkeys/register/finish", s.passkeyRegisterFinish)
+		api.POST("/auth/passkeys/sign-in/begin", s.passkeySignInBegin)
+		api.POST("/auth/passkeys/sign-in/finish", s.passkeySignInFinish)
+	}
 	if s.cfg.Core != nil {
 		api.POST("/patients/:id/break-glass", s.breakGlass)
 	}
@@ -348,4 +354,79 @@ func (s *Server) revokeAPIToken(c echo.Context) error {
 	}
 	Audited(c) // policy.token_revoked
 	return c.NoContent(http.StatusNoContent)
+}
+
+// passkeyCeremony is the answer that starts a passkey ceremony: the options to hand to
+// navigator.credentials.create() or get() (the "publicKey" member), and the ceremony id to
+// send back with the authenticator's answer.
+type passkeyCeremony struct {
+	Ceremony string `json:"ceremony"`
+	Options  any    `json:"options"`
+}
+
+// passkeyAnswer is what the client sends back: the ceremony id and the PublicKeyCredential
+// (its JSON, as PublicKeyCredential.toJSON() gives it).
+type passkeyAnswer struct {
+	Ceremony   string          `json:"ceremony"`
+	Credential json.RawMessage `json:"credential"`
+}
+
+func bindPasskeyAnswer(c echo.Context) (passkeyAnswer, error) {
+	var req passkeyAnswer
+	if err := bindJSON(c, &req); err != nil {
+		return req, err
+	}
+	if req.Ceremony == "" || len(req.Credential) == 0 {
+		return req, BadRequest("invalid_request", "ceremony and credential are required")
+	}
+	return req, nil
+}
+
+// passkeyRegisterBegin is POST /auth/passkeys/register/begin: the signed-in user starts
+// adding a passkey.
+func (s *Server) passkeyRegisterBegin(c echo.Context) error {
+	opts, id, err := s.cfg.Passkeys.BeginRegistration(c.Request().Context(), PrincipalOf(c))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, passkeyCeremony{Ceremony: id, Options: opts})
+}
+
+// passkeyRegisterFinish is POST /auth/passkeys/register/finish {ceremony, credential}: the
+// passkey is verified and stored (user.passkey_added), 204.
+func (s *Server) passkeyRegisterFinish(c echo.Context) error {
+	req, err := bindPasskeyAnswer(c)
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Passkeys.FinishRegistration(c.Request().Context(), PrincipalOf(c), origin(c), req.Ceremony, req.Credential); err != nil {
+		return err
+	}
+	Audited(c) // user.passkey_added
+	return c.NoContent(http.StatusNoContent)
+}
+
+// passkeySignInBegin is POST /auth/passkeys/sign-in/begin: a passwordless sign-in starts
+// (discoverable credentials: no name is typed).
+func (s *Server) passkeySignInBegin(c echo.Context) error {
+	opts, id, err := s.cfg.Passkeys.BeginLogin(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, passkeyCeremony{Ceremony: id, Options: opts})
+}
+
+// passkeySignInFinish is POST /auth/passkeys/sign-in/finish {ceremony, credential}: the
+// assertion is verified and a session opened (method webauthn), answered like sign-in.
+func (s *Server) passkeySignInFinish(c echo.Context) error {
+	req, err := bindPasskeyAnswer(c)
+	if err != nil {
+		return err
+	}
+	sess, err := s.cfg.Passkeys.FinishLogin(c.Request().Context(), auth.PasskeyLogin{Ceremony: req.Ceremony,
+		Body: req.Credential, SourceAddr: c.RealIP(), RequestID: RequestID(c)})
+	if err != nil {
+		return err
+	}
+	return s.startSession(c, sess)
 }

@@ -368,7 +368,7 @@ func (s *Server) coreStream(c echo.Context) error {
 			return BadRequest("invalid_last_event_id", "Last-Event-ID must be an event id")
 		}
 	}
-	release, err := s.streams.acquire(sourceKey(c.RealIP()))
+	release, err := s.streams.acquire(streamCaller(c))
 	if err != nil {
 		return err
 	}

@@ -92,14 +92,18 @@ var routeAccess = map[string]access{
 	"POST /api/v1/webhook-deliveries/:id/redeliver":    allow(auth.ObjWebhook, "manage"),
 
 	// Sign-in and the caller's own session (authroutes.go).
-	"POST /api/v1/auth/sign-in":             public(),
-	"POST /api/v1/auth/enrollment":          public(),
-	"POST /api/v1/auth/enrollment/complete": public(),
-	"GET /api/v1/auth/oidc/login":           public(),
-	"GET /api/v1/auth/oidc/callback":        public(),
-	"GET /api/v1/auth/me":                   self(),
-	"POST /api/v1/auth/sign-out":            self(),
-	"POST /api/v1/auth/sign-out-everywhere": self(),
+	"POST /api/v1/auth/sign-in":                  public(),
+	"POST /api/v1/auth/enrollment":               public(),
+	"POST /api/v1/auth/enrollment/complete":      public(),
+	"GET /api/v1/auth/oidc/login":                public(),
+	"GET /api/v1/auth/oidc/callback":             public(),
+	"POST /api/v1/auth/passkeys/sign-in/begin":   public(),
+	"POST /api/v1/auth/passkeys/sign-in/finish":  public(),
+	"POST /api/v1/auth/passkeys/register/begin":  self(), // the signed-in user's own passkey
+	"POST /api/v1/auth/passkeys/register/finish": self(),
+	"GET /api/v1/auth/me":                        self(),
+	"POST /api/v1/auth/sign-out":                 self(),
+	"POST /api/v1/auth/sign-out-everywhere":      self(),
 
 	// Break-glass: opened by a clinician, reviewed by quality staff.
 	"POST /api/v1/patients/:id/break-glass": allow(auth.ObjBreakGlass, "open"),

@@ -23,6 +23,7 @@ type limitedHTTP struct {
 	srv *server.Server
 	ts  *httptest.Server
 	cl  *http.Client // signed in as a user holding every role
+	cfg server.Config
 }
 
 func newLimitedHTTP(t *testing.T, cfg server.Config) *limitedHTTP {
@@ -37,7 +38,7 @@ func newLimitedHTTP(t *testing.T, cfg server.Config) *limitedHTTP {
 	}
 	ts := httptest.NewServer(srv.Handler())
 	t.Cleanup(ts.Close)
-	return &limitedHTTP{Env: e, srv: srv, ts: ts, cl: cl}
+	return &limitedHTTP{Env: e, srv: srv, ts: ts, cl: cl, cfg: cfg}
 }
 
 // do sends a request from source (X-Forwarded-For; "" for the TCP peer) and returns the

@@ -39,7 +39,8 @@ type Config struct {
 	// BodyLimit is the largest request body accepted, e.g. "1M". Default "1M"; larger bodies
 	// get 413 payload_too_large.
 	BodyLimit string
-	// RequestTimeout bounds each request's context. Default 30s.
+	// RequestTimeout bounds each request's context, except the live stream's (streams.go).
+	// Default 30s.
 	RequestTimeout time.Duration
 	// TrustProxyHeaders makes the source address come from X-Forwarded-For / X-Real-IP.
 	// Default false: the TCP peer address, which a client cannot forge.
@@ -68,6 +69,9 @@ type Config struct {
 	// OIDC is the OpenID Connect relying party of single sign-on (routes /auth/oidc/…).
 	// Optional: without it only local accounts sign in.
 	OIDC *auth.RelyingParty
+	// Passkeys are the WebAuthn ceremonies (routes /auth/passkeys/…). Optional: without them
+	// no passkey is registered or signs in.
+	Passkeys *auth.Passkeys
 	// PolicyRefreshInterval is how often Serve reloads the policy when another process changed
 	// it (auth.Enforcer.Refresh). Default 5s.
 	PolicyRefreshInterval time.Duration
@@ -97,9 +101,13 @@ type Config struct {
 	// MaxStreams is the most live streams (SSE) open at once; past it a stream gets 503
 	// too_many_streams with Retry-After. Default DefaultMaxStreams (1,000).
 	MaxStreams int
-	// MaxStreamsPerCaller is the most live streams of one caller (its source address, an IPv6
-	// /64). Default DefaultMaxStreamsPerCaller (20).
+	// MaxStreamsPerCaller is the most live streams of one caller: the signed-in person or
+	// service account (without a principal, the source address, an IPv6 /64). Default
+	// DefaultMaxStreamsPerCaller (20).
 	MaxStreamsPerCaller int
+	// StreamRecheckInterval is how often a live stream's session is checked again; the
+	// stream ends once the session has ended. Default DefaultStreamRecheckInterval (30 s).
+	StreamRecheckInterval time.Duration
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every
@@ -123,6 +131,9 @@ type Server struct {
 	// benchNoReadAudit turns the read audit off, for the benchmark that measures its cost
 	// only (never set outside that test).
 	benchNoReadAudit bool
+	// benchSerialReadAudit commits the read audit before the handler runs instead of beside
+	// it (the benchmark's comparison; never set outside that test).
+	benchSerialReadAudit bool
 }
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.
@@ -144,6 +155,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.StreamRecheckInterval <= 0 {
+		cfg.StreamRecheckInterval = DefaultStreamRecheckInterval
 	}
 	if cfg.PolicyRefreshInterval <= 0 {
 		cfg.PolicyRefreshInterval = 5 * time.Second
@@ -180,7 +194,8 @@ func New(cfg Config) (*Server, error) {
 		// The upload route bounds its body itself, so that an oversized upload is refused and
 		// audited as one (upload_too_large), like any other.
 		Skipper: func(c echo.Context) bool { return c.Path() == "/api/v1/uploads" }}))
-	e.Use(middleware.ContextTimeoutWithConfig(middleware.ContextTimeoutConfig{Timeout: cfg.RequestTimeout}))
+	// The live stream is exempt: it lives as long as its client and session (streams.go).
+	e.Use(middleware.ContextTimeoutWithConfig(middleware.ContextTimeoutConfig{Timeout: cfg.RequestTimeout, Skipper: isStream}))
 	// Authentication and authorization of every route (access.go): before any handler and
 	// before the state-change audit middleware mountAudit adds, so that its events name the
 	// principal.

@@ -1,16 +1,34 @@
 package server
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/vigilhealth/vigil/auth"
 )
 
 // Live streams (SSE) hold a connection, a goroutine and a subscription each for as long as
 // the client stays, so their number is bounded: at most MaxStreams at once in the process and
-// MaxStreamsPerCaller per caller (its source address, an IPv6 /64, until sessions name the
-// caller). A stream past either cap is refused with 503 too_many_streams and Retry-After; the
-// client retries later, like any SSE client that lost its stream.
+// MaxStreamsPerCaller per caller — the signed-in person or service account (so that the
+// people of one ward behind one NAT address do not share a cap, and one person does not get
+// more by changing address); a stream without a principal counts by its source address (an
+// IPv6 /64). A stream past either cap is refused with 503 too_many_streams and Retry-After;
+// the client retries later, like any SSE client that lost its stream.
+//
+// A stream is not bounded by the request timeout (Config.RequestTimeout): it lives as long as
+// its client reads, its session lasts and the server runs. What stops slow or dead clients is
+// the server's read-header and idle timeouts, a write deadline per write
+// (streamWriteTimeout) and the pings every 15 s that find a dead connection. The stream's
+// session is checked again every StreamRecheckInterval (as a background request: the stream
+// is not activity of the person); when it has ended — signed out, idle, past its lifetime,
+// the user disabled — the stream ends.
 
 // Defaults of the stream caps (see Config).
 const (
@@ -78,3 +96,60 @@ func (e *retryLater) RetryAfterSeconds() int { return max(1, int((e.after+time.S
 // streamWriteTimeout bounds each write of a live stream: a client that stops reading is cut
 // off instead of holding the stream's goroutine.
 const streamWriteTimeout = 30 * time.Second
+
+// streamPath is the route of the live stream.
+const streamPath = "/api/v1/stream"
+
+// isStream reports whether the request is to the live stream (exempt from the request
+// timeout; a background request for the session).
+func isStream(c echo.Context) bool { return c.Path() == streamPath }
+
+// streamCaller is whom a stream counts against: the signed-in person or service account,
+// else the source address.
+func streamCaller(c echo.Context) string {
+	if p := PrincipalOf(c); p != nil && p.ID != uuid.Nil {
+		return "principal:" + p.ID.String()
+	}
+	return "source:" + sourceKey(c.RealIP())
+}
+
+// DefaultStreamRecheckInterval is how often a live stream's session is checked again.
+const DefaultStreamRecheckInterval = 30 * time.Second
+
+// untilSessionEnds returns a context for a stream of the request's principal that is
+// cancelled when its credentials stop authenticating (checked every
+// Config.StreamRecheckInterval as a background request), and the function that stops the
+// watch. A check that fails for another reason (the database briefly away) keeps the stream.
+func (s *Server) untilSessionEnds(c echo.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(c.Request().Context())
+	creds, ok := c.Get(credentialsKey).(auth.Credentials)
+	if !ok || s.cfg.Auth == nil {
+		return ctx, cancel
+	}
+	creds.Background = true
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(s.cfg.StreamRecheckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_, err := s.cfg.Auth.Authenticate(ctx, creds)
+				switch {
+				case err == nil:
+				case errors.Is(err, auth.ErrUnauthenticated), errors.Is(err, auth.ErrSessionExpired):
+					s.log.InfoContext(ctx, "stream ended: its session ended", slog.String("request_id", creds.RequestID))
+					cancel()
+					return
+				case ctx.Err() == nil:
+					s.log.WarnContext(ctx, "stream: session check failed", slog.String("request_id", creds.RequestID),
+						slog.String("error", err.Error()))
+				}
+			}
+		}
+	}()
+	return ctx, func() { cancel(); <-done }
+}

@@ -22,6 +22,11 @@ import (
 //	VIGIL_OIDC_ROLE_MAP       JSON: [{"value":"icu-nurses","role":"clinician","domain":"ward:<id>"}, …]
 //	VIGIL_OIDC_REQUIRE_AMR    comma-separated amr values of which the ID token must list one
 //
+// and passkeys (WebAuthn) when VIGIL_WEBAUTHN_RP_ID is set:
+//
+//	VIGIL_WEBAUTHN_RP_ID      the relying party id: the portal's host name (vigil.hospital.example)
+//	VIGIL_WEBAUTHN_ORIGINS    comma-separated origins of the portal (https://vigil.hospital.example)
+//
 // Session cookies are Secure (__Host-vigil_session) unless the server runs as `vigil demo` or
 // VIGIL_SESSION_INSECURE=true (plain HTTP on loopback only).
 func wireAuth(ctx context.Context, sys *system, rc runConfig, cfg *server.Config, ring *keys.Ring) error {
@@ -33,6 +38,22 @@ func wireAuth(ctx context.Context, sys *system, rc runConfig, cfg *server.Config
 	}
 	sys.auth = svc
 	cfg.Auth = svc
+	if rpID := getenv(ctx, "VIGIL_WEBAUTHN_RP_ID"); rpID != "" {
+		var origins []string
+		for _, o := range strings.Split(getenv(ctx, "VIGIL_WEBAUTHN_ORIGINS"), ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				origins = append(origins, o)
+			}
+		}
+		if len(origins) == 0 {
+			return fmt.Errorf("passkeys: VIGIL_WEBAUTHN_ORIGINS is required with VIGIL_WEBAUTHN_RP_ID")
+		}
+		pk, err := svc.NewPasskeys(auth.WebAuthnConfig{RPID: rpID, Origins: origins})
+		if err != nil {
+			return fmt.Errorf("passkeys: %w", err)
+		}
+		cfg.Passkeys = pk
+	}
 	issuer := getenv(ctx, "VIGIL_OIDC_ISSUER")
 	if issuer == "" {
 		return nil

@@ -41,7 +41,7 @@ func addLimitFlags(cmd *cobra.Command, l *serverLimits) {
 	f.IntVar(&l.MaxStreams, "max-streams", server.DefaultMaxStreams,
 		"most live event streams (SSE) open at once; more get 503 too_many_streams (env VIGIL_MAX_STREAMS)")
 	f.IntVar(&l.MaxStreamsPerCaller, "max-streams-per-caller", server.DefaultMaxStreamsPerCaller,
-		"most live event streams of one source address (IPv6: one /64) (env VIGIL_MAX_STREAMS_PER_CALLER)")
+		"most live event streams of one signed-in person or service account (without one: one source address, IPv6 /64) (env VIGIL_MAX_STREAMS_PER_CALLER)")
 	f.Var(&l.RejectedPerSource, "rejected-per-source",
 		"rejected requests (4xx) one source address may make, as BURST:RATE (RATE per second), or off; past it the source is refused with 429 (env VIGIL_REJECTED_PER_SOURCE)")
 	f.Var(&l.RejectedPerDevice, "rejected-per-device",

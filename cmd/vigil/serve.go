@@ -26,7 +26,8 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the Vigil server against the database at VIGIL_DATABASE_URL",
 		Long: `Run the Vigil server: the REST API, the device upload endpoint and the audit chain.
 
-The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password).
+The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password);
+the server opens up to 16 connections to it unless the URL sets ?pool_max_conns=N.
 Its schema must be current: run 'vigil migrate' first. serve refuses to start on a schema
 newer than this binary. SIGINT or SIGTERM shuts down gracefully: no new requests are
 accepted, requests in flight finish (up to 15 s), then every service stops.
@@ -43,7 +44,9 @@ or a service account's API token, and is authorized by the one policy (docs/acce
 Create the first administrator with 'vigil user add EMAIL --admin'. Single sign-on through
 the hospital's OpenID provider is on when VIGIL_OIDC_ISSUER is set, with
 VIGIL_OIDC_CLIENT_ID, VIGIL_OIDC_CLIENT_SECRET (or _FILE), VIGIL_OIDC_REDIRECT_URL,
-VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR.
+VIGIL_OIDC_ROLES_CLAIM, VIGIL_OIDC_ROLE_MAP (JSON) and VIGIL_OIDC_REQUIRE_AMR. Passkeys
+(WebAuthn) are on when VIGIL_WEBAUTHN_RP_ID (the portal's host name) and
+VIGIL_WEBAUTHN_ORIGINS (its origins, comma-separated) are set.
 VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).
 
 Several replicas may serve one database behind a load balancer (health check: GET /readyz):

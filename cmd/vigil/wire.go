@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -187,6 +188,10 @@ func (d *database) Close() {
 	d.pool.Close()
 }
 
+// DefaultPoolConns is the database connections a command opens at most unless
+// VIGIL_DATABASE_URL sets pool_max_conns.
+const DefaultPoolConns = 16
+
 func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if url == "" {
 		return nil, errors.New("VIGIL_DATABASE_URL is not set (e.g. postgres://user@host:5432/vigil)")
@@ -197,6 +202,12 @@ func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	}
 	// uuid.UUID encoded as 16 bytes, not through its string Valuer (see internal/pgxuuid).
 	cfg.AfterConnect = pgxuuid.AfterConnect
+	// pgxpool's default (4 on a small machine) starves the audit commits that a read's answer
+	// waits for as soon as a few hundred reads per second arrive (docs/access.md): the server
+	// takes DefaultPoolConns unless the URL says otherwise.
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = DefaultPoolConns
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to database: %w", err)
