@@ -29,7 +29,7 @@ func (e *env) replica(t *testing.T, name string) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := rules.NewLeases(rules.LeaseConfig{Pool: e.pool, Replica: name, TTL: 3 * time.Second})
+	l, err := rules.NewLeases(rules.LeaseConfig{Pool: e.pool, Replica: name, TTL: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
