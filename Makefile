@@ -23,7 +23,7 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
 	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
 	server:FuzzCheckJSON \
-	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch \
+	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch interop/fhir:FuzzParseScopes \
 	auth:FuzzCredentialParsers
 FUZZTIME ?= 50000x
 # Test results and validation evidence (git-ignored): `make unit` and `make fuzz` write the
@@ -73,7 +73,9 @@ services:
 
 # Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
 # go.sum changes): the Vault dev server and Trillian's own servers for the external mode;
-# and the external FHIR
+# transparency-dev's omniwitness (tools/omniwitness/build.sh: go install
+# github.com/transparency-dev/witness/cmd/omniwitness@v0.0.0-20260720115447-2e1c6971d19e with
+# GOBIN=$(CURDIR)/bin), the independent witness of the audit tests; and the external FHIR
 # validator from npm into interop/fhir/validator/node_modules (git-ignored, pinned by its
 # package-lock.json).
 tools:
@@ -107,7 +109,7 @@ clean-testdbs:
 # (docs/development.md: tests wait on PostgreSQL more than they compute); the log shows one line per package and every failing test's output.
 unit:
 	@mkdir -p $(CI_DIR)
-	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 VIGIL_REQUIRE_BROWSER=1 \
+	set -o pipefail; VIGIL_REQUIRE_VAULT=1 VIGIL_REQUIRE_TRILLIAN_BINS=1 VIGIL_REQUIRE_OMNIWITNESS=1 VIGIL_REQUIRE_INTEROP_TOOLS=1 VIGIL_REQUIRE_BROWSER=1 \
 		$(GO) test -json -race -count=1 -p 4 -parallel 8 -timeout 12m ./... 2>&1 | $(GO) run ./tools/testlog -o $(CI_DIR)/go-test.json
 
 fuzz:

@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/obsdigest"
 	"github.com/vigilhealth/vigil/core/obs"
 )
 
@@ -225,7 +226,7 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 			SourceAddr: b.Provenance.SourceAddr,
 			Payload: uploadPayload{PatientID: b.PatientID, KeyID: b.Provenance.KeyID, Sequence: b.Provenance.Sequence,
 				Transport: b.Provenance.Transport, Samples: len(b.Samples), Stored: r.Stored, Flagged: r.Flagged,
-				Duplicates: r.Duplicates},
+				Duplicates: r.Duplicates, Commitment: commitObservations(stored[i])},
 		}
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"core_uploads"},
@@ -367,6 +368,21 @@ type uploadPayload struct {
 	Stored     int       `json:"stored"`
 	Flagged    int       `json:"flagged"`
 	Duplicates int       `json:"duplicates"`
+	// The stored observations' values, committed to (audit/obsdigest): `vigil audit verify
+	// --deep` recomputes it from core_observations and names a changed observation.
+	obsdigest.Commitment
+}
+
+// commitObservations is the commitment of an upload's event to the observations it stored.
+func commitObservations(stored []Observation) obsdigest.Commitment {
+	rows := make([]obsdigest.Row, len(stored))
+	for i, o := range stored {
+		rows[i] = obsdigest.Row{PatientID: o.PatientID, Code: o.Code, EffectiveAt: o.EffectiveAt, Value: o.Value}
+		if o.Artifact {
+			rows[i].Flags = flagArtifact
+		}
+	}
+	return obsdigest.Commit(rows)
 }
 
 func keys(m map[time.Time]bool) []time.Time {

@@ -285,6 +285,11 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 		{route: "POST /api/v1/service-accounts/:id/tokens", status: 201, action: "policy.token_issued",
 			req:  jsonReq(v1+"/service-accounts/"+ci.ID.String()+"/tokens", map[string]any{"name": "nightly", "roles": []string{"quality"}}),
 			then: field(&apiTokenID, "id")},
+		// SMART on FHIR scopes of the token (fhir_smart.go): the API records its own event.
+		{route: "PUT /api/v1/api-tokens/:id/smart-scopes", status: 200, action: "fhir.smart_scopes.set",
+			req: lazy(func() (string, any) {
+				return v1 + "/api-tokens/" + apiTokenID + "/smart-scopes", map[string]any{"scope": "user/Observation.read"}
+			})},
 		{route: "DELETE /api/v1/api-tokens/:id", status: 204, action: "policy.token_revoked",
 			req: func(t *testing.T) (string, string, []byte) { return v1 + "/api-tokens/" + apiTokenID, "", nil }},
 		// Audit: the checkpoint on demand records nothing of its own, so the middleware does.

@@ -409,6 +409,8 @@ func (s *Server) coreStream(c echo.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.drained(): // shutting down: the client resumes on another replica
+			return nil
 		case <-ping.C:
 			_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {

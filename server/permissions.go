@@ -110,11 +110,34 @@ var routeAccess = map[string]access{
 	"GET /api/v1/break-glass":               allow(auth.ObjBreakGlass, "review"),
 	"POST /api/v1/break-glass/:id/review":   allow(auth.ObjBreakGlass, "review"),
 
+	// FHIR R4 (fhir.go). The route needs what lets one list or read the kind of data; which
+	// patients' resources are shown is decided per patient by the same policy (observation,
+	// patient or alarm read on the patient's ward or care team; another ward's resource is
+	// not found), and every patient's data shown is audited as access.phi.read.
+	"GET /fhir/R4/metadata":        public(), // the CapabilityStatement: what the server supports
+	"GET /fhir/R4/Patient":         allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Patient/:id":     allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Encounter":       allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Encounter/:id":   allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Observation":     allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Observation/:id": allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Provenance":      allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Provenance/:id":  allow(auth.ObjPatient, "list"),
+	"GET /fhir/R4/Flag":            allow(auth.ObjAlarm, "list"),
+	"GET /fhir/R4/Flag/:id":        allow(auth.ObjAlarm, "list"),
+	"GET /fhir/R4/Device":          allow(auth.ObjDevice, "read"),
+	"GET /fhir/R4/Device/:id":      allow(auth.ObjDevice, "read"),
+	"GET /fhir/R4/AuditEvent":      allow(auth.ObjAudit, "read"),
+	"GET /fhir/R4/AuditEvent/:id":  allow(auth.ObjAudit, "read"),
+	"GET /fhir/R4/:type":           self(), // an unknown resource type: 400 unknown_resource_type
+	"GET /fhir/R4/:type/:id":       self(),
+
 	// Service accounts' API tokens (administrators).
 	"GET /api/v1/service-accounts":             allow(auth.ObjServiceAccount, "read"),
 	"GET /api/v1/service-accounts/:id/tokens":  allow(auth.ObjServiceAccount, "read"),
 	"POST /api/v1/service-accounts/:id/tokens": allow(auth.ObjServiceAccount, "manage"),
 	"DELETE /api/v1/api-tokens/:id":            allow(auth.ObjServiceAccount, "manage"),
+	"PUT /api/v1/api-tokens/:id/smart-scopes":  allow(auth.ObjServiceAccount, "manage"), // SMART on FHIR scopes (fhir_smart.go)
 }
 
 // The portal's pages authenticate and authorize themselves (a page without a session

@@ -28,6 +28,11 @@ import (
 // way: while its source or device is throttled it is verified first, and goes through when
 // its signature and checks pass (the devices behind one hospital NAT share an address, and a
 // flood naming a device must not silence it).
+//
+// With several replicas behind one load balancer the limits hold across them as a per-replica
+// share (Config.Replicas, Limit.share): each replica enforces 1/N of the rate and of the burst,
+// so that the replicas together allow the configured limit. The buckets stay in memory, off
+// the database, on purpose: the limiter exists to keep floods away from PostgreSQL.
 
 // Limit is a token bucket: Burst events at once, then Rate events per second.
 type Limit struct {
@@ -397,10 +402,24 @@ func (s *Server) recordNow(ctx context.Context, ev audit.Event) error {
 	return err
 }
 
-// withLimitDefaults fills the defaults of the resource limits of cfg.
+// share is this replica's share of a limit that holds across replicas replicas behind one
+// load balancer: the rate divided by replicas, the burst too (rounded down, at least 1). The
+// shares sum to the limit (the bursts to at most it, unless the burst is below replicas), so
+// a source whose requests the balancer spreads over the replicas gets the limit in all; one
+// whose requests all reach one replica (affinity, or replicas out of rotation) gets less,
+// never more.
+func (l Limit) share(replicas int) Limit {
+	if replicas <= 1 || l.Rate < 0 {
+		return l
+	}
+	return Limit{Rate: l.Rate / float64(replicas), Burst: max(1, l.Burst/replicas)}
+}
+
+// withLimitDefaults fills the defaults of the resource limits of cfg, and takes this
+// replica's share of the limits that hold across replicas (Config.Replicas).
 func withLimitDefaults(cfg Config) Config {
-	cfg.RejectedPerSource = cfg.RejectedPerSource.withDefault(DefaultRejectedPerSource)
-	cfg.RejectedPerDevice = cfg.RejectedPerDevice.withDefault(DefaultRejectedPerDevice)
+	cfg.RejectedPerSource = cfg.RejectedPerSource.withDefault(DefaultRejectedPerSource).share(cfg.Replicas)
+	cfg.RejectedPerDevice = cfg.RejectedPerDevice.withDefault(DefaultRejectedPerDevice).share(cfg.Replicas)
 	if cfg.LimiterKeys <= 0 {
 		cfg.LimiterKeys = DefaultLimiterKeys
 	}

@@ -22,6 +22,7 @@ func (s *Server) routes() {
 	s.mountAudit(api)
 	s.mountCore(api)
 	s.mountAuth(api)
+	s.mountFHIR() // /fhir/R4 (fhir.go)
 	if s.cfg.Portal != nil {
 		s.cfg.Portal.Mount(s.echo)
 	}
@@ -38,9 +39,16 @@ type checkResult struct {
 	Detail any    `json:"detail,omitempty"`
 }
 
-// readyz answers 200 when the database is reachable, the schema is current, and every extra
-// readiness check passes; otherwise 503 with the failing checks named.
+// readyz answers 200 when the database is reachable, the schema is within the binary's
+// compatibility window, and every extra readiness check passes; otherwise 503 with the
+// failing checks named, or 503 "draining" once the server is shutting down (shutdown.go).
 func (s *Server) readyz(c echo.Context) error {
+	if s.Draining() {
+		if c.Request().Method == http.MethodHead {
+			return c.NoContent(http.StatusServiceUnavailable)
+		}
+		return c.JSON(http.StatusServiceUnavailable, map[string]any{"status": "draining"})
+	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 3*time.Second)
 	defer cancel()
 	checks := []ReadinessCheck{

@@ -36,6 +36,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Version is reported by /healthz. Default: "dev".
 	Version string
+	// Schema is the set of migrations the readiness check compares the database with; nil is
+	// the embedded one (schema.Embedded).
+	Schema *schema.Set
 	// BodyLimit is the largest request body accepted, e.g. "1M". Default "1M"; larger bodies
 	// get 413 payload_too_large.
 	BodyLimit string
@@ -105,6 +108,14 @@ type Config struct {
 	// service account (without a principal, the source address, an IPv6 /64). Default
 	// DefaultMaxStreamsPerCaller (20).
 	MaxStreamsPerCaller int
+	// DrainDelay is how long a draining server keeps its listener open, answering 503 draining,
+	// before it closes it and waits for the requests in flight (shutdown.go): long enough for
+	// the load balancer's health checks to take it out of rotation. Zero closes at once.
+	DrainDelay time.Duration
+	// Replicas is the number of replicas behind the load balancer sharing the rejected-request
+	// limits (rejectlimit.go): each enforces 1/Replicas of RejectedPerSource and
+	// RejectedPerDevice, so that together they hold the configured limit. 0 or 1: one replica.
+	Replicas int
 	// StreamRecheckInterval is how often a live stream's session is checked again; the
 	// stream ends once the session has ended. Default DefaultStreamRecheckInterval (30 s).
 	StreamRecheckInterval time.Duration
@@ -125,6 +136,7 @@ type Server struct {
 	log     *slog.Logger
 	rejects *rejectLimits
 	streams *streamSlots
+	drain   *drainState
 	// extraAccess: access lines of routes tests add (permit); production routes are in
 	// routeAccess.
 	extraAccess map[string]access
@@ -164,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg = withLimitDefaults(cfg)
 	s := &Server{cfg: cfg, log: cfg.Logger, rejects: newRejectLimits(cfg),
-		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller)}
+		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller), drain: newDrainState()}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
@@ -178,6 +190,7 @@ func New(cfg Config) (*Server, error) {
 	e.Use(s.requestIDs)
 	e.Use(s.accessLog())
 	e.Use(securityHeaders)
+	e.Use(s.refuseWhileDraining)
 	e.Use(s.throttle)
 	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
 		DisableStackAll:   true,
@@ -208,8 +221,9 @@ func New(cfg Config) (*Server, error) {
 // Handler returns the server as an http.Handler (for httptest).
 func (s *Server) Handler() http.Handler { return s.echo }
 
-// Serve answers requests on ln until ctx is cancelled, then shuts down gracefully: it stops
-// accepting, lets requests in flight finish (up to grace), and returns.
+// Serve answers requests on ln until ctx is cancelled, then drains and shuts down gracefully
+// (shutdown.go): readiness fails and new requests get 503 draining for Config.DrainDelay, then
+// it stops accepting, lets requests in flight finish (up to grace), and returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
 	srv := &http.Server{
 		Handler:           s.echo,
@@ -232,6 +246,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	s.Drain()
+	if s.cfg.DrainDelay > 0 {
+		select {
+		case <-time.After(s.cfg.DrainDelay):
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	srv.SetKeepAlivesEnabled(false)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), grace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
@@ -351,11 +374,23 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
-// checkSchema is the readiness check that the database schema matches this binary.
+// checkSchema is the readiness check that the database schema is within this binary's
+// compatibility window (schema.Status.Check).
 func (s *Server) checkSchema(ctx context.Context) (any, error) {
-	st, err := schema.Inspect(ctx, s.cfg.Pool)
+	set := s.cfg.Schema
+	if set == nil {
+		set = schema.Embedded()
+	}
+	st, err := set.Inspect(ctx, s.cfg.Pool)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"current": st.Current, "latest": st.Latest, "pending": st.Pending}, st.Check()
+	detail := map[string]any{"current": st.Current, "latest": st.Latest, "pending": st.Pending}
+	if len(st.PendingContract) > 0 {
+		detail["pending_contract"] = len(st.PendingContract)
+	}
+	if len(st.Unknown) > 0 {
+		detail["newer_applied"] = len(st.Unknown) // by a newer binary, within this one's window
+	}
+	return detail, st.Check()
 }

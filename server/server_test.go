@@ -40,9 +40,24 @@ func newTestServer(t *testing.T, pool *pgxpool.Pool) (*Server, *httptest.Server)
 
 func decodeError(t *testing.T, r io.Reader) errorDetail {
 	t.Helper()
-	var b errorBody
+	var b struct {
+		errorBody
+		// An OperationOutcome (the /fhir/R4 routes) carries the same code in its first issue.
+		ResourceType string `json:"resourceType"`
+		Issue        []struct {
+			Diagnostics string `json:"diagnostics"`
+			Details     struct {
+				Coding []struct {
+					Code string `json:"code"`
+				} `json:"coding"`
+			} `json:"details"`
+		} `json:"issue"`
+	}
 	if err := json.NewDecoder(r).Decode(&b); err != nil {
 		t.Fatalf("decode error envelope: %v", err)
+	}
+	if b.ResourceType == "OperationOutcome" && len(b.Issue) > 0 && len(b.Issue[0].Details.Coding) > 0 {
+		return errorDetail{Code: b.Issue[0].Details.Coding[0].Code, Message: b.Issue[0].Diagnostics}
 	}
 	return b.Error
 }

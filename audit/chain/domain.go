@@ -7,9 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/audit/obsdigest"
 )
 
 // Cross-checking domain rows against the trail (docs/audit.md "Domain rows against the
@@ -33,6 +37,7 @@ type domainEvents struct {
 	rules   map[string]ruleEvent  // rule id/version → definition
 	uploads map[uuid.UUID]upEvent // event id (= core_uploads.id) → upload
 	seen    map[string]struct{}   // kinds with at least one event
+	more    *moreEvents           // sites, wards, patients, care teams, webhooks
 }
 
 type alarmEvent struct {
@@ -50,16 +55,21 @@ type ruleEvent struct {
 type upEvent struct {
 	hash   string
 	stored int64
+	obs    *obsdigest.Commitment // nil for events from before the commitment (or synthetic ones)
 }
 
 func newDomainEvents() *domainEvents {
 	return &domainEvents{alarms: map[string]alarmEvent{}, acks: map[string]string{}, keys: map[string]string{},
-		rules: map[string]ruleEvent{}, uploads: map[uuid.UUID]upEvent{}}
+		rules: map[string]ruleEvent{}, uploads: map[uuid.UUID]upEvent{}, more: newMoreEvents()}
 }
 
 // note keeps what the cross-check needs of one authentic event (in seq order).
 func (d *domainEvents) note(ev *StoredEvent) {
-	if ev.Outcome != "success" || ev.ObjectID == nil || ev.Payload == nil {
+	if ev.Outcome != "success" || ev.ObjectID == nil {
+		return
+	}
+	d.more.note(ev) // (some of these events have no payload)
+	if ev.Payload == nil {
 		return
 	}
 	var p map[string]any
@@ -97,11 +107,17 @@ func (d *domainEvents) note(ev *StoredEvent) {
 	case ev.ObjectType == "upload" && ev.Action == "upload.accepted":
 		var u struct {
 			Stored int64 `json:"stored"`
+			obsdigest.Commitment
 		}
 		if json.Unmarshal(ev.Payload, &u) != nil {
 			return
 		}
-		d.uploads[ev.ID] = upEvent{hash: *ev.ObjectID, stored: u.Stored}
+		up := upEvent{hash: *ev.ObjectID, stored: u.Stored}
+		if u.Digest != "" {
+			c := u.Commitment
+			up.obs = &c
+		}
+		d.uploads[ev.ID] = up
 	}
 }
 
@@ -117,6 +133,12 @@ func (v *verifier) crossCheck(ctx context.Context) error {
 		{"devices_keys", func() error { return v.checkDeviceKeys(ctx, d) }},
 		{"rules_versions", func() error { return v.checkRules(ctx, d) }},
 		{"core_uploads", func() error { return v.checkUploads(ctx, d) }},
+		{"core_sites", func() error { return v.checkSites(ctx, d) }},
+		{"core_wards", func() error { return v.checkWards(ctx, d) }},
+		{"core_patients", func() error { return v.checkPatients(ctx, d) }},
+		{"core_care_team", func() error { return v.checkCareTeams(ctx, d) }},
+		{"core_webhooks", func() error { return v.checkWebhooks(ctx, d) }},
+		{"rules_news2", func() error { return v.checkNEWS2(ctx, d) }},
 	} {
 		ok, err := v.tableExists(ctx, c.table)
 		if err != nil {
@@ -227,23 +249,10 @@ func (v *verifier) checkRules(ctx context.Context, d *domainEvents) error {
 }
 
 func (v *verifier) checkUploads(ctx context.Context, d *domainEvents) error {
-	counts := map[uuid.UUID]int64{}
+	var counts map[uuid.UUID]int64
 	if v.cfg.Deep {
-		rows, err := v.q.Query(ctx, `SELECT upload_id, count(*) FROM core_observations GROUP BY upload_id`)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var id uuid.UUID
-			var n int64
-			if err := rows.Scan(&id, &n); err != nil {
-				rows.Close()
-				return err
-			}
-			counts[id] = n
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		var err error
+		if counts, err = v.checkObservations(ctx, d); err != nil {
 			return err
 		}
 	}
@@ -273,6 +282,94 @@ func (v *verifier) checkUploads(ctx context.Context, d *domainEvents) error {
 		}
 	}
 	return rows.Err()
+}
+
+// maxNamedObservations bounds how many changed observations of one upload a finding names.
+const maxNamedObservations = 5
+
+// checkObservations reads every stored observation, grouped by the upload that stored it,
+// and returns the count per upload. For each upload whose event commits to its observations
+// (audit/obsdigest) and whose count matches, it recomputes the digest; a difference is a
+// domain_mismatch naming the changed observations (patient, code, time, stored value). An
+// observation whose upload has no authentic upload.accepted event is an unaudited change.
+func (v *verifier) checkObservations(ctx context.Context, d *domainEvents) (map[uuid.UUID]int64, error) {
+	rows, err := v.q.Query(ctx, `SELECT upload_id, patient_id, code, effective_at, value, flags
+		FROM core_observations ORDER BY upload_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	counts := map[uuid.UUID]int64{}
+	var cur uuid.UUID
+	var group []obsdigest.Row
+	flush := func() {
+		if len(group) == 0 {
+			return
+		}
+		counts[cur] = int64(len(group))
+		v.rep.ObservationsChecked += int64(len(group))
+		ev, ok := d.uploads[cur]
+		switch {
+		case !ok:
+			v.find(Finding{Kind: FindingUnaudited, EventID: cur.String(), Detail: fmt.Sprintf("%d observations (first: %s) point to upload %s, which has no authentic upload.accepted event",
+				len(group), describeObs(group[0]), cur)})
+		case ev.obs != nil && ev.stored == int64(len(group)):
+			v.compareObservations(cur, group, *ev.obs)
+		}
+		group = group[:0]
+	}
+	for rows.Next() {
+		var up uuid.UUID
+		var r obsdigest.Row
+		if err := rows.Scan(&up, &r.PatientID, &r.Code, &r.EffectiveAt, &r.Value, &r.Flags); err != nil {
+			return nil, err
+		}
+		if up != cur {
+			flush()
+			cur = up
+		}
+		group = append(group, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	flush()
+	return counts, nil
+}
+
+func (v *verifier) compareObservations(id uuid.UUID, group []obsdigest.Row, want obsdigest.Commitment) {
+	hs := obsdigest.Sort(group)
+	if obsdigest.CommitSorted(hs).Digest == want.Digest {
+		return
+	}
+	idx, ok, err := obsdigest.Changed(hs, want)
+	var named []string
+	for _, i := range idx {
+		if len(named) == maxNamedObservations {
+			named = append(named, fmt.Sprintf("and %d more", len(idx)-maxNamedObservations))
+			break
+		}
+		named = append(named, describeObs(hs[i].Row))
+	}
+	detail := fmt.Sprintf("upload %s: the stored observations differ from the digest its event committed to", id)
+	switch {
+	case err != nil:
+		detail += fmt.Sprintf(" (its fingerprints do not parse: %v)", err)
+	case ok && len(named) > 0:
+		detail += "; changed: " + strings.Join(named, "; ")
+	default:
+		detail += " (the fingerprints do not localize the change)"
+	}
+	v.find(Finding{Kind: FindingDomainMismatch, EventID: id.String(), Detail: detail})
+}
+
+func describeObs(r obsdigest.Row) string {
+	fl := ""
+	if r.Flags != 0 {
+		fl = fmt.Sprintf(" flags %d", r.Flags)
+	}
+	return fmt.Sprintf("patient %s code %s at %s value %s%s", r.PatientID, r.Code,
+		r.EffectiveAt.UTC().Format(time.RFC3339Nano), strconv.FormatFloat(r.Value, 'g', -1, 64), fl)
 }
 
 func jsonEqual(a, b []byte) bool {

@@ -85,8 +85,17 @@ type Report struct {
 	ProvenEvents  int64              `json:"proven_events"`  // events proven included under the checkpoint
 	PendingEvents int64              `json:"pending_events"` // events not yet under a checkpoint
 	DomainRows    int64              `json:"domain_rows"`    // domain rows cross-checked against their events
-	Pending       []PendingEvent     `json:"pending,omitempty"`
-	Findings      []Finding          `json:"findings"`
+	// ObservationsChecked is the stored observations read by a Deep verify (counted against
+	// their upload's event, and their values against its digest).
+	ObservationsChecked int64 `json:"observations_checked,omitempty"`
+	// Incremental is set when the run started from VerifyConfig.Since: it checked what came
+	// after that state's checkpoint and event, not the whole trail, and not the domain rows.
+	Incremental bool `json:"incremental,omitempty"`
+	// State is what the next incremental run starts from (set when there is no finding and
+	// the log was read up to a checkpoint).
+	State    *VerifyState   `json:"state,omitempty"`
+	Pending  []PendingEvent `json:"pending,omitempty"`
+	Findings []Finding      `json:"findings"`
 }
 
 // VerifyConfig configures Verify.
@@ -113,12 +122,18 @@ type VerifyConfig struct {
 	// NoDomain skips the cross-check of domain rows against the events (FindingUnaudited,
 	// FindingDomainMismatch). Default false: they are checked.
 	NoDomain bool
-	// Deep also counts the observations stored from each upload against its event.
+	// Deep also reads every stored observation: counted against its upload's event, and its
+	// values against the digest the event committed to (audit/obsdigest); a changed value is
+	// a domain_mismatch naming the observation.
 	Deep bool
 	// Witnesses are required: the latest checkpoint must carry each one's cosignature (once
 	// older than PendingGrace), and a witness with a URL is asked whether it cosigned a
 	// larger checkpoint of this log (a truncated or rolled-back log). Default none.
 	Witnesses []WitnessEndpoint
+	// Since, when set, makes the run incremental (see VerifyState): only what came after
+	// the state is checked, and the domain rows are not cross-checked. Default nil: a full
+	// verification.
+	Since *VerifyState
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -153,12 +168,22 @@ func Verify(ctx context.Context, cfg VerifyConfig) (*Report, error) {
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
 	v := &verifier{cfg: cfg, q: tx, rep: &Report{CheckedAt: cfg.Now().UTC(), Findings: []Finding{}}, sessions: map[uuid.UUID]*sessionSeen{}, domain: newDomainEvents()}
+	if cfg.Since != nil {
+		if cfg.Since.Origin != cfg.Origin {
+			return nil, fmt.Errorf("audit verify: the state is of log %q, not %q", cfg.Since.Origin, cfg.Origin)
+		}
+		v.rep.Incremental = true
+		v.seedSessions()
+	}
 	if err := v.run(ctx); err != nil {
 		return nil, fmt.Errorf("audit verify: %w", err)
 	}
 	r := v.rep
 	sort.SliceStable(r.Findings, func(i, j int) bool { return r.Findings[i].Kind < r.Findings[j].Kind })
 	r.OK = len(r.Findings) == 0
+	if r.OK {
+		r.State = v.state()
+	}
 	return r, nil
 }
 
@@ -171,6 +196,11 @@ type verifier struct {
 	sessions map[uuid.UUID]*sessionSeen // what each writer session wrote and attested
 	overdue  []overdue                  // events pending longer than the grace period
 	domain   *domainEvents              // what the domain cross-check needs of the events
+
+	base   uint64         // the first log leaf read (the state's size in an incremental run)
+	rng    *compact.Range // the log's leaves [0, checkpoint size), once proven
+	maxSeq int64          // the highest event row read
+	abort  bool           // the incremental run's starting checkpoint is gone: nothing else is checked
 }
 
 func (v *verifier) find(f Finding) { v.rep.Findings = append(v.rep.Findings, f) }
@@ -178,6 +208,9 @@ func (v *verifier) find(f Finding) { v.rep.Findings = append(v.rep.Findings, f) 
 func (v *verifier) run(ctx context.Context) error {
 	if err := v.checkpoints(ctx); err != nil {
 		return err
+	}
+	if v.abort {
+		return nil
 	}
 	logLeaves, err := v.logLeaves(ctx)
 	if err != nil {
@@ -195,7 +228,7 @@ func (v *verifier) run(ctx context.Context) error {
 	if err := v.checkWitnesses(ctx); err != nil {
 		return err
 	}
-	if !v.cfg.NoDomain {
+	if !v.cfg.NoDomain && v.cfg.Since == nil {
 		if err := v.crossCheck(ctx); err != nil {
 			return err
 		}
@@ -215,9 +248,17 @@ func (v *verifier) run(ctx context.Context) error {
 
 // checkpoints verifies every stored checkpoint and the consistency proofs between them.
 func (v *verifier) checkpoints(ctx context.Context) error {
-	cps, err := loadCheckpoints(ctx, v.q, "ORDER BY id")
+	tail := "ORDER BY id"
+	if v.cfg.Since != nil {
+		tail = fmt.Sprintf("WHERE id >= %d ORDER BY id", v.cfg.Since.CheckpointID)
+	}
+	cps, err := loadCheckpoints(ctx, v.q, tail)
 	if err != nil {
 		return err
+	}
+	if v.cfg.Since != nil && !v.sinceCheckpoint(cps) {
+		v.abort = true
+		return nil
 	}
 	v.rep.Checkpoints = len(cps)
 	var prev *Checkpoint
@@ -290,47 +331,39 @@ func (v *verifier) logLeaves(ctx context.Context) ([][]byte, error) {
 	} else if root.Hash != v.cp.Root {
 		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("live log root differs from checkpoint %d at the same size %d", v.cp.ID, root.Size)})
 	}
-	leaves, err := v.cfg.Log.Leaves(ctx, 0, int64(v.cp.Size))
+	var hashes [][]byte
+	if s := v.cfg.Since; s != nil {
+		v.base, hashes = s.Size, s.Range
+		if v.cp.Size < s.Size {
+			v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("checkpoint %d (size %d) is smaller than the size %d verified on %s", v.cp.ID, v.cp.Size, s.Size, s.VerifiedAt.Format(time.RFC3339))})
+			return nil, nil
+		}
+	}
+	leaves, err := v.cfg.Log.Leaves(ctx, int64(v.base), int64(v.cp.Size-v.base))
 	if err != nil {
 		v.find(Finding{Kind: FindingLogUnavailable, Detail: err.Error()})
 		return nil, nil
 	}
-	if uint64(len(leaves)) != v.cp.Size {
+	if uint64(len(leaves)) != v.cp.Size-v.base {
 		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("log returned %d leaves for checkpoint size %d", len(leaves), v.cp.Size)})
 		return nil, nil
 	}
-	got, err := rootOfLeaves(leaves)
+	rng, err := leafRange(v.base, hashes, leaves)
+	if err != nil {
+		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("the remembered compact range of size %d does not extend: %v", v.base, err)})
+		return nil, nil
+	}
+	got, err := rangeRoot(rng)
 	if err != nil {
 		return nil, err
 	}
+	v.rng = rng
 	if got != v.cp.Root {
+		v.rng = nil
 		v.find(Finding{Kind: FindingFork, Detail: fmt.Sprintf("the log's leaves do not hash to checkpoint %d's root", v.cp.ID)})
 		return nil, nil
 	}
 	return leaves, nil
-}
-
-// rootOfLeaves is the RFC 6962 root of the given leaf values.
-func rootOfLeaves(values [][]byte) (leaf.Hash, error) {
-	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
-	r := rf.NewEmptyRange(0)
-	for _, val := range values {
-		h := leaf.LeafHash(val)
-		if err := r.Append(h[:], nil); err != nil {
-			return leaf.Hash{}, err
-		}
-	}
-	var out leaf.Hash
-	if len(values) == 0 {
-		copy(out[:], rfc6962.DefaultHasher.EmptyRoot())
-		return out, nil
-	}
-	root, err := r.GetRootHash(nil)
-	if err != nil {
-		return out, err
-	}
-	copy(out[:], root)
-	return out, nil
 }
 
 // expectedEvent is what a batch committed to for one event.
@@ -347,8 +380,12 @@ type expectedEvent struct {
 // batches checks every batch row against itself and against the log leaf at its index, and
 // every log leaf against a batch row. It returns what each logged event must hash to.
 func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UUID]*expectedEvent, error) {
+	where, args := "", []any{}
+	if v.cfg.Since != nil {
+		where, args = "WHERE leaf_index IS NULL OR leaf_index >= $1", []any{int64(v.cfg.Since.Size)}
+	}
 	rows, err := v.q.Query(ctx, `SELECT id, sealed_at, count, root, event_ids, event_hashes, leaf_value, leaf_index
-		FROM audit_batches ORDER BY seq`)
+		FROM audit_batches `+where+` ORDER BY seq`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read batches: %w", err)
 	}
@@ -404,7 +441,7 @@ func (v *verifier) batches(ctx context.Context, logLeaves [][]byte) (map[uuid.UU
 	// Every leaf under the checkpoint must be a batch the database holds, unchanged. (A batch
 	// whose integration the shipper has not stored yet is matched by its id.)
 	for i, val := range logLeaves {
-		li := int64(i)
+		li := int64(v.base) + int64(i)
 		bl, err := leaf.DecodeBatch(val)
 		if err != nil {
 			v.find(Finding{Kind: FindingBatchDeleted, LeafIndex: &li, Detail: "the log holds a leaf that is no Vigil batch"})
@@ -465,7 +502,14 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 			return err
 		}
 	}
-	rows, err := v.q.Query(ctx, `SELECT `+eventColumns+` FROM audit_events ORDER BY seq`)
+	where, args := "", []any{}
+	if s := v.cfg.Since; s != nil {
+		// After the remembered row; and whatever is not logged yet or in a batch after the
+		// remembered size (a transaction that committed late has a lower seq).
+		where, args = `WHERE seq > $1 OR batch_id IS NULL OR batch_id IN
+			(SELECT id FROM audit_batches WHERE leaf_index IS NULL OR leaf_index >= $2)`, []any{s.EventSeq, int64(s.Size)}
+	}
+	rows, err := v.q.Query(ctx, `SELECT `+eventColumns+` FROM audit_events `+where+` ORDER BY seq`, args...)
 	if err != nil {
 		return fmt.Errorf("read events: %w", err)
 	}
@@ -476,6 +520,7 @@ func (v *verifier) events(ctx context.Context, expected map[uuid.UUID]*expectedE
 			return fmt.Errorf("read event: %w", err)
 		}
 		v.rep.Events++
+		v.maxSeq = max(v.maxSeq, ev.Seq)
 		id := ev.ID.String()
 		exp := expected[ev.ID]
 		h, herr := ev.LeafHash()
@@ -548,6 +593,7 @@ type sessionSeen struct {
 	through    uint64
 	rolledBack map[uint64]bool
 	finalSeq   uint64 // the counter of the session's final attestation (it stopped in order)
+	from       uint64 // counters up to this were checked by an earlier run (incremental)
 }
 
 // authenticate checks an event row's authentication tag (when verify has the key ring) and
@@ -602,7 +648,7 @@ func (v *verifier) gaps() {
 		sort.Slice(ss.seqs, func(i, j int) bool { return ss.seqs[i] < ss.seqs[j] })
 		k := 0
 		reported := 0
-		for n := uint64(1); n <= ss.through; n++ {
+		for n := ss.from + 1; n <= ss.through; n++ {
 			for k < len(ss.seqs) && ss.seqs[k] < n {
 				k++
 			}
@@ -662,6 +708,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "checkpoint %d: size %d, root %s (%s)\n", r.Checkpoint.ID, r.Checkpoint.Size, r.Checkpoint.Root, r.Checkpoint.CreatedAt.Format(time.RFC3339))
 	} else {
 		fmt.Fprintf(&b, "no checkpoint issued yet\n")
+	}
+	if r.Incremental {
+		b.WriteString("incremental: only what came after the remembered state was checked (no domain cross-check; --full re-reads everything)\n")
 	}
 	fmt.Fprintf(&b, "checkpoints verified: %d; log size %d; batches %d\n", r.Checkpoints, r.LogSize, r.Batches)
 	fmt.Fprintf(&b, "events: %d rows, %d proven in the log, %d pending\n", r.Events, r.ProvenEvents, r.PendingEvents)

@@ -63,15 +63,38 @@ func openWitnessed(t *testing.T, c *rig, signer chain.CheckpointSigner, ws []cha
 // checkpoints, batches and events above a checkpoint — passes verify without a witness; the
 // witness that cosigned the newer checkpoint names it (verify --witness), and the restarted
 // system raises a rollback incident.
-// Verifies: REQ-AUD-045, REQ-AUD-046
+// It runs with our witness (audit/witness) and with the independent one (transparency-dev's
+// omniwitness, REQ-AUD-053).
+// Verifies: REQ-AUD-045, REQ-AUD-046, REQ-AUD-053
 func TestTruncatedLogIsCaughtByTheWitness(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		start func(t *testing.T, signer chain.CheckpointSigner) chain.WitnessEndpoint
+	}{
+		{"vigil witness", startWitness},
+		{"omniwitness", func(t *testing.T, signer chain.CheckpointSigner) chain.WitnessEndpoint {
+			vkey, err := chain.VerifierKey(testOrigin, signer.Public())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return startOmniwitness(t, vkey)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			truncationCaught(t, tc.start)
+		})
+	}
+}
+
+func truncationCaught(t *testing.T, start func(t *testing.T, signer chain.CheckpointSigner) chain.WitnessEndpoint) {
 	ctx := context.Background()
 	c := &rig{}
 	c.pool, c.url = testdb.NewWithURL(t)
 	c.rec = audittest.Recorder(t, c.pool, nil)
 	signer := chaintest.Signer(t)
-	w := startWitness(t, signer)
+	w := start(t, signer)
 	svc := openWitnessed(t, c, signer, []chain.WitnessEndpoint{w})
 
 	c.record(t, 5)

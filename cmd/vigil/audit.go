@@ -153,6 +153,8 @@ func newAuditVerifyCmd() *cobra.Command {
 		key      string
 		wspecs   []string
 		deep     bool
+		state    string
+		full     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -164,10 +166,20 @@ or added without a leaf, a truncated outbox and a forked log. With the key ring 
 event's authentication tag (forged or back-dated events: unauthenticated), each writer
 session's numbering (a committed action whose event was deleted: sequence_gap) and erasures
 before the retention age (erased_early); it cross-checks domain rows (alarms, device keys, rule
-versions, uploads) against what their events say (unaudited_change, domain_mismatch; --deep
-also counts each upload's observations). With --witness KEY@URL it requires the witness's
+versions, uploads, sites, wards, patients' ward and discharge, care teams, webhooks, NEWS2
+scores) against what their events say (unaudited_change, domain_mismatch; --deep
+also reads every stored observation: counted against its upload's event and its values against
+the digest the event committed to, naming a changed one). With --witness KEY@URL it requires the witness's
 cosignature on the latest checkpoint and asks the witness whether it cosigned a larger one (a
 truncated or rolled-back log: witness). docs/audit.md lists every finding.
+
+With --state FILE it verifies incrementally: the file (kept by the auditor, outside the
+database) remembers the last verified checkpoint, the log's leaves under it (a compact range),
+the last event row and each writer's numbering; the next run checks only what came after
+(new checkpoints consistent with the remembered one, new leaves, batches and events) and
+skips the domain cross-check. A run without findings writes the new state; a missing file, or
+--full, runs a full verification first. Run a full one regularly (e.g. weekly): an incremental
+run does not re-read events it verified before.
 
 With --pack it verifies an audit pack written by 'vigil audit export', offline: no database,
 no log, no trust in the server. Give --key (the operator's published verifier key) to check
@@ -175,6 +187,8 @@ the pack's signer; without it the key inside the pack is used and shown.
 
 Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification could not run.`,
 		Example: `  VIGIL_DATABASE_URL=… VIGIL_KEYRING_PASSPHRASE=… vigil audit verify --json
+  vigil audit verify --state /srv/audit/verify-state.json   # incremental (full the first time)
+  vigil audit verify --state /srv/audit/verify-state.json --full
   vigil audit verify --pack audit-2026-11.pack --key 'vigil.audit/…+1234abcd+AAAA…'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -219,6 +233,11 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 			defer func() { _ = closeSvc(context.WithoutCancel(ctx)) }()
 			vcfg := svc.VerifyConfig()
 			vcfg.Deep = deep
+			if state != "" && !full {
+				if vcfg.Since, err = chain.ReadVerifyState(state); err != nil {
+					return err
+				}
+			}
 			if len(wspecs) > 0 {
 				if vcfg.Witnesses, err = parseWitnesses(wspecs); err != nil {
 					return err
@@ -239,6 +258,9 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 			if !rep.OK {
 				return &exitError{code: 1, err: fmt.Errorf("audit verify: %d finding(s)", len(rep.Findings))}
 			}
+			if state != "" && rep.State != nil {
+				return chain.WriteVerifyState(state, rep.State)
+			}
 			return nil
 		},
 	}
@@ -247,7 +269,9 @@ Exit status: 0 when the trail verifies, 1 on any finding, 2 when verification co
 	cmd.Flags().StringVar(&packFile, "pack", "", "verify this audit pack offline instead of the database")
 	cmd.Flags().StringVar(&key, "key", "", "with --pack: the verifier key to trust (default: the pack's own, shown)")
 	cmd.Flags().StringArrayVar(&wspecs, "witness", nil, "require this witness: KEY or KEY@URL (repeatable; default VIGIL_AUDIT_WITNESSES)")
-	cmd.Flags().BoolVar(&deep, "deep", false, "also count the observations stored from each upload against its event")
+	cmd.Flags().BoolVar(&deep, "deep", false, "also check every stored observation against its upload's event (count and values)")
+	cmd.Flags().StringVar(&state, "state", "", "verify incrementally from this state file, and write the new state to it when the trail verifies")
+	cmd.Flags().BoolVar(&full, "full", false, "with --state: verify in full (ignore the remembered state), then write a new one")
 	return cmd
 }
 

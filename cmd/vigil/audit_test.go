@@ -21,7 +21,7 @@ import (
 // `vigil audit verify` checks the installation's trail (exit 0 clean, 1 on a finding, naming
 // the event), `vigil audit export` writes a pack, and `vigil audit verify --pack` verifies it
 // offline and fails on a changed byte.
-// Verifies: REQ-AUD-007, REQ-AUD-008
+// Verifies: REQ-AUD-007, REQ-AUD-008, REQ-AUD-054
 func TestAuditVerifyAndExportCommands(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
@@ -77,6 +77,19 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.OK || rep.ProvenEvents < 6 {
 		t.Fatalf("vigil audit verify --json = %v\n%s\nwant OK with ≥ 6 proven events", err, out)
 	}
+	// --state: a full run the first time (it writes the state), incremental afterwards.
+	stateFile := filepath.Join(t.TempDir(), "verify-state.json")
+	if out, err := executeEnv(t, env, "audit", "verify", "--data-dir", dataDir, "--state", stateFile); err != nil {
+		t.Fatalf("vigil audit verify --state (first) = %v\n%s", err, out)
+	}
+	if _, err := os.Stat(stateFile); err != nil {
+		t.Fatalf("no state written: %v", err)
+	}
+	out, err = executeEnv(t, env, "audit", "verify", "--json", "--data-dir", dataDir, "--state", stateFile)
+	rep = chain.Report{}
+	if err != nil || json.Unmarshal([]byte(out), &rep) != nil || !rep.OK || !rep.Incremental {
+		t.Fatalf("vigil audit verify --state (second) = %v\n%s\nwant an incremental OK", err, out)
+	}
 
 	pack := filepath.Join(t.TempDir(), "trail.pack")
 	from, to := time.Now().Add(-time.Hour).Format(time.RFC3339), time.Now().Add(time.Hour).Format(time.RFC3339)
@@ -105,5 +118,13 @@ func TestAuditVerifyAndExportCommands(t *testing.T) {
 	out, err = executeEnv(t, env, "audit", "verify", "--data-dir", dataDir)
 	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, ids[2]) {
 		t.Errorf("vigil audit verify after a DELETE = %v\n%s\nwant exit code 1 naming %s", err, out, ids[2])
+	}
+	// An event verified before is not re-read by an incremental run; --full re-reads all.
+	if out, err := executeEnv(t, env, "audit", "verify", "--data-dir", dataDir, "--state", stateFile); err != nil || !strings.Contains(out, "incremental") {
+		t.Errorf("vigil audit verify --state after deleting an old event = %v\n%s\nwant an incremental pass (it does not re-read old events)", err, out)
+	}
+	out, err = executeEnv(t, env, "audit", "verify", "--data-dir", dataDir, "--state", stateFile, "--full")
+	if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(out, ids[2]) {
+		t.Errorf("vigil audit verify --state --full after a DELETE = %v\n%s\nwant exit code 1 naming %s", err, out, ids[2])
 	}
 }

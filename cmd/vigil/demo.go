@@ -43,7 +43,10 @@ and a TOTP secret each, printed on the console with a curl line to sign in.
 
 Ctrl-C (or SIGTERM) shuts everything down, the private cluster included.
 
-The demo keeps its keys in a local key ring in the data directory: it is not for production.`,
+The demo keeps its keys in a local key ring in the data directory: it is not for production.
+
+FHIR R4 is at /fhir/R4 (docs/interop.md). The demo listens for HL7 ADT on 127.0.0.1:2575
+unless VIGIL_HL7_LISTEN says otherwise; VIGIL_HL7_ORU_DEST sends the vitals as ORU^R01.` + interopHelp,
 		Example: `  vigil demo
   vigil demo --listen 127.0.0.1:9090 --data-dir /var/tmp/vigil-demo`,
 		Args: cobra.NoArgs,
@@ -53,6 +56,9 @@ The demo keeps its keys in a local key ring in the data directory: it is not for
 		},
 	}
 	addRunFlags(cmd, &rc)
+	// One process, no load balancer: Ctrl-C stops at once unless asked otherwise.
+	rc.Limits.DrainDelay = 0
+	cmd.Flags().Lookup("drain-delay").DefValue = "0s"
 	return cmd
 }
 

@@ -49,7 +49,7 @@ type haReplica struct {
 	done chan error
 }
 
-func startReplica(t *testing.T, env map[string]string, dataDir, name string) *haReplica {
+func startServeProcess(t *testing.T, env map[string]string, dataDir, name string) *haReplica {
 	t.Helper()
 	port := freePort(t)
 	cmd := exec.Command(os.Args[0])
@@ -70,14 +70,14 @@ func startReplica(t *testing.T, env map[string]string, dataDir, name string) *ha
 	exited := make(chan struct{})
 	go func() { err := cmd.Wait(); logf.Close(); r.done <- err; close(exited) }()
 	t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
-	if err := waitReady(r.url+"/readyz", 60*time.Second, r.done); err != nil {
+	if err := waitProcessReady(r.url+"/readyz", 60*time.Second, r.done); err != nil {
 		b, _ := os.ReadFile(logf.Name())
 		t.Fatalf("replica %s not ready: %v\n%s", name, err, b)
 	}
 	return r
 }
 
-func waitReady(url string, within time.Duration, exited <-chan error) error {
+func waitProcessReady(url string, within time.Duration, exited <-chan error) error {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
 		select {
@@ -148,7 +148,7 @@ backend be
 	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if err := waitReady(url+"/readyz", 20*time.Second, done); err != nil {
+	if err := waitProcessReady(url+"/readyz", 20*time.Second, done); err != nil {
 		b, _ := os.ReadFile(logf.Name())
 		t.Fatalf("haproxy: %v\n%s", err, b)
 	}
@@ -173,8 +173,8 @@ func TestHAKillReplicaUnderLoad(t *testing.T) {
 	cheapLocalRing(t, dir, pass)
 	env := map[string]string{"VIGIL_DATABASE_URL": url, "VIGIL_KEYRING_PASSPHRASE": pass, "VIGIL_VAULT_ADDR": ""}
 	ctx := context.Background()
-	a := startReplica(t, env, dir, "a")
-	b := startReplica(t, env, dir, "b")
+	a := startServeProcess(t, env, dir, "a")
+	b := startServeProcess(t, env, dir, "b")
 	lb := startHAProxy(t, a.url, b.url)
 	nameA := replicaName(t, pool, a.cmd.Process.Pid)
 

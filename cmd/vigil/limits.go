@@ -20,6 +20,8 @@ type serverLimits struct {
 	RejectedPerSource   limitFlag
 	RejectedPerDevice   limitFlag
 	TrustProxyHeaders   bool
+	Replicas            int
+	DrainDelay          time.Duration
 }
 
 // limitEnv names the variable of each limit flag.
@@ -30,7 +32,13 @@ var limitEnv = map[string]string{
 	"rejected-per-source":    "VIGIL_REJECTED_PER_SOURCE",
 	"rejected-per-device":    "VIGIL_REJECTED_PER_DEVICE",
 	"trust-proxy-headers":    "VIGIL_TRUST_PROXY_HEADERS",
+	"replicas":               "VIGIL_REPLICAS",
+	"drain-delay":            "VIGIL_DRAIN_DELAY",
 }
+
+// DefaultDrainDelay is the default of --drain-delay: two health checks of a load balancer
+// checking every 2 s (deploy/haproxy.cfg), and a margin.
+const DefaultDrainDelay = 5 * time.Second
 
 func addLimitFlags(cmd *cobra.Command, l *serverLimits) {
 	l.RejectedPerSource = limitFlag(server.DefaultRejectedPerSource)
@@ -48,6 +56,10 @@ func addLimitFlags(cmd *cobra.Command, l *serverLimits) {
 		"rejected uploads that may name one device, as BURST:RATE (RATE per second), or off; past it unverifiable uploads naming it get 429 (env VIGIL_REJECTED_PER_DEVICE)")
 	f.BoolVar(&l.TrustProxyHeaders, "trust-proxy-headers", false,
 		"take the source address from X-Forwarded-For when the TCP peer is a loopback or private-network proxy; set it behind a reverse proxy, never when clients connect directly (env VIGIL_TRUST_PROXY_HEADERS)")
+	f.IntVar(&l.Replicas, "replicas", 1,
+		"replicas behind the load balancer: each enforces 1/N of --rejected-per-source and --rejected-per-device, so that together they hold the limit (env VIGIL_REPLICAS)")
+	f.DurationVar(&l.DrainDelay, "drain-delay", DefaultDrainDelay,
+		"on SIGTERM, how long /readyz answers 503 and new requests get 503 draining (Retry-After) before the listener closes and requests in flight finish; at least the load balancer's time to take the replica out (env VIGIL_DRAIN_DELAY)")
 }
 
 // fromEnv sets each limit flag not given on the command line from its variable, if set.
@@ -61,6 +73,12 @@ func (l *serverLimits) fromEnv(cmd *cobra.Command) error {
 			return fmt.Errorf("%s=%q: %w", env, v, err)
 		}
 	}
+	if l.Replicas < 1 || l.Replicas > 1000 {
+		return fmt.Errorf("--replicas %d: want 1 to 1000", l.Replicas)
+	}
+	if l.DrainDelay < 0 {
+		return fmt.Errorf("--drain-delay %v: want a duration ≥ 0", l.DrainDelay)
+	}
 	return nil
 }
 
@@ -70,6 +88,7 @@ func (l *serverLimits) apply(cfg *server.Config) {
 	cfg.MaxStreams, cfg.MaxStreamsPerCaller = l.MaxStreams, l.MaxStreamsPerCaller
 	cfg.RejectedPerSource, cfg.RejectedPerDevice = server.Limit(l.RejectedPerSource), server.Limit(l.RejectedPerDevice)
 	cfg.TrustProxyHeaders = l.TrustProxyHeaders
+	cfg.Replicas, cfg.DrainDelay = l.Replicas, l.DrainDelay
 }
 
 // limitFlag is a server.Limit on the command line: BURST:RATE (a whole burst, a rate per

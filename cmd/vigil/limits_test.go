@@ -13,6 +13,7 @@ import (
 // The server's limits are flags of serve and demo, each with a VIGIL_* variable used when the
 // flag is not given; bad values are refused.
 // Verifies: REQ-FND-001, REQ-FND-014
+// Verifies: REQ-HA-024
 func TestLimitFlags(t *testing.T) {
 	t.Parallel()
 	for _, c := range []*cobra.Command{newServeCmd(), newDemoCmd()} {
@@ -23,7 +24,8 @@ func TestLimitFlags(t *testing.T) {
 		}
 	}
 	env := map[string]string{"VIGIL_MAX_STREAMS": "50", "VIGIL_REJECTED_PER_DEVICE": "off",
-		"VIGIL_READ_TIMEOUT": "1h"} // the flag wins
+		"VIGIL_READ_TIMEOUT": "1h", // the flag wins
+		"VIGIL_REPLICAS":     "3", "VIGIL_DRAIN_DELAY": "7s"}
 	var l serverLimits
 	cmd := &cobra.Command{Use: "x"}
 	cmd.SetContext(withEnv(context.Background(), env))
@@ -40,7 +42,8 @@ func TestLimitFlags(t *testing.T) {
 		RejectedPerSource: server.Limit{Rate: 0.25, Burst: 10}, RejectedPerDevice: server.Limit{Rate: -1, Burst: 1},
 		TrustProxyHeaders: true}
 	if got.ReadTimeout != want.ReadTimeout || got.MaxStreams != want.MaxStreams || got.MaxStreamsPerCaller != want.MaxStreamsPerCaller ||
-		got.RejectedPerSource != want.RejectedPerSource || got.RejectedPerDevice != want.RejectedPerDevice || !got.TrustProxyHeaders {
+		got.RejectedPerSource != want.RejectedPerSource || got.RejectedPerDevice != want.RejectedPerDevice || !got.TrustProxyHeaders ||
+		got.Replicas != 3 || got.DrainDelay != 7*time.Second {
 		t.Errorf("limits applied = %+v, want %+v", got, want)
 	}
 	for _, bad := range []string{"10", "0:1", "10:0", "10:-1", "x:1", "10:abc"} {
@@ -49,10 +52,15 @@ func TestLimitFlags(t *testing.T) {
 			t.Errorf("limitFlag.Set(%q) = nil, want an error", bad)
 		}
 	}
-	cmd = &cobra.Command{Use: "x"}
-	cmd.SetContext(withEnv(context.Background(), map[string]string{"VIGIL_MAX_STREAMS": "many"}))
-	addLimitFlags(cmd, &l)
-	if err := l.fromEnv(cmd); err == nil {
-		t.Error("VIGIL_MAX_STREAMS=many accepted, want an error")
+	for k, v := range map[string]string{"VIGIL_MAX_STREAMS": "many", "VIGIL_REPLICAS": "0", "VIGIL_DRAIN_DELAY": "-1s"} {
+		cmd = &cobra.Command{Use: "x"}
+		cmd.SetContext(withEnv(context.Background(), map[string]string{k: v}))
+		addLimitFlags(cmd, &l)
+		if err := l.fromEnv(cmd); err == nil {
+			t.Errorf("%s=%s accepted, want an error", k, v)
+		}
+	}
+	if d := newDemoCmd().Flags().Lookup("drain-delay"); d == nil || d.DefValue != "0s" {
+		t.Errorf("demo --drain-delay default = %v, want 0s (one process, no load balancer)", d)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vigilhealth/vigil/internal/schema"
 )
 
 func addRunFlags(cmd *cobra.Command, rc *runConfig) {
@@ -28,9 +30,18 @@ func newServeCmd() *cobra.Command {
 
 The database is the one at VIGIL_DATABASE_URL (environment only: it may carry a password);
 the server opens up to 16 connections to it unless the URL sets ?pool_max_conns=N.
-Its schema must be current: run 'vigil migrate' first. serve refuses to start on a schema
-newer than this binary. SIGINT or SIGTERM shuts down gracefully: no new requests are
-accepted, requests in flight finish (up to 15 s), then every service stops.
+Its schema must be within this binary's compatibility window: every expand migration of
+this binary applied ('vigil migrate --phase expand'; its contract migrations may still be
+pending), and nothing applied by a newer binary that refuses it (a newer version's
+contract migration). serve refuses to start outside the window and says why.
+
+SIGINT or SIGTERM drains, then shuts down: /readyz answers 503 at once (the load balancer
+takes the replica out), new requests get 503 draining with Retry-After: 1 for
+--drain-delay, live streams end (clients resume on another replica), then the listener
+closes, requests in flight (uploads being stored) finish (up to 15 s), and every service
+stops. With N replicas behind one load balancer, --replicas N makes each enforce 1/N of the
+rejected-request limits, so that together they hold them. Running Vigil with several
+replicas and rolling upgrades: docs/operations.md.
 
 Webhooks carry patient alerts, so they reach public addresses only: a connection to a
 loopback, private (RFC 1918, fc00::/7), link-local (169.254.0.0/16, the cloud metadata
@@ -52,10 +63,14 @@ VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loo
 Several replicas may serve one database behind a load balancer (health check: GET /readyz):
 each patient's rules run on one replica at a time (leases in the database, taken over within
 about 8 s when a replica is lost, given back at once on SIGTERM), device changes and the
-live stream reach every replica, and retention runs on one of them (docs/architecture.md).`,
+live stream reach every replica, and retention runs on one of them (docs/architecture.md).
+
+FHIR R4 is served at /fhir/R4 (read and search; CapabilityStatement at /fhir/R4/metadata),
+with the same sessions, tokens and policy as the API (docs/interop.md).` + interopHelp,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
-  vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48`,
+  vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48
+  vigil serve --replicas 2 --drain-delay 6s --trust-proxy-headers   # behind HAProxy`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			rc.DatabaseURL = envOrCtx(cmd.Context(), "VIGIL_DATABASE_URL", "")
@@ -86,6 +101,22 @@ func run(ctx context.Context, rc runConfig, ready func(ctx context.Context, url 
 	}
 	url := "http://" + ln.Addr().String()
 	slog.InfoContext(ctx, "vigil is listening", slog.String("url", url), slog.String("version", version))
+	// Registered as a running replica, so that `vigil migrate --phase contract` does not remove
+	// what this binary needs while it runs.
+	set := rc.Schema
+	if set == nil {
+		set = schema.Embedded()
+	}
+	reg, err := schema.RegisterReplica(ctx, sys.pool, schema.Replica{Listen: ln.Addr().String(), Version: version, Latest: set.Latest()})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = reg.Close(cctx)
+	}()
 	if ready != nil {
 		if err := ready(ctx, url, sys); err != nil {
 			ln.Close()

@@ -33,6 +33,9 @@ type runConfig struct {
 	WebhookAllowNets allowNets
 	// Limits: the server's resource limits and timeouts (limits.go).
 	Limits serverLimits
+	// Schema is the set of migrations the server runs with; nil is the embedded one. Tests of
+	// rolling upgrades set it to simulate the next version (internal/schema/schematest).
+	Schema *schema.Set
 }
 
 // system is the running set of services behind one server. Areas add their services here and
@@ -44,6 +47,7 @@ type system struct {
 	keys    *keys.Ring      // Vault Transit, or the local key ring for demos (keys.go)
 	auth    *auth.Service   // principals, sessions, the policy (access.go)
 	core    *core.Service   // the clinical core (core.go)
+	hl7Addr string          // the HL7 ADT listener's address, when on (interop.go)
 	leader  *leader.Elector // leads the once-per-database background passes (ha.go)
 	closers []func(context.Context) error
 }
@@ -80,15 +84,22 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	sys.pool, sys.rec = db.pool, db.rec
 	sys.closers = append(sys.closers, func(context.Context) error { db.Close(); return nil })
 
-	st, err := schema.Inspect(ctx, pool)
+	set := rc.Schema
+	if set == nil {
+		set = schema.Embedded()
+	}
+	st, err := set.Inspect(ctx, pool)
 	if err != nil {
 		return nil, err
 	}
 	if err := st.Check(); err != nil {
 		if errors.Is(err, schema.ErrSchemaBehind) {
-			return nil, fmt.Errorf("%w; run `vigil migrate` first", err)
+			return nil, fmt.Errorf("%w; run `vigil migrate --phase expand` (or `vigil migrate` with every replica stopped) first", err)
 		}
-		return nil, fmt.Errorf("%w; refusing to start (upgrade this binary)", err)
+		return nil, fmt.Errorf("%w; refusing to start", err)
+	}
+	if len(st.PendingContract) > 0 || len(st.Unknown) > 0 {
+		slog.InfoContext(ctx, "schema within this binary's compatibility window, not exact", slog.String("schema", st.Summary()))
 	}
 
 	// One replica of several on the database leads the once-per-database passes (ha.go).
@@ -101,6 +112,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		Recorder: sys.rec,
 		Logger:   slog.Default(),
 		Version:  version,
+		Schema:   set,
 	}
 
 	// The key ring (keys.go): Vault Transit when VIGIL_VAULT_ADDR is set, else the local key
@@ -150,6 +162,10 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	srvCfg.Portal = portalSvc
 	// MQTT ingestion when VIGIL_MQTT_URL is set (mqtt.go).
 	if err := wireMQTT(ctx, sys, &srvCfg, devSvc); err != nil {
+		return nil, err
+	}
+	// HL7 v2 over MLLP when VIGIL_HL7_* is set (interop.go).
+	if err := wireInterop(ctx, sys, rc.Demo); err != nil {
 		return nil, err
 	}
 	rc.Limits.apply(&srvCfg)

@@ -3,6 +3,7 @@ package fhir
 import (
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"strings"
 
 	m "github.com/samply/golang-fhir-models/fhir-models/fhir"
@@ -33,16 +34,13 @@ func RenderSearchBundle(p Page) (m.Bundle, error) {
 		b.Link = append(b.Link, m.BundleLink{Relation: "next", Url: base + "/" + p.Query.Resource + "?" + p.Query.Encode(p.Next)})
 	}
 	add := func(r any, mode m.SearchEntryMode) error {
-		raw, err := json.Marshal(r)
+		raw, err := MarshalResource(r)
 		if err != nil {
 			return fmt.Errorf("fhir: bundle entry: %w", err)
 		}
-		var head struct {
-			ResourceType string `json:"resourceType"`
-			ID           string `json:"id"`
-		}
-		if err := json.Unmarshal(raw, &head); err != nil || head.ResourceType == "" {
-			return fmt.Errorf("fhir: bundle entry is not a resource: %v", err)
+		head, err := headOf(r, raw)
+		if err != nil {
+			return err
 		}
 		e := m.BundleEntry{Resource: raw, Search: &m.BundleEntrySearch{Mode: &mode}}
 		if head.ID != "" {
@@ -69,4 +67,81 @@ func RenderSearchBundle(p Page) (m.Bundle, error) {
 		}
 	}
 	return b, nil
+}
+
+// MarshalResource writes a resource as JSON. A model type's own MarshalJSON output is taken
+// as it is (json.Marshal would re-validate and re-compact it, the largest cost of a page of
+// 1,000 resources).
+func MarshalResource(r any) ([]byte, error) {
+	if mj, ok := r.(json.Marshaler); ok {
+		return mj.MarshalJSON()
+	}
+	return json.Marshal(r)
+}
+
+type resourceHead struct {
+	ResourceType string `json:"resourceType"`
+	ID           string `json:"id"`
+}
+
+// headOf returns a resource's type and id: the model struct's name and Id field, else read
+// from its JSON.
+func headOf(r any, raw []byte) (resourceHead, error) {
+	v := reflect.ValueOf(r)
+	if v.Kind() == reflect.Struct && v.Type().PkgPath() == reflect.TypeOf(m.Bundle{}).PkgPath() {
+		h := resourceHead{ResourceType: v.Type().Name()}
+		if f := v.FieldByName("Id"); f.IsValid() && f.Kind() == reflect.Pointer && !f.IsNil() {
+			h.ID = f.Elem().String()
+		}
+		return h, nil
+	}
+	var h resourceHead
+	if err := json.Unmarshal(raw, &h); err != nil || h.ResourceType == "" {
+		return h, fmt.Errorf("fhir: bundle entry is not a resource: %v", err)
+	}
+	return h, nil
+}
+
+// MarshalBundle writes a Bundle as JSON, its entries' resources spliced in as they were
+// rendered (not re-validated and re-compacted by encoding/json, as json.Marshal does with
+// every json.RawMessage).
+func MarshalBundle(b m.Bundle) ([]byte, error) {
+	entries := b.Entry
+	b.Entry = nil
+	head, err := b.MarshalJSON()
+	if err != nil || len(entries) == 0 {
+		return head, err
+	}
+	if len(head) < 2 || head[len(head)-1] != '}' {
+		return nil, fmt.Errorf("fhir: bundle JSON does not end with }")
+	}
+	size := len(head) + 16
+	for _, e := range entries {
+		size += len(e.Resource) + 96
+	}
+	out := make([]byte, 0, size)
+	out = append(out, head[:len(head)-1]...)
+	out = append(out, `,"entry":[`...)
+	for i, e := range entries {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, '{')
+		if e.FullUrl != nil {
+			u, _ := json.Marshal(*e.FullUrl)
+			out = append(out, `"fullUrl":`...)
+			out = append(out, u...)
+			out = append(out, ',')
+		}
+		out = append(out, `"resource":`...)
+		out = append(out, e.Resource...)
+		if e.Search != nil && e.Search.Mode != nil {
+			out = append(out, `,"search":{"mode":"`...)
+			out = append(out, e.Search.Mode.Code()...)
+			out = append(out, `"}`...)
+		}
+		out = append(out, '}')
+	}
+	out = append(out, "]}"...)
+	return out, nil
 }

@@ -3,6 +3,7 @@ package fhir
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	m "github.com/samply/golang-fhir-models/fhir-models/fhir"
@@ -216,3 +217,19 @@ func RenderFlag(a Alarm) m.Flag {
 	}
 	return f
 }
+
+// Codes returns the LOINC codes the mapping renders, sorted.
+func Codes() []string {
+	out := make([]string, 0, len(codes))
+	for c := range codes {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// KnownCode reports whether the mapping renders the LOINC code.
+func KnownCode(code string) bool { _, ok := codes[code]; return ok }
+
+// CategoryOf is the observation-category code of a LOINC code ("" for an unknown code).
+func CategoryOf(code string) string { return codes[code].category }

@@ -119,6 +119,9 @@ type Upload struct {
 	AuditLeafIndex   *int64
 	PatientID        string
 	ReceiptSignature []byte // Vigil's signature inside Receipt (for a verifier that reads FHIR only)
+	// TargetPatient makes the patient the target when the upload stored no observation
+	// (every sample was already stored): a Provenance needs a target.
+	TargetPatient bool
 }
 
 // Signature types (ASTM E1762-95).
@@ -137,17 +140,23 @@ const (
 // and the audit log leaf that holds it, so a verifier can go from a FHIR Observation to
 // the transparency-log proof.
 func RenderProvenance(u Upload) m.Provenance {
-	p := m.Provenance{Id: &u.ID, Recorded: instant(u.ReceivedAt), OccurredDateTime: ptr(instant(u.SignedAt)),
+	p := m.Provenance{Id: &u.ID, Recorded: instant(u.ReceivedAt),
 		Activity: ptr(concept("http://terminology.hl7.org/CodeSystem/v3-DataOperation", "CREATE", "create")),
 		Agent: []m.ProvenanceAgent{{Type: ptr(concept("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author", "Author")),
 			Who: *ref("Device", u.DeviceID)}},
 		Entity: []m.ProvenanceEntity{{Role: m.ProvenanceEntityRoleSource,
 			What: m.Reference{Identifier: &m.Identifier{System: ptr(UploadHashSystem), Value: ptr(hex.EncodeToString(u.Hash[:]))},
 				Display: ptr("signed upload, device key " + u.KeyID)}}}}
+	if !u.SignedAt.IsZero() {
+		p.OccurredDateTime = ptr(instant(u.SignedAt))
+	}
 	for _, t := range u.Targets {
 		p.Target = append(p.Target, *ref("Observation", t))
 	}
-	if len(u.Signature) > 0 {
+	if u.TargetPatient && u.PatientID != "" {
+		p.Target = append(p.Target, *ref("Patient", u.PatientID))
+	}
+	if len(u.Signature) > 0 && !u.SignedAt.IsZero() {
 		p.Signature = append(p.Signature, m.Signature{Type: []m.Coding{coding(sigTypeSystem, sigSource, "Source Signature")},
 			When: instant(u.SignedAt), Who: *ref("Device", u.DeviceID), SigFormat: ptr(sigFormatEd25519),
 			TargetFormat: ptr(targetFormatUpload), Data: sigData(u.Signature)})

@@ -1,3 +1,4 @@
+-- vigil:phase expand
 -- +goose Up
 -- The portal's patient view and ward overview read a patient's device assignments and the
 -- devices now on a patient (devices.Service.PatientAssignments, AssignedTo): without these

@@ -21,6 +21,20 @@ import hl7
 import hl7.mllp
 
 
+def part(seg, *index):
+    """The component at index (1-based field, repetition, component), or "" when the field
+    is empty (python3-hl7 gives a plain string for an empty field)."""
+    v = seg
+    for i in index:
+        if not callable(v):
+            return ""
+        try:
+            v = v(i)
+        except (IndexError, KeyError):
+            return ""
+    return str(v)
+
+
 def parse_plan(text):
     plan = {}
     for item in filter(None, (text or "").split(",")):
@@ -48,8 +62,8 @@ async def main():
                 pid = msg.segment("PID")
                 obx = []
                 for seg in msg.segments("OBX"):
-                    obx.append({"type": str(seg(2)), "code": str(seg(3)(1)(1)), "system": str(seg(3)(1)(3)),
-                                "value": str(seg(5)), "unit": str(seg(6)(1)(1)), "unit_system": str(seg(6)(1)(3))})
+                    obx.append({"type": str(seg(2)), "code": part(seg, 3, 1, 1), "system": part(seg, 3, 1, 3),
+                                "value": str(seg(5)), "unit": part(seg, 6, 1, 1), "unit_system": part(seg, 6, 1, 3)})
                 code = "AA"
                 if ctl in plan:
                     rule = plan[ctl]

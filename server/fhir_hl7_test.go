@@ -1,0 +1,177 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/devices/devicestest"
+	"github.com/vigilhealth/vigil/interop/hl7/inbound"
+	"github.com/vigilhealth/vigil/interop/hl7/outbound"
+	"github.com/vigilhealth/vigil/interop/interoptest"
+	"github.com/vigilhealth/vigil/interop/mllp"
+)
+
+// End to end with independent HL7 peers: an ADT^A01 sent by Debian's python3-hl7 mllp_send
+// admits a patient on ward A, who then appears in FHIR (for the ward's clinician too); the
+// patient's device uploads signed vitals, and an ORU^R01 for that patient arrives at a
+// python3-hl7 MLLP receiver on loopback, which ACKs it.
+// Verifies: REQ-INT-026, REQ-INT-027
+func TestHL7AdmitToFHIRAndORU(t *testing.T) {
+	t.Parallel()
+	mllpSend := interoptest.RequireTool(t, "mllp_send")
+	py := interoptest.RequireTool(t, "/usr/bin/python3")
+	f := newFHIRFixture(t)
+	ctx := context.Background()
+	env := f.env
+
+	// Inbound ADT listener on the real core.
+	rcv, err := inbound.New(inbound.Config{Applier: inbound.CoreApplier{Core: env.Core}, Audit: env.Rec, Facility: "VIGIL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: rcv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close(context.Background()) })
+
+	// Outbound: the python3-hl7 receiver, the sender, the feed.
+	out := filepath.Join(t.TempDir(), "received.jsonl")
+	cmd := exec.Command(py, "../interop/hl7/outbound/testdata/oru_receiver.py", "--out", out, "--plan", "")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	var port int
+	if _, err := fmt.Sscanf(line, "PORT %d", &port); err != nil {
+		t.Fatalf("receiver did not start: %q", line)
+	}
+	snd, err := outbound.New(outbound.Config{Name: "ehr", Addr: fmt.Sprintf("127.0.0.1:%d", port), Pool: env.Pool,
+		Sealer: env.Ring.PHI(), Audit: env.Rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = snd.Close(context.Background()) })
+	feed, err := outbound.NewFeed(outbound.FeedConfig{Core: env.Core, Sender: snd, Facility: "VIGIL"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = feed.Run(fctx) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	// ADT^A01 with mllp_send.
+	adt := strings.Join([]string{
+		`MSH|^~\&|EPIC|GENHOSP|VIGIL|GENHOSP|20260102030405+0100||ADT^A01^ADT_A01|E2E0001|P|2.5.1`,
+		`EVN|A01|20260102030000+0100`,
+		`PID|1||E2E-77^^^GENHOSP^MR||Hale^Nora||19750304|F`,
+		`PV1|1|I|A^12^B^GENHOSP||||||||||||||||V0042`,
+	}, "\r") + "\r"
+	var file bytes.Buffer
+	if err := mllp.WriteFrame(&file, []byte(adt)); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "a01.hl7")
+	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, p, _ := net.SplitHostPort(ln.Addr().String())
+	ack, err := exec.Command(mllpSend, "-p", p, "-f", path, host).CombinedOutput()
+	if err != nil || !bytes.Contains(ack, []byte("MSA|AA|E2E0001")) {
+		t.Fatalf("mllp_send A01 = %v: %q, want MSA|AA", err, ack)
+	}
+
+	// The patient is in FHIR, on ward A.
+	st, b := f.get(t, f.admin, "/fhir/R4/Patient?identifier=E2E-77")
+	ms := resourcesOf(b, "match")
+	if st != 200 || len(ms) != 1 {
+		t.Fatalf("Patient?identifier=E2E-77 = %d %v", st, b)
+	}
+	pid := ms[0]["id"].(string)
+	if st, r := f.get(t, f.clinician, "/fhir/R4/Encounter/"+pid); st != 200 || r["status"] != "in-progress" {
+		t.Errorf("ward A clinician Encounter/%s = %d %v", pid, st, r)
+	}
+	patient, err := env.Core.PatientByMRN(ctx, "E2E-77")
+	if err != nil || patient.WardID == nil || *patient.WardID != f.wardA {
+		t.Fatalf("admitted patient = %+v, %v; want on ward A", patient, err)
+	}
+
+	// Its device uploads; the ORU arrives at the receiver.
+	for deadline := time.Now().Add(30 * time.Second); !env.Core.Hub().Wants(core.TypeObservations, patient.ID); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the ORU feed did not subscribe to the live stream")
+		}
+	}
+	d := env.RegisterDevice(t)
+	env.Enroll(t, d)
+	if _, err := env.Devices.AssignPatient(ctx, devicestest.Admin, d.ID, &patient.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Devices.Accept(ctx, d.Upload(t, env.Clock.Now(), 5), devices.Meta{Transport: "http"}); err != nil {
+		t.Fatalf("Accept = %v", err)
+	}
+	var got []map[string]any
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && len(got) == 0; time.Sleep(50 * time.Millisecond) {
+		raw, _ := os.ReadFile(out)
+		for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["mrn"] == "E2E-77" {
+				got = append(got, m)
+			}
+		}
+	}
+	if len(got) != 1 || !strings.HasPrefix(got[0]["type"].(string), "ORU^R01") || len(got[0]["obx"].([]any)) != 5 {
+		t.Fatalf("ORU received for E2E-77 = %v, want one ORU^R01 with 5 OBX", got)
+	}
+	// An alarm opened for the patient (as the alarm service notifies the hub) is sent too.
+	env.Core.Hub().AlarmTransition(ctx, alarms.Transition{Kind: alarms.Opened, At: env.Clock.Now(),
+		Alarm: alarms.Alarm{ID: uuid.New(), PatientID: patient.ID, RuleID: "news2_high", State: alarms.StateActive,
+			Severity: alarms.SeverityHigh, PeakSeverity: alarms.SeverityHigh, Message: "NEWS2 7"}})
+	var alarmORU []map[string]any
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && len(alarmORU) == 0; time.Sleep(50 * time.Millisecond) {
+		raw, _ := os.ReadFile(out)
+		for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["mrn"] == "E2E-77" && strings.Contains(l, "news2_high") {
+				alarmORU = append(alarmORU, m)
+			}
+		}
+	}
+	if len(alarmORU) != 1 {
+		t.Errorf("ORU of the alarm = %v, want one carrying news2_high", alarmORU)
+	}
+	if err := snd.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.oru.delivered'`); n != 2 {
+		t.Errorf("hl7.oru.delivered events = %d, want 2", n)
+	}
+	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.adt.accepted'`); n != 1 {
+		t.Errorf("hl7.adt.accepted events = %d, want 1", n)
+	}
+}
