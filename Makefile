@@ -69,6 +69,7 @@ services:
 	bash .ci/ensure-interop
 	bash .ci/ensure-poppler
 	bash .ci/ensure-chromium
+	bash .ci/ensure-haproxy
 
 # Test-time tools built from the Go module proxy into bin/ (cached; rebuilt when their
 # go.sum changes): the Vault dev server and Trillian's own servers for the external mode;

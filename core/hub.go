@@ -40,6 +40,8 @@ type Event struct {
 	// live: a high-volume event (TypeObservations) delivered only to subscribers that ask for
 	// its type explicitly, and never kept for replay (it would push alarms out of the buffer).
 	live bool
+	// remote: published by another replica (hub_replicas.go).
+	remote bool
 }
 
 // TypeObservations is the event type of newly stored observations (live charts). Only
@@ -68,9 +70,15 @@ func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
 type Filter struct {
 	Patients map[uuid.UUID]bool // only these patients (the caller's care team, say)
 	Types    map[string]bool    // only these event types
+	// Local: only events published by this process, not those of the other replicas that
+	// reach it through the database (the webhook feed: each event enqueued once).
+	Local bool
 }
 
 func (f Filter) match(ev *Event) bool {
+	if f.Local && ev.remote {
+		return false
+	}
 	if f.Patients != nil && !f.Patients[ev.PatientID] {
 		return false
 	}
@@ -92,6 +100,7 @@ type Hub struct {
 	closed bool
 	pumps  sync.WaitGroup             // the subscriptions' pump goroutines
 	active map[*Subscription]struct{} // subscriptions whose pump runs (also dropped ones)
+	relay  atomic.Pointer[HubRelay]   // with several replicas: events go through the database
 }
 
 // chanQueue is the capacity of a subscription's channel; events beyond it wait in the
@@ -278,13 +287,40 @@ func (s *Subscription) Dropped() bool { return s.dropped.Load() }
 
 // Publish assigns ev an id (and a time when zero) and queues it for every matching
 // subscriber, without blocking. It returns the id.
+//
+// With a HubRelay (several replicas), an event other than live observations is appended to
+// the database and delivered when read back, with the id it got there (the same on every
+// replica); Publish then returns 0.
 func (h *Hub) Publish(ev Event) uint64 {
 	if ev.At.IsZero() {
 		ev.At = h.cfg.Now()
 	}
+	if r := h.relay.Load(); r != nil && ev.Type != TypeObservations {
+		r.send(ev)
+		return 0
+	}
+	return h.deliver(ev, 0, false)
+}
+
+// deliver queues ev for the matching subscribers under id (0: the next local id; with a
+// relay, a live event takes the last id, after which a resumed stream continues). An event
+// whose id is not above the last one delivered is a repeat and ignored.
+func (h *Hub) deliver(ev Event, id uint64, remote bool) uint64 {
 	var slow []*Subscription
 	h.mu.Lock()
-	ev.ID = h.seq.Add(1)
+	switch {
+	case id != 0 && id <= h.seq.Load():
+		h.mu.Unlock()
+		return 0
+	case id != 0:
+		h.seq.Store(id)
+		ev.ID = id
+	case h.relay.Load() != nil:
+		ev.ID = h.seq.Load()
+	default:
+		ev.ID = h.seq.Add(1)
+	}
+	ev.remote = remote
 	ev.live = ev.Type == TypeObservations
 	if !ev.live {
 		if len(h.ring) < h.cfg.Replay {

@@ -244,6 +244,9 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 	if _, err := audit.RecordAll(ctx, s.cfg.Recorder, tx, evs); err != nil {
 		return nil, err
 	}
+	if err := s.forward(ctx, tx, out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 

@@ -45,6 +45,10 @@ type Config struct {
 	// Handoff receives the observations of every committed upload (Publish), for the rules
 	// engine to drain. Default: none (no rules run; tools that only store).
 	Handoff *obs.Handoff
+	// Forward is called inside every transaction that stores observations (Store), with
+	// each patient's new observations: with several replicas, the rules engine hands those of
+	// patients another replica evaluates to it (forward.go). Default: none.
+	Forward Forwarder
 	// Release ends rule monitoring when a patient is discharged. Default: none.
 	Release PatientReleaser
 	// Hub receives notifications for SSE streams. Default: a new Hub with default config.

@@ -492,7 +492,8 @@ func (s *Service) Redeliver(ctx context.Context, by audit.Event, id uuid.UUID) e
 // RunWebhooks feeds every Hub event into the webhook outbox and delivers due deliveries every
 // interval, until ctx ends. Failures are logged and retried.
 func (s *Service) RunWebhooks(ctx context.Context, interval time.Duration) {
-	sub := s.hub.Subscribe(Filter{})
+	// Local: with several replicas (HubRelay) each enqueues the events it published, once.
+	sub := s.hub.Subscribe(Filter{Local: true})
 	defer sub.Close()
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -515,7 +516,7 @@ func (s *Service) RunWebhooks(ctx context.Context, interval time.Duration) {
 			if !ok {
 				if sub.Dropped() {
 					s.cfg.Logger.ErrorContext(ctx, "core: webhook feed fell behind the hub; resubscribing")
-					sub = s.hub.Subscribe(Filter{})
+					sub = s.hub.Subscribe(Filter{Local: true})
 					continue
 				}
 				return

@@ -244,6 +244,17 @@ func (c *Checkpointer) Close(ctx context.Context) error {
 func (c *Checkpointer) Checkpoint(ctx context.Context) (Checkpoint, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Replicas on one database checkpoint one at a time: the second finds the first's
+	// checkpoint and, the root unchanged, issues none (no two checkpoints of one root).
+	conn, err := c.cfg.Pool.Acquire(ctx)
+	if err != nil {
+		return Checkpoint{}, fmt.Errorf("audit checkpoint: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", checkpointLock); err != nil {
+		return Checkpoint{}, fmt.Errorf("audit checkpoint: lock: %w", err)
+	}
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", checkpointLock) }()
 	prev, err := LatestCheckpoint(ctx, c.cfg.Pool)
 	havePrev := err == nil
 	if err != nil && !errors.Is(err, ErrNoCheckpoint) {
@@ -290,6 +301,10 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (Checkpoint, error) {
 	}
 	return cp, nil
 }
+
+// checkpointLock is the PostgreSQL advisory lock that serializes checkpoints across the
+// replicas of one database (next to sequencerLock).
+const checkpointLock = 7466102
 
 func nullSize(ok bool, v uint64) any {
 	if !ok {

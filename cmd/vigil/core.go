@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/internal/every"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
@@ -36,7 +37,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err != nil {
 		return nil, err
 	}
-	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Handoff: link.handoff, Release: link, Retention: ret, Logger: slog.Default(),
+	cfg := core.Config{Pool: sys.pool, Recorder: sys.rec, Handoff: link.handoff, Forward: link, Release: link, Retention: ret, Logger: slog.Default(),
 		Webhook: core.WebhookConfig{AllowNets: allow}}
 	if phi != nil {
 		cfg.PHI = phi
@@ -51,10 +52,33 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 	if err := svc.MaintainPartitions(ctx); err != nil {
 		return nil, fmt.Errorf("core: %w", err)
 	}
+	// The live stream is one stream across the replicas on the database (core/hub_replicas.go).
+	relay, err := core.StartHubRelay(ctx, svc.Hub(), core.HubRelayConfig{Pool: sys.pool, Logger: slog.Default()})
+	if err != nil {
+		return nil, err
+	}
+	sys.closers = append(sys.closers, relay.Close)
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() { defer wg.Done(); svc.Run(lctx, time.Hour) }()
+	wg.Add(4)
+	// Partitions ahead on every replica (advisory-locked, idempotent); retention once per
+	// database, on the leader (ha.go).
+	go func() {
+		defer wg.Done()
+		every.Tick(lctx, time.Hour, func(ctx context.Context) {
+			if err := svc.MaintainPartitions(ctx); err != nil && ctx.Err() == nil {
+				slog.ErrorContext(ctx, "core: create partitions", slog.String("error", err.Error()))
+			}
+		})
+	}()
+	go func() {
+		defer wg.Done()
+		onLeader(lctx, sys.leader, time.Hour, func(ctx context.Context) {
+			if _, err := svc.EnforceRetention(ctx); err != nil && ctx.Err() == nil {
+				slog.ErrorContext(ctx, "core: retention", slog.String("error", err.Error()))
+			}
+		})
+	}()
 	go func() { defer wg.Done(); svc.RunWebhooks(lctx, time.Second) }()
 	go func() {
 		defer wg.Done()

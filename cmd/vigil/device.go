@@ -328,7 +328,18 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	}
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
-	go func() { defer close(done); svc.RunRetention(lctx, time.Hour) }()
+	go func() { // once per database: on the replica leading the background passes (ha.go)
+		defer close(done)
+		onLeader(lctx, sys.leader, time.Hour, func(ctx context.Context) {
+			p, err := svc.EnforceRetention(ctx)
+			if err != nil && ctx.Err() == nil {
+				slog.ErrorContext(ctx, "devices: retention", slog.String("error", err.Error()))
+			}
+			if p.Receipts+p.Waveforms > 0 {
+				slog.InfoContext(ctx, "devices: retention", slog.Int64("receipts_purged", p.Receipts), slog.Int64("waveforms_purged", p.Waveforms))
+			}
+		})
+	}()
 	// Closers run in reverse: the retention loop stops before the service closes.
 	sys.closers = append(sys.closers, svc.Close, func(context.Context) error { stop(); <-done; return nil })
 	srvCfg.Devices = svc

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
@@ -38,6 +40,17 @@ func newClinicalLink(log *slog.Logger) *clinicalLink {
 	return &clinicalLink{handoff: obs.NewHandoff(obs.HandoffConfig{Logger: log})}
 }
 
+// Forward hands the engine, inside the storing transaction, the observations of patients
+// another replica evaluates (core.Forwarder); before the engine starts it does nothing (they
+// wait in the hand-off, and the engine routes them when it starts).
+func (l *clinicalLink) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed) error {
+	eng := l.eng.Load()
+	if eng == nil {
+		return nil
+	}
+	return eng.Forward(ctx, tx, batches)
+}
+
 // ReleasePatient ends monitoring of a discharged patient through the engine, once started.
 func (l *clinicalLink) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
 	eng := l.eng.Load()
@@ -52,6 +65,7 @@ func (l *clinicalLink) ReleasePatient(ctx context.Context, by audit.Event, patie
 type clinical struct {
 	alarms *alarms.Service
 	engine *rules.Engine
+	leases *rules.Leases
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -64,15 +78,27 @@ func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, 
 	if err != nil {
 		return nil, fmt.Errorf("alarms: %w", err)
 	}
+	// Several replicas may run on the database: each evaluates the patients of the lease
+	// buckets it holds (core/rules/lease.go); alone, it holds them all.
+	leases, err := rules.NewLeases(rules.LeaseConfig{Pool: pool, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
+	}
 	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, History: coreSvc,
-		Handoff: link.handoff, Logger: log})
+		Handoff: link.handoff, Logger: log, Leases: leases})
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
 	link.eng.Store(eng)
+	// Take this replica's share now, so that evaluation starts with the server.
+	if err := leases.Step(ctx); err != nil {
+		log.WarnContext(ctx, "rules leases: first step failed; retrying in the background", slog.String("error", err.Error()))
+	}
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	c := &clinical{alarms: svc, engine: eng, stop: stop}
-	c.wg.Add(2)
+	c := &clinical{alarms: svc, engine: eng, leases: leases, stop: stop}
+	c.wg.Add(4)
+	go func() { defer c.wg.Done(); leases.Run(lctx) }()
+	go func() { defer c.wg.Done(); eng.RunInbox(lctx, time.Second) }()
 	go func() { defer c.wg.Done(); svc.Run(lctx, 5*time.Second) }()
 	go func() {
 		defer c.wg.Done()
@@ -91,11 +117,13 @@ func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, 
 	return c, nil
 }
 
-// Close stops the loops and checkpoints the engine's state.
+// Close stops the loops, checkpoints the engine's state, then gives the replica's lease
+// buckets back so that another replica takes its patients at once.
 func (c *clinical) Close(ctx context.Context) error {
 	c.stop()
 	c.wg.Wait()
-	return c.engine.Close(ctx)
+	err := c.engine.Close(ctx)
+	return errors.Join(err, c.leases.Release(ctx))
 }
 
 // wireClinical starts the rules engine and alarm service on core and hands them to the server

@@ -61,6 +61,11 @@ VIGIL_OIDC_NAME names the provider on the portal's "Sign in with …" button. Pa
 VIGIL_WEBAUTHN_ORIGINS (its origins, comma-separated) are set.
 VIGIL_SESSION_INSECURE=true drops the Secure cookie attribute (plain HTTP on loopback only).
 
+Several replicas may serve one database behind a load balancer (health check: GET /readyz):
+each patient's rules run on one replica at a time (leases in the database, taken over within
+about 8 s when a replica is lost, given back at once on SIGTERM), device changes and the
+live stream reach every replica, and retention runs on one of them (docs/architecture.md).
+
 FHIR R4 is served at /fhir/R4 (read and search; CapabilityStatement at /fhir/R4/metadata),
 with the same sessions, tokens and policy as the API (docs/interop.md).` + interopHelp,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate

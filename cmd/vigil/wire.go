@@ -13,6 +13,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/leader"
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
@@ -43,10 +44,11 @@ type system struct {
 	pool    *pgxpool.Pool
 	rec     *audit.Outbox // the one audit recorder of the process
 	server  *server.Server
-	keys    *keys.Ring    // Vault Transit, or the local key ring for demos (keys.go)
-	auth    *auth.Service // principals, sessions, the policy (access.go)
-	core    *core.Service // the clinical core (core.go)
-	hl7Addr string        // the HL7 ADT listener's address, when on (interop.go)
+	keys    *keys.Ring      // Vault Transit, or the local key ring for demos (keys.go)
+	auth    *auth.Service   // principals, sessions, the policy (access.go)
+	core    *core.Service   // the clinical core (core.go)
+	hl7Addr string          // the HL7 ADT listener's address, when on (interop.go)
+	leader  *leader.Elector // leads the once-per-database background passes (ha.go)
 	closers []func(context.Context) error
 }
 
@@ -98,6 +100,11 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	}
 	if len(st.PendingContract) > 0 || len(st.Unknown) > 0 {
 		slog.InfoContext(ctx, "schema within this binary's compatibility window, not exact", slog.String("schema", st.Summary()))
+	}
+
+	// One replica of several on the database leads the once-per-database passes (ha.go).
+	if err := startLeader(ctx, sys); err != nil {
+		return nil, err
 	}
 
 	srvCfg := server.Config{

@@ -93,6 +93,11 @@ type Config struct {
 	LateHorizon time.Duration
 	// Logger for background work. Default slog.Default().
 	Logger *slog.Logger
+	// Leases, with several replicas on one database: this replica evaluates only the
+	// patients of the buckets it holds, under their fencing tokens, and hands the others'
+	// observations to their owners (lease_engine.go). Default: none, the engine evaluates
+	// every patient (one process).
+	Leases *Leases
 }
 
 // Result is what one Evaluate call produced.
@@ -120,6 +125,7 @@ type Derived struct {
 type Engine struct {
 	cfg Config
 	st  *engineState
+	ls  *leaseState
 }
 
 // New loads the latest version of every rule and prepares an Engine. Per-patient state is
@@ -159,6 +165,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.Logger = slog.Default()
 	}
 	e := &Engine{cfg: cfg}
+	e.initLeases()
 	if err := e.init(ctx); err != nil {
 		return nil, err
 	}
@@ -176,8 +183,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 
 // consume evaluates one patient's committed observations handed off by core.
 func (e *Engine) consume(ctx context.Context, c obs.Committed) error {
-	_, err := e.evaluate(ctx, c.PatientID, c.Observations)
-	return err
+	return e.route(ctx, c)
 }
 
 // Evaluate runs every rule on the patient's new observations (already committed by core) in
@@ -250,6 +256,7 @@ func (e *Engine) ReleasePatient(ctx context.Context, by audit.Event, patientID u
 // Close consumes what waits in Config.Handoff and stops consuming it (observations handed
 // off later wait for the next Engine), then writes a final checkpoint.
 func (e *Engine) Close(ctx context.Context) error {
+	e.waitRebuilds()
 	if e.cfg.Handoff != nil {
 		if err := e.cfg.Handoff.Stop(ctx); err != nil {
 			return fmt.Errorf("rules: %w", err)

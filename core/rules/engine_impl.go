@@ -40,6 +40,7 @@ type patientEntry struct {
 	loaded bool
 	dirty  bool // state changed since the last checkpoint
 	st     *patientState
+	token  int64 // the lease token the state was loaded under (lease_engine.go)
 }
 
 func (e *Engine) init(ctx context.Context) error {
@@ -169,7 +170,7 @@ func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry,
 	e.st.mu.Unlock()
 	p.mu.Lock()
 	var replayed Result
-	if !p.loaded {
+	if !p.loaded || p.token != e.leaseToken(pid) {
 		r, err := e.load(ctx, pid, p)
 		if err != nil {
 			p.mu.Unlock()
@@ -184,6 +185,7 @@ func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry,
 // History of the observations newer than the checkpoint (whose transitions are applied: they
 // were never applied before, since every transition moves the checkpoint with it).
 func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Result, error) {
+	p.token = e.leaseToken(pid)
 	st := newPatientState()
 	var raw []byte
 	err := e.cfg.Pool.QueryRow(ctx, `SELECT state FROM rules_patient_state WHERE patient_id=$1`, pid).Scan(&raw)
@@ -216,7 +218,7 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Resu
 		return Result{}, err
 	}
 	p.st, p.loaded, p.dirty = st, true, false
-	if e.cfg.History == nil {
+	if e.cfg.History == nil || p.token == 0 { // without history, or another replica evaluates the patient
 		return Result{}, nil
 	}
 	since := e.now().Add(-e.cfg.ReplayWindow)
@@ -249,6 +251,9 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 		return Result{}, err
 	}
 	defer p.mu.Unlock()
+	if p.token == 0 { // another replica evaluates the patient (lease_engine.go)
+		return replayed, ErrNotOwner
+	}
 	own := make([]Observation, 0, len(obs))
 	if len(replayed.replayed) > 0 {
 		// The replay that rebuilt the patient's state evaluated what History holds, which
@@ -292,7 +297,7 @@ func (e *Engine) runAndCommit(ctx context.Context, pid uuid.UUID, p *patientEntr
 		p.dirty = true
 		return Result{}, nil
 	}
-	ts, err := e.commit(ctx, pid, p.st, x.sigs, x.derived)
+	ts, err := e.commit(ctx, pid, p.token, p.st, x.sigs, x.derived)
 	if err != nil {
 		p.loaded, p.st = false, nil
 		return Result{}, err
@@ -302,12 +307,15 @@ func (e *Engine) runAndCommit(ctx context.Context, pid uuid.UUID, p *patientEntr
 	return Result{Derived: x.derived, Transitions: ts}, nil
 }
 
-func (e *Engine) commit(ctx context.Context, pid uuid.UUID, st *patientState, sigs []alarms.Signal, derived []Derived) ([]alarms.Transition, error) {
+func (e *Engine) commit(ctx context.Context, pid uuid.UUID, token int64, st *patientState, sigs []alarms.Signal, derived []Derived) ([]alarms.Transition, error) {
 	tx, err := e.cfg.Pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("rules: patient %s: begin: %w", pid, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := e.fence(ctx, tx, pid, token); err != nil {
+		return nil, err
+	}
 	var ts []alarms.Transition
 	for _, s := range sigs {
 		t, err := e.cfg.Alarms.Apply(ctx, tx, s)
@@ -392,6 +400,9 @@ func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
 	var errs []error
 	now := e.cfg.Now()
 	for id := range e.entries() {
+		if !e.Owns(id) { // another replica's patient: its timers are the owner's
+			continue
+		}
 		p, replayed, err := e.lockPatient(ctx, id)
 		if err != nil {
 			errs = append(errs, err)
@@ -419,6 +430,11 @@ func (e *Engine) checkpoint(ctx context.Context) error {
 	for id, p := range e.entries() {
 		p.mu.Lock()
 		if p.loaded && p.dirty {
+			if ferr := e.fenceCheckpoint(ctx, tx, id, p.token); ferr != nil {
+				p.loaded, p.st, p.dirty = false, nil, false // another replica's now
+				p.mu.Unlock()
+				continue
+			}
 			if err := writeState(ctx, tx, id, p.st, now); err != nil {
 				p.mu.Unlock()
 				return err
@@ -446,6 +462,9 @@ func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UU
 	if by.Actor.Kind == "" {
 		by.Actor = engineActor
 	}
+	if !e.Owns(pid) { // the owner releases it (lease_engine.go)
+		return e.sendInbox(ctx, pid, "release", releaseBody{By: by, Reason: reason})
+	}
 	p, _, err := e.lockPatient(ctx, pid)
 	if err != nil {
 		return err
@@ -464,6 +483,9 @@ func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UU
 		return fmt.Errorf("rules: release patient %s: %w", pid, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := e.fence(ctx, tx, pid, p.token); err != nil {
+		return err
+	}
 	ts, err := e.cfg.Alarms.ResolvePatient(ctx, tx, pid, by, reason)
 	if err != nil {
 		return fmt.Errorf("rules: release patient %s: %w", pid, err)

@@ -328,6 +328,9 @@ func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID
 	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
 		return fmt.Errorf("set SpO2 scale: %w", err)
 	}
+	if err := e.settingsChanged(ctx, tx, pid); err != nil { // another replica's patient: tell it
+		return fmt.Errorf("set SpO2 scale: %w", err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("set SpO2 scale: commit: %w", err)
 	}
@@ -370,6 +373,9 @@ func (e *Engine) setOxygen(ctx context.Context, by audit.Event, pid uuid.UUID, o
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Payload = map[string]any{"on_oxygen": onOxygen, "previous": p.st.OnOxygen, "reason": reason}
 	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
+		return fmt.Errorf("set oxygen: %w", err)
+	}
+	if err := e.settingsChanged(ctx, tx, pid); err != nil { // another replica's patient: tell it
 		return fmt.Errorf("set oxygen: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
