@@ -66,9 +66,11 @@
     const size = Number(lines[1]);
     const root = b64(lines[2]);
     // verifier key: name+hash+base64(0x01 ‖ Ed25519 public key)
-    const parts = verifierKey.split("+");
-    if (parts.length !== 3) throw new Error("verifier key is malformed");
-    const [name, keyHash, keyB64] = parts;
+    // The key's base64 may itself hold "+": split at the first two only.
+    const p1 = verifierKey.indexOf("+");
+    const p2 = p1 < 0 ? -1 : verifierKey.indexOf("+", p1 + 1);
+    if (p1 <= 0 || p2 !== p1 + 9) throw new Error("verifier key is malformed");
+    const name = verifierKey.slice(0, p1), keyHash = verifierKey.slice(p1 + 1, p2), keyB64 = verifierKey.slice(p2 + 1);
     const key = b64(keyB64);
     if (key.length !== 33 || key[0] !== 1) throw new Error("verifier key is not an Ed25519 key");
     let signed = false;
