@@ -78,6 +78,15 @@ func (s *Service) Accept(ctx context.Context, raw []byte, meta Meta) (*Receipt, 
 		// The commit goes on without us; its outcome is in the database either way.
 		return nil, fmt.Errorf("accept upload: %w", ctx.Err())
 	}
+	if errors.Is(p.err, ErrReplay) {
+		// The commit found the sequence already taken: by this upload's original, committed
+		// meanwhile by another replica (a device re-sends through the load balancer when the
+		// replica that held its first attempt died), the re-send gets the original's receipt.
+		if rc, serr := s.storedReceipt(ctx, v); serr == nil {
+			s.stats.replayed.Add(1)
+			return rc, nil
+		}
+	}
 	if p.err != nil {
 		var re *RejectError
 		if errors.As(p.err, &re) {

@@ -2,6 +2,7 @@ package devices_test
 
 import (
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,5 +60,45 @@ func TestRegistryChangeReachesOtherReplica(t *testing.T) {
 				t.Errorf("uploads stored = %d, want %d (none after the change)", n, stored)
 			}
 		})
+	}
+}
+
+// An upload re-sent to a second replica while its first attempt is still being committed by
+// the first one (the device's connection to the first dropped and the load balancer sent the
+// re-send to the other) gets the original's receipt from both, and is stored once: the second
+// replica's commit finds the sequence taken by the original and answers with its receipt
+// instead of refusing the re-send as a replay.
+// Verifies: REQ-DEV-130
+func TestResendRacingItsOriginalOnAnotherReplica(t *testing.T) {
+	t.Parallel()
+	a := devicestest.New(t, nil)
+	b := devicestest.NewOn(t, a.Pool, a.URL, a.Clock, nil)
+	d := a.NewDevice(t)
+	const rounds = 30
+	for i := range rounds {
+		a.Clock.Add(time.Second)
+		raw := d.Upload(t, a.Clock.Now(), 2)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for j, s := range []*devices.Service{a.Devices, b.Devices} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[j] = s.Accept(a.Ctx, raw, devices.Meta{Transport: "http"})
+			}()
+		}
+		wg.Wait()
+		for j, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: replica %d: Accept(the same upload on both) = %v, want the receipt", i, j, err)
+			}
+		}
+	}
+	var n int
+	if err := a.Pool.QueryRow(a.Ctx, `SELECT count(*) FROM devices_uploads WHERE device_id = $1`, d.ID).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != rounds {
+		t.Errorf("stored uploads = %d, want %d (each once)", n, rounds)
 	}
 }
