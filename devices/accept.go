@@ -22,6 +22,7 @@ type Verified struct {
 	Upload *envelope.Upload
 	Body   []byte   // canonical body bytes
 	Hash   [32]byte // SHA-256 of Body
+	Sig    []byte   // the device's Ed25519 signature over Body (stored with the upload)
 	Device uuid.UUID
 	// Resent is set by Verify when the bytes are the exact re-send of an upload accepted
 	// before (Accept answers it with the original receipt).
@@ -127,7 +128,7 @@ func (s *Service) verify(ctx context.Context, raw []byte) (*Verified, *Receipt, 
 	if err != nil {
 		return nil, nil, envErr(err)
 	}
-	v := &Verified{Body: env.Body, Hash: envelope.Hash(env.Body)}
+	v := &Verified{Body: env.Body, Hash: envelope.Hash(env.Body), Sig: env.Sig}
 	u, err := envelope.ParseUpload(env.Body, lim)
 	if err != nil {
 		return v, nil, envErr(err)
@@ -294,15 +295,24 @@ func (s *Service) UploadReceipt(ctx context.Context, hash [32]byte) (*Receipt, e
 	if s.cfg.ReceiptSigner == nil {
 		return nil, errors.New("devices: no receipt signer configured")
 	}
-	var body []byte
-	err := s.cfg.Pool.QueryRow(ctx, `SELECT receipt FROM devices_uploads WHERE hash = $1`, hash[:]).Scan(&body)
+	var body, sig []byte
+	var signedAt *time.Time
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT receipt, signature, signed_at FROM devices_uploads WHERE hash = $1`, hash[:]).Scan(&body, &sig, &signedAt)
 	if isNoRows(err) {
 		return nil, reject(ErrNotFound, "no accepted upload %x", hash[:8])
 	}
 	if err != nil {
 		return nil, fmt.Errorf("look up upload: %w", err)
 	}
-	return s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, hash, true)
+	rc, err := s.signReceipt(ctx, s.withLeafIndex(ctx, body), nil, hash, true)
+	if err != nil {
+		return nil, err
+	}
+	rc.DeviceSignature = sig
+	if signedAt != nil {
+		rc.DeviceSignedAt = signedAt.UTC()
+	}
+	return rc, nil
 }
 
 // admitUpload checks the global back-pressure, takes rate-limit tokens, has core prepare the

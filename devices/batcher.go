@@ -335,6 +335,8 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 	transports := make([]string, n)
 	receipts := make([][]byte, n)
 	waves := make([][]byte, n)
+	sigs := make([][]byte, n)
+	signedAt := make([]time.Time, n)
 	for i, p := range group {
 		u := p.v.Upload
 		if a, ok := top[p.v.Device]; !ok || u.Seq > a.seq {
@@ -358,6 +360,7 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 		hashes[i] = h[:]
 		devs[i], seqs[i], kvs[i] = p.v.Device, int64(u.Seq), int64(u.KeyVersion)
 		times[i], events[i], transports[i], receipts[i] = p.receivedAt, results[i].AuditEventID, p.meta.Transport, rb
+		sigs[i], signedAt[i] = p.v.Sig, u.SentTime()
 	}
 	ids := make([]uuid.UUID, 0, len(top))
 	tops := make([]int64, 0, len(top))
@@ -371,9 +374,9 @@ func (b *batcher) writeDeviceState(ctx context.Context, tx pgx.Tx, group []*pend
 	bt.Queue(`UPDATE devices_devices d SET last_seq = v.seq
 		FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS v(id, seq, kv)
 		WHERE d.id = v.id AND d.status = 'active' AND d.key_version = v.kv AND d.last_seq < v.seq`, ids, tops, tkvs)
-	bt.Queue(`INSERT INTO devices_uploads (hash, device_id, seq, key_version, received_at, audit_event_id, transport, receipt, waveforms)
-		SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::uuid[], $7::text[], $8::bytea[], $9::bytea[])`,
-		hashes, devs, seqs, kvs, times, events, transports, receipts, waves)
+	bt.Queue(`INSERT INTO devices_uploads (hash, device_id, seq, key_version, received_at, audit_event_id, transport, receipt, waveforms, signature, signed_at)
+		SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::uuid[], $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::timestamptz[])`,
+		hashes, devs, seqs, kvs, times, events, transports, receipts, waves, sigs, signedAt)
 	br := tx.SendBatch(ctx, &bt)
 	tag, err := br.Exec()
 	if err != nil {

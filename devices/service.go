@@ -204,6 +204,11 @@ type Receipt struct {
 	// Replayed is true when the upload was an exact re-send of one accepted before and this
 	// is the receipt stored then (nothing new was stored).
 	Replayed bool
+	// DeviceSignature and DeviceSignedAt: the device's own Ed25519 signature over the upload's
+	// canonical body and the time the device says it signed (sent_at); set by UploadReceipt
+	// (the evidence a FHIR Provenance carries), empty for uploads stored before they were kept.
+	DeviceSignature []byte
+	DeviceSignedAt  time.Time
 }
 
 // Service is the device registry, enrollment, and the verification and ingestion of signed

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -31,6 +33,8 @@ type fhirFixture struct {
 	admin        *http.Client
 	clinician    *http.Client // a clinician of ward A
 	clinicianID  uuid.UUID
+	devicePub    ed25519.PublicKey
+	sent         map[string][]byte // the device's signature (base64) → the signed body
 }
 
 func newFHIRFixture(t *testing.T) *fhirFixture {
@@ -63,6 +67,7 @@ func newFHIRFixture(t *testing.T) *fhirFixture {
 	f.q = q.ID
 	d := env.NewDevice(t)
 	f.device = d.ID
+	f.devicePub, f.sent = d.Key.Public().(ed25519.PublicKey), map[string][]byte{}
 	now := env.Clock.Now().Truncate(time.Second)
 	for i := 3; i >= 0; i-- {
 		at := now.Add(-time.Duration(i) * time.Minute).UnixMilli()
@@ -76,6 +81,11 @@ func newFHIRFixture(t *testing.T) *fhirFixture {
 		if _, err := env.Devices.Accept(ctx, raw, devices.Meta{Transport: "http"}); err != nil {
 			t.Fatalf("Accept = %v", err)
 		}
+		e, err := envelope.ParseEnvelope(raw, envelope.DefaultLimits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.sent[base64.StdEncoding.EncodeToString(e.Sig)] = e.Body
 	}
 	obs, err := env.Core.ObservationsSince(ctx, f.p, now.Add(-time.Hour), 0)
 	if err != nil || len(obs) != 24 {
@@ -167,7 +177,7 @@ func ooCode(oo map[string]any) string {
 // Provenance of an upload with Vigil's signed receipt and audit references, paging with next
 // links; another ward's patient is 404 (audited as a denial), searches show only the
 // clinician's patients, and every patient's data shown is audited as access.phi.read.
-// Verifies: REQ-INT-020, REQ-INT-021, REQ-INT-022, REQ-INT-024
+// Verifies: REQ-INT-020, REQ-INT-021, REQ-INT-022, REQ-INT-024, REQ-INT-030
 func TestFHIRReadAndSearch(t *testing.T) {
 	t.Parallel()
 	f := newFHIRFixture(t)
@@ -271,6 +281,19 @@ func TestFHIRReadAndSearch(t *testing.T) {
 	}
 	if sigs, _ := prov[0]["signature"].([]any); len(sigs) == 0 || prov[0]["agent"].([]any)[0].(map[string]any)["who"].(map[string]any)["reference"] != "Device/"+f.device.String() {
 		t.Errorf("Provenance = %v, want the device as agent and the receipt signature", prov[0])
+	}
+	// The device's own Ed25519 signature of the upload travels with it: signature[0], the
+	// source signature, is the one the device sent and verifies under its key.
+	if sigs, _ := prov[0]["signature"].([]any); len(sigs) < 2 {
+		t.Errorf("Provenance signatures = %v, want the device's and the receipt's", prov[0]["signature"])
+	} else {
+		s0, _ := sigs[0].(map[string]any)
+		data, _ := s0["data"].(string)
+		body, ok := f.sent[data]
+		who, _ := s0["who"].(map[string]any)
+		if !ok || !ed25519.Verify(f.devicePub, body, mustBase64(t, data)) || who["reference"] != "Device/"+f.device.String() {
+			t.Errorf("Provenance signature[0] = %v, want the device's own signature of one of its uploads", s0)
+		}
 	}
 
 	// Devices and the audit trail are for those who may read them.
@@ -444,4 +467,13 @@ func TestFHIRSMARTScopes(t *testing.T) {
 	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'fhir.smart_scopes.set' AND object_id = $1`, tok.ID.String()); n != 2 {
 		t.Errorf("fhir.smart_scopes.set events = %d, want 2", n)
 	}
+}
+
+func mustBase64(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatalf("base64 %q: %v", s, err)
+	}
+	return b
 }

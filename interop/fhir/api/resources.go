@@ -476,6 +476,7 @@ func (s *Service) provenance(ctx context.Context, uploadID uuid.UUID) (any, uuid
 			fu.Receipt, fu.ReceiptKeyID = rc.Wire, rc.Signed.KeyID
 			fu.ReceiptSignedAt = time.UnixMilli(rc.Body.ServerTime).UTC()
 			fu.AuditLeafIndex = rc.Body.LeafIndex
+			fu.Signature, fu.SignedAt = rc.DeviceSignature, rc.DeviceSignedAt
 		} else if !errors.Is(err, devices.ErrNotFound) {
 			return nil, uuid.Nil, err
 		}
