@@ -18,7 +18,6 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/obsdigest"
-	"github.com/vigilhealth/vigil/core/obs"
 )
 
 // This file is the path of one upload through core. Devices owns the upload transaction and
@@ -271,23 +270,7 @@ func (s *Service) Publish(ctx context.Context, stored []Stored) error {
 	if s.cfg.Handoff == nil {
 		return nil
 	}
-	byPatient := map[uuid.UUID]int{}
-	var batches []obs.Committed
-	for i := range stored {
-		for _, o := range stored[i].Observations {
-			k, ok := byPatient[o.PatientID]
-			if !ok {
-				k = len(batches)
-				byPatient[o.PatientID] = k
-				batches = append(batches, obs.Committed{PatientID: o.PatientID})
-			}
-			batches[k].Observations = append(batches[k].Observations, o)
-		}
-	}
-	for _, b := range batches {
-		sort.SliceStable(b.Observations, func(i, j int) bool { return b.Observations[i].EffectiveAt.Before(b.Observations[j].EffectiveAt) })
-	}
-	return s.cfg.Handoff.Submit(ctx, batches...)
+	return s.cfg.Handoff.Submit(ctx, committedByPatient(stored)...)
 }
 
 // Ingest validates, normalizes and stores one batch in a transaction of its own, then
