@@ -205,7 +205,7 @@ func eventsAuthenticated(rec audit.Recorder) bool {
 }
 
 // heldKeyOperations records the key ring's operations through hook, except that while holding
-// it keeps them, to be recorded by release.
+// it keeps the keys' creations, to be recorded by release.
 type heldKeyOperations struct {
 	hook    keys.OnOperation
 	mu      sync.Mutex
@@ -215,7 +215,9 @@ type heldKeyOperations struct {
 
 func (h *heldKeyOperations) on(ctx context.Context, op keys.Operation) error {
 	h.mu.Lock()
-	if h.holding {
+	// Only the keys' creation waits: any other operation (a signature, a decryption) is
+	// recorded before its result is given, as the ring's hook promises.
+	if h.holding && op.Kind == keys.OpCreate {
 		h.ops = append(h.ops, op)
 		h.mu.Unlock()
 		return nil
