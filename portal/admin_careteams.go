@@ -18,7 +18,7 @@ import (
 type careTeamView struct {
 	Ward, Patient, MRN string
 	PatientID          string
-	MayManage          bool // care_team manage on this patient: the add and remove forms
+	MayManage          bool                  // care_team manage on this patient: the add and remove forms
 	Form               careTeamForm          // a refused form's values (this patient's only)
 	Errs               map[string]*formError // a refused form's errors (this patient's only)
 	Members            []careTeamMemberView
