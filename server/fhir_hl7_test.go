@@ -16,7 +16,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
@@ -71,12 +70,12 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 		t.Fatalf("receiver did not start: %q", line)
 	}
 	snd, err := outbound.New(outbound.Config{Name: "ehr", Addr: fmt.Sprintf("127.0.0.1:%d", port), Pool: env.Pool,
-		Sealer: env.Ring.PHI(), Audit: env.Rec})
+		Sealer: env.Ring.PHI(), Audit: env.Rec, KeepOnClose: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = snd.Close(context.Background()) })
-	feed, err := outbound.NewFeed(outbound.FeedConfig{Core: env.Core, Sender: snd, Facility: "VIGIL"})
+	feed, err := outbound.NewFeed(outbound.FeedConfig{Core: env.Core, Pool: env.Pool, Sender: snd, Facility: "VIGIL"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +121,10 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	}
 
 	// Its device uploads; the ORU arrives at the receiver.
-	for deadline := time.Now().Add(30 * time.Second); !env.Core.Hub().Wants(core.TypeObservations, patient.ID); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the ORU feed did not subscribe to the live stream")
-		}
+	select {
+	case <-feed.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the ORU feed did not start")
 	}
 	d := env.RegisterDevice(t)
 	env.Enroll(t, d)

@@ -86,11 +86,12 @@ func wireInterop(ctx context.Context, sys *system, demo bool) error {
 // wireORU starts the ORU^R01 feed when VIGIL_HL7_ORU_DEST is set.
 func wireORU(ctx context.Context, sys *system, facility string) error {
 	if dest := getenv(ctx, "VIGIL_HL7_ORU_DEST"); dest != "" {
-		snd, err := outbound.New(outbound.Config{Name: "oru", Addr: dest, Pool: sys.pool, Sealer: sys.keys.PHI(), Audit: sys.rec})
+		snd, err := outbound.New(outbound.Config{Name: "oru", Addr: dest, Pool: sys.pool, Sealer: sys.keys.PHI(), Audit: sys.rec,
+			KeepOnClose: true})
 		if err != nil {
 			return err
 		}
-		feed, err := outbound.NewFeed(outbound.FeedConfig{Core: sys.core, Sender: snd, Facility: facility,
+		feed, err := outbound.NewFeed(outbound.FeedConfig{Core: sys.core, Pool: sys.pool, Sender: snd, Facility: facility,
 			ReceivingApplication: getenv(ctx, "VIGIL_HL7_ORU_RECEIVING_APP"), ReceivingFacility: getenv(ctx, "VIGIL_HL7_ORU_RECEIVING_FACILITY")})
 		if err != nil {
 			_ = snd.Close(ctx)
