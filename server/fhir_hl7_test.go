@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
@@ -147,10 +147,18 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	if len(got) != 1 || !strings.HasPrefix(got[0]["type"].(string), "ORU^R01") || len(got[0]["obx"].([]any)) != 5 {
 		t.Fatalf("ORU received for E2E-77 = %v, want one ORU^R01 with 5 OBX", got)
 	}
-	// An alarm opened for the patient (as the alarm service notifies the hub) is sent too.
-	env.Core.Hub().AlarmTransition(ctx, alarms.Transition{Kind: alarms.Opened, At: env.Clock.Now(),
-		Alarm: alarms.Alarm{ID: uuid.New(), PatientID: patient.ID, RuleID: "news2_high", State: alarms.StateActive,
-			Severity: alarms.SeverityHigh, PeakSeverity: alarms.SeverityHigh, Message: "NEWS2 7"}})
+	// An alarm opened for the patient (stored by the alarm service) is sent too.
+	as, err := alarms.New(alarms.Config{Pool: env.Pool, Recorder: env.Rec, Now: env.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pgx.BeginFunc(ctx, env.Pool, func(tx pgx.Tx) error {
+		_, err := as.Apply(ctx, tx, alarms.Signal{PatientID: patient.ID, RuleID: "news2_high", RuleVersion: 1, Raise: true,
+			Severity: alarms.SeverityHigh, Message: "NEWS2 7", At: env.Clock.Now()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	var alarmORU []map[string]any
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && len(alarmORU) == 0; time.Sleep(50 * time.Millisecond) {
 		raw, _ := os.ReadFile(out)
