@@ -19,12 +19,15 @@ const interopHelp = `
 HL7 v2 over MLLP (docs/interop.md), off unless configured (the demo listens for ADT on
 127.0.0.1:2575 by default):
   VIGIL_HL7_LISTEN=host:port      listen for inbound ADT (A01 admit, A02 transfer, A03
-                                  discharge, A08, A11, A13); patients are found by MRN and
+                                  discharge or re-admission, A08 update, A11/A13 cancel
+                                  admit/discharge); patients are found by MRN and
                                   placed on the ward named by PV1-3.1; every message is
                                   answered AA/AE/AR and audited
-  VIGIL_HL7_ORU_DEST=host:port    send each upload's new vitals as ORU^R01 to this MLLP
-                                  receiver (ordered per patient, ACKed, retried, dead-lettered,
-                                  audited)
+  VIGIL_HL7_ORU_DEST=host:port    send each stored upload's vitals and each alarm change as
+                                  ORU^R01 to this MLLP receiver (ordered per patient, ACKed,
+                                  retried, dead-lettered, audited; a durable cursor resumes
+                                  after a restart; one replica per database sends; at least
+                                  once, MSH-10 stable: receivers should de-duplicate)
   VIGIL_HL7_FACILITY              MSH-4 of Vigil's messages (default VIGIL)
   VIGIL_HL7_ORU_RECEIVING_APP, VIGIL_HL7_ORU_RECEIVING_FACILITY   MSH-5 and MSH-6 of ORU`
 
