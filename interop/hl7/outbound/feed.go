@@ -97,6 +97,10 @@ type Feed struct {
 	pending []*pendingPos
 	done    position // every position up to here is finished
 	saved   position
+
+	// Patients opened in earlier passes, reused while their row's updated_at is unchanged
+	// (only the feed's goroutine uses it).
+	pcache map[uuid.UUID]core.Patient
 }
 
 type pendingPos struct {
@@ -359,7 +363,10 @@ func (f *Feed) pass(ctx context.Context) (int, error) {
 	if err := f.observations(ctx, rows); err != nil {
 		return 0, err
 	}
-	patients := map[uuid.UUID]*core.Patient{}
+	patients, err := f.patients(ctx, rows)
+	if err != nil {
+		return 0, err
+	}
 	for i := range rows {
 		r := &rows[i]
 		f.mu.Lock()
@@ -368,19 +375,7 @@ func (f *Feed) pass(ctx context.Context) (int, error) {
 		if stale {
 			return i, nil
 		}
-		p, ok := patients[r.patient]
-		if !ok {
-			pp, err := f.cfg.Core.Patient(ctx, r.patient)
-			switch {
-			case errors.Is(err, core.ErrNotFound):
-			case err != nil:
-				return i, err
-			default:
-				p = &pp
-			}
-			patients[r.patient] = p
-		}
-		m, err := f.message(p, r)
+		m, err := f.message(patients[r.patient], r)
 		if err != nil {
 			f.skipped.Add(1)
 			f.cfg.Logger.WarnContext(ctx, "ORU feed: row not sent", slog.String("patient_id", r.patient.String()),
@@ -408,6 +403,51 @@ func (f *Feed) pass(ctx context.Context) (int, error) {
 		}
 	}
 	return len(rows), nil
+}
+
+// maxCachedPatients bounds the patients kept opened between passes.
+const maxCachedPatients = 20000
+
+// patients returns the rows' patients opened (nil for one that does not exist), reusing
+// those opened before whose row has not changed since (same updated_at).
+func (f *Feed) patients(ctx context.Context, rows []row) (map[uuid.UUID]*core.Patient, error) {
+	out := map[uuid.UUID]*core.Patient{}
+	var ids []uuid.UUID
+	for _, r := range rows {
+		if _, ok := out[r.patient]; !ok {
+			out[r.patient] = nil
+			ids = append(ids, r.patient)
+		}
+	}
+	if f.pcache == nil || len(f.pcache) > maxCachedPatients {
+		f.pcache = map[uuid.UUID]core.Patient{}
+	}
+	rs, err := f.cfg.Pool.Query(ctx, `SELECT id, updated_at FROM core_patients WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, err
+	}
+	changed := map[uuid.UUID]time.Time{}
+	var id uuid.UUID
+	var upd time.Time
+	if _, err := pgx.ForEachRow(rs, []any{&id, &upd}, func() error { changed[id] = upd; return nil }); err != nil {
+		return nil, err
+	}
+	for id, upd := range changed {
+		if p, ok := f.pcache[id]; ok && p.UpdatedAt.Equal(upd) {
+			out[id] = &p
+			continue
+		}
+		p, err := f.cfg.Core.Patient(ctx, id)
+		switch {
+		case errors.Is(err, core.ErrNotFound):
+			continue
+		case err != nil:
+			return nil, err
+		}
+		f.pcache[id] = p
+		out[id] = &p
+	}
+	return out, nil
 }
 
 // read returns up to Batch rows after from whose transactions are older than every
