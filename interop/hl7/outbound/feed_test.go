@@ -215,7 +215,8 @@ func TestFeedResumesAfterRestart(t *testing.T) {
 }
 
 // Two feeds of one destination on one database (two replicas): one leads, the other waits;
-// every upload is sent once.
+// when the leader stops, the other takes over from the saved cursor; every upload is sent
+// once, each patient's in order.
 // Verifies: REQ-INT-045
 func TestTwoFeedsOneDatabaseSendOnce(t *testing.T) {
 	addr, read := startReceiver(t, "")
@@ -237,11 +238,28 @@ func TestTwoFeedsOneDatabaseSendOnce(t *testing.T) {
 		}
 	}
 	waitFor(t, read, 30)
+	// The leader stops (as a replica does when it is shut down): the other takes over from
+	// the saved cursor and sends what is stored meanwhile.
+	leaderStop, other := stop1, f2
+	if f2.Leading() {
+		leaderStop, other = stop2, f1
+	}
+	leaderStop()
+	for k := 0; k < 3; k++ {
+		for i := range r.patients {
+			value[i]++
+			r.upload(t, i, 60+value[i])
+		}
+	}
+	got := waitFor(t, read, 39)
+	if !other.Leading() {
+		t.Errorf("the remaining feed does not lead after the leader stopped")
+	}
 	stop1()
 	stop2()
-	got := read()
-	if len(got) != 30 {
-		t.Fatalf("received %d messages, want 30", len(got))
+	got = read()
+	if len(got) != 39 {
+		t.Fatalf("received %d messages, want 39", len(got))
 	}
 	checkOnceInOrder(t, r, got)
 }
