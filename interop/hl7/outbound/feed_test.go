@@ -263,3 +263,30 @@ func TestTwoFeedsOneDatabaseSendOnce(t *testing.T) {
 	}
 	checkOnceInOrder(t, r, got)
 }
+
+// The control id of a stored row's message is a function of the row: the same on every
+// call (attempt, restart, replica), different for another row or another change of the same
+// alarm, within HL7 v2.5.1's 20 characters.
+// Verifies: REQ-INT-044
+func TestControlIDIsStablePerRow(t *testing.T) {
+	up, al := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
+	cases := []struct{ kind, identity, prefix string }{
+		{"upload", up.String(), "VU"},
+		{"alarm", al.String() + "/41022", "VA"},
+		{"alarm", al.String() + "/41023", "VA"},
+	}
+	seen := map[string]bool{}
+	for _, c := range cases {
+		id := outbound.ControlID(c.kind, c.identity)
+		if again := outbound.ControlID(c.kind, c.identity); again != id {
+			t.Errorf("ControlID(%s, %s) = %q, then %q, want the same", c.kind, c.identity, id, again)
+		}
+		if len(id) > 20 || id[:2] != c.prefix {
+			t.Errorf("ControlID(%s, %s) = %q, want %s… of at most 20 characters", c.kind, c.identity, id, c.prefix)
+		}
+		if seen[id] {
+			t.Errorf("ControlID(%s, %s) = %q, the id of another row", c.kind, c.identity, id)
+		}
+		seen[id] = true
+	}
+}
