@@ -18,8 +18,8 @@ const interopHelp = `
 
 HL7 v2 over MLLP (docs/interop.md), off unless configured (the demo listens for ADT on
 127.0.0.1:2575 by default):
-  VIGIL_HL7_LISTEN=host:port      listen for inbound ADT (A01 admit, A02 transfer, A03
-                                  discharge or re-admission, A08 update, A11/A13 cancel
+  VIGIL_HL7_LISTEN=host:port      listen for inbound ADT (A01 admit or re-admit, A02
+                                  transfer, A03 discharge, A08 update, A11/A13 cancel
                                   admit/discharge); patients are found by MRN and
                                   placed on the ward named by PV1-3.1; every message is
                                   answered AA/AE/AR and audited
