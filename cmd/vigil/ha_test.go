@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/devices/sim"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
@@ -158,8 +160,9 @@ backend be
 // Two `vigil serve` replicas on one database behind HAProxy, a fleet uploading through it;
 // one replica is killed with SIGKILL mid-load. Every upload that got a receipt is stored,
 // audited and evaluated; no alarm condition has two alarms open; the killed replica's
-// patients are taken over (fail-over time logged, docs/benchmarks.md).
-// Verifies: REQ-HA-001, REQ-HA-003, REQ-HA-008, REQ-HA-010
+// patients are taken over (fail-over time logged, docs/benchmarks.md); `vigil audit verify`
+// passes afterwards.
+// Verifies: REQ-HA-001, REQ-HA-003, REQ-HA-008, REQ-HA-010, REQ-HA-030
 func TestHAKillReplicaUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two servers and haproxy for about a minute; run without -short")
@@ -273,6 +276,17 @@ func TestHAKillReplicaUnderLoad(t *testing.T) {
 	}
 	if n := count(`SELECT count(*) FROM alarms`); n == 0 {
 		t.Errorf("no alarm raised by the mixed fleet: the test shows nothing")
+	}
+
+	// The audit trail written by both replicas, one of them killed mid-write, verifies:
+	// every upload.accepted event is proven in the log.
+	vout, err := executeEnv(t, env, "audit", "verify", "--json", "--data-dir", dir)
+	var rep chain.Report
+	if jerr := json.Unmarshal([]byte(vout), &rep); err != nil || jerr != nil || !rep.OK {
+		t.Fatalf("vigil audit verify after the kill = %v\n%s", err, vout)
+	}
+	if n := count(`SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`); rep.ProvenEvents < int64(n) {
+		t.Errorf("vigil audit verify: %d events proven in the log, want at least the %d upload.accepted events", rep.ProvenEvents, n)
 	}
 }
 
