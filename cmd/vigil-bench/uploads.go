@@ -293,10 +293,12 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		wg        sync.WaitGroup
 		profiling atomic.Bool
 		cpuWindow = make(chan cpuacct.Report, 1) // CPU used in the measured window
+		cpuStart  = make(chan cpuacct.Snapshot, 1)
 	)
 	go func() {
 		time.Sleep(time.Until(measureAt))
 		a := cpuacct.Take(ctx, pool)
+		cpuStart <- a
 		time.Sleep(time.Until(endAt))
 		cpuWindow <- cpuacct.Between(a, cpuacct.Take(ctx, pool))
 	}()
@@ -426,7 +428,20 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	if o.replicas > 0 {
 		var inbox int
 		_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&inbox)
-		fmt.Fprintf(out, "replicas: %d, uploads spread round robin; rules_inbox rows left: %d\n", o.replicas, inbox)
+		fmt.Fprintf(out, "replicas: %d, uploads spread round robin; rules_inbox rows left at the end: %d\n", o.replicas, inbox)
+		// The observations forwarded to another replica's patients are evaluated from the
+		// inbox behind the uploads: wait for them, so that the CPU below covers that work too.
+		for deadline := time.Now().Add(5 * time.Minute); inbox > 0 && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+			_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&inbox)
+		}
+		fmt.Fprintf(out, "rules_inbox drained %s after the end of the window (%d rows left)\n", time.Since(endAt).Round(100*time.Millisecond), inbox)
+	}
+	select {
+	case a := <-cpuStart:
+		fmt.Fprintf(out, "from the window's start until the rules caught up (%s):\n  ", time.Since(measureAt).Round(100*time.Millisecond))
+		cpuacct.Between(a, cpuacct.Take(ctx, pool)).Write(out, ok, runtime.NumCPU(), "upload")
+	default:
 	}
 	var opened int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM alarms`).Scan(&opened)
