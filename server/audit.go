@@ -47,7 +47,8 @@ func Audited(c echo.Context) { c.Set(auditedKey, true) }
 // event recorded in the action's transaction is that record; otherwise this middleware
 // records `http.request.completed` after the handler ran. A server error (5xx) is always
 // recorded here as `http.request.failed`, whether or not Audited was called.
-// Rejections (4xx) are audited by the error handler.
+// Rejections (4xx) are audited by the error handler, or here when the handler wrote the
+// refusal itself without returning an error (the portal's pages).
 func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
@@ -61,7 +62,14 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 			status, code, _ = classify(err)
 		}
 		if status >= 400 && status < 500 {
-			return err // audited as http.request.rejected by handleError
+			if err == nil {
+				// The handler answered the refusal itself (a portal form's errors, a portal
+				// page's 403): handleError never saw it, so it is audited here. Not counted
+				// against the source's budget of rejected requests: people on a shared
+				// address correcting a form must not throttle each other.
+				s.auditRejection(c, status, "")
+			}
+			return err // otherwise audited as http.request.rejected by handleError
 		}
 		if done, _ := c.Get(auditedKey).(bool); done && status < 500 {
 			return err // the domain event is the record of this request
