@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 )
 
 // Site is a hospital or care site.
@@ -71,6 +72,27 @@ func (s *Service) recordIn(ctx context.Context, tx pgx.Tx, by audit.Event, now t
 	}
 	_, err := s.cfg.Recorder.Record(ctx, tx, ev)
 	return err
+}
+
+// recordPatientIn records an action on patient id in tx, after its change of the patient's
+// row: the row is tied to the event (audit/rowdigest: the event's id and the digest of the
+// row's audited content, the sealed PHI as its ciphertext), and the event's payload carries
+// the digest.
+func (s *Service) recordPatientIn(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action string, id uuid.UUID, payload map[string]any) error {
+	evID, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	by.ID = evID
+	if payload == nil {
+		payload = map[string]any{}
+	}
+	ds := rowdigest.Digests{}
+	if err := ds.Stamp(ctx, tx, rowdigest.Patients, id.String(), evID); err != nil {
+		return err
+	}
+	payload[rowdigest.PayloadKey] = ds
+	return s.recordIn(ctx, tx, by, now, action, "patient", id.String(), payload)
 }
 
 func isUniqueViolation(err error) bool {
@@ -205,7 +227,7 @@ func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi Patient
 			VALUES ($1,$2,$3,$4,$5,$5,$5)`, p.ID, wardID, idx, sealed, now); err != nil {
 			return err
 		}
-		return s.recordIn(ctx, tx, by, now, "patient.created", "patient", p.ID.String(), map[string]any{"ward_id": wardID})
+		return s.recordPatientIn(ctx, tx, by, now, "patient.created", p.ID, map[string]any{"ward_id": wardID})
 	})
 	switch {
 	case isUniqueViolation(err):
@@ -331,7 +353,7 @@ func (s *Service) DischargePatient(ctx context.Context, by audit.Event, id uuid.
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("discharge patient %s: %w: already discharged", id, ErrConflict)
 		}
-		return s.recordIn(ctx, tx, by, now, "patient.discharged", "patient", id.String(), nil)
+		return s.recordPatientIn(ctx, tx, by, now, "patient.discharged", id, nil)
 	})
 	if err != nil || s.cfg.Release == nil {
 		return err
@@ -350,7 +372,7 @@ func (s *Service) MovePatient(ctx context.Context, by audit.Event, id, wardID uu
 		if _, err := tx.Exec(ctx, "UPDATE core_patients SET ward_id = $2, updated_at = $3 WHERE id = $1", id, wardID, now); err != nil {
 			return err
 		}
-		return s.recordIn(ctx, tx, by, now, "patient.moved", "patient", id.String(), map[string]any{"ward_id": wardID})
+		return s.recordPatientIn(ctx, tx, by, now, "patient.moved", id, map[string]any{"ward_id": wardID})
 	})
 	if isFKViolation(err) {
 		return fmt.Errorf("move patient: ward %s: %w", wardID, ErrNotFound)
@@ -467,21 +489,42 @@ func (s *Service) NextSealedPHI(ctx context.Context, after string, limit int) ([
 	return out, nil
 }
 
+// rewrapStampsPerEvent bounds the rows one "patient.phi_rewrapped" event ties to itself
+// (their digests stay well under audit.MaxPayloadBytes).
+const rewrapStampsPerEvent = 100
+
 // ReplaceSealedPHI stores each New ciphertext where the stored one still equals Old
 // (compare-and-swap: a concurrent change is not undone), in one transaction, audited as
-// "patient.phi_rewrapped" with the count.
+// "patient.phi_rewrapped" with the count; each replaced row is tied to that event with the
+// digest of its new content (audit/rowdigest; one event per up to 100 replaced rows).
 func (s *Service) ReplaceSealedPHI(ctx context.Context, items []SealedPHI) error {
 	now := s.cfg.Now().UTC()
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		n := 0
+		var replaced []string
 		for _, it := range items {
 			tag, err := tx.Exec(ctx, "UPDATE core_patients SET phi_sealed = $3 WHERE id = $1 AND phi_sealed = $2", it.ID, it.Old, it.New)
 			if err != nil {
 				return fmt.Errorf("rewrap PHI of %s: %w", it.ID, err)
 			}
-			n += int(tag.RowsAffected())
+			if tag.RowsAffected() > 0 {
+				replaced = append(replaced, it.ID)
+			}
 		}
-		return s.recordIn(ctx, tx, audit.Event{}, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
-			map[string]any{"offered": len(items), "replaced": n})
+		for first := true; first || len(replaced) > 0; first = false {
+			chunk := replaced[:min(len(replaced), rewrapStampsPerEvent)]
+			replaced = replaced[len(chunk):]
+			ev := audit.Event{ID: uuid.Must(uuid.NewV7())}
+			ds := rowdigest.Digests{}
+			for _, id := range chunk {
+				if err := ds.Stamp(ctx, tx, rowdigest.Patients, id, ev.ID); err != nil {
+					return err
+				}
+			}
+			if err := s.recordIn(ctx, tx, ev, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
+				map[string]any{"offered": len(items), "replaced": len(chunk), rowdigest.PayloadKey: ds}); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }

@@ -38,6 +38,7 @@ type domainEvents struct {
 	uploads map[uuid.UUID]upEvent // event id (= core_uploads.id) → upload
 	seen    map[string]struct{}   // kinds with at least one event
 	more    *moreEvents           // sites, wards, patients, care teams, webhooks
+	rows    map[string]rowEvent   // "<table>/<key>" → the last event that wrote the row (domain_rows.go)
 }
 
 type alarmEvent struct {
@@ -65,7 +66,11 @@ func newDomainEvents() *domainEvents {
 
 // note keeps what the cross-check needs of one authentic event (in seq order).
 func (d *domainEvents) note(ev *StoredEvent) {
-	if ev.Outcome != "success" || ev.ObjectID == nil {
+	if ev.Outcome != "success" {
+		return
+	}
+	d.noteRows(ev)
+	if ev.ObjectID == nil {
 		return
 	}
 	d.more.note(ev) // (some of these events have no payload)
@@ -151,7 +156,7 @@ func (v *verifier) crossCheck(ctx context.Context) error {
 			return fmt.Errorf("cross-check %s: %w", c.table, err)
 		}
 	}
-	return nil
+	return v.checkRowSpecs(ctx, d)
 }
 
 func (v *verifier) tableExists(ctx context.Context, table string) (bool, error) {
