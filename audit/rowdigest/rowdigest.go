@@ -50,7 +50,7 @@ type Spec struct {
 	Cols  []string // SQL expression of each audited column (same order as Names)
 }
 
-// The audited tables (each with audit_event_id and audit_digest, migrations 00120 and 00610).
+// The audited tables (each with audit_event_id and audit_digest, migration 00610).
 var (
 	// Devices: a device's identity, status, current patient and current key version. (Its
 	// upload sequence number is not audited content: every upload moves it.)
