@@ -65,7 +65,7 @@ func policyRows(ctx context.Context, tx pgx.Tx) (map[string]rowdigest.Row, error
 }
 
 // policyStampsPerEvent bounds the policy lines one event ties to itself (their digests stay
-// well under audit.MaxPayloadBytes); more go in "policy.rows_written" events of the version.
+// well under audit.MaxPayloadBytes); more go in "auth.policy_rows_written" events of the version.
 const policyStampsPerEvent = 100
 
 // recordPolicy records ev, the event of a policy change, after the change: every line the
@@ -93,7 +93,7 @@ func (s *Service) recordPolicy(ctx context.Context, tx pgx.Tx, ev audit.Event, b
 	slices.Sort(removed)
 	for first := true; first || len(written)+len(removed) > 0; first = false {
 		if !first {
-			ev = audit.Event{Time: ev.Time, Actor: ev.Actor, Action: "policy.rows_written", Object: ev.Object, Outcome: ev.Outcome,
+			ev = audit.Event{Time: ev.Time, Actor: ev.Actor, Action: "auth.policy_rows_written", Object: ev.Object, Outcome: ev.Outcome,
 				RequestID: ev.RequestID, SourceAddr: ev.SourceAddr}
 		}
 		w := written[:min(len(written), policyStampsPerEvent)]

@@ -127,7 +127,9 @@ func TestRowsTiedToTheirEvents(t *testing.T) {
 				SELECT ptype, v0, v1, v2, v3, source, version, audit_event_id, audit_digest FROM saved_grant`)
 		}, chain.FindingDomainMismatch, "was deleted by its last event (policy.role_revoked"},
 		{"policy rule widened in SQL", nil, func(t *testing.T, r *rowsRig) {
-			r.exec(t, `UPDATE auth_policy_rules SET v3 = '*' WHERE ptype = 'p' AND v0 = 'clinician' AND v3 <> '*'`)
+			r.exec(t, `UPDATE auth_policy_rules SET v3 = 'global' WHERE id = (SELECT a.id FROM auth_policy_rules a
+				WHERE a.ptype = 'p' AND a.v0 = 'clinician' AND a.v3 <> 'global' AND NOT EXISTS (SELECT 1 FROM auth_policy_rules b
+				WHERE b.ptype = 'p' AND b.v0 = a.v0 AND b.v1 = a.v1 AND b.v2 = a.v2 AND b.v3 = 'global') ORDER BY a.id LIMIT 1)`)
 		}, chain.FindingDomainMismatch, "auth_policy_rules p|clinician"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
