@@ -54,14 +54,35 @@ func (s *Service) bumpVersion(ctx context.Context, tx pgx.Tx, o Origin, change s
 	return v, ev, nil
 }
 
-// policyRows reads the policy lines with their event ids and digests (audit/rowdigest).
+// policySpecs are the tables a policy change writes: the policy lines, and the service
+// accounts and API tokens whose changes (a token issued or revoked, an account disabled) are
+// policy changes.
+var policySpecs = []rowdigest.Spec{rowdigest.PolicyRules, rowdigest.ServiceAccounts, rowdigest.APITokens}
+
+// policyRows reads the rows of policySpecs with their event ids and digests
+// (audit/rowdigest), by rowdigest.Spec.Ref.
 func policyRows(ctx context.Context, tx pgx.Tx) (map[string]rowdigest.Row, error) {
 	out := map[string]rowdigest.Row{}
-	err := rowdigest.PolicyRules.Rows(ctx, tx, func(r rowdigest.Row) error {
-		out[r.Key] = r
-		return nil
-	})
-	return out, err
+	for _, sp := range policySpecs {
+		err := sp.Rows(ctx, tx, func(r rowdigest.Row) error {
+			out[sp.Ref(r.Key)] = r
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// specOf returns the spec of policySpecs whose rows ref names, and the row's key.
+func specOf(ref string) (rowdigest.Spec, string, error) {
+	for _, sp := range policySpecs {
+		if k, ok := strings.CutPrefix(ref, sp.Table+"/"); ok {
+			return sp, k, nil
+		}
+	}
+	return rowdigest.Spec{}, "", fmt.Errorf("auth: no audited table for row %s", ref)
 }
 
 // policyStampsPerEvent bounds the policy lines one event ties to itself (their digests stay
@@ -101,13 +122,21 @@ func (s *Service) recordPolicy(ctx context.Context, tx pgx.Tx, ev audit.Event, b
 		r := removed[:min(len(removed), policyStampsPerEvent-len(w))]
 		removed = removed[len(r):]
 		if err := stampEvent(ctx, tx, &ev, func(ds rowdigest.Digests, id uuid.UUID) error {
-			for _, k := range w {
-				if err := ds.Stamp(ctx, tx, rowdigest.PolicyRules, k, id); err != nil {
+			for _, ref := range w {
+				sp, k, err := specOf(ref)
+				if err == nil {
+					err = ds.Stamp(ctx, tx, sp, k, id)
+				}
+				if err != nil {
 					return err
 				}
 			}
-			for _, k := range r {
-				ds.Deleted(rowdigest.PolicyRules, k)
+			for _, ref := range r {
+				sp, k, err := specOf(ref)
+				if err != nil {
+					return err
+				}
+				ds.Deleted(sp, k)
 			}
 			return nil
 		}); err != nil {

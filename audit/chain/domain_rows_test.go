@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -25,6 +26,7 @@ type rowsRig struct {
 	auth  *auth.Service
 	user  uuid.UUID
 	other uuid.UUID // a second patient
+	token uuid.UUID // an API token of a service account with the quality role
 }
 
 var authAdmin = auth.Origin{Actor: audit.Actor{Kind: audit.ActorUser, ID: "admin-1", AuthMethod: "password+totp"}, RequestID: "test"}
@@ -47,6 +49,18 @@ func newRowsRig(t *testing.T) *rowsRig {
 	if err := r.auth.GrantRole(env.Ctx, authAdmin, auth.UserSubject(u.ID), auth.RoleClinician, auth.AllDomains); err != nil {
 		t.Fatal(err)
 	}
+	sa, err := r.auth.CreateServiceAccount(env.Ctx, authAdmin, "ci-evidence")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.auth.GrantRole(env.Ctx, authAdmin, auth.ServiceSubject(sa.ID), auth.RoleQuality, auth.AllDomains); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := r.auth.IssueAPIToken(env.Ctx, authAdmin, sa.ID, "ci", []string{auth.RoleQuality}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.token = tok.ID
 	r.other = env.NewPatient(t)
 	if _, err := env.Devices.AssignPatient(env.Ctx, devicestest.Admin, r.dev.ID, &r.other); err != nil {
 		t.Fatal(err)
@@ -58,7 +72,7 @@ func newRowsRig(t *testing.T) *rowsRig {
 }
 
 // Device status and assignment, every assignment, patients' sealed PHI, users (status,
-// password, second factors) and the policy lines are tied to the event that last wrote them:
+// password, second factors), the policy lines, service accounts and API tokens are tied to the event that last wrote them:
 // each change made behind the system's back is named by verify, whichever way it goes (a
 // row with no event, a row that differs from its event, a row an event wrote that is gone, a
 // row an event deleted that is back). None of these was found before the rows carried their
@@ -126,6 +140,24 @@ func TestRowsTiedToTheirEvents(t *testing.T) {
 			r.exec(t, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, v3, source, version, audit_event_id, audit_digest)
 				SELECT ptype, v0, v1, v2, v3, source, version, audit_event_id, audit_digest FROM saved_grant`)
 		}, chain.FindingDomainMismatch, "was deleted by its last event (policy.role_revoked"},
+		{"expired API token's expiry extended in SQL", nil, func(t *testing.T, r *rowsRig) {
+			r.exec(t, `UPDATE auth_api_tokens SET expires_at = expires_at + interval '10 years' WHERE id = $1`, r.token)
+		}, chain.FindingDomainMismatch, "auth_api_tokens "},
+		{"API token's hash replaced by one the insider knows", nil, func(t *testing.T, r *rowsRig) {
+			r.exec(t, `UPDATE auth_api_tokens SET token_hash = sha256('vgt_mine') WHERE id = $1`, r.token)
+		}, chain.FindingDomainMismatch, "auth_api_tokens "},
+		{"disabled service account re-enabled in SQL", func(t *testing.T, r *rowsRig) {
+			var sa uuid.UUID
+			if err := r.env.Pool.QueryRow(r.env.Ctx, `SELECT service_account_id FROM auth_api_tokens WHERE id = $1`, r.token).Scan(&sa); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.auth.DisableServiceAccount(r.env.Ctx, authAdmin, sa); err != nil {
+				t.Fatal(err)
+			}
+		}, func(t *testing.T, r *rowsRig) {
+			r.exec(t, `UPDATE auth_service_accounts SET status = 'active', disabled_at = NULL`)
+			r.exec(t, `UPDATE auth_api_tokens SET revoked_at = NULL`)
+		}, chain.FindingDomainMismatch, "auth_service_accounts "},
 		{"policy rule widened in SQL", nil, func(t *testing.T, r *rowsRig) {
 			r.exec(t, `UPDATE auth_policy_rules SET v3 = 'global' WHERE id = (SELECT a.id FROM auth_policy_rules a
 				WHERE a.ptype = 'p' AND a.v0 = 'clinician' AND a.v3 <> 'global' AND NOT EXISTS (SELECT 1 FROM auth_policy_rules b

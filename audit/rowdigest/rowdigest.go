@@ -79,10 +79,20 @@ var (
 	PolicyRules = Spec{Table: "auth_policy_rules", Key: "t.ptype || '|' || t.v0 || '|' || t.v1 || '|' || t.v2 || '|' || t.v3",
 		Names: []string{"ptype", "v0", "v1", "v2", "v3", "source"},
 		Cols:  []string{"t.ptype", "t.v0", "t.v1", "t.v2", "t.v3", "t.source"}}
+
+	// ServiceAccounts: a machine principal's name and status.
+	ServiceAccounts = Spec{Table: "auth_service_accounts", Key: "t.id::text",
+		Names: []string{"name", "status", "disabled_at"},
+		Cols:  []string{"t.name", "t.status", "t.disabled_at"}}
+	// APITokens: a token's account, the hash it is found by, its roles, expiry and revocation
+	// (not its last use).
+	APITokens = Spec{Table: "auth_api_tokens", Key: "t.id::text",
+		Names: []string{"service_account_id", "token_hash", "name", "roles", "expires_at", "revoked_at"},
+		Cols:  []string{"t.service_account_id", "t.token_hash", "t.name", "t.roles", "t.expires_at", "t.revoked_at"}}
 )
 
 // All lists the audited tables.
-var All = []Spec{Devices, DeviceAssignments, Patients, Users, PolicyRules}
+var All = []Spec{Devices, DeviceAssignments, Patients, Users, PolicyRules, ServiceAccounts, APITokens}
 
 // Ref is a row's name in a payload and in findings: "<table>/<key>".
 func (s Spec) Ref(key string) string { return s.Table + "/" + key }

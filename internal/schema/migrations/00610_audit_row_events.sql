@@ -11,8 +11,12 @@ ALTER TABLE devices_assignments ADD COLUMN audit_event_id uuid, ADD COLUMN audit
 ALTER TABLE core_patients ADD COLUMN audit_event_id uuid, ADD COLUMN audit_digest bytea;
 ALTER TABLE auth_users ADD COLUMN audit_event_id uuid, ADD COLUMN audit_digest bytea;
 ALTER TABLE auth_policy_rules ADD COLUMN audit_event_id uuid, ADD COLUMN audit_digest bytea;
+ALTER TABLE auth_service_accounts ADD COLUMN audit_event_id uuid, ADD COLUMN audit_digest bytea;
+ALTER TABLE auth_api_tokens ADD COLUMN audit_event_id uuid, ADD COLUMN audit_digest bytea;
 
 -- +goose Down
+ALTER TABLE auth_api_tokens DROP COLUMN audit_event_id, DROP COLUMN audit_digest;
+ALTER TABLE auth_service_accounts DROP COLUMN audit_event_id, DROP COLUMN audit_digest;
 ALTER TABLE auth_policy_rules DROP COLUMN audit_event_id, DROP COLUMN audit_digest;
 ALTER TABLE auth_users DROP COLUMN audit_event_id, DROP COLUMN audit_digest;
 ALTER TABLE core_patients DROP COLUMN audit_event_id, DROP COLUMN audit_digest;
