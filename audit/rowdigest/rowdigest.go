@@ -61,10 +61,11 @@ var (
 	DeviceAssignments = Spec{Table: "devices_assignments", Key: "t.id::text",
 		Names: []string{"device_id", "patient_id", "started_at", "ended_at", "actor_id"},
 		Cols:  []string{"t.device_id", "t.patient_id", "t.started_at", "t.ended_at", "t.actor_id"}}
-	// Patients: the sealed PHI (its ciphertext), the MRN blind index, ward, admission, discharge.
+	// Patients: the sealed PHI (its ciphertext), the MRN blind index, ward, admission,
+	// discharge, whether the admission was cancelled.
 	Patients = Spec{Table: "core_patients", Key: "t.id::text",
-		Names: []string{"mrn_index", "phi_sealed", "ward_id", "admitted_at", "discharged_at"},
-		Cols:  []string{"t.mrn_index", "t.phi_sealed", "t.ward_id", "t.admitted_at", "t.discharged_at"}}
+		Names: []string{"mrn_index", "phi_sealed", "ward_id", "admitted_at", "discharged_at", "admission_cancelled"},
+		Cols:  []string{"t.mrn_index", "t.phi_sealed", "t.ward_id", "t.admitted_at", "t.discharged_at", "t.admission_cancelled"}}
 	// Users: the login (e-mail and OIDC blind indexes), sealed profile, password hash, status,
 	// and the second factors: sealed TOTP secret, recovery codes (their hashes) and passkeys
 	// (credential id and public key). A passkey's signature counter and a recovery code's use
