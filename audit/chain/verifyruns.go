@@ -206,6 +206,7 @@ func (s *Service) finishRun(ctx context.Context, run *VerifyRun, rep *Report, ru
 			return nil
 		}
 		ev := *by
+		ev.RequestID = "" // the request was answered when the run started; the run id links the two
 		ev.Time, ev.Action, ev.Outcome = now, "audit.verify.completed", audit.OutcomeSuccess
 		ev.Object = audit.Object{Type: "audit_verification", ID: fmt.Sprint(run.ID)}
 		p := map[string]any{"kind": run.Kind, "events": run.Events, "findings": run.FindingCount}
