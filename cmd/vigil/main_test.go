@@ -130,8 +130,9 @@ func TestServeRefusesMismatchedSchema(t *testing.T) {
 // `vigil demo` with no database configured starts a private cluster, serves, and on
 // shutdown leaves no PostgreSQL process behind. It migrated as the owner and serves as the
 // application role: every connection the server holds is the login in vigil_app, and that
-// login cannot delete or rewrite an audit event (demoRunsAsAppRole).
-// Verifies: REQ-FND-008, REQ-AUD-074
+// login cannot delete or rewrite an audit event; its own verification of the trail ran at
+// start and stored its result (demoRunsAsAppRole).
+// Verifies: REQ-FND-008, REQ-AUD-074, REQ-AUD-070
 func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a PostgreSQL cluster; run without -short")
@@ -292,6 +293,19 @@ func demoRunsAsAppRole(t *testing.T, pidFile string) {
 	}
 	if len(users) != 1 || users[0] != demoLogin {
 		t.Errorf("the demo's connections to its database are of %v, want only %q", users, demoLogin)
+	}
+	// The server's own verification ran at start, as vigil_app, and stored its result.
+	var runs int
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := app.QueryRow(ctx, `SELECT count(*) FROM audit_verifications WHERE finished_at IS NOT NULL AND error IS NULL`).Scan(&runs); err != nil {
+			t.Fatal(err)
+		}
+		if runs > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if runs == 0 {
+		t.Errorf("no finished verification run in audit_verifications 60 s after the demo started")
 	}
 	var n int
 	if err := app.QueryRow(ctx, `SELECT count(*) FROM audit_events`).Scan(&n); err != nil || n == 0 {
