@@ -138,7 +138,7 @@ func TestRouteWithoutAccessIsRefused(t *testing.T) {
 }
 
 // roleUsers are the matrix's principals: one user per role, clinical roles on ward A.
-var matrixRoles = []string{auth.RoleClinician, auth.RoleChargeNurse, auth.RoleDeviceTechnician, auth.RoleQuality, auth.RoleAdmin}
+var matrixRoles = []string{auth.RoleClinician, auth.RoleChargeNurse, auth.RoleDeviceTechnician, auth.RoleQuality, auth.RoleAdmin, auth.RoleAuditor}
 
 // The authorization matrix, generated from the route table: every route that needs a policy
 // decision × every role × (for patient routes) a patient of the role's own ward, of another
@@ -213,7 +213,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"device read":            {noTarget: {auth.RoleDeviceTechnician, auth.RoleAdmin}},
 		"device manage":          {noTarget: {auth.RoleDeviceTechnician}},
 		"device enroll":          {noTarget: {auth.RoleDeviceTechnician}},
-		"audit read":             {noTarget: {auth.RoleQuality}},
+		"audit read":             {noTarget: {auth.RoleQuality, auth.RoleAuditor}},
+		"audit verify":           {noTarget: {auth.RoleAuditor}},
 		"audit export":           {noTarget: {auth.RoleQuality}},
 		"break_glass review":     {noTarget: {auth.RoleQuality}},
 		"webhook manage":         {noTarget: {auth.RoleAdmin}},

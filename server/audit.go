@@ -26,6 +26,7 @@ func (s *Server) mountAudit(api *echo.Group) {
 	api.GET("/audit/verifier-key", s.auditVerifierKey)
 	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
+	api.POST("/audit/verify", s.auditVerifyFull)
 	api.GET("/audit/consistency", s.auditConsistency)         // audit_consistency.go
 	api.GET("/audit/events", s.auditTrailRead(s.auditEvents)) // access.audit.read (access_lists.go)
 	api.GET("/audit/events/:id", s.auditTrailRead(s.auditEvent))
@@ -131,12 +132,28 @@ func (s *Server) auditCheckpointNow(c echo.Context) error {
 	})
 }
 
+// auditVerify is GET /api/v1/audit/verify: the latest result of the server's verification
+// runs (the background incremental pass, or a full run an auditor started), and the run going
+// on, if any. It runs nothing itself.
 func (s *Server) auditVerify(c echo.Context) error {
-	r, err := s.cfg.Audit.Verify(c.Request().Context())
+	r, err := s.cfg.Audit.LatestVerification(c.Request().Context())
 	if err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, r)
+}
+
+// auditVerifyFull is POST /api/v1/audit/verify (auditors only): start a full re-verification
+// in the background. 202 with the run as started (GET shows its result when it ends); 409
+// audit_verify_running when a run is going on. The audit package records who started it
+// (audit.verify.started) and its result (audit.verify.completed).
+func (s *Server) auditVerifyFull(c echo.Context) error {
+	run, err := s.cfg.Audit.StartFullVerify(c.Request().Context(), EventFor(c))
+	if err != nil {
+		return err
+	}
+	Audited(c)
+	return c.JSON(http.StatusAccepted, run)
 }
 
 func (s *Server) auditEvents(c echo.Context) error {

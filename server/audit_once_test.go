@@ -299,6 +299,11 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 				chaintest.ShipAll(t, auditSvc)
 				return v1 + "/audit/checkpoint", "", nil
 			}, nil},
+		// A full re-verification: the audit package records who started it (its result,
+		// audit.verify.completed, comes later and names the run, not the request).
+		{"POST /api/v1/audit/verify", 202, "audit.verify.started",
+			func(t *testing.T) (string, string, []byte) { return v1 + "/audit/verify", "", nil },
+			func(*testing.T, []byte) { auditSvc.WaitVerifications() }},
 	}
 
 	// The table covers exactly the state-changing routes the server mounts.

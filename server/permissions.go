@@ -65,7 +65,8 @@ var routeAccess = map[string]access{
 	"GET /api/v1/audit/verifier-key": public(),
 	"GET /api/v1/audit/consistency":  public(), // hashes only: what an outside verifier or witness checks a newer checkpoint against
 	"POST /api/v1/audit/checkpoint":  allow(auth.ObjAudit, "export"),
-	"GET /api/v1/audit/verify":       allow(auth.ObjAudit, "read"),
+	"GET /api/v1/audit/verify":       allow(auth.ObjAudit, "read"),   // the latest background result
+	"POST /api/v1/audit/verify":      allow(auth.ObjAudit, "verify"), // a full re-verification: auditors only
 	"GET /api/v1/audit/events":       allow(auth.ObjAudit, "read"),
 	"GET /api/v1/audit/events/:id":   allow(auth.ObjAudit, "read"),
 
