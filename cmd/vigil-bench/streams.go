@@ -274,8 +274,8 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 
 	fmt.Fprintf(out, "\nstreams: %d devices in %d wards, %d samples per upload, target %.0f uploads/s, %d upload workers, %d CPUs (GOMAXPROCS %d)\n",
 		o.devices, o.wards, o.samples, o.rate, o.workers, runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	fmt.Fprintln(out, "| sessions | uploads/s accepted | upload answer p50 / p99 | answer → stream p50 / p99 / max | sent → stream p99 | deliveries | missed | resets / lost | CPU process / PostgreSQL | heap / RSS / goroutines | meets |")
-	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(out, "| sessions | uploads/s accepted | upload answer p50 / p99 | answer → stream p50 / p99 / max | sent → stream p99 | deliveries | missed | resets / lost | CPU process / PostgreSQL | process CPU per delivery | heap / RSS / goroutines | meets |")
+	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	opened := 0
 	for ri, n := range o.sessions {
 		// Open the sessions' streams up to n, and wait until each has its first bytes.
@@ -461,18 +461,21 @@ func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, sess
 	rate := float64(len(res.accepted)) / res.elapsed.Seconds()
 	meets := len(fromAnswer) > 0 && fromAnswer[min(len(fromAnswer)-1, int(0.99*float64(len(fromAnswer))))] <= o.target &&
 		missed == 0 && lost == 0 && rate >= 0.95*o.rate
-	cpu := "—"
+	cpu, perDelivery := "—", "—"
 	if res.cpuOK && len(res.accepted) > 0 {
 		w := res.cpu.Window.Seconds()
 		cpu = fmt.Sprintf("%.2f / %.2f cores", res.cpu.Self.Seconds()/w, res.cpu.PG.Seconds()/w)
+		if deliveries > 0 {
+			perDelivery = fmtDur(res.cpu.Self / time.Duration(deliveries))
+		}
 	}
 	yes := "no"
 	if meets {
 		yes = "**yes**"
 	}
-	fmt.Fprintf(out, "| %d | %.0f | %s / %s | %s / %s / %s | %s | %d | %d | %d / %d | %s | %d MiB / %d MiB / %d | %s |\n",
+	fmt.Fprintf(out, "| %d | %.0f | %s / %s | %s / %s / %s | %s | %d | %d | %d / %d | %s | %s | %d MiB / %d MiB / %d | %s |\n",
 		n, rate, p(res.answers, 0.5), p(res.answers, 0.99), p(fromAnswer, 0.5), p(fromAnswer, 0.99), p(fromAnswer, 1),
-		p(fromSent, 0.99), deliveries, missed, resets, lost, cpu, res.heap>>20, res.rss>>20, res.goroutines, yes)
+		p(fromSent, 0.99), deliveries, missed, resets, lost, cpu, perDelivery, res.heap>>20, res.rss>>20, res.goroutines, yes)
 	if len(res.statusFailures) > 0 || disorder > 0 {
 		fmt.Fprintf(out, "  (round of %d sessions: %d of %d uploads not accepted, by status %v (-1 transport error, -2 unreadable receipt); %d events out of order)\n",
 			n, res.sent-len(res.accepted), res.sent, res.statusFailures, disorder)
