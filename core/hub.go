@@ -119,21 +119,21 @@ func (f Filter) match(ev *Event) bool {
 // Hub fans notifications out to in-process subscribers (SSE streams, the webhook
 // dispatcher). Publish never blocks. It satisfies alarms.Notifier.
 type Hub struct {
-	cfg    HubConfig
-	seq    atomic.Uint64
-	mu     sync.RWMutex
-	subs   map[*Subscription]struct{}
+	cfg  HubConfig
+	seq  atomic.Uint64
+	mu   sync.RWMutex
+	subs map[*Subscription]struct{}
 	// The subscriptions indexed by the patients they follow (Filter.Patients), and those
 	// following every patient: an event is matched only against the subscribers that may
 	// want it, not against every stream of the server.
 	byPatient  map[uuid.UUID]map[*Subscription]struct{}
 	anyPatient map[*Subscription]struct{}
-	ring   []Event // the last cfg.Replay events, oldest first once full
-	head   int
-	closed bool
-	pumps  sync.WaitGroup             // the subscriptions' pump goroutines
-	active map[*Subscription]struct{} // subscriptions whose pump runs (also dropped ones)
-	relay  atomic.Pointer[HubRelay]   // with several replicas: events go through the database
+	ring       []Event // the last cfg.Replay events, oldest first once full
+	head       int
+	closed     bool
+	pumps      sync.WaitGroup             // the subscriptions' pump goroutines
+	active     map[*Subscription]struct{} // subscriptions whose pump runs (also dropped ones)
+	relay      atomic.Pointer[HubRelay]   // with several replicas: events go through the database
 }
 
 // chanQueue is the capacity of a subscription's channel; events beyond it wait in the
