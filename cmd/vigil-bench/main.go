@@ -1,7 +1,8 @@
 // Command vigil-bench holds Vigil's load generators, kept out of the shipped vigil binary:
-// `vigil-bench uploads` (signed uploads end to end over HTTP, through the real rules engine)
-// and `vigil-bench audit` (the audit chain from Record to integration in the transparency
-// log). Each creates a throwaway database on the PostgreSQL server of VIGIL_DATABASE_URL and
+// `vigil-bench uploads` (signed uploads end to end over HTTP, through the real rules engine),
+// `vigil-bench audit` (the audit chain from Record to integration in the transparency log)
+// and `vigil-bench streams` (portal live sessions held while devices upload: upload → stream
+// latency, missed events). Each creates a throwaway database on the PostgreSQL server of VIGIL_DATABASE_URL and
 // drops it afterwards. docs/benchmarks.md gives the figures and the commands that reproduce
 // them.
 package main
