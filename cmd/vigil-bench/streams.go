@@ -262,12 +262,10 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 	var readers sync.WaitGroup
 	defer func() { stopReaders(); readers.Wait() }()
 
-	// Uploads, pre-signed for every round (device-side work is not the server's).
-	perRound := int(o.rate * (o.duration + o.warmup).Seconds())
-	perWorker := (perRound*len(o.sessions) + o.workers - 1) / o.workers
-	fmt.Fprintf(out, "pre-signing %d uploads of %d samples…\n", perWorker*o.workers, o.samples)
-	uploads := presign(fleet, benchOpts{workers: o.workers, samples: o.samples}, perWorker)
-	next := make([]int, o.workers) // each worker's next upload, across rounds
+	// Uploads, pre-signed before each round (device-side work is not the server's; signed
+	// just before it, so that their send times are within the server's clock skew).
+	perWorker := (int(o.rate*(o.duration+o.warmup).Seconds()) + o.workers - 1) / o.workers
+	seqs := make([]uint64, len(fleet))
 	upTransport := &http.Transport{MaxIdleConns: o.workers * 2, MaxIdleConnsPerHost: o.workers * 2, IdleConnTimeout: time.Minute}
 	upClient := &http.Client{Transport: upTransport, Timeout: 30 * time.Second}
 	defer upTransport.CloseIdleConnections()
@@ -291,7 +289,8 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 			s.mu.Unlock()
 		}
 		last := ri == len(o.sessions)-1
-		res, err := streamRound(ctx, o, pool, base, upClient, uploads, next, wardOf, fleet, last)
+		uploads := presign(fleet, benchOpts{workers: o.workers, samples: o.samples}, perWorker, seqs)
+		res, err := streamRound(ctx, o, pool, base, upClient, uploads, wardOf, last)
 		if err != nil {
 			return err
 		}
@@ -316,7 +315,7 @@ type roundResult struct {
 // streamRound sends uploads for warm-up + duration at o.rate and returns those accepted in
 // the measured window.
 func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base string, client *http.Client,
-	uploads [][][]byte, next []int, wardOf map[uuid.UUID]int, fleet []benchDevice, profile bool) (*roundResult, error) {
+	uploads [][][]byte, wardOf map[uuid.UUID]int, profile bool) (*roundResult, error) {
 	started := time.Now()
 	measureAt := started.Add(o.warmup)
 	endAt := measureAt.Add(o.duration)
@@ -358,7 +357,7 @@ func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base str
 			me := &outs[w]
 			me.fails = map[int]int{}
 			at := started.Add(time.Duration(int64(interval) * int64(w) / int64(o.workers)))
-			for next[w] < len(uploads[w]) {
+			for _, raw := range uploads[w] {
 				now := time.Now()
 				if now.After(endAt) || ctx.Err() != nil {
 					return
@@ -367,8 +366,6 @@ func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base str
 					time.Sleep(d)
 				}
 				at = at.Add(interval)
-				raw := uploads[w][next[w]]
-				next[w]++
 				t0 := time.Now()
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/v1/uploads", bytes.NewReader(raw))
 				req.Header.Set("Content-Type", server.MIMECBOR)

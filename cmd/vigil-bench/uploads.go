@@ -194,7 +194,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	}
 	perWorker := (total + o.workers - 1) / o.workers
 	fmt.Fprintf(out, "pre-signing %d uploads of %d samples…\n", perWorker*o.workers, o.samples)
-	uploads := presign(fleet, o, perWorker)
+	uploads := presign(fleet, o, perWorker, nil)
 
 	// The run.
 	transport := &http.Transport{MaxIdleConns: o.workers * 2, MaxIdleConnsPerHost: o.workers * 2, IdleConnTimeout: time.Minute}
@@ -423,8 +423,9 @@ func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, 
 }
 
 // presign makes each worker's uploads: worker w owns devices w, w+workers, …, and sends
-// their uploads round-robin, each device's in sequence order.
-func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
+// their uploads round-robin, each device's in sequence order. seqs, when not nil, holds each
+// device's last sequence number used (by fleet index) and is advanced; nil starts at 1.
+func presign(fleet []benchDevice, o benchOpts, perWorker int, seqs []uint64) [][][]byte {
 	// A stable patient's vital signs that move a little but trigger no rule (a ward's usual
 	// traffic): heart rate, SpO2, respiratory rate, temperature, systolic pressure, each
 	// stepping through three values.
@@ -450,6 +451,16 @@ func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
 				mine = append(mine, d)
 			}
 			seq := make([]uint64, len(mine))
+			if seqs != nil {
+				for k, d := range mine {
+					seq[k] = seqs[d]
+				}
+				defer func() {
+					for k, d := range mine {
+						seqs[d] = seq[k]
+					}
+				}()
+			}
 			list := make([][]byte, 0, perWorker)
 			for j := 0; j < perWorker; j++ {
 				k := j % len(mine)
