@@ -96,7 +96,7 @@ func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
 
 // Filter selects the events a subscriber receives. Zero fields select everything.
 type Filter struct {
-	Patients map[uuid.UUID]bool // only these patients (the caller's care team, say)
+	Patients map[uuid.UUID]bool // only these patients (the caller's care team, say); not changed once subscribed (the hub indexes it)
 	Types    map[string]bool    // only these event types
 	// Local: only events published by this process, not those of the other replicas that
 	// reach it through the database (the webhook feed: each event enqueued once).

@@ -692,7 +692,7 @@ var uploadIDKey = []byte(`"upload_id":"`)
 
 // readSSE reads server-sent events from r into s until r ends.
 func readSSE(r io.Reader, s *streamSession) error {
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := bufio.NewReaderSize(r, 8<<10)
 	var typ string
 	var id uint64
 	for {
