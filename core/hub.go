@@ -72,7 +72,7 @@ func (ev Event) JSON() ([]byte, error) {
 const TypeObservations = "observations"
 
 func (f Filter) matchLive(ev *Event) bool {
-	return f.Types[ev.Type] && (f.Patients == nil || f.Patients[ev.PatientID])
+	return f.Types[ev.Type] && (f.Patients == nil || f.Patients[ev.PatientID]) && !(f.Local && ev.remote)
 }
 
 // Wants reports whether some subscriber would receive a live event of typ for patient, so
