@@ -36,6 +36,9 @@ type Event struct {
 	PatientID uuid.UUID       `json:"patient_id"`
 	At        time.Time       `json:"at"`
 	Data      json.RawMessage `json:"data"`
+	// Body, when set, is what a webhook delivery of the event posts instead of the event as
+	// JSON (EnqueueWebhooks): a FHIR notification Bundle. The hub never uses it.
+	Body json.RawMessage `json:"-"`
 
 	// live: a high-volume event (TypeObservations) delivered only to subscribers that ask for
 	// its type explicitly, and never kept for replay (it would push alarms out of the buffer).
