@@ -90,7 +90,9 @@ type Error struct {
 	Problem fhir.Problem
 }
 
-func (e *Error) Error() string { return "fhir subscription: " + e.Problem.Code + ": " + e.Problem.Message }
+func (e *Error) Error() string {
+	return "fhir subscription: " + e.Problem.Code + ": " + e.Problem.Message
+}
 
 // ErrorCode returns the stable code.
 func (e *Error) ErrorCode() string { return e.Problem.Code }

@@ -22,9 +22,9 @@ import (
 // Owner is the principal that created a Subscription: its policy decides, at each event,
 // whether a full resource may be sent.
 type Owner struct {
-	Kind    audit.ActorKind `json:"kind"`               // user or service
-	ID      uuid.UUID       `json:"id"`                 // user or service account id
-	Subject string          `json:"subject"`            // the policy subject (user:<id>, token:<id>)
+	Kind    audit.ActorKind `json:"kind"`              // user or service
+	ID      uuid.UUID       `json:"id"`                // user or service account id
+	Subject string          `json:"subject"`           // the policy subject (user:<id>, token:<id>)
 	TokenID uuid.UUID       `json:"token_id,omitzero"` // the API token, whose SMART scopes also apply
 }
 
