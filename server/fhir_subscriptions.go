@@ -48,7 +48,7 @@ func (s *Server) mountFHIRSubscriptions(g *echo.Group, svc *api.Service) {
 	s.fhirSubs = subs
 	g.POST("/Subscription", func(c echo.Context) error {
 		p := PrincipalOf(c)
-		if err := s.mayManageSubscriptions(c, svc, p, ""); err != nil {
+		if err := s.mayManageSubscriptions(c, svc, p, "", uuid.Nil); err != nil {
 			return err
 		}
 		body, err := io.ReadAll(io.LimitReader(c.Request().Body, subscription.MaxBody+1))
@@ -59,7 +59,7 @@ func (s *Server) mountFHIRSubscriptions(g *echo.Group, svc *api.Service) {
 		if err != nil {
 			return err
 		}
-		if err := s.mayManageSubscriptions(c, svc, p, req.Topic.Resource); err != nil {
+		if err := s.mayManageSubscriptions(c, svc, p, req.Topic.Resource, req.Patient); err != nil {
 			return err
 		}
 		base := c.Scheme() + "://" + c.Request().Host + FHIRBase
@@ -74,7 +74,7 @@ func (s *Server) mountFHIRSubscriptions(g *echo.Group, svc *api.Service) {
 	})
 	g.GET("/Subscription", func(c echo.Context) error {
 		p := PrincipalOf(c)
-		if err := s.mayManageSubscriptions(c, svc, p, ""); err != nil {
+		if err := s.mayManageSubscriptions(c, svc, p, "", uuid.Nil); err != nil {
 			return err
 		}
 		list, err := subs.List(c.Request().Context(), s.subscriptionSubjectFilter(p))
@@ -127,7 +127,7 @@ func writeSubscription(c echo.Context, status int, sub subscription.Subscription
 // (not found otherwise, so that another owner's Subscription does not leak).
 func (s *Server) subscriptionOf(c echo.Context, svc *api.Service, subs *subscription.Service) (subscription.Subscription, error) {
 	p := PrincipalOf(c)
-	if err := s.mayManageSubscriptions(c, svc, p, ""); err != nil {
+	if err := s.mayManageSubscriptions(c, svc, p, "", uuid.Nil); err != nil {
 		return subscription.Subscription{}, err
 	}
 	id, err := uuid.Parse(c.Param("id"))
@@ -149,8 +149,9 @@ func (s *Server) subscriptionOf(c echo.Context, svc *api.Service, subs *subscrip
 
 // mayManageSubscriptions: a principal with subscription manage manages every Subscription; an
 // API token with SMART scopes manages its own, of the resource types its scopes cover (typ;
-// "" for any). Others: 403 forbidden.
-func (s *Server) mayManageSubscriptions(c echo.Context, svc *api.Service, p *auth.Principal, typ string) error {
+// "" for any) — with patient/ scopes only, for its launch patient only (patient, the
+// Subscription's filter). Others: 403 forbidden.
+func (s *Server) mayManageSubscriptions(c echo.Context, svc *api.Service, p *auth.Principal, typ string, patient uuid.UUID) error {
 	forbidden := &APIError{Status: http.StatusForbidden, Code: CodeForbidden, Message: "not allowed to manage FHIR Subscriptions"}
 	if p == nil {
 		return forbidden
@@ -171,8 +172,10 @@ func (s *Server) mayManageSubscriptions(c echo.Context, svc *api.Service, p *aut
 		return forbidden
 	}
 	if typ != "" {
-		if allowed, _ := g.Scopes.Allows(typ); !allowed {
-			return &APIError{Status: http.StatusForbidden, Code: codeInsufficientScope, Message: "the token's SMART scopes do not cover " + typ}
+		allowed, patientOnly := g.Scopes.Allows(typ)
+		if !allowed || (patientOnly && patient != g.Patient) {
+			return &APIError{Status: http.StatusForbidden, Code: codeInsufficientScope,
+				Message: "the token's SMART scopes do not cover " + typ + " of every patient the Subscription covers"}
 		}
 	}
 	return nil

@@ -221,7 +221,17 @@ func TestFHIRSubscriptionIDOnly(t *testing.T) {
 	// enqueued, the first was dispatched (in order) and gave nothing.
 	f.upload(t, f.devQ)
 	f.upload(t, f.devP)
-	f.waitDeliveries(t, id, 1)
+	pHex := strings.ReplaceAll(f.p.String(), "-", "")
+	deadline := time.Now().Add(time.Minute)
+	for f.env.Count(t, `SELECT count(*) FROM core_webhook_deliveries WHERE event_type = $1 AND strpos(payload::text, $2) > 0`, "fhir.subscription."+id, pHex) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no notification of the subscribed patient's upload after a minute")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := f.env.Count(t, `SELECT count(*) FROM core_webhook_deliveries WHERE event_type = $1`, "fhir.subscription."+id); n != 1 {
+		t.Errorf("deliveries = %d, want 1 (none for the other patient's upload, dispatched before)", n)
+	}
 	f.deliver(t)
 	got := rcv.take()
 	if len(got) != 1 {
@@ -338,9 +348,12 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 	if st, oo, _ := f.post(t, bot, full); st != 403 || ooCode(oo) != "forbidden" {
 		t.Errorf("token without SMART scopes: POST = %d %v, want 403 forbidden", st, oo)
 	}
-	if _, err := f.fhirSubsScopes(t, tok.ID, "user/Observation.read"); err != nil {
-		t.Fatal(err)
+	// patient/ scopes: Subscriptions of the launch patient only, even id-only.
+	f.fhirSubsScopes(t, tok.ID, `{"scope":"patient/*.read","patient_id":"`+f.q.String()+`"}`)
+	if st, oo, _ := f.post(t, bot, subscriptionJSON(subscription.TopicVitalSigns.URL, "patient="+f.p.String(), rcv.ts.URL, "")); st != 403 || ooCode(oo) != "insufficient_scope" {
+		t.Errorf("patient/ scopes of q, Subscription of p: POST = %d %v, want 403 insufficient_scope", st, oo)
 	}
+	f.fhirSubsScopes(t, tok.ID, `{"scope":"user/Observation.read"}`)
 	if st, oo, _ := f.post(t, admin, full); st != 403 || ooCode(oo) != subscription.CodePayloadNotAllowed {
 		t.Errorf("admin full-resource: POST = %d %v, want 403 payload_not_allowed", st, oo)
 	}
@@ -424,17 +437,16 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 }
 
 // fhirSubsScopes sets an API token's SMART scopes as an administrator would.
-func (f *subsFixture) fhirSubsScopes(t *testing.T, token uuid.UUID, scope string) (int, error) {
+func (f *subsFixture) fhirSubsScopes(t *testing.T, token uuid.UUID, body string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPut, f.ts.URL+"/api/v1/api-tokens/"+token.String()+"/smart-scopes", strings.NewReader(`{"scope":"`+scope+`"}`))
+	req, _ := http.NewRequest(http.MethodPut, f.ts.URL+"/api/v1/api-tokens/"+token.String()+"/smart-scopes", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := f.admin.Do(req)
 	if err != nil {
-		return 0, err
+		t.Fatal(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
-		t.Fatalf("PUT smart-scopes = %d", resp.StatusCode)
+		t.Fatalf("PUT smart-scopes %s = %d", body, resp.StatusCode)
 	}
-	return resp.StatusCode, nil
 }

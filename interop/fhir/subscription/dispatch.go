@@ -68,7 +68,8 @@ func (s *Service) invalidate() {
 	s.mu.Unlock()
 }
 
-// activeSubs returns the active Subscriptions, reloaded at most every Config.Refresh.
+// activeSubs returns the active Subscriptions, reloaded at most every Config.Refresh (wall
+// time: a cache's age, not a clinical time, so not Config.Now).
 func (s *Service) activeSubs(ctx context.Context) ([]Subscription, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
