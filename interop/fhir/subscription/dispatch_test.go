@@ -12,9 +12,9 @@ import (
 	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
+	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/interop/fhir/api"
 	"github.com/vigilhealth/vigil/interop/fhir/subscription"
-	"github.com/vigilhealth/vigil/internal/testdb"
 )
 
 // idOnlyPolicy is the Policy of a test whose Subscriptions are all id-only: the dispatcher
