@@ -19,6 +19,7 @@ import (
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/auth/authtest"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
 	"github.com/vigilhealth/vigil/devices/envelope"
@@ -320,7 +321,7 @@ func mustJSON(t *testing.T, v any) string {
 
 // full-resource: an integration service account's token (SMART user/Observation.read, a
 // clinician of the patient's ward) gets the new Observations themselves, valid vital-signs
-// resources; an administrator, who may not read patients, is refused full-resource (403
+// resources, and with user/Flag.read a new alarm's Flag; an administrator, who may not read patients, is refused full-resource (403
 // payload_not_allowed). When the owner loses access (its token revoked), the next
 // notification carries references only. Bad Subscriptions are refused with their codes,
 // nothing stored, and audited; a clinician may not create one.
@@ -385,7 +386,34 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 			t.Errorf("full-resource entry = %v, want the Observation", e)
 		}
 	}
-	fhirtest.Validate(t, bundle)
+	// Alarms: a full-resource Flag Subscription gets the Flag of a new alarm (the transition
+	// the alarm service announces on the hub, for one of the patient's real alarms).
+	f.fhirSubsScopes(t, tok.ID, `{"scope":"user/Observation.read user/Flag.read"}`)
+	st, fsub, _ := f.post(t, bot, subscriptionJSON(subscription.TopicAlarmFlag.URL, "patient="+f.p.String(), rcv.ts.URL, "full-resource"))
+	if st != 201 {
+		t.Fatalf("token full-resource Flag: POST = %d %v", st, fsub)
+	}
+	als, err := f.alarms.List(ctx, alarms.Filter{PatientID: f.p, Limit: 1})
+	if err != nil || len(als) != 1 {
+		t.Fatalf("alarms of p = %v, %v; want the fixture's", als, err)
+	}
+	tr, err := json.Marshal(alarms.Transition{Kind: alarms.Opened, Alarm: als[0], At: f.env.Clock.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.env.Core.Hub().Publish(core.Event{Type: "alarm.opened", PatientID: f.p, Data: tr})
+	f.waitDeliveries(t, fsub["id"].(string), 1)
+	f.deliver(t)
+	got = rcv.take()
+	if len(got) != 1 {
+		t.Fatalf("Flag subscription: receiver got %d notifications, want 1", len(got))
+	}
+	flagBundle, _, focus := bundleFocus(t, got[0].body)
+	if len(focus) != 1 || focus[0]["resource"] == nil || focus[0]["resource"].(map[string]any)["resourceType"] != "Flag" ||
+		focus[0]["resource"].(map[string]any)["id"] != als[0].ID.String() {
+		t.Errorf("Flag notification focus = %v, want the alarm's Flag", focus)
+	}
+	fhirtest.Validate(t, bundle, flagBundle)
 	// The owner loses access: the next notification names the observations only.
 	if err := f.auth.RevokeAPIToken(ctx, authtest.Admin, tok.ID); err != nil {
 		t.Fatal(err)
@@ -426,8 +454,8 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 			t.Errorf("POST %s = %d %s, want %d %s", c.body, st, ooCode(oo), c.st, c.code)
 		}
 	}
-	if n := f.env.Count(t, `SELECT count(*) FROM interop_fhir_subscriptions`); n != 1 {
-		t.Errorf("subscriptions stored = %d, want 1 (the refused ones stored nowhere)", n)
+	if n := f.env.Count(t, `SELECT count(*) FROM interop_fhir_subscriptions`); n != 2 {
+		t.Errorf("subscriptions stored = %d, want 2 (the refused ones stored nowhere)", n)
 	}
 	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'http.request.rejected' AND reason = ANY($1)`,
 		[]string{subscription.CodeInvalidSubscription, subscription.CodeUnknownTopic, subscription.CodeInvalidFilter, subscription.CodeUnsupportedPayload,
