@@ -267,6 +267,19 @@ func (s *Service) EnableUser(ctx context.Context, o Origin, id uuid.UUID) error 
 // sessions and issues a new enrollment link (returned), audited as "user.mfa_reset". Until the
 // user enrolls again, sign-in stops at mfa_required for roles that need a second factor.
 func (s *Service) ResetMFA(ctx context.Context, o Origin, id uuid.UUID) (Enrollment, error) {
+	return s.resetMFA(ctx, o, id, "")
+}
+
+// ResetMFAWithReason is ResetMFA with the administrator's reason, kept in the audit event
+// (required: ErrInvalid without one, nothing changed).
+func (s *Service) ResetMFAWithReason(ctx context.Context, o Origin, id uuid.UUID, reason string) (Enrollment, error) {
+	if strings.TrimSpace(reason) == "" {
+		return Enrollment{}, fmt.Errorf("reset MFA: %w: a reason is required", ErrInvalid)
+	}
+	return s.resetMFA(ctx, o, id, strings.TrimSpace(reason))
+}
+
+func (s *Service) resetMFA(ctx context.Context, o Origin, id uuid.UUID, reason string) (Enrollment, error) {
 	now := s.now()
 	var en Enrollment
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -288,8 +301,12 @@ func (s *Service) ResetMFA(ctx context.Context, o Origin, id uuid.UUID) (Enrollm
 		if en, err = s.issueEnrollment(ctx, tx, id, now); err != nil {
 			return err
 		}
+		detail := map[string]any{"enrollment_expires_at": en.ExpiresAt}
+		if reason != "" {
+			detail["reason"] = reason
+		}
 		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "user.mfa_reset", audit.Object{Type: "user", ID: id.String()},
-			audit.OutcomeSuccess, "", map[string]any{"enrollment_expires_at": en.ExpiresAt}))
+			audit.OutcomeSuccess, "", detail))
 		return err
 	})
 	if err != nil {

@@ -217,9 +217,20 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 		}
 		r.OutsideAssignment = len(p.outside)
 		r.Duplicates = len(b.Samples) - r.Stored - r.OutsideAssignment
+		// The stored observations' time range: a feed finds them by (patient, time) through
+		// the primary key (interop/hl7/outbound).
+		var first, last pgtype.Timestamptz
+		for _, o := range stored[i] {
+			if !first.Valid || o.EffectiveAt.Before(first.Time) {
+				first = pgtype.Timestamptz{Time: o.EffectiveAt, Valid: true}
+			}
+			if !last.Valid || o.EffectiveAt.After(last.Time) {
+				last = pgtype.Timestamptz{Time: o.EffectiveAt, Valid: true}
+			}
+		}
 		rows[i] = []any{pgtype.UUID{Bytes: r.AuditEventID, Valid: true}, p.received, pgtype.UUID{Bytes: b.PatientID, Valid: true}, b.Provenance.DeviceID, b.Provenance.KeyID,
 			b.Provenance.UploadHash[:], int64(b.Provenance.Sequence), b.Provenance.Transport,
-			len(b.Samples), r.Stored, r.Flagged, r.Duplicates, r.OutsideAssignment}
+			len(b.Samples), r.Stored, r.Flagged, r.Duplicates, r.OutsideAssignment, first, last}
 		evs[i] = audit.Event{
 			ID:         r.AuditEventID,
 			Time:       now,
@@ -237,7 +248,8 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"core_uploads"},
 		[]string{"id", "received_at", "patient_id", "device_id", "key_id", "upload_hash", "sequence",
-			"transport", "samples", "stored", "flagged", "duplicates", "outside_assignment"}, pgx.CopyFromRows(rows)); err != nil {
+			"transport", "samples", "stored", "flagged", "duplicates", "outside_assignment", "first_effective_at", "last_effective_at"},
+		pgx.CopyFromRows(rows)); err != nil {
 		return nil, fmt.Errorf("store uploads: %w", err)
 	}
 	if _, err := audit.RecordAll(ctx, s.cfg.Recorder, tx, evs); err != nil {

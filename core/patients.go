@@ -49,6 +49,9 @@ type Patient struct {
 	DischargedAt *time.Time `json:"discharged_at,omitempty"`
 	CreatedAt    time.Time  `json:"created_at"`
 	UpdatedAt    time.Time  `json:"updated_at"`
+	// LastRequestID is the request id of the last audited change of the patient (for ADT,
+	// "hl7:<facility>:<control id>"): a message re-sent after a lost ACK is recognised by it.
+	LastRequestID string `json:"-"`
 }
 
 // CareTeamMember ties a clinician to a patient.
@@ -205,7 +208,7 @@ func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi Patient
 			VALUES ($1,$2,$3,$4,$5,$5,$5)`, p.ID, wardID, idx, sealed, now); err != nil {
 			return err
 		}
-		return s.recordIn(ctx, tx, by, now, "patient.created", "patient", p.ID.String(), map[string]any{"ward_id": wardID})
+		return s.recordPatient(ctx, tx, by, now, "patient.created", p.ID, map[string]any{"ward_id": wardID})
 	})
 	switch {
 	case isUniqueViolation(err):
@@ -219,12 +222,12 @@ func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi Patient
 	return p, nil
 }
 
-const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at"
+const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at, last_request_id"
 
 func (s *Service) scanPatient(ctx context.Context, row pgx.Row) (Patient, error) {
 	var p Patient
 	var sealed []byte
-	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt); err != nil {
+	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt, &p.LastRequestID); err != nil {
 		return Patient{}, err
 	}
 	plain, err := s.cfg.PHI.Open(ctx, sealed, phiAAD(p.ID))
@@ -331,7 +334,7 @@ func (s *Service) DischargePatient(ctx context.Context, by audit.Event, id uuid.
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("discharge patient %s: %w: already discharged", id, ErrConflict)
 		}
-		return s.recordIn(ctx, tx, by, now, "patient.discharged", "patient", id.String(), nil)
+		return s.recordPatient(ctx, tx, by, now, "patient.discharged", id, nil)
 	})
 	if err != nil || s.cfg.Release == nil {
 		return err
@@ -350,7 +353,7 @@ func (s *Service) MovePatient(ctx context.Context, by audit.Event, id, wardID uu
 		if _, err := tx.Exec(ctx, "UPDATE core_patients SET ward_id = $2, updated_at = $3 WHERE id = $1", id, wardID, now); err != nil {
 			return err
 		}
-		return s.recordIn(ctx, tx, by, now, "patient.moved", "patient", id.String(), map[string]any{"ward_id": wardID})
+		return s.recordPatient(ctx, tx, by, now, "patient.moved", id, map[string]any{"ward_id": wardID})
 	})
 	if isFKViolation(err) {
 		return fmt.Errorf("move patient: ward %s: %w", wardID, ErrNotFound)
@@ -483,5 +486,203 @@ func (s *Service) ReplaceSealedPHI(ctx context.Context, items []SealedPHI) error
 		}
 		return s.recordIn(ctx, tx, audit.Event{}, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
 			map[string]any{"offered": len(items), "replaced": n})
+	})
+}
+
+// recordPatient records a patient's change in tx and ties the row to it: the row names the
+// event (last_event_id) and the request that made it (last_request_id).
+func (s *Service) recordPatient(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action string, id uuid.UUID, payload any) error {
+	ev := by
+	ev.Time = now
+	ev.Action = action
+	ev.Object = audit.Object{Type: "patient", ID: id.String()}
+	ev.Outcome = audit.OutcomeSuccess
+	ev.Payload = payload
+	if ev.Actor.Kind == "" {
+		ev.Actor = audit.Actor{Kind: audit.ActorService, ID: "core", AuthMethod: "internal"}
+	}
+	evID, err := s.cfg.Recorder.Record(ctx, tx, ev)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, "UPDATE core_patients SET last_event_id = $2, last_request_id = $3 WHERE id = $1", id, evID, by.RequestID)
+	return err
+}
+
+// Refusals of an admission change that does not fit the patient's state. Each wraps
+// ErrConflict, and carries a stable code (StateError.Code) for the caller to report.
+var (
+	// ErrPatientDischarged: the change needs an admitted patient (a transfer, a cancelled admission).
+	ErrPatientDischarged = &StateError{Code: "patient_discharged", Text: "the patient is discharged"}
+	// ErrPatientNotDischarged: the change needs a discharged patient (a re-admission, a cancelled discharge).
+	ErrPatientNotDischarged = &StateError{Code: "patient_not_discharged", Text: "the patient is not discharged"}
+	// ErrAdmissionHasObservations: an admission cannot be cancelled once observations were
+	// stored for it (they would belong to no admission).
+	ErrAdmissionHasObservations = &StateError{Code: "admission_has_observations", Text: "observations were stored since the admission"}
+	// ErrAdmissionCancelled: the discharge ended a cancelled admission; there is no discharge to cancel.
+	ErrAdmissionCancelled = &StateError{Code: "admission_cancelled", Text: "the admission was cancelled; there is no discharge to cancel"}
+)
+
+// StateError is a refused admission change: Code is stable, Text says why.
+type StateError struct{ Code, Text string }
+
+func (e *StateError) Error() string { return e.Text + " (" + e.Code + ")" }
+
+// Is makes every StateError match ErrConflict too.
+func (e *StateError) Is(target error) bool { return target == ErrConflict }
+
+// patientState locks the patient's row and returns its admission state.
+func patientState(ctx context.Context, tx pgx.Tx, id uuid.UUID) (admitted time.Time, discharged *time.Time, cancelled bool, err error) {
+	err = tx.QueryRow(ctx, "SELECT admitted_at, discharged_at, admission_cancelled FROM core_patients WHERE id = $1 FOR UPDATE", id).Scan(&admitted, &discharged, &cancelled)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = fmt.Errorf("patient %s: %w", id, ErrNotFound)
+	}
+	return admitted, discharged, cancelled, err
+}
+
+// ReadmitPatient admits a discharged patient again (a new admission of the same patient
+// record, from now) on a ward, audited as "patient.readmitted" (payload: the ward).
+// ErrPatientNotDischarged if the patient is admitted; ErrNotFound for an unknown patient or
+// ward. Rule monitoring resumes with the patient's next observations.
+func (s *Service) ReadmitPatient(ctx context.Context, by audit.Event, id, wardID uuid.UUID) error {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, dis, _, err := patientState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if dis == nil {
+			return fmt.Errorf("readmit patient %s: %w", id, ErrPatientNotDischarged)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE core_patients SET ward_id = $2, admitted_at = $3, discharged_at = NULL, admission_cancelled = false, updated_at = $3
+			WHERE id = $1`, id, wardID, now); err != nil {
+			return err
+		}
+		return s.recordPatient(ctx, tx, by, now, "patient.readmitted", id, map[string]any{"ward_id": wardID})
+	})
+	if isFKViolation(err) {
+		return fmt.Errorf("readmit patient: ward %s: %w", wardID, ErrNotFound)
+	}
+	return err
+}
+
+// UpdatePatientPHI replaces a patient's names and birth date where phi gives them (an empty
+// field keeps the stored value; the MRN, which identifies the patient, stays), resealed, audited as "patient.updated" with the names of the fields that
+// changed (no PHI). It reports whether anything changed; nothing changed records nothing.
+func (s *Service) UpdatePatientPHI(ctx context.Context, by audit.Event, id uuid.UUID, phi PatientPHI) (bool, error) {
+	if s.cfg.PHI == nil {
+		return false, fmt.Errorf("update patient: %w", ErrNoPHISealer)
+	}
+	if phi.BirthDate != "" {
+		if _, err := time.Parse("2006-01-02", phi.BirthDate); err != nil {
+			return false, fmt.Errorf("update patient: %w: birth date must be YYYY-MM-DD", ErrInvalidRequest)
+		}
+	}
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	changed := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		cur, err := s.scanPatient(ctx, tx.QueryRow(ctx, "SELECT "+patientCols+" FROM core_patients WHERE id = $1 FOR UPDATE", id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("patient %s: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		next := cur.PHI
+		var fields []string
+		for _, f := range []struct {
+			name     string
+			dst      *string
+			from, to string
+		}{{"given_name", &next.GivenName, cur.PHI.GivenName, phi.GivenName}, {"family_name", &next.FamilyName, cur.PHI.FamilyName, phi.FamilyName},
+			{"birth_date", &next.BirthDate, cur.PHI.BirthDate, phi.BirthDate}} {
+			if f.to != "" && f.from != f.to {
+				*f.dst = f.to
+				fields = append(fields, f.name)
+			}
+		}
+		if len(fields) == 0 {
+			return nil
+		}
+		plain, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		sealed, err := s.cfg.PHI.Seal(ctx, plain, phiAAD(id))
+		clear(plain)
+		if err != nil {
+			return fmt.Errorf("seal: %w", err)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE core_patients SET phi_sealed = $2, updated_at = $3 WHERE id = $1", id, sealed, now); err != nil {
+			return err
+		}
+		changed = true
+		return s.recordPatient(ctx, tx, by, now, "patient.updated", id, map[string]any{"fields": fields})
+	})
+	if err != nil {
+		return false, fmt.Errorf("update patient: %w", err)
+	}
+	return changed, nil
+}
+
+// CancelAdmission undoes a patient's current admission (entered in error): the admission
+// ends where it began (discharged at the admission time, so its period is empty), audited as
+// "patient.admission_cancelled", then rule monitoring ends as at a discharge. Refused with
+// ErrPatientDischarged if the patient is not admitted, ErrAdmissionHasObservations if any
+// observation was stored for the patient since the admission.
+func (s *Service) CancelAdmission(ctx context.Context, by audit.Event, id uuid.UUID) error {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		adm, dis, _, err := patientState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if dis != nil {
+			return fmt.Errorf("cancel admission of %s: %w", id, ErrPatientDischarged)
+		}
+		var some bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM core_uploads WHERE patient_id = $1 AND received_at >= $2 AND stored > 0)`,
+			id, adm).Scan(&some); err != nil {
+			return err
+		}
+		if some {
+			return fmt.Errorf("cancel admission of %s: %w", id, ErrAdmissionHasObservations)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE core_patients SET discharged_at = admitted_at, admission_cancelled = true, updated_at = $2 WHERE id = $1", id, now); err != nil {
+			return err
+		}
+		return s.recordPatient(ctx, tx, by, now, "patient.admission_cancelled", id, map[string]any{"admitted_at": adm})
+	})
+	if err != nil || s.cfg.Release == nil {
+		return err
+	}
+	if rerr := s.cfg.Release.ReleasePatient(context.WithoutCancel(ctx), by, id, "admission cancelled"); rerr != nil {
+		s.cfg.Logger.ErrorContext(ctx, "core: end rule monitoring of a patient whose admission was cancelled",
+			slog.String("patient_id", id.String()), slog.String("error", rerr.Error()))
+	}
+	return nil
+}
+
+// CancelDischarge undoes a patient's discharge (entered in error): the admission goes on,
+// audited as "patient.discharge_cancelled"; rule monitoring resumes with the patient's next
+// observations. Refused with ErrPatientNotDischarged if the patient is admitted,
+// ErrAdmissionCancelled if the "discharge" was a cancelled admission.
+func (s *Service) CancelDischarge(ctx context.Context, by audit.Event, id uuid.UUID) error {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, dis, cancelled, err := patientState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		switch {
+		case dis == nil:
+			return fmt.Errorf("cancel discharge of %s: %w", id, ErrPatientNotDischarged)
+		case cancelled:
+			return fmt.Errorf("cancel discharge of %s: %w", id, ErrAdmissionCancelled)
+		}
+		if _, err := tx.Exec(ctx, "UPDATE core_patients SET discharged_at = NULL, updated_at = $2 WHERE id = $1", id, now); err != nil {
+			return err
+		}
+		return s.recordPatient(ctx, tx, by, now, "patient.discharge_cancelled", id, map[string]any{"discharged_at": *dis})
 	})
 }

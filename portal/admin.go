@@ -91,6 +91,25 @@ type adminData struct {
 	Link        string
 	LinkExpires string
 	LinkQR      template.URL
+	// The further forms (admin_forms.go): what was submitted, and which row or ward a
+	// refusal belongs to.
+	MayPolicy     bool // policy manage: grant and revoke roles, add and remove policy lines
+	UserOptions   []userOption
+	RoleGrants    []roleGrantView
+	Grant         grantForm
+	RevokeKey     string
+	MFA           mfaForm
+	Line          policyLineForm
+	RemoveLine    string
+	PolicyObjects []string
+	PolicyScopes  []string
+	WardForms     []wardNEWS2Form
+	WardForm      wardNEWS2Form
+	ErrWard       string
+	Chartable     []chartable
+	Clinicians    []userOption
+	CareForm      careTeamForm
+	ErrPatient    string
 }
 
 // mayAdmin reports which sections pr may read.
@@ -133,17 +152,31 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 	if err != nil {
 		return fmt.Errorf("portal: admin: %w", err)
 	}
-	if data.Show["users"] {
-		if data.Users, err = p.userViews(ctx, wards); err != nil {
+	data.MayPolicy = p.allowed(pr, auth.ObjPolicy, "manage")
+	var users []auth.User
+	if data.Show["users"] || data.Show["careteams"] {
+		if users, err = p.cfg.Auth.Users(ctx); err != nil {
 			return fmt.Errorf("portal: admin users: %w", err)
 		}
+	}
+	if data.Show["users"] {
+		data.Users = userViewsOf(users, wards)
 		data.MayManage = p.allowed(pr, auth.ObjUser, "manage")
-		data.MayAdd = data.MayManage && p.allowed(pr, auth.ObjPolicy, "manage")
+		data.MayAdd = data.MayManage && data.MayPolicy
 		data.AllRoles = auth.Roles
 		for id, n := range wards {
 			data.Wards = append(data.Wards, wardOption{ID: string(auth.WardDomain(id)), Name: n})
 		}
 		sort.Slice(data.Wards, func(i, j int) bool { return data.Wards[i].Name < data.Wards[j].Name })
+		for _, u := range users {
+			data.UserOptions = append(data.UserOptions, userOption{ID: u.ID.String(), Name: u.Profile.DisplayName + " (" + u.Profile.Email + ")"})
+			for _, g := range u.Roles {
+				data.RoleGrants = append(data.RoleGrants, roleGrantView{Key: g.Subject + "|" + g.Role + "|" + string(g.Domain), Subject: g.Subject,
+					Who: u.Profile.DisplayName, Role: g.Role, Domain: string(g.Domain), Where: where(g.Domain, wards), Source: g.Source,
+					MayRevoke: data.MayPolicy && !(g.Subject == pr.Subject && g.Role == auth.RoleAdmin)})
+			}
+		}
+		sort.SliceStable(data.UserOptions, func(i, j int) bool { return data.UserOptions[i].Name < data.UserOptions[j].Name })
 	}
 	if data.Show["policy"] || data.Show["users"] {
 		data.Roles = auth.Roles
@@ -153,6 +186,7 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 			return fmt.Errorf("portal: admin policy: %w", err)
 		}
 		sort.Slice(data.Rules, func(i, j int) bool { return data.Rules[i].String() < data.Rules[j].String() })
+		data.PolicyObjects, data.PolicyScopes = policyObjects, policyScopes
 		hist, err := p.cfg.Auth.PolicyHistory(ctx, 50)
 		if err != nil {
 			return fmt.Errorf("portal: admin policy: %w", err)
@@ -189,6 +223,17 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 		if data.CareTeams, err = p.careTeamViews(ctx, c, pr, names); err != nil {
 			return fmt.Errorf("portal: admin: %w", err)
 		}
+		for i := range data.CareTeams {
+			if data.CareTeams[i].PatientID == data.ErrPatient {
+				data.CareTeams[i].Form, data.CareTeams[i].Errs = data.CareForm, data.Errors
+			}
+		}
+		for _, u := range users {
+			if clinicalUser(u) {
+				data.Clinicians = append(data.Clinicians, userOption{ID: u.ID.String(), Name: u.Profile.DisplayName})
+			}
+		}
+		sort.SliceStable(data.Clinicians, func(i, j int) bool { return data.Clinicians[i].Name < data.Clinicians[j].Name })
 	}
 	if data.Show["rules"] {
 		if data.Clinical, err = p.ruleViews(ctx, names); err != nil {
@@ -197,15 +242,22 @@ func (p *Portal) renderAdmin(c echo.Context, status int, pr *auth.Principal, dat
 		if data.WardRules, err = p.wardSettingViews(ctx, wards, names); err != nil {
 			return fmt.Errorf("portal: admin ward settings: %w", err)
 		}
+		if data.WardForms, err = p.wardNEWS2Forms(ctx, pr, wards, names); err != nil {
+			return fmt.Errorf("portal: admin ward settings: %w", err)
+		}
+		data.Chartable = chartables()
+		for i, f := range data.WardForms { // a refused form shows what was submitted
+			if f.WardID == data.ErrWard && data.WardForm.WardID == f.WardID {
+				in := data.WardForm
+				in.Ward, in.Current = f.Ward, f.Current
+				data.WardForms[i] = in
+			}
+		}
 	}
 	return p.render(c, status, "admin.html", data)
 }
 
-func (p *Portal) userViews(ctx context.Context, wards map[uuid.UUID]string) ([]userView, error) {
-	us, err := p.cfg.Auth.Users(ctx)
-	if err != nil {
-		return nil, err
-	}
+func userViewsOf(us []auth.User, wards map[uuid.UUID]string) []userView {
 	out := make([]userView, 0, len(us))
 	for _, u := range us {
 		v := userView{ID: u.ID, Name: u.Profile.DisplayName, Email: u.Profile.Email, Status: u.Status, OIDC: u.OIDC, HasPassword: u.HasPassword,
@@ -219,18 +271,11 @@ func (p *Portal) userViews(ctx context.Context, wards map[uuid.UUID]string) ([]u
 			v.MFA = "none"
 		}
 		for _, g := range u.Roles {
-			where := "everywhere"
-			if w, ok := g.Domain.Ward(); ok {
-				where = "on " + wards[w]
-				if wards[w] == "" {
-					where = "on ward " + w.String()[:8]
-				}
-			}
-			v.Roles = append(v.Roles, strings.ReplaceAll(g.Role, "_", " ")+" "+where)
+			v.Roles = append(v.Roles, roleLabel(g.Role)+" "+where(g.Domain, wards))
 		}
 		out = append(out, v)
 	}
-	return out, nil
+	return out
 }
 
 func (p *Portal) ruleViews(ctx context.Context, names func(string, *string) (string, bool)) ([]ruleView, error) {

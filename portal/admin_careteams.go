@@ -17,11 +17,15 @@ import (
 
 type careTeamView struct {
 	Ward, Patient, MRN string
+	PatientID          string
+	MayManage          bool                  // care_team manage on this patient: the add and remove forms
+	Form               careTeamForm          // a refused form's values (this patient's only)
+	Errs               map[string]*formError // a refused form's errors (this patient's only)
 	Members            []careTeamMemberView
 }
 
 type careTeamMemberView struct {
-	Name, Role, Since string
+	ID, Name, Role, Since string
 }
 
 // mayReadCareTeams reports whether the viewer sees any patient (a clinical role).
@@ -54,11 +58,12 @@ func (p *Portal) careTeamViews(ctx context.Context, c echo.Context, pr *auth.Pri
 			if err != nil {
 				continue // not this patient's team (the policy decides, not the list)
 			}
-			v := careTeamView{Ward: g.Name, Patient: t.Name, MRN: t.MRN}
+			_, merr := p.cfg.Auth.Enforcer().Allow(pr, "manage", target)
+			v := careTeamView{Ward: g.Name, Patient: t.Name, MRN: t.MRN, PatientID: t.PatientID.String(), MayManage: merr == nil}
 			for _, m := range team {
 				id := m.ClinicianID
 				n, _ := names("user", &id)
-				v.Members = append(v.Members, careTeamMemberView{Name: n, Role: m.Role, Since: m.AddedAt.UTC().Format("2006-01-02")})
+				v.Members = append(v.Members, careTeamMemberView{ID: id, Name: n, Role: m.Role, Since: m.AddedAt.UTC().Format("2006-01-02")})
 			}
 			out = append(out, v)
 			reads = append(reads, phiRead{patient: t.PatientID.String(), what: "care_team", decision: d})

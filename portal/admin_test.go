@@ -172,7 +172,7 @@ func TestAdminPage(t *testing.T) {
 	}
 	page = body(t, s.get(t, "/admin", nurse))
 	p1 := s.patients[1]
-	if !regexp.MustCompile(`<tr><td>Ward 7A</td><td>` + p1.PHI.GivenName + " " + p1.PHI.FamilyName + ` <span class="mrn">` + p1.PHI.MRN +
+	if !regexp.MustCompile(`<tr data-patient="` + p1.ID.String() + `"><td>Ward 7A</td><td>` + p1.PHI.GivenName + " " + p1.PHI.FamilyName + ` <span class="mrn">` + p1.PHI.MRN +
 		`</span></td>\s*<td>` + regexp.QuoteMeta(nu.Profile.DisplayName) + ` \(nurse, since`).MatchString(page) {
 		t.Errorf("the clinician's care teams lack their own team:\n%s", page)
 	}

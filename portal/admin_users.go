@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/auth"
 )
 
@@ -49,36 +50,22 @@ func (p *Portal) addUser(c echo.Context) error {
 	if f.Name == "" || len(f.Name) > 200 {
 		data.Errors["name"] = &formError{Code: "name_required", Field: "name", Message: "Enter the person's name (at most 200 characters)."}
 	}
-	role, ok := auth.LookupRole(f.Role)
-	domain, derr := auth.ParseDomain(f.Ward)
-	switch {
-	case !ok:
-		data.Errors["role"] = &formError{Code: "invalid_role", Field: "role", Message: "Choose a role."}
-	case derr != nil:
-		data.Errors["ward"] = &formError{Code: "invalid_ward", Field: "ward", Message: "Choose a ward, or everywhere."}
-	case role.Clinical && domain == auth.AllDomains:
-		data.Errors["ward"] = &formError{Code: "ward_required", Field: "ward", Message: "A clinical role is granted on a ward: choose one."}
-	case !role.Clinical && domain != auth.AllDomains:
-		data.Errors["ward"] = &formError{Code: "ward_not_allowed", Field: "ward", Message: "This role is granted everywhere: choose everywhere."}
+	domain, ferr, err := p.checkRoleWard(r.Context(), f.Role, f.Ward, "")
+	if err != nil {
+		return fmt.Errorf("portal: add user: %w", err)
 	}
-	if w, isWard := domain.Ward(); derr == nil && isWard {
-		names, err := p.wardNames(r.Context())
-		if err != nil {
-			return fmt.Errorf("portal: add user: %w", err)
-		}
-		if _, known := names[w]; !known {
-			data.Errors["ward"] = &formError{Code: "invalid_ward", Field: "ward", Message: "Choose a ward, or everywhere."}
-		}
+	if ferr != nil {
+		data.Errors[ferr.Field] = ferr
 	}
 	if len(data.Errors) > 0 {
-		return p.renderAdmin(c, http.StatusUnprocessableEntity, pr, data)
+		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, "user.created", audit.Object{Type: "user"}, map[string]any{"role": f.Role, "domain": f.Ward})
 	}
 	o := pr.Origin(requestID(c), c.RealIP())
 	ctx := r.Context()
 	u, err := p.cfg.Auth.CreateUser(ctx, o, auth.Profile{Email: f.Email, DisplayName: f.Name})
 	if errors.Is(err, auth.ErrConflict) {
 		data.Errors["email"] = &formError{Code: "user_conflict", Field: "email", Message: "A user with this e-mail address exists."}
-		return p.renderAdmin(c, http.StatusConflict, pr, data)
+		return p.refuse(c, pr, data, http.StatusConflict, "user.created", audit.Object{Type: "user"}, map[string]any{"role": f.Role, "domain": f.Ward})
 	}
 	if err != nil {
 		return fmt.Errorf("portal: add user: %w", err)

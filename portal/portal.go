@@ -113,6 +113,8 @@ func Routes() []string {
 		"GET /audit", "GET /audit/events/:id", "GET /audit/events/:id/proof", "GET /audit/patients/:ref", "GET /audit/export",
 		"GET /devices", "POST /devices", "GET /devices/:id", "POST /devices/:id/status", "POST /devices/:id/enrollment-token",
 		"GET /admin", "POST /admin/break-glass/:id/review", "POST /admin/users", "POST /admin/users/:id/status",
+		"POST /admin/roles", "POST /admin/roles/revoke", "POST /admin/mfa-reset", "POST /admin/policy/rules", "POST /admin/policy/rules/remove",
+		"POST /admin/wards/:id/news2", "POST /admin/care-teams/:id", "POST /admin/care-teams/:id/remove",
 		"GET " + auth.EnrollmentPath, "POST /enroll/start", "POST /enroll/complete",
 		// Clinicians' pages (alarms.go, patient.go).
 		"GET /alarms", "POST /alarms/:id/acknowledge", "POST /alarms/:id/silence", "POST /alarms/:id/resolve",
@@ -150,6 +152,14 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.POST("/admin/break-glass/:id/review", p.page(p.reviewBreakGlass))
 	e.POST("/admin/users", p.page(p.addUser))
 	e.POST("/admin/users/:id/status", p.page(p.userStatus))
+	e.POST("/admin/roles", p.page(p.grantRole))
+	e.POST("/admin/roles/revoke", p.page(p.revokeRole))
+	e.POST("/admin/mfa-reset", p.page(p.resetMFA))
+	e.POST("/admin/policy/rules", p.page(p.addPolicyLine))
+	e.POST("/admin/policy/rules/remove", p.page(p.removePolicyLine))
+	e.POST("/admin/wards/:id/news2", p.page(p.setWardNEWS2))
+	e.POST("/admin/care-teams/:id", p.page(p.addCareTeamMember))
+	e.POST("/admin/care-teams/:id/remove", p.page(p.removeCareTeamMember))
 	e.GET(auth.EnrollmentPath, p.page(p.enrollPage))
 	e.POST("/enroll/start", p.page(p.enrollStart))
 	e.POST("/enroll/complete", p.page(p.enrollComplete))

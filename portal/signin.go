@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -21,6 +22,9 @@ type signInData struct {
 	Error *formError
 	// OIDCName names the identity provider of the "Sign in with …" button (none when empty).
 	OIDCName string
+	// IdleMinutes, when not zero, says that the viewer was signed out after that many
+	// minutes of inactivity (the idle timeout's page goes to /signin?idle=1).
+	IdleMinutes int
 }
 
 type formError struct {
@@ -38,7 +42,11 @@ func (p *Portal) signInPage(c echo.Context) error {
 	if pr != nil {
 		return c.Redirect(http.StatusSeeOther, "/")
 	}
-	return p.render(c, http.StatusOK, "signin.html", signInData{base: p.base("Sign in", nil, ""), OIDCName: p.cfg.OIDCName})
+	data := signInData{base: p.base("Sign in", nil, ""), OIDCName: p.cfg.OIDCName}
+	if c.QueryParam("idle") == "1" {
+		data.IdleMinutes = max(1, int(p.cfg.Auth.Config().Session.IdleTimeout.Round(time.Minute)/time.Minute))
+	}
+	return p.render(c, http.StatusOK, "signin.html", data)
 }
 
 // sameOrigin refuses a cross-site form post (login CSRF): a browser says where a POST comes

@@ -60,6 +60,7 @@ const (
 	targetPatientQuery                   // ?patient_id= when given (else targetNone)
 	targetBodyWard                       // the JSON body's ward_id (creating a patient)
 	targetPatientMove                    // :id is a patient, and the body's ward_id its new ward
+	targetWard                           // :id is a ward
 )
 
 // access is what one route needs.
@@ -286,6 +287,13 @@ func (s *Server) targetsOf(c echo.Context, a access) ([]auth.Target, error) {
 		if err := s.patientTarget(ctx, id, &t); err != nil {
 			return nil, err
 		}
+		return []auth.Target{t}, nil
+	case targetWard:
+		ward, err := uuid.Parse(c.Param("id"))
+		if err != nil {
+			return nil, BadRequest("invalid_ward_id", "ward id must be a UUID")
+		}
+		t.Ward = ward
 		return []auth.Target{t}, nil
 	case targetBodyWard:
 		ward, err := bodyWard(c)

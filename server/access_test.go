@@ -243,7 +243,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			rels = []relation{own, other, team, brokeIn}
 		case targetPatientQuery: // the list, and the list narrowed to one patient (a read)
 			rels = []relation{noTarget}
-		case targetBodyWard:
+		case targetBodyWard, targetWard:
 			rels = []relation{own, other}
 		}
 		want, ok := expect[perm]
@@ -255,7 +255,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 			for _, role := range matrixRoles {
 				u := users[role]
 				tg := targetOf(a.obj, rel, u)
-				if a.target == targetBodyWard {
+				if a.target == targetBodyWard || a.target == targetWard {
 					tg.Patient = uuid.Nil
 				}
 				p := &auth.Principal{Kind: "user", ID: u.ID, Subject: auth.UserSubject(u.ID), AuthMethod: "test"}

@@ -14,9 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
-	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
@@ -71,12 +70,12 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 		t.Fatalf("receiver did not start: %q", line)
 	}
 	snd, err := outbound.New(outbound.Config{Name: "ehr", Addr: fmt.Sprintf("127.0.0.1:%d", port), Pool: env.Pool,
-		Sealer: env.Ring.PHI(), Audit: env.Rec})
+		Sealer: env.Ring.PHI(), Audit: env.Rec, KeepOnClose: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = snd.Close(context.Background()) })
-	feed, err := outbound.NewFeed(outbound.FeedConfig{Core: env.Core, Sender: snd, Facility: "VIGIL"})
+	feed, err := outbound.NewFeed(outbound.FeedConfig{Core: env.Core, Pool: env.Pool, Sender: snd, Facility: "VIGIL"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,10 +121,10 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	}
 
 	// Its device uploads; the ORU arrives at the receiver.
-	for deadline := time.Now().Add(30 * time.Second); !env.Core.Hub().Wants(core.TypeObservations, patient.ID); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the ORU feed did not subscribe to the live stream")
-		}
+	select {
+	case <-feed.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the ORU feed did not start")
 	}
 	d := env.RegisterDevice(t)
 	env.Enroll(t, d)
@@ -148,10 +147,18 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	if len(got) != 1 || !strings.HasPrefix(got[0]["type"].(string), "ORU^R01") || len(got[0]["obx"].([]any)) != 5 {
 		t.Fatalf("ORU received for E2E-77 = %v, want one ORU^R01 with 5 OBX", got)
 	}
-	// An alarm opened for the patient (as the alarm service notifies the hub) is sent too.
-	env.Core.Hub().AlarmTransition(ctx, alarms.Transition{Kind: alarms.Opened, At: env.Clock.Now(),
-		Alarm: alarms.Alarm{ID: uuid.New(), PatientID: patient.ID, RuleID: "news2_high", State: alarms.StateActive,
-			Severity: alarms.SeverityHigh, PeakSeverity: alarms.SeverityHigh, Message: "NEWS2 7"}})
+	// An alarm opened for the patient (stored by the alarm service) is sent too.
+	as, err := alarms.New(alarms.Config{Pool: env.Pool, Recorder: env.Rec, Now: env.Clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pgx.BeginFunc(ctx, env.Pool, func(tx pgx.Tx) error {
+		_, err := as.Apply(ctx, tx, alarms.Signal{PatientID: patient.ID, RuleID: "news2_high", RuleVersion: 1, Raise: true,
+			Severity: alarms.SeverityHigh, Message: "NEWS2 7", At: env.Clock.Now()})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	var alarmORU []map[string]any
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && len(alarmORU) == 0; time.Sleep(50 * time.Millisecond) {
 		raw, _ := os.ReadFile(out)

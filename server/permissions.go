@@ -48,14 +48,15 @@ var routeAccess = map[string]access{
 	"POST /api/v1/alarms/:id/resolve":     allow(auth.ObjAlarm, "resolve").on(targetAlarm),
 
 	// Clinical rules: definitions are read by every clinician and changed for every ward by a
-	// charge nurse of every ward; a patient's SpO2 scale by their ward's charge nurse.
+	// charge nurse of every ward; a patient's SpO2 scale and a ward's NEWS2 settings by that
+	// ward's charge nurse.
 	"GET /api/v1/rules":                   allow(auth.ObjRule, "read"),
 	"GET /api/v1/rules/:id/versions":      allow(auth.ObjRule, "read"),
 	"POST /api/v1/rules/:id/versions":     allow(auth.ObjRule, "write"),
 	"PUT /api/v1/patients/:id/spo2-scale": allow(auth.ObjRule, "write").on(targetPatient),
 	"POST /api/v1/patients/:id/chart":     allow(auth.ObjObservation, "chart").on(targetPatient),
 	"PUT /api/v1/patients/:id/oxygen":     allow(auth.ObjObservation, "chart").on(targetPatient),
-	"PUT /api/v1/wards/:id/news2":         allow(auth.ObjRule, "write"),
+	"PUT /api/v1/wards/:id/news2":         allow(auth.ObjRule, "write").on(targetWard),
 	"GET /api/v1/patients/:id/news2":      allow(auth.ObjObservation, "read").on(targetPatient).reads("news2"),
 
 	// Audit trail (quality staff). The signed checkpoint and its verifier key are published:

@@ -90,9 +90,17 @@ func (m *moreEvents) note(ev *StoredEvent) {
 		pe := m.patients[id]
 		pe.ward, pe.action = payloadString(p, "ward_id"), ev.Action
 		m.patients[id] = pe
-	case "patient.discharged":
+	case "patient.discharged", "patient.admission_cancelled":
 		pe := m.patients[id]
 		pe.discharged, pe.action = true, ev.Action
+		m.patients[id] = pe
+	case "patient.readmitted":
+		pe := m.patients[id]
+		pe.ward, pe.discharged, pe.action = payloadString(p, "ward_id"), false, ev.Action
+		m.patients[id] = pe
+	case "patient.discharge_cancelled":
+		pe := m.patients[id]
+		pe.discharged, pe.action = false, ev.Action
 		m.patients[id] = pe
 	case "care_team.member_added":
 		m.care[id+"/"+payloadString(p, "clinician_id")] = careEvent{present: true, role: payloadString(p, "role")}

@@ -19,13 +19,16 @@ const interopHelp = `
 
 HL7 v2 over MLLP (docs/interop.md), off unless configured (the demo listens for ADT on
 127.0.0.1:2575 by default):
-  VIGIL_HL7_LISTEN=host:port      listen for inbound ADT (A01 admit, A02 transfer, A03
-                                  discharge, A08, A11, A13); patients are found by MRN and
+  VIGIL_HL7_LISTEN=host:port      listen for inbound ADT (A01 admit or re-admit, A02
+                                  transfer, A03 discharge, A08 update, A11/A13 cancel
+                                  admit/discharge); patients are found by MRN and
                                   placed on the ward named by PV1-3.1; every message is
                                   answered AA/AE/AR and audited
-  VIGIL_HL7_ORU_DEST=host:port    send each upload's new vitals as ORU^R01 to this MLLP
-                                  receiver (ordered per patient, ACKed, retried, dead-lettered,
-                                  audited)
+  VIGIL_HL7_ORU_DEST=host:port    send each stored upload's vitals and each alarm change as
+                                  ORU^R01 to this MLLP receiver (ordered per patient, ACKed,
+                                  retried, dead-lettered, audited; a durable cursor resumes
+                                  after a restart; one replica per database sends; at least
+                                  once, MSH-10 stable: receivers should de-duplicate)
   VIGIL_HL7_FACILITY              MSH-4 of Vigil's messages (default VIGIL)
   VIGIL_HL7_ORU_RECEIVING_APP, VIGIL_HL7_ORU_RECEIVING_FACILITY   MSH-5 and MSH-6 of ORU`
 
@@ -87,11 +90,12 @@ func wireInterop(ctx context.Context, sys *system, demo bool) error {
 // wireORU starts the ORU^R01 feed when VIGIL_HL7_ORU_DEST is set.
 func wireORU(ctx context.Context, sys *system, facility string) error {
 	if dest := getenv(ctx, "VIGIL_HL7_ORU_DEST"); dest != "" {
-		snd, err := outbound.New(outbound.Config{Name: "oru", Addr: dest, Pool: sys.pool, Sealer: sys.keys.PHI(), Audit: sys.rec})
+		snd, err := outbound.New(outbound.Config{Name: "oru", Addr: dest, Pool: sys.pool, Sealer: sys.keys.PHI(), Audit: sys.rec,
+			KeepOnClose: true})
 		if err != nil {
 			return err
 		}
-		feed, err := outbound.NewFeed(outbound.FeedConfig{Core: sys.core, Sender: snd, Facility: facility,
+		feed, err := outbound.NewFeed(outbound.FeedConfig{Core: sys.core, Pool: sys.pool, Sender: snd, Facility: facility,
 			ReceivingApplication: getenv(ctx, "VIGIL_HL7_ORU_RECEIVING_APP"), ReceivingFacility: getenv(ctx, "VIGIL_HL7_ORU_RECEIVING_FACILITY")})
 		if err != nil {
 			_ = snd.Close(ctx)

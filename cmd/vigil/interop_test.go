@@ -135,9 +135,14 @@ func checkInterop(t *testing.T, ctx context.Context, base string, sys *system, r
 		t.Errorf("admitted patient = %+v, %v", p, err)
 		return
 	}
-	for deadline := time.Now().Add(30 * time.Second); !sys.core.Hub().Wants(core.TypeObservations, p.ID); time.Sleep(10 * time.Millisecond) {
+	// The feed sends what commits after it has its cursor (it leads from its first step).
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var n int
+		if err := sys.pool.QueryRow(ctx, `SELECT count(*) FROM interop_hl7_feed_cursors`).Scan(&n); err == nil && n == 1 {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Error("the ORU feed did not subscribe to the live stream")
+			t.Error("the ORU feed did not start")
 			return
 		}
 	}

@@ -241,7 +241,22 @@ func (e *Engine) SetOxygen(ctx context.Context, by audit.Event, patientID uuid.U
 // "rules.ward_news2_set". For the ward's patients those parameters use maxAge instead of the
 // rule's max_age, and raise "news2-incomplete" only when older than that.
 func (e *Engine) SetWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string) error {
-	return e.setWardNEWS2(ctx, by, wardID, charted, maxAge, reason)
+	return e.setWardNEWS2(ctx, by, wardID, charted, maxAge, reason, nil)
+}
+
+// SetWardNEWS2If is SetWardNEWS2 for a form read earlier: it changes the ward's settings only
+// if they are still those the caller saw — last changed at since (WardNEWS2Settings.UpdatedAt;
+// the zero time: the ward had no settings of its own). Otherwise nothing is stored, the
+// refusal is audited (rules.ward_news2_set, rejected, "stale_settings") and the error wraps
+// ErrVersionConflict.
+func (e *Engine) SetWardNEWS2If(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string, since time.Time) error {
+	return e.setWardNEWS2(ctx, by, wardID, charted, maxAge, reason, &since)
+}
+
+// WardNEWS2Settings returns the NEWS2 settings of each ward that has its own (SetWardNEWS2),
+// by ward.
+func (e *Engine) WardNEWS2Settings(ctx context.Context) (map[uuid.UUID]WardNEWS2Settings, error) {
+	return e.wardNEWS2Settings(ctx)
 }
 
 // ReleasePatient ends monitoring of a patient (discharge, transfer out): it resolves the
@@ -263,4 +278,10 @@ func (e *Engine) Close(ctx context.Context) error {
 		}
 	}
 	return e.checkpoint(ctx)
+}
+
+// WardChartableParams are the NEWS2 parameters a ward may chart by hand (SetWardNEWS2), in
+// the order NEWS2 lists them.
+func WardChartableParams() []string {
+	return []string{"rr", "spo2", "o2flow", "fio2", "sbp", "hr", "acvpu", "temp"}
 }

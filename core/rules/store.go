@@ -386,7 +386,38 @@ func (e *Engine) setOxygen(ctx context.Context, by audit.Event, pid uuid.UUID, o
 	return nil
 }
 
-func (e *Engine) setWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string) error {
+// WardNEWS2Settings are a ward's own NEWS2 settings: the parameters it charts by hand, how
+// long a charted value counts, and when and by whom (an actor id) they were last set.
+type WardNEWS2Settings struct {
+	WardID    uuid.UUID
+	Charted   []string
+	MaxAge    time.Duration
+	UpdatedAt time.Time
+	UpdatedBy string
+}
+
+func (e *Engine) wardNEWS2Settings(ctx context.Context) (map[uuid.UUID]WardNEWS2Settings, error) {
+	rows, err := e.cfg.Pool.Query(ctx, "SELECT ward_id, charted, charted_max_age_seconds, updated_at, updated_by FROM rules_ward_settings")
+	if err != nil {
+		return nil, fmt.Errorf("ward NEWS2 settings: %w", err)
+	}
+	out := map[uuid.UUID]WardNEWS2Settings{}
+	var w WardNEWS2Settings
+	var secs int64
+	_, err = pgx.ForEachRow(rows, []any{&w.WardID, &w.Charted, &secs, &w.UpdatedAt, &w.UpdatedBy}, func() error {
+		w.MaxAge = time.Duration(secs) * time.Second
+		out[w.WardID] = w
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ward NEWS2 settings: %w", err)
+	}
+	return out, nil
+}
+
+// setWardNEWS2 stores a ward's settings; with since, only if they were last set at *since
+// (zero: never), else ErrVersionConflict (audited as a rejection, nothing stored).
+func (e *Engine) setWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string, since *time.Time) error {
 	ev := by
 	ev.ID, ev.Time = uuid.Nil, e.now()
 	ev.Action = "rules.ward_news2_set"
@@ -412,10 +443,30 @@ func (e *Engine) setWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.U
 		return fmt.Errorf("set ward NEWS2: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `INSERT INTO rules_ward_settings (ward_id, charted, charted_max_age_seconds, updated_at, updated_by)
-		VALUES ($1,$2,$3,$4,$5) ON CONFLICT (ward_id) DO UPDATE SET charted=$2, charted_max_age_seconds=$3, updated_at=$4, updated_by=$5`,
-		wardID, charted, int64(maxAge/time.Second), ev.Time, ev.Actor.ID); err != nil {
+	// Without since: insert or overwrite. With since: insert only if the ward has no settings
+	// (since is zero), or overwrite only the row last set at since — one statement, so a
+	// concurrent change makes it affect no row.
+	q := `INSERT INTO rules_ward_settings (ward_id, charted, charted_max_age_seconds, updated_at, updated_by)
+		VALUES ($1,$2,$3,$4,$5) ON CONFLICT (ward_id) DO UPDATE SET charted=$2, charted_max_age_seconds=$3, updated_at=$4, updated_by=$5`
+	args := []any{wardID, charted, int64(maxAge / time.Second), ev.Time, ev.Actor.ID}
+	switch {
+	case since != nil && since.IsZero():
+		q = `INSERT INTO rules_ward_settings (ward_id, charted, charted_max_age_seconds, updated_at, updated_by)
+			VALUES ($1,$2,$3,$4,$5) ON CONFLICT (ward_id) DO NOTHING`
+	case since != nil:
+		q += " WHERE rules_ward_settings.updated_at = $6"
+		args = append(args, since.UTC())
+	}
+	tag, err := tx.Exec(ctx, q, args...)
+	if err != nil {
 		return fmt.Errorf("set ward NEWS2: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		ev.Outcome, ev.Reason = audit.OutcomeRejected, "stale_settings"
+		ev.Payload = map[string]any{"charted": charted, "charted_max_age_seconds": maxAge.Seconds(), "reason": reason, "since": since.UTC()}
+		return errors.Join(fmt.Errorf("set ward NEWS2: %w: the ward's settings changed since %s", ErrVersionConflict, since.UTC().Format(time.RFC3339Nano)),
+			e.auditAlone(ctx, ev))
 	}
 	ev.Outcome = audit.OutcomeSuccess
 	ev.Payload = map[string]any{"charted": charted, "charted_max_age_seconds": maxAge.Seconds(), "reason": reason}

@@ -217,11 +217,14 @@ func (r *Receiver) ServeMLLP(ctx context.Context, req mllp.Request) []byte {
 	pl.Kind = string(cmd.Kind)
 	if err := r.cfg.Applier.ApplyADT(ctx, actor, cmd); err != nil {
 		var rj *hl7.Rejection
+		var se *StateError
 		switch {
 		case errors.Is(err, ErrUnknownPatient):
 			rj = reject(hl7.AE, "unknown_patient", hl7.CodeUnknownKey, "PID", 3, "no such patient")
 		case errors.Is(err, ErrUnknownLocation):
 			rj = reject(hl7.AE, "unknown_location", hl7.CodeTableValue, "PV1", 3, "no ward with this point of care")
+		case errors.As(err, &se):
+			rj = reject(hl7.AE, se.Code, hl7.CodeInternal, "", 0, se.Text)
 		case errors.Is(err, ErrPatientState):
 			rj = reject(hl7.AE, "patient_state_conflict", hl7.CodeInternal, "", 0, "the event does not fit the patient's current state")
 		default:

@@ -44,6 +44,10 @@ type Message struct {
 	ControlID string
 	// Bytes is the message.
 	Bytes []byte
+	// Finished, when set, is called once the message is finished: delivered and its
+	// delivery audited, or dead-lettered. It is not called for a message a Sender with
+	// KeepOnClose drops at Close. It MUST NOT block.
+	Finished func()
 }
 
 // Sealer seals dead-lettered messages, which hold PHI. keys' PHI helper (*keys.PHI)
@@ -85,6 +89,10 @@ type Config struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// KeepOnClose is for messages that come from a durable source (Feed): Close drops the
+	// messages still queued or waiting for a retry instead of dead-lettering them, and does
+	// not call their Finished; the source sends them again when it resumes.
+	KeepOnClose bool
 }
 
 // Stats counts what the sender did.
@@ -97,7 +105,7 @@ type Sender struct {
 	cfg    Config
 	lanes  []*lane
 	stop   chan struct{}
-	audits chan audit.Event
+	audits chan auditJob
 	wg     sync.WaitGroup // lanes
 	awg    sync.WaitGroup // audit workers
 
@@ -148,7 +156,7 @@ func New(cfg Config) (*Sender, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Sender{cfg: cfg, stop: make(chan struct{}), audits: make(chan audit.Event, 4*auditWorkers)}
+	s := &Sender{cfg: cfg, stop: make(chan struct{}), audits: make(chan auditJob, 4*auditWorkers)}
 	for i := 0; i < cfg.Lanes; i++ {
 		c, err := mllp.NewClient(mllp.ClientConfig{Addr: cfg.Addr, Dial: cfg.Dial})
 		if err != nil {
@@ -287,6 +295,10 @@ func (s *Sender) run(l *lane) {
 	defer s.wg.Done()
 	for m := range l.q {
 		if s.stopping() {
+			if s.cfg.KeepOnClose {
+				s.track(-1)
+				continue
+			}
 			s.deadLetter(m, "not_sent_before_close", "", "", 0)
 			continue
 		}
@@ -302,7 +314,7 @@ func (s *Sender) deliver(l *lane, m Message) {
 		switch {
 		case err == nil && ack == hl7.AA:
 			s.stats.delivered.Add(1)
-			s.audit(s.event(m, "hl7.oru.delivered", audit.OutcomeSuccess, "", string(ack), "", attempt))
+			s.audits <- auditJob{ev: s.event(m, "hl7.oru.delivered", audit.OutcomeSuccess, "", string(ack), "", attempt), done: m.Finished}
 			return
 		case err == nil && ack == hl7.AE:
 			// The destination refuses the content: re-sending it unchanged cannot help.
@@ -321,6 +333,10 @@ func (s *Sender) deliver(l *lane, m Message) {
 		select {
 		case <-s.cfg.After(s.cfg.Backoff(attempt)):
 		case <-s.stop:
+			if s.cfg.KeepOnClose {
+				s.track(-1)
+				return
+			}
 			s.deadLetter(m, "not_sent_before_close", lastAck, lastErr, attempt)
 			return
 		}
@@ -369,16 +385,22 @@ func (s *Sender) event(m Message, action string, outcome audit.Outcome, reason, 
 			ControlID: m.ControlID, Ack: ack, Attempts: attempts, Error: errText}}
 }
 
-func (s *Sender) audit(ev audit.Event) { s.audits <- ev }
+type auditJob struct {
+	ev   audit.Event
+	done func()
+}
 
 func (s *Sender) auditLoop() {
 	defer s.awg.Done()
-	for ev := range s.audits {
+	for j := range s.audits {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if _, err := s.cfg.Audit.RecordNow(ctx, ev); err != nil {
+		if _, err := s.cfg.Audit.RecordNow(ctx, j.ev); err != nil {
 			s.stats.auditFailures.Add(1)
 		}
 		cancel()
+		if j.done != nil {
+			j.done()
+		}
 		s.track(-1)
 	}
 }
@@ -390,6 +412,9 @@ func deadLetterAAD(dest, ctl string) []byte { return []byte("hl7-dead-letter/" +
 // cannot be recorded either, which `vigil audit verify` cannot see, so Stats must be watched.
 func (s *Sender) deadLetter(m Message, reason, ack, errText string, attempts int) {
 	defer s.track(-1)
+	if m.Finished != nil {
+		defer m.Finished()
+	}
 	s.stats.dead.Add(1)
 	ev := s.event(m, "hl7.oru.dead_lettered", audit.OutcomeFailure, reason, ack, errText, attempts)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
