@@ -52,13 +52,17 @@ type Event struct {
 const TypeObservations = "observations"
 
 func (f Filter) matchLive(ev *Event) bool {
-	return f.Types[ev.Type] && (f.Patients == nil || f.Patients[ev.PatientID])
+	return f.Types[ev.Type] && (f.Patients == nil || f.Patients[ev.PatientID]) && !(f.Local && ev.remote)
 }
 
 // Wants reports whether some subscriber would receive a live event of typ for patient, so
 // that the publisher can skip building it.
-func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
-	ev := Event{Type: typ, PatientID: patient}
+func (h *Hub) Wants(typ string, patient uuid.UUID) bool { return h.wants(typ, patient, false) }
+
+// wants is Wants for an event published here (remote false) or by another replica (remote
+// true: subscribers that take only local events, Filter.Local, do not want it).
+func (h *Hub) wants(typ string, patient uuid.UUID, remote bool) bool {
+	ev := Event{Type: typ, PatientID: patient, remote: remote}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for s := range h.subs {

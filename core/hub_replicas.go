@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +18,17 @@ import (
 
 // hubChannel is the NOTIFY channel on which replicas announce new core_hub_events rows.
 const hubChannel = "vigil_hub"
+
+// liveChannel is the NOTIFY channel on which replicas announce the observations they stored
+// (the live events, which are not persisted as events: the observations are).
+const liveChannel = "vigil_hub_live"
+
+// maxLivePayload bounds one live notification's payload (PostgreSQL's limit is 8000 bytes).
+const maxLivePayload = 7000
+
+// maxLiveQueue bounds the announcements waiting for the database; beyond it the oldest are
+// dropped (live events are not replayed anyway: a chart that misses one reloads).
+const maxLiveQueue = 10000
 
 // hubWriteLock is the advisory lock held by the writer of core_hub_events until it commits,
 // so that ids commit in increasing order and a reader that has id n never misses a smaller one.
@@ -37,8 +50,12 @@ type HubRelayConfig struct {
 // publishes (live observations excepted) are appended to core_hub_events and every replica's
 // relay reads them back in id order and delivers them to its own subscribers, with the
 // database id as the event id. A stream therefore sees every replica's alarms, in the same
-// order everywhere, and resumes on any replica after its Last-Event-ID. Live observation
-// events stay on the replica that stored them.
+// order everywhere, and resumes on any replica after its Last-Event-ID.
+//
+// Live observation events (TypeObservations) are not written as events: the replica that
+// stored an upload announces it (patient, upload, time range) on NOTIFY vigil_hub_live, and a
+// replica with a subscriber to that patient's observations reads them from core_observations
+// and delivers them, like its own, without an id of their own and without replay.
 type HubRelay struct {
 	cfg HubRelayConfig
 	hub *Hub
@@ -52,6 +69,17 @@ type HubRelay struct {
 	wg      sync.WaitGroup
 	pruned  time.Time
 	stopped bool
+
+	token string    // this relay's name in live announcements (its own are skipped)
+	live  []liveRef // announcements waiting for the database; guarded by mu
+}
+
+// liveRef announces one upload's newly stored observations to the other replicas.
+type liveRef struct {
+	patient, upload uuid.UUID
+	device          string
+	at              time.Time // when they were published
+	from, to        time.Time // the observations' effective times, first and last
 }
 
 // StartHubRelay loads the most recent events into the Hub's replay buffer (so that streams
@@ -69,7 +97,7 @@ func StartHubRelay(ctx context.Context, hub *Hub, cfg HubRelayConfig) (*HubRelay
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &HubRelay{cfg: cfg, hub: hub, wake: make(chan struct{}, 1), local: map[uint64]bool{}}
+	r := &HubRelay{cfg: cfg, hub: hub, wake: make(chan struct{}, 1), local: map[uint64]bool{}, token: uuid.NewString()}
 	rows, err := cfg.Pool.Query(ctx, `SELECT id, type, patient_id, at, data FROM
 		(SELECT id, type, patient_id, at, data FROM core_hub_events ORDER BY id DESC LIMIT $1) t ORDER BY id`, hub.cfg.Replay)
 	if err != nil {
@@ -126,6 +154,9 @@ func (r *HubRelay) Close(ctx context.Context) error {
 	r.stop()
 	r.wg.Wait()
 	r.hub.relay.CompareAndSwap(r, nil)
+	if err := r.flushLive(ctx); err != nil {
+		r.cfg.Logger.WarnContext(ctx, "core: hub relay: live announcements dropped", slog.String("error", err.Error()))
+	}
 	return r.flush(ctx) // events published during the stop
 }
 
@@ -135,6 +166,9 @@ func (r *HubRelay) write(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
+		}
+		if err := r.flushLive(ctx); err != nil && ctx.Err() == nil {
+			r.cfg.Logger.WarnContext(ctx, "core: hub relay: live announcements dropped", slog.String("error", err.Error()))
 		}
 		for {
 			err := r.flush(ctx)
@@ -223,22 +257,189 @@ func (r *HubRelay) listen(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+hubChannel); err != nil {
-		return err
-	}
-	for {
-		if err := r.catchUp(ctx); err != nil {
+	for _, ch := range []string{hubChannel, liveChannel} {
+		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
 			return err
 		}
-		wctx, cancel := context.WithTimeout(ctx, r.cfg.Poll)
-		_, err := conn.WaitForNotification(wctx)
+	}
+	var caught time.Time
+	for {
+		// Events on every hub notification and at least every Poll; live announcements
+		// (many, one per group of uploads) do not each cost a read of the events.
+		if wait := r.cfg.Poll - time.Since(caught); wait <= 0 {
+			if err := r.catchUp(ctx); err != nil {
+				return err
+			}
+			caught = time.Now()
+		}
+		wctx, cancel := context.WithTimeout(ctx, r.cfg.Poll-time.Since(caught))
+		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		switch {
+		case err == nil && n.Channel == liveChannel:
+			r.deliverLive(ctx, n.Payload)
+		case err == nil:
+			caught = time.Time{} // events: read them now
+		case !errors.Is(err, context.DeadlineExceeded):
 			return err
 		}
+	}
+}
+
+// announceObservations tells the other replicas, through the relay if there is one, that
+// upload stored obs (not empty) for patient.
+func (h *Hub) announceObservations(patient, upload uuid.UUID, obs []Observation) {
+	r := h.relay.Load()
+	if r == nil {
+		return
+	}
+	ref := liveRef{patient: patient, upload: upload, device: obs[0].DeviceID, at: h.cfg.Now(), from: obs[0].EffectiveAt, to: obs[0].EffectiveAt}
+	for _, o := range obs[1:] {
+		if o.EffectiveAt.Before(ref.from) {
+			ref.from = o.EffectiveAt
+		}
+		if o.EffectiveAt.After(ref.to) {
+			ref.to = o.EffectiveAt
+		}
+	}
+	r.mu.Lock()
+	if len(r.live) >= maxLiveQueue {
+		r.live = r.live[1:] // the database is away: the oldest live event is lost, as designed
+	}
+	r.live = append(r.live, ref)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flushLive sends the queued announcements, as few notifications as fit, in one round trip.
+// They are not retried: a live event is not replayed anyway.
+func (r *HubRelay) flushLive(ctx context.Context) error {
+	r.mu.Lock()
+	refs := r.live
+	r.live = nil
+	r.mu.Unlock()
+	if len(refs) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, p := range encodeLive(r.token, refs) {
+		b.Queue(`SELECT pg_notify($1, $2)`, liveChannel, p)
+	}
+	if err := r.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("core: hub relay: %d live announcement(s): %w", len(refs), err)
+	}
+	return nil
+}
+
+// encodeLive writes announcements as notification payloads of at most maxLivePayload bytes:
+// a first line naming the sender, then one line per upload: patient, upload, published,
+// first and last effective time (µs since the epoch), the device id quoted.
+func encodeLive(token string, refs []liveRef) []string {
+	var out []string
+	var sb strings.Builder
+	for _, ref := range refs {
+		line := fmt.Sprintf("%s %s %d %d %d %s\n", ref.patient, ref.upload, ref.at.UnixMicro(), ref.from.UnixMicro(), ref.to.UnixMicro(),
+			strconv.Quote(ref.device))
+		if sb.Len() > 0 && sb.Len()+len(line) > maxLivePayload {
+			out = append(out, sb.String())
+			sb.Reset()
+		}
+		if sb.Len() == 0 {
+			sb.WriteString(token + "\n")
+		}
+		sb.WriteString(line)
+	}
+	if sb.Len() > 0 {
+		out = append(out, sb.String())
+	}
+	return out
+}
+
+// decodeLive reads a payload of encodeLive; malformed lines are skipped.
+func decodeLive(payload string) (token string, refs []liveRef) {
+	lines := strings.Split(strings.TrimSuffix(payload, "\n"), "\n")
+	token = lines[0]
+	for _, l := range lines[1:] {
+		f := strings.SplitN(l, " ", 6)
+		if len(f) != 6 {
+			continue
+		}
+		var ref liveRef
+		var err error
+		var us [3]int64
+		if ref.patient, err = uuid.Parse(f[0]); err != nil {
+			continue
+		}
+		if ref.upload, err = uuid.Parse(f[1]); err != nil {
+			continue
+		}
+		ok := true
+		for i := range us {
+			if us[i], err = strconv.ParseInt(f[2+i], 10, 64); err != nil {
+				ok = false
+			}
+		}
+		if ref.device, err = strconv.Unquote(f[5]); err != nil || !ok {
+			continue
+		}
+		ref.at, ref.from, ref.to = time.UnixMicro(us[0]).UTC(), time.UnixMicro(us[1]).UTC(), time.UnixMicro(us[2]).UTC()
+		refs = append(refs, ref)
+	}
+	return token, refs
+}
+
+// deliverLive delivers the observations another replica announced to this replica's
+// subscribers that want them, read from the database in one round trip.
+func (r *HubRelay) deliverLive(ctx context.Context, payload string) {
+	token, refs := decodeLive(payload)
+	if token == r.token {
+		return
+	}
+	var want []liveRef
+	b := &pgx.Batch{}
+	for _, ref := range refs {
+		if !r.hub.wants(TypeObservations, ref.patient, true) {
+			continue
+		}
+		want = append(want, ref)
+		// from and to are whole µs (PostgreSQL keeps µs); one more µs for a rounded time.
+		b.Queue(`SELECT patient_id, code, value, effective_at, flags & 1 = 1, upload_id FROM core_observations
+			WHERE patient_id = $1 AND effective_at >= $2 AND effective_at <= $3 AND upload_id = $4
+			ORDER BY effective_at, code`, ref.patient, ref.from, ref.to.Add(time.Microsecond), ref.upload)
+	}
+	if len(want) == 0 {
+		return
+	}
+	res := r.cfg.Pool.SendBatch(ctx, b)
+	defer res.Close()
+	for _, ref := range want {
+		rows, err := res.Query()
+		if err != nil {
+			r.cfg.Logger.WarnContext(ctx, "core: hub relay: live observations", slog.String("error", err.Error()))
+			return
+		}
+		obs, err := pgx.CollectRows(rows, scanObservation)
+		if err != nil {
+			r.cfg.Logger.WarnContext(ctx, "core: hub relay: live observations", slog.String("error", err.Error()))
+			return
+		}
+		if len(obs) == 0 {
+			continue
+		}
+		for i := range obs {
+			obs[i].DeviceID = ref.device
+		}
+		data, err := observationsEventData(ref.upload, obs)
+		if err != nil {
+			continue
+		}
+		r.hub.deliver(Event{Type: TypeObservations, PatientID: ref.patient, At: ref.at, Data: data}, 0, true)
 	}
 }
 

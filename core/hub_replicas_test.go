@@ -108,3 +108,77 @@ func TestHubAcrossReplicas(t *testing.T) {
 		t.Errorf("new replica's resumed event = %d, want %d", ev.ID, gotA[1].ID)
 	}
 }
+
+// A chart on replica B (a subscriber to a patient's live observations) receives the
+// observations replica A stored, once each and in order, with their values, upload and
+// device; A's own subscriber gets its own once (not again through the database); the
+// webhook feed (Local) of B does not see them. Before: live observations stayed on the
+// replica that stored them, and B's chart saw nothing.
+// Verifies: REQ-HA-033
+func TestLiveObservationsAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	a := newEnv(t, nil)
+	svcB, err := core.New(core.Config{Pool: a.pool, Recorder: a.rec, Now: a.clock.Now, PHI: newTestSealer(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, h := range []*core.Hub{a.svc.Hub(), svcB.Hub()} {
+		r, err := core.StartHubRelay(ctx, h, core.HubRelayConfig{Pool: a.pool, Poll: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close(ctx); h.Close() })
+	}
+	p := a.patient(t)
+	live := core.Filter{Types: map[string]bool{core.TypeObservations: true}, Patients: map[uuid.UUID]bool{p: true}}
+	onB, onA := svcB.Hub().Subscribe(live), a.svc.Hub().Subscribe(live)
+	hooksB := svcB.Hub().Subscribe(core.Filter{Local: true, Types: live.Types})
+	defer onB.Close()
+	defer onA.Close()
+	defer hooksB.Close()
+
+	at := t0.Add(-time.Minute)
+	var uploads []core.IngestResult
+	for i := range 2 {
+		b := batch(p,
+			core.Sample{Code: core.LOINCHeartRate, Value: float64(70 + i), Unit: "/min", Time: at.Add(time.Duration(i) * time.Second)},
+			core.Sample{Code: core.LOINCSpO2, Value: 97, Unit: "%", Time: at.Add(time.Duration(i)*time.Second + 500*time.Millisecond)})
+		res, err := a.svc.Ingest(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		uploads = append(uploads, res)
+	}
+	type payload struct {
+		UploadID     uuid.UUID          `json:"upload_id"`
+		Observations []core.Observation `json:"observations"`
+	}
+	for name, sub := range map[string]*core.Subscription{"B": onB, "A": onA} {
+		for i, up := range uploads {
+			ev := next(t, sub)
+			var got payload
+			if err := json.Unmarshal(ev.Data, &got); err != nil {
+				t.Fatalf("%s: event %d: %v", name, i, err)
+			}
+			if ev.Type != core.TypeObservations || ev.PatientID != p || got.UploadID != up.AuditEventID || len(got.Observations) != 2 {
+				t.Fatalf("%s: event %d = %s %s upload %s with %d observations, want observations of upload %s (2)",
+					name, i, ev.Type, ev.PatientID, got.UploadID, len(got.Observations), up.AuditEventID)
+			}
+			var hr core.Observation
+			for _, o := range got.Observations {
+				if o.Code == core.LOINCHeartRate {
+					hr = o
+				}
+			}
+			if hr.Code != core.LOINCHeartRate || hr.Value != float64(70+i) || hr.Unit != "/min" || hr.DeviceID != "dev-1" || !hr.EffectiveAt.Equal(at.Add(time.Duration(i)*time.Second)) {
+				t.Errorf("%s: event %d: first observation = %+v, want heart rate %d /min of dev-1", name, i, hr, 70+i)
+			}
+		}
+	}
+	select {
+	case ev := <-hooksB.C:
+		t.Errorf("B's local feed got %s of another replica, want nothing", ev.Type)
+	default:
+	}
+}

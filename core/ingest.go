@@ -344,21 +344,32 @@ func (s *Service) IngestMany(ctx context.Context, batches []Batch) ([]IngestResu
 
 // publishObservations sends each batch's newly stored observations to the hub as a live
 // TypeObservations event, only when some subscriber asked for that patient's observations.
+// With several replicas (a HubRelay) each batch is also announced to the other replicas, whose
+// subscribers to the patient's observations then read them from the database (hub_replicas.go).
 func (s *Service) publishObservations(stored []Stored) {
 	for i := range stored {
 		st := &stored[i]
-		if len(st.Observations) == 0 || !s.hub.Wants(TypeObservations, st.PatientID) {
+		if len(st.Observations) == 0 {
 			continue
 		}
-		data, err := json.Marshal(struct {
-			UploadID     uuid.UUID     `json:"upload_id"`
-			Observations []Observation `json:"observations"`
-		}{st.AuditEventID, st.Observations})
+		s.hub.announceObservations(st.PatientID, st.AuditEventID, st.Observations)
+		if !s.hub.Wants(TypeObservations, st.PatientID) {
+			continue
+		}
+		data, err := observationsEventData(st.AuditEventID, st.Observations)
 		if err != nil {
 			continue
 		}
 		s.hub.Publish(Event{Type: TypeObservations, PatientID: st.PatientID, Data: data})
 	}
+}
+
+// observationsEventData is the data of a TypeObservations event: one upload's observations.
+func observationsEventData(upload uuid.UUID, obs []Observation) (json.RawMessage, error) {
+	return json.Marshal(struct {
+		UploadID     uuid.UUID     `json:"upload_id"`
+		Observations []Observation `json:"observations"`
+	}{upload, obs})
 }
 
 type uploadPayload struct {

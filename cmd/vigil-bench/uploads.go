@@ -86,12 +86,14 @@ runs; CPU per upload moves much less.`,
 	f.DurationVar(&o.batchWait, "batch-wait", 0, "devices.Config.BatchMaxWait (0: default)")
 	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default)")
 	f.IntVar(&o.poolSize, "pool", 16, "database connections")
+	f.IntVar(&o.replicas, "replicas", 0, "replicas of the serving stack on the database, each wired as vigil serve with several replicas (lease buckets, rules inbox, hub relay), the workers spread over them; 0: one stack without leases")
 	f.BoolVar(&o.noRules, "no-rules", false, "store only: no rules engine behind core (the path before it had one; for comparisons)")
 	return up
 }
 
 type benchOpts struct {
 	devices, samples, workers, batch, committers, poolSize int
+	replicas                                               int
 	rate                                                   float64
 	duration, warmup, batchWait                            time.Duration
 	cpuprofile                                             string
@@ -171,64 +173,98 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return err
 	}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
-	if err != nil {
-		return err
-	}
-	defer rec.Close()
-	// Core publishes committed observations to the hand-off; the rules engine drains it and
-	// raises alarms through the alarm service, as in vigil serve.
-	handoff := obs.NewHandoff(obs.HandoffConfig{Logger: quiet})
-	ccfg := core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet}
-	if o.noRules {
-		ccfg.Handoff = nil
-	}
-	cs, err := core.New(ccfg)
-	if err != nil {
-		return err
-	}
-	if err := cs.MaintainPartitions(ctx); err != nil {
-		return err
-	}
-	as, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: cs.Hub(), Logger: quiet})
-	if err != nil {
-		return err
-	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: handoff, Logger: quiet})
-	if err != nil {
-		return err
-	}
-	if o.noRules {
-		_ = handoff.Stop(ctx) // nothing is handed off
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		_ = eng.Close(cctx)
-	}()
-	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
-		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
-	if err != nil {
-		return err
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		_ = ds.Close(cctx)
-	}()
-	srv, err := server.New(server.Config{Pool: pool, Recorder: rec, Devices: ds, Logger: quiet})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	go func() { _ = srv.Serve(sctx, ln, 5*time.Second) }()
-	base := "http://" + ln.Addr().String()
+	var (
+		bases    []string
+		handoffs []*obs.Handoff
+		dss      []*devices.Service
+		cs       *core.Service
+		ds       *devices.Service
+		handoff  *obs.Handoff
+	)
+	if o.replicas > 0 {
+		if o.noRules {
+			return errors.New("--replicas and --no-rules: the replicas run the rules")
+		}
+		for range o.replicas {
+			r, err := startBenchReplica(ctx, pool, ring, signer, quiet, o)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				defer cancel()
+				_ = r.Close(cctx)
+			}()
+			bases, handoffs, dss = append(bases, r.base), append(handoffs, r.handoff), append(dss, r.ds)
+			if cs == nil {
+				cs = r.core
+			}
+		}
+		if err := waitShared(ctx, pool, o.replicas); err != nil {
+			return err
+		}
+		ds = dss[0]
+	} else {
+		rec, err := audit.NewOutbox(audit.Config{Pool: pool})
+		if err != nil {
+			return err
+		}
+		defer rec.Close()
+		// Core publishes committed observations to the hand-off; the rules engine drains it and
+		// raises alarms through the alarm service, as in vigil serve.
+		handoff = obs.NewHandoff(obs.HandoffConfig{Logger: quiet})
+		ccfg := core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet}
+		if o.noRules {
+			ccfg.Handoff = nil
+		}
+		cs, err = core.New(ccfg)
+		if err != nil {
+			return err
+		}
+		if err := cs.MaintainPartitions(ctx); err != nil {
+			return err
+		}
+		as, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: cs.Hub(), Logger: quiet})
+		if err != nil {
+			return err
+		}
+		eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: handoff, Logger: quiet})
+		if err != nil {
+			return err
+		}
+		if o.noRules {
+			_ = handoff.Stop(ctx) // nothing is handed off
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			_ = eng.Close(cctx)
+		}()
+		ds, err = devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
+			BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_ = ds.Close(cctx)
+		}()
+		srv, err := server.New(server.Config{Pool: pool, Recorder: rec, Devices: ds, Logger: quiet})
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go func() { _ = srv.Serve(sctx, ln, 5*time.Second) }()
+		base := "http://" + ln.Addr().String()
 
+		bases, handoffs, dss = []string{base}, []*obs.Handoff{handoff}, []*devices.Service{ds}
+	}
 	// The fleet.
 	fmt.Fprintf(out, "provisioning %d devices and patients…\n", o.devices)
 	fleet, err := provisionFleet(ctx, cs, ds, o.devices)
@@ -257,10 +293,12 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		wg        sync.WaitGroup
 		profiling atomic.Bool
 		cpuWindow = make(chan cpuacct.Report, 1) // CPU used in the measured window
+		cpuStart  = make(chan cpuacct.Snapshot, 1)
 	)
 	go func() {
 		time.Sleep(time.Until(measureAt))
 		a := cpuacct.Take(ctx, pool)
+		cpuStart <- a
 		time.Sleep(time.Until(endAt))
 		cpuWindow <- cpuacct.Between(a, cpuacct.Take(ctx, pool))
 	}()
@@ -300,7 +338,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 					next = next.Add(interval)
 				}
 				t0 := time.Now()
-				resp, err := client.Post(base+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
+				resp, err := client.Post(bases[w%len(bases)]+"/api/v1/uploads", "application/cbor", bytes.NewReader(raw))
 				code := -1
 				if err == nil {
 					if resp.StatusCode != http.StatusCreated {
@@ -364,6 +402,11 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	case <-time.After(5 * time.Second):
 	}
 	st := ds.Stats()
+	for _, d := range dss[1:] { // the other replicas
+		x := d.Stats()
+		st.Accepted, st.Groups, st.Rejected, st.Fallbacks = st.Accepted+x.Accepted, st.Groups+x.Groups, st.Rejected+x.Rejected, st.Fallbacks+x.Fallbacks
+		st.CommitTime, st.HookTime, st.PublishTime = st.CommitTime+x.CommitTime, st.HookTime+x.HookTime, st.PublishTime+x.PublishTime
+	}
 	fmt.Fprintf(out, "devices: %d accepted in %d group commits (mean %.1f uploads/commit, mean %s/commit of which %s device state), %d rejected, %d fallbacks\n",
 		st.Accepted, st.Groups, float64(st.Accepted)/max(float64(st.Groups), 1),
 		(st.CommitTime / time.Duration(max(st.Groups, 1))).Round(10*time.Microsecond),
@@ -374,9 +417,32 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		return storedLine(ctx, out, pool, o)
 	}
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	ferr := handoff.Flush(fctx)
+	var ferr error
+	var hs obs.HandoffStats
+	for _, h := range handoffs {
+		ferr = errors.Join(ferr, h.Flush(fctx))
+		x := h.Stats()
+		hs.Consumed, hs.Failed, hs.Waited, hs.Queued = hs.Consumed+x.Consumed, hs.Failed+x.Failed, hs.Waited+x.Waited, hs.Queued+x.Queued
+	}
 	cancel()
-	hs := handoff.Stats()
+	if o.replicas > 0 {
+		var inbox int
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&inbox)
+		fmt.Fprintf(out, "replicas: %d, uploads spread round robin; rules_inbox rows left at the end: %d\n", o.replicas, inbox)
+		// The observations forwarded to another replica's patients are evaluated from the
+		// inbox behind the uploads: wait for them, so that the CPU below covers that work too.
+		for deadline := time.Now().Add(5 * time.Minute); inbox > 0 && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+			_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&inbox)
+		}
+		fmt.Fprintf(out, "rules_inbox drained %s after the end of the window (%d rows left)\n", time.Since(endAt).Round(100*time.Millisecond), inbox)
+	}
+	select {
+	case a := <-cpuStart:
+		fmt.Fprintf(out, "from the window's start until the rules caught up (%s):\n  ", time.Since(measureAt).Round(100*time.Millisecond))
+		cpuacct.Between(a, cpuacct.Take(ctx, pool)).Write(out, ok, runtime.NumCPU(), "upload")
+	default:
+	}
 	var opened int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM alarms`).Scan(&opened)
 	fmt.Fprintf(out, "rules: %d patient batches evaluated (%d failed), hand-off waited %d times (devices held back by the rules: %s in total), %d alarms opened\n",

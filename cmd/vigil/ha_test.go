@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/devices/sim"
 	"github.com/vigilhealth/vigil/internal/testdb"
 )
@@ -158,8 +164,9 @@ backend be
 // Two `vigil serve` replicas on one database behind HAProxy, a fleet uploading through it;
 // one replica is killed with SIGKILL mid-load. Every upload that got a receipt is stored,
 // audited and evaluated; no alarm condition has two alarms open; the killed replica's
-// patients are taken over (fail-over time logged, docs/benchmarks.md).
-// Verifies: REQ-HA-001, REQ-HA-003, REQ-HA-008, REQ-HA-010
+// patients are taken over (fail-over time logged, docs/benchmarks.md); `vigil audit verify`
+// passes afterwards.
+// Verifies: REQ-HA-001, REQ-HA-003, REQ-HA-008, REQ-HA-010, REQ-HA-030
 func TestHAKillReplicaUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two servers and haproxy for about a minute; run without -short")
@@ -274,6 +281,17 @@ func TestHAKillReplicaUnderLoad(t *testing.T) {
 	if n := count(`SELECT count(*) FROM alarms`); n == 0 {
 		t.Errorf("no alarm raised by the mixed fleet: the test shows nothing")
 	}
+
+	// The audit trail written by both replicas, one of them killed mid-write, verifies:
+	// every upload.accepted event is proven in the log.
+	vout, err := executeEnv(t, env, "audit", "verify", "--json", "--data-dir", dir)
+	var rep chain.Report
+	if jerr := json.Unmarshal([]byte(vout), &rep); err != nil || jerr != nil || !rep.OK {
+		t.Fatalf("vigil audit verify after the kill = %v\n%s", err, vout)
+	}
+	if n := count(`SELECT count(*) FROM audit_events WHERE action = 'upload.accepted'`); rep.ProvenEvents < int64(n) {
+		t.Errorf("vigil audit verify: %d events proven in the log, want at least the %d upload.accepted events", rep.ProvenEvents, n)
+	}
 }
 
 // replicaName is the lease replica name of the serve process with pid.
@@ -284,4 +302,154 @@ func replicaName(t *testing.T, pool *pgxpool.Pool, pid int) string {
 		t.Fatalf("replica of pid %d: %v", pid, err)
 	}
 	return name
+}
+
+// deployHAProxy is Debian's haproxy run with the repository's deploy/haproxy.cfg, changed
+// only where a test on loopback must: it listens on a loopback port without TLS, its servers
+// are the given replicas, the health checks run every inter instead of 2 s, maxconn fits a
+// test's file limit, and a stats page tells the test which servers are in rotation.
+type deployHAProxy struct {
+	URL   string // the frontend
+	stats string // the stats page, CSV
+	names []string
+}
+
+func startDeployHAProxy(t *testing.T, inter string, backends ...string) *deployHAProxy {
+	t.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		if _, serr := os.Stat("/usr/sbin/haproxy"); serr != nil {
+			t.Fatalf("haproxy not installed (.ci/ensure-haproxy installs Debian's): %v", err)
+		}
+		bin = "/usr/sbin/haproxy"
+	}
+	raw, err := os.ReadFile(filepath.Join("..", "..", "deploy", "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, sport := freePort(t), freePort(t)
+	hp := &deployHAProxy{URL: fmt.Sprintf("http://127.0.0.1:%d", port), stats: fmt.Sprintf("http://127.0.0.1:%d/stats;csv", sport)}
+	var out []string
+	replaced := map[string]bool{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 0 && f[0] == "bind":
+			line, replaced["bind"] = fmt.Sprintf("    bind 127.0.0.1:%d", port), true
+		case len(f) > 0 && f[0] == "maxconn":
+			line, replaced["maxconn"] = "    maxconn 2000", true
+		case len(f) > 0 && f[0] == "default-server":
+			line, replaced["default-server"] = strings.Replace(line, "inter 2s", "inter "+inter, 1), strings.Contains(line, "inter 2s")
+		case len(f) > 0 && f[0] == "server":
+			if !replaced["server"] {
+				for i, b := range backends {
+					name := string(rune('a' + i))
+					hp.names = append(hp.names, name)
+					out = append(out, fmt.Sprintf("    server %s %s check", name, strings.TrimPrefix(b, "http://")))
+				}
+			}
+			replaced["server"] = true
+			continue
+		}
+		out = append(out, line)
+	}
+	for _, k := range []string{"bind", "maxconn", "default-server", "server"} {
+		if !replaced[k] {
+			t.Fatalf("deploy/haproxy.cfg: no %q line as the test expects; update startDeployHAProxy", k)
+		}
+	}
+	out = append(out, "", "frontend stats", fmt.Sprintf("    bind 127.0.0.1:%d", sport), "    stats enable", "    stats uri /stats", "")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(path, []byte(strings.Join(out, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-db", "-f", path)
+	logf, err := os.Create(filepath.Join(dir, "haproxy.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	if err := waitProcessReady(hp.stats, 20*time.Second, done); err != nil {
+		b, _ := os.ReadFile(logf.Name())
+		t.Fatalf("haproxy: %v\n%s", err, b)
+	}
+	return hp
+}
+
+// up reports, for each server, whether HAProxy has it in rotation (status UP, not the
+// transitions "UP 1/2" or "DOWN 1/2").
+func (hp *deployHAProxy) up(t *testing.T) map[string]bool {
+	t.Helper()
+	resp, err := http.Get(hp.stats)
+	if err != nil {
+		t.Fatalf("haproxy stats: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+	header := strings.Split(strings.TrimPrefix(lines[0], "# "), ",")
+	col := slices.Index(header, "status")
+	if col < 0 {
+		t.Fatalf("haproxy stats without a status column: %s", lines[0])
+	}
+	out := map[string]bool{}
+	for _, l := range lines[1:] {
+		f := strings.Split(l, ",")
+		if len(f) > col && f[0] == "vigil" && slices.Contains(hp.names, f[1]) {
+			out[f[1]] = f[col] == "UP"
+		}
+	}
+	return out
+}
+
+// uploadAnswers counts the answers the devices get to their uploads (a RoundTripper around
+// the devices' HTTP client): "201", "503 draining", "503 " (HAProxy's own, no JSON), …
+type uploadAnswers struct {
+	next    http.RoundTripper
+	mu      sync.Mutex
+	answers map[string]int
+	noRetry int      // 503s without Retry-After
+	errs    []string // requests with no answer
+}
+
+func (u *uploadAnswers) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := u.next.RoundTrip(r)
+	if r.URL.Path != "/api/v1/uploads" {
+		return resp, err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.answers == nil {
+		u.answers = map[string]int{}
+	}
+	if err != nil {
+		u.errs = append(u.errs, err.Error())
+		return resp, err
+	}
+	key := strconv.Itoa(resp.StatusCode)
+	if resp.StatusCode >= 400 {
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		resp.Body = io.NopCloser(bytes.NewReader(b))
+		if rerr != nil {
+			u.errs = append(u.errs, rerr.Error())
+		}
+		var e struct {
+			Error struct{ Code string } `json:"error"`
+		}
+		_ = json.Unmarshal(b, &e)
+		key += " " + e.Error.Code
+		if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Retry-After") == "" {
+			u.noRetry++
+		}
+	}
+	u.answers[key]++
+	return resp, nil
 }
