@@ -93,6 +93,7 @@ const (
 	ObjPolicy         = "policy"          // read, manage (rules and role grants)
 	ObjSite           = "site"            // sites and wards; read, manage
 	ObjWebhook        = "webhook"         // manage
+	ObjSubscription   = "subscription"    // manage (FHIR Subscriptions: sending patients' data to an outside endpoint)
 )
 
 // Scopes of policy lines (see model.conf).
@@ -200,6 +201,7 @@ func DefaultPolicy() []Rule {
 		{RoleAdmin, ObjSite, "read", ScopeGlobal},
 		{RoleAdmin, ObjSite, "manage", ScopeGlobal},
 		{RoleAdmin, ObjWebhook, "manage", ScopeGlobal},
+		{RoleAdmin, ObjSubscription, "manage", ScopeGlobal},
 		{RoleAdmin, ObjDevice, "read", ScopeGlobal},
 	} {
 		rules = append(rules, r)

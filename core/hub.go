@@ -36,6 +36,9 @@ type Event struct {
 	PatientID uuid.UUID       `json:"patient_id"`
 	At        time.Time       `json:"at"`
 	Data      json.RawMessage `json:"data"`
+	// Body, when set, is what a webhook delivery of the event posts instead of the event as
+	// JSON (EnqueueWebhooks): a FHIR notification Bundle. The hub never uses it.
+	Body json.RawMessage `json:"-"`
 
 	// live: a high-volume event (TypeObservations) delivered only to subscribers that ask for
 	// its type explicitly, and never kept for replay (it would push alarms out of the buffer).
@@ -77,8 +80,12 @@ func (f Filter) matchLive(ev *Event) bool {
 
 // Wants reports whether some subscriber would receive a live event of typ for patient, so
 // that the publisher can skip building it.
-func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
-	ev := Event{Type: typ, PatientID: patient}
+func (h *Hub) Wants(typ string, patient uuid.UUID) bool { return h.wants(typ, patient, false) }
+
+// wants is Wants for an event published here (remote false) or by another replica (remote
+// true: subscribers that take only local events, Filter.Local, do not want it).
+func (h *Hub) wants(typ string, patient uuid.UUID, remote bool) bool {
+	ev := Event{Type: typ, PatientID: patient, remote: remote}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for s := range h.byPatient[patient] {

@@ -43,7 +43,7 @@ type fullServer struct {
 	rules  *rules.Engine
 }
 
-func newFullServer(t *testing.T) *fullServer {
+func newFullServer(t *testing.T, mods ...func(*Config)) *fullServer {
 	t.Helper()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
@@ -69,9 +69,13 @@ func newFullServer(t *testing.T) *fullServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng,
+	cfg := Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng,
 		Audit: auditSvc, Auth: authSvc, Portal: portalSvc, Passkeys: passkeys, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		RejectedPerSource: Limit{Rate: -1}})
+		RejectedPerSource: Limit{Rate: -1}}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

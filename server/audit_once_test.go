@@ -116,7 +116,7 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 	}
 
 	// State the rows hand on to each other.
-	var siteID, wardID, patientID, webhookID, deliveryID, deviceID, token string
+	var siteID, wardID, patientID, webhookID, deliveryID, deviceID, token, subscriptionID string
 	var key, key2 ed25519.PrivateKey
 	var dev *devicestest.Device
 	jsonReq := func(path string, v any) func(*testing.T) (string, string, []byte) {
@@ -204,6 +204,15 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 			lazy(func() (string, any) { return v1 + "/webhook-deliveries/" + deliveryID + "/redeliver", nil }), nil},
 		{"DELETE /api/v1/webhooks/:id", 204, "webhook.deleted",
 			lazy(func() (string, any) { return v1 + "/webhooks/" + webhookID, nil }), nil},
+		// FHIR Subscriptions (fhir_subscriptions.go): core records the webhook, the API the
+		// Subscription.
+		{"POST /fhir/R4/Subscription", 201, "webhook.created,fhir.subscription.created",
+			jsonReq("/fhir/R4/Subscription", map[string]any{"resourceType": "Subscription", "status": "requested", "reason": "EHR feed",
+				"criteria": "https://vigil.health/fhir/SubscriptionTopic/alarm-flag",
+				"channel":  map[string]any{"type": "rest-hook", "endpoint": "https://hooks.example.org/fhir", "payload": "application/fhir+json"}}),
+			field(&subscriptionID, "id")},
+		{"DELETE /fhir/R4/Subscription/:id", 204, "fhir.subscription.deleted,webhook.deleted",
+			lazy(func() (string, any) { return "/fhir/R4/Subscription/" + subscriptionID, nil }), nil},
 		// Alarms and rules.
 		{"POST /api/v1/alarms/:id/silence", 200, "alarm.silenced",
 			jsonReq(v1+"/alarms/"+alarmID+"/silence", map[string]any{"reason": "suctioning", "duration": "5m"}), nil},

@@ -178,6 +178,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		return nil, err
 	}
 	sys.server = srv
+	startFHIRSubscriptions(sys, srv) // interop.go
 	return sys, nil
 }
 
