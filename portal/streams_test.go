@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,8 +48,9 @@ type streamEvent struct {
 	upload  uuid.UUID
 }
 
-// Many ward overviews open at once (500; 40 with -short), each the stream of a clinician of
-// one of two wards signed in with their own session, all receive every observations event of
+// Many ward overviews open at once (500; 40 with -short; any number with
+// VIGIL_STREAM_SESSIONS), each the stream of a session of a
+// clinician of one of two wards, all receive every observations event of
 // their ward's patients — none lost, none of the other ward's, in the order the uploads were
 // accepted, with increasing event ids — while the two wards' devices upload in turn.
 // Verifies: REQ-POR-051
@@ -57,6 +59,13 @@ func TestManyWardStreamsReceiveEveryEventInOrder(t *testing.T) {
 	sessions, uploads := 500, 15
 	if testing.Short() {
 		sessions, uploads = 40, 8
+	}
+	if v := os.Getenv("VIGIL_STREAM_SESSIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 {
+			t.Fatalf("VIGIL_STREAM_SESSIONS=%q: want a number of sessions ≥ 2", v)
+		}
+		sessions = n
 	}
 	s := newStack(t)
 	ctx, cancel := context.WithTimeout(s.Ctx, 10*time.Minute) // a safety net, not a timed assertion
@@ -75,7 +84,10 @@ func TestManyWardStreamsReceiveEveryEventInOrder(t *testing.T) {
 	wards := [2]uuid.UUID{s.ward.ID, s.otherW.ID}
 	devicePatient := [2]uuid.UUID{s.patients[0].ID, s.other.ID} // the patients with a device
 
-	// The clinicians, signed in (one session each), half in each ward.
+	// The clinicians, half in each ward, each signed in perSession times (a session of its own
+	// each, one stream per session: within the per-person cap of live streams). Granting a
+	// role reloads the policy, so the sessions share fewer people than one each.
+	const perPerson = 10
 	type reader struct {
 		ward   int
 		client *http.Client
@@ -84,18 +96,21 @@ func TestManyWardStreamsReceiveEveryEventInOrder(t *testing.T) {
 		err    error
 	}
 	readers := make([]*reader, sessions)
+	people := make([]*authtest.User, (sessions+perPerson-1)/perPerson+1) // ≥ 2: both wards
+	for i := range people {
+		people[i] = authtest.Enroll(t, s.auth, fmt.Sprintf("stream-%d-%s@example.org", i, uuid.NewString()[:6]),
+			authtest.Grant{Role: auth.RoleClinician, Domain: auth.WardDomain(wards[i%2])})
+	}
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
+	sem := make(chan struct{}, 32)
 	for i := range readers {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			w := i % 2
-			u := authtest.Enroll(t, s.auth, fmt.Sprintf("stream-%d-%s@example.org", i, uuid.NewString()[:6]),
-				authtest.Grant{Role: auth.RoleClinician, Domain: auth.WardDomain(wards[w])})
-			readers[i] = &reader{ward: w, client: authtest.Client(s.auth, authtest.SignIn(t, s.auth, u))}
+			p := i % len(people)
+			readers[i] = &reader{ward: p % 2, client: authtest.Client(s.auth, authtest.SignIn(t, s.auth, people[p]))}
 		}()
 	}
 	wg.Wait()
@@ -106,31 +121,46 @@ func TestManyWardStreamsReceiveEveryEventInOrder(t *testing.T) {
 	// Every stream open before the first upload: the answer's header comes once the stream
 	// is subscribed.
 	var readersDone sync.WaitGroup
+	var opening sync.WaitGroup
 	for i, r := range readers {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.ts.URL+"/api/v1/stream?"+wardStreamQuery(wardPatients[r.ward]), nil)
-		res, err := r.client.Do(req)
-		if err != nil {
-			t.Fatalf("stream %d: %v", i, err)
-		}
-		if res.StatusCode != http.StatusOK {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			t.Fatalf("GET /api/v1/stream (session %d) = %d: %s", i, res.StatusCode, b)
-		}
-		readersDone.Add(1)
+		opening.Add(1)
+		sem <- struct{}{}
 		go func() {
-			defer readersDone.Done()
-			defer res.Body.Close()
-			err := readStream(res.Body, func(ev streamEvent) bool {
+			defer opening.Done()
+			defer func() { <-sem }()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.ts.URL+"/api/v1/stream?"+wardStreamQuery(wardPatients[r.ward]), nil)
+			res, err := r.client.Do(req)
+			if err != nil {
+				t.Errorf("stream %d: %v", i, err)
+				return
+			}
+			if res.StatusCode != http.StatusOK {
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				t.Errorf("GET /api/v1/stream (session %d) = %d: %s", i, res.StatusCode, b)
+				return
+			}
+			readersDone.Add(1)
+			go func() {
+				defer readersDone.Done()
+				defer res.Body.Close()
+				err := readStream(res.Body, func(ev streamEvent) bool {
+					r.mu.Lock()
+					defer r.mu.Unlock()
+					r.got = append(r.got, ev)
+					return len(r.got) < uploads // stop once complete
+				})
 				r.mu.Lock()
-				defer r.mu.Unlock()
-				r.got = append(r.got, ev)
-				return len(r.got) < uploads // stop once complete
-			})
-			r.mu.Lock()
-			r.err = err
-			r.mu.Unlock()
+				r.err = err
+				r.mu.Unlock()
+			}()
 		}()
+	}
+	opening.Wait()
+	if t.Failed() {
+		cancel()
+		readersDone.Wait()
+		t.FailNow()
 	}
 	if n := s.Core.Hub().Subscribers(); n < sessions {
 		t.Fatalf("hub subscribers = %d, want at least %d", n, sessions)
