@@ -491,17 +491,20 @@ func (e *Engine) settleInbox(ctx context.Context, ids map[uuid.UUID][]int64) (in
 		p.mu.Unlock()
 		del = append(del, ids[pid]...)
 	}
+	var n int64
 	if len(del) > 0 {
-		if _, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, del); err != nil {
+		tag, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, del)
+		if err != nil {
 			restore()
 			return 0, fmt.Errorf("rules: inbox: %w", err)
 		}
+		n = tag.RowsAffected()
 	}
 	if err := tx.Commit(ctx); err != nil {
 		restore()
 		return 0, fmt.Errorf("rules: inbox: commit: %w", err)
 	}
-	return len(del), nil
+	return int(n), nil
 }
 
 // settingsChanged, inside the transaction that changes a patient's rule settings (SpO2
