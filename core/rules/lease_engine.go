@@ -279,14 +279,33 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		if len(got) == 0 {
 			return total, nil
 		}
-		// One evaluation per patient and run of observation rows (in the rows' order); the
-		// rows of every patient evaluated are settled together, in one transaction, after the
-		// batch (settleInbox).
+		// One evaluation per patient for its observation rows of the batch (up to its next
+		// settings or release row, which is applied in the rows' order); the rows of every
+		// patient evaluated are settled together, in one transaction, after the batch
+		// (settleInbox).
+		type item struct {
+			pid  uuid.UUID
+			rows []int // indexes into got: one settings or release row, or observation rows
+		}
+		var items []item
+		open := map[uuid.UUID]int{} // patient → its observation item still open
+		for k, r := range got {
+			if r.kind == "observations" {
+				if x, ok := open[r.pid]; ok {
+					items[x].rows = append(items[x].rows, k)
+					continue
+				}
+				open[r.pid] = len(items)
+			} else {
+				delete(open, r.pid)
+			}
+			items = append(items, item{pid: r.pid, rows: []int{k}})
+		}
 		var done []int64
 		var errs []error
 		evaluated := map[uuid.UUID][]int64{}
-		for i := 0; i < len(got); {
-			r := got[i]
+		for _, it := range items {
+			r := got[it.rows[0]]
 			if r.kind == "settings" {
 				err := e.reloadSettings(ctx, r.pid)
 				if err == nil || !errors.Is(err, ErrNotOwner) {
@@ -295,7 +314,6 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 				if err != nil && !errors.Is(err, ErrNotOwner) {
 					errs = append(errs, err)
 				}
-				i++
 				continue
 			}
 			if r.kind == "release" {
@@ -310,25 +328,22 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 				if err != nil && !errors.Is(err, ErrNotOwner) {
 					errs = append(errs, err)
 				}
-				i++
 				continue
 			}
 			var batch []Observation
-			ids := []int64{}
-			j := i
-			for ; j < len(got) && got[j].pid == r.pid && got[j].kind == "observations"; j++ {
+			ids := make([]int64, 0, len(it.rows))
+			for _, k := range it.rows {
 				var os []Observation
-				if err := json.Unmarshal(got[j].body, &os); err != nil {
-					errs = append(errs, fmt.Errorf("rules: inbox row %d: %w", got[j].id, err))
+				if err := json.Unmarshal(got[k].body, &os); err != nil {
+					errs = append(errs, fmt.Errorf("rules: inbox row %d: %w", got[k].id, err))
 				}
 				batch = append(batch, os...)
-				ids = append(ids, got[j].id)
+				ids = append(ids, got[k].id)
 			}
-			i = j
 			sort.SliceStable(batch, func(a, b int) bool { return batch[a].EffectiveAt.Before(batch[b].EffectiveAt) })
-			_, err := e.evaluate(ctx, r.pid, batch)
+			_, err := e.evaluate(ctx, it.pid, batch)
 			if err == nil {
-				evaluated[r.pid] = append(evaluated[r.pid], ids...)
+				evaluated[it.pid] = append(evaluated[it.pid], ids...)
 			}
 			if err != nil && !errors.Is(err, ErrNotOwner) {
 				errs = append(errs, err)
