@@ -33,6 +33,11 @@ import (
 //     their checkpoints and the observations stored after them, at once; its inbox is
 //     drained by the new owner.
 
+// inboxBatch is how many inbox rows DrainInbox reads, evaluates and settles at a time: the
+// rows of one patient in a batch are evaluated together and its state written once, in the
+// one transaction that settles the batch.
+const inboxBatch = 2000
+
 // inboxChannel is the NOTIFY channel that wakes the owners when inbox rows commit.
 const inboxChannel = "vigil_rules_inbox"
 
@@ -253,7 +258,7 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		if len(held) == 0 {
 			return total, nil
 		}
-		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) ORDER BY id LIMIT 500`, held)
+		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) ORDER BY id LIMIT $2`, held, inboxBatch)
 		if err != nil {
 			return total, fmt.Errorf("rules: inbox: %w", err)
 		}
@@ -363,7 +368,7 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		if err := errors.Join(errs...); err != nil {
 			return total, err
 		}
-		if len(got) < 500 {
+		if len(got) < inboxBatch {
 			return total, nil
 		}
 	}
