@@ -23,7 +23,7 @@ FUZZ_TARGETS ?= devices/envelope:FuzzOpen devices/envelope:FuzzParseMessages dev
 	core/rules:FuzzNEWS2 core/rules:FuzzRuleDefinition \
 	core:FuzzVerifyWebhook core:FuzzCheckWebhookURL \
 	server:FuzzCheckJSON \
-	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch interop/fhir:FuzzParseScopes \
+	interop/hl7:FuzzParse interop/hl7:FuzzEscape interop/mllp:FuzzReadFrame interop/fhir:FuzzParseSearch interop/fhir:FuzzParseScopes interop/fhir/subscription:FuzzParse \
 	auth:FuzzCredentialParsers
 FUZZTIME ?= 50000x
 # Test results and validation evidence (git-ignored): `make unit` and `make fuzz` write the

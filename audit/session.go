@@ -170,8 +170,7 @@ func (k *SessionKeys) Check(ctx context.Context, q RowQuerier, e *leaf.Event, ma
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
-	want := leaf.EventMAC(key, enc)
-	if !hmacEqual(want[:], mac) {
+	if !leaf.CheckEventMAC(key, enc, mac) {
 		return fmt.Errorf("%w: the tag does not match the event", ErrUnauthenticated)
 	}
 	return nil
@@ -445,15 +444,4 @@ done:
 	s.lastAtt = seq
 	s.mu.Unlock()
 	return nil
-}
-
-func hmacEqual(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	var v byte
-	for i := range a {
-		v |= a[i] ^ b[i]
-	}
-	return v == 0
 }

@@ -323,9 +323,8 @@ func (s *Service) CompleteEnrollment(ctx context.Context, o Origin, token, passw
 		if codes, err = s.newRecoveryCodes(ctx, tx, user, now); err != nil {
 			return err
 		}
-		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "user.enrolled", audit.Object{Type: "user", ID: user.String()},
-			audit.OutcomeSuccess, "", map[string]any{"factors": []string{"password", "totp"}}))
-		return err
+		return s.recordUserEvent(ctx, tx, o.event(now, "user.enrolled", audit.Object{Type: "user", ID: user.String()},
+			audit.OutcomeSuccess, "", map[string]any{"factors": []string{"password", "totp"}}), user)
 	})
 	if err != nil {
 		if errorsIsAuth(err) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 )
 
 // PolicyVersion is one change of the policy.
@@ -22,27 +24,129 @@ type PolicyVersion struct {
 	Detail    map[string]any `json:"detail"`
 }
 
-// bumpPolicy records a policy change inside tx: a new version row and the audit event
-// "policy.<change>" (both commit or roll back with the change).
-func (s *Service) bumpPolicy(ctx context.Context, tx pgx.Tx, o Origin, change string, detail map[string]any) (int64, error) {
+// bumpPolicy starts a policy change inside tx: a new version row, and the audit event
+// "policy.<change>" that recordPolicy records after the change (all commit or roll back
+// together). It returns the version, the event and the policy lines as they were before.
+func (s *Service) bumpPolicy(ctx context.Context, tx pgx.Tx, o Origin, change string, detail map[string]any) (int64, audit.Event, map[string]rowdigest.Row, error) {
+	v, ev, err := s.bumpVersion(ctx, tx, o, change, detail)
+	if err != nil {
+		return 0, audit.Event{}, nil, err
+	}
+	before, err := policyRows(ctx, tx)
+	return v, ev, before, err
+}
+
+func (s *Service) bumpVersion(ctx context.Context, tx pgx.Tx, o Origin, change string, detail map[string]any) (int64, audit.Event, error) {
 	// Serialise versions: the row lock of the advisory key orders concurrent changes.
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('vigil.auth.policy'))"); err != nil {
-		return 0, err
+		return 0, audit.Event{}, err
 	}
 	var v int64
 	if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) + 1 FROM auth_policy_versions").Scan(&v); err != nil {
-		return 0, err
+		return 0, audit.Event{}, err
 	}
 	now := s.now()
 	ev := o.event(now, "policy."+change, audit.Object{Type: "policy", ID: fmt.Sprint(v)}, audit.OutcomeSuccess, "", detail)
 	if _, err := tx.Exec(ctx, `INSERT INTO auth_policy_versions (version, changed_at, actor_kind, actor_id, change, detail)
 		VALUES ($1, $2, $3, $4, $5, $6)`, v, now, string(ev.Actor.Kind), ev.Actor.ID, change, detail); err != nil {
-		return 0, err
+		return 0, audit.Event{}, err
 	}
-	if _, err := s.cfg.Audit.Record(ctx, tx, ev); err != nil {
-		return 0, err
+	return v, ev, nil
+}
+
+// policySpecs are the tables a policy change writes: the policy lines, and the service
+// accounts and API tokens whose changes (a token issued or revoked, an account disabled) are
+// policy changes.
+var policySpecs = []rowdigest.Spec{rowdigest.PolicyRules, rowdigest.ServiceAccounts, rowdigest.APITokens}
+
+// policyRows reads the rows of policySpecs with their event ids and digests
+// (audit/rowdigest), by rowdigest.Spec.Ref.
+func policyRows(ctx context.Context, tx pgx.Tx) (map[string]rowdigest.Row, error) {
+	out := map[string]rowdigest.Row{}
+	for _, sp := range policySpecs {
+		err := sp.Rows(ctx, tx, func(r rowdigest.Row) error {
+			out[sp.Ref(r.Key)] = r
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	return v, nil
+	return out, nil
+}
+
+// specOf returns the spec of policySpecs whose rows ref names, and the row's key.
+func specOf(ref string) (rowdigest.Spec, string, error) {
+	for _, sp := range policySpecs {
+		if k, ok := strings.CutPrefix(ref, sp.Table+"/"); ok {
+			return sp, k, nil
+		}
+	}
+	return rowdigest.Spec{}, "", fmt.Errorf("auth: no audited table for row %s", ref)
+}
+
+// policyStampsPerEvent bounds the policy lines one event ties to itself (their digests stay
+// well under audit.MaxPayloadBytes); more go in "auth.policy_rows_written" events of the version.
+const policyStampsPerEvent = 100
+
+// recordPolicy records ev, the event of a policy change, after the change: every line the
+// change added or rewrote is tied to it (audit/rowdigest: the event's id and the digest of the
+// line), and its payload names every line the change removed, so that `vigil audit verify`
+// finds a policy line added, changed, put back or removed behind the system's back.
+func (s *Service) recordPolicy(ctx context.Context, tx pgx.Tx, ev audit.Event, before map[string]rowdigest.Row) error {
+	after, err := policyRows(ctx, tx)
+	if err != nil {
+		return err
+	}
+	var written, removed []string
+	for k, r := range after {
+		b, ok := before[k]
+		if !ok || r.EventID == nil || b.EventID == nil || *r.EventID != *b.EventID || r.Digest != b.Digest {
+			written = append(written, k)
+		}
+	}
+	for k := range before {
+		if _, ok := after[k]; !ok {
+			removed = append(removed, k)
+		}
+	}
+	slices.Sort(written)
+	slices.Sort(removed)
+	for first := true; first || len(written)+len(removed) > 0; first = false {
+		if !first {
+			ev = audit.Event{Time: ev.Time, Actor: ev.Actor, Action: "auth.policy_rows_written", Object: ev.Object, Outcome: ev.Outcome,
+				RequestID: ev.RequestID, SourceAddr: ev.SourceAddr}
+		}
+		w := written[:min(len(written), policyStampsPerEvent)]
+		written = written[len(w):]
+		r := removed[:min(len(removed), policyStampsPerEvent-len(w))]
+		removed = removed[len(r):]
+		if err := stampEvent(ctx, tx, &ev, func(ds rowdigest.Digests, id uuid.UUID) error {
+			for _, ref := range w {
+				sp, k, err := specOf(ref)
+				if err == nil {
+					err = ds.Stamp(ctx, tx, sp, k, id)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			for _, ref := range r {
+				sp, k, err := specOf(ref)
+				if err != nil {
+					return err
+				}
+				ds.Deleted(sp, k)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if _, err := s.cfg.Audit.Record(ctx, tx, ev); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // changePolicy runs fn and the version bump in one transaction, then reloads the enforcer.
@@ -58,10 +162,15 @@ func (s *Service) changePolicyTx(ctx context.Context, o Origin, change string, d
 	var v int64
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		if v, err = s.bumpPolicy(ctx, tx, o, change, detail); err != nil {
+		var ev audit.Event
+		var before map[string]rowdigest.Row
+		if v, ev, before, err = s.bumpPolicy(ctx, tx, o, change, detail); err != nil {
 			return err
 		}
-		return fn(tx, v)
+		if err := fn(tx, v); err != nil {
+			return err
+		}
+		return s.recordPolicy(ctx, tx, ev, before)
 	})
 	return v, err
 }
@@ -77,12 +186,12 @@ func (s *Service) installDefaultPolicy(ctx context.Context) error {
 	rules := DefaultPolicy()
 	o := Origin{Actor: audit.Actor{Kind: audit.ActorService, ID: "vigil", AuthMethod: "internal"}}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		v, err := s.bumpPolicy(ctx, tx, o, "default_installed", map[string]any{"rules": len(rules)})
+		v, ev, before, err := s.bumpPolicy(ctx, tx, o, "default_installed", map[string]any{"rules": len(rules)})
 		if err != nil {
 			return err
 		}
 		if v != 1 {
-			return nil // another process installed it meanwhile
+			return s.recordPolicy(ctx, tx, ev, before) // another process installed it meanwhile
 		}
 		for _, r := range rules {
 			if _, err := tx.Exec(ctx, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, v3, source, version)
@@ -90,7 +199,7 @@ func (s *Service) installDefaultPolicy(ctx context.Context) error {
 				return err
 			}
 		}
-		return nil
+		return s.recordPolicy(ctx, tx, ev, before)
 	})
 	if err != nil {
 		return fmt.Errorf("auth: install default policy: %w", err)

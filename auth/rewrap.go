@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 	"github.com/vigilhealth/vigil/keys"
 )
 
@@ -26,18 +28,28 @@ func SealedColumns() []string {
 // RewrapStore is the keys.RewrapStore over one sealed column of the auth area (one of
 // SealedColumns), walked by `vigil keys rotate phi-encryption` after a rotation. Re-wrapping
 // changes only the wrapped data key, so the associated data of each value is unaffected.
-func RewrapStore(pool *pgxpool.Pool, column string) (keys.RewrapStore, error) {
+// Each batch is audited through rec as "auth.sealed_rewrapped" (table, column, count); a
+// user's row re-wrapped is tied to that event with the digest of its new content
+// (audit/rowdigest; one event per up to 100 users).
+func RewrapStore(pool *pgxpool.Pool, rec audit.Recorder, column string) (keys.RewrapStore, error) {
 	tc, ok := sealedColumns[column]
 	if !ok {
 		return nil, fmt.Errorf("%w: no sealed column %q", ErrInvalid, column)
 	}
-	return rewrapStore{pool: pool, table: tc[0], col: tc[1]}, nil
+	if rec == nil {
+		return nil, fmt.Errorf("%w: rewrap %s: no audit recorder", ErrInvalid, column)
+	}
+	return rewrapStore{pool: pool, rec: rec, table: tc[0], col: tc[1]}, nil
 }
 
 type rewrapStore struct {
 	pool       *pgxpool.Pool
+	rec        audit.Recorder
 	table, col string
 }
+
+// rewrapStampsPerEvent bounds the users one "auth.sealed_rewrapped" event ties to itself.
+const rewrapStampsPerEvent = 100
 
 func (r rewrapStore) NextSealed(ctx context.Context, after string, limit int) ([]keys.StoredCiphertext, error) {
 	from := uuid.Nil
@@ -64,9 +76,36 @@ func (r rewrapStore) NextSealed(ctx context.Context, after string, limit int) ([
 
 func (r rewrapStore) ReplaceSealed(ctx context.Context, items []keys.StoredCiphertext) error {
 	return pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		var replaced []string
 		for _, it := range items {
-			if _, err := tx.Exec(ctx, "UPDATE "+r.table+" SET "+r.col+" = $3 WHERE id = $1 AND "+r.col+" = $2", it.ID, it.Old, it.New); err != nil {
+			tag, err := tx.Exec(ctx, "UPDATE "+r.table+" SET "+r.col+" = $3 WHERE id = $1 AND "+r.col+" = $2", it.ID, it.Old, it.New)
+			if err != nil {
 				return fmt.Errorf("rewrap %s.%s of %s: %w", r.table, r.col, it.ID, err)
+			}
+			if tag.RowsAffected() > 0 {
+				replaced = append(replaced, it.ID)
+			}
+		}
+		for first := true; first || len(replaced) > 0; first = false {
+			chunk := replaced[:min(len(replaced), rewrapStampsPerEvent)]
+			replaced = replaced[len(chunk):]
+			ev := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "auth", AuthMethod: "internal"}, Action: "auth.sealed_rewrapped",
+				Object: audit.Object{Type: "sealed_column", ID: r.table + "." + r.col}, Outcome: audit.OutcomeSuccess,
+				Payload: map[string]any{"offered": len(items), "replaced": len(chunk)}}
+			if r.table == rowdigest.Users.Table {
+				if err := stampEvent(ctx, tx, &ev, func(ds rowdigest.Digests, id uuid.UUID) error {
+					for _, u := range chunk {
+						if err := ds.Stamp(ctx, tx, rowdigest.Users, u, id); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+			if _, err := r.rec.Record(ctx, tx, ev); err != nil {
+				return err
 			}
 		}
 		return nil

@@ -17,7 +17,7 @@ func TestSealedColumnsRewrap(t *testing.T) {
 	}
 	total := 0
 	for _, col := range auth.SealedColumns() {
-		st, err := auth.RewrapStore(e.pool, col)
+		st, err := auth.RewrapStore(e.pool, e.cfg.Audit, col)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -43,7 +43,7 @@ func TestSealedColumnsRewrap(t *testing.T) {
 		t.Fatalf("UserByEmail after rewrap = %+v, %v", u, err)
 	}
 	e.login(t, "rosa@example.org", secret) // the TOTP secret still opens
-	if _, err := auth.RewrapStore(e.pool, "auth_users.password_hash"); err == nil {
+	if _, err := auth.RewrapStore(e.pool, e.cfg.Audit, "auth_users.password_hash"); err == nil {
 		t.Fatal("RewrapStore(unknown column) = nil error")
 	}
 }

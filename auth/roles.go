@@ -15,6 +15,7 @@ const (
 	RoleDeviceTechnician = "device_technician" // manages devices; sees no PHI
 	RoleQuality          = "quality"           // reads the audit trail and evidence, reviews break-glass
 	RoleAdmin            = "admin"             // manages users, service accounts and policy; no clinical data
+	RoleAuditor          = "auditor"           // an internal or external auditor: reads and verifies the audit trail
 )
 
 // RoleInfo describes a role.
@@ -35,6 +36,7 @@ var Roles = []RoleInfo{
 	{RoleDeviceTechnician, "registers, enrolls, suspends and assigns devices; sees no PHI", false, false},
 	{RoleQuality, "reads the audit trail, exports audit packs and evidence, reviews break-glass access", true, false},
 	{RoleAdmin, "manages users, service accounts, roles and policy; cannot read clinical data without a clinical role", true, false},
+	{RoleAuditor, "an internal or external auditor (regulatory, notified body): reads the audit trail and starts its full re-verification", true, false},
 }
 
 // LookupRole returns the role named name.
@@ -84,13 +86,14 @@ const (
 	ObjStream         = "stream"          // live event stream; subscribe
 	ObjBreakGlass     = "break_glass"     // open (clinicians), review (quality)
 	ObjDevice         = "device"          // read, manage, enroll
-	ObjAudit          = "audit"           // read, export
+	ObjAudit          = "audit"           // read, export, verify (start a full re-verification)
 	ObjEvidence       = "evidence"        // read (requirements, traceability, validation, packs)
 	ObjUser           = "user"            // read, manage
 	ObjServiceAccount = "service_account" // read, manage
 	ObjPolicy         = "policy"          // read, manage (rules and role grants)
 	ObjSite           = "site"            // sites and wards; read, manage
 	ObjWebhook        = "webhook"         // manage
+	ObjSubscription   = "subscription"    // manage (FHIR Subscriptions: sending patients' data to an outside endpoint)
 )
 
 // Scopes of policy lines (see model.conf).
@@ -187,6 +190,8 @@ func DefaultPolicy() []Rule {
 		{RoleQuality, ObjEvidence, "read", ScopeGlobal},
 		{RoleQuality, ObjBreakGlass, "review", ScopeGlobal},
 		{RoleQuality, ObjPolicy, "read", ScopeGlobal},
+		{RoleAuditor, ObjAudit, "read", ScopeGlobal},
+		{RoleAuditor, ObjAudit, "verify", ScopeGlobal},
 		{RoleAdmin, ObjUser, "read", ScopeGlobal},
 		{RoleAdmin, ObjUser, "manage", ScopeGlobal},
 		{RoleAdmin, ObjServiceAccount, "read", ScopeGlobal},
@@ -196,6 +201,7 @@ func DefaultPolicy() []Rule {
 		{RoleAdmin, ObjSite, "read", ScopeGlobal},
 		{RoleAdmin, ObjSite, "manage", ScopeGlobal},
 		{RoleAdmin, ObjWebhook, "manage", ScopeGlobal},
+		{RoleAdmin, ObjSubscription, "manage", ScopeGlobal},
 		{RoleAdmin, ObjDevice, "read", ScopeGlobal},
 	} {
 		rules = append(rules, r)

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 )
 
 // ServiceAccount is a machine principal (CI, an integration).
@@ -58,8 +59,13 @@ func (s *Service) CreateServiceAccount(ctx context.Context, o Origin, name strin
 			sa.ID, name, now); err != nil {
 			return err
 		}
-		_, err := s.cfg.Audit.Record(ctx, tx, o.event(now, "service_account.created",
-			audit.Object{Type: "service_account", ID: sa.ID.String()}, audit.OutcomeSuccess, "", map[string]any{"name": name}))
+		ev := o.event(now, "service_account.created", audit.Object{Type: "service_account", ID: sa.ID.String()}, audit.OutcomeSuccess, "", map[string]any{"name": name})
+		if err := stampEvent(ctx, tx, &ev, func(ds rowdigest.Digests, id uuid.UUID) error {
+			return ds.Stamp(ctx, tx, rowdigest.ServiceAccounts, sa.ID.String(), id)
+		}); err != nil {
+			return err
+		}
+		_, err := s.cfg.Audit.Record(ctx, tx, ev)
 		return err
 	})
 	if isUnique(err) {

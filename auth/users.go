@@ -131,9 +131,8 @@ func (s *Service) createUser(ctx context.Context, o Origin, p Profile, oidcIdx [
 		if oidcIdx != nil {
 			via = "oidc"
 		}
-		_, err := s.cfg.Audit.Record(ctx, tx, o.event(now, "user.created", audit.Object{Type: "user", ID: u.ID.String()},
-			audit.OutcomeSuccess, "", map[string]any{"via": via}))
-		return err
+		return s.recordUserEvent(ctx, tx, o.event(now, "user.created", audit.Object{Type: "user", ID: u.ID.String()},
+			audit.OutcomeSuccess, "", map[string]any{"via": via}), u.ID)
 	})
 	if isUnique(err) {
 		return User{}, fmt.Errorf("create user: %w: e-mail address or identity in use", ErrConflict)
@@ -239,9 +238,8 @@ func (s *Service) DisableUser(ctx context.Context, o Origin, id uuid.UUID) error
 		if err != nil {
 			return err
 		}
-		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "user.disabled", audit.Object{Type: "user", ID: id.String()},
-			audit.OutcomeSuccess, "", map[string]any{"sessions_ended": n}))
-		return err
+		return s.recordUserEvent(ctx, tx, o.event(now, "user.disabled", audit.Object{Type: "user", ID: id.String()},
+			audit.OutcomeSuccess, "", map[string]any{"sessions_ended": n}), id)
 	})
 }
 
@@ -257,9 +255,8 @@ func (s *Service) EnableUser(ctx context.Context, o Origin, id uuid.UUID) error 
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("enable user %s: %w (or not disabled)", id, ErrNotFound)
 		}
-		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "user.enabled", audit.Object{Type: "user", ID: id.String()},
-			audit.OutcomeSuccess, "", nil))
-		return err
+		return s.recordUserEvent(ctx, tx, o.event(now, "user.enabled", audit.Object{Type: "user", ID: id.String()},
+			audit.OutcomeSuccess, "", nil), id)
 	})
 }
 
@@ -305,9 +302,8 @@ func (s *Service) resetMFA(ctx context.Context, o Origin, id uuid.UUID, reason s
 		if reason != "" {
 			detail["reason"] = reason
 		}
-		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "user.mfa_reset", audit.Object{Type: "user", ID: id.String()},
-			audit.OutcomeSuccess, "", detail))
-		return err
+		return s.recordUserEvent(ctx, tx, o.event(now, "user.mfa_reset", audit.Object{Type: "user", ID: id.String()},
+			audit.OutcomeSuccess, "", detail), id)
 	})
 	if err != nil {
 		return Enrollment{}, fmt.Errorf("reset MFA: %w", err)

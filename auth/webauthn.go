@@ -202,9 +202,8 @@ func (pk *Passkeys) FinishRegistration(ctx context.Context, p *Principal, o Orig
 			cred.ID, p.ID, data, now); err != nil {
 			return err
 		}
-		_, err := pk.s.cfg.Audit.Record(ctx, tx, o.event(now, "user.passkey_added", audit.Object{Type: "user", ID: p.ID.String()},
-			audit.OutcomeSuccess, "", map[string]any{"credential_id": b64(cred.ID), "attestation": cred.AttestationFormat}))
-		return err
+		return pk.s.recordUserEvent(ctx, tx, o.event(now, "user.passkey_added", audit.Object{Type: "user", ID: p.ID.String()},
+			audit.OutcomeSuccess, "", map[string]any{"credential_id": b64(cred.ID), "attestation": cred.AttestationFormat}), p.ID)
 	})
 }
 

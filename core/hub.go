@@ -36,12 +36,38 @@ type Event struct {
 	PatientID uuid.UUID       `json:"patient_id"`
 	At        time.Time       `json:"at"`
 	Data      json.RawMessage `json:"data"`
+	// Body, when set, is what a webhook delivery of the event posts instead of the event as
+	// JSON (EnqueueWebhooks): a FHIR notification Bundle. The hub never uses it.
+	Body json.RawMessage `json:"-"`
 
 	// live: a high-volume event (TypeObservations) delivered only to subscribers that ask for
 	// its type explicitly, and never kept for replay (it would push alarms out of the buffer).
 	live bool
 	// remote: published by another replica (hub_replicas.go).
 	remote bool
+	// enc: the event's JSON encoding, made once for every subscriber that receives it (JSON).
+	enc *eventEncoding
+}
+
+type eventEncoding struct {
+	once sync.Once
+	b    []byte
+	err  error
+}
+
+// JSON returns the event's JSON encoding. For an event received from a subscription it is
+// encoded once, on first use, and the same bytes are shared by every subscriber that
+// receives the event: the caller MUST NOT modify them.
+func (ev Event) JSON() ([]byte, error) {
+	if ev.enc == nil {
+		return json.Marshal(ev)
+	}
+	ev.enc.once.Do(func() {
+		e := ev
+		e.enc = nil
+		ev.enc.b, ev.enc.err = json.Marshal(e)
+	})
+	return ev.enc.b, ev.enc.err
 }
 
 // TypeObservations is the event type of newly stored observations (live charts). Only
@@ -54,11 +80,20 @@ func (f Filter) matchLive(ev *Event) bool {
 
 // Wants reports whether some subscriber would receive a live event of typ for patient, so
 // that the publisher can skip building it.
-func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
-	ev := Event{Type: typ, PatientID: patient}
+func (h *Hub) Wants(typ string, patient uuid.UUID) bool { return h.wants(typ, patient, false) }
+
+// wants is Wants for an event published here (remote false) or by another replica (remote
+// true: subscribers that take only local events, Filter.Local, do not want it).
+func (h *Hub) wants(typ string, patient uuid.UUID, remote bool) bool {
+	ev := Event{Type: typ, PatientID: patient, remote: remote}
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	for s := range h.subs {
+	for s := range h.byPatient[patient] {
+		if s.filter.matchLive(&ev) {
+			return true
+		}
+	}
+	for s := range h.anyPatient {
 		if s.filter.matchLive(&ev) {
 			return true
 		}
@@ -68,7 +103,7 @@ func (h *Hub) Wants(typ string, patient uuid.UUID) bool {
 
 // Filter selects the events a subscriber receives. Zero fields select everything.
 type Filter struct {
-	Patients map[uuid.UUID]bool // only these patients (the caller's care team, say)
+	Patients map[uuid.UUID]bool // only these patients (the caller's care team, say); not changed once subscribed (the hub indexes it)
 	Types    map[string]bool    // only these event types
 	// Local: only events published by this process, not those of the other replicas that
 	// reach it through the database (the webhook feed: each event enqueued once).
@@ -91,16 +126,21 @@ func (f Filter) match(ev *Event) bool {
 // Hub fans notifications out to in-process subscribers (SSE streams, the webhook
 // dispatcher). Publish never blocks. It satisfies alarms.Notifier.
 type Hub struct {
-	cfg    HubConfig
-	seq    atomic.Uint64
-	mu     sync.RWMutex
-	subs   map[*Subscription]struct{}
-	ring   []Event // the last cfg.Replay events, oldest first once full
-	head   int
-	closed bool
-	pumps  sync.WaitGroup             // the subscriptions' pump goroutines
-	active map[*Subscription]struct{} // subscriptions whose pump runs (also dropped ones)
-	relay  atomic.Pointer[HubRelay]   // with several replicas: events go through the database
+	cfg  HubConfig
+	seq  atomic.Uint64
+	mu   sync.RWMutex
+	subs map[*Subscription]struct{}
+	// The subscriptions indexed by the patients they follow (Filter.Patients), and those
+	// following every patient: an event is matched only against the subscribers that may
+	// want it, not against every stream of the server.
+	byPatient  map[uuid.UUID]map[*Subscription]struct{}
+	anyPatient map[*Subscription]struct{}
+	ring       []Event // the last cfg.Replay events, oldest first once full
+	head       int
+	closed     bool
+	pumps      sync.WaitGroup             // the subscriptions' pump goroutines
+	active     map[*Subscription]struct{} // subscriptions whose pump runs (also dropped ones)
+	relay      atomic.Pointer[HubRelay]   // with several replicas: events go through the database
 }
 
 // chanQueue is the capacity of a subscription's channel; events beyond it wait in the
@@ -201,7 +241,8 @@ func NewHub(cfg HubConfig) *Hub {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	h := &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}, active: map[*Subscription]struct{}{}}
+	h := &Hub{cfg: cfg, subs: map[*Subscription]struct{}{}, active: map[*Subscription]struct{}{},
+		byPatient: map[uuid.UUID]map[*Subscription]struct{}{}, anyPatient: map[*Subscription]struct{}{}}
 	h.seq.Store(uint64(cfg.Now().UnixMicro()))
 	return h
 }
@@ -218,7 +259,7 @@ func (h *Hub) SubscribeAfter(f Filter, lastID uint64) (sub *Subscription, comple
 		s.closeLocked(true)
 		return s, false
 	}
-	h.subs[s] = struct{}{}
+	h.add(s)
 	last := h.seq.Load()
 	old := h.retained()
 	complete = lastID <= last && (len(old) > 0 && old[0].ID <= lastID+1 || len(old) == 0 && lastID == last)
@@ -228,6 +269,46 @@ func (h *Hub) SubscribeAfter(f Filter, lastID uint64) (sub *Subscription, comple
 		}
 	}
 	return s, complete
+}
+
+// add registers s, indexed by the patients it follows; h.mu held.
+func (h *Hub) add(s *Subscription) {
+	h.subs[s] = struct{}{}
+	if s.filter.Patients == nil {
+		h.anyPatient[s] = struct{}{}
+		return
+	}
+	for p, ok := range s.filter.Patients {
+		if !ok {
+			continue
+		}
+		m := h.byPatient[p]
+		if m == nil {
+			m = map[*Subscription]struct{}{}
+			h.byPatient[p] = m
+		}
+		m[s] = struct{}{}
+	}
+}
+
+// remove unregisters s; h.mu held.
+func (h *Hub) remove(s *Subscription) {
+	if _, ok := h.subs[s]; !ok {
+		return
+	}
+	delete(h.subs, s)
+	if s.filter.Patients == nil {
+		delete(h.anyPatient, s)
+		return
+	}
+	for p := range s.filter.Patients {
+		if m := h.byPatient[p]; m != nil {
+			delete(m, s)
+			if len(m) == 0 {
+				delete(h.byPatient, p)
+			}
+		}
+	}
 }
 
 // retained returns the replay buffer oldest first; h.mu held.
@@ -247,7 +328,7 @@ func (h *Hub) Subscribe(f Filter) *Subscription {
 		s.closeLocked(true)
 		return s
 	}
-	h.subs[s] = struct{}{}
+	h.add(s)
 	return s
 }
 
@@ -270,7 +351,7 @@ func (s *Subscription) Close() {
 func (s *Subscription) closeLocked(stop bool) {
 	if !s.closed {
 		s.closed = true
-		delete(s.hub.subs, s)
+		s.hub.remove(s)
 		if !s.pumping {
 			close(s.c)
 			s.backlog = nil
@@ -330,13 +411,20 @@ func (h *Hub) deliver(ev Event, id uint64, remote bool) uint64 {
 			h.head = (h.head + 1) % h.cfg.Replay
 		}
 	}
-	for s := range h.subs {
+	ev.enc = &eventEncoding{}
+	offer := func(s *Subscription) {
 		if ev.live && !s.filter.matchLive(&ev) || !ev.live && !s.filter.match(&ev) {
-			continue
+			return
 		}
 		if !s.enqueue(ev) {
 			slow = append(slow, s)
 		}
+	}
+	for s := range h.byPatient[ev.PatientID] {
+		offer(s)
+	}
+	for s := range h.anyPatient {
+		offer(s)
 	}
 	for _, s := range slow {
 		s.dropped.Store(true)

@@ -404,7 +404,7 @@ func (r *HubRelay) deliverLive(ctx context.Context, payload string) {
 	var want []liveRef
 	b := &pgx.Batch{}
 	for _, ref := range refs {
-		if !r.hub.Wants(TypeObservations, ref.patient) {
+		if !r.hub.wants(TypeObservations, ref.patient, true) {
 			continue
 		}
 		want = append(want, ref)

@@ -12,6 +12,28 @@ import (
 	"github.com/vigilhealth/vigil/core/alarms"
 )
 
+// The hub publishes an alarm transition whole even when its alarm carries no peak severity:
+// the event's data is the transition (rule, severity, message), never a stub of its id and
+// kind. The old encoding could not encode a zero severity, and the hub fell back to the stub.
+// Verifies: REQ-CORE-140
+func TestHubAlarmTransitionWhole(t *testing.T) {
+	t.Parallel()
+	h := core.NewHub(core.HubConfig{Buffer: 4, Replay: 16})
+	defer h.Close()
+	p := uuid.New()
+	sub := h.Subscribe(core.Filter{})
+	h.AlarmTransition(context.Background(), alarms.Transition{Kind: alarms.Opened, At: t0,
+		Alarm: alarms.Alarm{ID: uuid.New(), PatientID: p, RuleID: "hr-low", State: alarms.StateActive, Severity: alarms.SeverityHigh, Message: "HR 38/min"}})
+	ev := <-sub.C
+	var got alarms.Transition
+	if err := json.Unmarshal(ev.Data, &got); err != nil {
+		t.Fatalf("event data %s: %v", ev.Data, err)
+	}
+	if got.Alarm.RuleID != "hr-low" || got.Alarm.Severity != alarms.SeverityHigh || got.Alarm.Message != "HR 38/min" || got.Alarm.PatientID != p {
+		t.Errorf("alarm.opened data = %s, want the whole transition (hr-low, high, its message)", ev.Data)
+	}
+}
+
 // The hub delivers alarm transitions to matching subscribers in order, never blocks the
 // publisher, and disconnects (rather than silently skipping) a subscriber that falls behind.
 // Verifies: REQ-CORE-012

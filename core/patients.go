@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 )
 
 // Site is a hospital or care site.
@@ -470,42 +471,79 @@ func (s *Service) NextSealedPHI(ctx context.Context, after string, limit int) ([
 	return out, nil
 }
 
+// rewrapStampsPerEvent bounds the rows one "patient.phi_rewrapped" event ties to itself
+// (their digests stay well under audit.MaxPayloadBytes).
+const rewrapStampsPerEvent = 100
+
 // ReplaceSealedPHI stores each New ciphertext where the stored one still equals Old
 // (compare-and-swap: a concurrent change is not undone), in one transaction, audited as
-// "patient.phi_rewrapped" with the count.
+// "patient.phi_rewrapped" with the count; each replaced row is tied to that event with the
+// digest of its new content (audit/rowdigest; one event per up to 100 replaced rows).
 func (s *Service) ReplaceSealedPHI(ctx context.Context, items []SealedPHI) error {
 	now := s.cfg.Now().UTC()
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		n := 0
+		var replaced []string
 		for _, it := range items {
 			tag, err := tx.Exec(ctx, "UPDATE core_patients SET phi_sealed = $3 WHERE id = $1 AND phi_sealed = $2", it.ID, it.Old, it.New)
 			if err != nil {
 				return fmt.Errorf("rewrap PHI of %s: %w", it.ID, err)
 			}
-			n += int(tag.RowsAffected())
+			if tag.RowsAffected() > 0 {
+				replaced = append(replaced, it.ID)
+			}
 		}
-		return s.recordIn(ctx, tx, audit.Event{}, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
-			map[string]any{"offered": len(items), "replaced": n})
+		for first := true; first || len(replaced) > 0; first = false {
+			chunk := replaced[:min(len(replaced), rewrapStampsPerEvent)]
+			replaced = replaced[len(chunk):]
+			ev := audit.Event{ID: uuid.Must(uuid.NewV7())}
+			ds := rowdigest.Digests{}
+			for _, id := range chunk {
+				if err := ds.Stamp(ctx, tx, rowdigest.Patients, id, ev.ID); err != nil {
+					return err
+				}
+			}
+			if err := s.recordIn(ctx, tx, ev, now, "patient.phi_rewrapped", "patient_phi", "core_patients",
+				map[string]any{"offered": len(items), "replaced": len(chunk), rowdigest.PayloadKey: ds}); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 
-// recordPatient records a patient's change in tx and ties the row to it: the row names the
-// event (last_event_id) and the request that made it (last_request_id).
-func (s *Service) recordPatient(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action string, id uuid.UUID, payload any) error {
+// recordPatient records a patient's change in tx, after the change of the patient's row, and
+// ties the row to it: the row names the event (last_event_id) and the request that made it
+// (last_request_id), and carries the event's id and the digest of its audited content
+// (audit/rowdigest: the sealed PHI as its ciphertext, MRN index, ward, admission, discharge),
+// which the event's payload (a map, or nil) carries too.
+func (s *Service) recordPatient(ctx context.Context, tx pgx.Tx, by audit.Event, now time.Time, action string, id uuid.UUID, payload map[string]any) error {
 	ev := by
+	evID, err := uuid.NewV7()
+	if err != nil {
+		return err
+	}
+	ev.ID = evID
 	ev.Time = now
 	ev.Action = action
 	ev.Object = audit.Object{Type: "patient", ID: id.String()}
 	ev.Outcome = audit.OutcomeSuccess
-	ev.Payload = payload
 	if ev.Actor.Kind == "" {
 		ev.Actor = audit.Actor{Kind: audit.ActorService, ID: "core", AuthMethod: "internal"}
 	}
-	evID, err := s.cfg.Recorder.Record(ctx, tx, ev)
-	if err != nil {
+	if _, err := tx.Exec(ctx, "UPDATE core_patients SET last_event_id = $2, last_request_id = $3 WHERE id = $1", id, evID, by.RequestID); err != nil {
 		return err
 	}
-	_, err = tx.Exec(ctx, "UPDATE core_patients SET last_event_id = $2, last_request_id = $3 WHERE id = $1", id, evID, by.RequestID)
+	p := make(map[string]any, len(payload)+1)
+	for k, v := range payload {
+		p[k] = v
+	}
+	ds := rowdigest.Digests{}
+	if err := ds.Stamp(ctx, tx, rowdigest.Patients, id.String(), evID); err != nil {
+		return err
+	}
+	p[rowdigest.PayloadKey] = ds
+	ev.Payload = p
+	_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 	return err
 }
 

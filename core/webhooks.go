@@ -198,10 +198,36 @@ type Delivery struct {
 // or localhost host the destination policy refuses (CodeWebhookDestinationRefused), and an
 // empty eventTypes (CodeInvalidWebhookEventTypes). Host names are not resolved here: the
 // policy is enforced on every connection when delivering.
+//
+// An event type under DirectTypePrefix is refused here (CodeInvalidWebhookEventTypes): those
+// are the feeds of CreateDirectWebhook.
 func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL string, eventTypes []string) (Webhook, []byte, error) {
+	return s.createWebhook(ctx, by, rawURL, eventTypes, false)
+}
+
+// DirectTypePrefix starts the event types of direct webhooks: such a type reaches only the
+// one webhook created for it by CreateDirectWebhook — a webhook subscribed to "*" does not
+// receive it, and CreateWebhook refuses to subscribe to it — so that what one receiver is
+// sent for its own feed (a FHIR Subscription's notifications, interop/fhir/subscription)
+// reaches no other receiver.
+const DirectTypePrefix = "fhir.subscription."
+
+// CreateDirectWebhook is CreateWebhook for one event type under DirectTypePrefix (the URL
+// checked and refused alike, audited alike); the caller names a new type (a fresh id).
+func (s *Service) CreateDirectWebhook(ctx context.Context, by audit.Event, rawURL, eventType string) (Webhook, []byte, error) {
+	if !strings.HasPrefix(eventType, DirectTypePrefix) || len(eventType) == len(DirectTypePrefix) {
+		return Webhook{}, nil, fmt.Errorf("create direct webhook: %w: event type %q is not under %q", ErrInvalidRequest, eventType, DirectTypePrefix)
+	}
+	return s.createWebhook(ctx, by, rawURL, []string{eventType}, true)
+}
+
+func (s *Service) createWebhook(ctx context.Context, by audit.Event, rawURL string, eventTypes []string, direct bool) (Webhook, []byte, error) {
 	u, err := s.cfg.Webhook.policy.checkWebhookURL(rawURL)
 	if err == nil && len(eventTypes) == 0 {
 		err = &WebhookError{Code: CodeInvalidWebhookEventTypes, Detail: "at least one event type (or \"*\")"}
+	}
+	if err == nil && !direct && slices.ContainsFunc(eventTypes, func(t string) bool { return strings.HasPrefix(t, DirectTypePrefix) }) {
+		err = &WebhookError{Code: CodeInvalidWebhookEventTypes, Detail: "event types under \"" + DirectTypePrefix + "\" are a FHIR Subscription's own (create a Subscription at /fhir/R4/Subscription)"}
 	}
 	if err != nil {
 		s.auditWebhookRejection(ctx, by, u, eventTypes, err)
@@ -264,7 +290,8 @@ func (s *Service) DeleteWebhook(ctx context.Context, by audit.Event, id uuid.UUI
 }
 
 // EnqueueWebhooks stores one pending delivery of ev for every active webhook subscribed to its
-// type, and returns how many.
+// type ("*" covers every type but those under DirectTypePrefix), and returns how many. The
+// body delivered is ev as JSON, or ev.Body when set.
 func (s *Service) EnqueueWebhooks(ctx context.Context, evs ...Event) (int, error) {
 	if len(evs) == 0 {
 		return 0, nil
@@ -272,9 +299,14 @@ func (s *Service) EnqueueWebhooks(ctx context.Context, evs ...Event) (int, error
 	types := make([]string, len(evs))
 	payloads := make([]string, len(evs))
 	for i, ev := range evs {
-		b, err := json.Marshal(ev)
-		if err != nil {
-			return 0, fmt.Errorf("enqueue webhooks: %w", err)
+		b := []byte(ev.Body)
+		if b == nil {
+			var err error
+			if b, err = json.Marshal(ev); err != nil {
+				return 0, fmt.Errorf("enqueue webhooks: %w", err)
+			}
+		} else if !json.Valid(b) {
+			return 0, fmt.Errorf("enqueue webhooks: %w: event %s: Body is not JSON", ErrInvalidRequest, ev.Type)
 		}
 		types[i], payloads[i] = ev.Type, string(b)
 	}
@@ -282,8 +314,8 @@ func (s *Service) EnqueueWebhooks(ctx context.Context, evs ...Event) (int, error
 	tag, err := s.pool.Exec(ctx, `INSERT INTO core_webhook_deliveries (id, webhook_id, event_type, payload, status, next_attempt_at, created_at)
 		SELECT gen_random_uuid(), w.id, e.t, e.p::jsonb, 'pending', $3, $3
 		FROM unnest($1::text[], $2::text[]) AS e(t, p)
-		JOIN core_webhooks w ON w.active AND (e.t = ANY(w.event_types) OR '*' = ANY(w.event_types))`,
-		types, payloads, now)
+		JOIN core_webhooks w ON w.active AND (e.t = ANY(w.event_types) OR ('*' = ANY(w.event_types) AND left(e.t, $4) <> $5))`,
+		types, payloads, now, len(DirectTypePrefix), DirectTypePrefix)
 	if err != nil {
 		return 0, fmt.Errorf("enqueue webhooks: %w", err)
 	}

@@ -192,3 +192,44 @@ func TestWebhookSecretsDerivedFromKeyRing(t *testing.T) {
 		t.Errorf("DeliverDue() = %+v, %v (receiver rejected %v); want delivered with the original secret", ds, err, rcv.rejected)
 	}
 }
+
+// A direct webhook (a FHIR Subscription's own feed) receives only the events of its type,
+// with Event.Body as the body; a webhook subscribed to "*" never receives them, and
+// CreateWebhook refuses to subscribe to a direct type (so no other receiver can take over a
+// Subscription's notifications). Fails on the old code, where "*" matched every type.
+// Verifies: REQ-INT-035
+func TestDirectWebhooks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, func(c *core.Config) { c.Webhook = core.WebhookConfig{AllowNets: loopbackNets} })
+	star, _, err := e.svc.CreateWebhook(e.ctx, clinician, "https://receiver.example/all", []string{"*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct, _, err := e.svc.CreateDirectWebhook(e.ctx, clinician, "https://receiver.example/fhir", core.DirectTypePrefix+"s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.svc.CreateWebhook(e.ctx, clinician, "https://evil.example/", []string{core.DirectTypePrefix + "s1"}); !errors.Is(err, core.ErrInvalidRequest) {
+		t.Errorf("CreateWebhook(direct type) = %v, want ErrInvalidRequest", err)
+	}
+	if _, _, err := e.svc.CreateDirectWebhook(e.ctx, clinician, "https://receiver.example/", "alarm.opened"); !errors.Is(err, core.ErrInvalidRequest) {
+		t.Errorf("CreateDirectWebhook(alarm.opened) = %v, want ErrInvalidRequest", err)
+	}
+	n, err := e.svc.EnqueueWebhooks(e.ctx,
+		core.Event{Type: core.DirectTypePrefix + "s1", At: t0, Body: json.RawMessage(`{"resourceType":"Bundle"}`)},
+		core.Event{Type: "alarm.opened", At: t0})
+	if err != nil || n != 2 {
+		t.Fatalf("EnqueueWebhooks = %d, %v; want 2 (the direct one to its webhook, the alarm to *)", n, err)
+	}
+	ds, err := e.svc.Deliveries(e.ctx, core.DeliveryFilter{WebhookID: star.ID})
+	if err != nil || len(ds) != 1 || ds[0].EventType != "alarm.opened" {
+		t.Errorf("deliveries of * = %+v, %v; want the alarm only", ds, err)
+	}
+	ds, err = e.svc.Deliveries(e.ctx, core.DeliveryFilter{WebhookID: direct.ID})
+	if err != nil || len(ds) != 1 || string(ds[0].Payload) != `{"resourceType": "Bundle"}` {
+		t.Errorf("deliveries of the direct webhook = %+v, %v; want the Body as payload", ds, err)
+	}
+	if _, err := e.svc.EnqueueWebhooks(e.ctx, core.Event{Type: core.DirectTypePrefix + "s1", Body: json.RawMessage(`{`)}); !errors.Is(err, core.ErrInvalidRequest) {
+		t.Errorf("EnqueueWebhooks(Body not JSON) = %v, want ErrInvalidRequest", err)
+	}
+}

@@ -141,6 +141,9 @@ func (s *Service) Register(ctx context.Context, o Origin, nd NewDevice) (*Device
 			}
 			return fmt.Errorf("register device: %w", err)
 		}
+		if err := stampRows(ctx, tx, &ev, map[string]any{"serial": nd.Serial, "model": nd.Model, "firmware": nd.Firmware}, id); err != nil {
+			return err
+		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
@@ -256,13 +259,15 @@ func (s *Service) SetStatus(ctx context.Context, o Origin, id uuid.UUID, status,
 		if d.Status == StatusDecommissioned || d.Status == status {
 			return reject(ErrConflict, "device is %s, cannot become %s", d.Status, status)
 		}
-		ev.Payload = map[string]any{"from": d.Status, "to": status, "reason": reason}
+		payload := map[string]any{"from": d.Status, "to": status, "reason": reason}
+		ev.Payload = payload
+		var ended []int64
 		if status == StatusDecommissioned {
 			if _, err := tx.Exec(ctx, `UPDATE devices_keys SET retired_at = $2 WHERE device_id = $1 AND retired_at IS NULL`, id, now); err != nil {
 				return fmt.Errorf("retire keys: %w", err)
 			}
 			if d.PatientID != nil {
-				if err := endAssignment(ctx, tx, id, now); err != nil {
+				if ended, err = endAssignment(ctx, tx, id, now); err != nil {
 					return err
 				}
 			}
@@ -276,6 +281,9 @@ func (s *Service) SetStatus(ctx context.Context, o Origin, id uuid.UUID, status,
 		if err := notifyChanged(ctx, tx, id); err != nil {
 			return err
 		}
+		if err := stampRows(ctx, tx, &ev, payload, id, ended...); err != nil {
+			return err
+		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
@@ -286,11 +294,17 @@ func (s *Service) SetStatus(ctx context.Context, o Origin, id uuid.UUID, status,
 	return out, nil
 }
 
-func endAssignment(ctx context.Context, tx pgx.Tx, id uuid.UUID, now time.Time) error {
-	if _, err := tx.Exec(ctx, `UPDATE devices_assignments SET ended_at = $2 WHERE device_id = $1 AND ended_at IS NULL`, id, now); err != nil {
-		return fmt.Errorf("end assignment: %w", err)
+// endAssignment ends the device's open assignment and returns the ids of the rows it ended.
+func endAssignment(ctx context.Context, tx pgx.Tx, id uuid.UUID, now time.Time) ([]int64, error) {
+	rows, err := tx.Query(ctx, `UPDATE devices_assignments SET ended_at = $2 WHERE device_id = $1 AND ended_at IS NULL RETURNING id`, id, now)
+	if err != nil {
+		return nil, fmt.Errorf("end assignment: %w", err)
 	}
-	return nil
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("end assignment: %w", err)
+	}
+	return ids, nil
 }
 
 // AssignPatient assigns the device to a patient (nil: unassigns it), ending the previous
@@ -320,12 +334,15 @@ func (s *Service) AssignPatient(ctx context.Context, o Origin, id uuid.UUID, pat
 				return reject(ErrInvalidInput, "no patient %s", *patient)
 			}
 		}
-		ev.Payload = map[string]any{"from": d.PatientID, "to": patient}
-		if err := endAssignment(ctx, tx, id, now); err != nil {
+		payload := map[string]any{"from": d.PatientID, "to": patient}
+		ev.Payload = payload
+		ended, err := endAssignment(ctx, tx, id, now)
+		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO devices_assignments (device_id, patient_id, started_at, actor_id) VALUES ($1,$2,$3,$4)`,
-			id, patient, now, o.Actor.ID); err != nil {
+		var started int64
+		if err := tx.QueryRow(ctx, `INSERT INTO devices_assignments (device_id, patient_id, started_at, actor_id) VALUES ($1,$2,$3,$4) RETURNING id`,
+			id, patient, now, o.Actor.ID).Scan(&started); err != nil {
 			return fmt.Errorf("record assignment: %w", err)
 		}
 		out, err = scanDevice(tx.QueryRow(ctx, `UPDATE devices_devices SET patient_id = $2, updated_at = $3 WHERE id = $1 RETURNING `+deviceCols, id, patient, now))
@@ -333,6 +350,9 @@ func (s *Service) AssignPatient(ctx context.Context, o Origin, id uuid.UUID, pat
 			return fmt.Errorf("assign patient: %w", err)
 		}
 		if err := notifyChanged(ctx, tx, id); err != nil {
+			return err
+		}
+		if err := stampRows(ctx, tx, &ev, payload, id, append(ended, started)...); err != nil {
 			return err
 		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
@@ -464,7 +484,9 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 			return fmt.Errorf("consume enrollment token: %w", err)
 		}
 		out = Enrolled{DeviceID: id, KeyVersion: d.KeyVersion + 1}
-		ev.Payload = map[string]any{"key_version": out.KeyVersion, "public_key": hex.EncodeToString(e.PublicKey), "transport": meta.Transport}
+		if err := stampRows(ctx, tx, &ev, map[string]any{"key_version": out.KeyVersion, "public_key": hex.EncodeToString(e.PublicKey), "transport": meta.Transport}, id); err != nil {
+			return err
+		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
@@ -566,8 +588,10 @@ func (s *Service) RotateKey(ctx context.Context, raw []byte, meta Meta) (*Enroll
 			return err
 		}
 		out = Enrolled{DeviceID: id, KeyVersion: d.KeyVersion + 1}
-		ev.Payload = map[string]any{"from_version": d.KeyVersion, "key_version": out.KeyVersion,
-			"public_key": hex.EncodeToString(r.NewPublicKey), "transport": meta.Transport}
+		if err := stampRows(ctx, tx, &ev, map[string]any{"from_version": d.KeyVersion, "key_version": out.KeyVersion,
+			"public_key": hex.EncodeToString(r.NewPublicKey), "transport": meta.Transport}, id); err != nil {
+			return err
+		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})

@@ -43,7 +43,7 @@ type fullServer struct {
 	rules  *rules.Engine
 }
 
-func newFullServer(t *testing.T) *fullServer {
+func newFullServer(t *testing.T, mods ...func(*Config)) *fullServer {
 	t.Helper()
 	pool, url := testdb.NewWithURL(t)
 	ctx := context.Background()
@@ -69,9 +69,13 @@ func newFullServer(t *testing.T) *fullServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng,
+	cfg := Config{Pool: pool, Recorder: env.Rec, Core: env.Core, Devices: env.Devices, Alarms: alarmSvc, Rules: eng,
 		Audit: auditSvc, Auth: authSvc, Portal: portalSvc, Passkeys: passkeys, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		RejectedPerSource: Limit{Rate: -1}})
+		RejectedPerSource: Limit{Rate: -1}}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +142,7 @@ func TestRouteWithoutAccessIsRefused(t *testing.T) {
 }
 
 // roleUsers are the matrix's principals: one user per role, clinical roles on ward A.
-var matrixRoles = []string{auth.RoleClinician, auth.RoleChargeNurse, auth.RoleDeviceTechnician, auth.RoleQuality, auth.RoleAdmin}
+var matrixRoles = []string{auth.RoleClinician, auth.RoleChargeNurse, auth.RoleDeviceTechnician, auth.RoleQuality, auth.RoleAdmin, auth.RoleAuditor}
 
 // The authorization matrix, generated from the route table: every route that needs a policy
 // decision × every role × (for patient routes) a patient of the role's own ward, of another
@@ -213,7 +217,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 		"device read":            {noTarget: {auth.RoleDeviceTechnician, auth.RoleAdmin}},
 		"device manage":          {noTarget: {auth.RoleDeviceTechnician}},
 		"device enroll":          {noTarget: {auth.RoleDeviceTechnician}},
-		"audit read":             {noTarget: {auth.RoleQuality}},
+		"audit read":             {noTarget: {auth.RoleQuality, auth.RoleAuditor}},
+		"audit verify":           {noTarget: {auth.RoleAuditor}},
 		"audit export":           {noTarget: {auth.RoleQuality}},
 		"break_glass review":     {noTarget: {auth.RoleQuality}},
 		"webhook manage":         {noTarget: {auth.RoleAdmin}},

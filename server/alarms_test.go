@@ -1,10 +1,7 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -56,26 +53,7 @@ func TestAlarmAndRuleAPI(t *testing.T) {
 		t.Fatalf("Evaluate() = %v, %v; want a spo2-low alarm", res.Transitions, err)
 	}
 
-	call := func(method, path string, body any) (int, map[string]any) {
-		t.Helper()
-		var rd *bytes.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		} else {
-			rd = bytes.NewReader(nil)
-		}
-		req, _ := http.NewRequest(method, ts.URL+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := cl.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var out map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&out)
-		return resp.StatusCode, out
-	}
+	call := jsonCaller(t, cl, ts.URL)
 	code := func(m map[string]any) string {
 		if e, ok := m["error"].(map[string]any); ok {
 			return e["code"].(string)

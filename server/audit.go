@@ -26,6 +26,7 @@ func (s *Server) mountAudit(api *echo.Group) {
 	api.GET("/audit/verifier-key", s.auditVerifierKey)
 	api.POST("/audit/checkpoint", s.auditCheckpointNow)
 	api.GET("/audit/verify", s.auditVerify)
+	api.POST("/audit/verify", s.auditVerifyFull)
 	api.GET("/audit/consistency", s.auditConsistency)         // audit_consistency.go
 	api.GET("/audit/events", s.auditTrailRead(s.auditEvents)) // access.audit.read (access_lists.go)
 	api.GET("/audit/events/:id", s.auditTrailRead(s.auditEvent))
@@ -47,7 +48,8 @@ func Audited(c echo.Context) { c.Set(auditedKey, true) }
 // event recorded in the action's transaction is that record; otherwise this middleware
 // records `http.request.completed` after the handler ran. A server error (5xx) is always
 // recorded here as `http.request.failed`, whether or not Audited was called.
-// Rejections (4xx) are audited by the error handler.
+// Rejections (4xx) are audited by the error handler, or here when the handler wrote the
+// refusal itself without returning an error (the portal's pages).
 func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
@@ -61,7 +63,14 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 			status, code, _ = classify(err)
 		}
 		if status >= 400 && status < 500 {
-			return err // audited as http.request.rejected by handleError
+			if err == nil {
+				// The handler answered the refusal itself (a portal form's errors, a portal
+				// page's 403): handleError never saw it, so it is audited here. Not counted
+				// against the source's budget of rejected requests: people on a shared
+				// address correcting a form must not throttle each other.
+				s.auditRejection(c, status, "")
+			}
+			return err // otherwise audited as http.request.rejected by handleError
 		}
 		if done, _ := c.Get(auditedKey).(bool); done && status < 500 {
 			return err // the domain event is the record of this request
@@ -123,12 +132,28 @@ func (s *Server) auditCheckpointNow(c echo.Context) error {
 	})
 }
 
+// auditVerify is GET /api/v1/audit/verify: the latest result of the server's verification
+// runs (the background incremental pass, or a full run an auditor started), and the run going
+// on, if any. It runs nothing itself.
 func (s *Server) auditVerify(c echo.Context) error {
-	r, err := s.cfg.Audit.Verify(c.Request().Context())
+	r, err := s.cfg.Audit.LatestVerification(c.Request().Context())
 	if err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, r)
+}
+
+// auditVerifyFull is POST /api/v1/audit/verify (auditors only): start a full re-verification
+// in the background. 202 with the run as started (GET shows its result when it ends); 409
+// audit_verify_running when a run is going on. The audit package records who started it
+// (audit.verify.started) and its result (audit.verify.completed).
+func (s *Server) auditVerifyFull(c echo.Context) error {
+	run, err := s.cfg.Audit.StartFullVerify(c.Request().Context(), EventFor(c))
+	if err != nil {
+		return err
+	}
+	Audited(c)
+	return c.JSON(http.StatusAccepted, run)
 }
 
 func (s *Server) auditEvents(c echo.Context) error {

@@ -116,7 +116,7 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 	}
 
 	// State the rows hand on to each other.
-	var siteID, wardID, patientID, webhookID, deliveryID, deviceID, token string
+	var siteID, wardID, patientID, webhookID, deliveryID, deviceID, token, subscriptionID string
 	var key, key2 ed25519.PrivateKey
 	var dev *devicestest.Device
 	jsonReq := func(path string, v any) func(*testing.T) (string, string, []byte) {
@@ -204,6 +204,15 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 			lazy(func() (string, any) { return v1 + "/webhook-deliveries/" + deliveryID + "/redeliver", nil }), nil},
 		{"DELETE /api/v1/webhooks/:id", 204, "webhook.deleted",
 			lazy(func() (string, any) { return v1 + "/webhooks/" + webhookID, nil }), nil},
+		// FHIR Subscriptions (fhir_subscriptions.go): core records the webhook, the API the
+		// Subscription.
+		{"POST /fhir/R4/Subscription", 201, "webhook.created,fhir.subscription.created",
+			jsonReq("/fhir/R4/Subscription", map[string]any{"resourceType": "Subscription", "status": "requested", "reason": "EHR feed",
+				"criteria": "https://vigil.health/fhir/SubscriptionTopic/alarm-flag",
+				"channel":  map[string]any{"type": "rest-hook", "endpoint": "https://hooks.example.org/fhir", "payload": "application/fhir+json"}}),
+			field(&subscriptionID, "id")},
+		{"DELETE /fhir/R4/Subscription/:id", 204, "fhir.subscription.deleted,webhook.deleted",
+			lazy(func() (string, any) { return "/fhir/R4/Subscription/" + subscriptionID, nil }), nil},
 		// Alarms and rules.
 		{"POST /api/v1/alarms/:id/silence", 200, "alarm.silenced",
 			jsonReq(v1+"/alarms/"+alarmID+"/silence", map[string]any{"reason": "suctioning", "duration": "5m"}), nil},
@@ -259,7 +268,8 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 		{"POST /api/v1/devices/:id/decommission", 200, "device.decommissioned",
 			lazy(func() (string, any) { return v1 + "/devices/" + deviceID + "/decommission", nil }), nil},
 		// Access: sign-in, enrollment, sign-out, break-glass, API tokens. The policy changes
-		// (break-glass, tokens) record their policy.* event beside the access event.
+		// (break-glass, tokens) record their policy.* event beside the access event, after the
+		// change (it carries the digests of the policy lines the change wrote: audit/rowdigest).
 		{route: "POST /api/v1/auth/sign-in", status: 200, action: "auth.login.succeeded",
 			req: jsonReq(v1+"/auth/sign-in", map[string]any{"email": signer.Email, "password": authtest.Password,
 				"recovery_code": signer.RecoveryCodes[0]})},
@@ -274,7 +284,7 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 			req: jsonReq(v1+"/auth/sign-out", nil)},
 		{route: "POST /api/v1/auth/sign-out-everywhere", status: 200, action: "auth.logout_everywhere",
 			req: jsonReq(v1+"/auth/sign-out-everywhere", nil)},
-		{route: "POST /api/v1/patients/:id/break-glass", status: 201, action: "policy.break_glass_opened,access.break_glass.opened",
+		{route: "POST /api/v1/patients/:id/break-glass", status: 201, action: "access.break_glass.opened,policy.break_glass_opened",
 			req: lazy(func() (string, any) {
 				return v1 + "/patients/" + patientID + "/break-glass", map[string]any{"reason": "cardiac arrest on the corridor", "duration": "30m"}
 			}), then: field(&grantID, "id")},
@@ -298,6 +308,11 @@ func TestEveryStateChangeAuditedOnce(t *testing.T) {
 				chaintest.ShipAll(t, auditSvc)
 				return v1 + "/audit/checkpoint", "", nil
 			}, nil},
+		// A full re-verification: the audit package records who started it (its result,
+		// audit.verify.completed, comes later and names the run, not the request).
+		{"POST /api/v1/audit/verify", 202, "audit.verify.started",
+			func(t *testing.T) (string, string, []byte) { return v1 + "/audit/verify", "", nil },
+			func(*testing.T, []byte) { auditSvc.WaitVerifications() }},
 	}
 
 	// The table covers exactly the state-changing routes the server mounts.

@@ -442,14 +442,18 @@ func (s *Server) coreStream(c echo.Context) error {
 }
 
 func writeSSE(w *echo.Response, ev core.Event, who func(core.Event) *patientIdentity) error {
-	var v any = ev
+	var (
+		data []byte
+		err  error
+	)
 	if p := who(ev); p != nil {
-		v = struct {
+		data, err = json.Marshal(struct {
 			core.Event
 			Patient *patientIdentity `json:"patient"`
-		}{ev, p}
+		}{ev, p})
+	} else {
+		data, err = ev.JSON() // encoded once for every stream that receives the event
 	}
-	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -78,26 +77,7 @@ func TestCoreAPIAndStream(t *testing.T) {
 	}
 	ts := httptest.NewServer(s.Handler())
 	defer ts.Close()
-	call := func(method, path string, body any) (int, map[string]any) {
-		t.Helper()
-		var rd *bytes.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		} else {
-			rd = bytes.NewReader(nil)
-		}
-		req, _ := http.NewRequest(method, ts.URL+path, rd)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := cl.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var out map[string]any
-		_ = json.NewDecoder(resp.Body).Decode(&out)
-		return resp.StatusCode, out
-	}
+	call := jsonCaller(t, cl, ts.URL)
 	st, body := call("POST", "/api/v1/patients", map[string]any{"mrn": "A-1", "given_name": "Ada", "family_name": "King"})
 	if st != http.StatusCreated {
 		t.Fatalf("POST /patients = %d %v, want 201", st, body)

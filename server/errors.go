@@ -101,6 +101,8 @@ var errorTable = []mapping{
 	// audit (codes in docs/api.md#audit)
 	{chain.ErrEventNotFound, http.StatusNotFound, "audit_event_not_found"},
 	{chain.ErrNoCheckpoint, http.StatusNotFound, "audit_no_checkpoint"},
+	{chain.ErrNoVerification, http.StatusNotFound, "audit_no_verification"},
+	{chain.ErrVerifyRunning, http.StatusConflict, "audit_verify_running"},
 	{chain.ErrInvalidQuery, http.StatusBadRequest, "invalid_audit_query"},
 	// clinical core (codes in docs/api.md#clinical-core; a rejected batch carries the code of
 	// its first bad sample: unknown_code, wrong_unit, impossible_value, …)

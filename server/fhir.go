@@ -20,6 +20,7 @@ import (
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/interop/fhir"
 	"github.com/vigilhealth/vigil/interop/fhir/api"
+	"github.com/vigilhealth/vigil/interop/fhir/subscription"
 )
 
 // FHIR R4 at /fhir/R4 (docs/interop.md#fhir-r4): read and search of the resource types of
@@ -59,7 +60,17 @@ func (s *Server) mountFHIR() {
 		envelope(err, c)
 	}
 	g := s.echo.Group(FHIRBase)
-	g.GET("/metadata", func(c echo.Context) error { return writeFHIR(c, http.StatusOK, svc.Capability()) })
+	g.GET("/metadata", func(c echo.Context) error {
+		cs := svc.Capability()
+		if s.fhirSubs != nil {
+			if st, ok := cs.(fhirmodel.CapabilityStatement); ok {
+				subscription.Describe(&st)
+				cs = st
+			}
+		}
+		return writeFHIR(c, http.StatusOK, cs)
+	})
+	s.mountFHIRSubscriptions(g, svc)
 	for _, t := range fhirTypes {
 		g.GET("/"+t, s.fhirSearch(svc, t))
 		g.GET("/"+t+"/:id", s.fhirRead(svc, t))
@@ -263,6 +274,9 @@ func (s *Server) fhirError(err error, c echo.Context) {
 // fhirClassify is classify for the FHIR API's own errors too: a refused search (400, its
 // problems), a resource not found or not readable (404 not_found).
 func fhirClassify(err error) (status int, code, msg string, problems []fhir.Problem) {
+	if st, problems, ok := subscriptionClassify(err); ok {
+		return st, problems[0].Code, problems[0].Message, problems
+	}
 	var se *fhir.SearchError
 	if errors.As(err, &se) && len(se.Problems) > 0 {
 		return http.StatusBadRequest, se.Problems[0].Code, se.Problems[0].Message, se.Problems

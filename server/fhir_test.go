@@ -37,9 +37,9 @@ type fhirFixture struct {
 	sent         map[string][]byte // the device's signature (base64) → the signed body
 }
 
-func newFHIRFixture(t *testing.T) *fhirFixture {
+func newFHIRFixture(t *testing.T, mods ...func(*Config)) *fhirFixture {
 	t.Helper()
-	f := &fhirFixture{fullServer: newFullServer(t)}
+	f := &fhirFixture{fullServer: newFullServer(t, mods...)}
 	ctx := context.Background()
 	env := f.env
 	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "admin-1", AuthMethod: "test"}, RequestID: "fhir-test"}

@@ -4,20 +4,10 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/http/cookiejar"
 	"net/http/httptest"
-	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
-
-	"github.com/zitadel/oidc/v3/example/server/exampleop"
-	"github.com/zitadel/oidc/v3/example/server/storage"
-	"github.com/zitadel/oidc/v3/pkg/oidc"
-	"github.com/zitadel/oidc/v3/pkg/op"
-	"golang.org/x/text/language"
 
 	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/auth"
@@ -25,37 +15,6 @@ import (
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/keys/keystest"
 )
-
-// A real OpenID provider in-process (zitadel/oidc's OpenID-certified op package with its example
-// storage and login form), as in package auth's tests, with a "groups" claim.
-
-type opUsers struct{ users map[string]*storage.User }
-
-func (u opUsers) GetUserByID(id string) *storage.User { return u.users[id] }
-func (u opUsers) GetUserByUsername(name string) *storage.User {
-	for _, x := range u.users {
-		if x.Username == name {
-			return x
-		}
-	}
-	return nil
-}
-func (u opUsers) ExampleClientID() string { return "service" }
-
-type opStorage struct {
-	*storage.Storage
-	groups map[string][]string
-}
-
-func (s *opStorage) SetUserinfoFromRequest(ctx context.Context, ui *oidc.UserInfo, req op.IDTokenRequest, scopes []string) error {
-	if err := s.Storage.SetUserinfoFromRequest(ctx, ui, req, scopes); err != nil {
-		return err
-	}
-	if slices.Contains(scopes, storage.CustomScope) {
-		ui.AppendClaims("groups", s.groups[req.GetSubject()])
-	}
-	return nil
-}
 
 // lateHandler serves h once it is set (a server whose URL is needed to build its handler).
 type lateHandler struct {
@@ -79,28 +38,19 @@ func (l *lateHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Verifies: REQ-ACC-002, REQ-ACC-028
 func TestOIDCSignInThroughRoutes(t *testing.T) {
 	t.Parallel()
-	opHandler := &lateHandler{}
-	opSrv := httptest.NewServer(opHandler)
-	t.Cleanup(opSrv.Close)
-	users := opUsers{users: map[string]*storage.User{
-		"u-icu": {ID: "u-icu", Username: "icu.nurse", Password: "op-password", FirstName: "Ida", LastName: "Nurse",
-			Email: "ida.nurse@hospital.example", EmailVerified: true, PreferredLanguage: language.English},
-	}}
 	vigilHandler := &lateHandler{}
 	ts := httptest.NewServer(vigilHandler)
 	t.Cleanup(ts.Close)
 	callback := ts.URL + "/api/v1/auth/oidc/callback"
-	st := &opStorage{Storage: storage.NewStorageWithClients(users, map[string]*storage.Client{
-		"vigil": storage.WebClient("vigil", "vigil-secret", callback)}), groups: map[string][]string{"u-icu": {"icu-nurses"}}}
-	opHandler.set(exampleop.SetupServer(opSrv.URL, st, nil, false))
+	op := authtest.StartOP(t, callback)
 
 	pool := testdb.New(t)
 	rec := audittest.Recorder(t, pool, nil)
 	authSvc := authtest.New(t, pool, rec, keystest.LocalRing(t, nil).PHI(), nil, nil)
 	ctx := context.Background()
 	ward := auth.WardDomain([16]byte{1})
-	rp, err := authSvc.NewRelyingParty(ctx, auth.OIDCConfig{Issuer: opSrv.URL, ClientID: "vigil", ClientSecret: "vigil-secret",
-		RedirectURL: callback, Scopes: []string{"email", "profile", storage.CustomScope},
+	rp, err := authSvc.NewRelyingParty(ctx, auth.OIDCConfig{Issuer: op.Issuer, ClientID: "vigil", ClientSecret: "vigil-secret",
+		RedirectURL: callback, Scopes: []string{"email", "profile", authtest.OPGroupsScope},
 		RoleMap: []auth.ClaimRole{{Value: "icu-nurses", Role: auth.RoleClinician, Domain: ward}}})
 	if err != nil {
 		t.Fatal(err)
@@ -111,42 +61,16 @@ func TestOIDCSignInThroughRoutes(t *testing.T) {
 	}
 	vigilHandler.set(s.Handler())
 
-	// 1. Vigil sends the browser to the provider, with the flow cookie.
-	jar, _ := cookiejar.New(nil)
-	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second, CheckRedirect: func(r *http.Request, _ []*http.Request) error {
-		if strings.HasPrefix(r.URL.String(), callback) {
-			return http.ErrUseLastResponse // stop at the redirect back to Vigil
-		}
-		return nil
-	}}
-	resp, err := browser.Get(ts.URL + "/api/v1/auth/oidc/login")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	id := resp.Request.URL.Query().Get("authRequestID")
-	if resp.StatusCode != http.StatusOK || id == "" || !strings.HasPrefix(resp.Request.URL.String(), opSrv.URL) {
-		t.Fatalf("GET /auth/oidc/login led to %s (%d), want the provider's login form", resp.Request.URL, resp.StatusCode)
-	}
-	// 2. The user signs in at the provider, which redirects back to Vigil's callback.
-	login := *resp.Request.URL
-	login.RawQuery = ""
-	resp, err = browser.PostForm(login.String(), url.Values{"username": {"icu.nurse"}, "password": {"op-password"}, "id": {id}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	back, err := resp.Location()
-	if err != nil || !strings.HasPrefix(back.String(), callback) {
-		t.Fatalf("login form answered %d %v, want a redirect to the callback", resp.StatusCode, back)
-	}
+	// 1. Vigil sends the browser to the provider, with the flow cookie; 2. the user signs in at
+	// the provider, which redirects back to Vigil's callback.
+	browser := authtest.Browser(callback, nil)
+	back := op.SignIn(t, browser, ts.URL+"/api/v1/auth/oidc/login", "icu.nurse", callback)
 	// A callback with another state is refused.
 	bad := *back
 	q := bad.Query()
 	q.Set("state", "forged-state")
 	bad.RawQuery = q.Encode()
-	resp, err = browser.Get(bad.String())
+	resp, err := browser.Get(bad.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,20 +79,7 @@ func TestOIDCSignInThroughRoutes(t *testing.T) {
 	}
 	resp.Body.Close()
 	// The forged callback cleared the flow cookie: begin again and follow the real callback.
-	resp, err = browser.Get(ts.URL + "/api/v1/auth/oidc/login")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	id = resp.Request.URL.Query().Get("authRequestID")
-	login = *resp.Request.URL
-	login.RawQuery = ""
-	resp, err = browser.PostForm(login.String(), url.Values{"username": {"icu.nurse"}, "password": {"op-password"}, "id": {id}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	back, _ = resp.Location()
+	back = op.SignIn(t, browser, ts.URL+"/api/v1/auth/oidc/login", "icu.nurse", callback)
 	// 3. The callback opens the session.
 	resp, err = browser.Get(back.String())
 	if err != nil {

@@ -65,7 +65,8 @@ var routeAccess = map[string]access{
 	"GET /api/v1/audit/verifier-key": public(),
 	"GET /api/v1/audit/consistency":  public(), // hashes only: what an outside verifier or witness checks a newer checkpoint against
 	"POST /api/v1/audit/checkpoint":  allow(auth.ObjAudit, "export"),
-	"GET /api/v1/audit/verify":       allow(auth.ObjAudit, "read"),
+	"GET /api/v1/audit/verify":       allow(auth.ObjAudit, "read"),   // the latest background result
+	"POST /api/v1/audit/verify":      allow(auth.ObjAudit, "verify"), // a full re-verification: auditors only
 	"GET /api/v1/audit/events":       allow(auth.ObjAudit, "read"),
 	"GET /api/v1/audit/events/:id":   allow(auth.ObjAudit, "read"),
 
@@ -130,8 +131,14 @@ var routeAccess = map[string]access{
 	"GET /fhir/R4/Device/:id":      allow(auth.ObjDevice, "read"),
 	"GET /fhir/R4/AuditEvent":      allow(auth.ObjAudit, "read"),
 	"GET /fhir/R4/AuditEvent/:id":  allow(auth.ObjAudit, "read"),
-	"GET /fhir/R4/:type":           self(), // an unknown resource type: 400 unknown_resource_type
-	"GET /fhir/R4/:type/:id":       self(),
+	// FHIR Subscriptions (fhir_subscriptions.go): subscription manage, or an API token with
+	// SMART scopes covering the topic's type (its own Subscriptions); decided by the handler.
+	"POST /fhir/R4/Subscription":       self(),
+	"GET /fhir/R4/Subscription":        self(),
+	"GET /fhir/R4/Subscription/:id":    self(),
+	"DELETE /fhir/R4/Subscription/:id": self(),
+	"GET /fhir/R4/:type":               self(), // an unknown resource type: 400 unknown_resource_type
+	"GET /fhir/R4/:type/:id":           self(),
 
 	// Service accounts' API tokens (administrators).
 	"GET /api/v1/service-accounts":             allow(auth.ObjServiceAccount, "read"),

@@ -22,6 +22,7 @@ import (
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/interop/fhir/subscription"
 	"github.com/vigilhealth/vigil/portal"
 )
 
@@ -81,6 +82,9 @@ type Config struct {
 	// Portal is the web portal for people (package portal), mounted at "/" with its own
 	// routes. Optional.
 	Portal *portal.Portal
+	// SubscriptionWebhooks creates and feeds the core webhooks of FHIR Subscriptions
+	// (fhir_subscriptions.go). Default: Core.
+	SubscriptionWebhooks subscription.Webhooks
 
 	// ReadTimeout bounds the time a request's body may take to arrive (its headers are bounded
 	// by a fixed 10 s); a body that is late gets 408 request_timeout. Default 30s.
@@ -146,6 +150,9 @@ type Server struct {
 	// benchSerialReadAudit commits the read audit before the handler runs instead of beside
 	// it (the benchmark's comparison; never set outside that test).
 	benchSerialReadAudit bool
+	// fhirSubs is the FHIR Subscriptions service (fhir_subscriptions.go); nil without Core
+	// and Auth.
+	fhirSubs *subscription.Service
 }
 
 // New builds the server and its routes. It does not listen: use Serve, or Handler in tests.

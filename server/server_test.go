@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -36,6 +37,31 @@ func newTestServer(t *testing.T, pool *pgxpool.Pool) (*Server, *httptest.Server)
 	ts := httptest.NewServer(s.Handler())
 	t.Cleanup(ts.Close)
 	return s, ts
+}
+
+// jsonCaller returns a function that sends a request to base+path with cl, body (when not
+// nil) as JSON, and returns the answer's status and its JSON object (nil if it is none).
+func jsonCaller(t *testing.T, cl *http.Client, base string) func(method, path string, body any) (int, map[string]any) {
+	return func(method, path string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd *bytes.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		} else {
+			rd = bytes.NewReader(nil)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
 }
 
 func decodeError(t *testing.T, r io.Reader) errorDetail {

@@ -152,32 +152,9 @@ func (p *Policy) Rate(severity, probability string) (Acceptability, error) {
 // scale names known to the policy, at least one control, ids unique). All problems found are
 // reported together. It does not check that controls exist: Build reports that.
 func LoadRisks(dir string, policy *Policy) ([]Risk, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("%w: no *.yaml files in %s", ErrInvalidRequirements, dir)
-	}
 	var all []Risk
-	var problems []string
 	seen := map[string]string{}
-	for _, f := range files {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		base := filepath.Base(f)
-		var rf riskFile
-		dec := yaml.NewDecoder(bytes.NewReader(raw))
-		dec.KnownFields(true)
-		if err := dec.Decode(&rf); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", base, err))
-			continue
-		}
-		if want := strings.TrimSuffix(base, ".yaml"); rf.Area != want {
-			problems = append(problems, fmt.Sprintf("%s: area %q, want %q (the file name)", base, rf.Area, want))
-		}
+	err := loadAreaFiles(dir, func(rf *riskFile) string { return rf.Area }, func(base string, rf *riskFile) (problems []string) {
 		for _, r := range rf.Risks {
 			r.File = base
 			where := fmt.Sprintf("%s: %s", base, r.ID)
@@ -212,10 +189,10 @@ func LoadRisks(dir string, policy *Policy) ([]Risk, error) {
 			}
 			all = append(all, r)
 		}
-	}
-	if len(problems) > 0 {
-		sort.Strings(problems)
-		return nil, fmt.Errorf("%w:\n  %s", ErrInvalidRequirements, strings.Join(problems, "\n  "))
+		return problems
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
 	return all, nil

@@ -53,32 +53,9 @@ var ItemPattern = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)
 // id form, safety class, ids unique across files), and returns them sorted by id. All
 // problems found are reported together.
 func LoadRequirements(dir string) ([]Requirement, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("%w: no *.yaml files in %s", ErrInvalidRequirements, dir)
-	}
 	var all []Requirement
-	var problems []string
 	seen := map[string]string{}
-	for _, f := range files {
-		raw, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		var rf requirementFile
-		dec := yaml.NewDecoder(bytes.NewReader(raw))
-		dec.KnownFields(true)
-		if err := dec.Decode(&rf); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", filepath.Base(f), err))
-			continue
-		}
-		base := filepath.Base(f)
-		if want := strings.TrimSuffix(base, ".yaml"); rf.Area != want {
-			problems = append(problems, fmt.Sprintf("%s: area %q, want %q (the file name)", base, rf.Area, want))
-		}
+	err := loadAreaFiles(dir, func(rf *requirementFile) string { return rf.Area }, func(base string, rf *requirementFile) (problems []string) {
 		for _, r := range rf.Requirements {
 			r.File = base
 			where := fmt.Sprintf("%s: %s", base, r.ID)
@@ -117,11 +94,50 @@ func LoadRequirements(dir string) ([]Requirement, error) {
 			}
 			all = append(all, r)
 		}
-	}
-	if len(problems) > 0 {
-		sort.Strings(problems)
-		return nil, fmt.Errorf("%w:\n  %s", ErrInvalidRequirements, strings.Join(problems, "\n  "))
+		return problems
+	})
+	if err != nil {
+		return nil, err
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
 	return all, nil
+}
+
+// loadAreaFiles reads every *.yaml file in dir (a folder of records, one file an area),
+// decoding each strictly (unknown fields refused) into a new F, and has check look at each
+// decoded file (with its base name). A file that does not decode, or whose area is not its
+// name, is a problem too. All problems found are reported together, sorted, as
+// ErrInvalidRequirements; a folder with no *.yaml file is one.
+func loadAreaFiles[F any](dir string, area func(*F) string, check func(base string, f *F) []string) error {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("%w: no *.yaml files in %s", ErrInvalidRequirements, dir)
+	}
+	var problems []string
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		base := filepath.Base(f)
+		rf := new(F)
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(rf); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", base, err))
+			continue
+		}
+		if want := strings.TrimSuffix(base, ".yaml"); area(rf) != want {
+			problems = append(problems, fmt.Sprintf("%s: area %q, want %q (the file name)", base, area(rf), want))
+		}
+		problems = append(problems, check(base, rf)...)
+	}
+	if len(problems) > 0 {
+		sort.Strings(problems)
+		return fmt.Errorf("%w:\n  %s", ErrInvalidRequirements, strings.Join(problems, "\n  "))
+	}
+	return nil
 }

@@ -140,14 +140,41 @@ func (s *Service) Event(ctx context.Context, id uuid.UUID) (EventProof, error) {
 	return s.event(ctx, id, &proofCache{})
 }
 
-// EventProofs returns the proofs of several events (a page of the audit browser), reading
-// each batch, its tree, the latest checkpoint and each batch's log inclusion proof once.
-// Every proof is for the same checkpoint. An unknown id is ErrEventNotFound.
+// EventProofs returns the proofs of several events (a page of the audit browser), in the
+// order of ids: the events in one query, their batches (with their trees) in one more, the
+// latest checkpoint once and each batch's log inclusion proof once. Every proof is for the
+// same checkpoint. An unknown id is ErrEventNotFound.
 func (s *Service) EventProofs(ctx context.Context, ids []uuid.UUID) ([]EventProof, error) {
+	if len(ids) == 0 {
+		return []EventProof{}, nil
+	}
+	rows, err := s.cfg.Pool.Query(ctx, `SELECT `+eventColumns+` FROM audit_events WHERE id = ANY($1)`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("audit events: %w", err)
+	}
+	evs, err := pgx.CollectRows(rows, scanStoredEvent)
+	if err != nil {
+		return nil, fmt.Errorf("audit events: %w", err)
+	}
+	byID := make(map[uuid.UUID]*StoredEvent, len(evs))
+	var batches []uuid.UUID
+	for i := range evs {
+		byID[evs[i].ID] = &evs[i]
+		if b := evs[i].BatchID; b != nil && evs[i].BatchIndex != nil {
+			batches = append(batches, *b)
+		}
+	}
 	c := &proofCache{}
+	if err := c.loadBatches(ctx, s, batches); err != nil {
+		return nil, err
+	}
 	out := make([]EventProof, 0, len(ids))
 	for _, id := range ids {
-		p, err := s.event(ctx, id, c)
+		ev, ok := byID[id]
+		if !ok {
+			return nil, fmt.Errorf("audit event %s: %w", id, ErrEventNotFound)
+		}
+		p, err := s.prove(ctx, *ev, c)
 		if err != nil {
 			return nil, err
 		}
@@ -175,28 +202,60 @@ func (c *proofCache) batch(ctx context.Context, s *Service, id uuid.UUID) (*cach
 	if b, ok := c.batches[id]; ok {
 		return b, nil
 	}
-	var (
-		b  cachedBatch
-		hs []byte
-	)
-	if err := s.cfg.Pool.QueryRow(ctx, `SELECT count, root, event_hashes, leaf_value, leaf_index FROM audit_batches WHERE id = $1`,
-		id).Scan(&b.count, &b.root, &hs, &b.v, &b.leafIndex); err != nil {
-		return nil, fmt.Errorf("batch %s: %w", id, err)
-	}
-	hashes := make([]leaf.Hash, len(hs)/leaf.HashSize)
-	for i := range hashes {
-		copy(hashes[i][:], hs[i*leaf.HashSize:])
-	}
-	tr, err := leaf.NewTree(hashes)
-	if err != nil {
+	if err := c.loadBatches(ctx, s, []uuid.UUID{id}); err != nil {
 		return nil, err
 	}
-	b.tree = tr
+	if b, ok := c.batches[id]; ok {
+		return b, nil
+	}
+	return nil, fmt.Errorf("batch %s: %w", id, pgx.ErrNoRows)
+}
+
+// loadBatches reads the batches of ids not cached yet, with their trees, in one query.
+func (c *proofCache) loadBatches(ctx context.Context, s *Service, ids []uuid.UUID) error {
+	var want []uuid.UUID
+	seen := map[uuid.UUID]bool{}
+	for _, id := range ids {
+		if _, ok := c.batches[id]; !ok && !seen[id] {
+			seen[id] = true
+			want = append(want, id)
+		}
+	}
+	if len(want) == 0 {
+		return nil
+	}
+	rows, err := s.cfg.Pool.Query(ctx, `SELECT id, count, root, event_hashes, leaf_value, leaf_index FROM audit_batches WHERE id = ANY($1)`, want)
+	if err != nil {
+		return fmt.Errorf("batches: %w", err)
+	}
+	defer rows.Close()
 	if c.batches == nil {
 		c.batches = map[uuid.UUID]*cachedBatch{}
 	}
-	c.batches[id] = &b
-	return &b, nil
+	for rows.Next() {
+		var (
+			id uuid.UUID
+			b  cachedBatch
+			hs []byte
+		)
+		if err := rows.Scan(&id, &b.count, &b.root, &hs, &b.v, &b.leafIndex); err != nil {
+			return fmt.Errorf("batch %s: %w", id, err)
+		}
+		hashes := make([]leaf.Hash, len(hs)/leaf.HashSize)
+		for i := range hashes {
+			copy(hashes[i][:], hs[i*leaf.HashSize:])
+		}
+		tr, err := leaf.NewTree(hashes)
+		if err != nil {
+			return fmt.Errorf("batch %s: %w", id, err)
+		}
+		b.tree = tr
+		c.batches[id] = &b
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("batches: %w", err)
+	}
+	return nil
 }
 
 func (s *Service) event(ctx context.Context, id uuid.UUID, c *proofCache) (EventProof, error) {
@@ -208,6 +267,12 @@ func (s *Service) event(ctx context.Context, id uuid.UUID, c *proofCache) (Event
 	if err != nil {
 		return EventProof{}, fmt.Errorf("audit event %s: %w", id, err)
 	}
+	return s.prove(ctx, ev, c)
+}
+
+// prove builds ev's proof, reading through c what it shares with other events' proofs.
+func (s *Service) prove(ctx context.Context, ev StoredEvent, c *proofCache) (EventProof, error) {
+	id := ev.ID
 	le := ev.Leaf()
 	enc, err := le.Encode()
 	if err != nil {

@@ -49,7 +49,7 @@ func asAppRole(t *testing.T, url string) (*pgxpool.Pool, string) {
 // truncate an event, batch, checkpoint or cosignature, cannot clear or change what the
 // shipper set, and has no DDL on the audit tables; every audit_* table is checked in the
 // catalogue, so a new one cannot slip in with DELETE.
-// Verifies: REQ-AUD-052
+// Verifies: REQ-AUD-052, REQ-AUD-072
 func TestApplicationRoleCannotRewriteEvents(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -80,8 +80,15 @@ func TestApplicationRoleCannotRewriteEvents(t *testing.T) {
 	if rep := verify(); !rep.OK || rep.ProvenEvents < 3 {
 		t.Fatalf("Verify() of a trail written by vigil_app: ok %v, %d proven, findings %s", rep.OK, rep.ProvenEvents, findings(rep))
 	}
+	// The server's own verification runs as vigil_app, and stores its result once (00130).
+	if run, err := svc.VerifyInBackground(ctx); err != nil || run.OK == nil || !*run.OK {
+		t.Fatalf("VerifyInBackground() as vigil_app = %+v, %v; want a clean run stored", run, err)
+	}
 
 	for _, attack := range []string{
+		`UPDATE audit_verifications SET ok = false, findings = '[]'`, // a stored result rewritten
+		`DELETE FROM audit_verifications`,
+		`UPDATE audit_verifications SET started_at = now()`,
 		`UPDATE audit_events SET payload = '{"forged":true}'`,
 		`UPDATE audit_events SET occurred_at = occurred_at - interval '1 day'`,
 		`UPDATE audit_events SET actor_id = 'dr-mallory'`,
@@ -125,6 +132,9 @@ func TestApplicationRoleCannotRewriteEvents(t *testing.T) {
 		"audit_events.refused_at": true, "audit_batches.queued_at": true, "audit_batches.leaf_index": true,
 		"audit_batches.integrated_at": true, "audit_batches.tree_size": true, "audit_batches.tree_root": true,
 		"audit_incidents.resolved_at": true}
+	for _, col := range []string{"finished_at", "ok", "tree_size", "checkpoint_id", "events", "total_events", "findings", "report", "error"} {
+		settable["audit_verifications."+col] = true // a run's result, set once (00130)
+	}
 	rows, err := owner.Query(ctx, `SELECT c.relname, a.attname,
 			has_table_privilege('vigil_app', c.oid, 'DELETE'), has_table_privilege('vigil_app', c.oid, 'TRUNCATE'),
 			has_column_privilege('vigil_app', c.oid, a.attnum, 'UPDATE'), has_table_privilege('vigil_app', c.oid, 'INSERT')

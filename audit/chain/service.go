@@ -86,7 +86,8 @@ type Service struct {
 	cps      *Checkpointer
 	vkey     string
 	skeys    *audit.SessionKeys
-	started  bool // Open (not OpenIdle): Close makes a final checkpoint
+	started  bool       // Open (not OpenIdle): Close makes a final checkpoint
+	runs     verifyRuns // the server's verification runs (verifyruns.go)
 }
 
 // Open connects to (or starts) Trillian, opens or creates the log tree, and starts the
@@ -126,6 +127,7 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 		cfg.Logger = slog.Default()
 	}
 	s := &Service{cfg: cfg}
+	s.runs.ctx, s.runs.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if cfg.EventKeys != nil {
 		s.skeys = audit.NewSessionKeys(cfg.EventKeys)
 	}
@@ -190,6 +192,10 @@ func open(ctx context.Context, cfg Config) (_ *Service, err error) {
 // Events not yet shipped stay in the outbox for the next start.
 func (s *Service) Close(ctx context.Context) error {
 	var errs []error
+	if s.runs.cancel != nil {
+		s.runs.cancel() // a full verification still running stops (its result says so)
+		s.runs.wg.Wait()
+	}
 	if s.shipper != nil {
 		errs = append(errs, s.shipper.Close(ctx))
 	}

@@ -174,26 +174,69 @@ func DecodeEvent(b []byte) (Event, error) {
 	return e, nil
 }
 
-// MACSize is the size of an event's authentication tag.
-const MACSize = sha256.Size
+// MACSize is the size of an event's authentication tag (form v3, written since
+// 2026-12-03): HMAC-SHA256 truncated to its first 128 bits (RFC 2104 section 5; the
+// HMAC-SHA-256-128 of RFC 4868), as strong as the 128-bit security level of the log's
+// Ed25519 checkpoint signatures and SHA-256 collision resistance.
+const MACSize = 16
 
-// EventMAC is the event's authentication tag: HMAC-SHA256(key = the session key,
-// "vigil-audit-event-mac-v2" 0x00 || the event's canonical encoding). The encoding holds the
-// record time, the session and the counter, so a valid tag pins all of them. The session key
-// never leaves the writer and the key ring (it is stored only wrapped): whoever can write to
-// the database but not use the key ring cannot make a valid tag.
+// MACSizeV2 is the size of the tags of form v2 (the whole HMAC-SHA256), written before
+// form v3; verifiers accept both, telling them apart by length (and their labels differ, so
+// one cannot be made from the other).
+const MACSizeV2 = sha256.Size
+
+const (
+	macLabelV3 = "vigil-audit-event-mac-v3\x00"
+	macLabelV2 = "vigil-audit-event-mac-v2\x00"
+)
+
+// EventMAC is the event's authentication tag (form v3): the first 16 bytes of
+// HMAC-SHA256(key = the session key, "vigil-audit-event-mac-v3" 0x00 || the event's
+// canonical encoding). The encoding holds the record time, the session and the counter, so a
+// valid tag pins all of them. The session key never leaves the writer and the key ring (it
+// is stored only wrapped): whoever can write to the database but not use the key ring cannot
+// make a valid tag.
 func EventMAC(key, encoded []byte) [MACSize]byte {
 	m := hmac.New(sha256.New, key)
-	m.Write([]byte("vigil-audit-event-mac-v2\x00"))
+	m.Write([]byte(macLabelV3))
 	m.Write(encoded)
 	var out [MACSize]byte
 	copy(out[:], m.Sum(nil))
 	return out
 }
 
+// EventMACV2 is the tag of form v2: HMAC-SHA256(key = the session key,
+// "vigil-audit-event-mac-v2" 0x00 || the event's canonical encoding), all 32 bytes. Only
+// verifiers use it (events tagged before form v3).
+func EventMACV2(key, encoded []byte) [MACSizeV2]byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(macLabelV2))
+	m.Write(encoded)
+	var out [MACSizeV2]byte
+	copy(out[:], m.Sum(nil))
+	return out
+}
+
+// CheckEventMAC reports whether mac is a valid tag of the encoded event under key, of form
+// v3 (16 bytes) or v2 (32 bytes), in constant time for a given length.
+func CheckEventMAC(key, encoded, mac []byte) bool {
+	switch len(mac) {
+	case MACSize:
+		want := EventMAC(key, encoded)
+		return hmac.Equal(want[:], mac)
+	case MACSizeV2:
+		want := EventMACV2(key, encoded)
+		return hmac.Equal(want[:], mac)
+	}
+	return false
+}
+
 // EventMACer computes EventMAC under one key without setting the key up for every event. It
 // is not safe for concurrent use.
-type EventMACer struct{ m hash.Hash }
+type EventMACer struct {
+	m   hash.Hash
+	sum [sha256.Size]byte
+}
 
 // NewEventMACer returns the EventMAC computer of key.
 func NewEventMACer(key []byte) *EventMACer { return &EventMACer{m: hmac.New(sha256.New, key)} }
@@ -201,10 +244,10 @@ func NewEventMACer(key []byte) *EventMACer { return &EventMACer{m: hmac.New(sha2
 // MAC is EventMAC(key, encoded).
 func (e *EventMACer) MAC(encoded []byte) [MACSize]byte {
 	e.m.Reset()
-	e.m.Write([]byte("vigil-audit-event-mac-v2\x00"))
+	e.m.Write([]byte(macLabelV3))
 	e.m.Write(encoded)
 	var out [MACSize]byte
-	e.m.Sum(out[:0])
+	copy(out[:], e.m.Sum(e.sum[:0]))
 	return out
 }
 

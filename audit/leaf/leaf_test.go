@@ -156,12 +156,25 @@ func FuzzDecodeEvent(f *testing.F) {
 func TestEventMACVector(t *testing.T) {
 	e := sampleEvent()
 	b, _ := e.Encode()
-	m := leaf.EventMAC(bytes.Repeat([]byte{0x0b}, 32), b)
-	if got, want := hex.EncodeToString(m[:]), "a962cb8a2ad018cf0757fbef0d412eb88c7490ccc5b8c66e4a8eae6e6f54c1b5"; got != want {
+	key := bytes.Repeat([]byte{0x0b}, 32)
+	m := leaf.EventMAC(key, b)
+	if got, want := hex.EncodeToString(m[:]), "2fb99639089826688dc0c0531ec579c9"; got != want {
 		t.Errorf("EventMAC(0b×32, sample) = %s, want %s", got, want)
 	}
-	if got := leaf.NewEventMACer(bytes.Repeat([]byte{0x0b}, 32)).MAC(b); got != m {
+	if got := leaf.NewEventMACer(key).MAC(b); got != m {
 		t.Errorf("EventMACer.MAC() = %x, want %x", got, m)
+	}
+	// The form v2 (whole HMAC, written before v3) is still checked; neither form is made
+	// from the other (a v2 tag cut to 16 bytes is not a v3 tag).
+	m2 := leaf.EventMACV2(key, b)
+	if got, want := hex.EncodeToString(m2[:]), "a962cb8a2ad018cf0757fbef0d412eb88c7490ccc5b8c66e4a8eae6e6f54c1b5"; got != want {
+		t.Errorf("EventMACV2(0b×32, sample) = %s, want %s", got, want)
+	}
+	if !leaf.CheckEventMAC(key, b, m[:]) || !leaf.CheckEventMAC(key, b, m2[:]) {
+		t.Errorf("CheckEventMAC() refuses the v3 or the v2 tag")
+	}
+	if leaf.CheckEventMAC(key, b, m2[:leaf.MACSize]) || leaf.CheckEventMAC(key, b, m[:8]) || leaf.CheckEventMAC(key, b, nil) {
+		t.Errorf("CheckEventMAC() accepts a truncated v2 tag, a shorter tag or none")
 	}
 	// Every field is under the tag: the record time and the counter too.
 	for _, mut := range []func(*leaf.Event){
@@ -173,7 +186,7 @@ func TestEventMACVector(t *testing.T) {
 		e2 := sampleEvent()
 		mut(&e2)
 		b2, _ := e2.Encode()
-		if leaf.EventMAC(bytes.Repeat([]byte{0x0b}, 32), b2) == m {
+		if leaf.EventMAC(key, b2) == m || leaf.CheckEventMAC(key, b2, m2[:]) {
 			t.Errorf("EventMAC() unchanged by a change of the event")
 		}
 	}

@@ -52,7 +52,8 @@ type Grant struct {
 
 // Everywhere is every role in every domain: a principal the policy allows everything.
 var Everywhere = []Grant{{auth.RoleClinician, auth.AllDomains}, {auth.RoleChargeNurse, auth.AllDomains},
-	{auth.RoleDeviceTechnician, auth.AllDomains}, {auth.RoleQuality, auth.AllDomains}, {auth.RoleAdmin, auth.AllDomains}}
+	{auth.RoleDeviceTechnician, auth.AllDomains}, {auth.RoleQuality, auth.AllDomains}, {auth.RoleAdmin, auth.AllDomains},
+	{auth.RoleAuditor, auth.AllDomains}}
 
 // User is an enrolled user: password Password, an authenticator (TOTPSecret) and recovery codes.
 type User struct {

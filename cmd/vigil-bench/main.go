@@ -1,13 +1,15 @@
 // Command vigil-bench holds Vigil's load generators, kept out of the shipped vigil binary:
-// `vigil-bench uploads` (signed uploads end to end over HTTP, through the real rules engine)
-// and `vigil-bench audit` (the audit chain from Record to integration in the transparency
-// log). Each creates a throwaway database on the PostgreSQL server of VIGIL_DATABASE_URL and
+// `vigil-bench uploads` (signed uploads end to end over HTTP, through the real rules engine),
+// `vigil-bench audit` (the audit chain from Record to integration in the transparency log)
+// and `vigil-bench streams` (portal live sessions held while devices upload: upload → stream
+// latency, missed events). Each creates a throwaway database on the PostgreSQL server of VIGIL_DATABASE_URL and
 // drops it afterwards. docs/benchmarks.md gives the figures and the commands that reproduce
 // them.
 package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,11 +17,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/internal/klogslog"
+	"github.com/vigilhealth/vigil/internal/pgxuuid"
+	"github.com/vigilhealth/vigil/internal/schema"
+	"github.com/vigilhealth/vigil/keys"
 )
 
 func main() {
@@ -53,7 +61,7 @@ VIGIL_DATABASE_URL (which must allow CREATE DATABASE) and drops afterwards.`,
 		klogslog.Route(l) // the embedded Trillian logs through klog
 		return nil
 	}
-	root.AddCommand(newUploadsCmd(), newAuditCmd())
+	root.AddCommand(newUploadsCmd(), newAuditCmd(), newStreamsCmd())
 	return root
 }
 
@@ -88,4 +96,79 @@ func redactURL(s string) string {
 		return "(unparseable)"
 	}
 	return u.Redacted()
+}
+
+// benchPool creates a throwaway database vigil_bench_<random> on the server of
+// VIGIL_DATABASE_URL, migrates it and opens a pool of poolSize connections on it. drop closes
+// the pool and drops the database (unless keep).
+func benchPool(ctx context.Context, poolSize int, keep bool) (_ *pgxpool.Pool, drop func(), err error) {
+	admin, err := adminURL()
+	if err != nil {
+		return nil, nil, err
+	}
+	dbName := "vigil_bench_" + hex.EncodeToString(uuid.New().NodeID())
+	if err := adminSQL(ctx, admin, "CREATE DATABASE "+dbName); err != nil {
+		return nil, nil, fmt.Errorf("create benchmark database: %w", err)
+	}
+	dropDB := func() {
+		if keep {
+			return
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if err := adminSQL(cctx, admin, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)"); err != nil {
+			slog.Error("drop benchmark database", slog.String("error", err.Error()))
+		}
+	}
+	defer func() {
+		if err != nil {
+			dropDB()
+		}
+	}()
+	u, err := url.Parse(admin)
+	if err != nil {
+		return nil, nil, err
+	}
+	u.Path = "/" + dbName
+	pcfg, err := pgxpool.ParseConfig(u.String())
+	if err != nil {
+		return nil, nil, err
+	}
+	pcfg.MaxConns = int32(poolSize)
+	pcfg.AfterConnect = pgxuuid.AfterConnect
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := schema.Migrate(ctx, pool); err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return pool, func() { pool.Close(); dropDB() }, nil
+}
+
+// benchRing opens a local key ring in a temporary directory with every key Vigil uses.
+func benchRing(ctx context.Context) (_ *keys.Ring, closeRing func(), err error) {
+	dir, err := os.MkdirTemp("", "vigil-bench-keys-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	local, err := keys.NewLocal(keys.LocalConfig{Dir: dir, Passphrase: []byte("vigil bench"), ScryptN: 1 << 12})
+	if err != nil {
+		return nil, nil, err
+	}
+	ring, err := keys.NewRing(keys.Config{Backend: local})
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := ring.EnsureKeys(ctx); err != nil {
+		ring.Close()
+		return nil, nil, err
+	}
+	return ring, func() { ring.Close(); os.RemoveAll(dir) }, nil
 }

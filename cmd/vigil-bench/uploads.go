@@ -5,14 +5,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -33,8 +31,6 @@ import (
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
-	"github.com/vigilhealth/vigil/internal/pgxuuid"
-	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
@@ -113,61 +109,18 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	if o.workers > o.devices {
 		o.workers = o.devices
 	}
-	admin, err := adminURL()
+	pool, drop, err := benchPool(ctx, o.poolSize, o.keep)
 	if err != nil {
 		return err
 	}
-	dbName := "vigil_bench_" + hex.EncodeToString(uuid.New().NodeID())
-	if err := adminSQL(ctx, admin, "CREATE DATABASE "+dbName); err != nil {
-		return fmt.Errorf("create benchmark database: %w", err)
-	}
-	if !o.keep {
-		defer func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			defer cancel()
-			if err := adminSQL(cctx, admin, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)"); err != nil {
-				slog.Error("drop benchmark database", slog.String("error", err.Error()))
-			}
-		}()
-	}
-	u, err := url.Parse(admin)
-	if err != nil {
-		return err
-	}
-	u.Path = "/" + dbName
-	pcfg, err := pgxpool.ParseConfig(u.String())
-	if err != nil {
-		return err
-	}
-	pcfg.MaxConns = int32(o.poolSize)
-	pcfg.AfterConnect = pgxuuid.AfterConnect
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	if _, err := schema.Migrate(ctx, pool); err != nil {
-		return err
-	}
+	defer drop()
 
 	// The stack: key ring, core, devices, server.
-	dir, err := os.MkdirTemp("", "vigil-bench-keys-")
+	ring, closeRing, err := benchRing(ctx)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	local, err := keys.NewLocal(keys.LocalConfig{Dir: dir, Passphrase: []byte("vigil bench"), ScryptN: 1 << 12})
-	if err != nil {
-		return err
-	}
-	ring, err := keys.NewRing(keys.Config{Backend: local})
-	if err != nil {
-		return err
-	}
-	defer ring.Close()
-	if _, err := ring.EnsureKeys(ctx); err != nil {
-		return err
-	}
+	defer closeRing()
 	signer, err := ring.Signer(ctx, keys.ReceiptSigning)
 	if err != nil {
 		return err
@@ -267,7 +220,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	}
 	// The fleet.
 	fmt.Fprintf(out, "provisioning %d devices and patients…\n", o.devices)
-	fleet, err := provisionFleet(ctx, cs, ds, o.devices)
+	fleet, err := provisionFleet(ctx, cs, ds, o.devices, nil)
 	if err != nil {
 		return err
 	}
@@ -277,7 +230,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	}
 	perWorker := (total + o.workers - 1) / o.workers
 	fmt.Fprintf(out, "pre-signing %d uploads of %d samples…\n", perWorker*o.workers, o.samples)
-	uploads := presign(fleet, o, perWorker)
+	uploads := presign(fleet, o, perWorker, nil)
 
 	// The run.
 	transport := &http.Transport{MaxIdleConns: o.workers * 2, MaxIdleConnsPerHost: o.workers * 2, IdleConnTimeout: time.Minute}
@@ -466,10 +419,17 @@ func storedLine(ctx context.Context, out io.Writer, pool *pgxpool.Pool, o benchO
 }
 
 // provisionFleet creates n patients and n enrolled devices, each assigned to its patient.
-func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, n int) ([]benchDevice, error) {
+// With ward, patient i is admitted to ward(i) (nil: to no ward).
+func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, n int, ward func(i int) *uuid.UUID) ([]benchDevice, error) {
 	fleet := make([]benchDevice, n)
 	o := devices.Origin{Actor: audit.Actor{Kind: audit.ActorService, ID: "bench", AuthMethod: "internal"}, RequestID: "bench"}
 	run := uuid.NewString()[:8]
+	wardOf := func(i int) *uuid.UUID {
+		if ward == nil {
+			return nil
+		}
+		return ward(i)
+	}
 	var (
 		wg    sync.WaitGroup
 		next  atomic.Int64
@@ -487,7 +447,7 @@ func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, 
 				}
 				err := func() error {
 					p, err := cs.CreatePatient(ctx, audit.Event{Actor: o.Actor, RequestID: "bench"},
-						core.PatientPHI{MRN: fmt.Sprintf("BENCH-%s-%d", run, i), GivenName: "Bench", FamilyName: fmt.Sprint(i)}, nil)
+						core.PatientPHI{MRN: fmt.Sprintf("BENCH-%s-%d", run, i), GivenName: "Bench", FamilyName: fmt.Sprint(i)}, wardOf(i))
 					if err != nil {
 						return err
 					}
@@ -529,8 +489,9 @@ func provisionFleet(ctx context.Context, cs *core.Service, ds *devices.Service, 
 }
 
 // presign makes each worker's uploads: worker w owns devices w, w+workers, …, and sends
-// their uploads round-robin, each device's in sequence order.
-func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
+// their uploads round-robin, each device's in sequence order. seqs, when not nil, holds each
+// device's last sequence number used (by fleet index) and is advanced; nil starts at 1.
+func presign(fleet []benchDevice, o benchOpts, perWorker int, seqs []uint64) [][][]byte {
 	// A stable patient's vital signs that move a little but trigger no rule (a ward's usual
 	// traffic): heart rate, SpO2, respiratory rate, temperature, systolic pressure, each
 	// stepping through three values.
@@ -556,6 +517,16 @@ func presign(fleet []benchDevice, o benchOpts, perWorker int) [][][]byte {
 				mine = append(mine, d)
 			}
 			seq := make([]uint64, len(mine))
+			if seqs != nil {
+				for k, d := range mine {
+					seq[k] = seqs[d]
+				}
+				defer func() {
+					for k, d := range mine {
+						seqs[d] = seq[k]
+					}
+				}()
+			}
 			list := make([][]byte, 0, perWorker)
 			for j := 0; j < perWorker; j++ {
 				k := j % len(mine)

@@ -30,15 +30,22 @@ sample devices.
 With VIGIL_DATABASE_URL set, demo uses that server. Without it, demo starts a private,
 throwaway PostgreSQL cluster under <data-dir>/postgres with the system's own initdb and
 pg_ctl (run as the 'postgres' user when demo runs as root), migrates it, starts the server
-with the embedded Trillian audit log, and prints its URL. It then enrolls a fleet of
+with the embedded Trillian audit log, and prints its URL.
+
+Like a production installation, the demo uses the database roles of docs/operations.md:
+on the private cluster it makes the owner vigil_owner (the database "vigil" and its tables;
+it migrates and keeps the partitions made) and the server's login "vigil", a member of
+vigil_app, which may read and append the audit trail but not rewrite or delete it. With
+VIGIL_DATABASE_URL it migrates as that login and serves as it with the role vigil_app when
+the login may take it (else it says so and serves with the login's privileges). It then enrolls a fleet of
 simulated bedside monitors (VIGIL_DEMO_PATIENTS, default 10; scenarios stable, sepsis,
 hypoxia, bradycardia, sensor artifact, device offline) that upload signed vitals, so NEWS2,
 threshold and no-data alarms fire within a few minutes. With VIGIL_MQTT_URL set (e.g.
 mqtt://127.0.0.1:1883) half of the fleet uploads over MQTT.
 
 People sign in like in production: demo seeds the site "Demo Hospital" with wards A and B,
-places the simulated patients on them alternately, and creates four users — a clinician on
-each ward, a quality officer and an administrator — with the password vigil-demo-password
+places the simulated patients on them alternately, and creates six users — a clinician on
+each ward, a quality officer, an auditor, a device technician and an administrator — with the password vigil-demo-password
 and a TOTP secret each, printed on the console with a curl line to sign in.
 
 Ctrl-C (or SIGTERM) shuts everything down, the private cluster included.
@@ -65,6 +72,7 @@ unless VIGIL_HL7_LISTEN says otherwise; VIGIL_HL7_ORU_DEST sends the vitals as O
 func runDemo(ctx context.Context, rc runConfig) (err error) {
 	rc.DatabaseURL = envOrCtx(ctx, "VIGIL_DATABASE_URL", "")
 	private := rc.DatabaseURL == ""
+	var ownerURL string // the URL the demo migrates with; rc.DatabaseURL becomes the server's
 	if private {
 		dir := filepath.Join(rc.DataDir, "postgres")
 		slog.InfoContext(ctx, "starting a private PostgreSQL cluster", slog.String("dir", dir))
@@ -85,9 +93,15 @@ func runDemo(ctx context.Context, rc runConfig) (err error) {
 			}
 			slog.Info("private PostgreSQL stopped")
 		}()
-		rc.DatabaseURL = cl.URL()
+		// The roles of docs/operations.md "Database roles": migrate as the owner, serve as
+		// the login in vigil_app (demo_roles.go).
+		if ownerURL, rc.DatabaseURL, err = demoClusterRoles(ctx, cl.URL()); err != nil {
+			return err
+		}
+	} else {
+		ownerURL = rc.DatabaseURL
 	}
-	pool, err := openPool(ctx, rc.DatabaseURL)
+	pool, err := openPool(ctx, ownerURL)
 	if err != nil {
 		return err
 	}
@@ -97,6 +111,15 @@ func runDemo(ctx context.Context, rc runConfig) (err error) {
 		return err
 	}
 	slog.InfoContext(ctx, "schema migrated", slog.Int("applied", len(applied)), slog.Int64("version", schema.LatestVersion()))
+	if !private {
+		rc.DatabaseURL = demoAppURL(ctx, ownerURL)
+	}
+	stopMaintenance, err := demoOwnerMaintenance(ctx, ownerURL)
+	if err != nil {
+		return err
+	}
+	defer stopMaintenance()
+	slog.InfoContext(ctx, "demo: migrated as the owner; the server connects as vigil_app (docs/operations.md \"Database roles\")")
 	slog.WarnContext(ctx, "demo mode: local key ring in the data directory, sample devices; NOT FOR PRODUCTION")
 	return run(ctx, rc, func(ctx context.Context, url string, sys *system) error {
 		fmt.Printf("\nVigil demo is up: %s  (health %s/healthz, readiness %s/readyz)\n", url, url, url)

@@ -47,6 +47,7 @@ var demoUserList = []demoUser{
 	{Email: "clinician.b@demo.vigil", Name: "Nurse Ben Ward-B", Role: auth.RoleClinician, Ward: "B"},
 	{Email: "quality@demo.vigil", Name: "Quinn Quality", Role: auth.RoleQuality},
 	{Email: "admin@demo.vigil", Name: "Ari Admin", Role: auth.RoleAdmin},
+	{Email: "auditor@demo.vigil", Name: "Audrey Auditor", Role: auth.RoleAuditor},
 	{Email: "technician@demo.vigil", Name: "Tess Technician", Role: auth.RoleDeviceTechnician},
 }
 

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/chain"
 	"github.com/vigilhealth/vigil/internal/every"
 	"github.com/vigilhealth/vigil/internal/leader"
 )
@@ -56,4 +59,41 @@ func onLeader(ctx context.Context, el *leader.Elector, interval time.Duration, f
 	}
 	pass(ctx)
 	every.Tick(ctx, min(interval, 30*time.Second), pass)
+}
+
+// startAuditVerification runs the server's own verification of the audit trail on the leader
+// (once per database): an incremental verify every VIGIL_AUDIT_VERIFY_INTERVAL (default
+// 5m; "0" turns it off), a full one first; GET /api/v1/audit/verify serves the latest result
+// (audit/chain/verifyruns.go). A run holds the database's verification lock, so a full run an
+// auditor started on any replica makes the pass wait for the next interval.
+func startAuditVerification(ctx context.Context, sys *system, svc *chain.Service) error {
+	interval := 5 * time.Minute
+	if v := getenv(ctx, "VIGIL_AUDIT_VERIFY_INTERVAL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("VIGIL_AUDIT_VERIFY_INTERVAL=%q: want a duration such as 5m (0 turns it off)", v)
+		}
+		interval = d
+	}
+	if interval == 0 {
+		return nil
+	}
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		onLeader(lctx, sys.leader, interval, func(ctx context.Context) {
+			run, err := svc.VerifyInBackground(ctx)
+			switch {
+			case errors.Is(err, chain.ErrVerifyRunning) || ctx.Err() != nil:
+			case err != nil:
+				slog.ErrorContext(ctx, "audit: background verification", slog.String("error", err.Error()))
+			case run.OK != nil && !*run.OK:
+				slog.ErrorContext(ctx, "audit: background verification found problems (GET /api/v1/audit/verify)",
+					slog.Int64("run", run.ID), slog.Int("findings", run.FindingCount))
+			}
+		})
+	}()
+	sys.closers = append(sys.closers, func(context.Context) error { stop(); <-done; return nil })
+	return nil
 }

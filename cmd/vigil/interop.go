@@ -11,6 +11,7 @@ import (
 	"github.com/vigilhealth/vigil/interop/hl7/inbound"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
 	"github.com/vigilhealth/vigil/interop/mllp"
+	"github.com/vigilhealth/vigil/server"
 )
 
 // interopHelp is the part of serve's and demo's --help about HL7 v2 (docs/interop.md).
@@ -117,4 +118,24 @@ func wireORU(ctx context.Context, sys *system, facility string) error {
 		})
 	}
 	return nil
+}
+
+// startFHIRSubscriptions runs the FHIR Subscriptions' dispatcher (interop/fhir/subscription)
+// on every replica: each dispatches the events it published itself, so every event is
+// notified once per database (docs/interop.md#subscriptions). Deliveries are core's webhooks.
+func startFHIRSubscriptions(sys *system, srv *server.Server) {
+	subs := srv.FHIRSubscriptions()
+	if subs == nil {
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := subs.Run(ctx); err != nil {
+			slog.Error("FHIR subscriptions dispatcher stopped", slog.String("error", err.Error()))
+		}
+	}()
+	sys.closers = append(sys.closers, func(context.Context) error { stop(); wg.Wait(); return nil })
 }

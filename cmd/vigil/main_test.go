@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/internal/schema"
@@ -126,8 +128,11 @@ func TestServeRefusesMismatchedSchema(t *testing.T) {
 }
 
 // `vigil demo` with no database configured starts a private cluster, serves, and on
-// shutdown leaves no PostgreSQL process behind.
-// Verifies: REQ-FND-008
+// shutdown leaves no PostgreSQL process behind. It migrated as the owner and serves as the
+// application role: every connection the server holds is the login in vigil_app, and that
+// login cannot delete or rewrite an audit event; its own verification of the trail ran at
+// start and stored its result (demoRunsAsAppRole).
+// Verifies: REQ-FND-008, REQ-AUD-074, REQ-AUD-070
 func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a PostgreSQL cluster; run without -short")
@@ -165,6 +170,7 @@ func TestDemoPrivateClusterLeavesNothingBehind(t *testing.T) {
 	if _, err := os.Stat(pidFile); err != nil {
 		t.Errorf("private cluster not running under the data directory: %v", err)
 	}
+	demoRunsAsAppRole(t, pidFile)
 	cancel()
 	select {
 	case err := <-done:
@@ -246,4 +252,74 @@ func commandRing(t *testing.T, url string) (map[string]string, string) {
 		t.Fatalf("vigil keys init = %v\n%s", err, out)
 	}
 	return env, dir
+}
+
+// demoRunsAsAppRole checks, on the running demo's private cluster (its port from
+// postmaster.pid), that the server's connections to the database are all the login "vigil"
+// (a member of vigil_app, not the owner and not a superuser) and that this login cannot
+// delete or rewrite an audit event.
+func demoRunsAsAppRole(t *testing.T, pidFile string) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 4 {
+		t.Fatalf("postmaster.pid: %q", b)
+	}
+	port := strings.TrimSpace(lines[3])
+	app, err := pgx.Connect(ctx, "postgres://"+demoLogin+"@127.0.0.1:"+port+"/"+demoDatabase+"?sslmode=disable")
+	if err != nil {
+		t.Fatalf("connect as the demo's server login: %v", err)
+	}
+	defer app.Close(ctx)
+	var super, owner, member bool
+	if err := app.QueryRow(ctx, `SELECT rolsuper, pg_has_role(current_user, $1, 'MEMBER'), pg_has_role(current_user, 'vigil_app', 'MEMBER')
+		FROM pg_roles WHERE rolname = current_user`, demoOwner).Scan(&super, &owner, &member); err != nil {
+		t.Fatal(err)
+	}
+	if super || owner || !member {
+		t.Errorf("the demo's server login: superuser %v, member of the owner %v, of vigil_app %v; want only vigil_app", super, owner, member)
+	}
+	rows, err := app.Query(ctx, `SELECT DISTINCT usename::text FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(users) != 1 || users[0] != demoLogin {
+		t.Errorf("the demo's connections to its database are of %v, want only %q", users, demoLogin)
+	}
+	// The server's own verification ran at start, as vigil_app, and stored its result.
+	var runs int
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := app.QueryRow(ctx, `SELECT count(*) FROM audit_verifications WHERE finished_at IS NOT NULL AND error IS NULL`).Scan(&runs); err != nil {
+			t.Fatal(err)
+		}
+		if runs > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if runs == 0 {
+		t.Errorf("no finished verification run in audit_verifications 60 s after the demo started")
+	}
+	var n int
+	if err := app.QueryRow(ctx, `SELECT count(*) FROM audit_events`).Scan(&n); err != nil || n == 0 {
+		t.Fatalf("audit events seen by the server login: %d, %v; want some", n, err)
+	}
+	for _, attack := range []string{
+		`DELETE FROM audit_events WHERE id = (SELECT id FROM audit_events ORDER BY seq LIMIT 1)`,
+		`UPDATE audit_events SET action = 'forged.action' WHERE id = (SELECT id FROM audit_events ORDER BY seq LIMIT 1)`,
+		`TRUNCATE audit_events`,
+	} {
+		_, err := app.Exec(ctx, attack)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+			t.Errorf("as the demo's server login, %s: error %v, want insufficient_privilege (42501)", attack, err)
+		}
+	}
 }

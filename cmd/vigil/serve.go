@@ -67,7 +67,9 @@ about 8 s when a replica is lost, given back at once on SIGTERM), device changes
 live stream reach every replica, and retention runs on one of them (docs/architecture.md).
 
 FHIR R4 is served at /fhir/R4 (read and search; CapabilityStatement at /fhir/R4/metadata),
-with the same sessions, tokens and policy as the API (docs/interop.md).` + interopHelp,
+with the same sessions, tokens and policy as the API (docs/interop.md). FHIR Subscriptions
+(R4 backport, rest-hook: new vital signs and alarms) are delivered as signed webhooks, so
+--webhook-allow-net applies to their endpoints too.` + interopHelp,
 		Example: `  VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil migrate
   VIGIL_DATABASE_URL=postgres://vigil@db:5432/vigil vigil serve --listen 0.0.0.0:8080
   vigil serve --webhook-allow-net 10.20.0.0/16 --webhook-allow-net fd12:3456::/48

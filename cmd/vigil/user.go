@@ -26,7 +26,7 @@ func init() {
 	subcommands = append(subcommands, newUserCmd)
 	for _, col := range auth.SealedColumns() {
 		phiRewrapStores = append(phiRewrapStores, func(db *database) (string, keys.RewrapStore) {
-			st, _ := auth.RewrapStore(db.pool, col)
+			st, _ := auth.RewrapStore(db.pool, db.rec, col)
 			return col, st
 		})
 	}

@@ -133,6 +133,10 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	sys.closers = append(sys.closers, closeAudit)
 	srvCfg.Audit = auditSvc
 	srvCfg.ReadinessChecks = append(srvCfg.ReadinessChecks, server.ReadinessCheck{Name: "audit", Check: auditSvc.Ready})
+	// Its own verification in the background, on the leader (ha.go).
+	if err := startAuditVerification(ctx, sys, auditSvc); err != nil {
+		return nil, err
+	}
 
 	// The clinical core with its rules engine and alarm service (core.go, rules.go); patient
 	// identifying data is sealed with the key ring's PHI helper.
@@ -174,6 +178,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		return nil, err
 	}
 	sys.server = srv
+	startFHIRSubscriptions(sys, srv) // interop.go
 	return sys, nil
 }
 

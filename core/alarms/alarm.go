@@ -66,6 +66,33 @@ func (s *Severity) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// MarshalJSON encodes the severity by name ("high"), and the zero value — a severity not
+// known — as null, so that a value holding one (an alarm, a transition) still encodes
+// whole; any other invalid value is an error.
+func (s Severity) MarshalJSON() ([]byte, error) {
+	if s == 0 {
+		return []byte("null"), nil
+	}
+	b, err := s.MarshalText()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(string(b))
+}
+
+// UnmarshalJSON decodes a severity name; null leaves the zero value (not known).
+func (s *Severity) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*s = 0
+		return nil
+	}
+	var name string
+	if err := json.Unmarshal(b, &name); err != nil {
+		return fmt.Errorf("%w: severity %s: want a name", ErrInvalidRequest, b)
+	}
+	return s.UnmarshalText([]byte(name))
+}
+
 // State of an alarm.
 type State string
 
@@ -84,7 +111,7 @@ type Alarm struct {
 	RuleVersion     int             `json:"rule_version"` // version of the rule that last triggered it
 	State           State           `json:"state"`
 	Severity        Severity        `json:"severity"`      // current severity
-	PeakSeverity    Severity        `json:"peak_severity"` // highest severity reached
+	PeakSeverity    Severity        `json:"peak_severity"` // highest severity reached (JSON null if not known)
 	Message         string          `json:"message"`       // human-readable cause (may hold PHI)
 	Detail          json.RawMessage `json:"detail,omitempty"`
 	OpenedAt        time.Time       `json:"opened_at"`

@@ -412,3 +412,47 @@ func TestTransitionJSONCasing(t *testing.T) {
 		t.Errorf("json.Marshal(Transition) = %s, want the actor as kind, id, auth_method", b)
 	}
 }
+
+// A transition whose alarm has no peak severity (the zero value: not known) still encodes
+// whole, with the field null, and decodes back to the zero value; a severity that is set
+// keeps its name. The old encoding failed on the zero value, and the whole transition with it.
+// Verifies: REQ-CORE-140
+func TestTransitionJSONSeverityNotKnown(t *testing.T) {
+	t.Parallel()
+	id, pid := uuid.New(), uuid.New()
+	tr := alarms.Transition{Kind: alarms.Opened, Alarm: alarms.Alarm{ID: id, PatientID: pid, RuleID: "hr-low",
+		State: alarms.StateActive, Severity: alarms.SeverityHigh, Message: "HR 38/min"}}
+	b, err := json.Marshal(tr)
+	if err != nil {
+		t.Fatalf("json.Marshal(transition with peak severity 0) = %v, want it encoded", err)
+	}
+	var m struct {
+		Alarm map[string]any `json:"alarm"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := m.Alarm["peak_severity"]; !ok || v != nil {
+		t.Errorf("json.Marshal(transition).alarm.peak_severity = %v (present %v), want null", v, ok)
+	}
+	if m.Alarm["severity"] != "high" || m.Alarm["rule_id"] != "hr-low" || m.Alarm["message"] != "HR 38/min" {
+		t.Errorf("json.Marshal(transition).alarm = %v, want severity high, rule hr-low, its message", m.Alarm)
+	}
+	var back alarms.Transition
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("json.Unmarshal(%s) = %v", b, err)
+	}
+	if back.Alarm.PeakSeverity != 0 || back.Alarm.Severity != alarms.SeverityHigh || back.Alarm.ID != id {
+		t.Errorf("round trip = peak %d severity %s id %s, want 0, high, %s", back.Alarm.PeakSeverity, back.Alarm.Severity, back.Alarm.ID, id)
+	}
+	// Other invalid values stay errors, both ways.
+	if _, err := json.Marshal(alarms.Alarm{Severity: 9}); err == nil {
+		t.Error("json.Marshal(severity 9) = nil error, want an error")
+	}
+	var a alarms.Alarm
+	for _, in := range []string{`{"severity":"extreme"}`, `{"severity":3}`} {
+		if err := json.Unmarshal([]byte(in), &a); err == nil {
+			t.Errorf("json.Unmarshal(%s) = nil error, want an error", in)
+		}
+	}
+}

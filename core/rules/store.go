@@ -273,16 +273,10 @@ func (e *Engine) createVersion(ctx context.Context, by audit.Event, r Rule) (Rul
 }
 
 func (e *Engine) rejectRule(ctx context.Context, by audit.Event, r Rule, code string, err error) error {
-	ev := by
-	ev.ID, ev.Time = uuid.Nil, e.now()
-	ev.Action = "rule.version_created"
-	ev.Object = audit.Object{Type: "rule", ID: r.ID}
+	ev := e.event(by, "rule.version_created", audit.Object{Type: "rule", ID: r.ID})
 	ev.Outcome = audit.OutcomeRejected
 	ev.Reason = code
 	ev.Payload = map[string]any{"error": err.Error(), "based_on_version": r.Version}
-	if ev.Actor.Kind == "" {
-		ev.Actor = engineActor
-	}
 	return errors.Join(err, e.auditAlone(ctx, ev))
 }
 
@@ -295,19 +289,40 @@ func (e *Engine) auditAlone(ctx context.Context, ev audit.Event) error {
 }
 
 func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID, scale int, reason string) error {
-	ev := by
-	ev.ID, ev.Time = uuid.Nil, e.now()
-	ev.Action = "rules.spo2_scale_set"
-	ev.Object = audit.Object{Type: "patient", ID: pid.String()}
-	if ev.Actor.Kind == "" {
-		ev.Actor = engineActor
-	}
+	ev := e.event(by, "rules.spo2_scale_set", audit.Object{Type: "patient", ID: pid.String()})
 	if (scale != 1 && scale != 2) || strings.TrimSpace(reason) == "" || pid == uuid.Nil {
 		err := fmt.Errorf("%w: SpO2 scale must be 1 or 2, with a reason, for a patient", ErrInvalidRule)
 		ev.Outcome, ev.Reason = audit.OutcomeRejected, "invalid_spo2_scale"
 		ev.Payload = map[string]any{"scale": scale}
 		return errors.Join(err, e.auditAlone(ctx, ev))
 	}
+	return e.setPatientSetting(ctx, ev, pid, "set SpO2 scale", `INSERT INTO rules_patient_settings (patient_id, spo2_scale, updated_at, updated_by)
+		VALUES ($1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET spo2_scale=$2, updated_at=$3, updated_by=$4`, scale,
+		func(st *patientState) map[string]any {
+			return map[string]any{"scale": scale, "previous_scale": st.SpO2Scale, "reason": reason}
+		},
+		func(st *patientState) { st.SpO2Scale = scale })
+}
+
+// event is the template by as an event of action on obj: no id yet, the engine's time, and
+// the engine as the actor when by names none.
+func (e *Engine) event(by audit.Event, action string, obj audit.Object) audit.Event {
+	ev := by
+	ev.ID, ev.Time = uuid.Nil, e.now()
+	ev.Action, ev.Object = action, obj
+	if ev.Actor.Kind == "" {
+		ev.Actor = engineActor
+	}
+	return ev
+}
+
+// setPatientSetting writes one of a patient's rule settings once it is checked: in one
+// transaction, the upsert of its rules_patient_settings row ($1 the patient, $2 value, $3 the
+// event's time, $4 its actor), the audit event ev with payload (given the patient's state
+// before the change) and the note to the replica that may own the patient; once committed,
+// apply changes the state in memory. what names the action in errors.
+func (e *Engine) setPatientSetting(ctx context.Context, ev audit.Event, pid uuid.UUID, what, upsert string, value any,
+	payload func(*patientState) map[string]any, apply func(*patientState)) error {
 	p, _, err := e.lockPatient(ctx, pid)
 	if err != nil {
 		return err
@@ -315,26 +330,24 @@ func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID
 	defer p.mu.Unlock()
 	tx, err := e.cfg.Pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("set SpO2 scale: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `INSERT INTO rules_patient_settings (patient_id, spo2_scale, updated_at, updated_by)
-		VALUES ($1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET spo2_scale=$2, updated_at=$3, updated_by=$4`,
-		pid, scale, ev.Time, ev.Actor.ID); err != nil {
-		return fmt.Errorf("set SpO2 scale: %w", err)
+	if _, err := tx.Exec(ctx, upsert, pid, value, ev.Time, ev.Actor.ID); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	ev.Outcome = audit.OutcomeSuccess
-	ev.Payload = map[string]any{"scale": scale, "previous_scale": p.st.SpO2Scale, "reason": reason}
+	ev.Payload = payload(p.st)
 	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
-		return fmt.Errorf("set SpO2 scale: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if err := e.settingsChanged(ctx, tx, pid); err != nil { // another replica's patient: tell it
-		return fmt.Errorf("set SpO2 scale: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("set SpO2 scale: commit: %w", err)
+		return fmt.Errorf("%s: commit: %w", what, err)
 	}
-	p.st.SpO2Scale = scale
+	apply(p.st)
 	p.dirty = true
 	return nil
 }
@@ -343,47 +356,18 @@ func (e *Engine) setSpO2Scale(ctx context.Context, by audit.Event, pid uuid.UUID
 var news2ParamNames = map[string]bool{"rr": true, "spo2": true, "sbp": true, "hr": true, "temp": true, "acvpu": true, "fio2": true, "o2flow": true}
 
 func (e *Engine) setOxygen(ctx context.Context, by audit.Event, pid uuid.UUID, onOxygen *bool, reason string) error {
-	ev := by
-	ev.ID, ev.Time = uuid.Nil, e.now()
-	ev.Action = "rules.oxygen_set"
-	ev.Object = audit.Object{Type: "patient", ID: pid.String()}
-	if ev.Actor.Kind == "" {
-		ev.Actor = engineActor
-	}
+	ev := e.event(by, "rules.oxygen_set", audit.Object{Type: "patient", ID: pid.String()})
 	if strings.TrimSpace(reason) == "" || pid == uuid.Nil {
 		err := fmt.Errorf("%w: documenting oxygen needs a patient and a reason", ErrInvalidRule)
 		ev.Outcome, ev.Reason = audit.OutcomeRejected, "invalid_oxygen_setting"
 		return errors.Join(err, e.auditAlone(ctx, ev))
 	}
-	p, _, err := e.lockPatient(ctx, pid)
-	if err != nil {
-		return err
-	}
-	defer p.mu.Unlock()
-	tx, err := e.cfg.Pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("set oxygen: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `INSERT INTO rules_patient_settings (patient_id, spo2_scale, on_oxygen, updated_at, updated_by)
-		VALUES ($1,1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET on_oxygen=$2, updated_at=$3, updated_by=$4`,
-		pid, onOxygen, ev.Time, ev.Actor.ID); err != nil {
-		return fmt.Errorf("set oxygen: %w", err)
-	}
-	ev.Outcome = audit.OutcomeSuccess
-	ev.Payload = map[string]any{"on_oxygen": onOxygen, "previous": p.st.OnOxygen, "reason": reason}
-	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
-		return fmt.Errorf("set oxygen: %w", err)
-	}
-	if err := e.settingsChanged(ctx, tx, pid); err != nil { // another replica's patient: tell it
-		return fmt.Errorf("set oxygen: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("set oxygen: commit: %w", err)
-	}
-	p.st.OnOxygen = onOxygen
-	p.dirty = true
-	return nil
+	return e.setPatientSetting(ctx, ev, pid, "set oxygen", `INSERT INTO rules_patient_settings (patient_id, spo2_scale, on_oxygen, updated_at, updated_by)
+		VALUES ($1,1,$2,$3,$4) ON CONFLICT (patient_id) DO UPDATE SET on_oxygen=$2, updated_at=$3, updated_by=$4`, onOxygen,
+		func(st *patientState) map[string]any {
+			return map[string]any{"on_oxygen": onOxygen, "previous": st.OnOxygen, "reason": reason}
+		},
+		func(st *patientState) { st.OnOxygen = onOxygen })
 }
 
 // WardNEWS2Settings are a ward's own NEWS2 settings: the parameters it charts by hand, how
@@ -418,13 +402,7 @@ func (e *Engine) wardNEWS2Settings(ctx context.Context) (map[uuid.UUID]WardNEWS2
 // setWardNEWS2 stores a ward's settings; with since, only if they were last set at *since
 // (zero: never), else ErrVersionConflict (audited as a rejection, nothing stored).
 func (e *Engine) setWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.UUID, charted []string, maxAge time.Duration, reason string, since *time.Time) error {
-	ev := by
-	ev.ID, ev.Time = uuid.Nil, e.now()
-	ev.Action = "rules.ward_news2_set"
-	ev.Object = audit.Object{Type: "ward", ID: wardID.String()}
-	if ev.Actor.Kind == "" {
-		ev.Actor = engineActor
-	}
+	ev := e.event(by, "rules.ward_news2_set", audit.Object{Type: "ward", ID: wardID.String()})
 	ok := wardID != uuid.Nil && strings.TrimSpace(reason) != "" && maxAge >= time.Minute && maxAge <= 24*time.Hour
 	for _, c := range charted {
 		ok = ok && news2ParamNames[c]

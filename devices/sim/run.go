@@ -58,8 +58,17 @@ type Config struct {
 	StateDir string
 	// SendTimeout bounds each delivery attempt loop. Default 10 s.
 	SendTimeout time.Duration
-	// Now is the clock of sample times. Default time.Now.
+	// Now is the device clock: uploads and enrollment are signed at Now (Vigil refuses a
+	// sent_at far from its own clock), and samples are dated Now unless SampleTime is set.
+	// Default time.Now.
 	Now func() time.Time
+	// SampleTime, when set, dates each monitor's tick-th measurement (0-based) instead of
+	// Now: sample time then advances by measurement periods, not with the wall clock, so a
+	// time-lapse run (a test's minutes of patient time in seconds) develops the same way
+	// however slowly a loaded machine gets through its ticks. Combine it with Uploads for a
+	// run whose readings and sample times are fixed. The times it returns must stay within
+	// what Vigil accepts (not ahead of its clock by more than its allowed future skew).
+	SampleTime func(tick int) time.Time
 	// Logger receives progress messages. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -289,6 +298,9 @@ func (m *monitor) run(runCtx, ctx context.Context, cfg *Config, start time.Time)
 		offset := time.Duration(tick) * period
 		v := m.patient.Next(progress(offset, cfg.Ramp))
 		now := cfg.Now()
+		if cfg.SampleTime != nil {
+			now = cfg.SampleTime(tick)
+		}
 		ss := v.Samples()
 		samples := make([]envelope.Sample, len(ss))
 		for i, s := range ss {

@@ -34,6 +34,7 @@ type Snapshot struct {
 	At      time.Time
 	Self    time.Duration                    // this process
 	PG      map[int]time.Duration            // PostgreSQL processes of the pool's database and the server's background processes
+	DB      map[int]time.Duration            // of those, the backends connected to the pool's database only
 	PGErr   error                            // why PG is unavailable
 	Named   map[string]map[int]time.Duration // processes by command name (comm), as asked
 	Machine time.Duration                    // all CPUs' busy time (user+nice+system+irq+softirq+steal); 0 if unreadable
@@ -44,7 +45,7 @@ type Snapshot struct {
 // checkpointer, …), by every process whose command name is one of names, and by the whole
 // machine. pool may be nil.
 func Take(ctx context.Context, pool *pgxpool.Pool, names ...string) Snapshot {
-	s := Snapshot{At: time.Now(), PG: map[int]time.Duration{}, Named: map[string]map[int]time.Duration{}}
+	s := Snapshot{At: time.Now(), PG: map[int]time.Duration{}, DB: map[int]time.Duration{}, Named: map[string]map[int]time.Duration{}}
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
 		s.Self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
@@ -57,22 +58,28 @@ func Take(ctx context.Context, pool *pgxpool.Pool, names ...string) Snapshot {
 		s.PGErr = fmt.Errorf("no database pool")
 		return s
 	}
-	rows, err := pool.Query(ctx, `SELECT pid FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL`)
+	rows, err := pool.Query(ctx, `SELECT pid, datname IS NOT NULL FROM pg_stat_activity WHERE datname = current_database() OR datname IS NULL`)
 	if err != nil {
 		s.PGErr = err
 		return s
 	}
 	var pids []int
+	own := map[int]bool{}
 	for rows.Next() {
 		var pid int
-		if err := rows.Scan(&pid); err == nil {
+		var db bool
+		if err := rows.Scan(&pid, &db); err == nil {
 			pids = append(pids, pid)
+			own[pid] = db
 		}
 	}
 	rows.Close()
 	for _, pid := range pids {
 		if t, err := procCPU(pid); err == nil {
 			s.PG[pid] = t
+			if own[pid] {
+				s.DB[pid] = t
+			}
 		}
 	}
 	if len(s.PG) == 0 {
@@ -166,6 +173,7 @@ type Report struct {
 	Window    time.Duration
 	Self      time.Duration
 	PG        time.Duration // valid when PGOK
+	DB        time.Duration // of PG, the database's own backends (not the server's shared background processes)
 	PGOK      bool
 	PGProcs   int
 	Named     map[string]time.Duration
@@ -183,6 +191,9 @@ func Between(a, b Snapshot) Report {
 		r.PGOK, r.PGProcs = true, len(b.PG)
 		for pid, t := range b.PG {
 			r.PG += t - a.PG[pid]
+		}
+		for pid, t := range b.DB {
+			r.DB += t - a.DB[pid]
 		}
 	}
 	for name, procs := range b.Named {

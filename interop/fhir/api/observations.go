@@ -589,3 +589,9 @@ func unitOf(code string) string {
 	c, _ := core.LookupCode(code)
 	return c.Unit
 }
+
+// ObservationIDOf returns the FHIR id under which a stored observation of patient, code at
+// t is served: a blood-pressure code's is its panel's (ObservationID with "bp").
+func ObservationIDOf(patient uuid.UUID, code string, t time.Time) string {
+	return ObservationID(patient, groupOf(code), t)
+}

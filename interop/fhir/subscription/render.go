@@ -1,0 +1,129 @@
+package subscription
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	m "github.com/samply/golang-fhir-models/fhir-models/fhir"
+
+	"github.com/vigilhealth/vigil/interop/fhir"
+)
+
+// Subscription is a stored Subscription.
+type Subscription struct {
+	ID        uuid.UUID
+	WebhookID uuid.UUID // its core webhook (event type EventType(ID))
+	Topic     Topic
+	Patient   uuid.UUID // uuid.Nil: every patient
+	Content   string
+	Endpoint  string
+	Base      string // the FHIR base URL the client used (fullUrl of the notifications' entries)
+	Reason    string
+	Status    string // active, off
+	Owner     Owner
+	Events    int64 // notification events sent
+	CreatedAt time.Time
+}
+
+// EventType is the core webhook event type of a Subscription's notifications.
+func EventType(id uuid.UUID) string { return "fhir.subscription." + id.String() }
+
+// Render returns the Subscription resource (R4, backport: criteria the topic URL, the patient
+// filter as backport-filter-criteria, the payload content as backport-payload-content).
+func Render(s Subscription) (json.RawMessage, error) {
+	status := m.SubscriptionStatusActive
+	if s.Status != "active" {
+		status = m.SubscriptionStatusOff
+	}
+	payload := MimeType
+	r := m.Subscription{Id: ptr(s.ID.String()), Status: status, Reason: s.Reason, Criteria: s.Topic.URL,
+		Channel: m.SubscriptionChannel{Type: m.SubscriptionChannelTypeRestHook, Endpoint: ptr(s.Endpoint), Payload: &payload}}
+	b, err := r.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("fhir subscription: render: %w", err)
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(b, &obj); err != nil {
+		return nil, fmt.Errorf("fhir subscription: render: %w", err)
+	}
+	// Extensions on primitives (_criteria, channel._payload): not in the model's structs.
+	if s.Patient != uuid.Nil {
+		obj["_criteria"] = map[string]any{"extension": []any{map[string]any{"url": ExtFilterCriteria,
+			"valueString": s.Topic.Resource + "?patient=Patient/" + s.Patient.String()}}}
+	}
+	ch, _ := obj["channel"].(map[string]any)
+	if ch == nil {
+		return nil, fmt.Errorf("fhir subscription: render: no channel")
+	}
+	ch["_payload"] = map[string]any{"extension": []any{map[string]any{"url": ExtPayloadContent, "valueCode": s.Content}}}
+	return json.Marshal(obj)
+}
+
+// Focus is one resource a notification is about: its type and id, and the resource itself
+// for full-resource content (nil for id-only).
+type Focus struct {
+	Type, ID string
+	Resource any
+}
+
+// Notification is one event-notification Bundle's content.
+type Notification struct {
+	Sub   Subscription
+	Focus []Focus
+	// First is the event number of Focus[0] (then one more per focus); Total the events since
+	// the subscription's start, this notification's included.
+	First, Total int64
+	At           time.Time
+}
+
+// RenderNotification renders an event-notification Bundle (type history) as the backport IG
+// specifies for R4: first a Parameters resource, the SubscriptionStatus (subscription, topic,
+// status, type, events-since-subscription-start and one notification-event per focus with its
+// event number, timestamp and focus reference), then one entry per focus — with the
+// resource for full-resource content, without it for id-only.
+func RenderNotification(n Notification) ([]byte, error) {
+	at := n.At.UTC().Format(time.RFC3339Nano)
+	params := []m.ParametersParameter{
+		{Name: "subscription", ValueReference: &m.Reference{Reference: ptr("Subscription/" + n.Sub.ID.String())}},
+		{Name: "topic", ValueCanonical: ptr(n.Sub.Topic.URL)},
+		{Name: "status", ValueCode: ptr("active")},
+		{Name: "type", ValueCode: ptr("event-notification")},
+		{Name: "events-since-subscription-start", ValueString: ptr(strconv.FormatInt(n.Total, 10))},
+	}
+	for i, f := range n.Focus {
+		params = append(params, m.ParametersParameter{Name: "notification-event", Part: []m.ParametersParameter{
+			{Name: "event-number", ValueString: ptr(strconv.FormatInt(n.First+int64(i), 10))},
+			{Name: "timestamp", ValueInstant: ptr(at)},
+			{Name: "focus", ValueReference: &m.Reference{Reference: ptr(f.Type + "/" + f.ID)}},
+		}})
+	}
+	status, err := m.Parameters{Id: ptr(uuid.Must(uuid.NewV7()).String()), Parameter: params}.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("fhir subscription: notification: %w", err)
+	}
+	b := m.Bundle{Id: ptr(uuid.Must(uuid.NewV7()).String()), Type: m.BundleTypeHistory, Timestamp: ptr(at),
+		Entry: []m.BundleEntry{{FullUrl: ptr("urn:uuid:" + uuid.Must(uuid.NewV7()).String()), Resource: status,
+			Request:  &m.BundleEntryRequest{Method: m.HTTPVerbGET, Url: "Subscription/" + n.Sub.ID.String() + "/$status"},
+			Response: &m.BundleEntryResponse{Status: "200"}}}}
+	base := strings.TrimSuffix(n.Sub.Base, "/")
+	for _, f := range n.Focus {
+		e := m.BundleEntry{FullUrl: ptr(base + "/" + f.Type + "/" + f.ID),
+			Request:  &m.BundleEntryRequest{Method: m.HTTPVerbPOST, Url: f.Type},
+			Response: &m.BundleEntryResponse{Status: "201"}}
+		if f.Resource != nil {
+			raw, err := fhir.MarshalResource(f.Resource)
+			if err != nil {
+				return nil, fmt.Errorf("fhir subscription: notification: %w", err)
+			}
+			e.Resource = raw
+		}
+		b.Entry = append(b.Entry, e)
+	}
+	return b.MarshalJSON()
+}
+
+func ptr[T any](v T) *T { return &v }
