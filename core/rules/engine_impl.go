@@ -1,10 +1,12 @@
 package rules
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -371,6 +373,25 @@ func writeState(ctx context.Context, tx pgx.Tx, pid uuid.UUID, st *patientState,
 	return nil
 }
 
+// entry returns the patient's entry, nil if the engine has none.
+func (e *Engine) entry(pid uuid.UUID) *patientEntry {
+	e.st.mu.Lock()
+	defer e.st.mu.Unlock()
+	return e.st.patients[pid]
+}
+
+// sortedIDs returns the ids of m in ascending byte order: the order in which the transactions
+// that write several patients' checkpoints (checkpoint, settleInbox) take their rows, so that
+// two of them never wait for each other's rows.
+func sortedIDs[V any](m map[uuid.UUID]V) []uuid.UUID {
+	ids := make([]uuid.UUID, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return bytes.Compare(ids[i][:], ids[j][:]) < 0 })
+	return ids
+}
+
 func (e *Engine) entries() map[uuid.UUID]*patientEntry {
 	e.st.mu.Lock()
 	defer e.st.mu.Unlock()
@@ -427,7 +448,9 @@ func (e *Engine) checkpoint(ctx context.Context) error {
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	var written []*patientEntry
-	for id, p := range e.entries() {
+	all := e.entries()
+	for _, id := range sortedIDs(all) {
+		p := all[id]
 		p.mu.Lock()
 		if p.loaded && p.dirty {
 			if ferr := e.fenceCheckpoint(ctx, tx, id, p.token); ferr != nil {

@@ -130,6 +130,31 @@ func (l *Leases) Held() []int {
 	return out
 }
 
+// FenceMany is Fence for several buckets at once (a transaction that writes many patients):
+// it share-locks their lease rows, in bucket order, until tx ends and returns the token under
+// which this replica holds each of them (a bucket held by another replica is absent). A
+// patient's writes are allowed when its state was loaded under the returned token.
+func (l *Leases) FenceMany(ctx context.Context, tx pgx.Tx, buckets []int) (map[int]int64, error) {
+	rows, err := tx.Query(ctx, `SELECT bucket, token FROM rules_leases WHERE bucket = ANY($1) AND owner = $2 ORDER BY bucket FOR SHARE`, buckets, l.cfg.Replica)
+	if err != nil {
+		return nil, fmt.Errorf("rules: fence buckets: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[int]int64, len(buckets))
+	for rows.Next() {
+		var b int
+		var tok int64
+		if err := rows.Scan(&b, &tok); err != nil {
+			return nil, fmt.Errorf("rules: fence buckets: %w", err)
+		}
+		out[b] = tok
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("rules: fence buckets: %w", err)
+	}
+	return out, nil
+}
+
 // Fence checks, inside tx, that this replica still holds bucket with token, and share-locks
 // the lease row until tx ends, so that no other replica takes the bucket before tx commits.
 // ErrNotOwner when the bucket is held by another replica or under another token.

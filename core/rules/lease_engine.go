@@ -33,6 +33,11 @@ import (
 //     their checkpoints and the observations stored after them, at once; its inbox is
 //     drained by the new owner.
 
+// inboxBatch is how many inbox rows DrainInbox reads, evaluates and settles at a time: the
+// rows of one patient in a batch are evaluated together and its state written once, in the
+// one transaction that settles the batch.
+const inboxBatch = 2000
+
 // inboxChannel is the NOTIFY channel that wakes the owners when inbox rows commit.
 const inboxChannel = "vigil_rules_inbox"
 
@@ -40,6 +45,7 @@ type leaseState struct {
 	rebuilds  sync.WaitGroup // take-over rebuilds running (Close waits for them)
 	mu        sync.Mutex
 	forwarded map[uuid.UUID]time.Time // uploads forwarded at commit, not to evaluate here
+	drain     sync.Mutex              // one DrainInbox at a time (RunInbox, take-overs)
 }
 
 func (e *Engine) initLeases() {
@@ -244,13 +250,15 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 	if e.cfg.Leases == nil {
 		return 0, nil
 	}
+	e.ls.drain.Lock() // two drains at once would evaluate and settle the same rows twice
+	defer e.ls.drain.Unlock()
 	total := 0
 	for {
 		held := e.cfg.Leases.Held()
 		if len(held) == 0 {
 			return total, nil
 		}
-		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) ORDER BY id LIMIT 500`, held)
+		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) ORDER BY id LIMIT $2`, held, inboxBatch)
 		if err != nil {
 			return total, fmt.Errorf("rules: inbox: %w", err)
 		}
@@ -276,11 +284,33 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		if len(got) == 0 {
 			return total, nil
 		}
-		// One evaluation per patient and run of observation rows (in the rows' order).
+		// One evaluation per patient for its observation rows of the batch (up to its next
+		// settings or release row, which is applied in the rows' order); the rows of every
+		// patient evaluated are settled together, in one transaction, after the batch
+		// (settleInbox).
+		type item struct {
+			pid  uuid.UUID
+			rows []int // indexes into got: one settings or release row, or observation rows
+		}
+		var items []item
+		open := map[uuid.UUID]int{} // patient → its observation item still open
+		for k, r := range got {
+			if r.kind == "observations" {
+				if x, ok := open[r.pid]; ok {
+					items[x].rows = append(items[x].rows, k)
+					continue
+				}
+				open[r.pid] = len(items)
+			} else {
+				delete(open, r.pid)
+			}
+			items = append(items, item{pid: r.pid, rows: []int{k}})
+		}
 		var done []int64
 		var errs []error
-		for i := 0; i < len(got); {
-			r := got[i]
+		evaluated := map[uuid.UUID][]int64{}
+		for _, it := range items {
+			r := got[it.rows[0]]
 			if r.kind == "settings" {
 				err := e.reloadSettings(ctx, r.pid)
 				if err == nil || !errors.Is(err, ErrNotOwner) {
@@ -289,7 +319,6 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 				if err != nil && !errors.Is(err, ErrNotOwner) {
 					errs = append(errs, err)
 				}
-				i++
 				continue
 			}
 			if r.kind == "release" {
@@ -304,31 +333,31 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 				if err != nil && !errors.Is(err, ErrNotOwner) {
 					errs = append(errs, err)
 				}
-				i++
 				continue
 			}
 			var batch []Observation
-			ids := []int64{}
-			j := i
-			for ; j < len(got) && got[j].pid == r.pid && got[j].kind == "observations"; j++ {
+			ids := make([]int64, 0, len(it.rows))
+			for _, k := range it.rows {
 				var os []Observation
-				if err := json.Unmarshal(got[j].body, &os); err != nil {
-					errs = append(errs, fmt.Errorf("rules: inbox row %d: %w", got[j].id, err))
+				if err := json.Unmarshal(got[k].body, &os); err != nil {
+					errs = append(errs, fmt.Errorf("rules: inbox row %d: %w", got[k].id, err))
 				}
 				batch = append(batch, os...)
-				ids = append(ids, got[j].id)
+				ids = append(ids, got[k].id)
 			}
-			i = j
 			sort.SliceStable(batch, func(a, b int) bool { return batch[a].EffectiveAt.Before(batch[b].EffectiveAt) })
-			_, err := e.evaluate(ctx, r.pid, batch)
+			_, err := e.evaluate(ctx, it.pid, batch)
 			if err == nil {
-				if err = e.settleInbox(ctx, r.pid, ids); err == nil {
-					total += len(ids)
-				}
+				evaluated[it.pid] = append(evaluated[it.pid], ids...)
 			}
 			if err != nil && !errors.Is(err, ErrNotOwner) {
 				errs = append(errs, err)
 			}
+		}
+		n, err := e.settleInbox(ctx, evaluated)
+		total += n
+		if err != nil {
+			errs = append(errs, err)
 		}
 		if len(done) > 0 {
 			if _, err := e.cfg.Pool.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, done); err != nil {
@@ -339,7 +368,7 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		if err := errors.Join(errs...); err != nil {
 			return total, err
 		}
-		if len(got) < 500 {
+		if len(got) < inboxBatch {
 			return total, nil
 		}
 	}
@@ -411,37 +440,91 @@ func (e *Engine) fenceCheckpoint(ctx context.Context, tx pgx.Tx, pid uuid.UUID, 
 	return sp.Commit(ctx)
 }
 
-// settleInbox deletes the inbox rows ids of a patient just evaluated, with the patient's
-// state checkpoint in the same fenced transaction: either both or neither, so a crash never
-// leaves rows deleted whose effect on the state was not stored.
-func (e *Engine) settleInbox(ctx context.Context, pid uuid.UUID, ids []int64) error {
-	p, _, err := e.lockPatient(ctx, pid)
-	if err != nil {
-		return err
+// settleInbox deletes the inbox rows of the patients just evaluated (ids by patient), with
+// their state checkpoints, in one transaction: for each patient either both or neither, so a
+// crash never leaves rows deleted whose effect on the state was not stored (they are evaluated
+// again from the inbox; what the state already holds is skipped by its per-code marks, and an
+// alarm raised was stored with the state that raised it). The buckets of the batch are fenced
+// first, at once (Leases.FenceMany); a patient whose bucket is lost writes nothing and keeps
+// its rows for the new owner, without stopping the others. As in checkpoint, the patients are
+// then taken one at a time (never two locks held), in patient id order, and no patient lock
+// is held while waiting for a row. It returns how many rows it deleted.
+func (e *Engine) settleInbox(ctx context.Context, ids map[uuid.UUID][]int64) (int, error) {
+	if len(ids) == 0 || e.cfg.Leases == nil {
+		return 0, nil
 	}
-	defer p.mu.Unlock()
-	tx, err := e.cfg.Pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("rules: inbox: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := e.fence(ctx, tx, pid, p.token); err != nil {
-		p.loaded, p.st, p.dirty = false, nil, false
-		return err
-	}
-	if p.dirty {
-		if err := writeState(ctx, tx, pid, p.st, e.now()); err != nil {
-			return err
+	pids := sortedIDs(ids)
+	seen := map[int]bool{}
+	var buckets []int
+	for _, pid := range pids {
+		if b := BucketOf(pid); !seen[b] {
+			seen[b] = true
+			buckets = append(buckets, b)
 		}
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, ids); err != nil {
-		return fmt.Errorf("rules: inbox: %w", err)
+	sort.Ints(buckets)
+	tx, err := e.cfg.Pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("rules: inbox: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	tokens, err := e.cfg.Leases.FenceMany(ctx, tx, buckets)
+	if err != nil {
+		return 0, err
+	}
+	now := e.now()
+	var del []int64
+	var written []*patientEntry
+	restore := func() { // the transaction failed: what it would have checkpointed is dirty again
+		for _, p := range written {
+			p.mu.Lock()
+			p.dirty = true
+			p.mu.Unlock()
+		}
+	}
+	for _, pid := range pids {
+		p := e.entry(pid)
+		if p == nil {
+			continue
+		}
+		p.mu.Lock()
+		if !p.loaded || p.token == 0 {
+			// Dropped since its evaluation (lost, or a failed write): its rows stay, to be
+			// evaluated again on the state rebuilt from the database.
+			p.mu.Unlock()
+			continue
+		}
+		if tokens[BucketOf(pid)] != p.token {
+			p.loaded, p.st, p.dirty = false, nil, false // another replica's now: its rows stay
+			p.mu.Unlock()
+			continue
+		}
+		if p.dirty {
+			if err := writeState(ctx, tx, pid, p.st, now); err != nil {
+				p.mu.Unlock()
+				restore()
+				return 0, err
+			}
+			p.dirty = false
+			written = append(written, p)
+		}
+		p.mu.Unlock()
+		del = append(del, ids[pid]...)
+	}
+	var n int64
+	if len(del) > 0 {
+		tag, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, del)
+		if err != nil {
+			restore()
+			return 0, fmt.Errorf("rules: inbox: %w", err)
+		}
+		n = tag.RowsAffected()
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("rules: inbox: commit: %w", err)
+		restore()
+		return 0, fmt.Errorf("rules: inbox: commit: %w", err)
 	}
-	p.dirty = false
-	return nil
+	return int(n), nil
 }
 
 // settingsChanged, inside the transaction that changes a patient's rule settings (SpO2

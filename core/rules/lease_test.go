@@ -107,9 +107,11 @@ func TestLeasesShareAndForward(t *testing.T) {
 	if n := len(a.leases.Held()); n != rules.Buckets {
 		t.Fatalf("a alone holds %d buckets, want %d", n, rules.Buckets)
 	}
-	b.step(t) // sees two replicas, but every bucket is held
-	a.step(t) // gives back the excess
-	b.step(t) // takes it
+	b.step(t)            // sees two replicas, but every bucket is held
+	a.step(t)            // gives back the excess
+	b.step(t)            // takes it
+	a.eng.WaitTakeOver() // (a take-over drains the inbox in the background: let it finish
+	b.eng.WaitTakeOver() // before the drains this test counts)
 	ha, hb := a.leases.Held(), b.leases.Held()
 	if len(ha) != rules.Buckets/2 || len(hb) != rules.Buckets/2 {
 		t.Fatalf("held = %d and %d buckets, want %d each", len(ha), len(hb), rules.Buckets/2)
