@@ -220,6 +220,17 @@ func TestReleaseSignedRecordedAndVerified(t *testing.T) {
 	}
 	if out, err := executeEnv(t, env, "audit", "verify", "--data-dir", dataDir); err != nil {
 		t.Errorf("vigil audit verify after the release = %v\n%s", err, out)
+		rows, qerr := pool.Query(context.Background(), "SELECT id::text, action, COALESCE(actor_id, ''), recorded_at FROM audit_events WHERE batch_id IS NULL ORDER BY recorded_at")
+		if qerr == nil {
+			for rows.Next() {
+				var id, action, actor string
+				var at time.Time
+				if rows.Scan(&id, &action, &actor, &at) == nil {
+					t.Logf("not shipped: %s %s by %s at %s", id, action, actor, at.Format(time.RFC3339Nano))
+				}
+			}
+			rows.Close()
+		}
 	}
 }
 
