@@ -72,3 +72,61 @@ func TestOrderlyStopLeavesNothingUnexplained(t *testing.T) {
 		t.Errorf("Verify() findings = %s, want pending naming %s", findings(r), id)
 	}
 }
+
+// An orderly stop whose writer's last event is a periodic attestation, recorded after the
+// last shipping and followed by a tick with nothing new: the final attestation is still
+// recorded and covers it. Before, Close recorded no final attestation then (nothing new to
+// attest), and verify reported the periodic attestation as pending once a minute old (seen
+// in `vigil release` under load: the release proven, then two attester ticks before exit).
+// Verifies: REQ-AUD-047
+func TestOrderlyStopAfterAnIdleAttestation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, url := testdb.NewWithURL(t)
+	rec := audittest.Recorder(t, pool, nil)
+	svc, err := chain.Open(ctx, chain.Config{Pool: pool, Recorder: rec, Backlog: rec, EventKeys: rec.EventKeys(), DatabaseURL: url,
+		Signer: newSigner(t), SequencerInterval: 20 * time.Millisecond, Window: time.Hour, CheckpointInterval: time.Hour, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &rig{pool: pool, url: url, rec: rec}
+	ids := c.record(t, 3)
+	if err := svc.Close(ctx); err != nil {
+		t.Fatalf("Close() error = %v", err)
+	}
+	// The attester's two ticks after the last shipping: one attests the events, the next
+	// finds nothing new but that attestation.
+	for range 2 {
+		if err := rec.Attest(ctx); err != nil {
+			t.Fatalf("Attest() error = %v", err)
+		}
+	}
+	rec.Close()
+
+	ro, err := chain.OpenIdle(ctx, chain.Config{Pool: pool, Recorder: audittest.Recorder(t, pool, nil), EventKeys: rec.EventKeys(),
+		DatabaseURL: url, Signer: newSigner(t), ReadOnly: true, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ro.Close(context.Background()) })
+	vcfg := ro.VerifyConfig()
+	vcfg.VerifierKey, vcfg.Origin = svc.VerifierKey(), svc.Origin()
+	vcfg.Keys = audit.NewSessionKeys(rec.EventKeys())
+	later := time.Now().Add(10 * time.Minute)
+	vcfg.Now = func() time.Time { return later }
+	r, err := chain.Verify(ctx, vcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.OK || r.ProvenEvents < int64(len(ids)) {
+		t.Fatalf("Verify() = ok %v, proven %d, findings %s; want OK with the %d events proven", r.OK, r.ProvenEvents, findings(r), len(ids))
+	}
+	if len(r.Pending) < 2 {
+		t.Errorf("pending = %+v, want the periodic and the final attestation", r.Pending)
+	}
+	for _, p := range r.Pending {
+		if !p.Stopped {
+			t.Errorf("pending %+v is not marked stopped", p)
+		}
+	}
+}
