@@ -135,7 +135,7 @@ func newAuditCmd() *cobra.Command {
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd(), newAuditWitnessCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd(), newAuditWitnessCmd(), newAuditBaselineCmd())
 	return cmd
 }
 
