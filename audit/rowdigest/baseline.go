@@ -2,6 +2,7 @@ package rowdigest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -182,7 +183,8 @@ func adopt(ctx context.Context, tx pgx.Tx, rec audit.Recorder, by audit.Event, s
 			if err := ds.Stamp(ctx, tx, s, keys[end], id); err != nil {
 				return nil, err
 			}
-			size += len(s.Ref(keys[end])) + 64 + 6
+			ref, _ := json.Marshal(s.Ref(keys[end])) // as the payload will spell it (escapes included)
+			size += len(ref) + 64 + 4
 		}
 		ev := by
 		ev.ID, ev.Action, ev.Object, ev.Outcome, ev.Reason = id, BaselineAction, audit.Object{Type: BaselineObject, ID: s.Table}, audit.OutcomeSuccess, ""
