@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 )
 
 // BreakGlassGrant is an emergency access of one user to one patient outside their wards and
@@ -76,9 +77,14 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 			return err
 		}
 		// The access event: the payload (which stays in PostgreSQL, committed to in the log) holds the reason.
-		_, err := s.cfg.Audit.Record(ctx, tx, o.event(now, "access.break_glass.opened", audit.Object{Type: "patient", ID: patient.String()},
+		// The grant's row is tied to it (audit/rowdigest).
+		ev := o.event(now, "access.break_glass.opened", audit.Object{Type: "patient", ID: patient.String()},
 			audit.OutcomeSuccess, "", map[string]any{"grant_id": g.ID, "reason": reason, "expires_at": g.ExpiresAt,
-				"session_id": p.SessionID}))
+				"session_id": p.SessionID})
+		if err := stampBreakGlass(ctx, tx, &ev, g.ID); err != nil {
+			return err
+		}
+		_, err := s.cfg.Audit.Record(ctx, tx, ev)
 		return err
 	})
 	if err != nil {
@@ -135,12 +141,24 @@ func (s *Service) ReviewBreakGlass(ctx context.Context, o Origin, id uuid.UUID, 
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("review break-glass grant %s: %w (or already reviewed)", id, ErrNotFound)
 		}
-		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "access.break_glass.reviewed", audit.Object{Type: "break_glass", ID: id.String()},
-			audit.OutcomeSuccess, "", map[string]any{"note": note}))
+		ev := o.event(now, "access.break_glass.reviewed", audit.Object{Type: "break_glass", ID: id.String()},
+			audit.OutcomeSuccess, "", map[string]any{"note": note})
+		if err := stampBreakGlass(ctx, tx, &ev, id); err != nil {
+			return err
+		}
+		_, err = s.cfg.Audit.Record(ctx, tx, ev)
 		return err
 	})
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("review break glass: %w", err)
 	}
 	return err
+}
+
+// stampBreakGlass ties the grant's row to ev (audit/rowdigest): `vigil audit verify` finds a
+// grant extended, re-opened, marked reviewed or inserted behind the system's back.
+func stampBreakGlass(ctx context.Context, tx pgx.Tx, ev *audit.Event, grant uuid.UUID) error {
+	return stampEvent(ctx, tx, ev, func(ds rowdigest.Digests, id uuid.UUID) error {
+		return ds.Stamp(ctx, tx, rowdigest.BreakGlass, grant.String(), id)
+	})
 }
