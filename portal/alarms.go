@@ -432,6 +432,7 @@ func (p *Portal) alarmAction(kind alarms.TransitionKind) echo.HandlerFunc {
 		data := inboxData{base: p.base("Alarm inbox", pr, creds.SessionToken)}
 		switch {
 		case err == nil:
+			audited(c) // the lifecycle's event (alarm.acknowledged, …)
 			q := f.query()
 			if q != "" {
 				q += "&"
@@ -510,6 +511,9 @@ func (p *Portal) bulkAcknowledge(c echo.Context) error {
 		default:
 			return fmt.Errorf("portal: bulk acknowledge: %w", err)
 		}
+	}
+	if n > 0 {
+		audited(c) // the lifecycle's alarm.acknowledged events (none acknowledged: the server records the request)
 	}
 	f, _ := parseInboxFilter(c)
 	q := f.query()

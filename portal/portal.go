@@ -19,6 +19,7 @@ import (
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/internal/auditmark"
 )
 
 // Config configures the portal. Zero values take the documented defaults.
@@ -184,6 +185,13 @@ func (p *Portal) page(h echo.HandlerFunc) echo.HandlerFunc {
 		return h(c)
 	}
 }
+
+// audited marks the request audited by the portal itself (internal/auditmark): the event the
+// portal or its domain service has just committed — the change in its own transaction, or
+// the refusal — is the request's one record, and the server's state-change middleware adds
+// no generic event (and sends the page as it is written). Call it only once that event is
+// committed.
+func audited(c echo.Context) { auditmark.Set(c.Request().Context()) }
 
 // requestID is the server's id of the request (it sets X-Request-ID on every answer first).
 func requestID(c echo.Context) string { return c.Response().Header().Get(echo.HeaderXRequestID) }

@@ -130,7 +130,8 @@ func (p *Portal) signOut(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	if err := p.cfg.Auth.CheckCSRF(ctx, c.Request(), pr, creds); err != nil {
-		if auth.CodeOf(err) != "" {
+		if auth.CodeOf(err) != "" { // recorded by auth (auth.csrf.rejected)
+			audited(c)
 			return echo.NewHTTPError(http.StatusForbidden, "the form's CSRF token is missing or wrong (csrf_invalid)")
 		}
 		return err
@@ -138,6 +139,7 @@ func (p *Portal) signOut(c echo.Context) error {
 	if err := p.cfg.Auth.SignOut(ctx, pr, requestID(c), c.RealIP()); err != nil {
 		return fmt.Errorf("portal: sign out: %w", err)
 	}
+	audited(c) // recorded by auth
 	c.SetCookie(p.cfg.Auth.ClearCookie())
 	return c.Redirect(http.StatusSeeOther, "/signin")
 }
