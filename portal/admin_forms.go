@@ -69,17 +69,21 @@ var policyScopes = []string{auth.ScopeGlobal, auth.ScopeWard, auth.ScopeAny, aut
 
 const timeFormat = "2006-01-02 15:04 UTC"
 
-// adminForm starts an administration form post: the viewer, the permission of the action,
-// the CSRF token and the page's data. done: an answer was already sent (or err).
-func (p *Portal) adminForm(c echo.Context, obj, act string) (*auth.Principal, adminData, bool, error) {
-	pr, creds, done, err := p.guard(c, obj, act)
-	if done {
-		return nil, adminData{}, true, err
+// adminForm is an administration form post's handler: before h runs, the viewer is signed in
+// (else the sign-in page), holds the permission of the action (else the 403 page, audited)
+// and sent the session's CSRF token (else 403, audited by auth); h gets the viewer and the
+// page's data.
+func (p *Portal) adminForm(obj, act string, h func(echo.Context, *auth.Principal, adminData) error) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		pr, creds, done, err := p.guard(c, obj, act)
+		if done {
+			return err
+		}
+		if err := p.csrf(c, pr, creds); err != nil {
+			return err
+		}
+		return h(c, pr, adminData{base: p.base("Administration", pr, creds.SessionToken), Show: p.mayAdmin(pr), Errors: map[string]*formError{}})
 	}
-	if err := p.csrf(c, pr, creds); err != nil {
-		return nil, adminData{}, true, err
-	}
-	return pr, adminData{base: p.base("Administration", pr, creds.SessionToken), Show: p.mayAdmin(pr), Errors: map[string]*formError{}}, false, nil
 }
 
 // refuse audits a refused form as a rejection of action on obj (its codes as the reason;
@@ -139,6 +143,16 @@ func (p *Portal) finishForm(c echo.Context, pr *auth.Principal, data adminData, 
 	}
 	audited(c)
 	return p.renderAdmin(c, http.StatusOK, pr, data)
+}
+
+// stale turns the domain's refusal of a change made stale by another (errors.Is(err, target):
+// the grant already held, the line already removed, …) into the form's conflict, described
+// by conflict; any other error passes as it is.
+func stale(err, target error, conflict func() *formError) (*formError, error) {
+	if errors.Is(err, target) {
+		return conflict(), nil
+	}
+	return nil, err
 }
 
 // lastPolicyChange names who made the newest policy change of that kind whose detail
@@ -222,11 +236,7 @@ func roleLabel(r string) string { return strings.ReplaceAll(r, "_", " ") }
 
 // grantRole is POST /admin/roles (policy manage): gives a user a role, on a ward for a
 // clinical role (a ward membership) or everywhere.
-func (p *Portal) grantRole(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) grantRole(c echo.Context, pr *auth.Principal, data adminData) error {
 	r, ctx := c.Request(), c.Request().Context()
 	f := grantForm{User: r.PostFormValue("user"), Role: r.PostFormValue("role"), Ward: r.PostFormValue("ward")}
 	data.Grant = f
@@ -255,13 +265,12 @@ func (p *Portal) grantRole(c echo.Context) error {
 		subject := auth.UserSubject(uid)
 		what := roleLabel(f.Role) + " " + where(domain, wards)
 		err = p.cfg.Auth.GrantRole(ctx, pr.Origin(requestID(c), c.RealIP()), subject, f.Role, domain)
-		if errors.Is(err, auth.ErrConflict) {
-			by := p.lastPolicyChange(ctx, "role_granted", detailIs(map[string]string{"subject": subject, "role": f.Role, "domain": string(domain)}))
-			return &formError{Code: "role_already_held", Field: "g-role",
-				Message: u.Profile.DisplayName + " already holds " + what + " (granted" + by + "). Nothing was changed."}, nil
-		}
 		if err != nil {
-			return nil, err
+			return stale(err, auth.ErrConflict, func() *formError {
+				by := p.lastPolicyChange(ctx, "role_granted", detailIs(map[string]string{"subject": subject, "role": f.Role, "domain": string(domain)}))
+				return &formError{Code: "role_already_held", Field: "g-role",
+					Message: u.Profile.DisplayName + " already holds " + what + " (granted" + by + "). Nothing was changed."}
+			})
 		}
 		d.Grant, d.Notice = grantForm{}, u.Profile.DisplayName+" now holds "+what+"."
 		return nil, nil
@@ -269,11 +278,7 @@ func (p *Portal) grantRole(c echo.Context) error {
 }
 
 // revokeRole is POST /admin/roles/revoke (policy manage): takes a role grant away.
-func (p *Portal) revokeRole(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) revokeRole(c echo.Context, pr *auth.Principal, data adminData) error {
 	r, ctx := c.Request(), c.Request().Context()
 	subject, role, dom := r.PostFormValue("subject"), r.PostFormValue("role"), r.PostFormValue("domain")
 	domain, derr := auth.ParseDomain(dom)
@@ -294,13 +299,12 @@ func (p *Portal) revokeRole(c echo.Context) error {
 				Message: "You cannot take your own administrator role: ask another administrator. Nothing was changed."}, nil
 		}
 		err := p.cfg.Auth.RevokeRole(ctx, pr.Origin(requestID(c), c.RealIP()), subject, role, domain)
-		if errors.Is(err, auth.ErrNotFound) {
-			by := p.lastPolicyChange(ctx, "role_revoked", detailIs(map[string]string{"subject": subject, "role": role, "domain": string(domain)}))
-			return &formError{Code: "role_not_held", Field: "revoke",
-				Message: "Could not revoke " + what + ": it was already revoked" + by + ", after this page was loaded. Nothing was changed."}, nil
-		}
 		if err != nil {
-			return nil, err
+			return stale(err, auth.ErrNotFound, func() *formError {
+				by := p.lastPolicyChange(ctx, "role_revoked", detailIs(map[string]string{"subject": subject, "role": role, "domain": string(domain)}))
+				return &formError{Code: "role_not_held", Field: "revoke",
+					Message: "Could not revoke " + what + ": it was already revoked" + by + ", after this page was loaded. Nothing was changed."}
+			})
 		}
 		d.RevokeKey, d.Notice = "", "Revoked "+what+"."
 		return nil, nil
@@ -309,11 +313,7 @@ func (p *Portal) revokeRole(c echo.Context) error {
 
 // resetMFA is POST /admin/mfa-reset (user manage): removes a user's second factors, ends
 // their sessions and shows their new enrollment link once (auth.ResetMFAWithReason).
-func (p *Portal) resetMFA(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjUser, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) resetMFA(c echo.Context, pr *auth.Principal, data adminData) error {
 	r, ctx := c.Request(), c.Request().Context()
 	f := mfaForm{User: r.PostFormValue("user"), Reason: strings.TrimSpace(r.PostFormValue("reason"))}
 	data.MFA = f
@@ -374,11 +374,7 @@ func validAction(a string) bool {
 }
 
 // addPolicyLine is POST /admin/policy/rules (policy manage).
-func (p *Portal) addPolicyLine(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) addPolicyLine(c echo.Context, pr *auth.Principal, data adminData) error {
 	ctx := c.Request().Context()
 	rl := policyLine(c.Request())
 	data.Line = policyLineForm(rl)
@@ -397,16 +393,15 @@ func (p *Portal) addPolicyLine(c echo.Context) error {
 	a := formAction{name: "add policy line", action: "policy.rule_added", obj: audit.Object{Type: "policy"}, detail: map[string]any{"rule": rl}}
 	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
 		err := p.cfg.Auth.AddRule(ctx, pr.Origin(requestID(c), c.RealIP()), rl)
-		if errors.Is(err, auth.ErrConflict) {
-			by := p.lastPolicyChange(ctx, "rule_added", ruleDetailIs(rl))
-			msg := "The policy already has this line"
-			if by != "" {
-				msg += " (added" + by + ")"
-			}
-			return &formError{Code: "rule_exists", Field: "p-action", Message: msg + ". Nothing was changed."}, nil
-		}
 		if err != nil {
-			return nil, err
+			return stale(err, auth.ErrConflict, func() *formError {
+				by := p.lastPolicyChange(ctx, "rule_added", ruleDetailIs(rl))
+				msg := "The policy already has this line"
+				if by != "" {
+					msg += " (added" + by + ")"
+				}
+				return &formError{Code: "rule_exists", Field: "p-action", Message: msg + ". Nothing was changed."}
+			})
 		}
 		d.Line, d.Notice = policyLineForm{}, "Policy line added: "+rl.String()+"."
 		return nil, nil
@@ -416,11 +411,7 @@ func (p *Portal) addPolicyLine(c echo.Context) error {
 // removePolicyLine is POST /admin/policy/rules/remove (policy manage). A line that gives a
 // role the viewer holds the right to manage the policy cannot be removed by that viewer
 // (they would lock themselves — and maybe everyone — out of the policy).
-func (p *Portal) removePolicyLine(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) removePolicyLine(c echo.Context, pr *auth.Principal, data adminData) error {
 	ctx := c.Request().Context()
 	rl := policyLine(c.Request())
 	data.RemoveLine = rl.String()
@@ -439,13 +430,12 @@ func (p *Portal) removePolicyLine(c echo.Context) error {
 			}
 		}
 		err := p.cfg.Auth.RemoveRule(ctx, pr.Origin(requestID(c), c.RealIP()), rl)
-		if errors.Is(err, auth.ErrNotFound) {
-			by := p.lastPolicyChange(ctx, "rule_removed", ruleDetailIs(rl))
-			return &formError{Code: "rule_not_found", Field: "line",
-				Message: "Could not remove “" + rl.String() + "”: it was already removed" + by + ", after this page was loaded. Nothing was changed."}, nil
-		}
 		if err != nil {
-			return nil, err
+			return stale(err, auth.ErrNotFound, func() *formError {
+				by := p.lastPolicyChange(ctx, "rule_removed", ruleDetailIs(rl))
+				return &formError{Code: "rule_not_found", Field: "line",
+					Message: "Could not remove “" + rl.String() + "”: it was already removed" + by + ", after this page was loaded. Nothing was changed."}
+			})
 		}
 		d.RemoveLine, d.Notice = "", "Policy line removed: "+rl.String()+"."
 		return nil, nil
@@ -558,20 +548,19 @@ func (p *Portal) setWardNEWS2(c echo.Context) error {
 	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
 		by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
 		err := p.cfg.Rules.SetWardNEWS2If(ctx, by, id, charted, maxAge, in.Reason, since)
-		if errors.Is(err, rules.ErrVersionConflict) { // audited by the rules engine (stale_settings)
-			msg := "The NEWS2 settings of " + wards[id] + " were changed after this page was loaded"
-			if cur, err := p.cfg.Rules.WardNEWS2Settings(ctx); err == nil {
-				if s, ok := cur[id]; ok {
-					by := s.UpdatedBy
-					who, _ := p.actorNames(ctx)("user", &by)
-					msg += ", by " + who + " at " + s.UpdatedAt.UTC().Format(timeFormat)
-				}
-			}
-			d.WardForm = wardNEWS2Form{}
-			return &formError{Code: "settings_changed", Field: "n-form", Message: msg + ". Nothing was changed: the form now shows the current settings; check them and save again."}, nil
-		}
 		if err != nil {
-			return nil, err
+			return stale(err, rules.ErrVersionConflict, func() *formError { // audited by the rules engine (stale_settings)
+				msg := "The NEWS2 settings of " + wards[id] + " were changed after this page was loaded"
+				if cur, err := p.cfg.Rules.WardNEWS2Settings(ctx); err == nil {
+					if s, ok := cur[id]; ok {
+						by := s.UpdatedBy
+						who, _ := p.actorNames(ctx)("user", &by)
+						msg += ", by " + who + " at " + s.UpdatedAt.UTC().Format(timeFormat)
+					}
+				}
+				d.WardForm = wardNEWS2Form{}
+				return &formError{Code: "settings_changed", Field: "n-form", Message: msg + ". Nothing was changed: the form now shows the current settings; check them and save again."}
+			})
 		}
 		d.WardForm, d.ErrWard, d.Notice = wardNEWS2Form{}, "", "NEWS2 settings of "+wards[id]+" saved."
 		return nil, nil
@@ -718,12 +707,11 @@ func (p *Portal) removeCareTeamMember(c echo.Context) error {
 	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
 		by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
 		err := p.cfg.Core.RemoveCareTeamMember(ctx, by, pt.ID, clin)
-		if errors.Is(err, core.ErrNotFound) {
-			return &formError{Code: "member_not_found", Field: "c-member",
-				Message: name + " is no longer on this care team: removed after this page was loaded. Nothing was changed."}, nil
-		}
 		if err != nil {
-			return nil, err
+			return stale(err, core.ErrNotFound, func() *formError {
+				return &formError{Code: "member_not_found", Field: "c-member",
+					Message: name + " is no longer on this care team: removed after this page was loaded. Nothing was changed."}
+			})
 		}
 		d.ErrPatient, d.Notice = "", name+" is off the care team of "+pt.PHI.GivenName+" "+pt.PHI.FamilyName+"."
 		return nil, nil
