@@ -351,7 +351,8 @@ func (p *Portal) checkForm(c echo.Context) (*auth.Principal, auth.Credentials, b
 		return nil, creds, false, toSignIn(c)
 	}
 	if err := p.cfg.Auth.CheckCSRF(c.Request().Context(), c.Request(), pr, creds); err != nil {
-		if auth.CodeOf(err) != "" { // refused and audited (auth.csrf.rejected)
+		if auth.CodeOf(err) != "" { // refused and audited (auth.csrf.rejected): the one record
+			audited(c)
 			return nil, creds, false, p.errorPage(c, pr, creds, http.StatusForbidden, "Form refused", auth.ErrCSRFInvalid.Code,
 				"The form was refused: its security token is missing or wrong. Reload the page and try again.")
 		}
