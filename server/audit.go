@@ -199,6 +199,10 @@ func (m *markedWriter) Write(b []byte) (int, error) {
 	return m.heldWriter.Write(b)
 }
 
+// Unwrap lets http.ResponseController reach the connection's writer (deadlines); its Flush
+// is this writer's own.
+func (m *markedWriter) Unwrap() http.ResponseWriter { return m.w }
+
 func (m *markedWriter) Flush() {
 	if f, ok := m.w.(http.Flusher); ok && m.passed {
 		f.Flush()
