@@ -145,6 +145,14 @@ func TestPortalActionsAuditedOnce(t *testing.T) {
 	s.auditedOnce(t, "acknowledge", post(nurse, "/alarms/"+alarm.String()+"/acknowledge", url.Values{}, true), 303, "alarm.acknowledged", ok)
 	s.auditedOnce(t, "bulk acknowledge of nothing", post(nurse, "/alarms/acknowledge-patient", url.Values{"patient_id": {s.patients[2].ID.String()}}, true),
 		303, "http.request.completed", ok)
+
+	// Signing in (a wrong password, then right) and out: auth's events.
+	sEmail, sSecret, _ := s.staff(t, auth.RoleQuality)
+	who := client(t)
+	s.auditedOnce(t, "sign-in with a wrong password", s.signIn(t, who, sEmail, "wrong", s.code(t, sSecret)), 401, "", rejected)
+	s.auditedOnce(t, "sign-in without a password", s.signIn(t, who, sEmail, "", ""), 422, "http.request.rejected", rejected)
+	s.auditedOnce(t, "sign-in", s.signIn(t, who, sEmail, password, s.code(t, sSecret)), 303, "", ok)
+	s.auditedOnce(t, "sign-out", post(who, "/signout", url.Values{}, true), 303, "", ok)
 	s.stillOnce(t)
 }
 

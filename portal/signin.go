@@ -93,9 +93,11 @@ func (p *Portal) signIn(c echo.Context) error {
 		if s := auth.RetryAfter(err); s > 0 {
 			c.Response().Header().Set("Retry-After", fmt.Sprint(int(s.Seconds())))
 		}
+		audited(c) // auth recorded the refused sign-in
 		data.Error = fe
 		return p.render(c, status, "signin.html", data)
 	}
+	audited(c) // auth recorded the sign-in
 	c.SetCookie(p.cfg.Auth.Cookie(sess))
 	return c.Redirect(http.StatusSeeOther, "/")
 }
