@@ -137,7 +137,7 @@ func (g *grantState) with(added, revoked []RoleGrant) *grantState {
 
 func (g *grantTable) state() *grantState { return g.cur.Load() }
 
-func (g *grantTable) Clear() error                                { return errGrantsReadOnly }
+func (g *grantTable) Clear() error                               { return errGrantsReadOnly }
 func (g *grantTable) AddLink(string, string, ...string) error    { return errGrantsReadOnly }
 func (g *grantTable) DeleteLink(string, string, ...string) error { return errGrantsReadOnly }
 func (g *grantTable) BuildRelationship(string, string, ...string) error {
