@@ -64,8 +64,8 @@ type Enforcer struct {
 	now    func() time.Time
 	loadMu sync.Mutex
 	cur    atomic.Pointer[snapshot]
-	// rm is the role manager of every Casbin enforcer this Enforcer builds: it answers from
-	// the grant state of the current snapshot.
+	// rm is the grants of every Casbin enforcer this Enforcer builds (the model's g and
+	// holds): it answers from the grant state of the current snapshot.
 	rm grantTable
 	// applied counts the changes applied incrementally and reloads counts full reloads
 	// (Stats; tests).
@@ -291,7 +291,7 @@ func (e *Enforcer) holds(args ...any) (any, error) {
 }
 
 // buildRules makes the Casbin enforcers of the policy lines: one over every line, and the
-// lines split by (object, action) into enforcers that share the role manager (the grants), so
+// lines split by (object, action) into enforcers that share the grants (the model's g), so
 // that a decision evaluates the matcher over the few rules of its permission rather than over
 // the whole policy. The model and every decision stay Casbin's; only the rules a request
 // cannot match are left out. Its cost depends on the policy lines only, not on the grants.
@@ -312,7 +312,10 @@ func (e *Enforcer) buildRules(lines [][]string) (*ruleSet, error) {
 			return nil, err
 		}
 		ce.EnableAutoSave(false)
-		ce.GetModel()["g"]["g"].RM = &e.rm
+		// g is a function of the model over the live grants (grantTable), not a role
+		// manager: Casbin would remember a role manager's answers in the compiled matcher.
+		ce.GetModel()["g"]["g"].RM = nil
+		ce.AddFunction("g", e.rm.g)
 		ce.AddFunction("holds", e.holds)
 		return ce, nil
 	}

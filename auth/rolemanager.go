@@ -6,30 +6,27 @@ import (
 	"slices"
 	"sync/atomic"
 
-	"github.com/casbin/casbin/v2/log"
-	"github.com/casbin/casbin/v2/rbac"
 	"github.com/google/uuid"
 )
 
-// grantTable is the Casbin role manager of Vigil's model: a flat table of (subject, role,
-// domain) grants with no role hierarchy and no pattern matching, which is all the model uses
-// ("g, <subject>, <role>, <domain>"). HasLink is a map lookup and a scan of the subject's few
-// grants, without allocation, where Casbin's default manager walks a hierarchy under a mutex
-// and allocates for unknown names: with 10,000 users that was most of a decision's time.
+// grantTable is the grants of Vigil's model, behind its g function: a flat table of (subject,
+// role, domain) grants with no role hierarchy and no pattern matching, which is all the model
+// uses ("g, <subject>, <role>, <domain>"). g is a map lookup and a scan of the subject's few
+// grants, without allocation, where Casbin's default role manager walks a hierarchy under a
+// mutex and allocates for unknown names: with 10,000 users that was most of a decision's time.
 //
-// The table answers from the current grant state (an immutable grantState, swapped atomically
-// by the Enforcer when a grant changes): the Casbin enforcers of the policy lines are built
-// once per set of lines and shared by every policy version with those lines, so a grant or a
-// revocation costs a new grant state, not a new policy. A decision checks after asking Casbin
-// that the state it asked with is still the one of its snapshot (Enforcer.consistent), so an
-// answer is never a mix of two versions. Grants never change through Casbin's own API.
+// It is installed as the function g of every Casbin enforcer, not as Casbin's role manager:
+// Casbin compiles the matcher once per enforcer with the g function of its first decision,
+// which remembers the role manager's answers for the enforcer's life; this g answers from the
+// current grant state instead (an immutable grantState, swapped atomically by the Enforcer
+// when a grant changes). So the Casbin enforcers of the policy lines are built once per set of
+// lines and shared by every policy version with those lines, and a grant or a revocation costs
+// a new grant state, not a new policy. A decision checks after asking Casbin that the state it
+// asked with is still the one of its snapshot (Enforcer.enforceMemo), so an answer is never a
+// mix of two versions. Grants never change through Casbin's own API.
 type grantTable struct {
 	cur atomic.Pointer[grantState]
 }
-
-var _ rbac.RoleManager = (*grantTable)(nil)
-
-var errGrantsReadOnly = errors.New("auth: role grants change through auth.Service (versioned, audited)")
 
 // overlayMax bounds the subjects changed since a grant state's base: beyond it the next change
 // folds them into a new base (one copy of the table per overlayMax changes).
@@ -137,102 +134,26 @@ func (g *grantState) with(added, revoked []RoleGrant) *grantState {
 
 func (g *grantTable) state() *grantState { return g.cur.Load() }
 
-func (g *grantTable) Clear() error                               { return errGrantsReadOnly }
-func (g *grantTable) AddLink(string, string, ...string) error    { return errGrantsReadOnly }
-func (g *grantTable) DeleteLink(string, string, ...string) error { return errGrantsReadOnly }
-func (g *grantTable) BuildRelationship(string, string, ...string) error {
-	return errGrantsReadOnly
-}
-
-func dom(domain []string) string {
-	if len(domain) == 0 {
-		return ""
+// g is the model's g(subject, role, domain): subject holds role in the domain (or is role).
+func (g *grantTable) g(args ...any) (any, error) {
+	if len(args) != 3 {
+		return false, errors.New("g(subject, role, domain)")
 	}
-	return domain[0]
+	name1, _ := args[0].(string)
+	name2, _ := args[1].(string)
+	d, _ := args[2].(string)
+	return g.hasLink(name1, name2, d), nil
 }
 
-// HasLink reports whether name1 holds role name2 in the domain (or is name2).
-func (g *grantTable) HasLink(name1, name2 string, domain ...string) (bool, error) {
+// hasLink reports whether name1 holds role name2 in domain d (or is name2).
+func (g *grantTable) hasLink(name1, name2, d string) bool {
 	if name1 == name2 {
-		return true, nil
+		return true
 	}
-	d := dom(domain)
 	for _, x := range g.state().of(name1) {
 		if x.Role == name2 && string(x.Domain) == d {
-			return true, nil
+			return true
 		}
 	}
-	return false, nil
+	return false
 }
-
-// each calls fn with every grant of the current state.
-func (g *grantTable) each(fn func(RoleGrant)) {
-	st := g.state()
-	for sub, gs := range st.base {
-		if _, changed := st.over[sub]; !changed {
-			for _, x := range gs {
-				fn(x)
-			}
-		}
-	}
-	for _, gs := range st.over {
-		for _, x := range gs {
-			fn(x)
-		}
-	}
-}
-
-func sortedSet(m map[string]bool) []string {
-	out := slices.Collect(maps.Keys(m))
-	slices.Sort(out)
-	return out
-}
-
-func (g *grantTable) GetRoles(name string, domain ...string) ([]string, error) {
-	out := map[string]bool{}
-	for _, x := range g.state().of(name) {
-		if string(x.Domain) == dom(domain) {
-			out[x.Role] = true
-		}
-	}
-	return sortedSet(out), nil
-}
-
-func (g *grantTable) GetUsers(name string, domain ...string) ([]string, error) {
-	out := map[string]bool{}
-	g.each(func(x RoleGrant) {
-		if x.Role == name && string(x.Domain) == dom(domain) {
-			out[x.Subject] = true
-		}
-	})
-	return sortedSet(out), nil
-}
-
-func (g *grantTable) GetImplicitRoles(name string, domain ...string) ([]string, error) {
-	return g.GetRoles(name, domain...)
-}
-
-func (g *grantTable) GetImplicitUsers(name string, domain ...string) ([]string, error) {
-	return g.GetUsers(name, domain...)
-}
-
-func (g *grantTable) GetDomains(name string) ([]string, error) {
-	out := map[string]bool{}
-	for _, x := range g.state().of(name) {
-		out[string(x.Domain)] = true
-	}
-	return sortedSet(out), nil
-}
-
-func (g *grantTable) GetAllDomains() ([]string, error) {
-	out := map[string]bool{}
-	g.each(func(x RoleGrant) { out[string(x.Domain)] = true })
-	return sortedSet(out), nil
-}
-
-func (g *grantTable) PrintRoles() error                               { return nil }
-func (g *grantTable) SetLogger(log.Logger)                            {}
-func (g *grantTable) Match(str, pattern string) bool                  { return str == pattern }
-func (g *grantTable) AddMatchingFunc(string, rbac.MatchingFunc)       {}
-func (g *grantTable) AddDomainMatchingFunc(string, rbac.MatchingFunc) {}
-func (g *grantTable) DeleteDomain(string) error                       { return errGrantsReadOnly }
