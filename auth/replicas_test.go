@@ -215,8 +215,8 @@ func TestSessionEndReachesOtherReplicaAtOnce(t *testing.T) {
 // grant is revoked and granted again, over and over, while decisions are asked for them and
 // for a colleague of the same ward (who shares their role profile, and so the remembered
 // answers), leaves the colleague allowed throughout and themselves decided by their final
-// grants.
-// Verifies: REQ-ACC-047
+// grants. The changes are applied without reloading the policy.
+// Verifies: REQ-ACC-047, REQ-ACC-041
 func TestDecisionsDuringGrantChanges(t *testing.T) {
 	e := newEnv(t, nil)
 	w := newWorld(t, e)
@@ -225,6 +225,7 @@ func TestDecisionsDuringGrantChanges(t *testing.T) {
 	_, secret, _ := e.user(t, "colleague.a@example.org", [2]string{auth.RoleClinician, string(wdA)})
 	_, pc := e.login(t, "colleague.a@example.org", secret)
 	tgt := w.target(t, e, auth.ObjObservation, w.patA)
+	before := enf.Stats()
 	stop := make(chan struct{})
 	errs := make(chan error, 4)
 	done := make(chan struct{})
@@ -266,5 +267,8 @@ func TestDecisionsDuringGrantChanges(t *testing.T) {
 	}
 	if _, err := enf.Allow(w.clinA, "read", tgt); !errorsIs(err, auth.ErrForbidden) {
 		t.Fatalf("Allow(revoked clinician) = %v, want ErrForbidden", err)
+	}
+	if st := enf.Stats(); st.Reloads != before.Reloads || st.Applied != before.Applied+31 {
+		t.Errorf("enforcer %+v after 31 changes from %+v: want each applied incrementally, no reload", st, before)
 	}
 }
