@@ -235,9 +235,14 @@ func BenchmarkGrantRoles(b *testing.B) {
 				}
 				b.StartTimer()
 				start := time.Now()
+				chunk := time.Now()
 				for i, u := range users {
 					if err := e.svc.GrantRole(e.ctx, admin, auth.UserSubject(u), auth.RoleClinician, auth.WardDomain(wards[i%len(wards)])); err != nil {
 						b.Fatal(err)
+					}
+					if (i+1)%(c.n/5) == 0 {
+						b.Logf("grants %d..%d: %.2f ms/grant", i+1-c.n/5, i+1, float64(time.Since(chunk).Microseconds())/1000/float64(c.n/5))
+						chunk = time.Now()
 					}
 				}
 				b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(c.n), "ms/grant")
