@@ -1,10 +1,14 @@
 package auth
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
 )
 
 // A grant state changed one grant at a time (through its overlay, folded into a new base
@@ -79,5 +83,55 @@ func TestGrantStateIncremental(t *testing.T) {
 	}
 	if bits := len(st.roleBit); bits != len(roles) || !slices.Contains([]int{3}, bits) {
 		t.Fatalf("role bits %v", st.roleBit)
+	}
+}
+
+// A decision that straddles a grant change — the role manager already answers with the new
+// grants while the snapshot (and so the memo key, the subject's role profile) is the old one —
+// is neither used nor remembered: remembered under the old profile, a refusal computed with
+// the new grants would be given to every other subject of that profile. The decision is asked
+// again once the new snapshot is in place.
+// Verifies: REQ-ACC-047, REQ-ACC-041
+func TestDecisionStraddlingAGrantChange(t *testing.T) {
+	e := &Enforcer{now: func() time.Time { return time.Unix(0, 0) }}
+	var lines [][]string
+	for _, r := range DefaultPolicy() {
+		lines = append(lines, []string{r.Role, r.Object, r.Action, r.Scope})
+	}
+	rs, err := e.buildRules(lines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ward := WardDomain(uuid.Must(uuid.NewV7()))
+	w, _ := ward.Ward()
+	g1 := newGrantState().with([]RoleGrant{{Subject: "user:1", Role: RoleClinician, Domain: ward}, {Subject: "user:2", Role: RoleClinician, Domain: ward}}, nil)
+	s1 := &snapshot{version: 1, rules: rs, grants: g1, glass: map[string]map[uuid.UUID][]grantRef{}, memo: newMemo()}
+	e.publish(s1)
+	tgt := Target{Object: ObjObservation, Ward: w}
+	// The revocation of user:1 is half published: the role manager has it, the snapshot not yet.
+	g2 := g1.with(nil, []RoleGrant{{Subject: "user:1", Role: RoleClinician, Domain: ward}})
+	e.rm.cur.Store(g2)
+	if _, err := e.decide(s1, "user:1", "", "read", tgt); !errors.Is(err, errInconsistent) {
+		t.Fatalf("decide(straddling) = %v, want errInconsistent", err)
+	}
+	if n := len(s1.memo.m); n != 0 {
+		t.Fatalf("%d answers remembered from a straddling decision, want none", n)
+	}
+	// Decide asks again until the snapshot is published, then answers with it.
+	got := make(chan Decision, 1)
+	go func() {
+		d, err := e.Decide("user:1", "", "read", tgt)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- d
+	}()
+	time.Sleep(20 * time.Millisecond)
+	e.publish(&snapshot{version: 2, rules: rs, grants: g2, glass: s1.glass, memo: s1.memo})
+	if d := <-got; d.Allowed || d.Version != 2 {
+		t.Fatalf("Decide(revoked user:1) = %+v, want refused at version 2", d)
+	}
+	if d, err := e.Decide("user:2", "", "read", tgt); err != nil || !d.Allowed {
+		t.Fatalf("Decide(user:2, same ward, never revoked) = %+v, %v; want allowed", d, err)
 	}
 }
