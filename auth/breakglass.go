@@ -33,7 +33,7 @@ func reasonAAD(id uuid.UUID) []byte { return []byte("auth/break-glass/" + id.Str
 
 // BreakGlass opens a patient for p: the policy must allow (break_glass, open) for p, the
 // reason must be stated (at least 10 characters) and the duration within BreakGlassConfig.Max
-// (0 = BreakGlassConfig.Default). The grant is a policy change (the enforcer reloads) recorded
+// (0 = BreakGlassConfig.Default). The grant is a policy change (applied at once on every server) recorded
 // as the audit event "access.break_glass.opened" with the patient, the reason and the expiry;
 // it is listed by BreakGlassGrants until reviewed. A refusal is audited as
 // "access.break_glass.refused". The server notifies (SSE, webhook) on success.
@@ -71,7 +71,7 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
 	}
 	detail := map[string]any{"grant_id": g.ID, "user_id": p.ID, "patient_id": patient, "expires_at": g.ExpiresAt}
-	v, err := s.changePolicyTx(ctx, o, "break_glass_opened", detail, func(tx pgx.Tx, _ int64) error {
+	err = s.changePolicy(ctx, o, "break_glass_opened", detail, noRows, func(tx pgx.Tx, _ int64, d *policyDelta) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO auth_break_glass (id, user_id, patient_id, reason_sealed, opened_at, expires_at)
 			VALUES ($1, $2, $3, $4, $5, $6)`, g.ID, g.UserID, patient, sealed, now, g.ExpiresAt); err != nil {
 			return err
@@ -85,13 +85,12 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 			return err
 		}
 		_, err := s.cfg.Audit.Record(ctx, tx, ev)
+		// The grant takes effect at once, here and on every other server, without reloading
+		// the whole policy.
+		d.Glass = &glassDelta{ID: g.ID, User: g.UserID, Patient: patient, Expires: g.ExpiresAt}
 		return err
 	})
 	if err != nil {
-		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
-	}
-	// The grant takes effect at once without reloading the whole policy.
-	if err := s.enf.addBreakGlass(ctx, v, g); err != nil {
 		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
 	}
 	return g, nil
