@@ -102,7 +102,8 @@ type Config struct {
 	// another replica's inbox not yet evaluated by it (as that owner announces its progress)
 	// before core's Publish waits for them (Pace): the same back-pressure as the hand-off's
 	// bounded queue, which holds the committer and through it the devices (503 backpressure,
-	// Retry-After). Default 4,000 (about two seconds of an owner's evaluation).
+	// Retry-After). Default 2,000, one drained batch (inboxBatch): with two replicas an owner has at
+	// most about what one replica's hand-off holds (4 × 1,024 batches) waiting.
 	InboxLimit int
 	// InboxWait bounds how long one Publish waits for an owner's inbox (an owner that died
 	// announces nothing until its buckets are taken over). Default 2 s.
@@ -174,7 +175,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.InboxLimit <= 0 {
-		cfg.InboxLimit = 4000
+		cfg.InboxLimit = inboxBatch
 	}
 	if cfg.InboxWait <= 0 {
 		cfg.InboxWait = 2 * time.Second

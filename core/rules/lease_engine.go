@@ -115,6 +115,12 @@ func (e *Engine) initLeases() {
 	}
 	e.cfg.Leases.OnLose(e.forget)
 	e.cfg.Leases.OnAcquire(func(ctx context.Context, buckets []int) {
+		// This replica's own now: what it forwarded there before is not paced any more.
+		e.ls.bp.mu.Lock()
+		for _, b := range buckets {
+			delete(e.ls.bp.sent, b)
+		}
+		e.ls.bp.mu.Unlock()
 		// In the background: a long rebuild must not delay the renewal of this replica's
 		// leases. Until it reaches a patient, the patient's first evaluation rebuilds it
 		// (its state is loaded under the new token either way).
