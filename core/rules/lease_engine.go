@@ -49,8 +49,18 @@ const (
 	inboxSettleAge  = 10 * time.Second
 )
 
-// progressEvery is how often an owner announces its inbox progress when nothing changed.
-const progressEvery = 5 * time.Second
+// progressEvery is how often an owner announces its inbox progress when nothing changed;
+// progressMin, how often at most when it did.
+const (
+	progressEvery = 5 * time.Second
+	progressMin   = 200 * time.Millisecond
+)
+
+// A drain woken by a notification reads only the rows above the highest id read stragglerAge
+// ago (rows of transactions that commit out of id order are caught if they commit within it),
+// so that it does not scan again the rows evaluated and waiting for their checkpoint; the
+// drain of every poll reads them all.
+const stragglerAge = 2 * time.Second
 
 // inboxChannel is the NOTIFY channel that wakes the owners when inbox rows commit.
 const inboxChannel = "vigil_rules_inbox"
@@ -60,6 +70,7 @@ type leaseState struct {
 	mu        sync.Mutex
 	forwarded map[uuid.UUID]forwardedUpload // uploads forwarded at commit, not to evaluate here
 	drain     sync.Mutex                    // one DrainInbox at a time (RunInbox, take-overs)
+	persist   sync.Mutex                    // one persist at a time (DrainInbox, Checkpoint)
 
 	// Inbox rows evaluated here and not yet deleted (guarded by mu), by patient: they are
 	// deleted with the checkpoint of the state they were evaluated on (persist), and not read
@@ -73,8 +84,14 @@ type leaseState struct {
 	hw, annHW int64
 	annMask   uint64
 	annAt     time.Time
+	hwAt      []hwMark // recent hw, oldest first (guarded by drain)
 
 	bp backpressure
+}
+
+type hwMark struct {
+	at time.Time
+	hw int64
 }
 
 // forwardedUpload is an upload whose observations Forward wrote to an owner's inbox.
@@ -409,7 +426,7 @@ func (e *Engine) announce(ctx context.Context) {
 		mask |= 1 << uint(b)
 	}
 	ls := e.ls
-	if ls.hw == ls.annHW && mask == ls.annMask && time.Since(ls.annAt) < progressEvery {
+	if since := time.Since(ls.annAt); since < progressMin || ls.hw == ls.annHW && mask == ls.annMask && since < progressEvery {
 		return
 	}
 	payload := "p:" + strconv.FormatInt(ls.hw, 10) + ":" + strconv.FormatUint(mask, 16) + ":" + e.cfg.Leases.Replica()
@@ -494,21 +511,39 @@ type releaseBody struct {
 // their effect (persist): here, when inboxSettleRows are pending or the oldest has waited
 // inboxSettleAge, else at the next Checkpoint. It announces its progress to the replicas that
 // forward (Pace). Without Config.Leases it does nothing.
-func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
+func (e *Engine) DrainInbox(ctx context.Context) (int, error) { return e.drainInbox(ctx, true) }
+
+// drainInbox is DrainInbox; without full, only the rows above the highest id read
+// stragglerAge ago are read (a drain woken by a notification).
+func (e *Engine) drainInbox(ctx context.Context, full bool) (int, error) {
 	if e.cfg.Leases == nil {
 		return 0, nil
 	}
 	e.ls.drain.Lock() // two drains at once would evaluate the same rows twice
 	defer e.ls.drain.Unlock()
 	defer e.announce(ctx)
+	var low int64 // rows above it are read
+	now := time.Now()
+	k := 0
+	for k < len(e.ls.hwAt) && now.Sub(e.ls.hwAt[k].at) >= stragglerAge {
+		low = e.ls.hwAt[k].hw
+		k++
+	}
+	if k > 1 { // keep the newest mark old enough, drop those before it
+		e.ls.hwAt = e.ls.hwAt[k-1:]
+	}
+	if full {
+		low = 0
+	}
+	e.ls.hwAt = append(e.ls.hwAt, hwMark{now, e.ls.hw})
 	total := 0
 	for {
 		held := e.cfg.Leases.Held()
 		if len(held) == 0 {
 			return total, nil
 		}
-		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) AND id <> ALL($3) ORDER BY id LIMIT $2`,
-			held, inboxBatch, e.pendingIDs())
+		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) AND id > $4 AND id <> ALL($3) ORDER BY id LIMIT $2`,
+			held, inboxBatch, e.pendingIDs(low), low)
 		if err != nil {
 			return total, fmt.Errorf("rules: inbox: %w", err)
 		}
@@ -532,6 +567,9 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 			return total, fmt.Errorf("rules: inbox: %w", err)
 		}
 		if len(got) == 0 {
+			if e.settleDue() {
+				return total, e.persist(ctx, false)
+			}
 			return total, nil
 		}
 		// One evaluation per patient for its observation rows of the batch (up to its next
@@ -662,15 +700,17 @@ func (e *Engine) listenInbox(ctx context.Context, poll time.Duration) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+inboxChannel); err != nil {
 		return err
 	}
-	var last time.Time
+	var lastFull time.Time // the last drain that read every row not evaluated (every poll)
 	for drain := true; ; {
-		if drain || time.Since(last) >= poll {
-			if _, err := e.DrainInbox(ctx); err != nil && ctx.Err() == nil {
+		if full := time.Since(lastFull) >= poll; drain || full {
+			if _, err := e.drainInbox(ctx, full); err != nil && ctx.Err() == nil {
 				e.cfg.Logger.WarnContext(ctx, "rules: inbox", slog.String("error", err.Error()))
 			}
-			last = time.Now()
+			if full {
+				lastFull = time.Now()
+			}
 		}
-		wctx, cancel := context.WithTimeout(ctx, max(poll-time.Since(last), time.Millisecond))
+		wctx, cancel := context.WithTimeout(ctx, max(poll-time.Since(lastFull), time.Millisecond))
 		n, err := conn.Conn().WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -687,13 +727,17 @@ func (e *Engine) listenInbox(ctx context.Context, poll time.Duration) error {
 	}
 }
 
-// pendingIDs are the inbox rows evaluated here whose deletion waits for a checkpoint.
-func (e *Engine) pendingIDs() []int64 {
+// pendingIDs are the inbox rows above low evaluated here whose deletion waits for a checkpoint.
+func (e *Engine) pendingIDs(low int64) []int64 {
 	e.ls.mu.Lock()
 	defer e.ls.mu.Unlock()
 	ids := make([]int64, 0, e.ls.pendingN)
 	for _, pr := range e.ls.pending {
-		ids = append(ids, pr.ids...)
+		for _, id := range pr.ids {
+			if id > low {
+				ids = append(ids, id)
+			}
+		}
 	}
 	return ids
 }
@@ -737,6 +781,8 @@ func (e *Engine) settleDue() bool {
 // The patients are taken one at a time (never two locks held), in patient id order, and no
 // patient lock is held while waiting for a row.
 func (e *Engine) persist(ctx context.Context, all bool) error {
+	e.ls.persist.Lock()
+	defer e.ls.persist.Unlock()
 	e.ls.mu.Lock()
 	pend := make(map[uuid.UUID]pendingRows, len(e.ls.pending))
 	for pid, pr := range e.ls.pending {
