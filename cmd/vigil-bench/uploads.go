@@ -61,7 +61,12 @@ measured window by this process (server and load generator), by PostgreSQL's pro
 the benchmark database and its background writers (read from /proc, so only when PostgreSQL
 runs on this Linux host), and by the whole machine; and the CPU-bound ceiling, cores ÷
 (vigil + PostgreSQL CPU per upload). On a shared machine throughput moves with whatever else
-runs; CPU per upload moves much less.`,
+runs; CPU per upload moves much less.
+
+With --replicas N it also reports the rules_inbox rows not yet evaluated at the end of the
+window apart from those evaluated and waiting for their checkpoint, how many group commits
+waited for a deep inbox (back-pressure), the CPU per upload until every forwarded row was
+evaluated, and then with one checkpoint of every replica (which deletes the rows evaluated).`,
 		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench uploads --rate 10000 --duration 20s
   vigil-bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
 		Args: cobra.NoArgs,
