@@ -75,12 +75,45 @@ func start(t *testing.T, cfg inbound.Config) (*inbound.Receiver, string) {
 	return rcv, l.Addr().String()
 }
 
+// sendAll sends msgs in one mllp_send run (Debian's python3-hl7) and returns the ACKs.
+func sendAll(t *testing.T, addr string, msgs []string) [][]byte {
+	t.Helper()
+	mllpSend := interoptest.RequireTool(t, "mllp_send")
+	var file bytes.Buffer
+	for _, m := range msgs {
+		if err := mllp.WriteFrame(&file, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "adt.hl7")
+	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, mllpSend, "-p", port, "-f", path, host).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mllp_send = %v: %s", err, out)
+	}
+	var acks [][]byte
+	for _, part := range bytes.Split(out, []byte{mllp.EndBlock}) {
+		if part = bytes.Trim(part, "\r\n\x0b "); len(part) > 0 {
+			acks = append(acks, part)
+		}
+	}
+	if len(acks) != len(msgs) {
+		t.Fatalf("mllp_send printed %d ACKs, want %d:\n%q", len(acks), len(msgs), out)
+	}
+	return acks
+}
+
 // TestADTFromMLLPSend sends a batch of ADT messages with Debian's python3-hl7 mllp_send, an
 // independent MLLP sender, and checks every ACK, what was applied and what was audited.
 //
 // Verifies: REQ-INT-002, REQ-INT-003, REQ-INT-004, REQ-INT-005
 func TestADTFromMLLPSend(t *testing.T) {
-	mllpSend := interoptest.RequireTool(t, "mllp_send")
+	interoptest.RequireTool(t, "mllp_send")
 	pool := testdb.New(t)
 	app := &applier{}
 	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(t, pool), Facility: "ICU-GW",
@@ -105,33 +138,11 @@ func TestADTFromMLLPSend(t *testing.T) {
 		{adt("A11^ADT_A09", "C12", pidJane), hl7.AA, ""},
 		{adt("A13^ADT_A01", "C13", pidJane), hl7.AA, ""},
 	}
-	var file bytes.Buffer
+	var wire []string
 	for _, m := range msgs {
-		if err := mllp.WriteFrame(&file, []byte(m.msg)); err != nil {
-			t.Fatal(err)
-		}
+		wire = append(wire, m.msg)
 	}
-	path := filepath.Join(t.TempDir(), "adt.hl7")
-	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := net.SplitHostPort(addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, mllpSend, "-p", port, "-f", path, host).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mllp_send = %v: %s", err, out)
-	}
-	var acks [][]byte
-	for _, part := range bytes.Split(out, []byte{mllp.EndBlock}) {
-		part = bytes.Trim(part, "\r\n\x0b ")
-		if len(part) > 0 {
-			acks = append(acks, part)
-		}
-	}
-	if len(acks) != len(msgs) {
-		t.Fatalf("mllp_send printed %d ACKs, want %d:\n%q", len(acks), len(msgs), out)
-	}
+	acks := sendAll(t, addr, wire)
 	for i, m := range msgs {
 		code, ctl, errs, err := hl7.ParseAck(acks[i])
 		first := ""
