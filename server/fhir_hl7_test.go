@@ -16,9 +16,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
+	"github.com/vigilhealth/vigil/interop/fhir/fhirtest"
+	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/inbound"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
 	"github.com/vigilhealth/vigil/interop/interoptest"
@@ -180,5 +183,52 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	}
 	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.adt.accepted'`); n != 1 {
 		t.Errorf("hl7.adt.accepted events = %d, want 1", n)
+	}
+}
+
+// An admission cancelled by ADT^A11 is an Encounter with status cancelled (it ended before
+// it began), not finished as a discharge is; a re-admission is in-progress again. Both pass
+// the external validator.
+// Verifies: REQ-INT-047
+func TestHL7CancelledAdmissionEncounter(t *testing.T) {
+	t.Parallel()
+	f := newFHIRFixture(t)
+	ctx := context.Background()
+	a := inbound.CoreApplier{Core: f.env.Core}
+	sender := audit.Actor{Kind: audit.ActorService, ID: "hl7:EPIC@GENHOSP", AuthMethod: "none"}
+	apply := func(kind hl7.ADTKind, ev, ctl, mrn string) {
+		t.Helper()
+		if err := a.ApplyADT(ctx, sender, hl7.ADT{Kind: kind, Event: ev, ControlID: ctl, SendingFacility: "GENHOSP",
+			Patient: hl7.ADTPatient{MRN: mrn, FamilyName: "Hale", GivenName: "Nora"}, Location: hl7.Location{PointOfCare: "A"}}); err != nil {
+			t.Fatalf("%s %s: %v", ev, mrn, err)
+		}
+	}
+	encounter := func(mrn string) map[string]any {
+		t.Helper()
+		p, err := f.env.Core.PatientByMRN(ctx, mrn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, r := f.get(t, f.admin, "/fhir/R4/Encounter/"+p.ID.String())
+		if st != 200 {
+			t.Fatalf("Encounter of %s = %d %v", mrn, st, r)
+		}
+		return r
+	}
+	apply(hl7.ADTAdmit, "A01", "X1", "CXL-1")
+	apply(hl7.ADTCancelAdmit, "A11", "X2", "CXL-1")
+	apply(hl7.ADTAdmit, "A01", "X3", "DIS-1")
+	apply(hl7.ADTDischarge, "A03", "X4", "DIS-1")
+	cancelled, finished := encounter("CXL-1"), encounter("DIS-1")
+	if cancelled["status"] != "cancelled" {
+		t.Errorf("Encounter after A11 status = %v, want cancelled", cancelled["status"])
+	}
+	if finished["status"] != "finished" {
+		t.Errorf("Encounter after A03 status = %v, want finished", finished["status"])
+	}
+	fhirtest.Validate(t, cancelled, finished)
+	apply(hl7.ADTAdmit, "A01", "X5", "CXL-1") // re-admission after the cancel
+	if r := encounter("CXL-1"); r["status"] != "in-progress" {
+		t.Errorf("Encounter after re-admission status = %v, want in-progress", r["status"])
 	}
 }
