@@ -30,6 +30,9 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, t := range Topics {
 		types[t.Event] = true
 	}
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); s.heartbeatLoop(ctx) }()
+	defer func() { <-hbDone }()
 	for ctx.Err() == nil {
 		sub := s.cfg.Hub.Subscribe(core.Filter{Types: types, Local: true})
 		s.follow(ctx, sub)
@@ -43,6 +46,22 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// heartbeatLoop sends the heartbeats due every Config.HeartbeatTick until ctx ends.
+func (s *Service) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HeartbeatTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.Heartbeats(ctx); err != nil && ctx.Err() == nil {
+				s.cfg.Logger.WarnContext(ctx, "fhir subscriptions: heartbeats not sent", slog.String("error", err.Error()))
+			}
+		}
+	}
 }
 
 func (s *Service) follow(ctx context.Context, sub *core.Subscription) {
@@ -149,14 +168,14 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 			}
 		}
 		var total int64
-		if err := s.cfg.Pool.QueryRow(ctx, "UPDATE interop_fhir_subscriptions SET events = events + $2 WHERE id = $1 AND status = 'active' RETURNING events",
-			sub.ID, len(focus)).Scan(&total); err != nil {
+		at := s.cfg.Now()
+		if err := s.cfg.Pool.QueryRow(ctx, "UPDATE interop_fhir_subscriptions SET events = events + $2, last_sent_at = $3 WHERE id = $1 AND status = 'active' RETURNING events",
+			sub.ID, len(focus), at).Scan(&total); err != nil {
 			if !errors.Is(err, pgx.ErrNoRows) { // deleted meanwhile: nothing to send
 				errs = append(errs, fmt.Errorf("Subscription/%s: count events: %w", sub.ID, err))
 			}
 			continue
 		}
-		at := s.cfg.Now()
 		body, err := RenderNotification(Notification{Sub: sub, Focus: focus, First: total - int64(len(focus)) + 1, Total: total, At: at})
 		if err != nil {
 			errs = append(errs, err)
