@@ -21,7 +21,8 @@ import (
 // event — an upload's observations, published only on the replica that stored them, or an
 // alarm, published by one replica and relayed to the others — is dispatched exactly once, by
 // the replica that published it. When the hub drops the dispatcher (it fell behind), the
-// events of the gap are not notified: Run logs it and subscribes again.
+// events of the gap are not notified: Run logs it and subscribes again. Run also sends the
+// heartbeats due (Heartbeats) every Config.HeartbeatTick.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.Hub == nil {
 		return errors.New("fhir subscription: Config.Hub is required to run")

@@ -37,7 +37,7 @@ func (p idOnlyPolicy) MayReadAll(context.Context, subscription.Owner, string) (b
 // Two replicas on one database, each running the dispatcher over its own hub (relayed
 // through the database, as vigil serve runs them): every alarm is notified exactly once per
 // Subscription, by the replica that published it, whichever replica that is.
-// Verifies: REQ-INT-039
+// Verifies: REQ-INT-039, REQ-INT-048
 func TestDispatchOncePerDatabase(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
