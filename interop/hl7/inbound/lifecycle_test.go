@@ -49,7 +49,7 @@ func TestADTLifecycleFromMLLPSend(t *testing.T) {
 		for _, s := range steps {
 			msgs = append(msgs, s.msg)
 		}
-		acks := sendAll(t, addr, msgs)
+		acks := interoptest.MLLPSend(t, addr, msgs)
 		for i, s := range steps {
 			code, _, errs, err := hl7.ParseAck(acks[i])
 			got := ""
