@@ -48,8 +48,11 @@ type Patient struct {
 	PHI          PatientPHI `json:"phi"`
 	AdmittedAt   time.Time  `json:"admitted_at"`
 	DischargedAt *time.Time `json:"discharged_at,omitempty"`
-	CreatedAt    time.Time  `json:"created_at"`
-	UpdatedAt    time.Time  `json:"updated_at"`
+	// AdmissionCancelled: the admission was cancelled (ADT^A11, CancelAdmission) — entered in
+	// error, never an admission; DischargedAt is then its start.
+	AdmissionCancelled bool      `json:"admission_cancelled,omitempty"`
+	CreatedAt          time.Time `json:"created_at"`
+	UpdatedAt          time.Time `json:"updated_at"`
 	// LastRequestID is the request id of the last audited change of the patient (for ADT,
 	// "hl7:<facility>:<control id>"): a message re-sent after a lost ACK is recognised by it.
 	LastRequestID string `json:"-"`
@@ -223,12 +226,12 @@ func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi Patient
 	return p, nil
 }
 
-const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at, last_request_id"
+const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at, last_request_id, admission_cancelled"
 
 func (s *Service) scanPatient(ctx context.Context, row pgx.Row) (Patient, error) {
 	var p Patient
 	var sealed []byte
-	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt, &p.LastRequestID); err != nil {
+	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt, &p.LastRequestID, &p.AdmissionCancelled); err != nil {
 		return Patient{}, err
 	}
 	plain, err := s.cfg.PHI.Open(ctx, sealed, phiAAD(p.ID))
