@@ -442,40 +442,59 @@ func (s *Server) coreStream(c echo.Context) error {
 		lastFlush = time.Now()
 		return nil
 	}
-	// take appends ev, then everything already queued; urgent when one is not a tile update.
-	take := func(ev core.Event) (urgent bool, err error) {
+	// take appends the events queued on sub.C (after first, when there is one); urgent when
+	// one is not a tile update.
+	take := func(first *core.Event) (urgent bool, err error) {
+		ev := first
 		for {
-			if pending, err = appendSSE(pending, ev, who); err != nil {
-				return false, err
+			if ev != nil {
+				if pending, err = appendSSE(pending, *ev, who); err != nil {
+					return false, err
+				}
+				urgent = urgent || ev.Type != core.TypeObservations
 			}
-			urgent = urgent || ev.Type != core.TypeObservations
 			if len(sub.C) == 0 {
 				return urgent, nil
 			}
-			var ok bool
-			if ev, ok = <-sub.C; !ok {
+			next, ok := <-sub.C
+			if !ok {
 				return urgent, nil // closed: the next receive reports it
 			}
+			ev = &next
 		}
 	}
 	for {
+		// While tile updates are held the stream does not wake for each event: the hold's end
+		// writes what came meanwhile, and sub.Urgent wakes it for an alarm's event.
+		recv, urgent := sub.C, (<-chan struct{})(nil)
+		if holdC != nil {
+			recv, urgent = nil, sub.Urgent
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-s.drained(): // shutting down: the client resumes on another replica
+			_, _ = take(nil)
 			_ = flush()
 			return nil
 		case <-ping.C:
+			if _, err := take(nil); err != nil {
+				return nil
+			}
 			pending = append(pending, ": ping\n\n"...)
 			if flush() != nil {
 				return nil
 			}
 		case <-holdC:
 			holdC = nil
-			if flush() != nil {
+			if _, err := take(nil); err != nil || flush() != nil {
 				return nil
 			}
-		case ev, ok := <-sub.C:
+		case <-urgent: // an alarm's event was queued while holding: written at once
+			if _, err := take(nil); err != nil || flush() != nil {
+				return nil
+			}
+		case ev, ok := <-recv:
 			if !ok {
 				if sub.Dropped() {
 					pending = append(pending, "event: reset\ndata: {\"reason\":\"too_slow\"}\n\n"...)
@@ -483,24 +502,33 @@ func (s *Server) coreStream(c echo.Context) error {
 				_ = flush()
 				return nil
 			}
-			urgent, err := take(ev)
+			isUrgent, err := take(&ev)
 			if err != nil {
 				return nil
 			}
 			wait := hold - time.Since(lastFlush)
-			if urgent || wait <= 0 || len(pending) >= maxStreamPending {
-				if flush() != nil {
+			if !isUrgent && wait > 0 && len(pending) < maxStreamPending {
+				// Hold until StreamCoalesce after the last flush. A signal of an alarm's event
+				// already written is cleared first; one queued since is then in sub.C.
+				select {
+				case <-sub.Urgent:
+				default:
+				}
+				if isUrgent, err = take(nil); err != nil {
 					return nil
 				}
-				continue
-			}
-			if holdC == nil { // written at the latest StreamCoalesce after the last flush
-				if holdT == nil {
-					holdT = time.NewTimer(wait)
-				} else {
-					holdT.Reset(wait)
+				if !isUrgent {
+					if holdT == nil {
+						holdT = time.NewTimer(wait)
+					} else {
+						holdT.Reset(wait)
+					}
+					holdC = holdT.C
+					continue
 				}
-				holdC = holdT.C
+			}
+			if flush() != nil {
+				return nil
 			}
 		}
 	}

@@ -22,7 +22,7 @@ import (
 // coalesceStack is a server on a real database whose streams hold tile updates for hold,
 // with a signed-in client and one patient followed by the streams it opens.
 type coalesceStack struct {
-	t       *testing.T
+	t       testing.TB
 	hub     *core.Hub
 	ts      *httptest.Server
 	cl      *http.Client
@@ -30,11 +30,12 @@ type coalesceStack struct {
 }
 
 func newCoalesceStack(t *testing.T, hold time.Duration) *coalesceStack {
-	return newCoalesceStackPing(t, hold, streamPingEvery)
+	return newCoalesceStackWith(t, Config{StreamCoalesce: hold}, streamPingEvery)
 }
 
-// newCoalesceStackPing is newCoalesceStack with the streams pinging every ping.
-func newCoalesceStackPing(t *testing.T, hold, ping time.Duration) *coalesceStack {
+// newCoalesceStackWith is newCoalesceStack with cfg's stream settings and the streams
+// pinging every ping.
+func newCoalesceStackWith(t testing.TB, cfg Config, ping time.Duration) *coalesceStack {
 	t.Helper()
 	pool := testdb.New(t)
 	rec := audittest.Recorder(t, pool, nil)
@@ -43,7 +44,8 @@ func newCoalesceStackPing(t *testing.T, hold, ping time.Duration) *coalesceStack
 		t.Fatal(err)
 	}
 	authSvc, cl := SignedIn(t, pool, rec)
-	s, err := New(Config{Pool: pool, Recorder: rec, Core: svc, Auth: authSvc, StreamCoalesce: hold})
+	cfg.Pool, cfg.Recorder, cfg.Core, cfg.Auth = pool, rec, svc, authSvc
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,13 +193,17 @@ func TestStreamBatchesKeepOrderAndResumeMidBatch(t *testing.T) {
 // Verifies: REQ-POR-061
 func TestStreamWritesAlarmAtOnceWithHeldUpdates(t *testing.T) {
 	t.Parallel()
-	s := newCoalesceStackPing(t, time.Hour, time.Hour)
+	s := newCoalesceStackWith(t, Config{StreamCoalesce: time.Hour}, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	events, closeStream := s.open(ctx, "")
 	defer closeStream()
+	// The pauses let the stream take the first update and start holding (the path where it
+	// is woken for the alarm); without them the three may be taken at once.
 	o1 := s.publish(core.TypeObservations, 1) // held: the stream flushed its header just now
+	time.Sleep(100 * time.Millisecond)
 	o2 := s.publish(core.TypeObservations, 2)
+	time.Sleep(100 * time.Millisecond)
 	a := s.publish("alarm.opened", 3)
 	for _, want := range []struct {
 		id  uint64
