@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -77,8 +78,8 @@ process is server, uploaders and stream readers together; with it the readers ru
 process of their own (their CPU in its own column) and this process is the server and the
 uploaders. "per upload" is this process's CPU divided by the uploads accepted; "per
 delivery" is its CPU divided by the events delivered to sessions — or, after a round of 0
-sessions (put 0 first in --sessions, at the same --rate), the CPU above that round's per
-upload cost divided by the deliveries: what a delivery adds. A round passes when p99 ≤
+sessions (put 0 first in --sessions) accepted within 10% of the same rate, marked "+", the
+CPU above that round's per-upload cost divided by the deliveries: what a delivery adds. A round passes when p99 ≤
 --target, no event is missed and at least 95% of the offered uploads were accepted.
 
 --coalesce sets how long a stream may hold tile updates to write them together (the
@@ -296,7 +297,7 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 	fmt.Fprintln(out, "| sessions | uploads/s accepted | upload answer p50 / p99 | answer → stream p50 / p99 / max | sent → stream p99 | deliveries | missed | resets / lost | CPU process / PostgreSQL / readers | process CPU per upload / per delivery | heap / RSS / goroutines | meets |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	opened := 0
-	var perUpload0 time.Duration // the process's CPU per upload in a round of 0 sessions
+	var base0 roundBase // the round of 0 sessions
 	for ri, n := range o.sessions {
 		// Open the sessions' streams up to n, each once its header has arrived.
 		if n > opened {
@@ -319,8 +320,8 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 		if err != nil {
 			return err
 		}
-		if pu := writeStreamRound(out, o, n, res, st, perUpload0); n == 0 {
-			perUpload0 = pu
+		if b := writeStreamRound(out, o, n, res, st, base0); n == 0 {
+			base0 = b
 		}
 	}
 	fmt.Fprintf(out, "load average %s\n", loadAverage())
@@ -472,7 +473,7 @@ func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base str
 }
 
 // writeStreamRound writes a round's row; it returns the process's CPU per accepted upload.
-func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, st streamStats, perUpload0 time.Duration) time.Duration {
+func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, st streamStats, base0 roundBase) roundBase {
 	p := func(d time.Duration) string {
 		if d < 0 {
 			return "—"
@@ -501,8 +502,10 @@ func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, st s
 		perUp = fmtDur(perUpload)
 		if st.Deliveries > 0 {
 			self := res.cpu.Self
-			if perUpload0 > 0 { // what the deliveries add to the round of 0 sessions
-				self -= perUpload0 * time.Duration(len(res.accepted))
+			// What the deliveries add to the round of 0 sessions, when that round was accepted
+			// at about the same rate (the per-upload cost falls as the rate grows).
+			if base0.perUpload > 0 && rate > 0 && math.Abs(base0.rate-rate)/rate <= 0.1 {
+				self -= base0.perUpload * time.Duration(len(res.accepted))
 				perDelivery = "+"
 			}
 			perDelivery += fmtDur(self / time.Duration(st.Deliveries))
@@ -519,7 +522,13 @@ func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, st s
 		fmt.Fprintf(out, "  (round of %d sessions: %d of %d uploads not accepted, by status %v (-1 transport error, -2 unreadable receipt); %d events out of order)\n",
 			n, res.sent-len(res.accepted), res.sent, res.statusFailures, st.Disorder)
 	}
-	return perUpload
+	return roundBase{perUpload: perUpload, rate: rate}
+}
+
+// roundBase is a round of 0 sessions: the process's CPU per upload at its accepted rate.
+type roundBase struct {
+	perUpload time.Duration
+	rate      float64
 }
 
 func sortDur(d []time.Duration) { sort.Slice(d, func(i, j int) bool { return d[i] < d[j] }) }
