@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 )
 
 // BreakGlassGrant is an emergency access of one user to one patient outside their wards and
@@ -32,7 +33,7 @@ func reasonAAD(id uuid.UUID) []byte { return []byte("auth/break-glass/" + id.Str
 
 // BreakGlass opens a patient for p: the policy must allow (break_glass, open) for p, the
 // reason must be stated (at least 10 characters) and the duration within BreakGlassConfig.Max
-// (0 = BreakGlassConfig.Default). The grant is a policy change (the enforcer reloads) recorded
+// (0 = BreakGlassConfig.Default). The grant is a policy change (applied at once on every server) recorded
 // as the audit event "access.break_glass.opened" with the patient, the reason and the expiry;
 // it is listed by BreakGlassGrants until reviewed. A refusal is audited as
 // "access.break_glass.refused". The server notifies (SSE, webhook) on success.
@@ -70,22 +71,26 @@ func (s *Service) BreakGlass(ctx context.Context, p *Principal, o Origin, patien
 		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
 	}
 	detail := map[string]any{"grant_id": g.ID, "user_id": p.ID, "patient_id": patient, "expires_at": g.ExpiresAt}
-	v, err := s.changePolicyTx(ctx, o, "break_glass_opened", detail, func(tx pgx.Tx, _ int64) error {
+	err = s.changePolicy(ctx, o, "break_glass_opened", detail, noRows, func(tx pgx.Tx, _ int64, d *policyDelta) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO auth_break_glass (id, user_id, patient_id, reason_sealed, opened_at, expires_at)
 			VALUES ($1, $2, $3, $4, $5, $6)`, g.ID, g.UserID, patient, sealed, now, g.ExpiresAt); err != nil {
 			return err
 		}
 		// The access event: the payload (which stays in PostgreSQL, committed to in the log) holds the reason.
-		_, err := s.cfg.Audit.Record(ctx, tx, o.event(now, "access.break_glass.opened", audit.Object{Type: "patient", ID: patient.String()},
+		// The grant's row is tied to it (audit/rowdigest).
+		ev := o.event(now, "access.break_glass.opened", audit.Object{Type: "patient", ID: patient.String()},
 			audit.OutcomeSuccess, "", map[string]any{"grant_id": g.ID, "reason": reason, "expires_at": g.ExpiresAt,
-				"session_id": p.SessionID}))
+				"session_id": p.SessionID})
+		if err := stampBreakGlass(ctx, tx, &ev, g.ID); err != nil {
+			return err
+		}
+		_, err := s.cfg.Audit.Record(ctx, tx, ev)
+		// The grant takes effect at once, here and on every other server, without reloading
+		// the whole policy.
+		d.Glass = &glassDelta{ID: g.ID, User: g.UserID, Patient: patient, Expires: g.ExpiresAt}
 		return err
 	})
 	if err != nil {
-		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
-	}
-	// The grant takes effect at once without reloading the whole policy.
-	if err := s.enf.addBreakGlass(ctx, v, g); err != nil {
 		return BreakGlassGrant{}, fmt.Errorf("break glass: %w", err)
 	}
 	return g, nil
@@ -135,12 +140,24 @@ func (s *Service) ReviewBreakGlass(ctx context.Context, o Origin, id uuid.UUID, 
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("review break-glass grant %s: %w (or already reviewed)", id, ErrNotFound)
 		}
-		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "access.break_glass.reviewed", audit.Object{Type: "break_glass", ID: id.String()},
-			audit.OutcomeSuccess, "", map[string]any{"note": note}))
+		ev := o.event(now, "access.break_glass.reviewed", audit.Object{Type: "break_glass", ID: id.String()},
+			audit.OutcomeSuccess, "", map[string]any{"note": note})
+		if err := stampBreakGlass(ctx, tx, &ev, id); err != nil {
+			return err
+		}
+		_, err = s.cfg.Audit.Record(ctx, tx, ev)
 		return err
 	})
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("review break glass: %w", err)
 	}
 	return err
+}
+
+// stampBreakGlass ties the grant's row to ev (audit/rowdigest): `vigil audit verify` finds a
+// grant extended, re-opened, marked reviewed or inserted behind the system's back.
+func stampBreakGlass(ctx context.Context, tx pgx.Tx, ev *audit.Event, grant uuid.UUID) error {
+	return stampEvent(ctx, tx, ev, func(ds rowdigest.Digests, id uuid.UUID) error {
+		return ds.Stamp(ctx, tx, rowdigest.BreakGlass, grant.String(), id)
+	})
 }

@@ -4,7 +4,9 @@
 // passkeys), lockout with back-off, server-side sessions with CSRF tokens, API tokens for
 // service accounts, and the one authorization decision point: a Casbin enforcer (RBAC with
 // care-unit domains plus care-team and break-glass attributes) over a policy stored as data in
-// PostgreSQL, versioned and audited.
+// PostgreSQL, versioned and audited. A policy change is applied incrementally and takes
+// effect in every process on the database as it commits (PostgreSQL NOTIFY, applied by
+// [Enforcer.Follow]).
 //
 // Every sign-in attempt, session end, token use refusal, policy change and break-glass grant is
 // an audit event recorded through the [Recorder] given in [Config]. Failures are returned as

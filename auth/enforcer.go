@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -13,7 +14,6 @@ import (
 
 	"github.com/casbin/casbin/v2"
 	"github.com/casbin/casbin/v2/model"
-	"github.com/casbin/casbin/v2/persist"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -53,14 +53,23 @@ type Decision struct {
 }
 
 // Enforcer is the one authorization decision point: a Casbin enforcer over the policy in
-// PostgreSQL plus the active break-glass grants. It answers from memory; Reload (after a change
-// made through this process) and Refresh (changes made by another process) load a new policy
+// PostgreSQL plus the active break-glass grants. It answers from memory. A change made through
+// this process's Service is applied to it incrementally once committed (apply: a grant or a
+// revocation swaps in a new grant state, a policy line rebuilds only the rules' enforcers);
+// changes made by another process arrive as PostgreSQL notifications (Follow), with Refresh
+// (a reload when the version moved) as the periodic fallback. Every change makes a new policy
 // version, swapped in atomically. Safe for concurrent use.
 type Enforcer struct {
 	pool   *pgxpool.Pool
 	now    func() time.Time
 	loadMu sync.Mutex
 	cur    atomic.Pointer[snapshot]
+	// rm is the grants of every Casbin enforcer this Enforcer builds (the model's g and
+	// holds): it answers from the grant state of the current snapshot.
+	rm grantTable
+	// applied counts the changes applied incrementally and reloads counts full reloads
+	// (Stats; tests).
+	applied, reloads atomic.Int64
 }
 
 type grantRef struct {
@@ -71,29 +80,35 @@ type grantRef struct {
 // snapshot is one loaded policy version.
 type snapshot struct {
 	version int64
-	e       *casbin.Enforcer                    // every rule: explanations, permissions with no rule
-	byPerm  map[string]*casbin.Enforcer         // "<object>\x00<action>" → the rules for it only
-	roles   map[string][]RoleGrant              // subject → role grants
-	holds   map[string]map[string]bool          // subject → roles held in some domain
+	rules   *ruleSet                            // the policy lines and their Casbin enforcers
+	grants  *grantState                         // the role grants (the role manager's state)
 	glass   map[string]map[uuid.UUID][]grantRef // subject → patient → break-glass grants
-
-	// roleBit numbers the roles granted in this version (at most 64), for decision profiles;
-	// noProfile is set when there are more (then answers are remembered per subject).
-	roleBit   map[string]uint64
-	noProfile bool
-	// wardNames are the domain names ("ward:<id>") of the wards roles are held in, made once.
-	wardNames map[uuid.UUID]string
-
-	// memo remembers Casbin's answers for this version. The model's matcher sees the subject
-	// only through g(subject, role, "*"), g(subject, role, ward) and holds(subject, role): so
-	// an answer depends only on the subject's profile for the question — the roles it holds
-	// for every ward, in the target's ward, and anywhere — and on the object, the action and
-	// the two facts (care team, break-glass). Thousands of users share a few dozen profiles,
-	// so a question asked for the first time by one user is mostly answered from what Casbin
-	// said for another of the same profile. Bounded: cleared when full.
-	memoMu sync.RWMutex
-	memo   map[memoKey]memoVal
+	memo    *memo                               // shared by the versions with the same rules
 }
+
+// ruleSet is the policy lines (p) of a version, with their Casbin enforcers. Shared by every
+// version with the same lines: a grant change keeps it.
+type ruleSet struct {
+	lines  [][]string                  // role, object, action, scope; in load order
+	e      *casbin.Enforcer            // every rule: explanations, permissions with no rule
+	byPerm map[string]*casbin.Enforcer // "<object>\x00<action>" → the rules for it only
+}
+
+// memo remembers Casbin's answers. The model's matcher sees the subject only through
+// g(subject, role, "*"), g(subject, role, ward) and holds(subject, role): so an answer depends
+// only on the subject's profile for the question — the roles it holds for every ward, in the
+// target's ward, and anywhere — and on the object, the action and the two facts (care team,
+// break-glass). Thousands of users share a few dozen profiles, so a question asked for the
+// first time by one user is mostly answered from what Casbin said for another of the same
+// profile. Because an answer depends on the profile and not on who holds it, the memo stays
+// valid when grants change (it is kept) and is replaced when the rules change. Bounded:
+// cleared when full.
+type memo struct {
+	mu sync.RWMutex
+	m  map[memoKey]memoVal
+}
+
+func newMemo() *memo { return &memo{m: map[memoKey]memoVal{}} }
 
 // memoKey is a question as the matcher sees it: the subject's role profile (or, without
 // profiles, the subject and ward themselves), the object, the action and the facts.
@@ -105,18 +120,19 @@ type memoKey struct {
 
 // key returns the memo key of a question.
 func (s *snapshot) key(sub, ward, obj, act string, careTeam, glass bool) memoKey {
-	if s.noProfile || s.roleBit[sub] != 0 {
+	g := s.grants
+	if g.noProfile || g.roleBit[sub] != 0 {
 		// A subject named like a role matches it by name (HasLink): no profile for it.
 		return memoKey{sub: sub, ward: ward, obj: obj, act: act, careTeam: careTeam, glass: glass}
 	}
 	k := memoKey{obj: obj, act: act, careTeam: careTeam, glass: glass}
-	for _, g := range s.roles[sub] {
-		bit := s.roleBit[g.Role]
+	for _, x := range g.of(sub) {
+		bit := g.roleBit[x.Role]
 		k.held |= bit
-		if g.Domain == AllDomains {
+		if x.Domain == AllDomains {
 			k.star |= bit
 		}
-		if string(g.Domain) == ward {
+		if string(x.Domain) == ward {
 			k.inWard |= bit
 		}
 	}
@@ -128,30 +144,56 @@ type memoVal struct {
 	expl []string
 }
 
-// memoMax bounds the decisions remembered per policy version (≈ 100 bytes each).
+// memoMax bounds the decisions remembered (≈ 100 bytes each).
 const memoMax = 200_000
 
+// errInconsistent says that the grants changed while Casbin answered: ask again.
+var errInconsistent = errors.New("auth: grants changed during the decision")
+
 // enforceMemo answers the question (sub, ward, obj, act, careTeam, glass) with ce, from the
-// memo when a subject of the same profile asked it before in this version.
-func (s *snapshot) enforceMemo(ce *casbin.Enforcer, sub, ward, obj, act string, careTeam, glass bool) (bool, []string, error) {
+// memo when a subject of the same profile asked it before. It returns errInconsistent when the
+// role manager's state moved on from the snapshot's while Casbin answered (the caller asks
+// again with the new snapshot): such an answer is neither remembered nor used.
+func (e *Enforcer) enforceMemo(s *snapshot, ce *casbin.Enforcer, sub, ward, obj, act string, careTeam, glass bool) (bool, []string, error) {
 	k := s.key(sub, ward, obj, act, careTeam, glass)
-	s.memoMu.RLock()
-	v, hit := s.memo[k]
-	s.memoMu.RUnlock()
+	s.memo.mu.RLock()
+	v, hit := s.memo.m[k]
+	s.memo.mu.RUnlock()
 	if hit {
 		return v.ok, v.expl, nil
+	}
+	if e.rm.state() != s.grants {
+		return false, nil, errInconsistent
 	}
 	ok, expl, err := ce.EnforceEx(sub, ward, obj, act, careTeam, glass)
 	if err != nil {
 		return false, nil, err
 	}
-	s.memoMu.Lock()
-	if len(s.memo) >= memoMax {
-		clear(s.memo)
+	if e.rm.state() != s.grants {
+		return false, nil, errInconsistent
 	}
-	s.memo[k] = memoVal{ok, expl}
-	s.memoMu.Unlock()
+	s.memo.mu.Lock()
+	if len(s.memo.m) >= memoMax {
+		clear(s.memo.m)
+	}
+	s.memo.m[k] = memoVal{ok, expl}
+	s.memo.mu.Unlock()
 	return ok, expl, nil
+}
+
+// consistently runs f with the current snapshot until it answers with the grants of that
+// snapshot (a grant change swaps the role manager's state and the snapshot one after the
+// other: a decision that straddled them is asked again).
+func consistently[T any](e *Enforcer, f func(*snapshot) (T, error)) (T, error) {
+	for i := 0; ; i++ {
+		v, err := f(e.cur.Load())
+		if !errors.Is(err, errInconsistent) {
+			return v, err
+		}
+		if i > 2 {
+			runtime.Gosched()
+		}
+	}
 }
 
 // RoleGrant is one role held by a subject in a domain (a Casbin grouping line).
@@ -170,45 +212,8 @@ func newEnforcer(ctx context.Context, pool *pgxpool.Pool, now func() time.Time) 
 	return e, nil
 }
 
-// pgAdapter is the Casbin adapter over pgx: it loads auth_policy_rules inside the loading
-// transaction. Changes never go through it (they are made, versioned and audited by Service),
-// so its write methods refuse.
-type pgAdapter struct {
-	ctx context.Context
-	tx  pgx.Tx
-}
-
-var errAdapterReadOnly = errors.New("auth: policy changes go through auth.Service (versioned, audited)")
-
-func (a pgAdapter) LoadPolicy(m model.Model) error {
-	rows, err := a.tx.Query(a.ctx, "SELECT ptype, v0, v1, v2, v3 FROM auth_policy_rules ORDER BY id")
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var pt, v0, v1, v2, v3 string
-		if err := rows.Scan(&pt, &v0, &v1, &v2, &v3); err != nil {
-			return err
-		}
-		line := []string{pt, v0, v1, v2}
-		if pt == "p" {
-			line = append(line, v3)
-		}
-		if err := persist.LoadPolicyArray(line, m); err != nil {
-			return err
-		}
-	}
-	return rows.Err()
-}
-func (pgAdapter) SavePolicy(model.Model) error                { return errAdapterReadOnly }
-func (pgAdapter) AddPolicy(string, string, []string) error    { return errAdapterReadOnly }
-func (pgAdapter) RemovePolicy(string, string, []string) error { return errAdapterReadOnly }
-func (pgAdapter) RemoveFilteredPolicy(string, string, int, ...string) error {
-	return errAdapterReadOnly
-}
-
-// Reload loads the current policy version and the active break-glass grants.
+// Reload loads the current policy version and the active break-glass grants from the
+// database.
 func (e *Enforcer) Reload(ctx context.Context) error {
 	e.loadMu.Lock()
 	defer e.loadMu.Unlock()
@@ -216,51 +221,26 @@ func (e *Enforcer) Reload(ctx context.Context) error {
 }
 
 func (e *Enforcer) reloadLocked(ctx context.Context) error {
-	snap := &snapshot{roles: map[string][]RoleGrant{}, holds: map[string]map[string]bool{},
-		glass: map[string]map[uuid.UUID][]grantRef{}, memo: map[memoKey]memoVal{}, roleBit: map[string]uint64{},
-		wardNames: map[uuid.UUID]string{}}
+	snap := &snapshot{grants: newGrantState(), glass: map[string]map[uuid.UUID][]grantRef{}, memo: newMemo()}
+	var lines [][]string
 	err := pgx.BeginTxFunc(ctx, e.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM auth_policy_versions").Scan(&snap.version); err != nil {
 			return err
 		}
-		m, err := model.NewModelFromString(modelText)
+		rows, err := tx.Query(ctx, "SELECT ptype, v0, v1, v2, v3, source FROM auth_policy_rules ORDER BY id")
 		if err != nil {
 			return err
 		}
-		ce, err := casbin.NewEnforcer(m)
-		if err != nil {
-			return err
-		}
-		ce.EnableAutoSave(false)
-		ce.SetRoleManager(newGrantTable())
-		ce.SetAdapter(pgAdapter{ctx, tx})
-		if err := ce.LoadPolicy(); err != nil {
-			return err
-		}
-		snap.e = ce
-		rows, err := tx.Query(ctx, "SELECT v0, v1, v2, source FROM auth_policy_rules WHERE ptype = 'g' ORDER BY id")
-		if err != nil {
-			return err
-		}
-		var g RoleGrant
-		var dom string
-		if _, err := pgx.ForEachRow(rows, []any{&g.Subject, &g.Role, &dom, &g.Source}, func() error {
-			g.Domain = Domain(dom)
-			snap.roles[g.Subject] = append(snap.roles[g.Subject], g)
-			if snap.holds[g.Subject] == nil {
-				snap.holds[g.Subject] = map[string]bool{}
+		var pt, v0, v1, v2, v3, source string
+		g := snap.grants
+		if _, err := pgx.ForEachRow(rows, []any{&pt, &v0, &v1, &v2, &v3, &source}, func() error {
+			if pt == "p" {
+				lines = append(lines, []string{v0, v1, v2, v3})
+				return nil
 			}
-			snap.holds[g.Subject][g.Role] = true
-			if w, ok := g.Domain.Ward(); ok && g.Domain == WardDomain(w) {
-				snap.wardNames[w] = string(g.Domain) // canonical only: the same string as WardDomain
-			}
-			if _, ok := snap.roleBit[g.Role]; !ok {
-				if len(snap.roleBit) < 64 {
-					snap.roleBit[g.Role] = 1 << len(snap.roleBit)
-				} else {
-					snap.noProfile = true
-				}
-			}
+			x := RoleGrant{Subject: v0, Role: v1, Domain: Domain(v2), Source: source}
+			g.base[x.Subject] = append(g.base[x.Subject], x)
+			g.note(x)
 			return nil
 		}); err != nil {
 			return err
@@ -285,103 +265,107 @@ func (e *Enforcer) reloadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("auth: load policy: %w", err)
 	}
-	holds := func(args ...any) (any, error) {
-		if len(args) != 2 {
-			return false, errors.New("holds(subject, role)")
-		}
-		sub, _ := args[0].(string)
-		role, _ := args[1].(string)
-		return snap.holds[sub][role], nil
-	}
-	snap.e.AddFunction("holds", holds)
-	if err := snap.index(holds); err != nil {
+	if snap.rules, err = e.buildRules(lines); err != nil {
 		return fmt.Errorf("auth: load policy: %w", err)
 	}
-	e.cur.Store(snap)
+	e.publish(snap)
+	e.reloads.Add(1)
 	return nil
 }
 
-// index splits the rules by (object, action) into enforcers that share the full enforcer's
-// role manager (the grants), so that a decision evaluates the matcher over the few rules of
-// its permission rather than over the whole policy. The model and every decision stay
-// Casbin's; only the rules a request cannot match are left out.
-func (s *snapshot) index(holds func(args ...any) (any, error)) error {
-	pol, err := s.e.GetPolicy()
-	if err != nil {
-		return err
+// publish makes snap the current version: the role manager's state first, then the snapshot
+// (a decision that sees the one without the other asks again: consistently).
+func (e *Enforcer) publish(snap *snapshot) {
+	e.rm.cur.Store(snap.grants)
+	e.cur.Store(snap)
+}
+
+// holds is the model's holds(subject, role): the subject holds the role in some domain.
+func (e *Enforcer) holds(args ...any) (any, error) {
+	if len(args) != 2 {
+		return false, errors.New("holds(subject, role)")
 	}
-	groups := map[string][][]string{}
-	for _, p := range pol {
-		groups[p[1]+"\x00"+p[2]] = append(groups[p[1]+"\x00"+p[2]], p)
-	}
-	rm := s.e.GetModel()["g"]["g"].RM
-	s.byPerm = make(map[string]*casbin.Enforcer, len(groups))
-	for key, lines := range groups {
-		obj, act, _ := strings.Cut(key, "\x00")
-		if act != "*" {
-			lines = append(slices.Clip(lines), groups[obj+"\x00*"]...)
-		}
+	sub, _ := args[0].(string)
+	role, _ := args[1].(string)
+	return e.rm.state().holds(sub, role), nil
+}
+
+// buildRules makes the Casbin enforcers of the policy lines: one over every line, and the
+// lines split by (object, action) into enforcers that share the grants (the model's g), so
+// that a decision evaluates the matcher over the few rules of its permission rather than over
+// the whole policy. The model and every decision stay Casbin's; only the rules a request
+// cannot match are left out. Its cost depends on the policy lines only, not on the grants.
+func (e *Enforcer) buildRules(lines [][]string) (*ruleSet, error) {
+	rs := &ruleSet{lines: lines}
+	newCasbin := func(lines [][]string) (*casbin.Enforcer, error) {
 		m, err := model.NewModelFromString(modelText)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for _, l := range lines {
 			if err := m.AddPolicy("p", "p", l); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		se, err := casbin.NewEnforcer(m)
+		ce, err := casbin.NewEnforcer(m)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		se.EnableAutoSave(false)
-		se.GetModel()["g"]["g"].RM = rm
-		se.AddFunction("holds", holds)
-		s.byPerm[key] = se
+		ce.EnableAutoSave(false)
+		// g is a function of the model over the live grants (grantTable), not a role
+		// manager: Casbin would remember a role manager's answers in the compiled matcher.
+		ce.GetModel()["g"]["g"].RM = nil
+		ce.AddFunction("g", e.rm.g)
+		ce.AddFunction("holds", e.holds)
+		return ce, nil
 	}
-	return nil
+	var err error
+	if rs.e, err = newCasbin(lines); err != nil {
+		return nil, err
+	}
+	groups := map[string][][]string{}
+	for _, p := range lines {
+		groups[p[1]+"\x00"+p[2]] = append(groups[p[1]+"\x00"+p[2]], p)
+	}
+	rs.byPerm = make(map[string]*casbin.Enforcer, len(groups))
+	for key, ls := range groups {
+		obj, act, _ := strings.Cut(key, "\x00")
+		if act != "*" {
+			ls = append(slices.Clip(ls), groups[obj+"\x00*"]...)
+		}
+		if rs.byPerm[key], err = newCasbin(ls); err != nil {
+			return nil, err
+		}
+	}
+	return rs, nil
 }
 
 // enforcer returns the enforcer holding the rules for (obj, act).
 func (s *snapshot) enforcer(obj, act string) *casbin.Enforcer {
-	if se := s.byPerm[obj+"\x00"+act]; se != nil {
+	if se := s.rules.byPerm[obj+"\x00"+act]; se != nil {
 		return se
 	}
-	if se := s.byPerm[obj+"\x00*"]; se != nil {
+	if se := s.rules.byPerm[obj+"\x00*"]; se != nil {
 		return se
 	}
-	return s.e
+	return s.rules.e
 }
 
-// addBreakGlass makes a new grant effective: a copy of the current snapshot with the grant
-// (break-glass grants live beside Casbin's rules, not in them) at the change's version. If
-// another change came in between (the version is not the next one), the policy is reloaded.
-func (e *Enforcer) addBreakGlass(ctx context.Context, version int64, g BreakGlassGrant) error {
-	e.loadMu.Lock()
-	defer e.loadMu.Unlock()
-	cur := e.cur.Load()
-	if version != cur.version+1 {
-		return e.reloadLocked(ctx)
-	}
-	next := &snapshot{version: version, e: cur.e, byPerm: cur.byPerm, roles: cur.roles, holds: cur.holds,
-		roleBit: cur.roleBit, noProfile: cur.noProfile, wardNames: cur.wardNames,
-		glass: make(map[string]map[uuid.UUID][]grantRef, len(cur.glass)+1), memo: map[memoKey]memoVal{}}
-	for sub, m := range cur.glass {
-		next.glass[sub] = m
-	}
-	sub := UserSubject(g.UserID)
-	pm := make(map[uuid.UUID][]grantRef, len(cur.glass[sub])+1)
-	for p, gs := range cur.glass[sub] {
-		pm[p] = gs
-	}
-	pm[g.PatientID] = append(slices.Clone(pm[g.PatientID]), grantRef{g.ID, g.ExpiresAt})
-	next.glass[sub] = pm
-	e.cur.Store(next)
-	return nil
+// Stats counts how the enforcer's versions were loaded.
+type Stats struct {
+	Version int64 `json:"version"`
+	Applied int64 `json:"applied"` // changes applied incrementally (here or notified by another process)
+	Reloads int64 `json:"reloads"` // full reloads from the database
+}
+
+// Stats returns the enforcer's counters.
+func (e *Enforcer) Stats() Stats {
+	return Stats{Version: e.Version(), Applied: e.applied.Load(), Reloads: e.reloads.Load()}
 }
 
 // Refresh reloads the policy if another process changed it (its version moved). Cheap: one
-// indexed read when nothing changed. A server calls it periodically.
+// indexed read when nothing changed. Follow calls it periodically (the fallback for a missed
+// notification) and whenever its listener (re)connects.
 func (e *Enforcer) Refresh(ctx context.Context) error {
 	var v int64
 	if err := e.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM auth_policy_versions").Scan(&v); err != nil {
@@ -415,7 +399,7 @@ func (e *Enforcer) Allow(p *Principal, action string, t Target) (Decision, error
 	if t.Patient != uuid.Nil && len(t.CareTeam) > 0 {
 		cid = p.ID.String()
 	}
-	d, err := e.decide(e.cur.Load(), p.Subject, cid, action, t)
+	d, err := consistently(e, func(s *snapshot) (Decision, error) { return e.decide(s, p.Subject, cid, action, t) })
 	if err != nil {
 		return d, err
 	}
@@ -428,28 +412,28 @@ func (e *Enforcer) Allow(p *Principal, action string, t Target) (Decision, error
 // Decide answers for a policy subject ("user:<id>", "token:<id>"); Allow is the form the
 // server uses. clinicianID is the id care teams list the subject under (the user id).
 func (e *Enforcer) Decide(subject, clinicianID, action string, t Target) (Decision, error) {
-	return e.decide(e.cur.Load(), subject, clinicianID, action, t)
+	return consistently(e, func(s *snapshot) (Decision, error) { return e.decide(s, subject, clinicianID, action, t) })
 }
 
 func (e *Enforcer) decide(s *snapshot, sub, clinicianID, action string, t Target) (Decision, error) {
 	d := Decision{Subject: sub, Version: s.version}
 	ward := ""
 	if t.Ward != uuid.Nil {
-		if ward = s.wardNames[t.Ward]; ward == "" {
+		if ward = s.grants.wardNames[t.Ward]; ward == "" {
 			ward = string(WardDomain(t.Ward))
 		}
 	}
 	careTeam := t.Patient != uuid.Nil && clinicianID != "" && slices.Contains(t.CareTeam, clinicianID)
 	ce := s.enforcer(t.Object, action)
-	ok, expl, err := s.enforceMemo(ce, sub, ward, t.Object, action, careTeam, false)
+	ok, expl, err := e.enforceMemo(s, ce, sub, ward, t.Object, action, careTeam, false)
 	if err != nil {
-		return d, fmt.Errorf("auth: enforce: %w", err)
+		return d, wrapEnforce(err)
 	}
 	if !ok && t.Patient != uuid.Nil {
 		if g, has := s.activeGrant(sub, t.Patient, e.now()); has {
-			ok, expl, err = s.enforceMemo(ce, sub, ward, t.Object, action, careTeam, true)
+			ok, expl, err = e.enforceMemo(s, ce, sub, ward, t.Object, action, careTeam, true)
 			if err != nil {
-				return d, fmt.Errorf("auth: enforce: %w", err)
+				return d, wrapEnforce(err)
 			}
 			if ok {
 				d.BreakGlass = g
@@ -482,16 +466,16 @@ func (e *Enforcer) Visibility(p *Principal) (visibility.Filter, error) {
 	if p == nil {
 		return visibility.Filter{}, nil
 	}
-	return e.visibility(e.cur.Load(), p.Subject, p.ID.String())
+	return consistently(e, func(s *snapshot) (visibility.Filter, error) { return e.visibility(s, p.Subject, p.ID.String()) })
 }
 
 func (e *Enforcer) visibility(s *snapshot, sub, clinicianID string) (visibility.Filter, error) {
 	var f visibility.Filter
 	ce := s.enforcer(ObjPatient, "read")
 	ask := func(ward string, careTeam, glass bool) (bool, error) {
-		ok, _, err := s.enforceMemo(ce, sub, ward, ObjPatient, "read", careTeam, glass)
+		ok, _, err := e.enforceMemo(s, ce, sub, ward, ObjPatient, "read", careTeam, glass)
 		if err != nil {
-			return false, fmt.Errorf("auth: enforce: %w", err)
+			return false, wrapEnforce(err)
 		}
 		return ok, nil
 	}
@@ -500,7 +484,7 @@ func (e *Enforcer) visibility(s *snapshot, sub, clinicianID string) (visibility.
 		return f, err
 	}
 	seen := map[Domain]bool{}
-	for _, g := range s.roles[sub] {
+	for _, g := range s.grants.of(sub) {
 		w, isWard := g.Domain.Ward()
 		if !isWard || seen[g.Domain] {
 			continue
@@ -538,15 +522,23 @@ func (e *Enforcer) visibility(s *snapshot, sub, clinicianID string) (visibility.
 	return f, nil
 }
 
+// wrapEnforce wraps a failure of Casbin (errInconsistent passes unwrapped: it is retried).
+func wrapEnforce(err error) error {
+	if errors.Is(err, errInconsistent) {
+		return err
+	}
+	return fmt.Errorf("auth: enforce: %w", err)
+}
+
 // RolesOf returns the role grants of a policy subject in the loaded policy.
 func (e *Enforcer) RolesOf(subject string) []RoleGrant {
-	return slices.Clone(e.cur.Load().roles[subject])
+	return slices.Clone(e.cur.Load().grants.of(subject))
 }
 
 // holdsAny reports whether subject holds any of roles in some domain.
 func (e *Enforcer) holdsAny(subject string, roles func(RoleInfo) bool) bool {
-	for role := range e.cur.Load().holds[subject] {
-		if ri, ok := LookupRole(role); ok && roles(ri) {
+	for _, g := range e.cur.Load().grants.of(subject) {
+		if ri, ok := LookupRole(g.Role); ok && roles(ri) {
 			return true
 		}
 	}
@@ -567,12 +559,15 @@ type Explanation struct {
 // Explain decides like Decide and says why: the subject's roles, whether the care-team and
 // break-glass facts held, and every policy line for the object and action.
 func (e *Enforcer) Explain(subject, clinicianID, action string, t Target) (Explanation, error) {
-	s := e.cur.Load()
-	d, err := e.decide(s, subject, clinicianID, action, t)
+	var s *snapshot
+	d, err := consistently(e, func(snap *snapshot) (Decision, error) {
+		s = snap
+		return e.decide(snap, subject, clinicianID, action, t)
+	})
 	if err != nil {
 		return Explanation{}, err
 	}
-	x := Explanation{Decision: d, Target: t, Action: action, Roles: slices.Clone(s.roles[subject]),
+	x := Explanation{Decision: d, Target: t, Action: action, Roles: slices.Clone(s.grants.of(subject)),
 		CareTeam: t.Patient != uuid.Nil && clinicianID != "" && slices.Contains(t.CareTeam, clinicianID)}
 	now := e.now()
 	for _, g := range s.glass[subject][t.Patient] {
@@ -580,11 +575,7 @@ func (e *Enforcer) Explain(subject, clinicianID, action string, t Target) (Expla
 			x.BreakGlass = append(x.BreakGlass, g.id)
 		}
 	}
-	pol, err := s.e.GetPolicy()
-	if err != nil {
-		return x, err
-	}
-	for _, p := range pol {
+	for _, p := range s.rules.lines {
 		if len(p) == 4 && p[1] == t.Object && (p[2] == action || p[2] == "*") {
 			x.Candidates = append(x.Candidates, Rule{p[0], p[1], p[2], p[3]})
 		}

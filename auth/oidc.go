@@ -382,14 +382,19 @@ func (rp *RelyingParty) syncRoles(ctx context.Context, o Origin, user uuid.UUID,
 	}
 	o.Actor = audit.Actor{Kind: audit.ActorService, ID: "auth", AuthMethod: "oidc"}
 	detail := map[string]any{"subject": sub, "roles": want}
-	return rp.s.changePolicy(ctx, o, "oidc_roles_synced", detail, func(tx pgx.Tx, v int64) error {
-		if _, err := tx.Exec(ctx, "DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 = $1 AND source = 'oidc'", sub); err != nil {
+	return rp.s.changePolicy(ctx, o, "oidc_roles_synced", detail, []rowScope{grantsOf(sub)}, func(tx pgx.Tx, v int64, d *policyDelta) error {
+		var err error
+		if d.Revoked, err = deleteGrants(ctx, tx, "DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 = $1 AND source = 'oidc'", sub); err != nil {
 			return err
 		}
 		for _, g := range want {
-			if _, err := tx.Exec(ctx, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, source, version) VALUES ('g', $1, $2, $3, 'oidc', $4)
-				ON CONFLICT DO NOTHING`, sub, g.Role, string(g.Domain), v); err != nil {
+			tag, err := tx.Exec(ctx, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, source, version) VALUES ('g', $1, $2, $3, 'oidc', $4)
+				ON CONFLICT DO NOTHING`, sub, g.Role, string(g.Domain), v)
+			if err != nil {
 				return err
+			}
+			if tag.RowsAffected() == 1 {
+				d.Grants = append(d.Grants, RoleGrant{Subject: sub, Role: g.Role, Domain: g.Domain, Source: "oidc"})
 			}
 		}
 		return nil

@@ -27,12 +27,12 @@ type PolicyVersion struct {
 // bumpPolicy starts a policy change inside tx: a new version row, and the audit event
 // "policy.<change>" that recordPolicy records after the change (all commit or roll back
 // together). It returns the version, the event and the policy lines as they were before.
-func (s *Service) bumpPolicy(ctx context.Context, tx pgx.Tx, o Origin, change string, detail map[string]any) (int64, audit.Event, map[string]rowdigest.Row, error) {
+func (s *Service) bumpPolicy(ctx context.Context, tx pgx.Tx, o Origin, change string, detail map[string]any, scope []rowScope) (int64, audit.Event, map[string]rowdigest.Row, error) {
 	v, ev, err := s.bumpVersion(ctx, tx, o, change, detail)
 	if err != nil {
 		return 0, audit.Event{}, nil, err
 	}
-	before, err := policyRows(ctx, tx)
+	before, err := policyRows(ctx, tx, scope)
 	return v, ev, before, err
 }
 
@@ -59,20 +59,93 @@ func (s *Service) bumpVersion(ctx context.Context, tx pgx.Tx, o Origin, change s
 // policy changes.
 var policySpecs = []rowdigest.Spec{rowdigest.PolicyRules, rowdigest.ServiceAccounts, rowdigest.APITokens}
 
+// rowScope is a part of an audited table: the rows of spec that match where (SQL over the
+// table aliased t, with args).
+type rowScope struct {
+	spec  rowdigest.Spec
+	where string
+	args  []any
+}
+
+// allRows is the scope of a change that may write any row of policySpecs; noRows that of one
+// that writes none of them (a break-glass grant).
+var (
+	allRows []rowScope
+	noRows  = []rowScope{}
+)
+
+// grantsOf is the scope of a change of one subject's grants.
+func grantsOf(subject string) rowScope {
+	return rowScope{rowdigest.PolicyRules, "WHERE t.ptype = 'g' AND t.v0 = $1", []any{subject}}
+}
+
+// policyLines is the scope of a change of the policy lines (what roles may do).
+var policyLines = rowScope{rowdigest.PolicyRules, "WHERE t.ptype = 'p'", nil}
+
 // policyRows reads the rows of policySpecs with their event ids and digests
-// (audit/rowdigest), by rowdigest.Spec.Ref.
-func policyRows(ctx context.Context, tx pgx.Tx) (map[string]rowdigest.Row, error) {
+// (audit/rowdigest), by rowdigest.Spec.Ref: those of scope, or all of them when scope is nil.
+// A change reads the rows it may write before and after (recordPolicy): its scope keeps the
+// cost of a change independent of the size of the tables (one indexed read of one subject's
+// grants for a role grant).
+func policyRows(ctx context.Context, tx pgx.Tx, scope []rowScope) (map[string]rowdigest.Row, error) {
 	out := map[string]rowdigest.Row{}
-	for _, sp := range policySpecs {
-		err := sp.Rows(ctx, tx, func(r rowdigest.Row) error {
+	add := func(sp rowdigest.Spec) func(rowdigest.Row) error {
+		return func(r rowdigest.Row) error {
 			out[sp.Ref(r.Key)] = r
 			return nil
-		})
-		if err != nil {
+		}
+	}
+	if scope == nil {
+		for _, sp := range policySpecs {
+			if err := sp.Rows(ctx, tx, add(sp)); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	for _, sc := range scope {
+		if err := scopedRows(ctx, tx, sc, add(sc.spec)); err != nil {
 			return nil, err
 		}
 	}
 	return out, nil
+}
+
+// scopedRows is rowdigest.Spec.Rows over the rows of one scope: the same columns and digest.
+func scopedRows(ctx context.Context, tx pgx.Tx, sc rowScope, fn func(rowdigest.Row) error) error {
+	sp := sc.spec
+	q := "SELECT " + sp.Key + ", t.audit_event_id, t.audit_digest"
+	for _, c := range sp.Cols {
+		q += ", " + c
+	}
+	rows, err := tx.Query(ctx, q+" FROM "+sp.Table+" t "+sc.where, sc.args...)
+	if err != nil {
+		return fmt.Errorf("%s: %w", sp.Table, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		vals, err := rows.Values()
+		if err != nil {
+			return fmt.Errorf("%s: %w", sp.Table, err)
+		}
+		r := rowdigest.Row{}
+		r.Key, _ = vals[0].(string)
+		if id, ok := vals[1].([16]byte); ok {
+			u := uuid.UUID(id)
+			r.EventID = &u
+		}
+		r.Stored, _ = vals[2].([]byte)
+		if r.Digest, err = rowdigest.Digest(sp.Table, sp.Names, vals[3:]); err != nil {
+			return fmt.Errorf("%s %s: %w", sp.Table, r.Key, err)
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("%s: %w", sp.Table, err)
+	}
+	return nil
 }
 
 // specOf returns the spec of policySpecs whose rows ref names, and the row's key.
@@ -93,8 +166,8 @@ const policyStampsPerEvent = 100
 // change added or rewrote is tied to it (audit/rowdigest: the event's id and the digest of the
 // line), and its payload names every line the change removed, so that `vigil audit verify`
 // finds a policy line added, changed, put back or removed behind the system's back.
-func (s *Service) recordPolicy(ctx context.Context, tx pgx.Tx, ev audit.Event, before map[string]rowdigest.Row) error {
-	after, err := policyRows(ctx, tx)
+func (s *Service) recordPolicy(ctx context.Context, tx pgx.Tx, ev audit.Event, before map[string]rowdigest.Row, scope []rowScope) error {
+	after, err := policyRows(ctx, tx, scope)
 	if err != nil {
 		return err
 	}
@@ -149,30 +222,32 @@ func (s *Service) recordPolicy(ctx context.Context, tx pgx.Tx, ev audit.Event, b
 	return nil
 }
 
-// changePolicy runs fn and the version bump in one transaction, then reloads the enforcer.
-func (s *Service) changePolicy(ctx context.Context, o Origin, change string, detail map[string]any, fn func(tx pgx.Tx, version int64) error) error {
-	if _, err := s.changePolicyTx(ctx, o, change, detail, fn); err != nil {
+// changePolicy runs fn, the version bump, the change's audit event and its announcement to
+// the other processes (NOTIFY, delivered on commit) in one transaction; fn describes what it
+// changed in the delta. Once committed, the change is applied to this process's enforcer
+// incrementally. scope is the audited rows fn may write (nil: any).
+func (s *Service) changePolicy(ctx context.Context, o Origin, change string, detail map[string]any, scope []rowScope,
+	fn func(tx pgx.Tx, version int64, d *policyDelta) error) error {
+	var d policyDelta
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		d = policyDelta{}
+		v, ev, before, err := s.bumpPolicy(ctx, tx, o, change, detail, scope)
+		if err != nil {
+			return err
+		}
+		d.Version = v
+		if err := fn(tx, v, &d); err != nil {
+			return err
+		}
+		if err := s.recordPolicy(ctx, tx, ev, before, scope); err != nil {
+			return err
+		}
+		return notifyPolicy(ctx, tx, d)
+	})
+	if err != nil {
 		return err
 	}
-	return s.enf.Reload(ctx)
-}
-
-// changePolicyTx runs fn and the version bump in one transaction and returns the version.
-func (s *Service) changePolicyTx(ctx context.Context, o Origin, change string, detail map[string]any, fn func(tx pgx.Tx, version int64) error) (int64, error) {
-	var v int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		var err error
-		var ev audit.Event
-		var before map[string]rowdigest.Row
-		if v, ev, before, err = s.bumpPolicy(ctx, tx, o, change, detail); err != nil {
-			return err
-		}
-		if err := fn(tx, v); err != nil {
-			return err
-		}
-		return s.recordPolicy(ctx, tx, ev, before)
-	})
-	return v, err
+	return s.enf.apply(ctx, d)
 }
 
 func (s *Service) installDefaultPolicy(ctx context.Context) error {
@@ -186,12 +261,15 @@ func (s *Service) installDefaultPolicy(ctx context.Context) error {
 	rules := DefaultPolicy()
 	o := Origin{Actor: audit.Actor{Kind: audit.ActorService, ID: "vigil", AuthMethod: "internal"}}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		v, ev, before, err := s.bumpPolicy(ctx, tx, o, "default_installed", map[string]any{"rules": len(rules)})
+		v, ev, before, err := s.bumpPolicy(ctx, tx, o, "default_installed", map[string]any{"rules": len(rules)}, allRows)
 		if err != nil {
 			return err
 		}
+		if err := notifyPolicy(ctx, tx, policyDelta{Version: v, Reload: true}); err != nil {
+			return err
+		}
 		if v != 1 {
-			return s.recordPolicy(ctx, tx, ev, before) // another process installed it meanwhile
+			return s.recordPolicy(ctx, tx, ev, before, allRows) // another process installed it meanwhile
 		}
 		for _, r := range rules {
 			if _, err := tx.Exec(ctx, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, v3, source, version)
@@ -199,7 +277,7 @@ func (s *Service) installDefaultPolicy(ctx context.Context) error {
 				return err
 			}
 		}
-		return s.recordPolicy(ctx, tx, ev, before)
+		return s.recordPolicy(ctx, tx, ev, before, allRows)
 	})
 	if err != nil {
 		return fmt.Errorf("auth: install default policy: %w", err)
@@ -212,24 +290,26 @@ func (s *Service) AddRule(ctx context.Context, o Origin, r Rule) error {
 	if err := r.validate(); err != nil {
 		return err
 	}
-	return s.changePolicy(ctx, o, "rule_added", map[string]any{"rule": r}, func(tx pgx.Tx, v int64) error {
+	return s.changePolicy(ctx, o, "rule_added", map[string]any{"rule": r}, []rowScope{policyLines}, func(tx pgx.Tx, v int64, d *policyDelta) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, v3, source, version)
 			VALUES ('p', $1, $2, $3, $4, 'admin', $5) ON CONFLICT DO NOTHING`, r.Role, r.Object, r.Action, r.Scope, v)
 		if err == nil && tag.RowsAffected() == 0 {
 			return fmt.Errorf("add rule %s: %w", r, ErrConflict)
 		}
+		d.Added = []Rule{r}
 		return err
 	})
 }
 
 // RemoveRule removes a policy line, audited as "policy.rule_removed".
 func (s *Service) RemoveRule(ctx context.Context, o Origin, r Rule) error {
-	return s.changePolicy(ctx, o, "rule_removed", map[string]any{"rule": r}, func(tx pgx.Tx, _ int64) error {
+	return s.changePolicy(ctx, o, "rule_removed", map[string]any{"rule": r}, []rowScope{policyLines}, func(tx pgx.Tx, _ int64, d *policyDelta) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM auth_policy_rules WHERE ptype = 'p' AND v0 = $1 AND v1 = $2 AND v2 = $3 AND v3 = $4`,
 			r.Role, r.Object, r.Action, r.Scope)
 		if err == nil && tag.RowsAffected() == 0 {
 			return fmt.Errorf("remove rule %s: %w", r, ErrNotFound)
 		}
+		d.Removed = []Rule{r}
 		return err
 	})
 }
@@ -286,12 +366,13 @@ func (s *Service) grantRole(ctx context.Context, o Origin, subject, role string,
 		return err
 	}
 	detail := map[string]any{"subject": subject, "role": role, "domain": string(d), "source": source}
-	return s.changePolicy(ctx, o, "role_granted", detail, func(tx pgx.Tx, v int64) error {
+	return s.changePolicy(ctx, o, "role_granted", detail, []rowScope{grantsOf(subject)}, func(tx pgx.Tx, v int64, pd *policyDelta) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO auth_policy_rules (ptype, v0, v1, v2, source, version)
 			VALUES ('g', $1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, subject, role, string(d), source, v)
 		if err == nil && tag.RowsAffected() == 0 {
 			return fmt.Errorf("grant %s %s in %s: %w", subject, role, d, ErrConflict)
 		}
+		pd.Grants = []RoleGrant{{Subject: subject, Role: role, Domain: d, Source: source}}
 		return err
 	})
 }
@@ -299,13 +380,29 @@ func (s *Service) grantRole(ctx context.Context, o Origin, subject, role string,
 // RevokeRole takes role in domain from subject, audited as "policy.role_revoked".
 func (s *Service) RevokeRole(ctx context.Context, o Origin, subject, role string, d Domain) error {
 	detail := map[string]any{"subject": subject, "role": role, "domain": string(d)}
-	return s.changePolicy(ctx, o, "role_revoked", detail, func(tx pgx.Tx, _ int64) error {
+	return s.changePolicy(ctx, o, "role_revoked", detail, []rowScope{grantsOf(subject)}, func(tx pgx.Tx, _ int64, pd *policyDelta) error {
 		tag, err := tx.Exec(ctx, `DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 = $1 AND v1 = $2 AND v2 = $3`,
 			subject, role, string(d))
 		if err == nil && tag.RowsAffected() == 0 {
 			return fmt.Errorf("revoke %s %s in %s: %w", subject, role, d, ErrNotFound)
 		}
+		pd.Revoked = []RoleGrant{{Subject: subject, Role: role, Domain: d}}
 		return err
+	})
+}
+
+// deleteGrants deletes grouping lines (del: a DELETE of auth_policy_rules) and returns them.
+func deleteGrants(ctx context.Context, tx pgx.Tx, del string, args ...any) ([]RoleGrant, error) {
+	rows, err := tx.Query(ctx, del+" RETURNING v0, v1, v2", args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (RoleGrant, error) {
+		var g RoleGrant
+		var d string
+		err := r.Scan(&g.Subject, &g.Role, &d)
+		g.Domain = Domain(d)
+		return g, err
 	})
 }
 

@@ -29,7 +29,7 @@ func SealedColumns() []string {
 // SealedColumns), walked by `vigil keys rotate phi-encryption` after a rotation. Re-wrapping
 // changes only the wrapped data key, so the associated data of each value is unaffected.
 // Each batch is audited through rec as "auth.sealed_rewrapped" (table, column, count); a
-// user's row re-wrapped is tied to that event with the digest of its new content
+// user's (or break-glass grant's) row re-wrapped is tied to that event with the digest of its new content
 // (audit/rowdigest; one event per up to 100 users).
 func RewrapStore(pool *pgxpool.Pool, rec audit.Recorder, column string) (keys.RewrapStore, error) {
 	tc, ok := sealedColumns[column]
@@ -47,6 +47,9 @@ type rewrapStore struct {
 	rec        audit.Recorder
 	table, col string
 }
+
+// rewrapSpecs are the tables of sealed columns whose rows carry their event.
+var rewrapSpecs = map[string]rowdigest.Spec{rowdigest.Users.Table: rowdigest.Users, rowdigest.BreakGlass.Table: rowdigest.BreakGlass}
 
 // rewrapStampsPerEvent bounds the users one "auth.sealed_rewrapped" event ties to itself.
 const rewrapStampsPerEvent = 100
@@ -92,10 +95,10 @@ func (r rewrapStore) ReplaceSealed(ctx context.Context, items []keys.StoredCiphe
 			ev := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "auth", AuthMethod: "internal"}, Action: "auth.sealed_rewrapped",
 				Object: audit.Object{Type: "sealed_column", ID: r.table + "." + r.col}, Outcome: audit.OutcomeSuccess,
 				Payload: map[string]any{"offered": len(items), "replaced": len(chunk)}}
-			if r.table == rowdigest.Users.Table {
+			if spec, ok := rewrapSpecs[r.table]; ok {
 				if err := stampEvent(ctx, tx, &ev, func(ds rowdigest.Digests, id uuid.UUID) error {
 					for _, u := range chunk {
-						if err := ds.Stamp(ctx, tx, rowdigest.Users, u, id); err != nil {
+						if err := ds.Stamp(ctx, tx, spec, u, id); err != nil {
 							return err
 						}
 					}

@@ -143,7 +143,8 @@ func (s *Service) IssueAPIToken(ctx context.Context, o Origin, account uuid.UUID
 		}
 	}
 	detail := map[string]any{"token_id": t.ID, "service_account_id": account, "roles": t.Roles, "expires_at": t.ExpiresAt}
-	err = s.changePolicy(ctx, o, "token_issued", detail, func(tx pgx.Tx, v int64) error {
+	scope := []rowScope{grantsOf(TokenSubject(t.ID)), {rowdigest.APITokens, "WHERE t.id = $1", []any{t.ID}}}
+	err = s.changePolicy(ctx, o, "token_issued", detail, scope, func(tx pgx.Tx, v int64, d *policyDelta) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO auth_api_tokens (id, service_account_id, token_hash, name, roles, created_at, expires_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.ID, account, tokenHash(t.Token), name, t.Roles, now, t.ExpiresAt); err != nil {
 			return err
@@ -153,6 +154,7 @@ func (s *Service) IssueAPIToken(ctx context.Context, o Origin, account uuid.UUID
 				TokenSubject(t.ID), g.Role, string(g.Domain), "token:"+t.ID.String(), v); err != nil {
 				return err
 			}
+			d.Grants = append(d.Grants, RoleGrant{Subject: TokenSubject(t.ID), Role: g.Role, Domain: g.Domain, Source: "token:" + t.ID.String()})
 		}
 		return nil
 	})
@@ -165,7 +167,8 @@ func (s *Service) IssueAPIToken(ctx context.Context, o Origin, account uuid.UUID
 // RevokeAPIToken revokes a token at once (its grants are removed), audited as
 // "policy.token_revoked".
 func (s *Service) RevokeAPIToken(ctx context.Context, o Origin, id uuid.UUID) error {
-	return s.changePolicy(ctx, o, "token_revoked", map[string]any{"token_id": id}, func(tx pgx.Tx, _ int64) error {
+	scope := []rowScope{grantsOf(TokenSubject(id)), {rowdigest.APITokens, "WHERE t.id = $1", []any{id}}}
+	return s.changePolicy(ctx, o, "token_revoked", map[string]any{"token_id": id}, scope, func(tx pgx.Tx, _ int64, d *policyDelta) error {
 		tag, err := tx.Exec(ctx, "UPDATE auth_api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", id, s.now())
 		if err != nil {
 			return err
@@ -173,7 +176,7 @@ func (s *Service) RevokeAPIToken(ctx context.Context, o Origin, id uuid.UUID) er
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("revoke token %s: %w (or already revoked)", id, ErrNotFound)
 		}
-		_, err = tx.Exec(ctx, "DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 = $1", TokenSubject(id))
+		d.Revoked, err = deleteGrants(ctx, tx, "DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 = $1", TokenSubject(id))
 		return err
 	})
 }
@@ -182,7 +185,7 @@ func (s *Service) RevokeAPIToken(ctx context.Context, o Origin, id uuid.UUID) er
 // "service_account.disabled".
 func (s *Service) DisableServiceAccount(ctx context.Context, o Origin, id uuid.UUID) error {
 	now := s.now()
-	return s.changePolicy(ctx, o, "service_account_disabled", map[string]any{"service_account_id": id}, func(tx pgx.Tx, _ int64) error {
+	return s.changePolicy(ctx, o, "service_account_disabled", map[string]any{"service_account_id": id}, allRows, func(tx pgx.Tx, _ int64, d *policyDelta) error {
 		tag, err := tx.Exec(ctx, "UPDATE auth_service_accounts SET status = 'disabled', disabled_at = $2 WHERE id = $1 AND status = 'active'", id, now)
 		if err != nil {
 			return err
@@ -190,7 +193,7 @@ func (s *Service) DisableServiceAccount(ctx context.Context, o Origin, id uuid.U
 		if tag.RowsAffected() == 0 {
 			return fmt.Errorf("disable service account %s: %w", id, ErrNotFound)
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 IN
+		if d.Revoked, err = deleteGrants(ctx, tx, `DELETE FROM auth_policy_rules WHERE ptype = 'g' AND v0 IN
 			(SELECT 'token:' || id::text FROM auth_api_tokens WHERE service_account_id = $1)`, id); err != nil {
 			return err
 		}

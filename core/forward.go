@@ -22,6 +22,16 @@ type Forwarder interface {
 	Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed) error
 }
 
+// Pacer is implemented by a Forwarder that may ask Publish to wait, after the commit and
+// before the hand-off, while the observations it forwarded wait too long for their evaluation
+// elsewhere (*rules.Engine: another replica's inbox is deep). Publish waiting holds its caller
+// — the devices' group committer — as a full hand-off does, so that new uploads are refused
+// with a retryable answer instead of piling up unevaluated. Pace MUST return within a bound
+// of its own, and at once when ctx ends.
+type Pacer interface {
+	Pace(ctx context.Context, batches []obs.Committed)
+}
+
 // forward hands the observations just stored in tx to Config.Forward, by patient, in time order.
 func (s *Service) forward(ctx context.Context, tx pgx.Tx, stored []Stored) error {
 	if s.cfg.Forward == nil {

@@ -265,8 +265,10 @@ func (s *Service) Store(ctx context.Context, tx pgx.Tx, ps []*Prepared) ([]Store
 // live stream (SSE subscribers who asked for the patient), and each patient's new
 // observations, in time order, to the rules engine through Config.Handoff. It MUST be called
 // once for every Store whose transaction committed, and only then. When the rules fall
-// behind, Publish waits (the hand-off never drops an observation); it returns ctx's error if
-// ctx ends first, so callers pass a context that outlives their client.
+// behind, Publish waits (the hand-off never drops an observation), and so it does, for a
+// bounded time, while the observations Config.Forward sent to another replica wait there
+// (Pacer); it returns ctx's error if ctx ends first, so callers pass a context that outlives
+// their client.
 func (s *Service) Publish(ctx context.Context, stored []Stored) error {
 	var total, kept, dups int64
 	for i := range stored {
@@ -279,10 +281,18 @@ func (s *Service) Publish(ctx context.Context, stored []Stored) error {
 	s.stats.stored.Add(kept)
 	s.stats.duplicates.Add(dups)
 	s.publishObservations(stored)
+	pacer, _ := s.cfg.Forward.(Pacer)
+	if s.cfg.Handoff == nil && pacer == nil {
+		return nil
+	}
+	batches := committedByPatient(stored)
+	if pacer != nil { // another replica's inbox is deep: wait as for a full hand-off
+		pacer.Pace(ctx, batches)
+	}
 	if s.cfg.Handoff == nil {
 		return nil
 	}
-	return s.cfg.Handoff.Submit(ctx, committedByPatient(stored)...)
+	return s.cfg.Handoff.Submit(ctx, batches...)
 }
 
 // Ingest validates, normalizes and stores one batch in a transaction of its own, then

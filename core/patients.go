@@ -48,8 +48,11 @@ type Patient struct {
 	PHI          PatientPHI `json:"phi"`
 	AdmittedAt   time.Time  `json:"admitted_at"`
 	DischargedAt *time.Time `json:"discharged_at,omitempty"`
-	CreatedAt    time.Time  `json:"created_at"`
-	UpdatedAt    time.Time  `json:"updated_at"`
+	// AdmissionCancelled: the admission was cancelled (ADT^A11, CancelAdmission) — entered in
+	// error, never an admission; DischargedAt is then its start.
+	AdmissionCancelled bool      `json:"admission_cancelled,omitempty"`
+	CreatedAt          time.Time `json:"created_at"`
+	UpdatedAt          time.Time `json:"updated_at"`
 	// LastRequestID is the request id of the last audited change of the patient (for ADT,
 	// "hl7:<facility>:<control id>"): a message re-sent after a lost ACK is recognised by it.
 	LastRequestID string `json:"-"`
@@ -223,12 +226,12 @@ func (s *Service) CreatePatient(ctx context.Context, by audit.Event, phi Patient
 	return p, nil
 }
 
-const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at, last_request_id"
+const patientCols = "id, ward_id, phi_sealed, admitted_at, discharged_at, created_at, updated_at, last_request_id, admission_cancelled"
 
 func (s *Service) scanPatient(ctx context.Context, row pgx.Row) (Patient, error) {
 	var p Patient
 	var sealed []byte
-	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt, &p.LastRequestID); err != nil {
+	if err := row.Scan(&p.ID, &p.WardID, &sealed, &p.AdmittedAt, &p.DischargedAt, &p.CreatedAt, &p.UpdatedAt, &p.LastRequestID, &p.AdmissionCancelled); err != nil {
 		return Patient{}, err
 	}
 	plain, err := s.cfg.PHI.Open(ctx, sealed, phiAAD(p.ID))
@@ -379,16 +382,37 @@ func (s *Service) patientTx(ctx context.Context, id uuid.UUID, fn func(pgx.Tx) e
 // AddCareTeamMember puts a clinician on a patient's care team (or changes the role),
 // audited as "care_team.member_added".
 func (s *Service) AddCareTeamMember(ctx context.Context, by audit.Event, patientID uuid.UUID, clinicianID, role string) (CareTeamMember, error) {
+	return s.addCareTeamMember(ctx, by, patientID, clinicianID, role, false)
+}
+
+// JoinCareTeam is AddCareTeamMember that refuses a change changing nothing: ErrAlreadyMember
+// when the clinician is already on the team in that role, with nothing stored and nothing
+// audited (the caller audits its refusal). The insert itself decides (a conditional upsert on
+// the team's primary key), so of concurrent identical adds exactly one is stored and audited
+// and the others are refused, whatever the pages they were posted from showed.
+func (s *Service) JoinCareTeam(ctx context.Context, by audit.Event, patientID uuid.UUID, clinicianID, role string) (CareTeamMember, error) {
+	return s.addCareTeamMember(ctx, by, patientID, clinicianID, role, true)
+}
+
+func (s *Service) addCareTeamMember(ctx context.Context, by audit.Event, patientID uuid.UUID, clinicianID, role string, once bool) (CareTeamMember, error) {
 	clinicianID, role = strings.TrimSpace(clinicianID), strings.TrimSpace(role)
 	if clinicianID == "" || role == "" {
 		return CareTeamMember{}, fmt.Errorf("add care team member: %w: clinician id and role are required", ErrInvalidRequest)
 	}
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
 	m := CareTeamMember{PatientID: patientID, ClinicianID: clinicianID, Role: role, AddedAt: now}
+	upsert := `INSERT INTO core_care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,$3,$4)
+			ON CONFLICT (patient_id, clinician_id) DO UPDATE SET role = EXCLUDED.role`
+	if once {
+		upsert += ` WHERE core_care_team.role IS DISTINCT FROM EXCLUDED.role`
+	}
 	err := s.patientTx(ctx, patientID, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO core_care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,$3,$4)
-			ON CONFLICT (patient_id, clinician_id) DO UPDATE SET role = EXCLUDED.role`, patientID, clinicianID, role, now); err != nil {
+		tag, err := tx.Exec(ctx, upsert, patientID, clinicianID, role, now)
+		if err != nil {
 			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("care team of %s: clinician %q as %s: %w", patientID, clinicianID, role, ErrAlreadyMember)
 		}
 		return s.recordIn(ctx, tx, by, now, "care_team.member_added", "patient", patientID.String(),
 			map[string]any{"clinician_id": clinicianID, "role": role})
@@ -559,6 +583,8 @@ var (
 	ErrAdmissionHasObservations = &StateError{Code: "admission_has_observations", Text: "observations were stored since the admission"}
 	// ErrAdmissionCancelled: the discharge ended a cancelled admission; there is no discharge to cancel.
 	ErrAdmissionCancelled = &StateError{Code: "admission_cancelled", Text: "the admission was cancelled; there is no discharge to cancel"}
+	// ErrAlreadyMember: the clinician is already on the care team in that role (JoinCareTeam).
+	ErrAlreadyMember = &StateError{Code: "already_member", Text: "the clinician is already on the care team in this role"}
 )
 
 // StateError is a refused admission change: Code is stable, Text says why.

@@ -212,6 +212,10 @@ func (s *Service) CreateWebhook(ctx context.Context, by audit.Event, rawURL stri
 // reaches no other receiver.
 const DirectTypePrefix = "fhir.subscription."
 
+// DirectContentType is the Content-Type of the deliveries of direct webhooks (FHIR
+// notification Bundles); other deliveries are application/json.
+const DirectContentType = "application/fhir+json"
+
 // CreateDirectWebhook is CreateWebhook for one event type under DirectTypePrefix (the URL
 // checked and refused alike, audited alike); the caller names a new type (a fresh id).
 func (s *Service) CreateDirectWebhook(ctx context.Context, by audit.Event, rawURL, eventType string) (Webhook, []byte, error) {
@@ -377,7 +381,11 @@ func (s *Service) DeliverDue(ctx context.Context) ([]Delivery, error) {
 		go func(j *job) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			j.d.LastStatus, j.d.LastError, j.refused = s.post(ctx, j.url, j.secret, j.d.ID.String(), j.d.Payload)
+			ct := "application/json"
+			if strings.HasPrefix(j.d.EventType, DirectTypePrefix) {
+				ct = DirectContentType
+			}
+			j.d.LastStatus, j.d.LastError, j.refused = s.post(ctx, j.url, j.secret, j.d.ID.String(), ct, j.d.Payload)
 		}(&jobs[i])
 	}
 	wg.Wait()
@@ -442,14 +450,14 @@ func reasonOf(d Delivery, refused bool) string {
 // post sends one signed attempt and returns the HTTP status (0 when there was no answer), an
 // error description, and whether the destination policy refused the connection. A redirect
 // is not followed: it is a failed attempt with its status.
-func (s *Service) post(ctx context.Context, target string, secret []byte, id string, body []byte) (status int, errText string, refused bool) {
+func (s *Service) post(ctx context.Context, target string, secret []byte, id, contentType string, body []byte) (status int, errText string, refused bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Webhook.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
 		return 0, err.Error(), false
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set(HeaderEventID, id)
 	req.Header.Set(HeaderSignature, SignWebhook(secret, s.cfg.Now(), id, body))
 	resp, err := s.cfg.Webhook.client.Do(req)

@@ -390,6 +390,9 @@ func (s *Service) IssueEnrollmentToken(ctx context.Context, o Origin, id uuid.UU
 			h[:], id, now, expires); err != nil {
 			return fmt.Errorf("store enrollment token: %w", err)
 		}
+		if err := stampToken(ctx, tx, &ev, h[:]); err != nil {
+			return err
+		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)
 		return err
 	})
@@ -485,6 +488,9 @@ func (s *Service) Enroll(ctx context.Context, raw []byte, meta Meta) (*Enrolled,
 		}
 		out = Enrolled{DeviceID: id, KeyVersion: d.KeyVersion + 1}
 		if err := stampRows(ctx, tx, &ev, map[string]any{"key_version": out.KeyVersion, "public_key": hex.EncodeToString(e.PublicKey), "transport": meta.Transport}, id); err != nil {
+			return err
+		}
+		if err := stampToken(ctx, tx, &ev, h[:]); err != nil { // the link it used up
 			return err
 		}
 		_, err = s.cfg.Recorder.Record(ctx, tx, ev)

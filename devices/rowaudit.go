@@ -2,6 +2,7 @@ package devices
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"strconv"
 
@@ -36,5 +37,32 @@ func stampRows(ctx context.Context, tx pgx.Tx, ev *audit.Event, payload map[stri
 	}
 	payload[rowdigest.PayloadKey] = ds
 	ev.Payload = payload
+	return nil
+}
+
+// stampToken ties the enrollment link (token) whose SHA-256 is hash to ev, adding its digest
+// to ev's payload (a map; the device's digests stampRows put there are kept): verify finds a
+// link re-opened (used_at cleared), extended or inserted behind the system's back. Call it
+// in tx after the last change of the token's row and before recording ev.
+func stampToken(ctx context.Context, tx pgx.Tx, ev *audit.Event, hash []byte) error {
+	if ev.ID == uuid.Nil {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return fmt.Errorf("event id: %w", err)
+		}
+		ev.ID = id
+	}
+	p, ok := ev.Payload.(map[string]any)
+	if !ok {
+		return fmt.Errorf("stamp %s: payload %T is not a map", ev.Action, ev.Payload)
+	}
+	ds, _ := p[rowdigest.PayloadKey].(rowdigest.Digests)
+	if ds == nil {
+		ds = rowdigest.Digests{}
+	}
+	if err := ds.Stamp(ctx, tx, rowdigest.EnrollmentTokens, hex.EncodeToString(hash), ev.ID); err != nil {
+		return err
+	}
+	p[rowdigest.PayloadKey] = ds
 	return nil
 }

@@ -371,6 +371,7 @@ func (p *Portal) reviewBreakGlass(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("portal: review break-glass: %w", err)
 	}
+	audited(c) // recorded by auth
 	data.ReviewNote, data.ReviewID, data.Notice = "", "", "Review recorded."
 	return p.renderAdmin(c, http.StatusOK, pr, data)
 }

@@ -69,17 +69,21 @@ var policyScopes = []string{auth.ScopeGlobal, auth.ScopeWard, auth.ScopeAny, aut
 
 const timeFormat = "2006-01-02 15:04 UTC"
 
-// adminForm starts an administration form post: the viewer, the permission of the action,
-// the CSRF token and the page's data. done: an answer was already sent (or err).
-func (p *Portal) adminForm(c echo.Context, obj, act string) (*auth.Principal, adminData, bool, error) {
-	pr, creds, done, err := p.guard(c, obj, act)
-	if done {
-		return nil, adminData{}, true, err
+// adminForm is an administration form post's handler: before h runs, the viewer is signed in
+// (else the sign-in page), holds the permission of the action (else the 403 page, audited)
+// and sent the session's CSRF token (else 403, audited by auth); h gets the viewer and the
+// page's data.
+func (p *Portal) adminForm(obj, act string, h func(echo.Context, *auth.Principal, adminData) error) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		pr, creds, done, err := p.guard(c, obj, act)
+		if done {
+			return err
+		}
+		if err := p.csrf(c, pr, creds); err != nil {
+			return err
+		}
+		return h(c, pr, adminData{base: p.base("Administration", pr, creds.SessionToken), Show: p.mayAdmin(pr), Errors: map[string]*formError{}})
 	}
-	if err := p.csrf(c, pr, creds); err != nil {
-		return nil, adminData{}, true, err
-	}
-	return pr, adminData{base: p.base("Administration", pr, creds.SessionToken), Show: p.mayAdmin(pr), Errors: map[string]*formError{}}, false, nil
 }
 
 // refuse audits a refused form as a rejection of action on obj (its codes as the reason;
@@ -99,7 +103,56 @@ func (p *Portal) refuse(c echo.Context, pr *auth.Principal, data adminData, stat
 	if _, err := p.cfg.Recorder.RecordNow(c.Request().Context(), ev); err != nil {
 		return fmt.Errorf("portal: audit refusal of %s: %w", action, err)
 	}
+	audited(c)
 	return p.renderAdmin(c, status, pr, data)
+}
+
+// formAction is what an administration form does once its fields are read and checked.
+type formAction struct {
+	name   string         // for errors: "grant role"
+	action string         // the audit action of the change and of its refusal: "policy.role_granted"
+	obj    audit.Object   // what it changes
+	detail map[string]any // the refusal's payload (what was asked)
+	// conflictAudited: the domain records its own refusal of a conflict (the rules engine's
+	// stale_settings), so the portal renders it without a second event.
+	conflictAudited bool
+}
+
+// finishForm ends every administration form the same way: a form with errors next to its
+// fields is refused (422, audited as a rejection of the action, nothing stored); otherwise do
+// changes the state through the domain service, which audits the change in its transaction,
+// and sets the page's notice — or reports a conflict with the stored state (a stale page:
+// 409 with the conflict next to its field, audited as a rejection, nothing changed). The
+// request is marked audited (internal/auditmark) once its one event is committed, and the
+// page is written only after that.
+func (p *Portal) finishForm(c echo.Context, pr *auth.Principal, data adminData, a formAction, do func(*adminData) (*formError, error)) error {
+	if len(data.Errors) > 0 {
+		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, a.action, a.obj, a.detail)
+	}
+	conflict, err := do(&data)
+	if err != nil {
+		return fmt.Errorf("portal: %s: %w", a.name, err)
+	}
+	if conflict != nil {
+		data.Errors[conflict.Field] = conflict
+		if a.conflictAudited {
+			audited(c)
+			return p.renderAdmin(c, http.StatusConflict, pr, data)
+		}
+		return p.refuse(c, pr, data, http.StatusConflict, a.action, a.obj, a.detail)
+	}
+	audited(c)
+	return p.renderAdmin(c, http.StatusOK, pr, data)
+}
+
+// stale turns the domain's refusal of a change made stale by another (errors.Is(err, target):
+// the grant already held, the line already removed, …) into the form's conflict, described
+// by conflict; any other error passes as it is.
+func stale(err, target error, conflict func() *formError) (*formError, error) {
+	if errors.Is(err, target) {
+		return conflict(), nil
+	}
+	return nil, err
 }
 
 // lastPolicyChange names who made the newest policy change of that kind whose detail
@@ -183,11 +236,7 @@ func roleLabel(r string) string { return strings.ReplaceAll(r, "_", " ") }
 
 // grantRole is POST /admin/roles (policy manage): gives a user a role, on a ward for a
 // clinical role (a ward membership) or everywhere.
-func (p *Portal) grantRole(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) grantRole(c echo.Context, pr *auth.Principal, data adminData) error {
 	r, ctx := c.Request(), c.Request().Context()
 	f := grantForm{User: r.PostFormValue("user"), Role: r.PostFormValue("role"), Ward: r.PostFormValue("ward")}
 	data.Grant = f
@@ -208,35 +257,28 @@ func (p *Portal) grantRole(c echo.Context) error {
 	if ferr != nil {
 		data.Errors[ferr.Field] = ferr
 	}
-	if len(data.Errors) > 0 {
-		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, "policy.role_granted", obj, detail)
-	}
-	wards, err := p.wardNames(ctx)
-	if err != nil {
-		return fmt.Errorf("portal: grant role: %w", err)
-	}
-	subject := auth.UserSubject(uid)
-	what := roleLabel(f.Role) + " " + where(domain, wards)
-	err = p.cfg.Auth.GrantRole(ctx, pr.Origin(requestID(c), c.RealIP()), subject, f.Role, domain)
-	if errors.Is(err, auth.ErrConflict) {
-		by := p.lastPolicyChange(ctx, "role_granted", detailIs(map[string]string{"subject": subject, "role": f.Role, "domain": string(domain)}))
-		data.Errors["g-role"] = &formError{Code: "role_already_held", Field: "g-role",
-			Message: u.Profile.DisplayName + " already holds " + what + " (granted" + by + "). Nothing was changed."}
-		return p.refuse(c, pr, data, http.StatusConflict, "policy.role_granted", obj, detail)
-	}
-	if err != nil {
-		return fmt.Errorf("portal: grant role: %w", err)
-	}
-	data.Grant, data.Notice = grantForm{}, u.Profile.DisplayName+" now holds "+what+"."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+	return p.finishForm(c, pr, data, formAction{name: "grant role", action: "policy.role_granted", obj: obj, detail: detail}, func(d *adminData) (*formError, error) {
+		wards, err := p.wardNames(ctx)
+		if err != nil {
+			return nil, err
+		}
+		subject := auth.UserSubject(uid)
+		what := roleLabel(f.Role) + " " + where(domain, wards)
+		err = p.cfg.Auth.GrantRole(ctx, pr.Origin(requestID(c), c.RealIP()), subject, f.Role, domain)
+		if err != nil {
+			return stale(err, auth.ErrConflict, func() *formError {
+				by := p.lastPolicyChange(ctx, "role_granted", detailIs(map[string]string{"subject": subject, "role": f.Role, "domain": string(domain)}))
+				return &formError{Code: "role_already_held", Field: "g-role",
+					Message: u.Profile.DisplayName + " already holds " + what + " (granted" + by + "). Nothing was changed."}
+			})
+		}
+		d.Grant, d.Notice = grantForm{}, u.Profile.DisplayName+" now holds "+what+"."
+		return nil, nil
+	})
 }
 
 // revokeRole is POST /admin/roles/revoke (policy manage): takes a role grant away.
-func (p *Portal) revokeRole(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) revokeRole(c echo.Context, pr *auth.Principal, data adminData) error {
 	r, ctx := c.Request(), c.Request().Context()
 	subject, role, dom := r.PostFormValue("subject"), r.PostFormValue("role"), r.PostFormValue("domain")
 	domain, derr := auth.ParseDomain(dom)
@@ -251,32 +293,27 @@ func (p *Portal) revokeRole(c echo.Context) error {
 		return fmt.Errorf("portal: revoke role: %w", err)
 	}
 	what := roleLabel(role) + " " + where(domain, wards)
-	if subject == pr.Subject && role == auth.RoleAdmin {
-		data.Errors["revoke"] = &formError{Code: "cannot_revoke_own_admin", Field: "revoke",
-			Message: "You cannot take your own administrator role: ask another administrator. Nothing was changed."}
-		return p.refuse(c, pr, data, http.StatusConflict, "policy.role_revoked", obj, detail)
-	}
-	err = p.cfg.Auth.RevokeRole(ctx, pr.Origin(requestID(c), c.RealIP()), subject, role, domain)
-	if errors.Is(err, auth.ErrNotFound) {
-		by := p.lastPolicyChange(ctx, "role_revoked", detailIs(map[string]string{"subject": subject, "role": role, "domain": string(domain)}))
-		data.Errors["revoke"] = &formError{Code: "role_not_held", Field: "revoke",
-			Message: "Could not revoke " + what + ": it was already revoked" + by + ", after this page was loaded. Nothing was changed."}
-		return p.refuse(c, pr, data, http.StatusConflict, "policy.role_revoked", obj, detail)
-	}
-	if err != nil {
-		return fmt.Errorf("portal: revoke role: %w", err)
-	}
-	data.RevokeKey, data.Notice = "", "Revoked "+what+"."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+	return p.finishForm(c, pr, data, formAction{name: "revoke role", action: "policy.role_revoked", obj: obj, detail: detail}, func(d *adminData) (*formError, error) {
+		if subject == pr.Subject && role == auth.RoleAdmin {
+			return &formError{Code: "cannot_revoke_own_admin", Field: "revoke",
+				Message: "You cannot take your own administrator role: ask another administrator. Nothing was changed."}, nil
+		}
+		err := p.cfg.Auth.RevokeRole(ctx, pr.Origin(requestID(c), c.RealIP()), subject, role, domain)
+		if err != nil {
+			return stale(err, auth.ErrNotFound, func() *formError {
+				by := p.lastPolicyChange(ctx, "role_revoked", detailIs(map[string]string{"subject": subject, "role": role, "domain": string(domain)}))
+				return &formError{Code: "role_not_held", Field: "revoke",
+					Message: "Could not revoke " + what + ": it was already revoked" + by + ", after this page was loaded. Nothing was changed."}
+			})
+		}
+		d.RevokeKey, d.Notice = "", "Revoked "+what+"."
+		return nil, nil
+	})
 }
 
 // resetMFA is POST /admin/mfa-reset (user manage): removes a user's second factors, ends
 // their sessions and shows their new enrollment link once (auth.ResetMFAWithReason).
-func (p *Portal) resetMFA(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjUser, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) resetMFA(c echo.Context, pr *auth.Principal, data adminData) error {
 	r, ctx := c.Request(), c.Request().Context()
 	f := mfaForm{User: r.PostFormValue("user"), Reason: strings.TrimSpace(r.PostFormValue("reason"))}
 	data.MFA = f
@@ -299,21 +336,20 @@ func (p *Portal) resetMFA(c echo.Context) error {
 	case len(f.Reason) > 500:
 		data.Errors["m-reason"] = &formError{Code: "reason_too_long", Field: "m-reason", Message: "At most 500 characters."}
 	}
-	obj := audit.Object{Type: "user", ID: f.User}
-	if len(data.Errors) > 0 {
-		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, "user.mfa_reset", obj, nil)
-	}
-	en, err := p.cfg.Auth.ResetMFAWithReason(ctx, pr.Origin(requestID(c), c.RealIP()), uid, f.Reason)
-	if err != nil {
-		return fmt.Errorf("portal: reset MFA: %w", err)
-	}
-	link := en.Link(c.Scheme() + "://" + r.Host)
-	if data.LinkQR, err = qrPNG(link); err != nil {
-		return fmt.Errorf("portal: reset MFA: %w", err)
-	}
-	data.Link, data.LinkExpires, data.MFA = link, en.ExpiresAt.UTC().Format(timeFormat), mfaForm{}
-	data.Notice = "The second factor of " + u.Profile.DisplayName + " is reset and their sessions ended. Give them the enrollment link below; it is shown only now."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+	a := formAction{name: "reset MFA", action: "user.mfa_reset", obj: audit.Object{Type: "user", ID: f.User}}
+	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
+		en, err := p.cfg.Auth.ResetMFAWithReason(ctx, pr.Origin(requestID(c), c.RealIP()), uid, f.Reason)
+		if err != nil {
+			return nil, err
+		}
+		link := en.Link(c.Scheme() + "://" + r.Host)
+		if d.LinkQR, err = qrPNG(link); err != nil {
+			return nil, err
+		}
+		d.Link, d.LinkExpires, d.MFA = link, en.ExpiresAt.UTC().Format(timeFormat), mfaForm{}
+		d.Notice = "The second factor of " + u.Profile.DisplayName + " is reset and their sessions ended. Give them the enrollment link below; it is shown only now."
+		return nil, nil
+	})
 }
 
 // policyLine reads a policy line from the form.
@@ -338,11 +374,7 @@ func validAction(a string) bool {
 }
 
 // addPolicyLine is POST /admin/policy/rules (policy manage).
-func (p *Portal) addPolicyLine(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) addPolicyLine(c echo.Context, pr *auth.Principal, data adminData) error {
 	ctx := c.Request().Context()
 	rl := policyLine(c.Request())
 	data.Line = policyLineForm(rl)
@@ -358,64 +390,56 @@ func (p *Portal) addPolicyLine(c echo.Context) error {
 	if !slices.Contains(policyScopes, rl.Scope) {
 		data.Errors["p-scope"] = &formError{Code: "invalid_scope", Field: "p-scope", Message: "Choose a scope."}
 	}
-	obj, detail := audit.Object{Type: "policy"}, map[string]any{"rule": rl}
-	if len(data.Errors) > 0 {
-		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, "policy.rule_added", obj, detail)
-	}
-	err = p.cfg.Auth.AddRule(ctx, pr.Origin(requestID(c), c.RealIP()), rl)
-	if errors.Is(err, auth.ErrConflict) {
-		by := p.lastPolicyChange(ctx, "rule_added", ruleDetailIs(rl))
-		msg := "The policy already has this line"
-		if by != "" {
-			msg += " (added" + by + ")"
+	a := formAction{name: "add policy line", action: "policy.rule_added", obj: audit.Object{Type: "policy"}, detail: map[string]any{"rule": rl}}
+	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
+		err := p.cfg.Auth.AddRule(ctx, pr.Origin(requestID(c), c.RealIP()), rl)
+		if err != nil {
+			return stale(err, auth.ErrConflict, func() *formError {
+				by := p.lastPolicyChange(ctx, "rule_added", ruleDetailIs(rl))
+				msg := "The policy already has this line"
+				if by != "" {
+					msg += " (added" + by + ")"
+				}
+				return &formError{Code: "rule_exists", Field: "p-action", Message: msg + ". Nothing was changed."}
+			})
 		}
-		data.Errors["p-action"] = &formError{Code: "rule_exists", Field: "p-action", Message: msg + ". Nothing was changed."}
-		return p.refuse(c, pr, data, http.StatusConflict, "policy.rule_added", obj, detail)
-	}
-	if err != nil {
-		return fmt.Errorf("portal: add policy line: %w", err)
-	}
-	data.Line, data.Notice = policyLineForm{}, "Policy line added: "+rl.String()+"."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+		d.Line, d.Notice = policyLineForm{}, "Policy line added: "+rl.String()+"."
+		return nil, nil
+	})
 }
 
 // removePolicyLine is POST /admin/policy/rules/remove (policy manage). A line that gives a
 // role the viewer holds the right to manage the policy cannot be removed by that viewer
 // (they would lock themselves — and maybe everyone — out of the policy).
-func (p *Portal) removePolicyLine(c echo.Context) error {
-	pr, data, done, err := p.adminForm(c, auth.ObjPolicy, "manage")
-	if done {
-		return err
-	}
+func (p *Portal) removePolicyLine(c echo.Context, pr *auth.Principal, data adminData) error {
 	ctx := c.Request().Context()
 	rl := policyLine(c.Request())
 	data.RemoveLine = rl.String()
-	obj, detail := audit.Object{Type: "policy"}, map[string]any{"rule": rl}
-	if rl.Object == auth.ObjPolicy && (rl.Action == "manage" || rl.Action == "*") {
-		grants, err := p.cfg.Auth.Grants(ctx, pr.Subject)
-		if err != nil {
-			return fmt.Errorf("portal: remove policy line: %w", err)
-		}
-		for _, g := range grants {
-			if g.Role == rl.Role {
-				data.Errors["line"] = &formError{Code: "cannot_remove_own_access", Field: "line",
-					Message: "This line lets you manage the policy: removing it would lock you out. Ask another administrator. Nothing was changed."}
-				return p.refuse(c, pr, data, http.StatusConflict, "policy.rule_removed", obj, detail)
+	a := formAction{name: "remove policy line", action: "policy.rule_removed", obj: audit.Object{Type: "policy"}, detail: map[string]any{"rule": rl}}
+	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
+		if rl.Object == auth.ObjPolicy && (rl.Action == "manage" || rl.Action == "*") {
+			grants, err := p.cfg.Auth.Grants(ctx, pr.Subject)
+			if err != nil {
+				return nil, err
+			}
+			for _, g := range grants {
+				if g.Role == rl.Role {
+					return &formError{Code: "cannot_remove_own_access", Field: "line",
+						Message: "This line lets you manage the policy: removing it would lock you out. Ask another administrator. Nothing was changed."}, nil
+				}
 			}
 		}
-	}
-	err = p.cfg.Auth.RemoveRule(ctx, pr.Origin(requestID(c), c.RealIP()), rl)
-	if errors.Is(err, auth.ErrNotFound) {
-		by := p.lastPolicyChange(ctx, "rule_removed", ruleDetailIs(rl))
-		data.Errors["line"] = &formError{Code: "rule_not_found", Field: "line",
-			Message: "Could not remove “" + rl.String() + "”: it was already removed" + by + ", after this page was loaded. Nothing was changed."}
-		return p.refuse(c, pr, data, http.StatusConflict, "policy.rule_removed", obj, detail)
-	}
-	if err != nil {
-		return fmt.Errorf("portal: remove policy line: %w", err)
-	}
-	data.RemoveLine, data.Notice = "", "Policy line removed: "+rl.String()+"."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+		err := p.cfg.Auth.RemoveRule(ctx, pr.Origin(requestID(c), c.RealIP()), rl)
+		if err != nil {
+			return stale(err, auth.ErrNotFound, func() *formError {
+				by := p.lastPolicyChange(ctx, "rule_removed", ruleDetailIs(rl))
+				return &formError{Code: "rule_not_found", Field: "line",
+					Message: "Could not remove “" + rl.String() + "”: it was already removed" + by + ", after this page was loaded. Nothing was changed."}
+			})
+		}
+		d.RemoveLine, d.Notice = "", "Policy line removed: "+rl.String()+"."
+		return nil, nil
+	})
 }
 
 // mayWriteWardRules reports whether pr may change the rules of ward w (rule write there).
@@ -518,32 +542,29 @@ func (p *Portal) setWardNEWS2(c echo.Context) error {
 			return echo.NewHTTPError(http.StatusBadRequest, "since must be the RFC 3339 time the page showed")
 		}
 	}
-	obj := audit.Object{Type: "ward", ID: id.String()}
 	data.WardForm, data.ErrWard = in, id.String()
-	if len(data.Errors) > 0 {
-		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, "rules.ward_news2_set", obj,
-			map[string]any{"charted": charted, "charted_max_age": in.MaxAge})
-	}
-	by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
-	err = p.cfg.Rules.SetWardNEWS2If(ctx, by, id, charted, maxAge, in.Reason, since)
-	if errors.Is(err, rules.ErrVersionConflict) { // audited by the rules engine (stale_settings)
-		msg := "The NEWS2 settings of " + wards[id] + " were changed after this page was loaded"
-		if cur, err := p.cfg.Rules.WardNEWS2Settings(ctx); err == nil {
-			if s, ok := cur[id]; ok {
-				by := s.UpdatedBy
-				who, _ := p.actorNames(ctx)("user", &by)
-				msg += ", by " + who + " at " + s.UpdatedAt.UTC().Format(timeFormat)
-			}
+	a := formAction{name: "ward NEWS2", action: "rules.ward_news2_set", obj: audit.Object{Type: "ward", ID: id.String()},
+		detail: map[string]any{"charted": charted, "charted_max_age": in.MaxAge}, conflictAudited: true}
+	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
+		by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
+		err := p.cfg.Rules.SetWardNEWS2If(ctx, by, id, charted, maxAge, in.Reason, since)
+		if err != nil {
+			return stale(err, rules.ErrVersionConflict, func() *formError { // audited by the rules engine (stale_settings)
+				msg := "The NEWS2 settings of " + wards[id] + " were changed after this page was loaded"
+				if cur, err := p.cfg.Rules.WardNEWS2Settings(ctx); err == nil {
+					if s, ok := cur[id]; ok {
+						by := s.UpdatedBy
+						who, _ := p.actorNames(ctx)("user", &by)
+						msg += ", by " + who + " at " + s.UpdatedAt.UTC().Format(timeFormat)
+					}
+				}
+				d.WardForm = wardNEWS2Form{}
+				return &formError{Code: "settings_changed", Field: "n-form", Message: msg + ". Nothing was changed: the form now shows the current settings; check them and save again."}
+			})
 		}
-		data.Errors["n-form"] = &formError{Code: "settings_changed", Field: "n-form", Message: msg + ". Nothing was changed: the form now shows the current settings; check them and save again."}
-		data.WardForm = wardNEWS2Form{}
-		return p.renderAdmin(c, http.StatusConflict, pr, data)
-	}
-	if err != nil {
-		return fmt.Errorf("portal: ward NEWS2: %w", err)
-	}
-	data.WardForm, data.ErrWard, data.Notice = wardNEWS2Form{}, "", "NEWS2 settings of "+wards[id]+" saved."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+		d.WardForm, d.ErrWard, d.Notice = wardNEWS2Form{}, "", "NEWS2 settings of "+wards[id]+" saved."
+		return nil, nil
+	})
 }
 
 // careTeamTarget is the authorization target of a patient's care team.
@@ -633,25 +654,40 @@ func (p *Portal) addCareTeamMember(c echo.Context) error {
 	case len(f.Role) > 64:
 		data.Errors["c-role"] = &formError{Code: "role_too_long", Field: "c-role", Message: "At most 64 characters."}
 	}
-	obj := audit.Object{Type: "patient", ID: pt.ID.String()}
-	detail := map[string]any{"clinician_id": f.Clinician, "role": f.Role}
-	if len(data.Errors) > 0 {
-		return p.refuse(c, pr, data, http.StatusUnprocessableEntity, "care_team.member_added", obj, detail)
-	}
-	for _, m := range team {
-		if m.ClinicianID == uid.String() && m.Role == f.Role {
-			data.Errors["c-clinician"] = &formError{Code: "already_member", Field: "c-clinician",
-				Message: u.Profile.DisplayName + " is already on the team as " + m.Role + " (since " + m.AddedAt.UTC().Format(timeFormat) + "). Nothing was changed."}
-			return p.refuse(c, pr, data, http.StatusConflict, "care_team.member_added", obj, detail)
+	a := formAction{name: "add care team member", action: "care_team.member_added", obj: audit.Object{Type: "patient", ID: pt.ID.String()},
+		detail: map[string]any{"clinician_id": f.Clinician, "role": f.Role}}
+	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
+		already := func(since time.Time) *formError {
+			return &formError{Code: "already_member", Field: "c-clinician",
+				Message: u.Profile.DisplayName + " is already on the team as " + f.Role + " (since " + since.UTC().Format(timeFormat) + "). Nothing was changed."}
 		}
-	}
-	by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
-	if _, err := p.cfg.Core.AddCareTeamMember(ctx, by, pt.ID, uid.String(), f.Role); err != nil {
-		return fmt.Errorf("portal: add care team member: %w", err)
-	}
-	data.CareForm, data.ErrPatient = careTeamForm{}, ""
-	data.Notice = u.Profile.DisplayName + " is on the care team of " + pt.PHI.GivenName + " " + pt.PHI.FamilyName + " as " + f.Role + "."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+		for _, m := range team {
+			if m.ClinicianID == uid.String() && m.Role == f.Role {
+				return already(m.AddedAt), nil
+			}
+		}
+		// The page's team may be stale (another administrator adding the same member at the
+		// same moment): core decides atomically, in the insert itself.
+		by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
+		_, err := p.cfg.Core.JoinCareTeam(ctx, by, pt.ID, uid.String(), f.Role)
+		if errors.Is(err, core.ErrAlreadyMember) {
+			since := p.cfg.Now()
+			if now, err := p.cfg.Core.CareTeam(ctx, pt.ID); err == nil {
+				for _, m := range now {
+					if m.ClinicianID == uid.String() {
+						since = m.AddedAt
+					}
+				}
+			}
+			return already(since), nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		d.CareForm, d.ErrPatient = careTeamForm{}, ""
+		d.Notice = u.Profile.DisplayName + " is on the care team of " + pt.PHI.GivenName + " " + pt.PHI.FamilyName + " as " + f.Role + "."
+		return nil, nil
+	})
 }
 
 // removeCareTeamMember is POST /admin/care-teams/:id/remove (care_team manage on the patient).
@@ -666,19 +702,20 @@ func (p *Portal) removeCareTeamMember(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, "clinician must be a user id")
 	}
 	name, _ := p.actorNames(ctx)("user", &clin)
-	by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
-	err = p.cfg.Core.RemoveCareTeamMember(ctx, by, pt.ID, clin)
-	if errors.Is(err, core.ErrNotFound) {
-		data.Errors["c-member"] = &formError{Code: "member_not_found", Field: "c-member",
-			Message: name + " is no longer on this care team: removed after this page was loaded. Nothing was changed."}
-		return p.refuse(c, pr, data, http.StatusConflict, "care_team.member_removed", audit.Object{Type: "patient", ID: pt.ID.String()},
-			map[string]any{"clinician_id": clin})
-	}
-	if err != nil {
-		return fmt.Errorf("portal: remove care team member: %w", err)
-	}
-	data.ErrPatient, data.Notice = "", name+" is off the care team of "+pt.PHI.GivenName+" "+pt.PHI.FamilyName+"."
-	return p.renderAdmin(c, http.StatusOK, pr, data)
+	a := formAction{name: "remove care team member", action: "care_team.member_removed", obj: audit.Object{Type: "patient", ID: pt.ID.String()},
+		detail: map[string]any{"clinician_id": clin}}
+	return p.finishForm(c, pr, data, a, func(d *adminData) (*formError, error) {
+		by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
+		err := p.cfg.Core.RemoveCareTeamMember(ctx, by, pt.ID, clin)
+		if err != nil {
+			return stale(err, core.ErrNotFound, func() *formError {
+				return &formError{Code: "member_not_found", Field: "c-member",
+					Message: name + " is no longer on this care team: removed after this page was loaded. Nothing was changed."}
+			})
+		}
+		d.ErrPatient, d.Notice = "", name+" is off the care team of "+pt.PHI.GivenName+" "+pt.PHI.FamilyName+"."
+		return nil, nil
+	})
 }
 
 type careTeamForm struct{ Clinician, Role string }

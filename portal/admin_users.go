@@ -77,6 +77,7 @@ func (p *Portal) addUser(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("portal: add user %s: enrollment: %w", u.ID, err)
 	}
+	audited(c) // user.created, the grant and the enrollment, recorded by auth
 	link := en.Link(c.Scheme() + "://" + r.Host)
 	if data.LinkQR, err = qrPNG(link); err != nil {
 		return fmt.Errorf("portal: add user: %w", err)
@@ -123,5 +124,6 @@ func (p *Portal) userStatus(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("portal: user status: %w", err)
 	}
+	audited(c) // recorded by auth
 	return p.renderAdmin(c, http.StatusOK, pr, data)
 }

@@ -351,7 +351,8 @@ func (p *Portal) checkForm(c echo.Context) (*auth.Principal, auth.Credentials, b
 		return nil, creds, false, toSignIn(c)
 	}
 	if err := p.cfg.Auth.CheckCSRF(c.Request().Context(), c.Request(), pr, creds); err != nil {
-		if auth.CodeOf(err) != "" { // refused and audited (auth.csrf.rejected)
+		if auth.CodeOf(err) != "" { // refused and audited (auth.csrf.rejected): the one record
+			audited(c)
 			return nil, creds, false, p.errorPage(c, pr, creds, http.StatusForbidden, "Form refused", auth.ErrCSRFInvalid.Code,
 				"The form was refused: its security token is missing or wrong. Reload the page and try again.")
 		}
@@ -432,6 +433,7 @@ func (p *Portal) alarmAction(kind alarms.TransitionKind) echo.HandlerFunc {
 		data := inboxData{base: p.base("Alarm inbox", pr, creds.SessionToken)}
 		switch {
 		case err == nil:
+			audited(c) // the lifecycle's event (alarm.acknowledged, …)
 			q := f.query()
 			if q != "" {
 				q += "&"
@@ -510,6 +512,9 @@ func (p *Portal) bulkAcknowledge(c echo.Context) error {
 		default:
 			return fmt.Errorf("portal: bulk acknowledge: %w", err)
 		}
+	}
+	if n > 0 {
+		audited(c) // the lifecycle's alarm.acknowledged events (none acknowledged: the server records the request)
 	}
 	f, _ := parseInboxFilter(c)
 	q := f.query()

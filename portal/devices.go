@@ -70,7 +70,8 @@ func (p *Portal) origin(c echo.Context, pr *auth.Principal) devices.Origin {
 // wrong token is refused (403) and audited by auth.
 func (p *Portal) csrf(c echo.Context, pr *auth.Principal, creds auth.Credentials) error {
 	if err := p.cfg.Auth.CheckCSRF(c.Request().Context(), c.Request(), pr, creds); err != nil {
-		if auth.CodeOf(err) != "" {
+		if auth.CodeOf(err) != "" { // refused, and recorded by auth as auth.csrf.rejected: the one record
+			audited(c)
 			return echo.NewHTTPError(http.StatusForbidden, "the form's CSRF token is missing or wrong (csrf_invalid)")
 		}
 		return err
@@ -185,6 +186,7 @@ func (p *Portal) registerDevice(c echo.Context) error {
 	case err != nil:
 		return fmt.Errorf("portal: register device: %w", err)
 	}
+	audited(c) // device.registered
 	return c.Redirect(http.StatusSeeOther, "/devices/"+d.ID.String())
 }
 
@@ -283,6 +285,7 @@ func (p *Portal) deviceStatus(c echo.Context) error {
 	case err != nil:
 		return fmt.Errorf("portal: device status: %w", err)
 	}
+	audited(c) // the device's status event
 	data.Reason, data.Notice = "", "The device is now "+nd.Status+"."
 	return p.renderDevice(c, http.StatusOK, pr, nd, data)
 }
@@ -310,6 +313,7 @@ func (p *Portal) deviceToken(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("portal: enrollment token: %w", err)
 	}
+	audited(c) // the token's issue, recorded by devices
 	img, err := qrPNG(tok)
 	if err != nil {
 		return fmt.Errorf("portal: enrollment token: %w", err)

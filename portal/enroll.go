@@ -115,6 +115,11 @@ func (p *Portal) enrollComplete(c echo.Context) error {
 			}
 			d.Errors[fe.Field] = fe
 		}
+		// A refusal is left to the server's record too: auth records auth.enrollment.failed
+		// without reporting whether that record failed.
+		if err == nil {
+			audited(c) // user.enrolled, committed with the enrollment
+		}
 	}
 	if fe := d.Errors["token"]; fe != nil {
 		d.Step = "token"

@@ -44,6 +44,7 @@ type stack struct {
 	patients []core.Patient // [0] is the device's patient
 	other    core.Patient   // a patient of another ward
 	chain    *chain.Service // the audit chain (embedded Trillian): the audit browser's proofs
+	answered []answered     // requests auditedOnce checked (audit_once_test.go)
 }
 
 var admin = audit.Event{Actor: audit.Actor{Kind: audit.ActorUser, ID: "os:test-admin", AuthMethod: "database-credentials"}, RequestID: "test"}

@@ -225,7 +225,9 @@ func (p *Portal) auditDenied(c echo.Context, pr *auth.Principal, patient uuid.UU
 	defer cancel()
 	if _, err := p.cfg.Recorder.RecordNow(ctx, ev); err != nil {
 		p.log.ErrorContext(ctx, "portal: audit of access denial failed", "request_id", ev.RequestID, "error", err.Error())
+		return // not marked: the server's middleware records the refusal instead
 	}
+	audited(c)
 }
 
 // patientPage is GET /patients/:id.
@@ -474,6 +476,7 @@ func (p *Portal) breakGlass(c echo.Context) error {
 	g, err := p.cfg.Auth.BreakGlass(ctx, pr, pr.Origin(requestID(c), c.RealIP()), id, reason, time.Duration(minutes)*time.Minute)
 	switch {
 	case err == nil:
+		audited(c) // the grant, recorded by auth
 	case errors.Is(err, auth.ErrForbidden):
 		return p.errorPage(c, pr, creds, http.StatusForbidden, "Not allowed", auth.ErrForbidden.Code, "Your role may not open patients by break-glass.")
 	case auth.CodeOf(err) != "":

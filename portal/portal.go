@@ -19,6 +19,7 @@ import (
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/internal/auditmark"
 )
 
 // Config configures the portal. Zero values take the documented defaults.
@@ -152,11 +153,11 @@ func (p *Portal) Mount(e *echo.Echo) {
 	e.POST("/admin/break-glass/:id/review", p.page(p.reviewBreakGlass))
 	e.POST("/admin/users", p.page(p.addUser))
 	e.POST("/admin/users/:id/status", p.page(p.userStatus))
-	e.POST("/admin/roles", p.page(p.grantRole))
-	e.POST("/admin/roles/revoke", p.page(p.revokeRole))
-	e.POST("/admin/mfa-reset", p.page(p.resetMFA))
-	e.POST("/admin/policy/rules", p.page(p.addPolicyLine))
-	e.POST("/admin/policy/rules/remove", p.page(p.removePolicyLine))
+	e.POST("/admin/roles", p.page(p.adminForm(auth.ObjPolicy, "manage", p.grantRole)))
+	e.POST("/admin/roles/revoke", p.page(p.adminForm(auth.ObjPolicy, "manage", p.revokeRole)))
+	e.POST("/admin/mfa-reset", p.page(p.adminForm(auth.ObjUser, "manage", p.resetMFA)))
+	e.POST("/admin/policy/rules", p.page(p.adminForm(auth.ObjPolicy, "manage", p.addPolicyLine)))
+	e.POST("/admin/policy/rules/remove", p.page(p.adminForm(auth.ObjPolicy, "manage", p.removePolicyLine)))
 	e.POST("/admin/wards/:id/news2", p.page(p.setWardNEWS2))
 	e.POST("/admin/care-teams/:id", p.page(p.addCareTeamMember))
 	e.POST("/admin/care-teams/:id/remove", p.page(p.removeCareTeamMember))
@@ -184,6 +185,13 @@ func (p *Portal) page(h echo.HandlerFunc) echo.HandlerFunc {
 		return h(c)
 	}
 }
+
+// audited marks the request audited by the portal itself (internal/auditmark): the event the
+// portal or its domain service has just committed — the change in its own transaction, or
+// the refusal — is the request's one record, and the server's state-change middleware adds
+// no generic event (and sends the page as it is written). Call it only once that event is
+// committed.
+func audited(c echo.Context) { auditmark.Set(c.Request().Context()) }
 
 // requestID is the server's id of the request (it sets X-Request-ID on every answer first).
 func requestID(c echo.Context) string { return c.Response().Header().Get(echo.HeaderXRequestID) }

@@ -93,9 +93,11 @@ func (p *Portal) signIn(c echo.Context) error {
 		if s := auth.RetryAfter(err); s > 0 {
 			c.Response().Header().Set("Retry-After", fmt.Sprint(int(s.Seconds())))
 		}
+		audited(c) // auth recorded the refused sign-in
 		data.Error = fe
 		return p.render(c, status, "signin.html", data)
 	}
+	audited(c) // auth recorded the sign-in
 	c.SetCookie(p.cfg.Auth.Cookie(sess))
 	return c.Redirect(http.StatusSeeOther, "/")
 }
@@ -130,7 +132,8 @@ func (p *Portal) signOut(c echo.Context) error {
 	}
 	ctx := c.Request().Context()
 	if err := p.cfg.Auth.CheckCSRF(ctx, c.Request(), pr, creds); err != nil {
-		if auth.CodeOf(err) != "" {
+		if auth.CodeOf(err) != "" { // recorded by auth (auth.csrf.rejected)
+			audited(c)
 			return echo.NewHTTPError(http.StatusForbidden, "the form's CSRF token is missing or wrong (csrf_invalid)")
 		}
 		return err
@@ -138,6 +141,7 @@ func (p *Portal) signOut(c echo.Context) error {
 	if err := p.cfg.Auth.SignOut(ctx, pr, requestID(c), c.RealIP()); err != nil {
 		return fmt.Errorf("portal: sign out: %w", err)
 	}
+	audited(c) // recorded by auth
 	c.SetCookie(p.cfg.Auth.ClearCookie())
 	return c.Redirect(http.StatusSeeOther, "/signin")
 }

@@ -410,20 +410,11 @@ func (s *Server) visibleTo(c echo.Context) (visibility.Filter, error) {
 	return s.cfg.Auth.Enforcer().Visibility(PrincipalOf(c))
 }
 
-// refreshPolicyEvery reloads the policy when another process changed it, until ctx ends.
+// refreshPolicyEvery keeps the policy current with the changes other processes make, until
+// ctx ends: each is applied as soon as it commits (auth.Enforcer.Follow: PostgreSQL LISTEN),
+// and the version is checked every interval as the fallback for a missed notification.
 func (s *Server) refreshPolicyEvery(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.cfg.Auth.Enforcer().Refresh(ctx); err != nil && ctx.Err() == nil {
-				s.log.WarnContext(ctx, "policy refresh failed", slog.String("error", err.Error()))
-			}
-		}
-	}
+	s.cfg.Auth.Enforcer().Follow(ctx, every, s.log)
 }
 
 // permit declares the access of a route added after New (tests' own routes).

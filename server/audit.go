@@ -12,6 +12,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/chain"
+	"github.com/vigilhealth/vigil/internal/auditmark"
 )
 
 // Audit routes: the latest signed checkpoint, the verification report, and the audit trail
@@ -32,48 +33,57 @@ func (s *Server) mountAudit(api *echo.Group) {
 	api.GET("/audit/events/:id", s.auditTrailRead(s.auditEvent))
 }
 
-const auditedKey = "vigil.audited"
-
 // Audited tells the state-change audit middleware that domain code already recorded this
 // request's event in the action's own transaction (e.g. upload.accepted for each upload), so
 // no second, generic event is added. Call it only after that transaction committed, and only
 // on a path where the domain really recorded an event: a path on which it records nothing
 // (an upload re-sent exactly, say) is left to the middleware. The domain event must carry the
 // request's actor, request id and source address, so hand the domain EventFor(c) (or the
-// same three fields in the domain's own type).
-func Audited(c echo.Context) { c.Set(auditedKey, true) }
+// same three fields in the domain's own type). It sets the one mark of internal/auditmark,
+// which the portal's handlers set too.
+func Audited(c echo.Context) { auditmark.Set(c.Request().Context()) }
 
 // auditStateChanges makes every state-changing request (any method but GET, HEAD, OPTIONS)
-// that was not rejected audited exactly once. When the handler called Audited, the domain
-// event recorded in the action's transaction is that record; otherwise this middleware
-// records `http.request.completed` after the handler ran. A server error (5xx) is always
-// recorded here as `http.request.failed`, whether or not Audited was called.
-// Rejections (4xx) are audited by the error handler, or here when the handler wrote the
-// refusal itself without returning an error (the portal's pages).
+// audited exactly once, and never answers before its event is committed. When the handler
+// marked the request audited (Audited, or the portal's own mark: internal/auditmark), the
+// event its domain recorded is that record; otherwise this middleware records
+// `http.request.completed` — or, for a refusal the handler wrote itself without returning an
+// error (a portal form's errors), `http.request.rejected` — after the handler ran but before
+// its answer leaves: the answer of an unmarked request is held (auditHold) and sent once the
+// event is committed. If a success's event cannot be recorded, the held answer is thrown away
+// and the client gets 503 unavailable instead (nothing that says it succeeded went out). A
+// server error (5xx) is always recorded here as `http.request.failed`, whether or not the
+// request was marked. Rejections returned as errors (4xx) are audited by the error handler,
+// unless the handler marked them (its own refusal event is then the record).
 func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		err := next(c)
 		switch c.Request().Method {
 		case http.MethodGet, http.MethodHead, http.MethodOptions:
-			return err
+			return next(c)
 		}
+		ctx := auditmark.Track(c.Request().Context())
+		c.SetRequest(c.Request().WithContext(ctx))
+		h := newAuditHold(ctx, c)
+		err := h.run(c, next)
+		marked := auditmark.IsSet(ctx)
 		status := c.Response().Status
 		code := ""
 		if err != nil {
 			status, code, _ = classify(err)
 		}
-		if status >= 400 && status < 500 {
-			if err == nil {
+		switch {
+		case status >= 400 && status < 500:
+			if err == nil && !marked {
 				// The handler answered the refusal itself (a portal form's errors, a portal
-				// page's 403): handleError never saw it, so it is audited here. Not counted
-				// against the source's budget of rejected requests: people on a shared
-				// address correcting a form must not throttle each other.
+				// page's 403): handleError never sees it, so it is audited here, before the
+				// answer leaves. Not counted against the source's budget of rejected
+				// requests: people on a shared address correcting a form must not throttle
+				// each other. A refusal whose audit failed is still sent (nothing was done).
 				s.auditRejection(c, status, "")
 			}
-			return err // otherwise audited as http.request.rejected by handleError
-		}
-		if done, _ := c.Get(auditedKey).(bool); done && status < 500 {
-			return err // the domain event is the record of this request
+			return h.release(err) // a returned error: audited by handleError unless marked
+		case marked && status < 500:
+			return h.release(err) // the domain event is the record of this request
 		}
 		ev := EventFor(c)
 		ev.Action, ev.Outcome = "http.request.completed", audit.OutcomeSuccess
@@ -83,13 +93,119 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 		ev.Object = audit.Object{Type: "http_route", ID: c.Request().Method + " " + routeOf(c)}
 		ev.Time = s.cfg.Now()
 		ev.Payload = requestPayload(c, status)
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if _, aerr := s.cfg.Recorder.RecordNow(ctx, ev); aerr != nil {
-			s.log.ErrorContext(ctx, "audit of state-changing request failed", slog.String("request_id", ev.RequestID),
+		if _, aerr := s.cfg.Recorder.RecordNow(actx, ev); aerr != nil {
+			s.log.ErrorContext(actx, "audit of state-changing request failed", slog.String("request_id", ev.RequestID),
 				slog.String("route", ev.Object.ID), slog.String("error", aerr.Error()))
+			if status < 500 {
+				h.discard() // the success is not told: its record is missing
+				return errNotAudited
+			}
 		}
+		return h.release(err)
+	}
+}
+
+// errNotAudited refuses to report a state change whose audit event could not be recorded.
+var errNotAudited = &APIError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+	Message: "the request could not be audited; its outcome is not confirmed: check before trying again"}
+
+// auditHold holds a state-changing request's answer until its audit event is committed. An
+// answer whose request is already marked audited when its first byte or status is written
+// (the domain's event committed before the handler answered) goes straight through; any
+// other is buffered until release (sent) or discard (thrown away).
+type auditHold struct {
+	res    *echo.Response
+	orig   http.ResponseWriter
+	header http.Header
+	hw     *markedWriter
+}
+
+func newAuditHold(ctx context.Context, c echo.Context) *auditHold {
+	res := c.Response()
+	return &auditHold{res: res, orig: res.Writer, header: res.Header().Clone(), hw: &markedWriter{heldWriter: heldWriter{w: res.Writer}, ctx: ctx, w: res.Writer}}
+}
+
+// run runs next with the answer held. If it panics, the answer is forgotten and the panic
+// goes on to the recover middleware (whose 500 is audited as http.request.failed).
+func (h *auditHold) run(c echo.Context, next echo.HandlerFunc) error {
+	defer func() {
+		if r := recover(); r != nil {
+			h.discard()
+			panic(r)
+		}
+	}()
+	h.res.Writer = h.hw
+	return next(c)
+}
+
+// release sends what was held and restores the real writer.
+func (h *auditHold) release(err error) error {
+	h.res.Writer = h.orig
+	if h.hw.passed || h.hw.status == 0 {
 		return err
+	}
+	h.orig.WriteHeader(h.hw.status)
+	if h.hw.buf.Len() > 0 {
+		if _, werr := h.orig.Write(h.hw.buf.Bytes()); werr != nil {
+			return werr
+		}
+	}
+	return err
+}
+
+// discard forgets what the handler wrote (nothing of it was sent) and restores the writer.
+func (h *auditHold) discard() {
+	h.res.Writer = h.orig
+	if h.hw.passed {
+		return // already sent: it was marked audited
+	}
+	hd := h.res.Header()
+	clear(hd)
+	for k, v := range h.header {
+		hd[k] = v
+	}
+	h.res.Committed, h.res.Status, h.res.Size = false, http.StatusOK, 0
+}
+
+// markedWriter is heldWriter that lets the answer straight through when its request is
+// already marked audited at the first write.
+type markedWriter struct {
+	heldWriter
+	ctx    context.Context
+	w      http.ResponseWriter
+	passed bool
+}
+
+func (m *markedWriter) Header() http.Header { return m.w.Header() }
+
+func (m *markedWriter) WriteHeader(status int) {
+	if m.passed || (m.heldWriter.status == 0 && auditmark.IsSet(m.ctx)) {
+		m.passed = true
+		m.w.WriteHeader(status)
+		return
+	}
+	m.heldWriter.WriteHeader(status)
+}
+
+func (m *markedWriter) Write(b []byte) (int, error) {
+	if !m.passed && m.heldWriter.status == 0 && auditmark.IsSet(m.ctx) {
+		m.passed = true
+	}
+	if m.passed {
+		return m.w.Write(b)
+	}
+	return m.heldWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer (deadlines); its Flush
+// is this writer's own.
+func (m *markedWriter) Unwrap() http.ResponseWriter { return m.w }
+
+func (m *markedWriter) Flush() {
+	if f, ok := m.w.(http.Flusher); ok && m.passed {
+		f.Flush()
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,13 +15,15 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/devicestest"
+	"github.com/vigilhealth/vigil/interop/fhir/fhirtest"
+	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/inbound"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
 	"github.com/vigilhealth/vigil/interop/interoptest"
-	"github.com/vigilhealth/vigil/interop/mllp"
 )
 
 // End to end with independent HL7 peers: an ADT^A01 sent by Debian's python3-hl7 mllp_send
@@ -32,7 +33,7 @@ import (
 // Verifies: REQ-INT-026, REQ-INT-027
 func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	t.Parallel()
-	mllpSend := interoptest.RequireTool(t, "mllp_send")
+	interoptest.RequireTool(t, "mllp_send")
 	py := interoptest.RequireTool(t, "/usr/bin/python3")
 	f := newFHIRFixture(t)
 	ctx := context.Background()
@@ -43,16 +44,7 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: rcv})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close(context.Background()) })
+	adtAddr := interoptest.ServeMLLP(t, rcv)
 
 	// Outbound: the python3-hl7 receiver, the sender, the feed.
 	out := filepath.Join(t.TempDir(), "received.jsonl")
@@ -91,18 +83,8 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 		`PID|1||E2E-77^^^GENHOSP^MR||Hale^Nora||19750304|F`,
 		`PV1|1|I|A^12^B^GENHOSP||||||||||||||||V0042`,
 	}, "\r") + "\r"
-	var file bytes.Buffer
-	if err := mllp.WriteFrame(&file, []byte(adt)); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "a01.hl7")
-	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	host, p, _ := net.SplitHostPort(ln.Addr().String())
-	ack, err := exec.Command(mllpSend, "-p", p, "-f", path, host).CombinedOutput()
-	if err != nil || !bytes.Contains(ack, []byte("MSA|AA|E2E0001")) {
-		t.Fatalf("mllp_send A01 = %v: %q, want MSA|AA", err, ack)
+	if acks := interoptest.MLLPSend(t, adtAddr, []string{adt}); !bytes.Contains(acks[0], []byte("MSA|AA|E2E0001")) {
+		t.Fatalf("mllp_send A01: ACK %q, want MSA|AA", acks[0])
 	}
 
 	// The patient is in FHIR, on ward A.
@@ -175,10 +157,68 @@ func TestHL7AdmitToFHIRAndORU(t *testing.T) {
 	if err := snd.Drain(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.oru.delivered'`); n != 2 {
-		t.Errorf("hl7.oru.delivered events = %d, want 2", n)
+	// Every message the receiver acknowledged is audited as delivered, once. (Not just the
+	// two of E2E-77: an upload of the fixture that commits after the feed made its cursor,
+	// as happens under load, is fed too.)
+	raw, _ := os.ReadFile(out)
+	ctls := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil {
+			ctls[m["control_id"].(string)] = true
+		}
+	}
+	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.oru.delivered'`); n != len(ctls) || n < 2 {
+		t.Errorf("hl7.oru.delivered events = %d, want one per message received (%d), at least 2", n, len(ctls))
 	}
 	if n := env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'hl7.adt.accepted'`); n != 1 {
 		t.Errorf("hl7.adt.accepted events = %d, want 1", n)
+	}
+}
+
+// An admission cancelled by ADT^A11 is an Encounter with status cancelled (it ended before
+// it began), not finished as a discharge is; a re-admission is in-progress again. Both pass
+// the external validator.
+// Verifies: REQ-INT-047
+func TestHL7CancelledAdmissionEncounter(t *testing.T) {
+	t.Parallel()
+	f := newFHIRFixture(t)
+	ctx := context.Background()
+	a := inbound.CoreApplier{Core: f.env.Core}
+	sender := audit.Actor{Kind: audit.ActorService, ID: "hl7:EPIC@GENHOSP", AuthMethod: "none"}
+	apply := func(kind hl7.ADTKind, ev, ctl, mrn string) {
+		t.Helper()
+		if err := a.ApplyADT(ctx, sender, hl7.ADT{Kind: kind, Event: ev, ControlID: ctl, SendingFacility: "GENHOSP",
+			Patient: hl7.ADTPatient{MRN: mrn, FamilyName: "Hale", GivenName: "Nora"}, Location: hl7.Location{PointOfCare: "A"}}); err != nil {
+			t.Fatalf("%s %s: %v", ev, mrn, err)
+		}
+	}
+	encounter := func(mrn string) map[string]any {
+		t.Helper()
+		p, err := f.env.Core.PatientByMRN(ctx, mrn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, r := f.get(t, f.admin, "/fhir/R4/Encounter/"+p.ID.String())
+		if st != 200 {
+			t.Fatalf("Encounter of %s = %d %v", mrn, st, r)
+		}
+		return r
+	}
+	apply(hl7.ADTAdmit, "A01", "X1", "CXL-1")
+	apply(hl7.ADTCancelAdmit, "A11", "X2", "CXL-1")
+	apply(hl7.ADTAdmit, "A01", "X3", "DIS-1")
+	apply(hl7.ADTDischarge, "A03", "X4", "DIS-1")
+	cancelled, finished := encounter("CXL-1"), encounter("DIS-1")
+	if cancelled["status"] != "cancelled" {
+		t.Errorf("Encounter after A11 status = %v, want cancelled", cancelled["status"])
+	}
+	if finished["status"] != "finished" {
+		t.Errorf("Encounter after A03 status = %v, want finished", finished["status"])
+	}
+	fhirtest.Validate(t, cancelled, finished)
+	apply(hl7.ADTAdmit, "A01", "X5", "CXL-1") // re-admission after the cancel
+	if r := encounter("CXL-1"); r["status"] != "in-progress" {
+		t.Errorf("Encounter after re-admission status = %v, want in-progress", r["status"])
 	}
 }

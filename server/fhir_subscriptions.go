@@ -102,6 +102,17 @@ func (s *Server) mountFHIRSubscriptions(g *echo.Group, svc *api.Service) {
 		}
 		return writeSubscription(c, http.StatusOK, sub)
 	})
+	g.GET("/Subscription/:id/$status", func(c echo.Context) error {
+		sub, err := s.subscriptionOf(c, svc, subs)
+		if err != nil {
+			return err
+		}
+		raw, err := subscription.RenderStatus(sub, s.cfg.Now())
+		if err != nil {
+			return err
+		}
+		return c.Blob(http.StatusOK, FHIRContentType, raw)
+	})
 	g.DELETE("/Subscription/:id", func(c echo.Context) error {
 		sub, err := s.subscriptionOf(c, svc, subs)
 		if err != nil {

@@ -184,6 +184,42 @@ func bundleFocus(t *testing.T, body []byte) (map[string]any, map[string]any, []m
 	return b, status, es[1:]
 }
 
+// handshake delivers what is due and checks the receiver got exactly the Subscription's
+// handshake: application/fhir+json, signed, a history Bundle holding only the
+// SubscriptionStatus of type handshake with no events yet. It returns the Bundle.
+func (f *subsFixture) handshake(t *testing.T, rcv *receiver, id string, secret []byte) map[string]any {
+	t.Helper()
+	f.waitDeliveries(t, id, 1)
+	f.deliver(t)
+	got := rcv.take()
+	if len(got) != 1 {
+		t.Fatalf("receiver got %d notifications after the create, want the handshake", len(got))
+	}
+	n := got[0]
+	if ct := n.header.Get("Content-Type"); ct != "application/fhir+json" {
+		t.Errorf("handshake Content-Type = %q, want application/fhir+json", ct)
+	}
+	if secret != nil {
+		if err := core.VerifyWebhook(secret, n.header.Get(core.HeaderSignature), n.header.Get(core.HeaderEventID), n.body, f.env.Clock.Now(), time.Minute); err != nil {
+			t.Errorf("handshake signature: %v", err)
+		}
+	}
+	var b map[string]any
+	if err := json.Unmarshal(n.body, &b); err != nil {
+		t.Fatalf("handshake is not JSON: %v", err)
+	}
+	es := entries(b)
+	if b["resourceType"] != "Bundle" || b["type"] != "history" || len(es) != 1 {
+		t.Fatalf("handshake = %s; want a history Bundle of the SubscriptionStatus alone", n.body)
+	}
+	status, _ := es[0]["resource"].(map[string]any)
+	if paramValue(status, "type", "valueCode") != "handshake" || paramValue(status, "events-since-subscription-start", "valueString") != "0" ||
+		paramValue(status, "subscription", "valueReference").(map[string]any)["reference"] != "Subscription/"+id {
+		t.Errorf("handshake status = %v, want type handshake, 0 events, of Subscription/%s", status, id)
+	}
+	return b
+}
+
 func paramValue(status map[string]any, name, key string) any {
 	for _, p := range status["parameter"].([]any) {
 		pm := p.(map[string]any)
@@ -202,7 +238,7 @@ func paramValue(status map[string]any, name, key string) any {
 // nothing. The Subscription, its read and search, and the notification pass the external
 // validator; creation and deletion are audited; a deleted Subscription notifies nothing.
 // A webhook subscribed to "*" never receives a Subscription's notifications.
-// Verifies: REQ-INT-031, REQ-INT-032, REQ-INT-033, REQ-INT-035, REQ-INT-037
+// Verifies: REQ-INT-031, REQ-INT-032, REQ-INT-033, REQ-INT-035, REQ-INT-037, REQ-INT-048
 func TestFHIRSubscriptionIDOnly(t *testing.T) {
 	t.Parallel()
 	f := newSubsFixture(t)
@@ -218,6 +254,7 @@ func TestFHIRSubscriptionIDOnly(t *testing.T) {
 		t.Fatalf("POST Subscription = %d %v (secret %d bytes), want 201 active with a 32-byte secret", st, sub, len(secret))
 	}
 	id := sub["id"].(string)
+	handshake := f.handshake(t, rcv, id, secret)
 	// Another patient's upload first, then the subscribed patient's: once the second is
 	// enqueued, the first was dispatched (in order) and gave nothing.
 	f.upload(t, f.devQ)
@@ -230,8 +267,8 @@ func TestFHIRSubscriptionIDOnly(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := f.env.Count(t, `SELECT count(*) FROM core_webhook_deliveries WHERE event_type = $1`, "fhir.subscription."+id); n != 1 {
-		t.Errorf("deliveries = %d, want 1 (none for the other patient's upload, dispatched before)", n)
+	if n := f.env.Count(t, `SELECT count(*) FROM core_webhook_deliveries WHERE event_type = $1`, "fhir.subscription."+id); n != 2 {
+		t.Errorf("deliveries = %d, want 2: the handshake and one event (none for the other patient's upload, dispatched before)", n)
 	}
 	f.deliver(t)
 	got := rcv.take()
@@ -241,6 +278,9 @@ func TestFHIRSubscriptionIDOnly(t *testing.T) {
 	n := got[0]
 	if err := core.VerifyWebhook(secret, n.header.Get(core.HeaderSignature), n.header.Get(core.HeaderEventID), n.body, f.env.Clock.Now(), time.Minute); err != nil {
 		t.Errorf("notification signature: %v", err)
+	}
+	if ct := n.header.Get("Content-Type"); ct != "application/fhir+json" {
+		t.Errorf("notification Content-Type = %q, want application/fhir+json", ct)
 	}
 	bundle, status, focus := bundleFocus(t, n.body)
 	if ref := paramValue(status, "subscription", "valueReference").(map[string]any)["reference"]; ref != "Subscription/"+id {
@@ -283,7 +323,7 @@ func TestFHIRSubscriptionIDOnly(t *testing.T) {
 	if !strings.Contains(mustJSON(t, cs), subscription.TopicAlarmFlag.URL) || !strings.Contains(mustJSON(t, cs), subscription.ExtTopicCanonical) {
 		t.Errorf("CapabilityStatement does not list the topics")
 	}
-	fhirtest.Validate(t, sub, list, bundle, cs)
+	fhirtest.Validate(t, sub, list, handshake, bundle, cs)
 	if n := f.env.Count(t, `SELECT count(*) FROM core_webhook_deliveries WHERE webhook_id = $1`, starHook.ID); n != 0 {
 		t.Errorf("a webhook subscribed to * got %d deliveries of a Subscription", n)
 	}
@@ -369,8 +409,9 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 		t.Fatalf("token full-resource: POST = %d %v", st, sub)
 	}
 	id := sub["id"].(string)
+	f.handshake(t, rcv, id, secret)
 	f.upload(t, f.devP)
-	f.waitDeliveries(t, id, 1)
+	f.waitDeliveries(t, id, 1+1)
 	f.deliver(t)
 	got := rcv.take()
 	if len(got) != 1 {
@@ -393,6 +434,7 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 	if st != 201 {
 		t.Fatalf("token full-resource Flag: POST = %d %v", st, fsub)
 	}
+	f.handshake(t, rcv, fsub["id"].(string), nil)
 	als, err := f.alarms.List(ctx, alarms.Filter{PatientID: f.p, Limit: 1})
 	if err != nil || len(als) != 1 {
 		t.Fatalf("alarms of p = %v, %v; want the fixture's", als, err)
@@ -402,7 +444,7 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.env.Core.Hub().Publish(core.Event{Type: "alarm.opened", PatientID: f.p, Data: tr})
-	f.waitDeliveries(t, fsub["id"].(string), 1)
+	f.waitDeliveries(t, fsub["id"].(string), 1+1)
 	f.deliver(t)
 	got = rcv.take()
 	if len(got) != 1 {
@@ -419,7 +461,7 @@ func TestFHIRSubscriptionFullResource(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.upload(t, f.devP)
-	f.waitDeliveries(t, id, 2)
+	f.waitDeliveries(t, id, 1+2)
 	f.deliver(t)
 	got = rcv.take()
 	if len(got) != 1 {
@@ -477,4 +519,92 @@ func (f *subsFixture) fhirSubsScopes(t *testing.T, token uuid.UUID, body string)
 	if resp.StatusCode != 200 {
 		t.Fatalf("PUT smart-scopes %s = %d", body, resp.StatusCode)
 	}
+}
+
+// Handshake, heartbeat and $status, end to end with a receiving HTTP server: a Subscription
+// asking for a heartbeat every 10 s (backport-heartbeat-period, echoed in the resource) gets
+// its handshake first (0 events), then an event notification (2 events), then — once
+// nothing was sent for 10 s of the server's clock — a heartbeat carrying the 2 events and no
+// focus; each is application/fhir+json and signed. $status answers the same count (type
+// query-status) to its owner, 404 to others. A period under 10 s is refused with its code.
+// Everything passes the external validator.
+// Verifies: REQ-INT-048, REQ-INT-049, REQ-INT-050
+func TestFHIRSubscriptionHandshakeHeartbeatStatus(t *testing.T) {
+	t.Parallel()
+	f := newSubsFixture(t)
+	rcv := newReceiver(t)
+	admin := SignedInClient(t, f.auth, authtest.Grant{Role: auth.RoleAdmin, Domain: auth.AllDomains})
+	withHeartbeat := func(secs string) string {
+		return strings.Replace(subscriptionJSON(subscription.TopicVitalSigns.URL, "patient="+f.p.String(), rcv.ts.URL, ""),
+			`"payload":"application/fhir+json"`, `"payload":"application/fhir+json","extension":[{"url":"`+subscription.ExtHeartbeatPeriod+`","valueUnsignedInt":`+secs+`}]`, 1)
+	}
+	if st, oo, _ := f.post(t, admin, withHeartbeat("5")); st != 400 || ooCode(oo) != subscription.CodeHeartbeatPeriod {
+		t.Errorf("heartbeat 5 s: POST = %d %v, want 400 %s", st, oo, subscription.CodeHeartbeatPeriod)
+	}
+	st, sub, secret := f.post(t, admin, withHeartbeat("10"))
+	if st != 201 {
+		t.Fatalf("POST = %d %v", st, sub)
+	}
+	id := sub["id"].(string)
+	if !strings.Contains(mustJSON(t, sub["channel"]), `"valueUnsignedInt":10`) {
+		t.Errorf("Subscription channel = %v, want the heartbeat period echoed", sub["channel"])
+	}
+	handshake := f.handshake(t, rcv, id, secret)
+	f.upload(t, f.devP)
+	f.waitDeliveries(t, id, 2)
+	f.deliver(t)
+	got := rcv.take()
+	if len(got) != 1 || got[0].header.Get("Content-Type") != "application/fhir+json" {
+		t.Fatalf("event notification: %d received %v, want 1 as application/fhir+json", len(got), got)
+	}
+	event, status, _ := bundleFocus(t, got[0].body)
+	if ev := paramValue(status, "events-since-subscription-start", "valueString"); ev != "2" || paramValue(status, "type", "valueCode") != "event-notification" {
+		t.Errorf("event notification status = %v, want event-notification with 2 events", status)
+	}
+	// Nothing was sent for 10 s: the dispatcher's heartbeat loop (every second) enqueues one.
+	f.env.Clock.Advance(10 * time.Second)
+	f.waitDeliveries(t, id, 3)
+	f.deliver(t)
+	got = rcv.take()
+	if len(got) != 1 {
+		t.Fatalf("heartbeat: receiver got %d, want 1", len(got))
+	}
+	hb := got[0]
+	if ct := hb.header.Get("Content-Type"); ct != "application/fhir+json" {
+		t.Errorf("heartbeat Content-Type = %q", ct)
+	}
+	if err := core.VerifyWebhook(secret, hb.header.Get(core.HeaderSignature), hb.header.Get(core.HeaderEventID), hb.body, f.env.Clock.Now(), time.Minute); err != nil {
+		t.Errorf("heartbeat signature: %v", err)
+	}
+	var heartbeat map[string]any
+	if err := json.Unmarshal(hb.body, &heartbeat); err != nil {
+		t.Fatal(err)
+	}
+	if es := entries(heartbeat); len(es) != 1 {
+		t.Errorf("heartbeat has %d entries, want the SubscriptionStatus alone", len(es))
+	} else if st := es[0]["resource"].(map[string]any); paramValue(st, "type", "valueCode") != "heartbeat" ||
+		paramValue(st, "events-since-subscription-start", "valueString") != "2" || paramValue(st, "notification-event", "part") != nil {
+		t.Errorf("heartbeat status = %v, want type heartbeat, 2 events, no notification-event", st)
+	}
+	if n, err := f.s.FHIRSubscriptions().Heartbeats(context.Background()); err != nil || n != 0 {
+		t.Errorf("Heartbeats right after one = %d, %v; want 0", n, err)
+	}
+	// $status.
+	st, qs := f.get(t, admin, "/fhir/R4/Subscription/"+id+"/$status")
+	if st != 200 || qs["type"] != "searchset" || len(entries(qs)) != 1 {
+		t.Fatalf("$status = %d %v", st, qs)
+	}
+	qst := entries(qs)[0]["resource"].(map[string]any)
+	if paramValue(qst, "type", "valueCode") != "query-status" || paramValue(qst, "events-since-subscription-start", "valueString") != "2" ||
+		paramValue(qst, "status", "valueCode") != "active" {
+		t.Errorf("$status = %v, want query-status, active, 2 events", qst)
+	}
+	if st, _ := f.get(t, f.clinician, "/fhir/R4/Subscription/"+id+"/$status"); st != 404 && st != 403 {
+		t.Errorf("$status by a clinician = %d, want 403 or 404", st)
+	}
+	_, cs := f.get(t, f.clinician, "/fhir/R4/metadata")
+	if !strings.Contains(mustJSON(t, cs), subscription.OpStatus) {
+		t.Errorf("CapabilityStatement does not list $status")
+	}
+	fhirtest.Validate(t, sub, handshake, event, heartbeat, qs, cs)
 }

@@ -133,12 +133,13 @@ var routeAccess = map[string]access{
 	"GET /fhir/R4/AuditEvent/:id":  allow(auth.ObjAudit, "read"),
 	// FHIR Subscriptions (fhir_subscriptions.go): subscription manage, or an API token with
 	// SMART scopes covering the topic's type (its own Subscriptions); decided by the handler.
-	"POST /fhir/R4/Subscription":       self(),
-	"GET /fhir/R4/Subscription":        self(),
-	"GET /fhir/R4/Subscription/:id":    self(),
-	"DELETE /fhir/R4/Subscription/:id": self(),
-	"GET /fhir/R4/:type":               self(), // an unknown resource type: 400 unknown_resource_type
-	"GET /fhir/R4/:type/:id":           self(),
+	"POST /fhir/R4/Subscription":            self(),
+	"GET /fhir/R4/Subscription":             self(),
+	"GET /fhir/R4/Subscription/:id":         self(),
+	"GET /fhir/R4/Subscription/:id/$status": self(),
+	"DELETE /fhir/R4/Subscription/:id":      self(),
+	"GET /fhir/R4/:type":                    self(), // an unknown resource type: 400 unknown_resource_type
+	"GET /fhir/R4/:type/:id":                self(),
 
 	// Service accounts' API tokens (administrators).
 	"GET /api/v1/service-accounts":             allow(auth.ObjServiceAccount, "read"),

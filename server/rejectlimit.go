@@ -16,6 +16,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/auditmark"
 )
 
 // Rejected requests are rate-limited per source address and per device, so that a flood of
@@ -336,6 +337,9 @@ func (s *Server) rejection(c echo.Context, err error, status int, code string) {
 	s.rejects.source.spend(sourceKey(c.RealIP()), now)
 	if d, _ := c.Get(throttleDeviceKey).(string); d != "" {
 		s.rejects.device.spend(d, now)
+	}
+	if auditmark.IsSet(c.Request().Context()) {
+		return // the handler recorded its own refusal event (internal/auditmark): the one record
 	}
 	s.auditRejection(c, status, code)
 }

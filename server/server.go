@@ -76,8 +76,10 @@ type Config struct {
 	// Passkeys are the WebAuthn ceremonies (routes /auth/passkeys/…). Optional: without them
 	// no passkey is registered or signs in.
 	Passkeys *auth.Passkeys
-	// PolicyRefreshInterval is how often Serve reloads the policy when another process changed
-	// it (auth.Enforcer.Refresh). Default 5s.
+	// PolicyRefreshInterval is how often Serve checks the policy's version and reloads it when
+	// another process changed it (auth.Enforcer.Refresh): the fallback for a missed change
+	// notification, which Serve otherwise applies as soon as the change commits
+	// (auth.Enforcer.Follow). Default 5s.
 	PolicyRefreshInterval time.Duration
 	// Portal is the web portal for people (package portal), mounted at "/" with its own
 	// routes. Optional.

@@ -39,7 +39,9 @@ type domainEvents struct {
 	seen    map[string]struct{}   // kinds with at least one event
 	more    *moreEvents           // sites, wards, patients, care teams, webhooks
 	rows    map[string]rowEvent   // "<table>/<key>" → the last event that wrote the row (domain_rows.go)
-	dropped [][2]time.Time        // observation day ranges dropped by retention (domain_obs.go)
+	// baselines: table → its first authentic audit.baseline event (domain_rows.go)
+	baselines map[string]uuid.UUID
+	dropped   [][2]time.Time // observation day ranges dropped by retention (domain_obs.go)
 }
 
 type alarmEvent struct {

@@ -31,8 +31,17 @@ type rowEvent struct {
 
 var rowDigestsKey = []byte(`"` + rowdigest.PayloadKey + `"`)
 
-// noteRows keeps the row digests an authentic, successful event commits to.
+// noteRows keeps the row digests an authentic, successful event commits to, and the first
+// baseline of each table (rowdigest.Baseline).
 func (d *domainEvents) noteRows(ev *StoredEvent) {
+	if ev.Action == rowdigest.BaselineAction && ev.ObjectType == rowdigest.BaselineObject && ev.ObjectID != nil {
+		if d.baselines == nil {
+			d.baselines = map[string]uuid.UUID{}
+		}
+		if _, ok := d.baselines[*ev.ObjectID]; !ok {
+			d.baselines[*ev.ObjectID] = ev.ID
+		}
+	}
 	if ev.Payload == nil || !bytes.Contains(ev.Payload, rowDigestsKey) {
 		return
 	}
@@ -99,7 +108,11 @@ func (v *verifier) checkRowSpec(ctx context.Context, d *domainEvents, s rowdiges
 		sum := hex.EncodeToString(r.Digest[:])
 		switch {
 		case r.EventID == nil:
-			report(Finding{Kind: FindingUnaudited, Detail: fmt.Sprintf("%s %s names no event (written behind the system's back, or before the rows carried their events)", s.Table, r.Key)})
+			why := "written behind the system's back, or before the rows carried their events: `vigil audit baseline` adopts those once"
+			if b, ok := d.baselines[s.Table]; ok {
+				why = fmt.Sprintf("written behind the system's back: the table was baselined by event %s", b)
+			}
+			report(Finding{Kind: FindingUnaudited, Detail: fmt.Sprintf("%s %s names no event (%s)", s.Table, r.Key, why)})
 		case !ok:
 			report(Finding{Kind: FindingUnaudited, EventID: r.EventID.String(), Detail: fmt.Sprintf("%s %s: no authentic event wrote it (it names event %s)", s.Table, r.Key, r.EventID)})
 		case last.digest == rowdigest.Deleted:

@@ -132,8 +132,8 @@ func TestApplicationRoleCannotRewriteEvents(t *testing.T) {
 		"audit_events.refused_at": true, "audit_batches.queued_at": true, "audit_batches.leaf_index": true,
 		"audit_batches.integrated_at": true, "audit_batches.tree_size": true, "audit_batches.tree_root": true,
 		"audit_incidents.resolved_at": true}
-	for _, col := range []string{"finished_at", "ok", "tree_size", "checkpoint_id", "events", "total_events", "findings", "report", "error"} {
-		settable["audit_verifications."+col] = true // a run's result, set once (00130)
+	for _, col := range []string{"finished_at", "ok", "tree_size", "checkpoint_id", "events", "total_events", "findings", "report", "error", "state", "state_sig"} {
+		settable["audit_verifications."+col] = true // a run's result, set once (00130), and its signed state (00132)
 	}
 	rows, err := owner.Query(ctx, `SELECT c.relname, a.attname,
 			has_table_privilege('vigil_app', c.oid, 'DELETE'), has_table_privilege('vigil_app', c.oid, 'TRUNCATE'),

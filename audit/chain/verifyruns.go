@@ -2,6 +2,7 @@ package chain
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,9 +24,14 @@ import (
 // run at a time per database: every run holds a PostgreSQL advisory lock on a connection of
 // its own while it runs, and a second one is refused with ErrVerifyRunning.
 //
-// The incremental state lives in the process's memory only, never in the database: a state
-// read back from the database would let its writers choose what the next run skips. A new
-// leader (or a restarted server) therefore starts with a full run.
+// The incremental state of each clean run is stored with it, signed by the audit checkpoint
+// key (storeState): a new leader (or a restarted server) resumes from the state of the last
+// complete run when that run was clean and its signature verifies, so that it does not
+// re-read the whole trail at every start; otherwise (no stored state, the last complete run
+// had findings, a state whose signature does not verify: recorded as
+// audit.verify.state_rejected) it starts with a full run. A state read back unsigned would let
+// the database's writers choose what the next run skips; with the signature they can only
+// make it start over. A full run is also what an auditor's POST starts.
 
 // ErrVerifyRunning is returned when a verification is already running on the database.
 var ErrVerifyRunning = errors.New("an audit verification is already running")
@@ -78,7 +84,7 @@ type LatestVerification struct {
 // verifyRuns is the Service's side of the runs.
 type verifyRuns struct {
 	mu     sync.Mutex
-	state  *VerifyState // the state of the last run without findings (memory only)
+	state  *VerifyState // the state of the last run without findings (read back signed at start)
 	lastOK *bool        // the background pass's last result (an event is recorded when it turns bad)
 
 	ctx    context.Context // cancelled by Service.Close: a full run in the background stops
@@ -192,14 +198,24 @@ func (s *Service) finishRun(ctx context.Context, run *VerifyRun, rep *Report, ru
 	if run.Checkpoint != nil {
 		cpID = &run.Checkpoint.ID
 	}
+	var state, stateSig []byte
+	if rep != nil && rep.OK && rep.State != nil {
+		var err error
+		if state, stateSig, err = s.signState(ctx, rep.State); err != nil {
+			// The result is stored all the same; the next leader starts with a full run.
+			s.cfg.Logger.WarnContext(ctx, "audit verify: state not signed", slog.Int64("run", run.ID), slog.String("error", err.Error()))
+			state, stateSig = nil, nil
+		}
+	}
 	var errText *string
 	if run.Error != "" {
 		errText = &run.Error
 	}
 	return pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE audit_verifications SET finished_at = $2, ok = $3, tree_size = $4, checkpoint_id = $5,
-				events = $6, total_events = $7, findings = $8, report = $9, error = $10 WHERE id = $1 AND finished_at IS NULL`,
-			run.ID, now, run.OK, run.TreeSize, cpID, run.Events, run.TotalEvents, findings, report, errText); err != nil {
+				events = $6, total_events = $7, findings = $8, report = $9, error = $10, state = $11, state_sig = $12
+				WHERE id = $1 AND finished_at IS NULL`,
+			run.ID, now, run.OK, run.TreeSize, cpID, run.Events, run.TotalEvents, findings, report, errText, state, stateSig); err != nil {
 			return fmt.Errorf("audit verify: store the result: %w", err)
 		}
 		if by == nil {
@@ -250,7 +266,9 @@ func (s *Service) verifyFrom(ctx context.Context, state *VerifyState) (*Report, 
 }
 
 // VerifyInBackground is one pass of the background verification: an incremental verify
-// from the last run without findings (a full one the first time), its result stored. Run it
+// from the last run without findings (at a leader's first pass, from the state stored with the
+// last complete run when it was clean and its signature verifies; a full one when there is
+// none), its result stored. Run it
 // on one replica per database (the leader); a pass that finds another run going on returns
 // ErrVerifyRunning and does nothing. A result that turns bad (findings after a clean run) is
 // also recorded as an event (audit.verify.completed by the service).
@@ -263,6 +281,22 @@ func (s *Service) VerifyInBackground(ctx context.Context) (VerifyRun, error) {
 	s.runs.mu.Lock()
 	state := s.runs.state
 	s.runs.mu.Unlock()
+	if state == nil {
+		// A new leader: resume from the last complete run, if it was clean and its state is
+		// authentic.
+		st, err := s.storedState(ctx)
+		if err != nil {
+			return VerifyRun{}, err
+		}
+		if st != nil {
+			s.runs.mu.Lock()
+			if s.runs.state == nil {
+				s.runs.state = st
+			}
+			state = s.runs.state
+			s.runs.mu.Unlock()
+		}
+	}
 	kind := RunIncremental
 	if state == nil {
 		kind = RunFull
@@ -412,4 +446,71 @@ func (s *Service) LatestVerification(ctx context.Context) (LatestVerification, e
 		out.Findings = []Finding{}
 	}
 	return out, nil
+}
+
+// stateLabel starts the message a stored verify state's signature covers. Its NUL byte makes
+// the message an impossible signed note: the checkpoint key's signature over a state can
+// never pass for a checkpoint, nor a checkpoint's for a state.
+const stateLabel = "vigil-audit-verify-state-v1\x00"
+
+func stateMessage(origin string, state []byte) []byte {
+	m := append([]byte(stateLabel), origin...)
+	return append(append(m, 0), state...)
+}
+
+// signState returns the state's JSON and its signature by the checkpoint key.
+func (s *Service) signState(ctx context.Context, st *VerifyState) (state, sig []byte, err error) {
+	if state, err = json.Marshal(st); err != nil {
+		return nil, nil, err
+	}
+	if sig, err = s.cfg.Signer.Sign(ctx, stateMessage(s.cfg.Origin, state)); err != nil {
+		return nil, nil, err
+	}
+	return state, sig, nil
+}
+
+// storedState returns the state stored with the last complete run (finished, no error) when
+// that run was clean, its state is signed by this service's checkpoint key and of this log,
+// or nil (start with a full run). A state whose signature does not verify is recorded as
+// audit.verify.state_rejected.
+func (s *Service) storedState(ctx context.Context) (*VerifyState, error) {
+	var (
+		id            int64
+		ok            *bool
+		state, sigval []byte
+	)
+	err := s.cfg.Pool.QueryRow(ctx, `SELECT id, ok, state, state_sig FROM audit_verifications
+		WHERE finished_at IS NOT NULL AND error IS NULL ORDER BY finished_at DESC, id DESC LIMIT 1`).Scan(&id, &ok, &state, &sigval)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit verify: stored state: %w", err)
+	}
+	if ok == nil || !*ok || state == nil {
+		return nil, nil
+	}
+	pub, isEd := s.cfg.Signer.Public().(ed25519.PublicKey)
+	var st VerifyState
+	switch {
+	case !isEd || len(sigval) != ed25519.SignatureSize || !ed25519.Verify(pub, stateMessage(s.cfg.Origin, state), sigval):
+		s.rejectState(ctx, id, "invalid_state_signature")
+		return nil, nil
+	case json.Unmarshal(state, &st) != nil || st.Origin != s.cfg.Origin:
+		s.rejectState(ctx, id, "invalid_state")
+		return nil, nil
+	}
+	return &st, nil
+}
+
+// rejectState records that the stored state of run id was not trusted (the pass runs in full).
+func (s *Service) rejectState(ctx context.Context, id int64, reason string) {
+	s.cfg.Logger.ErrorContext(ctx, "audit verify: the state stored with the last run is not authentic; verifying in full",
+		slog.Int64("run", id), slog.String("reason", reason))
+	_, err := s.cfg.Recorder.RecordNow(ctx, audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "vigil", AuthMethod: "internal"},
+		Action: "audit.verify.state_rejected", Object: audit.Object{Type: "audit_verification", ID: fmt.Sprint(id)},
+		Outcome: audit.OutcomeFailure, Reason: reason})
+	if err != nil {
+		s.cfg.Logger.ErrorContext(ctx, "audit verify: record the rejected state", slog.String("error", err.Error()))
+	}
 }

@@ -92,8 +92,32 @@ var (
 		Cols:  []string{"t.service_account_id", "t.token_hash", "t.name", "t.roles", "t.expires_at", "t.revoked_at"}}
 )
 
+// The tables tied to their events by migration 00611.
+var (
+	// BreakGlass: a break-glass grant's clinician, patient, sealed reason (its ciphertext),
+	// opening, expiry, closing and review.
+	BreakGlass = Spec{Table: "auth_break_glass", Key: "t.id::text",
+		Names: []string{"user_id", "patient_id", "reason_sealed", "opened_at", "expires_at", "closed_at", "reviewed_at", "reviewed_by"},
+		Cols:  []string{"t.user_id", "t.patient_id", "t.reason_sealed", "t.opened_at", "t.expires_at", "t.closed_at", "t.reviewed_at", "t.reviewed_by"}}
+	// EnrollmentTokens: a device enrollment link (keyed by the hex SHA-256 of its token, which
+	// is all the database holds of it): its device, issue, expiry and use.
+	EnrollmentTokens = Spec{Table: "devices_enrollment_tokens", Key: "encode(t.token_hash, 'hex')",
+		Names: []string{"device_id", "created_at", "expires_at", "used_at"},
+		Cols:  []string{"t.device_id", "t.created_at", "t.expires_at", "t.used_at"}}
+	// PatientRuleSettings: a patient's NEWS2 SpO2 scale and documented oxygen, when and by whom.
+	PatientRuleSettings = Spec{Table: "rules_patient_settings", Key: "t.patient_id::text",
+		Names: []string{"spo2_scale", "on_oxygen", "updated_at", "updated_by"},
+		Cols:  []string{"t.spo2_scale", "t.on_oxygen", "t.updated_at", "t.updated_by"}}
+	// WardNEWS2Settings: the parameters a ward charts by hand and how long a charted value
+	// counts, when and by whom.
+	WardNEWS2Settings = Spec{Table: "rules_ward_settings", Key: "t.ward_id::text",
+		Names: []string{"charted", "charted_max_age_seconds", "updated_at", "updated_by"},
+		Cols:  []string{"t.charted", "t.charted_max_age_seconds", "t.updated_at", "t.updated_by"}}
+)
+
 // All lists the audited tables.
-var All = []Spec{Devices, DeviceAssignments, Patients, Users, PolicyRules, ServiceAccounts, APITokens}
+var All = []Spec{Devices, DeviceAssignments, Patients, Users, PolicyRules, ServiceAccounts, APITokens,
+	BreakGlass, EnrollmentTokens, PatientRuleSettings, WardNEWS2Settings}
 
 // Ref is a row's name in a payload and in findings: "<table>/<key>".
 func (s Spec) Ref(key string) string { return s.Table + "/" + key }

@@ -36,6 +36,7 @@ type benchReplica struct {
 	handoff *obs.Handoff
 	ds      *devices.Service
 	core    *core.Service
+	eng     *rules.Engine
 	closers []func(context.Context) error
 }
 
@@ -47,6 +48,12 @@ func (l *forwardLink) Forward(ctx context.Context, tx pgx.Tx, b []obs.Committed)
 		return e.Forward(ctx, tx, b)
 	}
 	return nil
+}
+
+func (l *forwardLink) Pace(ctx context.Context, b []obs.Committed) {
+	if e := l.eng.Load(); e != nil {
+		e.Pace(ctx, b)
+	}
 }
 
 func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring, signer keys.Signer, quiet *slog.Logger, o benchOpts) (*benchReplica, error) {
@@ -84,6 +91,7 @@ func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring,
 		return nil, err
 	}
 	link.eng.Store(eng)
+	r.eng = eng
 	if err := leases.Step(ctx); err != nil {
 		return nil, err
 	}

@@ -61,7 +61,12 @@ measured window by this process (server and load generator), by PostgreSQL's pro
 the benchmark database and its background writers (read from /proc, so only when PostgreSQL
 runs on this Linux host), and by the whole machine; and the CPU-bound ceiling, cores ÷
 (vigil + PostgreSQL CPU per upload). On a shared machine throughput moves with whatever else
-runs; CPU per upload moves much less.`,
+runs; CPU per upload moves much less.
+
+With --replicas N it also reports the rules_inbox rows not yet evaluated at the end of the
+window apart from those evaluated and waiting for their checkpoint, how many group commits
+waited for a deep inbox (back-pressure), the CPU per upload until every forwarded row was
+evaluated, and then with one checkpoint of every replica (which deletes the rows evaluated).`,
 		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench uploads --rate 10000 --duration 20s
   vigil-bench uploads --rate 0 --workers 128 --cpuprofile cpu.pprof   # as fast as possible`,
 		Args: cobra.NoArgs,
@@ -130,6 +135,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		bases    []string
 		handoffs []*obs.Handoff
 		dss      []*devices.Service
+		engs     []*rules.Engine
 		cs       *core.Service
 		ds       *devices.Service
 		handoff  *obs.Handoff
@@ -148,7 +154,7 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 				defer cancel()
 				_ = r.Close(cctx)
 			}()
-			bases, handoffs, dss = append(bases, r.base), append(handoffs, r.handoff), append(dss, r.ds)
+			bases, handoffs, dss, engs = append(bases, r.base), append(handoffs, r.handoff), append(dss, r.ds), append(engs, r.eng)
 			if cs == nil {
 				cs = r.core
 			}
@@ -378,23 +384,55 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 		hs.Consumed, hs.Failed, hs.Waited, hs.Queued = hs.Consumed+x.Consumed, hs.Failed+x.Failed, hs.Waited+x.Waited, hs.Queued+x.Queued
 	}
 	cancel()
-	if o.replicas > 0 {
-		var inbox int
-		_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&inbox)
-		fmt.Fprintf(out, "replicas: %d, uploads spread round robin; rules_inbox rows left at the end: %d\n", o.replicas, inbox)
-		// The observations forwarded to another replica's patients are evaluated from the
-		// inbox behind the uploads: wait for them, so that the CPU below covers that work too.
-		for deadline := time.Now().Add(5 * time.Minute); inbox > 0 && time.Now().Before(deadline); {
-			time.Sleep(200 * time.Millisecond)
-			_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&inbox)
-		}
-		fmt.Fprintf(out, "rules_inbox drained %s after the end of the window (%d rows left)\n", time.Since(endAt).Round(100*time.Millisecond), inbox)
-	}
+	var cpuFrom *cpuacct.Snapshot
 	select {
 	case a := <-cpuStart:
-		fmt.Fprintf(out, "from the window's start until the rules caught up (%s):\n  ", time.Since(measureAt).Round(100*time.Millisecond))
-		cpuacct.Between(a, cpuacct.Take(ctx, pool)).Write(out, ok, runtime.NumCPU(), "upload")
+		cpuFrom = &a
 	default:
+	}
+	if o.replicas > 0 {
+		// Inbox rows not yet evaluated: those evaluated wait in the table for the checkpoint of
+		// their patients' state (core/rules persist), counted by each engine.
+		unevaluated := func() (rows, waiting int) {
+			_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&rows)
+			for _, e := range engs {
+				st := e.InboxStats()
+				waiting += st.Pending
+			}
+			return rows, waiting
+		}
+		rows, waiting := unevaluated()
+		var waits, timeouts int64
+		for _, e := range engs {
+			st := e.InboxStats()
+			waits, timeouts = waits+st.PaceWaits, timeouts+st.PaceTimeouts
+		}
+		fmt.Fprintf(out, "replicas: %d, uploads spread round robin; rules_inbox rows at the end: %d not evaluated yet, %d evaluated and waiting for their checkpoint; uploads paced for a deep inbox: %d group commits (%d gave up waiting)\n",
+			o.replicas, rows-waiting, waiting, waits, timeouts)
+		// The observations forwarded to another replica's patients are evaluated from the
+		// inbox behind the uploads: wait for them, so that the CPU below covers that work too.
+		for deadline := time.Now().Add(5 * time.Minute); rows > waiting && time.Now().Before(deadline); {
+			time.Sleep(200 * time.Millisecond)
+			rows, waiting = unevaluated()
+		}
+		fmt.Fprintf(out, "rules_inbox evaluated %s after the end of the window (%d rows left not evaluated)\n", time.Since(endAt).Round(100*time.Millisecond), rows-waiting)
+	}
+	if cpuFrom != nil {
+		fmt.Fprintf(out, "from the window's start until the rules caught up (%s):\n  ", time.Since(measureAt).Round(100*time.Millisecond))
+		cpuacct.Between(*cpuFrom, cpuacct.Take(ctx, pool)).Write(out, ok, runtime.NumCPU(), "upload")
+		if o.replicas > 0 {
+			// and the checkpoint every replica writes (every minute in vigil serve), which
+			// settles the inbox rows evaluated: their deletion is part of their cost.
+			for _, e := range engs {
+				if err := e.Checkpoint(ctx); err != nil {
+					fmt.Fprintf(out, "checkpoint: %v\n", err)
+				}
+			}
+			var left int
+			_ = pool.QueryRow(ctx, `SELECT count(*) FROM rules_inbox`).Scan(&left)
+			fmt.Fprintf(out, "… and one checkpoint of every replica (%s, rules_inbox rows left: %d):\n  ", time.Since(measureAt).Round(100*time.Millisecond), left)
+			cpuacct.Between(*cpuFrom, cpuacct.Take(ctx, pool)).Write(out, ok, runtime.NumCPU(), "upload")
+		}
 	}
 	var opened int64
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM alarms`).Scan(&opened)

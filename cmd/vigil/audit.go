@@ -135,7 +135,7 @@ func newAuditCmd() *cobra.Command {
 		Long: `Commands of the audit chain: every action Vigil takes is an event in the outbox, shipped in
 batches to a Trillian log, under signed checkpoints (docs/audit.md).`,
 	}
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd(), newAuditWitnessCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditExportCmd(), newAuditIncidentsCmd(), newAuditWitnessCmd(), newAuditBaselineCmd())
 	return cmd
 }
 
@@ -167,7 +167,11 @@ event's authentication tag (forged or back-dated events: unauthenticated), each 
 session's numbering (a committed action whose event was deleted: sequence_gap) and erasures
 before the retention age (erased_early); it cross-checks domain rows (alarms, device keys, rule
 versions, uploads, sites, wards, patients' ward and discharge, care teams, webhooks, NEWS2
-scores) against what their events say (unaudited_change, domain_mismatch; --deep
+scores, and the rows that carry the event that last wrote them: devices, assignments,
+patients, users, policy lines, service accounts, API tokens, break-glass grants, device
+enrollment links, patients' SpO2 scale and oxygen, wards' NEWS2 settings; rows written before
+they carried it are adopted once by 'vigil audit baseline') against what their events say
+(unaudited_change, domain_mismatch; --deep
 also reads every stored observation: counted against its upload's event and its values against
 the digest the event committed to, naming a changed one). With --witness KEY@URL it requires the witness's
 cosignature on the latest checkpoint and asks the witness whether it cosigned a larger one (a

@@ -63,7 +63,8 @@ func onLeader(ctx context.Context, el *leader.Elector, interval time.Duration, f
 
 // startAuditVerification runs the server's own verification of the audit trail on the leader
 // (once per database): an incremental verify every VIGIL_AUDIT_VERIFY_INTERVAL (default
-// 5m; "0" turns it off), a full one first; GET /api/v1/audit/verify serves the latest result
+// 5m; "0" turns it off), the first resumed from the signed state of the last complete clean
+// run (a full one when there is none); GET /api/v1/audit/verify serves the latest result
 // (audit/chain/verifyruns.go). A run holds the database's verification lock, so a full run an
 // auditor started on any replica makes the pass wait for the next interval.
 func startAuditVerification(ctx context.Context, sys *system, svc *chain.Service) error {

@@ -246,7 +246,8 @@ func TestHAStreamAndSuspensionAcrossReplicas(t *testing.T) {
 	// The patient A evaluates; its monitor uploads to A; the client watches it on B.
 	p := newPatient(nameA)
 	monitor, _ := newDevice(p, a.url)
-	// The grants made by `vigil role` reach each replica's policy within its refresh (5 s).
+	// The grants made by `vigil role` reach each replica's policy as they commit (NOTIFY; the
+	// periodic refresh, 5 s, is the fallback).
 	for _, base := range []string{a.url, b.url} {
 		for i := 0; ; i++ {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/patients/"+p.String()+"/latest", nil)
@@ -262,7 +263,7 @@ func TestHAStreamAndSuspensionAcrossReplicas(t *testing.T) {
 			if i == 150 {
 				t.Fatalf("GET %s/…/latest = %d 15 s after the grant, want 200", base, resp.StatusCode)
 			}
-			time.Sleep(100 * time.Millisecond) // the replicas' policy refresh
+			time.Sleep(100 * time.Millisecond) // the replicas' policy follow
 		}
 	}
 	alarmsOnB, closeAlarms := openSSE(t, b.url, token, "patient_id="+p.String(), 0)

@@ -122,7 +122,8 @@ func wireORU(ctx context.Context, sys *system, facility string) error {
 
 // startFHIRSubscriptions runs the FHIR Subscriptions' dispatcher (interop/fhir/subscription)
 // on every replica: each dispatches the events it published itself, so every event is
-// notified once per database (docs/interop.md#subscriptions). Deliveries are core's webhooks.
+// notified once per database (docs/interop.md#subscriptions); it also sends the heartbeats
+// due, each claimed once per database. Deliveries are core's webhooks.
 func startFHIRSubscriptions(sys *system, srv *server.Server) {
 	subs := srv.FHIRSubscriptions()
 	if subs == nil {

@@ -26,7 +26,8 @@ func newPolicyCmd() *cobra.Command {
 		Long: `The authorization policy is Casbin data in the database: rules (ROLE may do ACTION on
 OBJECT within SCOPE) and role grants (vigil role). 'policy show' prints the model, the rules
 and the version history; 'policy test' explains one decision; 'policy add|remove' change
-rules (each change is a new policy version, audited). See docs/access.md for the model.
+rules (each change is a new policy version, audited, in effect in every running server as
+soon as it commits). See docs/access.md for the model.
 
 Scopes: global (role held for "*"), ward (role held for the object's ward or "*"), any (role
 held somewhere; list endpoints, narrowed by the visibility filter), care_team (role held

@@ -23,8 +23,9 @@ func newRoleCmd() *cobra.Command {
 roles (clinician, charge_nurse) may be granted per ward; the others for "*" only. A SUBJECT is
 a user's e-mail address or id, or a service account as svc:<name>.
 
-Each grant and revocation is a new policy version, audited, and takes effect in a running
-server at its next policy refresh.`,
+Each grant and revocation is a new policy version, audited, and takes effect in every running
+server as soon as it commits (announced with PostgreSQL NOTIFY; a server that missed it catches
+up at its next policy refresh, every 5 s).`,
 		Example: `  vigil role list
   vigil role grant nurse@hospital.example clinician --ward 0192f5a0-7c1e-7b3a-9c44-1d2e3f405162
   vigil role grant svc:ci-pipeline quality

@@ -51,6 +51,14 @@ func (l *clinicalLink) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Com
 	return eng.Forward(ctx, tx, batches)
 }
 
+// Pace holds core's Publish while another replica's inbox is deep (core.Pacer): the uploads
+// that wait behind it are refused with 503 backpressure, as when the hand-off is full.
+func (l *clinicalLink) Pace(ctx context.Context, batches []obs.Committed) {
+	if eng := l.eng.Load(); eng != nil {
+		eng.Pace(ctx, batches)
+	}
+}
+
 // ReleasePatient ends monitoring of a discharged patient through the engine, once started.
 func (l *clinicalLink) ReleasePatient(ctx context.Context, by audit.Event, patientID uuid.UUID, reason string) error {
 	eng := l.eng.Load()

@@ -98,6 +98,16 @@ type Config struct {
 	// observations to their owners (lease_engine.go). Default: none, the engine evaluates
 	// every patient (one process).
 	Leases *Leases
+	// InboxLimit, with Leases: how many rows this replica forwarded (Forward) may wait in
+	// another replica's inbox not yet evaluated by it (as that owner announces its progress)
+	// before core's Publish waits for them (Pace): the same back-pressure as the hand-off's
+	// bounded queue, which holds the committer and through it the devices (503 backpressure,
+	// Retry-After). Default 2,000, one drained batch (inboxBatch): with two replicas an owner has at
+	// most about what one replica's hand-off holds (4 × 1,024 batches) waiting.
+	InboxLimit int
+	// InboxWait bounds how long one Publish waits for an owner's inbox (an owner that died
+	// announces nothing until its buckets are taken over). Default 2 s.
+	InboxWait time.Duration
 }
 
 // Result is what one Evaluate call produced.
@@ -163,6 +173,12 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.InboxLimit <= 0 {
+		cfg.InboxLimit = inboxBatch
+	}
+	if cfg.InboxWait <= 0 {
+		cfg.InboxWait = 2 * time.Second
 	}
 	e := &Engine{cfg: cfg}
 	e.initLeases()

@@ -42,7 +42,8 @@ type patientEntry struct {
 	loaded bool
 	dirty  bool // state changed since the last checkpoint
 	st     *patientState
-	token  int64 // the lease token the state was loaded under (lease_engine.go)
+	token  int64  // the lease token the state was loaded under (lease_engine.go)
+	gen    uint64 // how many times the state was loaded: inbox rows evaluated on one load are settled only with it
 }
 
 func (e *Engine) init(ctx context.Context) error {
@@ -188,6 +189,7 @@ func (e *Engine) lockPatient(ctx context.Context, pid uuid.UUID) (*patientEntry,
 // were never applied before, since every transition moves the checkpoint with it).
 func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Result, error) {
 	p.token = e.leaseToken(pid)
+	p.gen++
 	st := newPatientState()
 	var raw []byte
 	err := e.cfg.Pool.QueryRow(ctx, `SELECT state FROM rules_patient_state WHERE patient_id=$1`, pid).Scan(&raw)
@@ -245,6 +247,12 @@ func (e *Engine) load(ctx context.Context, pid uuid.UUID, p *patientEntry) (Resu
 }
 
 func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation) (Result, error) {
+	return e.evaluateGen(ctx, pid, obs, nil)
+}
+
+// evaluateGen is evaluate; gen, when not nil, receives the load generation of the state the
+// observations were evaluated on (lease_engine.go).
+func (e *Engine) evaluateGen(ctx context.Context, pid uuid.UUID, obs []Observation, gen *uint64) (Result, error) {
 	if len(obs) == 0 {
 		return Result{}, nil
 	}
@@ -253,6 +261,9 @@ func (e *Engine) evaluate(ctx context.Context, pid uuid.UUID, obs []Observation)
 		return Result{}, err
 	}
 	defer p.mu.Unlock()
+	if gen != nil {
+		*gen = p.gen
+	}
 	if p.token == 0 { // another replica evaluates the patient (lease_engine.go)
 		return replayed, ErrNotOwner
 	}
@@ -381,7 +392,7 @@ func (e *Engine) entry(pid uuid.UUID) *patientEntry {
 }
 
 // sortedIDs returns the ids of m in ascending byte order: the order in which the transactions
-// that write several patients' checkpoints (checkpoint, settleInbox) take their rows, so that
+// that write several patients' checkpoints (persist) take their rows, so that
 // two of them never wait for each other's rows.
 func sortedIDs[V any](m map[uuid.UUID]V) []uuid.UUID {
 	ids := make([]uuid.UUID, 0, len(m))
@@ -440,43 +451,9 @@ func (e *Engine) tick(ctx context.Context) ([]alarms.Transition, error) {
 	return all, errors.Join(errs...)
 }
 
-func (e *Engine) checkpoint(ctx context.Context) error {
-	now := e.now()
-	tx, err := e.cfg.Pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("rules: checkpoint: %w", err)
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	var written []*patientEntry
-	all := e.entries()
-	for _, id := range sortedIDs(all) {
-		p := all[id]
-		p.mu.Lock()
-		if p.loaded && p.dirty {
-			if ferr := e.fenceCheckpoint(ctx, tx, id, p.token); ferr != nil {
-				p.loaded, p.st, p.dirty = false, nil, false // another replica's now
-				p.mu.Unlock()
-				continue
-			}
-			if err := writeState(ctx, tx, id, p.st, now); err != nil {
-				p.mu.Unlock()
-				return err
-			}
-			p.dirty = false
-			written = append(written, p)
-		}
-		p.mu.Unlock()
-	}
-	if err := tx.Commit(ctx); err != nil {
-		for _, p := range written {
-			p.mu.Lock()
-			p.dirty = true
-			p.mu.Unlock()
-		}
-		return fmt.Errorf("rules: checkpoint: commit: %w", err)
-	}
-	return nil
-}
+// checkpoint writes, in one transaction, the state of every patient evaluated since its last
+// checkpoint, and settles the inbox rows evaluated since (persist).
+func (e *Engine) checkpoint(ctx context.Context) error { return e.persist(ctx, true) }
 
 func (e *Engine) releasePatient(ctx context.Context, by audit.Event, pid uuid.UUID, reason string) error {
 	if strings.TrimSpace(reason) == "" {

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -33,10 +36,31 @@ import (
 //     their checkpoints and the observations stored after them, at once; its inbox is
 //     drained by the new owner.
 
-// inboxBatch is how many inbox rows DrainInbox reads, evaluates and settles at a time: the
-// rows of one patient in a batch are evaluated together and its state written once, in the
-// one transaction that settles the batch.
+// inboxBatch is how many inbox rows DrainInbox reads and evaluates at a time: the rows of one
+// patient in a batch are evaluated together.
 const inboxBatch = 2000
+
+// Evaluated inbox rows are not deleted at once: they wait (pending) until a checkpoint writes
+// the states that hold their effect, and are deleted in its transaction (persist). DrainInbox
+// settles them itself when inboxSettleRows are pending or the oldest has waited inboxSettleAge;
+// Checkpoint (every minute) and Close settle whatever is pending.
+const (
+	inboxSettleRows = 10000
+	inboxSettleAge  = 10 * time.Second
+)
+
+// progressEvery is how often an owner announces its inbox progress when nothing changed;
+// progressMin, how often at most when it did.
+const (
+	progressEvery = 5 * time.Second
+	progressMin   = 200 * time.Millisecond
+)
+
+// A drain woken by a notification reads only the rows above the highest id read stragglerAge
+// ago (rows of transactions that commit out of id order are caught if they commit within it),
+// so that it does not scan again the rows evaluated and waiting for their checkpoint; the
+// drain of every poll reads them all.
+const stragglerAge = 2 * time.Second
 
 // inboxChannel is the NOTIFY channel that wakes the owners when inbox rows commit.
 const inboxChannel = "vigil_rules_inbox"
@@ -44,17 +68,76 @@ const inboxChannel = "vigil_rules_inbox"
 type leaseState struct {
 	rebuilds  sync.WaitGroup // take-over rebuilds running (Close waits for them)
 	mu        sync.Mutex
-	forwarded map[uuid.UUID]time.Time // uploads forwarded at commit, not to evaluate here
-	drain     sync.Mutex              // one DrainInbox at a time (RunInbox, take-overs)
+	forwarded map[uuid.UUID]forwardedUpload // uploads forwarded at commit, not to evaluate here
+	drain     sync.Mutex                    // one DrainInbox at a time (RunInbox, take-overs)
+	persist   sync.Mutex                    // one persist at a time (DrainInbox, Checkpoint)
+
+	// Inbox rows evaluated here and not yet deleted (guarded by mu), by patient: they are
+	// deleted with the checkpoint of the state they were evaluated on (persist), and not read
+	// again meanwhile.
+	pending      map[uuid.UUID]pendingRows
+	pendingN     int
+	pendingSince time.Time
+
+	// The owner's side of the back-pressure (guarded by drain): the highest inbox row id
+	// evaluated, and what was last announced.
+	hw, annHW int64
+	annMask   uint64
+	annAt     time.Time
+	hwAt      []hwMark // recent hw, oldest first (guarded by drain)
+
+	bp backpressure
+}
+
+type hwMark struct {
+	at time.Time
+	hw int64
+}
+
+// forwardedUpload is an upload whose observations Forward wrote to an owner's inbox.
+type forwardedUpload struct {
+	at      time.Time
+	row     inboxRef
+	counted bool // Pace has counted its row
+}
+
+type inboxRef struct {
+	bucket int
+	id     int64
+}
+
+// pendingRows are a patient's inbox rows evaluated on its state as loaded the gen-th time.
+type pendingRows struct {
+	gen uint64
+	ids []int64
+}
+
+// backpressure is the forwarding side: the rows this replica forwarded that their owners have
+// not announced as evaluated yet, by bucket (guarded by mu).
+type backpressure struct {
+	mu       sync.Mutex
+	owner    map[int]string  // bucket → the replica that last announced it holds it
+	progress map[int]int64   // bucket → that replica's highest evaluated inbox row id
+	sent     map[int][]int64 // bucket → committed rows forwarded here, above progress
+	changed  chan struct{}   // closed (and replaced) at every announcement noted
+
+	waits, timeouts atomic.Int64
 }
 
 func (e *Engine) initLeases() {
-	e.ls = &leaseState{forwarded: map[uuid.UUID]time.Time{}}
+	e.ls = &leaseState{forwarded: map[uuid.UUID]forwardedUpload{}, pending: map[uuid.UUID]pendingRows{}}
+	e.ls.bp = backpressure{owner: map[int]string{}, progress: map[int]int64{}, sent: map[int][]int64{}, changed: make(chan struct{})}
 	if e.cfg.Leases == nil {
 		return
 	}
 	e.cfg.Leases.OnLose(e.forget)
 	e.cfg.Leases.OnAcquire(func(ctx context.Context, buckets []int) {
+		// This replica's own now: what it forwarded there before is not paced any more.
+		e.ls.bp.mu.Lock()
+		for _, b := range buckets {
+			delete(e.ls.bp.sent, b)
+		}
+		e.ls.bp.mu.Unlock()
 		// In the background: a long rebuild must not delay the renewal of this replica's
 		// leases. Until it reaches a patient, the patient's first evaluation rebuilds it
 		// (its state is loaded under the new token either way).
@@ -93,6 +176,16 @@ func (e *Engine) forget(buckets []int) {
 	for _, b := range buckets {
 		in[b] = true
 	}
+	// Their evaluated rows are not this replica's to settle: whoever holds the buckets now
+	// (this replica again, should it take them back) reads them again.
+	e.ls.mu.Lock()
+	for pid, pr := range e.ls.pending {
+		if in[BucketOf(pid)] {
+			e.ls.pendingN -= len(pr.ids)
+			delete(e.ls.pending, pid)
+		}
+	}
+	e.ls.mu.Unlock()
 	for id, p := range e.entries() {
 		if !in[BucketOf(id)] {
 			continue
@@ -144,21 +237,22 @@ func (e *Engine) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed
 	if e.cfg.Leases == nil {
 		return nil
 	}
-	var n int
-	var uploads []uuid.UUID
+	type sent struct {
+		row inboxRef
+		c   obs.Committed
+	}
+	var rows []sent
 	for _, c := range batches {
 		if len(c.Observations) == 0 || e.Owns(c.PatientID) {
 			continue
 		}
-		if err := insertInbox(ctx, tx, c.PatientID, "observations", c.Observations); err != nil {
+		id, err := insertInbox(ctx, tx, c.PatientID, "observations", c.Observations)
+		if err != nil {
 			return err
 		}
-		n++
-		for _, o := range c.Observations {
-			uploads = append(uploads, o.UploadID)
-		}
+		rows = append(rows, sent{inboxRef{BucketOf(c.PatientID), id}, c})
 	}
-	if n == 0 {
+	if len(rows) == 0 {
 		return nil
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel); err != nil {
@@ -166,13 +260,15 @@ func (e *Engine) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed
 	}
 	now := time.Now()
 	e.ls.mu.Lock()
-	for _, u := range uploads {
-		e.ls.forwarded[u] = now
+	for _, r := range rows {
+		for _, o := range r.c.Observations {
+			e.ls.forwarded[o.UploadID] = forwardedUpload{at: now, row: r.row}
+		}
 	}
 	// Uploads whose transaction failed never reach the hand-off: forget them after a while.
 	if len(e.ls.forwarded) > 4096 {
-		for u, t := range e.ls.forwarded {
-			if now.Sub(t) > 10*time.Minute {
+		for u, f := range e.ls.forwarded {
+			if now.Sub(f.at) > 10*time.Minute {
 				delete(e.ls.forwarded, u)
 			}
 		}
@@ -181,16 +277,181 @@ func (e *Engine) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed
 	return nil
 }
 
-func insertInbox(ctx context.Context, tx pgx.Tx, pid uuid.UUID, kind string, body any) error {
+func insertInbox(ctx context.Context, tx pgx.Tx, pid uuid.UUID, kind string, body any) (int64, error) {
 	b, err := json.Marshal(body)
 	if err != nil {
-		return fmt.Errorf("rules: inbox: %w", err)
+		return 0, fmt.Errorf("rules: inbox: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO rules_inbox (bucket, patient_id, kind, body) VALUES ($1,$2,$3,$4)`,
-		BucketOf(pid), pid, kind, b); err != nil {
-		return fmt.Errorf("rules: inbox: %w", err)
+	var id int64
+	if err := tx.QueryRow(ctx, `INSERT INTO rules_inbox (bucket, patient_id, kind, body) VALUES ($1,$2,$3,$4) RETURNING id`,
+		BucketOf(pid), pid, kind, b).Scan(&id); err != nil {
+		return 0, fmt.Errorf("rules: inbox: %w", err)
 	}
-	return nil
+	return id, nil
+}
+
+// Pace, called by core after the commit of an upload group and before its hand-off to the
+// rules (core.Pacer, in Publish), waits while the owner of a patient whose observations
+// Forward sent to an inbox has more than Config.InboxLimit of this replica's rows left to
+// evaluate, as the owners announce their progress — at most Config.InboxWait. It is the
+// hand-off's back-pressure for the inbox: no transaction is open while it waits, and the
+// committer it holds fills its queue, so that new uploads are refused with 503 backpressure
+// and Retry-After (devices), as when this replica's own evaluation falls behind. Without
+// Config.Leases it does nothing.
+func (e *Engine) Pace(ctx context.Context, batches []obs.Committed) {
+	if e.cfg.Leases == nil {
+		return
+	}
+	rows := map[inboxRef]bool{}
+	e.ls.mu.Lock()
+	for _, c := range batches {
+		for _, o := range c.Observations {
+			f, ok := e.ls.forwarded[o.UploadID]
+			if !ok || f.counted {
+				continue
+			}
+			f.counted = true
+			e.ls.forwarded[o.UploadID] = f
+			rows[f.row] = true
+		}
+	}
+	e.ls.mu.Unlock()
+	if len(rows) == 0 {
+		return
+	}
+	bp := &e.ls.bp
+	buckets := map[int]bool{}
+	bp.mu.Lock()
+	for r := range rows {
+		if r.id > bp.progress[r.bucket] {
+			bp.sent[r.bucket] = append(bp.sent[r.bucket], r.id)
+		}
+		buckets[r.bucket] = true
+	}
+	bp.mu.Unlock()
+	var timeout <-chan time.Time
+	for waited := false; ; waited = true {
+		bp.mu.Lock()
+		deep := false
+		for b := range buckets {
+			if e.cfg.Leases.Token(b) == 0 && e.inboxDepth(b) > e.cfg.InboxLimit {
+				deep = true
+				break
+			}
+		}
+		changed := bp.changed
+		bp.mu.Unlock()
+		if !deep {
+			return
+		}
+		if !waited {
+			bp.waits.Add(1)
+			t := time.NewTimer(e.cfg.InboxWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			bp.timeouts.Add(1)
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// inboxDepth is how many rows this replica forwarded that the owner of bucket has not
+// announced as evaluated, over all the buckets that owner announced (bp.mu held).
+func (e *Engine) inboxDepth(bucket int) int {
+	bp := &e.ls.bp
+	owner, ok := bp.owner[bucket]
+	if !ok { // no announcement yet: this bucket alone
+		return len(bp.sent[bucket])
+	}
+	n := 0
+	for b, o := range bp.owner {
+		if o == owner && e.cfg.Leases.Token(b) == 0 {
+			n += len(bp.sent[b])
+		}
+	}
+	return n
+}
+
+// noteProgress reads an owner's announcement ("p:<highest evaluated row id>:<buckets held, a
+// hexadecimal bit mask>:<replica>") and wakes the Pace calls waiting.
+func (e *Engine) noteProgress(payload string) {
+	parts := strings.SplitN(payload, ":", 4)
+	if len(parts) != 4 || parts[0] != "p" || e.cfg.Leases == nil || parts[3] == e.cfg.Leases.Replica() {
+		return
+	}
+	hw, err := strconv.ParseInt(parts[1], 10, 64)
+	if err != nil {
+		return
+	}
+	mask, err := strconv.ParseUint(parts[2], 16, 64)
+	if err != nil {
+		return
+	}
+	owner := parts[3]
+	bp := &e.ls.bp
+	bp.mu.Lock()
+	defer bp.mu.Unlock()
+	for b := range Buckets {
+		if mask&(1<<uint(b)) == 0 {
+			if bp.owner[b] == owner {
+				delete(bp.owner, b)
+			}
+			continue
+		}
+		bp.owner[b], bp.progress[b] = owner, hw
+		keep := bp.sent[b][:0]
+		for _, id := range bp.sent[b] {
+			if id > hw {
+				keep = append(keep, id)
+			}
+		}
+		bp.sent[b] = keep
+	}
+	close(bp.changed)
+	bp.changed = make(chan struct{})
+}
+
+// announce tells the other replicas (NOTIFY on the inbox channel) how far this replica has
+// evaluated its inbox and which buckets it holds, when either changed or every progressEvery
+// (ls.drain held).
+func (e *Engine) announce(ctx context.Context) {
+	var mask uint64
+	for _, b := range e.cfg.Leases.Held() {
+		mask |= 1 << uint(b)
+	}
+	ls := e.ls
+	if since := time.Since(ls.annAt); since < progressMin || ls.hw == ls.annHW && mask == ls.annMask && since < progressEvery {
+		return
+	}
+	payload := "p:" + strconv.FormatInt(ls.hw, 10) + ":" + strconv.FormatUint(mask, 16) + ":" + e.cfg.Leases.Replica()
+	if _, err := e.cfg.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, inboxChannel, payload); err != nil {
+		return // (announced again at the next drain)
+	}
+	ls.annHW, ls.annMask, ls.annAt = ls.hw, mask, time.Now()
+}
+
+// InboxStats are the inbox's counters on this replica.
+type InboxStats struct {
+	// Pending is how many inbox rows this replica evaluated whose deletion waits for the
+	// checkpoint of their patients' state.
+	Pending int
+	// PaceWaits is how many Publish calls waited for an owner's inbox (Pace); PaceTimeouts,
+	// how many of them gave up after Config.InboxWait.
+	PaceWaits, PaceTimeouts int64
+}
+
+// InboxStats returns the counters.
+func (e *Engine) InboxStats() InboxStats {
+	e.ls.mu.Lock()
+	n := e.ls.pendingN
+	e.ls.mu.Unlock()
+	return InboxStats{Pending: n, PaceWaits: e.ls.bp.waits.Load(), PaceTimeouts: e.ls.bp.timeouts.Load()}
 }
 
 // route is the hand-off's consumer with leases: the observations of an owned patient are
@@ -229,7 +490,7 @@ func (e *Engine) route(ctx context.Context, c obs.Committed) error {
 
 func (e *Engine) sendInbox(ctx context.Context, pid uuid.UUID, kind string, body any) error {
 	return pgx.BeginFunc(ctx, e.cfg.Pool, func(tx pgx.Tx) error {
-		if err := insertInbox(ctx, tx, pid, kind, body); err != nil {
+		if _, err := insertInbox(ctx, tx, pid, kind, body); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel)
@@ -243,22 +504,46 @@ type releaseBody struct {
 	Reason string      `json:"reason"`
 }
 
-// DrainInbox evaluates the inbox rows of the buckets this replica holds, oldest first, and
-// deletes them; it returns how many it handled. A row whose patient is lost meanwhile stays
-// for the new owner. Without Config.Leases it does nothing.
-func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
+// DrainInbox evaluates the inbox rows of the buckets this replica holds, oldest first (not
+// those it evaluated already, whose deletion waits for their patients' checkpoint), and
+// returns how many it handled. A row whose patient is lost meanwhile stays for the new owner.
+// The observation rows evaluated are deleted with the checkpoint of the states that hold
+// their effect (persist): here, when inboxSettleRows are pending or the oldest has waited
+// inboxSettleAge, else at the next Checkpoint. It announces its progress to the replicas that
+// forward (Pace). Without Config.Leases it does nothing.
+func (e *Engine) DrainInbox(ctx context.Context) (int, error) { return e.drainInbox(ctx, true) }
+
+// drainInbox is DrainInbox; without full, only the rows above the highest id read
+// stragglerAge ago are read (a drain woken by a notification).
+func (e *Engine) drainInbox(ctx context.Context, full bool) (int, error) {
 	if e.cfg.Leases == nil {
 		return 0, nil
 	}
-	e.ls.drain.Lock() // two drains at once would evaluate and settle the same rows twice
+	e.ls.drain.Lock() // two drains at once would evaluate the same rows twice
 	defer e.ls.drain.Unlock()
+	defer e.announce(ctx)
+	var low int64 // rows above it are read
+	now := time.Now()
+	k := 0
+	for k < len(e.ls.hwAt) && now.Sub(e.ls.hwAt[k].at) >= stragglerAge {
+		low = e.ls.hwAt[k].hw
+		k++
+	}
+	if k > 1 { // keep the newest mark old enough, drop those before it
+		e.ls.hwAt = e.ls.hwAt[k-1:]
+	}
+	if full {
+		low = 0
+	}
+	e.ls.hwAt = append(e.ls.hwAt, hwMark{now, e.ls.hw})
 	total := 0
 	for {
 		held := e.cfg.Leases.Held()
 		if len(held) == 0 {
 			return total, nil
 		}
-		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) ORDER BY id LIMIT $2`, held, inboxBatch)
+		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) AND id > $4 AND id <> ALL($3) ORDER BY id LIMIT $2`,
+			held, inboxBatch, e.pendingIDs(low), low)
 		if err != nil {
 			return total, fmt.Errorf("rules: inbox: %w", err)
 		}
@@ -282,12 +567,15 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 			return total, fmt.Errorf("rules: inbox: %w", err)
 		}
 		if len(got) == 0 {
+			if e.settleDue() {
+				return total, e.persist(ctx, false)
+			}
 			return total, nil
 		}
 		// One evaluation per patient for its observation rows of the batch (up to its next
 		// settings or release row, which is applied in the rows' order); the rows of every
 		// patient evaluated are settled together, in one transaction, after the batch
-		// (settleInbox).
+		// (persist, with their checkpoint).
 		type item struct {
 			pid  uuid.UUID
 			rows []int // indexes into got: one settings or release row, or observation rows
@@ -308,7 +596,6 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 		}
 		var done []int64
 		var errs []error
-		evaluated := map[uuid.UUID][]int64{}
 		for _, it := range items {
 			r := got[it.rows[0]]
 			if r.kind == "settings" {
@@ -346,19 +633,25 @@ func (e *Engine) DrainInbox(ctx context.Context) (int, error) {
 				ids = append(ids, got[k].id)
 			}
 			sort.SliceStable(batch, func(a, b int) bool { return batch[a].EffectiveAt.Before(batch[b].EffectiveAt) })
-			_, err := e.evaluate(ctx, it.pid, batch)
+			var gen uint64
+			_, err := e.evaluateGen(ctx, it.pid, batch, &gen)
 			if err == nil {
-				evaluated[it.pid] = append(evaluated[it.pid], ids...)
+				e.notePending(it.pid, gen, ids)
+				total += len(ids)
 			}
 			if err != nil && !errors.Is(err, ErrNotOwner) {
 				errs = append(errs, err)
 			}
 		}
-		n, err := e.settleInbox(ctx, evaluated)
-		total += n
-		if err != nil {
-			errs = append(errs, err)
+		for _, r := range got {
+			e.ls.hw = max(e.ls.hw, r.id)
 		}
+		if e.settleDue() {
+			if err := e.persist(ctx, false); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		e.announce(ctx)
 		if len(done) > 0 {
 			if _, err := e.cfg.Pool.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, done); err != nil {
 				return total, fmt.Errorf("rules: inbox: %w", err)
@@ -407,12 +700,18 @@ func (e *Engine) listenInbox(ctx context.Context, poll time.Duration) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+inboxChannel); err != nil {
 		return err
 	}
-	for {
-		if _, err := e.DrainInbox(ctx); err != nil && ctx.Err() == nil {
-			e.cfg.Logger.WarnContext(ctx, "rules: inbox", slog.String("error", err.Error()))
+	var lastFull time.Time // the last drain that read every row not evaluated (every poll)
+	for drain := true; ; {
+		if full := time.Since(lastFull) >= poll; drain || full {
+			if _, err := e.drainInbox(ctx, full); err != nil && ctx.Err() == nil {
+				e.cfg.Logger.WarnContext(ctx, "rules: inbox", slog.String("error", err.Error()))
+			}
+			if full {
+				lastFull = time.Now()
+			}
 		}
-		wctx, cancel := context.WithTimeout(ctx, poll)
-		_, err := conn.Conn().WaitForNotification(wctx)
+		wctx, cancel := context.WithTimeout(ctx, max(poll-time.Since(lastFull), time.Millisecond))
+		n, err := conn.Conn().WaitForNotification(wctx)
 		cancel()
 		if ctx.Err() != nil {
 			return nil
@@ -420,61 +719,119 @@ func (e *Engine) listenInbox(ctx context.Context, poll time.Duration) error {
 		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			return err
 		}
-	}
-}
-
-// fenceCheckpoint is fence for the checkpoint transaction, which writes many patients: a
-// failed check must not abort it, so the share lock is taken in a savepoint.
-func (e *Engine) fenceCheckpoint(ctx context.Context, tx pgx.Tx, pid uuid.UUID, token int64) error {
-	if e.cfg.Leases == nil {
-		return nil
-	}
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	if err := e.fence(ctx, sp, pid, token); err != nil {
-		_ = sp.Rollback(ctx)
-		return err
-	}
-	return sp.Commit(ctx)
-}
-
-// settleInbox deletes the inbox rows of the patients just evaluated (ids by patient), with
-// their state checkpoints, in one transaction: for each patient either both or neither, so a
-// crash never leaves rows deleted whose effect on the state was not stored (they are evaluated
-// again from the inbox; what the state already holds is skipped by its per-code marks, and an
-// alarm raised was stored with the state that raised it). The buckets of the batch are fenced
-// first, at once (Leases.FenceMany); a patient whose bucket is lost writes nothing and keeps
-// its rows for the new owner, without stopping the others. As in checkpoint, the patients are
-// then taken one at a time (never two locks held), in patient id order, and no patient lock
-// is held while waiting for a row. It returns how many rows it deleted.
-func (e *Engine) settleInbox(ctx context.Context, ids map[uuid.UUID][]int64) (int, error) {
-	if len(ids) == 0 || e.cfg.Leases == nil {
-		return 0, nil
-	}
-	pids := sortedIDs(ids)
-	seen := map[int]bool{}
-	var buckets []int
-	for _, pid := range pids {
-		if b := BucketOf(pid); !seen[b] {
-			seen[b] = true
-			buckets = append(buckets, b)
+		// Another replica's progress (Pace) is noted; rows committed for the inbox are drained.
+		drain = n != nil && !strings.HasPrefix(n.Payload, "p:")
+		if n != nil && !drain {
+			e.noteProgress(n.Payload)
 		}
 	}
-	sort.Ints(buckets)
+}
+
+// pendingIDs are the inbox rows above low evaluated here whose deletion waits for a checkpoint.
+func (e *Engine) pendingIDs(low int64) []int64 {
+	e.ls.mu.Lock()
+	defer e.ls.mu.Unlock()
+	ids := make([]int64, 0, e.ls.pendingN)
+	for _, pr := range e.ls.pending {
+		for _, id := range pr.ids {
+			if id > low {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
+}
+
+// notePending records inbox rows evaluated on the patient's state as loaded the gen-th time.
+// Rows evaluated on an earlier load that were not settled are released: that state is gone
+// (rebuilt from the checkpoint and History), so they are read and evaluated again.
+func (e *Engine) notePending(pid uuid.UUID, gen uint64, ids []int64) {
+	e.ls.mu.Lock()
+	defer e.ls.mu.Unlock()
+	pr, ok := e.ls.pending[pid]
+	if ok && pr.gen != gen {
+		e.ls.pendingN -= len(pr.ids)
+		pr = pendingRows{}
+	}
+	pr.gen = gen
+	pr.ids = append(pr.ids, ids...)
+	e.ls.pending[pid] = pr
+	e.ls.pendingN += len(ids)
+	if e.ls.pendingSince.IsZero() {
+		e.ls.pendingSince = time.Now()
+	}
+}
+
+// settleDue reports whether DrainInbox should settle the pending rows now.
+func (e *Engine) settleDue() bool {
+	e.ls.mu.Lock()
+	defer e.ls.mu.Unlock()
+	return e.ls.pendingN >= inboxSettleRows || e.ls.pendingN > 0 && time.Since(e.ls.pendingSince) >= inboxSettleAge
+}
+
+// persist writes, in one transaction, the state checkpoint of the patients evaluated since
+// their last one — every such patient with all (Checkpoint), else only those with pending
+// inbox rows (DrainInbox) — and deletes the inbox rows evaluated on those states: for each
+// patient both or neither, so a crash never leaves rows deleted whose effect on the state was
+// not stored (they are read and evaluated again; what the state already holds is skipped by
+// its per-code marks, and an alarm raised was stored with the state that raised it). With
+// leases, the buckets are fenced at once (Leases.FenceMany, a share lock on their lease rows);
+// a patient whose bucket is lost, or whose state was dropped or rebuilt since its rows were
+// evaluated, writes nothing of them and its rows are read again (by whoever holds the bucket).
+// The patients are taken one at a time (never two locks held), in patient id order, and no
+// patient lock is held while waiting for a row.
+func (e *Engine) persist(ctx context.Context, all bool) error {
+	e.ls.persist.Lock()
+	defer e.ls.persist.Unlock()
+	e.ls.mu.Lock()
+	pend := make(map[uuid.UUID]pendingRows, len(e.ls.pending))
+	for pid, pr := range e.ls.pending {
+		pend[pid] = pr
+	}
+	e.ls.mu.Unlock()
+	entries := map[uuid.UUID]*patientEntry{}
+	if all {
+		entries = e.entries()
+	} else {
+		for pid := range pend {
+			if p := e.entry(pid); p != nil {
+				entries[pid] = p
+			}
+		}
+	}
+	if len(entries) == 0 && len(pend) == 0 {
+		return nil
+	}
+	pids := sortedIDs(entries)
 	tx, err := e.cfg.Pool.Begin(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("rules: inbox: %w", err)
+		return fmt.Errorf("rules: checkpoint: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	tokens, err := e.cfg.Leases.FenceMany(ctx, tx, buckets)
-	if err != nil {
-		return 0, err
+	var tokens map[int]int64
+	if e.cfg.Leases != nil {
+		seen := map[int]bool{}
+		var buckets []int
+		for _, pid := range pids {
+			if b := BucketOf(pid); !seen[b] {
+				seen[b] = true
+				buckets = append(buckets, b)
+			}
+		}
+		sort.Ints(buckets)
+		if tokens, err = e.cfg.Leases.FenceMany(ctx, tx, buckets); err != nil {
+			return err
+		}
 	}
 	now := e.now()
 	var del []int64
 	var written []*patientEntry
+	done := map[uuid.UUID]pendingRows{} // pending rows settled, or released to be read again
+	for pid, pr := range pend {
+		if entries[pid] == nil { // no state here any more: read them again
+			done[pid] = pr
+		}
+	}
 	restore := func() { // the transaction failed: what it would have checkpointed is dirty again
 		for _, p := range written {
 			p.mu.Lock()
@@ -483,48 +840,68 @@ func (e *Engine) settleInbox(ctx context.Context, ids map[uuid.UUID][]int64) (in
 		}
 	}
 	for _, pid := range pids {
-		p := e.entry(pid)
-		if p == nil {
-			continue
-		}
+		p := entries[pid]
+		pr, hasPend := pend[pid]
 		p.mu.Lock()
-		if !p.loaded || p.token == 0 {
-			// Dropped since its evaluation (lost, or a failed write): its rows stay, to be
-			// evaluated again on the state rebuilt from the database.
+		owned := p.loaded && (e.cfg.Leases == nil || p.token != 0 && tokens[BucketOf(pid)] == p.token)
+		if !owned {
+			if p.loaded && (p.dirty || hasPend) {
+				p.loaded, p.st, p.dirty = false, nil, false // another replica's now (or never this one's)
+			}
 			p.mu.Unlock()
-			continue
-		}
-		if tokens[BucketOf(pid)] != p.token {
-			p.loaded, p.st, p.dirty = false, nil, false // another replica's now: its rows stay
-			p.mu.Unlock()
+			if hasPend {
+				done[pid] = pr
+			}
 			continue
 		}
 		if p.dirty {
 			if err := writeState(ctx, tx, pid, p.st, now); err != nil {
 				p.mu.Unlock()
 				restore()
-				return 0, err
+				return err
 			}
 			p.dirty = false
 			written = append(written, p)
 		}
-		p.mu.Unlock()
-		del = append(del, ids[pid]...)
-	}
-	var n int64
-	if len(del) > 0 {
-		tag, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, del)
-		if err != nil {
-			restore()
-			return 0, fmt.Errorf("rules: inbox: %w", err)
+		if hasPend {
+			if pr.gen == p.gen { // else evaluated on a state since dropped: read them again
+				del = append(del, pr.ids...)
+			}
+			done[pid] = pr
 		}
-		n = tag.RowsAffected()
+		p.mu.Unlock()
+	}
+	if len(del) > 0 {
+		if _, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, del); err != nil {
+			restore()
+			return fmt.Errorf("rules: inbox: %w", err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		restore()
-		return 0, fmt.Errorf("rules: inbox: commit: %w", err)
+		return fmt.Errorf("rules: checkpoint: commit: %w", err)
 	}
-	return int(n), nil
+	e.ls.mu.Lock()
+	for pid, was := range done {
+		cur, ok := e.ls.pending[pid]
+		if !ok || cur.gen != was.gen || len(cur.ids) < len(was.ids) {
+			continue // replaced meanwhile (notePending)
+		}
+		e.ls.pendingN -= len(was.ids)
+		if len(cur.ids) == len(was.ids) {
+			delete(e.ls.pending, pid)
+		} else { // evaluated more meanwhile: those wait for the next checkpoint
+			cur.ids = cur.ids[len(was.ids):]
+			e.ls.pending[pid] = cur
+		}
+	}
+	if e.ls.pendingN == 0 {
+		e.ls.pendingSince = time.Time{}
+	} else {
+		e.ls.pendingSince = time.Now()
+	}
+	e.ls.mu.Unlock()
+	return nil
 }
 
 // settingsChanged, inside the transaction that changes a patient's rule settings (SpO2
@@ -534,7 +911,7 @@ func (e *Engine) settingsChanged(ctx context.Context, tx pgx.Tx, pid uuid.UUID) 
 	if e.cfg.Leases == nil || e.Owns(pid) {
 		return nil
 	}
-	if err := insertInbox(ctx, tx, pid, "settings", struct{}{}); err != nil {
+	if _, err := insertInbox(ctx, tx, pid, "settings", struct{}{}); err != nil {
 		return err
 	}
 	_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel)

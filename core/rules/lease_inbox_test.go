@@ -3,12 +3,15 @@ package rules_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/core/alarms"
+	coreobs "github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 )
 
@@ -28,13 +31,14 @@ func (e *env) twoReplicas(t *testing.T) (*replica, *replica) {
 	return a, b
 }
 
-// The owner settles a drained batch of inbox rows, of several patients, in one transaction:
-// every patient's state checkpoint and the deletion of all the batch's rows commit together
-// (one xmin on every checkpoint row), not one transaction per patient. A patient whose bucket
-// was taken meanwhile (the owner does not know yet) writes nothing and keeps its rows for the
-// new owner, without stopping the others. (On the code before it, the checkpoints had one xmin
-// per patient.)
-// Verifies: REQ-HA-040, REQ-HA-041
+// The owner settles the inbox rows it evaluated, of several patients, in one transaction:
+// every patient's state checkpoint and the deletion of all the rows commit together (one xmin
+// on every checkpoint row), not one transaction per patient, and not at the drain: the rows
+// wait, not read again, for the checkpoint that covers them. A patient whose bucket was taken
+// meanwhile (the owner does not know yet) writes nothing and keeps its rows for the new owner,
+// without stopping the others. (On the code before the batched settle, the checkpoints had
+// one xmin per patient.)
+// Verifies: REQ-HA-040, REQ-HA-041, REQ-HA-043
 func TestInboxSettlesBatchInOneTransaction(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -81,8 +85,22 @@ func TestInboxSettlesBatchInOneTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatalf("b.DrainInbox() = %v", err)
 	}
-	if n != 3*len(pids) {
-		t.Errorf("b.DrainInbox() settled %d rows, want %d (all but the lost patient's)", n, 3*len(pids))
+	if n != 3*(len(pids)+1) {
+		t.Errorf("b.DrainInbox() evaluated %d rows, want %d", n, 3*(len(pids)+1))
+	}
+	// Evaluated, the rows wait for the checkpoint of the states that hold their effect.
+	if got := e.count(t, `SELECT count(*) FROM rules_inbox`); got != 3*(len(pids)+1) {
+		t.Errorf("inbox rows after the drain = %d, want %d (deleted with the checkpoint)", got, 3*(len(pids)+1))
+	}
+	if got := e.count(t, `SELECT count(*) FROM rules_patient_state WHERE patient_id = ANY($1)`, pids); got != 0 {
+		t.Errorf("checkpoints after the drain = %d, want 0", got)
+	}
+	// Drained again: nothing new (the rows evaluated are not read twice).
+	if n, err := b.eng.DrainInbox(context.Background()); err != nil || n != 0 {
+		t.Errorf("b.DrainInbox() again = %d, %v; want 0", n, err)
+	}
+	if err := b.eng.Checkpoint(context.Background()); err != nil {
+		t.Fatalf("b.Checkpoint() = %v", err)
 	}
 	if got := e.count(t, `SELECT count(*) FROM rules_inbox WHERE patient_id <> $1`, lost); got != 0 {
 		t.Errorf("inbox rows of b's patients left = %d, want 0", got)
@@ -141,6 +159,9 @@ func TestInboxCrashBeforeSettleNoDuplicateAlarm(t *testing.T) {
 	if _, err := b2.DrainInbox(context.Background()); err != nil {
 		t.Fatalf("restarted b.DrainInbox() = %v", err)
 	}
+	if err := b2.Checkpoint(context.Background()); err != nil {
+		t.Fatalf("restarted b.Checkpoint() = %v", err)
+	}
 	if n := e.count(t, `SELECT count(*) FROM rules_inbox`); n != 0 {
 		t.Errorf("inbox rows after the restart's drain = %d, want 0", n)
 	}
@@ -149,5 +170,181 @@ func TestInboxCrashBeforeSettleNoDuplicateAlarm(t *testing.T) {
 	}
 	if n := e.count(t, `SELECT trigger_count FROM alarms WHERE patient_id=$1 AND rule_id='hr-high'`, pb); n != triggers {
 		t.Errorf("alarm trigger count after re-evaluating the inbox = %d, want %d (the same samples are not counted twice)", n, triggers)
+	}
+}
+
+// The owner evaluates forwarded rows and "dies" before the checkpoint that would delete them:
+// one row raised an alarm (its state was written with it), the other carried a sample older
+// than what the patient's state had evaluated of another code (so a replay of the stored
+// observations after the checkpoint would not bring it back). A new engine on the same
+// leases reads both rows again: the alarm is not raised twice, and the older sample is
+// evaluated (its code's mark in the checkpoint written afterwards).
+// Verifies: REQ-HA-043
+func TestInboxRowsDeletedOnlyWithTheirCheckpoint(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, b := e.twoReplicas(t)
+	pb := b.patientOf(t)
+	if err := e.upload(t, a, pb, hrRun(pb, 150, t0, 5)...); !errors.Is(err, rules.ErrNotOwner) {
+		t.Fatalf("a.Evaluate(b's patient) = %v, want ErrNotOwner", err)
+	}
+	weighed := t0.Add(15 * time.Second) // before the heart rates' last (t0+40 s)
+	if err := e.upload(t, a, pb, obs(pb, codeBodyWeight, 71, weighed)); !errors.Is(err, rules.ErrNotOwner) {
+		t.Fatalf("a.Evaluate(b's patient) = %v, want ErrNotOwner", err)
+	}
+	e.clk.Set(t0.Add(40 * time.Second)) // (upload set the clock to the weighing)
+	if n, err := b.eng.DrainInbox(context.Background()); err != nil || n != 2 {
+		t.Fatalf("b.DrainInbox() = %d, %v; want 2 rows", n, err)
+	}
+	if n := e.alarmsOf(t, pb, "hr-high"); n != 1 {
+		t.Fatalf("hr-high alarms = %d, want 1", n)
+	}
+	triggers := e.count(t, `SELECT trigger_count FROM alarms WHERE patient_id=$1 AND rule_id='hr-high'`, pb)
+	if n := e.count(t, `SELECT count(*) FROM rules_inbox WHERE patient_id=$1`, pb); n != 2 {
+		t.Fatalf("inbox rows before the checkpoint = %d, want 2", n)
+	}
+	if st := b.eng.InboxStats(); st.Pending != 2 {
+		t.Fatalf("rows evaluated and pending = %d, want 2", st.Pending)
+	}
+	// b dies (no checkpoint); a new engine on the same leases.
+	svc, err := alarms.New(alarms.Config{Pool: e.pool, Recorder: e.rec, Now: e.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: svc, History: e.hist, Now: e.clk.Now, Leases: b.leases})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b2.DrainInbox(context.Background()); err != nil || n != 2 {
+		t.Fatalf("restarted b.DrainInbox() = %d, %v; want the 2 rows again", n, err)
+	}
+	if err := b2.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM rules_inbox`); n != 0 {
+		t.Errorf("inbox rows after the checkpoint = %d, want 0", n)
+	}
+	if n := e.alarmsOf(t, pb, "hr-high"); n != 1 {
+		t.Errorf("hr-high alarms = %d, want 1 (no duplicate)", n)
+	}
+	if n := e.count(t, `SELECT trigger_count FROM alarms WHERE patient_id=$1 AND rule_id='hr-high'`, pb); n != triggers {
+		t.Errorf("trigger count = %d, want %d", n, triggers)
+	}
+	var mark time.Time
+	if err := e.pool.QueryRow(context.Background(), `SELECT (state->'codes'->>$2)::timestamptz FROM rules_patient_state WHERE patient_id=$1`, pb, codeBodyWeight).Scan(&mark); err != nil {
+		t.Fatalf("checkpoint's mark of the weighed code: %v", err)
+	}
+	if !mark.Equal(weighed) {
+		t.Errorf("checkpoint's mark of the weighed code = %v, want %v (the older sample evaluated)", mark, weighed)
+	}
+}
+
+// A flood of uploads committed on replica a for replica b's patients: while b does not
+// evaluate, a's Publish (Pace) holds its uploads once b's inbox has InboxLimit of a's rows
+// left, instead of filling it; once b drains, they proceed with the depth kept near the limit;
+// at the end every forwarded observation was evaluated by b and its row deleted.
+// Verifies: REQ-HA-044
+func TestInboxBackPressure(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	const limit, workers, each = 40, 8, 30
+	a := e.replicaWith(t, "a", func(c *rules.Config) { c.InboxLimit, c.InboxWait = limit, time.Minute })
+	b := e.replica(t, "b")
+	a.step(t)
+	b.step(t)
+	a.step(t)
+	b.step(t)
+	a.eng.WaitTakeOver()
+	b.eng.WaitTakeOver()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.eng.RunInbox(ctx, 100*time.Millisecond) // a listens: b's progress reaches it
+	e.clk.Set(t0.Add(each * time.Second))
+	var pids []uuid.UUID
+	for range workers {
+		pids = append(pids, b.patientOf(t))
+	}
+	for deadline := time.Now().Add(10 * time.Second); !a.eng.KnowsOwner(rules.BucketOf(pids[0])); {
+		if time.Now().After(deadline) {
+			t.Fatal("a never heard b's announcement")
+		}
+		b.eng.AnnounceNow(context.Background())
+		time.Sleep(50 * time.Millisecond)
+	}
+	depth := func() int { // rows b has not evaluated
+		return e.count(t, `SELECT count(*) FROM rules_inbox`) - b.eng.InboxStats().Pending
+	}
+	var sent atomic.Int64
+	done := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			p := pids[w]
+			for i := range each {
+				o := []rules.Observation{obs(p, codeBodyWeight, 70+float64(i)/10, t0.Add(time.Duration(i)*time.Second))}
+				o[0].UploadID = uuid.New()
+				e.hist.add(o...)
+				c := coreobs.Committed{PatientID: p, Observations: o}
+				if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
+					done <- err
+					return
+				}
+				sent.Add(1)
+				a.eng.Pace(ctx, []coreobs.Committed{c}) // what core's Publish does after the commit
+			}
+			done <- nil
+		}()
+	}
+	// b does not evaluate yet: the flood stops near the limit.
+	time.Sleep(1500 * time.Millisecond)
+	if d := depth(); d > limit+workers {
+		t.Fatalf("inbox depth with the owner not evaluating = %d, want at most %d (limit + one upload per worker)", d, limit+workers)
+	}
+	if st := a.eng.InboxStats(); st.PaceWaits == 0 {
+		t.Errorf("Pace never waited")
+	}
+	if n := sent.Load(); n >= workers*each {
+		t.Fatalf("all %d uploads went through while the owner did not evaluate", n)
+	}
+	// b evaluates now: the uploads proceed, the depth stays bounded.
+	go b.eng.RunInbox(ctx, 100*time.Millisecond)
+	most := 0
+	for finished := 0; finished < workers; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			finished++
+		case <-time.After(20 * time.Millisecond):
+			most = max(most, depth())
+		}
+	}
+	t.Logf("deepest inbox while b evaluated: %d rows (limit %d)", most, limit)
+	if most > 2*limit+workers {
+		t.Errorf("inbox depth while b evaluated reached %d, want at most %d", most, 2*limit+workers)
+	}
+	for deadline := time.Now().Add(20 * time.Second); depth() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("b did not evaluate its inbox: %d rows left", depth())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	if err := b.eng.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count(t, `SELECT count(*) FROM rules_inbox`); n != 0 {
+		t.Errorf("inbox rows after b's checkpoint = %d, want 0", n)
+	}
+	// Nothing lost: every patient's last weight was evaluated by b.
+	last := t0.Add((each - 1) * time.Second)
+	for _, p := range pids {
+		var mark time.Time
+		if err := e.pool.QueryRow(context.Background(), `SELECT (state->'codes'->>$2)::timestamptz FROM rules_patient_state WHERE patient_id=$1`, p, codeBodyWeight).Scan(&mark); err != nil {
+			t.Fatalf("checkpoint of patient %s: %v", p, err)
+		}
+		if !mark.Equal(last) {
+			t.Errorf("patient %s evaluated through %v, want %v", p, mark, last)
+		}
 	}
 }

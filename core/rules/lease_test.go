@@ -25,6 +25,12 @@ type replica struct {
 
 func (e *env) replica(t *testing.T, name string) *replica {
 	t.Helper()
+	return e.replicaWith(t, name, nil)
+}
+
+// replicaWith is replica with its engine's configuration changed by set.
+func (e *env) replicaWith(t *testing.T, name string, set func(*rules.Config)) *replica {
+	t.Helper()
 	svc, err := alarms.New(alarms.Config{Pool: e.pool, Recorder: e.rec, Now: e.clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -33,7 +39,11 @@ func (e *env) replica(t *testing.T, name string) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng, err := rules.New(context.Background(), rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: svc, History: e.hist, Now: e.clk.Now, Leases: l})
+	cfg := rules.Config{Pool: e.pool, Recorder: e.rec, Alarms: svc, History: e.hist, Now: e.clk.Now, Leases: l}
+	if set != nil {
+		set(&cfg)
+	}
+	eng, err := rules.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +157,10 @@ func TestLeasesShareAndForward(t *testing.T) {
 	}
 	if n := e.alarmsOf(t, pb, "hr-high"); n != 1 {
 		t.Errorf("hr-high alarms of b's patient = %d, want 1", n)
+	}
+	// The evaluated row is deleted with b's next checkpoint.
+	if err := b.eng.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	if n := e.count(t, `SELECT count(*) FROM rules_inbox`); n != 0 {
 		t.Errorf("inbox rows left = %d, want 0", n)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/audit/rowdigest"
 	"github.com/vigilhealth/vigil/core/alarms"
 )
 
@@ -337,7 +338,9 @@ func (e *Engine) setPatientSetting(ctx context.Context, ev audit.Event, pid uuid
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	ev.Outcome = audit.OutcomeSuccess
-	ev.Payload = payload(p.st)
+	if err := stampSetting(ctx, tx, &ev, payload(p.st), rowdigest.PatientRuleSettings, pid); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
 	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -349,6 +352,28 @@ func (e *Engine) setPatientSetting(ctx context.Context, ev audit.Event, pid uuid
 	}
 	apply(p.st)
 	p.dirty = true
+	return nil
+}
+
+// stampSetting ties the settings row key of spec (a patient's or a ward's) to ev
+// (audit/rowdigest): the row gets ev's id and the digest of its audited content, and ev's
+// payload (payload, to which the digest is added) commits to it, so that `vigil audit verify`
+// finds a scale, an oxygen flag or a ward's charted parameters changed behind the system's
+// back. Call it in tx after the upsert and before recording ev.
+func stampSetting(ctx context.Context, tx pgx.Tx, ev *audit.Event, payload map[string]any, spec rowdigest.Spec, key uuid.UUID) error {
+	if ev.ID == uuid.Nil {
+		id, err := uuid.NewV7()
+		if err != nil {
+			return fmt.Errorf("event id: %w", err)
+		}
+		ev.ID = id
+	}
+	ds := rowdigest.Digests{}
+	if err := ds.Stamp(ctx, tx, spec, key.String(), ev.ID); err != nil {
+		return err
+	}
+	payload[rowdigest.PayloadKey] = ds
+	ev.Payload = payload
 	return nil
 }
 
@@ -447,7 +472,10 @@ func (e *Engine) setWardNEWS2(ctx context.Context, by audit.Event, wardID uuid.U
 			e.auditAlone(ctx, ev))
 	}
 	ev.Outcome = audit.OutcomeSuccess
-	ev.Payload = map[string]any{"charted": charted, "charted_max_age_seconds": maxAge.Seconds(), "reason": reason}
+	if err := stampSetting(ctx, tx, &ev, map[string]any{"charted": charted, "charted_max_age_seconds": maxAge.Seconds(), "reason": reason},
+		rowdigest.WardNEWS2Settings, wardID); err != nil {
+		return fmt.Errorf("set ward NEWS2: %w", err)
+	}
 	if _, err := e.cfg.Recorder.Record(ctx, tx, ev); err != nil {
 		return fmt.Errorf("set ward NEWS2: %w", err)
 	}

@@ -135,16 +135,25 @@ type Encounter struct {
 	Start       time.Time
 	End         time.Time // zero while admitted
 	VisitNumber string
+	// Cancelled: the admission was cancelled (ADT^A11) — it ended before it began.
+	Cancelled bool
 }
 
 // RenderEncounter renders an inpatient Encounter: in-progress while admitted, finished
-// after discharge.
+// after discharge, cancelled when the admission was cancelled (ADT^A11). FHIR R4's
+// "cancelled" is an encounter that ended before it began: an A11 is refused once anything was
+// stored for the admission, so a cancelled admission never has data. "entered-in-error"
+// (should never have been in the record) is not used: an A11 does not say whether the
+// admission was a mistake or a visit that did not take place.
 func RenderEncounter(e Encounter) m.Encounter {
 	status := m.EncounterStatusInProgress
 	period := &m.Period{Start: ptr(instant(e.Start))}
 	if !e.End.IsZero() {
 		status = m.EncounterStatusFinished
 		period.End = ptr(instant(e.End))
+	}
+	if e.Cancelled {
+		status = m.EncounterStatusCancelled
 	}
 	r := m.Encounter{Id: &e.ID, Status: status,
 		Class:   coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "IMP", "inpatient encounter"),

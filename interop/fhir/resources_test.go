@@ -51,6 +51,7 @@ func all(t *testing.T) []any {
 		fhir.RenderPatient(fhir.Patient{ID: "p2", MRN: "MRN2"}),
 		fhir.RenderEncounter(fhir.Encounter{ID: encID, PatientID: patientID, Ward: "ICU", WardID: "w1", Start: t0, VisitNumber: "V1"}),
 		fhir.RenderEncounter(fhir.Encounter{ID: "e2", PatientID: patientID, Ward: "ICU", Start: t0, End: t0.Add(48 * time.Hour)}),
+		fhir.RenderEncounter(fhir.Encounter{ID: "e3", PatientID: patientID, Ward: "ICU", Start: t0, End: t0, Cancelled: true}),
 		fhir.RenderDevice(fhir.Device{ID: deviceID, Serial: "SN-001", Model: "BedsideMonitor 3", Firmware: "2.4.1", Status: "active", KeyFingerprint: fp[:], PatientID: patientID}),
 		fhir.RenderDevice(fhir.Device{ID: "d2", Serial: "SN-002", Status: "retired"}),
 		fhir.RenderBloodPressure(fhir.BloodPressure{ID: "bp1", PatientID: patientID, DeviceID: deviceID, EncounterID: encID, Time: t0, Systolic: 121, Diastolic: 79, Mean: &mean}),

@@ -4,16 +4,21 @@
 package interoptest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/interop"
+	"github.com/vigilhealth/vigil/interop/mllp"
 )
 
 // Recorder returns the process's audit recorder over pool (the test database), as every
@@ -72,4 +77,54 @@ func RequireTool(t testing.TB, path string) string {
 		t.Skipf("interoptest: %s is missing (run bash .ci/ensure-interop)", path)
 	}
 	return p
+}
+
+// ServeMLLP serves h on a loopback port until the test ends and returns its address.
+func ServeMLLP(t testing.TB, h mllp.Handler) string {
+	t.Helper()
+	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: h})
+	if err != nil {
+		t.Fatalf("interoptest: MLLP server: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("interoptest: listen: %v", err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close(context.Background()) })
+	return l.Addr().String()
+}
+
+// MLLPSend sends msgs to addr in one run of Debian's python3-hl7 mllp_send, an independent
+// MLLP sender, and returns the ACKs it printed, one per message (the test fails otherwise).
+func MLLPSend(t testing.TB, addr string, msgs []string) [][]byte {
+	t.Helper()
+	mllpSend := RequireTool(t, "mllp_send")
+	var file bytes.Buffer
+	for _, m := range msgs {
+		if err := mllp.WriteFrame(&file, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "adt.hl7")
+	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, mllpSend, "-p", port, "-f", path, host).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mllp_send = %v: %s", err, out)
+	}
+	var acks [][]byte
+	for _, part := range bytes.Split(out, []byte{mllp.EndBlock}) {
+		if part = bytes.Trim(part, "\r\n\x0b "); len(part) > 0 {
+			acks = append(acks, part)
+		}
+	}
+	if len(acks) != len(msgs) {
+		t.Fatalf("mllp_send printed %d ACKs, want %d:\n%q", len(acks), len(msgs), out)
+	}
+	return acks
 }

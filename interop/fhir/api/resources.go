@@ -31,7 +31,7 @@ func renderPatient(p core.Patient) any {
 // renderEncounter renders a patient's admission. Core keeps one admission per patient
 // record, so the Encounter's id is the patient's.
 func renderEncounter(p core.Patient) any {
-	e := fhir.Encounter{ID: p.ID.String(), PatientID: p.ID.String(), Start: p.AdmittedAt}
+	e := fhir.Encounter{ID: p.ID.String(), PatientID: p.ID.String(), Start: p.AdmittedAt, Cancelled: p.AdmissionCancelled}
 	if p.WardID != nil {
 		e.WardID = p.WardID.String()
 	}

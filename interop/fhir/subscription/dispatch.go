@@ -21,7 +21,8 @@ import (
 // event — an upload's observations, published only on the replica that stored them, or an
 // alarm, published by one replica and relayed to the others — is dispatched exactly once, by
 // the replica that published it. When the hub drops the dispatcher (it fell behind), the
-// events of the gap are not notified: Run logs it and subscribes again.
+// events of the gap are not notified: Run logs it and subscribes again. Run also sends the
+// heartbeats due (Heartbeats) every Config.HeartbeatTick.
 func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.Hub == nil {
 		return errors.New("fhir subscription: Config.Hub is required to run")
@@ -30,6 +31,9 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, t := range Topics {
 		types[t.Event] = true
 	}
+	hbDone := make(chan struct{})
+	go func() { defer close(hbDone); s.heartbeatLoop(ctx) }()
+	defer func() { <-hbDone }()
 	for ctx.Err() == nil {
 		sub := s.cfg.Hub.Subscribe(core.Filter{Types: types, Local: true})
 		s.follow(ctx, sub)
@@ -43,6 +47,22 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// heartbeatLoop sends the heartbeats due every Config.HeartbeatTick until ctx ends.
+func (s *Service) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HeartbeatTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.Heartbeats(ctx); err != nil && ctx.Err() == nil {
+				s.cfg.Logger.WarnContext(ctx, "fhir subscriptions: heartbeats not sent", slog.String("error", err.Error()))
+			}
+		}
+	}
 }
 
 func (s *Service) follow(ctx context.Context, sub *core.Subscription) {
@@ -149,14 +169,14 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 			}
 		}
 		var total int64
-		if err := s.cfg.Pool.QueryRow(ctx, "UPDATE interop_fhir_subscriptions SET events = events + $2 WHERE id = $1 AND status = 'active' RETURNING events",
-			sub.ID, len(focus)).Scan(&total); err != nil {
+		at := s.cfg.Now()
+		if err := s.cfg.Pool.QueryRow(ctx, "UPDATE interop_fhir_subscriptions SET events = events + $2, last_sent_at = $3 WHERE id = $1 AND status = 'active' RETURNING events",
+			sub.ID, len(focus), at).Scan(&total); err != nil {
 			if !errors.Is(err, pgx.ErrNoRows) { // deleted meanwhile: nothing to send
 				errs = append(errs, fmt.Errorf("Subscription/%s: count events: %w", sub.ID, err))
 			}
 			continue
 		}
-		at := s.cfg.Now()
 		body, err := RenderNotification(Notification{Sub: sub, Focus: focus, First: total - int64(len(focus)) + 1, Total: total, At: at})
 		if err != nil {
 			errs = append(errs, err)

@@ -26,6 +26,9 @@ const (
 	ExtFilterCriteria = BackportIG + "/StructureDefinition/backport-filter-criteria"
 	// ExtPayloadContent on Subscription.channel._payload: id-only, full-resource (or empty).
 	ExtPayloadContent = BackportIG + "/StructureDefinition/backport-payload-content"
+	// ExtHeartbeatPeriod on Subscription.channel: send a heartbeat notification when nothing
+	// was sent for this many seconds (valueUnsignedInt).
+	ExtHeartbeatPeriod = BackportIG + "/StructureDefinition/backport-heartbeat-period"
 	// ExtTopicCanonical lists a supported topic on the CapabilityStatement's Subscription.
 	ExtTopicCanonical = BackportIG + "/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 	// IGCanonical is the IG the CapabilityStatement names in implementationGuide.
@@ -81,6 +84,13 @@ const (
 	CodeUnsupportedElement  = "unsupported_subscription_element" // end or channel.header (not honoured, so refused)
 	CodePayloadNotAllowed   = "payload_not_allowed"              // full-resource asked by an owner who may not read the patients covered (403)
 	CodeForbidden           = "forbidden"                        // the caller may not manage this Subscription (403)
+	CodeHeartbeatPeriod     = "unsupported_heartbeat_period"     // a heartbeat period outside MinHeartbeat..MaxHeartbeat seconds, or not an unsignedInt
+)
+
+// The heartbeat periods accepted (backport-heartbeat-period), in seconds.
+const (
+	MinHeartbeat = 10
+	MaxHeartbeat = 86400
 )
 
 // Error refuses a Subscription request; nothing is stored. Status is the HTTP status (400,
@@ -109,6 +119,8 @@ type Request struct {
 	Endpoint string
 	Content  string // ContentIDOnly or ContentFullResource
 	Reason   string
+	// Heartbeat is the heartbeat period in seconds (backport-heartbeat-period); 0: none.
+	Heartbeat int
 }
 
 // MaxBody is the largest Subscription accepted, in bytes.
@@ -135,6 +147,10 @@ type wire struct {
 		Payload    string        `json:"payload"`
 		PayloadExt *primitiveExt `json:"_payload"`
 		Header     []string      `json:"header"`
+		Extension  []struct {
+			URL              string           `json:"url"`
+			ValueUnsignedInt *json.RawMessage `json:"valueUnsignedInt"`
+		} `json:"extension"`
 	} `json:"channel"`
 }
 
@@ -142,8 +158,9 @@ type wire struct {
 // canonical URL, at most one backport-filter-criteria of the form
 // "<Resource>?patient=[Patient/]<id>" (or "patient=<id>"), channel rest-hook with an
 // endpoint, payload application/fhir+json (or none) with content id-only (the default) or
-// full-resource. status may be requested (or active); end and channel.header are refused
-// (not honoured). Every refusal is an *Error naming the element.
+// full-resource, and at most one backport-heartbeat-period on the channel (MinHeartbeat to
+// MaxHeartbeat seconds). status may be requested (or active); end and channel.header are
+// refused (not honoured). Every refusal is an *Error naming the element.
 func Parse(body []byte) (Request, error) {
 	if len(body) > MaxBody {
 		return Request{}, invalid(CodeInvalidSubscription, "Subscription", "larger than %d bytes", MaxBody)
@@ -218,6 +235,17 @@ func Parse(body []byte) (Request, error) {
 			}
 			r.Content = *e.ValueCode
 		}
+	}
+	n := 0
+	for _, e := range c.Extension {
+		if e.URL != ExtHeartbeatPeriod {
+			continue
+		}
+		var secs int
+		if n++; n > 1 || e.ValueUnsignedInt == nil || json.Unmarshal(*e.ValueUnsignedInt, &secs) != nil || secs < MinHeartbeat || secs > MaxHeartbeat {
+			return Request{}, invalid(CodeHeartbeatPeriod, "Subscription.channel.extension", "one heartbeat period, a valueUnsignedInt of %d to %d seconds", MinHeartbeat, MaxHeartbeat)
+		}
+		r.Heartbeat = secs
 	}
 	return r, nil
 }

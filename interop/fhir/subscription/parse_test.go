@@ -27,6 +27,26 @@ func withContent(c string) string {
 		subscription.ExtPayloadContent + `","valueCode":"` + c + `"}]}}`
 }
 
+// withHeartbeat is a rest-hook channel asking for heartbeats every v (JSON) seconds.
+func withHeartbeat(v string) string {
+	return `{"type":"rest-hook","endpoint":"https://ehr.example/hook","payload":"application/fhir+json","extension":[{"url":"` +
+		subscription.ExtHeartbeatPeriod + `","valueUnsignedInt":` + v + `}]}`
+}
+
+// A channel's backport-heartbeat-period is read in seconds, 10 to 86400; none is 0.
+// Verifies: REQ-INT-049
+func TestParseHeartbeat(t *testing.T) {
+	for v, want := range map[string]int{"10": 10, "60": 60, "86400": 86400} {
+		r, err := subscription.Parse([]byte(sub(subscription.TopicVitalSigns.URL, "", withHeartbeat(v))))
+		if err != nil || r.Heartbeat != want {
+			t.Errorf("heartbeat %s: Parse = %+v, %v; want %d", v, r, err, want)
+		}
+	}
+	if r, err := subscription.Parse([]byte(sub(subscription.TopicVitalSigns.URL, "", hook))); err != nil || r.Heartbeat != 0 {
+		t.Errorf("no heartbeat: Parse = %+v, %v; want 0", r, err)
+	}
+}
+
 // Parse accepts the backport form of a Subscription (topic URL, patient filter, rest-hook,
 // id-only by default or full-resource) and refuses everything else with a stable code naming
 // the element.
@@ -76,6 +96,11 @@ func TestParse(t *testing.T) {
 		{"headers", sub(vitals, "", `{"type":"rest-hook","endpoint":"https://x/","header":["Authorization: Bearer x"]}`), subscription.CodeUnsupportedElement},
 		{"end", strings.Replace(sub(vitals, "", hook), `"reason"`, `"end":"2030-01-01T00:00:00Z","reason"`, 1), subscription.CodeUnsupportedElement},
 		{"too large", `{"resourceType":"Subscription","reason":"` + strings.Repeat("x", subscription.MaxBody) + `"}`, subscription.CodeInvalidSubscription},
+		{"heartbeat too short", sub(vitals, "", withHeartbeat("5")), subscription.CodeHeartbeatPeriod},
+		{"heartbeat too long", sub(vitals, "", withHeartbeat("86401")), subscription.CodeHeartbeatPeriod},
+		{"heartbeat not a number", sub(vitals, "", withHeartbeat(`"60"`)), subscription.CodeHeartbeatPeriod},
+		{"heartbeat fraction", sub(vitals, "", withHeartbeat("60.5")), subscription.CodeHeartbeatPeriod},
+		{"heartbeat of another type", sub(vitals, "", strings.Replace(withHeartbeat("60"), "valueUnsignedInt", "valueString", 1)), subscription.CodeHeartbeatPeriod},
 	} {
 		_, err := subscription.Parse([]byte(c.body))
 		var se *subscription.Error
@@ -94,6 +119,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(sub(subscription.TopicVitalSigns.URL, "patient=%zz", hook)))
 	f.Add([]byte(`{"resourceType":"Subscription","_criteria":{"extension":[{}]},"channel":{"_payload":{"extension":[{"url":"x"}]}}}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(sub(subscription.TopicVitalSigns.URL, "", withHeartbeat("60"))))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		r, err := subscription.Parse(body)
 		if err != nil {
@@ -104,7 +130,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		raw, err := subscription.Render(subscription.Subscription{ID: uuid.New(), Topic: r.Topic, Patient: r.Patient, Content: r.Content,
-			Endpoint: r.Endpoint, Reason: r.Reason, Status: "active"})
+			Endpoint: r.Endpoint, Reason: r.Reason, Status: "active", Heartbeat: r.Heartbeat})
 		if err != nil {
 			t.Fatalf("Render = %v", err)
 		}

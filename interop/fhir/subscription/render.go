@@ -26,6 +26,7 @@ type Subscription struct {
 	Status    string // active, off
 	Owner     Owner
 	Events    int64 // notification events sent
+	Heartbeat int   // heartbeat period in seconds; 0: none
 	CreatedAt time.Time
 }
 
@@ -60,6 +61,9 @@ func Render(s Subscription) (json.RawMessage, error) {
 		return nil, fmt.Errorf("fhir subscription: render: no channel")
 	}
 	ch["_payload"] = map[string]any{"extension": []any{map[string]any{"url": ExtPayloadContent, "valueCode": s.Content}}}
+	if s.Heartbeat > 0 {
+		ch["extension"] = []any{map[string]any{"url": ExtHeartbeatPeriod, "valueUnsignedInt": s.Heartbeat}}
+	}
 	return json.Marshal(obj)
 }
 
@@ -70,9 +74,20 @@ type Focus struct {
 	Resource any
 }
 
-// Notification is one event-notification Bundle's content.
+// The notification types of a SubscriptionStatus (backport IG).
+const (
+	TypeEventNotification = "event-notification"
+	TypeHandshake         = "handshake"    // the first notification, when the Subscription is activated
+	TypeHeartbeat         = "heartbeat"    // nothing was sent for the heartbeat period
+	TypeQueryStatus       = "query-status" // the answer of $status
+)
+
+// Notification is one notification Bundle's content.
 type Notification struct {
-	Sub   Subscription
+	Sub Subscription
+	// Type is TypeEventNotification (the default), TypeHandshake or TypeHeartbeat; the last
+	// two have no Focus.
+	Type  string
 	Focus []Focus
 	// First is the event number of Focus[0] (then one more per focus); Total the events since
 	// the subscription's start, this notification's included.
@@ -80,18 +95,24 @@ type Notification struct {
 	At           time.Time
 }
 
-// RenderNotification renders an event-notification Bundle (type history) as the backport IG
-// specifies for R4: first a Parameters resource, the SubscriptionStatus (subscription, topic,
-// status, type, events-since-subscription-start and one notification-event per focus with its
-// event number, timestamp and focus reference), then one entry per focus — with the
-// resource for full-resource content, without it for id-only.
-func RenderNotification(n Notification) ([]byte, error) {
+// status returns the SubscriptionStatus parameters (backport IG, R4 Parameters): subscription,
+// topic, status, type, events-since-subscription-start and one notification-event per focus
+// with its event number, timestamp and focus reference.
+func (n Notification) status() (json.RawMessage, error) {
+	typ := n.Type
+	if typ == "" {
+		typ = TypeEventNotification
+	}
+	st := "active"
+	if n.Sub.Status != "" && n.Sub.Status != "active" {
+		st = n.Sub.Status
+	}
 	at := n.At.UTC().Format(time.RFC3339Nano)
 	params := []m.ParametersParameter{
 		{Name: "subscription", ValueReference: &m.Reference{Reference: ptr("Subscription/" + n.Sub.ID.String())}},
 		{Name: "topic", ValueCanonical: ptr(n.Sub.Topic.URL)},
-		{Name: "status", ValueCode: ptr("active")},
-		{Name: "type", ValueCode: ptr("event-notification")},
+		{Name: "status", ValueCode: ptr(st)},
+		{Name: "type", ValueCode: ptr(typ)},
 		{Name: "events-since-subscription-start", ValueString: ptr(strconv.FormatInt(n.Total, 10))},
 	}
 	for i, f := range n.Focus {
@@ -104,6 +125,19 @@ func RenderNotification(n Notification) ([]byte, error) {
 	status, err := m.Parameters{Id: ptr(uuid.Must(uuid.NewV7()).String()), Parameter: params}.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("fhir subscription: notification: %w", err)
+	}
+	return status, nil
+}
+
+// RenderNotification renders a notification Bundle (type history) as the backport IG
+// specifies for R4: first the SubscriptionStatus (a Parameters resource), then, for an event
+// notification, one entry per focus — with the resource for full-resource content, without
+// it for id-only. A handshake or heartbeat has the status only.
+func RenderNotification(n Notification) ([]byte, error) {
+	at := n.At.UTC().Format(time.RFC3339Nano)
+	status, err := n.status()
+	if err != nil {
+		return nil, err
 	}
 	b := m.Bundle{Id: ptr(uuid.Must(uuid.NewV7()).String()), Type: m.BundleTypeHistory, Timestamp: ptr(at),
 		Entry: []m.BundleEntry{{FullUrl: ptr("urn:uuid:" + uuid.Must(uuid.NewV7()).String()), Resource: status,
@@ -127,3 +161,16 @@ func RenderNotification(n Notification) ([]byte, error) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// RenderStatus renders the answer of Subscription/<id>/$status: a searchset Bundle holding the
+// Subscription's SubscriptionStatus (type query-status, its events since its start).
+func RenderStatus(sub Subscription, at time.Time) ([]byte, error) {
+	status, err := Notification{Sub: sub, Type: TypeQueryStatus, Total: sub.Events, At: at}.status()
+	if err != nil {
+		return nil, err
+	}
+	mode := m.SearchEntryModeMatch
+	b := m.Bundle{Id: ptr(uuid.Must(uuid.NewV7()).String()), Type: m.BundleTypeSearchset, Total: ptr(1), Timestamp: ptr(at.UTC().Format(time.RFC3339Nano)),
+		Entry: []m.BundleEntry{{FullUrl: ptr("urn:uuid:" + uuid.Must(uuid.NewV7()).String()), Resource: status, Search: &m.BundleEntrySearch{Mode: &mode}}}}
+	return b.MarshalJSON()
+}

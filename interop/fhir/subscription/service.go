@@ -73,6 +73,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// HeartbeatTick is how often Run looks for Subscriptions due a heartbeat. Default 1 s.
+	HeartbeatTick time.Duration
 }
 
 // Service manages Subscriptions and dispatches their notifications.
@@ -98,6 +100,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.HeartbeatTick <= 0 {
+		cfg.HeartbeatTick = time.Second
+	}
 	return &Service{cfg: cfg}, nil
 }
 
@@ -107,9 +112,10 @@ var ErrNotFound = errors.New("fhir subscription: not found")
 // Create parses body and creates the Subscription for owner: a full-resource one only when
 // the owner may read the topic's resources of the patient it names (of every patient, when
 // it names none); its endpoint passes core's destination checks (CreateDirectWebhook, which
-// audits webhook.created or webhook.rejected); then it is stored active, audited as
-// fhir.subscription.created. base is the FHIR base URL the client used. Every refusal is an
-// *Error (or core's *WebhookError), nothing stored.
+// audits webhook.created or webhook.rejected); its handshake notification is enqueued (the
+// first delivery of its webhook, before any event can be dispatched to it); then it is stored
+// active, audited as fhir.subscription.created. base is the FHIR base URL the client used.
+// Every refusal is an *Error (or core's *WebhookError), nothing stored.
 func (s *Service) Create(ctx context.Context, by audit.Event, owner Owner, base string, body []byte) (Subscription, []byte, error) {
 	req, err := Parse(body)
 	if err != nil {
@@ -132,7 +138,7 @@ func (s *Service) Create(ctx context.Context, by audit.Event, owner Owner, base 
 	}
 	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
 	sub := Subscription{ID: uuid.Must(uuid.NewV7()), Topic: req.Topic, Patient: req.Patient, Content: req.Content,
-		Base: base, Reason: req.Reason, Status: "active", Owner: owner, CreatedAt: now}
+		Base: base, Reason: req.Reason, Status: "active", Owner: owner, Heartbeat: req.Heartbeat, CreatedAt: now}
 	wh, secret, err := s.cfg.Webhooks.CreateDirectWebhook(ctx, by, req.Endpoint, EventType(sub.ID))
 	if err != nil {
 		var we *core.WebhookError
@@ -142,29 +148,38 @@ func (s *Service) Create(ctx context.Context, by audit.Event, owner Owner, base 
 		return Subscription{}, nil, fmt.Errorf("fhir subscription: %w", err)
 	}
 	sub.WebhookID, sub.Endpoint = wh.ID, wh.URL
-	var pid, tok any
+	var pid, tok, hb any
 	if sub.Patient != uuid.Nil {
 		pid = sub.Patient
 	}
 	if owner.TokenID != uuid.Nil {
 		tok = owner.TokenID
 	}
-	err = pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO interop_fhir_subscriptions (id, webhook_id, topic, patient_id, content, endpoint, base_url,
-			reason, status, owner_kind, owner_id, owner_subject, owner_token, created_at)
-			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'active',$9,$10,$11,$12,$13)`,
-			sub.ID, sub.WebhookID, sub.Topic.URL, pid, sub.Content, sub.Endpoint, sub.Base, sub.Reason,
-			string(owner.Kind), owner.ID, owner.Subject, tok, now); err != nil {
+	if sub.Heartbeat > 0 {
+		hb = sub.Heartbeat
+	}
+	// The handshake (events since start 0) goes to the webhook before the Subscription is
+	// stored: no event can be dispatched to it before. Deleting the webhook on a failure
+	// below deletes the handshake's delivery with it.
+	err = s.enqueue(ctx, Notification{Sub: sub, Type: TypeHandshake, At: now})
+	if err == nil {
+		err = pgx.BeginFunc(ctx, s.cfg.Pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO interop_fhir_subscriptions (id, webhook_id, topic, patient_id, content, endpoint, base_url,
+			reason, status, owner_kind, owner_id, owner_subject, owner_token, created_at, heartbeat_period, last_sent_at)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'active',$9,$10,$11,$12,$13,$14,$13)`,
+				sub.ID, sub.WebhookID, sub.Topic.URL, pid, sub.Content, sub.Endpoint, sub.Base, sub.Reason,
+				string(owner.Kind), owner.ID, owner.Subject, tok, now, hb); err != nil {
+				return err
+			}
+			ev := by
+			ev.Time, ev.Action, ev.Outcome = now, "fhir.subscription.created", audit.OutcomeSuccess
+			ev.Object = audit.Object{Type: "fhir_subscription", ID: sub.ID.String()}
+			ev.Payload = map[string]any{"topic": sub.Topic.URL, "content": sub.Content, "patient_id": pid, "webhook_id": sub.WebhookID,
+				"endpoint_host": hostOf(sub.Endpoint), "owner": owner, "heartbeat_period": hb}
+			_, err := s.cfg.Recorder.Record(ctx, tx, ev)
 			return err
-		}
-		ev := by
-		ev.Time, ev.Action, ev.Outcome = now, "fhir.subscription.created", audit.OutcomeSuccess
-		ev.Object = audit.Object{Type: "fhir_subscription", ID: sub.ID.String()}
-		ev.Payload = map[string]any{"topic": sub.Topic.URL, "content": sub.Content, "patient_id": pid, "webhook_id": sub.WebhookID,
-			"endpoint_host": hostOf(sub.Endpoint), "owner": owner}
-		_, err := s.cfg.Recorder.Record(ctx, tx, ev)
-		return err
-	})
+		})
+	}
 	if err != nil {
 		if derr := s.cfg.Webhooks.DeleteWebhook(context.WithoutCancel(ctx), by, sub.WebhookID); derr != nil {
 			err = errors.Join(err, derr)
@@ -187,17 +202,23 @@ func problem(code, typ, expr, msg string) fhir.Problem {
 	return fhir.Problem{Code: code, Type: typ, Expression: expr, Message: msg}
 }
 
-const selectSubs = `SELECT id, webhook_id, topic, patient_id, content, endpoint, base_url, reason, status, owner_kind, owner_id,
-	owner_subject, owner_token, events, created_at FROM interop_fhir_subscriptions`
+const subCols = `id, webhook_id, topic, patient_id, content, endpoint, base_url, reason, status, owner_kind, owner_id,
+	owner_subject, owner_token, events, created_at, heartbeat_period`
+
+const selectSubs = `SELECT ` + subCols + ` FROM interop_fhir_subscriptions`
 
 func scanSub(r pgx.CollectableRow) (Subscription, error) {
 	var s Subscription
 	var topic, kind string
 	var pid, tok *uuid.UUID
+	var hb *int
 	err := r.Scan(&s.ID, &s.WebhookID, &topic, &pid, &s.Content, &s.Endpoint, &s.Base, &s.Reason, &s.Status, &kind,
-		&s.Owner.ID, &s.Owner.Subject, &tok, &s.Events, &s.CreatedAt)
+		&s.Owner.ID, &s.Owner.Subject, &tok, &s.Events, &s.CreatedAt, &hb)
 	if err != nil {
 		return s, err
+	}
+	if hb != nil {
+		s.Heartbeat = *hb
 	}
 	s.Topic, _ = LookupTopic(topic)
 	s.Owner.Kind = audit.ActorKind(kind)
@@ -273,4 +294,55 @@ func (s *Service) Delete(ctx context.Context, by audit.Event, id uuid.UUID) erro
 		return fmt.Errorf("fhir subscription: delete webhook: %w", err)
 	}
 	return nil
+}
+
+// enqueue renders a notification and enqueues it on the Subscription's webhook.
+func (s *Service) enqueue(ctx context.Context, n Notification) error {
+	body, err := RenderNotification(n)
+	if err != nil {
+		return err
+	}
+	if _, err := s.cfg.Webhooks.EnqueueWebhooks(ctx, core.Event{Type: EventType(n.Sub.ID), PatientID: n.Sub.Patient, At: n.At, Body: body}); err != nil {
+		return fmt.Errorf("fhir subscription: enqueue %s: %w", n.Type, err)
+	}
+	return nil
+}
+
+// Heartbeats enqueues a heartbeat notification (events since start as they stand) for every
+// active Subscription that asked for one (backport-heartbeat-period) and was sent nothing
+// for that period, and returns how many. Each is claimed by moving its last notification
+// time in one statement, so with several replicas on one database each heartbeat is sent
+// once. Run calls it every Config.HeartbeatTick.
+func (s *Service) Heartbeats(ctx context.Context) (int, error) {
+	now := s.cfg.Now().UTC().Truncate(time.Microsecond)
+	rows, err := s.cfg.Pool.Query(ctx, `UPDATE interop_fhir_subscriptions SET last_sent_at = $1::timestamptz
+		WHERE status = 'active' AND heartbeat_period IS NOT NULL
+		  AND COALESCE(last_sent_at, created_at) <= $1::timestamptz - make_interval(secs => heartbeat_period)
+		RETURNING `+subCols, now)
+	if err != nil {
+		return 0, fmt.Errorf("fhir subscription: heartbeats: %w", err)
+	}
+	due, err := pgx.CollectRows(rows, scanSub)
+	if err != nil {
+		return 0, fmt.Errorf("fhir subscription: heartbeats: %w", err)
+	}
+	var errs []error
+	n := 0
+	for _, sub := range due {
+		if err := s.enqueue(ctx, Notification{Sub: sub, Type: TypeHeartbeat, Total: sub.Events, At: now}); err != nil {
+			errs = append(errs, fmt.Errorf("Subscription/%s: %w", sub.ID, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// Status returns the answer of Subscription/<id>/$status (RenderStatus).
+func (s *Service) Status(ctx context.Context, id uuid.UUID) ([]byte, error) {
+	sub, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return RenderStatus(sub, s.cfg.Now())
 }

@@ -3,16 +3,57 @@ package inbound_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/testdb"
+	"github.com/vigilhealth/vigil/interop"
 	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/inbound"
 	"github.com/vigilhealth/vigil/interop/interoptest"
 	"github.com/vigilhealth/vigil/keys/keystest"
 )
+
+// coreFixture is the real clinical core on the test's own database, with the audit recorder
+// every service gets and one site of the named wards: what the tests of CoreApplier share.
+type coreFixture struct {
+	pool  *pgxpool.Pool
+	rec   interop.Recorder
+	core  *core.Service
+	by    audit.Event // the set-up's actor
+	wards map[string]uuid.UUID
+}
+
+func newCoreFixture(t *testing.T, wards ...string) coreFixture {
+	t.Helper()
+	pool := testdb.New(t)
+	ctx := context.Background()
+	rec := interoptest.Recorder(t, pool)
+	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: keystest.LocalRing(t, nil).PHI()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := coreFixture{pool: pool, rec: rec, core: cs, wards: map[string]uuid.UUID{},
+		by: audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "setup", AuthMethod: "internal"}, RequestID: "setup"}}
+	site, err := cs.CreateSite(ctx, f.by, "General")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range wards {
+		w, err := cs.CreateWard(ctx, f.by, site.ID, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.wards[name] = w.ID
+	}
+	return f
+}
 
 // CoreApplier on the real clinical core: A01 admits on the named ward (case aside) or
 // re-admits a discharged patient, A02 moves, A03 discharges, A08 updates the demographics it
@@ -22,23 +63,9 @@ import (
 // Verifies: REQ-INT-026, REQ-INT-040, REQ-INT-041
 func TestCoreApplier(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
-	ctx := context.Background()
-	rec := interoptest.Recorder(t, pool)
-	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: keystest.LocalRing(t, nil).PHI()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "setup", AuthMethod: "internal"}, RequestID: "setup"}
-	site, _ := cs.CreateSite(ctx, by, "General")
-	icu, err := cs.CreateWard(ctx, by, site.ID, "ICU")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ccu, err := cs.CreateWard(ctx, by, site.ID, "CCU")
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newCoreFixture(t, "ICU", "CCU")
+	ctx, pool, cs := context.Background(), f.pool, f.core
+	icu, ccu := f.wards["ICU"], f.wards["CCU"]
 	a := inbound.CoreApplier{Core: cs}
 	sender := audit.Actor{Kind: audit.ActorService, ID: "hl7:EPIC@GENHOSP", AuthMethod: "none"}
 	pat := hl7.ADTPatient{MRN: "MRN-1", FamilyName: "Doe", GivenName: "Jane", BirthDate: "1980-02-15"}
@@ -57,9 +84,9 @@ func TestCoreApplier(t *testing.T) {
 		switch {
 		case p.WardID == nil:
 			return "", p.DischargedAt != nil
-		case *p.WardID == icu.ID:
+		case *p.WardID == icu:
 			return "ICU", p.DischargedAt != nil
-		case *p.WardID == ccu.ID:
+		case *p.WardID == ccu:
 			return "CCU", p.DischargedAt != nil
 		}
 		return "?", p.DischargedAt != nil
@@ -126,5 +153,77 @@ func TestCoreApplier(t *testing.T) {
 		if n != want {
 			t.Errorf("%s events by the sender = %d, want %d", action, n, want)
 		}
+	}
+}
+
+// The A11 (cancel admit) check — did anything get stored for the patient since the admission
+// (core.Service.CancelAdmission) — reads the patient's own uploads through an index
+// (migration 00711), not every upload since the admission: with sequential scans disabled,
+// its plan finds the patient by an index condition. The query is core's, word for word. The
+// cancel itself still works.
+// Verifies: REQ-INT-046
+func TestCancelAdmitCheckUsesPatientIndex(t *testing.T) {
+	t.Parallel()
+	f := newCoreFixture(t, "ICU")
+	ctx := context.Background()
+	a := inbound.CoreApplier{Core: f.core}
+	sender := audit.Actor{Kind: audit.ActorService, ID: "hl7:EPIC@GENHOSP", AuthMethod: "none"}
+	admit := func(mrn, ctl string) core.Patient {
+		t.Helper()
+		if err := a.ApplyADT(ctx, sender, hl7.ADT{Kind: hl7.ADTAdmit, Event: "A01", ControlID: ctl, SendingFacility: "GENHOSP",
+			Patient: hl7.ADTPatient{MRN: mrn, FamilyName: "Doe", GivenName: "Jane"}, Location: hl7.Location{PointOfCare: "ICU"}}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := f.core.PatientByMRN(ctx, mrn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	other, p := admit("MRN-OTHER", "I1"), admit("MRN-1", "I2")
+	// Another patient's upload makes today's partition (an empty table has no plan to check).
+	if _, err := f.core.Ingest(ctx, core.Batch{PatientID: other.ID, Provenance: core.Provenance{DeviceID: "dev-1", KeyID: "dev-1/1",
+		UploadHash: [32]byte{1}, Sequence: 1, Transport: "http"},
+		Samples: []core.Sample{{Code: "8867-4", Value: 72, Unit: "/min", Time: time.Now().Add(-time.Second)}}}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, "SET LOCAL enable_seqscan = off"); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := tx.Query(ctx, `EXPLAIN SELECT EXISTS (SELECT 1 FROM core_uploads WHERE patient_id = $1 AND received_at >= $2 AND stored > 0)`,
+		p.ID, p.AdmittedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, line)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	// Without the index the planner still avoids the sequential scan, through the primary key
+	// (id, received_at) with received_at as its condition: every upload since the admission.
+	byPatient := false
+	for _, l := range plan {
+		if strings.Contains(l, "Index Cond:") && strings.Contains(l, "patient_id =") {
+			byPatient = true
+		}
+	}
+	if all := strings.Join(plan, "\n"); !byPatient || strings.Contains(all, "Seq Scan") {
+		t.Errorf("A11 check plan does not look the patient up in an index of the uploads:\n%s", all)
+	}
+	if err := a.ApplyADT(ctx, sender, hl7.ADT{Kind: hl7.ADTCancelAdmit, Event: "A11", ControlID: "I3", SendingFacility: "GENHOSP",
+		Patient: hl7.ADTPatient{MRN: "MRN-1"}}); err != nil {
+		t.Errorf("A11 of a patient with nothing stored = %v, want applied", err)
 	}
 }

@@ -1,13 +1,9 @@
 package inbound_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,17 +58,21 @@ func start(t *testing.T, cfg inbound.Config) (*inbound.Receiver, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: rcv})
+	return rcv, interoptest.ServeMLLP(t, rcv)
+}
+
+// expectAck sends msg on c and checks the ACK's code and, when code is not empty, its first
+// ERR-5.
+func expectAck(t *testing.T, ctx context.Context, c *mllp.Client, name, msg string, ack hl7.AckCode, code string) {
+	t.Helper()
+	raw, err := c.Send(ctx, []byte(msg))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s: Send = %v", name, err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	got, _, errs, err := hl7.ParseAck(raw)
+	if err != nil || got != ack || (code != "" && (len(errs) == 0 || errs[0] != code)) {
+		t.Errorf("%s: ACK = %s %v %v, want %s %s", name, got, errs, err, ack, code)
 	}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() { _ = srv.Close(context.Background()) })
-	return rcv, l.Addr().String()
 }
 
 // TestADTFromMLLPSend sends a batch of ADT messages with Debian's python3-hl7 mllp_send, an
@@ -80,7 +80,7 @@ func start(t *testing.T, cfg inbound.Config) (*inbound.Receiver, string) {
 //
 // Verifies: REQ-INT-002, REQ-INT-003, REQ-INT-004, REQ-INT-005
 func TestADTFromMLLPSend(t *testing.T) {
-	mllpSend := interoptest.RequireTool(t, "mllp_send")
+	interoptest.RequireTool(t, "mllp_send")
 	pool := testdb.New(t)
 	app := &applier{}
 	rcv, addr := start(t, inbound.Config{Applier: app, Audit: interoptest.Recorder(t, pool), Facility: "ICU-GW",
@@ -105,33 +105,11 @@ func TestADTFromMLLPSend(t *testing.T) {
 		{adt("A11^ADT_A09", "C12", pidJane), hl7.AA, ""},
 		{adt("A13^ADT_A01", "C13", pidJane), hl7.AA, ""},
 	}
-	var file bytes.Buffer
+	var wire []string
 	for _, m := range msgs {
-		if err := mllp.WriteFrame(&file, []byte(m.msg)); err != nil {
-			t.Fatal(err)
-		}
+		wire = append(wire, m.msg)
 	}
-	path := filepath.Join(t.TempDir(), "adt.hl7")
-	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := net.SplitHostPort(addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, mllpSend, "-p", port, "-f", path, host).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mllp_send = %v: %s", err, out)
-	}
-	var acks [][]byte
-	for _, part := range bytes.Split(out, []byte{mllp.EndBlock}) {
-		part = bytes.Trim(part, "\r\n\x0b ")
-		if len(part) > 0 {
-			acks = append(acks, part)
-		}
-	}
-	if len(acks) != len(msgs) {
-		t.Fatalf("mllp_send printed %d ACKs, want %d:\n%q", len(acks), len(msgs), out)
-	}
+	acks := interoptest.MLLPSend(t, addr, wire)
 	for i, m := range msgs {
 		code, ctl, errs, err := hl7.ParseAck(acks[i])
 		first := ""
@@ -220,14 +198,7 @@ func TestRefusalsOverTheWire(t *testing.T) {
 		{"too large", adt("A08^ADT_A01", "X2", pidJane, strings.Repeat("NTE|1|L|"+strings.Repeat("x", 1000)+"\r", 1100)), hl7.AR, "message_too_large"},
 		{"accepted", adt("A08^ADT_A01", "X3", pidJane), hl7.AA, ""},
 	} {
-		ack, err := c.Send(ctx, []byte(tc.msg))
-		if err != nil {
-			t.Fatalf("%s: Send = %v", tc.name, err)
-		}
-		code, _, errs, err := hl7.ParseAck(ack)
-		if err != nil || code != tc.ack || (tc.code != "" && (len(errs) == 0 || errs[0] != tc.code)) {
-			t.Errorf("%s: ACK = %s %v %v, want %s %s", tc.name, code, errs, err, tc.ack, tc.code)
-		}
+		expectAck(t, ctx, c, tc.name, tc.msg, tc.ack, tc.code)
 	}
 	if len(app.cmds) != 1 || app.by[0].AuthMethod != "allowlist" {
 		t.Errorf("applied %d commands by %+v, want 1 by the authenticated sender", len(app.cmds), app.by)
@@ -263,14 +234,7 @@ func TestAuditFailure(t *testing.T) {
 		{adt("A01^ADT_A01", "F1", `NK1|1`, `PV1|1|I|ICU`), hl7.AR, "internal_error"},
 		{adt("A08^ADT_A01", "F2", pidJane), hl7.AA, ""},
 	} {
-		ack, err := c.Send(ctx, []byte(tc.msg))
-		if err != nil {
-			t.Fatal(err)
-		}
-		code, _, errs, err := hl7.ParseAck(ack)
-		if err != nil || code != tc.ack || (tc.code != "" && (len(errs) == 0 || errs[0] != tc.code)) {
-			t.Errorf("ACK = %s %v %v, want %s %s", code, errs, err, tc.ack, tc.code)
-		}
+		expectAck(t, ctx, c, strings.SplitN(tc.msg, "\r", 2)[0], tc.msg, tc.ack, tc.code)
 	}
 	if st := rcv.Stats(); st.AuditFailures != 2 || st.Accepted != 1 || st.Rejected != 1 {
 		t.Errorf("Stats = %+v, want 2 audit failures, 1 accepted, 1 rejected", st)

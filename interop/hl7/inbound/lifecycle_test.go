@@ -1,58 +1,16 @@
 package inbound_test
 
 import (
-	"bytes"
 	"context"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
-	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/inbound"
 	"github.com/vigilhealth/vigil/interop/interoptest"
-	"github.com/vigilhealth/vigil/interop/mllp"
-	"github.com/vigilhealth/vigil/keys/keystest"
 )
-
-// sendAll sends msgs in one mllp_send run (Debian's python3-hl7) and returns the ACKs.
-func sendAll(t *testing.T, addr string, msgs []string) [][]byte {
-	t.Helper()
-	mllpSend := interoptest.RequireTool(t, "mllp_send")
-	var file bytes.Buffer
-	for _, m := range msgs {
-		if err := mllp.WriteFrame(&file, []byte(m)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	path := filepath.Join(t.TempDir(), "adt.hl7")
-	if err := os.WriteFile(path, file.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := net.SplitHostPort(addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, mllpSend, "-p", port, "-f", path, host).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mllp_send = %v: %s", err, out)
-	}
-	var acks [][]byte
-	for _, part := range bytes.Split(out, []byte{mllp.EndBlock}) {
-		if part = bytes.Trim(part, "\r\n\x0b "); len(part) > 0 {
-			acks = append(acks, part)
-		}
-	}
-	if len(acks) != len(msgs) {
-		t.Fatalf("mllp_send printed %d ACKs, want %d:\n%q", len(acks), len(msgs), out)
-	}
-	return acks
-}
 
 // The whole admission lifecycle from an EHR, sent with Debian's mllp_send to the receiver
 // wired to the real clinical core: admit, a cancelled discharge of an admitted patient (AE
@@ -64,19 +22,9 @@ func sendAll(t *testing.T, addr string, msgs []string) [][]byte {
 // Verifies: REQ-INT-040, REQ-INT-041, REQ-INT-042
 func TestADTLifecycleFromMLLPSend(t *testing.T) {
 	interoptest.RequireTool(t, "mllp_send")
-	pool := testdb.New(t)
-	ctx := context.Background()
-	rec := interoptest.Recorder(t, pool)
-	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: keystest.LocalRing(t, nil).PHI()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "setup", AuthMethod: "internal"}, RequestID: "setup"}
-	site, _ := cs.CreateSite(ctx, by, "General")
-	if _, err := cs.CreateWard(ctx, by, site.ID, "ICU"); err != nil {
-		t.Fatal(err)
-	}
-	_, addr := start(t, inbound.Config{Applier: inbound.CoreApplier{Core: cs}, Audit: rec})
+	f := newCoreFixture(t, "ICU")
+	ctx, pool, cs := context.Background(), f.pool, f.core
+	_, addr := start(t, inbound.Config{Applier: inbound.CoreApplier{Core: cs}, Audit: f.rec})
 
 	pv1 := `PV1|1|I|ICU^1^A`
 	type step struct {
@@ -101,7 +49,7 @@ func TestADTLifecycleFromMLLPSend(t *testing.T) {
 		for _, s := range steps {
 			msgs = append(msgs, s.msg)
 		}
-		acks := sendAll(t, addr, msgs)
+		acks := interoptest.MLLPSend(t, addr, msgs)
 		for i, s := range steps {
 			code, _, errs, err := hl7.ParseAck(acks[i])
 			got := ""

@@ -2,46 +2,23 @@ package outbound_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/vigilhealth/vigil/audit/audittest"
-	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
-	"github.com/vigilhealth/vigil/internal/testdb"
-	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
-	"github.com/vigilhealth/vigil/interop/mllp"
+	"github.com/vigilhealth/vigil/interop/interoptest"
 )
 
 // BenchmarkORUToLoopback measures ORU^R01 messages delivered per second to an MLLP receiver
 // on loopback that parses each message and answers AA, with every outcome audited through
 // the audit service's group commit (docs/benchmarks.md).
 func BenchmarkORUToLoopback(b *testing.B) {
-	pool, url := testdb.NewWithURL(b)
-	rec := audittest.Recorder(b, pool, nil)
-	_ = chaintest.Start(b, pool, url, rec)
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: mllp.HandlerFunc(func(_ context.Context, r mllp.Request) []byte {
-		m, err := hl7.Parse(r.Message, hl7.Limits{})
-		if err != nil {
-			return hl7.Ack(nil, hl7.AR, nil, hl7.AckOptions{ControlID: "x", Now: now})
-		}
-		return hl7.Ack(m, hl7.AA, nil, hl7.AckOptions{ControlID: "x", Now: now})
-	})})
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(l) }()
-	defer srv.Close(context.Background())
-	s, err := outbound.New(outbound.Config{Name: "bench", Addr: l.Addr().String(), Pool: pool, Sealer: sealer(b),
+	pool, rec := auditedDB(b)
+	addr := interoptest.ServeMLLP(b, ackAll())
+	s, err := outbound.New(outbound.Config{Name: "bench", Addr: addr, Pool: pool, Sealer: sealer(b),
 		Audit: rec})
 	if err != nil {
 		b.Fatal(err)

@@ -3,24 +3,15 @@ package outbound_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-
-	"github.com/vigilhealth/vigil/audit"
-	"github.com/vigilhealth/vigil/audit/audittest"
-	"github.com/vigilhealth/vigil/audit/chain/chaintest"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
-	"github.com/vigilhealth/vigil/internal/testdb"
-	"github.com/vigilhealth/vigil/interop/hl7"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
-	"github.com/vigilhealth/vigil/interop/mllp"
-	"github.com/vigilhealth/vigil/keys/keystest"
+	"github.com/vigilhealth/vigil/interop/interoptest"
 )
 
 // BenchmarkFeedToLoopback measures the durable ORU feed: b.N uploads (5 heart-rate samples
@@ -30,47 +21,12 @@ import (
 // to a loopback MLLP server that parses it and answers AA, auditing the outcome and saving
 // the cursor (docs/benchmarks.md).
 func BenchmarkFeedToLoopback(b *testing.B) {
-	pool, url := testdb.NewWithURL(b)
-	rec := audittest.Recorder(b, pool, nil)
-	_ = chaintest.Start(b, pool, url, rec)
+	pool, rec := auditedDB(b)
 	ctx := context.Background()
-	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: keystest.LocalRing(b, nil).PHI()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "bench", AuthMethod: "internal"}, RequestID: "bench"}
-	site, _ := cs.CreateSite(ctx, by, "General")
-	ward, err := cs.CreateWard(ctx, by, site.ID, "ICU")
-	if err != nil {
-		b.Fatal(err)
-	}
-	pats := make([]uuid.UUID, 1000)
-	for i := range pats {
-		p, err := cs.CreatePatient(ctx, by, core.PatientPHI{MRN: "BENCH-" + strconv.Itoa(i), FamilyName: "Doe", GivenName: "Pat"}, &ward.ID)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pats[i] = p.ID
-	}
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: mllp.HandlerFunc(func(_ context.Context, r mllp.Request) []byte {
-		m, err := hl7.Parse(r.Message, hl7.Limits{})
-		if err != nil {
-			return hl7.Ack(nil, hl7.AR, nil, hl7.AckOptions{ControlID: "x", Now: now})
-		}
-		return hl7.Ack(m, hl7.AA, nil, hl7.AckOptions{ControlID: "x", Now: now})
-	})})
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(l) }()
-	defer srv.Close(context.Background())
+	cs, pats := coreWithPatients(b, pool, rec, "BENCH-", 1000)
+	addr := interoptest.ServeMLLP(b, ackAll())
 	start := func() (*outbound.Sender, *outbound.Feed, func()) {
-		s, err := outbound.New(outbound.Config{Name: "bench", Addr: l.Addr().String(), Pool: pool, Sealer: sealer(b), Audit: rec, KeepOnClose: true})
+		s, err := outbound.New(outbound.Config{Name: "bench", Addr: addr, Pool: pool, Sealer: sealer(b), Audit: rec, KeepOnClose: true})
 		if err != nil {
 			b.Fatal(err)
 		}

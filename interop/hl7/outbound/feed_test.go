@@ -12,13 +12,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/internal/testdb"
 	"github.com/vigilhealth/vigil/interop/hl7/outbound"
 	"github.com/vigilhealth/vigil/interop/interoptest"
-	"github.com/vigilhealth/vigil/keys/keystest"
 )
 
 // feedRig is the real clinical core on a test database with three admitted patients.
@@ -34,26 +32,10 @@ type feedRig struct {
 func newFeedRig(t *testing.T) *feedRig {
 	t.Helper()
 	pool := testdb.New(t)
-	ctx := context.Background()
-	cs, err := core.New(core.Config{Pool: pool, Recorder: interoptest.Recorder(t, pool), PHI: keystest.LocalRing(t, nil).PHI()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	by := audit.Event{Actor: audit.Actor{Kind: audit.ActorService, ID: "setup", AuthMethod: "internal"}, RequestID: "setup"}
-	site, _ := cs.CreateSite(ctx, by, "General")
-	ward, err := cs.CreateWard(ctx, by, site.ID, "ICU")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &feedRig{pool: pool, core: cs, mrns: map[string]int{}, t0: time.Now().Add(-time.Hour).Truncate(time.Second)}
-	for i := 0; i < 3; i++ {
-		mrn := "FEED-" + strconv.Itoa(i)
-		p, err := cs.CreatePatient(ctx, by, core.PatientPHI{MRN: mrn, FamilyName: "Doe", GivenName: "Pat"}, &ward.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.patients = append(r.patients, p.ID)
-		r.mrns[mrn] = i
+	cs, pats := coreWithPatients(t, pool, interoptest.Recorder(t, pool), "FEED-", 3)
+	r := &feedRig{pool: pool, core: cs, patients: pats, mrns: map[string]int{}, t0: time.Now().Add(-time.Hour).Truncate(time.Second)}
+	for i := range pats {
+		r.mrns["FEED-"+strconv.Itoa(i)] = i
 	}
 	return r
 }

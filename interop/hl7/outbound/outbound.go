@@ -127,8 +127,12 @@ type lane struct {
 }
 
 // auditWorkers bounds the audit events recorded concurrently (group-committed together by
-// the audit service), so auditing does not hold up delivery.
-const auditWorkers = 32
+// the audit service), so auditing does not hold up delivery. The audit service commits one
+// group at a time, so the sender's rate is at most auditWorkers per group commit: with 32 it
+// was 32 ÷ commit latency (≈ 3,000 messages/s at an 11 ms commit — a slow WAL flush — and
+// every group a small transaction); 256 keeps the rate off the commit latency and groups large
+// (docs/benchmarks.md, "ORU sender: audit events in flight").
+const auditWorkers = 256
 
 // New starts a sender.
 func New(cfg Config) (*Sender, error) {

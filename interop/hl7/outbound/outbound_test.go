@@ -329,7 +329,7 @@ func TestAckForAnotherMessageIsRetried(t *testing.T) {
 	pool := testdb.New(t)
 	var mu sync.Mutex
 	seen := 0
-	srv, err := mllp.NewServer(mllp.ServerConfig{Handler: mllp.HandlerFunc(func(_ context.Context, r mllp.Request) []byte {
+	addr := interoptest.ServeMLLP(t, mllp.HandlerFunc(func(_ context.Context, r mllp.Request) []byte {
 		m, err := hl7.Parse(r.Message, hl7.Limits{})
 		if err != nil {
 			t.Errorf("receiver: %v", err)
@@ -344,18 +344,9 @@ func TestAckForAnotherMessageIsRetried(t *testing.T) {
 			return hl7.Ack(other, hl7.AA, nil, hl7.AckOptions{ControlID: "k1", Now: time.Unix(0, 0)})
 		}
 		return hl7.Ack(m, hl7.AA, nil, hl7.AckOptions{ControlID: "k2", Now: time.Unix(0, 0)})
-	})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(l) }()
-	defer srv.Close(context.Background())
+	}))
 	bo := &backoffs{}
-	s := newSender(t, pool, l.Addr().String(), func(c *outbound.Config) { c.After = bo.after })
+	s := newSender(t, pool, addr, func(c *outbound.Config) { c.After = bo.after })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.Enqueue(ctx, oru(t, "M1", "MRN-M", 1)); err != nil {
