@@ -230,18 +230,26 @@ func (s *Service) lookupEnrollment(ctx context.Context, tx pgx.Tx, token string,
 	return user, sealed, nil
 }
 
-func (s *Service) auditEnrollFailure(ctx context.Context, o Origin, user uuid.UUID, err error) {
+// auditEnrollFailure records "auth.enrollment.failed" for the refusal err and returns err once
+// that event is committed; if it cannot be recorded, it returns an internal (uncoded) error
+// instead, so that a coded refusal of StartEnrollment or CompleteEnrollment always means
+// "refused, and recorded" (the caller may take auth's event as the request's one record).
+func (s *Service) auditEnrollFailure(ctx context.Context, o Origin, user uuid.UUID, err error) error {
 	id := ""
 	if user != uuid.Nil {
 		id = user.String()
 	}
-	_, _ = s.cfg.Audit.RecordNow(ctx, o.event(s.now(), "auth.enrollment.failed", audit.Object{Type: "user", ID: id},
-		audit.OutcomeRejected, ReasonOf(err), nil))
+	if _, aerr := s.cfg.Audit.RecordNow(ctx, o.event(s.now(), "auth.enrollment.failed", audit.Object{Type: "user", ID: id},
+		audit.OutcomeRejected, ReasonOf(err), nil)); aerr != nil {
+		return fmt.Errorf("enrollment: audit refusal (%s): %w", ReasonOf(err), aerr)
+	}
+	return err
 }
 
 // StartEnrollment opens an enrollment link: it generates the TOTP secret the user adds to an
 // authenticator app (kept sealed with the link until confirmed). Calling it again offers a new
-// secret.
+// secret. A refusal (ErrEnrollmentInvalid) is returned only once its "auth.enrollment.failed"
+// event is committed: if that record fails, the caller gets an internal error instead.
 func (s *Service) StartEnrollment(ctx context.Context, o Origin, token string) (TOTPOffer, error) {
 	now := s.now()
 	var offer TOTPOffer
@@ -272,8 +280,7 @@ func (s *Service) StartEnrollment(ctx context.Context, o Origin, token string) (
 	})
 	if err != nil {
 		if errorsIsAuth(err) {
-			s.auditEnrollFailure(ctx, o, user, err)
-			return TOTPOffer{}, err
+			return TOTPOffer{}, s.auditEnrollFailure(ctx, o, user, err)
 		}
 		return TOTPOffer{}, fmt.Errorf("start enrollment: %w", err)
 	}
@@ -283,7 +290,10 @@ func (s *Service) StartEnrollment(ctx context.Context, o Origin, token string) (
 // CompleteEnrollment finishes an enrollment link: it sets the password (policy: at least
 // PasswordConfig.MinLength characters), confirms the offered TOTP secret with a current code,
 // and returns the user's recovery codes (shown once). Audited as "user.enrolled"; a refused
-// attempt as "auth.enrollment.failed". The link cannot be used again.
+// attempt (ErrEnrollmentInvalid, ErrInvalidCredentials: the link or the code) as
+// "auth.enrollment.failed", returned only once that event is committed (an internal error if
+// it cannot be recorded); a password refused by the policy (ErrInvalid) is not recorded here.
+// The link cannot be used again.
 func (s *Service) CompleteEnrollment(ctx context.Context, o Origin, token, password, totpCode string) ([]string, error) {
 	if err := s.checkPasswordPolicy(password); err != nil {
 		return nil, err
@@ -328,8 +338,7 @@ func (s *Service) CompleteEnrollment(ctx context.Context, o Origin, token, passw
 	})
 	if err != nil {
 		if errorsIsAuth(err) {
-			s.auditEnrollFailure(ctx, o, user, err)
-			return nil, err
+			return nil, s.auditEnrollFailure(ctx, o, user, err)
 		}
 		return nil, fmt.Errorf("complete enrollment: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vigilhealth/vigil/audit/audittest"
 	"github.com/vigilhealth/vigil/auth"
 )
 
@@ -245,5 +246,54 @@ func TestEnrollmentLinkIsOneTime(t *testing.T) {
 	wantCode(t, "StartEnrollment(forged link)", err, "enrollment_invalid", "token_unknown")
 	if n := len(e.events(t, "auth.enrollment.failed")); n != 5 {
 		t.Fatalf("auth.enrollment.failed events = %d, want 5", n)
+	}
+}
+
+// A refused enrollment (a wrong link, a wrong code) whose auth.enrollment.failed event cannot
+// be recorded is an internal error, not the coded refusal: a coded refusal always means its
+// event is committed, so the caller may take it as the request's one record.
+// Verifies: REQ-ACC-050
+func TestEnrollmentRefusalUnrecordedIsAnError(t *testing.T) {
+	e := newEnv(t, nil)
+	u, err := e.svc.CreateUser(e.ctx, admin, auth.Profile{Email: "unrecorded@example.org"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	en, err := e.svc.IssueEnrollment(e.ctx, admin, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offer, err := e.svc.StartEnrollment(e.ctx, auth.Origin{}, en.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := audittest.Recorder(t, e.pool, nil)
+	closed.Close()
+	cfg := e.cfg
+	cfg.Audit = closed
+	broken, err := auth.New(e.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := len(e.events(t, "auth.enrollment.failed"))
+	_, err = broken.StartEnrollment(e.ctx, auth.Origin{}, "vge_forged")
+	if err == nil || auth.CodeOf(err) != "" {
+		t.Errorf("StartEnrollment(forged link) without its record = %v (code %q), want an internal error", err, auth.CodeOf(err))
+	}
+	_, err = broken.CompleteEnrollment(e.ctx, auth.Origin{}, en.Token, password, "000000")
+	if err == nil || auth.CodeOf(err) != "" {
+		t.Errorf("CompleteEnrollment(wrong code) without its record = %v (code %q), want an internal error", err, auth.CodeOf(err))
+	}
+	if n := len(e.events(t, "auth.enrollment.failed")); n != before {
+		t.Errorf("auth.enrollment.failed events = %d, want %d (none recorded)", n, before)
+	}
+	// The same refusals with a working recorder: coded, and recorded.
+	_, err = e.svc.CompleteEnrollment(e.ctx, auth.Origin{}, en.Token, password, "000000")
+	wantCode(t, "CompleteEnrollment(wrong code)", err, "invalid_credentials", "totp_wrong")
+	if _, err := e.svc.CompleteEnrollment(e.ctx, auth.Origin{}, en.Token, password, e.code(t, offer.Secret)); err != nil {
+		t.Fatalf("CompleteEnrollment = %v", err)
+	}
+	if n := len(e.events(t, "auth.enrollment.failed")); n != before+1 {
+		t.Errorf("auth.enrollment.failed events = %d, want %d", n, before+1)
 	}
 }

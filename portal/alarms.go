@@ -431,6 +431,11 @@ func (p *Portal) alarmAction(kind alarms.TransitionKind) echo.HandlerFunc {
 			_, err = p.cfg.Alarms.Resolve(ctx, a.ID, by, reason)
 		}
 		data := inboxData{base: p.base("Alarm inbox", pr, creds.SessionToken)}
+		if alarms.RefusalRecorded(err) {
+			// The lifecycle's rejection event (alarm.acknowledged, … rejected) is committed: the
+			// one record. A refusal whose record failed stays unmarked (the server records it).
+			audited(c)
+		}
 		switch {
 		case err == nil:
 			audited(c) // the lifecycle's event (alarm.acknowledged, …)

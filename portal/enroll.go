@@ -54,6 +54,16 @@ func enrollError(err error) (*formError, int) {
 	return nil, 0
 }
 
+// enrollRefusalAudited marks a refused enrollment audited when auth recorded the refusal: a
+// coded refusal (a wrong link or code) is returned only once its auth.enrollment.failed event
+// is committed (a failed record is an internal error). A password the policy refuses is not
+// coded: the server records that refusal (http.request.rejected).
+func enrollRefusalAudited(c echo.Context, err error) {
+	if auth.CodeOf(err) != "" {
+		audited(c) // auth.enrollment.failed
+	}
+}
+
 func (p *Portal) enrollStart(c echo.Context) error {
 	r := c.Request()
 	if !sameOrigin(r) {
@@ -71,6 +81,7 @@ func (p *Portal) enrollStart(c echo.Context) error {
 		if fe == nil {
 			return fmt.Errorf("portal: enrollment: %w", err)
 		}
+		enrollRefusalAudited(c, err)
 		d.Errors[fe.Field] = fe
 		return p.render(c, status, "enroll.html", d)
 	}
@@ -114,10 +125,8 @@ func (p *Portal) enrollComplete(c echo.Context) error {
 				return fmt.Errorf("portal: enrollment: %w", err)
 			}
 			d.Errors[fe.Field] = fe
-		}
-		// A refusal is left to the server's record too: auth records auth.enrollment.failed
-		// without reporting whether that record failed.
-		if err == nil {
+			enrollRefusalAudited(c, err)
+		} else {
 			audited(c) // user.enrolled, committed with the enrollment
 		}
 	}

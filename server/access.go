@@ -18,6 +18,7 @@ import (
 	"github.com/vigilhealth/vigil/audit/visibility"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/auditmark"
 )
 
 // Access control. Every request but the devices' and the public ones (probes, sign-in) is
@@ -187,6 +188,15 @@ func (s *Server) authenticate(c echo.Context) (*auth.Principal, error) {
 	c.Set(principalKey, p)
 	c.Set(credentialsKey, creds)
 	if err := s.cfg.Auth.CheckCSRF(ctx, req, p, creds); err != nil {
+		if auth.CodeOf(err) != "" {
+			// Refused and recorded by auth (auth.csrf.rejected, committed: a failed record is
+			// an internal error): that event is the request's one record, so the error handler
+			// adds no http.request.rejected. This runs before the state-change middleware
+			// tracks the request, so the mark is put on here.
+			ctx = auditmark.Track(ctx)
+			c.SetRequest(req.WithContext(ctx))
+			auditmark.Set(ctx)
+		}
 		return nil, err
 	}
 	return p, nil

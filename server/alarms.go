@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/rules"
 )
 
@@ -65,7 +66,7 @@ func (s *Server) acknowledgeAlarm(c echo.Context) error {
 	}
 	a, err := s.cfg.Alarms.Acknowledge(c.Request().Context(), id, EventFor(c), body.Note)
 	if err != nil {
-		return err
+		return s.alarmRefused(c, err)
 	}
 	Audited(c) // alarm.acknowledged (acknowledging twice is a 409, not a no-op)
 	return s.answerAlarm(c, http.StatusOK, a)
@@ -89,7 +90,7 @@ func (s *Server) silenceAlarm(c echo.Context) error {
 	}
 	a, err := s.cfg.Alarms.Silence(c.Request().Context(), id, EventFor(c), body.Reason, d)
 	if err != nil {
-		return err
+		return s.alarmRefused(c, err)
 	}
 	Audited(c) // alarm.silenced
 	return s.answerAlarm(c, http.StatusOK, a)
@@ -108,7 +109,7 @@ func (s *Server) resolveAlarm(c echo.Context) error {
 	}
 	a, err := s.cfg.Alarms.Resolve(c.Request().Context(), id, EventFor(c), body.Reason)
 	if err != nil {
-		return err
+		return s.alarmRefused(c, err)
 	}
 	Audited(c) // alarm.resolved
 	return s.answerAlarm(c, http.StatusOK, a)
@@ -245,4 +246,14 @@ func (s *Server) getNEWS2(c echo.Context) error {
 		return err
 	}
 	return c.JSON(http.StatusOK, map[string]any{"news2": recs})
+}
+
+// alarmRefused marks a refusal of the alarm lifecycle audited when its rejection event is
+// committed (alarms.RefusalRecorded): that event is the request's one record. A refusal whose
+// record failed stays unmarked, so the error handler records http.request.rejected instead.
+func (s *Server) alarmRefused(c echo.Context, err error) error {
+	if alarms.RefusalRecorded(err) {
+		Audited(c) // alarm.acknowledged / alarm.silenced / alarm.resolved, outcome rejected
+	}
+	return err
 }

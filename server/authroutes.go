@@ -114,9 +114,20 @@ func (s *Server) startEnrollment(c echo.Context) error {
 	}
 	offer, err := s.cfg.Auth.StartEnrollment(c.Request().Context(), origin(c), req.Token)
 	if err != nil {
-		return err
+		return enrollRefused(c, err)
 	}
 	return c.JSON(http.StatusOK, offer)
+}
+
+// enrollRefused marks a refused enrollment audited when auth recorded it: a coded refusal of
+// StartEnrollment or CompleteEnrollment is returned only once its auth.enrollment.failed event
+// is committed (a failed record is an internal error). A password the policy refuses
+// (ErrInvalid, not coded) is recorded by the error handler.
+func enrollRefused(c echo.Context, err error) error {
+	if auth.CodeOf(err) != "" {
+		Audited(c) // auth.enrollment.failed
+	}
+	return err
 }
 
 // completeEnrollment is POST /auth/enrollment/complete {token, password, totp_code}: it sets
@@ -132,7 +143,7 @@ func (s *Server) completeEnrollment(c echo.Context) error {
 	}
 	codes, err := s.cfg.Auth.CompleteEnrollment(c.Request().Context(), origin(c), req.Token, req.Password, req.TOTPCode)
 	if err != nil {
-		return err
+		return enrollRefused(c, err)
 	}
 	Audited(c) // user.enrolled
 	return c.JSON(http.StatusOK, map[string]any{"recovery_codes": codes})

@@ -236,3 +236,25 @@ var (
 	// ErrInvalidRequest: the request is malformed (empty reason, silence without expiry, …).
 	ErrInvalidRequest = errors.New("invalid alarm request")
 )
+
+// RefusalError is a manual action (Acknowledge, Silence, Resolve) the lifecycle refused
+// (ErrNotFound, ErrConflict or ErrInvalidRequest, which it wraps) whose rejection event
+// (alarm.acknowledged, … with outcome rejected and Code as its reason) is committed. A refusal
+// whose event could not be recorded is returned as the bare refusal joined with the audit
+// failure, never as a RefusalError: RefusalRecorded tells the two apart, so that a caller
+// takes the lifecycle's event as the request's one record only when it exists.
+type RefusalError struct {
+	Code         string    // the rejection's reason, e.g. "alarm_already_acknowledged"
+	AuditEventID uuid.UUID // the committed rejection event
+	Err          error     // the refusal (wraps ErrNotFound, ErrConflict or ErrInvalidRequest)
+}
+
+func (e *RefusalError) Error() string { return e.Err.Error() }
+func (e *RefusalError) Unwrap() error { return e.Err }
+
+// RefusalRecorded reports whether err is a refusal of the lifecycle whose rejection event is
+// committed (a *RefusalError).
+func RefusalRecorded(err error) bool {
+	var r *RefusalError
+	return errors.As(err, &r)
+}

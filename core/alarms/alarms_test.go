@@ -456,3 +456,56 @@ func TestTransitionJSONSeverityNotKnown(t *testing.T) {
 		}
 	}
 }
+
+// A refusal of the lifecycle says whether its rejection event is committed: a RefusalError
+// naming that event when it is, the bare refusal joined with the audit failure when the
+// record failed (RefusalRecorded false), so a caller never takes a missing record as the
+// request's one audit event. Both still wrap the refusal's kind (ErrConflict, …).
+// Verifies: REQ-POR-084
+func TestRefusalRecorded(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	id := f.signal(t, raise(uuid.New(), alarms.SeverityMedium))[0].Alarm.ID
+	if _, err := f.svc.Acknowledge(ctx, id, nurse, ""); err != nil {
+		t.Fatal(err)
+	}
+	refusals := []struct {
+		what string
+		do   func(*alarms.Service) error
+		kind error
+		code string
+	}{
+		{"acknowledge again", func(s *alarms.Service) error { _, err := s.Acknowledge(ctx, id, nurse, ""); return err },
+			alarms.ErrConflict, "alarm_already_acknowledged"},
+		{"silence without a reason", func(s *alarms.Service) error { _, err := s.Silence(ctx, id, nurse, "", time.Minute); return err },
+			alarms.ErrInvalidRequest, "silence_reason_required"},
+		{"resolve an unknown alarm", func(s *alarms.Service) error { _, err := s.Resolve(ctx, uuid.New(), nurse, "gone"); return err },
+			alarms.ErrNotFound, "alarm_not_found"},
+	}
+	for _, r := range refusals {
+		err := r.do(f.svc)
+		var re *alarms.RefusalError
+		if !errors.Is(err, r.kind) || !alarms.RefusalRecorded(err) || !errors.As(err, &re) || re.Code != r.code {
+			t.Errorf("%s = %v, want a recorded refusal %s wrapping %v", r.what, err, r.code, r.kind)
+			continue
+		}
+		var action, reason string
+		if qerr := f.pool.QueryRow(ctx, `SELECT action, reason FROM audit_events WHERE id = $1 AND outcome = 'rejected'`, re.AuditEventID).
+			Scan(&action, &reason); qerr != nil || reason != r.code {
+			t.Errorf("%s: rejection event %s = %s %q, %v; want it committed with reason %s", r.what, re.AuditEventID, action, reason, qerr, r.code)
+		}
+	}
+	// The same refusals over a recorder that cannot record.
+	closed := audittest.Recorder(t, f.pool, nil)
+	closed.Close()
+	broken, err := alarms.New(alarms.Config{Pool: f.pool, Recorder: closed, Now: f.clk.Now, MaxSilence: 30 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range refusals {
+		if err := r.do(broken); !errors.Is(err, r.kind) || alarms.RefusalRecorded(err) {
+			t.Errorf("%s without its record = %v (recorded %v), want %v, not recorded", r.what, err, alarms.RefusalRecorded(err), r.kind)
+		}
+	}
+}

@@ -132,7 +132,9 @@ func (s *Service) record(ctx context.Context, tx pgx.Tx, by audit.Event, kind Tr
 	return Transition{Kind: kind, Alarm: a.Alarm, At: a.UpdatedAt, Actor: ev.Actor, Reason: reason, AuditEventID: id}, nil
 }
 
-// reject audits a refused request (group-committed: nothing else is written) and returns err.
+// reject audits a refused request (group-committed: nothing else is written) and returns err
+// as a *RefusalError once that event is committed; if it cannot be recorded, err joined with
+// the audit failure (not a RefusalError: RefusalRecorded is false).
 func (s *Service) reject(ctx context.Context, by audit.Event, action string, id uuid.UUID, code string, err error) error {
 	ev := by
 	ev.ID = uuid.Nil
@@ -145,10 +147,11 @@ func (s *Service) reject(ctx context.Context, by audit.Event, action string, id 
 	if ev.Actor.Kind == "" {
 		ev.Actor = systemActor
 	}
-	if _, terr := s.cfg.Recorder.RecordNow(context.WithoutCancel(ctx), ev); terr != nil {
+	eid, terr := s.cfg.Recorder.RecordNow(context.WithoutCancel(ctx), ev)
+	if terr != nil {
 		return errors.Join(err, fmt.Errorf("audit rejection: %w", terr))
 	}
-	return err
+	return &RefusalError{Code: code, AuditEventID: eid, Err: err}
 }
 
 func (s *Service) get(ctx context.Context, id uuid.UUID) (Alarm, error) {
