@@ -148,6 +148,12 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
+	return s.notify(ctx, topic, ev.PatientID, ids)
+}
+
+// notify enqueues, for every active Subscription to topic (and to patient, when it names
+// one), the notification of the focus resources ids of patient, and returns how many.
+func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, ids []string) (int, error) {
 	subs, err := s.activeSubs(ctx)
 	if err != nil {
 		return 0, err
@@ -155,7 +161,7 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 	var out []core.Event
 	var errs []error
 	for _, sub := range subs {
-		if sub.Topic.URL != topic.URL || (sub.Patient != uuid.Nil && sub.Patient != ev.PatientID) {
+		if sub.Topic.URL != topic.URL || (sub.Patient != uuid.Nil && sub.Patient != patient) {
 			continue
 		}
 		focus := make([]Focus, len(ids))
@@ -163,7 +169,7 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 			focus[i] = Focus{Type: topic.Resource, ID: id}
 		}
 		if sub.Content == ContentFullResource {
-			if err := s.fill(ctx, sub, ev.PatientID, focus); err != nil {
+			if err := s.fill(ctx, sub, patient, focus); err != nil {
 				errs = append(errs, fmt.Errorf("Subscription/%s: %w", sub.ID, err))
 				continue
 			}
@@ -182,7 +188,7 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 			errs = append(errs, err)
 			continue
 		}
-		out = append(out, core.Event{Type: EventType(sub.ID), PatientID: ev.PatientID, At: at, Body: body})
+		out = append(out, core.Event{Type: EventType(sub.ID), PatientID: patient, At: at, Body: body})
 	}
 	n, err := s.cfg.Webhooks.EnqueueWebhooks(ctx, out...)
 	if err != nil {
