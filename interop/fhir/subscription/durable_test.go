@@ -44,9 +44,9 @@ func notifications(t *testing.T, ctx context.Context, q interface {
 		t.Fatal(err)
 	}
 	type param struct {
-		Name           string  `json:"name"`
-		ValueCode      string  `json:"valueCode"`
-		ValueString    string  `json:"valueString"`
+		Name           string `json:"name"`
+		ValueCode      string `json:"valueCode"`
+		ValueString    string `json:"valueString"`
 		ValueReference *struct {
 			Reference string `json:"reference"`
 		} `json:"valueReference"`
