@@ -151,12 +151,17 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 	return s.notify(ctx, topic, ev.PatientID, ids)
 }
 
+// errNotEnqueued marks a failure of notify after which none of its notifications was
+// enqueued (the Subscriptions could not be loaded, or the enqueue failed): the durable
+// dispatcher reads the row again.
+var errNotEnqueued = errors.New("notifications not enqueued")
+
 // notify enqueues, for every active Subscription to topic (and to patient, when it names
 // one), the notification of the focus resources ids of patient, and returns how many.
 func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, ids []string) (int, error) {
 	subs, err := s.activeSubs(ctx)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w: %w", errNotEnqueued, err)
 	}
 	var out []core.Event
 	var errs []error
@@ -192,7 +197,7 @@ func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, id
 	}
 	n, err := s.cfg.Webhooks.EnqueueWebhooks(ctx, out...)
 	if err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("%w: %w", errNotEnqueued, err))
 	}
 	return n, errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package subscription
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -126,7 +127,11 @@ func (s *Service) wakeOnHub(ctx context.Context, wake chan<- struct{}) {
 }
 
 // pass reads the stored rows after *cur and notifies them in order, moving *cur over each
-// row notified; it stops between two rows when ctx ends. It returns the rows read.
+// row notified; it stops between two rows when ctx ends, and at a row none of whose
+// notifications could be enqueued (read again at the next pass; the events since start of
+// the Subscriptions it matched may then skip numbers). A notification that fails for one
+// Subscription only (its owner's rights could not be checked) is logged and not retried.
+// It returns the rows read.
 func (s *Service) pass(ctx context.Context, cur *storedfeed.Position) (int, error) {
 	rows, err := storedfeed.Read(ctx, s.cfg.Pool, *cur, s.cfg.Batch, storedfeed.AlarmOpenings)
 	if err != nil {
@@ -144,7 +149,10 @@ func (s *Service) pass(ctx context.Context, cur *storedfeed.Position) (int, erro
 		}
 		topic, ids := focusOfRow(r)
 		if len(ids) > 0 {
-			if _, err := s.notify(bg, topic, r.Patient, ids); err != nil {
+			if _, err := s.notify(bg, topic, r.Patient, ids); errors.Is(err, errNotEnqueued) {
+				// Nothing enqueued: read this row again at the next pass.
+				return i, err
+			} else if err != nil {
 				s.cfg.Logger.WarnContext(ctx, "fhir subscriptions: event not notified", slog.String("topic", topic.URL),
 					slog.String("id", r.Pos.ID.String()), slog.String("error", err.Error()))
 			}
