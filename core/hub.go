@@ -154,7 +154,12 @@ const chanQueue = 16
 // that grows on demand up to the subscription's limit; a pump goroutine, running only while
 // the backlog is not empty, moves them into C in order.
 type Subscription struct {
-	C       <-chan Event
+	C <-chan Event
+	// Urgent receives (at most one pending signal) when an event other than a live one
+	// (TypeObservations) is queued: a reader that stops reading C for a moment to write live
+	// events together waits on it too, and writes such events at once.
+	Urgent  <-chan struct{}
+	urgent  chan struct{}
 	c       chan Event
 	hub     *Hub
 	filter  Filter
@@ -173,12 +178,21 @@ type Subscription struct {
 // newSub returns a subscription with filter f that queues at most limit events; h.mu held.
 func (h *Hub) newSub(f Filter, limit int) *Subscription {
 	c := make(chan Event, min(chanQueue, limit))
-	return &Subscription{C: c, c: c, hub: h, filter: f, limit: limit, done: make(chan struct{})}
+	u := make(chan struct{}, 1)
+	return &Subscription{C: c, c: c, Urgent: u, urgent: u, hub: h, filter: f, limit: limit, done: make(chan struct{})}
 }
 
 // enqueue queues ev, without blocking; false when the subscriber is limit events behind.
 // h.mu held.
 func (s *Subscription) enqueue(ev Event) bool {
+	if !ev.live {
+		defer func() {
+			select {
+			case s.urgent <- struct{}{}:
+			default:
+			}
+		}()
+	}
 	if !s.pumping {
 		select {
 		case s.c <- ev:

@@ -140,3 +140,42 @@ func TestLiveObservations(t *testing.T) {
 		t.Error("SubscribeAfter(before a live event) complete, want a reset (live events are not replayed)")
 	}
 }
+
+// A subscription's Urgent is signalled when an event other than a live tile update is
+// queued for it — also behind a full channel — and not for tile updates, so that a stream
+// holding tile updates to write them together is woken for an alarm's event only.
+// Verifies: REQ-POR-061
+func TestHubUrgentOnlyForNonLiveEvents(t *testing.T) {
+	t.Parallel()
+	h := core.NewHub(core.HubConfig{Buffer: 64, Replay: 16})
+	defer h.Close()
+	p := uuid.New()
+	sub := h.Subscribe(core.Filter{Types: map[string]bool{core.TypeObservations: true, "alarm.opened": true}})
+	defer sub.Close()
+	urgent := func() bool {
+		select {
+		case <-sub.Urgent:
+			return true
+		default:
+			return false
+		}
+	}
+	for range 20 { // past the channel's 16: the rest wait in the backlog
+		h.Publish(core.Event{Type: core.TypeObservations, PatientID: p, Data: json.RawMessage(`{}`)})
+	}
+	if urgent() {
+		t.Fatal("Urgent signalled for tile updates")
+	}
+	h.Publish(core.Event{Type: "alarm.opened", PatientID: p, Data: json.RawMessage(`{}`)})
+	if !urgent() {
+		t.Fatal("Urgent not signalled for an alarm event queued behind tile updates")
+	}
+	if urgent() {
+		t.Fatal("Urgent signalled twice for one event")
+	}
+	for i := range 21 {
+		if ev := <-sub.C; (i < 20) != (ev.Type == core.TypeObservations) {
+			t.Fatalf("event %d = %s, want the 20 updates then the alarm", i, ev.Type)
+		}
+	}
+}

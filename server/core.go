@@ -404,44 +404,142 @@ func (s *Server) coreStream(c echo.Context) error {
 	w.Flush()
 	ctx := c.Request().Context()
 	who := s.streamIdentities(c) // alarm events name their patient for callers allowed (alarms_view.go)
-	ping := time.NewTicker(15 * time.Second)
+	ping := time.NewTicker(s.streamPing)
 	defer ping.Stop()
+	// The events pending for the stream are written with one write and one flush (REQ-POR-061):
+	// whatever is queued when one arrives, and — for tile updates (observations) coming
+	// faster than one per StreamCoalesce — those that arrive until StreamCoalesce after the
+	// previous flush. Any other event (an alarm's) is written at once, with what is pending
+	// before it. Events keep their order; none is dropped here.
+	hold := s.cfg.StreamCoalesce
+	var (
+		pending   []byte // the SSE text of the events not yet written
+		lastFlush = time.Now()
+		holdT     *time.Timer
+		holdC     <-chan time.Time
+	)
+	defer func() {
+		if holdT != nil {
+			holdT.Stop()
+		}
+	}()
+	flush := func() error {
+		if holdC != nil {
+			holdT.Stop()
+			holdC = nil
+		}
+		_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		if len(pending) > 0 {
+			if _, err := w.Write(pending); err != nil {
+				return err
+			}
+			if cap(pending) > maxStreamPending { // a burst's buffer is not kept for the stream's life
+				pending = nil
+			}
+			pending = pending[:0]
+		}
+		w.Flush()
+		lastFlush = time.Now()
+		return nil
+	}
+	// take appends the events queued on sub.C (after first, when there is one); urgent when
+	// one is not a tile update.
+	take := func(first *core.Event) (urgent bool, err error) {
+		ev := first
+		for {
+			if ev != nil {
+				if pending, err = appendSSE(pending, *ev, who); err != nil {
+					return false, err
+				}
+				urgent = urgent || ev.Type != core.TypeObservations
+			}
+			if len(sub.C) == 0 {
+				return urgent, nil
+			}
+			next, ok := <-sub.C
+			if !ok {
+				return urgent, nil // closed: the next receive reports it
+			}
+			ev = &next
+		}
+	}
 	for {
+		// While tile updates are held the stream does not wake for each event: the hold's end
+		// writes what came meanwhile, and sub.Urgent wakes it for an alarm's event.
+		recv, urgent := sub.C, (<-chan struct{})(nil)
+		if holdC != nil {
+			recv, urgent = nil, sub.Urgent
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-s.drained(): // shutting down: the client resumes on another replica
+			_, _ = take(nil)
+			_ = flush()
 			return nil
 		case <-ping.C:
-			_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
+			if _, err := take(nil); err != nil {
 				return nil
 			}
-			w.Flush()
-		case ev, ok := <-sub.C:
+			pending = append(pending, ": ping\n\n"...)
+			if flush() != nil {
+				return nil
+			}
+		case <-holdC:
+			holdC = nil
+			if _, err := take(nil); err != nil || flush() != nil {
+				return nil
+			}
+		case <-urgent: // an alarm's event was queued while holding: written at once
+			if _, err := take(nil); err != nil || flush() != nil {
+				return nil
+			}
+		case ev, ok := <-recv:
 			if !ok {
 				if sub.Dropped() {
-					_, _ = fmt.Fprint(w, "event: reset\ndata: {\"reason\":\"too_slow\"}\n\n")
-					w.Flush()
+					pending = append(pending, "event: reset\ndata: {\"reason\":\"too_slow\"}\n\n"...)
 				}
+				_ = flush()
 				return nil
 			}
-			_ = wd.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
-			if err := writeSSE(w, ev, who); err != nil {
+			isUrgent, err := take(&ev)
+			if err != nil {
 				return nil
 			}
-			// Write whatever else is queued before flushing once.
-			for n := len(sub.C); n > 0; n-- {
-				if err := writeSSE(w, <-sub.C, who); err != nil {
+			wait := hold - time.Since(lastFlush)
+			if !isUrgent && wait > 0 && len(pending) < maxStreamPending {
+				// Hold until StreamCoalesce after the last flush. A signal of an alarm's event
+				// already written is cleared first; one queued since is then in sub.C.
+				select {
+				case <-sub.Urgent:
+				default:
+				}
+				if isUrgent, err = take(nil); err != nil {
 					return nil
 				}
+				if !isUrgent {
+					if holdT == nil {
+						holdT = time.NewTimer(wait)
+					} else {
+						holdT.Reset(wait)
+					}
+					holdC = holdT.C
+					continue
+				}
 			}
-			w.Flush()
+			if flush() != nil {
+				return nil
+			}
 		}
 	}
 }
 
-func writeSSE(w *echo.Response, ev core.Event, who func(core.Event) *patientIdentity) error {
+// maxStreamPending is the most bytes of events a stream holds before writing them, however
+// soon after its last flush.
+const maxStreamPending = 64 << 10
+
+// appendSSE appends ev as server-sent event text to b.
+func appendSSE(b []byte, ev core.Event, who func(core.Event) *patientIdentity) ([]byte, error) {
 	var (
 		data []byte
 		err  error
@@ -455,10 +553,15 @@ func writeSSE(w *echo.Response, ev core.Event, who func(core.Event) *patientIden
 		data, err = ev.JSON() // encoded once for every stream that receives the event
 	}
 	if err != nil {
-		return err
+		return b, err
 	}
-	_, err = fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Type, data)
-	return err
+	b = append(b, "id: "...)
+	b = strconv.AppendUint(b, ev.ID, 10)
+	b = append(b, "\nevent: "...)
+	b = append(b, ev.Type...)
+	b = append(b, "\ndata: "...)
+	b = append(b, data...)
+	return append(b, "\n\n"...), nil
 }
 
 func (s *Server) coreListWebhooks(c echo.Context) error {

@@ -439,5 +439,8 @@ func withLimitDefaults(cfg Config) Config {
 	if cfg.MaxStreamsPerCaller <= 0 {
 		cfg.MaxStreamsPerCaller = DefaultMaxStreamsPerCaller
 	}
+	if cfg.StreamCoalesce == 0 {
+		cfg.StreamCoalesce = DefaultStreamCoalesce
+	}
 	return cfg
 }

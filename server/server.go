@@ -125,6 +125,13 @@ type Config struct {
 	// StreamRecheckInterval is how often a live stream's session is checked again; the
 	// stream ends once the session has ended. Default DefaultStreamRecheckInterval (30 s).
 	StreamRecheckInterval time.Duration
+	// StreamCoalesce is how long at most a live stream holds a tile update (an observations
+	// event) to write it together with those that follow, in one write and one flush: a
+	// stream flushes tile updates at most once per StreamCoalesce, and one that comes after a
+	// quieter stretch is written at once. Other events (alarms) are never held. Default
+	// DefaultStreamCoalesce (50 ms); negative: never held (only what is already queued is
+	// written together).
+	StreamCoalesce time.Duration
 }
 
 // ReadinessCheck is one named check of /readyz. Check MUST return quickly (it runs on every
@@ -149,6 +156,9 @@ type Server struct {
 	// benchNoReadAudit turns the read audit off, for the benchmark that measures its cost
 	// only (never set outside that test).
 	benchNoReadAudit bool
+	// streamPing is how often a live stream writes a ping (streamPingEvery; a test that must
+	// tell a held event from one written by the next ping sets it longer, before serving).
+	streamPing time.Duration
 	// benchSerialReadAudit commits the read audit before the handler runs instead of beside
 	// it (the benchmark's comparison; never set outside that test).
 	benchSerialReadAudit bool
@@ -185,7 +195,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg = withLimitDefaults(cfg)
 	s := &Server{cfg: cfg, log: cfg.Logger, rejects: newRejectLimits(cfg),
-		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller), drain: newDrainState()}
+		streams: newStreamSlots(cfg.MaxStreams, cfg.MaxStreamsPerCaller), drain: newDrainState(),
+		streamPing: streamPingEvery}
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true

@@ -34,6 +34,9 @@ import (
 const (
 	DefaultMaxStreams          = 1000
 	DefaultMaxStreamsPerCaller = 20
+	// DefaultStreamCoalesce is the longest a stream holds a tile update to write it with
+	// those that follow (Config.StreamCoalesce): far under the 1 s a tile may lag (issue #15).
+	DefaultStreamCoalesce = 50 * time.Millisecond
 )
 
 // CodeTooManyStreams is the refusal of a stream past a cap (503, with Retry-After).
@@ -96,6 +99,10 @@ func (e *retryLater) RetryAfterSeconds() int { return max(1, int((e.after+time.S
 // streamWriteTimeout bounds each write of a live stream: a client that stops reading is cut
 // off instead of holding the stream's goroutine.
 const streamWriteTimeout = 30 * time.Second
+
+// streamPingEvery is how often a live stream writes a ping: a dead connection is found by
+// the write failing.
+const streamPingEvery = 15 * time.Second
 
 // streamPath is the route of the live stream.
 const streamPath = "/api/v1/stream"

@@ -4,12 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +17,6 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/audit/chain"
-	"github.com/vigilhealth/vigil/internal/schema"
 )
 
 // `vigil-bench audit`: the audit chain end to end, from Record to integration in the log.
@@ -64,7 +60,7 @@ is dropped afterwards unless --keep-db. Figures are in docs/benchmarks.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			admin := envOr("VIGIL_DATABASE_URL", "")
-			dbURL, drop, err := benchDatabase(ctx, admin)
+			dbURL, drop, err := benchDatabase(ctx, admin, false)
 			if err != nil {
 				return err
 			}
@@ -106,48 +102,6 @@ is dropped afterwards unless --keep-db. Figures are in docs/benchmarks.md.`,
 type benchParams struct {
 	events, rate, writers, txSize, batchSize, seqBatch int
 	window, seqInterval                                time.Duration
-}
-
-// benchDatabase creates and migrates a throwaway database next to the one at admin.
-func benchDatabase(ctx context.Context, admin string) (string, func(), error) {
-	if admin == "" {
-		return "", nil, errors.New("VIGIL_DATABASE_URL is not set")
-	}
-	u, err := url.Parse(admin)
-	if err != nil {
-		return "", nil, fmt.Errorf("VIGIL_DATABASE_URL: %w", err)
-	}
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	name := "vigil_bench_" + hex.EncodeToString(b)
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		return "", nil, err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", nil, fmt.Errorf("create bench database: %w", err)
-	}
-	drop := func() {
-		c, err := pgx.Connect(context.Background(), admin)
-		if err != nil {
-			return
-		}
-		defer c.Close(context.Background())
-		_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-	}
-	u.Path = "/" + name
-	pool, err := pgxpool.New(ctx, u.String())
-	if err != nil {
-		drop()
-		return "", nil, err
-	}
-	defer pool.Close()
-	if _, err := schema.Migrate(ctx, pool); err != nil {
-		drop()
-		return "", nil, err
-	}
-	return u.String(), drop, nil
 }
 
 func runAuditBench(ctx context.Context, dbURL string, p benchParams) (*benchResult, error) {

@@ -9,7 +9,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,16 +16,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/vigilhealth/vigil/internal/klogslog"
-	"github.com/vigilhealth/vigil/internal/pgxuuid"
-	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
 )
 
@@ -96,55 +90,6 @@ func redactURL(s string) string {
 		return "(unparseable)"
 	}
 	return u.Redacted()
-}
-
-// benchPool creates a throwaway database vigil_bench_<random> on the server of
-// VIGIL_DATABASE_URL, migrates it and opens a pool of poolSize connections on it. drop closes
-// the pool and drops the database (unless keep).
-func benchPool(ctx context.Context, poolSize int, keep bool) (_ *pgxpool.Pool, drop func(), err error) {
-	admin, err := adminURL()
-	if err != nil {
-		return nil, nil, err
-	}
-	dbName := "vigil_bench_" + hex.EncodeToString(uuid.New().NodeID())
-	if err := adminSQL(ctx, admin, "CREATE DATABASE "+dbName); err != nil {
-		return nil, nil, fmt.Errorf("create benchmark database: %w", err)
-	}
-	dropDB := func() {
-		if keep {
-			return
-		}
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if err := adminSQL(cctx, admin, "DROP DATABASE IF EXISTS "+dbName+" WITH (FORCE)"); err != nil {
-			slog.Error("drop benchmark database", slog.String("error", err.Error()))
-		}
-	}
-	defer func() {
-		if err != nil {
-			dropDB()
-		}
-	}()
-	u, err := url.Parse(admin)
-	if err != nil {
-		return nil, nil, err
-	}
-	u.Path = "/" + dbName
-	pcfg, err := pgxpool.ParseConfig(u.String())
-	if err != nil {
-		return nil, nil, err
-	}
-	pcfg.MaxConns = int32(poolSize)
-	pcfg.AfterConnect = pgxuuid.AfterConnect
-	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	if _, err := schema.Migrate(ctx, pool); err != nil {
-		pool.Close()
-		return nil, nil, err
-	}
-	return pool, func() { pool.Close(); dropDB() }, nil
 }
 
 // benchRing opens a local key ring in a temporary directory with every key Vigil uses.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -72,20 +73,31 @@ For every upload accepted in the measured window it reports, over every session 
 upload's ward, the time from the upload's accepted answer (201) to its "observations" event
 on the stream (p50, p99, max; an event may arrive before the answer: counted as 0), events
 missed (not arrived --grace after the window), sessions reset or lost, the upload answers'
-own latency, and CPU (this process: server, uploaders and stream readers together; and
-PostgreSQL) and memory. A round passes when p99 ≤ --target, no event is missed and at least
-95% of the offered uploads were accepted.`,
+own latency, and CPU (this process; PostgreSQL) and memory. Without --readers-process the
+process is server, uploaders and stream readers together; with it the readers run in a child
+process of their own (their CPU in its own column) and this process is the server and the
+uploaders. "per upload" is this process's CPU divided by the uploads accepted; "per
+delivery" is its CPU divided by the events delivered to sessions — or, after a round of 0
+sessions (put 0 first in --sessions) accepted within 10% of the same rate, marked "+", the
+CPU above that round's per-upload cost divided by the deliveries: what a delivery adds. A round passes when p99 ≤
+--target, no event is missed and at least 95% of the offered uploads were accepted.
+
+--coalesce sets how long a stream may hold tile updates to write them together (the
+server's StreamCoalesce: 0 its default, 50 ms; negative: never held), to compare.`,
 		Example: `  VIGIL_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres vigil-bench streams --rate 2000 --sessions 100,250,500,750,1000`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, v := range strings.Split(sessions, ",") {
 				n, err := strconv.Atoi(strings.TrimSpace(v))
-				if err != nil || n < 1 {
-					return fmt.Errorf("--sessions %q: want a list of positive counts", sessions)
+				if err != nil || n < 0 {
+					return fmt.Errorf("--sessions %q: want a list of counts ≥ 0", sessions)
 				}
 				o.sessions = append(o.sessions, n)
 			}
 			sort.Ints(o.sessions)
+			if o.sessions[0] < 0 {
+				return fmt.Errorf("--sessions %q: want counts ≥ 0", sessions)
+			}
 			return runBenchStreams(cmd.Context(), cmd.OutOrStdout(), o)
 		},
 	}
@@ -103,6 +115,9 @@ PostgreSQL) and memory. A round passes when p99 ≤ --target, no event is missed
 	f.IntVar(&o.poolSize, "pool", 16, "database connections")
 	f.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the last round's measured window to this file")
 	f.BoolVar(&o.keep, "keep", false, "keep the benchmark database")
+	f.BoolVar(&o.readersProcess, "readers-process", false, "read the streams in a child process (this tool again), not in the server's")
+	f.DurationVar(&o.coalesce, "coalesce", 0, "the server's StreamCoalesce (0: its default; negative: tile updates never held)")
+	cmd.AddCommand(newStreamReadersCmd())
 	return cmd
 }
 
@@ -112,7 +127,8 @@ type streamOpts struct {
 	rate                                       float64
 	duration, warmup, grace, target            time.Duration
 	cpuprofile                                 string
-	keep                                       bool
+	keep, readersProcess                       bool
+	coalesce                                   time.Duration
 }
 
 const streamBenchPassword = "vigil bench correct horse"
@@ -212,7 +228,7 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 		return err
 	}
 	srv, err := server.New(server.Config{Pool: pool, Recorder: rec, Core: cs, Devices: ds, Alarms: as, Rules: eng,
-		Portal: ps, Auth: as2, Logger: quiet, MaxStreams: maxSessions + 100})
+		Portal: ps, Auth: as2, Logger: quiet, MaxStreams: maxSessions + 100, StreamCoalesce: o.coalesce})
 	if err != nil {
 		return err
 	}
@@ -255,12 +271,13 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 	if err != nil {
 		return err
 	}
-	streamTransport := &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}
-	streamClient := &http.Client{Transport: streamTransport}
-	defer streamTransport.CloseIdleConnections()
-	rctx, stopReaders := context.WithCancel(ctx)
-	var readers sync.WaitGroup
-	defer func() { stopReaders(); readers.Wait() }()
+	var readers streamReaders = newLocalReaders(ctx)
+	if o.readersProcess {
+		if readers, err = startChildReaders(ctx); err != nil {
+			return err
+		}
+	}
+	defer readers.close()
 
 	// Uploads, pre-signed before each round (device-side work is not the server's; signed
 	// just before it, so that their send times are within the server's clock skew).
@@ -272,32 +289,57 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 
 	fmt.Fprintf(out, "\nstreams: %d devices in %d wards, %d samples per upload, target %.0f uploads/s, %d upload workers, %d CPUs (GOMAXPROCS %d)\n",
 		o.devices, o.wards, o.samples, o.rate, o.workers, runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	fmt.Fprintln(out, "| sessions | uploads/s accepted | upload answer p50 / p99 | answer → stream p50 / p99 / max | sent → stream p99 | deliveries | missed | resets / lost | CPU process / PostgreSQL | process CPU per delivery | heap / RSS / goroutines | meets |")
+	where := "in this process"
+	if o.readersProcess {
+		where = "in a child process"
+	}
+	fmt.Fprintf(out, "stream readers %s; load average %s\n", where, loadAverage())
+	fmt.Fprintln(out, "| sessions | uploads/s accepted | upload answer p50 / p99 | answer → stream p50 / p99 / max | sent → stream p99 | deliveries | missed | resets / lost | CPU process / PostgreSQL / readers | process CPU per upload / per delivery | heap / RSS / goroutines | meets |")
 	fmt.Fprintln(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")
 	opened := 0
+	var base0 roundBase // the round of 0 sessions
 	for ri, n := range o.sessions {
-		// Open the sessions' streams up to n, and wait until each has its first bytes.
-		for ; opened < n; opened++ {
-			s := sessions[opened]
-			if err := openStream(rctx, streamClient, base, s, &readers); err != nil {
-				return fmt.Errorf("session %d: %w", opened, err)
+		// Open the sessions' streams up to n, each once its header has arrived.
+		if n > opened {
+			if err := readers.open(ctx, base, sessions[opened:n]); err != nil {
+				return err
 			}
+			opened = n
 		}
-		for _, s := range sessions[:n] {
-			s.mu.Lock()
-			s.arrivals = map[uuid.UUID]time.Time{}
-			s.mu.Unlock()
+		if err := readers.reset(); err != nil {
+			return err
 		}
 		last := ri == len(o.sessions)-1
 		uploads := presign(fleet, benchOpts{workers: o.workers, samples: o.samples}, perWorker, seqs)
-		res, err := streamRound(ctx, o, pool, base, upClient, uploads, wardOf, last)
+		res, err := streamRound(ctx, o, pool, base, upClient, uploads, wardOf, last, readers)
 		if err != nil {
 			return err
 		}
 		time.Sleep(o.grace)
-		writeStreamRound(out, o, n, res, sessions[:n])
+		st, err := readers.collect(o.wards, res.accepted)
+		if err != nil {
+			return err
+		}
+		if b := writeStreamRound(out, o, n, res, st, base0); n == 0 {
+			base0 = b
+		}
 	}
+	fmt.Fprintf(out, "load average %s\n", loadAverage())
 	return nil
+}
+
+// loadAverage is the machine's load average (1, 5, 15 minutes), "?" where /proc is not
+// available.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 type roundResult struct {
@@ -310,12 +352,14 @@ type roundResult struct {
 	heap, rss      uint64
 	goroutines     int
 	statusFailures map[int]int
+	readersCPU     time.Duration // the readers' process over the measured window, when a child's
+	readersCPUOK   bool
 }
 
 // streamRound sends uploads for warm-up + duration at o.rate and returns those accepted in
 // the measured window.
 func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base string, client *http.Client,
-	uploads [][][]byte, wardOf map[uuid.UUID]int, profile bool) (*roundResult, error) {
+	uploads [][][]byte, wardOf map[uuid.UUID]int, profile bool, readers streamReaders) (*roundResult, error) {
 	started := time.Now()
 	measureAt := started.Add(o.warmup)
 	endAt := measureAt.Add(o.duration)
@@ -333,6 +377,13 @@ func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base str
 		defer close(cpuDone)
 		time.Sleep(time.Until(measureAt))
 		a := cpuacct.Take(ctx, pool)
+		child, _ := readers.(*childReaders)
+		var r0 time.Duration
+		if child != nil {
+			if _, err := child.call(readerRequest{Op: "cpu"}); err == nil { // answered with the child's CPU
+				r0 = child.cpu
+			}
+		}
 		var prof *os.File
 		if profile && o.cpuprofile != "" {
 			if f, err := os.Create(o.cpuprofile); err == nil && pprof.StartCPUProfile(f) == nil {
@@ -345,6 +396,11 @@ func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base str
 			prof.Close()
 		}
 		res.cpu, res.cpuOK = cpuacct.Between(a, cpuacct.Take(ctx, pool)), true
+		if child != nil && r0 > 0 {
+			if _, err := child.call(readerRequest{Op: "cpu"}); err == nil {
+				res.readersCPU, res.readersCPUOK = child.cpu-r0, true
+			}
+		}
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		res.heap, res.rss, res.goroutines = ms.HeapInuse, selfRSS(), runtime.NumGoroutine()
@@ -416,67 +472,63 @@ func streamRound(ctx context.Context, o streamOpts, pool *pgxpool.Pool, base str
 	return res, nil
 }
 
-func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, sessions []*streamSession) {
-	byWard := make([][]*streamSession, o.wards)
-	for _, s := range sessions {
-		byWard[s.ward] = append(byWard[s.ward], s)
-	}
-	var fromAnswer, fromSent []time.Duration
-	missed, deliveries, resets, lost, disorder := 0, 0, 0, 0, 0
-	for _, s := range sessions {
-		s.mu.Lock()
-	}
-	for _, u := range res.accepted {
-		for _, s := range byWard[u.ward] {
-			at, ok := s.arrivals[u.id]
-			if !ok {
-				missed++
-				continue
-			}
-			deliveries++
-			fromAnswer = append(fromAnswer, max(0, at.Sub(u.answer)))
-			fromSent = append(fromSent, at.Sub(u.sent))
-		}
-	}
-	for _, s := range sessions {
-		resets += s.resets
-		disorder += s.disorder
-		if s.ended != nil {
-			lost++
-		}
-		s.mu.Unlock()
-	}
-	p := func(d []time.Duration, q float64) string {
-		if len(d) == 0 {
+// writeStreamRound writes a round's row; it returns the process's CPU per accepted upload.
+func writeStreamRound(out io.Writer, o streamOpts, n int, res *roundResult, st streamStats, base0 roundBase) roundBase {
+	p := func(d time.Duration) string {
+		if d < 0 {
 			return "—"
 		}
-		return fmtDur(d[min(len(d)-1, int(q*float64(len(d))))])
+		return fmtDur(d)
 	}
-	sortDur(fromAnswer)
-	sortDur(fromSent)
 	sortDur(res.answers)
+	pa := func(q float64) string {
+		if len(res.answers) == 0 {
+			return "—"
+		}
+		return fmtDur(res.answers[min(len(res.answers)-1, int(q*float64(len(res.answers))))])
+	}
 	rate := float64(len(res.accepted)) / res.elapsed.Seconds()
-	meets := len(fromAnswer) > 0 && fromAnswer[min(len(fromAnswer)-1, int(0.99*float64(len(fromAnswer))))] <= o.target &&
-		missed == 0 && lost == 0 && rate >= 0.95*o.rate
-	cpu, perDelivery := "—", "—"
+	meets := st.Deliveries > 0 && st.FromAnswer[1] <= o.target && st.Missed == 0 && st.Lost == 0 && rate >= 0.95*o.rate
+	cpu, perUp, perDelivery := "—", "—", "—"
+	var perUpload time.Duration
 	if res.cpuOK && len(res.accepted) > 0 {
 		w := res.cpu.Window.Seconds()
-		cpu = fmt.Sprintf("%.2f / %.2f cores", res.cpu.Self.Seconds()/w, res.cpu.PG.Seconds()/w)
-		if deliveries > 0 {
-			perDelivery = fmtDur(res.cpu.Self / time.Duration(deliveries))
+		readers := "—"
+		if res.readersCPUOK {
+			readers = fmt.Sprintf("%.2f", res.readersCPU.Seconds()/w)
+		}
+		cpu = fmt.Sprintf("%.2f / %.2f / %s cores", res.cpu.Self.Seconds()/w, res.cpu.PG.Seconds()/w, readers)
+		perUpload = res.cpu.Self / time.Duration(len(res.accepted))
+		perUp = fmtDur(perUpload)
+		if st.Deliveries > 0 {
+			self := res.cpu.Self
+			// What the deliveries add to the round of 0 sessions, when that round was accepted
+			// at about the same rate (the per-upload cost falls as the rate grows).
+			if base0.perUpload > 0 && rate > 0 && math.Abs(base0.rate-rate)/rate <= 0.1 {
+				self -= base0.perUpload * time.Duration(len(res.accepted))
+				perDelivery = "+"
+			}
+			perDelivery += fmtDur(self / time.Duration(st.Deliveries))
 		}
 	}
 	yes := "no"
 	if meets {
 		yes = "**yes**"
 	}
-	fmt.Fprintf(out, "| %d | %.0f | %s / %s | %s / %s / %s | %s | %d | %d | %d / %d | %s | %s | %d MiB / %d MiB / %d | %s |\n",
-		n, rate, p(res.answers, 0.5), p(res.answers, 0.99), p(fromAnswer, 0.5), p(fromAnswer, 0.99), p(fromAnswer, 1),
-		p(fromSent, 0.99), deliveries, missed, resets, lost, cpu, perDelivery, res.heap>>20, res.rss>>20, res.goroutines, yes)
-	if len(res.statusFailures) > 0 || disorder > 0 {
+	fmt.Fprintf(out, "| %d | %.0f | %s / %s | %s / %s / %s | %s | %d | %d | %d / %d | %s | %s / %s | %d MiB / %d MiB / %d | %s |\n",
+		n, rate, pa(0.5), pa(0.99), p(st.FromAnswer[0]), p(st.FromAnswer[1]), p(st.FromAnswer[2]),
+		p(st.FromSent99), st.Deliveries, st.Missed, st.Resets, st.Lost, cpu, perUp, perDelivery, res.heap>>20, res.rss>>20, res.goroutines, yes)
+	if len(res.statusFailures) > 0 || st.Disorder > 0 {
 		fmt.Fprintf(out, "  (round of %d sessions: %d of %d uploads not accepted, by status %v (-1 transport error, -2 unreadable receipt); %d events out of order)\n",
-			n, res.sent-len(res.accepted), res.sent, res.statusFailures, disorder)
+			n, res.sent-len(res.accepted), res.sent, res.statusFailures, st.Disorder)
 	}
+	return roundBase{perUpload: perUpload, rate: rate}
+}
+
+// roundBase is a round of 0 sessions: the process's CPU per upload at its accepted rate.
+type roundBase struct {
+	perUpload time.Duration
+	rate      float64
 }
 
 func sortDur(d []time.Duration) { sort.Slice(d, func(i, j int) bool { return d[i] < d[j] }) }

@@ -29,7 +29,7 @@ func TestBenchStreamsSmoke(t *testing.T) {
 		t.Fatalf("bench streams: %v\n%s", err, out.String())
 	}
 	text := out.String()
-	rows := regexp.MustCompile(`(?m)^\| (\d+) \| (\d+) \|.*\| (\d+) \| (\d+) \| (\d+) / (\d+) \| [0-9.]+ / [0-9.]+ cores \| [^|]+ \| \d+ MiB / \d+ MiB / \d+ \|`).FindAllStringSubmatch(text, -1)
+	rows := regexp.MustCompile(`(?m)^\| (\d+) \| (\d+) \|.*\| (\d+) \| (\d+) \| (\d+) / (\d+) \| [0-9.]+ / [0-9.]+ / [0-9.—]+ cores \| [^|]+ / [^|]+ \| \d+ MiB / \d+ MiB / \d+ \|`).FindAllStringSubmatch(text, -1)
 	if len(rows) != 2 {
 		t.Fatalf("want a row for 2 and for 4 sessions in:\n%s", text)
 	}

@@ -22,6 +22,7 @@ type serverLimits struct {
 	TrustProxyHeaders   bool
 	Replicas            int
 	DrainDelay          time.Duration
+	StreamCoalesce      time.Duration
 }
 
 // limitEnv names the variable of each limit flag.
@@ -34,6 +35,7 @@ var limitEnv = map[string]string{
 	"trust-proxy-headers":    "VIGIL_TRUST_PROXY_HEADERS",
 	"replicas":               "VIGIL_REPLICAS",
 	"drain-delay":            "VIGIL_DRAIN_DELAY",
+	"stream-coalesce":        "VIGIL_STREAM_COALESCE",
 }
 
 // DefaultDrainDelay is the default of --drain-delay: two health checks of a load balancer
@@ -60,6 +62,8 @@ func addLimitFlags(cmd *cobra.Command, l *serverLimits) {
 		"replicas behind the load balancer: each enforces 1/N of --rejected-per-source and --rejected-per-device, so that together they hold the limit (env VIGIL_REPLICAS)")
 	f.DurationVar(&l.DrainDelay, "drain-delay", DefaultDrainDelay,
 		"on SIGTERM, how long /readyz answers 503 and new requests get 503 draining (Retry-After) before the listener closes and requests in flight finish; at least the load balancer's time to take the replica out (env VIGIL_DRAIN_DELAY)")
+	f.DurationVar(&l.StreamCoalesce, "stream-coalesce", server.DefaultStreamCoalesce,
+		"longest a live stream holds a tile update (observations) to write it with those that follow, in one write; alarm events are never held; 0 or less writes each event at once (env VIGIL_STREAM_COALESCE)")
 }
 
 // fromEnv sets each limit flag not given on the command line from its variable, if set.
@@ -76,6 +80,9 @@ func (l *serverLimits) fromEnv(cmd *cobra.Command) error {
 	if l.Replicas < 1 || l.Replicas > 1000 {
 		return fmt.Errorf("--replicas %d: want 1 to 1000", l.Replicas)
 	}
+	if l.StreamCoalesce > time.Second {
+		return fmt.Errorf("--stream-coalesce %v: want at most 1s (a tile must not lag behind its upload by more)", l.StreamCoalesce)
+	}
 	if l.DrainDelay < 0 {
 		return fmt.Errorf("--drain-delay %v: want a duration ≥ 0", l.DrainDelay)
 	}
@@ -89,6 +96,10 @@ func (l *serverLimits) apply(cfg *server.Config) {
 	cfg.RejectedPerSource, cfg.RejectedPerDevice = server.Limit(l.RejectedPerSource), server.Limit(l.RejectedPerDevice)
 	cfg.TrustProxyHeaders = l.TrustProxyHeaders
 	cfg.Replicas, cfg.DrainDelay = l.Replicas, l.DrainDelay
+	cfg.StreamCoalesce = l.StreamCoalesce
+	if cfg.StreamCoalesce <= 0 {
+		cfg.StreamCoalesce = -1 // (server: a negative value turns holding off; 0 is its default)
+	}
 }
 
 // limitFlag is a server.Limit on the command line: BURST:RATE (a whole burst, a rate per

@@ -25,7 +25,7 @@ func TestLimitFlags(t *testing.T) {
 	}
 	env := map[string]string{"VIGIL_MAX_STREAMS": "50", "VIGIL_REJECTED_PER_DEVICE": "off",
 		"VIGIL_READ_TIMEOUT": "1h", // the flag wins
-		"VIGIL_REPLICAS":     "3", "VIGIL_DRAIN_DELAY": "7s"}
+		"VIGIL_REPLICAS":     "3", "VIGIL_DRAIN_DELAY": "7s", "VIGIL_STREAM_COALESCE": "20ms"}
 	var l serverLimits
 	cmd := &cobra.Command{Use: "x"}
 	cmd.SetContext(withEnv(context.Background(), env))
@@ -43,7 +43,7 @@ func TestLimitFlags(t *testing.T) {
 		TrustProxyHeaders: true}
 	if got.ReadTimeout != want.ReadTimeout || got.MaxStreams != want.MaxStreams || got.MaxStreamsPerCaller != want.MaxStreamsPerCaller ||
 		got.RejectedPerSource != want.RejectedPerSource || got.RejectedPerDevice != want.RejectedPerDevice || !got.TrustProxyHeaders ||
-		got.Replicas != 3 || got.DrainDelay != 7*time.Second {
+		got.Replicas != 3 || got.DrainDelay != 7*time.Second || got.StreamCoalesce != 20*time.Millisecond {
 		t.Errorf("limits applied = %+v, want %+v", got, want)
 	}
 	for _, bad := range []string{"10", "0:1", "10:0", "10:-1", "x:1", "10:abc"} {
@@ -52,7 +52,7 @@ func TestLimitFlags(t *testing.T) {
 			t.Errorf("limitFlag.Set(%q) = nil, want an error", bad)
 		}
 	}
-	for k, v := range map[string]string{"VIGIL_MAX_STREAMS": "many", "VIGIL_REPLICAS": "0", "VIGIL_DRAIN_DELAY": "-1s"} {
+	for k, v := range map[string]string{"VIGIL_MAX_STREAMS": "many", "VIGIL_REPLICAS": "0", "VIGIL_DRAIN_DELAY": "-1s", "VIGIL_STREAM_COALESCE": "2s"} {
 		cmd = &cobra.Command{Use: "x"}
 		cmd.SetContext(withEnv(context.Background(), map[string]string{k: v}))
 		addLimitFlags(cmd, &l)
