@@ -120,10 +120,12 @@ func wireORU(ctx context.Context, sys *system, facility string) error {
 	return nil
 }
 
-// startFHIRSubscriptions runs the FHIR Subscriptions' dispatcher (interop/fhir/subscription)
-// on every replica: each dispatches the events it published itself, so every event is
-// notified once per database (docs/interop.md#subscriptions); it also sends the heartbeats
-// due, each claimed once per database. Deliveries are core's webhooks.
+// startFHIRSubscriptions runs the FHIR Subscriptions' durable dispatcher
+// (interop/fhir/subscription RunDurable) on every replica: the one that leads
+// "fhir-subscriptions" reads the stored uploads and alarms in commit order from its saved
+// cursor, so every event is notified once per database, also those stored while Vigil was
+// restarting (docs/interop.md#subscriptions); every replica sends the heartbeats due, each
+// claimed once per database. Deliveries are core's webhooks.
 func startFHIRSubscriptions(sys *system, srv *server.Server) {
 	subs := srv.FHIRSubscriptions()
 	if subs == nil {
@@ -134,7 +136,7 @@ func startFHIRSubscriptions(sys *system, srv *server.Server) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := subs.Run(ctx); err != nil {
+		if err := subs.RunDurable(ctx); err != nil {
 			slog.Error("FHIR subscriptions dispatcher stopped", slog.String("error", err.Error()))
 		}
 	}()

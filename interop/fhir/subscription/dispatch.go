@@ -148,14 +148,25 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
+	return s.notify(ctx, topic, ev.PatientID, ids)
+}
+
+// errNotEnqueued marks a failure of notify after which none of its notifications was
+// enqueued (the Subscriptions could not be loaded, or the enqueue failed): the durable
+// dispatcher reads the row again.
+var errNotEnqueued = errors.New("notifications not enqueued")
+
+// notify enqueues, for every active Subscription to topic (and to patient, when it names
+// one), the notification of the focus resources ids of patient, and returns how many.
+func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, ids []string) (int, error) {
 	subs, err := s.activeSubs(ctx)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%w: %w", errNotEnqueued, err)
 	}
 	var out []core.Event
 	var errs []error
 	for _, sub := range subs {
-		if sub.Topic.URL != topic.URL || (sub.Patient != uuid.Nil && sub.Patient != ev.PatientID) {
+		if sub.Topic.URL != topic.URL || (sub.Patient != uuid.Nil && sub.Patient != patient) {
 			continue
 		}
 		focus := make([]Focus, len(ids))
@@ -163,7 +174,7 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 			focus[i] = Focus{Type: topic.Resource, ID: id}
 		}
 		if sub.Content == ContentFullResource {
-			if err := s.fill(ctx, sub, ev.PatientID, focus); err != nil {
+			if err := s.fill(ctx, sub, patient, focus); err != nil {
 				errs = append(errs, fmt.Errorf("Subscription/%s: %w", sub.ID, err))
 				continue
 			}
@@ -182,11 +193,11 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 			errs = append(errs, err)
 			continue
 		}
-		out = append(out, core.Event{Type: EventType(sub.ID), PatientID: ev.PatientID, At: at, Body: body})
+		out = append(out, core.Event{Type: EventType(sub.ID), PatientID: patient, At: at, Body: body})
 	}
 	n, err := s.cfg.Webhooks.EnqueueWebhooks(ctx, out...)
 	if err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("%w: %w", errNotEnqueued, err))
 	}
 	return n, errors.Join(errs...)
 }

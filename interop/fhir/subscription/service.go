@@ -56,7 +56,8 @@ type Resources interface {
 type Config struct {
 	// Pool is the installation's database. Required.
 	Pool *pgxpool.Pool
-	// Hub announces the events (core.Service.Hub()); required by Run.
+	// Hub announces the events (core.Service.Hub()); required by Run; RunDurable, which
+	// reads the stored rows, uses it only to wake up early.
 	Hub *core.Hub
 	// Webhooks creates, deletes and enqueues the deliveries. Required.
 	Webhooks Webhooks
@@ -75,6 +76,13 @@ type Config struct {
 	Now func() time.Time
 	// HeartbeatTick is how often Run looks for Subscriptions due a heartbeat. Default 1 s.
 	HeartbeatTick time.Duration
+	// PollInterval is how long RunDurable waits for new stored rows after a pass that found
+	// less than Batch (an event on Hub, when set, wakes it earlier). Default 200 ms.
+	PollInterval time.Duration
+	// LeaderInterval is how often RunDurable steps its leader election. Default 2 s.
+	LeaderInterval time.Duration
+	// Batch bounds the stored rows RunDurable reads per pass. Default 500.
+	Batch int
 }
 
 // Service manages Subscriptions and dispatches their notifications.
@@ -102,6 +110,15 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.HeartbeatTick <= 0 {
 		cfg.HeartbeatTick = time.Second
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 200 * time.Millisecond
+	}
+	if cfg.LeaderInterval <= 0 {
+		cfg.LeaderInterval = 2 * time.Second
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
 	}
 	return &Service{cfg: cfg}, nil
 }
