@@ -100,16 +100,29 @@ func TestStreamEndsOnOtherReplicaWhenUserDisabled(t *testing.T) {
 }
 
 // A stream open on replica B ends as soon as the role that let it see its patients is revoked
-// through replica A (the session is still valid): the principal may no longer read them.
+// through replica A (the session is still valid): the principal may no longer read them. A
+// role revoked that the stream did not depend on leaves it open (B checks again and keeps it).
 // Verifies: REQ-ACC-057
 // Verifies: REQ-ACC-056
 func TestStreamEndsOnOtherReplicaWhenRoleRevoked(t *testing.T) {
 	t.Parallel()
 	f := newWardsFixture(t, 1, nil)
+	sub := auth.UserSubject(f.clinAUser.ID)
+	if err := f.auth.GrantRole(context.Background(), authtest.Admin, sub, auth.RoleQuality, auth.AllDomains); err != nil {
+		t.Fatal(err)
+	}
 	b := replicaB(t, f)
 	ended, closeStream := openStreamAt(t, b, f.clinA)
 	defer closeStream()
-	if err := f.auth.RevokeRole(context.Background(), authtest.Admin, auth.UserSubject(f.clinAUser.ID), auth.RoleClinician,
+	if err := f.auth.RevokeRole(context.Background(), authtest.Admin, sub, auth.RoleQuality, auth.AllDomains); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ended:
+		t.Fatal("the stream ended when a role it does not depend on was revoked")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := f.auth.RevokeRole(context.Background(), authtest.Admin, sub, auth.RoleClinician,
 		auth.WardDomain(f.wardA.ID)); err != nil {
 		t.Fatal(err)
 	}

@@ -129,13 +129,14 @@ const DefaultStreamRecheckInterval = 30 * time.Second
 
 // untilSessionEnds returns a context for a stream of the request's principal that is
 // cancelled when its credentials stop authenticating or stillAllowed (if not nil) refuses
-// the principal (auth.ErrForbidden), and the function that stops the watch. It checks again
-// (as a background request) at once when auth signals that the principal's access may have
-// changed in any replica — its session ended, the user disabled, a grant revoked, a policy
-// line removed (auth.Enforcer.WatchAccess, fed by PostgreSQL NOTIFY) — and every
-// Config.StreamRecheckInterval as the fallback for a missed signal. A check that fails for
-// another reason (the database briefly away) keeps the stream. A stream so ended is audited
-// as access.stream.ended with the reason.
+// the principal (auth.ErrForbidden), and the function that stops the watch. It checks both
+// again (as a background request) at once when auth signals that the principal's access may
+// have changed in any replica — its session ended, the user disabled, a grant revoked, a
+// policy line removed (auth.Enforcer.WatchAccess, fed by PostgreSQL NOTIFY); and the
+// credentials every Config.StreamRecheckInterval as the fallback for a missed notification
+// (a missed policy change needs none here: the enforcer's own periodic refresh reloads and
+// signals every stream). A check that fails for another reason (the database briefly away)
+// keeps the stream. A stream so ended is audited as access.stream.ended with the reason.
 func (s *Server) untilSessionEnds(c echo.Context, stillAllowed func(context.Context, *auth.Principal) error) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(c.Request().Context())
 	creds, ok := c.Get(credentialsKey).(auth.Credentials)
@@ -161,14 +162,16 @@ func (s *Server) untilSessionEnds(c echo.Context, stillAllowed func(context.Cont
 		t := time.NewTicker(s.cfg.StreamRecheckInterval)
 		defer t.Stop()
 		for {
+			signalled := false
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
 			case <-changed:
+				signalled = true
 			}
 			q, err := s.cfg.Auth.Authenticate(ctx, creds)
-			if err == nil && stillAllowed != nil {
+			if err == nil && signalled && stillAllowed != nil {
 				if err = stillAllowed(ctx, q); errors.Is(err, auth.ErrForbidden) {
 					end("access_revoked")
 					return
