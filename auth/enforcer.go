@@ -70,6 +70,8 @@ type Enforcer struct {
 	// applied counts the changes applied incrementally and reloads counts full reloads
 	// (Stats; tests).
 	applied, reloads atomic.Int64
+	// watch is the open streams' watchers of access changes (WatchAccess).
+	watch accessWatch
 }
 
 type grantRef struct {
@@ -268,8 +270,12 @@ func (e *Enforcer) reloadLocked(ctx context.Context) error {
 	if snap.rules, err = e.buildRules(lines); err != nil {
 		return fmt.Errorf("auth: load policy: %w", err)
 	}
+	prev := e.cur.Load()
 	e.publish(snap)
 	e.reloads.Add(1)
+	if prev != nil && prev.version != snap.version {
+		e.accessChanged(true) // what changed is not known: everyone checks again
+	}
 	return nil
 }
 

@@ -111,11 +111,13 @@ func (e *Enforcer) apply(ctx context.Context, d policyDelta) error {
 	}
 	e.publish(next)
 	e.applied.Add(1)
+	e.signalDelta(d)
 	return nil
 }
 
 // Follow keeps the enforcer current with the changes other processes make until ctx ends: it
-// LISTENs for their announcements on a connection of its own and applies each at once, and
+// LISTENs for their announcements on a connection of its own and applies each at once (and
+// passes the end of sessions, announced on vigil_auth_sessions, to WatchAccess), and
 // calls Refresh every interval (default 5 s) as the fallback for a missed announcement. After
 // its connection is lost it reconnects (with backoff) and reloads if the version moved
 // meanwhile. A server runs it for as long as it serves; one-shot tools need not.
@@ -168,7 +170,7 @@ func (e *Enforcer) listenOnce(ctx context.Context, listening func()) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+policyChannel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+policyChannel+"; LISTEN "+sessionChannel); err != nil {
 		return err
 	}
 	listening()
@@ -180,6 +182,11 @@ func (e *Enforcer) listenOnce(ctx context.Context, listening func()) error {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
+		}
+		if n.Channel == sessionChannel {
+			// Sessions ended or a user disabled: the streams of the subject check again.
+			e.accessChanged(!principalSubject(n.Payload), n.Payload)
+			continue
 		}
 		var d policyDelta
 		if json.Unmarshal([]byte(n.Payload), &d) != nil || d.Version <= 0 {

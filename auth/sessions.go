@@ -66,7 +66,10 @@ func (s *Service) createSession(ctx context.Context, tx pgx.Tx, user uuid.UUID, 
 
 func endSessions(ctx context.Context, tx pgx.Tx, user uuid.UUID, now time.Time, reason string) (int64, error) {
 	tag, err := tx.Exec(ctx, "UPDATE auth_sessions SET ended_at = $2, end_reason = $3 WHERE user_id = $1 AND ended_at IS NULL", user, now, reason)
-	return tag.RowsAffected(), err
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), notifySessions(ctx, tx, user)
 }
 
 // Cookie returns the session cookie for sess: HttpOnly, Secure, SameSite=Strict, Path=/, no
@@ -189,6 +192,9 @@ func (s *Service) endSession(ctx context.Context, id, user uuid.UUID, now time.T
 		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
+		if err := notifySessions(ctx, tx, user); err != nil {
+			return err
+		}
 		o := Origin{Actor: audit.Actor{Kind: audit.ActorService, ID: "auth", AuthMethod: "internal"}}
 		_, err = s.cfg.Audit.Record(ctx, tx, o.event(now, "auth.session.ended", audit.Object{Type: "session", ID: id.String()},
 			audit.OutcomeSuccess, reason, map[string]any{"user_id": user}))
@@ -205,6 +211,9 @@ func (s *Service) SignOut(ctx context.Context, p *Principal, requestID, sourceAd
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "UPDATE auth_sessions SET ended_at = $2, end_reason = 'logout' WHERE id = $1 AND ended_at IS NULL",
 			p.SessionID, now); err != nil {
+			return err
+		}
+		if err := notifySessions(ctx, tx, p.ID); err != nil {
 			return err
 		}
 		_, err := s.cfg.Audit.Record(ctx, tx, p.Origin(requestID, sourceAddr).event(now, "auth.logout",

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/url"
@@ -188,6 +189,7 @@ func (s *Server) streamVisible(c echo.Context) error {
 	q := req.URL.Query()
 	p := PrincipalOf(c)
 	var patients []uuid.UUID
+	subscribedAll := false
 	if asked := q["patient_id"]; len(asked) > 0 {
 		for _, v := range asked {
 			id, err := uuid.Parse(v)
@@ -227,7 +229,7 @@ func (s *Server) streamVisible(c echo.Context) error {
 			r2.URL = &u
 			c.SetRequest(r2)
 		} else {
-			patients = nil
+			patients, subscribedAll = nil, true
 		}
 	}
 	payload := map[string]any{"what": "stream"}
@@ -239,7 +241,31 @@ func (s *Server) streamVisible(c echo.Context) error {
 	if err := s.auditRead(ctx, c, "access.stream.subscribed", audit.Object{Type: "stream"}, payload); err != nil {
 		return err
 	}
-	sctx, stop := s.untilSessionEnds(c)
+	// Still allowed: the stream itself, every patient subscribed (or still every patient).
+	stillAllowed := func(ctx context.Context, q *auth.Principal) error {
+		enf := s.cfg.Auth.Enforcer()
+		if _, err := enf.Allow(q, "subscribe", auth.Target{Object: auth.ObjStream}); err != nil {
+			return err
+		}
+		if subscribedAll {
+			vis, err := enf.Visibility(q)
+			if err == nil && !vis.All {
+				return auth.ErrForbidden
+			}
+			return err
+		}
+		for _, id := range patients {
+			t := auth.Target{Object: auth.ObjAlarm}
+			if err := s.patientTarget(ctx, id, &t); err != nil {
+				return err
+			}
+			if _, err := enf.Allow(q, "read", t); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	sctx, stop := s.untilSessionEnds(c, stillAllowed)
 	defer stop()
 	c.SetRequest(c.Request().WithContext(sctx))
 	return s.coreStream(c)

@@ -16,8 +16,14 @@ import (
 // (its body reaches EOF), and the function that closes it.
 func openStream(t *testing.T, f *wardsFixture, cl *http.Client) (ended <-chan struct{}, closeFn func()) {
 	t.Helper()
+	return openStreamAt(t, f.ts.URL, cl)
+}
+
+// openStreamAt is openStream on the server at base.
+func openStreamAt(t *testing.T, base string, cl *http.Client) (ended <-chan struct{}, closeFn func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.ts.URL+"/api/v1/stream", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/api/v1/stream", nil)
 	resp, err := cl.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 
+	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/auth"
 )
 
@@ -26,9 +27,12 @@ import (
 // its client reads, its session lasts and the server runs. What stops slow or dead clients is
 // the server's read-header and idle timeouts, a write deadline per write
 // (streamWriteTimeout) and the pings every 15 s that find a dead connection. The stream's
-// session is checked again every StreamRecheckInterval (as a background request: the stream
-// is not activity of the person); when it has ended — signed out, idle, past its lifetime,
-// the user disabled — the stream ends.
+// session and access are checked again (as a background request: the stream is not activity
+// of the person) at once when auth signals a change of the principal's access on any replica
+// (its sessions ended, the user disabled, a grant revoked: auth.Enforcer.WatchAccess), and
+// every StreamRecheckInterval as the fallback; when the session has ended — signed out, idle,
+// past its lifetime, the user disabled — or the principal may no longer subscribe to what the
+// stream carries, the stream ends (audited as access.stream.ended).
 
 // Defaults of the stream caps (see Config).
 const (
@@ -124,37 +128,63 @@ func streamCaller(c echo.Context) string {
 const DefaultStreamRecheckInterval = 30 * time.Second
 
 // untilSessionEnds returns a context for a stream of the request's principal that is
-// cancelled when its credentials stop authenticating (checked every
-// Config.StreamRecheckInterval as a background request), and the function that stops the
-// watch. A check that fails for another reason (the database briefly away) keeps the stream.
-func (s *Server) untilSessionEnds(c echo.Context) (context.Context, func()) {
+// cancelled when its credentials stop authenticating or stillAllowed (if not nil) refuses
+// the principal (auth.ErrForbidden), and the function that stops the watch. It checks both
+// again (as a background request) at once when auth signals that the principal's access may
+// have changed in any replica — its session ended, the user disabled, a grant revoked, a
+// policy line removed (auth.Enforcer.WatchAccess, fed by PostgreSQL NOTIFY); and the
+// credentials every Config.StreamRecheckInterval as the fallback for a missed notification
+// (a missed policy change needs none here: the enforcer's own periodic refresh reloads and
+// signals every stream). A check that fails for another reason (the database briefly away)
+// keeps the stream. A stream so ended is audited as access.stream.ended with the reason.
+func (s *Server) untilSessionEnds(c echo.Context, stillAllowed func(context.Context, *auth.Principal) error) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(c.Request().Context())
 	creds, ok := c.Get(credentialsKey).(auth.Credentials)
-	if !ok || s.cfg.Auth == nil {
+	p := PrincipalOf(c)
+	if !ok || s.cfg.Auth == nil || p == nil {
 		return ctx, cancel
 	}
 	creds.Background = true
+	changed, unwatch := s.cfg.Auth.Enforcer().WatchAccess(p.Subject)
+	end := func(reason string) {
+		s.log.InfoContext(ctx, "stream ended: "+reason, slog.String("request_id", creds.RequestID))
+		cancel()
+		ev := s.readEvent(c, "access.stream.ended", audit.Object{Type: "stream"}, map[string]any{"reason": reason})
+		if _, err := s.cfg.Recorder.RecordNow(context.WithoutCancel(ctx), ev); err != nil {
+			s.log.ErrorContext(ctx, "audit of a stream's end failed", slog.String("request_id", creds.RequestID),
+				slog.String("error", err.Error()))
+		}
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer unwatch()
 		t := time.NewTicker(s.cfg.StreamRecheckInterval)
 		defer t.Stop()
 		for {
+			signalled := false
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_, err := s.cfg.Auth.Authenticate(ctx, creds)
-				switch {
-				case err == nil:
-				case errors.Is(err, auth.ErrUnauthenticated), errors.Is(err, auth.ErrSessionExpired):
-					s.log.InfoContext(ctx, "stream ended: its session ended", slog.String("request_id", creds.RequestID))
-					cancel()
+			case <-changed:
+				signalled = true
+			}
+			q, err := s.cfg.Auth.Authenticate(ctx, creds)
+			if err == nil && signalled && stillAllowed != nil {
+				if err = stillAllowed(ctx, q); errors.Is(err, auth.ErrForbidden) {
+					end("access_revoked")
 					return
-				case ctx.Err() == nil:
-					s.log.WarnContext(ctx, "stream: session check failed", slog.String("request_id", creds.RequestID),
-						slog.String("error", err.Error()))
 				}
+			}
+			switch {
+			case err == nil:
+			case errors.Is(err, auth.ErrUnauthenticated), errors.Is(err, auth.ErrSessionExpired):
+				end("session_ended")
+				return
+			case ctx.Err() == nil:
+				s.log.WarnContext(ctx, "stream: session check failed", slog.String("request_id", creds.RequestID),
+					slog.String("error", err.Error()))
 			}
 		}
 	}()
