@@ -25,10 +25,15 @@ import (
 
 // The API's refusals whose domain records its own event — a request without its CSRF token
 // (auth.csrf.rejected), an alarm action the lifecycle refuses (alarm.acknowledged, …
-// rejected), a refused enrollment (auth.enrollment.failed) — leave exactly that one event
-// with the request's id, never also the error handler's http.request.rejected; a refusal no
-// domain records (a password the policy refuses) leaves the server's one event.
-// Verifies: REQ-POR-084, REQ-POR-085, REQ-POR-086
+// rejected), a refused enrollment (auth.enrollment.failed), a refused API sign-in
+// (auth.login.failed), a policy denial (access.denied), a refused session or API token
+// (auth.session.rejected, auth.token.rejected) — leave exactly that one event with the
+// request's id, never also the error handler's http.request.rejected; a refusal no domain
+// records (a password the policy refuses, a request without credentials) leaves the server's
+// one event. A sign-in, session or policy refusal whose own event cannot be recorded is a 500,
+// never a clean 401/403.
+// Verifies: REQ-POR-084, REQ-POR-085, REQ-POR-086, REQ-POR-087, REQ-POR-088, REQ-POR-089
+// Verifies: REQ-ACC-053
 func TestCSRFAndDomainRefusalsAuditedOnce(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
