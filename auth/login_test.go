@@ -297,3 +297,43 @@ func TestEnrollmentRefusalUnrecordedIsAnError(t *testing.T) {
 		t.Errorf("auth.enrollment.failed events = %d, want %d", n, before+1)
 	}
 }
+
+// A refused sign-in, session or API token whose event (auth.login.failed,
+// auth.session.rejected, auth.token.rejected) cannot be recorded is an internal error, not the
+// coded refusal: the server takes a coded refusal as the request's one record. A request
+// without credentials is the one refusal auth does not record: it stays coded.
+// Verifies: REQ-ACC-051, REQ-ACC-052
+func TestLoginAndSessionRefusalUnrecordedIsAnError(t *testing.T) {
+	e := newEnv(t, nil)
+	closed := audittest.Recorder(t, e.pool, nil)
+	closed.Close()
+	cfg := e.cfg
+	cfg.Audit = closed
+	broken, err := auth.New(e.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = broken.Login(e.ctx, auth.LoginRequest{Email: "nobody@example.org", Password: "wrong horse"})
+	if err == nil || auth.CodeOf(err) != "" {
+		t.Errorf("Login(unknown user) without its record = %v (code %q), want an internal error", err, auth.CodeOf(err))
+	}
+	for _, c := range []auth.Credentials{{SessionToken: "vgs_nonsense"}, {BearerToken: "vgt_nonsense"}} {
+		if _, err := broken.Authenticate(e.ctx, c); err == nil || auth.CodeOf(err) != "" {
+			t.Errorf("Authenticate(%+v) without its record = %v (code %q), want an internal error", c, err, auth.CodeOf(err))
+		}
+	}
+	if _, err := broken.Authenticate(e.ctx, auth.Credentials{}); auth.CodeOf(err) != auth.ErrUnauthenticated.Code {
+		t.Errorf("Authenticate(no credentials) = %v, want the coded refusal (auth records none)", err)
+	}
+	// The same refusals with a working recorder: coded, and recorded.
+	_, err = e.svc.Login(e.ctx, auth.LoginRequest{Email: "nobody@example.org", Password: "wrong horse"})
+	wantCode(t, "Login(unknown user)", err, "invalid_credentials", "unknown_user")
+	_, err = e.svc.Authenticate(e.ctx, auth.Credentials{SessionToken: "vgs_nonsense"})
+	wantCode(t, "Authenticate(malformed session)", err, "unauthenticated", "session_malformed")
+	if n := len(e.events(t, "auth.login.failed")); n != 1 {
+		t.Errorf("auth.login.failed events = %d, want 1", n)
+	}
+	if n := len(e.events(t, "auth.session.rejected")); n != 1 {
+		t.Errorf("auth.session.rejected events = %d, want 1", n)
+	}
+}

@@ -182,6 +182,13 @@ func (s *Server) authenticate(c echo.Context) (*auth.Principal, error) {
 	}
 	p, err := s.cfg.Auth.Authenticate(ctx, creds)
 	if err != nil {
+		if auth.CodeOf(err) != "" && (creds.SessionToken != "" || creds.BearerToken != "") {
+			// Refused and recorded by auth (auth.session.rejected or auth.token.rejected,
+			// committed: a failed record is an internal error): that event is the request's
+			// one record. A request without credentials is refused unrecorded by auth: the
+			// error handler records it (http.request.rejected).
+			refusalAudited(c)
+		}
 		return nil, err
 	}
 	SetActor(c, p.Actor())
@@ -190,12 +197,8 @@ func (s *Server) authenticate(c echo.Context) (*auth.Principal, error) {
 	if err := s.cfg.Auth.CheckCSRF(ctx, req, p, creds); err != nil {
 		if auth.CodeOf(err) != "" {
 			// Refused and recorded by auth (auth.csrf.rejected, committed: a failed record is
-			// an internal error): that event is the request's one record, so the error handler
-			// adds no http.request.rejected. This runs before the state-change middleware
-			// tracks the request, so the mark is put on here.
-			ctx = auditmark.Track(ctx)
-			c.SetRequest(req.WithContext(ctx))
-			auditmark.Set(ctx)
+			// an internal error): that event is the request's one record.
+			refusalAudited(c)
 		}
 		return nil, err
 	}
@@ -218,7 +221,10 @@ func (s *Server) authorize(c echo.Context, p *auth.Principal, a access) error {
 		}
 		if d, err = s.cfg.Auth.Enforcer().Allow(p, act, t); err != nil {
 			if errors.Is(err, auth.ErrForbidden) {
-				s.auditDenied(c, a, t)
+				if aerr := s.auditDenied(c, a, t); aerr != nil {
+					return aerr // an unrecorded refusal is an internal error, not a clean 403
+				}
+				refusalAudited(c) // access.denied is the request's one record
 			}
 			return err
 		}
@@ -357,9 +363,11 @@ func bodyWard(c echo.Context) (uuid.UUID, error) {
 	return *v.WardID, nil
 }
 
-// auditDenied records a policy refusal naming what was asked for (the rejection itself is
-// also recorded as http.request.rejected by the error handler).
-func (s *Server) auditDenied(c echo.Context, a access, t auth.Target) {
+// auditDenied records a policy refusal naming what was asked for, and returns once it is
+// committed; the caller marks the request audited (refusalAudited), so access.denied is the
+// request's one record. If it cannot be recorded it returns an internal error (500): the
+// refusal is not answered as a clean 403 without its record.
+func (s *Server) auditDenied(c echo.Context, a access, t auth.Target) error {
 	ev := EventFor(c)
 	ev.Action, ev.Outcome, ev.Reason = "access.denied", audit.OutcomeRejected, "policy"
 	ev.Object = audit.Object{Type: a.obj}
@@ -373,7 +381,22 @@ func (s *Server) auditDenied(c echo.Context, a access, t auth.Target) {
 	if _, err := s.cfg.Recorder.RecordNow(ctx, ev); err != nil {
 		s.log.ErrorContext(ctx, "audit of access denial failed", slog.String("request_id", ev.RequestID),
 			slog.String("error", err.Error()))
+		return fmt.Errorf("server: audit of access denial: %w", err)
 	}
+	return nil
+}
+
+// refusalAudited marks a request the guard refused audited: the refusal's own event (from
+// auth, or access.denied) is committed and is the request's one record, so the error handler
+// adds no http.request.rejected. The guard runs before the state-change middleware tracks the
+// request, so the mark is put on here (internal/auditmark).
+func refusalAudited(c echo.Context) {
+	ctx := c.Request().Context()
+	if !auditmark.Tracked(ctx) {
+		ctx = auditmark.Track(ctx)
+		c.SetRequest(c.Request().WithContext(ctx))
+	}
+	auditmark.Set(ctx)
 }
 
 // errReadNotAudited refuses a read of patient data whose audit event could not be recorded.

@@ -96,6 +96,11 @@ func (s *Server) signIn(c echo.Context) error {
 	sess, err := s.cfg.Auth.Login(c.Request().Context(), auth.LoginRequest{Email: req.Email, Password: req.Password,
 		TOTPCode: req.TOTPCode, RecoveryCode: req.RecoveryCode, SourceAddr: c.RealIP(), RequestID: RequestID(c)})
 	if err != nil {
+		if auth.CodeOf(err) != "" {
+			// Refused and recorded by auth (auth.login.failed, committed: a failed record is an
+			// internal error): that event is the request's one record.
+			Audited(c)
+		}
 		if errors.Is(err, auth.ErrAccountLocked) {
 			return &lockedOut{err}
 		}

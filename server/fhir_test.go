@@ -349,8 +349,13 @@ func TestFHIRErrors(t *testing.T) {
 			t.Errorf("GET %s = %d %v, want %d OperationOutcome %s", c.path, st, oo, c.status, c.code)
 		}
 	}
-	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'http.request.rejected' AND starts_with(object_id, 'GET /fhir/R4/')`); n < len(cases) {
-		t.Errorf("rejections audited = %d, want %d", n, len(cases))
+	// The policy's 403 is recorded once, as access.denied (REQ-POR-088); every other
+	// rejection as http.request.rejected.
+	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'http.request.rejected' AND starts_with(object_id, 'GET /fhir/R4/')`); n < len(cases)-1 {
+		t.Errorf("rejections audited = %d, want %d", n, len(cases)-1)
+	}
+	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'access.denied' AND starts_with(payload->>'route', 'GET /fhir/R4/Device')`); n != 1 {
+		t.Errorf("access.denied of the refused Device search = %d, want 1", n)
 	}
 	// Lenient (the default): ignored and reported in an outcome entry.
 	st, b := f.get(t, f.clinician, "/fhir/R4/Observation?patient="+p+"&colour=red&_count=1")

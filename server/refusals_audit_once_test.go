@@ -25,10 +25,15 @@ import (
 
 // The API's refusals whose domain records its own event — a request without its CSRF token
 // (auth.csrf.rejected), an alarm action the lifecycle refuses (alarm.acknowledged, …
-// rejected), a refused enrollment (auth.enrollment.failed) — leave exactly that one event
-// with the request's id, never also the error handler's http.request.rejected; a refusal no
-// domain records (a password the policy refuses) leaves the server's one event.
-// Verifies: REQ-POR-084, REQ-POR-085, REQ-POR-086
+// rejected), a refused enrollment (auth.enrollment.failed), a refused API sign-in
+// (auth.login.failed), a policy denial (access.denied), a refused session or API token
+// (auth.session.rejected, auth.token.rejected) — leave exactly that one event with the
+// request's id, never also the error handler's http.request.rejected; a refusal no domain
+// records (a password the policy refuses, a request without credentials) leaves the server's
+// one event. A sign-in, session or policy refusal whose own event cannot be recorded is a 500,
+// never a clean 401/403.
+// Verifies: REQ-POR-084, REQ-POR-085, REQ-POR-086, REQ-POR-087, REQ-POR-088, REQ-POR-089
+// Verifies: REQ-ACC-053
 func TestCSRFAndDomainRefusalsAuditedOnce(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
@@ -88,28 +93,53 @@ func TestCSRFAndDomainRefusalsAuditedOnce(t *testing.T) {
 		return `{"token":"` + en.Token + `","password":"` + password + `","totp_code":"` + code + `"}`
 	}
 
+	// A device technician may not act on alarms: the policy refuses (access.denied).
+	tech := SignedInClient(t, authSvc, authtest.Grant{Role: auth.RoleDeviceTechnician, Domain: auth.AllDomains})
+	bogus := func(token string, bearer bool) *http.Client {
+		return &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			r = r.Clone(r.Context())
+			if bearer {
+				r.Header.Set("Authorization", "Bearer "+token)
+			} else {
+				r.AddCookie(&http.Cookie{Name: authSvc.Config().Session.CookieName, Value: token})
+			}
+			return http.DefaultTransport.RoundTrip(r)
+		})}
+	}
+	unknownSession := bogus("vgs_"+strings.Repeat("A", 43), false)
+
 	if _, err := alarmSvc.Acknowledge(ctx, res.Transitions[0].Alarm.ID, audit.Event{Actor: authtest.Admin.Actor}, ""); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
 		what   string
 		cl     *http.Client
+		method string
 		path   string
 		body   string
 		status int
 		action string
 	}{
-		{"acknowledge without the CSRF token", noCSRF, alarm + "/acknowledge", `{}`, 403, "auth.csrf.rejected"},
-		{"acknowledge again", cl, alarm + "/acknowledge", `{}`, 409, "alarm.acknowledged"},
-		{"silence for longer than allowed", cl, alarm + "/silence", `{"reason":"turning","duration":"5h"}`, 400, "alarm.silenced"},
+		{"acknowledge without the CSRF token", noCSRF, "POST", alarm + "/acknowledge", `{}`, 403, "auth.csrf.rejected"},
+		{"acknowledge again", cl, "POST", alarm + "/acknowledge", `{}`, 409, "alarm.acknowledged"},
+		{"silence for longer than allowed", cl, "POST", alarm + "/silence", `{"reason":"turning","duration":"5h"}`, 400, "alarm.silenced"},
 		// Refused by the access layer before the lifecycle (no alarm to authorize on): the server's record.
-		{"resolve an unknown alarm", cl, "/api/v1/alarms/" + uuid.NewString() + "/resolve", `{"reason":"gone"}`, 404, "http.request.rejected"},
-		{"start an unknown enrollment", http.DefaultClient, "/api/v1/auth/enrollment", `{"token":"vge_nope"}`, 401, "auth.enrollment.failed"},
-		{"complete with a wrong code", http.DefaultClient, "/api/v1/auth/enrollment/complete", complete("correct horse battery staple", wrong), 401, "auth.enrollment.failed"},
-		{"complete with a short password", http.DefaultClient, "/api/v1/auth/enrollment/complete", complete("short", code), 400, "http.request.rejected"},
+		{"resolve an unknown alarm", cl, "POST", "/api/v1/alarms/" + uuid.NewString() + "/resolve", `{"reason":"gone"}`, 404, "http.request.rejected"},
+		{"start an unknown enrollment", http.DefaultClient, "POST", "/api/v1/auth/enrollment", `{"token":"vge_nope"}`, 401, "auth.enrollment.failed"},
+		{"complete with a wrong code", http.DefaultClient, "POST", "/api/v1/auth/enrollment/complete", complete("correct horse battery staple", wrong), 401, "auth.enrollment.failed"},
+		{"complete with a short password", http.DefaultClient, "POST", "/api/v1/auth/enrollment/complete", complete("short", code), 400, "http.request.rejected"},
+		{"sign in with a wrong password", http.DefaultClient, "POST", "/api/v1/auth/sign-in", `{"email":"nobody@test.example","password":"wrong horse"}`, 401, "auth.login.failed"},
+		{"sign in before enrolling", http.DefaultClient, "POST", "/api/v1/auth/sign-in", `{"email":"refused-newcomer@test.example","password":"x"}`, 401, "auth.login.failed"},
+		{"resolve without the permission", tech, "POST", alarm + "/resolve", `{"reason":"gone"}`, 403, "access.denied"},
+		{"read an alarm without the permission", tech, "GET", alarm, ``, 403, "access.denied"},
+		{"acknowledge with an unknown session", unknownSession, "POST", alarm + "/acknowledge", `{}`, 401, "auth.session.rejected"},
+		{"read with a malformed session", bogus("nonsense", false), "GET", alarm, ``, 401, "auth.session.rejected"},
+		{"acknowledge with an unknown API token", bogus("vgt_nope", true), "POST", alarm + "/acknowledge", `{}`, 401, "auth.token.rejected"},
+		// No credentials at all: auth records nothing, so the server's record is the one.
+		{"acknowledge without credentials", http.DefaultClient, "POST", alarm + "/acknowledge", `{}`, 401, "http.request.rejected"},
 	}
 	for _, c := range cases {
-		req, _ := http.NewRequest(http.MethodPost, ts.URL+c.path, strings.NewReader(c.body))
+		req, _ := http.NewRequest(c.method, ts.URL+c.path, strings.NewReader(c.body))
 		req.Header.Set("Content-Type", "application/json")
 		res, err := c.cl.Do(req)
 		if err != nil {
@@ -138,4 +168,37 @@ func TestCSRFAndDomainRefusalsAuditedOnce(t *testing.T) {
 			t.Errorf("%s: audit events of request %q = %q, want exactly one %s (rejected)", c.what, rid, got, c.action)
 		}
 	}
+
+	// The database refuses the refusals' own events from now on: a refusal whose record
+	// failed is an internal error (500), never a clean 401/403 without its record.
+	if _, err := pool.Exec(ctx, `CREATE FUNCTION refuse_refusals() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF NEW.action IN ('access.denied', 'auth.login.failed', 'auth.session.rejected') THEN
+		RAISE EXCEPTION 'refused by test'; END IF; RETURN NEW; END $$;
+		CREATE TRIGGER refuse_refusals BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION refuse_refusals();`); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		switch c.action {
+		case "access.denied", "auth.login.failed", "auth.session.rejected":
+		default:
+			continue
+		}
+		req, _ := http.NewRequest(c.method, ts.URL+c.path, strings.NewReader(c.body))
+		req.Header.Set("Content-Type", "application/json")
+		res, err := c.cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusInternalServerError {
+			t.Errorf("%s, its %s not recordable = %d, want 500: %s", c.what, c.action, res.StatusCode, b)
+		}
+	}
 }
+
+// roundTripFunc is an http.RoundTripper made of a function (a client carrying credentials
+// that match nothing).
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
