@@ -94,6 +94,8 @@ type leaseState struct {
 	hwAt      []hwMark // recent hw, oldest first (guarded by drain)
 
 	bp backpressure
+
+	drains atomic.Int64 // drains run (InboxStats)
 }
 
 type hwMark struct {
@@ -451,6 +453,8 @@ type InboxStats struct {
 	// PaceWaits is how many Publish calls waited for an owner's inbox (Pace); PaceTimeouts,
 	// how many of them gave up after Config.InboxWait.
 	PaceWaits, PaceTimeouts int64
+	// Drains is how many inbox drains ran (by notification, poll or take-over).
+	Drains int64
 }
 
 // InboxStats returns the counters.
@@ -458,7 +462,7 @@ func (e *Engine) InboxStats() InboxStats {
 	e.ls.mu.Lock()
 	n := e.ls.pendingN
 	e.ls.mu.Unlock()
-	return InboxStats{Pending: n, PaceWaits: e.ls.bp.waits.Load(), PaceTimeouts: e.ls.bp.timeouts.Load()}
+	return InboxStats{Pending: n, PaceWaits: e.ls.bp.waits.Load(), PaceTimeouts: e.ls.bp.timeouts.Load(), Drains: e.ls.drains.Load()}
 }
 
 // route is the hand-off's consumer with leases: the observations of an owned patient are
@@ -529,6 +533,7 @@ func (e *Engine) drainInbox(ctx context.Context, full bool) (int, error) {
 	e.ls.drain.Lock() // two drains at once would evaluate the same rows twice
 	defer e.ls.drain.Unlock()
 	defer e.announce(ctx)
+	e.ls.drains.Add(1)
 	var low int64 // rows above it are read
 	now := time.Now()
 	k := 0

@@ -348,3 +348,78 @@ func TestInboxBackPressure(t *testing.T) {
 		}
 	}
 }
+
+// Under a stream of forwarded uploads, each committing with its own notification, the owner
+// does not run one drain per notification (each a query over the rows evaluated in the last
+// seconds: PostgreSQL's largest cost with two replicas): drains woken by notifications run at
+// most every 200 ms, the rows notified within the gap drained together at its end, and every
+// forwarded observation is still evaluated. The poll is an hour here, so every drain after the
+// first is one woken by a notification. (With a drain per notification, ≈ 60 drains.)
+// Verifies: REQ-HA-043
+func TestInboxDrainsCoalesceNotifications(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, b := e.twoReplicas(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.eng.RunInbox(ctx, time.Hour)
+	e.clk.Set(t0.Add(time.Minute))
+	p := b.patientOf(t)
+	waitDrains := func(n int64) { // b's first drain (LISTEN in place) has run
+		for deadline := time.Now().Add(10 * time.Second); b.eng.InboxStats().Drains < n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("b ran %d drains, want at least %d", b.eng.InboxStats().Drains, n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitDrains(1)
+	before := b.eng.InboxStats().Drains
+	const uploads = 60
+	start := time.Now()
+	for i := range uploads {
+		o := []rules.Observation{obs(p, codeBodyWeight, 70+float64(i)/10, t0.Add(time.Duration(i)*time.Second))}
+		o[0].UploadID = uuid.New()
+		e.hist.add(o...)
+		c := coreobs.Committed{PatientID: p, Observations: o}
+		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // a stream of commits, each notified on its own
+	}
+	sent := time.Since(start)
+	// Every row evaluated (pending for b's checkpoint), none left to evaluate.
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		left := e.count(t, `SELECT count(*) FROM rules_inbox`) - b.eng.InboxStats().Pending
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b did not evaluate its inbox: %d rows left", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	drains := b.eng.InboxStats().Drains - before
+	// At most one drain per 200 ms gap while the notifications came and until the last was
+	// drained, and one more at each end.
+	most := int64(elapsed/(200*time.Millisecond)) + 2
+	t.Logf("%d notified commits in %v: %d drains in %v (at most %d allowed)", uploads, sent, drains, elapsed, most)
+	if drains > most {
+		t.Errorf("%d drains for %d notifications in %v, want at most %d (one per 200 ms)", drains, uploads, elapsed, most)
+	}
+	if drains == 0 {
+		t.Errorf("no drain ran for the notifications")
+	}
+	cancel()
+	if err := b.eng.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var mark time.Time
+	if err := e.pool.QueryRow(context.Background(), `SELECT (state->'codes'->>$2)::timestamptz FROM rules_patient_state WHERE patient_id=$1`, p, codeBodyWeight).Scan(&mark); err != nil {
+		t.Fatal(err)
+	}
+	if want := t0.Add((uploads - 1) * time.Second); !mark.Equal(want) {
+		t.Errorf("patient evaluated through %v, want %v", mark, want)
+	}
+}
