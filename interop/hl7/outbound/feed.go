@@ -21,6 +21,7 @@ import (
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/internal/leader"
 	"github.com/vigilhealth/vigil/interop/hl7"
+	"github.com/vigilhealth/vigil/interop/storedfeed"
 )
 
 // Leader says whether this process leads the feed of a destination (internal/leader's
@@ -69,7 +70,7 @@ type FeedConfig struct {
 // severity, as one ORU^R01 of its patient through the Sender (ordered per patient, ACKed,
 // retried, dead-lettered, audited). It is a durable cursor over the stored rows, in the
 // order their transactions committed (core_uploads.txid, alarms.feed_txid: migration
-// 00371): it reads only rows whose transaction is older than every transaction still
+// 00371), read through interop/storedfeed (storedfeed.AlarmChanges): it reads only rows whose transaction is older than every transaction still
 // running, so a row that commits late is never skipped; it saves, per destination, the
 // position up to which every message is finished (delivered or dead-lettered), and resumes
 // there after a restart or on another replica. Delivery is at least once: messages in
@@ -93,10 +94,10 @@ type Feed struct {
 	mu      sync.Mutex
 	gen     int
 	active  bool
-	next    position
+	next    storedfeed.Position
 	pending []*pendingPos
-	done    position // every position up to here is finished
-	saved   position
+	done    storedfeed.Position // every position up to here is finished
+	saved   storedfeed.Position
 
 	// Patients opened in earlier passes, reused while their row's updated_at is unchanged
 	// (only the feed's goroutine uses it).
@@ -104,26 +105,8 @@ type Feed struct {
 }
 
 type pendingPos struct {
-	pos      position
+	pos      storedfeed.Position
 	finished bool
-}
-
-// position orders the stored rows: by the writing transaction, then alarms (kind 0) before
-// uploads (kind 1), then id. kind -1 stands before both.
-type position struct {
-	txid uint64
-	kind int16
-	id   uuid.UUID
-}
-
-func (p position) less(q position) bool {
-	if p.txid != q.txid {
-		return p.txid < q.txid
-	}
-	if p.kind != q.kind {
-		return p.kind < q.kind
-	}
-	return string(p.id[:]) < string(q.id[:])
 }
 
 // NewFeed returns a feed; Run starts it.
@@ -229,7 +212,7 @@ func (f *Feed) Run(ctx context.Context) error {
 // new destination gets what is committed from now on, not the history), audited as
 // "hl7.oru.feed_started".
 func (f *Feed) start(ctx context.Context) error {
-	var p position
+	var p storedfeed.Position
 	var txid string
 	err := pgx.BeginFunc(ctx, f.cfg.Pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO interop_hl7_feed_cursors (destination, txid, kind, source_id, updated_at)
@@ -239,7 +222,7 @@ func (f *Feed) start(ctx context.Context) error {
 			return err
 		}
 		if err := tx.QueryRow(ctx, `SELECT txid::text, kind, source_id FROM interop_hl7_feed_cursors WHERE destination = $1`,
-			f.dest).Scan(&txid, &p.kind, &p.id); err != nil {
+			f.dest).Scan(&txid, &p.Kind, &p.ID); err != nil {
 			return err
 		}
 		if tag.RowsAffected() == 0 {
@@ -254,7 +237,7 @@ func (f *Feed) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if p.txid, err = strconv.ParseUint(txid, 10, 64); err != nil {
+	if p.TxID, err = strconv.ParseUint(txid, 10, 64); err != nil {
 		return fmt.Errorf("cursor txid %q: %w", txid, err)
 	}
 	f.mu.Lock()
@@ -287,17 +270,17 @@ func (f *Feed) save(ctx context.Context) error {
 	f.mu.Lock()
 	p, saved := f.done, f.saved
 	f.mu.Unlock()
-	if !saved.less(p) {
+	if !saved.Less(p) {
 		return nil
 	}
 	_, err := f.cfg.Pool.Exec(ctx, `UPDATE interop_hl7_feed_cursors SET txid = $2::text::xid8, kind = $3, source_id = $4, updated_at = $5
 		WHERE destination = $1 AND (txid, kind, source_id) < ($2::text::xid8, $3, $4)`,
-		f.dest, strconv.FormatUint(p.txid, 10), p.kind, p.id, f.cfg.Now())
+		f.dest, strconv.FormatUint(p.TxID, 10), p.Kind, p.ID, f.cfg.Now())
 	if err != nil {
 		return err
 	}
 	f.mu.Lock()
-	if f.saved.less(p) {
+	if f.saved.Less(p) {
 		f.saved = p
 	}
 	f.mu.Unlock()
@@ -305,7 +288,7 @@ func (f *Feed) save(ctx context.Context) error {
 }
 
 // track notes an enqueued position and returns the function that marks it finished.
-func (f *Feed) track(p position) func() {
+func (f *Feed) track(p storedfeed.Position) func() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e := &pendingPos{pos: p}
@@ -323,7 +306,7 @@ func (f *Feed) track(p position) func() {
 }
 
 // skip notes a position with nothing to send as finished at once.
-func (f *Feed) skip(p position) { f.track(p)() }
+func (f *Feed) skip(p storedfeed.Position) { f.track(p)() }
 
 // advance moves done over the finished prefix of pending (f.mu held).
 func (f *Feed) advance() {
@@ -336,31 +319,17 @@ func (f *Feed) advance() {
 	}
 }
 
-// row is one stored row the feed sends: an upload (kind 1) or an alarm's change (kind 0).
-type row struct {
-	pos      position
-	patient  uuid.UUID
-	at       time.Time
-	text     string // upload: device id; alarm: rule id
-	first    *time.Time
-	last     *time.Time
-	severity int
-	state    string
-	message  string
-	obs      []core.Observation
-}
-
 // pass reads up to Batch rows after the cursor, in commit order, and enqueues their
 // messages. It returns the number of rows read.
 func (f *Feed) pass(ctx context.Context) (int, error) {
 	f.mu.Lock()
 	from, gen := f.next, f.gen
 	f.mu.Unlock()
-	rows, err := f.read(ctx, from)
+	rows, err := storedfeed.Read(ctx, f.cfg.Pool, from, f.cfg.Batch, storedfeed.AlarmChanges)
 	if err != nil {
 		return 0, err
 	}
-	if err := f.observations(ctx, rows); err != nil {
+	if err := storedfeed.Observations(ctx, f.cfg.Pool, rows); err != nil {
 		return 0, err
 	}
 	patients, err := f.patients(ctx, rows)
@@ -375,20 +344,20 @@ func (f *Feed) pass(ctx context.Context) (int, error) {
 		if stale {
 			return i, nil
 		}
-		m, err := f.message(patients[r.patient], r)
+		m, err := f.message(patients[r.Patient], r)
 		if err != nil {
 			f.skipped.Add(1)
-			f.cfg.Logger.WarnContext(ctx, "ORU feed: row not sent", slog.String("patient_id", r.patient.String()),
-				slog.String("id", r.pos.id.String()), slog.String("error", err.Error()))
+			f.cfg.Logger.WarnContext(ctx, "ORU feed: row not sent", slog.String("patient_id", r.Patient.String()),
+				slog.String("id", r.Pos.ID.String()), slog.String("error", err.Error()))
 		}
 		f.mu.Lock()
-		f.next = r.pos
+		f.next = r.Pos
 		f.mu.Unlock()
 		if err != nil || m.ControlID == "" {
-			f.skip(r.pos)
+			f.skip(r.Pos)
 			continue
 		}
-		m.Finished = f.track(r.pos)
+		m.Finished = f.track(r.Pos)
 		if err := f.cfg.Sender.Enqueue(ctx, m); err != nil {
 			// Not enqueued: read it again from here next time.
 			// (Messages of this pass already enqueued are sent, and sent again from the
@@ -410,13 +379,13 @@ const maxCachedPatients = 20000
 
 // patients returns the rows' patients opened (nil for one that does not exist), reusing
 // those opened before whose row has not changed since (same updated_at).
-func (f *Feed) patients(ctx context.Context, rows []row) (map[uuid.UUID]*core.Patient, error) {
+func (f *Feed) patients(ctx context.Context, rows []storedfeed.Row) (map[uuid.UUID]*core.Patient, error) {
 	out := map[uuid.UUID]*core.Patient{}
 	var ids []uuid.UUID
 	for _, r := range rows {
-		if _, ok := out[r.patient]; !ok {
-			out[r.patient] = nil
-			ids = append(ids, r.patient)
+		if _, ok := out[r.Patient]; !ok {
+			out[r.Patient] = nil
+			ids = append(ids, r.Patient)
 		}
 	}
 	if f.pcache == nil || len(f.pcache) > maxCachedPatients {
@@ -450,83 +419,6 @@ func (f *Feed) patients(ctx context.Context, rows []row) (map[uuid.UUID]*core.Pa
 	return out, nil
 }
 
-// read returns up to Batch rows after from whose transactions are older than every
-// transaction still running.
-func (f *Feed) read(ctx context.Context, from position) ([]row, error) {
-	rs, err := f.cfg.Pool.Query(ctx, `SELECT t::text, kind, id, patient_id, at, txt, first_at, last_at, severity, state, message FROM (
-		(SELECT u.txid AS t, 1::smallint AS kind, u.id, u.patient_id, u.received_at AS at, u.device_id AS txt,
-			u.first_effective_at AS first_at, u.last_effective_at AS last_at, 0 AS severity, '' AS state, '' AS message
-		 FROM core_uploads u
-		 WHERE u.txid IS NOT NULL AND u.txid >= $1::text::xid8 AND u.txid < pg_snapshot_xmin(pg_current_snapshot())
-		   AND (u.txid > $1::text::xid8 OR $2 < 1 OR ($2 = 1 AND u.id > $3)) AND u.stored > 0
-		 ORDER BY u.txid, u.id LIMIT $4)
-		UNION ALL
-		(SELECT a.feed_txid, 0::smallint, a.id, a.patient_id, a.updated_at, a.rule_id, NULL, NULL, a.severity, a.state, a.message
-		 FROM alarms a
-		 WHERE a.feed_txid IS NOT NULL AND a.feed_txid >= $1::text::xid8 AND a.feed_txid < pg_snapshot_xmin(pg_current_snapshot())
-		   AND (a.feed_txid > $1::text::xid8 OR $2 < 0 OR ($2 = 0 AND a.id > $3))
-		 ORDER BY a.feed_txid, a.id LIMIT $4)
-	) x ORDER BY t, kind, id LIMIT $4`, strconv.FormatUint(from.txid, 10), from.kind, from.id, f.cfg.Batch)
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	var out []row
-	for rs.Next() {
-		var r row
-		var txid string
-		if err := rs.Scan(&txid, &r.pos.kind, &r.pos.id, &r.patient, &r.at, &r.text, &r.first, &r.last, &r.severity, &r.state, &r.message); err != nil {
-			return nil, err
-		}
-		if r.pos.txid, err = strconv.ParseUint(txid, 10, 64); err != nil {
-			return nil, fmt.Errorf("txid %q: %w", txid, err)
-		}
-		out = append(out, r)
-	}
-	return out, rs.Err()
-}
-
-// observations fills the uploads' observations (found by patient and time range through
-// the primary key).
-func (f *Feed) observations(ctx context.Context, rows []row) error {
-	var ids, pats []uuid.UUID
-	var los, his []time.Time
-	at := map[uuid.UUID]*row{}
-	for i := range rows {
-		r := &rows[i]
-		if r.pos.kind != 1 || r.first == nil || r.last == nil {
-			continue
-		}
-		ids, pats, los, his = append(ids, r.pos.id), append(pats, r.patient), append(los, *r.first), append(his, *r.last)
-		at[r.pos.id] = r
-	}
-	if len(ids) == 0 {
-		return nil
-	}
-	rs, err := f.cfg.Pool.Query(ctx, `SELECT o.upload_id, o.code, o.value, o.effective_at, o.flags & 1 = 1
-		FROM unnest($1::uuid[], $2::uuid[], $3::timestamptz[], $4::timestamptz[]) AS u(id, patient_id, lo, hi)
-		CROSS JOIN LATERAL (SELECT * FROM core_observations o WHERE o.patient_id = u.patient_id
-			AND o.effective_at >= u.lo AND o.effective_at <= u.hi AND o.upload_id = u.id) o
-		ORDER BY o.upload_id, o.effective_at, o.code`, ids, pats, los, his)
-	if err != nil {
-		return err
-	}
-	defer rs.Close()
-	for rs.Next() {
-		var o core.Observation
-		if err := rs.Scan(&o.UploadID, &o.Code, &o.Value, &o.EffectiveAt, &o.Artifact); err != nil {
-			return err
-		}
-		r := at[o.UploadID]
-		o.PatientID, o.DeviceID, o.EffectiveAt = r.patient, r.text, o.EffectiveAt.UTC()
-		if ci, ok := core.LookupCode(o.Code); ok {
-			o.Unit = ci.Unit
-		}
-		r.obs = append(r.obs, o)
-	}
-	return rs.Err()
-}
-
 var controlIDEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // ControlID is the MSH-10 of the message of a stored row: the same for every attempt, after
@@ -542,19 +434,19 @@ func ControlID(kind, identity string) string {
 }
 
 // message builds the ORU of one row; a zero Message when there is nothing to send.
-func (f *Feed) message(p *core.Patient, r *row) (Message, error) {
+func (f *Feed) message(p *core.Patient, r *storedfeed.Row) (Message, error) {
 	if p == nil {
-		return Message{}, fmt.Errorf("patient %s: %w", r.patient, core.ErrNotFound)
+		return Message{}, fmt.Errorf("patient %s: %w", r.Patient, core.ErrNotFound)
 	}
-	if r.pos.kind == 1 {
-		if len(r.obs) == 0 {
+	if r.Pos.Kind == storedfeed.KindUpload {
+		if len(r.Obs) == 0 {
 			return Message{}, nil // its observations are gone (retention)
 		}
-		return f.build(*p, ControlID("upload", r.pos.id.String()), r.at, r.obs, nil)
+		return f.build(*p, ControlID("upload", r.Pos.ID.String()), r.At, r.Obs, nil)
 	}
-	ctl := ControlID("alarm", r.pos.id.String()+"/"+strconv.FormatUint(r.pos.txid, 10))
-	return f.build(*p, ctl, r.at, nil, []hl7.ORUAlarm{{ID: r.pos.id.String(), Rule: r.text,
-		Severity: alarms.Severity(r.severity).String(), State: r.state, Message: r.message, Time: r.at}})
+	ctl := ControlID("alarm", r.Pos.ID.String()+"/"+strconv.FormatUint(r.Pos.TxID, 10))
+	return f.build(*p, ctl, r.At, nil, []hl7.ORUAlarm{{ID: r.Pos.ID.String(), Rule: r.Text,
+		Severity: alarms.Severity(r.Severity).String(), State: r.State, Message: r.Message, Time: r.At}})
 }
 
 // Build writes the ORU^R01 of one patient's observations, with control id ctl and message
