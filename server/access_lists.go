@@ -201,7 +201,10 @@ func (s *Server) streamVisible(c echo.Context) error {
 				return err
 			}
 			if _, err := s.cfg.Auth.Enforcer().Allow(p, "read", t); err != nil {
-				s.auditDenied(c, access{obj: auth.ObjAlarm, act: "read"}, t)
+				if aerr := s.auditDenied(c, access{obj: auth.ObjAlarm, act: "read"}, t); aerr != nil {
+					return aerr // an unrecorded refusal is an internal error, not a clean 403
+				}
+				refusalAudited(c) // access.denied is the request's one record
 				return err
 			}
 			patients = append(patients, id)

@@ -279,6 +279,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 // which the read is allowed on the break-glass basis (audited with the grant); list endpoints
 // return only the caller's patients; the CSRF token is required on state-changing requests.
 // Verifies: REQ-ACC-023, REQ-ACC-024, REQ-ACC-025, REQ-ACC-026, REQ-ACC-027
+// Verifies: REQ-POR-088
 func TestClinicianScopeBreakGlassAndReadAudit(t *testing.T) {
 	t.Parallel()
 	f := newFullServer(t)
@@ -392,6 +393,15 @@ func TestClinicianScopeBreakGlassAndReadAudit(t *testing.T) {
 	if n := count(`SELECT count(*) FROM audit_events WHERE request_id = $1 AND action = 'access.denied'
 		AND object_id = $2 AND actor_id = $3`, rid, pb.ID.String(), clinUser.ID.String()); n != 1 {
 		t.Errorf("access.denied events = %d, want 1", n)
+	}
+	// A stream of the other ward's patient: 403, its access.denied the request's one record.
+	st, code, _, rid = call(clin, "GET", "/stream?patient_id="+pb.ID.String(), nil)
+	if st != 403 || code != CodeForbidden {
+		t.Errorf("clinician of ward A: stream of a ward-B patient = %d %s, want 403 forbidden", st, code)
+	}
+	if n, all := count(`SELECT count(*) FROM audit_events WHERE request_id = $1 AND action = 'access.denied'
+		AND object_id = $2`, rid, pb.ID.String()), count(`SELECT count(*) FROM audit_events WHERE request_id = $1`, rid); n != 1 || all != 1 {
+		t.Errorf("audit events of the refused stream = %d, of which access.denied %d; want exactly that one", all, n)
 	}
 	// An administrator cannot read vitals.
 	if st, _, _, _ := call(adm, "GET", "/patients/"+pa.ID.String()+"/latest", nil); st != 403 {

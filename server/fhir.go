@@ -95,7 +95,10 @@ func (s *Server) fhirRead(svc *api.Service, typ string) echo.HandlerFunc {
 		res, err := svc.Read(c.Request().Context(), fc, typ, c.Param("id"))
 		if errors.Is(err, api.ErrNotFound) && fc.denied != uuid.Nil {
 			// Another care unit's resource: recorded as a denial, answered as not found.
-			s.auditDenied(c, access{obj: api.Types[typ], act: "read"}, auth.Target{Patient: fc.denied})
+			if aerr := s.auditDenied(c, access{obj: api.Types[typ], act: "read"}, auth.Target{Patient: fc.denied}); aerr != nil {
+				return aerr // an unrecorded refusal is an internal error, not a clean 404
+			}
+			refusalAudited(c) // access.denied is the request's one record
 		}
 		if err != nil {
 			return err

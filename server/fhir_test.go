@@ -178,6 +178,7 @@ func ooCode(oo map[string]any) string {
 // links; another ward's patient is 404 (audited as a denial), searches show only the
 // clinician's patients, and every patient's data shown is audited as access.phi.read.
 // Verifies: REQ-INT-020, REQ-INT-021, REQ-INT-022, REQ-INT-024, REQ-INT-030
+// Verifies: REQ-POR-088
 func TestFHIRReadAndSearch(t *testing.T) {
 	t.Parallel()
 	f := newFHIRFixture(t)
@@ -202,6 +203,11 @@ func TestFHIRReadAndSearch(t *testing.T) {
 	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'access.denied' AND object_id = $1 AND actor_id = $2`,
 		f.q.String(), f.clinicianID.String()); n < 2 {
 		t.Errorf("access.denied events for the other ward's patient = %d, want 2", n)
+	}
+	// Each of those reads has that one record, not also the error handler's (REQ-POR-088).
+	if n := f.env.Count(t, `SELECT count(*) FROM audit_events WHERE action = 'http.request.rejected' AND actor_id = $1`,
+		f.clinicianID.String()); n != 0 {
+		t.Errorf("http.request.rejected events of the clinician's refused reads = %d, want 0 (access.denied is their one record)", n)
 	}
 
 	// Search, newest first, three per page: follow the next links to the end.
