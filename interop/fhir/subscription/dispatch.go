@@ -148,7 +148,7 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
-	return s.notify(ctx, topic, ev.PatientID, ids)
+	return s.notify(ctx, topic, ev.PatientID, ids, 0)
 }
 
 // errNotEnqueued marks a failure of notify after which none of its notifications was
@@ -157,8 +157,10 @@ func (s *Service) Dispatch(ctx context.Context, ev core.Event) (int, error) {
 var errNotEnqueued = errors.New("notifications not enqueued")
 
 // notify enqueues, for every active Subscription to topic (and to patient, when it names
-// one), the notification of the focus resources ids of patient, and returns how many.
-func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, ids []string) (int, error) {
+// one), the notification of the focus resources ids of patient, and returns how many. With
+// txid (the durable dispatcher: the transaction that stored the row), a Subscription whose
+// creating transaction's snapshot already saw it is left out: it was stored before.
+func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, ids []string, txid uint64) (int, error) {
 	subs, err := s.activeSubs(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", errNotEnqueued, err)
@@ -168,6 +170,9 @@ func (s *Service) notify(ctx context.Context, topic Topic, patient uuid.UUID, id
 	for _, sub := range subs {
 		if sub.Topic.URL != topic.URL || (sub.Patient != uuid.Nil && sub.Patient != patient) {
 			continue
+		}
+		if txid != 0 && sub.created != nil && sub.created.sees(txid) {
+			continue // stored before the Subscription was created
 		}
 		focus := make([]Focus, len(ids))
 		for i, id := range ids {

@@ -140,6 +140,12 @@ func (s *Service) pass(ctx context.Context, cur *storedfeed.Position) (int, erro
 	if err := storedfeed.Observations(ctx, s.cfg.Pool, rows); err != nil {
 		return 0, err
 	}
+	// The Subscriptions are read again after the rows (not from the cache of Config.Refresh):
+	// one created since the last pass gets the rows stored after it, and only those (its
+	// creating transaction's snapshot, REQ-INT-052).
+	s.mu.Lock()
+	s.loaded = time.Time{}
+	s.mu.Unlock()
 	// A row once started is finished even if ctx ends meanwhile: its events count and its
 	// notifications are enqueued together.
 	bg := context.WithoutCancel(ctx)
@@ -149,7 +155,7 @@ func (s *Service) pass(ctx context.Context, cur *storedfeed.Position) (int, erro
 		}
 		topic, ids := focusOfRow(r)
 		if len(ids) > 0 {
-			if _, err := s.notify(bg, topic, r.Patient, ids); errors.Is(err, errNotEnqueued) {
+			if _, err := s.notify(bg, topic, r.Patient, ids, r.Pos.TxID); errors.Is(err, errNotEnqueued) {
 				// Nothing enqueued: read this row again at the next pass.
 				return i, err
 			} else if err != nil {

@@ -95,8 +95,9 @@ func notifications(t *testing.T, ctx context.Context, q interface {
 // The durable dispatcher (RunDurable, as vigil serve runs it): vitals stored and an alarm
 // raised while it is stopped are notified when it starts again — with two replicas running
 // it on one database — each exactly once, in the order they were stored, the events since
-// start counting on without a gap from before the stop.
-// Verifies: REQ-INT-051
+// start counting on without a gap from before the stop; a Subscription created while the
+// dispatcher is behind is notified only of what was stored after its creation.
+// Verifies: REQ-INT-051, REQ-INT-052
 func TestDurableDispatchResumesAfterStop(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
@@ -277,5 +278,25 @@ func TestDurableDispatchResumesAfterStop(t *testing.T) {
 	fl := notifications(t, ctx, pool, flag.ID)
 	if len(fl) != 1 || !slices.Equal(fl[0].focus, []string{"Flag/" + alarmID.String()}) || !slices.Equal(fl[0].events, []int64{1}) {
 		t.Errorf("alarm notifications = %+v, want one: event 1, Flag/%s", fl, alarmID)
+	}
+
+	// A Subscription created while the dispatcher is behind (stopped here) gets only what is
+	// stored after its creation, not the rows stored before that the dispatcher reads later.
+	upload()
+	upload()
+	late, _, err := svc.Create(ctx, by, owner, "https://vigil.example/fhir/R4",
+		[]byte(sub(subscription.TopicVitalSigns.URL, "patient="+p.String(), `{"type":"rest-hook","endpoint":"https://ehr.example/late"}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upload()
+	stop = run(1)
+	wait(vit.ID, 1+8)
+	wait(late.ID, 1+1)
+	time.Sleep(300 * time.Millisecond) // a few more passes: nothing more
+	stop()
+	ln := notifications(t, ctx, pool, late.ID)
+	if len(ln) != 1 || !slices.Equal(ln[0].focus, want[len(want)-2:]) || !slices.Equal(ln[0].events, []int64{1, 2}) {
+		t.Errorf("notifications of the Subscription created after two uploads = %+v, want one: events 1 and 2, %v (the upload after it)", ln, want[len(want)-2:])
 	}
 }

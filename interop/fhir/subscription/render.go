@@ -28,6 +28,8 @@ type Subscription struct {
 	Events    int64 // notification events sent
 	Heartbeat int   // heartbeat period in seconds; 0: none
 	CreatedAt time.Time
+
+	created *snapshot // the creating transaction's snapshot (nil: created before it was kept)
 }
 
 // EventType is the core webhook event type of a Subscription's notifications.

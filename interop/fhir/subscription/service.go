@@ -220,7 +220,7 @@ func problem(code, typ, expr, msg string) fhir.Problem {
 }
 
 const subCols = `id, webhook_id, topic, patient_id, content, endpoint, base_url, reason, status, owner_kind, owner_id,
-	owner_subject, owner_token, events, created_at, heartbeat_period`
+	owner_subject, owner_token, events, created_at, heartbeat_period, created_snapshot::text`
 
 const selectSubs = `SELECT ` + subCols + ` FROM interop_fhir_subscriptions`
 
@@ -229,10 +229,16 @@ func scanSub(r pgx.CollectableRow) (Subscription, error) {
 	var topic, kind string
 	var pid, tok *uuid.UUID
 	var hb *int
+	var snap *string
 	err := r.Scan(&s.ID, &s.WebhookID, &topic, &pid, &s.Content, &s.Endpoint, &s.Base, &s.Reason, &s.Status, &kind,
-		&s.Owner.ID, &s.Owner.Subject, &tok, &s.Events, &s.CreatedAt, &hb)
+		&s.Owner.ID, &s.Owner.Subject, &tok, &s.Events, &s.CreatedAt, &hb, &snap)
 	if err != nil {
 		return s, err
+	}
+	if snap != nil {
+		if s.created, err = parseSnapshot(*snap); err != nil {
+			return s, fmt.Errorf("Subscription/%s: created_snapshot: %w", s.ID, err)
+		}
 	}
 	if hb != nil {
 		s.Heartbeat = *hb
