@@ -1,7 +1,6 @@
 package chain_test
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -120,14 +119,7 @@ func TestMoreRowsTiedToTheirEvents(t *testing.T) {
 				t.Fatalf("Verify() before tampering: findings %s", findings(rep))
 			}
 			tc.do(t, r)
-			rep := r.verify(t, false)
-			found := false
-			for _, f := range rep.Findings {
-				found = found || (f.Kind == tc.kind && strings.Contains(f.Detail, tc.names))
-			}
-			if !found || rep.OK {
-				t.Errorf("Verify() after %s: findings %s, want %s naming %q", tc.name, findings(rep), tc.kind, tc.names)
-			}
+			wantFinding(t, r.verify(t, false), tc.name, tc.kind, tc.names)
 		})
 	}
 }

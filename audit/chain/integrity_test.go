@@ -3,6 +3,7 @@ package chain_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +27,18 @@ func mustExec(t *testing.T, c *rig, sql string, args ...any) {
 func findings(r *chain.Report) string {
 	j, _ := json.MarshalIndent(r.Findings, "", " ")
 	return string(j)
+}
+
+// wantFinding fails the test unless rep is not OK and has a finding of kind whose detail
+// contains names (after what was done to the data).
+func wantFinding(t *testing.T, rep *chain.Report, what, kind, names string) {
+	t.Helper()
+	for _, f := range rep.Findings {
+		if f.Kind == kind && strings.Contains(f.Detail, names) && !rep.OK {
+			return
+		}
+	}
+	t.Errorf("Verify() after %s: findings %s, want %s naming %q", what, findings(rep), kind, names)
 }
 
 // Attack 1: a forged, back-dated event inserted while the server runs is never logged and
