@@ -108,6 +108,11 @@ type Config struct {
 	// InboxWait bounds how long one Publish waits for an owner's inbox (an owner that died
 	// announces nothing until its buckets are taken over). Default 2 s.
 	InboxWait time.Duration
+	// InboxWorkers, with Leases: how many patients of a drained inbox batch are evaluated at
+	// once (a patient's rows always by the same one, in order), as the hand-off's shards
+	// evaluate this replica's own uploads; one serial drain fell behind under load
+	// (docs/benchmarks.md, HA). Default 4.
+	InboxWorkers int
 }
 
 // Result is what one Evaluate call produced.
@@ -179,6 +184,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.InboxWait <= 0 {
 		cfg.InboxWait = 2 * time.Second
+	}
+	if cfg.InboxWorkers <= 0 {
+		cfg.InboxWorkers = 4
 	}
 	e := &Engine{cfg: cfg}
 	e.initLeases()

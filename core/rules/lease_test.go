@@ -87,6 +87,7 @@ func (e *env) upload(t *testing.T, r *replica, p uuid.UUID, o ...rules.Observati
 	}); err != nil {
 		t.Fatalf("Forward() = %v", err)
 	}
+	r.eng.Pace(context.Background(), []coreobs.Committed{c}) // after the commit, as core's Publish
 	_, err := r.eng.Evaluate(context.Background(), p, o)
 	return err
 }
