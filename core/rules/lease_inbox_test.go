@@ -386,7 +386,7 @@ func TestInboxDrainsCoalesceNotifications(t *testing.T) {
 			t.Fatal(err)
 		}
 		a.eng.Pace(ctx, []coreobs.Committed{c}) // as core's Publish does after the commit: it notifies
-		time.Sleep(5 * time.Millisecond) // a stream of commits, each notified on its own
+		time.Sleep(5 * time.Millisecond)        // a stream of commits, each notified on its own
 	}
 	sent := time.Since(start)
 	// Every row evaluated (pending for b's checkpoint), none left to evaluate.
