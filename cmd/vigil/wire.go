@@ -151,7 +151,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		return nil, err
 	}
 	// Devices: registry, enrollment, signed uploads into core (device.go).
-	devSvc, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc)
+	devSvc, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc, rc.Limits.committers())
 	if err != nil {
 		return nil, err
 	}
