@@ -58,7 +58,7 @@ type LeaseConfig struct {
 // database's (now()), so replicas' clocks do not matter.
 //
 // Each bucket's token grows when it changes hands; an Engine with Config.Leases writes a
-// patient's state only under a share lock on the lease row, with the owner and token the
+// patient's state only under a key-share lock on the lease row, with the owner and token the
 // state was loaded under (the fencing check), so a replica that lost a bucket cannot write
 // after the new owner has read.
 type Leases struct {

@@ -937,7 +937,7 @@ func (e *Engine) settleDue() bool {
 // patient both or neither, so a crash never leaves rows deleted whose effect on the state was
 // not stored (they are read and evaluated again; what the state already holds is skipped by
 // its per-code marks, and an alarm raised was stored with the state that raised it). With
-// leases, the buckets are fenced at once (Leases.FenceMany, a share lock on their lease rows);
+// leases, the buckets are fenced at once (Leases.FenceMany, a key-share lock on their lease rows);
 // a patient whose bucket is lost, or whose state was dropped or rebuilt since its rows were
 // evaluated, writes nothing of them and its rows are read again (by whoever holds the bucket).
 // The patients are taken one at a time (never two locks held), in patient id order, and no
