@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // History gives the Engine the stored observations it needs to rebuild per-patient state after
@@ -108,6 +109,10 @@ type Config struct {
 	// InboxWait bounds how long one Publish waits for an owner's inbox (an owner that died
 	// announces nothing until its buckets are taken over). Default 2 s.
 	InboxWait time.Duration
+	// Listener, with Leases: the process's shared notification listener
+	// (internal/pglisten), on which RunInbox follows vigil_rules_inbox; the caller runs it.
+	// Nil: RunInbox listens on a connection of its own.
+	Listener *pglisten.Listener
 }
 
 // Result is what one Evaluate call produced.
