@@ -287,8 +287,9 @@ func (r *HubRelay) listenOn(l *pglisten.Listener) {
 	}
 	catchUp := func() { signal("") }
 	l.Handle(hubChannel, pglisten.Handler{Notify: func(string) { catchUp() }, Listening: catchUp})
+	own := r.token + "\n" // this relay's own announcements (encodeLive's first line) are skipped
 	l.Handle(liveChannel, pglisten.Handler{Notify: func(p string) {
-		if p != "" {
+		if p != "" && !strings.HasPrefix(p, own) {
 			signal(p)
 		}
 	}})
