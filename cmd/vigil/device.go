@@ -318,7 +318,7 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	// observations (VIGIL_RETENTION_UPLOADS_DAYS, VIGIL_RETENTION_OBSERVATIONS_DAYS).
 	ret := cs.Retention()
 	cfg := devices.Config{Pool: sys.pool, Recorder: sys.rec, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default(),
-		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}, Committers: committers}
+		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}, Committers: committers, Listener: sys.listen}
 	if au != nil {
 		cfg.Proofs = auditProofs{au}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // History gives the Engine the stored observations it needs to rebuild per-patient state after
@@ -113,6 +114,10 @@ type Config struct {
 	// evaluate this replica's own uploads; one serial drain fell behind under load
 	// (docs/benchmarks.md, HA). Default 4.
 	InboxWorkers int
+	// Listener, with Leases: the process's shared notification listener
+	// (internal/pglisten), on which RunInbox follows vigil_rules_inbox; the caller runs it.
+	// Nil: RunInbox listens on a connection of its own.
+	Listener *pglisten.Listener
 }
 
 // Result is what one Evaluate call produced.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // This file is the engine's side of several replicas on one database (Config.Leases): which
@@ -834,7 +835,8 @@ func (e *Engine) evaluateInbox(ctx context.Context, got []inboxRow) (int, error)
 }
 
 // RunInbox drains the inbox whenever another replica notifies it and at least every poll,
-// until ctx ends. Without Config.Leases it returns at once.
+// until ctx ends. It listens on Config.Listener (the process's shared listener, run by the
+// caller) or, without one, on a listener of its own. Without Config.Leases it returns at once.
 func (e *Engine) RunInbox(ctx context.Context, poll time.Duration) {
 	if e.cfg.Leases == nil {
 		return
@@ -842,63 +844,73 @@ func (e *Engine) RunInbox(ctx context.Context, poll time.Duration) {
 	if poll <= 0 {
 		poll = time.Second
 	}
-	for ctx.Err() == nil {
-		err := e.listenInbox(ctx, poll)
-		if err != nil && ctx.Err() == nil {
-			e.cfg.Logger.WarnContext(ctx, "rules: inbox listener", slog.String("error", err.Error()))
-			select {
-			case <-ctx.Done():
-			case <-time.After(poll):
-			}
+	// On the listener's goroutine only memory is touched: another replica's progress (Pace)
+	// is noted, rows committed for the inbox and LISTEN (re)taking effect wake the drains.
+	var full, due, stopped atomic.Bool
+	wake := make(chan struct{}, 1)
+	poke := func(flag *atomic.Bool) {
+		flag.Store(true)
+		select {
+		case wake <- struct{}{}:
+		default:
 		}
 	}
+	l := e.cfg.Listener
+	own := l == nil
+	if own {
+		l = pglisten.New(e.cfg.Pool, e.cfg.Logger)
+	}
+	l.Handle(inboxChannel, pglisten.Handler{
+		Notify: func(p string) {
+			switch {
+			case stopped.Load():
+			case strings.HasPrefix(p, "p:"):
+				e.noteProgress(p)
+			default:
+				poke(&due)
+			}
+		},
+		// Rows committed before LISTEN took effect were not announced here: a full drain.
+		Listening: func() { poke(&full) },
+	})
+	defer stopped.Store(true)
+	if own {
+		lctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = l.Run(lctx) }()
+		defer func() { stop(); <-done }()
+	}
+	e.listenInbox(ctx, poll, &full, &due, wake)
 }
 
-func (e *Engine) listenInbox(ctx context.Context, poll time.Duration) error {
-	conn, err := e.cfg.Pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *")
-		conn.Release()
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+inboxChannel); err != nil {
-		return err
-	}
-	var lastFull time.Time  // the last drain that read every row not evaluated (every poll)
-	var lastDrain time.Time // the last drain of either kind
-	for due := true; ; {
+// listenInbox runs the drains RunInbox's listener asks for: one of every row each time LISTEN
+// (re)takes effect, and one of what committed since the last drain (REQ-HA-045: exact, by
+// commit) at most every inboxDrainGap when notified and at least every poll.
+func (e *Engine) listenInbox(ctx context.Context, poll time.Duration, fullDue, notified *atomic.Bool, wake <-chan struct{}) {
+	lastDrain := time.Now() // the last drain (each reads all that committed since the one before)
+	t := time.NewTimer(poll)
+	defer t.Stop()
+	for due := false; ; {
+		if notified.Swap(false) {
+			due = true
+		}
 		now := time.Now()
-		if full := now.Sub(lastFull) >= poll; full || due && now.Sub(lastDrain) >= inboxDrainGap {
-			// Incremental either way (REQ-HA-045): what committed since the last drain; the
-			// poll only bounds how long a missed notification delays it.
-			if _, err := e.drainInbox(ctx, false); err != nil && ctx.Err() == nil {
+		if full := fullDue.Swap(false); full || now.Sub(lastDrain) >= poll || due && now.Sub(lastDrain) >= inboxDrainGap {
+			if _, err := e.drainInbox(ctx, full); err != nil && ctx.Err() == nil {
 				e.cfg.Logger.WarnContext(ctx, "rules: inbox", slog.String("error", err.Error()))
 			}
 			lastDrain, due = time.Now(), false
-			if full {
-				lastFull = lastDrain
-			}
 		}
-		wait := poll - time.Since(lastFull)
+		wait := poll - time.Since(lastDrain)
 		if due { // notified within inboxDrainGap of the last drain: drain when the gap ends
 			wait = min(wait, inboxDrainGap-time.Since(lastDrain))
 		}
-		wctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
-		n, err := conn.Conn().WaitForNotification(wctx)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
-		// Another replica's progress (Pace) is noted; rows committed for the inbox are drained.
-		if n != nil && strings.HasPrefix(n.Payload, "p:") {
-			e.noteProgress(n.Payload)
-		} else if n != nil {
-			due = true
+		t.Reset(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		case <-t.C:
 		}
 	}
 }
