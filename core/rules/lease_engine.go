@@ -44,12 +44,15 @@ import (
 const inboxBatch = 2000
 
 // Evaluated inbox rows are not deleted at once: they wait (pending) until a checkpoint writes
-// the states that hold their effect, and are deleted in its transaction (persist). DrainInbox
-// settles them itself when inboxSettleRows are pending or the oldest has waited inboxSettleAge;
-// Checkpoint (every minute) and Close settle whatever is pending.
+// the states that hold their effect, and are deleted in its transaction (persist) — the
+// periodic Checkpoint (every minute in vigil serve) and Close, as for the replica's own
+// patients, whose states are written only then. DrainInbox settles them itself only when
+// inboxSettleRows are pending, or when the oldest has waited inboxSettleAge (no periodic
+// checkpoint ran). (Settling every 10 s wrote the other replica's patients' states six times
+// as often as the owner's own: docs/benchmarks.md, HA.)
 const (
 	inboxSettleRows = 10000
-	inboxSettleAge  = 10 * time.Second
+	inboxSettleAge  = 2 * time.Minute
 )
 
 // progressEvery is how often an owner announces its inbox progress when nothing changed;
