@@ -72,6 +72,8 @@ type Enforcer struct {
 	applied, reloads atomic.Int64
 	// watch is the open streams' watchers of access changes (WatchAccess).
 	watch accessWatch
+	// follow is what the notification listener hands Follow (notify.go).
+	follow followState
 }
 
 type grantRef struct {

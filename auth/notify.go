@@ -3,15 +3,17 @@ package auth
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // policyChannel is the PostgreSQL notification channel on which a policy change is announced
@@ -115,12 +117,68 @@ func (e *Enforcer) apply(ctx context.Context, d policyDelta) error {
 	return nil
 }
 
+// maxFollowQueue bounds the announcements waiting for Follow (a shared listener receives them
+// even while Follow is not running): beyond it they are replaced by one full reload, which
+// includes them all.
+const maxFollowQueue = 10000
+
+// followState is what the listener hands Follow, in the order received: policy changes
+// (their payloads) and the points where LISTEN (re)took effect (refresh).
+type followState struct {
+	mu     sync.Mutex
+	queue  []followItem
+	wake   chan struct{}
+	shared bool // handlers registered on the process's shared listener (Config.Listener)
+}
+
+type followItem struct {
+	refresh bool   // LISTEN (re)took effect: what changed before may have been missed
+	reload  bool   // too many announcements waited: reload
+	payload string // a policy change (policyDelta, JSON)
+}
+
+// listenOn registers the enforcer's handlers on l. On the listener's goroutine, the end of
+// sessions is passed to WatchAccess at once (memory only); policy changes and the points
+// where LISTEN (re)took effect are queued, in order, for Follow, which applies them with
+// database reads of its own.
+func (e *Enforcer) listenOn(l *pglisten.Listener) {
+	e.follow.mu.Lock()
+	if e.follow.wake == nil {
+		e.follow.wake = make(chan struct{}, 1)
+	}
+	e.follow.mu.Unlock()
+	l.Handle(policyChannel, pglisten.Handler{
+		Notify:    func(p string) { e.enqueue(followItem{payload: p}) },
+		Listening: func() { e.enqueue(followItem{refresh: true}) },
+	})
+	l.Handle(sessionChannel, pglisten.Handler{Notify: func(p string) {
+		// Sessions ended or a user disabled: the streams of the subject check again.
+		e.accessChanged(!principalSubject(p), p)
+	}})
+}
+
+func (e *Enforcer) enqueue(it followItem) {
+	f := &e.follow
+	f.mu.Lock()
+	if len(f.queue) >= maxFollowQueue {
+		f.queue = append(f.queue[:0], followItem{reload: true})
+	}
+	f.queue = append(f.queue, it)
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
 // Follow keeps the enforcer current with the changes other processes make until ctx ends: it
-// LISTENs for their announcements on a connection of its own and applies each at once (and
-// passes the end of sessions, announced on vigil_auth_sessions, to WatchAccess), and
-// calls Refresh every interval (default 5 s) as the fallback for a missed announcement. After
-// its connection is lost it reconnects (with backoff) and reloads if the version moved
-// meanwhile. A server runs it for as long as it serves; one-shot tools need not.
+// LISTENs for their announcements — on the process's shared listener (Config.Listener, run by
+// the caller) or on a connection of its own — and applies each in the order announced (and
+// passes the end of sessions, announced on vigil_auth_sessions, to WatchAccess), and calls
+// Refresh every interval (default 5 s) as the fallback for a missed announcement. Each time
+// LISTEN (re)takes effect (after a lost connection, with backoff) it calls Refresh, which
+// reloads if the version moved meanwhile. A server runs it for as long as it serves; one-shot
+// tools need not. One Follow at a time.
 func (e *Enforcer) Follow(ctx context.Context, every time.Duration, log *slog.Logger) {
 	if every <= 0 {
 		every = 5 * time.Second
@@ -128,77 +186,57 @@ func (e *Enforcer) Follow(ctx context.Context, every time.Duration, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := e.Refresh(ctx); err != nil && ctx.Err() == nil {
-					log.WarnContext(ctx, "policy refresh failed", slog.String("error", err.Error()))
-				}
-			}
-		}
-	}()
-	defer func() { <-done }()
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := e.listenOnce(ctx, func() { backoff = 100 * time.Millisecond })
-		if ctx.Err() != nil {
-			return
-		}
-		log.WarnContext(ctx, "auth: policy change listener lost its connection; retrying",
-			slog.String("error", err.Error()), slog.Duration("backoff", backoff))
+	e.follow.mu.Lock()
+	shared := e.follow.shared
+	e.follow.mu.Unlock()
+	if !shared {
+		l := pglisten.New(e.pool, log)
+		e.listenOn(l)
+		lctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = l.Run(lctx) }()
+		defer func() { stop(); <-done }()
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-t.C:
+			if err := e.Refresh(ctx); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "policy refresh failed", slog.String("error", err.Error()))
+			}
+		case <-e.follow.wake:
+			e.follow.mu.Lock()
+			items := e.follow.queue
+			e.follow.queue = nil
+			e.follow.mu.Unlock()
+			for _, it := range items {
+				if err := e.applyAnnounced(ctx, it); err != nil && ctx.Err() == nil {
+					// The next Refresh reloads: the version it missed is behind the database's.
+					log.WarnContext(ctx, "auth: policy change not applied", slog.String("error", err.Error()))
+				}
+			}
 		}
-		backoff = min(backoff*2, 10*time.Second)
 	}
 }
 
-// listenOnce listens on one connection until it fails or ctx ends; listening calls back once
-// LISTEN is in effect.
-func (e *Enforcer) listenOnce(ctx context.Context, listening func()) error {
-	conn, err := pgx.ConnectConfig(ctx, e.pool.Config().ConnConfig.Copy())
-	if err != nil {
-		return err
+// applyAnnounced applies one item of Follow's queue.
+func (e *Enforcer) applyAnnounced(ctx context.Context, it followItem) error {
+	switch {
+	case it.refresh:
+		// A change committed before LISTEN took effect was not announced to this process.
+		return e.Refresh(ctx)
+	case it.reload:
+		return e.Reload(ctx)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+policyChannel+"; LISTEN "+sessionChannel); err != nil {
-		return err
+	var d policyDelta
+	if json.Unmarshal([]byte(it.payload), &d) != nil || d.Version <= 0 {
+		return e.Reload(ctx) // not understood: reload
 	}
-	listening()
-	// A change committed before LISTEN took effect was not announced to this connection.
-	if err := e.Refresh(ctx); err != nil {
-		return err
+	if err := e.apply(ctx, d); err != nil {
+		return fmt.Errorf("apply policy change: %w", err)
 	}
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		if n.Channel == sessionChannel {
-			// Sessions ended or a user disabled: the streams of the subject check again.
-			e.accessChanged(!principalSubject(n.Payload), n.Payload)
-			continue
-		}
-		var d policyDelta
-		if json.Unmarshal([]byte(n.Payload), &d) != nil || d.Version <= 0 {
-			err = e.Reload(ctx) // not understood: reload
-		} else {
-			err = e.apply(ctx, d)
-		}
-		if err != nil {
-			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-				return err
-			}
-			return fmt.Errorf("apply policy change: %w", err)
-		}
-	}
+	return nil
 }

@@ -144,7 +144,7 @@ func TestPolicyChangeReachesReplicaAfterListenerReconnects(t *testing.T) {
 	// Cut B's listening connection, and revoke while it is down.
 	var n int
 	if err := e.pool.QueryRow(e.ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-		WHERE datname = current_database() AND query LIKE 'LISTEN vigil_auth_policy%'`).Scan(&n); err != nil || n != 1 {
+		WHERE datname = current_database() AND query ILIKE 'listen %'`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("terminate the listener: %d, %v; want 1", n, err)
 	}
 	if err := e.svc.RevokeRole(e.ctx, admin, w.clinA.Subject, auth.RoleClinician, auth.WardDomain(w.wardA)); err != nil {

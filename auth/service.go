@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/vigilhealth/vigil/audit"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // Recorder is how auth records its audit events: the process's audit recorder.
@@ -60,6 +61,10 @@ type Config struct {
 	// NoDefaultPolicy leaves an empty policy empty (default: New installs DefaultPolicy, audited,
 	// when the policy has never been written).
 	NoDefaultPolicy bool
+	// Listener is the process's shared notification listener (internal/pglisten), on which
+	// the enforcer follows policy changes and session ends (Enforcer.Follow); the caller runs
+	// it. Nil: Follow listens on a connection of its own.
+	Listener *pglisten.Listener
 }
 
 // SessionConfig configures browser sessions.
@@ -211,6 +216,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	s.enf, err = newEnforcer(ctx, cfg.Pool, cfg.Now)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Listener != nil {
+		s.enf.follow.shared = true
+		s.enf.listenOn(cfg.Listener)
 	}
 	return s, nil
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // hubChannel is the NOTIFY channel on which replicas announce new core_hub_events rows.
@@ -44,6 +46,10 @@ type HubRelayConfig struct {
 	Keep time.Duration
 	// Logger reports failures. Default slog.Default().
 	Logger *slog.Logger
+	// Listener is the process's shared notification listener (internal/pglisten), on which
+	// the relay follows vigil_hub and vigil_hub_live; the caller runs it. Nil: the relay
+	// listens on a connection of its own (stopped by Close).
+	Listener *pglisten.Listener
 }
 
 // HubRelay makes a Hub one stream across the replicas of a database: the events the Hub
@@ -72,7 +78,17 @@ type HubRelay struct {
 
 	token string    // this relay's name in live announcements (its own are skipped)
 	live  []liveRef // announcements waiting for the database; guarded by mu
+
+	// What the listener hands the reader (guarded by mu): a catch-up is due (an event was
+	// announced, or LISTEN (re)took effect), and the other replicas' live announcements.
+	notified bool
+	heard    []string
+	readWake chan struct{}
 }
+
+// maxHeard bounds the live announcements waiting for the reader; beyond it the oldest are
+// dropped (as maxLiveQueue: live events are not replayed).
+const maxHeard = 1000
 
 // liveRef announces one upload's newly stored observations to the other replicas.
 type liveRef struct {
@@ -97,7 +113,7 @@ func StartHubRelay(ctx context.Context, hub *Hub, cfg HubRelayConfig) (*HubRelay
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &HubRelay{cfg: cfg, hub: hub, wake: make(chan struct{}, 1), local: map[uint64]bool{}, token: uuid.NewString()}
+	r := &HubRelay{cfg: cfg, hub: hub, wake: make(chan struct{}, 1), readWake: make(chan struct{}, 1), local: map[uint64]bool{}, token: uuid.NewString()}
 	rows, err := cfg.Pool.Query(ctx, `SELECT id, type, patient_id, at, data FROM
 		(SELECT id, type, patient_id, at, data FROM core_hub_events ORDER BY id DESC LIMIT $1) t ORDER BY id`, hub.cfg.Replay)
 	if err != nil {
@@ -125,6 +141,13 @@ func StartHubRelay(ctx context.Context, hub *Hub, cfg HubRelayConfig) (*HubRelay
 	hub.relay.Store(r)
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	r.stop = stop
+	l := cfg.Listener
+	if l == nil {
+		l = pglisten.New(cfg.Pool, cfg.Logger)
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); _ = l.Run(lctx) }()
+	}
+	r.listenOn(l)
 	r.wg.Add(2)
 	go func() { defer r.wg.Done(); r.write(lctx) }()
 	go func() { defer r.wg.Done(); r.read(lctx) }()
@@ -238,54 +261,69 @@ func nullJSON(b json.RawMessage) any {
 	return string(b)
 }
 
-// read delivers new rows on notification and at least every Poll.
-func (r *HubRelay) read(ctx context.Context) {
-	for ctx.Err() == nil {
-		if err := r.listen(ctx); err != nil && ctx.Err() == nil {
-			r.cfg.Logger.WarnContext(ctx, "core: hub relay: listen", slog.String("error", err.Error()))
-			select {
-			case <-ctx.Done():
-			case <-time.After(r.cfg.Poll):
+// listenOn follows the hub's channels on l. On the listener's goroutine only the reader is
+// signalled: an event announced (or LISTEN (re)taking effect: announcements may have been
+// missed) makes it catch up, a live announcement is queued for it.
+func (r *HubRelay) listenOn(l *pglisten.Listener) {
+	signal := func(live string) {
+		r.mu.Lock()
+		if r.stopped {
+			r.mu.Unlock()
+			return
+		}
+		if live == "" {
+			r.notified = true
+		} else {
+			if len(r.heard) >= maxHeard {
+				r.heard = r.heard[1:]
 			}
+			r.heard = append(r.heard, live)
+		}
+		r.mu.Unlock()
+		select {
+		case r.readWake <- struct{}{}:
+		default:
 		}
 	}
+	catchUp := func() { signal("") }
+	l.Handle(hubChannel, pglisten.Handler{Notify: func(string) { catchUp() }, Listening: catchUp})
+	own := r.token + "\n" // this relay's own announcements (encodeLive's first line) are skipped
+	l.Handle(liveChannel, pglisten.Handler{Notify: func(p string) {
+		if p != "" && !strings.HasPrefix(p, own) {
+			signal(p)
+		}
+	}})
 }
 
-func (r *HubRelay) listen(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, r.cfg.Pool.Config().ConnConfig.Copy())
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	for _, ch := range []string{hubChannel, liveChannel} {
-		if _, err := conn.Exec(ctx, "LISTEN "+ch); err != nil {
-			return err
-		}
-	}
+// read delivers new rows on notification and at least every Poll, and the live
+// announcements of the other replicas.
+func (r *HubRelay) read(ctx context.Context) {
 	var caught time.Time
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.readWake:
+		}
+		r.mu.Lock()
+		notified, heard := r.notified, r.heard
+		r.notified, r.heard = false, nil
+		r.mu.Unlock()
+		for _, p := range heard {
+			r.deliverLive(ctx, p)
+		}
 		// Events on every hub notification and at least every Poll; live announcements
 		// (many, one per group of uploads) do not each cost a read of the events.
-		if wait := r.cfg.Poll - time.Since(caught); wait <= 0 {
-			if err := r.catchUp(ctx); err != nil {
-				return err
+		if notified || time.Since(caught) >= r.cfg.Poll {
+			if err := r.catchUp(ctx); err != nil && ctx.Err() == nil {
+				r.cfg.Logger.WarnContext(ctx, "core: hub relay: read", slog.String("error", err.Error()))
 			}
 			caught = time.Now()
 		}
-		wctx, cancel := context.WithTimeout(ctx, r.cfg.Poll-time.Since(caught))
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		switch {
-		case err == nil && n.Channel == liveChannel:
-			r.deliverLive(ctx, n.Payload)
-		case err == nil:
-			caught = time.Time{} // events: read them now
-		case !errors.Is(err, context.DeadlineExceeded):
-			return err
-		}
+		t.Reset(max(r.cfg.Poll-time.Since(caught), time.Millisecond))
 	}
 }
 

@@ -3,11 +3,11 @@ package devices
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // Registry changes are announced to every Vigil process on the database with a PostgreSQL
@@ -25,46 +25,17 @@ func notifyChanged(ctx context.Context, tx pgx.Tx, id uuid.UUID) error {
 	return nil
 }
 
-// listen invalidates cached devices on notifications until ctx ends. It holds one
-// connection of its own; after a lost connection it reconnects and drops the whole cache
-// (notifications may have been missed meanwhile).
-func (s *Service) listen(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := s.listenOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		s.cache.invalidateAll()
-		s.cfg.Logger.WarnContext(ctx, "devices: change listener lost its connection; retrying",
-			slog.String("error", err.Error()), slog.Duration("backoff", backoff))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 10*time.Second)
-	}
-}
-
-func (s *Service) listenOnce(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, s.cfg.Pool.Config().ConnConfig.Copy())
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
-		return err
-	}
-	// Anything cached before LISTEN took effect may be stale.
-	s.cache.invalidateAll()
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return err
-		}
-		if id, err := uuid.Parse(n.Payload); err == nil {
-			s.cache.invalidate(id)
-		}
-	}
+// listenOn follows the registry changes on l (the process's shared listener, or one of the
+// Service's own): a notified device is dropped from the cache, and the whole cache each time
+// LISTEN (re)takes effect (notifications may have been missed before, or while the connection
+// was lost). Both only touch memory, on the listener's goroutine.
+func (s *Service) listenOn(l *pglisten.Listener) {
+	l.Handle(notifyChannel, pglisten.Handler{
+		Notify: func(payload string) {
+			if id, err := uuid.Parse(payload); err == nil {
+				s.cache.invalidate(id)
+			}
+		},
+		Listening: s.cache.invalidateAll,
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/devices/envelope"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // Ingester stores the samples of verified uploads; *core.Service satisfies it. Devices owns
@@ -134,8 +135,12 @@ type Config struct {
 	// Logger receives operational messages of the background committer. Default slog.Default().
 	Logger *slog.Logger
 	// NoChangeListener turns off the listener that drops cached devices when another process
-	// changes them (PostgreSQL LISTEN on one connection of its own). For one-shot tools.
+	// changes them (PostgreSQL LISTEN). For one-shot tools.
 	NoChangeListener bool
+	// Listener is the process's shared notification listener (internal/pglisten), on which
+	// the change listener follows vigil_devices_changed; the caller runs it. Nil: the Service
+	// listens on a connection of its own (stopped by Close).
+	Listener *pglisten.Listener
 }
 
 func (c *Config) setDefaults() {
@@ -267,11 +272,17 @@ func New(cfg Config) (*Service, error) {
 	cfg.setDefaults()
 	s := &Service{cfg: cfg, cache: newDeviceCache(cfg.MaxCachedDevices)}
 	s.bat = newBatcher(s)
-	if !cfg.NoChangeListener {
+	switch {
+	case cfg.NoChangeListener:
+	case cfg.Listener != nil:
+		s.listenOn(cfg.Listener)
+	default:
+		l := pglisten.New(cfg.Pool, cfg.Logger)
+		s.listenOn(l)
 		lctx, cancel := context.WithCancel(context.Background())
 		s.stopListen = cancel
 		s.listenDone = make(chan struct{})
-		go func() { defer close(s.listenDone); s.listen(lctx) }()
+		go func() { defer close(s.listenDone); _ = l.Run(lctx) }()
 	}
 	return s, nil
 }

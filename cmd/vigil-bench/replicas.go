@@ -18,6 +18,7 @@ import (
 	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/devices"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/server"
 )
@@ -58,6 +59,8 @@ func (l *forwardLink) Pace(ctx context.Context, b []obs.Committed) {
 
 func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring, signer keys.Signer, quiet *slog.Logger, o benchOpts) (*benchReplica, error) {
 	r := &benchReplica{}
+	// One LISTEN connection per replica, shared by all its services, as `vigil serve` does.
+	listen := pglisten.New(pool, quiet)
 	rec, err := audit.NewOutbox(audit.Config{Pool: pool})
 	if err != nil {
 		return nil, err
@@ -73,7 +76,7 @@ func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring,
 	if err := cs.MaintainPartitions(ctx); err != nil {
 		return nil, err
 	}
-	relay, err := core.StartHubRelay(ctx, cs.Hub(), core.HubRelayConfig{Pool: pool, Logger: quiet})
+	relay, err := core.StartHubRelay(ctx, cs.Hub(), core.HubRelayConfig{Pool: pool, Logger: quiet, Listener: listen})
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +89,7 @@ func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring,
 	if err != nil {
 		return nil, err
 	}
-	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: r.handoff, Logger: quiet, Leases: leases})
+	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: as, History: cs, Handoff: r.handoff, Logger: quiet, Leases: leases, Listener: listen})
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +109,7 @@ func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring,
 		return errors.Join(eng.Close(ctx), leases.Release(ctx))
 	})
 	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet,
-		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers})
+		BatchMaxUploads: o.batch, BatchMaxWait: o.batchWait, Committers: o.committers, Listener: listen})
 	if err != nil {
 		return nil, err
 	}
@@ -125,6 +128,10 @@ func startBenchReplica(ctx context.Context, pool *pgxpool.Pool, ring *keys.Ring,
 	go func() { _ = srv.Serve(sctx, ln, 5*time.Second); close(served) }()
 	r.closers = append(r.closers, func(context.Context) error { stopSrv(); <-served; return nil })
 	r.base = "http://" + ln.Addr().String()
+	listenCtx, stopListen := context.WithCancel(context.WithoutCancel(ctx))
+	listened := make(chan struct{})
+	go func() { _ = listen.Run(listenCtx); close(listened) }()
+	r.closers = append(r.closers, func(context.Context) error { stopListen(); <-listened; return nil })
 	return r, nil
 }
 

@@ -38,6 +38,7 @@ import (
 	"github.com/vigilhealth/vigil/devices"
 	"github.com/vigilhealth/vigil/devices/envelope"
 	"github.com/vigilhealth/vigil/internal/cpuacct"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 	"github.com/vigilhealth/vigil/keys"
 	"github.com/vigilhealth/vigil/portal"
 	"github.com/vigilhealth/vigil/server"
@@ -184,6 +185,8 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 		return err
 	}
 	defer rec.Close()
+	// One LISTEN connection for the device cache and the policy, as `vigil serve` does.
+	listen := pglisten.New(pool, quiet)
 	handoff := obs.NewHandoff(obs.HandoffConfig{Logger: quiet})
 	cs, err := core.New(core.Config{Pool: pool, Recorder: rec, PHI: ring.PHI(), Handoff: handoff, Logger: quiet})
 	if err != nil {
@@ -205,7 +208,7 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 		defer cancel()
 		_ = eng.Close(cctx)
 	}()
-	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet})
+	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, Ingester: cs, ReceiptSigner: signer, Logger: quiet, Listener: listen})
 	if err != nil {
 		return err
 	}
@@ -219,10 +222,14 @@ func runBenchStreams(ctx context.Context, out io.Writer, o streamOpts) error {
 	as2, err := auth.New(ctx, auth.Config{Pool: pool, Sealer: ring.PHI(), Audit: rec, Logger: quiet,
 		Password: auth.PasswordConfig{Time: 1, MemoryKiB: 8 * 1024, Threads: 1},
 		Session:  auth.SessionConfig{Insecure: true, IdleTimeout: 2 * time.Hour},
-		Lockout:  auth.LockoutConfig{SourceThreshold: 1 << 20}})
+		Lockout:  auth.LockoutConfig{SourceThreshold: 1 << 20}, Listener: listen})
 	if err != nil {
 		return err
 	}
+	listenCtx, stopListen := context.WithCancel(ctx)
+	listened := make(chan struct{})
+	go func() { defer close(listened); _ = listen.Run(listenCtx) }()
+	defer func() { stopListen(); <-listened }()
 	ps, err := portal.New(portal.Config{Auth: as2, Core: cs, Recorder: rec, Alarms: as, Rules: eng, Devices: ds, Logger: quiet})
 	if err != nil {
 		return err

@@ -85,7 +85,7 @@ evaluated, and then with one checkpoint of every replica (which deletes the rows
 	f.BoolVar(&o.keep, "keep", false, "keep the benchmark database")
 	f.IntVar(&o.batch, "batch", 0, "devices.Config.BatchMaxUploads (0: default)")
 	f.DurationVar(&o.batchWait, "batch-wait", 0, "devices.Config.BatchMaxWait (0: default)")
-	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default)")
+	f.IntVar(&o.committers, "committers", 0, "devices.Config.Committers (0: default; with --replicas N, as vigil serve --replicas N: 2 divided by N, at least 1)")
 	f.IntVar(&o.poolSize, "pool", 16, "database connections")
 	f.IntVar(&o.replicas, "replicas", 0, "replicas of the serving stack on the database, each wired as vigil serve with several replicas (lease buckets, rules inbox, hub relay), the workers spread over them; 0: one stack without leases")
 	f.BoolVar(&o.noRules, "no-rules", false, "store only: no rules engine behind core (the path before it had one; for comparisons)")
@@ -143,6 +143,9 @@ func runBenchUploads(ctx context.Context, out io.Writer, o benchOpts) error {
 	if o.replicas > 0 {
 		if o.noRules {
 			return errors.New("--replicas and --no-rules: the replicas run the rules")
+		}
+		if o.committers == 0 { // as vigil serve --replicas N: the replicas share one's two
+			o.committers = max(1, 2/o.replicas)
 		}
 		for range o.replicas {
 			r, err := startBenchReplica(ctx, pool, ring, signer, quiet, o)

@@ -33,7 +33,7 @@ import (
 func wireAuth(ctx context.Context, sys *system, rc runConfig, cfg *server.Config, ring *keys.Ring) error {
 	insecure := rc.Demo || getenv(ctx, "VIGIL_SESSION_INSECURE") == "true"
 	svc, err := auth.New(ctx, auth.Config{Pool: sys.pool, Sealer: ring.PHI(), Audit: sys.rec,
-		Session: auth.SessionConfig{Insecure: insecure}})
+		Session: auth.SessionConfig{Insecure: insecure}, Listener: sys.listen})
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}

@@ -53,7 +53,7 @@ func wireCore(ctx context.Context, sys *system, rc runConfig, srvCfg *server.Con
 		return nil, fmt.Errorf("core: %w", err)
 	}
 	// The live stream is one stream across the replicas on the database (core/hub_replicas.go).
-	relay, err := core.StartHubRelay(ctx, svc.Hub(), core.HubRelayConfig{Pool: sys.pool, Logger: slog.Default()})
+	relay, err := core.StartHubRelay(ctx, svc.Hub(), core.HubRelayConfig{Pool: sys.pool, Logger: slog.Default(), Listener: sys.listen})
 	if err != nil {
 		return nil, err
 	}

@@ -309,7 +309,7 @@ func printDevices(out io.Writer, v any) error {
 // uploads go to core, receipts are signed with the key ring's receipt-signing key, proofs
 // come from the audit chain, and the audit recorder — to which the chain's shipper reports the
 // backlog — is the global back-pressure (audit.PushbackPolicy).
-func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *core.Service, ring *keys.Ring, au *chain.Service) (*devices.Service, error) {
+func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *core.Service, ring *keys.Ring, au *chain.Service, committers int) (*devices.Service, error) {
 	signer, err := ring.Signer(ctx, keys.ReceiptSigning)
 	if err != nil {
 		return nil, fmt.Errorf("devices: receipt signer: %w", err)
@@ -318,7 +318,7 @@ func wireDevices(ctx context.Context, sys *system, srvCfg *server.Config, cs *co
 	// observations (VIGIL_RETENTION_UPLOADS_DAYS, VIGIL_RETENTION_OBSERVATIONS_DAYS).
 	ret := cs.Retention()
 	cfg := devices.Config{Pool: sys.pool, Recorder: sys.rec, Ingester: cs, ReceiptSigner: signer, Logger: slog.Default(),
-		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}}
+		Retention: devices.Retention{Receipts: ret.Uploads, Waveforms: ret.Observations}, Committers: committers, Listener: sys.listen}
 	if au != nil {
 		cfg.Proofs = auditProofs{au}
 	}

@@ -111,8 +111,9 @@ var apiTokenRE = regexp.MustCompile(`vgt_[A-Za-z0-9_\-]+`)
 // observations A stored (a chart on B). A device suspended through A's API has its next
 // upload to B refused. Then B is killed (SIGKILL); an alarm transition happens on A while the
 // client is away; the client reconnects to A with its Last-Event-ID and receives exactly the
-// events after it: none missed, none twice.
-// Verifies: REQ-HA-031, REQ-HA-032, REQ-HA-033, REQ-HA-005, REQ-HA-006, REQ-HA-007
+// events after it: none missed, none twice. Each replica holds one listening connection for
+// all its services, and after both are cut (before the upload) listens again on one.
+// Verifies: REQ-HA-031, REQ-HA-032, REQ-HA-033, REQ-HA-005, REQ-HA-006, REQ-HA-007, REQ-HA-050
 func TestHAStreamAndSuspensionAcrossReplicas(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two servers; run without -short")
@@ -127,6 +128,9 @@ func TestHAStreamAndSuspensionAcrossReplicas(t *testing.T) {
 	a := startServeProcess(t, env, dir, "a")
 	b := startServeProcess(t, env, dir, "b")
 	nameA, nameB := replicaName(t, pool, a.cmd.Process.Pid), replicaName(t, pool, b.cmd.Process.Pid)
+	// One listening connection per replica for all its services (devices, policy, hub relay,
+	// rules inbox).
+	listeners := wantListeners(t, pool, 2, nil)
 
 	db, err := openDB(ctx, url)
 	if err != nil {
@@ -266,6 +270,12 @@ func TestHAStreamAndSuspensionAcrossReplicas(t *testing.T) {
 			time.Sleep(100 * time.Millisecond) // the replicas' policy follow
 		}
 	}
+	// Both listening connections lost: each replica listens again on one connection, and
+	// everything below (observations and alarms relayed, the suspension) is announced after.
+	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM unnest($1::int4[]) pid`, listeners); err != nil {
+		t.Fatal(err)
+	}
+	wantListeners(t, pool, 2, listeners)
 	alarmsOnB, closeAlarms := openSSE(t, b.url, token, "patient_id="+p.String(), 0)
 	chartOnB, closeChart := openSSE(t, b.url, token, "type=observations&patient_id="+p.String(), 0)
 	defer closeChart()

@@ -23,6 +23,7 @@ type serverLimits struct {
 	Replicas            int
 	DrainDelay          time.Duration
 	StreamCoalesce      time.Duration
+	Committers          int
 }
 
 // limitEnv names the variable of each limit flag.
@@ -36,6 +37,7 @@ var limitEnv = map[string]string{
 	"replicas":               "VIGIL_REPLICAS",
 	"drain-delay":            "VIGIL_DRAIN_DELAY",
 	"stream-coalesce":        "VIGIL_STREAM_COALESCE",
+	"committers":             "VIGIL_COMMITTERS",
 }
 
 // DefaultDrainDelay is the default of --drain-delay: two health checks of a load balancer
@@ -64,6 +66,8 @@ func addLimitFlags(cmd *cobra.Command, l *serverLimits) {
 		"on SIGTERM, how long /readyz answers 503 and new requests get 503 draining (Retry-After) before the listener closes and requests in flight finish; at least the load balancer's time to take the replica out (env VIGIL_DRAIN_DELAY)")
 	f.DurationVar(&l.StreamCoalesce, "stream-coalesce", server.DefaultStreamCoalesce,
 		"longest a live stream holds a tile update (observations) to write it with those that follow, in one write; alarm events are never held; 0 or less writes each event at once (env VIGIL_STREAM_COALESCE)")
+	f.IntVar(&l.Committers, "committers", 0,
+		"group commits of uploads in flight at once on this replica; 0: 2 divided by --replicas (at least 1), so that the replicas together keep the database as busy as one (env VIGIL_COMMITTERS)")
 }
 
 // fromEnv sets each limit flag not given on the command line from its variable, if set.
@@ -86,7 +90,24 @@ func (l *serverLimits) fromEnv(cmd *cobra.Command) error {
 	if l.DrainDelay < 0 {
 		return fmt.Errorf("--drain-delay %v: want a duration ≥ 0", l.DrainDelay)
 	}
+	if l.Committers < 0 || l.Committers > 64 {
+		return fmt.Errorf("--committers %d: want 0 (automatic) to 64", l.Committers)
+	}
 	return nil
+}
+
+// DefaultCommitters is the group commits in flight of one replica alone (devices.Config).
+const DefaultCommitters = 2
+
+// committers is the devices' group commits in flight on this replica: --committers, else
+// DefaultCommitters shared by the replicas — the commits of all replicas go to one database,
+// and with each its own two, N replicas made N times more, smaller group commits at the same
+// load (docs/benchmarks.md, HA).
+func (l *serverLimits) committers() int {
+	if l.Committers > 0 {
+		return l.Committers
+	}
+	return max(1, DefaultCommitters/max(l.Replicas, 1))
 }
 
 // apply puts the limits into the server's configuration.

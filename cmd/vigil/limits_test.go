@@ -13,7 +13,7 @@ import (
 // The server's limits are flags of serve and demo, each with a VIGIL_* variable used when the
 // flag is not given; bad values are refused.
 // Verifies: REQ-FND-001, REQ-FND-014
-// Verifies: REQ-HA-024
+// Verifies: REQ-HA-024, REQ-HA-048
 func TestLimitFlags(t *testing.T) {
 	t.Parallel()
 	for _, c := range []*cobra.Command{newServeCmd(), newDemoCmd()} {
@@ -58,6 +58,21 @@ func TestLimitFlags(t *testing.T) {
 		addLimitFlags(cmd, &l)
 		if err := l.fromEnv(cmd); err == nil {
 			t.Errorf("%s=%s accepted, want an error", k, v)
+		}
+	}
+	for _, c := range []struct {
+		replicas, flag, want int
+	}{{1, 0, 2}, {2, 0, 1}, {3, 0, 1}, {2, 3, 3}, {1, 1, 1}} {
+		if got := (&serverLimits{Replicas: c.replicas, Committers: c.flag}).committers(); got != c.want {
+			t.Errorf("committers (--replicas %d --committers %d) = %d, want %d", c.replicas, c.flag, got, c.want)
+		}
+	}
+	for _, bad := range []string{"-1", "65"} {
+		cmd = &cobra.Command{Use: "x"}
+		cmd.SetContext(withEnv(context.Background(), map[string]string{"VIGIL_COMMITTERS": bad}))
+		addLimitFlags(cmd, &l)
+		if err := l.fromEnv(cmd); err == nil {
+			t.Errorf("VIGIL_COMMITTERS=%s accepted, want an error", bad)
 		}
 	}
 	if d := newDemoCmd().Flags().Lookup("drain-delay"); d == nil || d.DefValue != "0s" {

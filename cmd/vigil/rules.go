@@ -19,6 +19,7 @@ import (
 	"github.com/vigilhealth/vigil/core/obs"
 	"github.com/vigilhealth/vigil/core/rules"
 	"github.com/vigilhealth/vigil/internal/every"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 	"github.com/vigilhealth/vigil/server"
 )
 
@@ -81,7 +82,7 @@ type clinical struct {
 // startClinical builds the alarm service and rules engine, connects them to core (the
 // hand-off, the hub, releases) and starts their loops; Close stops the loops, consumes what
 // waits in the hand-off and writes a last checkpoint.
-func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, coreSvc *core.Service, link *clinicalLink, log *slog.Logger) (*clinical, error) {
+func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, coreSvc *core.Service, link *clinicalLink, listen *pglisten.Listener, log *slog.Logger) (*clinical, error) {
 	svc, err := alarms.New(alarms.Config{Pool: pool, Recorder: rec, Notifier: coreSvc.Hub(), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("alarms: %w", err)
@@ -93,7 +94,7 @@ func startClinical(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder, 
 		return nil, fmt.Errorf("rules: %w", err)
 	}
 	eng, err := rules.New(ctx, rules.Config{Pool: pool, Recorder: rec, Alarms: svc, History: coreSvc,
-		Handoff: link.handoff, Logger: log, Leases: leases})
+		Handoff: link.handoff, Logger: log, Leases: leases, Listener: listen})
 	if err != nil {
 		return nil, fmt.Errorf("rules: %w", err)
 	}
@@ -138,7 +139,7 @@ func (c *clinical) Close(ctx context.Context) error {
 // (routes in server/alarms.go). Call it after core.New(core.Config{…, Handoff: link.handoff,
 // Release: link}) with the same link; it adds its closer to sys.
 func wireClinical(ctx context.Context, sys *system, srvCfg *server.Config, coreSvc *core.Service, link *clinicalLink) error {
-	cl, err := startClinical(ctx, sys.pool, sys.rec, coreSvc, link, slog.Default())
+	cl, err := startClinical(ctx, sys.pool, sys.rec, coreSvc, link, sys.listen, slog.Default())
 	if err != nil {
 		return err
 	}

@@ -111,7 +111,7 @@ func TestIngestToAlarm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := startClinical(ctx, pool, rec, svc, link, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, svc, link, nil, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestIngestToAlarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	link.eng.Store(nil)
-	cl, err = startClinical(ctx, pool, rec, svc, link, slog.Default())
+	cl, err = startClinical(ctx, pool, rec, svc, link, nil, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,7 +133,9 @@ func simProvisioner(ctx context.Context, pool *pgxpool.Pool, rec audit.Recorder,
 	if err != nil {
 		return nil, nil, err
 	}
-	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec})
+	// Provisioning only (uploads go to the server): no device is verified here, so there is
+	// no cache to keep current and no listening connection to hold.
+	ds, err := devices.New(devices.Config{Pool: pool, Recorder: rec, NoChangeListener: true})
 	if err != nil {
 		return nil, nil, err
 	}

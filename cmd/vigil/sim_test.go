@@ -39,7 +39,7 @@ func TestSimScenariosFireClinicalRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl, err := startClinical(ctx, pool, rec, cs, link, slog.Default())
+	cl, err := startClinical(ctx, pool, rec, cs, link, nil, slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
 	"github.com/vigilhealth/vigil/internal/leader"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 	"github.com/vigilhealth/vigil/internal/pgxuuid"
 	"github.com/vigilhealth/vigil/internal/schema"
 	"github.com/vigilhealth/vigil/keys"
@@ -49,6 +50,10 @@ type system struct {
 	core    *core.Service   // the clinical core (core.go)
 	hl7Addr string          // the HL7 ADT listener's address, when on (interop.go)
 	leader  *leader.Elector // leads the once-per-database background passes (ha.go)
+	// listen is the process's one LISTEN connection, shared by every service that follows
+	// notifications (device cache, policy, hub relay, rules inbox); wire runs it once they
+	// are all built.
+	listen  *pglisten.Listener
 	closers []func(context.Context) error
 }
 
@@ -83,6 +88,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	pool := db.pool
 	sys.pool, sys.rec = db.pool, db.rec
 	sys.closers = append(sys.closers, func(context.Context) error { db.Close(); return nil })
+	sys.listen = pglisten.New(pool, slog.Default())
 
 	set := rc.Schema
 	if set == nil {
@@ -151,7 +157,7 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 		return nil, err
 	}
 	// Devices: registry, enrollment, signed uploads into core (device.go).
-	devSvc, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc)
+	devSvc, err := wireDevices(ctx, sys, &srvCfg, coreSvc, ring, auditSvc, rc.Limits.committers())
 	if err != nil {
 		return nil, err
 	}
@@ -179,6 +185,11 @@ func wire(ctx context.Context, rc runConfig) (_ *system, err error) {
 	}
 	sys.server = srv
 	startFHIRSubscriptions(sys, srv) // interop.go
+	// Every service has its handlers on the shared listener: one connection LISTENs for all.
+	lctx, stopListen := context.WithCancel(context.WithoutCancel(ctx))
+	listened := make(chan struct{})
+	go func() { defer close(listened); _ = sys.listen.Run(lctx) }()
+	sys.closers = append(sys.closers, func(context.Context) error { stopListen(); <-listened; return nil })
 	return sys, nil
 }
 

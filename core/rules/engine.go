@@ -14,6 +14,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/alarms"
 	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // History gives the Engine the stored observations it needs to rebuild per-patient state after
@@ -108,6 +109,15 @@ type Config struct {
 	// InboxWait bounds how long one Publish waits for an owner's inbox (an owner that died
 	// announces nothing until its buckets are taken over). Default 2 s.
 	InboxWait time.Duration
+	// InboxWorkers, with Leases: how many patients of a drained inbox batch are evaluated at
+	// once (a patient's rows always by the same one, in order), as the hand-off's shards
+	// evaluate this replica's own uploads; one serial drain fell behind under load
+	// (docs/benchmarks.md, HA). Default 4.
+	InboxWorkers int
+	// Listener, with Leases: the process's shared notification listener
+	// (internal/pglisten), on which RunInbox follows vigil_rules_inbox; the caller runs it.
+	// Nil: RunInbox listens on a connection of its own.
+	Listener *pglisten.Listener
 }
 
 // Result is what one Evaluate call produced.
@@ -179,6 +189,9 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if cfg.InboxWait <= 0 {
 		cfg.InboxWait = 2 * time.Second
+	}
+	if cfg.InboxWorkers <= 0 {
+		cfg.InboxWorkers = 4
 	}
 	e := &Engine{cfg: cfg}
 	e.initLeases()

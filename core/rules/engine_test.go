@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,10 @@ func TestHistoryConformance(t *testing.T) {
 type history struct {
 	mu  sync.Mutex
 	obs []rules.Observation
+
+	// delay, when set, makes each read take that long; cur and peak count the reads at once.
+	delay     atomic.Int64
+	cur, peak atomic.Int32
 }
 
 func (h *history) add(o ...rules.Observation) {
@@ -42,6 +47,13 @@ func (h *history) add(o ...rules.Observation) {
 }
 
 func (h *history) ObservationsSince(_ context.Context, p uuid.UUID, since time.Time, limit int) ([]rules.Observation, error) {
+	if d := h.delay.Load(); d > 0 {
+		n := h.cur.Add(1)
+		defer h.cur.Add(-1)
+		for pk := h.peak.Load(); n > pk && !h.peak.CompareAndSwap(pk, n); pk = h.peak.Load() {
+		}
+		time.Sleep(time.Duration(d))
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var out []rules.Observation

@@ -23,3 +23,6 @@ func (e *Engine) KnowsOwner(bucket int) bool {
 	_, ok := e.ls.bp.owner[bucket]
 	return ok
 }
+
+// DrainNew drains as RunInbox does: only the rows committed since the last drain (tests).
+func (e *Engine) DrainNew(ctx context.Context) (int, error) { return e.drainInbox(ctx, false) }

@@ -58,7 +58,7 @@ type LeaseConfig struct {
 // database's (now()), so replicas' clocks do not matter.
 //
 // Each bucket's token grows when it changes hands; an Engine with Config.Leases writes a
-// patient's state only under a share lock on the lease row, with the owner and token the
+// patient's state only under a key-share lock on the lease row, with the owner and token the
 // state was loaded under (the fencing check), so a replica that lost a bucket cannot write
 // after the new owner has read.
 type Leases struct {
@@ -131,11 +131,11 @@ func (l *Leases) Held() []int {
 }
 
 // FenceMany is Fence for several buckets at once (a transaction that writes many patients):
-// it share-locks their lease rows, in bucket order, until tx ends and returns the token under
+// it key-share-locks their lease rows, in bucket order, until tx ends and returns the token under
 // which this replica holds each of them (a bucket held by another replica is absent). A
 // patient's writes are allowed when its state was loaded under the returned token.
 func (l *Leases) FenceMany(ctx context.Context, tx pgx.Tx, buckets []int) (map[int]int64, error) {
-	rows, err := tx.Query(ctx, `SELECT bucket, token FROM rules_leases WHERE bucket = ANY($1) AND owner = $2 ORDER BY bucket FOR SHARE`, buckets, l.cfg.Replica)
+	rows, err := tx.Query(ctx, `SELECT bucket, token FROM rules_leases WHERE bucket = ANY($1) AND owner = $2 ORDER BY bucket FOR KEY SHARE`, buckets, l.cfg.Replica)
 	if err != nil {
 		return nil, fmt.Errorf("rules: fence buckets: %w", err)
 	}
@@ -155,8 +155,10 @@ func (l *Leases) FenceMany(ctx context.Context, tx pgx.Tx, buckets []int) (map[i
 	return out, nil
 }
 
-// Fence checks, inside tx, that this replica still holds bucket with token, and share-locks
-// the lease row until tx ends, so that no other replica takes the bucket before tx commits.
+// Fence checks, inside tx, that this replica still holds bucket with token, and locks the
+// lease row FOR KEY SHARE until tx ends, so that no other replica takes the bucket (a change
+// of its token, a key of the row: migration 00803) before tx commits, while the renewal of
+// the lease (its expiry only) does not wait for tx, nor tx for it.
 // ErrNotOwner when the bucket is held by another replica or under another token.
 func (l *Leases) Fence(ctx context.Context, tx pgx.Tx, bucket int, token int64) error {
 	if token == 0 {
@@ -164,7 +166,7 @@ func (l *Leases) Fence(ctx context.Context, tx pgx.Tx, bucket int, token int64) 
 	}
 	var owner string
 	var got int64
-	err := tx.QueryRow(ctx, `SELECT owner, token FROM rules_leases WHERE bucket=$1 FOR SHARE`, bucket).Scan(&owner, &got)
+	err := tx.QueryRow(ctx, `SELECT owner, token FROM rules_leases WHERE bucket=$1 FOR KEY SHARE`, bucket).Scan(&owner, &got)
 	if err != nil {
 		return fmt.Errorf("rules: fence bucket %d: %w", bucket, err)
 	}

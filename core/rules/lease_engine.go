@@ -2,10 +2,12 @@ package rules
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/core/obs"
+	"github.com/vigilhealth/vigil/internal/pglisten"
 )
 
 // This file is the engine's side of several replicas on one database (Config.Leases): which
@@ -41,12 +44,15 @@ import (
 const inboxBatch = 2000
 
 // Evaluated inbox rows are not deleted at once: they wait (pending) until a checkpoint writes
-// the states that hold their effect, and are deleted in its transaction (persist). DrainInbox
-// settles them itself when inboxSettleRows are pending or the oldest has waited inboxSettleAge;
-// Checkpoint (every minute) and Close settle whatever is pending.
+// the states that hold their effect, and are deleted in its transaction (persist) — the
+// periodic Checkpoint (every minute in vigil serve) and Close, as for the replica's own
+// patients, whose states are written only then. DrainInbox settles them itself only when
+// inboxSettleRows are pending, or when the oldest has waited inboxSettleAge (no periodic
+// checkpoint ran). (Settling every 10 s wrote the other replica's patients' states six times
+// as often as the owner's own: docs/benchmarks.md, HA.)
 const (
 	inboxSettleRows = 10000
-	inboxSettleAge  = 10 * time.Second
+	inboxSettleAge  = 2 * time.Minute
 )
 
 // progressEvery is how often an owner announces its inbox progress when nothing changed;
@@ -56,15 +62,9 @@ const (
 	progressMin   = 200 * time.Millisecond
 )
 
-// A drain woken by a notification reads only the rows above the highest id read stragglerAge
-// ago (rows of transactions that commit out of id order are caught if they commit within it),
-// so that it does not scan again the rows evaluated and waiting for their checkpoint; the
-// drain of every poll reads them all.
-const stragglerAge = 2 * time.Second
-
 // inboxDrainGap is the shortest time between two drains woken by notifications: under load
-// every forwarded upload notifies, and a drain per notification (each a query over the rows
-// evaluated in the last stragglerAge) cost PostgreSQL more than the evaluation itself; the
+// every forwarded upload notifies, and a drain per notification cost PostgreSQL more than the
+// evaluation itself; the
 // rows of the notifications within the gap are drained together at its end, ≤ 200 ms late
 // (docs/benchmarks.md: HA — quiet re-measurement).
 const inboxDrainGap = 200 * time.Millisecond
@@ -91,16 +91,19 @@ type leaseState struct {
 	hw, annHW int64
 	annMask   uint64
 	annAt     time.Time
-	hwAt      []hwMark // recent hw, oldest first (guarded by drain)
+
+	// What the drains read (guarded by drain): snap is the snapshot (pg_snapshot, as text) of
+	// the first read of the last drain that completed — the next drain reads only the rows of
+	// transactions not visible in it, i.e. committed since; "" reads every row (the first
+	// drain, take-overs). rescan (guarded by mu) asks the next drain to read every row again:
+	// rows evaluated here were released without being deleted (their state dropped, or their
+	// evaluation failed), so they are to be evaluated again.
+	snap   string
+	rescan bool
 
 	bp backpressure
 
 	drains atomic.Int64 // drains run (InboxStats)
-}
-
-type hwMark struct {
-	at time.Time
-	hw int64
 }
 
 // forwardedUpload is an upload whose observations Forward wrote to an owner's inbox.
@@ -251,22 +254,27 @@ func (e *Engine) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed
 		c   obs.Committed
 	}
 	var rows []sent
+	var items []inboxItem
 	for _, c := range batches {
 		if len(c.Observations) == 0 || e.Owns(c.PatientID) {
 			continue
 		}
-		id, err := insertInbox(ctx, tx, c.PatientID, "observations", c.Observations)
-		if err != nil {
-			return err
-		}
-		rows = append(rows, sent{inboxRef{BucketOf(c.PatientID), id}, c})
+		items = append(items, inboxItem{pid: c.PatientID, kind: "observations", body: c.Observations})
+		rows = append(rows, sent{c: c})
 	}
 	if len(rows) == 0 {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel); err != nil {
-		return fmt.Errorf("rules: forward: notify: %w", err)
+	ids, err := insertInbox(ctx, tx, items...)
+	if err != nil {
+		return err
 	}
+	for i := range rows {
+		rows[i].row = inboxRef{BucketOf(rows[i].c.PatientID), ids[i]}
+	}
+	// The owners are woken after the commit (Pace), not in this transaction: a notifying
+	// transaction holds PostgreSQL's notification queue lock through its commit, disk flush
+	// included, so every group commit that forwarded would commit one at a time.
 	now := time.Now()
 	e.ls.mu.Lock()
 	for _, r := range rows {
@@ -286,17 +294,43 @@ func (e *Engine) Forward(ctx context.Context, tx pgx.Tx, batches []obs.Committed
 	return nil
 }
 
-func insertInbox(ctx context.Context, tx pgx.Tx, pid uuid.UUID, kind string, body any) (int64, error) {
-	b, err := json.Marshal(body)
+// inboxItem is one row for rules_inbox.
+type inboxItem struct {
+	pid  uuid.UUID
+	kind string
+	body any
+}
+
+// insertInbox writes the items to rules_inbox in one statement and returns their row ids, in
+// the items' order.
+func insertInbox(ctx context.Context, tx pgx.Tx, items ...inboxItem) ([]int64, error) {
+	buckets := make([]int32, len(items))
+	pids := make([]uuid.UUID, len(items))
+	kinds := make([]string, len(items))
+	bodies := make([]string, len(items))
+	for i, it := range items {
+		b, err := json.Marshal(it.body)
+		if err != nil {
+			return nil, fmt.Errorf("rules: inbox: %w", err)
+		}
+		buckets[i], pids[i], kinds[i], bodies[i] = int32(BucketOf(it.pid)), it.pid, it.kind, string(b)
+	}
+	// The rows are inserted in the order of the arrays, so their identities ascend in it.
+	rows, err := tx.Query(ctx, `INSERT INTO rules_inbox (bucket, patient_id, kind, body)
+		SELECT b, p, k, j::jsonb FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS v(b, p, k, j, n) ORDER BY n
+		RETURNING id`, buckets, pids, kinds, bodies)
 	if err != nil {
-		return 0, fmt.Errorf("rules: inbox: %w", err)
+		return nil, fmt.Errorf("rules: inbox: %w", err)
 	}
-	var id int64
-	if err := tx.QueryRow(ctx, `INSERT INTO rules_inbox (bucket, patient_id, kind, body) VALUES ($1,$2,$3,$4) RETURNING id`,
-		BucketOf(pid), pid, kind, b).Scan(&id); err != nil {
-		return 0, fmt.Errorf("rules: inbox: %w", err)
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("rules: inbox: %w", err)
 	}
-	return id, nil
+	if len(ids) != len(items) {
+		return nil, fmt.Errorf("rules: inbox: %d rows written for %d", len(ids), len(items))
+	}
+	slices.Sort(ids)
+	return ids, nil
 }
 
 // Pace, called by core after the commit of an upload group and before its hand-off to the
@@ -328,6 +362,7 @@ func (e *Engine) Pace(ctx context.Context, batches []obs.Committed) {
 	if len(rows) == 0 {
 		return
 	}
+	e.wakeOwners(ctx)
 	bp := &e.ls.bp
 	buckets := map[int]bool{}
 	bp.mu.Lock()
@@ -367,6 +402,17 @@ func (e *Engine) Pace(ctx context.Context, batches []obs.Committed) {
 		case <-ctx.Done():
 			return
 		}
+	}
+}
+
+// wakeOwners tells the owners (NOTIFY on the inbox channel) that rows Forward wrote for them
+// committed. It runs after the upload group's commit, in a transaction of its own: one that
+// only notifies writes nothing to the WAL before its commit, so it does not wait for the disk
+// and holds the notification queue lock only briefly. A lost notification costs at most the
+// owners' poll (the rows are durable and the drains read by commit, REQ-HA-045).
+func (e *Engine) wakeOwners(ctx context.Context) {
+	if _, err := e.cfg.Pool.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel); err != nil && ctx.Err() == nil {
+		e.cfg.Logger.WarnContext(ctx, "rules: inbox: notify (the owners poll)", slog.String("error", err.Error()))
 	}
 }
 
@@ -501,7 +547,7 @@ func (e *Engine) route(ctx context.Context, c obs.Committed) error {
 
 func (e *Engine) sendInbox(ctx context.Context, pid uuid.UUID, kind string, body any) error {
 	return pgx.BeginFunc(ctx, e.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := insertInbox(ctx, tx, pid, kind, body); err != nil {
+		if _, err := insertInbox(ctx, tx, inboxItem{pid, kind, body}); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel)
@@ -521,11 +567,21 @@ type releaseBody struct {
 // The observation rows evaluated are deleted with the checkpoint of the states that hold
 // their effect (persist): here, when inboxSettleRows are pending or the oldest has waited
 // inboxSettleAge, else at the next Checkpoint. It announces its progress to the replicas that
-// forward (Pace). Without Config.Leases it does nothing.
+// forward (Pace). It reads every row of the buckets (a take-over); the drains of RunInbox read
+// only what committed since the last one. Without Config.Leases it does nothing.
 func (e *Engine) DrainInbox(ctx context.Context) (int, error) { return e.drainInbox(ctx, true) }
 
-// drainInbox is DrainInbox; without full, only the rows above the highest id read
-// stragglerAge ago are read (a drain woken by a notification).
+// inboxRow is a rules_inbox row read by a drain.
+type inboxRow struct {
+	id   int64
+	pid  uuid.UUID
+	kind string
+	body []byte
+}
+
+// drainInbox is DrainInbox; without full, only the rows of transactions that committed after
+// the first read of the last drain are read (REQ-HA-045) — every row when there was none yet,
+// or when rows evaluated here were released to be evaluated again (ls.rescan).
 func (e *Engine) drainInbox(ctx context.Context, full bool) (int, error) {
 	if e.cfg.Leases == nil {
 		return 0, nil
@@ -534,153 +590,256 @@ func (e *Engine) drainInbox(ctx context.Context, full bool) (int, error) {
 	defer e.ls.drain.Unlock()
 	defer e.announce(ctx)
 	e.ls.drains.Add(1)
-	var low int64 // rows above it are read
-	now := time.Now()
-	k := 0
-	for k < len(e.ls.hwAt) && now.Sub(e.ls.hwAt[k].at) >= stragglerAge {
-		low = e.ls.hwAt[k].hw
-		k++
+	e.ls.mu.Lock()
+	if e.ls.rescan {
+		full, e.ls.rescan = true, false
 	}
-	if k > 1 { // keep the newest mark old enough, drop those before it
-		e.ls.hwAt = e.ls.hwAt[k-1:]
-	}
+	e.ls.mu.Unlock()
+	prev := e.ls.snap
 	if full {
-		low = 0
+		prev = ""
 	}
-	e.ls.hwAt = append(e.ls.hwAt, hwMark{now, e.ls.hw})
+	// On any failure the rows are read again by the next drain: from the same snapshot (not
+	// advanced), or all of them (rescan).
+	failed := func() {
+		e.ls.mu.Lock()
+		e.ls.rescan = e.ls.rescan || full
+		e.ls.mu.Unlock()
+	}
+	var first string // the snapshot of this drain's first read: the next drain reads from it
+	var after int64  // the batches after the first read rows above the last one read
 	total := 0
 	for {
 		held := e.cfg.Leases.Held()
 		if len(held) == 0 {
 			return total, nil
 		}
-		rows, err := e.cfg.Pool.Query(ctx, `SELECT id, patient_id, kind, body FROM rules_inbox WHERE bucket = ANY($1) AND id > $4 AND id <> ALL($3) ORDER BY id LIMIT $2`,
-			held, inboxBatch, e.pendingIDs(low), low)
+		snap, got, err := e.readInbox(ctx, held, prev, after)
 		if err != nil {
-			return total, fmt.Errorf("rules: inbox: %w", err)
+			failed()
+			return total, err
 		}
-		type row struct {
-			id   int64
-			pid  uuid.UUID
-			kind string
-			body []byte
+		if first == "" {
+			first = snap
 		}
-		var got []row
-		for rows.Next() {
-			var r row
-			if err := rows.Scan(&r.id, &r.pid, &r.kind, &r.body); err != nil {
-				rows.Close()
-				return total, fmt.Errorf("rules: inbox: %w", err)
-			}
-			got = append(got, r)
+		n := len(got)
+		if n > 0 {
+			after = got[n-1].id
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return total, fmt.Errorf("rules: inbox: %w", err)
+		got = e.notPending(got)
+		handled, err := e.evaluateInbox(ctx, got)
+		total += handled
+		if err != nil {
+			failed()
+			return total, err
 		}
-		if len(got) == 0 {
+		if n < inboxBatch {
+			e.ls.snap = first
 			if e.settleDue() {
 				return total, e.persist(ctx, false)
 			}
 			return total, nil
 		}
-		// One evaluation per patient for its observation rows of the batch (up to its next
-		// settings or release row, which is applied in the rows' order); the rows of every
-		// patient evaluated are settled together, in one transaction, after the batch
-		// (persist, with their checkpoint).
-		type item struct {
-			pid  uuid.UUID
-			rows []int // indexes into got: one settings or release row, or observation rows
-		}
-		var items []item
-		open := map[uuid.UUID]int{} // patient → its observation item still open
-		for k, r := range got {
-			if r.kind == "observations" {
-				if x, ok := open[r.pid]; ok {
-					items[x].rows = append(items[x].rows, k)
-					continue
-				}
-				open[r.pid] = len(items)
-			} else {
-				delete(open, r.pid)
-			}
-			items = append(items, item{pid: r.pid, rows: []int{k}})
-		}
-		var done []int64
-		var errs []error
-		for _, it := range items {
-			r := got[it.rows[0]]
-			if r.kind == "settings" {
-				err := e.reloadSettings(ctx, r.pid)
-				if err == nil || !errors.Is(err, ErrNotOwner) {
-					done = append(done, r.id)
-				}
-				if err != nil && !errors.Is(err, ErrNotOwner) {
-					errs = append(errs, err)
-				}
-				continue
-			}
-			if r.kind == "release" {
-				var b releaseBody
-				err := json.Unmarshal(r.body, &b)
-				if err == nil {
-					err = e.releasePatient(ctx, b.By, r.pid, b.Reason)
-				}
-				if err == nil || !errors.Is(err, ErrNotOwner) {
-					done = append(done, r.id) // (a release that failed otherwise is logged, not retried forever)
-				}
-				if err != nil && !errors.Is(err, ErrNotOwner) {
-					errs = append(errs, err)
-				}
-				continue
-			}
-			var batch []Observation
-			ids := make([]int64, 0, len(it.rows))
-			for _, k := range it.rows {
-				var os []Observation
-				if err := json.Unmarshal(got[k].body, &os); err != nil {
-					errs = append(errs, fmt.Errorf("rules: inbox row %d: %w", got[k].id, err))
-				}
-				batch = append(batch, os...)
-				ids = append(ids, got[k].id)
-			}
-			sort.SliceStable(batch, func(a, b int) bool { return batch[a].EffectiveAt.Before(batch[b].EffectiveAt) })
-			var gen uint64
-			_, err := e.evaluateGen(ctx, it.pid, batch, &gen)
-			if err == nil {
-				e.notePending(it.pid, gen, ids)
-				total += len(ids)
-			}
-			if err != nil && !errors.Is(err, ErrNotOwner) {
-				errs = append(errs, err)
-			}
-		}
-		for _, r := range got {
-			e.ls.hw = max(e.ls.hw, r.id)
-		}
-		if e.settleDue() {
-			if err := e.persist(ctx, false); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		e.announce(ctx)
-		if len(done) > 0 {
-			if _, err := e.cfg.Pool.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, done); err != nil {
-				return total, fmt.Errorf("rules: inbox: %w", err)
-			}
-			total += len(done)
-		}
-		if err := errors.Join(errs...); err != nil {
-			return total, err
-		}
-		if len(got) < inboxBatch {
-			return total, nil
-		}
 	}
 }
 
+// readInbox reads up to inboxBatch rows of the buckets held with ids above after, in id order
+// — only those of transactions not visible in the snapshot prev, unless prev is "" — and
+// returns them with the snapshot the read saw.
+func (e *Engine) readInbox(ctx context.Context, held []int, prev string, after int64) (string, []inboxRow, error) {
+	var q string
+	args := []any{held, inboxBatch, after}
+	if prev == "" {
+		q = `SELECT s.snap::text, r.id, r.patient_id, r.kind, r.body FROM (SELECT pg_current_snapshot() AS snap) s
+			LEFT JOIN LATERAL (SELECT id, patient_id, kind, body FROM rules_inbox
+				WHERE bucket = ANY($1) AND id > $3 ORDER BY id LIMIT $2) r ON true`
+	} else {
+		// Through the (bucket, xid) index: the rows of transactions at or after the oldest one
+		// still running when prev was taken, less those that had committed by then.
+		q = `SELECT s.snap::text, r.id, r.patient_id, r.kind, r.body FROM (SELECT pg_current_snapshot() AS snap) s
+			LEFT JOIN LATERAL (SELECT id, patient_id, kind, body FROM rules_inbox
+				WHERE bucket = ANY($1) AND id > $3 AND xid >= pg_snapshot_xmin($4::pg_snapshot)
+				AND NOT pg_visible_in_snapshot(xid, $4::pg_snapshot) ORDER BY id LIMIT $2) r ON true`
+		args = append(args, prev)
+	}
+	rows, err := e.cfg.Pool.Query(ctx, q, args...)
+	if err != nil {
+		return "", nil, fmt.Errorf("rules: inbox: %w", err)
+	}
+	defer rows.Close()
+	var snap string
+	var got []inboxRow
+	for rows.Next() {
+		var id *int64
+		var r inboxRow
+		var pid *uuid.UUID
+		var kind *string
+		if err := rows.Scan(&snap, &id, &pid, &kind, &r.body); err != nil {
+			return "", nil, fmt.Errorf("rules: inbox: %w", err)
+		}
+		if id == nil { // no row: the snapshot alone
+			continue
+		}
+		r.id, r.pid, r.kind = *id, *pid, *kind
+		got = append(got, r)
+	}
+	if err := rows.Err(); err != nil {
+		return "", nil, fmt.Errorf("rules: inbox: %w", err)
+	}
+	return snap, got, nil
+}
+
+// notPending leaves out of got the rows evaluated here whose deletion waits for a checkpoint.
+func (e *Engine) notPending(got []inboxRow) []inboxRow {
+	if len(got) == 0 {
+		return got
+	}
+	e.ls.mu.Lock()
+	defer e.ls.mu.Unlock()
+	if e.ls.pendingN == 0 {
+		return got
+	}
+	lo, hi := got[0].id, got[len(got)-1].id
+	seen := map[int64]bool{}
+	for _, pr := range e.ls.pending {
+		for _, id := range pr.ids {
+			if id >= lo && id <= hi {
+				seen[id] = true
+			}
+		}
+	}
+	if len(seen) == 0 {
+		return got
+	}
+	keep := got[:0]
+	for _, r := range got {
+		if !seen[r.id] {
+			keep = append(keep, r)
+		}
+	}
+	return keep
+}
+
+// evaluateInbox evaluates rows read from the inbox: one evaluation per patient for its
+// observation rows (up to its next settings or release row, which is applied in the rows'
+// order), the patients spread over Config.InboxWorkers evaluating at once — a patient's rows
+// always on the same one, in order — as the hand-off spreads a replica's own uploads. The
+// observation rows evaluated wait for their patients' checkpoint (notePending); settings and
+// release rows are deleted when applied. It returns how many rows it handled.
+func (e *Engine) evaluateInbox(ctx context.Context, got []inboxRow) (int, error) {
+	if len(got) == 0 {
+		return 0, nil
+	}
+	type item struct {
+		pid  uuid.UUID
+		rows []int // indexes into got: one settings or release row, or observation rows
+	}
+	lanes := make([][]item, max(e.cfg.InboxWorkers, 1))
+	laneOf := func(pid uuid.UUID) int { return int(binary.BigEndian.Uint32(pid[12:]) % uint32(len(lanes))) }
+	open := map[uuid.UUID]int{} // patient → its observation item still open in its lane
+	for k, r := range got {
+		l := laneOf(r.pid)
+		if r.kind == "observations" {
+			if x, ok := open[r.pid]; ok {
+				lanes[l][x].rows = append(lanes[l][x].rows, k)
+				continue
+			}
+			open[r.pid] = len(lanes[l])
+		} else {
+			delete(open, r.pid)
+		}
+		lanes[l] = append(lanes[l], item{pid: r.pid, rows: []int{k}})
+	}
+	var mu sync.Mutex
+	var done []int64
+	var errs []error
+	total := 0
+	retry := false // a row to evaluate again (its evaluation failed)
+	var wg sync.WaitGroup
+	for _, lane := range lanes {
+		if len(lane) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, it := range lane {
+				r := got[it.rows[0]]
+				if r.kind == "settings" || r.kind == "release" {
+					var err error
+					if r.kind == "settings" {
+						err = e.reloadSettings(ctx, r.pid)
+					} else {
+						var b releaseBody
+						if err = json.Unmarshal(r.body, &b); err == nil {
+							err = e.releasePatient(ctx, b.By, r.pid, b.Reason)
+						}
+					}
+					mu.Lock()
+					if err == nil || !errors.Is(err, ErrNotOwner) {
+						done = append(done, r.id) // (one that failed otherwise is logged, not retried forever)
+					}
+					if err != nil && !errors.Is(err, ErrNotOwner) {
+						errs = append(errs, err)
+					}
+					mu.Unlock()
+					continue
+				}
+				var batch []Observation
+				ids := make([]int64, 0, len(it.rows))
+				var errsHere []error
+				for _, k := range it.rows {
+					var os []Observation
+					if err := json.Unmarshal(got[k].body, &os); err != nil {
+						errsHere = append(errsHere, fmt.Errorf("rules: inbox row %d: %w", got[k].id, err))
+					}
+					batch = append(batch, os...)
+					ids = append(ids, got[k].id)
+				}
+				sort.SliceStable(batch, func(a, b int) bool { return batch[a].EffectiveAt.Before(batch[b].EffectiveAt) })
+				var gen uint64
+				_, err := e.evaluateGen(ctx, it.pid, batch, &gen)
+				if err == nil {
+					e.notePending(it.pid, gen, ids)
+				}
+				mu.Lock()
+				if err == nil {
+					total += len(ids)
+				} else if !errors.Is(err, ErrNotOwner) {
+					errsHere, retry = append(errsHere, err), true
+				}
+				errs = append(errs, errsHere...)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, r := range got {
+		e.ls.hw = max(e.ls.hw, r.id)
+	}
+	if retry {
+		e.ls.mu.Lock()
+		e.ls.rescan = true
+		e.ls.mu.Unlock()
+	}
+	if e.settleDue() {
+		if err := e.persist(ctx, false); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.announce(ctx)
+	if len(done) > 0 {
+		if _, err := e.cfg.Pool.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, done); err != nil {
+			return total, fmt.Errorf("rules: inbox: %w", err)
+		}
+		total += len(done)
+	}
+	return total, errors.Join(errs...)
+}
+
 // RunInbox drains the inbox whenever another replica notifies it and at least every poll,
-// until ctx ends. Without Config.Leases it returns at once.
+// until ctx ends. It listens on Config.Listener (the process's shared listener, run by the
+// caller) or, without one, on a listener of its own. Without Config.Leases it returns at once.
 func (e *Engine) RunInbox(ctx context.Context, poll time.Duration) {
 	if e.cfg.Leases == nil {
 		return
@@ -688,78 +847,75 @@ func (e *Engine) RunInbox(ctx context.Context, poll time.Duration) {
 	if poll <= 0 {
 		poll = time.Second
 	}
-	for ctx.Err() == nil {
-		err := e.listenInbox(ctx, poll)
-		if err != nil && ctx.Err() == nil {
-			e.cfg.Logger.WarnContext(ctx, "rules: inbox listener", slog.String("error", err.Error()))
-			select {
-			case <-ctx.Done():
-			case <-time.After(poll):
-			}
+	// On the listener's goroutine only memory is touched: another replica's progress (Pace)
+	// is noted, rows committed for the inbox and LISTEN (re)taking effect wake the drains.
+	var full, due, stopped atomic.Bool
+	wake := make(chan struct{}, 1)
+	poke := func(flag *atomic.Bool) {
+		flag.Store(true)
+		select {
+		case wake <- struct{}{}:
+		default:
 		}
 	}
+	l := e.cfg.Listener
+	own := l == nil
+	if own {
+		l = pglisten.New(e.cfg.Pool, e.cfg.Logger)
+	}
+	l.Handle(inboxChannel, pglisten.Handler{
+		Notify: func(p string) {
+			switch {
+			case stopped.Load():
+			case strings.HasPrefix(p, "p:"):
+				e.noteProgress(p)
+			default:
+				poke(&due)
+			}
+		},
+		// Rows committed before LISTEN took effect were not announced here: a full drain.
+		Listening: func() { poke(&full) },
+	})
+	defer stopped.Store(true)
+	if own {
+		lctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = l.Run(lctx) }()
+		defer func() { stop(); <-done }()
+	}
+	e.listenInbox(ctx, poll, &full, &due, wake)
 }
 
-func (e *Engine) listenInbox(ctx context.Context, poll time.Duration) error {
-	conn, err := e.cfg.Pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN *")
-		conn.Release()
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+inboxChannel); err != nil {
-		return err
-	}
-	var lastFull time.Time  // the last drain that read every row not evaluated (every poll)
-	var lastDrain time.Time // the last drain of either kind
-	for due := true; ; {
+// listenInbox runs the drains RunInbox's listener asks for: one of every row each time LISTEN
+// (re)takes effect, and one of what committed since the last drain (REQ-HA-045: exact, by
+// commit) at most every inboxDrainGap when notified and at least every poll.
+func (e *Engine) listenInbox(ctx context.Context, poll time.Duration, fullDue, notified *atomic.Bool, wake <-chan struct{}) {
+	lastDrain := time.Now() // the last drain (each reads all that committed since the one before)
+	t := time.NewTimer(poll)
+	defer t.Stop()
+	for due := false; ; {
+		if notified.Swap(false) {
+			due = true
+		}
 		now := time.Now()
-		if full := now.Sub(lastFull) >= poll; full || due && now.Sub(lastDrain) >= inboxDrainGap {
+		if full := fullDue.Swap(false); full || now.Sub(lastDrain) >= poll || due && now.Sub(lastDrain) >= inboxDrainGap {
 			if _, err := e.drainInbox(ctx, full); err != nil && ctx.Err() == nil {
 				e.cfg.Logger.WarnContext(ctx, "rules: inbox", slog.String("error", err.Error()))
 			}
 			lastDrain, due = time.Now(), false
-			if full {
-				lastFull = lastDrain
-			}
 		}
-		wait := poll - time.Since(lastFull)
+		wait := poll - time.Since(lastDrain)
 		if due { // notified within inboxDrainGap of the last drain: drain when the gap ends
 			wait = min(wait, inboxDrainGap-time.Since(lastDrain))
 		}
-		wctx, cancel := context.WithTimeout(ctx, max(wait, time.Millisecond))
-		n, err := conn.Conn().WaitForNotification(wctx)
-		cancel()
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			return err
-		}
-		// Another replica's progress (Pace) is noted; rows committed for the inbox are drained.
-		if n != nil && strings.HasPrefix(n.Payload, "p:") {
-			e.noteProgress(n.Payload)
-		} else if n != nil {
-			due = true
+		t.Reset(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		case <-t.C:
 		}
 	}
-}
-
-// pendingIDs are the inbox rows above low evaluated here whose deletion waits for a checkpoint.
-func (e *Engine) pendingIDs(low int64) []int64 {
-	e.ls.mu.Lock()
-	defer e.ls.mu.Unlock()
-	ids := make([]int64, 0, e.ls.pendingN)
-	for _, pr := range e.ls.pending {
-		for _, id := range pr.ids {
-			if id > low {
-				ids = append(ids, id)
-			}
-		}
-	}
-	return ids
 }
 
 // notePending records inbox rows evaluated on the patient's state as loaded the gen-th time.
@@ -772,6 +928,7 @@ func (e *Engine) notePending(pid uuid.UUID, gen uint64, ids []int64) {
 	if ok && pr.gen != gen {
 		e.ls.pendingN -= len(pr.ids)
 		pr = pendingRows{}
+		e.ls.rescan = true // the released rows are read again
 	}
 	pr.gen = gen
 	pr.ids = append(pr.ids, ids...)
@@ -795,7 +952,7 @@ func (e *Engine) settleDue() bool {
 // patient both or neither, so a crash never leaves rows deleted whose effect on the state was
 // not stored (they are read and evaluated again; what the state already holds is skipped by
 // its per-code marks, and an alarm raised was stored with the state that raised it). With
-// leases, the buckets are fenced at once (Leases.FenceMany, a share lock on their lease rows);
+// leases, the buckets are fenced at once (Leases.FenceMany, a key-share lock on their lease rows);
 // a patient whose bucket is lost, or whose state was dropped or rebuilt since its rows were
 // evaluated, writes nothing of them and its rows are read again (by whoever holds the bucket).
 // The patients are taken one at a time (never two locks held), in patient id order, and no
@@ -891,6 +1048,10 @@ func (e *Engine) persist(ctx context.Context, all bool) error {
 		}
 		p.mu.Unlock()
 	}
+	released := 0
+	for _, pr := range done {
+		released += len(pr.ids)
+	}
 	if len(del) > 0 {
 		if _, err := tx.Exec(ctx, `DELETE FROM rules_inbox WHERE id = ANY($1)`, del); err != nil {
 			restore()
@@ -902,6 +1063,9 @@ func (e *Engine) persist(ctx context.Context, all bool) error {
 		return fmt.Errorf("rules: checkpoint: commit: %w", err)
 	}
 	e.ls.mu.Lock()
+	if len(del) < released {
+		e.ls.rescan = true // rows released, not deleted: read them again
+	}
 	for pid, was := range done {
 		cur, ok := e.ls.pending[pid]
 		if !ok || cur.gen != was.gen || len(cur.ids) < len(was.ids) {
@@ -931,7 +1095,7 @@ func (e *Engine) settingsChanged(ctx context.Context, tx pgx.Tx, pid uuid.UUID) 
 	if e.cfg.Leases == nil || e.Owns(pid) {
 		return nil
 	}
-	if _, err := insertInbox(ctx, tx, pid, "settings", struct{}{}); err != nil {
+	if _, err := insertInbox(ctx, tx, inboxItem{pid, "settings", struct{}{}}); err != nil {
 		return err
 	}
 	_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel)

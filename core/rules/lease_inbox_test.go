@@ -385,7 +385,8 @@ func TestInboxDrainsCoalesceNotifications(t *testing.T) {
 		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Millisecond) // a stream of commits, each notified on its own
+		a.eng.Pace(ctx, []coreobs.Committed{c}) // as core's Publish does after the commit: it notifies
+		time.Sleep(5 * time.Millisecond)        // a stream of commits, each notified on its own
 	}
 	sent := time.Since(start)
 	// Every row evaluated (pending for b's checkpoint), none left to evaluate.
@@ -421,5 +422,145 @@ func TestInboxDrainsCoalesceNotifications(t *testing.T) {
 	}
 	if want := t0.Add((uploads - 1) * time.Second); !mark.Equal(want) {
 		t.Errorf("patient evaluated through %v, want %v", mark, want)
+	}
+}
+
+// A drain reads exactly what committed since the one before, by transaction visibility, not by
+// row id: a forwarding transaction that took its row id first and commits after a later one was
+// drained — here 2.1 s later, beyond any "recent ids" window — is read by the next drain, and
+// rows already evaluated (waiting for their checkpoint) are not read again. (A drain that read
+// only ids above the highest it had read would miss the late row.)
+// Verifies: REQ-HA-045
+func TestInboxDrainReadsTransactionsCommittedLate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, b := e.twoReplicas(t)
+	ctx := context.Background()
+	p := b.patientOf(t)
+	if _, err := b.eng.DrainNew(ctx); err != nil { // the snapshot the next drains start from
+		t.Fatal(err)
+	}
+
+	late, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = late.Rollback(ctx) }()
+	first := obs(p, codeBodyWeight, 70, t0)
+	first.UploadID = uuid.New()
+	e.hist.add(first)
+	if err := a.eng.Forward(ctx, late, []coreobs.Committed{{PatientID: p, Observations: []rules.Observation{first}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.upload(t, a, p, obs(p, codeBodyWeight, 71, t0.Add(time.Minute))); !errors.Is(err, rules.ErrNotOwner) {
+		t.Fatalf("a.Evaluate(b's patient) = %v, want ErrNotOwner", err)
+	}
+	if n, err := b.eng.DrainNew(ctx); err != nil || n != 1 {
+		t.Fatalf("drain with the first row not committed = %d, %v; want 1 (the later row)", n, err)
+	}
+	if got := e.count(t, `SELECT count(*) FROM rules_inbox WHERE id < (SELECT max(id) FROM rules_inbox)`); got != 0 {
+		t.Fatalf("rows below the one drained, visible = %d, want 0 (not committed yet)", got)
+	}
+	time.Sleep(2100 * time.Millisecond)
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.eng.DrainNew(ctx); err != nil || n != 1 {
+		t.Fatalf("drain after the late commit = %d, %v; want 1 (the row committed late)", n, err)
+	}
+	if n, err := b.eng.DrainNew(ctx); err != nil || n != 0 {
+		t.Fatalf("drain again = %d, %v; want 0", n, err)
+	}
+	if st := b.eng.InboxStats(); st.Pending != 2 {
+		t.Fatalf("rows evaluated, waiting for the checkpoint = %d, want 2", st.Pending)
+	}
+	// Both are in the patient's state: the checkpoint settles (deletes) both.
+	if err := b.eng.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.count(t, `SELECT count(*) FROM rules_inbox`); got != 0 {
+		t.Fatalf("inbox rows after the checkpoint = %d, want 0", got)
+	}
+}
+
+// An owner evaluates the patients of a drained batch at once (Config.InboxWorkers), as the
+// hand-off evaluates its own uploads, instead of one patient after the other: with reads of
+// the history slowed to 100 ms, 8 patients' first evaluations overlap with 4 workers and never
+// with 1.
+// Verifies: REQ-HA-046
+func TestInboxEvaluatesPatientsAtOnce(t *testing.T) {
+	t.Parallel()
+	for _, workers := range []int{1, 4} {
+		e := newEnv(t)
+		a := e.replicaWith(t, "a", nil)
+		b := e.replicaWith(t, "b", func(c *rules.Config) { c.InboxWorkers = workers })
+		a.step(t)
+		b.step(t)
+		a.step(t)
+		b.step(t)
+		a.eng.WaitTakeOver()
+		b.eng.WaitTakeOver()
+		for range 8 {
+			p := b.patientOf(t)
+			if err := e.upload(t, a, p, obs(p, codeBodyWeight, 70, t0)); !errors.Is(err, rules.ErrNotOwner) {
+				t.Fatalf("a.Evaluate(b's patient) = %v, want ErrNotOwner", err)
+			}
+		}
+		e.hist.delay.Store(int64(100 * time.Millisecond))
+		if n, err := b.eng.DrainInbox(context.Background()); err != nil || n != 8 {
+			t.Fatalf("workers %d: DrainInbox() = %d, %v; want 8", workers, n, err)
+		}
+		peak := e.hist.peak.Load()
+		if workers == 1 && peak != 1 || workers > 1 && peak < 2 {
+			t.Errorf("workers %d: patients evaluated at once, at most = %d", workers, peak)
+		}
+	}
+}
+
+// The transaction that stores an upload and forwards its observations sends no notification
+// (a notifying transaction holds PostgreSQL's notification queue lock through its commit and
+// disk flush, so every forwarding group commit would commit one at a time): the owners are
+// woken by Pace, which core's Publish calls after the commit.
+// Verifies: REQ-HA-047
+func TestForwardWakesOwnersAfterCommit(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a, b := e.twoReplicas(t)
+	ctx := context.Background()
+	conn, err := pgx.ConnectConfig(ctx, e.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "LISTEN vigil_rules_inbox"); err != nil {
+		t.Fatal(err)
+	}
+	p := b.patientOf(t)
+	o := []rules.Observation{obs(p, codeBodyWeight, 70, t0)}
+	o[0].UploadID = uuid.New()
+	c := coreobs.Committed{PatientID: p, Observations: o}
+	if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	n, err := conn.WaitForNotification(wctx)
+	cancel()
+	if err == nil {
+		t.Fatalf("notified by the forwarding transaction itself (%q), want no notification before Pace", n.Payload)
+	}
+	a.eng.Pace(ctx, []coreobs.Committed{c})
+	wctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		n, err := conn.WaitForNotification(wctx)
+		if err != nil {
+			t.Fatalf("no notification after Pace: %v", err)
+		}
+		if n.Payload == "" { // (owners' progress announcements carry "p:…")
+			break
+		}
+	}
+	if got := e.count(t, `SELECT count(*) FROM rules_inbox WHERE patient_id=$1`, p); got != 1 {
+		t.Fatalf("inbox rows = %d, want 1", got)
 	}
 }

@@ -87,6 +87,7 @@ func (e *env) upload(t *testing.T, r *replica, p uuid.UUID, o ...rules.Observati
 	}); err != nil {
 		t.Fatalf("Forward() = %v", err)
 	}
+	r.eng.Pace(context.Background(), []coreobs.Committed{c}) // after the commit, as core's Publish
 	_, err := r.eng.Evaluate(context.Background(), p, o)
 	return err
 }
@@ -296,5 +297,60 @@ func TestLeasesRelease(t *testing.T) {
 	}
 	if n := e.count(t, `SELECT count(*) FROM rules_leases WHERE owner='a'`); n != 0 {
 		t.Errorf("buckets still owned by a = %d", n)
+	}
+}
+
+// A write fenced on a bucket (a patient's alarm or score being committed) does not hold back
+// the lease's renewal, nor wait for it, while a take-over of the bucket (its token changes)
+// still waits for the write to commit. (With FOR SHARE, the renewal every 2 s waited for every
+// fenced write in flight and the writes that followed queued behind it.)
+// Verifies: REQ-HA-049
+func TestFenceDoesNotHoldBackRenewal(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a := e.replica(t, "a")
+	a.step(t)
+	ctx := context.Background()
+	const bucket = 7
+	tok := a.leases.Token(bucket)
+	if tok == 0 {
+		t.Fatal("a holds no token for bucket 7")
+	}
+	tx, err := e.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := a.leases.Fence(ctx, tx, bucket, tok); err != nil {
+		t.Fatalf("Fence() = %v", err)
+	}
+	if _, err := a.leases.FenceMany(ctx, tx, []int{3, bucket, 9}); err != nil {
+		t.Fatalf("FenceMany() = %v", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := a.leases.Step(rctx); err != nil {
+		t.Fatalf("renewal while a fenced write is open = %v, want it done at once", err)
+	}
+	if got := a.leases.Token(bucket); got != tok {
+		t.Fatalf("token after the renewal = %d, want %d", got, tok)
+	}
+	takeOver := func() error {
+		return pgx.BeginFunc(ctx, e.pool, func(o pgx.Tx) error {
+			if _, err := o.Exec(ctx, `SET LOCAL lock_timeout = '300ms'`); err != nil {
+				return err
+			}
+			_, err := o.Exec(ctx, `UPDATE rules_leases SET owner = 'b', token = token + 1 WHERE bucket = $1`, bucket)
+			return err
+		})
+	}
+	if err := takeOver(); err == nil {
+		t.Fatal("a take-over of the bucket did not wait for the fenced write")
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := takeOver(); err != nil {
+		t.Fatalf("take-over after the fenced write committed = %v", err)
 	}
 }
