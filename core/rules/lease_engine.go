@@ -69,6 +69,11 @@ const (
 // (docs/benchmarks.md: HA — quiet re-measurement).
 const inboxDrainGap = 200 * time.Millisecond
 
+// wakeGap is the shortest time between two wake-ups a replica sends its owners (wakeOwners):
+// under load every group commit forwards, and each notifying transaction wakes every
+// listening connection of the database.
+const wakeGap = 50 * time.Millisecond
+
 // inboxChannel is the NOTIFY channel that wakes the owners when inbox rows commit.
 const inboxChannel = "vigil_rules_inbox"
 
@@ -102,6 +107,12 @@ type leaseState struct {
 	rescan bool
 
 	bp backpressure
+
+	wake struct { // wakeOwners
+		mu        sync.Mutex
+		last      time.Time // the last wake-up sent
+		scheduled bool      // one is due at the end of the gap
+	}
 
 	drains atomic.Int64 // drains run (InboxStats)
 }
@@ -405,14 +416,42 @@ func (e *Engine) Pace(ctx context.Context, batches []obs.Committed) {
 	}
 }
 
-// wakeOwners tells the owners (NOTIFY on the inbox channel) that rows Forward wrote for them
-// committed. It runs after the upload group's commit, in a transaction of its own: one that
-// only notifies writes nothing to the WAL before its commit, so it does not wait for the disk
-// and holds the notification queue lock only briefly. A lost notification costs at most the
-// owners' poll (the rows are durable and the drains read by commit, REQ-HA-045).
+// wakeOwners tells the owners (NOTIFY on the inbox channel, payload "w:<this replica>") that
+// rows Forward wrote for them committed. It runs after the upload group's commit, in a
+// transaction of its own: one that only notifies writes nothing to the WAL before its commit,
+// so it does not wait for the disk and holds the notification queue lock only briefly. At
+// most one is sent every wakeGap: a commit within the gap of the last wake-up is covered by
+// one sent at the gap's end (the owners drain at most every inboxDrainGap anyway). A lost
+// notification costs at most the owners' poll (the rows are durable and the drains read by
+// commit, REQ-HA-045).
 func (e *Engine) wakeOwners(ctx context.Context) {
-	if _, err := e.cfg.Pool.Exec(ctx, `SELECT pg_notify($1, '')`, inboxChannel); err != nil && ctx.Err() == nil {
-		e.cfg.Logger.WarnContext(ctx, "rules: inbox: notify (the owners poll)", slog.String("error", err.Error()))
+	w := &e.ls.wake
+	w.mu.Lock()
+	if w.scheduled { // a wake-up after this commit is due already
+		w.mu.Unlock()
+		return
+	}
+	if d := wakeGap - time.Since(w.last); d > 0 {
+		w.scheduled = true
+		w.mu.Unlock()
+		time.AfterFunc(d, func() {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			e.sendWake(ctx)
+		})
+		return
+	}
+	w.mu.Unlock()
+	e.sendWake(ctx)
+}
+
+func (e *Engine) sendWake(ctx context.Context) {
+	w := &e.ls.wake
+	w.mu.Lock()
+	w.scheduled, w.last = false, time.Now()
+	w.mu.Unlock()
+	if _, err := e.cfg.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, inboxChannel, "w:"+e.cfg.Leases.Replica()); err != nil && ctx.Err() == nil {
+		e.cfg.Logger.DebugContext(ctx, "rules: inbox: notify (the owners poll)", slog.String("error", err.Error()))
 	}
 }
 
@@ -869,6 +908,7 @@ func (e *Engine) RunInbox(ctx context.Context, poll time.Duration) {
 			case stopped.Load():
 			case strings.HasPrefix(p, "p:"):
 				e.noteProgress(p)
+			case p == "w:"+e.cfg.Leases.Replica(): // this replica's own wake-up: nothing for it
 			default:
 				poke(&due)
 			}

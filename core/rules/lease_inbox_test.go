@@ -556,11 +556,47 @@ func TestForwardWakesOwnersAfterCommit(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no notification after Pace: %v", err)
 		}
-		if n.Payload == "" { // (owners' progress announcements carry "p:…")
+		if n.Payload == "w:a" { // (owners' progress announcements carry "p:…")
 			break
 		}
 	}
 	if got := e.count(t, `SELECT count(*) FROM rules_inbox WHERE patient_id=$1`, p); got != 1 {
 		t.Fatalf("inbox rows = %d, want 1", got)
+	}
+
+	// Wake-ups are sent at most every 50 ms: 40 forwarding commits in a burst make a few, and
+	// the last commit is followed by one.
+	start := time.Now()
+	for i := range 40 {
+		o := []rules.Observation{obs(p, codeBodyWeight, 70, t0.Add(time.Duration(i+1)*time.Second))}
+		o[0].UploadID = uuid.New()
+		c := coreobs.Committed{PatientID: p, Observations: o}
+		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
+			t.Fatal(err)
+		}
+		a.eng.Pace(ctx, []coreobs.Committed{c})
+	}
+	lastCommit := time.Now()
+	wakes := 0
+	var lastWake time.Time
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if n.Payload == "w:a" {
+			wakes++
+			lastWake = time.Now()
+		}
+	}
+	most := int(lastCommit.Sub(start)/(50*time.Millisecond)) + 2
+	t.Logf("40 forwarding commits in %v: %d wake-ups (at most %d)", lastCommit.Sub(start), wakes, most)
+	if wakes == 0 || wakes > most {
+		t.Errorf("wake-ups for 40 commits = %d, want 1 to %d (one per 50 ms)", wakes, most)
+	}
+	if lastWake.Before(lastCommit) {
+		t.Errorf("no wake-up after the last commit")
 	}
 }
