@@ -22,7 +22,7 @@ import (
 // acknowledge (the lifecycle refuses it as stale and records its alarm.acknowledged rejection),
 // it is answered 409 nothing_to_acknowledge — not a success redirect — and that rejection is
 // the request's one record, never followed by the server's http.request.completed.
-// Verifies: REQ-POR-090
+// Verifies: REQ-POR-091
 func TestBulkAcknowledgeOfNothingAuditedOnce(t *testing.T) {
 	s := newStack(t)
 	nEmail, nSecret := s.clinician(t, auth.RoleClinician, s.ward.ID)

@@ -24,7 +24,7 @@ import (
 // the OIDC callback, the passkey sign-in, a policy denial (POST and GET) and a refused session
 // are answered 500 — never a clean 401/403 — and each still leaves exactly one event,
 // http.request.failed (outcome failure), so no refused request is missing from the trail.
-// Verifies: REQ-POR-090, REQ-POR-091, REQ-ACC-058, REQ-ACC-059
+// Verifies: REQ-POR-090, REQ-ACC-058, REQ-ACC-059
 func TestSignInRefusalsAuditedOnce(t *testing.T) {
 	t.Parallel()
 	vigilHandler := &lateHandler{}
