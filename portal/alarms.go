@@ -482,7 +482,13 @@ func (p *Portal) conflict(ctx context.Context, id uuid.UUID, verb string) *formE
 
 // bulkAcknowledge is POST /alarms/acknowledge-patient: every active alarm of one patient is
 // acknowledged (each its own transition and audit event); alarms acknowledged meanwhile by
-// someone else are left as they are.
+// someone else are left as they are (the lifecycle refuses each as stale and records its
+// rejection). The request's records are the lifecycle's events, committed: it is marked
+// audited as soon as one was recorded, so the server adds no http.request.completed. When
+// nothing was acknowledged but refusals were recorded (every active alarm was taken by someone
+// else meanwhile), the answer is 409 nothing_to_acknowledge, agreeing with those records, not
+// the success redirect. With no active alarm at all it is a no-op: 303, recorded once by the
+// server (http.request.completed).
 func (p *Portal) bulkAcknowledge(c echo.Context) error {
 	pr, creds, ok, err := p.checkForm(c)
 	if !ok {
@@ -504,24 +510,35 @@ func (p *Portal) bulkAcknowledge(c echo.Context) error {
 		return fmt.Errorf("portal: bulk acknowledge: %w", err)
 	}
 	by := audit.Event{Actor: pr.Actor(), RequestID: requestID(c), SourceAddr: c.RealIP()}
-	n := 0
+	n, refused := 0, 0
 	for _, a := range open[id] {
 		if a.State != alarms.StateActive {
 			continue
 		}
 		_, err := p.cfg.Alarms.Acknowledge(ctx, a.ID, by, "bulk acknowledge (portal)")
+		if alarms.RefusalRecorded(err) {
+			refused++ // its alarm.acknowledged rejection is committed
+		}
 		switch {
 		case err == nil:
 			n++
 		case errors.Is(err, alarms.ErrConflict): // acknowledged or resolved meanwhile
-		default:
+		default: // a server error: recorded by the server (http.request.failed)
 			return fmt.Errorf("portal: bulk acknowledge: %w", err)
 		}
 	}
-	if n > 0 {
-		audited(c) // the lifecycle's alarm.acknowledged events (none acknowledged: the server records the request)
+	if n+refused > 0 {
+		// The lifecycle's alarm.acknowledged events (done or refused, each committed) are the
+		// request's records. None at all: the server records the request (a no-op).
+		audited(c)
 	}
 	f, _ := parseInboxFilter(c)
+	if n == 0 && refused > 0 {
+		data := inboxData{base: p.base("Alarm inbox", pr, creds.SessionToken)}
+		data.Conflict = &formError{Code: "nothing_to_acknowledge",
+			Message: "No alarm of the patient was acknowledged: each was acknowledged or resolved by someone else meanwhile. Nothing was changed."}
+		return p.renderInbox(c, pr, http.StatusConflict, data, f, nil)
+	}
 	q := f.query()
 	if q != "" {
 		q += "&"

@@ -150,13 +150,13 @@ func (s *Server) guard(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		p, err := s.authenticate(c)
 		if err != nil {
-			return err
+			return s.guardFailed(c, err)
 		}
 		if a.kind == accessSelf {
 			return next(c)
 		}
 		if err := s.authorize(c, p, a); err != nil {
-			return err
+			return s.guardFailed(c, err)
 		}
 		pa, _ := c.Get(pendingAuditKey).(*pendingAudit)
 		if pa == nil {
@@ -397,6 +397,19 @@ func refusalAudited(c echo.Context) {
 		c.SetRequest(c.Request().WithContext(ctx))
 	}
 	auditmark.Set(ctx)
+}
+
+// guardFailed returns the guard's error, after recording http.request.failed when it is a
+// server error (5xx): a refusal whose own event (access.denied, auth.session.rejected, …)
+// could not be recorded, or credentials auth could not check. The guard runs before the
+// state-change middleware, and the error handler records only rejections (4xx), so without
+// this such a request — on any method — would leave no audit event at all. The answer stays
+// the server error: never a clean 401/403 without the refusal's own record.
+func (s *Server) guardFailed(c echo.Context, err error) error {
+	if status, code, _ := classify(err); status >= 500 {
+		s.auditFailed(c, status, code)
+	}
+	return err
 }
 
 // errReadNotAudited refuses a read of patient data whose audit event could not be recorded.

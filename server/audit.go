@@ -107,6 +107,25 @@ func (s *Server) auditStateChanges(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// auditFailed records http.request.failed (outcome failure, reason the error's code) for a
+// request that failed with a server error where the state-change middleware does not record
+// it: in the access layer, before the middleware (guardFailed), or on a GET that changes
+// state (the OIDC callback). It returns once the event is committed; a failure to record it is
+// logged loudly (the answer is a server error either way, never a success or a clean refusal).
+func (s *Server) auditFailed(c echo.Context, status int, code string) {
+	ev := EventFor(c)
+	ev.Action, ev.Outcome, ev.Reason = "http.request.failed", audit.OutcomeFailure, code
+	ev.Object = audit.Object{Type: "http_route", ID: c.Request().Method + " " + routeOf(c)}
+	ev.Time = s.cfg.Now()
+	ev.Payload = requestPayload(c, status)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Request().Context()), 5*time.Second)
+	defer cancel()
+	if _, err := s.cfg.Recorder.RecordNow(ctx, ev); err != nil {
+		s.log.ErrorContext(ctx, "audit of failed request failed", slog.String("request_id", ev.RequestID),
+			slog.String("route", ev.Object.ID), slog.String("error", err.Error()))
+	}
+}
+
 // errNotAudited refuses to report a state change whose audit event could not be recorded.
 var errNotAudited = &APIError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 	Message: "the request could not be audited; its outcome is not confirmed: check before trying again"}

@@ -13,6 +13,7 @@ import (
 	"github.com/vigilhealth/vigil/audit"
 	"github.com/vigilhealth/vigil/auth"
 	"github.com/vigilhealth/vigil/core"
+	"github.com/vigilhealth/vigil/internal/auditmark"
 )
 
 // Sign-in, sign-out and the caller's own session; break-glass; service accounts' API tokens.
@@ -107,6 +108,24 @@ func (s *Server) signIn(c echo.Context) error {
 		return err
 	}
 	return s.startSession(c, sess)
+}
+
+// signInRefused marks a single sign-on callback or passkey sign-in that auth refused coded
+// audited: auth returns the coded refusal (oidc_failed, invalid_credentials) only once its
+// auth.login.failed event, with the specific reason, is committed, so that event is the
+// request's one record and the error handler adds no http.request.rejected. Any other error
+// is a server error (a refusal whose record failed among them): the OIDC callback is a GET,
+// which the state-change middleware does not record, so its failure is recorded here
+// (http.request.failed); a POST's is recorded by the middleware.
+func (s *Server) signInRefused(c echo.Context, err error) error {
+	if auth.CodeOf(err) != "" {
+		refusalAudited(c) // auth.login.failed
+		return err
+	}
+	if status, code, _ := classify(err); status >= 500 && !auditmark.Tracked(c.Request().Context()) {
+		s.auditFailed(c, status, code)
+	}
+	return err
 }
 
 // startEnrollment is POST /auth/enrollment {token}: the TOTP secret to add to an authenticator.
@@ -222,7 +241,7 @@ func (s *Server) oidcCallback(c echo.Context) error {
 	c.SetCookie(&http.Cookie{Name: auth.FlowCookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
 		Secure: !s.cfg.Auth.Config().Session.Insecure, SameSite: http.SameSiteLaxMode})
 	if err != nil {
-		return err
+		return s.signInRefused(c, err)
 	}
 	if s.cfg.Portal != nil && strings.Contains(c.Request().Header.Get(echo.HeaderAccept), "text/html") {
 		// A browser sent here by the portal's "Sign in with …" button: to the portal.
@@ -449,7 +468,7 @@ func (s *Server) passkeySignInFinish(c echo.Context) error {
 	sess, err := s.cfg.Passkeys.FinishLogin(c.Request().Context(), auth.PasskeyLogin{Ceremony: req.Ceremony,
 		Body: req.Credential, SourceAddr: c.RealIP(), RequestID: RequestID(c)})
 	if err != nil {
-		return err
+		return s.signInRefused(c, err)
 	}
 	return s.startSession(c, sess)
 }
