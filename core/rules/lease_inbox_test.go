@@ -382,9 +382,7 @@ func TestInboxDrainsCoalesceNotifications(t *testing.T) {
 		o[0].UploadID = uuid.New()
 		e.hist.add(o...)
 		c := coreobs.Committed{PatientID: p, Observations: o}
-		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
-			t.Fatal(err)
-		}
+		e.forward(t, a, c)
 		a.eng.Pace(ctx, []coreobs.Committed{c}) // as core's Publish does after the commit: it notifies
 		time.Sleep(5 * time.Millisecond)        // a stream of commits, each notified on its own
 	}
@@ -539,9 +537,7 @@ func TestForwardWakesOwnersAfterCommit(t *testing.T) {
 	o := []rules.Observation{obs(p, codeBodyWeight, 70, t0)}
 	o[0].UploadID = uuid.New()
 	c := coreobs.Committed{PatientID: p, Observations: o}
-	if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
-		t.Fatal(err)
-	}
+	e.forward(t, a, c)
 	wctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	n, err := conn.WaitForNotification(wctx)
 	cancel()
@@ -571,9 +567,7 @@ func TestForwardWakesOwnersAfterCommit(t *testing.T) {
 		o := []rules.Observation{obs(p, codeBodyWeight, 70, t0.Add(time.Duration(i+1)*time.Second))}
 		o[0].UploadID = uuid.New()
 		c := coreobs.Committed{PatientID: p, Observations: o}
-		if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return a.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
-			t.Fatal(err)
-		}
+		e.forward(t, a, c)
 		a.eng.Pace(ctx, []coreobs.Committed{c})
 	}
 	lastCommit := time.Now()
@@ -598,5 +592,15 @@ func TestForwardWakesOwnersAfterCommit(t *testing.T) {
 	}
 	if lastWake.Before(lastCommit) {
 		t.Errorf("no wake-up after the last commit")
+	}
+}
+
+// forward commits c's observations to the inbox as the upload's transaction on r does (Forward),
+// without the hand-off after it.
+func (e *env) forward(t *testing.T, r *replica, c coreobs.Committed) {
+	t.Helper()
+	ctx := context.Background()
+	if err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error { return r.eng.Forward(ctx, tx, []coreobs.Committed{c}) }); err != nil {
+		t.Fatalf("%s: Forward() = %v", r.name, err)
 	}
 }
